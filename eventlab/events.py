@@ -1,0 +1,251 @@
+"""Domain events: immutable facts, named in the past tense.
+
+Every event belongs to one *stream* (``aggregate_type``, ``aggregate_id``) and is published to one
+Kafka topic. Money is integer cents. ``EVENT_TYPES`` maps a type name to its class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Event",
+    "OrderLine",
+    "UserCreated",
+    "ProductCreated",
+    "OrderCreated",
+    "OrderConfirmed",
+    "OrderCancelled",
+    "OrderCompleted",
+    "StockAdded",
+    "StockReserved",
+    "StockReleased",
+    "StockSold",
+    "ReservationConfirmed",
+    "ReservationRejected",
+    "PaymentCompleted",
+    "EmailRequested",
+    "EmailSent",
+    "EVENT_TYPES",
+    "TOPICS",
+]
+
+
+class Event(BaseModel):
+    """Base of all events: frozen, strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aggregate_type: ClassVar[str]
+    id_field: ClassVar[str]
+    topic: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+    @property
+    def aggregate_id(self) -> str:
+        """The id of the stream this event belongs to."""
+        return str(getattr(self, self.id_field))
+
+    @property
+    def event_type(self) -> str:
+        """The registered type name (the class name)."""
+        return type(self).__name__
+
+
+class OrderLine(BaseModel):
+    """One line of an order, priced from the catalogue when the order was placed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: str
+    quantity: int = Field(gt=0)
+    unit_price_cents: int = Field(ge=0)
+
+    @property
+    def amount_cents(self) -> int:
+        return self.quantity * self.unit_price_cents
+
+
+class _UserEvent(Event):
+    aggregate_type: ClassVar[str] = "user"
+    id_field: ClassVar[str] = "user_id"
+
+
+class UserCreated(_UserEvent):
+    """A customer registered."""
+
+    topic: ClassVar[str] = "user.profile.created"
+    user_id: str
+    name: str
+    email: str
+
+
+class ProductCreated(Event):
+    """A product entered the catalogue with a price and its initial stock."""
+
+    aggregate_type: ClassVar[str] = "product"
+    id_field: ClassVar[str] = "product_id"
+    topic: ClassVar[str] = "product.catalog.created"
+    product_id: str
+    name: str
+    price_cents: int = Field(ge=0)
+    initial_stock: int = Field(ge=0)
+
+
+class _OrderEvent(Event):
+    aggregate_type: ClassVar[str] = "order"
+    id_field: ClassVar[str] = "order_id"
+    order_id: str
+    user_id: str
+
+
+class OrderCreated(_OrderEvent):
+    """An order was placed; the saga starts."""
+
+    topic: ClassVar[str] = "order.lifecycle.created"
+    lines: tuple[OrderLine, ...]
+    total_cents: int = Field(ge=0)
+
+
+class OrderConfirmed(_OrderEvent):
+    """Every line is reserved; the order waits for payment."""
+
+    topic: ClassVar[str] = "order.lifecycle.confirmed"
+    total_cents: int = Field(ge=0)
+
+
+CancelReason = Literal["out_of_stock", "payment_failed"]
+
+
+class OrderCancelled(_OrderEvent):
+    """The saga failed; ``reason`` is a code, ``detail`` says what happened."""
+
+    topic: ClassVar[str] = "order.lifecycle.cancelled"
+    reason: CancelReason
+    detail: str
+
+
+class OrderCompleted(_OrderEvent):
+    """Paid for and done; reserved stock is now sold."""
+
+    topic: ClassVar[str] = "order.lifecycle.completed"
+    total_cents: int = Field(ge=0)
+
+
+class _StockEvent(Event):
+    aggregate_type: ClassVar[str] = "stock"
+    id_field: ClassVar[str] = "product_id"
+    product_id: str
+    quantity: int = Field(gt=0)
+
+
+class StockAdded(_StockEvent):
+    """Units of a product arrived in the warehouse."""
+
+    topic: ClassVar[str] = "inventory.stock.added"
+
+
+class StockReserved(_StockEvent):
+    """Units of one product were set aside for one order line."""
+
+    topic: ClassVar[str] = "inventory.stock.reserved"
+    order_id: str
+
+
+class StockReleased(_StockEvent):
+    """Reserved units went back on the shelf (compensation)."""
+
+    topic: ClassVar[str] = "inventory.stock.released"
+    order_id: str
+
+
+class StockSold(_StockEvent):
+    """Reserved units left with a completed order."""
+
+    topic: ClassVar[str] = "inventory.stock.sold"
+    order_id: str
+
+
+class _ReservationEvent(Event):
+    aggregate_type: ClassVar[str] = "reservation"
+    id_field: ClassVar[str] = "order_id"
+    order_id: str
+
+
+class ReservationConfirmed(_ReservationEvent):
+    """Inventory's answer to an order: every line is reserved."""
+
+    topic: ClassVar[str] = "inventory.reservation.confirmed"
+    lines: tuple[OrderLine, ...]
+
+
+class ReservationRejected(_ReservationEvent):
+    """Inventory's answer to an order: nothing reserved, because ``product_id`` is short."""
+
+    topic: ClassVar[str] = "inventory.reservation.rejected"
+    product_id: str
+    requested: int
+    available: int
+
+
+class PaymentCompleted(Event):
+    """The gateway answered; ``status`` says whether money moved."""
+
+    aggregate_type: ClassVar[str] = "payment"
+    id_field: ClassVar[str] = "order_id"
+    topic: ClassVar[str] = "payment.transaction.completed"
+    order_id: str
+    amount_cents: int = Field(ge=0)
+    status: Literal["COMPLETED", "FAILED"]
+    reason: str = ""
+
+
+EmailKind = Literal["order_confirmed", "order_completed", "order_cancelled"]
+
+
+class _EmailEvent(Event):
+    aggregate_type: ClassVar[str] = "notification"
+    id_field: ClassVar[str] = "order_id"
+    order_id: str
+    kind: EmailKind
+    to: str
+
+
+class EmailRequested(_EmailEvent):
+    """An email about an order should go out."""
+
+    topic: ClassVar[str] = "notification.email.requested"
+    subject: str
+
+
+class EmailSent(_EmailEvent):
+    """The mailer accepted the email."""
+
+    topic: ClassVar[str] = "notification.email.sent"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        UserCreated,
+        ProductCreated,
+        OrderCreated,
+        OrderConfirmed,
+        OrderCancelled,
+        OrderCompleted,
+        StockAdded,
+        StockReserved,
+        StockReleased,
+        StockSold,
+        ReservationConfirmed,
+        ReservationRejected,
+        PaymentCompleted,
+        EmailRequested,
+        EmailSent,
+    )
+}
+
+#: Every topic an event is published to, in registry order.
+TOPICS: tuple[str, ...] = tuple(dict.fromkeys(cls.topic for cls in EVENT_TYPES.values()))

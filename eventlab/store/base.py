@@ -1,0 +1,117 @@
+"""The event store port: an append-only log of events with per-stream optimistic concurrency."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventlab.events import EVENT_TYPES, Event
+
+__all__ = ["EventStore", "NewEvent", "StoredEvent", "Metadata"]
+
+#: Correlation id, causation id and W3C ``traceparent`` of an event.
+Metadata = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended as ``version`` of its stream."""
+
+    event: Event
+    version: int
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of the event store."""
+
+    position: int
+    event_id: str
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: Metadata
+    recorded_at: datetime
+
+    @property
+    def event(self) -> Event:
+        """The typed domain event."""
+        return EVENT_TYPES[self.event_type].model_validate(self.data)
+
+    @property
+    def correlation_id(self) -> str:
+        return self.metadata.get("correlation_id", "")
+
+    def __repr__(self) -> str:
+        return (
+            f"<StoredEvent #{self.position} {self.event_type} "
+            f"{self.aggregate_type}:{self.aggregate_id} v{self.version}>"
+        )
+
+    def to_json(self) -> str:
+        """The event data as compact JSON (the Kafka message value)."""
+        return json.dumps(self.data, separators=(",", ":"))
+
+
+class EventStore(ABC):
+    """Append-only events, read by stream or by global position.
+
+    Guarantees every implementation gives (checked by ``tests/contract_store.py``):
+
+    - ``append`` is atomic: all events and the processed marker, or nothing;
+    - a version already taken in a stream raises :class:`~eventlab.errors.ConcurrencyError`;
+    - positions grow in commit order, so a reader following ``position > last_seen`` misses nothing;
+    - an already-recorded ``processed`` marker makes ``append`` write nothing and return ``[]``.
+    """
+
+    @abstractmethod
+    def append(
+        self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None
+    ) -> list[StoredEvent]:
+        """Append ``events`` atomically; ``processed`` = (consumer, event id) marks an input handled."""
+
+    @abstractmethod
+    def read_stream(self, aggregate_type: str, aggregate_id: str) -> list[StoredEvent]:
+        """Every event of one stream, by version."""
+
+    @abstractmethod
+    def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
+        """Events with ``position > after`` in position order, at most ``limit``."""
+
+    @abstractmethod
+    def head(self) -> int:
+        """The last position written (0 when empty)."""
+
+    @abstractmethod
+    def is_processed(self, consumer: str, event_id: str) -> bool:
+        """Whether ``consumer`` has already handled the event ``event_id``."""
+
+    @abstractmethod
+    def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
+        """How many stored events of ``event_types`` ``consumer`` has not handled yet (its lag)."""
+
+    @abstractmethod
+    def checkpoint(self, name: str) -> int:
+        """The position recorded under ``name`` (0 if none)."""
+
+    @abstractmethod
+    def set_checkpoint(self, name: str, position: int) -> None:
+        """Record ``position`` under ``name``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

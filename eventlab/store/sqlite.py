@@ -1,0 +1,218 @@
+"""The embedded event store: one SQLite file in WAL mode."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from eventlab.errors import ConcurrencyError, StoreError
+from eventlab.ids import new_id
+from eventlab.store.base import EventStore, NewEvent, StoredEvent
+
+__all__ = ["SqliteEventStore", "SCHEMA"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT    NOT NULL UNIQUE,
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    recorded_at    TEXT    NOT NULL,
+    UNIQUE (aggregate_type, aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, position);
+CREATE TABLE IF NOT EXISTS processed (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS eventlab (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO eventlab VALUES ('schema_version', '1');
+"""
+
+_COLUMNS = (
+    "position, event_id, aggregate_type, aggregate_id, version, event_type, "
+    "schema_version, data, metadata, recorded_at"
+)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _row_to_event(row: tuple) -> StoredEvent:
+    return StoredEvent(
+        position=row[0],
+        event_id=row[1],
+        aggregate_type=row[2],
+        aggregate_id=row[3],
+        version=row[4],
+        event_type=row[5],
+        schema_version=row[6],
+        data=json.loads(row[7]),
+        metadata=json.loads(row[8]),
+        recorded_at=datetime.fromisoformat(row[9]).replace(tzinfo=UTC),
+    )
+
+
+class SqliteEventStore(EventStore):
+    """Events in one SQLite file; safe for many threads and processes.
+
+    Every write runs in ``BEGIN IMMEDIATE``: SQLite has one writer at a time, so positions are in
+    commit order. Each thread gets its own connection.
+
+    Example:
+        >>> store = SqliteEventStore("/tmp/doc-shop/events.db")
+        >>> store.head() >= 0
+        True
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        clock: Clock = _utcnow,
+        id_factory: Callable[[], str] = new_id,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._new_id = id_factory
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise StoreError(f"no event store at {self.path}")
+        conn = self._conn()
+        try:
+            if create:
+                conn.executescript(SCHEMA)
+            conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not an eventlab event store: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"SqliteEventStore({str(self.path)!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def append(
+        self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None
+    ) -> list[StoredEvent]:
+        conn = self._conn()
+        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        rows = [
+            (
+                self._new_id(),
+                new.event.aggregate_type,
+                new.event.aggregate_id,
+                new.version,
+                new.event.event_type,
+                new.event.schema_version,
+                new.event.model_dump_json(),
+                json.dumps(new.metadata, separators=(",", ":")),
+                now,
+            )
+            for new in events
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if processed is not None:
+                cur = conn.execute("INSERT OR IGNORE INTO processed VALUES (?, ?)", processed)
+                if cur.rowcount == 0:
+                    conn.execute("ROLLBACK")
+                    return []
+            stored = []
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,"
+                    " schema_version, data, metadata, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    row,
+                )
+                stored.append((cur.lastrowid, *row))
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise ConcurrencyError(f"stream version already taken: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [_row_to_event(row) for row in stored]
+
+    def read_stream(self, aggregate_type: str, aggregate_id: str) -> list[StoredEvent]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY version",
+            (aggregate_type, aggregate_id),
+        )
+        return [_row_to_event(row) for row in rows]
+
+    def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after, -1 if limit is None else limit),
+        )
+        return [_row_to_event(row) for row in rows]
+
+    def head(self) -> int:
+        return self._conn().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+
+    def is_processed(self, consumer: str, event_id: str) -> bool:
+        row = self._conn().execute(
+            "SELECT 1 FROM processed WHERE consumer = ? AND event_id = ?", (consumer, event_id)
+        ).fetchone()
+        return row is not None
+
+    def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
+        types = list(event_types)
+        if not types:
+            return 0
+        marks = ",".join("?" * len(types))
+        return self._conn().execute(
+            f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
+            "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)",
+            (*types, consumer),
+        ).fetchone()[0]
+
+    def checkpoint(self, name: str) -> int:
+        row = self._conn().execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def set_checkpoint(self, name: str, position: int) -> None:
+        self._conn().execute(
+            "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (name, position),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
