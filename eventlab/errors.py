@@ -10,6 +10,7 @@ __all__ = [
     "ConcurrencyError",
     "StoreError",
     "BrokerError",
+    "SagaTimeout",
 ]
 
 
@@ -48,3 +49,7 @@ class BrokerError(EventlabError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SagaTimeout(EventlabError, TimeoutError):
+    """An order's saga did not reach a terminal state in time."""

@@ -120,11 +120,15 @@ CancelReason = Literal["out_of_stock", "payment_failed"]
 
 
 class OrderCancelled(_OrderEvent):
-    """The saga failed; ``reason`` is a code, ``detail`` says what happened."""
+    """The saga failed; ``reason`` is a code, ``detail`` says what happened.
+
+    It carries the lines so Inventory can release them without asking anyone.
+    """
 
     topic: ClassVar[str] = "order.lifecycle.cancelled"
     reason: CancelReason
     detail: str
+    lines: tuple[OrderLine, ...]
 
 
 class OrderCompleted(_OrderEvent):
@@ -132,6 +136,7 @@ class OrderCompleted(_OrderEvent):
 
     topic: ClassVar[str] = "order.lifecycle.completed"
     total_cents: int = Field(ge=0)
+    lines: tuple[OrderLine, ...]
 
 
 class _StockEvent(Event):

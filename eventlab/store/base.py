@@ -87,6 +87,10 @@ class EventStore(ABC):
         """Events with ``position > after`` in position order, at most ``limit``."""
 
     @abstractmethod
+    def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
+        """Every event of one saga (same correlation id), in position order."""
+
+    @abstractmethod
     def head(self) -> int:
         """The last position written (0 when empty)."""
 

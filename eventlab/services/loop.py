@@ -1,0 +1,156 @@
+"""The one thin loop every consuming service runs:
+
+consume -> decode/validate -> skip if processed -> decide -> append (+ processed marker),
+then let the relay publish. Undecodable or unexpected messages, and messages whose handling
+keeps failing after retries, go to the topic's dead-letter topic with the reason in headers;
+the loop commits past them and keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import Message as KafkaMessage
+
+from eventlab.errors import BrokerError, ConcurrencyError, StoreError
+from eventlab.kafka.clients import dead_letter_topic, make_consumer, make_producer
+from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
+from eventlab.services.runtime import Service, execute, trace_metadata
+from eventlab.settings import Settings
+from eventlab.store.base import EventStore
+
+__all__ = ["ServiceLoop", "LoopStats"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (ConcurrencyError, StoreError, sqlite3.OperationalError)
+
+
+@dataclass
+class LoopStats:
+    """Counters a health check or a notebook can show."""
+
+    handled: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class ServiceLoop:
+    """Runs one service against Kafka and the event store until ``stop`` is set.
+
+    Example:
+        >>> loop = ServiceLoop(order.SERVICE, store, settings)  # doctest: +SKIP
+        >>> threading.Thread(target=loop.run, args=(stop,)).start()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        store: EventStore,
+        settings: Settings,
+        *,
+        attempts: int = 4,
+        backoff: float = 0.05,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.settings = settings
+        self.attempts = attempts
+        self.backoff = backoff
+        self.stats = LoopStats()
+        self.assigned = threading.Event()
+        self._accepted = {cls.__name__ for cls in service.subscriptions}
+        self._dead_letters = None
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"<ServiceLoop {self.service.name} handled={s.handled} duplicates={s.duplicates} "
+            f"dead_lettered={s.dead_lettered}>"
+        )
+
+    def lag(self) -> int:
+        """Stored events of the subscribed types this service has not handled yet."""
+        return self.store.unprocessed(self.service.name, self._accepted)
+
+    def run(self, stop: threading.Event, batch: int = 500, timeout: float = 0.005) -> None:
+        """Consume and handle until ``stop`` is set; close the consumer cleanly."""
+        consumer = make_consumer(self.settings, self.service.name)
+        consumer.subscribe(self.service.topics, on_assign=lambda *_: self.assigned.set())
+        try:
+            while not stop.is_set():
+                for message in consumer.consume(batch, timeout):
+                    if message.error():
+                        log.warning("%s: consumer error %s", self.service.name, message.error())
+                        continue
+                    self.process(message)
+                    consumer.store_offsets(message)
+        finally:
+            consumer.close()
+            if self._dead_letters is not None:
+                self._dead_letters.flush(5)
+
+    def process(self, message: KafkaMessage) -> None:
+        """Handle one Kafka message; never raises for bad input."""
+        try:
+            decoded = from_message(message.value(), message.headers())
+        except UndecodableMessage as exc:
+            self.dead_letter(message, str(exc))
+            return
+        if decoded.event.event_type not in self._accepted:
+            self.dead_letter(message, f"unexpected event type {decoded.event.event_type} for {self.service.name}")
+            return
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.handle(decoded)
+                return
+            except _TRANSIENT as exc:
+                error: Exception = exc
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the service
+                log.exception("%s failed on %s", self.service.name, decoded.event_id)
+                error = exc
+            self.stats.retries += 1
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+        self.dead_letter(message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}")
+
+    def handle(self, message: Message) -> None:
+        """Decide on one decoded event and append the outcome with the processed marker."""
+        name = self.service.name
+        if self.store.is_processed(name, message.event_id):
+            self.stats.duplicates += 1
+            return
+        event = message.event
+        metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
+        execute(
+            self.store,
+            self.service.streams(event),
+            self.service.evolvers,
+            lambda states: self.service.handle(event, states),
+            metadata,
+            processed=(name, message.event_id),
+        )
+        self.stats.handled += 1
+
+    def dead_letter(self, message: KafkaMessage, reason: str) -> None:
+        """Copy ``message`` to its dead-letter topic with the reason in headers, and wait for the ack."""
+        if self._dead_letters is None:
+            self._dead_letters = make_producer(self.settings)
+        headers = list(message.headers() or []) + [
+            ("dlq_reason", reason.encode()),
+            ("dlq_topic", message.topic().encode()),
+            ("dlq_partition", str(message.partition()).encode()),
+            ("dlq_offset", str(message.offset()).encode()),
+            ("dlq_consumer", self.service.name.encode()),
+        ]
+        self._dead_letters.produce(dead_letter_topic(message.topic()), message.value(), message.key(), headers=headers)
+        if self._dead_letters.flush(30):
+            raise BrokerError(f"could not dead-letter {message.topic()}@{message.offset()}")
+        self.stats.dead_lettered += 1
+        log.warning("%s: dead-lettered %s@%d: %s", self.service.name, message.topic(), message.offset(), reason)

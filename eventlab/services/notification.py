@@ -1,0 +1,102 @@
+"""Notification service (port 8086): emails about orders.
+
+Order events become ``EmailRequested``; the service's own consumer of those requests hands them
+to a mailer (a JSON-lines mailbox file by default) and records ``EmailSent``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from eventlab.events import EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
+from eventlab.services import user
+from eventlab.services.runtime import Service, States, StreamKey
+
+__all__ = ["Mailbox", "FileMailer", "evolve", "decide", "service"]
+
+Mailer = Callable[[EmailRequested], None]
+
+_SUBJECTS = {
+    "order_confirmed": "We have your order {order_id}",
+    "order_completed": "Order {order_id} is paid and on its way",
+    "order_cancelled": "Order {order_id} was cancelled",
+}
+_KINDS = {OrderConfirmed: "order_confirmed", OrderCompleted: "order_completed", OrderCancelled: "order_cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """Emails of one order: kinds requested and kinds sent."""
+
+    requested: frozenset[str] = frozenset()
+    sent: frozenset[str] = frozenset()
+
+
+class FileMailer:
+    """Delivers emails by appending them as JSON lines to ``path`` (a notebook can read it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileMailer({str(self.path)!r})"
+
+    def __call__(self, email: EmailRequested) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(email.model_dump()) + "\n")
+
+
+def evolve(state: Mailbox | None, event: Event) -> Mailbox:
+    box = state or Mailbox()
+    match event:
+        case EmailRequested():
+            return Mailbox(box.requested | {event.kind}, box.sent)
+        case EmailSent():
+            return Mailbox(box.requested, box.sent | {event.kind})
+    return box
+
+
+def streams(event: Event) -> list[StreamKey]:
+    keys: list[StreamKey] = [("notification", event.order_id)]  # type: ignore[attr-defined]
+    if not isinstance(event, EmailRequested):
+        keys.append(("user", event.user_id))  # type: ignore[attr-defined]
+    return keys
+
+
+def decide(event: Event, states: States) -> list[Event]:
+    """Request one email per order event kind; record a requested email as sent."""
+    box: Mailbox = states[("notification", event.order_id)] or Mailbox()  # type: ignore[attr-defined]
+    if isinstance(event, EmailRequested):
+        if event.kind in box.sent:
+            return []
+        return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
+    kind = _KINDS[type(event)]
+    customer: user.User | None = states[("user", event.user_id)]  # type: ignore[attr-defined]
+    if kind in box.requested or customer is None:
+        return []
+    subject = _SUBJECTS[kind].format(order_id=event.order_id)  # type: ignore[attr-defined]
+    return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]  # type: ignore[attr-defined]
+
+
+def service(mailer: Mailer) -> Service:
+    """The notification service, delivering through ``mailer`` before recording ``EmailSent``."""
+
+    def handle(event: Event, states: States) -> list[Event]:
+        events = decide(event, states)
+        if isinstance(event, EmailRequested) and events:
+            mailer(event)
+        return events
+
+    return Service(
+        name="notification",
+        subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested),
+        evolvers={"notification": evolve, "user": user.evolve},
+        streams=streams,
+        handle=handle,
+    )

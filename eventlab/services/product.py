@@ -1,0 +1,36 @@
+"""Product service (port 8082): the catalogue -> ``ProductCreated`` on ``product.catalog.created``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventlab.commands import CreateProduct
+from eventlab.errors import AlreadyExists
+from eventlab.events import Event, ProductCreated
+from eventlab.services.runtime import Service
+
+__all__ = ["Product", "evolve", "create", "SERVICE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    product_id: str
+    name: str
+    price_cents: int
+
+
+def evolve(state: Product | None, event: Event) -> Product | None:
+    match event:
+        case ProductCreated():
+            return Product(event.product_id, event.name, event.price_cents)
+    return state
+
+
+def create(command: CreateProduct, state: Product | None) -> list[Event]:
+    """Decide on a new product; its initial stock goes to Inventory through the event."""
+    if state is not None:
+        raise AlreadyExists("product_id", f"product {command.product_id} already exists")
+    return [ProductCreated(**command.model_dump())]
+
+
+SERVICE = Service(name="product", evolvers={"product": evolve})

@@ -1,0 +1,284 @@
+"""The composition root: one object that wires broker, event store, relay and the six services.
+
+Nothing connects at import time; :meth:`Shop.start` starts everything, :meth:`Shop.stop` stops
+it cleanly (a ``with`` block does both).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from eventlab.application import Commands, OrderView
+from eventlab.errors import BrokerError, SagaTimeout
+from eventlab.events import ProductCreated, UserCreated
+from eventlab.http import ServiceHttp
+from eventlab.ids import new_id
+from eventlab.kafka.broker import EmbeddedBroker
+from eventlab.kafka.clients import ensure_topics
+from eventlab.relay import CHECKPOINT, Relay
+from eventlab.resilience import CircuitBreaker
+from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
+from eventlab.services.loop import ServiceLoop
+from eventlab.services.runtime import Service
+from eventlab.settings import Settings
+from eventlab.store.sqlite import SqliteEventStore
+
+__all__ = ["Shop", "build_services", "ShopInfrastructure"]
+
+log = logging.getLogger(__name__)
+
+
+def build_services(
+    settings: Settings, gateway: payment.SimulatedGateway, breaker: CircuitBreaker | None = None
+) -> dict[str, Service]:
+    """The six services, with the payment gateway and the mailer they call."""
+    mailer = notification.FileMailer(settings.data_dir / "mailbox.jsonl")
+    services = [
+        user.SERVICE,
+        product.SERVICE,
+        order.SERVICE,
+        payment.service(gateway, breaker),
+        inventory.SERVICE,
+        notification.service(mailer),
+    ]
+    return {s.name: s for s in services}
+
+
+class ShopInfrastructure:
+    """The broker (embedded unless configured), the topics and the event store.
+
+    Starting an embedded broker rewinds the relay: the new broker has no topics, so every stored
+    event is published again and the idempotent consumers skip what they already handled.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.store = SqliteEventStore(settings.store_path)
+
+    def start(self) -> Settings:
+        """Start what is needed and return settings pointing at the broker in use."""
+        if self.settings.embedded:
+            self.broker = EmbeddedBroker(self.settings.data_dir).start()
+            self.settings = self.settings.with_bootstrap(self.broker.bootstrap_servers)
+            self.store.set_checkpoint(CHECKPOINT, 0)
+        ensure_topics(self.settings)
+        return self.settings
+
+    def stop(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+        self.store.close()
+
+
+class Shop:
+    """The whole online shop in one process: six services as threads around one event store.
+
+    Example:
+        >>> with Shop(data_dir="/tmp/my-shop") as shop:  # doctest: +SKIP
+        ...     shop.seed_catalogue()
+        ...     order_id = shop.place_order("U001", {"P001": 1})
+        ...     shop.wait(order_id).status
+        'completed'
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        payment_failure_rate: float = 0.0,
+        gateway_latency_ms: float = 0.0,
+        seed: int = 0,
+        http: bool = False,
+        id_factory: Callable[[], str] = new_id,
+    ) -> None:
+        self.settings = settings or Settings.from_env(data_dir=data_dir)
+        self.gateway = payment.SimulatedGateway(payment_failure_rate, gateway_latency_ms, seed)
+        self.breaker = CircuitBreaker()
+        self.services = build_services(self.settings, self.gateway, self.breaker)
+        self.http = http
+        self._id_factory = id_factory
+        self._infra: ShopInfrastructure | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._servers: list[ServiceHttp] = []
+        self.loops: dict[str, ServiceLoop] = {}
+        self.relay: Relay | None = None
+        self.commands: Commands | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._infra is not None
+
+    @property
+    def store(self) -> SqliteEventStore:
+        return self._require().store
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self._require().settings.bootstrap_servers
+
+    def __repr__(self) -> str:
+        if not self.running:
+            return f"<Shop stopped data_dir={str(self.settings.data_dir)!r}>"
+        broker = "embedded" if self.settings.embedded else "external"
+        return (
+            f"<Shop running broker={self.bootstrap_servers} ({broker}) "
+            f"store={str(self.settings.store_path)!r} events={self.store.head()}>"
+        )
+
+    def start(self, timeout: float = 60.0) -> Shop:
+        """Start broker, topics, relay and service loops; return once every consumer has joined."""
+        if self.running:
+            return self
+        infra = ShopInfrastructure(self.settings)
+        settings = infra.start()
+        self._infra = infra
+        self._stop.clear()
+        self.commands = Commands(infra.store, self._id_factory)
+        self.relay = Relay(infra.store, settings)
+        self._spawn("relay", self.relay.run)
+        for name, service in self.services.items():
+            if service.subscriptions:
+                loop = ServiceLoop(service, infra.store, settings)
+                self.loops[name] = loop
+                self._spawn(name, loop.run)
+        if self.http:
+            for name in SERVICE_NAMES:
+                server = ServiceHttp(name, settings.port(name), self._health(name), self.commands)
+                self._servers.append(server.start())
+        deadline = time.monotonic() + timeout
+        for loop in self.loops.values():
+            if not loop.assigned.wait(max(0.0, deadline - time.monotonic())):
+                self.stop()
+                raise BrokerError(f"{loop.service.name} did not join its consumer group in {timeout} s")
+        log.info("shop started: %r", self)
+        return self
+
+    def stop(self) -> None:
+        """Stop every loop, the HTTP servers and the embedded broker."""
+        if self._infra is None:
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        for server in self._servers:
+            server.stop()
+        self._infra.stop()
+        self._threads.clear()
+        self._servers.clear()
+        self.loops.clear()
+        self._infra = None
+
+    def __enter__(self) -> Shop:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- commands --------------------------------------------------------------------------
+
+    def register_user(self, user_id: str, name: str, email: str) -> UserCreated:
+        """Register a customer (see :class:`eventlab.commands.RegisterUser`)."""
+        return self._commands().register_user(user_id=user_id, name=name, email=email)
+
+    def create_product(self, product_id: str, name: str, price_cents: int, initial_stock: int = 0) -> ProductCreated:
+        """Add a product; Inventory stocks ``initial_stock`` units when it hears of it."""
+        return self._commands().create_product(
+            product_id=product_id, name=name, price_cents=price_cents, initial_stock=initial_stock
+        )
+
+    def place_order(self, user_id: str, lines: Mapping[str, int] | Iterable[Mapping[str, Any]]) -> str:
+        """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id."""
+        if isinstance(lines, Mapping):
+            lines = [{"product_id": pid, "quantity": qty} for pid, qty in lines.items()]
+        return self._commands().place_order(user_id=user_id, lines=list(lines))
+
+    def order(self, order_id: str) -> OrderView:
+        """An order's state and the events of its saga, in order."""
+        return self._commands().get_order(order_id)
+
+    def seed_catalogue(self, directory: Path | None = None) -> tuple[int, int]:
+        """Register the users and products of ``data/`` that do not exist yet and wait until
+        Inventory has stocked them; return (users, products) created."""
+        from eventlab.catalogue import load_products, load_users  # noqa: PLC0415
+        from eventlab.errors import AlreadyExists  # noqa: PLC0415
+
+        created = [0, 0]
+        for index, (rows, command) in enumerate(
+            ((load_users(directory), self._commands().register_user), (load_products(directory), self._commands().create_product))
+        ):
+            for row in rows:
+                try:
+                    command(**row)
+                    created[index] += 1
+                except AlreadyExists:
+                    pass
+        self.wait_idle()
+        return created[0], created[1]
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    def wait(self, order_id: str, timeout: float = 30.0) -> OrderView:
+        """Wait until the order's saga is terminal (completed or cancelled) and return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.order(order_id)
+            if view.terminal:
+                return view
+            if time.monotonic() > deadline:
+                raise SagaTimeout(f"order {order_id} still {view.status} after {timeout} s")
+            time.sleep(0.01)
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until every stored event is published and every service has handled its events."""
+        deadline = time.monotonic() + timeout
+        while not self.idle():
+            if time.monotonic() > deadline:
+                raise SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}")
+            time.sleep(0.02)
+
+    def lag(self) -> dict[str, int]:
+        """Events not yet published (``relay``) or not yet handled, per service."""
+        store = self.store
+        lag = {"relay": store.head() - store.checkpoint(CHECKPOINT)}
+        lag.update({name: loop.lag() for name, loop in self.loops.items()})
+        return lag
+
+    def idle(self) -> bool:
+        return not any(self.lag().values())
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require(self) -> ShopInfrastructure:
+        if self._infra is None:
+            raise BrokerError("the shop is not running: call start() or use it in a with block")
+        return self._infra
+
+    def _commands(self) -> Commands:
+        self._require()
+        assert self.commands is not None
+        return self.commands
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        thread = threading.Thread(target=target, args=(self._stop,), name=f"eventlab-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _health(self, name: str) -> Callable[[], dict[str, Any]]:
+        def health() -> dict[str, Any]:
+            loop = self.loops.get(name)
+            if loop is None:
+                return {"events": self.store.head()}
+            s = loop.stats
+            return {"lag": loop.lag(), "handled": s.handled, "duplicates": s.duplicates, "dead_lettered": s.dead_lettered}
+
+        return health
