@@ -274,11 +274,5 @@ class Shop:
         self._threads.append(thread)
 
     def _health(self, name: str) -> Callable[[], dict[str, Any]]:
-        def health() -> dict[str, Any]:
-            loop = self.loops.get(name)
-            if loop is None:
-                return {"events": self.store.head()}
-            s = loop.stats
-            return {"lag": loop.lag(), "handled": s.handled, "duplicates": s.duplicates, "dead_lettered": s.dead_lettered}
-
-        return health
+        loop = self.loops.get(name)
+        return loop.health if loop is not None else lambda: {"events": self.store.head()}

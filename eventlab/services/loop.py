@@ -76,6 +76,11 @@ class ServiceLoop:
             f"dead_lettered={s.dead_lettered}>"
         )
 
+    def health(self) -> dict[str, int]:
+        """Lag and counters, as ``GET /health`` reports them."""
+        s = self.stats
+        return {"lag": self.lag(), "handled": s.handled, "duplicates": s.duplicates, "dead_lettered": s.dead_lettered}
+
     def lag(self) -> int:
         """Stored events of the subscribed types this service has not handled yet."""
         return self.store.unprocessed(self.service.name, self._accepted)

@@ -71,6 +71,17 @@ def _row_to_event(row: tuple) -> StoredEvent:
     )
 
 
+def _check_is_event_store(path: Path) -> None:
+    """Raise unless ``path`` is an eventlab store; opens it read-only, so nothing is written."""
+    if not path.is_file():
+        raise StoreError(f"no event store at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
+    finally:
+        conn.close()
+
+
 class SqliteEventStore(EventStore):
     """Events in one SQLite file; safe for many threads and processes.
 
@@ -97,16 +108,14 @@ class SqliteEventStore(EventStore):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not self.path.is_file():
-            raise StoreError(f"no event store at {self.path}")
-        conn = self._conn()
         try:
             if create:
-                conn.executescript(SCHEMA)
-            conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn().executescript(SCHEMA)
+            else:
+                _check_is_event_store(self.path)
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise StoreError(f"{self.path} is not an eventlab event store: {exc}") from exc
 
     def __repr__(self) -> str:

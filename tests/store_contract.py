@@ -1,0 +1,116 @@
+"""The event store contract: every EventStore implementation passes these tests.
+
+Subclass :class:`EventStoreContract` and provide a ``store`` fixture (and ``reopen`` for the
+multi-process test) for each backend.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from eventlab.errors import ConcurrencyError
+from eventlab.events import StockAdded, UserCreated
+from eventlab.store import NewEvent
+
+
+def added(product_id="P001", quantity=1):
+    return StockAdded(product_id=product_id, quantity=quantity)
+
+
+def append_many(store_factory, writer, count):
+    """Append ``count`` events to one shared stream, retrying conflicts (a separate process)."""
+    store = store_factory()
+    written = 0
+    while written < count:
+        version = len(store.read_stream("stock", "P-shared")) + 1
+        try:
+            store.append([NewEvent(added("P-shared"), version, {"writer": str(writer)})])
+            written += 1
+        except ConcurrencyError:
+            continue
+    store.close()
+
+
+class EventStoreContract:
+    def test_appended_events_come_back_typed_and_in_order(self, store):
+        stored = store.append(
+            [NewEvent(added(quantity=5), 1, {"correlation_id": "c-1"}), NewEvent(added(quantity=2), 2)]
+        )
+        assert [e.position for e in stored] == [1, 2]
+        events = store.read_stream("stock", "P001")
+        assert [e.event for e in events] == [added(quantity=5), added(quantity=2)]
+        assert [e.version for e in events] == [1, 2]
+        assert events[0].metadata == {"correlation_id": "c-1"}
+        assert events[0].event_id != events[1].event_id
+        assert store.head() == 2
+
+    def test_a_taken_version_is_a_conflict(self, store):
+        store.append([NewEvent(added(), 1)])
+        with pytest.raises(ConcurrencyError):
+            store.append([NewEvent(added(quantity=9), 1)])
+        assert [e.event.quantity for e in store.read_stream("stock", "P001")] == [1]
+
+    def test_a_batch_with_a_conflict_writes_nothing(self, store):
+        store.append([NewEvent(added("P002"), 1)])
+        with pytest.raises(ConcurrencyError):
+            store.append([NewEvent(added("P001"), 1), NewEvent(added("P002"), 1)])
+        assert store.read_stream("stock", "P001") == []
+        assert store.head() == 1
+
+    def test_streams_are_per_aggregate_type(self, store):
+        store.append([NewEvent(added("X1"), 1), NewEvent(UserCreated(user_id="X1", name="X", email="x@y.z"), 1)])
+        assert len(store.read_stream("stock", "X1")) == len(store.read_stream("user", "X1")) == 1
+
+    def test_read_all_follows_positions(self, store):
+        for i in range(1, 6):
+            store.append([NewEvent(added(f"P{i}"), 1)])
+        assert [e.position for e in store.read_all(after=2)] == [3, 4, 5]
+        assert [e.position for e in store.read_all(after=0, limit=2)] == [1, 2]
+
+    def test_a_processed_marker_makes_a_redelivery_a_no_op(self, store):
+        first = store.append([NewEvent(added(), 1)], processed=("inventory", "evt-1"))
+        again = store.append([NewEvent(added(), 2)], processed=("inventory", "evt-1"))
+        assert len(first) == 1 and again == []
+        assert store.is_processed("inventory", "evt-1")
+        assert not store.is_processed("order", "evt-1")
+        assert store.head() == 1
+
+    def test_the_marker_is_atomic_with_the_events(self, store):
+        store.append([NewEvent(added(), 1)])
+        with pytest.raises(ConcurrencyError):
+            store.append([NewEvent(added(), 1)], processed=("inventory", "evt-2"))
+        assert not store.is_processed("inventory", "evt-2")
+
+    def test_lag_counts_unprocessed_events_of_given_types(self, store):
+        stored = store.append([NewEvent(added("P1"), 1), NewEvent(added("P2"), 1)])
+        assert store.unprocessed("inventory", ["StockAdded"]) == 2
+        store.append([], processed=("inventory", stored[0].event_id))
+        assert store.unprocessed("inventory", ["StockAdded"]) == 1
+        assert store.unprocessed("inventory", ["UserCreated"]) == 0
+
+    def test_correlated_events_form_a_saga(self, store):
+        store.append([NewEvent(added("P1"), 1, {"correlation_id": "order-1"})])
+        store.append([NewEvent(added("P2"), 1, {"correlation_id": "order-2"})])
+        store.append([NewEvent(added("P3"), 1, {"correlation_id": "order-1"})])
+        assert [e.aggregate_id for e in store.read_correlated("order-1")] == ["P1", "P3"]
+
+    def test_checkpoints(self, store):
+        assert store.checkpoint("relay") == 0
+        store.set_checkpoint("relay", 7)
+        store.set_checkpoint("relay", 9)
+        assert store.checkpoint("relay") == 9
+
+    def test_concurrent_writers_in_several_processes_lose_nothing(self, store, reopen):
+        context = multiprocessing.get_context("spawn")
+        writers = [context.Process(target=append_many, args=(reopen, w, 25)) for w in range(4)]
+        for process in writers:
+            process.start()
+        for process in writers:
+            process.join(60)
+            assert process.exitcode == 0
+        events = store.read_stream("stock", "P-shared")
+        assert [e.version for e in events] == list(range(1, 101))
+        positions = [e.position for e in store.read_all()]
+        assert positions == sorted(positions) and len(positions) == 100

@@ -1,0 +1,271 @@
+"""Domain stories: given events, when a command or event, then new events (or an error).
+
+Pure logic only: no Kafka, no database.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+
+import pytest
+
+from eventlab.commands import PlaceOrder, RegisterUser, parse
+from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
+from eventlab.events import (
+    EmailRequested,
+    EmailSent,
+    OrderCancelled,
+    OrderCompleted,
+    OrderConfirmed,
+    OrderCreated,
+    OrderLine,
+    PaymentCompleted,
+    ProductCreated,
+    ReservationConfirmed,
+    ReservationRejected,
+    StockAdded,
+    StockReleased,
+    StockReserved,
+    StockSold,
+    UserCreated,
+)
+from eventlab.services import inventory, notification, order, payment, product, user
+
+ADA = UserCreated(user_id="U001", name="Ada Lovelace", email="ada@example.com")
+KEYBOARD = product.Product("P001", "Keyboard", 8900)
+MOUSE = product.Product("P002", "Mouse", 2499)
+LINES = (
+    OrderLine(product_id="P001", quantity=1, unit_price_cents=8900),
+    OrderLine(product_id="P002", quantity=2, unit_price_cents=2499),
+)
+CREATED = OrderCreated(order_id="O-1", user_id="U001", lines=LINES, total_cents=13898)
+
+
+def fold(evolve, events):
+    return reduce(evolve, events, None)
+
+
+# --- user and product ------------------------------------------------------------------------
+
+
+def test_a_user_registers_once():
+    command = parse(RegisterUser, {"user_id": "U001", "name": "Ada Lovelace", "email": "ada@example.com"})
+    assert user.register(command, None) == [ADA]
+    with pytest.raises(AlreadyExists, match="U001 already exists") as error:
+        user.register(command, fold(user.evolve, [ADA]))
+    assert error.value.field == "user_id"
+
+
+def test_a_product_carries_its_initial_stock_to_inventory():
+    created = ProductCreated(product_id="P001", name="Keyboard", price_cents=8900, initial_stock=5)
+    states = {("stock", "P001"): None}
+    assert inventory.decide(created, states) == [StockAdded(product_id="P001", quantity=5)]
+
+
+# --- placing an order ------------------------------------------------------------------------
+
+
+def place(lines, customer=user.User("U001", "Ada", "ada@example.com"), catalogue=None):
+    command = parse(PlaceOrder, {"user_id": "U001", "lines": lines})
+    return order.place(command, "O-1", customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
+
+
+def test_an_order_is_priced_from_the_catalogue_in_cents():
+    events = place([{"product_id": "P001", "quantity": 1}, {"product_id": "P002", "quantity": 2}])
+    assert events == [CREATED]
+    assert isinstance(events[0].total_cents, int)
+
+
+def test_an_order_for_an_unknown_user_is_rejected():
+    with pytest.raises(NotFound) as error:
+        place([{"product_id": "P001", "quantity": 1}], customer=None)
+    assert error.value.field == "user_id"
+
+
+def test_an_order_for_an_unknown_product_names_the_line():
+    with pytest.raises(NotFound) as error:
+        place([{"product_id": "P001", "quantity": 1}, {"product_id": "P404", "quantity": 1}])
+    assert error.value.field == "lines.1.product_id"
+    assert "P404" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("lines", "field"),
+    [
+        ([], "lines"),
+        ([{"product_id": "P001", "quantity": 0}], "lines.0.quantity"),
+        ([{"product_id": "P001", "quantity": -3}], "lines.0.quantity"),
+        ([{"product_id": "P001", "quantity": 10**9}], "lines.0.quantity"),
+        ([{"product_id": "P001", "quantity": 1.5}], "lines.0.quantity"),
+        ([{"product_id": "P001", "quantity": 1}] * 2, "lines"),
+        ([{"product_id": f"P{i}", "quantity": 1} for i in range(51)], "lines"),
+        ([{"product_id": "x" * 65, "quantity": 1}], "lines.0.product_id"),
+        ([{"product_id": "P001"}], "lines.0.quantity"),
+    ],
+)
+def test_invalid_orders_name_the_field(lines, field):
+    with pytest.raises(InvalidCommand) as error:
+        parse(PlaceOrder, {"user_id": "U001", "lines": lines})
+    assert error.value.field == field
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(InvalidCommand) as error:
+        parse(RegisterUser, {"user_id": "U1", "name": "A", "email": "a@b.co", "admin": True})
+    assert error.value.field == "admin"
+
+
+# --- inventory: all lines or none ------------------------------------------------------------
+
+
+def stock(available):
+    return inventory.Stock(available=available)
+
+
+def test_inventory_reserves_every_line():
+    states = {("reservation", "O-1"): None, ("stock", "P001"): stock(5), ("stock", "P002"): stock(2)}
+    assert inventory.decide(CREATED, states) == [
+        StockReserved(product_id="P001", order_id="O-1", quantity=1),
+        StockReserved(product_id="P002", order_id="O-1", quantity=2),
+        ReservationConfirmed(order_id="O-1", lines=LINES),
+    ]
+
+
+def test_inventory_reserves_nothing_when_one_line_is_short():
+    states = {("reservation", "O-1"): None, ("stock", "P001"): stock(5), ("stock", "P002"): stock(1)}
+    assert inventory.decide(CREATED, states) == [
+        ReservationRejected(order_id="O-1", product_id="P002", requested=2, available=1)
+    ]
+
+
+def test_inventory_decides_once_per_order():
+    states = {("reservation", "O-1"): inventory.Reservation("confirmed"), ("stock", "P001"): stock(5),
+              ("stock", "P002"): stock(5)}
+    assert inventory.decide(CREATED, states) == []
+
+
+def test_stock_folds_through_reserve_release_and_sell():
+    events = [
+        StockAdded(product_id="P001", quantity=10),
+        StockReserved(product_id="P001", order_id="O-1", quantity=3),
+        StockReserved(product_id="P001", order_id="O-2", quantity=2),
+        StockReleased(product_id="P001", order_id="O-1", quantity=3),
+        StockSold(product_id="P001", order_id="O-2", quantity=2),
+    ]
+    assert fold(inventory.evolve_stock, events) == inventory.Stock(available=8, reserved=0, sold=2)
+
+
+def test_a_cancelled_order_releases_what_was_reserved():
+    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="payment_failed", detail="card declined",
+                               lines=LINES)
+    states = {("reservation", "O-1"): inventory.Reservation("confirmed")}
+    assert inventory.decide(cancelled, states) == [
+        StockReleased(product_id="P001", order_id="O-1", quantity=1),
+        StockReleased(product_id="P002", order_id="O-1", quantity=2),
+    ]
+    rejected = {("reservation", "O-1"): inventory.Reservation("rejected")}
+    assert inventory.decide(cancelled, rejected) == []
+
+
+def test_a_completed_order_sells_its_reserved_stock():
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    states = {("reservation", "O-1"): inventory.Reservation("confirmed")}
+    assert [type(e) for e in inventory.decide(completed, states)] == [StockSold, StockSold]
+
+
+# --- the saga in the order service -----------------------------------------------------------
+
+
+def order_after(*events):
+    return {("order", "O-1"): fold(order.evolve, [CREATED, *events])}
+
+
+def test_reservation_confirms_the_order_with_its_total():
+    decided = order.decide(ReservationConfirmed(order_id="O-1", lines=LINES), order_after())
+    assert decided == [OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)]
+
+
+def test_rejected_reservation_cancels_as_out_of_stock():
+    rejected = ReservationRejected(order_id="O-1", product_id="P002", requested=2, available=1)
+    [cancelled] = order.decide(rejected, order_after())
+    assert cancelled.reason == "out_of_stock"
+    assert cancelled.detail == "P002: 2 requested, 1 available"
+
+
+def test_successful_payment_completes_the_order():
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
+    paid = PaymentCompleted(order_id="O-1", amount_cents=13898, status="COMPLETED")
+    assert order.decide(paid, order_after(confirmed)) == [
+        OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    ]
+
+
+def test_failed_payment_cancels_the_order_with_its_lines_for_compensation():
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
+    failed = PaymentCompleted(order_id="O-1", amount_cents=13898, status="FAILED", reason="card declined")
+    [cancelled] = order.decide(failed, order_after(confirmed))
+    assert (cancelled.reason, cancelled.detail, cancelled.lines) == ("payment_failed", "card declined", LINES)
+
+
+def test_late_or_repeated_answers_change_nothing():
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    paid = PaymentCompleted(order_id="O-1", amount_cents=13898, status="COMPLETED")
+    assert order.decide(paid, order_after(confirmed, completed)) == []
+    assert order.decide(ReservationConfirmed(order_id="O-1", lines=LINES), order_after(confirmed)) == []
+
+
+# --- payment ---------------------------------------------------------------------------------
+
+
+def test_payment_charges_once_and_reports_declines():
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
+    gateway = payment.SimulatedGateway(failure_rate=1.0)
+    service = payment.service(gateway)
+    [failed] = service.handle(confirmed, {("payment", "O-1"): None})
+    assert (failed.status, failed.reason, failed.amount_cents) == ("FAILED", "card declined", 13898)
+    already = fold(payment.evolve, [failed])
+    assert service.handle(confirmed, {("payment", "O-1"): already}) == []
+    assert gateway.charges == 1
+
+
+def test_gateway_declines_depend_only_on_seed_and_order():
+    a, b = payment.SimulatedGateway(0.5, seed=7), payment.SimulatedGateway(0.5, seed=7)
+    orders = [f"O-{i}" for i in range(50)]
+    answers = [a.charge(o, 100).approved for o in orders]
+    assert answers == [b.charge(o, 100).approved for o in reversed(orders)][::-1]
+    assert 10 < sum(answers) < 40
+
+
+def test_a_gateway_outage_fails_the_payment_and_opens_the_breaker():
+    gateway = payment.SimulatedGateway()
+    gateway.available.clear()
+    service = payment.service(gateway, payment.CircuitBreaker(failure_threshold=2, reset_after=60))
+    for i in range(3):
+        confirmed = OrderConfirmed(order_id=f"O-{i}", user_id="U001", total_cents=100)
+        [failed] = service.handle(confirmed, {("payment", f"O-{i}"): None})
+        assert failed.status == "FAILED"
+    assert failed.reason.startswith("circuit open")
+
+
+# --- notification ----------------------------------------------------------------------------
+
+
+def test_order_events_become_one_email_each_then_sent():
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
+    ada = fold(user.evolve, [ADA])
+    [requested] = notification.decide(confirmed, {("notification", "O-1"): None, ("user", "U001"): ada})
+    assert (requested.kind, requested.to) == ("order_confirmed", "ada@example.com")
+    box = fold(notification.evolve, [requested])
+    assert notification.decide(confirmed, {("notification", "O-1"): box, ("user", "U001"): ada}) == []
+    assert notification.decide(requested, {("notification", "O-1"): box}) == [
+        EmailSent(order_id="O-1", kind="order_confirmed", to="ada@example.com")
+    ]
+
+
+def test_the_mailer_writes_each_sent_email(tmp_path):
+    mailer = notification.FileMailer(tmp_path / "mailbox.jsonl")
+    service = notification.service(mailer)
+    email = EmailRequested(order_id="O-1", kind="order_completed", to="ada@example.com", subject="Paid")
+    service.handle(email, {("notification", "O-1"): None})
+    assert '"to": "ada@example.com"' in (tmp_path / "mailbox.jsonl").read_text()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from eventlab.resilience import CircuitBreaker, CircuitOpen, retry
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def boom():
+    raise ConnectionError("down")
+
+
+def test_breaker_opens_after_threshold_then_half_opens_and_closes():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_after=10, clock=clock)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(boom)
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpen):
+        breaker.call(lambda: "not called")
+    clock.now = 10
+    assert breaker.state == "half-open"
+    assert breaker.call(lambda: "ok") == "ok"
+    assert breaker.state == "closed"
+
+
+def test_a_failed_trial_call_opens_the_breaker_again():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    clock.now = 5
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    assert breaker.state == "open"
+
+
+def test_retry_backs_off_exponentially_and_gives_up():
+    delays = []
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError
+        return "done"
+
+    assert retry(flaky, retry_on=(ConnectionError,), attempts=3, base_delay=0.1, sleep=delays.append) == "done"
+    assert delays == [0.1, 0.2]
+    with pytest.raises(ConnectionError):
+        retry(boom, retry_on=(ConnectionError,), attempts=2, base_delay=0.1, sleep=delays.append)
+
+
+def test_retry_does_not_retry_other_errors():
+    calls = []
+
+    def wrong():
+        calls.append(1)
+        raise ValueError
+
+    with pytest.raises(ValueError):
+        retry(wrong, retry_on=(ConnectionError,), sleep=lambda _: None)
+    assert len(calls) == 1
