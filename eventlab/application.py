@@ -138,4 +138,6 @@ class Commands:
         )
 
     def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
-        return trace_metadata(source, correlation_id or self.new_id())
+        # ``new_id`` (not the injected factory): the factory names orders only, so a counter-based
+        # factory gives order-001 to the first order even after the catalogue was registered.
+        return trace_metadata(source, correlation_id or new_id())
