@@ -1,0 +1,82 @@
+"""Facts about the broker that the design relies on (DESIGN.md §1), checked on the embedded broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
+from eventlab.kafka.clients import ALL_TOPICS
+from eventlab.settings import Settings
+from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.events import StockAdded
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
+        yield Settings(data_dir=tmp_path_factory.mktemp("data"), bootstrap_servers=broker.bootstrap_servers)
+
+
+def drain(consumer, count, timeout=30):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        message = consumer.poll(0.1)
+        if message is not None and not message.error():
+            got.append(message)
+    return got
+
+
+def test_topics_are_created_once(settings):
+    first = ensure_topics(settings)
+    assert set(first) == set(ALL_TOPICS)
+    assert ensure_topics(settings) == []
+
+
+def test_a_consumer_restarts_from_a_committed_offset_inside_a_batch(settings):
+    topic = f"quirk-{uuid.uuid4().hex[:8]}"
+    ensure_topics(Settings(data_dir=settings.data_dir, bootstrap_servers=settings.bootstrap_servers,
+                           partitions=1), [topic])
+    producer = make_producer(settings)
+    for i in range(10):
+        producer.produce(topic, str(i).encode(), b"k")
+    producer.flush(10)
+    group = f"quirk-{uuid.uuid4().hex[:8]}"
+    first = make_consumer(settings, group, **{"enable.auto.commit": False})
+    first.subscribe([topic])
+    batch = drain(first, 10)
+    assert [m.value() for m in batch] == [str(i).encode() for i in range(10)]
+    first.commit(message=batch[2], asynchronous=False)  # handled 0, 1, 2
+    first.close()
+    second = make_consumer(settings, group)
+    second.subscribe([topic])
+    again = drain(second, 7)
+    second.close()
+    assert [m.value() for m in again] == [str(i).encode() for i in range(3, 10)]
+
+
+def test_cloudevents_round_trip_through_the_broker(settings, tmp_path):
+    store = SqliteEventStore(tmp_path / "events.db")
+    [stored] = store.append([NewEvent(StockAdded(product_id="P001", quantity=3), 1,
+                                      {"source": "inventory", "correlation_id": "c-9",
+                                       "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})])
+    key, value, headers = to_message(stored)
+    producer = make_producer(settings)
+    producer.produce(StockAdded.topic, value, key, headers=headers)
+    producer.flush(10)
+    consumer = make_consumer(settings, f"ce-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([StockAdded.topic])
+    [message] = drain(consumer, 1)
+    consumer.close()
+    decoded = from_message(message.value(), message.headers())
+    assert decoded.event == StockAdded(product_id="P001", quantity=3)
+    assert (decoded.event_id, decoded.correlation_id) == (stored.event_id, "c-9")
+    header = dict(message.headers())
+    assert header["ce_source"] == b"/eventlab/inventory"
+    assert header["ce_subject"] == b"P001" and message.key() == b"P001"
+    assert header["traceparent"].startswith(b"00-" + b"a" * 32)
