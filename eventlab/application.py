@@ -16,7 +16,7 @@ from eventlab.errors import NotFound
 from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
 from eventlab.services import order, product, user
-from eventlab.services.runtime import execute, load, trace_metadata
+from eventlab.services.runtime import StreamCache, execute, load, trace_metadata
 from eventlab.store.base import EventStore, StoredEvent
 
 __all__ = ["Commands", "OrderView", "money"]
@@ -84,13 +84,15 @@ class Commands:
     def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id) -> None:
         self.store = store
         self.new_id = id_factory
+        self._cache = StreamCache()
 
     def register_user(self, **data: Any) -> UserCreated:
         """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field."""
         command = parse(RegisterUser, data)
         key = ("user", command.user_id)
         stored = execute(
-            self.store, [key], {"user": user.evolve}, lambda s: user.register(command, s[key]), self._meta("user")
+            self.store, [key], {"user": user.evolve}, lambda s: user.register(command, s[key]), self._meta("user"),
+            cache=self._cache,
         )
         return stored[0].event  # type: ignore[return-value]
 
@@ -104,6 +106,7 @@ class Commands:
             {"product": product.evolve},
             lambda s: product.create(command, s[key]),
             self._meta("product"),
+            cache=self._cache,
         )
         return stored[0].event  # type: ignore[return-value]
 
@@ -119,7 +122,14 @@ class Commands:
             catalogue = {pid: states[("product", pid)] for _, pid in items}
             return order.place(command, order_id, states[customer], catalogue)
 
-        execute(self.store, [key, customer, *items], order.SERVICE.evolvers, decide, self._meta("order", order_id))
+        execute(
+            self.store,
+            [key, customer, *items],
+            order.SERVICE.evolvers,
+            decide,
+            self._meta("order", order_id),
+            cache=self._cache,
+        )
         return order_id
 
     def get_order(self, order_id: str) -> OrderView:

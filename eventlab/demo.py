@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eventlab.catalogue import load_products, load_users
@@ -92,13 +93,17 @@ def run_demo(
     rate: float | None = None,
     timeout: float = 120.0,
     progress: Callable[[int, int, int], None] | None = None,
+    catalogue: Path | None = None,
 ) -> DemoReport:
     """Place ``orders`` random orders (``rate`` per second, or as fast as possible) on a running
-    shop, wait until every saga is terminal (or ``timeout``), and report with the audit."""
-    shop.seed_catalogue()
+    shop, wait until every saga is terminal (or ``timeout``), and report with the audit.
+
+    Users and products come from ``catalogue`` (default: the CSV files in ``data/``).
+    """
+    shop.seed_catalogue(catalogue)
     rng = random.Random(seed)
-    users = [row["user_id"] for row in load_users()]
-    products = [row["product_id"] for row in load_products()]
+    users = [row["user_id"] for row in load_users(catalogue)]
+    products = [row["product_id"] for row in load_products(catalogue)]
     store = shop.store
     first_position = store.head()
     placed: set[str] = set()

@@ -244,7 +244,7 @@ class Shop:
         while not self.idle():
             if time.monotonic() > deadline:
                 raise SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}")
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     def lag(self) -> dict[str, int]:
         """Events not yet published (``relay``) or not yet handled, per service."""
@@ -254,7 +254,11 @@ class Shop:
         return lag
 
     def idle(self) -> bool:
-        return not any(self.lag().values())
+        """True when nothing is waiting to be published or handled."""
+        store = self.store
+        if store.head() != store.checkpoint(CHECKPOINT):
+            return False
+        return not any(loop.lag() for loop in self.loops.values())
 
     # --- internals -------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventlab.services import SERVICE_NAMES
 from eventlab.store.base import StoredEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,13 +73,16 @@ SERVICE_COLOURS: dict[str, str] = {
 
 _FAILURES = {"ReservationRejected", "OrderCancelled"}
 
+#: Left to right in a diagram: who starts a saga, who answers first, who is told last.
+_LANES: tuple[str, ...] = ("user", "product", "order", "inventory", "payment", "notification")
+
 
 def _source(event: StoredEvent) -> str:
     return event.metadata.get("source", "eventlab")
 
 
 def _service_rank(service: str) -> int:
-    return SERVICE_NAMES.index(service) if service in SERVICE_NAMES else len(SERVICE_NAMES)
+    return _LANES.index(service) if service in _LANES else len(_LANES)
 
 
 def causes(events: Sequence[StoredEvent]) -> dict[str, StoredEvent]:
@@ -183,7 +185,8 @@ def saga_mermaid(events: Iterable[StoredEvent], *, title: str | None = None, aut
     services = {_source(e) for e in ordered} | {s for ss in reacted.values() for s in ss}
     lines = ["sequenceDiagram"]
     if title:
-        lines.insert(0, f"---\ntitle: {_label(title)}\n---")
+        quoted = _label(title).replace("\\", "/").replace('"', "'")
+        lines.insert(0, f'---\ntitle: "{quoted}"\n---')  # YAML front matter: quoted, colons allowed
     if autonumber:
         lines.append("    autonumber")
     root = ordered[0]
@@ -284,13 +287,14 @@ def plot_saga_timeline(events: Iterable[StoredEvent], *, ax: Axes | None = None,
         ax.barh(row, max(step.duration_ms, 0.5), left=step.start_ms, color=colour, height=0.6)
     ax.set_yticks(range(len(steps)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ms since the order was placed (bar: from the cause recorded to this event recorded)")
+    ax.set_xlabel("ms since the order was placed")
     if title:
         ax.set_title(title)
     seen = list(dict.fromkeys(s.service for s in steps))
     ax.legend(
         handles=[Patch(color=SERVICE_COLOURS.get(s, "#333333"), label=s) for s in seen],
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
     )
     ax.grid(axis="x", alpha=0.3)

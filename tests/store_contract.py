@@ -114,3 +114,25 @@ class EventStoreContract:
         assert [e.version for e in events] == list(range(1, 101))
         positions = [e.position for e in store.read_all()]
         assert positions == sorted(positions) and len(positions) == 100
+
+    def test_appends_in_a_transaction_commit_together(self, store):
+        with store.transaction():
+            store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
+            store.append([NewEvent(added("P2"), 1)], processed=("inventory", "e-2"))
+            assert len(store.read_stream("stock", "P1")) == 1  # the transaction sees its own writes
+        assert store.head() == 2 and store.is_processed("inventory", "e-2")
+
+    def test_a_failed_transaction_writes_nothing(self, store):
+        with pytest.raises(RuntimeError), store.transaction():
+            store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
+            raise RuntimeError("handler bug")
+        assert store.head() == 0 and not store.is_processed("inventory", "e-1")
+
+    def test_a_conflict_inside_a_transaction_undoes_only_that_append(self, store):
+        with store.transaction():
+            store.append([NewEvent(added("P1"), 1)])
+            with pytest.raises(ConcurrencyError):
+                store.append([NewEvent(added("P2"), 1), NewEvent(added("P1"), 1)], processed=("inventory", "e-3"))
+            store.append([NewEvent(added("P3"), 1)])
+        assert [e.aggregate_id for e in store.read_all()] == ["P1", "P3"]
+        assert not store.is_processed("inventory", "e-3")

@@ -56,6 +56,7 @@ def test_an_order_placed_over_http_completes(shop):
     ],
 )
 def test_invalid_commands_are_rejected_naming_the_field_and_write_nothing(shop, service, path, body, status, field):
+    shop.wait_idle()
     head = shop.store.head()
     got_status, got = call(shop, service, "POST", path, body)
     assert (got_status, got["field"]) == (status, field)

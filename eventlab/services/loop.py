@@ -20,7 +20,7 @@ from confluent_kafka import Message as KafkaMessage
 from eventlab.errors import BrokerError, ConcurrencyError, StoreError
 from eventlab.kafka.clients import dead_letter_topic, make_consumer, make_producer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
-from eventlab.services.runtime import Service, execute, trace_metadata
+from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 
@@ -68,6 +68,7 @@ class ServiceLoop:
         self.assigned = threading.Event()
         self._accepted = {cls.__name__ for cls in service.subscriptions}
         self._dead_letters = None
+        self._cache = StreamCache()
 
     def __repr__(self) -> str:
         s = self.stats
@@ -85,36 +86,65 @@ class ServiceLoop:
         """Stored events of the subscribed types this service has not handled yet."""
         return self.store.unprocessed(self.service.name, self._accepted)
 
-    def run(self, stop: threading.Event, batch: int = 500, timeout: float = 0.005) -> None:
+    def run(self, stop: threading.Event, batch: int = 200, timeout: float = 0.005) -> None:
         """Consume and handle until ``stop`` is set; close the consumer cleanly."""
         consumer = make_consumer(self.settings, self.service.name)
         consumer.subscribe(self.service.topics, on_assign=lambda *_: self.assigned.set())
         try:
             while not stop.is_set():
+                messages = []
                 for message in consumer.consume(batch, timeout):
                     if message.error():
                         log.warning("%s: consumer error %s", self.service.name, message.error())
-                        continue
-                    self.process(message)
-                    consumer.store_offsets(message)
+                    else:
+                        messages.append(message)
+                if messages:
+                    self.process(messages)
+                    for message in messages:
+                        consumer.store_offsets(message)
         finally:
             consumer.close()
             if self._dead_letters is not None:
                 self._dead_letters.flush(5)
 
-    def process(self, message: KafkaMessage) -> None:
-        """Handle one Kafka message; never raises for bad input."""
+    def process(self, messages: list[KafkaMessage]) -> None:
+        """Handle a batch of Kafka messages; never raises for bad input.
+
+        The fast path handles the whole batch in one store transaction (one commit instead of
+        one per event). If anything in it fails, the batch is rolled back and each message is
+        handled on its own, with retries and, in the end, the dead-letter topic.
+        """
+        decoded = [(message, found) for message in messages if (found := self.decode(message)) is not None]
+        if self.service.batch and len(decoded) > 1:
+            try:
+                with self.store.transaction():
+                    outcomes = [self.handle(found) for _, found in decoded]
+            except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
+                self._cache.clear()
+                log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
+            else:
+                self._count(outcomes)
+                return
+        for message, found in decoded:
+            self.process_one(message, found)
+
+    def decode(self, message: KafkaMessage) -> Message | None:
+        """The event in ``message``, or None after dead-lettering what cannot be handled."""
         try:
             decoded = from_message(message.value(), message.headers())
         except UndecodableMessage as exc:
             self.dead_letter(message, str(exc))
-            return
+            return None
         if decoded.event.event_type not in self._accepted:
             self.dead_letter(message, f"unexpected event type {decoded.event.event_type} for {self.service.name}")
-            return
+            return None
+        return decoded
+
+    def process_one(self, message: KafkaMessage, decoded: Message) -> None:
+        """Handle one event in its own transaction, retrying with backoff, else dead-letter it."""
         for attempt in range(1, self.attempts + 1):
             try:
-                self.handle(decoded)
+                self._count([self.handle(decoded)])
                 return
             except _TRANSIENT as exc:
                 error: Exception = exc
@@ -125,12 +155,14 @@ class ServiceLoop:
             time.sleep(self.backoff * 2 ** (attempt - 1))
         self.dead_letter(message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}")
 
-    def handle(self, message: Message) -> None:
-        """Decide on one decoded event and append the outcome with the processed marker."""
+    def handle(self, message: Message) -> bool:
+        """Decide on one decoded event and append the outcome with the processed marker.
+
+        Returns False when the event had already been handled (a redelivery).
+        """
         name = self.service.name
         if self.store.is_processed(name, message.event_id):
-            self.stats.duplicates += 1
-            return
+            return False
         event = message.event
         metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
         execute(
@@ -140,8 +172,14 @@ class ServiceLoop:
             lambda states: self.service.handle(event, states),
             metadata,
             processed=(name, message.event_id),
+            cache=self._cache,
         )
-        self.stats.handled += 1
+        return True
+
+    def _count(self, outcomes: list[bool]) -> None:
+        handled = sum(outcomes)
+        self.stats.handled += handled
+        self.stats.duplicates += len(outcomes) - handled
 
     def dead_letter(self, message: KafkaMessage, reason: str) -> None:
         """Copy ``message`` to its dead-letter topic with the reason in headers, and wait for the ack."""

@@ -126,4 +126,5 @@ def service(gateway: SimulatedGateway, breaker: CircuitBreaker | None = None) ->
         evolvers={"payment": evolve},
         streams=streams,
         handle=handle,
+        batch=False,
     )

@@ -7,7 +7,9 @@ Commands from HTTP or Python go through :func:`execute` the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from eventlab.events import Event
 from eventlab.ids import new_span_id, new_trace_id
 from eventlab.store.base import EventStore, Metadata, NewEvent, StoredEvent
 
-__all__ = ["StreamKey", "Stream", "Service", "Evolve", "load", "execute", "trace_metadata"]
+__all__ = ["StreamKey", "Stream", "StreamCache", "Service", "Evolve", "load", "execute", "trace_metadata"]
 
 #: (aggregate type, aggregate id)
 StreamKey = tuple[str, str]
@@ -48,7 +50,9 @@ class Service:
     - ``subscriptions``: the event types it reacts to (their topics are subscribed);
     - ``evolvers``: the fold for each aggregate type it reads;
     - ``streams(event)``: the streams a decision on ``event`` reads and may append to;
-    - ``handle(event, states)``: the new events (pure, except where a service calls a gateway).
+    - ``handle(event, states)``: the new events (pure, except where a service calls a gateway);
+    - ``batch``: whether several events may be handled in one store transaction (not when
+      ``handle`` waits on a slow dependency, which would hold the store's write lock).
     """
 
     name: str
@@ -56,6 +60,7 @@ class Service:
     evolvers: Mapping[str, Evolve] = field(default_factory=dict)
     streams: Callable[[Event], Sequence[StreamKey]] = _no_streams
     handle: Callable[[Event, States], Sequence[Event]] = _no_events
+    batch: bool = True
 
     @property
     def topics(self) -> list[str]:
@@ -66,13 +71,60 @@ class Service:
         return f"<Service {self.name}: {consumes}>"
 
 
-def load(store: EventStore, key: StreamKey, evolve: Evolve) -> Stream:
-    """Fold one stream's events into its state."""
-    state = None
-    events = store.read_stream(*key)
-    for stored in events:
+def load(store: EventStore, key: StreamKey, evolve: Evolve, known: Stream | None = None) -> Stream:
+    """Fold one stream's events into its state, continuing from ``known`` (an earlier load)."""
+    state, version = (known.state, known.version) if known else (None, 0)
+    for stored in store.read_stream(*key, after_version=version):
         state = evolve(state, stored.event)
-    return Stream(key, state, events[-1].version if events else 0)
+        version = stored.version
+    return Stream(key, state, version)
+
+
+class StreamCache:
+    """Recently loaded streams, so a decision reads only the events appended since.
+
+    Streams are append-only, so a cached state is always a valid prefix: a load catches up from
+    its version. Holds at most ``size`` streams (least recently used go first). Thread-safe.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self._streams: OrderedDict[StreamKey, Stream] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<StreamCache {len(self._streams)}/{self.size} streams>"
+
+    def clear(self) -> None:
+        """Forget everything (after a rolled-back transaction whose writes were read)."""
+        with self._lock:
+            self._streams.clear()
+
+    def remember(self, streams: Iterable[Stream], appended: Sequence[Event], evolvers: Mapping[str, Evolve]) -> None:
+        """Fold events just appended into their cached streams, so they are not read back."""
+        for stream in streams:
+            state, version = stream.state, stream.version
+            for event in appended:
+                if (event.aggregate_type, event.aggregate_id) == stream.key:
+                    state, version = evolvers[stream.key[0]](state, event), version + 1
+            if version != stream.version:
+                self._put(Stream(stream.key, state, version))
+
+    def _put(self, stream: Stream) -> None:
+        with self._lock:
+            current = self._streams.get(stream.key)
+            if current is None or current.version <= stream.version:
+                self._streams[stream.key] = stream
+                self._streams.move_to_end(stream.key)
+            if len(self._streams) > self.size:
+                self._streams.popitem(last=False)
+
+    def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream:
+        with self._lock:
+            known = self._streams.get(key)
+        stream = load(store, key, evolve, known)
+        self._put(stream)
+        return stream
 
 
 def trace_metadata(source: str, correlation_id: str, causation_id: str = "", traceparent: str = "") -> Metadata:
@@ -97,6 +149,7 @@ def execute(
     metadata: Metadata,
     *,
     processed: tuple[str, str] | None = None,
+    cache: StreamCache | None = None,
     attempts: int = 20,
 ) -> list[StoredEvent]:
     """Load ``keys``, decide, append with optimistic concurrency; reload and retry on a conflict.
@@ -105,7 +158,10 @@ def execute(
     Returns the stored events (``[]`` when nothing was decided or ``processed`` was already recorded).
     """
     for attempt in range(attempts):
-        streams = {key: load(store, key, evolvers[key[0]]) for key in keys}
+        streams = {
+            key: cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
+            for key in keys
+        }
         events = decide({key: stream.state for key, stream in streams.items()})
         versions = {key: stream.version for key, stream in streams.items()}
         batch = []
@@ -118,8 +174,12 @@ def execute(
         if not batch and processed is None:
             return []
         try:
-            return store.append(batch, processed=processed)
+            stored = store.append(batch, processed=processed)
         except ConcurrencyError:
             if attempt == attempts - 1:
                 raise
+            continue
+        if cache is not None and stored:
+            cache.remember(streams.values(), [new.event for new in batch], evolvers)
+        return stored
     raise AssertionError("unreachable")

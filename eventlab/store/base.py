@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,8 +80,15 @@ class EventStore(ABC):
         """Append ``events`` atomically; ``processed`` = (consumer, event id) marks an input handled."""
 
     @abstractmethod
-    def read_stream(self, aggregate_type: str, aggregate_id: str) -> list[StoredEvent]:
-        """Every event of one stream, by version."""
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction: every ``append`` inside commits with it or not at all.
+
+        An ``append`` inside that fails (a conflict) undoes only itself.
+        """
+
+    @abstractmethod
+    def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
+        """The events of one stream with ``version > after_version``, by version."""
 
     @abstractmethod
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,6 +51,10 @@ _COLUMNS = (
 )
 
 Clock = Callable[[], datetime]
+
+# (begin, commit, rollback) for an append on its own, and for one inside transaction().
+_TOP_LEVEL = (("BEGIN IMMEDIATE",), ("COMMIT",), ("ROLLBACK",))
+_NESTED = (("SAVEPOINT append",), ("RELEASE append",), ("ROLLBACK TO append", "RELEASE append"))
 
 
 def _utcnow() -> datetime:
@@ -108,6 +113,9 @@ class SqliteEventStore(EventStore):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Threads of one process queue here instead of in SQLite's busy handler, which sleeps
+        # up to 100 ms between tries; other processes still wait on SQLite's lock.
+        self._write_lock = threading.Lock()
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +144,8 @@ class SqliteEventStore(EventStore):
         self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None
     ) -> list[StoredEvent]:
         conn = self._conn()
-        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        recorded_at = self._clock().astimezone(UTC)
+        now = recorded_at.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
         rows = [
             (
                 self._new_id(),
@@ -151,12 +160,51 @@ class SqliteEventStore(EventStore):
             )
             for new in events
         ]
-        conn.execute("BEGIN IMMEDIATE")
+        if getattr(self._local, "in_transaction", False):
+            positions = self._insert(conn, rows, processed, _NESTED)
+        else:
+            with self._write_lock:
+                positions = self._insert(conn, rows, processed, _TOP_LEVEL)
+        return [
+            StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
+            for position, row, new in zip(positions, rows, events, strict=False)
+        ]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            self._local.in_transaction = True
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.in_transaction = False
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        rows: list[tuple],
+        processed: tuple[str, str] | None,
+        statements: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+    ) -> list[int]:
+        """Insert ``rows`` (and the marker); return their positions, or [] for a redelivery."""
+        begin, commit, rollback = statements
+
+        def run(sql: tuple[str, ...]) -> None:
+            for statement in sql:
+                conn.execute(statement)
+
+        run(begin)
         try:
             if processed is not None:
                 cur = conn.execute("INSERT OR IGNORE INTO processed VALUES (?, ?)", processed)
                 if cur.rowcount == 0:
-                    conn.execute("ROLLBACK")
+                    run(rollback)
                     return []
             stored = []
             for row in rows:
@@ -165,21 +213,22 @@ class SqliteEventStore(EventStore):
                     " schema_version, data, metadata, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     row,
                 )
-                stored.append((cur.lastrowid, *row))
-            conn.execute("COMMIT")
+                stored.append(cur.lastrowid)
+            run(commit)
         except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
+            run(rollback)
             raise ConcurrencyError(f"stream version already taken: {exc}") from exc
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                run(rollback)
             raise
-        return [_row_to_event(row) for row in stored]
+        return stored
 
-    def read_stream(self, aggregate_type: str, aggregate_id: str) -> list[StoredEvent]:
+    def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM events WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY version",
-            (aggregate_type, aggregate_id),
+            f"SELECT {_COLUMNS} FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version > ?"
+            " ORDER BY version",
+            (aggregate_type, aggregate_id, after_version),
         )
         return [_row_to_event(row) for row in rows]
 
