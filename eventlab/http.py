@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -66,7 +67,7 @@ class ServiceHttp:
         """Dispatch one request; returns (status, JSON-able body)."""
         parts = [p for p in path.split("?")[0].split("/") if p]
         if method == "GET" and parts == ["health"]:
-            return 200, {"status": "ok", "service": self.service, **self.health()}
+            return 200, {"status": "ok", "service": self.service, "pid": os.getpid(), **self.health()}
         if method == "GET" and parts == ["metrics"]:
             return 200, self._metrics()
         commands = self.commands
