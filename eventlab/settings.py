@@ -20,6 +20,7 @@ SERVICE_PORTS: dict[str, int] = {
 }
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
+_SECRET_WORDS = ("password", "secret", "key", "token")
 
 
 def default_data_dir() -> Path:
@@ -75,6 +76,13 @@ class Settings:
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        kafka = {k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()}
+        return (
+            f"Settings(data_dir={str(self.data_dir)!r}, bootstrap_servers={self.bootstrap_servers or 'embedded'!r}, "
+            f"kafka_config={kafka!r}, partitions={self.partitions}, http_port_offset={self.http_port_offset})"
+        )
 
     @property
     def store_path(self) -> Path:
