@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from eventlab.application import Commands, OrderView
-from eventlab.errors import BrokerError, SagaTimeout
+from eventlab.catalogue import load_products, load_users
+from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
 from eventlab.http import ServiceHttp
 from eventlab.ids import new_id
@@ -209,21 +210,11 @@ class Shop:
     def seed_catalogue(self, directory: Path | None = None) -> tuple[int, int]:
         """Register the users and products of ``data/`` that do not exist yet and wait until
         Inventory has stocked them; return (users, products) created."""
-        from eventlab.catalogue import load_products, load_users  # noqa: PLC0415
-        from eventlab.errors import AlreadyExists  # noqa: PLC0415
-
-        created = [0, 0]
-        for index, (rows, command) in enumerate(
-            ((load_users(directory), self._commands().register_user), (load_products(directory), self._commands().create_product))
-        ):
-            for row in rows:
-                try:
-                    command(**row)
-                    created[index] += 1
-                except AlreadyExists:
-                    pass
+        commands = self._commands()
+        users = sum(_create_if_new(commands.register_user, row) for row in load_users(directory))
+        products = sum(_create_if_new(commands.create_product, row) for row in load_products(directory))
         self.wait_idle()
-        return created[0], created[1]
+        return users, products
 
     # --- waiting ---------------------------------------------------------------------------
 
@@ -280,3 +271,11 @@ class Shop:
     def _health(self, name: str) -> Callable[[], dict[str, Any]]:
         loop = self.loops.get(name)
         return loop.health if loop is not None else lambda: {"events": self.store.head()}
+
+
+def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:
+    try:
+        command(**row)
+    except AlreadyExists:
+        return False
+    return True

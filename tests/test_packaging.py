@@ -22,7 +22,8 @@ def test_environment_yml_matches_pyproject():
     for extra in project["optional-dependencies"].values():
         wanted |= {name_of(r) for r in extra}
     listed = set()
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    text = (ROOT / "environment.yml").read_text()
+    for line in text[text.index("dependencies:"):].splitlines():
         match = re.match(r"^\s+-\s+([A-Za-z0-9_.\-]+)", line)
         if match and match.group(1) not in ("pip", "python", "-e"):
             listed.add(CONDA_NAMES.get(match.group(1).lower(), match.group(1).lower()))
