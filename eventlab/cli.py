@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
                   "--gateway-latency-ms", str(args.gateway_latency_ms), "--seed", str(args.seed)]
         return supervise(settings, passed)
 
-    from eventlab.demo import print_progress, run_demo  # noqa: PLC0415
+    from eventlab.demo import ProgressPrinter, invariants, run_demo  # noqa: PLC0415
     from eventlab.shop import Shop  # noqa: PLC0415
     from eventlab.supervisor import stop_on_signals  # noqa: PLC0415
 
@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             stop_on_signals().wait()
             return 0
         report = run_demo(shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout,
-                          progress=print_progress)
+                          progress=ProgressPrinter())
+    report.invariants = invariants(settings.store_path)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout
@@ -17,7 +17,7 @@ from eventlab.events import OrderCancelled
 from eventlab.projections.audit import audit
 from eventlab.shop import Shop
 
-__all__ = ["DemoReport", "run_demo", "percentile"]
+__all__ = ["DemoReport", "ProgressPrinter", "invariants", "run_demo", "percentile"]
 
 #: Demo invariant -> the audit check that proves it.
 INVARIANTS = {
@@ -79,10 +79,26 @@ class DemoReport:
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def print_progress(placed: int, done: int, total: int) -> None:
-    """One progress line on stderr, rewritten in place."""
-    end = "\n" if done == total else ""
-    print(f"\rplaced {placed}/{total}  terminal {done}/{total}", end=end, file=sys.stderr, flush=True)
+class ProgressPrinter:
+    """Demo progress on stderr: one line rewritten in place on a terminal (at most 10 times a
+    second), otherwise a line at every tenth of the sagas finished."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self._last_print = 0.0
+        self._tenths = -1
+
+    def __call__(self, placed: int, done: int, total: int) -> None:
+        line = f"placed {placed}/{total}  terminal {done}/{total}"
+        if self.live:
+            now = time.monotonic()
+            if done == total or now - self._last_print >= 0.1:
+                self._last_print = now
+                print(f"\r{line}", end="\n" if done == total else "", file=self.stream, flush=True)
+        elif (tenths := 10 * done // max(total, 1)) > self._tenths:
+            self._tenths = tenths
+            print(line, file=self.stream, flush=True)
 
 
 def run_demo(
@@ -96,7 +112,8 @@ def run_demo(
     catalogue: Path | None = None,
 ) -> DemoReport:
     """Place ``orders`` random orders (``rate`` per second, or as fast as possible) on a running
-    shop, wait until every saga is terminal (or ``timeout``), and report with the audit.
+    shop, wait until every saga is terminal (or ``timeout``), and report (without
+    :attr:`DemoReport.invariants`, which :func:`invariants` fills in once the shop has stopped).
 
     Users and products come from ``catalogue`` (default: the CSV files in ``data/``).
     """
@@ -146,7 +163,6 @@ def run_demo(
             created_at[stored.aggregate_id] = stored.recorded_at.timestamp()
     latencies = [(finished[o][0] - created_at[o]) * 1000 for o in finished if o in created_at]
     reasons = Counter(reason for _, reason in finished.values() if reason)
-    checks = audit(shop.settings.store_path)
     return DemoReport(
         orders=orders,
         completed=sum(1 for _, reason in finished.values() if not reason),
@@ -157,6 +173,16 @@ def run_demo(
         elapsed_s=round(elapsed, 3),
         orders_per_s=round(orders / elapsed, 1) if elapsed else 0.0,
         saga_latency_ms={"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1)},
-        invariants={name: checks[check].ok for name, check in INVARIANTS.items()},
     )
+
+
+def invariants(store_path: Path) -> dict[str, bool]:
+    """The demo's invariants, proven by the audit of the event store.
+
+    Run it once the shop has stopped: DuckDB reads the store with its own copy of SQLite, which
+    must not open a database file that this process has open through Python's ``sqlite3``
+    (two SQLite libraries in one process do not see each other's file locks).
+    """
+    checks = audit(store_path)
+    return {name: checks[check].ok for name, check in INVARIANTS.items()}
 

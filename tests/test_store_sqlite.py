@@ -40,3 +40,13 @@ def test_a_file_that_is_not_an_event_store_is_refused(tmp_path):
     text.write_text("hello " * 1000)
     with pytest.raises(StoreError):
         SqliteEventStore(text, create=False)
+
+
+def test_a_store_knows_whether_this_process_has_it_open(tmp_path):
+    from eventlab.store.sqlite import open_in_this_process
+
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path)
+    assert open_in_this_process(path)
+    store.close()
+    assert not open_in_this_process(path)

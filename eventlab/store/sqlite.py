@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import EventStore, NewEvent, StoredEvent
 
-__all__ = ["SqliteEventStore", "SCHEMA"]
+__all__ = ["SqliteEventStore", "SCHEMA", "open_in_this_process"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -76,6 +77,20 @@ def _row_to_event(row: tuple) -> StoredEvent:
     )
 
 
+_stores: weakref.WeakSet[SqliteEventStore] = weakref.WeakSet()
+
+
+def open_in_this_process(path: str | Path) -> bool:
+    """Whether this process holds a ``sqlite3`` connection to the store at ``path``.
+
+    Another copy of the SQLite library in the same process (DuckDB's ``sqlite`` extension) must
+    not open such a file: POSIX locks are per process, so the two copies cannot see each other's
+    locks, and the second one resets the WAL index the first has mapped (a SIGBUS, or worse).
+    """
+    target = Path(path).resolve()
+    return any(store._connections and store.path.resolve() == target for store in list(_stores))
+
+
 def _check_is_event_store(path: Path) -> None:
     """Raise unless ``path`` is an eventlab store; opens it read-only, so nothing is written."""
     if not path.is_file():
@@ -116,6 +131,7 @@ class SqliteEventStore(EventStore):
         # Threads of one process queue here instead of in SQLite's busy handler, which sleeps
         # up to 100 ms between tries; other processes still wait on SQLite's lock.
         self._write_lock = threading.Lock()
+        _stores.add(self)
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
