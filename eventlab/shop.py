@@ -125,7 +125,13 @@ class Shop:
 
     @property
     def bootstrap_servers(self) -> str:
+        """Where the running shop's broker listens."""
         return self._require().settings.bootstrap_servers
+
+    @property
+    def kafka_settings(self) -> Settings:
+        """The settings in use, pointing at the running broker (for your own Kafka clients)."""
+        return self._require().settings
 
     def __repr__(self) -> str:
         if not self.running:

@@ -343,11 +343,15 @@ class Table:
         return f'<table class="eventlab-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def events_table(events: Iterable[StoredEvent], *, causal: bool = True, positions: bool = False) -> Table:
-    """One row per event: step, service, what happened, stream and version, what caused it.
+def events_table(
+    events: Iterable[StoredEvent], *, causal: bool = True, positions: bool = False, versions: bool = False
+) -> Table:
+    """One row per event: step, service, what happened, its stream, what caused it.
 
-    ``causal=True`` (default) lists them in :func:`causal_order`, which is the same on every run;
-    ``positions=True`` adds the store position (commit order, which varies between runs).
+    ``causal=True`` (default) lists them in :func:`causal_order`, which is the same on every run.
+    ``positions=True`` adds the store position and ``versions=True`` the version in its stream;
+    both can vary between runs where services write concurrently (commit order; e.g. the
+    notification stream of an order gets its emails in whatever order they were handled).
     """
     events = list(events)
     ordered = causal_order(events) if causal else sorted(events, key=lambda e: e.position)
@@ -358,13 +362,10 @@ def events_table(events: Iterable[StoredEvent], *, causal: bool = True, position
         if positions:
             row["position"] = event.position
         parent = parent_of.get(event.event_id)
-        row.update(
-            service=_source(event),
-            event=describe(event),
-            stream=f"{event.aggregate_type}:{event.aggregate_id}",
-            version=event.version,
-            caused_by=parent.event_type if parent else "(command)",
-        )
+        row.update(service=_source(event), event=describe(event), stream=f"{event.aggregate_type}:{event.aggregate_id}")
+        if versions:
+            row["version"] = event.version
+        row["caused_by"] = parent.event_type if parent else "(command)"
         rows.append(row)
     return Table(rows)
 

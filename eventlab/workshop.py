@@ -74,7 +74,7 @@ def run_order(shop: Shop, user_id: str, lines: Mapping[str, int], timeout: float
 
 def kafka_settings(shop: Shop) -> Settings:
     """The shop's settings pointing at the broker it uses (embedded or external)."""
-    return shop.settings.with_bootstrap(shop.bootstrap_servers)
+    return shop.kafka_settings
 
 
 @dataclass(frozen=True)
@@ -388,7 +388,8 @@ class ControlPanel:
         body = "".join(
             f"<tr><td>{name}</td>" + "".join(f"<td>{v}</td>" for v in s.values()) + "</tr>" for name, s in stats.items()
         )
-        self.stats_view.value = f"<b>Services</b> <small>{self.shop.gateway!r}</small><table><tr>{head}</tr>{body}</table>"
+        gateway = html.escape(repr(self.shop.gateway))
+        self.stats_view.value = f"<b>Services</b> <small>{gateway}</small><table><tr>{head}</tr>{body}</table>"
 
     def start(self) -> ControlPanel:
         """Refresh the live view every ``interval`` seconds from a background thread."""

@@ -269,3 +269,10 @@ def test_the_mailer_writes_each_sent_email(tmp_path):
     email = EmailRequested(order_id="O-1", kind="order_completed", to="ada@example.com", subject="Paid")
     service.handle(email, {("notification", "O-1"): None})
     assert '"to": "ada@example.com"' in (tmp_path / "mailbox.jsonl").read_text()
+
+
+def test_gateway_latency_does_not_change_which_orders_are_declined():
+    orders = [f"O-{i}" for i in range(30)]
+    quick = payment.SimulatedGateway(0.5, latency_ms=0, seed=3)
+    slow = payment.SimulatedGateway(0.5, latency_ms=0.01, seed=3)
+    assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]

@@ -7,8 +7,10 @@ is the source of truth, so that loses nothing (see :mod:`eventlab.relay`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +29,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the broker's process before exec: get SIGTERM when eventlab's process dies (Linux)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _broker_binary() -> str:
@@ -86,7 +93,8 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=sys.platform != "win32",
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         log_file.close()
         deadline = time.monotonic() + timeout

@@ -106,6 +106,7 @@ class ServiceLoop:
             consumer.close()
             if self._dead_letters is not None:
                 self._dead_letters.flush(5)
+                self._dead_letters = None  # destroy it now, not after the broker has stopped
 
     def process(self, messages: list[KafkaMessage]) -> None:
         """Handle a batch of Kafka messages; never raises for bad input.

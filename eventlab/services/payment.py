@@ -76,12 +76,12 @@ class SimulatedGateway:
 
     def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
         """Charge ``amount_cents`` for ``order_id``; raise :class:`GatewayUnavailable` during an outage."""
-        rng = random.Random(f"{self.seed}:{order_id}")
         if self.latency_ms:
-            time.sleep(rng.uniform(0.5, 1.5) * self.latency_ms / 1000)
+            jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
+            time.sleep(jitter * self.latency_ms / 1000)
         if not self.available.is_set():
             raise GatewayUnavailable("payment gateway unavailable")
-        approved = rng.random() >= self.failure_rate
+        approved = random.Random(f"{self.seed}:{order_id}").random() >= self.failure_rate
         with self._lock:
             return self._answers.setdefault(order_id, ChargeResult(approved, "" if approved else "card declined"))
 

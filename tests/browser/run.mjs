@@ -1,0 +1,169 @@
+// Runs a notebook in JupyterLab inside headless Debian chromium and checks what a person would see:
+// the ipywidgets controls and the mermaid saga diagrams, rendered.
+//
+//   JUPYTER_URL=http://127.0.0.1:8888 NOTEBOOK=03-saga.ipynb SCREENSHOT=/tmp/saga.png node run.mjs
+//
+// Environment:
+//   JUPYTER_URL   base URL of a running `jupyter lab` without a token (required)
+//   NOTEBOOK      path of the notebook relative to the server's root (default 03-saga.ipynb)
+//   SCREENSHOT    where to save the screenshot (default saga-notebook.png)
+//   CHROMIUM      the browser binary (default /usr/bin/chromium)
+//   MIN_MERMAID   how many rendered mermaid diagrams to expect at least (default 4)
+//   TIMEOUT_MS    overall budget for running the notebook (default 120000)
+//
+// Prints one JSON line with what it found; exits non-zero (with the reason) when a check fails.
+
+import { chromium } from "playwright-core";
+
+const base = (process.env.JUPYTER_URL || "").replace(/\/$/, "");
+if (!base) {
+  console.error("JUPYTER_URL is required");
+  process.exit(2);
+}
+const notebook = process.env.NOTEBOOK || "03-saga.ipynb";
+const screenshot = process.env.SCREENSHOT || "saga-notebook.png";
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const minMermaid = Number(process.env.MIN_MERMAID || 4);
+const timeout = Number(process.env.TIMEOUT_MS || 120000);
+
+const MERMAID = ".jp-RenderedMermaid img, .jp-RenderedMermaid svg";
+
+function log(message) {
+  console.error(`[browser] ${message}`);
+}
+
+async function menu(page, top, item) {
+  await page.locator(".lm-MenuBar-itemLabel", { hasText: new RegExp(`^${top}$`) }).click();
+  await page.locator(".lm-Menu-itemLabel", { hasText: new RegExp(`^${item}$`) }).first().click();
+}
+
+async function dismissDialogs(page) {
+  // "Select Kernel" (accept the notebook's own kernel) and the news toast, if they show up.
+  const accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept");
+  if (await accept.count()) {
+    log(`dialog: ${(await page.locator(".jp-Dialog-header").first().textContent()) || ""}`.trim());
+    await accept.first().click();
+  }
+  const no = page.locator(".jp-toast-button", { hasText: /^No$/ });
+  if (await no.count()) await no.first().click();
+}
+
+async function kernelIdle(page, ms) {
+  // The notebook toolbar's execution indicator carries the kernel status.
+  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', { timeout: ms });
+}
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+let failed = null;
+const found = {};
+const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+page.on("pageerror", (error) => log(`page error: ${error.message}`));
+try {
+  const started = Date.now();
+  const left = () => Math.max(1000, timeout - (Date.now() - started));
+
+  await page.goto(`${base}/lab/tree/${notebook}`, { waitUntil: "domcontentloaded", timeout: 60000 });
+  await page.waitForSelector(".jp-NotebookPanel .jp-Cell", { timeout: 60000 });
+  log("notebook open; waiting for the kernel");
+  await page.waitForTimeout(1500);
+  await dismissDialogs(page);
+  await kernelIdle(page, 60000);
+  await dismissDialogs(page);
+  found.kernel_idle_ms = Date.now() - started;
+
+  // Start from a clean slate: the committed outputs would satisfy the checks by themselves.
+  await menu(page, "Edit", "Clear Outputs of All Cells");
+  await page.waitForFunction(
+    () =>
+      document.querySelectorAll(".jp-RenderedMermaid, .jp-OutputArea-output").length === 0 &&
+      [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].every((p) => !/\[\d+\]/.test(p.textContent || "")),
+    null,
+    { timeout: 10000 },
+  );
+
+  log("run all cells");
+  await menu(page, "Run", "Run All Cells");
+  // Running: the indicator leaves idle; done: every code cell has an execution count and the kernel is idle.
+  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]', { timeout: 30000 }).catch(() => {});
+  await page.waitForFunction(
+    () => {
+      const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")];
+      return prompts.length > 0 && prompts.every((p) => /\[\d+\]/.test(p.textContent || ""));
+    },
+    null,
+    { timeout: left(), polling: 500 },
+  );
+  await kernelIdle(page, left());
+  found.run_all_ms = Date.now() - started - found.kernel_idle_ms;
+
+  const errors = await page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count();
+  const tracebacks = await page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count();
+  if (tracebacks > 0) throw new Error(`${tracebacks} cell(s) raised an error`);
+  found.stderr_outputs = errors;
+
+  // The widget: a dropdown inside a widget box.
+  const dropdown = page.locator(".widget-dropdown select").first();
+  await dropdown.waitFor({ state: "attached", timeout: 30000 });
+  found.widgets = await page.locator("[class*='widget-']").count();
+
+  // Every mermaid block must be drawn (an <img> with an SVG data URL, or an inline <svg>).
+  await page.waitForFunction((n) => document.querySelectorAll(".jp-RenderedMermaid").length >= n, minMermaid, {
+    timeout: 60000,
+  });
+  const widgetDiagram = page.locator(".widget-output .jp-RenderedMermaid").first();
+  await widgetDiagram.scrollIntoViewIfNeeded();
+  await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, `.widget-output ${MERMAID.split(", ").join(", .widget-output ")}`, {
+    timeout: 30000,
+  });
+  found.mermaid = await page.locator(".jp-RenderedMermaid").count();
+  found.mermaid_drawn = await page.locator(MERMAID).count();
+
+  // Choosing another order redraws the widget's diagram through the kernel.
+  const before = await widgetDiagram.innerHTML();
+  const options = await dropdown.locator("option").allTextContents();
+  const declined = options.find((o) => /payment_failed/.test(o)) || options[options.length - 1];
+  await dropdown.selectOption({ label: declined });
+  await page.waitForFunction(
+    ([old]) => {
+      const el = document.querySelector(".widget-output .jp-RenderedMermaid");
+      return el && el.innerHTML !== old && el.querySelector("img, svg");
+    },
+    [before],
+    { timeout: 30000 },
+  );
+  found.redrawn_for = declined;
+
+  // Frame the widget and its diagram for the screenshot.
+  await page.locator(".widget-dropdown").first().scrollIntoViewIfNeeded();
+  await page.evaluate(() => {
+    const box = document.querySelector(".widget-dropdown");
+    const scroller = box && box.closest(".jp-WindowedPanel-outer, .jp-Notebook");
+    if (box && scroller) scroller.scrollTop += box.getBoundingClientRect().top - 140;
+  });
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: screenshot });
+  found.screenshot = screenshot;
+} catch (error) {
+  failed = error;
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(found));
+if (failed) {
+  console.error(`[browser] FAILED: ${failed.message}`);
+  process.exit(1);
+}
