@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout
-from eventlab.events import OrderCancelled
 from eventlab.projections.audit import audit
 from eventlab.shop import Shop
 
@@ -79,6 +80,10 @@ class DemoReport:
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _timestamp(recorded_at: str) -> float:
+    return datetime.fromisoformat(recorded_at).replace(tzinfo=UTC).timestamp()
+
+
 class ProgressPrinter:
     """Demo progress on stderr: one line rewritten in place on a terminal (at most 10 times a
     second), otherwise a line at every tenth of the sagas finished."""
@@ -130,12 +135,11 @@ def run_demo(
 
     def collect() -> None:
         nonlocal seen
-        for stored in store.read_all(after=seen):
-            seen = stored.position
-            if stored.aggregate_id in placed and stored.event_type in ("OrderCompleted", "OrderCancelled"):
-                event = stored.event
-                reason = event.reason if isinstance(event, OrderCancelled) else ""
-                finished[stored.aggregate_id] = (stored.recorded_at.timestamp(), reason)
+        for record in store.read_records(after=seen):
+            seen = record.position
+            if record.aggregate_id in placed and record.event_type in ("OrderCompleted", "OrderCancelled"):
+                reason = json.loads(record.data)["reason"] if record.event_type == "OrderCancelled" else ""
+                finished[record.aggregate_id] = (_timestamp(record.recorded_at), reason)
 
     created_at: dict[str, float] = {}
     for index in range(orders):
@@ -158,9 +162,9 @@ def run_demo(
         shop.wait_idle(timeout=max(1.0, deadline - time.monotonic()))
     except SagaTimeout:
         pass
-    for stored in store.read_all(after=first_position):
-        if stored.event_type == "OrderCreated" and stored.aggregate_id in placed:
-            created_at[stored.aggregate_id] = stored.recorded_at.timestamp()
+    for record in store.read_records(after=first_position):
+        if record.event_type == "OrderCreated" and record.aggregate_id in placed:
+            created_at[record.aggregate_id] = _timestamp(record.recorded_at)
     latencies = [(finished[o][0] - created_at[o]) * 1000 for o in finished if o in created_at]
     reasons = Counter(reason for _, reason in finished.values() if reason)
     return DemoReport(

@@ -55,7 +55,7 @@ class Relay:
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; return how many were published."""
         after = self.store.checkpoint(CHECKPOINT)
-        events = self.store.read_all(after=after, limit=self.batch_size)
+        events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
             return 0
         if self._producer is None:

@@ -6,6 +6,7 @@ multi-process test) for each backend.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 
 import pytest
@@ -136,3 +137,9 @@ class EventStoreContract:
             store.append([NewEvent(added("P3"), 1)])
         assert [e.aggregate_id for e in store.read_all()] == ["P1", "P3"]
         assert not store.is_processed("inventory", "e-3")
+
+    def test_records_are_rows_as_stored(self, store):
+        [stored] = store.append([NewEvent(added(quantity=4), 1, {"source": "inventory"})])
+        [record] = store.read_records()
+        assert (record.position, record.event_id, record.event_type) == (1, stored.event_id, "StockAdded")
+        assert json.loads(record.data) == stored.data and json.loads(record.metadata) == {"source": "inventory"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from eventlab.events import EVENT_TYPES, Event
-from eventlab.store.base import StoredEvent
+from eventlab.store.base import EventRecord, StoredEvent
 
 __all__ = ["to_message", "from_message", "Message", "UndecodableMessage", "SOURCE_PREFIX"]
 
@@ -36,23 +36,28 @@ class Message:
     traceparent: str
 
 
-def to_message(stored: StoredEvent) -> tuple[str, bytes, Headers]:
-    """Key, value and headers for a stored event."""
-    meta = stored.metadata
+def to_message(stored: StoredEvent | EventRecord) -> tuple[str, bytes, Headers]:
+    """Key, value and headers for a stored event (decoded or as a raw record)."""
+    if isinstance(stored, EventRecord):
+        value, meta = stored.data, json.loads(stored.metadata)
+        time = stored.recorded_at.replace(" ", "T") + "Z"
+    else:
+        value, meta = stored.to_json(), stored.metadata
+        time = stored.recorded_at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     headers: Headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", stored.event_id.encode()),
         ("ce_source", (SOURCE_PREFIX + meta.get("source", "eventlab")).encode()),
         ("ce_type", stored.event_type.encode()),
-        ("ce_time", stored.recorded_at.isoformat().replace("+00:00", "Z").encode()),
+        ("ce_time", time.encode()),
         ("ce_subject", stored.aggregate_id.encode()),
         ("ce_dataschemaversion", str(stored.schema_version).encode()),
         ("content-type", b"application/json"),
-        ("correlation_id", stored.correlation_id.encode()),
+        ("correlation_id", meta.get("correlation_id", "").encode()),
     ]
     if meta.get("traceparent"):
         headers.append(("traceparent", meta["traceparent"].encode()))
-    return stored.aggregate_id, stored.to_json().encode(), headers
+    return stored.aggregate_id, value.encode(), headers
 
 
 def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
@@ -68,14 +73,13 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     if cls is None:
         raise UndecodableMessage(f"unknown ce_type {event_type!r}")
     try:
-        data = json.loads(value or b"")
-        event = cls.model_validate(data)
-    except json.JSONDecodeError as exc:
-        raise UndecodableMessage(f"value is not JSON: {exc}") from exc
+        event = cls.model_validate(json.loads(value or b""))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "value"
         raise UndecodableMessage(f"invalid {event_type}: {field}: {first['msg']}") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise UndecodableMessage(f"value is not JSON: {exc}") from exc
     return Message(
         event_id=found["ce_id"],
         event=event,

@@ -8,11 +8,11 @@ from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from eventlab.events import EVENT_TYPES, Event
 
-__all__ = ["EventStore", "NewEvent", "StoredEvent", "Metadata"]
+__all__ = ["EventStore", "EventRecord", "NewEvent", "StoredEvent", "Metadata"]
 
 #: Correlation id, causation id and W3C ``traceparent`` of an event.
 Metadata = dict[str, str]
@@ -62,6 +62,22 @@ class StoredEvent:
         return json.dumps(self.data, separators=(",", ":"))
 
 
+class EventRecord(NamedTuple):
+    """A row exactly as stored: ``data`` and ``metadata`` still JSON text, ``recorded_at`` an
+    ISO-8601 UTC text. Cheaper than :class:`StoredEvent` where the data is only passed on."""
+
+    position: int
+    event_id: str
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    data: str
+    metadata: str
+    recorded_at: str
+
+
 class EventStore(ABC):
     """Append-only events, read by stream or by global position.
 
@@ -97,6 +113,10 @@ class EventStore(ABC):
     @abstractmethod
     def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
         """Every event of one saga (same correlation id), in position order."""
+
+    @abstractmethod
+    def read_records(self, after: int = 0, limit: int | None = None) -> list[EventRecord]:
+        """Like :meth:`read_all`, without decoding the JSON."""
 
     @abstractmethod
     def head(self) -> int:

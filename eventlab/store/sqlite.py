@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
-from eventlab.store.base import EventStore, NewEvent, StoredEvent
+from eventlab.store.base import EventRecord, EventStore, NewEvent, StoredEvent
 
 __all__ = ["SqliteEventStore", "SCHEMA", "open_in_this_process"]
 
@@ -249,11 +249,14 @@ class SqliteEventStore(EventStore):
         return [_row_to_event(row) for row in rows]
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
+        return [_row_to_event(row) for row in self.read_records(after, limit)]
+
+    def read_records(self, after: int = 0, limit: int | None = None) -> list[EventRecord]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
             (after, -1 if limit is None else limit),
         )
-        return [_row_to_event(row) for row in rows]
+        return [EventRecord._make(row) for row in rows]
 
     def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
         rows = self._conn().execute(
