@@ -1,0 +1,38 @@
+"""Projections: the shop's read models, built with DuckDB from the event store.
+
+Each projection is a named set of DuckDB tables and views, every one a pure SQL function of the
+event log (:mod:`.definitions`). :class:`Projections` copies the log into an in-memory DuckDB,
+builds them, catches up incrementally from its checkpoint, and answers "as of" a position or a
+time; results come as DuckDB relations or polars DataFrames (through Arrow). :func:`audit`
+checks the shop's invariants in SQL, :func:`query` runs read-only ad-hoc SQL, and
+:func:`export_parquet` writes everything to Parquet. Nothing here ever writes to the event store.
+
+Example:
+    >>> from eventlab.projections import Projections, audit
+    >>> with Projections("/tmp/doc-shop/events.db") as projections:
+    ...     revenue = projections.pl("revenue")
+    ...     report = audit(projections)
+"""
+
+from eventlab.projections.adhoc import query
+from eventlab.projections.audit import CHECKS, AuditReport, Check, CheckResult, audit
+from eventlab.projections.definitions import PROJECTIONS, RELATIONS, Projection, Relation
+from eventlab.projections.engine import ProjectionError, Projections, Snapshot
+from eventlab.projections.export import export_parquet
+
+__all__ = [
+    "Projections",
+    "Snapshot",
+    "ProjectionError",
+    "Projection",
+    "Relation",
+    "PROJECTIONS",
+    "RELATIONS",
+    "audit",
+    "AuditReport",
+    "Check",
+    "CheckResult",
+    "CHECKS",
+    "query",
+    "export_parquet",
+]

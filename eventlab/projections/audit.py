@@ -1,0 +1,312 @@
+"""The shop's invariants as SQL over the projections: each check is a query listing its violations.
+
+Cross-service facts take a moment to become true (Inventory releases stock a few milliseconds
+after Order cancels), so checks about what *should follow* only look at what is older than a
+grace period; anything younger is in flight. Checks about what must *never* happen (negative
+stock, a second charge) look at everything.
+
+Example:
+    >>> report = audit("/tmp/doc-shop/events.db")
+    >>> report.ok, report["no_double_charge"].violations
+    (True, ())
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from eventlab.projections.engine import Projections
+
+__all__ = ["Check", "CheckResult", "AuditReport", "CHECKS", "audit", "jsonable"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One invariant: a ``SELECT`` returning one row per violation (none when it holds).
+
+    The query may use ``$now``, ``$cutoff`` (now minus the grace period) and ``$relay`` (the relay's
+    checkpoint), and reads the projections' relations.
+
+    Example:
+        >>> CHECKS[0].name
+        'orders_terminal'
+    """
+
+    name: str
+    description: str
+    sql: str
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "orders_terminal",
+        "Every order is completed or cancelled, or has been in flight for less than the grace period.",
+        """
+        SELECT order_id, status, created_at,
+               round(date_diff('millisecond', created_at, $now) / 1000, 3) AS age_s
+        FROM orders
+        WHERE status NOT IN ('completed', 'cancelled') AND created_at <= $cutoff
+        ORDER BY created_at, order_id
+        """,
+    ),
+    Check(
+        "stock_never_negative",
+        "No product's available, reserved or sold stock is below zero at any position of the log.",
+        """
+        SELECT product_id,
+               min(position) AS first_position,
+               arg_min(available, position) AS available,
+               arg_min(reserved, position) AS reserved,
+               arg_min(sold, position) AS sold,
+               count(*) AS negative_positions
+        FROM inventory_history
+        WHERE available < 0 OR reserved < 0 OR sold < 0
+        GROUP BY product_id
+        ORDER BY product_id
+        """,
+    ),
+    Check(
+        "stock_conserved",
+        "Every unit is accounted for: per product, initial stock = available + reserved + sold; per "
+        "settled order, the units reserved were all sold (completed) or all released (cancelled), "
+        "and no order releases or sells more than it reserved.",
+        """
+        WITH per_order AS (
+            SELECT order_id, product_id,
+                   coalesce(sum(quantity) FILTER (event_type = 'StockReserved'), 0)::BIGINT AS reserved,
+                   coalesce(sum(quantity) FILTER (event_type = 'StockReleased'), 0)::BIGINT AS released,
+                   coalesce(sum(quantity) FILTER (event_type = 'StockSold'), 0)::BIGINT AS sold
+            FROM events
+            WHERE event_type IN ('StockReserved', 'StockReleased', 'StockSold')
+            GROUP BY order_id, product_id
+        )
+        SELECT product_id, NULL AS order_id, NULL AS status,
+               'initial stock ' || initial_stock || ' but available + reserved + sold = '
+                   || (available + reserved + sold) AS problem
+        FROM inventory
+        WHERE initial_stock <> available + reserved + sold
+          AND (created_at IS NULL OR created_at <= $cutoff)
+        UNION ALL
+        SELECT p.product_id, p.order_id, o.status,
+               'reserved ' || p.reserved || ', released ' || p.released || ', sold ' || p.sold AS problem
+        FROM per_order AS p LEFT JOIN orders AS o USING (order_id)
+        WHERE p.released + p.sold > p.reserved
+           OR (coalesce(o.completed_at, o.cancelled_at) <= $cutoff
+               AND NOT (o.status = 'completed' AND p.sold = p.reserved AND p.released = 0
+                        OR o.status = 'cancelled' AND p.released = p.reserved AND p.sold = 0))
+        ORDER BY product_id, order_id NULLS FIRST
+        """,
+    ),
+    Check(
+        "no_double_charge",
+        "No order is charged twice: at most one successful PaymentCompleted per order.",
+        """
+        SELECT order_id,
+               count(*) AS charges,
+               sum(amount_cents)::BIGINT AS charged_cents,
+               list(position ORDER BY position) AS positions
+        FROM events
+        WHERE event_type = 'PaymentCompleted' AND status = 'COMPLETED'
+        GROUP BY order_id
+        HAVING count(*) > 1
+        ORDER BY order_id
+        """,
+    ),
+    Check(
+        "failed_payments_compensated",
+        "Every failed payment is followed by OrderCancelled and by StockReleased of exactly the "
+        "units reserved for the order.",
+        """
+        WITH failed AS (
+            SELECT order_id, min(position) AS failed_position, min(recorded_at) AS failed_at
+            FROM events
+            WHERE event_type = 'PaymentCompleted' AND status = 'FAILED'
+            GROUP BY order_id
+        ), settled AS (
+            SELECT * FROM failed WHERE failed_at <= $cutoff
+        ), later AS (
+            SELECT e.order_id, e.event_type, e.product_id, e.quantity
+            FROM events AS e JOIN settled AS f ON e.order_id = f.order_id AND e.position > f.failed_position
+            WHERE e.event_type IN ('OrderCancelled', 'StockReleased')
+        ), reserved AS (
+            SELECT order_id, product_id, sum(quantity)::BIGINT AS reserved
+            FROM events
+            WHERE event_type = 'StockReserved' AND order_id IN (SELECT order_id FROM settled)
+            GROUP BY order_id, product_id
+        ), released AS (
+            SELECT order_id, product_id, sum(quantity)::BIGINT AS released
+            FROM later
+            WHERE event_type = 'StockReleased'
+            GROUP BY order_id, product_id
+        )
+        SELECT f.order_id, f.failed_position, NULL AS product_id, NULL::BIGINT AS reserved,
+               NULL::BIGINT AS released, 'no OrderCancelled after the failed payment' AS problem
+        FROM settled AS f
+        WHERE NOT EXISTS (SELECT 1 FROM later AS l WHERE l.order_id = f.order_id AND l.event_type = 'OrderCancelled')
+        UNION ALL
+        SELECT f.order_id, f.failed_position, r.product_id, r.reserved, coalesce(d.released, 0),
+               'released ' || coalesce(d.released, 0) || ' of ' || r.reserved || ' reserved units'
+        FROM settled AS f
+        JOIN reserved AS r USING (order_id)
+        LEFT JOIN released AS d USING (order_id, product_id)
+        WHERE coalesce(d.released, 0) <> r.reserved
+        ORDER BY order_id, product_id NULLS FIRST
+        """,
+    ),
+    Check(
+        "all_events_published",
+        "The outbox relay has published every stored event (its checkpoint has reached them).",
+        """
+        SELECT $relay AS relay_checkpoint,
+               max(position) AS last_position,
+               count(*) AS unpublished,
+               min(position) AS first_unpublished,
+               min(recorded_at) AS first_unpublished_at
+        FROM events
+        WHERE position > $relay AND recorded_at <= $cutoff
+        HAVING count(*) > 0
+        """,
+    ),
+)
+
+_PARAMETER = re.compile(r"\$(\w+)")
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly copy of ``value``: times as ISO strings, decimals as strings (exact money)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: ``count`` violations, the first of them in ``violations``.
+
+    Example:
+        >>> report["stock_never_negative"].ok
+        True
+    """
+
+    name: str
+    description: str
+    violations: tuple[dict[str, Any], ...]
+    count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.count == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"ok": …, "violations": [...]}`` with JSON-friendly values."""
+        return {"ok": self.ok, "violations": [jsonable(v) for v in self.violations]}
+
+    def __repr__(self) -> str:
+        return f"<CheckResult {self.name}: {'ok' if self.ok else f'{self.count} violations'}>"
+
+
+class AuditReport(Mapping[str, CheckResult]):
+    """Every check's result by name, for the log up to ``position``; ``ok`` when all hold.
+
+    Example:
+        >>> report = audit(store_path)
+        >>> print(report.table())
+    """
+
+    def __init__(self, results: Sequence[CheckResult], position: int, now: datetime, grace: timedelta) -> None:
+        self._results = {r.name: r for r in results}
+        self.position = position
+        self.now = now
+        self.grace = grace
+
+    def __getitem__(self, name: str) -> CheckResult:
+        return self._results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self._results.values())
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{check name: {"ok": …, "violations": [...]}}``, ready for ``json.dumps``."""
+        return {name: r.as_dict() for name, r in self._results.items()}
+
+    def table(self) -> str:
+        """A plain-text table: one line per check, then its first violations."""
+        width = max(len(name) for name in self._results)
+        lines = [f"audit of the log up to position {self.position} (grace {self.grace.total_seconds():g} s)"]
+        for r in self._results.values():
+            verdict = "ok" if r.ok else f"VIOLATED ({r.count})"
+            lines.append(f"{r.name:<{width}}  {verdict}")
+            lines += [f"{'':<{width}}    {jsonable(v)}" for v in r.violations[:5]]
+            if r.count > 5:
+                lines.append(f"{'':<{width}}    … {r.count - 5} more")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        failed = [name for name, r in self._results.items() if not r.ok]
+        return f"<AuditReport at position {self.position}: {'ok' if not failed else 'VIOLATED ' + ', '.join(failed)}>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{html.escape(r.name)}</code></td><td>{'✅' if r.ok else f'❌ {r.count}'}</td>"
+            f"<td style='text-align:left'>{html.escape(r.description)}</td>"
+            f"<td style='text-align:left'><code>{html.escape(str(jsonable(r.violations[0])) if r.violations else '')}"
+            "</code></td></tr>"
+            for r in self._results.values()
+        )
+        return (
+            f"<p>Audit of the log up to position {self.position}</p><table><tr><th>check</th><th>holds</th>"
+            f"<th>invariant</th><th>first violation</th></tr>{rows}</table>"
+        )
+
+
+def audit(
+    source: Projections | str | Path,
+    *,
+    grace: timedelta = timedelta(seconds=30),
+    now: datetime | None = None,
+    limit: int = 100,
+) -> AuditReport:
+    """Run every check of :data:`CHECKS` on an event store (a path) or on open projections (refreshed first).
+
+    ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
+    the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
+    check (``count`` has them all).
+    """
+    if not isinstance(source, Projections):
+        with Projections(source) as projections:
+            return audit(projections, grace=grace, now=now, limit=limit)
+    source.refresh()
+    now = now or datetime.now(UTC)
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    relay = source.sql("SELECT position FROM store.checkpoints WHERE name = 'relay'").fetchone()
+    values = {"now": now, "cutoff": now - grace, "relay": int(relay[0]) if relay else 0}
+    results = []
+    for check in CHECKS:
+        params = {name: values[name] for name in set(_PARAMETER.findall(check.sql))}
+        relation = source.sql(check.sql, params or None)
+        rows = relation.fetchall()
+        columns = relation.columns
+        violations = tuple(dict(zip(columns, row, strict=True)) for row in rows[:limit])
+        results.append(CheckResult(check.name, check.description, violations, len(rows)))
+    return AuditReport(results, source.checkpoint, now, grace)

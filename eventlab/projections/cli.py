@@ -1,0 +1,160 @@
+"""Command-line hooks: ``eventlab audit | query | export | projections | show``.
+
+The main ``eventlab`` parser calls :func:`add_commands`; each command reads the event store under
+``--data-dir`` (``args.data_dir``, default from ``EVENTLAB_DATA_DIR``), never writes to it, and
+sets ``args.handler`` to a function returning the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from eventlab.projections.adhoc import query
+from eventlab.projections.audit import audit, jsonable
+from eventlab.projections.definitions import PROJECTIONS
+from eventlab.projections.engine import EVENTS_DOC, Projections, Snapshot
+from eventlab.projections.export import export_parquet
+from eventlab.settings import Settings
+
+__all__ = ["add_commands"]
+
+
+def add_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
+) -> None:
+    """Register the projection commands on ``subparsers`` (from ``add_subparsers``), each with
+    ``parents`` (which should provide ``--data-dir``); each sets ``handler(args) -> exit status``."""
+    parents = list(parents)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, description: str
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, parents=parents, help=help, description=description
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    check = command("audit", _audit, "check the shop's invariants on the event store",
+                    "Run the invariant checks (every order terminal, stock never negative and conserved, "
+                    "no double charge, failed payments compensated, every event published) as SQL over "
+                    "the event store. Exit status 1 if any is violated.")
+    check.add_argument("--json", action="store_true", help="print one JSON object: check -> {ok, violations}")
+    check.add_argument("--grace", type=_seconds, default=30.0, metavar="SECONDS",
+                       help="how long a saga step may be in flight before it counts as missing (default 30)")
+
+    ask = command("query", _query, "run a read-only SQL query over the projections",
+                  "Run one SELECT over the projections (see 'eventlab projections') and the raw store "
+                  "tables (store.events, store.checkpoints, …). Anything but a read is refused.")
+    ask.add_argument("sql", help='e.g. "SELECT status, count(*) FROM orders GROUP BY status"')
+    _output_options(ask)
+
+    export = command("export", _export, "export the event log and the projections to Parquet",
+                     "Write events.parquet (the store's log as stored) and one <relation>.parquet per "
+                     "projection relation into DIR.")
+    export.add_argument("directory", type=Path, metavar="DIR", help="output directory (created if needed)")
+    export.add_argument("names", nargs="*", metavar="NAME", help="only these relations (default: all)")
+
+    command("projections", _projections, "list the projections and their relations",
+            "List every projection, its tables and views, and what they hold.")
+
+    show = command("show", _show, "print one projection relation",
+                   "Print a relation (see 'eventlab projections'), optionally as of a position or time of the log.")
+    show.add_argument("name", help="relation name, e.g. orders, saga_timeline, inventory, revenue, funnel")
+    when = show.add_mutually_exclusive_group()
+    when.add_argument("--as-of-position", type=int, metavar="N", help="as it was after the event at position N")
+    when.add_argument("--as-of-time", type=_iso_time, metavar="TIME",
+                      help="as it was at TIME (ISO 8601; without a zone, UTC)")
+    show.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
+    _output_options(show)
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print a JSON array of rows")
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    parser.set_defaults(format="table")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return seconds
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    return Settings.from_env(data_dir=getattr(args, "data_dir", None)).store_path
+
+
+def _print_frame(frame: pl.DataFrame, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)]))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(frame.columns)
+        for row in frame.iter_rows():
+            writer.writerow(json.dumps(jsonable(v)) if isinstance(v, list | dict) else jsonable(v) for v in row)
+        sys.stdout.write(out.getvalue())
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40,
+                       tbl_hide_column_data_types=True):
+            print(frame)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    report = audit(_store_path(args), grace=timedelta(seconds=args.grace))
+    print(json.dumps(report.as_dict()) if args.json else report.table())
+    return 0 if report.ok else 1
+
+
+def _query(args: argparse.Namespace) -> int:
+    _print_frame(query(_store_path(args), args.sql), args.format)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    written = export_parquet(_store_path(args), args.directory, args.names or None)
+    for name, path in written.items():
+        print(f"{name:<20} {path}")
+    return 0
+
+
+def _projections(args: argparse.Namespace) -> int:
+    print(f"events (table)\n    {EVENTS_DOC}")
+    for projection in PROJECTIONS.values():
+        print(f"\n{projection.name}: {projection.doc}")
+        for r in projection.relations:
+            print(f"  {r.name} ({r.kind})\n      {r.doc}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with Projections(_store_path(args)) as projections:
+        source: Projections | Snapshot = projections
+        if args.as_of_position is not None or args.as_of_time is not None:
+            source = projections.as_of(position=args.as_of_position, time=args.as_of_time)
+        relation = source.relation(args.name)
+        frame = (relation.limit(args.limit) if args.limit > 0 else relation).pl()
+        _print_frame(frame, args.format)
+    return 0

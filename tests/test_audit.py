@@ -1,0 +1,210 @@
+"""The invariant auditor: a healthy shop passes, and each invariant catches its own kind of corruption.
+
+Corruptions are written the way a bug would write them: through the real store's ``append``
+(a second charge, an oversold reservation) or with raw SQL into the SQLite file (a duplicated
+event), and the checks that must fail are named exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from projection_story import START, ShopStory, standard_story
+
+from eventlab.cli import main
+from eventlab.events import OrderCompleted, PaymentCompleted, StockReleased, StockReserved
+from eventlab.projections import CHECKS, Projections, audit
+
+AFTER_STORY = START + timedelta(days=1, seconds=1)  # one second after the standard story's last event
+LATER = START + timedelta(days=3)
+
+
+def healthy_story(path: Path) -> ShopStory:
+    """Every saga outcome, every saga finished, every email sent, everything published."""
+    story = ShopStory(path)
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    story.product("P2", price_cents=250, stock=5)
+    story.completed_order("O1", "U1", {"P1": 2, "P2": 1})
+    story.out_of_stock_order("O2", "U1", {"P2": 10}, available=4)
+    story.declined_order("O3", "U1", {"P1": 3})
+    story.publish()
+    return story
+
+
+def violated(report) -> set[str]:
+    return {name for name, result in report.items() if not result.ok}
+
+
+@pytest.fixture
+def healthy(tmp_path: Path) -> ShopStory:
+    return healthy_story(tmp_path / "events.db")
+
+
+def test_a_healthy_shop_passes_every_check(healthy):
+    before = hashlib.sha256(healthy.store.path.read_bytes()).hexdigest()
+    report = audit(healthy.store.path, now=LATER)
+    assert report.ok and list(report) == [check.name for check in CHECKS]
+    assert all(result.violations == () and result.count == 0 for result in report.values())
+    assert report.as_dict() == {check.name: {"ok": True, "violations": []} for check in CHECKS}
+    assert "VIOLATED" not in report.table() and "ok" in repr(report) and "✅" in report._repr_html_()
+    assert hashlib.sha256(healthy.store.path.read_bytes()).hexdigest() == before
+
+
+def test_an_order_in_flight_is_fine_until_it_is_stuck(tmp_path):
+    story = standard_story(tmp_path / "events.db")  # O5 is confirmed and waits for its payment
+    assert audit(story.store.path, now=AFTER_STORY).ok
+    report = audit(story.store.path, now=AFTER_STORY + timedelta(minutes=5), grace=timedelta(seconds=30))
+    assert violated(report) == {"orders_terminal"}
+    (stuck,) = report["orders_terminal"].violations
+    assert stuck["order_id"] == "O5" and stuck["status"] == "confirmed"
+    assert stuck["age_s"] == pytest.approx(300.58)  # created at 09:00:00.420 on day 2, now 09:05:01
+
+
+def test_stock_never_negative_catches_an_oversold_reservation(healthy):
+    # a buggy Inventory reserving 9 of P2 with 4 available, through the real store
+    healthy.write(StockReserved(product_id="P2", order_id="O9", quantity=9))
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    assert violated(report) == {"stock_never_negative"}
+    assert report["stock_never_negative"].violations == (
+        {"product_id": "P2", "first_position": healthy.store.head(), "available": -5, "reserved": 9, "sold": 1,
+         "negative_positions": 1},
+    )
+
+
+def test_stock_conserved_catches_a_duplicated_event(healthy):
+    with sqlite3.connect(healthy.store.path) as con:  # StockAdded of P1 delivered twice, written raw
+        con.execute(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data,"
+            " metadata, recorded_at) SELECT 'duplicate-1', aggregate_type, aggregate_id, 99, event_type,"
+            " schema_version, data, metadata, recorded_at FROM events WHERE event_type = 'StockAdded'"
+            " AND aggregate_id = 'P1'"
+        )
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    assert violated(report) == {"stock_conserved"}
+    assert report["stock_conserved"].violations == (
+        {"product_id": "P1", "order_id": None, "status": None,
+         "problem": "initial stock 10 but available + reserved + sold = 20"},
+    )
+
+
+def test_stock_conserved_catches_units_left_reserved_by_a_completed_order(tmp_path):
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": 2})
+    story.reserve(order)
+    story.pay(order)
+    story.write(OrderCompleted(order_id="O1", user_id="U1", total_cents=2000, lines=order.lines))  # no StockSold
+    story.publish()
+    report = audit(story.store.path, now=LATER)
+    assert violated(report) == {"stock_conserved"}
+    assert report["stock_conserved"].violations == (
+        {"product_id": "P1", "order_id": "O1", "status": "completed", "problem": "reserved 2, released 0, sold 0"},
+    )
+
+
+def test_stock_conserved_catches_a_release_of_units_already_sold(healthy):
+    healthy.write(StockReleased(product_id="P1", order_id="O1", quantity=2))
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    assert violated(report) == {"stock_conserved", "stock_never_negative"}  # reserved drops to -2 as well
+    assert report["stock_never_negative"].violations[0]["reserved"] == -2
+    problems = [(v["product_id"], v["order_id"], v["problem"]) for v in report["stock_conserved"].violations]
+    # released units come out of "reserved", so the product's total still adds up: only the order's ledger shows it
+    assert problems == [("P1", "O1", "reserved 2, released 2, sold 2")]
+
+
+def test_no_double_charge_catches_a_second_successful_payment(healthy):
+    healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    assert violated(report) == {"no_double_charge"}
+    positions = [healthy.positions["O1:paid"], healthy.store.head()]
+    assert report["no_double_charge"].violations == (
+        {"order_id": "O1", "charges": 2, "charged_cents": 4500, "positions": positions},
+    )
+
+
+def test_failed_payment_without_release_is_caught(tmp_path):
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": 2})
+    story.reserve(order)
+    story.pay(order, approved=False)
+    story.cancel(order, "payment_failed", "card declined", release=False)  # Inventory never compensated
+    story.publish()
+    report = audit(story.store.path, now=LATER)
+    assert violated(report) == {"failed_payments_compensated", "stock_conserved"}
+    (missing,) = report["failed_payments_compensated"].violations
+    assert missing == {"order_id": "O1", "failed_position": story.positions["O1:paid"], "product_id": "P1",
+                       "reserved": 2, "released": 0, "problem": "released 0 of 2 reserved units"}
+
+
+def test_failed_payment_without_cancellation_is_caught_once_settled(tmp_path):
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": 2})
+    story.reserve(order)
+    story.pay(order, approved=False)  # and then the order service never answers
+    story.publish()
+    just_after = story.now + timedelta(seconds=1)
+    assert audit(story.store.path, now=just_after).ok  # still in flight
+    report = audit(story.store.path, now=LATER)
+    assert violated(report) == {"failed_payments_compensated", "orders_terminal"}
+    problems = [(v["product_id"], v["problem"]) for v in report["failed_payments_compensated"].violations]
+    assert problems == [(None, "no OrderCancelled after the failed payment"), ("P1", "released 0 of 2 reserved units")]
+
+
+def test_all_events_published_catches_a_relay_that_fell_behind(healthy):
+    head = healthy.store.head()
+    healthy.store.set_checkpoint("relay", head - 5)
+    assert audit(healthy.store.path, now=healthy.now + timedelta(seconds=1)).ok  # the relay is just busy
+    report = audit(healthy.store.path, now=LATER)
+    assert violated(report) == {"all_events_published"}
+    (behind,) = report["all_events_published"].violations
+    assert (behind["relay_checkpoint"], behind["last_position"], behind["unpublished"], behind["first_unpublished"]) \
+        == (head - 5, head, 5, head - 4)
+    with sqlite3.connect(healthy.store.path) as con:
+        con.execute("DELETE FROM checkpoints")
+    assert audit(healthy.store.path, now=LATER)["all_events_published"].violations[0]["unpublished"] == head
+
+
+def test_audit_of_open_projections_catches_up_first(healthy):
+    with Projections(healthy.store.path) as projections:
+        healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
+        healthy.publish()
+        report = audit(projections, now=LATER, limit=0)
+        assert projections.checkpoint == healthy.store.head() == report.position
+        assert violated(report) == {"no_double_charge"}
+        assert report["no_double_charge"].count == 1 and report["no_double_charge"].violations == ()
+
+
+def test_cli_audit_prints_json_and_fails_on_a_violation(healthy, capsys):
+    data_dir = str(healthy.store.path.parent)
+    assert main(["audit", "--data-dir", data_dir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {check.name: {"ok": True, "violations": []} for check in CHECKS}
+
+    healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
+    healthy.publish()
+    assert main(["audit", "--data-dir", data_dir, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["no_double_charge"]["ok"] is False and result["stock_conserved"] == {"ok": True, "violations": []}
+    assert result["no_double_charge"]["violations"][0]["order_id"] == "O1"
+    assert main(["audit", "--data-dir", data_dir]) == 1
+    assert "no_double_charge             VIOLATED (1)" in capsys.readouterr().out
+
+
+def test_cli_audit_of_a_missing_store_is_an_error(tmp_path, capsys):
+    assert main(["audit", "--data-dir", str(tmp_path / "nothing-here")]) == 2
+    assert "no event store" in capsys.readouterr().err
+    assert not (tmp_path / "nothing-here").exists()
