@@ -484,3 +484,30 @@ def test_cli_bad_input_is_an_eventlab_error(store_path, tmp_path):
     with pytest.raises(SystemExit):
         run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", "yesterday"])
     assert not (tmp_path / "empty").exists()
+
+
+def test_next_to_a_store_open_in_this_process_duckdb_reads_through_sqlite3(tmp_path):
+    """Two SQLite libraries in one process must not open the same WAL file (SIGBUS): with a
+    SqliteEventStore open here, the projections mirror the log through Python's sqlite3."""
+    from datetime import timedelta
+
+    from eventlab.events import StockAdded
+    from eventlab.projections import Projections, audit
+    from eventlab.store import NewEvent, SqliteEventStore
+
+    path = tmp_path / "events.db"
+    with SqliteEventStore(path) as store:
+        store.append([NewEvent(StockAdded(product_id="P1", quantity=5), 1, {"source": "inventory"})])
+        store.set_checkpoint("relay", 1)
+        with Projections(path) as projections:
+            assert projections._mirror is not None
+            assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (5,)
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=2), 2, {"source": "inventory"})])
+            assert projections.refresh() == 1
+            assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (7,)
+            assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (2,)
+            report = audit(projections, grace=timedelta(0))
+            assert not report["all_events_published"].ok  # event 2 is stored but not yet relayed
+    with Projections(path) as projections:
+        assert projections._mirror is None  # nothing open here any more: the fast attached scan
+        assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (7,)

@@ -21,7 +21,8 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   other relations are views over the tables and ``events``, computed when read. A refresh runs
   in one DuckDB transaction, so a reader never sees half of it.
 
-Only :func:`_log_rows` and :func:`_head` know the store is SQLite: a PostgreSQL store would be
+Next to a running shop in the same process, the log is read through Python's ``sqlite3``
+instead (see :class:`StoreMirror`). Only :func:`_log_rows`, :func:`_head` and the mirror know the store is SQLite: a PostgreSQL store would be
 attached with ``TYPE postgres`` and read with ``postgres_query``; the projections only ever see
 the normalised ``events`` relation.
 
@@ -39,6 +40,7 @@ import json
 import logging
 import operator
 import os
+import sqlite3
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,9 +52,11 @@ from typing import Any
 import duckdb
 import duckdb_extensions
 import polars as pl
+import pyarrow as pa
 
 from eventlab.errors import EventlabError, StoreError
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS
+from eventlab.store.sqlite import open_in_this_process, verify_event_store
 
 __all__ = ["ProjectionError", "Projections", "Snapshot", "connect", "sql_literal", "EVENTS_DOC"]
 
@@ -131,11 +135,13 @@ def _extension_directory() -> Path:
     return path
 
 
-def connect(store_path: str | Path) -> duckdb.DuckDBPyConnection:
+def connect(store_path: str | Path, *, mirror: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the event store attached read-only as ``store``.
 
-    Raises :class:`~eventlab.errors.StoreError` if ``store_path`` is missing or not an event
-    store. The connection can read no other file and its configuration is locked.
+    With ``mirror``, nothing is attached: ``store`` is an empty schema that :class:`StoreMirror`
+    fills from Python's ``sqlite3``. Raises :class:`~eventlab.errors.StoreError` if
+    ``store_path`` is missing or not an event store. The connection can read no other file and
+    its configuration is locked.
     """
     path = Path(store_path).expanduser()
     if not path.is_file():
@@ -149,21 +155,91 @@ def connect(store_path: str | Path) -> duckdb.DuckDBPyConnection:
         }
     )
     try:
-        duckdb_extensions.import_extension("sqlite", con=con)
-        con.execute("LOAD sqlite")
-        con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
-        con.execute(
-            "SELECT * FROM sqlite_query('store', 'SELECT (SELECT value FROM eventlab WHERE key = ''schema_version''),"
-            " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
-            " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
-        ).fetchall()
+        if mirror:
+            verify_event_store(path)
+            con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
+        else:
+            duckdb_extensions.import_extension("sqlite", con=con)
+            con.execute("LOAD sqlite")
+            con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
+            con.execute(
+                "SELECT * FROM sqlite_query('store', 'SELECT (SELECT value FROM eventlab WHERE key = ''schema_version''),"
+                " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
+                " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
+            ).fetchall()
     except duckdb.Error as exc:
         con.close()
         raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
+    except StoreError:
+        con.close()
+        raise
     con.execute("CREATE MACRO money(cents) AS (cents * 0.01::DECIMAL(3, 2))::DECIMAL(18, 2)")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+_MIRROR_TABLES = """
+CREATE TABLE store.events (position BIGINT, event_id VARCHAR, aggregate_type VARCHAR, aggregate_id VARCHAR,
+    version BIGINT, event_type VARCHAR, schema_version BIGINT, data VARCHAR, metadata VARCHAR, recorded_at VARCHAR);
+CREATE TABLE store.checkpoints (name VARCHAR, position BIGINT);
+"""
+_MIRROR_SCHEMA = pa.schema([
+    ("position", pa.int64()), ("event_id", pa.string()), ("aggregate_type", pa.string()),
+    ("aggregate_id", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
+    ("schema_version", pa.int64()), ("data", pa.string()), ("metadata", pa.string()), ("recorded_at", pa.string()),
+])
+
+
+class StoreMirror:
+    """The store's ``events`` and ``checkpoints`` copied into DuckDB through Python's ``sqlite3``.
+
+    Used when this process has the store open through :class:`~eventlab.store.SqliteEventStore`
+    (a running shop in a notebook): DuckDB's ``sqlite`` extension is a second SQLite library, and
+    two SQLite libraries in one process cannot see each other's POSIX locks — the second one to
+    open a WAL database resets the shared WAL index under the first (a SIGBUS). Slower than the
+    attached scan on big stores; a shop in a notebook has thousands of events, not millions.
+    """
+
+    def __init__(self, store_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+        self._sqlite = sqlite3.connect(f"file:{store_path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        self._con = con
+
+    def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
+        """As :func:`_head`, from the store itself; also copies its checkpoints."""
+        head, head_id = self._sqlite.execute(
+            "SELECT coalesce(max(position), 0), (SELECT event_id FROM events ORDER BY position DESC LIMIT 1) FROM events"
+        ).fetchone()
+        at_checkpoint = self._sqlite.execute("SELECT event_id FROM events WHERE position = ?", (checkpoint,)).fetchone()
+        checkpoints = self._sqlite.execute("SELECT name, position FROM checkpoints").fetchall()
+        self._con.execute("DELETE FROM store.checkpoints")
+        if checkpoints:
+            self._con.executemany("INSERT INTO store.checkpoints VALUES (?, ?)", checkpoints)
+        return int(head), head_id, at_checkpoint[0] if at_checkpoint else None
+
+    def rows(self, after: int, upto: int) -> str:
+        """Copy the store's new rows up to ``upto``; the relation of those with ``after < position <= upto``."""
+        # read from DuckDB, so a rolled-back refresh leaves nothing to skip
+        (copied,) = self._con.execute("SELECT coalesce(max(position), 0) FROM store.events").fetchone()
+        if after == 0 or upto < copied:  # a rebuild copies everything again
+            self._con.execute("DELETE FROM store.events")
+            copied = 0
+        rows = self._sqlite.execute(
+            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data,"
+            " metadata, recorded_at FROM events WHERE position > ? AND position <= ? ORDER BY position",
+            (copied, upto),
+        ).fetchall()
+        if rows:
+            columns = dict(zip(_MIRROR_SCHEMA.names, zip(*rows, strict=True), strict=True))
+            self._con.register("_store_rows", pa.table(columns, schema=_MIRROR_SCHEMA))
+            try:
+                self._con.execute("INSERT INTO store.events SELECT * FROM _store_rows")
+            finally:
+                self._con.unregister("_store_rows")
+        return f"(SELECT * FROM store.events WHERE position > {int(after)} AND position <= {int(upto)})"
+
+    def close(self) -> None:
+        self._sqlite.close()
 
 
 def _head(con: duckdb.DuckDBPyConnection, checkpoint: int) -> tuple[int, str | None, str | None]:
@@ -252,7 +328,9 @@ class Projections:
 
     def __init__(self, store_path: str | Path) -> None:
         self.store_path = Path(store_path)
-        self._con = connect(self.store_path)
+        mirror = open_in_this_process(self.store_path)
+        self._con = connect(self.store_path, mirror=mirror)
+        self._mirror = StoreMirror(self.store_path, self._con) if mirror else None
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -269,13 +347,13 @@ class Projections:
 
     def rebuild(self) -> int:
         """Copy the whole log and build every relation from scratch; return the events copied."""
-        head, head_id, _ = _head(self._con, 0)
+        head, head_id, _ = self._head(0)
         tables = ["events", *(r.name for r in RELATIONS.values() if r.key)]
         # The new tables are built outside a transaction (DuckDB scans committed tables on every
         # core, tables written in the same transaction ~1.6x slower), then swapped in at once.
         try:
             with self._reading_store():
-                self._con.execute(f"CREATE OR REPLACE TABLE main.events_next AS {_typed_events(_log_rows(0, head))}")
+                self._con.execute(f"CREATE OR REPLACE TABLE main.events_next AS {_typed_events(self._rows(0, head))}")
                 for r in RELATIONS.values():
                     if r.key:  # keyed relations read nothing but events
                         built = r.render({"events": "main.events_next"})
@@ -301,7 +379,7 @@ class Projections:
         Falls back to :meth:`rebuild` if the store no longer holds the event at the checkpoint
         (it was replaced or truncated).
         """
-        head, head_id, checkpoint_id = _head(self._con, self.checkpoint)
+        head, head_id, checkpoint_id = self._head(self.checkpoint)
         if checkpoint_id != self._checkpoint_event_id:
             log.warning("%s is not the log projected so far (checkpoint %d): rebuilding", self.store_path,
                         self.checkpoint)
@@ -312,7 +390,7 @@ class Projections:
             return self.rebuild()
         after = self.checkpoint
         with self._transaction():
-            self._con.execute(f"INSERT INTO main.events {_typed_events(_log_rows(after, head))}")
+            self._con.execute(f"INSERT INTO main.events {_typed_events(self._rows(after, head))}")
             for key in sorted({r.key for r in RELATIONS.values() if r.key}):
                 # the keys the new events touch, then every event of those keys (the join's key
                 # range is pushed into the scan), then each keyed table recomputed for them only
@@ -383,7 +461,15 @@ class Projections:
 
     def close(self) -> None:
         """Close the DuckDB connection (the store was only ever read)."""
+        if self._mirror is not None:
+            self._mirror.close()
         self._con.close()
+
+    def _head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
+        return self._mirror.head(checkpoint) if self._mirror else _head(self._con, checkpoint)
+
+    def _rows(self, after: int, upto: int) -> str:
+        return self._mirror.rows(after, upto) if self._mirror else _log_rows(after, upto)
 
     def __enter__(self) -> Projections:
         return self

@@ -15,7 +15,7 @@ from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import EventRecord, EventStore, NewEvent, StoredEvent
 
-__all__ = ["SqliteEventStore", "SCHEMA", "open_in_this_process"]
+__all__ = ["SqliteEventStore", "SCHEMA", "open_in_this_process", "verify_event_store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -91,7 +91,7 @@ def open_in_this_process(path: str | Path) -> bool:
     return any(store._connections and store.path.resolve() == target for store in list(_stores))
 
 
-def _check_is_event_store(path: Path) -> None:
+def verify_event_store(path: Path) -> None:
     """Raise unless ``path`` is an eventlab store; opens it read-only, so nothing is written."""
     if not path.is_file():
         raise StoreError(f"no event store at {path}")
@@ -137,7 +137,7 @@ class SqliteEventStore(EventStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn().executescript(SCHEMA)
             else:
-                _check_is_event_store(self.path)
+                verify_event_store(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{self.path} is not an eventlab event store: {exc}") from exc
