@@ -34,7 +34,7 @@ import html
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from eventlab.store.base import StoredEvent
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from eventlab.store.base import EventStore
 
 __all__ = [
+    "BackgroundRefresh",
     "SERVICE_COLOURS",
     "causal_order",
     "causes",
@@ -388,7 +389,39 @@ def feed_html(events: Sequence[StoredEvent], *, limit: int = 12, head: int | Non
     )
 
 
-class EventFeed:
+class BackgroundRefresh:
+    """Calls :meth:`refresh` every ``interval`` seconds from a daemon thread, from :meth:`start`
+    until :meth:`stop` (for live widgets). Subclasses set ``interval`` and define ``refresh``."""
+
+    interval: float = 0.5
+    _thread: threading.Thread | None = None
+
+    def refresh(self) -> object:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Refresh from a background thread until :meth:`stop`."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name=f"eventlab-{type(self).__name__}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the store or shop closed under us: stop quietly
+                return
+
+
+class EventFeed(BackgroundRefresh):
     """A live widget with the newest events of a store.
 
     :meth:`refresh` reads what was appended since the last call; :meth:`start` does so from a
@@ -410,8 +443,6 @@ class EventFeed:
         self.widget = widgets.HTML(layout=widgets.Layout(max_height="28em", overflow="auto"))
         self._events: list[StoredEvent] = []
         self._last = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.refresh()
 
@@ -429,27 +460,6 @@ class EventFeed:
                 self._last = new[-1].position
             self.widget.value = feed_html(self._events, limit=self.limit, head=self._last)
             return len(new)
-
-    def start(self) -> EventFeed:
-        """Refresh from a background thread until :meth:`stop`."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="eventlab-feed", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - the store closed under us: stop quietly
-                return
 
     def __repr__(self) -> str:
         return f"<EventFeed limit={self.limit}>"

@@ -24,6 +24,7 @@ from eventlab.kafka.cloudevents import to_message
 from eventlab.services import inventory
 from eventlab.settings import Settings
 from eventlab.store.base import StoredEvent
+from eventlab.viz import BackgroundRefresh
 
 if TYPE_CHECKING:  # pragma: no cover
     from eventlab.application import OrderView
@@ -219,7 +220,7 @@ def nothing_lost(shop: Shop, placed: Iterable[str] = ()) -> dict[str, bool]:
     }
 
 
-class ControlPanel:
+class ControlPanel(BackgroundRefresh):
     """An ipywidgets control panel over a running shop, with a live view.
 
     - an order form (customer, product, quantity, *Place order*);
@@ -245,8 +246,6 @@ class ControlPanel:
         self.messages: list[str] = []
         self._outcomes: dict[str, dict[str, str]] = {}
         self._seen = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         users = list(users) or [u["user_id"] for u in load_users()]
         products = list(products) or [p["product_id"] for p in load_products()]
@@ -390,27 +389,6 @@ class ControlPanel:
         )
         gateway = html.escape(repr(self.shop.gateway))
         self.stats_view.value = f"<b>Services</b> <small>{gateway}</small><table><tr>{head}</tr>{body}</table>"
-
-    def start(self) -> ControlPanel:
-        """Refresh the live view every ``interval`` seconds from a background thread."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="eventlab-panel", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - the shop stopped under us
-                return
 
     def __repr__(self) -> str:
         return f"<ControlPanel orders={len(self.placed)}>"
