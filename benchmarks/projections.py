@@ -65,8 +65,15 @@ WAVE = 50  # orders whose saga steps share one append each
 MAX_EVENTS_PER_ORDER = 15  # three lines: created, 3 reserved, confirmed x2, 2 emails, paid, completed, 3 sold, 2 emails
 
 
-_SOURCES = {"user": "user", "product": "product", "order": "order", "stock": "inventory",
-            "reservation": "inventory", "payment": "payment", "notification": "notification"}
+_SOURCES = {
+    "user": "user",
+    "product": "product",
+    "order": "order",
+    "stock": "inventory",
+    "reservation": "inventory",
+    "payment": "payment",
+    "notification": "notification",
+}
 
 
 class _Shop:
@@ -119,8 +126,9 @@ class _Shop:
             product_id = f"sku-{i:04d}"
             self.prices[product_id] = self.rng.randrange(199, 20_000)
             self.available[product_id] = stock
-            created = ProductCreated(product_id=product_id, name=f"Product {i}", price_cents=self.prices[product_id],
-                                     initial_stock=stock)
+            created = ProductCreated(
+                product_id=product_id, name=f"Product {i}", price_cents=self.prices[product_id], initial_stock=stock
+            )
             written += self._append([created], 1)
             written += self._append([StockAdded(product_id=product_id, quantity=stock)], 2)
         return written
@@ -137,12 +145,17 @@ class _Shop:
     def _order(self) -> OrderCreated:
         self.orders += 1
         picked = self.rng.sample(list(self.prices), self.rng.randint(1, 3))
-        lines = [OrderLine(product_id=p, quantity=self.rng.randint(1, 3), unit_price_cents=self.prices[p])
-                 for p in picked]
+        lines = [
+            OrderLine(product_id=p, quantity=self.rng.randint(1, 3), unit_price_cents=self.prices[p]) for p in picked
+        ]
         if self.rng.random() < 0.04:  # a greedy customer: more than the shop will ever have
             lines[-1] = lines[-1].model_copy(update={"quantity": 1_000_000})
-        return OrderCreated(order_id=f"order-{self.orders:07d}", user_id=self.rng.choice(self.users),
-                            lines=tuple(lines), total_cents=sum(line.amount_cents for line in lines))
+        return OrderCreated(
+            order_id=f"order-{self.orders:07d}",
+            user_id=self.rng.choice(self.users),
+            lines=tuple(lines),
+            total_cents=sum(line.amount_cents for line in lines),
+        )
 
     def _reserve(self, order: OrderCreated) -> tuple[list[Event], Event]:
         """Inventory's all-or-nothing answer, then Order's."""
@@ -150,8 +163,9 @@ class _Shop:
         short = next((ln for ln in order.lines if self.available[ln.product_id] < ln.quantity), None)
         if short:
             available = self.available[short.product_id]
-            rejected = ReservationRejected(order_id=order.order_id, product_id=short.product_id,
-                                           requested=short.quantity, available=available)
+            rejected = ReservationRejected(
+                order_id=order.order_id, product_id=short.product_id, requested=short.quantity, available=available
+            )
             detail = f"{short.product_id}: {short.quantity} requested, {available} available"
             return [rejected], OrderCancelled(**ids, reason="out_of_stock", detail=detail, lines=order.lines)
         reserved: list[Event] = []
@@ -207,9 +221,12 @@ class _Shop:
 
         paid = {o.order_id: rng.random() >= 0.1 for o in confirmed}
         payments: list[Event] = [
-            PaymentCompleted(order_id=o.order_id, amount_cents=o.total_cents,
-                             status="COMPLETED" if paid[o.order_id] else "FAILED",
-                             reason="" if paid[o.order_id] else "card declined")
+            PaymentCompleted(
+                order_id=o.order_id,
+                amount_cents=o.total_cents,
+                status="COMPLETED" if paid[o.order_id] else "FAILED",
+                reason="" if paid[o.order_id] else "card declined",
+            )
             for o in confirmed
         ]
         written += self._append(payments, 50 + 200 * rng.random())
@@ -265,9 +282,13 @@ def python_fold(path: Path) -> dict[str, dict[str, Any]]:
     """The orders projection the classic way: every row through ``json.loads`` and a dict fold."""
     orders: dict[str, dict[str, Any]] = {}
     steps = {
-        "ReservationConfirmed": "reserved_at", "ReservationRejected": "rejected_at",
-        "OrderConfirmed": "confirmed_at", "OrderCompleted": "completed_at", "OrderCancelled": "cancelled_at",
-        "StockReleased": "stock_released_at", "StockSold": "stock_sold_at",
+        "ReservationConfirmed": "reserved_at",
+        "ReservationRejected": "rejected_at",
+        "OrderConfirmed": "confirmed_at",
+        "OrderCompleted": "completed_at",
+        "OrderCancelled": "cancelled_at",
+        "StockReleased": "stock_released_at",
+        "StockSold": "stock_sold_at",
     }
     statuses = {"OrderConfirmed": "confirmed", "OrderCompleted": "completed", "OrderCancelled": "cancelled"}
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
@@ -281,9 +302,13 @@ def python_fold(path: Path) -> dict[str, dict[str, Any]]:
             if event_type == "OrderCreated":
                 lines = event["lines"]
                 orders[order_id] = {
-                    "user_id": event["user_id"], "status": "created", "total_cents": event["total_cents"],
-                    "line_count": len(lines), "units": sum(line["quantity"] for line in lines),
-                    "created_at": at, "events": 0,
+                    "user_id": event["user_id"],
+                    "status": "created",
+                    "total_cents": event["total_cents"],
+                    "line_count": len(lines),
+                    "units": sum(line["quantity"] for line in lines),
+                    "created_at": at,
+                    "events": 0,
                 }
             order = orders.get(order_id)
             if order is None:
@@ -312,8 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the store (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best counts (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic shop (default 7)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "eventlab-bench",
-                        help="where generated stores are kept between runs")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "eventlab-bench",
+        help="where generated stores are kept between runs",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.events < 1_000:
@@ -361,9 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_python": round(min(folds) / min(rebuilds), 1),
         "open_s": round(open_s, 3),
         "read_all_relations_s": round(read_all_s, 3),
-        "runs": {"full_rebuild_s": [round(x, 3) for x in rebuilds],
-                 "incremental_1k_s": [round(x, 4) for x in incrementals],
-                 "python_fold_s": [round(x, 3) for x in folds]},
+        "runs": {
+            "full_rebuild_s": [round(x, 3) for x in rebuilds],
+            "incremental_1k_s": [round(x, 4) for x in incrementals],
+            "python_fold_s": [round(x, 3) for x in folds],
+        },
         "store_mb": round(cached.stat().st_size / 2**20, 1),
         "cpus": os.cpu_count(),
         "load_average_at_start": round(load, 2),

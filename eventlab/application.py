@@ -91,7 +91,11 @@ class Commands:
         command = parse(RegisterUser, data)
         key = ("user", command.user_id)
         stored = execute(
-            self.store, [key], {"user": user.evolve}, lambda s: user.register(command, s[key]), self._meta("user"),
+            self.store,
+            [key],
+            {"user": user.evolve},
+            lambda s: user.register(command, s[key]),
+            self._meta("user"),
             cache=self._cache,
         )
         return stored[0].event  # type: ignore[return-value]

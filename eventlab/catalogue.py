@@ -31,6 +31,4 @@ def load_users(directory: Path | None = None) -> list[dict[str, Any]]:
 def load_products(directory: Path | None = None) -> list[dict[str, Any]]:
     """Rows of ``products.csv`` with ``price_cents`` and ``initial_stock`` as integers."""
     rows = _rows((directory or data_dir()) / "products.csv")
-    return [
-        {**row, "price_cents": int(row["price_cents"]), "initial_stock": int(row["initial_stock"])} for row in rows
-    ]
+    return [{**row, "price_cents": int(row["price_cents"]), "initial_stock": int(row["initial_stock"])} for row in rows]

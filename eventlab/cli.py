@@ -30,10 +30,16 @@ examples:
 
 def _shop_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--payment-failure-rate", type=float, default=0.1, metavar="P",
-                        help="share of payments the simulated gateway declines (default 0.1)")
-    parser.add_argument("--gateway-latency-ms", type=float, default=0.0, metavar="MS",
-                        help="simulated gateway latency (default 0)")
+    parser.add_argument(
+        "--payment-failure-rate",
+        type=float,
+        default=0.1,
+        metavar="P",
+        help="share of payments the simulated gateway declines (default 0.1)",
+    )
+    parser.add_argument(
+        "--gateway-latency-ms", type=float, default=0.0, metavar="MS", help="simulated gateway latency (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for orders and gateway declines (default 0)")
     return parser
 
@@ -51,24 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", parents=[common, shop], help="run the shop, place orders, report",
-                               description="Start the shop, seed users and products from data/, place orders, "
-                               "wait for every saga, print a summary and the invariant checks. Exit status 0 only "
-                               "if no saga is stuck and every invariant holds.")
+    demo = commands.add_parser(
+        "demo",
+        parents=[common, shop],
+        help="run the shop, place orders, report",
+        description="Start the shop, seed users and products from data/, place orders, "
+        "wait for every saga, print a summary and the invariant checks. Exit status 0 only "
+        "if no saga is stuck and every invariant holds.",
+    )
     demo.add_argument("--orders", type=int, default=100, help="orders to place (default 100)")
     demo.add_argument("--rate", type=float, help="orders per second (default: as fast as possible)")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sagas (default 120)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
-    up = commands.add_parser("up", parents=[common, shop], help="run the shop until interrupted",
-                             description="Run the broker (unless external) and the six services with their HTTP "
-                             f"endpoints on ports {min(SERVICE_PORTS.values())}-{max(SERVICE_PORTS.values())} "
-                             "until Ctrl-C.")
+    up = commands.add_parser(
+        "up",
+        parents=[common, shop],
+        help="run the shop until interrupted",
+        description="Run the broker (unless external) and the six services with their HTTP "
+        f"endpoints on ports {min(SERVICE_PORTS.values())}-{max(SERVICE_PORTS.values())} "
+        "until Ctrl-C.",
+    )
     up.add_argument("--processes", action="store_true", help="one supervised OS process per service")
 
-    run = commands.add_parser("run", parents=[common, shop], help="run one service against a running broker",
-                              description="Run one service (or the outbox relay) in this process; needs "
-                              "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.")
+    run = commands.add_parser(
+        "run",
+        parents=[common, shop],
+        help="run one service against a running broker",
+        description="Run one service (or the outbox relay) in this process; needs "
+        "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.",
+    )
     run.add_argument("service", choices=("relay", *SERVICE_PORTS))
 
     from eventlab.projections.cli import add_commands  # noqa: PLC0415
@@ -79,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         return args.handler(args) if hasattr(args, "handler") else _run(args)
     except EventlabError as exc:
@@ -101,16 +120,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "up" and args.processes:
         from eventlab.supervisor import supervise  # noqa: PLC0415
 
-        passed = ["--payment-failure-rate", str(args.payment_failure_rate),
-                  "--gateway-latency-ms", str(args.gateway_latency_ms), "--seed", str(args.seed)]
+        passed = [
+            "--payment-failure-rate",
+            str(args.payment_failure_rate),
+            "--gateway-latency-ms",
+            str(args.gateway_latency_ms),
+            "--seed",
+            str(args.seed),
+        ]
         return supervise(settings, passed)
 
     from eventlab.demo import ProgressPrinter, invariants, run_demo  # noqa: PLC0415
     from eventlab.shop import Shop  # noqa: PLC0415
     from eventlab.supervisor import stop_on_signals  # noqa: PLC0415
 
-    shop = Shop(settings, payment_failure_rate=args.payment_failure_rate,
-                gateway_latency_ms=args.gateway_latency_ms, seed=args.seed, http=args.command == "up")
+    shop = Shop(
+        settings,
+        payment_failure_rate=args.payment_failure_rate,
+        gateway_latency_ms=args.gateway_latency_ms,
+        seed=args.seed,
+        http=args.command == "up",
+    )
     with shop:
         if args.command == "up":
             print(f"eventlab: {shop!r}", flush=True)
@@ -118,8 +148,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)
             stop_on_signals().wait()
             return 0
-        report = run_demo(shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout,
-                          progress=ProgressPrinter())
+        report = run_demo(
+            shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout, progress=ProgressPrinter()
+        )
     report.invariants = invariants(settings.store_path)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1

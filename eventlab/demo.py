@@ -188,4 +188,3 @@ def invariants(store_path: Path) -> dict[str, bool]:
     """
     checks = audit(store_path)
     return {name: checks[check].ok for name, check in INVARIANTS.items()}
-

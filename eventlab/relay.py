@@ -101,4 +101,3 @@ class Relay:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
-

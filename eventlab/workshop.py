@@ -166,10 +166,17 @@ def redeliver(shop: Shop, stored: StoredEvent) -> str:
     return topic
 
 
-_STATUS = {"OrderCreated": "created", "OrderConfirmed": "confirmed", "OrderCompleted": "completed", "OrderCancelled": "cancelled"}
+_STATUS = {
+    "OrderCreated": "created",
+    "OrderConfirmed": "confirmed",
+    "OrderCompleted": "completed",
+    "OrderCancelled": "cancelled",
+}
 
 
-def order_outcomes(events: Iterable[StoredEvent], into: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+def order_outcomes(
+    events: Iterable[StoredEvent], into: dict[str, dict[str, str]] | None = None
+) -> dict[str, dict[str, str]]:
     """Fold order events into ``{order_id: {"status": ..., "reason": ...}}`` (pure; incremental
     when given the previous result as ``into``)."""
     orders = {} if into is None else into
@@ -234,7 +241,9 @@ class ControlPanel(BackgroundRefresh):
     :meth:`redeliver_newest`, :meth:`poison`), which is what a notebook run headless does.
     """
 
-    def __init__(self, shop: Shop, *, users: Iterable[str] = (), products: Iterable[str] = (), interval: float = 0.5) -> None:
+    def __init__(
+        self, shop: Shop, *, users: Iterable[str] = (), products: Iterable[str] = (), interval: float = 0.5
+    ) -> None:
         import ipywidgets as w  # noqa: PLC0415 - only needed in a notebook
 
         from eventlab.catalogue import load_products, load_users  # noqa: PLC0415
@@ -257,9 +266,13 @@ class ControlPanel(BackgroundRefresh):
         self.failure_rate = w.FloatSlider(
             value=shop.gateway.failure_rate, min=0, max=1, step=0.05, description="Declines", readout_format=".0%"
         )
-        self.latency = w.IntSlider(value=int(shop.gateway.latency_ms), min=0, max=2000, step=50, description="Latency ms")
+        self.latency = w.IntSlider(
+            value=int(shop.gateway.latency_ms), min=0, max=2000, step=50, description="Latency ms"
+        )
         self.outage = w.ToggleButton(value=not shop.gateway.available.is_set(), description="Gateway down", icon="plug")
-        self.redeliver_button = w.Button(description="Redeliver", icon="copy", tooltip="publish the newest OrderCreated again")
+        self.redeliver_button = w.Button(
+            description="Redeliver", icon="copy", tooltip="publish the newest OrderCreated again"
+        )
         self.poison_button = w.Button(description="Poison", button_style="danger", icon="bug")
         self.log = w.HTML()
         self.outcomes_view = w.HTML()

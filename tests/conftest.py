@@ -40,8 +40,7 @@ def free_port_offset() -> int:
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
     """One running shop (embedded broker, real SQLite) shared by the end-to-end tests."""
-    settings = Settings.from_env(env={}, data_dir=tmp_path_factory.mktemp("shop"),
-                                 http_port_offset=free_port_offset())
+    settings = Settings.from_env(env={}, data_dir=tmp_path_factory.mktemp("shop"), http_port_offset=free_port_offset())
     with Shop(settings, http=True) as running:
         yield running
 

@@ -36,8 +36,13 @@ START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 STEP = timedelta(milliseconds=10)
 
 _SOURCE = {
-    "user": "user", "product": "product", "order": "order", "stock": "inventory",
-    "reservation": "inventory", "payment": "payment", "notification": "notification",
+    "user": "user",
+    "product": "product",
+    "order": "order",
+    "stock": "inventory",
+    "reservation": "inventory",
+    "payment": "payment",
+    "notification": "notification",
 }
 
 
@@ -76,51 +81,85 @@ class ShopStory:
 
     def product(self, product_id: str, price_cents: int, stock: int) -> None:
         self.prices[product_id] = price_cents
-        self.write(ProductCreated(product_id=product_id, name=f"Product {product_id}", price_cents=price_cents,
-                                  initial_stock=stock))
+        self.write(
+            ProductCreated(
+                product_id=product_id, name=f"Product {product_id}", price_cents=price_cents, initial_stock=stock
+            )
+        )
         self.write(StockAdded(product_id=product_id, quantity=stock))
 
     def lines(self, quantities: dict[str, int]) -> tuple[OrderLine, ...]:
-        return tuple(OrderLine(product_id=p, quantity=q, unit_price_cents=self.prices[p])
-                     for p, q in quantities.items())
+        return tuple(
+            OrderLine(product_id=p, quantity=q, unit_price_cents=self.prices[p]) for p, q in quantities.items()
+        )
 
     # -- the saga, step by step ------------------------------------------------------------------
 
     def place(self, order_id: str, user_id: str, quantities: dict[str, int]) -> OrderCreated:
         lines = self.lines(quantities)
-        created = OrderCreated(order_id=order_id, user_id=user_id, lines=lines,
-                               total_cents=sum(line.amount_cents for line in lines))
+        created = OrderCreated(
+            order_id=order_id, user_id=user_id, lines=lines, total_cents=sum(line.amount_cents for line in lines)
+        )
         self.write(created, label=f"{order_id}:created")
         return created
 
     def reserve(self, order: OrderCreated) -> None:
-        reserved = [StockReserved(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity)
-                    for ln in order.lines]
-        self.write(*reserved, ReservationConfirmed(order_id=order.order_id, lines=order.lines),
-                   label=f"{order.order_id}:reserved")
-        self.write(OrderConfirmed(order_id=order.order_id, user_id=order.user_id, total_cents=order.total_cents),
-                   label=f"{order.order_id}:confirmed")
+        reserved = [
+            StockReserved(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity) for ln in order.lines
+        ]
+        self.write(
+            *reserved,
+            ReservationConfirmed(order_id=order.order_id, lines=order.lines),
+            label=f"{order.order_id}:reserved",
+        )
+        self.write(
+            OrderConfirmed(order_id=order.order_id, user_id=order.user_id, total_cents=order.total_cents),
+            label=f"{order.order_id}:confirmed",
+        )
         self.email(order, "order_confirmed")
 
     def pay(self, order: OrderCreated, approved: bool = True) -> None:
         status = "COMPLETED" if approved else "FAILED"
-        self.write(PaymentCompleted(order_id=order.order_id, amount_cents=order.total_cents, status=status,
-                                    reason="" if approved else "card declined"),
-                   label=f"{order.order_id}:paid")
+        self.write(
+            PaymentCompleted(
+                order_id=order.order_id,
+                amount_cents=order.total_cents,
+                status=status,
+                reason="" if approved else "card declined",
+            ),
+            label=f"{order.order_id}:paid",
+        )
 
     def complete(self, order: OrderCreated) -> None:
-        self.write(OrderCompleted(order_id=order.order_id, user_id=order.user_id, total_cents=order.total_cents,
-                                  lines=order.lines), label=f"{order.order_id}:completed")
-        self.write(*[StockSold(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity)
-                     for ln in order.lines])
+        self.write(
+            OrderCompleted(
+                order_id=order.order_id, user_id=order.user_id, total_cents=order.total_cents, lines=order.lines
+            ),
+            label=f"{order.order_id}:completed",
+        )
+        self.write(
+            *[StockSold(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity) for ln in order.lines]
+        )
         self.email(order, "order_completed")
 
     def cancel(self, order: OrderCreated, reason: str, detail: str, release: bool) -> None:
-        self.write(OrderCancelled(order_id=order.order_id, user_id=order.user_id, reason=reason,  # type: ignore[arg-type]
-                                  detail=detail, lines=order.lines), label=f"{order.order_id}:cancelled")
+        self.write(
+            OrderCancelled(
+                order_id=order.order_id,
+                user_id=order.user_id,
+                reason=reason,  # type: ignore[arg-type]
+                detail=detail,
+                lines=order.lines,
+            ),
+            label=f"{order.order_id}:cancelled",
+        )
         if release:
-            self.write(*[StockReleased(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity)
-                         for ln in order.lines])
+            self.write(
+                *[
+                    StockReleased(product_id=ln.product_id, order_id=order.order_id, quantity=ln.quantity)
+                    for ln in order.lines
+                ]
+            )
         self.email(order, "order_cancelled")
 
     def email(self, order: OrderCreated, kind: str, sent: bool = True) -> None:
@@ -140,8 +179,12 @@ class ShopStory:
     def out_of_stock_order(self, order_id: str, user_id: str, quantities: dict[str, int], available: int) -> None:
         order = self.place(order_id, user_id, quantities)
         short = order.lines[0]
-        self.write(ReservationRejected(order_id=order_id, product_id=short.product_id, requested=short.quantity,
-                                       available=available), label=f"{order_id}:rejected")
+        self.write(
+            ReservationRejected(
+                order_id=order_id, product_id=short.product_id, requested=short.quantity, available=available
+            ),
+            label=f"{order_id}:rejected",
+        )
         detail = f"{short.product_id}: {short.quantity} requested, {available} available"
         self.cancel(order, "out_of_stock", detail, release=False)
 

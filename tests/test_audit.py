@@ -73,8 +73,14 @@ def test_stock_never_negative_catches_an_oversold_reservation(healthy):
     report = audit(healthy.store.path, now=LATER)
     assert violated(report) == {"stock_never_negative"}
     assert report["stock_never_negative"].violations == (
-        {"product_id": "P2", "first_position": healthy.store.head(), "available": -5, "reserved": 9, "sold": 1,
-         "negative_positions": 1},
+        {
+            "product_id": "P2",
+            "first_position": healthy.store.head(),
+            "available": -5,
+            "reserved": 9,
+            "sold": 1,
+            "negative_positions": 1,
+        },
     )
 
 
@@ -90,8 +96,12 @@ def test_stock_conserved_catches_a_duplicated_event(healthy):
     report = audit(healthy.store.path, now=LATER)
     assert violated(report) == {"stock_conserved"}
     assert report["stock_conserved"].violations == (
-        {"product_id": "P1", "order_id": None, "status": None,
-         "problem": "initial stock 10 but available + reserved + sold = 20"},
+        {
+            "product_id": "P1",
+            "order_id": None,
+            "status": None,
+            "problem": "initial stock 10 but available + reserved + sold = 20",
+        },
     )
 
 
@@ -145,8 +155,14 @@ def test_failed_payment_without_release_is_caught(tmp_path):
     report = audit(story.store.path, now=LATER)
     assert violated(report) == {"failed_payments_compensated", "stock_conserved"}
     (missing,) = report["failed_payments_compensated"].violations
-    assert missing == {"order_id": "O1", "failed_position": story.positions["O1:paid"], "product_id": "P1",
-                       "reserved": 2, "released": 0, "problem": "released 0 of 2 reserved units"}
+    assert missing == {
+        "order_id": "O1",
+        "failed_position": story.positions["O1:paid"],
+        "product_id": "P1",
+        "reserved": 2,
+        "released": 0,
+        "problem": "released 0 of 2 reserved units",
+    }
 
 
 def test_failed_payment_without_cancellation_is_caught_once_settled(tmp_path):
@@ -172,8 +188,12 @@ def test_all_events_published_catches_a_relay_that_fell_behind(healthy):
     report = audit(healthy.store.path, now=LATER)
     assert violated(report) == {"all_events_published"}
     (behind,) = report["all_events_published"].violations
-    assert (behind["relay_checkpoint"], behind["last_position"], behind["unpublished"], behind["first_unpublished"]) \
-        == (head - 5, head, 5, head - 4)
+    assert (
+        behind["relay_checkpoint"],
+        behind["last_position"],
+        behind["unpublished"],
+        behind["first_unpublished"],
+    ) == (head - 5, head, 5, head - 4)
     with sqlite3.connect(healthy.store.path) as con:
         con.execute("DELETE FROM checkpoints")
     assert audit(healthy.store.path, now=LATER)["all_events_published"].violations[0]["unpublished"] == head

@@ -12,8 +12,9 @@ from eventlab.store import NewEvent, SqliteEventStore
 @pytest.fixture
 def stored(tmp_path):
     store = SqliteEventStore(tmp_path / "events.db")
-    [event] = store.append([NewEvent(StockAdded(product_id="P001", quantity=3), 1,
-                                     {"source": "inventory", "correlation_id": "order-7"})])
+    [event] = store.append(
+        [NewEvent(StockAdded(product_id="P001", quantity=3), 1, {"source": "inventory", "correlation_id": "order-7"})]
+    )
     yield event, store.read_records()[0]
     store.close()
 
@@ -31,11 +32,18 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
     ("value", "headers", "reason"),
     [
         (b"{}", [], "missing header ce_specversion"),
-        (b"{}", [("ce_specversion", b"0.3"), ("ce_id", b"1"), ("ce_type", b"StockAdded")], "unsupported ce_specversion"),
+        (
+            b"{}",
+            [("ce_specversion", b"0.3"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "unsupported ce_specversion",
+        ),
         (b"{}", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"Nope")], "unknown ce_type 'Nope'"),
         (b"\xff", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")], "value is not JSON"),
-        (b'{"product_id": "P1", "quantity": -1}', [("ce_specversion", b"1.0"), ("ce_id", b"1"),
-                                                    ("ce_type", b"StockAdded")], "invalid StockAdded: quantity"),
+        (
+            b'{"product_id": "P1", "quantity": -1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: quantity",
+        ),
         (None, [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")], "value is not JSON"),
     ],
 )

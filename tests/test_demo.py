@@ -15,9 +15,25 @@ pytestmark = pytest.mark.integration
 def test_demo_json_reports_every_saga_and_the_invariants(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
     result = subprocess.run(
-        [sys.executable, "-m", "eventlab", "demo", "--orders", "60", "--payment-failure-rate", "0.3",
-         "--seed", "3", "--json", "--data-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "eventlab",
+            "demo",
+            "--orders",
+            "60",
+            "--payment-failure-rate",
+            "0.3",
+            "--seed",
+            "3",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -28,8 +44,11 @@ def test_demo_json_reports_every_saga_and_the_invariants(tmp_path):
     assert report["events"] >= 60 * 5
     assert report["saga_latency_ms"]["p50"] > 0 and report["saga_latency_ms"]["p99"] >= report["saga_latency_ms"]["p50"]
     assert report["invariants"] == {
-        "no_oversell": True, "stock_conserved": True, "no_double_charge": True,
-        "failed_payments_compensated": True, "all_events_published": True,
+        "no_oversell": True,
+        "stock_conserved": True,
+        "no_double_charge": True,
+        "failed_payments_compensated": True,
+        "all_events_published": True,
     }
     assert "terminal 60/60" in result.stderr  # progress output
 

@@ -65,7 +65,10 @@ def test_a_product_carries_its_initial_stock_to_inventory():
 # --- placing an order ------------------------------------------------------------------------
 
 
-def place(lines, customer=user.User("U001", "Ada", "ada@example.com"), catalogue=None):
+ADA_STATE = user.User("U001", "Ada", "ada@example.com")
+
+
+def place(lines, customer=ADA_STATE, catalogue=None):
     command = parse(PlaceOrder, {"user_id": "U001", "lines": lines})
     return order.place(command, "O-1", customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
 
@@ -139,8 +142,11 @@ def test_inventory_reserves_nothing_when_one_line_is_short():
 
 
 def test_inventory_decides_once_per_order():
-    states = {("reservation", "O-1"): inventory.Reservation("confirmed"), ("stock", "P001"): stock(5),
-              ("stock", "P002"): stock(5)}
+    states = {
+        ("reservation", "O-1"): inventory.Reservation("confirmed"),
+        ("stock", "P001"): stock(5),
+        ("stock", "P002"): stock(5),
+    }
     assert inventory.decide(CREATED, states) == []
 
 
@@ -156,8 +162,9 @@ def test_stock_folds_through_reserve_release_and_sell():
 
 
 def test_a_cancelled_order_releases_what_was_reserved():
-    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="payment_failed", detail="card declined",
-                               lines=LINES)
+    cancelled = OrderCancelled(
+        order_id="O-1", user_id="U001", reason="payment_failed", detail="card declined", lines=LINES
+    )
     states = {("reservation", "O-1"): inventory.Reservation("confirmed")}
     assert inventory.decide(cancelled, states) == [
         StockReleased(product_id="P001", order_id="O-1", quantity=1),

@@ -7,7 +7,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -33,12 +32,23 @@ def test_every_service_answers_health(shop):
 
 def test_an_order_placed_over_http_completes(shop):
     user_id, product_id = unique("U"), unique("P")
-    assert call(shop, "user", "POST", "/users", {"user_id": user_id, "name": "Ada", "email": "ada@example.com"})[0] == 201
-    assert call(shop, "product", "POST", "/products",
-                {"product_id": product_id, "name": "Lamp", "price_cents": 2750, "initial_stock": 3})[0] == 201
+    assert (
+        call(shop, "user", "POST", "/users", {"user_id": user_id, "name": "Ada", "email": "ada@example.com"})[0] == 201
+    )
+    assert (
+        call(
+            shop,
+            "product",
+            "POST",
+            "/products",
+            {"product_id": product_id, "name": "Lamp", "price_cents": 2750, "initial_stock": 3},
+        )[0]
+        == 201
+    )
     shop.wait_idle()
-    status, body = call(shop, "order", "POST", "/orders",
-                        {"user_id": user_id, "lines": [{"product_id": product_id, "quantity": 2}]})
+    status, body = call(
+        shop, "order", "POST", "/orders", {"user_id": user_id, "lines": [{"product_id": product_id, "quantity": 2}]}
+    )
     assert status == 202
     shop.wait(body["order_id"])
     status, order = call(shop, "order", "GET", f"/orders/{body['order_id']}")

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
+from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
 from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
-from eventlab.events import StockAdded
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,9 @@ def test_topics_are_created_once(settings):
 
 def test_a_consumer_restarts_from_a_committed_offset_inside_a_batch(settings):
     topic = f"quirk-{uuid.uuid4().hex[:8]}"
-    ensure_topics(Settings(data_dir=settings.data_dir, bootstrap_servers=settings.bootstrap_servers,
-                           partitions=1), [topic])
+    ensure_topics(
+        Settings(data_dir=settings.data_dir, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic]
+    )
     producer = make_producer(settings)
     for i in range(10):
         producer.produce(topic, str(i).encode(), b"k")
@@ -62,9 +63,19 @@ def test_a_consumer_restarts_from_a_committed_offset_inside_a_batch(settings):
 
 def test_cloudevents_round_trip_through_the_broker(settings, tmp_path):
     store = SqliteEventStore(tmp_path / "events.db")
-    [stored] = store.append([NewEvent(StockAdded(product_id="P001", quantity=3), 1,
-                                      {"source": "inventory", "correlation_id": "c-9",
-                                       "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})])
+    [stored] = store.append(
+        [
+            NewEvent(
+                StockAdded(product_id="P001", quantity=3),
+                1,
+                {
+                    "source": "inventory",
+                    "correlation_id": "c-9",
+                    "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                },
+            )
+        ]
+    )
     key, value, headers = to_message(stored)
     producer = make_producer(settings)
     producer.produce(StockAdded.topic, value, key, headers=headers)

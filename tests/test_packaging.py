@@ -23,7 +23,7 @@ def test_environment_yml_matches_pyproject():
         wanted |= {name_of(r) for r in extra}
     listed = set()
     text = (ROOT / "environment.yml").read_text()
-    for line in text[text.index("dependencies:"):].splitlines():
+    for line in text[text.index("dependencies:") :].splitlines():
         match = re.match(r"^\s+-\s+([A-Za-z0-9_.\-]+)", line)
         if match and match.group(1) not in ("pip", "python", "-e"):
             listed.add(CONDA_NAMES.get(match.group(1).lower(), match.group(1).lower()))
@@ -35,6 +35,7 @@ def test_cli_help_explains_every_command():
     for command in ("demo", "up", "run", "audit", "query"):
         assert command in out.stdout
     assert "EVENTLAB_BOOTSTRAP_SERVERS" in out.stdout
-    demo = subprocess.run([sys.executable, "-m", "eventlab", "demo", "--help"], capture_output=True, text=True,
-                          check=True)
+    demo = subprocess.run(
+        [sys.executable, "-m", "eventlab", "demo", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--payment-failure-rate" in demo.stdout and "--orders" in demo.stdout

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import free_port_offset
 
 pytestmark = pytest.mark.integration
@@ -21,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 def request(port, method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as response:
         return json.loads(response.read())
 
@@ -39,30 +39,54 @@ def wait_healthy(port, timeout=60):
 
 def test_one_process_per_service(tmp_path):
     offset = free_port_offset()
-    port = {name: base + offset for name, base in
-            {"user": 8081, "product": 8082, "order": 8083, "payment": 8084, "inventory": 8085,
-             "notification": 8086}.items()}
+    port = {
+        name: base + offset
+        for name, base in {
+            "user": 8081,
+            "product": 8082,
+            "order": 8083,
+            "payment": 8084,
+            "inventory": 8085,
+            "notification": 8086,
+        }.items()
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
     env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
-    up = subprocess.Popen([sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         pids = {name: wait_healthy(p)["pid"] for name, p in port.items()}
         assert len(set(pids.values())) == 6 and up.pid not in pids.values()
         request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
-        request(port["product"], "POST", "/products",
-                {"product_id": "P1", "name": "Lamp", "price_cents": 2750, "initial_stock": 5})
+        request(
+            port["product"],
+            "POST",
+            "/products",
+            {"product_id": "P1", "name": "Lamp", "price_cents": 2750, "initial_stock": 5},
+        )
         deadline = time.monotonic() + 60
-        while request(port["inventory"], "GET", "/health")["lag"] or \
-                request(port["inventory"], "GET", "/health")["handled"] == 0:
+        while (
+            request(port["inventory"], "GET", "/health")["lag"]
+            or request(port["inventory"], "GET", "/health")["handled"] == 0
+        ):
             assert time.monotonic() < deadline, "inventory never stocked the product"
             time.sleep(0.2)
-        order_ids = [request(port["order"], "POST", "/orders",
-                             {"user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]})["order_id"]
-                     for _ in range(3)]
+        order_ids = [
+            request(
+                port["order"], "POST", "/orders", {"user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]}
+            )["order_id"]
+            for _ in range(3)
+        ]
         for order_id in order_ids:
             while (order := request(port["order"], "GET", f"/orders/{order_id}"))["status"] not in (
-                    "completed", "cancelled"):
+                "completed",
+                "cancelled",
+            ):
                 assert time.monotonic() < deadline, f"order {order_id} stuck in {order['status']}"
                 time.sleep(0.1)
             assert order["status"] == "completed"

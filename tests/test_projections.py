@@ -68,11 +68,22 @@ def test_orders_have_status_totals_and_every_saga_step(projections):
         ("O4", "U1", "completed", 1000, 1, 1),
         ("O5", "U1", "confirmed", 250, 1, 1),
     ]
-    assert orders["total"].to_list() == [Decimal("22.50"), Decimal("25.00"), Decimal("30.00"), Decimal("10.00"),
-                                         Decimal("2.50")]
+    assert orders["total"].to_list() == [
+        Decimal("22.50"),
+        Decimal("25.00"),
+        Decimal("30.00"),
+        Decimal("10.00"),
+        Decimal("2.50"),
+    ]
     o1, o2, o3, o4, o5 = orders.iter_rows(named=True)
-    assert (o1["created_at"], o1["reserved_at"], o1["confirmed_at"], o1["paid_at"], o1["completed_at"],
-            o1["stock_sold_at"]) == (at(70), at(80), at(90), at(120), at(130), at(140))
+    assert (
+        o1["created_at"],
+        o1["reserved_at"],
+        o1["confirmed_at"],
+        o1["paid_at"],
+        o1["completed_at"],
+        o1["stock_sold_at"],
+    ) == (at(70), at(80), at(90), at(120), at(130), at(140))
     assert o1["duration_ms"] == 60.0 and o1["cancel_reason"] is None and o1["last_position"] == 17
     assert (o2["rejected_at"], o2["cancelled_at"], o2["reserved_at"]) == (at(180), at(190), None)
     assert (o2["cancel_reason"], o2["cancel_detail"]) == ("out_of_stock", "P2: 10 requested, 4 available")
@@ -116,8 +127,9 @@ def test_inventory_now_and_after_every_stock_event(projections):
     stock = projections.pl("inventory").select("product_id", "initial_stock", "available", "reserved", "sold")
     assert stock.rows() == [("P1", 10, 7, 0, 3), ("P2", 5, 3, 1, 1)]
     history = projections.pl("inventory_history")
-    assert history.filter(pl.col("product_id") == "P1").select("position", "event_type", "available", "reserved",
-                                                               "sold").rows() == [
+    assert history.filter(pl.col("product_id") == "P1").select(
+        "position", "event_type", "available", "reserved", "sold"
+    ).rows() == [
         (4, "StockAdded", 10, 0, 0),
         (8, "StockReserved", 8, 2, 0),
         (16, "StockSold", 8, 0, 2),
@@ -166,16 +178,18 @@ def test_payments_attempts_failures_and_failure_rate_over_time(projections):
         (31, "O3", 1, "FAILED", "card declined", 3000),
         (42, "O4", 1, "COMPLETED", None, 1000),
     ]
-    assert projections.pl("payments").select("minute", "attempts", "failures", "failure_rate", "charged_cents",
-                                             "cumulative_failure_rate").rows() == [
+    assert projections.pl("payments").select(
+        "minute", "attempts", "failures", "failure_rate", "charged_cents", "cumulative_failure_rate"
+    ).rows() == [
         (datetime(2025, 3, 3, 9, 0), 2, 1, 0.5, 2250, 0.5),
         (datetime(2025, 3, 4, 9, 0), 1, 0, 0.0, 1000, 0.3333),
     ]
 
 
 def test_notifications_per_order_with_what_is_still_unsent(projections):
-    assert projections.pl("notifications").select("order_id", "requested", "sent", "kinds_requested",
-                                                  "unsent").rows() == [
+    assert projections.pl("notifications").select(
+        "order_id", "requested", "sent", "kinds_requested", "unsent"
+    ).rows() == [
         ("O1", 2, 2, ["order_completed", "order_confirmed"], []),
         ("O2", 1, 1, ["order_cancelled"], []),
         ("O3", 2, 2, ["order_cancelled", "order_confirmed"], []),
@@ -255,10 +269,13 @@ def test_as_of_a_position_replays_the_log_up_to_it(store_path, projections):
     snapshot = projections.as_of(position=o3_reserved)
     assert snapshot.position == o3_reserved and snapshot.recorded_at == at(230)
     assert snapshot.pl("orders").select("order_id", "status").rows() == [
-        ("O1", "completed"), ("O2", "cancelled"), ("O3", "created"),
+        ("O1", "completed"),
+        ("O2", "cancelled"),
+        ("O3", "created"),
     ]
     assert snapshot.pl("inventory").select("product_id", "available", "reserved", "sold").rows() == [
-        ("P1", 5, 3, 2), ("P2", 4, 0, 1),
+        ("P1", 5, 3, 2),
+        ("P2", 4, 0, 1),
     ]
     assert snapshot.pl("events")["position"].max() == o3_reserved
     assert snapshot.relation("revenue").fetchall() == [(date(2025, 3, 3), 1, 2250, Decimal("22.50"))]
@@ -342,8 +359,12 @@ def test_nothing_but_a_read_gets_through(store_path, projections, sql):
 
 def test_query_refuses_writes_with_a_projection_error(store_path):
     before = digest(store_path)
-    for sql in ("DELETE FROM store.events", "ATTACH 'x.db' AS x", "COPY orders TO 'orders.csv'",
-                "SELECT * FROM sqlite_query('store', 'DELETE FROM events RETURNING *')"):
+    for sql in (
+        "DELETE FROM store.events",
+        "ATTACH 'x.db' AS x",
+        "COPY orders TO 'orders.csv'",
+        "SELECT * FROM sqlite_query('store', 'DELETE FROM events RETURNING *')",
+    ):
         with pytest.raises(ProjectionError):
             query(store_path, sql)
     assert digest(store_path) == before and not Path("orders.csv").exists()
@@ -356,7 +377,8 @@ def test_query_reads_projections_and_the_raw_store_with_parameters(store_path):
     sneaky = "O1' OR '1'='1"
     assert query(store_path, "SELECT * FROM orders WHERE order_id = ?", [sneaky]).height == 0
     assert query(store_path, "SELECT order_id FROM orders WHERE user_id = $user ORDER BY 1", {"user": "U2"}).rows() == [
-        ("O2",), ("O3",),
+        ("O2",),
+        ("O3",),
     ]
     assert query(store_path, "FROM orders SELECT count(*)").item() == 5
     assert query(store_path, "DESCRIBE orders").height > 10
@@ -423,8 +445,9 @@ def test_parquet_export_round_trips_the_log_and_every_relation(store_path, proje
             assert pl.read_parquet(written[name]).equals(projections.pl(name)), name
     events = pl.read_parquet(written["events"])
     with sqlite3.connect(store_path) as con:
-        stored = con.execute("SELECT position, event_id, event_type, data, metadata, recorded_at FROM events"
-                             " ORDER BY position").fetchall()
+        stored = con.execute(
+            "SELECT position, event_id, event_type, data, metadata, recorded_at FROM events ORDER BY position"
+        ).fetchall()
     assert events.select("position", "event_id", "event_type", "data", "metadata").rows() == [row[:5] for row in stored]
     assert events["recorded_at"].to_list() == [datetime.fromisoformat(row[5]) for row in stored]
     assert json.loads(events["data"][6])["order_id"] == "O1"
@@ -452,17 +475,23 @@ def test_cli_query_show_export_and_projections(store_path, tmp_path, capsys):
     data_dir = str(store_path.parent)
     first_two = "SELECT order_id, total FROM orders ORDER BY 1 LIMIT 2"
     assert run_cli(["query", "--data-dir", data_dir, "--json", first_two]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"order_id": "O1", "total": "22.50"},
-                                                  {"order_id": "O2", "total": "25.00"}]
+    assert json.loads(capsys.readouterr().out) == [
+        {"order_id": "O1", "total": "22.50"},
+        {"order_id": "O2", "total": "25.00"},
+    ]
     emails = "SELECT order_id, kinds_requested FROM notifications ORDER BY 1"
     assert run_cli(["query", "--data-dir", data_dir, "--csv", emails]) == 0
-    assert capsys.readouterr().out.splitlines()[:2] == ["order_id,kinds_requested",
-                                                        'O1,"[""order_completed"", ""order_confirmed""]"']
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "order_id,kinds_requested",
+        'O1,"[""order_completed"", ""order_confirmed""]"',
+    ]
     assert run_cli(["show", "--data-dir", data_dir, "inventory", "--as-of-position", "27"]) == 0
     table = capsys.readouterr().out
     assert "P1" in table and "available" in table
-    assert run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", "2025-03-03T09:00:00.235+00:00",
-                    "--json"]) == 0
+    assert (
+        run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", "2025-03-03T09:00:00.235+00:00", "--json"])
+        == 0
+    )
     assert [row["status"] for row in json.loads(capsys.readouterr().out)] == ["completed", "cancelled", "created"]
     assert run_cli(["export", "--data-dir", data_dir, str(tmp_path / "pq"), "orders", "events"]) == 0
     assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == ["events.parquet", "orders.parquet"]

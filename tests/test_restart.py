@@ -31,8 +31,15 @@ def test_restart_mid_run(tmp_path):
         for order_id in order_ids:
             counts = Counter(e.event_type for e in shop.order(order_id).events)
             assert counts == {
-                "OrderCreated": 1, "StockReserved": 1, "ReservationConfirmed": 1, "OrderConfirmed": 1,
-                "PaymentCompleted": 1, "OrderCompleted": 1, "StockSold": 1, "EmailRequested": 2, "EmailSent": 2,
+                "OrderCreated": 1,
+                "StockReserved": 1,
+                "ReservationConfirmed": 1,
+                "OrderConfirmed": 1,
+                "PaymentCompleted": 1,
+                "OrderCompleted": 1,
+                "StockSold": 1,
+                "EmailRequested": 2,
+                "EmailSent": 2,
             }, order_id
         stock = load(shop.store, ("stock", "P001"), inventory.evolve_stock).state
         assert stock == inventory.Stock(available=70, reserved=0, sold=30)

@@ -34,8 +34,16 @@ def test_happy_path(shop, customer, make_product):
     assert (order.status, order.total_cents) == ("completed", 8900 + 2 * 2499)
     shop.wait_idle()
     types = [e.event_type for e in shop.order(order.order_id).events]
-    for expected in ["OrderCreated", "StockReserved", "ReservationConfirmed", "OrderConfirmed",
-                     "PaymentCompleted", "OrderCompleted", "StockSold", "EmailSent"]:
+    for expected in [
+        "OrderCreated",
+        "StockReserved",
+        "ReservationConfirmed",
+        "OrderConfirmed",
+        "PaymentCompleted",
+        "OrderCompleted",
+        "StockSold",
+        "EmailSent",
+    ]:
         assert expected in types
     assert types.index("OrderCreated") < types.index("ReservationConfirmed") < types.index("OrderConfirmed")
     assert types.index("PaymentCompleted") < types.index("OrderCompleted")
@@ -128,10 +136,18 @@ def test_duplicate_delivery_is_a_no_op(shop, customer, make_product):
 def test_a_poison_message_goes_to_the_dead_letter_topic(shop, customer, make_product):
     settings = shop.relay.settings
     producer = make_producer(settings)
-    producer.produce("order.lifecycle.created", b"{not json", b"poison", headers=[("ce_specversion", b"1.0"),
-                     ("ce_id", b"poison-1"), ("ce_type", b"OrderCreated")])
-    producer.produce("order.lifecycle.created", b"{}", b"stranger", headers=[("ce_specversion", b"1.0"),
-                     ("ce_id", b"stranger-1"), ("ce_type", b"Mystery")])
+    producer.produce(
+        "order.lifecycle.created",
+        b"{not json",
+        b"poison",
+        headers=[("ce_specversion", b"1.0"), ("ce_id", b"poison-1"), ("ce_type", b"OrderCreated")],
+    )
+    producer.produce(
+        "order.lifecycle.created",
+        b"{}",
+        b"stranger",
+        headers=[("ce_specversion", b"1.0"), ("ce_id", b"stranger-1"), ("ce_type", b"Mystery")],
+    )
     producer.flush(10)
     consumer = make_consumer(settings, "test-dlq-reader")
     consumer.subscribe([dead_letter_topic("order.lifecycle.created")])

@@ -4,10 +4,10 @@ import functools
 import sqlite3
 
 import pytest
+from store_contract import EventStoreContract
 
 from eventlab.errors import StoreError
 from eventlab.store import SqliteEventStore
-from store_contract import EventStoreContract
 
 
 class TestSqliteEventStore(EventStoreContract):

@@ -14,9 +14,7 @@ from eventlab.projections.engine import ProjectionError, Projections
 __all__ = ["query"]
 
 
-def query(
-    store_path: str | Path, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
-) -> pl.DataFrame:
+def query(store_path: str | Path, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path``; return its rows.
 
     The query sees every relation of :attr:`Projections.names` and the store's own tables as

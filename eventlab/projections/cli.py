@@ -44,36 +44,61 @@ def add_commands(
         parser.set_defaults(handler=handler)
         return parser
 
-    check = command("audit", _audit, "check the shop's invariants on the event store",
-                    "Run the invariant checks (every order terminal, stock never negative and conserved, "
-                    "no double charge, failed payments compensated, every event published) as SQL over "
-                    "the event store. Exit status 1 if any is violated.")
+    check = command(
+        "audit",
+        _audit,
+        "check the shop's invariants on the event store",
+        "Run the invariant checks (every order terminal, stock never negative and conserved, "
+        "no double charge, failed payments compensated, every event published) as SQL over "
+        "the event store. Exit status 1 if any is violated.",
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object: check -> {ok, violations}")
-    check.add_argument("--grace", type=_seconds, default=30.0, metavar="SECONDS",
-                       help="how long a saga step may be in flight before it counts as missing (default 30)")
+    check.add_argument(
+        "--grace",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a saga step may be in flight before it counts as missing (default 30)",
+    )
 
-    ask = command("query", _query, "run a read-only SQL query over the projections",
-                  "Run one SELECT over the projections (see 'eventlab projections') and the raw store "
-                  "tables (store.events, store.checkpoints, …). Anything but a read is refused.")
+    ask = command(
+        "query",
+        _query,
+        "run a read-only SQL query over the projections",
+        "Run one SELECT over the projections (see 'eventlab projections') and the raw store "
+        "tables (store.events, store.checkpoints, …). Anything but a read is refused.",
+    )
     ask.add_argument("sql", help='e.g. "SELECT status, count(*) FROM orders GROUP BY status"')
     _output_options(ask)
 
-    export = command("export", _export, "export the event log and the projections to Parquet",
-                     "Write events.parquet (the store's log as stored) and one <relation>.parquet per "
-                     "projection relation into DIR.")
+    export = command(
+        "export",
+        _export,
+        "export the event log and the projections to Parquet",
+        "Write events.parquet (the store's log as stored) and one <relation>.parquet per projection relation into DIR.",
+    )
     export.add_argument("directory", type=Path, metavar="DIR", help="output directory (created if needed)")
     export.add_argument("names", nargs="*", metavar="NAME", help="only these relations (default: all)")
 
-    command("projections", _projections, "list the projections and their relations",
-            "List every projection, its tables and views, and what they hold.")
+    command(
+        "projections",
+        _projections,
+        "list the projections and their relations",
+        "List every projection, its tables and views, and what they hold.",
+    )
 
-    show = command("show", _show, "print one projection relation",
-                   "Print a relation (see 'eventlab projections'), optionally as of a position or time of the log.")
+    show = command(
+        "show",
+        _show,
+        "print one projection relation",
+        "Print a relation (see 'eventlab projections'), optionally as of a position or time of the log.",
+    )
     show.add_argument("name", help="relation name, e.g. orders, saga_timeline, inventory, revenue, funnel")
     when = show.add_mutually_exclusive_group()
     when.add_argument("--as-of-position", type=int, metavar="N", help="as it was after the event at position N")
-    when.add_argument("--as-of-time", type=_iso_time, metavar="TIME",
-                      help="as it was at TIME (ISO 8601; without a zone, UTC)")
+    when.add_argument(
+        "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
+    )
     show.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
     _output_options(show)
 
@@ -117,8 +142,9 @@ def _print_frame(frame: pl.DataFrame, fmt: str) -> None:
             writer.writerow(json.dumps(jsonable(v)) if isinstance(v, list | dict) else jsonable(v) for v in row)
         sys.stdout.write(out.getvalue())
     else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40,
-                       tbl_hide_column_data_types=True):
+        with pl.Config(
+            tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40, tbl_hide_column_data_types=True
+        ):
             print(frame)
 
 

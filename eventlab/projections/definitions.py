@@ -404,8 +404,11 @@ PROJECTIONS: dict[str, Projection] = {
         Projection("orders", "Order status and saga step times, and the lines as placed.", (ORDERS, ORDER_LINES)),
         Projection("saga_timeline", "Every step of every order's saga, with durations.", (SAGA_TIMELINE,)),
         Projection("inventory", "Stock per product now, and after every stock event.", (INVENTORY, INVENTORY_HISTORY)),
-        Projection("revenue", "Money from completed orders by day, product and customer.",
-                   (REVENUE, REVENUE_BY_PRODUCT, REVENUE_BY_USER)),
+        Projection(
+            "revenue",
+            "Money from completed orders by day, product and customer.",
+            (REVENUE, REVENUE_BY_PRODUCT, REVENUE_BY_USER),
+        ),
         Projection("funnel", "How far orders get through the saga, and why they drop out.", (FUNNEL,)),
         Projection("payments", "Payment attempts and the failure rate over time.", (PAYMENTS, PAYMENT_ATTEMPTS)),
         Projection("notifications", "Emails requested and sent per order.", (NOTIFICATIONS,)),
@@ -416,8 +419,17 @@ PROJECTIONS: dict[str, Projection] = {
 RELATIONS: dict[str, Relation] = {
     r.name: r
     for r in (
-        ORDERS, NOTIFICATIONS,
-        ORDER_LINES, SAGA_TIMELINE, INVENTORY_HISTORY, INVENTORY, REVENUE, REVENUE_BY_PRODUCT, REVENUE_BY_USER, FUNNEL,
-        PAYMENT_ATTEMPTS, PAYMENTS,
+        ORDERS,
+        NOTIFICATIONS,
+        ORDER_LINES,
+        SAGA_TIMELINE,
+        INVENTORY_HISTORY,
+        INVENTORY,
+        REVENUE,
+        REVENUE_BY_PRODUCT,
+        REVENUE_BY_USER,
+        FUNNEL,
+        PAYMENT_ATTEMPTS,
+        PAYMENTS,
     )
 }

@@ -22,9 +22,9 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   in one DuckDB transaction, so a reader never sees half of it.
 
 Next to a running shop in the same process, the log is read through Python's ``sqlite3``
-instead (see :class:`StoreMirror`). Only :func:`_log_rows`, :func:`_head` and the mirror know the store is SQLite: a PostgreSQL store would be
-attached with ``TYPE postgres`` and read with ``postgres_query``; the projections only ever see
-the normalised ``events`` relation.
+instead (see :class:`StoreMirror`). Only :func:`_log_rows`, :func:`_head` and the mirror know
+the store is SQLite: a PostgreSQL store would be attached with ``TYPE postgres`` and read with
+``postgres_query``; the projections only ever see the normalised ``events`` relation.
 
 The DuckDB connection is in memory, loads the ``sqlite`` extension from the
 ``duckdb-extension-sqlite`` wheel through a private temporary extension directory (never
@@ -89,6 +89,7 @@ _DATA_SHAPE = {
 _LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
 
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
+
 
 class ProjectionError(EventlabError):
     """A projection request cannot be answered: an unknown name, an "as of" outside the log,
@@ -163,7 +164,8 @@ def connect(store_path: str | Path, *, mirror: bool = False) -> duckdb.DuckDBPyC
             con.execute("LOAD sqlite")
             con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
             con.execute(
-                "SELECT * FROM sqlite_query('store', 'SELECT (SELECT value FROM eventlab WHERE key = ''schema_version''),"
+                "SELECT * FROM sqlite_query('store', 'SELECT"
+                " (SELECT value FROM eventlab WHERE key = ''schema_version''),"
                 " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
                 " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
             ).fetchall()
@@ -184,11 +186,20 @@ CREATE TABLE store.events (position BIGINT, event_id VARCHAR, aggregate_type VAR
     version BIGINT, event_type VARCHAR, schema_version BIGINT, data VARCHAR, metadata VARCHAR, recorded_at VARCHAR);
 CREATE TABLE store.checkpoints (name VARCHAR, position BIGINT);
 """
-_MIRROR_SCHEMA = pa.schema([
-    ("position", pa.int64()), ("event_id", pa.string()), ("aggregate_type", pa.string()),
-    ("aggregate_id", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
-    ("schema_version", pa.int64()), ("data", pa.string()), ("metadata", pa.string()), ("recorded_at", pa.string()),
-])
+_MIRROR_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),
+        ("event_id", pa.string()),
+        ("aggregate_type", pa.string()),
+        ("aggregate_id", pa.string()),
+        ("version", pa.int64()),
+        ("event_type", pa.string()),
+        ("schema_version", pa.int64()),
+        ("data", pa.string()),
+        ("metadata", pa.string()),
+        ("recorded_at", pa.string()),
+    ]
+)
 
 
 class StoreMirror:
@@ -208,7 +219,8 @@ class StoreMirror:
     def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
         """As :func:`_head`, from the store itself; also copies its checkpoints."""
         head, head_id = self._sqlite.execute(
-            "SELECT coalesce(max(position), 0), (SELECT event_id FROM events ORDER BY position DESC LIMIT 1) FROM events"
+            "SELECT coalesce(max(position), 0),"
+            " (SELECT event_id FROM events ORDER BY position DESC LIMIT 1) FROM events"
         ).fetchone()
         at_checkpoint = self._sqlite.execute("SELECT event_id FROM events WHERE position = ?", (checkpoint,)).fetchone()
         checkpoints = self._sqlite.execute("SELECT name, position FROM checkpoints").fetchall()
@@ -381,8 +393,9 @@ class Projections:
         """
         head, head_id, checkpoint_id = self._head(self.checkpoint)
         if checkpoint_id != self._checkpoint_event_id:
-            log.warning("%s is not the log projected so far (checkpoint %d): rebuilding", self.store_path,
-                        self.checkpoint)
+            log.warning(
+                "%s is not the log projected so far (checkpoint %d): rebuilding", self.store_path, self.checkpoint
+            )
             return self.rebuild()
         if head == self.checkpoint:
             return 0

@@ -74,7 +74,9 @@ def place(
         item = catalogue.get(request.product_id)
         if item is None:
             raise NotFound(f"lines.{index}.product_id", f"unknown product {request.product_id}")
-        lines.append(OrderLine(product_id=item.product_id, quantity=request.quantity, unit_price_cents=item.price_cents))
+        lines.append(
+            OrderLine(product_id=item.product_id, quantity=request.quantity, unit_price_cents=item.price_cents)
+        )
     total = sum(line.amount_cents for line in lines)
     return [OrderCreated(order_id=order_id, user_id=customer.user_id, lines=tuple(lines), total_cents=total)]
 

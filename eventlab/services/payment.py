@@ -100,7 +100,9 @@ def streams(event: Event) -> list[StreamKey]:
 def decide(event: OrderConfirmed, result: ChargeResult) -> list[Event]:
     """The gateway's answer as an event."""
     status = "COMPLETED" if result.approved else "FAILED"
-    return [PaymentCompleted(order_id=event.order_id, amount_cents=event.total_cents, status=status, reason=result.reason)]
+    return [
+        PaymentCompleted(order_id=event.order_id, amount_cents=event.total_cents, status=status, reason=result.reason)
+    ]
 
 
 def service(gateway: SimulatedGateway, breaker: CircuitBreaker | None = None) -> Service:

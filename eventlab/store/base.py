@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -90,9 +90,7 @@ class EventStore(ABC):
     """
 
     @abstractmethod
-    def append(
-        self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None
-    ) -> list[StoredEvent]:
+    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         """Append ``events`` atomically; ``processed`` = (consumer, event id) marks an input handled."""
 
     @abstractmethod

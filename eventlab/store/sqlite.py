@@ -47,8 +47,7 @@ INSERT OR IGNORE INTO eventlab VALUES ('schema_version', '1');
 """
 
 _COLUMNS = (
-    "position, event_id, aggregate_type, aggregate_id, version, event_type, "
-    "schema_version, data, metadata, recorded_at"
+    "position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
 )
 
 Clock = Callable[[], datetime]
@@ -156,9 +155,7 @@ class SqliteEventStore(EventStore):
                 self._connections.append(conn)
         return conn
 
-    def append(
-        self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None
-    ) -> list[StoredEvent]:
+    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         conn = self._conn()
         recorded_at = self._clock().astimezone(UTC)
         now = recorded_at.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
@@ -269,9 +266,11 @@ class SqliteEventStore(EventStore):
         return self._conn().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
 
     def is_processed(self, consumer: str, event_id: str) -> bool:
-        row = self._conn().execute(
-            "SELECT 1 FROM processed WHERE consumer = ? AND event_id = ?", (consumer, event_id)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM processed WHERE consumer = ? AND event_id = ?", (consumer, event_id))
+            .fetchone()
+        )
         return row is not None
 
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
@@ -279,11 +278,15 @@ class SqliteEventStore(EventStore):
         if not types:
             return 0
         marks = ",".join("?" * len(types))
-        return self._conn().execute(
-            f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
-            "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)",
-            (*types, consumer),
-        ).fetchone()[0]
+        return (
+            self._conn()
+            .execute(
+                f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
+                "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)",
+                (*types, consumer),
+            )
+            .fetchone()[0]
+        )
 
     def checkpoint(self, name: str) -> int:
         row = self._conn().execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
