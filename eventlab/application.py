@@ -16,7 +16,7 @@ from eventlab.errors import NotFound
 from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
 from eventlab.services import order, product, user
-from eventlab.services.runtime import StreamCache, execute, load, trace_metadata
+from eventlab.services.runtime import Evolve, StreamCache, StreamKey, execute, load, trace_metadata
 from eventlab.store.base import EventStore, StoredEvent
 
 __all__ = ["Commands", "OrderView", "money"]
@@ -89,30 +89,12 @@ class Commands:
     def register_user(self, **data: Any) -> UserCreated:
         """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field."""
         command = parse(RegisterUser, data)
-        key = ("user", command.user_id)
-        stored = execute(
-            self.store,
-            [key],
-            {"user": user.evolve},
-            lambda s: user.register(command, s[key]),
-            self._meta("user"),
-            cache=self._cache,
-        )
-        return stored[0].event  # type: ignore[return-value]
+        return self._create(("user", command.user_id), user.evolve, lambda state: user.register(command, state))
 
     def create_product(self, **data: Any) -> ProductCreated:
         """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
         command = parse(CreateProduct, data)
-        key = ("product", command.product_id)
-        stored = execute(
-            self.store,
-            [key],
-            {"product": product.evolve},
-            lambda s: product.create(command, s[key]),
-            self._meta("product"),
-            cache=self._cache,
-        )
-        return stored[0].event  # type: ignore[return-value]
+        return self._create(("product", command.product_id), product.evolve, lambda s: product.create(command, s))
 
     def place_order(self, **data: Any) -> str:
         """Place an order and return its id; the saga then runs through Kafka."""
@@ -150,6 +132,19 @@ class Commands:
             lines=state.lines,
             events=tuple(self.store.read_correlated(order_id)),
         )
+
+    def _create(self, key: StreamKey, evolve: Evolve, decide: Callable[[Any], list[Event]]) -> Any:
+        """Decide on a new entity from its (empty) stream's state; return the event written."""
+        aggregate_type = key[0]
+        stored = execute(
+            self.store,
+            [key],
+            {aggregate_type: evolve},
+            lambda states: decide(states[key]),
+            self._meta(aggregate_type),
+            cache=self._cache,
+        )
+        return stored[0].event
 
     def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
         # ``new_id`` (not the injected factory): the factory names orders only, so a counter-based

@@ -24,13 +24,20 @@ from typing import Any
 
 from eventlab.application import Commands
 from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
+from eventlab.services.loop import ServiceLoop
+from eventlab.store.base import EventStore
 
-__all__ = ["ServiceHttp", "MAX_BODY"]
+__all__ = ["ServiceHttp", "MAX_BODY", "service_health"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 Health = Callable[[], dict[str, Any]]
+
+
+def service_health(loop: ServiceLoop | None, store: EventStore) -> Health:
+    """What ``GET /health`` reports: a consuming service's lag and counters, else the store's head."""
+    return loop.health if loop is not None else lambda: {"events": store.head()}
 
 
 class ServiceHttp:

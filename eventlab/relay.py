@@ -21,7 +21,7 @@ from eventlab.kafka.cloudevents import to_message
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 
-__all__ = ["Relay", "CHECKPOINT"]
+__all__ = ["Relay", "CHECKPOINT", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} checkpoint={self.store.checkpoint(CHECKPOINT)}>"
-
-    def rewind(self) -> None:
-        """Publish everything again from the first event (the broker forgot its topics)."""
-        self.store.set_checkpoint(CHECKPOINT, 0)
 
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; return how many were published."""
@@ -101,3 +97,13 @@ class Relay:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
+
+
+def rewind(store: EventStore) -> None:
+    """Publish everything again from the first event (the broker forgot its topics)."""
+    store.set_checkpoint(CHECKPOINT, 0)
+
+
+def unpublished(store: EventStore) -> int:
+    """How many stored events the relay has not published yet."""
+    return store.head() - store.checkpoint(CHECKPOINT)

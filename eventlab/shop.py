@@ -17,11 +17,11 @@ from eventlab.application import Commands, OrderView
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
-from eventlab.http import ServiceHttp
+from eventlab.http import ServiceHttp, service_health
 from eventlab.ids import new_id
 from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.kafka.clients import ensure_topics
-from eventlab.relay import CHECKPOINT, Relay
+from eventlab.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
 from eventlab.services.loop import ServiceLoop
@@ -67,7 +67,7 @@ class ShopInfrastructure:
         if self.settings.embedded:
             self.broker = EmbeddedBroker(self.settings.data_dir).start()
             self.settings = self.settings.with_bootstrap(self.broker.bootstrap_servers)
-            self.store.set_checkpoint(CHECKPOINT, 0)
+            rewind(self.store)
         ensure_topics(self.settings)
         return self.settings
 
@@ -160,7 +160,8 @@ class Shop:
                 self._spawn(name, loop.run)
         if self.http:
             for name in SERVICE_NAMES:
-                server = ServiceHttp(name, settings.port(name), self._health(name), self.commands)
+                health = service_health(self.loops.get(name), infra.store)
+                server = ServiceHttp(name, settings.port(name), health, self.commands)
                 self._servers.append(server.start())
         deadline = time.monotonic() + timeout
         for loop in self.loops.values():
@@ -245,17 +246,13 @@ class Shop:
 
     def lag(self) -> dict[str, int]:
         """Events not yet published (``relay``) or not yet handled, per service."""
-        store = self.store
-        lag = {"relay": store.head() - store.checkpoint(CHECKPOINT)}
+        lag = {"relay": unpublished(self.store)}
         lag.update({name: loop.lag() for name, loop in self.loops.items()})
         return lag
 
     def idle(self) -> bool:
         """True when nothing is waiting to be published or handled."""
-        store = self.store
-        if store.head() != store.checkpoint(CHECKPOINT):
-            return False
-        return not any(loop.lag() for loop in self.loops.values())
+        return not unpublished(self.store) and not any(loop.lag() for loop in self.loops.values())
 
     # --- internals -------------------------------------------------------------------------
 
@@ -273,10 +270,6 @@ class Shop:
         thread = threading.Thread(target=target, args=(self._stop,), name=f"eventlab-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
-
-    def _health(self, name: str) -> Callable[[], dict[str, Any]]:
-        loop = self.loops.get(name)
-        return loop.health if loop is not None else lambda: {"events": self.store.head()}
 
 
 def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:

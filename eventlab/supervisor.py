@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from eventlab.application import Commands
 from eventlab.errors import BrokerError
-from eventlab.http import ServiceHttp
+from eventlab.http import ServiceHttp, service_health
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
 from eventlab.services import SERVICE_NAMES
@@ -59,8 +59,7 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
             return 0
         service = build_services(settings, gateway)[name]
         loop = ServiceLoop(service, store, settings) if service.subscriptions else None
-        health = loop.health if loop else (lambda: {"events": store.head()})
-        server = ServiceHttp(name, settings.port(name), health, Commands(store)).start()
+        server = ServiceHttp(name, settings.port(name), service_health(loop, store), Commands(store)).start()
         log.info("%s serving http://127.0.0.1:%d", name, server.port)
         if loop is not None:
             loop.run(stop)
