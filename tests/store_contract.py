@@ -1,7 +1,9 @@
 """The event store contract: every EventStore implementation passes these tests.
 
-Subclass :class:`EventStoreContract` and provide a ``store`` fixture (and ``reopen`` for the
-multi-process test) for each backend.
+Subclass :class:`EventStoreContract` and provide, for each backend, a ``store`` fixture (a store
+that waits for another writer's lock well under a second), ``reopen`` (a picklable factory of
+another store on the same database, for the multi-process tests) and ``hold_write_lock`` (a
+context manager factory: while it is entered, another connection holds the write lock).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import multiprocessing
 
 import pytest
 
-from eventlab.errors import ConcurrencyError
+from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.events import StockAdded, UserCreated
-from eventlab.store import NewEvent
+from eventlab.store import NewEvent, StoreBusy
 
 
 def added(product_id="P001", quantity=1):
@@ -31,6 +33,14 @@ def append_many(store_factory, writer, count):
             written += 1
         except ConcurrencyError:
             continue
+    store.close()
+
+
+def append_own_stream(store_factory, writer, count):
+    """Append ``count`` events one by one to the writer's own stream (a separate process)."""
+    store = store_factory()
+    for version in range(1, count + 1):
+        store.append([NewEvent(added(f"P-writer-{writer}"), version)])
     store.close()
 
 
@@ -143,3 +153,34 @@ class EventStoreContract:
         [record] = store.read_records()
         assert (record.position, record.event_id, record.event_type) == (1, stored.event_id, "StockAdded")
         assert json.loads(record.data) == stored.data and json.loads(record.metadata) == {"source": "inventory"}
+
+    def test_a_write_blocked_by_another_writer_is_a_store_error_and_writes_nothing(self, store, hold_write_lock):
+        # given another writer holding the store's write lock for longer than the store waits
+        with hold_write_lock():
+            # when an append has to wait for it, then it fails as a (transient) store error
+            with pytest.raises(StoreBusy) as caught:
+                store.append([NewEvent(added(), 1)])
+            assert isinstance(caught.value, StoreError) and caught.value.__cause__ is not None
+            with pytest.raises(StoreBusy):
+                store.set_checkpoint("relay", 1)
+        # and once the lock is gone the store works again, with nothing half-written
+        assert store.head() == 0 and store.checkpoint("relay") == 0
+        store.append([NewEvent(added(), 1)])
+        assert store.head() == 1
+
+    def test_a_follower_of_positions_misses_nothing_while_processes_write(self, store, reopen):
+        # given four writer processes appending to their own streams at once
+        context = multiprocessing.get_context("spawn")
+        writers = [context.Process(target=append_own_stream, args=(reopen, w, 30)) for w in range(4)]
+        for process in writers:
+            process.start()
+        # when a reader follows the log by "position > last seen" while they write
+        seen: list[int] = []
+        while any(process.is_alive() for process in writers) or store.head() > (seen[-1] if seen else 0):
+            batch = store.read_records(after=seen[-1] if seen else 0, limit=50)
+            seen += [record.position for record in batch]
+        for process in writers:
+            process.join(60)
+            assert process.exitcode == 0
+        # then it has seen every event exactly once, in the order of the log
+        assert seen == [event.position for event in store.read_all()] and len(seen) == 120

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
+import hashlib
+import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from store_contract import EventStoreContract
 
+import eventlab
 from eventlab.errors import StoreError
-from eventlab.store import SqliteEventStore
+from eventlab.events import StockAdded
+from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store import sqlite as sqlite_module
+from eventlab.store.sqlite import SCHEMA_VERSION, verify_event_store
 
 
 class TestSqliteEventStore(EventStoreContract):
@@ -17,8 +26,22 @@ class TestSqliteEventStore(EventStoreContract):
 
     @pytest.fixture
     def store(self, path):
-        with SqliteEventStore(path) as store:
+        with SqliteEventStore(path, busy_timeout=0.1) as store:
             yield store
+
+    @pytest.fixture
+    def hold_write_lock(self, path):
+        @contextlib.contextmanager
+        def hold():
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+
+        return hold
 
     @pytest.fixture
     def reopen(self, path):
@@ -50,3 +73,178 @@ def test_a_store_knows_whether_this_process_has_it_open(tmp_path):
     assert open_in_this_process(path)
     store.close()
     assert not open_in_this_process(path)
+
+
+# --- opening checks the schema and never recreates tables over an existing store ---------------------
+
+
+def fingerprint(path):
+    """The bytes of the store file, and of its WAL if any: equal fingerprints, unchanged store."""
+    wal = path.with_name(path.name + "-wal")
+    return hashlib.sha256(path.read_bytes()).hexdigest(), wal.read_bytes() if wal.exists() else b""
+
+
+def tables(path):
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        return {name for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+
+
+@pytest.fixture
+def shop_store(tmp_path):
+    """A store with a few events, closed again."""
+    path = tmp_path / "events.db"
+    with SqliteEventStore(path) as store:
+        for i in range(1, 4):
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=i), i)])
+    return path
+
+
+def raw(path, *statements):
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as con:
+        for statement in statements:
+            con.execute(statement)
+
+
+def test_a_new_store_records_the_current_schema_version(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        assert store.head() == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as con:
+        assert con.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_store_whose_events_table_was_dropped_is_refused_and_left_alone(shop_store):
+    # given a store whose events table was dropped by accident
+    raw(shop_store, "DROP TABLE events")
+    before = fingerprint(shop_store)
+    # when it is opened (as every process of the shop opens it, create=True)
+    with pytest.raises(StoreError) as refused:
+        SqliteEventStore(shop_store)
+    # then it is refused with the file and the problem named, and nothing was recreated or changed
+    assert str(shop_store) in str(refused.value) and "table 'events' is missing" in str(refused.value)
+    assert "events" not in tables(shop_store) and {"processed", "checkpoints", "eventlab"} <= tables(shop_store)
+    assert fingerprint(shop_store) == before
+    with pytest.raises(StoreError, match="table 'events' is missing"):
+        verify_event_store(shop_store)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (["DROP TABLE processed"], "table 'processed' is missing"),
+        (["DROP TABLE checkpoints", "CREATE TABLE checkpoints (name TEXT)"], "table 'checkpoints' has columns (name)"),
+        (["DROP INDEX events_by_correlation", "ALTER TABLE events DROP COLUMN metadata"], "table 'events' has columns"),
+        (
+            ["ALTER TABLE events RENAME TO old", "CREATE TABLE events AS SELECT * FROM old", "DROP TABLE old"],
+            "table 'events' lacks its unique key (aggregate_type, aggregate_id, version)",
+        ),
+        (["DELETE FROM eventlab"], "records no schema_version"),
+        (["UPDATE eventlab SET value = 'one'"], "schema_version 'one' is not a number"),
+    ],
+)
+def test_a_store_with_a_broken_table_is_refused(shop_store, damage, problem):
+    raw(shop_store, *damage)
+    before = fingerprint(shop_store)
+    with pytest.raises(StoreError, match="broken eventlab event store") as refused:
+        SqliteEventStore(shop_store)
+    assert problem in str(refused.value) and str(shop_store) in str(refused.value)
+    assert fingerprint(shop_store) == before
+
+
+def test_a_store_of_a_newer_schema_version_is_refused(shop_store):
+    raw(shop_store, f"UPDATE eventlab SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    before = fingerprint(shop_store)
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than") as refused:
+        SqliteEventStore(shop_store)
+    assert str(shop_store) in str(refused.value)
+    assert fingerprint(shop_store) == before
+    with pytest.raises(StoreError, match="newer than"):
+        verify_event_store(shop_store)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_unchanged(tmp_path):
+    text = tmp_path / "events.db"
+    text.write_text("order,user\nO1,U1\n" * 100)
+    before = text.read_bytes()
+    with pytest.raises(StoreError, match="is not an SQLite database") as refused:
+        SqliteEventStore(text)
+    assert str(text) in str(refused.value) and isinstance(refused.value.__cause__, sqlite3.DatabaseError)
+    assert text.read_bytes() == before
+
+
+def test_a_foreign_sqlite_database_is_refused_unchanged(tmp_path):
+    other = tmp_path / "events.db"
+    raw(other, "CREATE TABLE events (x)", "INSERT INTO events VALUES (1)")
+    before = fingerprint(other)
+    with pytest.raises(StoreError, match=r"not an eventlab event store: it has tables \(events\)"):
+        SqliteEventStore(other)
+    assert fingerprint(other) == before
+
+
+def test_an_older_store_is_migrated_in_one_transaction(shop_store, monkeypatch):
+    # given this code knows a version 2 that adds a table
+    migration = (
+        "CREATE TABLE parked (id TEXT PRIMARY KEY, body TEXT NOT NULL);\nCREATE INDEX parked_body ON parked (body);"
+    )
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (migration,))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    # when a version 1 store is opened, then it is at version 2 with its events intact
+    with SqliteEventStore(shop_store) as store:
+        assert store.head() == 3
+    assert "parked" in tables(shop_store)
+    assert verify_event_store(shop_store) == 2
+    # and a new store is built at version 2 directly
+    assert verify_event_store(SqliteEventStore(shop_store.with_name("new.db")).path) == 2
+
+
+def test_a_failing_migration_changes_nothing(shop_store, monkeypatch):
+    monkeypatch.setattr(
+        sqlite_module, "MIGRATIONS", ("CREATE TABLE parked (id TEXT); INSERT INTO nowhere VALUES (1);",)
+    )
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    with pytest.raises(StoreError, match="no such table: nowhere"):
+        SqliteEventStore(shop_store)
+    assert "parked" not in tables(shop_store)
+    monkeypatch.undo()
+    assert verify_event_store(shop_store) == 1
+
+
+def test_many_openers_of_a_new_store_create_it_once(tmp_path):
+    path = tmp_path / "events.db"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: SqliteEventStore(path), range(8)))
+    for store in stores:
+        store.close()
+    assert verify_event_store(path) == SCHEMA_VERSION
+
+
+# --- driver errors leave the store as eventlab errors --------------------------------------------
+
+
+def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
+    with SqliteEventStore(shop_store) as store:
+        raw(shop_store, "DROP TABLE events")  # the table goes away under an open store
+        for call in (store.read_all, store.head, lambda: store.read_stream("stock", "P1"), store.read_records):
+            with pytest.raises(StoreError, match="no such table: events") as caught:
+                call()
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        with pytest.raises(StoreError, match="append failed: no such table: events"):
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 4)])
+        with pytest.raises(StoreError, match="no such table"), store.transaction():
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 4)])
+
+
+def test_only_the_store_package_imports_sqlite3():
+    package = Path(eventlab.__file__).parent
+    importers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(import sqlite3|from sqlite3 import)", path.read_text(), re.MULTILINE)
+    }
+    assert {name for name in importers if not name.startswith("store/")} <= KNOWN_SQLITE3_IMPORTERS
+
+
+#: Modules outside ``store/`` that still read the file with ``sqlite3`` (issue 7 moves them into ``store/``).
+KNOWN_SQLITE3_IMPORTERS = {"projections/engine.py", "services/loop.py"}

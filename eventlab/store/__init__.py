@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventlab.store.base import EventRecord, EventStore, Metadata, NewEvent, StoredEvent
+from eventlab.store.base import EventRecord, EventStore, Metadata, NewEvent, StoreBusy, StoredEvent
 from eventlab.store.sqlite import SqliteEventStore
 
-__all__ = ["EventRecord", "EventStore", "Metadata", "NewEvent", "StoredEvent", "SqliteEventStore"]
+__all__ = ["EventRecord", "EventStore", "Metadata", "NewEvent", "SqliteEventStore", "StoreBusy", "StoredEvent"]

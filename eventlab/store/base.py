@@ -8,14 +8,20 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
+from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
-__all__ = ["EventStore", "EventRecord", "NewEvent", "StoredEvent", "Metadata"]
+__all__ = ["EventRecord", "EventStore", "Metadata", "NewEvent", "StoreBusy", "StoredEvent"]
 
 #: Correlation id, causation id and W3C ``traceparent`` of an event.
 Metadata = dict[str, str]
+
+
+class StoreBusy(StoreError):
+    """The store is locked by another writer for longer than the busy timeout: a transient
+    :class:`~eventlab.errors.StoreError`, worth retrying after a pause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +87,15 @@ class EventRecord(NamedTuple):
 class EventStore(ABC):
     """Append-only events, read by stream or by global position.
 
-    Guarantees every implementation gives (checked by ``tests/contract_store.py``):
+    Guarantees every implementation gives (checked by ``tests/store_contract.py``):
 
     - ``append`` is atomic: all events and the processed marker, or nothing;
     - a version already taken in a stream raises :class:`~eventlab.errors.ConcurrencyError`;
     - positions grow in commit order, so a reader following ``position > last_seen`` misses nothing;
-    - an already-recorded ``processed`` marker makes ``append`` write nothing and return ``[]``.
+    - an already-recorded ``processed`` marker makes ``append`` write nothing and return ``[]``;
+    - every driver error leaves a method as :class:`~eventlab.errors.StoreError` (the driver's
+      exception as ``__cause__``; :class:`StoreBusy` when the store is locked) or as
+      :class:`~eventlab.errors.ConcurrencyError`: callers never see the database library.
     """
 
     @abstractmethod
@@ -140,7 +149,7 @@ class EventStore(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def __enter__(self) -> EventStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

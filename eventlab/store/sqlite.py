@@ -1,24 +1,47 @@
-"""The embedded event store: one SQLite file in WAL mode."""
+"""The embedded event store: one SQLite file in WAL mode.
+
+Opening a store checks its layout before it writes anything: an empty file becomes a new store,
+a store of an older schema version is migrated in one transaction, and anything else — a newer
+version, a missing or reshaped table, a file that is not SQLite — is refused with a
+:class:`~eventlab.errors.StoreError` naming the file and what is wrong. Tables are never
+created over an existing store (an ``events`` table dropped by accident must not come back
+empty). Every ``sqlite3`` error leaves this module as an eventlab error.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
-from eventlab.store.base import EventRecord, EventStore, NewEvent, StoredEvent
+from eventlab.store.base import EventRecord, EventStore, NewEvent, StoreBusy, StoredEvent
 
-__all__ = ["SqliteEventStore", "SCHEMA", "open_in_this_process", "verify_event_store"]
+__all__ = [
+    "BASE_SCHEMA",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SqliteEventStore",
+    "check_schema",
+    "open_in_this_process",
+    "verify_event_store",
+]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+log = logging.getLogger(__name__)
+
+#: The layout of schema version 1, the first released one. Never edit it: append a migration.
+BASE_SCHEMA = """
+CREATE TABLE events (
     position       INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id       TEXT    NOT NULL UNIQUE,
     aggregate_type TEXT    NOT NULL,
@@ -31,30 +54,46 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at    TEXT    NOT NULL,
     UNIQUE (aggregate_type, aggregate_id, version)
 );
-CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, position);
-CREATE INDEX IF NOT EXISTS events_by_correlation ON events (json_extract(metadata, '$.correlation_id'));
-CREATE TABLE IF NOT EXISTS processed (
+CREATE INDEX events_by_type ON events (event_type, position);
+CREATE INDEX events_by_correlation ON events (json_extract(metadata, '$.correlation_id'));
+CREATE TABLE processed (
     consumer TEXT NOT NULL,
     event_id TEXT NOT NULL,
     PRIMARY KEY (consumer, event_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
+CREATE TABLE checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS eventlab (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO eventlab VALUES ('schema_version', '1');
+CREATE TABLE eventlab (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+#: ``MIGRATIONS[n - 1]`` takes a store from schema version ``n`` to ``n + 1``: a script of DDL
+#: (and data) statements, run in the same transaction as the version bump, so a store is at one
+#: version or the next, never in between. A new table or column is one more entry; never edit a
+#: released entry. A new store runs :data:`BASE_SCHEMA` and then every entry.
+MIGRATIONS: tuple[str, ...] = (
+    # 1 -> 2: the dead-letter table (issue 7; the dlq helper's CREATE TABLE dead_letters ... goes here).
+)
+
+#: The schema version this code writes and understands.
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 _COLUMNS = (
     "position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
 )
 
 Clock = Callable[[], datetime]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # (begin, commit, rollback) for an append on its own, and for one inside transaction().
 _TOP_LEVEL = (("BEGIN IMMEDIATE",), ("COMMIT",), ("ROLLBACK",))
 _NESTED = (("SAVEPOINT append",), ("RELEASE append",), ("ROLLBACK TO append", "RELEASE append"))
+
+# SQLite's primary result codes for "someone else holds the lock" (extended codes keep them in the low byte).
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_CONFLICTS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 
 
 def _utcnow() -> datetime:
@@ -76,6 +115,162 @@ def _row_to_event(row: tuple) -> StoredEvent:
     )
 
 
+def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError | ConcurrencyError:
+    """The eventlab error for a driver error raised while ``doing`` something with the store at ``path``."""
+    if isinstance(exc, sqlite3.IntegrityError) and getattr(exc, "sqlite_errorname", "") in _CONFLICTS:
+        return ConcurrencyError(f"stream version already taken: {exc}")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreBusy(f"{path}: {doing} failed, the store is locked by another writer ({exc}); retry later")
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return StoreError(f"{path} is not an SQLite database ({exc})")
+    return StoreError(f"{path}: {doing} failed: {exc}")
+
+
+def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a store method; a ``sqlite3`` error leaves it as :class:`StoreError` or :class:`ConcurrencyError`."""
+
+    @functools.wraps(method)
+    def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            store = args[0]
+            raise _translate_error(store.path, method.__name__.strip("_"), exc) from exc  # type: ignore[attr-defined]
+
+    return translated
+
+
+# --- the layout of a store file -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a store file holds: every table's columns, its unique keys, the recorded schema version."""
+
+    columns: Mapping[str, tuple[str, ...]]
+    keys: Mapping[str, frozenset[tuple[str, ...]]]
+    version: str | None
+
+
+def _read_layout(conn: sqlite3.Connection) -> _Layout:
+    """Read the tables, columns, unique keys (primary keys included) and schema version; writes nothing."""
+    tables = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        )
+    ]
+    columns: dict[str, tuple[str, ...]] = {}
+    keys: dict[str, frozenset[tuple[str, ...]]] = {}
+    for table in tables:
+        info = conn.execute("SELECT name, pk FROM pragma_table_info(?) ORDER BY cid", (table,)).fetchall()
+        columns[table] = tuple(name for name, _ in info)
+        unique = {tuple(name for name, pk in sorted(info, key=lambda c: c[1]) if pk)} - {()}
+        for (index,) in conn.execute('SELECT name FROM pragma_index_list(?) WHERE "unique"', (table,)):
+            indexed = conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (index,)).fetchall()
+            unique.add(tuple(name for (name,) in indexed))
+        keys[table] = frozenset(unique)
+    version = None
+    if "eventlab" in columns and columns["eventlab"] == ("key", "value"):
+        row = conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
+        version = None if row is None else str(row[0])
+    return _Layout(columns, keys, version)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, one by one (``executescript`` would commit the open transaction)."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \t\n;"):
+        raise ValueError(f"incomplete SQL statement: {current.strip()!r}")
+    return statements
+
+
+def _scripts(version: int) -> tuple[str, ...]:
+    """The scripts that build a store of ``version`` from an empty file."""
+    return (BASE_SCHEMA, *MIGRATIONS[: version - 1])
+
+
+@functools.cache
+def _expected_layout(scripts: tuple[str, ...]) -> _Layout:
+    """The layout a store built by ``scripts`` has (built in memory, so it cannot drift from the DDL)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for script in scripts:
+            for statement in _statements(script):
+                conn.execute(statement)
+        return _read_layout(conn)
+    finally:
+        conn.close()
+
+
+def check_schema(
+    path: str | Path,
+    columns: Mapping[str, Sequence[str]],
+    version: str | None,
+    keys: Mapping[str, Iterable[Sequence[str]]] | None = None,
+) -> int:
+    """The schema version of the store at ``path``, given its tables' ``columns``, the ``version``
+    recorded in its ``eventlab`` table and (when known) its tables' unique ``keys``; 0 for a file
+    with no tables at all (a new store).
+
+    Raises :class:`~eventlab.errors.StoreError` naming the file and what is wrong when it is not an
+    eventlab store, is of a newer version than this code, or lacks or reshaped a table its version
+    has. Usable with any reader of the file's catalogue (``sqlite3`` here, DuckDB in the audit).
+    """
+    if "eventlab" not in columns:
+        if not columns:
+            return 0
+        found = ", ".join(sorted(columns))
+        raise StoreError(f"{path} is not an eventlab event store: it has tables ({found}) but no 'eventlab' table")
+    broken = f"{path} is a broken eventlab event store"
+    if tuple(columns["eventlab"]) != ("key", "value"):
+        raise StoreError(f"{broken}: its 'eventlab' table has columns ({', '.join(columns['eventlab'])})")
+    if version is None:
+        raise StoreError(f"{broken}: its 'eventlab' table records no schema_version")
+    try:
+        number = int(version)
+    except ValueError:
+        raise StoreError(f"{broken}: schema_version {version!r} is not a number") from None
+    if number > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has event store schema version {number}, newer than this eventlab understands "
+            f"({SCHEMA_VERSION}): upgrade eventlab to open it"
+        )
+    if number < 1:
+        raise StoreError(f"{broken}: schema_version {number} does not exist")
+    expected = _expected_layout(_scripts(number))
+    problems = []
+    for table, wanted in expected.columns.items():
+        if table not in columns:
+            problems.append(f"table '{table}' is missing")
+        elif tuple(columns[table]) != wanted:
+            problems.append(f"table '{table}' has columns ({', '.join(columns[table])}), not ({', '.join(wanted)})")
+        elif keys is not None:
+            have = {tuple(key) for key in keys.get(table, ())}
+            problems += [
+                f"table '{table}' lacks its unique key ({', '.join(key)})"
+                for key in sorted(expected.keys[table] - have)
+            ]
+    if problems:
+        raise StoreError(
+            f"{broken} (schema version {number}): {'; '.join(problems)}. Nothing was changed: restore it from a "
+            "backup, or move it away to start a new store"
+        )
+    return number
+
+
+def _check_file(path: Path, conn: sqlite3.Connection) -> int:
+    layout = _read_layout(conn)
+    return check_schema(path, layout.columns, layout.version, layout.keys)
+
+
 _stores: weakref.WeakSet[SqliteEventStore] = weakref.WeakSet()
 
 
@@ -90,22 +285,30 @@ def open_in_this_process(path: str | Path) -> bool:
     return any(store._connections and store.path.resolve() == target for store in list(_stores))
 
 
-def verify_event_store(path: Path) -> None:
-    """Raise unless ``path`` is an eventlab store; opens it read-only, so nothing is written."""
+def verify_event_store(path: Path) -> int:
+    """Raise :class:`StoreError` unless ``path`` is an eventlab store this code can read; return its
+    schema version. Opens it read-only, so nothing is written."""
     if not path.is_file():
         raise StoreError(f"no event store at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = _check_file(path, conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _translate_error(path, "reading the schema", exc) from exc
+    if version == 0:
+        raise StoreError(f"{path} is not an eventlab event store: it has no tables")
+    return version
 
 
 class SqliteEventStore(EventStore):
     """Events in one SQLite file; safe for many threads and processes.
 
     Every write runs in ``BEGIN IMMEDIATE``: SQLite has one writer at a time, so positions are in
-    commit order. Each thread gets its own connection.
+    commit order. Each thread gets its own connection. A writer waits up to ``busy_timeout``
+    seconds for another process's lock before :class:`~eventlab.store.base.StoreBusy`.
 
     Example:
         >>> store = SqliteEventStore("/tmp/doc-shop/events.db")
@@ -120,10 +323,12 @@ class SqliteEventStore(EventStore):
         create: bool = True,
         clock: Clock = _utcnow,
         id_factory: Callable[[], str] = new_id,
+        busy_timeout: float = 30.0,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._new_id = id_factory
+        self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -132,29 +337,60 @@ class SqliteEventStore(EventStore):
         self._write_lock = threading.Lock()
         _stores.add(self)
         try:
+            if not create and not self.path.is_file():
+                raise StoreError(f"no event store at {self.path}")
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn().executescript(SCHEMA)
-            else:
-                verify_event_store(self.path)
-        except sqlite3.DatabaseError as exc:
+            self._open(create)
+        except BaseException:
             self.close()
-            raise StoreError(f"{self.path} is not an eventlab event store: {exc}") from exc
+            raise
 
     def __repr__(self) -> str:
         return f"SqliteEventStore({str(self.path)!r})"
 
+    @_translated
+    def _open(self, create: bool) -> None:
+        """Check the file's layout, then create or migrate it (one transaction) or refuse it."""
+        conn = self._conn()
+        version = _check_file(self.path, conn)  # reads only: a refused file is left exactly as it was
+        if version == 0 and not create:
+            raise StoreError(f"{self.path} is not an eventlab event store: it has no tables")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file: every later connection uses WAL
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = _check_file(self.path, conn)  # again: another process may have been first
+                for script in _scripts(SCHEMA_VERSION)[version:]:
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO eventlab VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if version == 0:
+            log.info("created event store %s (schema version %d)", self.path, SCHEMA_VERSION)
+        elif version < SCHEMA_VERSION:
+            log.info("migrated event store %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
         return conn
 
+    @_translated
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         conn = self._conn()
         recorded_at = self._clock().astimezone(UTC)
@@ -187,16 +423,23 @@ class SqliteEventStore(EventStore):
     def transaction(self) -> Iterator[None]:
         conn = self._conn()
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
+            self._execute(conn, "BEGIN IMMEDIATE")
             self._local.in_transaction = True
             try:
                 yield
-                conn.execute("COMMIT")
+                self._execute(conn, "COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    self._execute(conn, "ROLLBACK")
                 raise
             finally:
                 self._local.in_transaction = False
+
+    def _execute(self, conn: sqlite3.Connection, statement: str) -> None:
+        try:
+            conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise _translate_error(self.path, statement, exc) from exc
 
     @staticmethod
     def _insert(
@@ -228,15 +471,13 @@ class SqliteEventStore(EventStore):
                 )
                 stored.append(cur.lastrowid)
             run(commit)
-        except sqlite3.IntegrityError as exc:
-            run(rollback)
-            raise ConcurrencyError(f"stream version already taken: {exc}") from exc
         except BaseException:
             if conn.in_transaction:
                 run(rollback)
             raise
         return stored
 
+    @_translated
     def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version > ?"
@@ -248,6 +489,7 @@ class SqliteEventStore(EventStore):
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
         return [_row_to_event(row) for row in self.read_records(after, limit)]
 
+    @_translated
     def read_records(self, after: int = 0, limit: int | None = None) -> list[EventRecord]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
@@ -255,6 +497,7 @@ class SqliteEventStore(EventStore):
         )
         return [EventRecord._make(row) for row in rows]
 
+    @_translated
     def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM events WHERE json_extract(metadata, '$.correlation_id') = ? ORDER BY position",
@@ -262,9 +505,11 @@ class SqliteEventStore(EventStore):
         )
         return [_row_to_event(row) for row in rows]
 
+    @_translated
     def head(self) -> int:
         return self._conn().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
 
+    @_translated
     def is_processed(self, consumer: str, event_id: str) -> bool:
         row = (
             self._conn()
@@ -273,6 +518,7 @@ class SqliteEventStore(EventStore):
         )
         return row is not None
 
+    @_translated
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
         types = list(event_types)
         if not types:
@@ -288,10 +534,12 @@ class SqliteEventStore(EventStore):
             .fetchone()[0]
         )
 
+    @_translated
     def checkpoint(self, name: str) -> int:
         row = self._conn().execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else row[0]
 
+    @_translated
     def set_checkpoint(self, name: str, position: int) -> None:
         self._conn().execute(
             "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
