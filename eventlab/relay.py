@@ -14,7 +14,7 @@ import threading
 
 from confluent_kafka import KafkaError
 
-from eventlab.errors import BrokerError
+from eventlab.errors import BrokerError, StoreError
 from eventlab.events import EVENT_TYPES
 from eventlab.kafka.clients import make_producer
 from eventlab.kafka.cloudevents import to_message
@@ -43,6 +43,12 @@ class Relay:
         self.settings = settings
         self.batch_size = batch_size
         self.published = 0
+        #: Consecutive failed attempts (0 once a batch goes through), and all of them since start.
+        self.failures = 0
+        self.failures_total = 0
+        self.last_error: str | None = None
+        self.min_backoff = 0.1
+        self.max_backoff = 5.0
         self._producer = None
 
     def __repr__(self) -> str:
@@ -80,18 +86,49 @@ class Relay:
         return len(events)
 
     def run(self, stop: threading.Event, idle_wait: float = 0.005) -> None:
-        """Publish until ``stop`` is set, retrying with backoff when the broker fails."""
-        backoff = 0.1
+        """Publish until ``stop`` is set. Any failure — the broker, the store, or a bug — is logged
+        and retried after an exponential backoff (0.1 s doubling to :attr:`max_backoff`); the
+        consecutive failures show in :meth:`health` until a batch goes through again."""
+        backoff = self.min_backoff
         while not stop.is_set():
             try:
                 if self.publish_pending() == 0:
                     stop.wait(idle_wait)
-                backoff = 0.1
-            except BrokerError as exc:
-                log.warning("%s; retrying in %.1f s", exc, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except (BrokerError, StoreError) as exc:
+                self._failed(exc)
+                log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, backoff)
+            except Exception as exc:  # a bug must not end the relay thread for good: log it whole, retry
+                self._failed(exc)
+                log.exception("relay: unexpected %s; retry %d in %.1f s", type(exc).__name__, self.failures, backoff)
+            else:
+                self.failures, self.last_error, backoff = 0, None, self.min_backoff
+                continue
+            stop.wait(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
         self.close()
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.failures_total += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def health(self) -> dict[str, object]:
+        """Published so far, still unpublished, consecutive failures, and ``problems`` (empty when healthy)."""
+        problems = []
+        if self.failures:
+            problems.append(f"relay: {self.failures} consecutive failures, the last: {self.last_error}")
+        try:
+            pending: int | None = unpublished(self.store)
+        except StoreError as exc:
+            pending = None
+            problems.append(f"relay: cannot read the store: {exc}")
+        return {
+            "published": self.published,
+            "unpublished": pending,
+            "relay_failures": self.failures,
+            "relay_failures_total": self.failures_total,
+            "problems": problems,
+        }
 
     def close(self) -> None:
         if self._producer is not None:

@@ -1,0 +1,120 @@
+"""The outbox relay survives what goes wrong around it: a locked store, a bug in one attempt."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from eventlab.events import StockAdded
+from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
+from eventlab.relay import CHECKPOINT, Relay
+from eventlab.settings import Settings
+from eventlab.store import NewEvent, SqliteEventStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
+        settings = Settings(data_dir=tmp_path_factory.mktemp("data"), bootstrap_servers=broker.bootstrap_servers)
+        ensure_topics(settings)
+        yield settings
+
+
+def eventually(condition, what, timeout=30.0):
+    """Wait for ``condition()`` (a generous deadline, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running(relay):
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def published_ids(settings, topic, wanted, timeout=30.0):
+    """The CloudEvents ids among ``wanted`` found on ``topic`` (read from the start, no consumer group)."""
+    consumer = make_consumer(settings, f"relay-test-{uuid.uuid4().hex[:8]}")
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
+    found: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while found != wanted and time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                found |= {v.decode() for k, v in message.headers() or [] if k == "ce_id"} & wanted
+    finally:
+        consumer.close()
+    return found
+
+
+def test_the_relay_keeps_running_while_the_store_is_locked_and_publishes_afterwards(settings, tmp_path):
+    # given three stored events and another connection holding the store's write lock
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path, busy_timeout=0.05)
+    product = f"P-relay-{uuid.uuid4().hex[:8]}"
+    stored = store.append([NewEvent(StockAdded(product_id=product, quantity=q), q) for q in (1, 2, 3)])
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    relay = Relay(store, settings)
+    relay.max_backoff = 0.2
+    with running(relay) as thread:
+        # when the relay cannot record its checkpoint, attempt after attempt
+        eventually(lambda: relay.failures >= 3, "three failed attempts")
+        health = relay.health()
+        # then it is still alive, and its health says what is wrong
+        assert thread.is_alive()
+        assert health["unpublished"] == 3 and health["relay_failures"] >= 3
+        assert (
+            len(health["problems"]) == 1 and "StoreBusy" in health["problems"][0] and str(path) in health["problems"][0]
+        )
+        # and once the lock is released it publishes everything and is healthy again
+        locker.execute("ROLLBACK")
+        eventually(lambda: store.checkpoint(CHECKPOINT) == store.head(), "the relay caught up")
+        eventually(lambda: relay.failures == 0, "a successful attempt")
+        assert thread.is_alive()
+        assert relay.health()["problems"] == [] and relay.health()["unpublished"] == 0
+    locker.close()
+    store.close()
+    wanted = {event.event_id for event in stored}
+    assert published_ids(settings, StockAdded.topic, wanted) == wanted
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback_and_retried(settings, tmp_path, caplog, monkeypatch):
+    store = SqliteEventStore(tmp_path / "events.db")
+    [event] = store.append([NewEvent(StockAdded(product_id=f"P-bug-{uuid.uuid4().hex[:8]}", quantity=1), 1)])
+    relay = Relay(store, settings)
+    real = relay.publish_pending
+    calls = []
+
+    def buggy_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug in one attempt")
+        return real()
+
+    monkeypatch.setattr(relay, "publish_pending", buggy_once)
+    with caplog.at_level(logging.ERROR, logger="eventlab.relay"), running(relay) as thread:
+        eventually(lambda: store.checkpoint(CHECKPOINT) == 1, "the event published after the bug")
+        assert thread.is_alive() and relay.failures == 0 and relay.failures_total == 1
+    [record] = [r for r in caplog.records if r.name == "eventlab.relay"]
+    assert "KeyError" in record.getMessage() and record.exc_info is not None
+    assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
+    store.close()
