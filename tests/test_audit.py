@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from projection_story import START, ShopStory, standard_story
 
 from eventlab.cli import main
-from eventlab.events import OrderCompleted, PaymentCompleted, StockReleased, StockReserved
+from eventlab.events import OrderCancelled, OrderCompleted, PaymentCompleted, StockReleased, StockReserved
 from eventlab.projections import CHECKS, Projections, audit
 
 AFTER_STORY = START + timedelta(days=1, seconds=1)  # one second after the standard story's last event
@@ -221,10 +222,143 @@ def test_cli_audit_prints_json_and_fails_on_a_violation(healthy, capsys):
     assert result["no_double_charge"]["ok"] is False and result["stock_conserved"] == {"ok": True, "violations": []}
     assert result["no_double_charge"]["violations"][0]["order_id"] == "O1"
     assert main(["audit", "--data-dir", data_dir]) == 1
-    assert "no_double_charge             VIOLATED (1)" in capsys.readouterr().out
+    assert re.search(r"^no_double_charge +VIOLATED \(1\)$", capsys.readouterr().out, re.MULTILINE)
 
 
 def test_cli_audit_of_a_missing_store_is_an_error(tmp_path, capsys):
     assert main(["audit", "--data-dir", str(tmp_path / "nothing-here")]) == 2
     assert "no event store" in capsys.readouterr().err
     assert not (tmp_path / "nothing-here").exists()
+
+
+# --- corruptions the audit used to pass (issue 8) -------------------------------------------------------
+# Each is written with raw sqlite3, as a bug or a hand edit would; each is audited twice: with the store
+# open in this process (read through sqlite3) and closed (attached by DuckDB's sqlite extension).
+
+
+@pytest.fixture(params=["store open in this process", "store closed"])
+def audit_of(request):
+    def run(story: ShopStory, **kwargs):
+        if request.param == "store closed":
+            story.store.close()
+        return audit(story.store.path, now=LATER, **kwargs)
+
+    return run
+
+
+def raw(path: Path, *statements: str) -> None:
+    with sqlite3.connect(path) as con:
+        for statement in statements:
+            con.execute(statement)
+    con.close()
+
+
+def copy_event(position: int, copy: int = 1, **changes: str) -> str:
+    """SQL that appends copy number ``copy`` of the event at ``position``, some columns replaced by SQL expressions."""
+    columns = ["aggregate_type", "aggregate_id", "version", "event_type", "schema_version", "data", "metadata"]
+    values = {"version": "version + 1000", **changes}
+    selected = ", ".join(values.get(c, c) for c in columns)
+    return (
+        f"INSERT INTO events (event_id, {', '.join(columns)}, recorded_at)"
+        f" SELECT 'copy-{copy}-' || position, {selected}, recorded_at FROM events WHERE position = {position}"
+    )
+
+
+def test_a_second_order_completed_is_caught(healthy, audit_of):
+    # given O1's OrderCompleted stored twice (Inventory would sell its stock again on the next start)
+    completed = healthy.positions["O1:completed"]
+    raw(healthy.store.path, copy_event(completed))
+    healthy.publish()
+    # then the audit names the order and both positions
+    report = audit_of(healthy)
+    assert violated(report) == {"one_terminal_event_per_order"}
+    assert report["one_terminal_event_per_order"].violations == (
+        {
+            "order_id": "O1",
+            "terminal_events": 2,
+            "event_types": ["OrderCompleted", "OrderCompleted"],
+            "positions": [completed, healthy.store.head()],
+        },
+    )
+
+
+def test_an_order_both_completed_and_cancelled_is_caught(healthy, audit_of):
+    lines = healthy.store.read_stream("order", "O1")[0].event.lines
+    order = OrderCancelled(order_id="O1", user_id="U1", reason="payment_failed", detail="late", lines=lines)
+    [cancelled] = healthy.write(order)
+    healthy.publish()
+    report = audit_of(healthy)
+    assert "one_terminal_event_per_order" in violated(report)
+    (twice,) = report["one_terminal_event_per_order"].violations
+    assert twice["event_types"] == ["OrderCompleted", "OrderCancelled"]
+    assert twice["positions"] == [healthy.positions["O1:completed"], cancelled.position]
+
+
+def test_a_relay_checkpoint_beyond_the_head_is_caught(healthy, audit_of):
+    head = healthy.store.head()
+    raw(healthy.store.path, f"UPDATE checkpoints SET position = {head + 7} WHERE name = 'relay'")
+    report = audit_of(healthy)
+    assert violated(report) == {"relay_checkpoint_within_log"}
+    assert report["relay_checkpoint_within_log"].violations == ({"relay_checkpoint": head + 7, "last_position": head},)
+
+
+def test_an_unknown_schema_version_is_caught(healthy, audit_of):
+    first_user = healthy.positions.get("U1") or 1
+    raw(healthy.store.path, f"UPDATE events SET schema_version = 7 WHERE position = {first_user}")
+    report = audit_of(healthy)
+    assert violated(report) == {"known_schema_versions"}
+    assert report["known_schema_versions"].violations == (
+        {"event_type": "UserCreated", "schema_version": 7, "known": ["UserCreated:1"], "events": 1, "positions": [1]},
+    )
+
+
+def test_an_unknown_event_type_is_caught(healthy, audit_of):
+    completed = healthy.positions["O1:completed"]
+    raw(healthy.store.path, copy_event(completed, event_type="'OrderTeleported'"))
+    healthy.publish()
+    report = audit_of(healthy)
+    assert violated(report) == {"known_event_types"}
+    assert report["known_event_types"].violations == (
+        {"event_type": "OrderTeleported", "events": 1, "positions": [healthy.store.head()]},
+    )
+
+
+def test_events_whose_data_does_not_validate_are_caught(healthy, audit_of):
+    # given a UserCreated with a field its class does not have, one without an email, and a
+    # StockAdded stored in another product's stream than its data names
+    raw(
+        healthy.store.path,
+        copy_event(1, data="""json_set(data, '$.admin', json('true'))""", aggregate_id="'U9'"),
+        copy_event(1, copy=2, data="json_remove(json_set(data, '$.user_id', 'U8'), '$.email')", aggregate_id="'U8'"),
+        "UPDATE events SET aggregate_id = 'P-elsewhere' WHERE event_type = 'StockAdded' AND aggregate_id = 'P1'",
+    )
+    healthy.publish()
+    head = healthy.store.head()
+    [stock_added] = [r.position for r in healthy.store.read_records() if r.aggregate_id == "P-elsewhere"]
+    report = audit_of(healthy)
+    assert violated(report) == {"event_data_valid"}
+    problems = {v["position"]: (v["event_type"], v["problem"]) for v in report["event_data_valid"].violations}
+    assert problems == {
+        stock_added: ("StockAdded", "stored in stream stock:P-elsewhere but its data belongs to stock:P1"),
+        head - 1: ("UserCreated", "admin: Extra inputs are not permitted"),
+        head: ("UserCreated", "email: Field required"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("UPDATE eventlab SET value = '99'", "schema version 99, newer than this eventlab understands"),
+        ("DROP TABLE processed", "table 'processed' is missing"),
+        ("DROP TABLE events", "events"),
+    ],
+)
+@pytest.mark.parametrize("open_in_process", [True, False])
+def test_cli_audit_refuses_a_broken_or_newer_store(healthy, capsys, damage, message, open_in_process):
+    if not open_in_process:
+        healthy.store.close()
+    raw(healthy.store.path, damage)
+    assert main(["audit", "--data-dir", str(healthy.store.path.parent)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and str(healthy.store.path) in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""

@@ -1,5 +1,10 @@
 """The shop's invariants as SQL over the projections: each check is a query listing its violations.
 
+One check needs Python: ``event_data_valid`` validates every stored event's data against its
+class (pydantic), reading the raw rows in batches; the others are SQL. Before any check, the
+store's schema is checked as opening a store checks it, so a broken or newer store is refused
+with the same :class:`~eventlab.errors.StoreError` instead of passing an audit of what is left.
+
 Cross-service facts take a moment to become true (Inventory releases stock a few milliseconds
 after Order cancels), so checks about what *should follow* only look at what is older than a
 grace period; anything younger is in flight. Checks about what must *never* happen (negative
@@ -15,24 +20,33 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from eventlab.projections.engine import Projections
+from pydantic import ValidationError
 
-__all__ = ["Check", "CheckResult", "AuditReport", "CHECKS", "audit", "jsonable"]
+from eventlab.errors import StoreError
+from eventlab.events import EVENT_TYPES
+from eventlab.projections.engine import Projections
+from eventlab.store.sqlite import check_schema, open_in_this_process, verify_event_store
+
+__all__ = ["CHECKS", "AuditReport", "Check", "CheckResult", "audit", "jsonable"]
 
 
 @dataclass(frozen=True)
 class Check:
     """One invariant: a ``SELECT`` returning one row per violation (none when it holds).
 
-    The query may use ``$now``, ``$cutoff`` (now minus the grace period) and ``$relay`` (the relay's
-    checkpoint), and reads the projections' relations.
+    The query may use ``$now``, ``$cutoff`` (now minus the grace period), ``$relay`` (the relay's
+    checkpoint), ``$relay_before`` (that checkpoint read before the projections caught up),
+    ``$head`` (the last position audited) and ``$known_events`` (every ``Type:schema_version``
+    this code defines), and reads the projections' relations and the raw ``store.*`` tables.
+    A check that SQL cannot express gives ``find`` instead: a function of the projections and
+    those values returning the violations.
 
     Example:
         >>> CHECKS[0].name
@@ -41,7 +55,43 @@ class Check:
 
     name: str
     description: str
-    sql: str
+    sql: str = ""
+    find: Callable[[Projections, Mapping[str, Any]], list[dict[str, Any]]] | None = None
+
+
+#: The first positions listed in a violation that concerns many events.
+_POSITIONS_SHOWN = 20
+#: Rows validated per batch by :func:`_invalid_event_data`.
+_BATCH = 10_000
+
+
+def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every event of a known type and schema version whose data its class rejects, or whose row names
+    another stream than its data: one pass over the raw rows in batches, each validated by pydantic."""
+    relation = source.sql(
+        "SELECT position, event_type, aggregate_type, aggregate_id, data FROM store.events"
+        " WHERE position <= $head AND list_contains($known_events, event_type || ':' || schema_version)",
+        {"head": values["head"], "known_events": values["known_events"]},
+    )
+    violations = []
+    while batch := relation.fetchmany(_BATCH):
+        for position, event_type, aggregate_type, aggregate_id, data in batch:
+            cls = EVENT_TYPES[event_type]
+            try:
+                event = cls.model_validate_json(data)
+            except ValidationError as exc:
+                problem = "; ".join(
+                    f"{'.'.join(map(str, error['loc'])) or 'data'}: {error['msg']}" for error in exc.errors()[:3]
+                )
+            else:
+                if (aggregate_type, aggregate_id) == (event.aggregate_type, event.aggregate_id):
+                    continue
+                problem = (
+                    f"stored in stream {aggregate_type}:{aggregate_id} but its data belongs to "
+                    f"{event.aggregate_type}:{event.aggregate_id}"
+                )
+            violations.append({"position": position, "event_type": event_type, "problem": problem})
+    return sorted(violations, key=lambda v: v["position"])
 
 
 CHECKS: tuple[Check, ...] = (
@@ -174,6 +224,67 @@ CHECKS: tuple[Check, ...] = (
         HAVING count(*) > 0
         """,
     ),
+    Check(
+        "one_terminal_event_per_order",
+        "An order ends once: at most one OrderCompleted or OrderCancelled per order (a second one "
+        "would make Inventory sell or release its stock again).",
+        """
+        SELECT order_id,
+               count(*) AS terminal_events,
+               list(event_type ORDER BY position) AS event_types,
+               list(position ORDER BY position) AS positions
+        FROM events
+        WHERE event_type IN ('OrderCompleted', 'OrderCancelled')
+        GROUP BY order_id
+        HAVING count(*) > 1
+        ORDER BY order_id
+        """,
+    ),
+    Check(
+        "relay_checkpoint_within_log",
+        "The outbox relay's checkpoint is not beyond the last stored event (else events appended "
+        "later would never be published).",
+        """
+        SELECT $relay_before AS relay_checkpoint, $head AS last_position
+        WHERE $relay_before > $head
+        """,
+    ),
+    Check(
+        "known_event_types",
+        "Every stored event has a type this code defines (an unknown one cannot be decoded or published).",
+        f"""
+        SELECT event_type,
+               count(*) AS events,
+               list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM store.events
+        WHERE position <= $head AND NOT list_contains(list_transform($known_events, k -> split_part(k, ':', 1)),
+                                                     event_type)
+        GROUP BY event_type
+        ORDER BY min(position)
+        """,
+    ),
+    Check(
+        "known_schema_versions",
+        "Every stored event of a known type has the schema version its class declares.",
+        f"""
+        SELECT event_type,
+               schema_version,
+               list_filter($known_events, k -> split_part(k, ':', 1) = event_type) AS known,
+               count(*) AS events,
+               list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM store.events
+        WHERE position <= $head
+          AND list_contains(list_transform($known_events, k -> split_part(k, ':', 1)), event_type)
+          AND NOT list_contains($known_events, event_type || ':' || schema_version)
+        GROUP BY event_type, schema_version
+        ORDER BY min(position)
+        """,
+    ),
+    Check(
+        "event_data_valid",
+        "Every stored event's data validates against its class, and belongs to the stream it is stored in.",
+        find=_invalid_event_data,
+    ),
 )
 
 _PARAMETER = re.compile(r"\$(\w+)")
@@ -293,20 +404,65 @@ def audit(
     check (``count`` has them all).
     """
     if not isinstance(source, Projections):
-        with Projections(source) as projections:
+        path = Path(source).expanduser()
+        if open_in_this_process(path):  # this process's sqlite3 already has it open: a second connection is safe
+            verify_event_store(path)
+        with Projections(path) as projections:
             return audit(projections, grace=grace, now=now, limit=limit)
+    _check_schema(source)
+    relay_before = _relay_checkpoint(source)
     source.refresh()
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:
         now = now.astimezone(UTC).replace(tzinfo=None)
-    relay = source.sql("SELECT position FROM store.checkpoints WHERE name = 'relay'").fetchone()
-    values = {"now": now, "cutoff": now - grace, "relay": int(relay[0]) if relay else 0}
+    values = {
+        "now": now,
+        "cutoff": now - grace,
+        "relay": _relay_checkpoint(source),
+        "relay_before": relay_before,
+        "head": source.checkpoint,
+        "known_events": [f"{name}:{cls.schema_version}" for name, cls in EVENT_TYPES.items()],
+    }
     results = []
     for check in CHECKS:
-        params = {name: values[name] for name in set(_PARAMETER.findall(check.sql))}
-        relation = source.sql(check.sql, params or None)
-        rows = relation.fetchall()
-        columns = relation.columns
-        violations = tuple(dict(zip(columns, row, strict=True)) for row in rows[:limit])
-        results.append(CheckResult(check.name, check.description, violations, len(rows)))
+        if check.find is not None:
+            found = check.find(source, values)
+            violations, count = tuple(found[:limit]), len(found)
+        else:
+            params = {name: values[name] for name in set(_PARAMETER.findall(check.sql))}
+            relation = source.sql(check.sql, params or None)
+            rows = relation.fetchall()
+            columns = relation.columns
+            violations = tuple(dict(zip(columns, row, strict=True)) for row in rows[:limit])
+            count = len(rows)
+        results.append(CheckResult(check.name, check.description, violations, count))
     return AuditReport(results, source.checkpoint, now, grace)
+
+
+def _relay_checkpoint(source: Projections) -> int:
+    relay = source.sql("SELECT position FROM store.checkpoints WHERE name = 'relay'").fetchone()
+    return int(relay[0]) if relay else 0
+
+
+def _check_schema(source: Projections) -> None:
+    """Refuse a store whose schema is broken or newer, as opening it would (same :class:`StoreError`).
+
+    An attached store is inspected through DuckDB's catalogue: opening it with Python's
+    ``sqlite3`` next to DuckDB's SQLite in one process could reset its WAL index under DuckDB.
+    """
+    attached = source.sql("SELECT count(*) FROM duckdb_databases() WHERE database_name = 'store'").fetchone()
+    if not (attached and attached[0]):  # mirrored: this process reads the store through sqlite3 anyway
+        verify_event_store(source.store_path)
+        return
+    columns: dict[str, list[str]] = {}
+    for table, column in source.sql(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'store'"
+        " AND table_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY table_name, column_index"
+    ).fetchall():
+        columns.setdefault(table, []).append(column)
+    version = None
+    if columns.get("eventlab") == ["key", "value"]:
+        row = source.sql("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
+        version = None if row is None else str(row[0])
+    if check_schema(source.store_path, columns, version) == 0:
+        raise StoreError(f"{source.store_path} is not an eventlab event store: it has no tables")
