@@ -136,7 +136,8 @@ def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
             return method(*args, **kwargs)
         except sqlite3.Error as exc:
             store = args[0]
-            raise _translate_error(store.path, method.__name__.strip("_"), exc) from exc  # type: ignore[attr-defined]
+            doing = {"_conn": "connecting", "_open": "opening"}.get(method.__name__, method.__name__)
+            raise _translate_error(store.path, doing, exc) from exc  # type: ignore[attr-defined]
 
     return translated
 
@@ -380,7 +381,9 @@ class SqliteEventStore(EventStore):
         elif version < SCHEMA_VERSION:
             log.info("migrated event store %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
+    @_translated
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (opening it is where a missing directory or a permission fails)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False)
