@@ -248,3 +248,14 @@ def test_only_the_store_package_imports_sqlite3():
 
 #: Modules outside ``store/`` that still read the file with ``sqlite3`` (issue 7 moves them into ``store/``).
 KNOWN_SQLITE3_IMPORTERS = {"projections/engine.py", "services/loop.py"}
+
+
+def test_demo_on_a_store_whose_events_table_was_dropped_refuses_instead_of_starting_over(shop_store, capsys):
+    # the story of issue 8: the demo used to recreate an empty log over it, without a word
+    from eventlab.cli import main
+
+    raw(shop_store, "DROP TABLE events")
+    before = fingerprint(shop_store)
+    assert main(["demo", "--data-dir", str(shop_store.parent), "--orders", "1"]) == 2
+    assert "table 'events' is missing" in capsys.readouterr().err
+    assert fingerprint(shop_store) == before and "events" not in tables(shop_store)
