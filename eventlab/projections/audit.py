@@ -43,8 +43,9 @@ class Check:
 
     The query may use ``$now``, ``$cutoff`` (now minus the grace period), ``$relay`` (the relay's
     checkpoint), ``$relay_before`` (that checkpoint read before the projections caught up),
-    ``$head`` (the last position audited) and ``$known_events`` (every ``Type:schema_version``
-    this code defines), and reads the projections' relations and the raw ``store.*`` tables.
+    ``$head`` (the last position audited), ``$known_types`` and ``$known_versions`` (every event
+    type this code defines and its schema version) or ``$known_events`` (the same as
+    ``Type:version`` texts), and reads the projections' relations and the raw ``store.*`` tables.
     A check that SQL cannot express gives ``find`` instead: a function of the projections and
     those values returning the violations.
 
@@ -257,8 +258,7 @@ CHECKS: tuple[Check, ...] = (
                count(*) AS events,
                list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
         FROM store.events
-        WHERE position <= $head AND NOT list_contains(list_transform($known_events, k -> split_part(k, ':', 1)),
-                                                     event_type)
+        WHERE position <= $head AND NOT list_contains($known_types, event_type)
         GROUP BY event_type
         ORDER BY min(position)
         """,
@@ -269,12 +269,12 @@ CHECKS: tuple[Check, ...] = (
         f"""
         SELECT event_type,
                schema_version,
-               list_filter($known_events, k -> split_part(k, ':', 1) = event_type) AS known,
+               $known_versions[list_position($known_types, event_type)] AS declared_version,
                count(*) AS events,
                list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
         FROM store.events
         WHERE position <= $head
-          AND list_contains(list_transform($known_events, k -> split_part(k, ':', 1)), event_type)
+          AND list_contains($known_types, event_type)
           AND NOT list_contains($known_events, event_type || ':' || schema_version)
         GROUP BY event_type, schema_version
         ORDER BY min(position)
@@ -421,6 +421,8 @@ def audit(
         "relay": _relay_checkpoint(source),
         "relay_before": relay_before,
         "head": source.checkpoint,
+        "known_types": list(EVENT_TYPES),
+        "known_versions": [cls.schema_version for cls in EVENT_TYPES.values()],
         "known_events": [f"{name}:{cls.schema_version}" for name, cls in EVENT_TYPES.items()],
     }
     results = []
