@@ -259,3 +259,44 @@ def test_demo_on_a_store_whose_events_table_was_dropped_refuses_instead_of_start
     assert main(["demo", "--data-dir", str(shop_store.parent), "--orders", "1"]) == 2
     assert "table 'events' is missing" in capsys.readouterr().err
     assert fingerprint(shop_store) == before and "events" not in tables(shop_store)
+
+
+#: The DDL eventlab wrote before schema checks existed (version 1), exactly as released.
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT    NOT NULL UNIQUE,
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    recorded_at    TEXT    NOT NULL,
+    UNIQUE (aggregate_type, aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, position);
+CREATE INDEX IF NOT EXISTS events_by_correlation ON events (json_extract(metadata, '$.correlation_id'));
+CREATE TABLE IF NOT EXISTS processed (
+    consumer TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS eventlab (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO eventlab VALUES ('schema_version', '1');
+"""
+
+
+def test_a_store_made_by_the_first_release_opens_as_version_1(tmp_path):
+    path = tmp_path / "events.db"
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        con.executescript(FIRST_RELEASE_SCHEMA)
+    assert verify_event_store(path) == 1
+    with SqliteEventStore(path) as store:
+        store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
+        assert store.head() == 1
