@@ -362,3 +362,10 @@ def test_cli_audit_refuses_a_broken_or_newer_store(healthy, capsys, damage, mess
     captured = capsys.readouterr()
     assert message in captured.err and str(healthy.store.path) in captured.err
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_cli_audit_of_a_file_that_is_not_sqlite_is_an_error(tmp_path, capsys):
+    (tmp_path / "events.db").write_text("order_id,status\nO1,completed\n" * 50)
+    assert main(["audit", "--data-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "not a database" in captured.err and "Traceback" not in captured.err and captured.out == ""
