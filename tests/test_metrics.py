@@ -13,9 +13,9 @@ from datetime import timedelta
 
 import pytest
 from conftest import unique
+from projection_story import ShopStory
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
-from projection_story import ShopStory
 
 from eventlab import Settings
 from eventlab.errors import StoreError
