@@ -109,8 +109,8 @@ class ServiceHealth:
     """What ``GET /health`` reports for a service: its loop's lag and counters, or the store's head.
 
     ``handled`` is the durable count (the store's processed markers), so it survives restarts.
-    A loop that has no partitions assigned yet is reported as a problem; a store or broker error
-    while measuring is reported as a problem too, never raised.
+    A loop that has no partitions assigned yet is reported as a problem; so is any error while
+    measuring (a store that cannot be read, say): ``/health`` answers 503, it does not fail.
     """
 
     def __init__(self, loop: ServiceLoop | None, store: EventStore) -> None:
@@ -127,8 +127,9 @@ class ServiceHealth:
             data = dict(self.loop.health())
             data["handled"] = self.store.processed_count(self.loop.service.name)
             data.setdefault("retries", self.loop.stats.retries)
-        except EventlabError as exc:
-            log.warning("health check failed: %s: %s", type(exc).__name__, exc)
+        except Exception as exc:  # a health check reports what fails; it must not fail itself
+            expected = isinstance(exc, EventlabError)
+            log.warning("health check failed: %s: %s", type(exc).__name__, exc, exc_info=not expected)
             return {"problems": [f"health check failed: {type(exc).__name__}: {exc}"]}
         problems = list(data.get("problems") or [])
         if not self.loop.assigned.is_set():
@@ -317,6 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # replaced by a reader with a deadline per request
         self.app = self.server.app
         self.limits = self.app.limits
         self.reader = _DeadlineReader(self.connection, self.limits)
