@@ -41,7 +41,7 @@ _JOINERS = frozenset("\u200c\u200d")
 
 
 def printable(text: str) -> str:
-    """``text`` unchanged, or ValueError naming the first control or format character in it.
+    r"""``text`` unchanged, or ValueError naming the first control or format character in it.
 
     Such characters are invisible or reorder what a person reads (``"evil\u202egnp.exe"`` shows as
     ``evilexe.png``), and break logs, terminals and e-mail headers downstream.
