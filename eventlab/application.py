@@ -86,19 +86,23 @@ class Commands:
         self.new_id = id_factory
         self._cache = StreamCache()
 
-    def register_user(self, **data: Any) -> UserCreated:
-        """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field."""
-        command = parse(RegisterUser, data)
+    def register_user(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> UserCreated:
+        """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field.
+
+        Pass the command as one mapping (as HTTP does: client JSON never becomes keyword arguments)
+        or as keywords; every command method takes both.
+        """
+        command = parse(RegisterUser, _input(data, fields))
         return self._create(("user", command.user_id), user.evolve, lambda state: user.register(command, state))
 
-    def create_product(self, **data: Any) -> ProductCreated:
+    def create_product(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> ProductCreated:
         """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
-        command = parse(CreateProduct, data)
+        command = parse(CreateProduct, _input(data, fields))
         return self._create(("product", command.product_id), product.evolve, lambda s: product.create(command, s))
 
-    def place_order(self, **data: Any) -> str:
+    def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
         """Place an order and return its id; the saga then runs through Kafka."""
-        command = parse(PlaceOrder, data)
+        command = parse(PlaceOrder, _input(data, fields))
         order_id = self.new_id()
         customer = ("user", command.user_id)
         items = [("product", line.product_id) for line in command.lines]
@@ -150,3 +154,12 @@ class Commands:
         # ``new_id`` (not the injected factory): the factory names orders only, so a counter-based
         # factory gives order-001 to the first order even after the catalogue was registered.
         return trace_metadata(source, correlation_id or new_id())
+
+
+def _input(data: Mapping[str, Any] | Any, fields: dict[str, Any]) -> Mapping[str, Any] | Any:
+    """The command's input: the mapping given (checked by :func:`parse`), or the keywords."""
+    if data is None:
+        return fields
+    if fields:
+        raise TypeError("pass a command as one mapping or as keywords, not both")
+    return data

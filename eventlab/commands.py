@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -13,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eventlab.errors import InvalidCommand
 
-__all__ = ["RegisterUser", "CreateProduct", "PlaceOrder", "LineRequest", "parse", "MAX_QUANTITY", "MAX_LINES"]
+__all__ = [
+    "MAX_LINES",
+    "MAX_QUANTITY",
+    "CreateProduct",
+    "LineRequest",
+    "PlaceOrder",
+    "RegisterUser",
+    "parse",
+    "printable",
+]
 
 MAX_QUANTITY = 1_000
 MAX_LINES = 50
@@ -23,8 +33,35 @@ MAX_STOCK = 1_000_000
 Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
+#: Unicode categories no name or address needs: controls (NUL, ESC, newlines), format characters
+#: (bidi overrides such as U+202E, zero-width spaces, BOM), lone surrogates, line/paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: Format characters that real names need: ZWNJ and ZWJ join letters in Persian, Indic scripts and emoji.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def printable(text: str) -> str:
+    r"""``text`` unchanged, or ValueError naming the first control or format character in it.
+
+    Such characters are invisible or reorder what a person reads (``"evil\u202egnp.exe"`` shows as
+    ``evilexe.png``), and break logs, terminals and e-mail headers downstream.
+    """
+    for index, char in enumerate(text):
+        if unicodedata.category(char) in _UNPRINTABLE and char not in _JOINERS:
+            name = unicodedata.name(char, "control character")
+            raise ValueError(
+                f"contains U+{ord(char):04X} ({name}) at index {index}: control and format characters are not allowed"
+            )
+    return text
+
+
 class Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        return printable(value) if isinstance(value, str) else value
 
 
 class RegisterUser(Command):
@@ -78,4 +115,4 @@ def parse(command: type[C], data: Mapping[str, Any] | Any) -> C:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"
-        raise InvalidCommand(field, error["msg"]) from None
+        raise InvalidCommand(field, error["msg"].removeprefix("Value error, ")) from None

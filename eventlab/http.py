@@ -3,57 +3,175 @@ and order services, their commands as JSON.
 
 | service | routes |
 |---|---|
+| every service | ``GET /health`` (200 ok, 503 degraded with ``problems``), ``GET /metrics`` (Prometheus) |
 | user | ``POST /users`` |
 | product | ``POST /products`` |
 | order | ``POST /orders``, ``GET /orders/{id}`` |
 
-Errors come back as ``{"error": ..., "field": ...}`` with 400 (bad JSON), 404 (unknown order),
-409 (already exists), 413 (body over 64 KiB) or 422 (invalid command).
+Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": ...}``:
+
+| status | when | ``field`` |
+|---|---|---|
+| 400 | body not JSON, nested too deeply, duplicate keys; bad ``Content-Length``; bad request line | ``body``, ``Content-Length``, ``request`` |
+| 404 | no such route, unknown order | ``path``, ``order_id`` |
+| 405 | a method the route does not take (with ``Allow``) | ``method`` |
+| 408 | a request that started but did not arrive within ``Limits.read_timeout`` | ``null`` |
+| 409 | already exists | the id field |
+| 411 | POST without ``Content-Length`` (or chunked) | ``Content-Length`` |
+| 413 | body over ``Limits.max_body`` (refused before it is read) | ``body`` |
+| 414, 431 | request line or headers too long | ``path``, ``headers`` |
+| 422 | invalid command (control characters in text included) | the field |
+| 500 | a bug (logged once with its traceback) | ``null`` |
+| 501, 505 | unknown method; HTTP/0.9 or 2 | ``method``, ``version`` |
+| 503 | the store or broker failed, or too many connections (``Retry-After``) | ``null`` |
+
+Why ``http.server`` and not a server library: six tiny servers (one per service) in one process
+or six, a few requests per second, and every answer must be our JSON. The standard library's server
+needs three additions to be safe — a deadline per request rather than per ``recv`` (so a client
+trickling bytes cannot keep a thread), a bound on connections, and JSON for the errors it makes
+itself — which fit in this module. Waitress (the well-kept pure-Python choice) buffers slow clients
+without a thread, but writes its own plain-text errors and adds a second threading model to learn;
+asyncio servers (uvicorn, hypercorn) add an event loop and ASGI beside the loops' threads.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import os
+import socket
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 from eventlab.application import Commands
-from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
+from eventlab.errors import (
+    AlreadyExists,
+    BrokerError,
+    ConcurrencyError,
+    EventlabError,
+    InvalidCommand,
+    NotFound,
+    StoreError,
+)
+from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, registry_for, render
 from eventlab.services.loop import ServiceLoop
 from eventlab.store.base import EventStore
 
-__all__ = ["ServiceHttp", "MAX_BODY", "service_health"]
+__all__ = ["MAX_BODY", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-Health = Callable[[], dict[str, Any]]
+Health = Callable[[], Mapping[str, Any]]
 
 
-def service_health(loop: ServiceLoop | None, store: EventStore) -> Health:
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of a server, and for how long.
+
+    ``idle_timeout`` bounds the wait for a request to start (also between keep-alive requests),
+    ``read_timeout`` the time from its first byte until its whole body has arrived, and
+    ``write_timeout`` the sending of one reply. A connection over ``max_connections`` waits up to
+    ``queue_wait`` for a free slot, then gets a 503; while every slot stays taken, new connections
+    get the 503 at once, so a flood cannot queue up ``/health`` behind it.
+    """
+
+    max_body: int = MAX_BODY
+    max_connections: int = 64
+    idle_timeout: float = 5.0
+    read_timeout: float = 10.0
+    write_timeout: float = 10.0
+    queue_wait: float = 0.5
+    linger: float = 1.0
+
+
+class Reply(NamedTuple):
+    """What a route answers: a status and a JSON-able body (or bytes of ``content_type``)."""
+
+    status: int
+    body: Any
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Action = Callable[[Any], Reply]
+
+
+class ServiceHealth:
+    """What ``GET /health`` reports for a service: its loop's lag and counters, or the store's head.
+
+    ``handled`` is the durable count (the store's processed markers), so it survives restarts.
+    A loop that has no partitions assigned yet is reported as a problem; so is any error while
+    measuring (a store that cannot be read, say): ``/health`` answers 503, it does not fail.
+    """
+
+    def __init__(self, loop: ServiceLoop | None, store: EventStore) -> None:
+        self.loop = loop
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"<ServiceHealth {self.loop.service.name if self.loop else 'commands only'}>"
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            if self.loop is None:
+                return {"events": self.store.head(), "problems": []}
+            data = dict(self.loop.health())
+            data["handled"] = self.store.processed_count(self.loop.service.name)
+            data.setdefault("retries", self.loop.stats.retries)
+        except Exception as exc:  # a health check reports what fails; it must not fail itself
+            expected = isinstance(exc, EventlabError)
+            log.warning("health check failed: %s: %s", type(exc).__name__, exc, exc_info=not expected)
+            return {"problems": [f"health check failed: {type(exc).__name__}: {exc}"]}
+        problems = list(data.get("problems") or [])
+        if not self.loop.assigned.is_set():
+            problems.append("not consuming: no partitions assigned to this service yet")
+        data["problems"] = problems
+        return data
+
+
+def service_health(loop: ServiceLoop | None, store: EventStore) -> ServiceHealth:
     """What ``GET /health`` reports: a consuming service's lag and counters, else the store's head."""
-    return loop.health if loop is not None else lambda: {"events": store.head()}
+    return ServiceHealth(loop, store)
 
 
 class ServiceHttp:
     """Serves one service's HTTP endpoints on ``port`` in a background thread.
 
     Example:
-        >>> server = ServiceHttp("order", 8083, health, commands).start()  # doctest: +SKIP
+        >>> server = ServiceHttp("order", 8083, service_health(loop, store), Commands(store)).start()  # doctest: +SKIP
     """
 
-    def __init__(self, service: str, port: int, health: Health, commands: Commands | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        port: int,
+        health: Health,
+        commands: Commands | None = None,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
         self.service = service
         self.health = health
         self.commands = commands
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{service}", daemon=True)
+        self.limits = limits or Limits()
+        histograms: list[LatencyHistogram | SagaDurations] = []
+        store = health.store if isinstance(health, ServiceHealth) else commands.store if commands else None
+        if isinstance(health, ServiceHealth) and health.loop is not None:
+            histograms.append(health.loop.handler_seconds)
+        if service == "order" and store is not None:
+            histograms.append(SagaDurations(store))
+        self.registry = registry_for(ServiceCollector(service, health, histograms))
+        self._server = _Server(("127.0.0.1", port), self)
+        self._thread = threading.Thread(target=self._serve, name=f"http-{service}", daemon=True)
 
     @property
     def port(self) -> int:
@@ -66,36 +184,65 @@ class ServiceHttp:
         self._thread.start()
         return self
 
+    def _serve(self) -> None:
+        self._server.serve_forever(poll_interval=0.1)
+
     def stop(self) -> None:
-        self._server.shutdown()
+        self._server.shutdown()  # returns within one poll interval
         self._server.server_close()
 
-    def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        """Dispatch one request; returns (status, JSON-able body)."""
-        parts = [p for p in path.split("?")[0].split("/") if p]
-        if method == "GET" and parts == ["health"]:
-            return 200, {"status": "ok", "service": self.service, "pid": os.getpid(), **self.health()}
-        if method == "GET" and parts == ["metrics"]:
-            return 200, self._metrics()
+    def routes(self, parts: Sequence[str], accept: str | None = None) -> dict[str, Action] | None:
+        """The methods the path ``parts`` takes, each with its action; None for no such path."""
+        if list(parts) == ["health"]:
+            return {"GET": lambda _: self._health()}
+        if list(parts) == ["metrics"]:
+            return {"GET": lambda _: self.metrics(accept)}
         commands = self.commands
-        if commands is not None:
-            if (self.service, method, parts) == ("user", "POST", ["users"]):
-                return 201, commands.register_user(**_object(body)).model_dump()
-            if (self.service, method, parts) == ("product", "POST", ["products"]):
-                return 201, commands.create_product(**_object(body)).model_dump()
-            if (self.service, method, parts) == ("order", "POST", ["orders"]):
-                order_id = commands.place_order(**_object(body))
-                return 202, {"order_id": order_id, "status": "created"}
-            if self.service == "order" and method == "GET" and len(parts) == 2 and parts[0] == "orders":
-                return 200, commands.get_order(parts[1]).as_dict()
-        return 404, {"error": f"no route {method} {path} on the {self.service} service"}
+        if commands is None:
+            return None
+        match (self.service, *parts):
+            case ("user", "users"):
+                return {"POST": lambda body: Reply(201, commands.register_user(_object(body)).model_dump(mode="json"))}
+            case ("product", "products"):
+                return {"POST": lambda body: Reply(201, commands.create_product(_object(body)).model_dump(mode="json"))}
+            case ("order", "orders"):
+                return {
+                    "POST": lambda body: Reply(
+                        202, {"order_id": commands.place_order(_object(body)), "status": "created"}
+                    )
+                }
+            case ("order", "orders", order_id):
+                return {"GET": lambda _: Reply(200, commands.get_order(order_id).as_dict())}
+        return None
 
-    def _metrics(self) -> str:
-        lines = []
-        for name, value in self.health().items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                lines.append(f'eventlab_{name}{{service="{self.service}"}} {value}')
-        return "\n".join(lines) + "\n"
+    def call(self, method: str, path: str, action: Action, body: Any) -> Reply:
+        """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500."""
+        try:
+            return action(body)
+        except AlreadyExists as exc:
+            return Reply(409, {"error": exc.message, "field": exc.field})
+        except NotFound as exc:
+            return Reply(404 if method == "GET" else 422, {"error": exc.message, "field": exc.field})
+        except InvalidCommand as exc:
+            return Reply(422, {"error": exc.message, "field": exc.field})
+        except (StoreError, BrokerError, ConcurrencyError) as exc:
+            log.warning("%s: %s %s answered 503: %s: %s", self.service, method, path, type(exc).__name__, exc)
+            error = f"temporarily unavailable ({type(exc).__name__}): {exc}; retry shortly"
+            return Reply(503, {"error": error, "field": None}, headers=(("Retry-After", "1"),))
+        except Exception:
+            log.exception("%s: %s %s failed", self.service, method, path)
+            return Reply(500, {"error": "internal error; the service's log has the details", "field": None})
+
+    def _health(self) -> Reply:
+        data = dict(self.health())
+        problems = list(data.pop("problems", None) or [])
+        body = {"status": "degraded" if problems else "ok", "service": self.service, "pid": os.getpid()}
+        return Reply(503 if problems else 200, {**body, **data, "problems": problems})
+
+    def metrics(self, accept: str | None) -> Reply:
+        """The service's metrics in the format asked for (Prometheus text unless OpenMetrics)."""
+        data, content_type = render(self.registry, accept)
+        return Reply(200, data, content_type)
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -104,47 +251,285 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _handler(app: ServiceHttp) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"eventlab-{app.service}"
+class _Rejected(Exception):
+    """A request refused before it reached a route."""
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._respond("GET", None)
+    def __init__(self, status: int, error: str, field: str | None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(error)
+        self.reply = Reply(status, {"error": error, "field": field}, headers=headers)
 
-        def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, {"error": f"body larger than {MAX_BODY} bytes", "field": "body"})
-                return
-            try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._send(400, {"error": f"body is not JSON: {exc}", "field": "body"})
-                return
-            self._respond("POST", body)
 
-        def _respond(self, method: str, body: Any) -> None:
-            try:
-                status, payload = app.route(method, self.path, body)
-            except AlreadyExists as exc:
-                status, payload = 409, {"error": exc.message, "field": exc.field}
-            except NotFound as exc:
-                status = 404 if method == "GET" else 422
-                payload = {"error": exc.message, "field": exc.field}
-            except InvalidCommand as exc:
-                status, payload = 422, {"error": exc.message, "field": exc.field}
-            self._send(status, payload)
+class _Timeout(Exception):
+    """The request did not arrive in time; ``started`` if some of it had."""
 
-        def _send(self, status: int, payload: Any) -> None:
-            text = isinstance(payload, str)
-            data = payload.encode() if text else json.dumps(payload).encode()
-            self.send_response(status, HTTPStatus(status).phrase)
-            self.send_header("Content-Type", "text/plain; version=0.0.4" if text else "application/json")
-            self.send_header("Content-Length", str(len(data)))
+    def __init__(self, started: bool) -> None:
+        super().__init__("request timed out")
+        self.started = started
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a connection against one deadline per request, not one timeout per ``recv``.
+
+    With a plain socket timeout a client sending a byte every few seconds keeps its connection,
+    and its thread, for ever; here the whole request (line, headers and body) must arrive within
+    ``read_timeout`` of its first byte, and that first byte within ``idle_timeout``.
+    """
+
+    def __init__(self, sock: socket.socket, limits: Limits) -> None:
+        self.sock = sock
+        self.limits = limits
+        self.deadline = math.inf
+        self.started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def expect_request(self) -> None:
+        self.started = False
+        self.deadline = time.monotonic() + self.limits.idle_timeout
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Timeout(self.started)
+        self.sock.settimeout(left)
+        try:
+            count = self.sock.recv_into(buffer)
+        except TimeoutError:
+            raise _Timeout(self.started) from None
+        if count and not self.started:
+            self.started = True
+            self.deadline = time.monotonic() + self.limits.read_timeout
+        return count
+
+
+#: The ``field`` of the errors ``http.server`` finds itself.
+_ERROR_FIELDS = {400: "request", 414: "path", 431: "headers", 501: "method", 505: "version"}
+#: After these the connection is closed: what the client sends next cannot be trusted to be a request.
+_CLOSE_AFTER = frozenset({400, 408, 411, 413, 414, 431, 500, 501, 505})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: requests parsed by ``http.server``, answered by the server's ServiceHttp."""
+
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # so replies to unparseable requests still get a status line
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced by a reader with a deadline per request
+        self.app = self.server.app
+        self.limits = self.app.limits
+        self.reader = _DeadlineReader(self.connection, self.limits)
+        self.rfile = io.BufferedReader(self.reader)
+        self.body_pending = False
+        self.linger = False
+
+    def handle_one_request(self) -> None:
+        self.reader.expect_request()
+        self.body_pending = False
+        self.replied = False
+        try:
+            super().handle_one_request()
+        except _Timeout as exc:
+            self.close_connection = True
+            if exc.started and not self.replied:
+                error = f"request not received within {self.limits.read_timeout:g} s"
+                self._reply_quietly(Reply(408, {"error": error, "field": None}))
+        except OSError as exc:  # the client went away (reset, broken pipe) or stopped reading
+            self.close_connection = True
+            log.debug("%s: connection from %s ended: %r", self.app.service, self.client_address, exc)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.linger:
+                self._drain()
+
+    def parse_request(self) -> bool:
+        if len(self.raw_requestline.split()) == 2:  # HTTP/0.9 has no headers: answer now, do not wait for them
+            self.command, self.request_version, self.close_connection = None, "HTTP/1.0", True
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.send_error(505, "HTTP/0.9 is not supported", "send e.g. 'GET /health HTTP/1.1' and headers")
+            return False
+        return super().parse_request()
+
+    def handle_expect_100(self) -> bool:
+        return True  # "100 Continue" goes out once the body's length is accepted (see _read_json)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """``http.server``'s own errors (bad request line, headers too long, unknown method) as JSON."""
+        error = message or HTTPStatus(code).phrase
+        self._reply(
+            Reply(code, {"error": f"{error}: {explain}" if explain else error, "field": _ERROR_FIELDS.get(code)})
+        )
+
+    def version_string(self) -> str:
+        return f"eventlab-{self.app.service}"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s: " + format, self.app.service, *args)
+
+    def _dispatch(self) -> None:
+        self.body_pending = "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
+        path = self.path.split("?", 1)[0]
+        try:
+            self._reply(self._answer(path))
+        except _Rejected as rejected:
+            self._reply(rejected.reply)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch
+
+    def _answer(self, path: str) -> Reply:
+        routes = self.app.routes([part for part in path.split("/") if part], self.headers.get("Accept"))
+        if routes is None:
+            raise _Rejected(404, f"no route {path} on the {self.app.service} service", "path")
+        method = "GET" if self.command == "HEAD" else self.command
+        if method not in routes:
+            allowed = sorted({*routes, "HEAD"} if "GET" in routes else set(routes))
+            error = f"{self.command} is not allowed on {path}; allowed: {', '.join(allowed)}"
+            raise _Rejected(405, error, "method", headers=(("Allow", ", ".join(allowed)),))
+        body = self._read_json() if method == "POST" else None
+        return self.app.call(method, path, routes[method], body)
+
+    def _read_json(self) -> Any:
+        """The body as JSON, after checking its length: nothing is read unless it is acceptable."""
+        if "Transfer-Encoding" in self.headers:
+            raise _Rejected(411, "a chunked body is not accepted: send Content-Length", "Content-Length")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise _Rejected(411, "Content-Length is required", "Content-Length")
+        text = values[0].strip()
+        if len(set(values)) > 1 or not (text.isascii() and text.isdigit()):
+            shown = ", ".join(values)[:40]
+            raise _Rejected(400, f"Content-Length must be one non-negative integer, not {shown!r}", "Content-Length")
+        length = int(text)
+        if length > self.limits.max_body:
+            raise _Rejected(413, f"body of {length} bytes is larger than {self.limits.max_body}", "body")
+        if self.headers.get("Expect", "").lower() == "100-continue" and self.request_version >= "HTTP/1.1":
+            self.send_response_only(HTTPStatus.CONTINUE)
             self.end_headers()
+        data = self.rfile.read(length)
+        self.body_pending = False
+        if len(data) < length:
+            self.close_connection = True
+            raise _Rejected(400, f"body ended after {len(data)} of {length} bytes", "body")
+        try:
+            return json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        except RecursionError:
+            raise _Rejected(400, "body is not JSON: nested too deeply", "body") from None
+        except ValueError as exc:
+            raise _Rejected(400, f"body is not JSON: {exc}", "body") from None
+
+    def _reply(self, reply: Reply) -> None:
+        data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        if self.body_pending or reply.status in _CLOSE_AFTER:
+            self.close_connection = True
+            self.linger = True
+        self.connection.settimeout(self.limits.write_timeout)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
             self.wfile.write(data)
+        self.replied = True
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("%s: " + format, app.service, *args)
+    def _reply_quietly(self, reply: Reply) -> None:
+        try:
+            self._reply(reply)
+        except OSError as exc:
+            log.debug("%s: could not answer %s: %r", self.app.service, self.client_address, exc)
 
-    return Handler
+    def _drain(self) -> None:
+        """Read what the client still sends, briefly, before closing: closing a socket with unread
+        input resets the connection, and the client may lose the reply it has not read yet."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + self.limits.linger, 0
+            while drained < 16 * self.limits.max_body and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except OSError:
+            return
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``Limits.max_connections`` of them."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: where a burst waits for a free slot
+
+    def __init__(self, address: tuple[str, int], app: ServiceHttp) -> None:
+        self.app = app
+        self._slots = threading.BoundedSemaphore(app.limits.max_connections)
+        self._saturated = False
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        wait = 0.0 if self._saturated else self.app.limits.queue_wait
+        if not self._slots.acquire(timeout=wait):
+            self._saturated = True
+            self._refuse(request)
+            return
+        self._saturated = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 from the accepting thread without ever blocking it."""
+        limit = self.app.limits.max_connections
+        body = json.dumps({"error": f"more than {limit} connections; retry shortly", "field": None}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.setblocking(False)
+            try:
+                request.recv(65536)  # what has arrived of the request, so closing does not reset
+            except BlockingIOError:
+                pass
+            request.send(head.encode() + body)
+        except OSError as exc:
+            log.debug("%s: could not refuse a connection: %r", self.app.service, exc)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a client that went away or stalled: nothing to fix here
+            log.debug("%s: connection from %s ended: %r", self.app.service, client_address, error)
+        else:
+            log.exception("%s: unexpected error serving %s", self.app.service, client_address)

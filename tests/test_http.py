@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -12,15 +13,17 @@ from conftest import unique
 pytestmark = pytest.mark.integration
 
 
-def call(shop, service, method, path, body=None, raw=None):
+def call(shop, service, method, path, body=None, raw=None, headers=False):
     url = f"http://127.0.0.1:{shop.settings.port(service)}{path}"
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            answer = response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        assert error.headers["Content-Type"] == "application/json"
+        answer = error.code, json.loads(error.read()), error.headers
+    return answer if headers else answer[:2]
 
 
 def test_every_service_answers_health(shop):
@@ -74,8 +77,42 @@ def test_invalid_commands_are_rejected_naming_the_field_and_write_nothing(shop, 
     assert shop.store.head() == head
 
 
-def test_transport_errors(shop):
-    assert call(shop, "order", "POST", "/orders", raw=b"{oops")[0] == 400
-    assert call(shop, "order", "POST", "/orders", raw=b"x" * (65 * 1024))[0] == 413
-    assert call(shop, "order", "GET", "/orders/no-such-order")[0] == 404
-    assert call(shop, "payment", "POST", "/orders", {})[0] == 404
+def error(shop, service, method, path, body=None, raw=None):
+    """(status, field) of an error answer, checking it says what went wrong."""
+    status, answer = call(shop, service, method, path, body, raw)
+    assert answer["error"], answer
+    return status, answer["field"]
+
+
+def test_transport_errors_are_json_naming_the_field(shop):
+    assert error(shop, "order", "POST", "/orders", raw=b"{oops") == (400, "body")
+    assert error(shop, "order", "POST", "/orders", raw=b"x" * (65 * 1024)) == (413, "body")
+    assert error(shop, "order", "POST", "/orders", raw=b"[" * 10_000 + b"]" * 10_000) == (400, "body")
+    assert error(shop, "order", "GET", "/orders/no-such-order") == (404, "order_id")
+    assert error(shop, "payment", "POST", "/orders", {}) == (404, "path")
+
+
+@pytest.mark.parametrize("key", ["self", "data"])
+def test_a_key_named_like_a_parameter_is_just_an_unknown_field(shop, customer, key):
+    body = {key: 1, "user_id": customer, "lines": [{"product_id": "P001", "quantity": 1}]}
+    assert error(shop, "order", "POST", "/orders", body) == (422, key)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"), [("DELETE", "/orders/x", "GET, HEAD"), ("PUT", "/orders", "POST")]
+)
+def test_wrong_methods_are_405_with_allow(shop, method, path, allow):
+    status, body, headers = call(shop, "order", method, path, headers=True)
+    assert (status, body["field"], headers["Allow"]) == (405, "method", allow)
+
+
+def test_fifty_half_sent_requests_do_not_stop_health(shop):
+    port = shop.settings.port("order")
+    loris = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+    try:
+        for sock in loris:
+            sock.sendall(b"POST /orders HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\n{")
+        assert call(shop, "order", "GET", "/health")[1]["status"] == "ok"
+    finally:
+        for sock in loris:
+            sock.close()

@@ -20,6 +20,7 @@ from confluent_kafka import Message as KafkaMessage
 from eventlab.errors import BrokerError, ConcurrencyError, StoreError
 from eventlab.kafka.clients import dead_letter_topic, make_consumer, make_producer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
+from eventlab.metrics import handler_histogram
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
@@ -69,6 +70,7 @@ class ServiceLoop:
         self._accepted = {cls.__name__ for cls in service.subscriptions}
         self._dead_letters = None
         self._cache = StreamCache()
+        self.handler_seconds = handler_histogram(service.name)
 
     def __repr__(self) -> str:
         s = self.stats
@@ -161,6 +163,7 @@ class ServiceLoop:
 
         Returns False when the event had already been handled (a redelivery).
         """
+        started = time.perf_counter()
         name = self.service.name
         if self.store.is_processed(name, message.event_id):
             return False
@@ -175,6 +178,7 @@ class ServiceLoop:
             processed=(name, message.event_id),
             cache=self._cache,
         )
+        self.handler_seconds.observe(time.perf_counter() - started)
         return True
 
     def _count(self, outcomes: list[bool]) -> None:

@@ -138,6 +138,17 @@ class EventStore(ABC):
         """How many stored events of ``event_types`` ``consumer`` has not handled yet (its lag)."""
 
     @abstractmethod
+    def processed_count(self, consumer: str) -> int:
+        """How many events ``consumer`` has handled, ever (its processed markers)."""
+
+    @abstractmethod
+    def stream_ages(
+        self, event_types: Sequence[str], after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, float]]:
+        """(position, event type, seconds since its stream's first event) of each event of
+        ``event_types`` after ``after``, in position order, at most ``limit`` (e.g. saga durations)."""
+
+    @abstractmethod
     def checkpoint(self, name: str) -> int:
         """The position recorded under ``name`` (0 if none)."""
 

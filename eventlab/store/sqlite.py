@@ -538,6 +538,25 @@ class SqliteEventStore(EventStore):
         )
 
     @_translated
+    def processed_count(self, consumer: str) -> int:
+        query = "SELECT count(*) FROM processed WHERE consumer = ?"  # a range of the primary key
+        return self._conn().execute(query, (consumer,)).fetchone()[0]
+
+    @_translated
+    def stream_ages(
+        self, event_types: Sequence[str], after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, float]]:
+        marks = ",".join("?" * len(event_types))
+        rows = self._conn().execute(
+            f"SELECT e.position, e.event_type, first.recorded_at, e.recorded_at FROM events e JOIN events first"
+            " ON first.aggregate_type = e.aggregate_type AND first.aggregate_id = e.aggregate_id AND first.version = 1"
+            f" WHERE e.event_type IN ({marks}) AND e.position > ? ORDER BY e.position LIMIT ?",
+            (*event_types, after, limit),
+        )
+        iso = datetime.fromisoformat
+        return [(position, kind, (iso(end) - iso(start)).total_seconds()) for position, kind, start, end in rows]
+
+    @_translated
     def checkpoint(self, name: str) -> int:
         row = self._conn().execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else row[0]
