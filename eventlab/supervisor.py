@@ -23,7 +23,8 @@ from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.loop import ServiceLoop
-from eventlab.services.payment import SimulatedGateway
+from eventlab.adapters import SimulatedGateway
+from eventlab.services.deadlines import DeadlineSweeper, Deadlines
 from eventlab.settings import Settings
 from eventlab.shop import ShopInfrastructure, build_services
 from eventlab.store.sqlite import SqliteEventStore
@@ -61,6 +62,9 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         loop = ServiceLoop(service, store, settings) if service.subscriptions else None
         server = ServiceHttp(name, settings.port(name), service_health(loop, store), Commands(store)).start()
         log.info("%s serving http://127.0.0.1:%d", name, server.port)
+        if name == "order":  # the saga's deadlines run beside the saga
+            sweeper = DeadlineSweeper(store, Deadlines.scaled(settings.saga_timeout_s))
+            threading.Thread(target=sweeper.run, args=(stop,), name="eventlab-deadlines", daemon=True).start()
         if loop is not None:
             loop.run(stop)
         else:
