@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eventlab.application import Commands, OrderView
 from eventlab.adapters import FileMailer, SimulatedGateway
+from eventlab.application import Commands, OrderView
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
@@ -25,7 +25,7 @@ from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
-from eventlab.services.deadlines import DeadlineSweeper, Deadlines
+from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
 from eventlab.services.runtime import Service
 from eventlab.settings import Settings

@@ -16,15 +16,15 @@ import threading
 import time
 from collections.abc import Sequence
 
+from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.errors import BrokerError
 from eventlab.http import ServiceHttp, service_health
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
 from eventlab.services import SERVICE_NAMES
+from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
-from eventlab.adapters import SimulatedGateway
-from eventlab.services.deadlines import DeadlineSweeper, Deadlines
 from eventlab.settings import Settings
 from eventlab.shop import ShopInfrastructure, build_services
 from eventlab.store.sqlite import SqliteEventStore
