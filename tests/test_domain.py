@@ -291,3 +291,41 @@ def test_gateway_latency_does_not_change_which_orders_are_declined():
     quick = SimulatedGateway(0.5, latency_ms=0, seed=3)
     slow = SimulatedGateway(0.5, latency_ms=0.01, seed=3)
     assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]
+
+
+# --- finished orders stay finished -----------------------------------------------------------
+
+
+def test_a_duplicated_order_completed_sells_nothing_more():
+    # given O-1 reserved, then completed: Inventory sold its units
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    sold = inventory.decide(completed, RESERVED)
+    history = {
+        pid: [StockAdded(product_id=pid, quantity=5), StockReserved(product_id=pid, order_id="O-1", quantity=qty)]
+        + [e for e in sold if e.product_id == pid]
+        for pid, qty in [("P001", 1), ("P002", 2)]
+    }
+    stocks = {("stock", pid): fold(inventory.evolve_stock, events) for pid, events in history.items()}
+    assert stocks[("stock", "P002")] == inventory.Stock(available=3, reserved=0, sold=2)
+    states = {("reservation", "O-1"): inventory.Reservation("confirmed"), **stocks}
+    # when a second OrderCompleted (another event, same order) arrives, or an OrderCancelled
+    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="timeout", detail="late", lines=LINES)
+    # then Inventory moves no stock: O-1 holds nothing any more
+    assert inventory.decide(completed, states) == []
+    assert inventory.decide(cancelled, states) == []
+
+
+def test_a_duplicated_order_event_requests_no_second_email():
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    ada = fold(user.evolve, [ADA])
+    [requested] = notification.decide(completed, {("notification", "O-1"): None, ("user", "U001"): ada})
+    box = fold(notification.evolve, [requested])
+    assert notification.decide(completed, {("notification", "O-1"): box, ("user", "U001"): ada}) == []
+
+
+def test_the_order_saga_ignores_answers_for_a_finished_order():
+    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="timeout", detail="late", lines=LINES)
+    states = order_after(OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898), cancelled)
+    paid = PaymentCompleted(order_id="O-1", amount_cents=13898, status="COMPLETED")
+    assert order.decide(paid, states) == []
+    assert order.decide(ReservationConfirmed(order_id="O-1", lines=LINES), states) == []
