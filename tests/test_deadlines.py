@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 
 import pytest
-
 from conftest import free_port_offset
+
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
 from eventlab.events import (
@@ -94,7 +94,10 @@ def test_inventory_voids_an_order_cancelled_before_it_was_reserved_and_never_res
 def test_inventory_releases_what_a_timed_out_order_holds():
     stock = reduce(
         inventory.evolve_stock,
-        [inventory.StockAdded(product_id="P001", quantity=5), StockReserved(product_id="P001", order_id="O-1", quantity=2)],
+        [
+            inventory.StockAdded(product_id="P001", quantity=5),
+            StockReserved(product_id="P001", order_id="O-1", quantity=2),
+        ],
         None,
     )
     states = {("reservation", "O-1"): inventory.Reservation("confirmed"), ("stock", "P001"): stock}

@@ -139,6 +139,8 @@ def test_the_audit_catches_a_duplicated_email_and_an_email_without_its_event(tmp
     mailbox.write_text(line + line + json.dumps({"key": "O-9/order_cancelled", **forged.model_dump()}) + "\n")
     # then the audit names them
     report = audit(store.path)
-    assert report["no_duplicate_email"].violations == ({"key": "O-1/order_confirmed", "deliveries": 2, "lines": [1, 2]},)
+    assert report["no_duplicate_email"].violations == (
+        {"key": "O-1/order_confirmed", "deliveries": 2, "lines": [1, 2]},
+    )
     assert [v["key"] for v in report["emails_backed_by_events"].violations] == ["O-9/order_cancelled"]
     assert not report.ok
