@@ -30,10 +30,11 @@ from eventlab.events import (
 )
 from eventlab.projections import audit
 from eventlab.services import inventory, order, payment
-from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue
+from eventlab.services.deadlines import DeadlineSweeper, Deadlines, Waiting, advance, overdue
 from eventlab.services.runtime import execute, load, trace_metadata
 from eventlab.shop import build_services
 from eventlab.store.base import NewEvent, StoredEvent
+from eventlab.store.sqlite import SqliteEventStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LINES = (OrderLine(product_id="P001", quantity=2, unit_price_cents=500),)
@@ -231,3 +232,30 @@ def test_a_duplicated_order_completed_sells_nothing(quick_shop):
     # then Inventory handled it and sold nothing more
     assert stock(shop) == after_sale and after_sale.reserved == 0
     assert audit(shop.store.path)["stock_never_negative"].ok
+
+
+# --- the sweeper on a real store, with a clock we move ---------------------------------------
+
+
+def test_the_sweeper_cancels_only_what_is_overdue_and_loses_a_race_cleanly(tmp_path):
+    later = timedelta()
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        sweeper = DeadlineSweeper(store, Deadlines.scaled(10), clock=lambda: datetime.now(UTC) + later)
+        for order_id in ("O-late", "O-answered"):
+            created = CREATED.model_copy(update={"order_id": order_id})
+            store.append([NewEvent(created, 1, trace_metadata("order", order_id))])
+        # given both orders are young: nothing to do
+        assert sweeper.sweep() == [] and set(sweeper.waiting) == {"O-late", "O-answered"}
+        # when 11 s pass, and O-answered got its answer just before the sweep
+        later = timedelta(seconds=11)
+        store.append([NewEvent(CONFIRMED.model_copy(update={"order_id": "O-answered"}), 2, {})])
+        # then only O-late is cancelled; O-answered now waits for payment (20 s from its confirmation)
+        assert sweeper.sweep() == ["O-late"]
+        assert sweeper.waiting["O-answered"].status == "confirmed"
+        [*_, cancelled] = store.read_stream("order", "O-late")
+        assert (cancelled.event.reason, cancelled.correlation_id) == ("timeout", "O-late")
+        assert "Inventory's reservation within 10 s" in cancelled.event.detail
+        # and a second sweeper on the same store (another process) finds nothing left to cancel
+        other = DeadlineSweeper(store, Deadlines.scaled(10), clock=lambda: datetime.now(UTC) + later)
+        assert other.sweep() == [] and "O-late" not in other.waiting
+        assert len(store.read_stream("order", "O-late")) == 2
