@@ -30,7 +30,7 @@ from eventlab.events import (
 )
 from eventlab.projections import audit
 from eventlab.services import inventory, order, payment
-from eventlab.services.deadlines import DeadlineSweeper, Deadlines, Waiting, advance, overdue
+from eventlab.services.deadlines import Deadlines, DeadlineSweeper, Waiting, advance, overdue
 from eventlab.services.runtime import execute, load, trace_metadata
 from eventlab.shop import build_services
 from eventlab.store.base import NewEvent, StoredEvent
