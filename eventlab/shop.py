@@ -115,6 +115,7 @@ class Shop:
         self._servers: list[ServiceHttp] = []
         self.loops: dict[str, ServiceLoop] = {}
         self.relay: Relay | None = None
+        self.sweeper: DeadlineSweeper | None = None
         self.commands: Commands | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -162,7 +163,8 @@ class Shop:
                 loop = ServiceLoop(service, infra.store, settings)
                 self.loops[name] = loop
                 self._spawn(name, loop.run)
-        self._spawn("deadlines", DeadlineSweeper(infra.store, Deadlines.scaled(settings.saga_timeout_s)).run)
+        self.sweeper = DeadlineSweeper(infra.store, Deadlines.scaled(settings.saga_timeout_s))
+        self._spawn("deadlines", self.sweeper.run)
         if self.http:
             for name in SERVICE_NAMES:
                 health = service_health(self.loops.get(name), infra.store)
