@@ -50,13 +50,6 @@ class Journal:
     def __repr__(self) -> str:
         return f"<Journal {str(self.path) if self.path else 'in memory'} {len(self._records)} records>"
 
-    def get(self, key: str) -> Record | None:
-        """The record under ``key``, as written by any process so far."""
-        with self._locked(fcntl.LOCK_SH) as file:
-            if file is not None:
-                self._catch_up(file)
-            return self._records.get(key)
-
     def records(self) -> dict[str, Record]:
         """Every record by key (a copy)."""
         with self._locked(fcntl.LOCK_SH) as file:
