@@ -112,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     if args.command == "run":
-        from eventlab.services.payment import SimulatedGateway  # noqa: PLC0415
+        from eventlab.adapters import SimulatedGateway  # noqa: PLC0415
         from eventlab.supervisor import run_one  # noqa: PLC0415
 
-        gateway = SimulatedGateway(args.payment_failure_rate, args.gateway_latency_ms, args.seed)
+        gateway = SimulatedGateway(
+            args.payment_failure_rate, args.gateway_latency_ms, args.seed, settings.data_dir / "gateway.jsonl"
+        )
         return run_one(args.service, settings, gateway)
     if args.command == "up" and args.processes:
         from eventlab.supervisor import supervise  # noqa: PLC0415

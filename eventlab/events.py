@@ -26,6 +26,9 @@ __all__ = [
     "ReservationConfirmed",
     "ReservationRejected",
     "PaymentCompleted",
+    "PaymentVoided",
+    "PaymentRefunded",
+    "ReservationVoided",
     "EmailRequested",
     "EmailSent",
     "EVENT_TYPES",
@@ -116,7 +119,8 @@ class OrderConfirmed(_OrderEvent):
     total_cents: int = Field(ge=0)
 
 
-CancelReason = Literal["out_of_stock", "payment_failed"]
+#: ``timeout``: a saga step missed its deadline (see :mod:`eventlab.services.deadlines`).
+CancelReason = Literal["out_of_stock", "payment_failed", "timeout"]
 
 
 class OrderCancelled(_OrderEvent):
@@ -207,6 +211,31 @@ class PaymentCompleted(Event):
     reason: str = ""
 
 
+class ReservationVoided(_ReservationEvent):
+    """Inventory heard the order was cancelled before it reserved anything: it never will."""
+
+    topic: ClassVar[str] = "inventory.reservation.voided"
+
+
+class PaymentVoided(Event):
+    """The order was cancelled before it was charged: it never will be."""
+
+    aggregate_type: ClassVar[str] = "payment"
+    id_field: ClassVar[str] = "order_id"
+    topic: ClassVar[str] = "payment.transaction.voided"
+    order_id: str
+
+
+class PaymentRefunded(Event):
+    """Money taken for an order that was cancelled went back to the customer (compensation)."""
+
+    aggregate_type: ClassVar[str] = "payment"
+    id_field: ClassVar[str] = "order_id"
+    topic: ClassVar[str] = "payment.transaction.refunded"
+    order_id: str
+    amount_cents: int = Field(ge=0)
+
+
 EmailKind = Literal["order_confirmed", "order_completed", "order_cancelled"]
 
 
@@ -249,6 +278,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PaymentCompleted,
         EmailRequested,
         EmailSent,
+        ReservationVoided,
+        PaymentVoided,
+        PaymentRefunded,
     )
 }
 

@@ -42,6 +42,8 @@ class Settings:
       ``EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes ``security.protocol``.
     - ``partitions`` (``EVENTLAB_PARTITIONS``): partitions per topic created by eventlab.
     - ``http_port_offset`` (``EVENTLAB_HTTP_PORT_OFFSET``): added to the seed's ports 8081-8086.
+    - ``saga_timeout_s`` (``EVENTLAB_SAGA_TIMEOUT_S``): an order waiting longer for its reservation
+      is cancelled with reason ``timeout``; the payment step may take twice as long.
 
     Example:
         >>> Settings(data_dir=Path("/tmp/shop")).store_path
@@ -53,6 +55,7 @@ class Settings:
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     partitions: int = 3
     http_port_offset: int = 0
+    saga_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,6 +70,8 @@ class Settings:
             values["partitions"] = int(env["EVENTLAB_PARTITIONS"])
         if env.get("EVENTLAB_HTTP_PORT_OFFSET"):
             values["http_port_offset"] = int(env["EVENTLAB_HTTP_PORT_OFFSET"])
+        if env.get("EVENTLAB_SAGA_TIMEOUT_S"):
+            values["saga_timeout_s"] = float(env["EVENTLAB_SAGA_TIMEOUT_S"])
         values["kafka_config"] = {
             key[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for key, value in env.items()
@@ -109,6 +114,7 @@ class Settings:
             "EVENTLAB_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "EVENTLAB_PARTITIONS": str(self.partitions),
             "EVENTLAB_HTTP_PORT_OFFSET": str(self.http_port_offset),
+            "EVENTLAB_SAGA_TIMEOUT_S": str(self.saga_timeout_s),
         }
         for key, value in self.kafka_config.items():
             env[_KAFKA_PREFIX + key.replace(".", "_").upper()] = value

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from eventlab.adapters import FileMailer, SimulatedGateway
 from eventlab.application import Commands, OrderView
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
@@ -24,6 +25,7 @@ from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
+from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
 from eventlab.services.runtime import Service
 from eventlab.settings import Settings
@@ -35,10 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def build_services(
-    settings: Settings, gateway: payment.SimulatedGateway, breaker: CircuitBreaker | None = None
+    settings: Settings, gateway: payment.Gateway, breaker: CircuitBreaker | None = None
 ) -> dict[str, Service]:
     """The six services, with the payment gateway and the mailer they call."""
-    mailer = notification.FileMailer(settings.data_dir / "mailbox.jsonl")
+    mailer = FileMailer(settings.data_dir / "mailbox.jsonl")
     services = [
         user.SERVICE,
         product.SERVICE,
@@ -100,7 +102,9 @@ class Shop:
         id_factory: Callable[[], str] = new_id,
     ) -> None:
         self.settings = settings or Settings.from_env(data_dir=data_dir)
-        self.gateway = payment.SimulatedGateway(payment_failure_rate, gateway_latency_ms, seed)
+        self.gateway = SimulatedGateway(
+            payment_failure_rate, gateway_latency_ms, seed, self.settings.data_dir / "gateway.jsonl"
+        )
         self.breaker = CircuitBreaker()
         self.services = build_services(self.settings, self.gateway, self.breaker)
         self.http = http
@@ -111,6 +115,7 @@ class Shop:
         self._servers: list[ServiceHttp] = []
         self.loops: dict[str, ServiceLoop] = {}
         self.relay: Relay | None = None
+        self.sweeper: DeadlineSweeper | None = None
         self.commands: Commands | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -158,6 +163,8 @@ class Shop:
                 loop = ServiceLoop(service, infra.store, settings)
                 self.loops[name] = loop
                 self._spawn(name, loop.run)
+        self.sweeper = DeadlineSweeper(infra.store, Deadlines.scaled(settings.saga_timeout_s))
+        self._spawn("deadlines", self.sweeper.run)
         if self.http:
             for name in SERVICE_NAMES:
                 health = service_health(self.loops.get(name), infra.store)

@@ -16,14 +16,15 @@ import threading
 import time
 from collections.abc import Sequence
 
+from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.errors import BrokerError
 from eventlab.http import ServiceHttp, service_health
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
 from eventlab.services import SERVICE_NAMES
+from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
-from eventlab.services.payment import SimulatedGateway
 from eventlab.settings import Settings
 from eventlab.shop import ShopInfrastructure, build_services
 from eventlab.store.sqlite import SqliteEventStore
@@ -61,6 +62,9 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         loop = ServiceLoop(service, store, settings) if service.subscriptions else None
         server = ServiceHttp(name, settings.port(name), service_health(loop, store), Commands(store)).start()
         log.info("%s serving http://127.0.0.1:%d", name, server.port)
+        if name == "order":  # the saga's deadlines run beside the saga
+            sweeper = DeadlineSweeper(store, Deadlines.scaled(settings.saga_timeout_s))
+            threading.Thread(target=sweeper.run, args=(stop,), name="eventlab-deadlines", daemon=True).start()
         if loop is not None:
             loop.run(stop)
         else:

@@ -20,6 +20,7 @@ from projection_story import START, ShopStory, standard_story
 from eventlab.cli import main
 from eventlab.events import OrderCancelled, OrderCompleted, PaymentCompleted, StockReleased, StockReserved
 from eventlab.projections import CHECKS, Projections, audit
+from eventlab.projections.audit import MAILBOX_CHECKS
 
 AFTER_STORY = START + timedelta(days=1, seconds=1)  # one second after the standard story's last event
 LATER = START + timedelta(days=3)
@@ -50,9 +51,9 @@ def healthy(tmp_path: Path) -> ShopStory:
 def test_a_healthy_shop_passes_every_check(healthy):
     before = hashlib.sha256(healthy.store.path.read_bytes()).hexdigest()
     report = audit(healthy.store.path, now=LATER)
-    assert report.ok and list(report) == [check.name for check in CHECKS]
+    assert report.ok and list(report) == [check.name for check in (*CHECKS, *MAILBOX_CHECKS)]
     assert all(result.violations == () and result.count == 0 for result in report.values())
-    assert report.as_dict() == {check.name: {"ok": True, "violations": []} for check in CHECKS}
+    assert report.as_dict() == {c.name: {"ok": True, "violations": []} for c in (*CHECKS, *MAILBOX_CHECKS)}
     assert "VIOLATED" not in report.table() and "ok" in repr(report) and "✅" in report._repr_html_()
     assert hashlib.sha256(healthy.store.path.read_bytes()).hexdigest() == before
 
@@ -213,7 +214,9 @@ def test_audit_of_open_projections_catches_up_first(healthy):
 def test_cli_audit_prints_json_and_fails_on_a_violation(healthy, capsys):
     data_dir = str(healthy.store.path.parent)
     assert main(["audit", "--data-dir", data_dir, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {check.name: {"ok": True, "violations": []} for check in CHECKS}
+    assert json.loads(capsys.readouterr().out) == {
+        c.name: {"ok": True, "violations": []} for c in (*CHECKS, *MAILBOX_CHECKS)
+    }
 
     healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
     healthy.publish()

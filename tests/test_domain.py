@@ -9,6 +9,7 @@ from functools import reduce
 
 import pytest
 
+from eventlab.adapters import FileMailer, SimulatedGateway
 from eventlab.commands import PlaceOrder, RegisterUser, parse
 from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
 from eventlab.events import (
@@ -121,8 +122,16 @@ def test_unknown_fields_are_rejected():
 # --- inventory: all lines or none ------------------------------------------------------------
 
 
-def stock(available):
-    return inventory.Stock(available=available)
+def stock(available, held=None):
+    return inventory.Stock(available=available, held=held or {})
+
+
+#: O-1's reservation as Inventory's state has it: 1 keyboard and 2 mice held for it.
+RESERVED = {
+    ("reservation", "O-1"): inventory.Reservation("confirmed"),
+    ("stock", "P001"): stock(4, {"O-1": 1}),
+    ("stock", "P002"): stock(3, {"O-1": 2}),
+}
 
 
 def test_inventory_reserves_every_line():
@@ -165,19 +174,18 @@ def test_a_cancelled_order_releases_what_was_reserved():
     cancelled = OrderCancelled(
         order_id="O-1", user_id="U001", reason="payment_failed", detail="card declined", lines=LINES
     )
-    states = {("reservation", "O-1"): inventory.Reservation("confirmed")}
-    assert inventory.decide(cancelled, states) == [
+    assert inventory.decide(cancelled, RESERVED) == [
         StockReleased(product_id="P001", order_id="O-1", quantity=1),
         StockReleased(product_id="P002", order_id="O-1", quantity=2),
     ]
-    rejected = {("reservation", "O-1"): inventory.Reservation("rejected")}
+    rejected = {("reservation", "O-1"): inventory.Reservation("rejected"), ("stock", "P001"): stock(5)}
+    rejected[("stock", "P002")] = stock(5)
     assert inventory.decide(cancelled, rejected) == []
 
 
 def test_a_completed_order_sells_its_reserved_stock():
     completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
-    states = {("reservation", "O-1"): inventory.Reservation("confirmed")}
-    assert [type(e) for e in inventory.decide(completed, states)] == [StockSold, StockSold]
+    assert [type(e) for e in inventory.decide(completed, RESERVED)] == [StockSold, StockSold]
 
 
 # --- the saga in the order service -----------------------------------------------------------
@@ -227,7 +235,7 @@ def test_late_or_repeated_answers_change_nothing():
 
 def test_payment_charges_once_and_reports_declines():
     confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
-    gateway = payment.SimulatedGateway(failure_rate=1.0)
+    gateway = SimulatedGateway(failure_rate=1.0)
     service = payment.service(gateway)
     [failed] = service.handle(confirmed, {("payment", "O-1"): None})
     assert (failed.status, failed.reason, failed.amount_cents) == ("FAILED", "card declined", 13898)
@@ -237,7 +245,7 @@ def test_payment_charges_once_and_reports_declines():
 
 
 def test_gateway_declines_depend_only_on_seed_and_order():
-    a, b = payment.SimulatedGateway(0.5, seed=7), payment.SimulatedGateway(0.5, seed=7)
+    a, b = SimulatedGateway(0.5, seed=7), SimulatedGateway(0.5, seed=7)
     orders = [f"O-{i}" for i in range(50)]
     answers = [a.charge(o, 100).approved for o in orders]
     assert answers == [b.charge(o, 100).approved for o in reversed(orders)][::-1]
@@ -245,7 +253,7 @@ def test_gateway_declines_depend_only_on_seed_and_order():
 
 
 def test_a_gateway_outage_fails_the_payment_and_opens_the_breaker():
-    gateway = payment.SimulatedGateway()
+    gateway = SimulatedGateway()
     gateway.available.clear()
     service = payment.service(gateway, payment.CircuitBreaker(failure_threshold=2, reset_after=60))
     for i in range(3):
@@ -271,7 +279,7 @@ def test_order_events_become_one_email_each_then_sent():
 
 
 def test_the_mailer_writes_each_sent_email(tmp_path):
-    mailer = notification.FileMailer(tmp_path / "mailbox.jsonl")
+    mailer = FileMailer(tmp_path / "mailbox.jsonl")
     service = notification.service(mailer)
     email = EmailRequested(order_id="O-1", kind="order_completed", to="ada@example.com", subject="Paid")
     service.handle(email, {("notification", "O-1"): None})
@@ -280,6 +288,44 @@ def test_the_mailer_writes_each_sent_email(tmp_path):
 
 def test_gateway_latency_does_not_change_which_orders_are_declined():
     orders = [f"O-{i}" for i in range(30)]
-    quick = payment.SimulatedGateway(0.5, latency_ms=0, seed=3)
-    slow = payment.SimulatedGateway(0.5, latency_ms=0.01, seed=3)
+    quick = SimulatedGateway(0.5, latency_ms=0, seed=3)
+    slow = SimulatedGateway(0.5, latency_ms=0.01, seed=3)
     assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]
+
+
+# --- finished orders stay finished -----------------------------------------------------------
+
+
+def test_a_duplicated_order_completed_sells_nothing_more():
+    # given O-1 reserved, then completed: Inventory sold its units
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    sold = inventory.decide(completed, RESERVED)
+    history = {
+        pid: [StockAdded(product_id=pid, quantity=5), StockReserved(product_id=pid, order_id="O-1", quantity=qty)]
+        + [e for e in sold if e.product_id == pid]
+        for pid, qty in [("P001", 1), ("P002", 2)]
+    }
+    stocks = {("stock", pid): fold(inventory.evolve_stock, events) for pid, events in history.items()}
+    assert stocks[("stock", "P002")] == inventory.Stock(available=3, reserved=0, sold=2)
+    states = {("reservation", "O-1"): inventory.Reservation("confirmed"), **stocks}
+    # when a second OrderCompleted (another event, same order) arrives, or an OrderCancelled
+    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="timeout", detail="late", lines=LINES)
+    # then Inventory moves no stock: O-1 holds nothing any more
+    assert inventory.decide(completed, states) == []
+    assert inventory.decide(cancelled, states) == []
+
+
+def test_a_duplicated_order_event_requests_no_second_email():
+    completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
+    ada = fold(user.evolve, [ADA])
+    [requested] = notification.decide(completed, {("notification", "O-1"): None, ("user", "U001"): ada})
+    box = fold(notification.evolve, [requested])
+    assert notification.decide(completed, {("notification", "O-1"): box, ("user", "U001"): ada}) == []
+
+
+def test_the_order_saga_ignores_answers_for_a_finished_order():
+    cancelled = OrderCancelled(order_id="O-1", user_id="U001", reason="timeout", detail="late", lines=LINES)
+    states = order_after(OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898), cancelled)
+    paid = PaymentCompleted(order_id="O-1", amount_cents=13898, status="COMPLETED")
+    assert order.decide(paid, states) == []
+    assert order.decide(ReservationConfirmed(order_id="O-1", lines=LINES), states) == []

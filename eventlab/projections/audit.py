@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES
 from eventlab.projections.engine import Projections
 from eventlab.store.sqlite import check_schema, open_in_this_process, verify_event_store
 
-__all__ = ["CHECKS", "AuditReport", "Check", "CheckResult", "audit", "jsonable"]
+__all__ = [
+    "CHECKS",
+    "MAILBOX_CHECKS",
+    "AuditReport",
+    "Check",
+    "CheckResult",
+    "MailboxCheck",
+    "audit",
+    "jsonable",
+    "read_mailbox",
+]
 
 
 @dataclass(frozen=True)
@@ -98,10 +110,15 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
 CHECKS: tuple[Check, ...] = (
     Check(
         "orders_terminal",
-        "Every order is completed or cancelled, or has been in flight for less than the grace period.",
+        "Every order is completed or cancelled, or has been in flight for less than the grace period "
+        "(a stuck order shows what it waits for, and since when).",
         """
         SELECT order_id, status, created_at,
-               round(date_diff('millisecond', created_at, $now) / 1000, 3) AS age_s
+               round(date_diff('millisecond', created_at, $now) / 1000, 3) AS age_s,
+               CASE status WHEN 'created' THEN 'Inventory''s reservation (OrderCreated not answered)'
+                           ELSE 'Payment''s answer (OrderConfirmed not answered)' END AS waiting_for,
+               coalesce(confirmed_at, created_at) AS last_step_at,
+               round(date_diff('millisecond', coalesce(confirmed_at, created_at), $now) / 1000, 3) AS step_age_s
         FROM orders
         WHERE status NOT IN ('completed', 'cancelled') AND created_at <= $cutoff
         ORDER BY created_at, order_id
@@ -285,9 +302,101 @@ CHECKS: tuple[Check, ...] = (
         "Every stored event's data validates against its class, and belongs to the stream it is stored in.",
         find=_invalid_event_data,
     ),
+    Check(
+        "cancelled_orders_not_charged",
+        "No money stays taken for a cancelled order: a successful charge of a cancelled order is "
+        "followed by a PaymentRefunded of the same amount.",
+        """
+        WITH charged AS (
+            SELECT order_id, min(position) AS charge_position, sum(amount_cents)::BIGINT AS charged_cents
+            FROM events
+            WHERE event_type = 'PaymentCompleted' AND status = 'COMPLETED'
+            GROUP BY order_id
+        ), refunded AS (
+            SELECT order_id, sum(amount_cents)::BIGINT AS refunded_cents
+            FROM events
+            WHERE event_type = 'PaymentRefunded'
+            GROUP BY order_id
+        )
+        SELECT c.order_id, c.charge_position, c.charged_cents, coalesce(r.refunded_cents, 0) AS refunded_cents,
+               o.cancel_reason, o.cancelled_at
+        FROM charged AS c
+        JOIN orders AS o USING (order_id)
+        LEFT JOIN refunded AS r USING (order_id)
+        WHERE o.status = 'cancelled' AND o.cancelled_at <= $cutoff
+          AND coalesce(r.refunded_cents, 0) <> c.charged_cents
+        ORDER BY c.order_id
+        """,
+    ),
 )
 
 _PARAMETER = re.compile(r"\$(\w+)")
+
+#: An email as the mailbox holds it, plus its ``line`` number (``error`` for an unreadable line).
+Email = dict[str, Any]
+#: (order id, kind) of every stored EmailRequested.
+Requested = set[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class MailboxCheck:
+    """An invariant of the mailbox file (the mailer's own record, outside the store): ``find``
+    lists the violations among the emails, given what the store requested."""
+
+    name: str
+    description: str
+    find: Callable[[Sequence[Email], Requested], list[dict[str, Any]]]
+
+
+def read_mailbox(path: Path) -> list[Email]:
+    """Every line of the mailbox at ``path`` (none when it does not exist), numbered from 1."""
+    if not path.exists():
+        return []
+    emails = []
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                email = json.loads(raw)
+                if not isinstance(email, dict):
+                    raise TypeError("not an object")
+            except (ValueError, TypeError, RecursionError) as exc:
+                email = {"error": f"unreadable line: {exc}"}
+            emails.append({**email, "line": number})
+    return emails
+
+
+def _key(email: Email) -> str:
+    return str(email.get("key") or email_key(str(email.get("order_id")), str(email.get("kind"))))
+
+
+def _duplicate_emails(emails: Sequence[Email], _requested: Requested) -> list[dict[str, Any]]:
+    lines: dict[str, list[int]] = {}
+    for email in emails:
+        if "error" not in email:
+            lines.setdefault(_key(email), []).append(email["line"])
+    return [{"key": key, "deliveries": len(found), "lines": found} for key, found in lines.items() if len(found) > 1]
+
+
+def _emails_without_events(emails: Sequence[Email], requested: Requested) -> list[dict[str, Any]]:
+    return [
+        {"line": email["line"], "key": None if "error" in email else _key(email), "problem": email.get("error")}
+        for email in emails
+        if "error" in email or (email.get("order_id"), email.get("kind")) not in requested
+    ]
+
+
+MAILBOX_CHECKS: tuple[MailboxCheck, ...] = (
+    MailboxCheck(
+        "no_duplicate_email",
+        "No email was delivered twice: each idempotency key (order and kind) is in the mailbox at most once.",
+        _duplicate_emails,
+    ),
+    MailboxCheck(
+        "emails_backed_by_events",
+        "Every email in the mailbox was requested by a stored EmailRequested (and every line is readable).",
+        _emails_without_events,
+    ),
+)
 
 
 def jsonable(value: Any) -> Any:
@@ -396,21 +505,26 @@ def audit(
     grace: timedelta = timedelta(seconds=30),
     now: datetime | None = None,
     limit: int = 100,
+    mailbox: str | Path | None = None,
 ) -> AuditReport:
-    """Run every check of :data:`CHECKS` on an event store (a path) or on open projections (refreshed first).
+    """Run every check of :data:`CHECKS` on an event store (a path) or on open projections (refreshed first),
+    then every check of :data:`MAILBOX_CHECKS` on the mailbox.
 
     ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
-    check (``count`` has them all).
+    check (``count`` has them all); ``mailbox``: the mailer's file (default: ``mailbox.jsonl``
+    beside the store, in the data directory).
     """
     if not isinstance(source, Projections):
         path = Path(source).expanduser()
         if open_in_this_process(path):  # this process's sqlite3 already has it open: a second connection is safe
             verify_event_store(path)
         with Projections(path) as projections:
-            return audit(projections, grace=grace, now=now, limit=limit)
+            return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
     relay_before = _relay_checkpoint(source)
+    # Read the mailbox before the log: every email in it was requested by an event stored by now.
+    emails = read_mailbox(Path(mailbox) if mailbox is not None else source.store_path.parent / MAILBOX)
     source.refresh()
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:
@@ -438,6 +552,7 @@ def audit(
             violations = tuple(dict(zip(columns, row, strict=True)) for row in rows[:limit])
             count = len(rows)
         results.append(CheckResult(check.name, check.description, violations, count))
+    results += _check_mailbox(source, emails, limit)
     return AuditReport(results, source.checkpoint, now, grace)
 
 
@@ -468,3 +583,13 @@ def _check_schema(source: Projections) -> None:
         version = None if row is None else str(row[0])
     if check_schema(source.store_path, columns, version) == 0:
         raise StoreError(f"{source.store_path} is not an eventlab event store: it has no tables")
+
+
+def _check_mailbox(source: Projections, emails: Sequence[Email], limit: int) -> list[CheckResult]:
+    rows = source.sql("SELECT DISTINCT order_id, kind FROM events WHERE event_type = 'EmailRequested'").fetchall()
+    requested = {(str(order_id), str(kind)) for order_id, kind in rows}
+    results = []
+    for check in MAILBOX_CHECKS:
+        found = check.find(emails, requested)
+        results.append(CheckResult(check.name, check.description, tuple(found[:limit]), len(found)))
+    return results

@@ -4,11 +4,18 @@ An order is reserved all-or-nothing: one decision checks every line and writes e
 ``StockReserved`` per line plus ``ReservationConfirmed``, or a single ``ReservationRejected``.
 Each product is its own stream, so two orders racing for the last unit conflict on its version
 and the loser decides again on fresh stock: stock never goes negative.
+
+A product's stock also knows which orders hold units of it, so a cancellation releases and a
+completion sells only what an order still holds: a duplicated ``OrderCompleted`` or
+``OrderCancelled`` (another event for an order already settled) moves nothing. A cancellation
+heard before any reservation (the ``OrderCreated`` was dead-lettered or is late) leaves a
+``ReservationVoided`` marker, so a later replay of that ``OrderCreated`` reserves nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from eventlab.events import (
@@ -19,6 +26,7 @@ from eventlab.events import (
     ProductCreated,
     ReservationConfirmed,
     ReservationRejected,
+    ReservationVoided,
     StockAdded,
     StockReleased,
     StockReserved,
@@ -31,27 +39,37 @@ __all__ = ["Stock", "Reservation", "evolve_stock", "evolve_reservation", "decide
 
 @dataclass(frozen=True, slots=True)
 class Stock:
+    """Units of one product; ``held``: units reserved per order not yet released or sold."""
+
     available: int = 0
     reserved: int = 0
     sold: int = 0
+    held: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    status: Literal["confirmed", "rejected"]
+    status: Literal["confirmed", "rejected", "void"]
+
+
+def _settled(held: Mapping[str, int], order_id: str) -> Mapping[str, int]:
+    return {order: units for order, units in held.items() if order != order_id}
 
 
 def evolve_stock(state: Stock | None, event: Event) -> Stock:
     s = state or Stock()
     match event:
         case StockAdded():
-            return Stock(s.available + event.quantity, s.reserved, s.sold)
+            return Stock(s.available + event.quantity, s.reserved, s.sold, s.held)
         case StockReserved():
-            return Stock(s.available - event.quantity, s.reserved + event.quantity, s.sold)
+            held = {**s.held, event.order_id: s.held.get(event.order_id, 0) + event.quantity}
+            return Stock(s.available - event.quantity, s.reserved + event.quantity, s.sold, held)
         case StockReleased():
-            return Stock(s.available + event.quantity, s.reserved - event.quantity, s.sold)
+            held = _settled(s.held, event.order_id)
+            return Stock(s.available + event.quantity, s.reserved - event.quantity, s.sold, held)
         case StockSold():
-            return Stock(s.available, s.reserved - event.quantity, s.sold + event.quantity)
+            held = _settled(s.held, event.order_id)
+            return Stock(s.available, s.reserved - event.quantity, s.sold + event.quantity, held)
     return s
 
 
@@ -61,6 +79,8 @@ def evolve_reservation(state: Reservation | None, event: Event) -> Reservation |
             return Reservation("confirmed")
         case ReservationRejected():
             return Reservation("rejected")
+        case ReservationVoided():
+            return Reservation("void")
     return state
 
 
@@ -74,7 +94,11 @@ def streams(event: Event) -> list[StreamKey]:
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """Reserve all-or-nothing on a new order; release on cancellation; sell on completion."""
+    """Reserve all-or-nothing on a new order; release on cancellation; sell on completion.
+
+    Releases and sales are only of units the order still holds; an order cancelled before it
+    was reserved is voided, so it is never reserved later.
+    """
     match event:
         case ProductCreated(initial_stock=quantity) if quantity > 0:
             return [StockAdded(product_id=event.product_id, quantity=quantity)]
@@ -97,14 +121,14 @@ def decide(event: Event, states: States) -> list[Event]:
                 for line in event.lines
             ]
             return [*reserved, ReservationConfirmed(order_id=event.order_id, lines=event.lines)]
+        case OrderCancelled() if states[("reservation", event.order_id)] is None:
+            return [ReservationVoided(order_id=event.order_id)]
         case OrderCancelled() | OrderCompleted():
-            reservation: Reservation | None = states[("reservation", event.order_id)]
-            if reservation is None or reservation.status != "confirmed":
-                return []
             follow_up = StockReleased if isinstance(event, OrderCancelled) else StockSold
             return [
                 follow_up(product_id=line.product_id, order_id=event.order_id, quantity=line.quantity)
                 for line in event.lines
+                if event.order_id in (states[("stock", line.product_id)] or Stock()).held
             ]
     return []
 

@@ -1,24 +1,24 @@
 """Notification service (port 8086): emails about orders.
 
-Order events become ``EmailRequested``; the service's own consumer of those requests hands them
-to a mailer (a JSON-lines mailbox file by default) and records ``EmailSent``.
+Order events become ``EmailRequested``; the service's own consumer of those committed requests
+hands them to a mailer (:class:`eventlab.adapters.mailer.FileMailer` by default) and records
+``EmailSent``. The mailer is idempotent per order and kind, so a request handled again after a
+kill or a rolled-back batch is recorded as sent without a second email.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from eventlab.events import EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
 from eventlab.services import user
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Mailbox", "FileMailer", "evolve", "decide", "service"]
+__all__ = ["Mailbox", "Mailer", "evolve", "decide", "service"]
 
-Mailer = Callable[[EmailRequested], None]
+#: Delivers an email at most once per order and kind (returns whether it delivered it now).
+Mailer = Callable[[EmailRequested], object]
 
 _SUBJECTS = {
     "order_confirmed": "We have your order {order_id}",
@@ -34,22 +34,6 @@ class Mailbox:
 
     requested: frozenset[str] = frozenset()
     sent: frozenset[str] = frozenset()
-
-
-class FileMailer:
-    """Delivers emails by appending them as JSON lines to ``path`` (a notebook can read it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"FileMailer({str(self.path)!r})"
-
-    def __call__(self, email: EmailRequested) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(email.model_dump()) + "\n")
 
 
 def evolve(state: Mailbox | None, event: Event) -> Mailbox:
@@ -79,13 +63,13 @@ def decide(event: Event, states: States) -> list[Event]:
     kind = _KINDS[type(event)]
     customer: user.User | None = states[("user", event.user_id)]  # type: ignore[attr-defined]
     if kind in box.requested or customer is None:
-        return []
+        return []  # one email per kind: a duplicated order event requests nothing
     subject = _SUBJECTS[kind].format(order_id=event.order_id)  # type: ignore[attr-defined]
     return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]  # type: ignore[attr-defined]
 
 
 def service(mailer: Mailer) -> Service:
-    """The notification service, delivering through ``mailer`` before recording ``EmailSent``."""
+    """The notification service, delivering through an idempotent ``mailer``, then recording ``EmailSent``."""
 
     def handle(event: Event, states: States) -> list[Event]:
         events = decide(event, states)

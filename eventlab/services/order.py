@@ -2,7 +2,8 @@
 
 The saga (the seed's ``OrderSagaOrchestrator``) is :func:`decide`: Inventory's answer confirms or
 cancels the order; Payment's answer completes it or cancels it, and the cancellation makes
-Inventory release the stock (compensation).
+Inventory release the stock (compensation). A step that misses its deadline ends the saga too:
+:func:`time_out` cancels with reason ``timeout`` (the sweeper in :mod:`.deadlines` decides when).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eventlab.events import (
 from eventlab.services import product, user
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Order", "OrderStatus", "evolve", "place", "decide", "SERVICE", "TERMINAL"]
+__all__ = ["Order", "OrderStatus", "evolve", "place", "decide", "time_out", "SERVICE", "TERMINAL"]
 
 OrderStatus = Literal["created", "confirmed", "completed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled"})
@@ -102,6 +103,17 @@ def decide(event: Event, states: States) -> list[Event]:
         case PaymentCompleted(status="FAILED") if order.status == "confirmed":
             return [OrderCancelled(**ids, reason="payment_failed", detail=event.reason, lines=order.lines)]
     return []
+
+
+def time_out(order: Order | None, waiting_at: OrderStatus, detail: str) -> list[Event]:
+    """Cancel an order still waiting at step ``waiting_at`` (``created`` or ``confirmed``) past its deadline.
+
+    Nothing when the order moved on meanwhile (a real answer won the race) or is already over.
+    """
+    if order is None or order.status != waiting_at or order.terminal:
+        return []
+    ids = {"order_id": order.order_id, "user_id": order.user_id}
+    return [OrderCancelled(**ids, reason="timeout", detail=detail, lines=order.lines)]
 
 
 SERVICE = Service(

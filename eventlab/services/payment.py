@@ -1,25 +1,38 @@
-"""Payment service (port 8084): charges confirmed orders through a (simulated) gateway.
+"""Payment service (port 8084): charges confirmed orders through a payment gateway.
 
 The gateway call is the one side effect in a decision, so it is wrapped: retries with backoff
 for transient outages, and a circuit breaker so a dead gateway fails fast. An order is charged
-at most once: a payment stream that already has an outcome is never charged again, and the
-processed marker makes redelivered ``OrderConfirmed`` events no-ops.
+at most once: a payment stream that already has an outcome is never charged again, the
+processed marker makes redelivered ``OrderConfirmed`` events no-ops, and the gateway itself
+answers a second charge of an order with its first answer.
+
+Money is never left taken for a cancelled order: a cancellation that finds the order charged
+refunds it (``PaymentRefunded``); an order that timed out before it was charged is voided
+(``PaymentVoided``), so a late ``OrderConfirmed`` charges nothing (if a charge raced the void,
+it is refunded). The gateway adapter is :class:`eventlab.adapters.gateway.SimulatedGateway`.
 """
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from eventlab.errors import EventlabError
-from eventlab.events import Event, OrderConfirmed, PaymentCompleted
+from eventlab.events import Event, OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentRefunded, PaymentVoided
 from eventlab.resilience import CircuitBreaker, CircuitOpen, retry
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Payment", "SimulatedGateway", "GatewayUnavailable", "ChargeResult", "evolve", "service"]
+__all__ = [
+    "Payment",
+    "Gateway",
+    "GatewayUnavailable",
+    "ChargeResult",
+    "RefundResult",
+    "evolve",
+    "decide",
+    "settle",
+    "service",
+]
 
 
 class GatewayUnavailable(EventlabError):
@@ -33,63 +46,34 @@ class ChargeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundResult:
+    """What the gateway gave back (0 when nothing had been taken)."""
+
+    refunded_cents: int
+
+
+class Gateway(Protocol):
+    """What Payment needs from a card processor; both calls are idempotent per order id."""
+
+    def charge(self, order_id: str, amount_cents: int) -> ChargeResult: ...
+
+    def refund(self, order_id: str) -> RefundResult: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Payment:
-    status: Literal["COMPLETED", "FAILED"]
+    status: Literal["COMPLETED", "FAILED", "VOIDED", "REFUNDED"]
     amount_cents: int
-
-
-class SimulatedGateway:
-    """A card processor stand-in: seeded declines and latency, and an outage switch.
-
-    Whether an order is declined depends only on ``seed`` and the order id, so a run is
-    reproducible whatever the thread timing. Like real gateways, it takes the order id as an
-    idempotency key: charging the same order again returns the first answer and moves no money.
-
-    Example:
-        >>> gateway = SimulatedGateway(failure_rate=0.0, latency_ms=0)
-        >>> gateway.charge("order-1", 1999)
-        ChargeResult(approved=True, reason='')
-    """
-
-    def __init__(self, failure_rate: float = 0.0, latency_ms: float = 0.0, seed: int = 0) -> None:
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError("failure_rate must be between 0 and 1")
-        self.failure_rate = failure_rate
-        self.latency_ms = latency_ms
-        self.seed = seed
-        self.available = threading.Event()
-        self.available.set()
-        self._answers: dict[str, ChargeResult] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def charges(self) -> int:
-        """How many orders were charged (declines included)."""
-        return len(self._answers)
-
-    def __repr__(self) -> str:
-        state = "up" if self.available.is_set() else "DOWN"
-        return (
-            f"<SimulatedGateway {state} failure_rate={self.failure_rate} "
-            f"latency_ms={self.latency_ms} charges={self.charges}>"
-        )
-
-    def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
-        """Charge ``amount_cents`` for ``order_id``; raise :class:`GatewayUnavailable` during an outage."""
-        if self.latency_ms:
-            jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
-            time.sleep(jitter * self.latency_ms / 1000)
-        if not self.available.is_set():
-            raise GatewayUnavailable("payment gateway unavailable")
-        approved = random.Random(f"{self.seed}:{order_id}").random() >= self.failure_rate
-        with self._lock:
-            return self._answers.setdefault(order_id, ChargeResult(approved, "" if approved else "card declined"))
 
 
 def evolve(state: Payment | None, event: Event) -> Payment | None:
     match event:
         case PaymentCompleted():
             return Payment(event.status, event.amount_cents)
+        case PaymentVoided():
+            return Payment("VOIDED", 0)
+        case PaymentRefunded():
+            return Payment("REFUNDED", event.amount_cents)
     return state
 
 
@@ -105,8 +89,36 @@ def decide(event: OrderConfirmed, result: ChargeResult) -> list[Event]:
     ]
 
 
-def service(gateway: SimulatedGateway, breaker: CircuitBreaker | None = None) -> Service:
-    """The payment service charging through ``gateway`` behind ``breaker``."""
+Settlement = Literal["charge", "refund", "void", "ignore"]
+
+
+def settle(event: OrderConfirmed | OrderCancelled, payment: Payment | None) -> Settlement:
+    """What an order event asks of Payment, given the order's payment so far.
+
+    - a confirmed order not yet paid is charged; one voided meanwhile is refunded in case a
+      racing attempt charged it (a refund of nothing moves nothing);
+    - a cancelled order that was charged is refunded; one that timed out unpaid is voided;
+    - anything else (a settled payment, a redelivery) is ignored.
+    """
+    match event, payment:
+        case OrderConfirmed(), None:
+            return "charge"
+        case OrderConfirmed(), Payment(status="VOIDED"):
+            return "refund"
+        case OrderCancelled(), Payment(status="COMPLETED"):
+            return "refund"
+        case OrderCancelled(reason="timeout"), None:
+            return "void"
+    return "ignore"
+
+
+def refunded(order_id: str, result: RefundResult) -> list[Event]:
+    """The gateway's refund as an event (none when nothing was taken)."""
+    return [PaymentRefunded(order_id=order_id, amount_cents=result.refunded_cents)] if result.refunded_cents else []
+
+
+def service(gateway: Gateway, breaker: CircuitBreaker | None = None) -> Service:
+    """The payment service charging and refunding through ``gateway`` behind ``breaker``."""
     breaker = breaker or CircuitBreaker()
 
     def charge(event: OrderConfirmed) -> ChargeResult:
@@ -117,14 +129,27 @@ def service(gateway: SimulatedGateway, breaker: CircuitBreaker | None = None) ->
         except (GatewayUnavailable, CircuitOpen) as exc:
             return ChargeResult(False, str(exc))
 
+    def refund(order_id: str) -> RefundResult:
+        # No fallback: a refund that cannot be made fails the handling, so the loop retries it
+        # (and in the end dead-letters it, for a replay once the gateway is back).
+        return retry(lambda: gateway.refund(order_id), retry_on=(GatewayUnavailable,))
+
     def handle(event: Event, states: States) -> list[Event]:
-        if not isinstance(event, OrderConfirmed) or states[("payment", event.order_id)] is not None:
+        if not isinstance(event, OrderConfirmed | OrderCancelled):
             return []
-        return decide(event, charge(event))
+        match settle(event, states[("payment", event.order_id)]):
+            case "charge":
+                assert isinstance(event, OrderConfirmed)
+                return decide(event, charge(event))
+            case "refund":
+                return refunded(event.order_id, refund(event.order_id))
+            case "void":
+                return [PaymentVoided(order_id=event.order_id)]
+        return []
 
     return Service(
         name="payment",
-        subscriptions=(OrderConfirmed,),
+        subscriptions=(OrderConfirmed, OrderCancelled),
         evolvers={"payment": evolve},
         streams=streams,
         handle=handle,

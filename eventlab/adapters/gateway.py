@@ -1,0 +1,93 @@
+"""A card processor stand-in with the idempotency of a real one, durable across restarts.
+
+Its answers live in its own journal in the data directory (``gateway.jsonl``; the gateway stands
+for an external system, so not in the event store), keyed by order id: charging an order again
+returns the first answer and moves no money, from any process, after any restart. A refund is
+keyed the same way, and an order refunded (or voided) before any charge can no longer be charged.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from eventlab.adapters.journal import Journal, Record
+from eventlab.services.payment import ChargeResult, GatewayUnavailable, RefundResult
+
+__all__ = ["SimulatedGateway"]
+
+
+class SimulatedGateway:
+    """Seeded declines and latency, an outage switch, durable idempotency (with ``path``).
+
+    Whether an order is declined depends only on ``seed`` and the order id, so a run is
+    reproducible whatever the thread timing. Without ``path`` the answers are kept in memory.
+
+    Example:
+        >>> gateway = SimulatedGateway(failure_rate=0.0, latency_ms=0)
+        >>> gateway.charge("order-1", 1999)
+        ChargeResult(approved=True, reason='')
+        >>> gateway.refund("order-1")
+        RefundResult(refunded_cents=1999)
+    """
+
+    def __init__(
+        self, failure_rate: float = 0.0, latency_ms: float = 0.0, seed: int = 0, path: Path | str | None = None
+    ) -> None:
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError("failure_rate must be between 0 and 1")
+        self.failure_rate = failure_rate
+        self.latency_ms = latency_ms
+        self.seed = seed
+        self.available = threading.Event()
+        self.available.set()
+        self.journal = Journal(path)
+
+    @property
+    def charges(self) -> int:
+        """How many orders were charged (declines included)."""
+        return sum(key.startswith("charge:") for key in self.journal.records())
+
+    def __repr__(self) -> str:
+        state = "up" if self.available.is_set() else "DOWN"
+        return (
+            f"<SimulatedGateway {state} failure_rate={self.failure_rate} "
+            f"latency_ms={self.latency_ms} charges={self.charges}>"
+        )
+
+    def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
+        """Charge ``amount_cents`` for ``order_id`` once; raise :class:`GatewayUnavailable` during an outage."""
+        self._call(order_id)
+
+        def answer(records: Mapping[str, Record]) -> Record:
+            if f"refund:{order_id}" in records:
+                approved, reason = False, "order refunded or voided"
+            else:
+                approved = random.Random(f"{self.seed}:{order_id}").random() >= self.failure_rate
+                reason = "" if approved else "card declined"
+            return {"key": f"charge:{order_id}", "approved": approved, "reason": reason, "amount_cents": amount_cents}
+
+        record, _ = self.journal.record_once(f"charge:{order_id}", answer)
+        return ChargeResult(bool(record["approved"]), str(record["reason"]))
+
+    def refund(self, order_id: str) -> RefundResult:
+        """Give back what was taken for ``order_id`` (once); an order not charged yet can no longer be."""
+        self._call(order_id)
+
+        def answer(records: Mapping[str, Record]) -> Record:
+            charged = records.get(f"charge:{order_id}")
+            amount = int(charged["amount_cents"]) if charged and charged["approved"] else 0
+            return {"key": f"refund:{order_id}", "refunded_cents": amount}
+
+        record, _ = self.journal.record_once(f"refund:{order_id}", answer)
+        return RefundResult(int(record["refunded_cents"]))
+
+    def _call(self, order_id: str) -> None:
+        if self.latency_ms:
+            jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
+            time.sleep(jitter * self.latency_ms / 1000)
+        if not self.available.is_set():
+            raise GatewayUnavailable("payment gateway unavailable")

@@ -1,0 +1,123 @@
+"""An append-only JSON-lines file of keyed records, written at most once per key.
+
+Several threads and several processes may share one journal: every write takes an exclusive
+``fcntl.flock`` on the file, catches up with the lines other writers appended since this
+instance last looked (from the remembered byte offset, so a check costs only the new lines),
+and appends only if the key is new. Writing the line *is* the side effect being recorded (an
+email delivered, a charge answered), so it happens once per key, whatever dies when.
+
+A writer killed in the middle of a line leaves a torn tail without a newline; the next writer,
+holding the lock, cuts it off before appending (nobody else can be writing it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["Journal", "Record"]
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+class Journal:
+    """Records keyed by ``record[key_field]``, in a file (``path``) or, without one, in memory.
+
+    Example:
+        >>> journal = Journal(None)
+        >>> journal.record_once("a", lambda records: {"key": "a", "n": 1})
+        ({'key': 'a', 'n': 1}, True)
+        >>> journal.record_once("a", lambda records: {"key": "a", "n": 2})
+        ({'key': 'a', 'n': 1}, False)
+    """
+
+    def __init__(self, path: Path | str | None, key_field: str = "key") -> None:
+        self.path = Path(path) if path is not None else None
+        self.key_field = key_field
+        self._records: dict[str, Record] = {}
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Journal {str(self.path) if self.path else 'in memory'} {len(self._records)} records>"
+
+    def records(self) -> dict[str, Record]:
+        """Every record by key (a copy)."""
+        with self._locked(fcntl.LOCK_SH) as file:
+            if file is not None:
+                self._catch_up(file)
+            return dict(self._records)
+
+    def record_once(self, key: str, make: Callable[[Mapping[str, Record]], Record]) -> tuple[Record, bool]:
+        """The record under ``key``: the existing one (``False``), or ``make(records)`` appended now (``True``).
+
+        ``make`` runs under the lock with every record written so far, so of two racing writers
+        exactly one makes the record, and it may decide from the others.
+        """
+        with self._locked(fcntl.LOCK_EX) as file:
+            if file is not None:
+                self._catch_up(file, repair=True)
+            known = self._records.get(key)
+            if known is not None:
+                return known, False
+            record = make(self._records)
+            if record.get(self.key_field) != key:
+                raise ValueError(f"record must carry {self.key_field}={key!r}")
+            if file is not None:
+                line = (json.dumps(record) + "\n").encode()
+                file.seek(0, os.SEEK_END)
+                file.write(line)
+                file.flush()
+                self._offset += len(line)
+            self._records[key] = record
+            return record, True
+
+    @contextmanager
+    def _locked(self, mode: int) -> Iterator[IO[bytes] | None]:
+        with self._lock:
+            if self.path is None:
+                yield None
+                return
+            if mode == fcntl.LOCK_SH and not self.path.exists():
+                yield None
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+b") as file:
+                fcntl.flock(file, mode)
+                try:
+                    yield file
+                finally:
+                    fcntl.flock(file, fcntl.LOCK_UN)
+
+    def _catch_up(self, file: IO[bytes], *, repair: bool = False) -> None:
+        size = file.seek(0, os.SEEK_END)
+        if size < self._offset:  # the file was replaced or truncated: read it again
+            self._records.clear()
+            self._offset = 0
+        file.seek(self._offset)
+        chunk = file.read(size - self._offset)
+        complete = chunk.rfind(b"\n") + 1
+        for number, line in enumerate(chunk[:complete].splitlines()):
+            self._remember(line, number)
+        self._offset += complete
+        if repair and complete < len(chunk):
+            log.warning("%s: cutting a torn last line of %d bytes", self.path, len(chunk) - complete)
+            file.truncate(self._offset)
+
+    def _remember(self, line: bytes, number: int) -> None:
+        try:
+            record = json.loads(line)
+            key = record[self.key_field]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            log.warning("%s: skipping an unreadable line near offset %d (+%d lines)", self.path, self._offset, number)
+            return
+        self._records.setdefault(str(key), record)
