@@ -17,7 +17,8 @@ Example:
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import CHECKS, AuditReport, Check, CheckResult, audit
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS, Projection, Relation
-from eventlab.projections.engine import ProjectionError, Projections, Snapshot
+from eventlab.projections.engine import Projections, Snapshot
+from eventlab.projections.sandbox import ProjectionError, QueryRefused, QueryTimeout
 from eventlab.projections.export import export_parquet
 
 __all__ = [
