@@ -170,7 +170,17 @@ def test_cli_refused_query_names_no_path(store_path, secret_db, capsys):
 
 def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
     # given `eventlab query` running a query without end, when it gets SIGINT, then it stops cleanly
-    command = [sys.executable, "-m", "eventlab", "query", "--data-dir", str(store_path.parent), "--timeout", "0", ENDLESS]
+    command = [
+        sys.executable,
+        "-m",
+        "eventlab",
+        "query",
+        "--data-dir",
+        str(store_path.parent),
+        "--timeout",
+        "0",
+        ENDLESS,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -21,14 +21,19 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   other relations are views over the tables and ``events``, computed when read. A refresh runs
   in one DuckDB transaction, so a reader never sees half of it.
 
-Next to a running shop in the same process, the log is read through Python's ``sqlite3``
-instead (see :class:`StoreMirror`). Only :func:`_log_rows`, :func:`_head` and the mirror know
-the store is SQLite: a PostgreSQL store would be attached with ``TYPE postgres`` and read with
-``postgres_query``; the projections only ever see the normalised ``events`` relation.
+How the log is read is the caller's choice (:class:`Projections`): through Python's ``sqlite3``
+(:class:`~eventlab.store.sqlite_log.SqliteLog` and :class:`StoreMirror`; safe next to a shop that
+has the store open in this process) or through DuckDB's ``sqlite`` extension (``attach=True``).
+Only :func:`_log_rows`, :func:`_head` and the mirror know the store is SQLite: a PostgreSQL store
+would be attached with ``TYPE postgres`` and read with ``postgres_query``; the projections only
+ever see the normalised ``events`` relation.
 
-The DuckDB connection is in memory, loads the ``sqlite`` extension from the
+The building connection is in memory, loads the ``sqlite`` extension from the
 ``duckdb-extension-sqlite`` wheel through a private temporary extension directory (never
 ``~/.duckdb``, never the network), and then disables file access and locks its configuration.
+User SQL never runs on it: :meth:`Projections.sql` hands the relations as Arrow to a
+:class:`~eventlab.projections.sandbox.Sandbox` (measured at 200k events: ~0.1-0.17 s once per
+refresh, then a few milliseconds per query).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ _DATA_SHAPE = {
     "initial_stock": "BIGINT",
 }
 _LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
+
 
 def sql_literal(value: str) -> str:
     """``value`` as a SQL string literal (quotes doubled), for the few statements without parameters."""
@@ -571,7 +577,9 @@ class Projections:
         return self._sandbox
 
     def _hand_tables(self, sandbox: Sandbox) -> None:
-        tables = self._bounded(lambda: [self._con.sql(f"SELECT * FROM main.{n}").to_arrow_table() for n in _TABLES], None)
+        tables = self._bounded(
+            lambda: [self._con.sql(f"SELECT * FROM main.{n}").to_arrow_table() for n in _TABLES], None
+        )
         for name, table in zip(_TABLES, tables, strict=True):
             sandbox.add(f"main.{name}", table)
             self._handed[f"main.{name}"] = self._generation

@@ -14,6 +14,7 @@ __all__ = ["export_parquet"]
 
 log = logging.getLogger(__name__)
 
+
 def export_parquet(
     source: Projections | str | Path, directory: str | Path, names: Iterable[str] | None = None, *, attach: bool = False
 ) -> dict[str, Path]:

@@ -53,7 +53,7 @@ DEFAULT_TIMEOUT = 5.0
 #: What a refused query is told: the same words whatever the path, so nothing is learnt about the machine.
 REFUSED = "query refused: only the projections and the store's tables can be read (no files, URLs or extensions)"
 
-
+#: Applied with ``SET`` after connecting, in this order (see the module docstring for why not as ``config``).
 _SETTINGS = (
     "SET home_directory = '/eventlab-sandbox'",
     "SET secret_directory = '/eventlab-sandbox'",
@@ -186,7 +186,6 @@ class Sandbox:
 
     def __init__(self) -> None:
         self.con = sandbox_connection()
-        self._handed: set[str] = set()
 
     def add(self, name: str, table: pa.Table) -> None:
         """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
@@ -196,11 +195,6 @@ class Sandbox:
         self.con.register(hidden, table)
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table_name} AS SELECT * FROM {hidden}")
-        self._handed.add(f"{schema}.{table_name}")
-
-    def has(self, name: str) -> bool:
-        """Whether ``schema.table`` was handed over."""
-        return name in self._handed
 
     def execute(self, sql: str) -> None:
         """Run eventlab's own SQL (a view, a macro) on the sandbox."""

@@ -17,7 +17,7 @@ import pyarrow as pa
 from eventlab.errors import StoreError
 from eventlab.store.sqlite import verify_event_store
 
-__all__ = ["SqliteLog", "EVENTS_SCHEMA", "CHECKPOINTS_SCHEMA"]
+__all__ = ["CHECKPOINTS_SCHEMA", "EVENTS_SCHEMA", "SqliteLog"]
 
 #: The store's ``events`` table, column by column, as Arrow types.
 EVENTS_SCHEMA = pa.schema(
