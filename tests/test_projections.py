@@ -30,7 +30,7 @@ from eventlab.projections import (
     query,
 )
 from eventlab.projections.cli import add_commands
-from eventlab.projections.engine import _extension_directory
+from eventlab.projections.sources import MirroredLog, _extension_directory
 
 
 def at(ms: int, day: int = 0) -> datetime:
@@ -533,7 +533,7 @@ def test_the_caller_chooses_how_the_log_is_read_and_attaching_an_open_store_is_r
         with pytest.raises(ProjectionError, match="open in this process"):
             Projections(path, attach=True)
         with Projections(store) as projections:
-            assert projections._mirror is not None
+            assert isinstance(projections._log, MirroredLog)
             assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (5,)
             store.append([NewEvent(StockAdded(product_id="P1", quantity=2), 2, {"source": "inventory"})])
             assert projections.refresh() == 1
@@ -542,6 +542,6 @@ def test_the_caller_chooses_how_the_log_is_read_and_attaching_an_open_store_is_r
             report = audit(projections, grace=timedelta(0))
             assert not report["all_events_published"].ok  # event 2 is stored but not yet relayed
     with Projections(path, attach=True) as projections:
-        assert projections._mirror is None  # the fast attached scan
+        assert not isinstance(projections._log, MirroredLog)  # the fast attached scan
         assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (7,)
         assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (2,)

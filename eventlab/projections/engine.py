@@ -21,33 +21,25 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   other relations are views over the tables and ``events``, computed when read. A refresh runs
   in one DuckDB transaction, so a reader never sees half of it.
 
-How the log is read is the caller's choice (:class:`Projections`): through Python's ``sqlite3``
-(:class:`~eventlab.store.sqlite_log.SqliteLog` and :class:`StoreMirror`; safe next to a shop that
-has the store open in this process) or through DuckDB's ``sqlite`` extension (``attach=True``).
-Only :func:`_log_rows`, :func:`_head` and the mirror know the store is SQLite: a PostgreSQL store
-would be attached with ``TYPE postgres`` and read with ``postgres_query``; the projections only
-ever see the normalised ``events`` relation.
+How the log is read is the caller's choice (:class:`Projections`), between the two log sources
+of :mod:`.sources`: Python's ``sqlite3`` (safe next to a shop that has the store open in this
+process) or DuckDB's ``sqlite`` extension (``attach=True``). Only the sources know the store is
+SQLite: a PostgreSQL store would be attached with ``TYPE postgres`` and read with
+``postgres_query``; the projections only ever see the normalised ``events`` relation.
 
-The building connection is in memory, loads the ``sqlite`` extension from the
-``duckdb-extension-sqlite`` wheel through a private temporary extension directory (never
-``~/.duckdb``, never the network), and then disables file access and locks its configuration.
-User SQL never runs on it: :meth:`Projections.sql` hands the relations as Arrow to a
+User SQL never runs on the building connection (it has the ``sqlite`` extension loaded, whose
+table functions read any file): :meth:`Projections.sql` hands the relations as Arrow to a
 :class:`~eventlab.projections.sandbox.Sandbox` (measured at 200k events: ~0.1-0.17 s once per
 refresh, then a few milliseconds per query).
 """
 
 from __future__ import annotations
 
-import functools
-import getpass
 import html
 import json
 import logging
 import operator
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -55,16 +47,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import duckdb_extensions
 import polars as pl
 
 from eventlab.errors import StoreError
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Sandbox, bounded, ensure_single_read
+from eventlab.projections.sources import MONEY, AttachedLog, MirroredLog, connect, sql_literal
 from eventlab.store.sqlite import SqliteEventStore, open_in_this_process
-from eventlab.store.sqlite_log import SqliteLog
 
-__all__ = ["ProjectionError", "Projections", "Snapshot", "connect", "sql_literal", "EVENTS_DOC"]
+__all__ = ["EVENTS_DOC", "ProjectionError", "Projections", "Snapshot"]
 
 T = TypeVar("T")
 
@@ -95,153 +86,6 @@ _DATA_SHAPE = {
     "initial_stock": "BIGINT",
 }
 _LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
-
-
-def sql_literal(value: str) -> str:
-    """``value`` as a SQL string literal (quotes doubled), for the few statements without parameters."""
-    if "\x00" in value:
-        raise ValueError("NUL character in a SQL literal")
-    return "'" + value.replace("'", "''") + "'"
-
-
-@functools.cache
-def _extension_directory() -> Path:
-    """This user's private directory (mode 0700, in the temp directory) for DuckDB extensions.
-
-    The sqlite extension is copied into it from its wheel by the first process that needs it
-    (DuckDB installs through a temporary file, so concurrent processes are safe) and reused by
-    the next ones: one copy of 34 MB per user, none in ``~/.duckdb``, nothing left per process.
-    """
-    owner = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
-    path = Path(tempfile.gettempdir()) / f"eventlab-duckdb-{owner}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    foreign = hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077)
-    if foreign or not stat.S_ISDIR(info.st_mode):
-        raise ProjectionError(f"{path} is not a private directory of this user; remove it")
-    return path
-
-
-def connect(store_path: str | Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB for building the projections, with the event store at ``store_path``
-    attached read-only as ``store`` through DuckDB's ``sqlite`` extension.
-
-    Without ``store_path``, nothing is attached: ``store`` is an empty schema that
-    :class:`StoreMirror` fills through Python's ``sqlite3``. Raises
-    :class:`~eventlab.errors.StoreError` if ``store_path`` is missing or not an event store. The
-    connection can read no other file and its configuration is locked; user SQL still never runs
-    on it (an extension's table functions ignore those settings, see :mod:`.sandbox`).
-    """
-    con = duckdb.connect(
-        config={
-            "extension_directory": str(_extension_directory()),
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "preserve_insertion_order": False,  # every read orders explicitly; copies run ~2x faster
-        }
-    )
-    if store_path is None:
-        con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
-    else:
-        path = Path(store_path).expanduser()
-        if not path.is_file():
-            con.close()
-            raise StoreError(f"no event store at {path}")
-        try:
-            duckdb_extensions.import_extension("sqlite", con=con)
-            con.execute("LOAD sqlite")
-            con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
-            con.execute(
-                "SELECT * FROM sqlite_query('store', 'SELECT"
-                " (SELECT value FROM eventlab WHERE key = ''schema_version''),"
-                " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
-                " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
-            ).fetchall()
-        except duckdb.Error as exc:
-            con.close()
-            raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
-    con.execute(_MONEY)
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-_MONEY = "CREATE MACRO money(cents) AS (cents * 0.01::DECIMAL(3, 2))::DECIMAL(18, 2)"
-_MIRROR_TABLES = """
-CREATE TABLE store.events (position BIGINT, event_id VARCHAR, aggregate_type VARCHAR, aggregate_id VARCHAR,
-    version BIGINT, event_type VARCHAR, schema_version BIGINT, data VARCHAR, metadata VARCHAR, recorded_at VARCHAR);
-CREATE TABLE store.checkpoints (name VARCHAR, position BIGINT);
-"""
-
-
-class StoreMirror:
-    """The store's ``events`` and ``checkpoints`` copied into DuckDB from a :class:`SqliteLog`.
-
-    The way to read a store this process has open through :class:`~eventlab.store.SqliteEventStore`
-    (a running shop in a notebook): DuckDB's ``sqlite`` extension is a second SQLite library, and
-    two SQLite libraries in one process cannot see each other's POSIX locks — the second one to
-    open a WAL database resets the shared WAL index under the first (a SIGBUS). Slower than the
-    attached scan on big stores; a shop in a notebook has thousands of events, not millions.
-    """
-
-    def __init__(self, store_path: Path, con: duckdb.DuckDBPyConnection) -> None:
-        self._log = SqliteLog(store_path)
-        self._con = con
-
-    def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
-        """As :func:`_head`, from the store itself; also copies its checkpoints."""
-        head = self._log.head(checkpoint)
-        checkpoints = self._log.checkpoints()
-        self._con.execute("DELETE FROM store.checkpoints")
-        self._con.register("_store_rows", checkpoints)
-        try:
-            self._con.execute("INSERT INTO store.checkpoints SELECT * FROM _store_rows")
-        finally:
-            self._con.unregister("_store_rows")
-        return head
-
-    def rows(self, after: int, upto: int) -> str:
-        """Copy the store's new rows up to ``upto``; the relation of those with ``after < position <= upto``."""
-        # read from DuckDB, so a rolled-back refresh leaves nothing to skip
-        (copied,) = self._con.execute("SELECT coalesce(max(position), 0) FROM store.events").fetchone()
-        if after == 0 or upto < copied:  # a rebuild copies everything again
-            self._con.execute("DELETE FROM store.events")
-            copied = 0
-        rows = self._log.rows(copied, upto)
-        if rows.num_rows:
-            self._con.register("_store_rows", rows)
-            try:
-                self._con.execute("INSERT INTO store.events SELECT * FROM _store_rows")
-            finally:
-                self._con.unregister("_store_rows")
-        return f"(SELECT * FROM store.events WHERE position > {int(after)} AND position <= {int(upto)})"
-
-    def close(self) -> None:
-        """Close the ``sqlite3`` connection."""
-        self._log.close()
-
-
-def _head(con: duckdb.DuckDBPyConnection, checkpoint: int) -> tuple[int, str | None, str | None]:
-    """The store's last position and its event id, and the event id now at ``checkpoint``: one
-    query, answered by SQLite from the primary key."""
-    query = (
-        "SELECT coalesce(max(position), 0), (SELECT event_id FROM events ORDER BY position DESC LIMIT 1),"
-        f" (SELECT event_id FROM events WHERE position = {int(checkpoint)}) FROM events"
-    )
-    ((head, head_id, checkpoint_id),) = con.execute(
-        f"SELECT * FROM sqlite_query('store', {sql_literal(query)})"
-    ).fetchall()
-    return int(head), head_id, checkpoint_id
-
-
-def _log_rows(after: int, upto: int) -> str:
-    """The store's rows with ``after < position <= upto``: a parallel scan from the start, else
-    a primary-key range query run by SQLite."""
-    after, upto = int(after), int(upto)
-    if after == 0:
-        return f"(SELECT * FROM store.events WHERE position <= {upto})"
-    query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
-    return f"sqlite_query('store', {sql_literal(query)})"
 
 
 def _typed_events(rows: str) -> str:
@@ -382,7 +226,7 @@ class Projections:
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
             )
         self._con = connect(self.store_path if attach else None)
-        self._mirror: StoreMirror | None = None
+        self._log: AttachedLog | MirroredLog = AttachedLog(self._con)
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -392,7 +236,7 @@ class Projections:
         self._raw_tables: frozenset[str] | None = None
         try:
             if not attach:
-                self._mirror = StoreMirror(self.store_path, self._con)
+                self._log = MirroredLog(self.store_path, self._con)
             self.rebuild()
         except BaseException:
             self.close()
@@ -485,8 +329,7 @@ class Projections:
         if self._sandbox is not None:
             self._sandbox.close()
             self._sandbox = None
-        if self._mirror is not None:
-            self._mirror.close()
+        self._log.close()
         self._con.close()
 
     def _rebuild(self) -> int:
@@ -559,7 +402,7 @@ class Projections:
         if self._sandbox is None:
             sandbox = Sandbox()
             try:
-                sandbox.execute(_MONEY)
+                sandbox.execute(MONEY)
                 self._hand_tables(sandbox)
                 inputs = {name: f"main.{name}" for name in self.names}
                 for r in RELATIONS.values():
@@ -597,10 +440,10 @@ class Projections:
         return bounded([self._con], work, timeout)
 
     def _head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
-        return self._mirror.head(checkpoint) if self._mirror else _head(self._con, checkpoint)
+        return self._log.head(checkpoint)
 
     def _rows(self, after: int, upto: int) -> str:
-        return self._mirror.rows(after, upto) if self._mirror else _log_rows(after, upto)
+        return self._log.rows(after, upto)
 
     def __enter__(self) -> Projections:
         return self
