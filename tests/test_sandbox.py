@@ -14,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
+import polars as pl
 import pytest
 from projection_story import standard_story
 
 from eventlab.cli import main
 from eventlab.projections import ProjectionError, Projections, QueryRefused, QueryTimeout, query
+from eventlab.projections.sandbox import sandbox_connection
 
 ENDLESS = "SELECT sum(hash(i)) FROM range(100000000000) t(i)"
 
@@ -246,3 +249,12 @@ def test_columns_choose_and_order_the_columns_in_every_format(store_path, capsys
     ]
     assert main(["query", "--data-dir", data_dir, "--columns", "nope", sql]) == 2
     assert "no column nope; the columns are: order_id, status, total" in capsys.readouterr().err
+
+
+def test_python_variables_of_the_caller_are_not_tables():
+    """DuckDB's Python client reads a DataFrame by its variable name unless told not to."""
+    secret_frame = pl.DataFrame({"secret": ["hunter2"]})  # noqa: F841 - read by DuckDB, by name
+    with duckdb.connect() as default:
+        assert default.sql("SELECT * FROM secret_frame").fetchall() == [("hunter2",)]
+    with sandbox_connection() as con, pytest.raises(duckdb.CatalogException, match="secret_frame"):
+        con.sql("SELECT * FROM secret_frame").fetchall()
