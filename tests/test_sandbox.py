@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -171,6 +172,20 @@ def test_cli_refused_query_names_no_path(store_path, secret_db, capsys):
     assert code == 2 and str(secret_db) not in err and err.startswith("eventlab: error: query refused")
 
 
+def _wait_until_it_reads(child: subprocess.Popen, store_path: Path) -> None:
+    """Wait (at most a minute) until ``child`` has the store open."""
+    deadline = time.monotonic() + 60
+    fds = Path(f"/proc/{child.pid}/fd")
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            if any(os.path.realpath(fd) == str(store_path.resolve()) for fd in fds.iterdir()):
+                return
+        except OSError:  # a descriptor closed while listing
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"eventlab query never opened {store_path}")
+
+
 def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
     # given `eventlab query` running a query without end, when it gets SIGINT, then it stops cleanly
     command = [
@@ -187,8 +202,9 @@ def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
+        _wait_until_it_reads(child, store_path)  # past the imports: the command is running
         with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(timeout=3)  # it is running (and would for hours)
+            child.wait(timeout=1)  # and keeps running (it would for hours)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)
     finally:
