@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(cached, work)
 
         rebuilds = []
-        open_s, projections = _timed(lambda: Projections(work))
+        open_s, projections = _timed(lambda: Projections(work, attach=True))
         assert isinstance(projections, Projections)
         with projections:
             for _ in range(args.repeat):

@@ -30,7 +30,7 @@ from eventlab.projections import (
     query,
 )
 from eventlab.projections.cli import add_commands
-from eventlab.projections.engine import _extension_directory
+from eventlab.projections.sources import MirroredLog, _extension_directory
 
 
 def at(ms: int, day: int = 0) -> datetime:
@@ -52,7 +52,7 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def projections(store_path: Path):
-    with Projections(store_path) as opened:
+    with Projections(store_path, attach=True) as opened:  # nothing has it open: DuckDB's scan
         yield opened
 
 
@@ -261,7 +261,8 @@ def test_a_malformed_event_fails_the_update_and_leaves_the_projections_as_they_w
                 update()
             assert projections.checkpoint == 51
             assert all(projections.pl(name).equals(frame) for name, frame in before.items())
-        assert projections.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '%_next'").fetchone() == (0,)
+        leftovers = "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '%_next'"
+        assert projections._con.execute(leftovers).fetchone() == (0,)
 
 
 def test_as_of_a_position_replays_the_log_up_to_it(store_path, projections):
@@ -424,9 +425,9 @@ def test_the_sqlite_extension_comes_from_the_wheel_not_from_home(tmp_path, monke
         (cached / f"{name}.duckdb_extension").write_bytes(b"not an extension")
     before = sorted(home.rglob("*"))
     monkeypatch.setenv("HOME", str(home))
-    with Projections(store_path) as projections:
+    with Projections(store_path, attach=True) as projections:
         assert projections.checkpoint == 51 and projections.pl("orders").height == 5
-        setting = projections.sql("SELECT current_setting('extension_directory')").fetchone()[0]
+        setting = projections._con.execute("SELECT current_setting('extension_directory')").fetchone()[0]
     private = _extension_directory()
     assert setting == str(private) and not private.is_relative_to(home)
     assert private.stat().st_mode & 0o777 == 0o700
@@ -515,9 +516,10 @@ def test_cli_bad_input_is_an_eventlab_error(store_path, tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_next_to_a_store_open_in_this_process_duckdb_reads_through_sqlite3(tmp_path):
-    """Two SQLite libraries in one process must not open the same WAL file (SIGBUS): with a
-    SqliteEventStore open here, the projections mirror the log through Python's sqlite3."""
+def test_the_caller_chooses_how_the_log_is_read_and_attaching_an_open_store_is_refused(tmp_path):
+    """Two SQLite libraries in one process must not open the same WAL file (SIGBUS): given the
+    open SqliteEventStore, the projections read the log through Python's sqlite3; asking DuckDB to
+    attach that file while it is open here is refused; once it is closed, attaching works."""
     from datetime import timedelta
 
     from eventlab.events import StockAdded
@@ -528,8 +530,10 @@ def test_next_to_a_store_open_in_this_process_duckdb_reads_through_sqlite3(tmp_p
     with SqliteEventStore(path) as store:
         store.append([NewEvent(StockAdded(product_id="P1", quantity=5), 1, {"source": "inventory"})])
         store.set_checkpoint("relay", 1)
-        with Projections(path) as projections:
-            assert projections._mirror is not None
+        with pytest.raises(ProjectionError, match="open in this process"):
+            Projections(path, attach=True)
+        with Projections(store) as projections:
+            assert isinstance(projections._log, MirroredLog)
             assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (5,)
             store.append([NewEvent(StockAdded(product_id="P1", quantity=2), 2, {"source": "inventory"})])
             assert projections.refresh() == 1
@@ -537,6 +541,7 @@ def test_next_to_a_store_open_in_this_process_duckdb_reads_through_sqlite3(tmp_p
             assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (2,)
             report = audit(projections, grace=timedelta(0))
             assert not report["all_events_published"].ok  # event 2 is stored but not yet relayed
-    with Projections(path) as projections:
-        assert projections._mirror is None  # nothing open here any more: the fast attached scan
+    with Projections(path, attach=True) as projections:
+        assert not isinstance(projections._log, MirroredLog)  # the fast attached scan
         assert projections.sql("SELECT available FROM inventory WHERE product_id = 'P1'").fetchone() == (7,)
+        assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (2,)

@@ -4,8 +4,10 @@ Each projection is a named set of DuckDB tables and views, every one a pure SQL 
 event log (:mod:`.definitions`). :class:`Projections` copies the log into an in-memory DuckDB,
 builds them, catches up incrementally from its checkpoint, and answers "as of" a position or a
 time; results come as DuckDB relations or polars DataFrames (through Arrow). :func:`audit`
-checks the shop's invariants in SQL, :func:`query` runs read-only ad-hoc SQL, and
-:func:`export_parquet` writes everything to Parquet. Nothing here ever writes to the event store.
+checks the shop's invariants in SQL, :func:`query` runs read-only ad-hoc SQL in a sandbox that
+can read nothing else (:mod:`.sandbox`: refused with :class:`QueryRefused`, time-limited with
+:class:`QueryTimeout`), and :func:`export_parquet` writes everything to Parquet. Nothing here
+ever writes to the event store.
 
 Example:
     >>> from eventlab.projections import Projections, audit
@@ -17,13 +19,16 @@ Example:
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import CHECKS, AuditReport, Check, CheckResult, audit
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS, Projection, Relation
-from eventlab.projections.engine import ProjectionError, Projections, Snapshot
+from eventlab.projections.engine import Projections, Snapshot
 from eventlab.projections.export import export_parquet
+from eventlab.projections.sandbox import ProjectionError, QueryRefused, QueryTimeout
 
 __all__ = [
     "Projections",
     "Snapshot",
     "ProjectionError",
+    "QueryRefused",
+    "QueryTimeout",
     "Projection",
     "Relation",
     "PROJECTIONS",

@@ -9,27 +9,37 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from eventlab.projections.engine import ProjectionError, Projections
+from eventlab.projections.engine import Projections
+from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError
 
 __all__ = ["query"]
 
 
-def query(store_path: str | Path, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+def query(
+    store_path: str | Path,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    attach: bool = False,
+) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path``; return its rows.
 
     The query sees every relation of :attr:`Projections.names` and the store's own tables as
-    ``store.events``, ``store.checkpoints``, … Nothing can reach the store: it is attached
-    read-only, the DuckDB connection cannot open other files, and anything but a single read is
-    refused with :class:`~eventlab.projections.ProjectionError`. Values go in ``params``
-    (``?`` or ``$name``), never into the SQL text.
+    ``store.events``, ``store.checkpoints``, … It runs in a sandbox that holds those and can open
+    no file, URL or extension (:class:`~eventlab.projections.QueryRefused`), for at most
+    ``timeout`` seconds (:class:`~eventlab.projections.QueryTimeout`; ``None``/``0``: no limit);
+    anything but a single read is refused with :class:`~eventlab.projections.ProjectionError`.
+    Values go in ``params`` (``?`` or ``$name``), never into the SQL text. ``attach`` reads the
+    store with DuckDB's scan (see :class:`Projections`), for a process that does not have it open.
 
     Example:
         >>> by_status = query("/tmp/doc-shop/events.db", "SELECT status, count(*) AS n FROM orders GROUP BY status")
         >>> query("/tmp/doc-shop/events.db", "SELECT * FROM orders WHERE user_id = ?", ["U001"]).height
         3
     """
-    with Projections(store_path) as projections:
-        relation = projections.sql(sql, params)
+    with Projections(store_path, attach=attach) as projections:
+        relation = projections.sql(sql, params, timeout=timeout)
         try:
             return relation.pl()
         except duckdb.Error as exc:

@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
 from eventlab.projections.engine import EVENTS_DOC, Projections, Snapshot
 from eventlab.projections.export import export_parquet
+from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, QueryTimeout
 from eventlab.settings import Settings
 
 __all__ = ["add_commands"]
@@ -107,7 +109,27 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print a JSON array of rows")
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    fmt.add_argument(
+        "--wide", dest="format", action="store_const", const="wide", help="a table with every column at full width"
+    )
     parser.set_defaults(format="table")
+    parser.add_argument(
+        "--columns", type=_names, metavar="A,B,C", help="print only these columns, in this order (any format)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop the query after SECONDS (default {DEFAULT_TIMEOUT:g}; 0 for no limit)",
+    )
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no column names in {text!r}")
+    return names
 
 
 def _seconds(text: str) -> float:
@@ -131,7 +153,14 @@ def _store_path(args: argparse.Namespace) -> Path:
     return Settings.from_env(data_dir=getattr(args, "data_dir", None)).store_path
 
 
-def _print_frame(frame: pl.DataFrame, fmt: str) -> None:
+def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
+    """Print ``frame`` as JSON, CSV, a table that fits the terminal (polars' layout: long
+    values cut, middle columns elided) or, ``wide``, a table of every column at full width."""
+    if columns:
+        unknown = [name for name in columns if name not in frame.columns]
+        if unknown:
+            raise ProjectionError(f"no column {', '.join(unknown)}; the columns are: {', '.join(frame.columns)}")
+        frame = frame.select(columns)
     if fmt == "json":
         print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)]))
     elif fmt == "csv":
@@ -141,11 +170,50 @@ def _print_frame(frame: pl.DataFrame, fmt: str) -> None:
         for row in frame.iter_rows():
             writer.writerow(json.dumps(jsonable(v)) if isinstance(v, list | dict) else jsonable(v) for v in row)
         sys.stdout.write(out.getvalue())
-    else:
+    elif fmt == "wide":
         with pl.Config(
-            tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40, tbl_hide_column_data_types=True
+            tbl_rows=-1,
+            tbl_cols=-1,
+            tbl_width_chars=65_535,  # polars' maximum
+            fmt_str_lengths=65_535,
+            fmt_table_cell_list_len=-1,
+            tbl_hide_column_data_types=True,
+            tbl_hide_dataframe_shape=True,
         ):
             print(frame)
+    else:
+        width = shutil.get_terminal_size().columns
+        shown = _fitting_columns(frame, width)
+        with pl.Config(
+            tbl_rows=-1,
+            tbl_cols=-1,
+            tbl_width_chars=width,
+            fmt_str_lengths=_CELL,
+            tbl_hide_column_data_types=True,
+            tbl_hide_dataframe_shape=True,
+        ):
+            print(frame.select(shown))
+        hidden = [name for name in frame.columns if name not in shown]
+        if hidden:
+            print(f"{len(hidden)} more columns (--columns or --wide): {', '.join(hidden)}")
+
+
+#: The widest a cell gets in a table that fits the terminal (longer values are cut with "…").
+_CELL = 32
+
+
+def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
+    """The leading columns whose cells (cut at :data:`_CELL` characters) fit in ``width``; at least one."""
+    shown: list[str] = []
+    used = 1  # the table's left border
+    for name in frame.columns:
+        values = frame.get_column(name).cast(pl.String, strict=False).str.len_chars().max() if frame.height else 0
+        cell = min(max(len(name), int(values or 4)), _CELL) + 3  # padding and the separator
+        if shown and used + cell > width:
+            break
+        shown.append(name)
+        used += cell
+    return shown
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -155,7 +223,21 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    _print_frame(query(_store_path(args), args.sql), args.format)
+    return _bounded_command(args, lambda: query(_store_path(args), args.sql, timeout=args.timeout or None))
+
+
+def _bounded_command(args: argparse.Namespace, fetch: Callable[[], pl.DataFrame]) -> int:
+    """Print what ``fetch`` returns; a query stopped by ``--timeout`` (exit 2) or by Ctrl-C (130)
+    is one line on stderr."""
+    try:
+        frame = fetch()
+    except QueryTimeout as exc:
+        print(f"eventlab: query exceeded {exc.seconds:g} s (--timeout)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eventlab: query interrupted", file=sys.stderr)
+        return 130
+    _print_frame(frame, args.format, args.columns)
     return 0
 
 
@@ -176,11 +258,11 @@ def _projections(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with Projections(_store_path(args)) as projections:
-        source: Projections | Snapshot = projections
-        if args.as_of_position is not None or args.as_of_time is not None:
-            source = projections.as_of(position=args.as_of_position, time=args.as_of_time)
-        relation = source.relation(args.name)
-        frame = (relation.limit(args.limit) if args.limit > 0 else relation).pl()
-        _print_frame(frame, args.format)
-    return 0
+    def fetch() -> pl.DataFrame:
+        with Projections(_store_path(args)) as projections:
+            source: Projections | Snapshot = projections
+            if args.as_of_position is not None or args.as_of_time is not None:
+                source = projections.as_of(position=args.as_of_position, time=args.as_of_time)
+            return source.pl(args.name, limit=args.limit if args.limit > 0 else None, timeout=args.timeout or None)
+
+    return _bounded_command(args, fetch)

@@ -14,23 +14,16 @@ __all__ = ["export_parquet"]
 
 log = logging.getLogger(__name__)
 
-_RAW_EVENTS = """
-SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version,
-       data, metadata, CAST(recorded_at AS TIMESTAMP) AS recorded_at
-FROM store.events
-WHERE position <= $upto
-ORDER BY position
-"""
-
 
 def export_parquet(
-    source: Projections | str | Path, directory: str | Path, names: Iterable[str] | None = None
+    source: Projections | str | Path, directory: str | Path, names: Iterable[str] | None = None, *, attach: bool = False
 ) -> dict[str, Path]:
     """Write one Parquet file per relation into ``directory`` (created if needed); return name → path.
 
     ``events.parquet`` is the store's log itself, every column as stored (JSON as text) up to the
     projections' checkpoint; every other ``<name>.parquet`` is a relation of
-    :attr:`Projections.names`, in its documented order. ``names`` picks some (default: all).
+    :attr:`Projections.names`, in its documented order. ``names`` picks some (default: all);
+    ``attach`` is passed on when ``source`` is a path (see :class:`Projections`).
     Files are written through Arrow; DuckDB itself never touches the file system.
 
     Example:
@@ -38,7 +31,7 @@ def export_parquet(
         'orders.parquet'
     """
     if not isinstance(source, Projections):
-        with Projections(source) as projections:
+        with Projections(source, attach=attach) as projections:
             return export_parquet(projections, directory, names)
     chosen = list(source.names if names is None else names)
     for name in chosen:
@@ -50,7 +43,7 @@ def export_parquet(
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in chosen:
-        relation = source.sql(_RAW_EVENTS, {"upto": source.checkpoint}) if name == "events" else source.relation(name)
+        relation = source.raw_events() if name == "events" else source.relation(name)
         reader = relation.to_arrow_reader()
         path = directory / f"{name}.parquet"
         with pq.ParquetWriter(path, reader.schema) as writer:

@@ -1,0 +1,217 @@
+"""Where user SQL runs: a DuckDB that can read nothing but what eventlab hands it, under a time limit.
+
+DuckDB 1.5.5, as measured here:
+
+- ``enable_external_access = false`` refuses ``read_*``, ``glob``, ``COPY``, ``ATTACH``,
+  ``INSTALL`` and ``LOAD`` — but not table functions of an extension that is already loaded:
+  the connection that attached the store with the ``sqlite`` extension still answers
+  ``sqlite_scan('/any/file.db', 't')`` and ``sqlite_attach``. So user SQL never runs there: it
+  runs on a fresh in-memory connection that never loaded an extension, and receives the
+  projections as Arrow tables (:meth:`Sandbox.add`).
+- Given as a ``config`` key at connect time, ``enable_external_access = false`` leaves
+  ``allowed_paths`` holding ``<cwd>/:memory:`` and its WAL names, so a file of that name in the
+  working directory is readable; set with ``SET`` after connecting it does not. The local file
+  system is also disabled outright (``disabled_filesystems``), and the configuration locked.
+- ``getenv`` does not exist outside the DuckDB shell; settings that would show the home
+  directory (``home_directory``, ``secret_directory``) are set to a neutral value.
+
+:func:`bounded` runs a statement in a worker thread while the calling thread waits: the timer or a
+``KeyboardInterrupt`` (Ctrl-C) calls ``interrupt()`` on the connection, so a query without end
+always stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from eventlab.errors import EventlabError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ProjectionError",
+    "QueryRefused",
+    "QueryTimeout",
+    "Sandbox",
+    "bounded",
+    "sandbox_connection",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a query may run unless the caller says otherwise (``None`` or ``0``: no limit).
+DEFAULT_TIMEOUT = 5.0
+
+#: What a refused query is told: the same words whatever the path, so nothing is learnt about the machine.
+REFUSED = "query refused: only the projections and the store's tables can be read (no files, URLs or extensions)"
+
+#: Applied with ``SET`` after connecting, in this order (see the module docstring for why not as ``config``).
+_SETTINGS = (
+    "SET home_directory = '/eventlab-sandbox'",
+    "SET secret_directory = '/eventlab-sandbox'",
+    "SET extension_directory = '/eventlab-sandbox'",
+    "SET enable_external_access = false",
+    "SET disabled_filesystems = 'LocalFileSystem'",
+    "SET lock_configuration = true",
+)
+_ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
+#: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
+_TICK = 0.05
+
+
+class ProjectionError(EventlabError):
+    """A projection request cannot be answered: an unknown name, an "as of" outside the log,
+    or a query that is not a single read."""
+
+
+class QueryRefused(ProjectionError):
+    """The query tried to reach outside the sandbox (a file, a URL, an extension, a setting)."""
+
+
+class QueryTimeout(ProjectionError):
+    """The query ran longer than its time limit and was interrupted."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"query exceeded {seconds:g} s")
+        self.seconds = seconds
+
+
+def sandbox_connection() -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB that cannot open any file or URL and whose settings are locked."""
+    con = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_unsigned_extensions": False,
+            "allow_persistent_secrets": False,
+            "python_enable_replacements": False,  # no Python variables read by name
+            "temp_directory": "",  # never spill to disk
+        }
+    )
+    try:
+        for statement in _SETTINGS:
+            con.execute(statement)
+    except duckdb.Error:
+        con.close()
+        raise
+    return con
+
+
+def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise :class:`ProjectionError` unless ``sql`` is exactly one ``SELECT`` (``WITH``, ``FROM …``,
+    ``DESCRIBE``, ``SHOW`` and ``SUMMARIZE`` are reads too)."""
+    if not isinstance(sql, str):
+        raise ProjectionError(f"a query must be a string, not {type(sql).__name__}")
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ProjectionError(f"cannot parse the query: {exc}") from exc
+    if len(statements) != 1:
+        raise ProjectionError(f"expected exactly one statement, got {len(statements)}")
+    if statements[0].type not in _ALLOWED_STATEMENTS:
+        raise ProjectionError(f"only reads are allowed, not {statements[0].type.name}")
+
+
+def translate(exc: duckdb.Error) -> ProjectionError:
+    """A DuckDB error as the user sees it: anything about files, URLs or extensions is one generic
+    refusal (its text would tell whether a path exists); the rest keeps DuckDB's words."""
+    if isinstance(exc, duckdb.PermissionException | duckdb.IOException | duckdb.HTTPException):
+        return QueryRefused(REFUSED)
+    message = str(exc)
+    if isinstance(exc, duckdb.CatalogException) and ("extension" in message or "/" in message):
+        return QueryRefused(REFUSED)
+    return ProjectionError(f"query failed: {message}")
+
+
+def bounded(connections: Sequence[duckdb.DuckDBPyConnection], work: Callable[[], T], timeout: float | None) -> T:
+    """Run ``work`` (DuckDB calls on ``connections``) in a worker thread; interrupt it after
+    ``timeout`` seconds (``None``/``0``: never) or on ``KeyboardInterrupt`` in the calling thread.
+
+    Raises :class:`QueryTimeout` when the limit struck, re-raises ``KeyboardInterrupt`` once DuckDB
+    has stopped, and otherwise returns or raises whatever ``work`` did.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, raised there
+            failure.append(exc)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name="eventlab-query", daemon=True)
+    deadline = time.monotonic() + timeout if timeout else None
+    timed_out = False
+    worker.start()
+    try:
+        while not done.wait(_TICK):
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                _interrupt(connections)
+    except KeyboardInterrupt:
+        log.info("interrupting the query (Ctrl-C)")
+        while not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
+            _interrupt(connections)
+        raise
+    if timed_out and (failure or not outcome):
+        raise QueryTimeout(timeout or 0.0) from (failure[0] if failure else None)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _interrupt(connections: Sequence[duckdb.DuckDBPyConnection]) -> None:
+    for con in connections:
+        con.interrupt()
+
+
+class Sandbox:
+    """A :func:`sandbox_connection` holding the relations eventlab gave it, and nothing else.
+
+    Tables are handed over as Arrow (DuckDB scans them in place); views are created over them with
+    eventlab's own SQL before any user query runs.
+    """
+
+    def __init__(self) -> None:
+        self.con = sandbox_connection()
+
+    def add(self, name: str, table: pa.Table) -> None:
+        """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
+        schema, _, table_name = name.rpartition(".")
+        schema = schema or "main"
+        hidden = f"_arrow_{schema}_{table_name}"
+        self.con.register(hidden, table)
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table_name} AS SELECT * FROM {hidden}")
+
+    def execute(self, sql: str) -> None:
+        """Run eventlab's own SQL (a view, a macro) on the sandbox."""
+        self.con.execute(sql)
+
+    def run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
+        """One read, bounded by ``timeout``; the whole result as an Arrow table."""
+        ensure_single_read(self.con, sql)
+
+        def work() -> pa.Table:
+            return self.con.execute(sql, params).to_arrow_table()
+
+        try:
+            return bounded([self.con], work, timeout)
+        except duckdb.Error as exc:
+            raise translate(exc) from exc
+
+    def close(self) -> None:
+        """Close the connection (and drop the Arrow tables it held)."""
+        self.con.close()

@@ -1,0 +1,276 @@
+"""The analytics sandbox: user SQL reads the projections and the store's tables, and nothing else.
+
+Each escape below worked before the sandbox (the query ran on the connection that had loaded
+DuckDB's sqlite extension and attached the store). Then: a time limit, Ctrl-C, readable tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from projection_story import standard_story
+
+from eventlab.cli import main
+from eventlab.projections import ProjectionError, Projections, QueryRefused, QueryTimeout, query
+from eventlab.projections.sandbox import sandbox_connection
+
+ENDLESS = "SELECT sum(hash(i)) FROM range(100000000000) t(i)"
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sandbox") / "events.db"
+    standard_story(path).store.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def projections(store_path: Path):
+    with Projections(store_path, attach=True) as opened:  # the connection that has the sqlite extension
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def secret_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another SQLite file on the machine, with something in it a query must not see."""
+    path = tmp_path_factory.mktemp("elsewhere") / "secret.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (secret TEXT)")
+        con.execute("INSERT INTO t VALUES ('hunter2')")
+    return path
+
+
+ESCAPES = {
+    "sqlite_scan": "SELECT * FROM sqlite_scan('{path}', 't')",
+    "sqlite_attach": "SELECT * FROM sqlite_attach('{path}')",
+    "sqlite_query": "SELECT * FROM sqlite_query('{path}', 'SELECT * FROM t')",
+    "attach": "ATTACH '{path}' AS other",
+    "read_csv": "SELECT * FROM read_csv('{path}')",
+    "read_text": "SELECT * FROM read_text('{path}')",
+    "read_blob": "SELECT * FROM read_blob('{path}')",
+    "read_parquet": "SELECT * FROM read_parquet('{path}')",
+    "replacement_scan": "SELECT * FROM '{path}'",
+    "copy_to": "COPY (SELECT 1) TO '{path}.csv'",
+    "glob": "SELECT * FROM glob('{path}')",
+}
+
+
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+def test_no_table_function_or_statement_reads_another_file(projections, secret_db, escape):
+    # given a SQLite file elsewhere on the machine, when a query names it, then it is refused
+    with pytest.raises(ProjectionError) as refused:
+        projections.sql(ESCAPES[escape].format(path=secret_db)).fetchall()
+    assert "hunter2" not in str(refused.value)
+    assert not Path(f"{secret_db}.csv").exists()
+
+
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+def test_a_refusal_says_the_same_whether_the_path_exists_or_not(projections, secret_db, escape):
+    texts = []
+    for path in (secret_db, secret_db.with_name("missing.db"), Path("/etc/passwd"), Path("/etc/no-such-file")):
+        with pytest.raises(ProjectionError) as refused:
+            projections.sql(ESCAPES[escape].format(path=path)).fetchall()
+        texts.append(str(refused.value))
+    assert len(set(texts)) == 1, texts
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM read_blob('/etc/passwd')",
+        "SELECT * FROM read_json('/etc/passwd')",
+        "SELECT * FROM read_csv('https://example.com/x.csv')",
+        "SELECT * FROM glob('/*')",
+        "SELECT * FROM duckdb_extensions()",
+    ],
+)
+def test_files_urls_and_the_extension_directory_are_refused_in_one_message(projections, sql):
+    with pytest.raises(QueryRefused, match="query refused: only the projections"):
+        projections.sql(sql).fetchall()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSTALL sqlite",
+        "LOAD sqlite",
+        "LOAD '/tmp/evil.duckdb_extension'",
+        "SET enable_external_access = true",
+        "RESET lock_configuration",
+        "PRAGMA enable_profiling",
+        "CALL sqlite_attach('/etc/passwd')",
+    ],
+)
+def test_extensions_and_settings_cannot_be_changed(projections, sql):
+    with pytest.raises(ProjectionError, match="only reads"):
+        projections.sql(sql)
+
+
+def test_the_environment_and_home_directory_are_not_readable(projections):
+    with pytest.raises(ProjectionError, match="getenv"):
+        projections.sql("SELECT getenv('HOME')").fetchall()
+    settings = projections.sql("SELECT name, value FROM duckdb_settings()").fetchall()
+    home, cwd = os.path.expanduser("~"), os.getcwd()
+    assert not [(name, value) for name, value in settings if value and (home in value or cwd in value)]
+    assert dict(settings)["enable_external_access"] == "false" and dict(settings)["lock_configuration"] == "true"
+
+
+def test_a_file_named_like_the_in_memory_database_is_not_readable(projections, tmp_path, monkeypatch):
+    """DuckDB allows ``<cwd>/:memory:`` when external access is disabled at connect time."""
+    (tmp_path / ":memory:").write_text("hunter2")
+    monkeypatch.chdir(tmp_path)
+    with Projections(projections.store_path) as fresh, pytest.raises(QueryRefused):
+        fresh.sql("SELECT content FROM read_text(':memory:')").fetchall()
+
+
+def test_the_sandbox_still_reads_every_relation_the_store_tables_and_snapshots(projections):
+    assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
+    assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (51,)
+    assert projections.sql('SELECT count(*) FROM "store"."checkpoints"').fetchone()[0] >= 1
+    snapshot = projections.as_of(position=27)
+    assert projections.sql(f"SELECT count(*) FROM {snapshot.schema}.orders").fetchone() == (3,)
+    for name in projections.names:
+        assert projections.sql(f"SELECT count(*) FROM {name}").fetchone()[0] == projections.pl(name).height
+
+
+def test_an_endless_query_stops_at_its_time_limit(projections):
+    with pytest.raises(QueryTimeout, match="exceeded 0.5 s") as stopped:
+        projections.sql(ENDLESS, timeout=0.5)
+    assert isinstance(stopped.value, ProjectionError)
+    assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)  # still usable afterwards
+
+
+def test_the_time_limit_is_the_objects_default_and_the_api_takes_one_too(store_path):
+    with Projections(store_path, timeout=0.3) as short, pytest.raises(QueryTimeout):
+        short.sql(ENDLESS)
+    with pytest.raises(QueryTimeout):
+        query(store_path, ENDLESS, timeout=0.3)
+
+
+def test_cli_query_over_its_timeout_is_one_line_and_exit_2(store_path, capsys):
+    code = main(["query", "--data-dir", str(store_path.parent), "--timeout", "0.5", ENDLESS])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == "eventlab: query exceeded 0.5 s (--timeout)\n" and captured.out == ""
+
+
+def test_cli_refused_query_names_no_path(store_path, secret_db, capsys):
+    code = main(["query", "--data-dir", str(store_path.parent), f"SELECT * FROM sqlite_scan('{secret_db}', 't')"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(secret_db) not in err and err.startswith("eventlab: error: query refused")
+
+
+def _wait_until_it_reads(child: subprocess.Popen, store_path: Path) -> None:
+    """Wait (at most a minute) until ``child`` has the store open."""
+    deadline = time.monotonic() + 60
+    fds = Path(f"/proc/{child.pid}/fd")
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            if any(os.path.realpath(fd) == str(store_path.resolve()) for fd in fds.iterdir()):
+                return
+        except OSError:  # a descriptor closed while listing
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"eventlab query never opened {store_path}")
+
+
+def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
+    # given `eventlab query` running a query without end, when it gets SIGINT, then it stops cleanly
+    command = [
+        sys.executable,
+        "-m",
+        "eventlab",
+        "query",
+        "--data-dir",
+        str(store_path.parent),
+        "--timeout",
+        "0",
+        ENDLESS,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_until_it_reads(child, store_path)  # past the imports: the command is running
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=1)  # and keeps running (it would for hours)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130
+    assert err == "eventlab: query interrupted\n" and out == ""
+
+
+def test_ctrl_c_in_the_api_interrupts_duckdb_and_raises_keyboard_interrupt(projections):
+    """The waiting thread gets the KeyboardInterrupt; DuckDB is interrupted before it propagates."""
+    import threading
+
+    main_thread = threading.get_ident()
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(main_thread, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            projections.sql(ENDLESS, timeout=None)
+    finally:
+        timer.cancel()
+    assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
+
+
+# -- readable tables ------------------------------------------------------------------------------
+
+
+def test_show_fits_the_terminal_and_names_the_columns_left_out(store_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["show", "--data-dir", str(store_path.parent), "orders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table, footer = lines[:-1], lines[-1]
+    assert max(len(line) for line in table) <= 80
+    assert footer.startswith("") and "more columns (--columns or --wide): " in footer and "updated_at" in footer
+    assert "order_id" in table[1] and "O5" in "\n".join(table)
+
+
+def test_wide_prints_every_column_at_full_width(store_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["show", "--data-dir", str(store_path.parent), "orders", "--wide"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[1]
+    assert "updated_at" in header and "cancel_detail" in header and "more columns" not in out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) > 80
+
+
+def test_columns_choose_and_order_the_columns_in_every_format(store_path, capsys):
+    data_dir = str(store_path.parent)
+    assert main(["show", "--data-dir", data_dir, "orders", "--columns", "status,order_id"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.split() == ["│", "status", "┆", "order_id", "│"]
+    sql = "SELECT order_id, status, total FROM orders ORDER BY order_id LIMIT 2"
+    assert main(["query", "--data-dir", data_dir, "--json", "--columns", "order_id,total", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"order_id": "O1", "total": "22.50"},
+        {"order_id": "O2", "total": "25.00"},
+    ]
+    assert main(["query", "--data-dir", data_dir, "--columns", "nope", sql]) == 2
+    assert "no column nope; the columns are: order_id, status, total" in capsys.readouterr().err
+
+
+def test_python_variables_of_the_caller_are_not_tables():
+    """DuckDB's Python client reads a DataFrame by its variable name unless told not to."""
+    secret_frame = pl.DataFrame({"secret": ["hunter2"]})  # noqa: F841 - read by DuckDB, by name
+    with duckdb.connect() as default:
+        assert default.sql("SELECT * FROM secret_frame").fetchall() == [("hunter2",)]
+    with sandbox_connection() as con, pytest.raises(duckdb.CatalogException, match="secret_frame"):
+        con.sql("SELECT * FROM secret_frame").fetchall()
