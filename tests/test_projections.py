@@ -401,7 +401,7 @@ def test_missing_or_foreign_files_are_store_errors_and_nothing_is_written(tmp_pa
 
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database at all" * 100)
-    with pytest.raises(StoreError, match="not an eventlab event store"):
+    with pytest.raises(StoreError, match="not an SQLite database"):
         Projections(garbage)
 
     other = tmp_path / "other.db"
