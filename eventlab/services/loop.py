@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from eventlab.dlq import DeadLetterPublisher
@@ -267,7 +267,10 @@ class ServiceLoop:
         its copy was never acknowledged. When either step fails, the partition is held at this
         message (the offset stays before it) and ``health()`` says why.
         """
-        headers = list(message.headers() or [])
+        try:
+            headers = list(message.headers() or [])
+        except Exception as exc:  # noqa: BLE001 - e.g. a header name that is not UTF-8
+            headers, reason = [], f"{reason} (headers unreadable: {exc})"
         event_id = next((raw for name, raw in headers if name == "ce_id" and raw), None)
         try:
             letter = self.store.record_dead_letter(
@@ -314,8 +317,11 @@ class ServiceLoop:
         )
         if self._consumer is not None:
             partition = TopicPartition(message.topic(), message.partition(), message.offset())
-            self._consumer.pause([partition])
-            self._consumer.seek(partition)
+            try:
+                self._consumer.pause([partition])
+                self._consumer.seek(partition)
+            except KafkaException as exc:  # revoked meanwhile: its new owner starts before the message
+                log.warning("%s: cannot rewind %s[%d]: %s", self.service.name, *where, exc)
 
     def _resume_due(self, consumer: Consumer) -> None:
         now = time.monotonic()
@@ -333,10 +339,10 @@ class ServiceLoop:
     def _offsets(self, done: list[KafkaMessage]) -> list[TopicPartition]:
         """Per partition, the offset after the last done message that is not past a hold."""
         last: dict[tuple[str, int], int] = {}
-        for message in done:
+        for message in sorted(done, key=lambda m: (m.topic(), m.partition(), m.offset())):
             where = (message.topic(), message.partition())
             hold = self._holds.get(where)
-            if hold is not None and hold.resumed and message.offset() >= hold.offset:
+            if hold is not None and hold.resumed and message.offset() == hold.offset:
                 del self._holds[where]  # the held message went through
                 self._hold_backoff.pop(where, None)
                 hold = None
