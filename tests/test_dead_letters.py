@@ -18,9 +18,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from eventlab import cli
 from eventlab.dlq import BODY_LIMIT, DeadLetterPublisher, DeadLetters, printable
+from eventlab.errors import BrokerError
 from eventlab.events import OrderCreated, ProductCreated
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
-from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer
+from eventlab.kafka.broker import free_port
+from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer, produce_and_wait
 from eventlab.relay import CHECKPOINT, Relay, unpublished
 from eventlab.services.loop import ServiceLoop
 from eventlab.services.runtime import Service
@@ -402,3 +404,36 @@ def test_a_body_is_shown_safely_in_a_terminal():
     assert "\x1b" not in shown and "\x00" not in shown
     assert shown.startswith("ok \\x1b[2J\\x00 \\xff\\xfe café")
     assert "5,017 bytes in all" in shown
+
+
+def test_a_failed_delivery_is_an_error_although_flush_returns_zero(tmp_path):
+    # given a producer whose broker never answers, and a short delivery timeout
+    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}")
+    producer = make_producer(nowhere, **{"message.timeout.ms": 300})
+    # when a message is produced: flush() says nothing is left...
+    producer.produce("anywhere", b"x", b"k")
+    assert producer.flush(5) == 0
+    # ...but produce_and_wait reads the delivery report and says it failed
+    with pytest.raises(BrokerError, match="timed out"):
+        produce_and_wait(producer, "anywhere", b"x", b"k", [], timeout=5)
+
+
+def test_a_dead_letter_is_recorded_once_per_source_message(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        headers = [("ce_id", b"E-1"), ("binary", b"\xff\x00"), ("empty", None)]
+        # given a dead letter recorded for a message
+        first = store.record_dead_letter("order", "t", 1, 42, b"K", b"\xffbody", headers, "bad", event_id="E-1")
+        # when the same message is recorded again (a redelivery after a kill)
+        again = store.record_dead_letter("order", "t", 1, 42, b"K", b"\xffbody", headers, "bad again", event_id="E-1")
+        # then it is the same record, whole: bytes and headers exactly as they came
+        assert again == first and (first.value, first.headers, first.reason) == (b"\xffbody", headers, "bad")
+        assert not first.published
+        # and another message at the same offset (an embedded broker restarted) is a new record
+        other = store.record_dead_letter("order", "t", 1, 42, b"K", b"other", [], "bad")
+        # and another consumer's record of the same message is its own
+        mine = store.record_dead_letter("payment", "t", 1, 42, b"K", b"\xffbody", headers, "bad")
+        assert len({first.id, other.id, mine.id}) == 3
+        store.mark_dead_letter_published(first.id)
+        assert store.dead_letters(ids=[first.id])[0].published
+        assert [x.id for x in store.dead_letters(unpublished=True)] == [other.id, mine.id]
+        assert store.dead_letter_counts() == {"order": 2, "payment": 1}
