@@ -68,8 +68,8 @@ REPLAY_MAX_BYTES = 64 * 1024 * 1024
 def dead_letter_copy(letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
     """Topic, key, value and headers of the ``.dlq`` copy of ``letter``.
 
-    Headers: the original ones (but any ``dlq_*``), then ``dlq_id``, ``dlq_reason``, ``dlq_topic``,
-    ``dlq_partition``, ``dlq_offset``, ``dlq_consumer``, and ``dlq_truncated=1`` when the body, key or
+    Headers: the original ones (but any ``dlq_*``), then ``dlq_reason``, ``dlq_topic``, ``dlq_partition``,
+    ``dlq_offset``, ``dlq_consumer``, ``dlq_id``, and ``dlq_truncated=1`` when the body, key or
     headers had to be cut to fit (the record in the store keeps them whole).
     """
     truncated = False
@@ -91,12 +91,12 @@ def dead_letter_copy(letter: DeadLetter) -> tuple[str, bytes | None, bytes | Non
         budget -= size
         headers.append((name, raw))
     headers += [
-        ("dlq_id", str(letter.id).encode()),
         ("dlq_reason", letter.reason[:REASON_LIMIT].encode("utf-8", "replace")),
         ("dlq_topic", letter.topic.encode()),
         ("dlq_partition", str(letter.partition).encode()),
         ("dlq_offset", str(letter.offset).encode()),
         ("dlq_consumer", letter.consumer.encode()),
+        ("dlq_id", str(letter.id).encode()),
     ]
     if truncated:
         headers.append(("dlq_truncated", b"1"))
