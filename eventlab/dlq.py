@@ -46,12 +46,15 @@ __all__ = [
     "BODY_LIMIT",
     "DeadLetterPublisher",
     "DeadLetters",
+    "RELAY_CONSUMER",
     "Replayed",
     "add_commands",
     "dead_letter_copy",
     "printable",
 ]
 
+#: The consumer name of the relay's dead letters (stored events it could not publish).
+RELAY_CONSUMER = "relay"
 #: The most body bytes a ``.dlq`` copy carries: far below any broker's limit (Apache Kafka's
 #: default ``message.max.bytes`` is 1 MB), so the copy can always be written.
 BODY_LIMIT = 64 * 1024

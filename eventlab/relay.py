@@ -14,7 +14,7 @@ import threading
 
 from confluent_kafka import KafkaError
 
-from eventlab.dlq import DeadLetterPublisher
+from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
 from eventlab.errors import BrokerError
 from eventlab.kafka.clients import STORE_TOPIC, make_producer
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
@@ -110,7 +110,7 @@ class Relay:
             ("eventlab_recorded_at", stored.recorded_at.encode()),
         ]
         return self.store.record_dead_letter(
-            CHECKPOINT,
+            RELAY_CONSUMER,
             STORE_TOPIC,
             0,
             stored.position,

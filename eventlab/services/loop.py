@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from eventlab.dlq import DeadLetterPublisher
+from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.kafka.clients import make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
@@ -104,7 +104,8 @@ class ServiceLoop:
     def health(self) -> dict[str, object]:
         """Lag, counters and ``problems``, as ``GET /health`` reports them.
 
-        ``dead_lettered`` comes from the store (every instance, every restart); ``problems`` names
+        ``dead_lettered`` comes from the store (every instance, every restart), as does
+        ``relay_dead_lettered`` (stored events the relay could not publish); ``problems`` names
         each partition held at a message that could not be dead-lettered or handled yet.
         """
         s = self.stats
@@ -115,7 +116,9 @@ class ServiceLoop:
         ]
         try:
             found["lag"] = self.lag()
-            found["dead_lettered"] = self.store.dead_letter_counts().get(self.service.name, 0)
+            counts = self.store.dead_letter_counts()
+            found["dead_lettered"] = counts.get(self.service.name, 0)
+            found["relay_dead_lettered"] = counts.get(RELAY_CONSUMER, 0)  # stored events nobody could read
         except StoreError as exc:
             problems.append(f"event store: {exc}")
         found["problems"] = problems

@@ -422,6 +422,7 @@ class SqliteEventStore(EventStore):
             return dict(rows.fetchall())
 
     def pending(self, consumer: str, event_types: Iterable[str]) -> int:
+        # 'relay' is eventlab.dlq.RELAY_CONSUMER: what it dead-lettered was never published
         types = list(event_types)
         if not types:
             return 0
