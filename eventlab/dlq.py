@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -378,16 +379,21 @@ def _list(args: argparse.Namespace) -> int:
         if not found:
             print("no dead letters")
             return 0
-        print(f"{'id':>5}  {'recorded (UTC)':<19}  {'consumer':<12}  {'from':<40}  {'bytes':>9}  replays  reason")
+        rows = []
         for letter in found:
-            where = (
-                f"{letter.topic}@{letter.offset}"
-                if letter.topic == STORE_TOPIC
-                else (f"{letter.topic}[{letter.partition}]@{letter.offset}")
-            )
-            reason = printable(letter.reason.encode(), 80).replace("\n", " ")
+            where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
+            if letter.topic == STORE_TOPIC:
+                where = f"{letter.topic}@{letter.offset}"
+            rows.append((letter, where))
+        width = max(len(where) for _, where in rows)
+        head = f"{'id':>5}  {'recorded (UTC)':<19}  {'consumer':<12}  {'from':<{width}}  {'bytes':>9}  replays  "
+        room = max(20, shutil.get_terminal_size((120, 24)).columns - len(head) - 1)
+        print(f"{head}reason")
+        for letter, where in rows:
+            reason = printable(letter.reason.encode(), None).replace("\n", " ")
+            reason = reason if len(reason) <= room else reason[: room - 1] + "…"
             print(
-                f"{letter.id:>5}  {letter.recorded_at:%Y-%m-%d %H:%M:%S}  {letter.consumer:<12}  {where:<40}"
+                f"{letter.id:>5}  {letter.recorded_at:%Y-%m-%d %H:%M:%S}  {letter.consumer:<12}  {where:<{width}}"
                 f"  {len(letter.value or b''):>9,}  {letter.replays:>7}  {reason}"
             )
         return 0
