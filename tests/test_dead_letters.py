@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from eventlab import cli
 from eventlab.dlq import BODY_LIMIT, DeadLetterPublisher, DeadLetters, printable
-from eventlab.errors import BrokerError
+from eventlab.errors import BrokerError, StoreError
 from eventlab.events import OrderCreated, ProductCreated
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
 from eventlab.kafka.broker import free_port
@@ -258,6 +258,61 @@ def test_a_failed_dead_letter_delivery_holds_the_partition_until_it_succeeds(kaf
     assert loop.health()["problems"] == [] and loop.health()["dead_lettered"] == 1
     copies = read_topic(kafka, dead_letter_topic(topic), lambda got: len(got) >= 1)
     assert [dict(m.headers())["dlq_id"] for m in copies] == [str(letter.id).encode()]
+
+
+class FlakyStore(SqliteEventStore):
+    """A real store that fails like a full disk while ``failing`` is set."""
+
+    def __init__(self, path, failing):
+        super().__init__(path)
+        self.failing = failing
+
+    def _check(self):
+        if self.failing.is_set():
+            raise StoreError("disk I/O error")
+
+    def is_processed(self, consumer, event_id):
+        self._check()
+        return super().is_processed(consumer, event_id)
+
+    def record_dead_letter(self, *args, **kwargs):
+        self._check()
+        return super().record_dead_letter(*args, **kwargs)
+
+
+def test_a_store_failure_holds_the_partition_and_skips_nothing(kafka):
+    # given a store that fails, and a good message followed by poison
+    failing = threading.Event()
+    failing.set()
+    handled: list[str] = []
+    service = recorder(f"patient-{uuid.uuid4().hex[:6]}", handled)
+    topic = ProductCreated.topic
+    good = ProductCreated(product_id="P-first", name="First", price_cents=100, initial_stock=0)
+    send(kafka, topic, good.model_dump_json().encode(), headers=poison_headers("good-2", "ProductCreated"))
+    send(kafka, topic, b"not json either", headers=poison_headers("poison-3", "ProductCreated"))
+    with FlakyStore(kafka.store_path, failing) as store:
+        loop = ServiceLoop(service, store, kafka)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        try:
+            # when the good message cannot be handled for a while
+            problems = wait_until(lambda: loop.health()["problems"], what="a reported problem")
+            time.sleep(1.0)
+            # then it is held, not dead-lettered, and nothing after it is touched
+            assert "held at offset 0" in problems[0] and "disk I/O error" in problems[0]
+            assert store.dead_letters() == [] and handled == []
+            # when the store recovers
+            failing.clear()
+            wait_until(lambda: committed(kafka, service.name, topic) == 2, what="offsets committed")
+        finally:
+            stop.set()
+            thread.join(30)
+        # then the good message was handled once and the poison dead-lettered once
+        assert handled == ["P-first"]
+        [letter] = store.dead_letters()
+        assert (letter.offset, letter.event_id, letter.published) == (1, "poison-3", True)
+        assert loop.health()["problems"] == []
 
 
 def test_a_redelivered_poison_message_is_dead_lettered_once(kafka, store):
