@@ -2,7 +2,9 @@
 copied to ``<topic>.dlq`` with a checked delivery, and can be listed, shown and replayed.
 
 Runs on the real embedded broker and real SQLite: the shared ``shop`` for the end-to-end stories,
-a private broker and store where a test needs a service or a store of its own.
+a private broker and store where a test needs a service or a store of its own. Poison for the
+shared shop goes to topics other than ``order.lifecycle.created``, whose dead-letter topic
+``test_saga.py`` reads from the start.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from eventlab import cli
 from eventlab.dlq import BODY_LIMIT, DeadLetterPublisher, DeadLetters, printable
 from eventlab.errors import BrokerError, StoreError
-from eventlab.events import OrderCreated, ProductCreated
+from eventlab.events import OrderConfirmed, OrderCreated, PaymentCompleted, ProductCreated, ReservationConfirmed
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
 from eventlab.kafka.broker import free_port
 from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer, produce_and_wait
@@ -86,8 +88,10 @@ def subscribers(shop, topic):
 def test_deeply_nested_json_is_dead_lettered_and_orders_still_complete(shop, customer, make_product):
     # given a message with a known type whose data is a 100,000-deep JSON array
     event_id = f"deep-{uuid.uuid4()}"
-    topic = OrderCreated.topic
-    send(shop.kafka_settings, topic, b"[" * 100_000 + b"]" * 100_000, headers=poison_headers(event_id))
+    topic = OrderConfirmed.topic  # read by payment and notification, on every order's path
+    send(
+        shop.kafka_settings, topic, b"[" * 100_000 + b"]" * 100_000, headers=poison_headers(event_id, "OrderConfirmed")
+    )
     # when every service reading that topic has seen it
     expected = subscribers(shop, topic)
     letters = wait_until(
@@ -109,27 +113,29 @@ def test_a_one_megabyte_body_is_recorded_whole_and_copied_truncated(shop, custom
     # given 999,700 bytes that are not JSON
     event_id = f"huge-{uuid.uuid4()}"
     body = bytes(range(256)) * (999_700 // 256) + b"x" * (999_700 % 256)
-    send(shop.kafka_settings, OrderCreated.topic, body, headers=poison_headers(event_id))
+    topic = ReservationConfirmed.topic  # read by the order service
+    send(shop.kafka_settings, topic, body, headers=poison_headers(event_id, "ReservationConfirmed"))
     # when it has been dead-lettered
     letter = wait_until(
-        lambda: next((x for x in letters_of(shop.store, event_id) if x.consumer == "inventory" and x.published), None),
-        what="inventory's dead letter",
+        lambda: next((x for x in letters_of(shop.store, event_id) if x.consumer == "order" and x.published), None),
+        what="the order service's dead letter",
     )
     # then the store has every byte and the reason
     assert letter.value == body and len(letter.value) == 999_700
     assert letter.reason.startswith("value is not JSON")
     # and the .dlq copy carries the first 64 KiB, marked truncated, with where it came from
-    [copy] = read_topic(
+    copies = read_topic(
         shop.kafka_settings,
-        dead_letter_topic(OrderCreated.topic),
+        dead_letter_topic(topic),
         lambda got: any(dict(m.headers()).get("dlq_id") == str(letter.id).encode() for m in got),
-    )[-1:]
+    )
+    [copy] = [m for m in copies if dict(m.headers())["dlq_id"] == str(letter.id).encode()]
     headers = dict(copy.headers())
     assert headers["dlq_id"] == str(letter.id).encode()
     assert len(copy.value()) == BODY_LIMIT and body.startswith(copy.value())
     assert headers["dlq_truncated"] == b"1"
-    assert headers["dlq_consumer"] == b"inventory"
-    assert headers["dlq_topic"] == OrderCreated.topic.encode()
+    assert headers["dlq_consumer"] == b"order"
+    assert headers["dlq_topic"] == topic.encode()
     assert (int(headers["dlq_partition"]), int(headers["dlq_offset"])) == (letter.partition, letter.offset)
     assert headers["ce_id"] == event_id.encode()
     # and the shop goes on
@@ -139,14 +145,15 @@ def test_a_one_megabyte_body_is_recorded_whole_and_copied_truncated(shop, custom
 
 
 def test_dead_lettered_count_is_durable_and_lag_ignores_dead_letters(shop):
-    # given a poison message the inventory has dead-lettered
+    # given a poison message the order service has dead-lettered
     event_id = f"garbage-{uuid.uuid4()}"
-    send(shop.kafka_settings, OrderCreated.topic, b"\x00\xff garbage", headers=poison_headers(event_id))
-    wait_until(lambda: any(x.consumer == "inventory" for x in letters_of(shop.store, event_id)))
+    topic = PaymentCompleted.topic  # read by the order service
+    send(shop.kafka_settings, topic, b"\x00\xff garbage", headers=poison_headers(event_id, "PaymentCompleted"))
+    wait_until(lambda: any(x.consumer == "order" for x in letters_of(shop.store, event_id)))
     # when a new loop instance for the same service starts (a restart)
-    fresh = ServiceLoop(shop.services["inventory"], shop.store, shop.kafka_settings)
+    fresh = ServiceLoop(shop.services["order"], shop.store, shop.kafka_settings)
     # then it reports every dead letter ever recorded for the service, not zero
-    recorded = shop.store.dead_letter_counts()["inventory"]
+    recorded = shop.store.dead_letter_counts()["order"]
     assert fresh.health()["dead_lettered"] == recorded >= 1
     assert fresh.health()["problems"] == []
     # and the shop becomes idle: no lag is left by what was dead-lettered
