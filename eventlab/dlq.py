@@ -13,7 +13,7 @@ idempotent, so replaying something already handled is harmless.
 
 Example:
     >>> letters = DeadLetters(store, settings)  # doctest: +SKIP
-    >>> [letter.reason for letter in letters.list(topic="order.lifecycle.created")]  # doctest: +SKIP
+    >>> [letter.reason for letter in letters.find(topic="order.lifecycle.created")]  # doctest: +SKIP
     ['value is not JSON: Expecting value: line 1 column 1 (char 0)']
     >>> letters.replay([1])  # doctest: +SKIP
 """
@@ -196,7 +196,7 @@ class DeadLetters:
     def __repr__(self) -> str:
         return f"<DeadLetters {sum(self.counts().values())} recorded>"
 
-    def list(self, topic: str | None = None, consumer: str | None = None) -> list[DeadLetter]:
+    def find(self, topic: str | None = None, consumer: str | None = None) -> list[DeadLetter]:
         """Every recorded dead letter (of ``topic``/``consumer``), oldest first."""
         return self.store.dead_letters(topic=topic, consumer=consumer)
 
@@ -218,7 +218,7 @@ class DeadLetters:
         delivery, and record the replay. A stored event the relay could not decode is published as
         the relay would now, if it can be decoded now (after a fix); else it is reported, not sent.
         """
-        letters = self.list(topic=topic) if ids is None else [self.get(i) for i in ids]
+        letters = self.find(topic=topic) if ids is None else [self.get(i) for i in ids]
         if topic is not None:
             letters = [letter for letter in letters if letter.topic == topic]
         return [self._replay_one(letter, timeout) for letter in letters]
@@ -371,7 +371,7 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     def run(letters: DeadLetters) -> int:
-        found = letters.list(topic=args.topic, consumer=args.consumer)
+        found = letters.find(topic=args.topic, consumer=args.consumer)
         if args.json:
             for letter in found:
                 print(json.dumps(_summary(letter)))
