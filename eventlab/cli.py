@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab.projections.cli import add_commands  # noqa: PLC0415
 
     add_commands(commands, [common])
+    from eventlab.dlq import add_commands as add_dlq_commands  # noqa: PLC0415
+
+    add_dlq_commands(commands, [common])
     return parser
 
 

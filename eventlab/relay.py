@@ -14,12 +14,12 @@ import threading
 
 from confluent_kafka import KafkaError
 
+from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
-from eventlab.events import EVENT_TYPES
-from eventlab.kafka.clients import make_producer
-from eventlab.kafka.cloudevents import to_message
+from eventlab.kafka.clients import STORE_TOPIC, make_producer
+from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.settings import Settings
-from eventlab.store.base import EventStore
+from eventlab.store.base import DeadLetter, EventRecord, EventStore
 
 __all__ = ["Relay", "CHECKPOINT", "rewind", "unpublished"]
 
@@ -49,13 +49,21 @@ class Relay:
         self.last_error: str | None = None
         self.min_backoff = 0.1
         self.max_backoff = 5.0
+        self.dead_lettered = 0
         self._producer = None
+        self._dead_letters: DeadLetterPublisher | None = None
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} checkpoint={self.store.checkpoint(CHECKPOINT)}>"
 
     def publish_pending(self) -> int:
-        """Publish one batch of unpublished events; return how many were published."""
+        """Publish one batch of unpublished events; return how many were published.
+
+        A stored event that cannot be published as a consumer would read it (unknown type, data
+        that does not validate, bad JSON) is recorded as a dead letter (consumer ``relay``, topic
+        ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
+        checkpoint moves past the batch only once every message and copy is acknowledged.
+        """
         after = self.store.checkpoint(CHECKPOINT)
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
@@ -68,22 +76,56 @@ class Relay:
             if error is not None:
                 errors.append(error)
 
+        undecodable: list[tuple[EventRecord, str]] = []
         for stored in events:
-            key, value, headers = to_message(stored)
-            topic = EVENT_TYPES[stored.event_type].topic
+            try:
+                topic = record_topic(stored)
+                key, value, headers = to_message(stored)
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it becomes a dead letter
+                reason = str(exc) if isinstance(exc, UndecodableMessage) else f"{type(exc).__name__}: {exc}"
+                undecodable.append((stored, reason))
+                continue
             while True:
                 try:
                     self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                     break
                 except BufferError:
                     self._producer.poll(0.05)
+        letters = [self._record_dead_letter(stored, reason) for stored, reason in undecodable]
         remaining = self._producer.flush(30)
         if remaining or errors:
             reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
             raise BrokerError(f"relay could not publish events after position {after}: {reason}")
+        if self._dead_letters is None:
+            self._dead_letters = DeadLetterPublisher(self.store, self.settings)
+        for letter in letters:
+            if self._dead_letters.publish(letter):
+                self.dead_lettered += 1
+                log.warning("relay: stored event #%d dead-lettered as #%d: %s", letter.offset, letter.id, letter.reason)
         self.store.set_checkpoint(CHECKPOINT, events[-1].position)
-        self.published += len(events)
-        return len(events)
+        self.published += len(events) - len(letters)
+        return len(events) - len(letters)
+
+    def _record_dead_letter(self, stored: EventRecord, reason: str) -> DeadLetter:
+        headers: list[tuple[str, bytes | None]] = [
+            ("ce_id", stored.event_id.encode()),
+            ("ce_type", stored.event_type.encode()),
+            ("ce_subject", stored.aggregate_id.encode()),
+            ("ce_dataschemaversion", str(stored.schema_version).encode()),
+            ("eventlab_metadata", stored.metadata.encode("utf-8", "replace")),
+            ("eventlab_recorded_at", stored.recorded_at.encode()),
+        ]
+        return self.store.record_dead_letter(
+            RELAY_CONSUMER,
+            STORE_TOPIC,
+            0,
+            stored.position,
+            stored.aggregate_id.encode(),
+            stored.data.encode("utf-8", "replace"),
+            headers,
+            reason,
+            event_id=stored.event_id,
+        )
 
     def run(self, stop: threading.Event, idle_wait: float = 0.005) -> None:
         """Publish until ``stop`` is set. Any failure — the broker, the store, or a bug — is logged
@@ -134,6 +176,8 @@ class Relay:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
+        if self._dead_letters is not None:
+            self._dead_letters.close()
 
 
 def rewind(store: EventStore) -> None:

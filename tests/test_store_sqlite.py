@@ -184,31 +184,31 @@ def test_a_foreign_sqlite_database_is_refused_unchanged(tmp_path):
 
 
 def test_an_older_store_is_migrated_in_one_transaction(shop_store, monkeypatch):
-    # given this code knows a version 2 that adds a table
+    # given this code knows one more version that adds a table
     migration = (
         "CREATE TABLE parked (id TEXT PRIMARY KEY, body TEXT NOT NULL);\nCREATE INDEX parked_body ON parked (body);"
     )
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (migration,))
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    # when a version 1 store is opened, then it is at version 2 with its events intact
+    newest = SCHEMA_VERSION + 1
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, migration))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", newest)
+    # when a version 1 store is opened, then it is at the newest version with its events intact
     with SqliteEventStore(shop_store) as store:
         assert store.head() == 3
-    assert "parked" in tables(shop_store)
-    assert verify_event_store(shop_store) == 2
-    # and a new store is built at version 2 directly
-    assert verify_event_store(SqliteEventStore(shop_store.with_name("new.db")).path) == 2
+    assert {"parked", "dead_letters"} <= tables(shop_store)
+    assert verify_event_store(shop_store) == newest
+    # and a new store is built at the newest version directly
+    assert verify_event_store(SqliteEventStore(shop_store.with_name("new.db")).path) == newest
 
 
 def test_a_failing_migration_changes_nothing(shop_store, monkeypatch):
-    monkeypatch.setattr(
-        sqlite_module, "MIGRATIONS", ("CREATE TABLE parked (id TEXT); INSERT INTO nowhere VALUES (1);",)
-    )
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    failing = "CREATE TABLE parked (id TEXT); INSERT INTO nowhere VALUES (1);"
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, failing))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match="no such table: nowhere"):
         SqliteEventStore(shop_store)
     assert "parked" not in tables(shop_store)
     monkeypatch.undo()
-    assert verify_event_store(shop_store) == 1
+    assert verify_event_store(shop_store) == SCHEMA_VERSION
 
 
 def test_many_openers_of_a_new_store_create_it_once(tmp_path):

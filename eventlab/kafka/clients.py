@@ -14,7 +14,10 @@ from eventlab.settings import Settings
 
 __all__ = [
     "ALL_TOPICS",
+    "STORE_TOPIC",
     "dead_letter_topic",
+    "make_dead_letter_producer",
+    "produce_and_wait",
     "ensure_topics",
     "make_consumer",
     "make_producer",
@@ -31,8 +34,14 @@ def dead_letter_topic(topic: str) -> str:
     return topic + DEAD_LETTER_SUFFIX
 
 
-#: Every topic eventlab uses: one per event type, and a dead-letter topic for each.
-ALL_TOPICS: tuple[str, ...] = TOPICS + tuple(dead_letter_topic(t) for t in TOPICS)
+#: The source "topic" of stored events the relay could not decode (their offset is the position).
+STORE_TOPIC = "store"
+
+#: Every topic eventlab uses: one per event type, a dead-letter topic for each, and the relay's.
+ALL_TOPICS: tuple[str, ...] = TOPICS + tuple(dead_letter_topic(t) for t in (*TOPICS, STORE_TOPIC))
+
+#: How long a dead-letter copy may wait for its acknowledgement before its delivery counts as failed.
+DEAD_LETTER_TIMEOUT_MS = 10_000
 
 
 def group_id(service: str) -> str:
@@ -48,6 +57,40 @@ def make_producer(settings: Settings, **overrides: object) -> Producer:
     """An idempotent producer (acks=all) with a 1 ms linger."""
     config = {"enable.idempotence": True, "acks": "all", "linger.ms": 1, **_base(settings), **overrides}
     return Producer(config)
+
+
+def make_dead_letter_producer(settings: Settings) -> Producer:
+    """A producer whose deliveries fail after 10 s instead of librdkafka's 300 s, so a loop that
+    cannot write a dead letter says so soon (and retries) rather than hanging."""
+    return make_producer(settings, **{"message.timeout.ms": DEAD_LETTER_TIMEOUT_MS})
+
+
+def produce_and_wait(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | str | None,
+    headers: list[tuple[str, bytes | None]],
+    timeout: float = DEAD_LETTER_TIMEOUT_MS / 1000 + 5,
+) -> None:
+    """Produce one message and return only once the broker acknowledged it.
+
+    Raises :class:`BrokerError` when ``produce`` refuses it or its delivery report carries an
+    error. ``flush()`` alone is not enough: it returns 0 when a delivery *failed*, too.
+    """
+    reports: list[KafkaError | None] = []
+    try:
+        producer.produce(topic, value, key, headers=headers, on_delivery=lambda error, _m: reports.append(error))
+    except KafkaException as exc:
+        error = exc.args[0]
+        raise BrokerError(f"cannot produce to {topic}: {error.str()}", error.code()) from exc
+    except BufferError as exc:
+        raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
+    producer.flush(timeout)
+    if not reports:
+        raise BrokerError(f"no acknowledgement from {topic} in {timeout:.0f} s")
+    if reports[0] is not None:
+        raise BrokerError(f"delivery to {topic} failed: {reports[0].str()}", reports[0].code())
 
 
 def make_consumer(settings: Settings, service: str, **overrides: object) -> Consumer:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from eventlab.events import EVENT_TYPES, Event
 from eventlab.store.base import EventRecord, StoredEvent
 
-__all__ = ["to_message", "from_message", "Message", "UndecodableMessage", "SOURCE_PREFIX"]
+__all__ = ["to_message", "from_message", "record_topic", "Message", "UndecodableMessage", "SOURCE_PREFIX"]
 
 SOURCE_PREFIX = "/eventlab/"
 Headers = list[tuple[str, bytes]]
@@ -60,6 +60,36 @@ def to_message(stored: StoredEvent | EventRecord) -> tuple[str, bytes, Headers]:
     return stored.aggregate_id, value.encode(), headers
 
 
+def _validate(cls: type[Event], value: bytes | str) -> Event:
+    """``value`` parsed as JSON and validated as ``cls``, or :class:`UndecodableMessage` saying why."""
+    try:
+        return cls.model_validate(json.loads(value))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "value"
+        raise UndecodableMessage(f"invalid {cls.__name__}: {field}: {first['msg']}") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise UndecodableMessage(f"value is not JSON: {str(exc)[:200]}") from exc
+    except RecursionError as exc:  # e.g. a 100,000-deep JSON array: json's C parser gives up
+        raise UndecodableMessage("value is nested too deeply to decode") from exc
+
+
+def record_topic(record: EventRecord) -> str:
+    """The topic a raw stored event is published to, once checked as a consumer will check it
+    (known type, data valid, metadata a JSON object); else :class:`UndecodableMessage`."""
+    cls = EVENT_TYPES.get(record.event_type)
+    if cls is None:
+        raise UndecodableMessage(f"unknown event type {record.event_type!r}")
+    _validate(cls, record.data)
+    try:
+        metadata = json.loads(record.metadata)
+    except (ValueError, RecursionError) as exc:
+        raise UndecodableMessage(f"metadata is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(metadata, dict):
+        raise UndecodableMessage("metadata is not a JSON object")
+    return cls.topic
+
+
 def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
     """Decode a Kafka message into a typed event, or raise :class:`UndecodableMessage` saying why."""
     found = {key: (raw or b"").decode("utf-8", "replace") for key, raw in headers or ()}
@@ -72,14 +102,7 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     cls = EVENT_TYPES.get(event_type)
     if cls is None:
         raise UndecodableMessage(f"unknown ce_type {event_type!r}")
-    try:
-        event = cls.model_validate(json.loads(value or b""))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "value"
-        raise UndecodableMessage(f"invalid {event_type}: {field}: {first['msg']}") from exc
-    except ValueError as exc:  # not JSON, or not UTF-8
-        raise UndecodableMessage(f"value is not JSON: {exc}") from exc
+    event = _validate(cls, value or b"")
     return Message(
         event_id=found["ce_id"],
         event=event,

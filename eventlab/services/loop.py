@@ -1,24 +1,31 @@
 """The one thin loop every consuming service runs:
 
 consume -> decode/validate -> skip if processed -> decide -> append (+ processed marker),
-then let the relay publish. Undecodable or unexpected messages, and messages whose handling
-keeps failing after retries, go to the topic's dead-letter topic with the reason in headers;
-the loop commits past them and keeps running.
+then let the relay publish.
+
+No input can stop it. A message that cannot be decoded or validated (whatever the exception:
+not JSON, not UTF-8, nested 100,000 deep, 1 MB of garbage, missing headers, unknown type, invalid
+data), or whose handling keeps failing after retries, becomes a dead letter (:mod:`eventlab.dlq`):
+recorded once in the event store, then copied to ``<topic>.dlq`` with a checked delivery report,
+and only then is the offset stored past it. When that cannot be done (the broker refuses the copy,
+the store fails), the partition is paused at that message and retried with backoff; ``health()``
+lists the problem. A message is never skipped, and never dead-lettered twice, also across kills.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from eventlab.errors import BrokerError, ConcurrencyError, StoreError
-from eventlab.kafka.clients import dead_letter_topic, make_consumer, make_producer
+from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
+from eventlab.errors import ConcurrencyError, StoreError
+from eventlab.kafka.clients import make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
@@ -29,18 +36,29 @@ __all__ = ["ServiceLoop", "LoopStats"]
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (ConcurrencyError, StoreError, sqlite3.OperationalError)
+#: The longest reason recorded with a dead letter (an exception's text can be the whole input).
+REASON_LIMIT = 4000
 
 
 @dataclass
 class LoopStats:
-    """Counters a health check or a notebook can show."""
+    """Counters of this loop instance a notebook can show (``health()`` has the durable ones)."""
 
     handled: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     retries: int = 0
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class _Hold:
+    """A partition paused at ``offset``: the message there could not be dead-lettered or handled."""
+
+    offset: int
+    problem: str
+    retry_at: float
+    resumed: bool = False
 
 
 class ServiceLoop:
@@ -59,41 +77,74 @@ class ServiceLoop:
         *,
         attempts: int = 4,
         backoff: float = 0.05,
+        max_hold: float = 5.0,
+        dead_letters: DeadLetterPublisher | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.settings = settings
         self.attempts = attempts
         self.backoff = backoff
+        self.max_hold = max_hold
         self.stats = LoopStats()
         self.assigned = threading.Event()
+        self.dead_letters = dead_letters or DeadLetterPublisher(store, settings)
         self._accepted = {cls.__name__ for cls in service.subscriptions}
-        self._dead_letters = None
         self._cache = StreamCache()
         self.handler_seconds = handler_histogram(service.name)
+        self._consumer: Consumer | None = None
+        self._holds: dict[tuple[str, int], _Hold] = {}
+        self._hold_backoff: dict[tuple[str, int], float] = {}
 
     def __repr__(self) -> str:
         s = self.stats
         return (
             f"<ServiceLoop {self.service.name} handled={s.handled} duplicates={s.duplicates} "
-            f"dead_lettered={s.dead_lettered}>"
+            f"dead_lettered={s.dead_lettered} held={len(self._holds)}>"
         )
 
-    def health(self) -> dict[str, int]:
-        """Lag and counters, as ``GET /health`` reports them."""
+    def health(self) -> dict[str, object]:
+        """Lag, counters and ``problems``, as ``GET /health`` reports them.
+
+        ``dead_lettered`` comes from the store (every instance, every restart), as does
+        ``relay_dead_lettered`` (stored events the relay could not publish); ``problems`` names
+        each partition held at a message that could not be dead-lettered or handled yet.
+        """
         s = self.stats
-        return {"lag": self.lag(), "handled": s.handled, "duplicates": s.duplicates, "dead_lettered": s.dead_lettered}
+        found: dict[str, object] = {"handled": s.handled, "duplicates": s.duplicates, "retries": s.retries}
+        problems = [
+            f"{topic}[{partition}] held at offset {hold.offset}: {hold.problem}"
+            for (topic, partition), hold in list(self._holds.items())
+        ]
+        try:
+            found["lag"] = self.lag()
+            counts = self.store.dead_letter_counts()
+            found["dead_lettered"] = counts.get(self.service.name, 0)
+            found["relay_dead_lettered"] = counts.get(RELAY_CONSUMER, 0)  # stored events nobody could read
+        except StoreError as exc:
+            problems.append(f"event store: {exc}")
+        found["problems"] = problems
+        return found
 
     def lag(self) -> int:
-        """Stored events of the subscribed types this service has not handled yet."""
-        return self.store.unprocessed(self.service.name, self._accepted)
+        """Stored events of the subscribed types this service has neither handled nor dead-lettered
+        (nor the relay, which never publishes what it dead-letters)."""
+        return self.store.pending(self.service.name, self._accepted)
 
     def run(self, stop: threading.Event, batch: int = 200, timeout: float = 0.005) -> None:
         """Consume and handle until ``stop`` is set; close the consumer cleanly."""
         consumer = make_consumer(self.settings, self.service.name)
-        consumer.subscribe(self.service.topics, on_assign=lambda *_: self.assigned.set())
+        self._consumer = consumer
+        consumer.subscribe(
+            self.service.topics,
+            on_assign=lambda *_: self.assigned.set(),
+            on_revoke=lambda _c, partitions: self._release(partitions),
+            on_lost=lambda _c, partitions: self._release(partitions),
+        )
+        self._publish_left_over()
         try:
             while not stop.is_set():
+                self._resume_due(consumer)
                 messages = []
                 for message in consumer.consume(batch, timeout):
                     if message.error():
@@ -101,23 +152,36 @@ class ServiceLoop:
                     else:
                         messages.append(message)
                 if messages:
-                    self.process(messages)
-                    for message in messages:
-                        consumer.store_offsets(message)
+                    offsets = self.process(messages)
+                    if offsets:
+                        consumer.store_offsets(offsets=offsets)
+                elif self._holds:
+                    stop.wait(0.05)
         finally:
+            self._consumer = None
             consumer.close()
-            if self._dead_letters is not None:
-                self._dead_letters.flush(5)
-                self._dead_letters = None  # destroy it now, not after the broker has stopped
+            self.dead_letters.close()  # now, not after the broker has stopped
 
-    def process(self, messages: list[KafkaMessage]) -> None:
+    def process(self, messages: list[KafkaMessage]) -> list[TopicPartition]:
         """Handle a batch of Kafka messages; never raises for bad input.
+
+        Returns the offsets to store: per partition, past the last message that is done (handled,
+        a duplicate, or dead-lettered and its copy acknowledged), and never past a held one.
 
         The fast path handles the whole batch in one store transaction (one commit instead of
         one per event). If anything in it fails, the batch is rolled back and each message is
-        handled on its own, with retries and, in the end, the dead-letter topic.
+        handled on its own, with retries and, in the end, a dead letter.
         """
-        decoded = [(message, found) for message in messages if (found := self.decode(message)) is not None]
+        done: list[KafkaMessage] = []
+        decoded: list[tuple[KafkaMessage, Message]] = []
+        for message in messages:
+            if self._held(message):
+                continue
+            found = self.decode(message)
+            if isinstance(found, Message):
+                decoded.append((message, found))
+            elif self.dead_letter(message, found):
+                done.append(message)
         if self.service.batch and len(decoded) > 1:
             try:
                 with self.store.transaction():
@@ -127,36 +191,53 @@ class ServiceLoop:
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
             else:
                 self._count(outcomes)
-                return
+                done.extend(message for message, _ in decoded)
+                decoded = []
         for message, found in decoded:
-            self.process_one(message, found)
+            if not self._held(message) and self.process_one(message, found):
+                done.append(message)
+        return self._offsets(done)
 
-    def decode(self, message: KafkaMessage) -> Message | None:
-        """The event in ``message``, or None after dead-lettering what cannot be handled."""
+    def decode(self, message: KafkaMessage) -> Message | str:
+        """The event in ``message``, or the reason it cannot be handled here.
+
+        Any exception counts: a codec bug or an input nobody foresaw must not stop the service.
+        """
         try:
             decoded = from_message(message.value(), message.headers())
         except UndecodableMessage as exc:
-            self.dead_letter(message, str(exc))
-            return None
+            return str(exc)
+        except RecursionError:
+            return "value is nested too deeply to decode"
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it goes to the dead letters
+            return f"cannot decode: {type(exc).__name__}: {exc}"
         if decoded.event.event_type not in self._accepted:
-            self.dead_letter(message, f"unexpected event type {decoded.event.event_type} for {self.service.name}")
-            return None
+            return f"unexpected event type {decoded.event.event_type} for {self.service.name}"
         return decoded
 
-    def process_one(self, message: KafkaMessage, decoded: Message) -> None:
-        """Handle one event in its own transaction, retrying with backoff, else dead-letter it."""
+    def process_one(self, message: KafkaMessage, decoded: Message) -> bool:
+        """Handle one event in its own transaction, retrying with backoff, else dead-letter it.
+
+        Returns whether it is done; a store failure holds the partition instead (retried later,
+        never skipped and never dead-lettered for the store's sake).
+        """
         for attempt in range(1, self.attempts + 1):
             try:
                 self._count([self.handle(decoded)])
-                return
-            except _TRANSIENT as exc:
+                return True
+            except StoreError as exc:
+                self._hold(message, f"event store: {exc}")
+                return False
+            except ConcurrencyError as exc:
                 error: Exception = exc
             except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the service
                 log.exception("%s failed on %s", self.service.name, decoded.event_id)
                 error = exc
             self.stats.retries += 1
             time.sleep(self.backoff * 2 ** (attempt - 1))
-        self.dead_letter(message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}")
+        return self.dead_letter(
+            message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
+        )
 
     def handle(self, message: Message) -> bool:
         """Decide on one decoded event and append the outcome with the processed marker.
@@ -186,19 +267,99 @@ class ServiceLoop:
         self.stats.handled += handled
         self.stats.duplicates += len(outcomes) - handled
 
-    def dead_letter(self, message: KafkaMessage, reason: str) -> None:
-        """Copy ``message`` to its dead-letter topic with the reason in headers, and wait for the ack."""
-        if self._dead_letters is None:
-            self._dead_letters = make_producer(self.settings)
-        headers = list(message.headers() or []) + [
-            ("dlq_reason", reason.encode()),
-            ("dlq_topic", message.topic().encode()),
-            ("dlq_partition", str(message.partition()).encode()),
-            ("dlq_offset", str(message.offset()).encode()),
-            ("dlq_consumer", self.service.name.encode()),
-        ]
-        self._dead_letters.produce(dead_letter_topic(message.topic()), message.value(), message.key(), headers=headers)
-        if self._dead_letters.flush(30):
-            raise BrokerError(f"could not dead-letter {message.topic()}@{message.offset()}")
-        self.stats.dead_lettered += 1
-        log.warning("%s: dead-lettered %s@%d: %s", self.service.name, message.topic(), message.offset(), reason)
+    def dead_letter(self, message: KafkaMessage, reason: str) -> bool:
+        """Record ``message`` as a dead letter and copy it to its ``.dlq`` topic; True when done.
+
+        Idempotent: a redelivered message finds its record (no second one) and is copied only if
+        its copy was never acknowledged. When either step fails, the partition is held at this
+        message (the offset stays before it) and ``health()`` says why.
+        """
+        try:
+            headers = list(message.headers() or [])
+        except Exception as exc:  # noqa: BLE001 - e.g. a header name that is not UTF-8
+            headers, reason = [], f"{reason} (headers unreadable: {exc})"
+        event_id = next((raw for name, raw in headers if name == "ce_id" and raw), None)
+        try:
+            letter = self.store.record_dead_letter(
+                self.service.name,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.value(),
+                headers,
+                reason[:REASON_LIMIT],
+                event_id=event_id.decode("utf-8", "replace")[:200] if event_id else None,
+            )
+            if self.dead_letters.publish(letter):
+                self.stats.dead_lettered += 1
+                log.warning(
+                    "%s: dead-lettered %s[%d]@%d as #%d: %s",
+                    self.service.name,
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    letter.id,
+                    reason[:200],
+                )
+        except Exception as exc:  # noqa: BLE001 - broker, store or anything else: hold, never skip
+            self._hold(message, f"cannot dead-letter ({reason[:100]}): {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    # --- holding a partition at a message ------------------------------------------------------
+
+    def _held(self, message: KafkaMessage) -> bool:
+        hold = self._holds.get((message.topic(), message.partition()))
+        return hold is not None and not hold.resumed and message.offset() >= hold.offset
+
+    def _hold(self, message: KafkaMessage, problem: str) -> None:
+        """Pause the message's partition and rewind it to the message, to try again after a backoff."""
+        where = (message.topic(), message.partition())
+        delay = self._hold_backoff.get(where, 0.1)
+        self._hold_backoff[where] = min(delay * 2, self.max_hold)
+        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay)
+        log.warning(
+            "%s: holding %s[%d] at %d for %.1f s: %s", self.service.name, *where, message.offset(), delay, problem
+        )
+        if self._consumer is not None:
+            partition = TopicPartition(message.topic(), message.partition(), message.offset())
+            try:
+                self._consumer.pause([partition])
+                self._consumer.seek(partition)
+            except KafkaException as exc:  # revoked meanwhile: its new owner starts before the message
+                log.warning("%s: cannot rewind %s[%d]: %s", self.service.name, *where, exc)
+
+    def _resume_due(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        for (topic, partition), hold in list(self._holds.items()):
+            if not hold.resumed and hold.retry_at <= now:
+                hold.resumed = True  # kept for health() until the message is done
+                consumer.resume([TopicPartition(topic, partition)])
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        """Forget holds on partitions this instance no longer owns (their new owner retries)."""
+        for partition in partitions:
+            self._holds.pop((partition.topic, partition.partition), None)
+            self._hold_backoff.pop((partition.topic, partition.partition), None)
+
+    def _offsets(self, done: list[KafkaMessage]) -> list[TopicPartition]:
+        """Per partition, the offset after the last done message that is not past a hold."""
+        last: dict[tuple[str, int], int] = {}
+        for message in sorted(done, key=lambda m: (m.topic(), m.partition(), m.offset())):
+            where = (message.topic(), message.partition())
+            hold = self._holds.get(where)
+            if hold is not None and hold.resumed and message.offset() == hold.offset:
+                del self._holds[where]  # the held message went through
+                self._hold_backoff.pop(where, None)
+                hold = None
+            if hold is None or message.offset() < hold.offset:
+                last[where] = max(last.get(where, -1), message.offset())
+        return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+
+    def _publish_left_over(self) -> None:
+        """Copy dead letters a kill left recorded but unpublished (their message may be gone)."""
+        try:
+            self.dead_letters.publish_unpublished(self.service.name)
+        except Exception as exc:  # noqa: BLE001 - the redelivered message will try again
+            log.warning("%s: cannot publish left-over dead letters yet: %s", self.service.name, exc)

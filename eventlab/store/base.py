@@ -13,10 +13,12 @@ from typing import Any, NamedTuple, Self
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
-__all__ = ["EventRecord", "EventStore", "Metadata", "NewEvent", "StoreBusy", "StoredEvent"]
+__all__ = ["DeadLetter", "EventRecord", "EventStore", "Headers", "Metadata", "NewEvent", "StoreBusy", "StoredEvent"]
 
 #: Correlation id, causation id and W3C ``traceparent`` of an event.
 Metadata = dict[str, str]
+#: Kafka message headers as confluent-kafka gives them: (name, value or None), in order.
+Headers = list[tuple[str, bytes | None]]
 
 
 class StoreBusy(StoreError):
@@ -82,6 +84,42 @@ class EventRecord(NamedTuple):
     data: str
     metadata: str
     recorded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be handled, recorded whole (the store is its durable home; the
+    ``<topic>.dlq`` copy is for people watching Kafka and may be truncated).
+
+    ``topic``/``partition``/``offset`` locate the source message; a stored event the relay could
+    not decode has consumer ``relay``, topic ``store``, partition 0 and offset = its position.
+    """
+
+    id: int
+    consumer: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    reason: str
+    event_id: str | None
+    recorded_at: datetime
+    published_at: datetime | None = None
+    replayed_at: datetime | None = None
+    replays: int = 0
+
+    @property
+    def published(self) -> bool:
+        """Whether the copy on ``<topic>.dlq`` was acknowledged by the broker."""
+        return self.published_at is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"<DeadLetter #{self.id} {self.consumer} {self.topic}[{self.partition}]@{self.offset} "
+            f"{len(self.value or b'')} B: {self.reason[:60]}>"
+        )
 
 
 class EventStore(ABC):
@@ -155,6 +193,51 @@ class EventStore(ABC):
     @abstractmethod
     def set_checkpoint(self, name: str, position: int) -> None:
         """Record ``position`` under ``name``."""
+
+    @abstractmethod
+    def record_dead_letter(
+        self,
+        consumer: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        reason: str,
+        event_id: str | None = None,
+    ) -> DeadLetter:
+        """Record a dead letter once: a second call for the same source message (same consumer,
+        topic, partition, offset and content) returns the first record and writes nothing."""
+
+    @abstractmethod
+    def dead_letters(
+        self,
+        *,
+        ids: Iterable[int] | None = None,
+        topic: str | None = None,
+        consumer: str | None = None,
+        unpublished: bool = False,
+    ) -> list[DeadLetter]:
+        """Recorded dead letters by id, optionally only those of ``ids``/``topic``/``consumer``,
+        or only those whose ``.dlq`` copy is not acknowledged yet."""
+
+    @abstractmethod
+    def mark_dead_letter_published(self, dead_letter_id: int) -> None:
+        """Note that the broker acknowledged the ``.dlq`` copy of a dead letter."""
+
+    @abstractmethod
+    def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
+        """Note that a dead letter was produced again to its original topic."""
+
+    @abstractmethod
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters recorded per consumer (durable: survives restarts)."""
+
+    @abstractmethod
+    def pending(self, consumer: str, event_types: Iterable[str]) -> int:
+        """Like :meth:`unprocessed`, without the events ``consumer`` or the relay dead-lettered
+        (they will never be handled, so they are no lag)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -10,11 +10,14 @@ empty). Every ``sqlite3`` error leaves this module as an eventlab error.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 import logging
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,7 +28,7 @@ from typing import ParamSpec, TypeVar
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
-from eventlab.store.base import EventRecord, EventStore, NewEvent, StoreBusy, StoredEvent
+from eventlab.store.base import DeadLetter, EventRecord, EventStore, Headers, NewEvent, StoreBusy, StoredEvent
 
 __all__ = [
     "BASE_SCHEMA",
@@ -73,7 +76,28 @@ CREATE TABLE eventlab (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #: version or the next, never in between. A new table or column is one more entry; never edit a
 #: released entry. A new store runs :data:`BASE_SCHEMA` and then every entry.
 MIGRATIONS: tuple[str, ...] = (
-    # 1 -> 2: the dead-letter table (issue 7; the dlq helper's CREATE TABLE dead_letters ... goes here).
+    # 1 -> 2: dead letters, recorded whole before their copy goes to <topic>.dlq (see eventlab.dlq).
+    """
+CREATE TABLE dead_letters (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    consumer         TEXT    NOT NULL,
+    source_topic     TEXT    NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset    INTEGER NOT NULL,
+    digest           TEXT    NOT NULL,
+    key              BLOB,
+    value            BLOB,
+    headers          TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    event_id         TEXT,
+    recorded_at      TEXT    NOT NULL,
+    published_at     TEXT,
+    replayed_at      TEXT,
+    replays          INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (consumer, source_topic, source_partition, source_offset, digest)
+);
+CREATE INDEX dead_letters_by_event ON dead_letters (event_id, consumer);
+""",
 )
 
 #: The schema version this code writes and understands.
@@ -359,7 +383,7 @@ class SqliteEventStore(EventStore):
             raise StoreError(f"{self.path} is not an eventlab event store: it has no tables")
         if version == SCHEMA_VERSION:
             return
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file: every later connection uses WAL
+        self._switch_to_wal(conn)
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -380,6 +404,22 @@ class SqliteEventStore(EventStore):
             log.info("created event store %s (schema version %d)", self.path, SCHEMA_VERSION)
         elif version < SCHEMA_VERSION:
             log.info("migrated event store %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """``journal_mode=WAL`` (persistent in the file: every later connection uses it).
+
+        Changing the journal mode answers "database is locked" at once, without SQLite's busy
+        handler, while another opener holds the file; so it is retried here for the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     @_translated
     def _conn(self) -> sqlite3.Connection:
@@ -574,3 +614,175 @@ class SqliteEventStore(EventStore):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    @contextmanager
+    def _dead_letter_access(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            if not write or getattr(self._local, "in_transaction", False):
+                yield conn
+                return
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"dead letters in {self.path}: {exc}") from exc
+
+    def record_dead_letter(
+        self,
+        consumer: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        reason: str,
+        event_id: str | None = None,
+    ) -> DeadLetter:
+        digest = _message_digest(key, value, headers)
+        source = (consumer, topic, partition, offset, digest)
+        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        with self._dead_letter_access(write=True) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO dead_letters (consumer, source_topic, source_partition, source_offset, digest,"
+                " key, value, headers, reason, event_id, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (*source, key, value, _headers_to_json(headers), reason, event_id, now),
+            )
+            row = conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
+                " AND source_partition = ? AND source_offset = ? AND digest = ?",
+                source,
+            ).fetchone()
+        return _row_to_dead_letter(row)
+
+    def dead_letters(
+        self,
+        *,
+        ids: Iterable[int] | None = None,
+        topic: str | None = None,
+        consumer: str | None = None,
+        unpublished: bool = False,
+    ) -> list[DeadLetter]:
+        where, params = ["1 = 1"], []
+        if ids is not None:
+            wanted = [int(i) for i in ids]
+            where.append(f"id IN ({','.join('?' * len(wanted)) or 'NULL'})")
+            params.extend(wanted)
+        if topic is not None:
+            where.append("source_topic = ?")
+            params.append(topic)
+        if consumer is not None:
+            where.append("consumer = ?")
+            params.append(consumer)
+        if unpublished:
+            where.append("published_at IS NULL")
+        with self._dead_letter_access() as conn:
+            rows = conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
+            ).fetchall()
+        return [_row_to_dead_letter(row) for row in rows]
+
+    def mark_dead_letter_published(self, dead_letter_id: int) -> None:
+        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        with self._dead_letter_access(write=True) as conn:
+            conn.execute(
+                "UPDATE dead_letters SET published_at = ? WHERE id = ? AND published_at IS NULL", (now, dead_letter_id)
+            )
+
+    def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
+        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        with self._dead_letter_access(write=True) as conn:
+            conn.execute(
+                "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE id = ?", (now, dead_letter_id)
+            )
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._dead_letter_access() as conn:
+            rows = conn.execute("SELECT consumer, count(*) FROM dead_letters GROUP BY consumer ORDER BY consumer")
+            return dict(rows.fetchall())
+
+    def pending(self, consumer: str, event_types: Iterable[str]) -> int:
+        # 'relay' is eventlab.dlq.RELAY_CONSUMER: what it dead-lettered was never published
+        types = list(event_types)
+        if not types:
+            return 0
+        marks = ",".join("?" * len(types))
+        with self._dead_letter_access() as conn:
+            return conn.execute(
+                f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
+                "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id) AND NOT EXISTS "
+                "(SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, 'relay'))",
+                (*types, consumer, consumer),
+            ).fetchone()[0]
+
+
+_DEAD_LETTER_COLUMNS = (
+    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
+    " recorded_at, published_at, replayed_at, replays"
+)
+
+
+def _headers_to_json(headers: Headers) -> str:
+    """Headers as JSON a person can read in SQL: text where it is UTF-8, else ``{"base64": ...}``."""
+    rows: list[list[object]] = []
+    for name, raw in headers:
+        if raw is None:
+            rows.append([name, None])
+            continue
+        try:
+            rows.append([name, raw.decode("utf-8")])
+        except UnicodeDecodeError:
+            rows.append([name, {"base64": base64.b64encode(raw).decode("ascii")}])
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _headers_from_json(text: str) -> Headers:
+    headers: Headers = []
+    for name, raw in json.loads(text):
+        if raw is None or isinstance(raw, str):
+            headers.append((name, None if raw is None else raw.encode("utf-8")))
+        else:
+            headers.append((name, base64.b64decode(raw["base64"])))
+    return headers
+
+
+def _message_digest(key: bytes | None, value: bytes | None, headers: Headers) -> str:
+    """Tells apart two messages at the same offset: the embedded broker keeps its log in memory,
+    so after a restart an offset can name another message."""
+    digest = hashlib.sha256()
+    for part in (key, value, *(item for header in headers for item in (header[0].encode(), header[1]))):
+        digest.update(b"-" if part is None else b"+%d:" % len(part))
+        digest.update(part or b"")
+    return digest.hexdigest()
+
+
+def _utc(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _row_to_dead_letter(row: tuple) -> DeadLetter:
+    return DeadLetter(
+        id=row[0],
+        consumer=row[1],
+        topic=row[2],
+        partition=row[3],
+        offset=row[4],
+        key=row[5],
+        value=row[6],
+        headers=_headers_from_json(row[7]),
+        reason=row[8],
+        event_id=row[9],
+        recorded_at=_utc(row[10]),
+        published_at=_utc(row[11]),
+        replayed_at=_utc(row[12]),
+        replays=row[13],
+    )

@@ -1,0 +1,440 @@
+"""Dead letters: recorded whole in the event store, copied to ``<topic>.dlq``, listed, shown, replayed.
+
+A message a service cannot handle (or a stored event the relay cannot decode) is first recorded in
+the store's ``dead_letters`` table — full body, headers, reason, where it came from — once per
+source message. Only then is a copy produced to ``<topic>.dlq`` with the ``dlq_*`` headers, its
+delivery report checked, and the record marked published. The store is the durable truth: the copy
+is for people watching Kafka, cut to :data:`BODY_LIMIT` so any broker accepts it
+(``dlq_truncated=1`` says so), and the embedded broker forgets it on restart anyway.
+
+``eventlab dlq list|show|replay`` (and :class:`DeadLetters` in Python) read those records; a replay
+produces the original bytes and headers to the original topic again, after a fix. Consumers are
+idempotent, so replaying something already handled is harmless.
+
+Example:
+    >>> letters = DeadLetters(store, settings)  # doctest: +SKIP
+    >>> [letter.reason for letter in letters.find(topic="order.lifecycle.created")]  # doctest: +SKIP
+    ['value is not JSON: Expecting value: line 1 column 1 (char 0)']
+    >>> letters.replay([1])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from eventlab.errors import BrokerError, EventlabError, StoreError
+from eventlab.kafka.clients import (
+    STORE_TOPIC,
+    dead_letter_topic,
+    make_dead_letter_producer,
+    make_producer,
+    produce_and_wait,
+)
+from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
+from eventlab.settings import Settings
+from eventlab.store.base import DeadLetter, EventStore, Headers
+
+__all__ = [
+    "BODY_LIMIT",
+    "DeadLetterPublisher",
+    "DeadLetters",
+    "RELAY_CONSUMER",
+    "Replayed",
+    "add_commands",
+    "dead_letter_copy",
+    "printable",
+]
+
+#: The consumer name of the relay's dead letters (stored events it could not publish).
+RELAY_CONSUMER = "relay"
+#: The most body bytes a ``.dlq`` copy carries: far below any broker's limit (Apache Kafka's
+#: default ``message.max.bytes`` is 1 MB), so the copy can always be written.
+BODY_LIMIT = 64 * 1024
+#: The most bytes of original headers a copy carries (a huge header would break the limit too).
+HEADERS_LIMIT = 64 * 1024
+#: The most bytes of the original key a copy carries.
+KEY_LIMIT = 1024
+#: The longest reason kept in a ``dlq_reason`` header.
+REASON_LIMIT = 1000
+#: Client-side size limit for a replay: the original message, whatever its size (the broker decides).
+REPLAY_MAX_BYTES = 64 * 1024 * 1024
+
+
+def dead_letter_copy(letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
+    """Topic, key, value and headers of the ``.dlq`` copy of ``letter``.
+
+    Headers: the original ones (but any ``dlq_*``), then ``dlq_reason``, ``dlq_topic``, ``dlq_partition``,
+    ``dlq_offset``, ``dlq_consumer``, ``dlq_id``, and ``dlq_truncated=1`` when the body, key or
+    headers had to be cut to fit (the record in the store keeps them whole).
+    """
+    truncated = False
+    value = letter.value
+    if value is not None and len(value) > BODY_LIMIT:
+        value, truncated = value[:BODY_LIMIT], True
+    key = letter.key
+    if key is not None and len(key) > KEY_LIMIT:
+        key, truncated = key[:KEY_LIMIT], True
+    headers: Headers = []
+    budget = HEADERS_LIMIT
+    for name, raw in letter.headers:
+        if name.startswith("dlq_"):
+            continue
+        size = len(name.encode()) + len(raw or b"")
+        if size > budget:
+            truncated = True
+            continue
+        budget -= size
+        headers.append((name, raw))
+    headers += [
+        ("dlq_reason", letter.reason[:REASON_LIMIT].encode("utf-8", "replace")),
+        ("dlq_topic", letter.topic.encode()),
+        ("dlq_partition", str(letter.partition).encode()),
+        ("dlq_offset", str(letter.offset).encode()),
+        ("dlq_consumer", letter.consumer.encode()),
+        ("dlq_id", str(letter.id).encode()),
+    ]
+    if truncated:
+        headers.append(("dlq_truncated", b"1"))
+    return dead_letter_topic(letter.topic), key, value, headers
+
+
+class DeadLetterPublisher:
+    """Produces the ``.dlq`` copy of recorded dead letters and marks them published once acknowledged.
+
+    The producer is created on first use and thrown away after a failed delivery (an idempotent
+    producer can be left in an error state by a timed-out message).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        settings: Settings,
+        producer_factory: Callable[[Settings], Producer] = make_dead_letter_producer,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._producer_factory = producer_factory
+        self._producer: Producer | None = None
+
+    def __repr__(self) -> str:
+        return f"<DeadLetterPublisher {self.settings.bootstrap_servers or 'embedded'}>"
+
+    def publish(self, letter: DeadLetter) -> bool:
+        """Copy ``letter`` to its ``.dlq`` topic unless already done; True if a copy was produced.
+
+        Raises :class:`BrokerError` if the broker did not acknowledge it (the record stays
+        unpublished, so a retry or the next start produces it), :class:`StoreError` if the mark
+        could not be written (then a retry produces a second copy, never none).
+        """
+        if letter.published:
+            return False
+        topic, key, value, headers = dead_letter_copy(letter)
+        if self._producer is None:
+            self._producer = self._producer_factory(self.settings)
+        try:
+            produce_and_wait(self._producer, topic, value, key, headers)
+        except BrokerError:
+            self._discard()
+            raise
+        self.store.mark_dead_letter_published(letter.id)
+        return True
+
+    def publish_unpublished(self, consumer: str | None = None) -> int:
+        """Publish the records a kill left unpublished (of ``consumer``, or all); return how many."""
+        letters = self.store.dead_letters(consumer=consumer, unpublished=True)
+        return sum(self.publish(letter) for letter in letters)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+    def _discard(self) -> None:
+        if self._producer is not None:
+            self._producer.purge()
+            self._producer = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay did with one dead letter: ``topic`` it went to, or ``error`` saying why not."""
+
+    id: int
+    topic: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class DeadLetters:
+    """The typed API behind ``eventlab dlq``: list, show and replay recorded dead letters.
+
+    ``settings`` must point at a running broker for :meth:`replay` only.
+
+    Example:
+        >>> letters = DeadLetters(shop.store, shop.kafka_settings)  # doctest: +SKIP
+        >>> letters.counts()  # doctest: +SKIP
+        {'inventory': 2, 'relay': 1}
+    """
+
+    def __init__(self, store: EventStore, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self._producer: Producer | None = None
+
+    def __repr__(self) -> str:
+        return f"<DeadLetters {sum(self.counts().values())} recorded>"
+
+    def find(self, topic: str | None = None, consumer: str | None = None) -> list[DeadLetter]:
+        """Every recorded dead letter (of ``topic``/``consumer``), oldest first."""
+        return self.store.dead_letters(topic=topic, consumer=consumer)
+
+    def get(self, dead_letter_id: int) -> DeadLetter:
+        """One dead letter by id; :class:`EventlabError` if there is none."""
+        found = self.store.dead_letters(ids=[dead_letter_id])
+        if not found:
+            raise EventlabError(f"no dead letter {dead_letter_id}")
+        return found[0]
+
+    def counts(self) -> dict[str, int]:
+        """Dead letters per consumer."""
+        return self.store.dead_letter_counts()
+
+    def replay(
+        self, ids: Iterable[int] | None = None, *, topic: str | None = None, timeout: float = 15.0
+    ) -> list[Replayed]:
+        """Produce dead letters (``ids``, or all of ``topic``, or all) again, each with a checked
+        delivery, and record the replay. A stored event the relay could not decode is published as
+        the relay would now, if it can be decoded now (after a fix); else it is reported, not sent.
+        """
+        letters = self.find(topic=topic) if ids is None else [self.get(i) for i in ids]
+        if topic is not None:
+            letters = [letter for letter in letters if letter.topic == topic]
+        return [self._replay_one(letter, timeout) for letter in letters]
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+    def _replay_one(self, letter: DeadLetter, timeout: float) -> Replayed:
+        try:
+            topic, key, value, headers = self._original(letter)
+        except UndecodableMessage as exc:
+            return Replayed(letter.id, None, f"stored event #{letter.offset} still cannot be published: {exc}")
+        if self._producer is None:
+            if self.settings is None or self.settings.embedded:
+                raise BrokerError(
+                    "replay needs a running broker: set EVENTLAB_BOOTSTRAP_SERVERS (the address 'eventlab up' prints)"
+                )
+            self._producer = make_producer(self.settings, **{"message.max.bytes": REPLAY_MAX_BYTES})
+        try:
+            produce_and_wait(self._producer, topic, value, key, headers, timeout)
+        except BrokerError as exc:
+            self._producer.purge()
+            self._producer = None
+            return Replayed(letter.id, topic, str(exc))
+        self.store.mark_dead_letter_replayed(letter.id)
+        return Replayed(letter.id, topic)
+
+    def _original(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
+        if letter.topic != STORE_TOPIC:
+            headers = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
+            return letter.topic, letter.key, letter.value, headers
+        records = self.store.read_records(after=letter.offset - 1, limit=1)
+        if not records or records[0].position != letter.offset:
+            raise UndecodableMessage("it is no longer in the store")
+        topic = record_topic(records[0])
+        key, value, headers = to_message(records[0])
+        return topic, key.encode(), value, list(headers)
+
+
+def printable(data: bytes | None, limit: int | None = 2000) -> str:
+    """``data`` made safe for a terminal: UTF-8 text with control characters and invalid bytes
+    escaped (``\\x1b``, ``\\xff``), cut after ``limit`` characters with a note of what was left out."""
+    if data is None:
+        return "(none)"
+    text = data.decode("utf-8", "backslashreplace")
+    escaped = "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+    if limit is not None and len(escaped) > limit:
+        return f"{escaped[:limit]}… ({len(data):,} bytes in all; --full FILE writes them)"
+    return escaped
+
+
+# --- command line ------------------------------------------------------------------------------
+
+_EPILOG = """\
+examples:
+  eventlab dlq list
+  eventlab dlq list --topic order.lifecycle.created --json
+  eventlab dlq show 3
+  eventlab dlq show 3 --full body.bin
+  EVENTLAB_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventlab dlq replay 3 4
+  EVENTLAB_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventlab dlq replay --all --topic order.lifecycle.created
+"""
+
+
+def add_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
+) -> None:
+    """Register ``eventlab dlq list|show|replay`` on ``subparsers``; ``parents`` give ``--data-dir``."""
+    parents = list(parents)
+    dlq = subparsers.add_parser(
+        "dlq",
+        help="list, show and replay dead letters",
+        description="Dead letters are messages a service could not handle and stored events the relay "
+        "could not decode. Each is recorded whole in the event store (the durable truth) and copied to "
+        "<topic>.dlq. These commands read the store's records.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        parents=parents,
+        help="dead letters with reason, consumer and where they came from",
+        description="One line per dead letter, oldest first: id, recorded time, consumer, original "
+        "topic[partition]@offset (a stored event: store@position), size, replays, reason.",
+    )
+    listing.add_argument("--topic", metavar="T", help="only dead letters from topic T ('store' for the relay's)")
+    listing.add_argument("--consumer", metavar="NAME", help="only those of this consumer (a service or 'relay')")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    listing.set_defaults(handler=_list)
+    show = actions.add_parser(
+        "show",
+        parents=parents,
+        help="one dead letter: headers and body",
+        description="Print one dead letter's record, headers and body. Control characters and bytes that "
+        "are not UTF-8 are escaped and a long body is cut; --full writes the exact bytes to a file.",
+    )
+    show.add_argument("id", type=int, help="the dead letter's id (see 'eventlab dlq list')")
+    show.add_argument("--full", type=Path, metavar="FILE", help="write the whole body, raw bytes, to FILE")
+    show.add_argument("--limit", type=int, default=2000, metavar="N", help="characters of body to print (2000)")
+    show.set_defaults(handler=_show)
+    replay = actions.add_parser(
+        "replay",
+        parents=parents,
+        help="produce dead letters to their original topic again, after a fix",
+        description="Produce each selected dead letter's original key, body and headers (minus dlq_*) "
+        "to its original topic, wait for the broker's acknowledgement and record the replay. A stored "
+        "event the relay could not decode is published as the relay would now, if it decodes now. "
+        "Consumers are idempotent: replaying something already handled changes nothing. Needs "
+        "EVENTLAB_BOOTSTRAP_SERVERS pointing at the running shop's broker. Exit status 1 if any failed.",
+    )
+    replay.add_argument("ids", type=int, nargs="*", default=[], metavar="ID", help="dead letters to replay")
+    replay.add_argument("--all", action="store_true", help="every dead letter (of --topic) instead of IDs")
+    replay.add_argument("--topic", metavar="T", help="with --all: only dead letters from topic T")
+    replay.set_defaults(handler=_replay)
+
+
+def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:
+    from eventlab.store.sqlite import SqliteEventStore  # noqa: PLC0415 - the CLI picks the adapter
+
+    settings = Settings.from_env(data_dir=args.data_dir)
+    if not settings.store_path.is_file():
+        raise StoreError(f"no event store at {settings.store_path}")
+    store = SqliteEventStore(settings.store_path, create=False)
+    letters = DeadLetters(store, settings)
+    try:
+        return action(letters)
+    finally:
+        letters.close()
+        store.close()
+
+
+def _summary(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "recorded_at": letter.recorded_at.isoformat(),
+        "consumer": letter.consumer,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "event_id": letter.event_id,
+        "bytes": len(letter.value or b""),
+        "published": letter.published,
+        "replays": letter.replays,
+        "reason": letter.reason,
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    def run(letters: DeadLetters) -> int:
+        found = letters.find(topic=args.topic, consumer=args.consumer)
+        if args.json:
+            for letter in found:
+                print(json.dumps(_summary(letter)))
+            return 0
+        if not found:
+            print("no dead letters")
+            return 0
+        rows = []
+        for letter in found:
+            where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
+            if letter.topic == STORE_TOPIC:
+                where = f"{letter.topic}@{letter.offset}"
+            rows.append((letter, where))
+        width = max(len(where) for _, where in rows)
+        head = f"{'id':>5}  {'recorded (UTC)':<19}  {'consumer':<12}  {'from':<{width}}  {'bytes':>9}  replays  "
+        room = max(20, shutil.get_terminal_size((120, 24)).columns - len(head) - 1)
+        print(f"{head}reason")
+        for letter, where in rows:
+            reason = printable(letter.reason.encode(), None).replace("\n", " ")
+            reason = reason if len(reason) <= room else reason[: room - 1] + "…"
+            print(
+                f"{letter.id:>5}  {letter.recorded_at:%Y-%m-%d %H:%M:%S}  {letter.consumer:<12}  {where:<{width}}"
+                f"  {len(letter.value or b''):>9,}  {letter.replays:>7}  {reason}"
+            )
+        return 0
+
+    return _with_letters(args, run)
+
+
+def _show(args: argparse.Namespace) -> int:
+    def run(letters: DeadLetters) -> int:
+        letter = letters.get(args.id)
+        for name, value in _summary(letter).items():
+            print(f"{name:<12} {printable(str(value).encode(), 400)}")
+        print(f"{'key':<12} {printable(letter.key, 200)}")
+        print("headers:")
+        for name, raw in letter.headers:
+            print(f"  {printable(name.encode(), 100)}: {printable(raw, 400)}")
+        print("body:")
+        print(printable(letter.value, args.limit))
+        if args.full is not None:
+            args.full.write_bytes(letter.value or b"")
+            print(f"wrote {len(letter.value or b''):,} bytes to {args.full}", file=sys.stderr)
+        return 0
+
+    return _with_letters(args, run)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if bool(args.ids) == args.all:
+        raise EventlabError("give dead letter IDs or --all (see 'eventlab dlq list')")
+    if args.topic and not args.all:
+        raise EventlabError("--topic goes with --all")
+
+    def run(letters: DeadLetters) -> int:
+        outcomes = letters.replay(None if args.all else args.ids, topic=args.topic)
+        for outcome in outcomes:
+            if outcome.ok:
+                print(f"replayed {outcome.id} to {outcome.topic}")
+            else:
+                print(f"not replayed {outcome.id}: {outcome.error}", file=sys.stderr)
+        if not outcomes:
+            print("nothing to replay")
+        return 0 if all(outcome.ok for outcome in outcomes) else 1
+
+    return _with_letters(args, run)

@@ -1,0 +1,501 @@
+"""Dead letters: no input stops a service; each poison message is recorded once, whole, in the store,
+copied to ``<topic>.dlq`` with a checked delivery, and can be listed, shown and replayed.
+
+Runs on the real embedded broker and real SQLite: the shared ``shop`` for the end-to-end stories,
+a private broker and store where a test needs a service or a store of its own. Poison for the
+shared shop goes to topics other than ``order.lifecycle.created``, whose dead-letter topic
+``test_saga.py`` reads from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from eventlab import cli
+from eventlab.dlq import BODY_LIMIT, DeadLetterPublisher, DeadLetters, printable
+from eventlab.errors import BrokerError, StoreError
+from eventlab.events import OrderConfirmed, OrderCreated, PaymentCompleted, ProductCreated, ReservationConfirmed
+from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
+from eventlab.kafka.broker import free_port
+from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer, produce_and_wait
+from eventlab.relay import CHECKPOINT, Relay, unpublished
+from eventlab.services.loop import ServiceLoop
+from eventlab.services.runtime import Service
+from eventlab.settings import Settings
+from eventlab.store import NewEvent, SqliteEventStore
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
+        time.sleep(0.02)
+    return found
+
+
+def poison_headers(event_id: str, event_type: str = "OrderCreated") -> list[tuple[str, bytes]]:
+    return [("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_type", event_type.encode())]
+
+
+def send(settings, topic, value, key=b"poison", headers=(), **config):
+    producer = make_producer(settings, **config)
+    producer.produce(topic, value, key, headers=list(headers))
+    assert producer.flush(10) == 0
+
+
+def read_topic(settings, topic, until=None, timeout=30.0, settle=1.0):
+    """Messages of ``topic`` from the start (assigned, no group join): until ``until(messages)``
+    holds and nothing more arrived for ``settle`` seconds, or ``timeout``."""
+    consumer = make_consumer(settings, f"test-reader-{uuid.uuid4().hex[:8]}")
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    got = []
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                got.append(message)
+                quiet_since = time.monotonic()
+            elif (until is None or until(got)) and time.monotonic() - quiet_since > settle:
+                break
+    finally:
+        consumer.close()
+    return got
+
+
+def letters_of(store, event_id):
+    return [letter for letter in store.dead_letters() if letter.event_id == event_id]
+
+
+def subscribers(shop, topic):
+    return {name for name, loop in shop.loops.items() if topic in loop.service.topics}
+
+
+# --- the shared shop: poison of every kind, and the shop goes on -----------------------------------
+
+
+def test_deeply_nested_json_is_dead_lettered_and_orders_still_complete(shop, customer, make_product):
+    # given a message with a known type whose data is a 100,000-deep JSON array
+    event_id = f"deep-{uuid.uuid4()}"
+    topic = OrderConfirmed.topic  # read by payment and notification, on every order's path
+    send(
+        shop.kafka_settings, topic, b"[" * 100_000 + b"]" * 100_000, headers=poison_headers(event_id, "OrderConfirmed")
+    )
+    # when every service reading that topic has seen it
+    expected = subscribers(shop, topic)
+    letters = wait_until(
+        lambda: (found := letters_of(shop.store, event_id)) and {x.consumer for x in found} == expected and found,
+        what="a dead letter per subscriber",
+    )
+    # then each recorded it once, with the reason, and its copy was acknowledged
+    assert len(letters) == len(expected)
+    assert all(letter.reason == "value is nested too deeply to decode" for letter in letters)
+    wait_until(lambda: all(x.published for x in letters_of(shop.store, event_id)), what="copies published")
+    # and the services keep working
+    product = make_product(2)
+    shop.wait_idle()
+    assert shop.wait(shop.place_order(customer, {product: 1})).status == "completed"
+    assert all(t.is_alive() for t in shop._threads)
+
+
+def test_a_one_megabyte_body_is_recorded_whole_and_copied_truncated(shop, customer, make_product):
+    # given 999,700 bytes that are not JSON
+    event_id = f"huge-{uuid.uuid4()}"
+    body = bytes(range(256)) * (999_700 // 256) + b"x" * (999_700 % 256)
+    topic = ReservationConfirmed.topic  # read by the order service
+    send(shop.kafka_settings, topic, body, headers=poison_headers(event_id, "ReservationConfirmed"))
+    # when it has been dead-lettered
+    letter = wait_until(
+        lambda: next((x for x in letters_of(shop.store, event_id) if x.consumer == "order" and x.published), None),
+        what="the order service's dead letter",
+    )
+    # then the store has every byte and the reason
+    assert letter.value == body and len(letter.value) == 999_700
+    assert letter.reason.startswith("value is not JSON")
+    # and the .dlq copy carries the first 64 KiB, marked truncated, with where it came from
+    copies = read_topic(
+        shop.kafka_settings,
+        dead_letter_topic(topic),
+        lambda got: any(dict(m.headers()).get("dlq_id") == str(letter.id).encode() for m in got),
+    )
+    [copy] = [m for m in copies if dict(m.headers())["dlq_id"] == str(letter.id).encode()]
+    headers = dict(copy.headers())
+    assert headers["dlq_id"] == str(letter.id).encode()
+    assert len(copy.value()) == BODY_LIMIT and body.startswith(copy.value())
+    assert headers["dlq_truncated"] == b"1"
+    assert headers["dlq_consumer"] == b"order"
+    assert headers["dlq_topic"] == topic.encode()
+    assert (int(headers["dlq_partition"]), int(headers["dlq_offset"])) == (letter.partition, letter.offset)
+    assert headers["ce_id"] == event_id.encode()
+    # and the shop goes on
+    product = make_product(1)
+    shop.wait_idle()
+    assert shop.wait(shop.place_order(customer, {product: 1})).status == "completed"
+
+
+def test_dead_lettered_count_is_durable_and_lag_ignores_dead_letters(shop):
+    # given a poison message the order service has dead-lettered
+    event_id = f"garbage-{uuid.uuid4()}"
+    topic = PaymentCompleted.topic  # read by the order service
+    send(shop.kafka_settings, topic, b"\x00\xff garbage", headers=poison_headers(event_id, "PaymentCompleted"))
+    wait_until(lambda: any(x.consumer == "order" for x in letters_of(shop.store, event_id)))
+    # when a new loop instance for the same service starts (a restart)
+    fresh = ServiceLoop(shop.services["order"], shop.store, shop.kafka_settings)
+    # then it reports every dead letter ever recorded for the service, not zero
+    recorded = shop.store.dead_letter_counts()["order"]
+    assert fresh.health()["dead_lettered"] == recorded >= 1
+    assert fresh.health()["problems"] == []
+    # and the shop becomes idle: no lag is left by what was dead-lettered
+    shop.wait_idle()
+    assert fresh.lag() == 0
+
+
+# --- a private broker and store: what the loop and the relay do step by step -------------------------
+
+
+@pytest.fixture
+def kafka(tmp_path):
+    with EmbeddedBroker(tmp_path / "broker") as broker:
+        settings = Settings(data_dir=tmp_path / "data", bootstrap_servers=broker.bootstrap_servers, partitions=1)
+        ensure_topics(settings)
+        yield settings
+
+
+@pytest.fixture
+def store(kafka):
+    with SqliteEventStore(kafka.store_path) as opened:
+        yield opened
+
+
+class FlakyProducer:
+    """A real producer whose delivery reports fail while ``failing`` is set (a broker refusing the DLQ)."""
+
+    def __init__(self, settings, failing):
+        self._producer = make_dead_letter_producer(settings)
+        self.failing = failing
+        self.produced = 0
+
+    def produce(self, topic, value, key, headers, on_delivery):
+        if self.failing.is_set():
+            on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            return
+        self.produced += 1
+        self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+
+    def flush(self, timeout):
+        return self._producer.flush(timeout)
+
+    def purge(self):
+        self._producer.purge()
+
+
+def recorder(name, handled, broken=None):
+    """A service that notes each ProductCreated it handles; fails while ``broken`` is set."""
+
+    def handle(event, _states):
+        if broken is not None and broken.is_set():
+            raise RuntimeError("a bug in the handler")
+        handled.append(event.product_id)
+        return ()
+
+    return Service(name, subscriptions=(ProductCreated,), handle=handle)
+
+
+def committed(settings, service, topic):
+    consumer = make_consumer(settings, service)
+    try:
+        [partition] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    finally:
+        consumer.close()
+    return partition.offset
+
+
+def test_a_failed_dead_letter_delivery_holds_the_partition_until_it_succeeds(kafka, store):
+    # given a loop whose dead-letter deliveries fail, and poison followed by a good message
+    failing = threading.Event()
+    failing.set()
+    producers = []
+
+    def factory(settings):
+        producers.append(FlakyProducer(settings, failing))
+        return producers[-1]
+
+    handled: list[str] = []
+    service = recorder(f"holder-{uuid.uuid4().hex[:6]}", handled)
+    loop = ServiceLoop(service, store, kafka, dead_letters=DeadLetterPublisher(store, kafka, factory))
+    topic = ProductCreated.topic
+    send(kafka, topic, b"not json", headers=poison_headers("poison-1", "ProductCreated"))
+    good = ProductCreated(product_id="P-after", name="After", price_cents=100, initial_stock=0)
+    send(kafka, topic, good.model_dump_json().encode(), headers=poison_headers("good-1", "ProductCreated"))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        # when the dead letter cannot be delivered
+        problems = wait_until(lambda: loop.health()["problems"], what="a reported problem")
+        time.sleep(1.0)  # several retries with backoff
+        # then the service reports it, holds at the poison and handles nothing after it
+        assert "held at offset 0" in problems[0] and "cannot dead-letter" in problems[0]
+        assert handled == []
+        [letter] = store.dead_letters(consumer=service.name)
+        assert not letter.published and letter.value == b"not json"
+        assert committed(kafka, service.name, topic) < 1  # nothing committed past the poison
+        # when the dead-letter topic can be written again
+        failing.clear()
+        wait_until(lambda: handled == ["P-after"], what="the good message handled")
+        wait_until(lambda: committed(kafka, service.name, topic) == 2, what="offsets committed")
+    finally:
+        stop.set()
+        thread.join(30)
+    # then the poison was recorded and copied once, the good message handled once, the problem gone
+    [letter] = store.dead_letters(consumer=service.name)
+    assert letter.published
+    assert sum(p.produced for p in producers) == 1
+    assert loop.health()["problems"] == [] and loop.health()["dead_lettered"] == 1
+    copies = read_topic(kafka, dead_letter_topic(topic), lambda got: len(got) >= 1)
+    assert [dict(m.headers())["dlq_id"] for m in copies] == [str(letter.id).encode()]
+
+
+class FlakyStore(SqliteEventStore):
+    """A real store that fails like a full disk while ``failing`` is set."""
+
+    def __init__(self, path, failing):
+        super().__init__(path)
+        self.failing = failing
+
+    def _check(self):
+        if self.failing.is_set():
+            raise StoreError("disk I/O error")
+
+    def is_processed(self, consumer, event_id):
+        self._check()
+        return super().is_processed(consumer, event_id)
+
+    def record_dead_letter(self, *args, **kwargs):
+        self._check()
+        return super().record_dead_letter(*args, **kwargs)
+
+
+def test_a_store_failure_holds_the_partition_and_skips_nothing(kafka):
+    # given a store that fails, and a good message followed by poison
+    failing = threading.Event()
+    failing.set()
+    handled: list[str] = []
+    service = recorder(f"patient-{uuid.uuid4().hex[:6]}", handled)
+    topic = ProductCreated.topic
+    good = ProductCreated(product_id="P-first", name="First", price_cents=100, initial_stock=0)
+    send(kafka, topic, good.model_dump_json().encode(), headers=poison_headers("good-2", "ProductCreated"))
+    send(kafka, topic, b"not json either", headers=poison_headers("poison-3", "ProductCreated"))
+    with FlakyStore(kafka.store_path, failing) as store:
+        loop = ServiceLoop(service, store, kafka)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        try:
+            # when the good message cannot be handled for a while
+            problems = wait_until(lambda: loop.health()["problems"], what="a reported problem")
+            time.sleep(1.0)
+            # then it is held, not dead-lettered, and nothing after it is touched
+            assert "held at offset 0" in problems[0] and "disk I/O error" in problems[0]
+            assert store.dead_letters() == [] and handled == []
+            # when the store recovers
+            failing.clear()
+            wait_until(lambda: committed(kafka, service.name, topic) == 2, what="offsets committed")
+        finally:
+            stop.set()
+            thread.join(30)
+        # then the good message was handled once and the poison dead-lettered once
+        assert handled == ["P-first"]
+        [letter] = store.dead_letters()
+        assert (letter.offset, letter.event_id, letter.published) == (1, "poison-3", True)
+        assert loop.health()["problems"] == []
+
+
+def test_a_redelivered_poison_message_is_dead_lettered_once(kafka, store):
+    # given a poison message, consumed as a service would
+    topic = OrderCreated.topic
+    send(kafka, topic, b"{broken", headers=poison_headers("poison-2"))
+    consumer = make_consumer(kafka, f"reader-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([topic])
+    message = wait_until(lambda: (m := consumer.poll(0.2)) is not None and not m.error() and m, what="the message")
+    consumer.close()
+    service = Service("inventory", subscriptions=(OrderCreated,))
+    # and a loop killed after recording its dead letter, before the copy was acknowledged
+    failing = threading.Event()
+    failing.set()
+    first = ServiceLoop(
+        service, store, kafka, dead_letters=DeadLetterPublisher(store, kafka, lambda s: FlakyProducer(s, failing))
+    )
+    assert first.process([message]) == []
+    # when a new instance gets the message again (its offset was never committed), twice
+    second = ServiceLoop(service, store, kafka)
+    offsets = second.process([message])
+    third = ServiceLoop(service, store, kafka)
+    assert third.process([message]) == offsets
+    # then there is one record and one copy, and the offset moves past the message
+    assert [(o.partition, o.offset) for o in offsets] == [(message.partition(), message.offset() + 1)]
+    [letter] = store.dead_letters()
+    assert letter.published and (letter.topic, letter.offset) == (topic, message.offset())
+    copies = read_topic(kafka, dead_letter_topic(topic))
+    assert len(copies) == 1
+    assert store.dead_letter_counts() == {"inventory": 1}
+
+
+def insert_raw(store, event_type, data, metadata="{}", aggregate_id="X-1"):
+    """Write a row straight into SQLite, as a bad migration or a hand edit would."""
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version,"
+            " data, metadata, recorded_at) VALUES (?, 'order', ?, 1, ?, 1, ?, ?, '2026-01-01 00:00:00.000000')",
+            (str(uuid.uuid4()), aggregate_id, event_type, data, metadata),
+        )
+    return store.head()
+
+
+def test_the_relay_dead_letters_stored_events_it_cannot_decode_and_publishes_the_rest(kafka, store):
+    # given stored events, three of which no consumer could read
+    [before] = store.append(
+        [NewEvent(ProductCreated(product_id="P-1", name="One", price_cents=100, initial_stock=0), 1)]
+    )
+    teleported = insert_raw(store, "OrderTeleported", '{"order_id": "O-1"}', aggregate_id="O-1")
+    invalid = insert_raw(store, "OrderCreated", '{"order_id": "O-2"}', aggregate_id="O-2")
+    not_json = insert_raw(store, "OrderCreated", "{not json", aggregate_id="O-3")
+    [after] = store.append(
+        [NewEvent(ProductCreated(product_id="P-2", name="Two", price_cents=200, initial_stock=0), 1)]
+    )
+    relay = Relay(store, kafka)
+    # when the relay runs
+    try:
+        published = relay.publish_pending()
+    finally:
+        relay.close()
+    # then it publishes the good ones, records the others and moves past them all
+    assert published == 2 and relay.dead_lettered == 3
+    assert store.checkpoint(CHECKPOINT) == store.head() and unpublished(store) == 0
+    letters = store.dead_letters(consumer="relay")
+    assert [(x.topic, x.offset) for x in letters] == [
+        (STORE_TOPIC, teleported),
+        (STORE_TOPIC, invalid),
+        (STORE_TOPIC, not_json),
+    ]
+    assert letters[0].reason == "unknown event type 'OrderTeleported'"
+    assert letters[1].reason.startswith("invalid OrderCreated")
+    assert letters[2].reason.startswith("value is not JSON")
+    assert all(x.published for x in letters)
+    products = read_topic(kafka, ProductCreated.topic, lambda got: len(got) >= 2)
+    assert [dict(m.headers())["ce_id"].decode() for m in products] == [before.event_id, after.event_id]
+    copies = read_topic(kafka, dead_letter_topic(STORE_TOPIC), lambda got: len(got) >= 3)
+    assert [int(dict(m.headers())["dlq_offset"]) for m in copies] == [teleported, invalid, not_json]
+    # and a second run does not record or copy them again
+    assert Relay(store, kafka).publish_pending() == 0
+    assert len(store.dead_letters()) == 3
+    # and no service counts what the relay dead-lettered as lag
+    assert ServiceLoop(Service("inventory", subscriptions=(OrderCreated,)), store, kafka).lag() == 0
+    assert store.unprocessed("inventory", ["OrderCreated"]) == 2  # the raw count still sees them
+
+
+def test_list_show_and_replay_round_trip(kafka, store, monkeypatch, capsys):
+    # given a service whose handler has a bug, and a product event it dead-letters
+    broken, handled = threading.Event(), []
+    broken.set()
+    service = recorder(f"buggy-{uuid.uuid4().hex[:6]}", handled, broken)
+    loop = ServiceLoop(service, store, kafka, backoff=0.01)
+    relay = Relay(store, kafka)
+    [stored] = store.append(
+        [NewEvent(ProductCreated(product_id="P-7", name="Seven", price_cents=700, initial_stock=0), 1)]
+    )
+    relay.publish_pending()
+    relay.close()
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    monkeypatch.setenv("EVENTLAB_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
+    data_dir = str(kafka.data_dir)
+    try:
+        wait_until(lambda: store.dead_letters(consumer=service.name), what="the dead letter")
+        assert loop.lag() == 0  # dead-lettered, so no lag
+        # when a person lists it
+        assert cli.main(["dlq", "list", "--data-dir", data_dir, "--json"]) == 0
+        [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert listed["consumer"] == service.name and listed["event_id"] == stored.event_id
+        assert listed["reason"].startswith("handler failed after 4 attempts: RuntimeError: a bug in the handler")
+        assert cli.main(["dlq", "list", "--data-dir", data_dir]) == 0
+        assert "handler failed" in capsys.readouterr().out
+        # and shows it, the raw bytes written to a file on request
+        body = kafka.data_dir / "body.bin"
+        assert cli.main(["dlq", "show", str(listed["id"]), "--data-dir", data_dir, "--full", str(body)]) == 0
+        shown = capsys.readouterr().out
+        assert "ce_type: ProductCreated" in shown and '"product_id":"P-7"' in shown
+        assert body.read_bytes() == store.dead_letters(consumer=service.name)[0].value
+        # and replays it after the fix
+        broken.clear()
+        assert cli.main(["dlq", "replay", str(listed["id"]), "--data-dir", data_dir]) == 0
+        assert f"replayed {listed['id']} to {ProductCreated.topic}" in capsys.readouterr().out
+        # then the service handles it
+        wait_until(lambda: handled == ["P-7"], what="the replayed event handled")
+        assert store.is_processed(service.name, stored.event_id)
+        # and replaying it again changes nothing (idempotent consumer)
+        assert DeadLetters(store, kafka).replay(topic=ProductCreated.topic)[0].ok
+        wait_until(lambda: loop.stats.duplicates >= 1, what="the second replay skipped")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert handled == ["P-7"]
+    [letter] = store.dead_letters(consumer=service.name)
+    assert letter.replays == 2
+    assert cli.main(["dlq", "replay", "--data-dir", data_dir]) == 2  # neither IDs nor --all
+
+
+def test_a_body_is_shown_safely_in_a_terminal():
+    # given bytes with a terminal escape, a NUL, invalid UTF-8 and a lot of them
+    body = b"ok \x1b[2J\x00 \xff\xfe caf\xc3\xa9" + b"z" * 5000
+    # when made printable
+    shown = printable(body, limit=40)
+    # then nothing reaches the terminal raw, text stays text, and the cut says so
+    assert "\x1b" not in shown and "\x00" not in shown
+    assert shown.startswith("ok \\x1b[2J\\x00 \\xff\\xfe café")
+    assert "5,017 bytes in all" in shown
+
+
+def test_a_failed_delivery_is_an_error_although_flush_returns_zero(tmp_path):
+    # given a producer whose broker never answers, and a short delivery timeout
+    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}")
+    producer = make_producer(nowhere, **{"message.timeout.ms": 300})
+    # when a message is produced: flush() says nothing is left...
+    producer.produce("anywhere", b"x", b"k")
+    assert producer.flush(5) == 0
+    # ...but produce_and_wait reads the delivery report and says it failed
+    with pytest.raises(BrokerError, match="timed out"):
+        produce_and_wait(producer, "anywhere", b"x", b"k", [], timeout=5)
+
+
+def test_a_dead_letter_is_recorded_once_per_source_message(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        headers = [("ce_id", b"E-1"), ("binary", b"\xff\x00"), ("empty", None)]
+        # given a dead letter recorded for a message
+        first = store.record_dead_letter("order", "t", 1, 42, b"K", b"\xffbody", headers, "bad", event_id="E-1")
+        # when the same message is recorded again (a redelivery after a kill)
+        again = store.record_dead_letter("order", "t", 1, 42, b"K", b"\xffbody", headers, "bad again", event_id="E-1")
+        # then it is the same record, whole: bytes and headers exactly as they came
+        assert again == first and (first.value, first.headers, first.reason) == (b"\xffbody", headers, "bad")
+        assert not first.published
+        # and another message at the same offset (an embedded broker restarted) is a new record
+        other = store.record_dead_letter("order", "t", 1, 42, b"K", b"other", [], "bad")
+        # and another consumer's record of the same message is its own
+        mine = store.record_dead_letter("payment", "t", 1, 42, b"K", b"\xffbody", headers, "bad")
+        assert len({first.id, other.id, mine.id}) == 3
+        store.mark_dead_letter_published(first.id)
+        assert store.dead_letters(ids=[first.id])[0].published
+        assert [x.id for x in store.dead_letters(unpublished=True)] == [other.id, mine.id]
+        assert store.dead_letter_counts() == {"order": 2, "payment": 1}
