@@ -191,11 +191,13 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        kafka = {k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()}
-        return (
-            f"Settings(data_dir={str(self.data_dir)!r}, bootstrap_servers={self.bootstrap_servers or 'embedded'!r}, "
-            f"kafka_config={kafka!r}, partitions={self.partitions}, http_port_offset={self.http_port_offset})"
-        )
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["data_dir"] = str(self.data_dir)
+        shown["bootstrap_servers"] = self.bootstrap_servers or "embedded"
+        shown["kafka_config"] = {
+            k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()
+        }
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @property
     def store_path(self) -> Path:
