@@ -1,24 +1,40 @@
-"""The ``eventlab`` command line."""
+"""The ``eventlab`` command line.
+
+Everything it is given is checked before anything starts: options by typed converters
+(:func:`positive_int`, :func:`probability`, ...), ``EVENTLAB_*`` variables by
+:meth:`eventlab.settings.Settings.from_env`. A bad value is one line on stderr and exit status 2.
+Each command sets ``handler(args) -> exit status``; :func:`main` runs it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from eventlab.errors import EventlabError
-from eventlab.settings import SERVICE_PORTS, Settings
+from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
+
+#: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
+#: as a shell reports a process killed by SIGPIPE.
+BROKEN_PIPE = 128 + 13
 
 EPILOG = """\
 environment:
-  EVENTLAB_DATA_DIR            where the event store lives (default ~/.local/share/eventlab)
+  EVENTLAB_DATA_DIR            where the event store lives (default $XDG_DATA_HOME/eventlab,
+                               i.e. ~/.local/share/eventlab)
   EVENTLAB_BOOTSTRAP_SERVERS   use this Kafka cluster instead of the embedded broker
   EVENTLAB_KAFKA_*             extra librdkafka settings, e.g. EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+  EVENTLAB_PARTITIONS          partitions per topic (default 3, at most 1000)
   EVENTLAB_HTTP_PORT_OFFSET    added to the service ports 8081-8086
 
 examples:
@@ -28,28 +44,82 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line: what is wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (an argparse ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number from 0 to 1 (an argparse ``type``)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"not a probability from 0 to 1: {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0 (an argparse ``type``)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"not a number of at least 0: {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (an argparse ``type``)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a number above 0: {text!r}")
+    return value
+
+
 def _shop_options() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(add_help=False)
     parser.add_argument(
         "--payment-failure-rate",
-        type=float,
+        type=probability,
         default=0.1,
         metavar="P",
-        help="share of payments the simulated gateway declines (default 0.1)",
+        help="share of payments the simulated gateway declines, 0 to 1 (default 0.1)",
     )
     parser.add_argument(
-        "--gateway-latency-ms", type=float, default=0.0, metavar="MS", help="simulated gateway latency (default 0)"
+        "--gateway-latency-ms",
+        type=non_negative_float,
+        default=0.0,
+        metavar="MS",
+        help="simulated gateway latency (default 0)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for orders and gateway declines (default 0)")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     shop = _shop_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="eventlab",
         description="An event-sourced online shop on Kafka: six services, an event store, an order saga.",
         epilog=EPILOG,
@@ -61,14 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[common, shop],
         help="run the shop, place orders, report",
-        description="Start the shop, seed users and products from data/, place orders, "
-        "wait for every saga, print a summary and the invariant checks. Exit status 0 only "
-        "if no saga is stuck and every invariant holds.",
+        description="Start the shop, seed users and products from data/, place orders, wait for every "
+        "saga, print a summary and every check of 'eventlab audit'. The same --seed gives the same "
+        "counts: without --data-dir (or EVENTLAB_DATA_DIR) each run starts from an empty store of its "
+        "own, $XDG_DATA_HOME/eventlab/demo (~/.local/share/eventlab/demo), kept until the next demo. "
+        "Exit status 0 only if no saga is stuck and every invariant holds.",
     )
-    demo.add_argument("--orders", type=int, default=100, help="orders to place (default 100)")
-    demo.add_argument("--rate", type=float, help="orders per second (default: as fast as possible)")
-    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the sagas (default 120)")
+    demo.add_argument("--orders", type=positive_int, default=100, help="orders to place (default 100)")
+    demo.add_argument("--rate", type=positive_float, help="orders per second (default: as fast as possible)")
+    demo.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="longest wait for the shop to settle: the catalogue stocked, earlier orders before one "
+        "that competes for scarce stock, every saga at the end (default 120)",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    demo.set_defaults(handler=_demo)
 
     up = commands.add_parser(
         "up",
@@ -76,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the shop until interrupted",
         description="Run the broker (unless external) and the six services with their HTTP "
         f"endpoints on ports {min(SERVICE_PORTS.values())}-{max(SERVICE_PORTS.values())} "
-        "until Ctrl-C.",
+        "(plus EVENTLAB_HTTP_PORT_OFFSET) until Ctrl-C.",
     )
     up.add_argument("--processes", action="store_true", help="one supervised OS process per service")
+    up.set_defaults(handler=_up)
 
     run = commands.add_parser(
         "run",
@@ -88,23 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
         "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.",
     )
     run.add_argument("service", choices=("relay", *SERVICE_PORTS))
+    run.set_defaults(handler=_run_one)
 
-    from eventlab.projections.cli import add_commands  # noqa: PLC0415
+    from eventlab.projections.cli import add_commands
 
     add_commands(commands, [common])
-    from eventlab.dlq import add_commands as add_dlq_commands  # noqa: PLC0415
+    from eventlab.dlq import add_commands as add_dlq_commands
 
     add_dlq_commands(commands, [common])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``eventlab`` command; return its exit status (2 for anything it was given wrongly)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        return args.handler(args) if hasattr(args, "handler") else _run(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
     except EventlabError as exc:
         print(f"eventlab: error: {exc}", file=sys.stderr)
         return 2
@@ -112,47 +200,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit cannot fail again
+    (the recipe of Python's ``signal`` documentation)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured by a test): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _gateway_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--payment-failure-rate",
+        str(args.payment_failure_rate),
+        "--gateway-latency-ms",
+        str(args.gateway_latency_ms),
+        "--seed",
+        str(args.seed),
+    ]
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from eventlab.adapters import SimulatedGateway
+    from eventlab.supervisor import run_one
+
     settings = Settings.from_env(data_dir=args.data_dir)
-    if args.command == "run":
-        from eventlab.adapters import SimulatedGateway  # noqa: PLC0415
-        from eventlab.supervisor import run_one  # noqa: PLC0415
+    gateway = SimulatedGateway(
+        args.payment_failure_rate, args.gateway_latency_ms, args.seed, settings.data_dir / "gateway.jsonl"
+    )
+    return run_one(args.service, settings, gateway)
 
-        gateway = SimulatedGateway(
-            args.payment_failure_rate, args.gateway_latency_ms, args.seed, settings.data_dir / "gateway.jsonl"
-        )
-        return run_one(args.service, settings, gateway)
-    if args.command == "up" and args.processes:
-        from eventlab.supervisor import supervise  # noqa: PLC0415
 
-        passed = [
-            "--payment-failure-rate",
-            str(args.payment_failure_rate),
-            "--gateway-latency-ms",
-            str(args.gateway_latency_ms),
-            "--seed",
-            str(args.seed),
-        ]
-        return supervise(settings, passed)
+def _up(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(data_dir=args.data_dir)
+    ensure_ports_free(settings)
+    if args.processes:
+        from eventlab.supervisor import supervise
 
-    from eventlab.demo import ProgressPrinter, invariants, run_demo  # noqa: PLC0415
-    from eventlab.shop import Shop  # noqa: PLC0415
-    from eventlab.supervisor import stop_on_signals  # noqa: PLC0415
+        return supervise(settings, _gateway_args(args))
+
+    from eventlab.shop import Shop
+    from eventlab.supervisor import stop_on_signals
 
     shop = Shop(
         settings,
         payment_failure_rate=args.payment_failure_rate,
         gateway_latency_ms=args.gateway_latency_ms,
         seed=args.seed,
-        http=args.command == "up",
+        http=True,
+    )
+    try:
+        shop.start()
+    except OSError as exc:  # a port taken between the check above and the bind
+        shop.stop()
+        if exc.errno == errno.EADDRINUSE:
+            ensure_ports_free(settings)
+        raise
+    try:
+        print(f"eventlab: {shop!r}", flush=True)
+        for name in SERVICE_PORTS:
+            print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)
+        stop_on_signals().wait()
+    finally:
+        shop.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, run_demo
+    from eventlab.shop import Shop
+
+    settings = Settings.from_env(data_dir=args.data_dir)  # every variable checked before anything is removed
+    if args.data_dir is None and not os.environ.get("EVENTLAB_DATA_DIR"):
+        settings = Settings.from_env(data_dir=fresh_data_dir())  # reproducible: no earlier run's stock sold
+    shop = Shop(
+        settings,
+        payment_failure_rate=args.payment_failure_rate,
+        gateway_latency_ms=args.gateway_latency_ms,
+        seed=args.seed,
     )
     with shop:
-        if args.command == "up":
-            print(f"eventlab: {shop!r}", flush=True)
-            for name in SERVICE_PORTS:
-                print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)
-            stop_on_signals().wait()
-            return 0
         report = run_demo(
             shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout, progress=ProgressPrinter()
         )

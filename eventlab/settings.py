@@ -1,13 +1,32 @@
-"""One frozen settings object, read from ``EVENTLAB_*`` environment variables."""
+"""One frozen settings object, read from ``EVENTLAB_*`` environment variables and checked once.
+
+Every field that has a variable says so in its metadata (:func:`variable`), with its allowed
+range; :meth:`Settings.from_env` parses the text and :meth:`Settings.__post_init__` checks the
+ranges, so a bad value is one :class:`SettingsError` naming the variable, whichever way it came in.
+"""
 
 from __future__ import annotations
 
+import errno
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings", "SERVICE_PORTS", "default_data_dir"]
+from eventlab.errors import EventlabError
+
+__all__ = [
+    "SERVICE_PORTS",
+    "PortInUse",
+    "Settings",
+    "SettingsError",
+    "default_data_dir",
+    "ensure_ports_free",
+    "variable",
+]
 
 #: The seed's ports, one per service.
 SERVICE_PORTS: dict[str, int] = {
@@ -21,6 +40,37 @@ SERVICE_PORTS: dict[str, int] = {
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
 _SECRET_WORDS = ("password", "secret", "key", "token")
+_PORTS = (1, 65535)
+#: The offsets that keep every service port inside 1-65535.
+_OFFSETS = (_PORTS[0] - min(SERVICE_PORTS.values()), _PORTS[1] - max(SERVICE_PORTS.values()))
+
+
+class SettingsError(EventlabError):
+    """An ``EVENTLAB_*`` variable (or the setting it feeds) has a value eventlab cannot use.
+
+    Example:
+        >>> str(SettingsError("EVENTLAB_PARTITIONS", "not a whole number: 'abc'"))
+        "EVENTLAB_PARTITIONS: not a whole number: 'abc'"
+    """
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+        self.message = message
+
+
+class PortInUse(EventlabError):
+    """A service's HTTP port is taken by another program."""
+
+    def __init__(self, service: str, port: int, offset: int) -> None:
+        hint = offset + 1000 if offset + 1000 <= _OFFSETS[1] else offset - 1000
+        super().__init__(
+            f"port {port} of the {service} service is already in use; stop what listens there or move "
+            f"all six ports with EVENTLAB_HTTP_PORT_OFFSET (now {offset}; e.g. EVENTLAB_HTTP_PORT_OFFSET={hint} "
+            f"uses {min(SERVICE_PORTS.values()) + hint}-{max(SERVICE_PORTS.values()) + hint})"
+        )
+        self.service = service
+        self.port = port
 
 
 def default_data_dir() -> Path:
@@ -29,49 +79,110 @@ def default_data_dir() -> Path:
     return Path(base) / "eventlab"
 
 
+def variable(name: str, between: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Field metadata: the field's environment variable and its allowed range (both ends included).
+
+    Example:
+        >>> variable("EVENTLAB_PARTITIONS", between=(1, 1000))
+        {'variable': 'EVENTLAB_PARTITIONS', 'between': (1, 1000)}
+    """
+    return {"variable": name, "between": between}
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"not a number: {text!r}")
+    return value
+
+
+#: How the text of a variable becomes a field's value, by the field's type.
+_PARSERS: dict[str, Callable[[str], object]] = {"int": _whole, "float": _number, "str": str, "Path": Path}
+
+
+def _check(name: str, kind: str, value: object, between: tuple[float, float] | None) -> None:
+    """Raise :class:`SettingsError` unless ``value`` has the field's type and lies in ``between``."""
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise SettingsError(name, f"not a whole number: {value!r}")
+    if kind == "float" and not (isinstance(value, int | float) and math.isfinite(value)):
+        raise SettingsError(name, f"not a number: {value!r}")
+    if between and not between[0] <= value <= between[1]:  # type: ignore[operator]
+        raise SettingsError(name, f"must be between {between[0]:g} and {between[1]:g}, not {value}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where eventlab keeps its data and how it reaches Kafka.
 
     Every field has an environment variable; explicit arguments win over the environment.
 
-    - ``data_dir`` (``EVENTLAB_DATA_DIR``): the event store and the embedded broker's log.
+    - ``data_dir`` (``EVENTLAB_DATA_DIR``): the event store and the embedded broker's log
+      (default ``$XDG_DATA_HOME/eventlab``, i.e. ``~/.local/share/eventlab``).
     - ``bootstrap_servers`` (``EVENTLAB_BOOTSTRAP_SERVERS``): an external Kafka cluster; when
       empty, eventlab starts its embedded broker.
     - ``kafka_config``: extra librdkafka settings for every client, e.g.
       ``EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes ``security.protocol``.
-    - ``partitions`` (``EVENTLAB_PARTITIONS``): partitions per topic created by eventlab.
-    - ``http_port_offset`` (``EVENTLAB_HTTP_PORT_OFFSET``): added to the seed's ports 8081-8086.
-    - ``saga_timeout_s`` (``EVENTLAB_SAGA_TIMEOUT_S``): an order waiting longer for its reservation
-      is cancelled with reason ``timeout``; the payment step may take twice as long.
+    - ``partitions`` (``EVENTLAB_PARTITIONS``, 1-1000): partitions per topic created by eventlab.
+    - ``http_port_offset`` (``EVENTLAB_HTTP_PORT_OFFSET``): added to the seed's ports 8081-8086;
+      every port must stay within 1-65535.
+    - ``saga_timeout_s`` (``EVENTLAB_SAGA_TIMEOUT_S``, 0.1-86400): an order waiting longer for its
+      reservation is cancelled with reason ``timeout``; the payment step may take twice as long.
+
+    A value out of range raises :class:`SettingsError` naming the variable.
 
     Example:
         >>> Settings(data_dir=Path("/tmp/shop")).store_path
         PosixPath('/tmp/shop/events.db')
+        >>> Settings(partitions=0)
+        Traceback (most recent call last):
+        ...
+        eventlab.settings.SettingsError: EVENTLAB_PARTITIONS: must be between 1 and 1000, not 0
     """
 
-    data_dir: Path = field(default_factory=default_data_dir)
-    bootstrap_servers: str = ""
+    data_dir: Path = field(default_factory=default_data_dir, metadata=variable("EVENTLAB_DATA_DIR"))
+    bootstrap_servers: str = field(default="", metadata=variable("EVENTLAB_BOOTSTRAP_SERVERS"))
     kafka_config: Mapping[str, str] = field(default_factory=dict)
-    partitions: int = 3
-    http_port_offset: int = 0
-    saga_timeout_s: float = 30.0
+    partitions: int = field(default=3, metadata=variable("EVENTLAB_PARTITIONS", between=(1, 1000)))
+    http_port_offset: int = field(default=0, metadata=variable("EVENTLAB_HTTP_PORT_OFFSET"))
+    saga_timeout_s: float = field(default=30.0, metadata=variable("EVENTLAB_SAGA_TIMEOUT_S", between=(0.1, 86400)))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if name := f.metadata.get("variable"):
+                _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
+        ports = [self.port(service) for service in SERVICE_PORTS]
+        if min(ports) < _PORTS[0] or max(ports) > _PORTS[1]:
+            raise SettingsError(
+                "EVENTLAB_HTTP_PORT_OFFSET",
+                f"{self.http_port_offset} puts the service ports at {min(ports)} to {max(ports)}, outside "
+                f"{_PORTS[0]} to {_PORTS[1]} (use an offset from {_OFFSETS[0]} to {_OFFSETS[1]})",
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from ``env`` (default ``os.environ``); ``overrides`` that are not None win."""
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` that are not None win.
+
+        Raises :class:`SettingsError` naming the variable when a value cannot be parsed or is out of range.
+        """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        if env.get("EVENTLAB_DATA_DIR"):
-            values["data_dir"] = Path(env["EVENTLAB_DATA_DIR"])
-        if env.get("EVENTLAB_BOOTSTRAP_SERVERS"):
-            values["bootstrap_servers"] = env["EVENTLAB_BOOTSTRAP_SERVERS"]
-        if env.get("EVENTLAB_PARTITIONS"):
-            values["partitions"] = int(env["EVENTLAB_PARTITIONS"])
-        if env.get("EVENTLAB_HTTP_PORT_OFFSET"):
-            values["http_port_offset"] = int(env["EVENTLAB_HTTP_PORT_OFFSET"])
-        if env.get("EVENTLAB_SAGA_TIMEOUT_S"):
-            values["saga_timeout_s"] = float(env["EVENTLAB_SAGA_TIMEOUT_S"])
+        for f in fields(cls):
+            name = f.metadata.get("variable")
+            if name and env.get(name):
+                try:
+                    values[f.name] = _PARSERS[str(f.type)](env[name])
+                except ValueError as exc:
+                    raise SettingsError(name, str(exc)) from None
         values["kafka_config"] = {
             key[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for key, value in env.items()
@@ -83,11 +194,13 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        kafka = {k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()}
-        return (
-            f"Settings(data_dir={str(self.data_dir)!r}, bootstrap_servers={self.bootstrap_servers or 'embedded'!r}, "
-            f"kafka_config={kafka!r}, partitions={self.partitions}, http_port_offset={self.http_port_offset})"
-        )
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["data_dir"] = str(self.data_dir)
+        shown["bootstrap_servers"] = self.bootstrap_servers or "embedded"
+        shown["kafka_config"] = {
+            k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()
+        }
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @property
     def store_path(self) -> Path:
@@ -109,13 +222,26 @@ class Settings:
 
     def environ(self) -> dict[str, str]:
         """These settings as environment variables, for child processes."""
-        env = {
-            "EVENTLAB_DATA_DIR": str(self.data_dir),
-            "EVENTLAB_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "EVENTLAB_PARTITIONS": str(self.partitions),
-            "EVENTLAB_HTTP_PORT_OFFSET": str(self.http_port_offset),
-            "EVENTLAB_SAGA_TIMEOUT_S": str(self.saga_timeout_s),
-        }
+        env = {f.metadata["variable"]: str(getattr(self, f.name)) for f in fields(self) if f.metadata.get("variable")}
         for key, value in self.kafka_config.items():
             env[_KAFKA_PREFIX + key.replace(".", "_").upper()] = value
         return env
+
+
+def ensure_ports_free(settings: Settings, services: Iterable[str] = SERVICE_PORTS) -> None:
+    """Raise :class:`PortInUse` naming the first of ``services`` whose HTTP port another program holds.
+
+    Binds each port the way the HTTP servers do (127.0.0.1, ``SO_REUSEADDR``), so a port in
+    ``TIME_WAIT`` counts as free and a listening one as taken. Call it before starting anything,
+    for an error that names the port instead of a traceback from deep inside the start-up.
+    """
+    for service in services:
+        port = settings.port(service)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(service, port, settings.http_port_offset) from None
+                raise

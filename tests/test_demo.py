@@ -1,4 +1,4 @@
-"""`eventlab demo`: the main job, end to end, as a user runs it."""
+"""`eventlab demo`: the main job, end to end, as a user runs it; the same seed gives the same counts."""
 
 from __future__ import annotations
 
@@ -6,35 +6,40 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from projection_story import standard_story
+
+from eventlab import SagaTimeout, Settings, Shop
+from eventlab.demo import StockBounds, invariants, run_demo
+from eventlab.projections import CHECKS, audit
 
 pytestmark = pytest.mark.integration
 
+AUDIT_NAMES = [check.name for check in CHECKS]
 
-def test_demo_json_reports_every_saga_and_the_invariants(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eventlab",
-            "demo",
-            "--orders",
-            "60",
-            "--payment-failure-rate",
-            "0.3",
-            "--seed",
-            "3",
-            "--json",
-            "--data-dir",
-            str(tmp_path),
-        ],
-        env=env,
+
+def demo(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``eventlab demo ARGS --json`` as a user runs it, with ``env`` instead of our EVENTLAB_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_") and k != "XDG_DATA_HOME"}
+    return subprocess.run(
+        [sys.executable, "-m", "eventlab", "demo", *args, "--json"],
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
+
+
+def counts(report: dict) -> dict:
+    return {k: report[k] for k in ("orders", "completed", "cancelled", "cancelled_by_reason", "stuck")}
+
+
+def test_demo_json_reports_every_saga_and_every_audit_check(tmp_path):
+    result = demo("--orders", "60", "--payment-failure-rate", "0.3", "--seed", "3", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["orders"] == 60 and report["stuck"] == 0
@@ -43,20 +48,121 @@ def test_demo_json_reports_every_saga_and_the_invariants(tmp_path):
     assert sum(report["cancelled_by_reason"].values()) == report["cancelled"]
     assert report["events"] >= 60 * 5
     assert report["saga_latency_ms"]["p50"] > 0 and report["saga_latency_ms"]["p99"] >= report["saga_latency_ms"]["p50"]
-    assert report["invariants"] == {
-        "no_oversell": True,
-        "stock_conserved": True,
-        "no_double_charge": True,
-        "failed_payments_compensated": True,
-        "all_events_published": True,
-    }
+    assert report["store"] == str(tmp_path / "events.db")
+    # the audit's checks, all of them, by the audit's names
+    assert report["invariants"] == dict.fromkeys(AUDIT_NAMES, True)
     assert "terminal 60/60" in result.stderr  # progress output
 
 
-def test_demo_runs_again_on_the_same_data_dir(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
-    command = [sys.executable, "-m", "eventlab", "demo", "--orders", "10", "--json", "--data-dir", str(tmp_path)]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats_its_counts(tmp_path):
+    # given: no data directory, a home of our own
+    home = tmp_path / "xdg"
+    # when: the demo runs twice with the default seed
+    first, second = (demo("--orders", "30", XDG_DATA_HOME=str(home)) for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    # then: the same counts and the same number of events (the second did not find the first's orders)
+    assert counts(a) == counts(b) and a["events"] == b["events"]
+    assert a["store"] == b["store"] == str(home / "eventlab" / "demo" / "events.db")
+
+
+def test_a_given_data_dir_keeps_what_earlier_runs_wrote(tmp_path):
+    command = ("--orders", "10", "--data-dir", str(tmp_path))
+    first, second = demo(*command), demo(*command)
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["stuck"] == 0
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eventlab",
+            "query",
+            "--data-dir",
+            str(tmp_path),
+            "--csv",
+            "SELECT order_id FROM orders",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ids = result.stdout.split()[1:]
+    assert len(ids) == 20 and {i.rsplit("-", 1)[0] for i in ids} == {"demo-s0-r1", "demo-s0-r2"}
+
+
+def scarce_catalogue(directory: Path) -> Path:
+    """Three users and four products with a few units each: orders compete for the last ones."""
+    directory.mkdir()
+    (directory / "users.csv").write_text(
+        "user_id,name,email\n" + "".join(f"U{i},User {i},u{i}@example.com\n" for i in range(1, 4))
+    )
+    (directory / "products.csv").write_text(
+        "product_id,name,price_cents,initial_stock\n" + "".join(f"P{i},Thing {i},{100 * i},8\n" for i in range(1, 5))
+    )
+    return directory
+
+
+def run_in_a_fresh_shop(tmp_path: Path, name: str, seed: int, catalogue: Path) -> dict:
+    settings = Settings.from_env(env={}, data_dir=tmp_path / name)
+    with Shop(settings, payment_failure_rate=0.3, seed=seed) as shop:
+        report = run_demo(shop, 40, seed=seed, timeout=60, catalogue=catalogue)
+    return report.as_dict()
+
+
+def test_the_same_seed_gives_the_same_counts_although_orders_race_for_scarce_stock(tmp_path):
+    # given: a catalogue of 32 units for 40 orders, 30 % declined payments, orders placed as fast as possible
+    catalogue = scarce_catalogue(tmp_path / "catalogue")
+    # when: the demo runs twice with one seed, each time in a fresh shop, then with another seed
+    first = run_in_a_fresh_shop(tmp_path, "first", 5, catalogue)
+    second = run_in_a_fresh_shop(tmp_path, "second", 5, catalogue)
+    other = run_in_a_fresh_shop(tmp_path, "other", 6, catalogue)
+    # then: one seed, one outcome: completed and cancelled by reason
+    assert counts(first) == counts(second) and first["stuck"] == 0
+    assert first["cancelled_by_reason"]["out_of_stock"] > 0 and first["cancelled_by_reason"]["payment_failed"] > 0
+    # and: only the orders whose outcome depends on timing waited; the rest ran concurrently
+    assert first["pauses"] == second["pauses"] and 0 < first["pauses"] < 40
+    # and: another seed, another outcome
+    assert counts(other) != counts(first)
+
+
+def test_stock_bounds_tell_which_orders_cannot_depend_on_timing():
+    # given: 5 units of P1 and 1 of P2
+    bounds = StockBounds({"P1": 5, "P2": 1})
+    # when / then: an order within what is surely left is surely reserved, and counts against it
+    assert bounds.outcome({"P1": 3}) is True
+    bounds.place({"P1": 3})
+    assert (bounds.low["P1"], bounds.high["P1"]) == (2, 5)
+    # an order for more than could ever be left is surely rejected, and counts for nothing
+    assert bounds.outcome({"P1": 1, "P2": 2}) is False
+    bounds.place({"P1": 1, "P2": 2})
+    assert bounds.low == {"P1": 2, "P2": 1}
+    # an order that fits only if an earlier one gives its stock back depends on timing
+    assert bounds.outcome({"P1": 4}) is None
+    # a product nobody stocked is never available
+    assert bounds.outcome({"P9": 1}) is False
+
+
+def test_the_demo_verdicts_are_the_audit_verdicts(tmp_path):
+    # given: a store whose log holds an order that never finished (O5 waits for its payment)
+    path = standard_story(tmp_path / "events.db").store.path
+    # when: the demo judges it (after its shop stopped: nothing is in flight any more)
+    verdicts = invariants(path)
+    # then: every check of the audit, by its name, with the audit's verdict
+    assert verdicts == {name: result.ok for name, result in audit(path, grace=timedelta(0)).items()}
+    assert list(verdicts) == AUDIT_NAMES and verdicts["orders_terminal"] is False
+
+
+def test_every_wait_of_the_demo_ends_at_its_timeout(tmp_path):
+    # given: a shop whose gateway takes 1-3 s per payment, and an order still waiting for its payment
+    settings = Settings.from_env(env={}, data_dir=tmp_path)
+    with Shop(settings, gateway_latency_ms=2000) as shop:
+        shop.seed_catalogue()
+        shop.place_order("U001", {"P001": 1})
+        # when: a demo that waits at most 1 s starts
+        # then: its wait for a settled shop before the first order ends after 1 s
+        with pytest.raises(SagaTimeout, match=r"shop not idle after 1(\.0)? s"):
+            run_demo(shop, 2, timeout=1)
+        # and: once settled, its wait for the sagas ends after 1 s too, reporting them stuck
+        shop.wait_idle(timeout=60)
+        report = run_demo(shop, 2, timeout=1)
+    assert report.stuck > 0 and not report.ok

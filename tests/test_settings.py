@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from eventlab.settings import Settings
+import pytest
+from conftest import free_port_offset
+
+from eventlab.errors import EventlabError
+from eventlab.settings import PortInUse, Settings, SettingsError, ensure_ports_free
 
 
 def test_settings_come_from_the_environment():
@@ -32,3 +37,62 @@ def test_settings_survive_the_trip_to_a_child_process():
         {"EVENTLAB_BOOTSTRAP_SERVERS": "k:9092", "EVENTLAB_KAFKA_SASL_USERNAME": "me"}, data_dir="/tmp/y", partitions=6
     )
     assert Settings.from_env(settings.environ()) == settings
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "message"),
+    [
+        ({"EVENTLAB_PARTITIONS": "abc"}, "EVENTLAB_PARTITIONS", "not a whole number: 'abc'"),
+        ({"EVENTLAB_PARTITIONS": "0"}, "EVENTLAB_PARTITIONS", "must be between 1 and 1000, not 0"),
+        ({"EVENTLAB_PARTITIONS": "1001"}, "EVENTLAB_PARTITIONS", "must be between 1 and 1000, not 1001"),
+        ({"EVENTLAB_PARTITIONS": "2.5"}, "EVENTLAB_PARTITIONS", "not a whole number: '2.5'"),
+        ({"EVENTLAB_HTTP_PORT_OFFSET": "100000"}, "EVENTLAB_HTTP_PORT_OFFSET", "ports at 108081 to 108086"),
+        ({"EVENTLAB_HTTP_PORT_OFFSET": "-8081"}, "EVENTLAB_HTTP_PORT_OFFSET", "ports at 0 to 5"),
+        ({"EVENTLAB_HTTP_PORT_OFFSET": "57450"}, "EVENTLAB_HTTP_PORT_OFFSET", "outside 1 to 65535"),
+        ({"EVENTLAB_HTTP_PORT_OFFSET": "ten"}, "EVENTLAB_HTTP_PORT_OFFSET", "not a whole number: 'ten'"),
+    ],
+)
+def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert isinstance(caught.value, EventlabError)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: ") and message in str(caught.value)
+
+
+def test_the_edges_of_every_range_are_accepted():
+    assert Settings.from_env({"EVENTLAB_PARTITIONS": "1"}).partitions == 1
+    assert Settings.from_env({"EVENTLAB_PARTITIONS": " 1000 "}).partitions == 1000
+    assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "-8080"}).port("user") == 1
+    assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "57449"}).port("notification") == 65535
+
+
+def test_settings_built_in_code_are_checked_the_same_way():
+    with pytest.raises(SettingsError, match="EVENTLAB_PARTITIONS: must be between 1 and 1000, not -3"):
+        Settings(partitions=-3)
+    with pytest.raises(SettingsError, match="EVENTLAB_PARTITIONS: not a whole number: '3'"):
+        Settings.from_env({}, partitions="3")
+    with pytest.raises(SettingsError, match="EVENTLAB_HTTP_PORT_OFFSET"):
+        Settings(http_port_offset=60000)
+
+
+def test_the_default_data_dir_honours_xdg_data_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Settings.from_env({}).data_dir == tmp_path / "xdg" / "eventlab"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings.from_env({}).data_dir == tmp_path / "home" / ".local" / "share" / "eventlab"
+
+
+def test_a_port_in_use_is_named_with_its_service_and_the_way_out():
+    # given: a program listening on what would be the order service's port
+    settings = Settings(http_port_offset=free_port_offset())
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.port("order")))
+        squatter.listen()
+        # when / then
+        with pytest.raises(PortInUse) as caught:
+            ensure_ports_free(settings)
+    assert (caught.value.service, caught.value.port) == ("order", settings.port("order"))
+    assert "EVENTLAB_HTTP_PORT_OFFSET" in str(caught.value)
+    ensure_ports_free(settings)  # free again once it stops listening

@@ -1,0 +1,157 @@
+"""The command line checks what it is given: a bad option or variable, or a port in use, is one
+line on stderr and exit status 2, before anything starts; a closed output pipe ends it quietly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import free_port_offset
+
+import eventlab.cli
+from eventlab.cli import BROKEN_PIPE, main
+from eventlab.settings import ensure_ports_free
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["demo", "--orders", "-5"], "argument --orders: not a whole number of at least 1: '-5'"),
+        (["demo", "--orders", "0"], "argument --orders: not a whole number of at least 1: '0'"),
+        (["demo", "--orders", "ten"], "argument --orders: not a whole number of at least 1: 'ten'"),
+        (["demo", "--payment-failure-rate", "2"], "argument --payment-failure-rate: not a probability from 0 to 1"),
+        (["demo", "--payment-failure-rate", "nan"], "argument --payment-failure-rate: not a probability from 0 to 1"),
+        (["demo", "--gateway-latency-ms", "-100"], "argument --gateway-latency-ms: not a number of at least 0"),
+        (["up", "--gateway-latency-ms", "inf"], "argument --gateway-latency-ms: not a number of at least 0"),
+        (["demo", "--rate", "0"], "argument --rate: not a number above 0: '0'"),
+        (["demo", "--rate", "-1"], "argument --rate: not a number above 0: '-1'"),
+        (["demo", "--timeout", "0"], "argument --timeout: not a number above 0: '0'"),
+        (["demo", "--timeout", "-3"], "argument --timeout: not a number above 0: '-3'"),
+        (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):
+    # when: a command gets an option it cannot use
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--data-dir", str(tmp_path / "shop")])
+    # then: one line names the option and the value, and nothing was started or written
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and complaint in err and err.startswith(f"eventlab {argv[0]}: error: ")
+    assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EVENTLAB_PARTITIONS", "abc", "EVENTLAB_PARTITIONS: not a whole number: 'abc'"),
+        ("EVENTLAB_PARTITIONS", "0", "EVENTLAB_PARTITIONS: must be between 1 and 1000, not 0"),
+        ("EVENTLAB_HTTP_PORT_OFFSET", "100000", "EVENTLAB_HTTP_PORT_OFFSET: 100000 puts the service ports at 108081"),
+        ("EVENTLAB_HTTP_PORT_OFFSET", "-9000", "EVENTLAB_HTTP_PORT_OFFSET: -9000 puts the service ports at -919"),
+    ],
+)
+@pytest.mark.parametrize("command", [["demo", "--orders", "5"], ["up"], ["up", "--processes"], ["audit"]])
+def test_a_bad_variable_is_one_line_naming_it_and_exit_status_2(
+    command, variable, value, message, tmp_path, monkeypatch, capsys
+):
+    # given: a variable eventlab cannot use
+    monkeypatch.setenv(variable, value)
+    # when: any command runs
+    status = main([*command, "--data-dir", str(tmp_path / "shop")])
+    # then: it stops before starting anything, with one line
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eventlab: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "shop").exists()
+
+
+def test_the_bad_variable_line_is_exactly_what_the_readme_promises(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlab", "demo", "--data-dir", str(tmp_path)],
+        env=user_env(EVENTLAB_PARTITIONS="abc"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "eventlab: error: EVENTLAB_PARTITIONS: not a whole number: 'abc'\n"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", [[], ["--processes"]])
+def test_a_port_in_use_is_one_clear_error(mode, tmp_path):
+    # given: another program listens on the order service's port
+    offset = free_port_offset()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 8083 + offset))
+        squatter.listen()
+        # when: the shop is started
+        result = subprocess.run(
+            [sys.executable, "-m", "eventlab", "up", *mode, "--data-dir", str(tmp_path)],
+            env=user_env(EVENTLAB_HTTP_PORT_OFFSET=str(offset)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    # then: one line names the port, its service and the way out; exit status 2
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"port {8083 + offset} of the order service is already in use" in result.stderr
+    assert "EVENTLAB_HTTP_PORT_OFFSET" in result.stderr
+
+
+@pytest.mark.integration
+def test_a_port_taken_while_the_shop_starts_is_the_same_error_and_nothing_is_left_running(
+    tmp_path, monkeypatch, capsys
+):
+    # given: the order port is free when `up` checks, and taken when the shop binds it
+    offset = free_port_offset()
+    monkeypatch.setenv("EVENTLAB_HTTP_PORT_OFFSET", str(offset))
+    squatter = socket.socket()
+    checks = []
+
+    def check_then_take(settings, *args):
+        checks.append(settings)
+        if len(checks) == 1:
+            squatter.bind(("127.0.0.1", settings.port("order")))
+            squatter.listen()
+            return
+        ensure_ports_free(settings, *args)
+
+    monkeypatch.setattr(eventlab.cli, "ensure_ports_free", check_then_take)
+    try:
+        # when: `eventlab up` runs
+        status = main(["up", "--data-dir", str(tmp_path)])
+    finally:
+        squatter.close()
+    # then: the bind error is named like the early check, and the half-started shop was stopped
+    assert status == 2 and len(checks) == 2
+    assert f"port {8083 + offset} of the order service is already in use" in capsys.readouterr().err
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("eventlab-", "http-"))]
+
+
+@pytest.mark.parametrize("argv", [["projections"], ["--help"], ["demo", "--help"]])
+def test_a_closed_pipe_ends_the_command_quietly(argv):
+    # given: a reader that goes away before the command writes (`eventlab projections | head -0`)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=user_env()
+    )
+    process.stdout.close()
+    # when: the command writes its output
+    err = process.stderr.read()
+    process.stderr.close()
+    # then: no traceback, and the status a shell gives a process ended by SIGPIPE (or 0 for help)
+    assert process.wait(timeout=60) in (BROKEN_PIPE, 0) and err == b""
+    if argv == ["projections"]:
+        assert process.returncode == BROKEN_PIPE

@@ -1,0 +1,288 @@
+"""The README cannot drift: every command it shows is run here, or mapped to the test that covers it.
+
+A command is each line of a ```bash block, each ``$ `` line of another block, and each inline
+`code` span that starts like a command (``.venv/bin/…``, ``eventlab …``, ``make …``, ``curl …``,
+``python …``, ``docker …``, optionally after ``VAR=value``). The tests below run them as a user
+would, with ``.venv/bin/`` replaced by this interpreter's scripts, ``make`` told not to rebuild the
+venv, a temporary ``HOME`` (so ``~`` and the default data directory are fresh), and sizes shrunk
+(``--orders 20``). Long-running commands (``make test``, ``jupyter lab``) are mapped in
+:data:`MAPPED`. A new command that is neither run nor mapped fails
+:func:`test_every_readme_command_is_run_or_mapped`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from eventlab.kafka.broker import EmbeddedBroker
+from eventlab.projections import CHECKS
+from eventlab.settings import PortInUse, Settings, ensure_ports_free
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+LOOKS_LIKE_A_COMMAND = re.compile(
+    r"^(?:[A-Z][A-Z0-9_]*=\S+\s+)*(?:\.venv/bin/\S+|eventlab|make|curl|python3?|docker|jupyter)\s+\S"
+)
+
+#: Commands run by the tests in this file, by pattern (each pattern must match a README command).
+QUICK_START = re.compile(r"^make demo(?: 'ARGS=[^']*')?$|^\.venv/bin/eventlab (?:--help|audit|projections|query)\b")
+EXTERNAL_CLUSTER = re.compile(r"^EVENTLAB_BOOTSTRAP_SERVERS=\S+ make demo$")
+MICROSERVICES = re.compile(r"^\.venv/bin/eventlab up --processes$|^curl ")
+BENCHMARKS = re.compile(r"^python benchmarks/(saga|projections)\.py --json$")
+RUN = (QUICK_START, EXTERNAL_CLUSTER, MICROSERVICES, BENCHMARKS)
+
+#: Commands too long-running or impossible here, and the test (or CI script) that covers each.
+MAPPED = {
+    "make test": ".ci/run",  # the CI script is `make test`
+    ".venv/bin/jupyter lab notebooks/": "tests/test_notebooks_browser.py::test_saga_notebook_renders_widget_and_mermaid_in_chromium",
+    "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
+    "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
+}
+
+#: Extra options that keep a README command fast (appended, or replacing a size).
+SMALLER = {
+    "benchmarks/saga.py": ["--orders", "20", "--rate", "20", "--seconds", "1", "--raw-messages", "1000"],
+    "benchmarks/projections.py": ["--events", "2000", "--repeat", "1"],
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command the README shows, normalised by ``shlex`` (comments dropped), in order."""
+    found: list[str] = []
+    for language, body in FENCE.findall(README):
+        for line in body.splitlines():
+            if language == "bash" or line.startswith("$ "):
+                found.append(line.removeprefix("$ "))
+    prose = FENCE.sub("", README)
+    found += [span for span in re.findall(r"`([^`\n]+)`", prose) if LOOKS_LIKE_A_COMMAND.match(span)]
+    commands = [shlex.join(shlex.split(text, comments=True)) for text in found]
+    return list(dict.fromkeys(c for c in commands if c))
+
+
+def commands_matching(pattern: re.Pattern[str]) -> list[str]:
+    return [command for command in readme_commands() if pattern.search(command)]
+
+
+def user_env(home: Path, **extra: str) -> dict[str, str]:
+    """A user's environment: no EVENTLAB_* or XDG_DATA_HOME of ours, ``home`` as HOME, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_") and k != "XDG_DATA_HOME"}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**env, **extra}
+
+
+def argv(command: str, home: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment assignments and the argv that run ``command`` here."""
+    tokens = shlex.split(command)
+    assignments = {}
+    while "=" in tokens[0] and tokens[0].split("=")[0].isupper():
+        name, value = tokens.pop(0).split("=", 1)
+        assignments[name] = value
+    tokens = [str(home) + t[1:] if t.startswith("~/") else t for t in tokens]
+    tokens = [re.sub(r"--orders \d+", "--orders 20", t) for t in tokens]
+    program = tokens[0]
+    if program.startswith(".venv/bin/"):
+        tokens[0] = str(SCRIPTS / program.removeprefix(".venv/bin/"))
+    elif program == "python":
+        tokens = [sys.executable, *tokens[1:], *SMALLER.get(tokens[1], [])]
+    elif program == "make":  # the venv is this interpreter's: do not build .venv/
+        tokens = ["make", "--silent", "--no-print-directory", "-o", ".venv/.installed", f"BIN={SCRIPTS}", *tokens[1:]]
+    return assignments, tokens
+
+
+def run(command: str, home: Path, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess[str]:
+    assignments, args = argv(command, home)
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env=user_env(home, **assignments, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def table_rows(text: str) -> dict[str, str]:
+    """``label -> value`` of the demo's table (labels and values are separated by two spaces or more)."""
+    rows = (
+        re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines() if re.search(r"\S\s{2,}\S", line)
+    )
+    return {("  " if label.startswith("  ") else "") + label.strip(): value for label, value in rows}
+
+
+def test_every_readme_command_is_run_or_mapped():
+    commands = readme_commands()
+    assert "make demo" in commands and len(commands) > 10  # the parser finds them
+    for command in commands:
+        how = [p.pattern for p in RUN if p.search(command)] + ([MAPPED[command]] if command in MAPPED else [])
+        assert len(how) == 1, f"README command {command!r} must be run by one test here or mapped in MAPPED: {how}"
+    for pattern in RUN:
+        assert commands_matching(pattern), f"no README command matches {pattern.pattern!r} any more"
+    for command, target in MAPPED.items():
+        assert command in commands, f"{command!r} is mapped but no longer in the README"
+        path, _, name = target.partition("::")
+        # a test function, or a script that runs the command itself
+        assert (ROOT / path).is_file() and (f"def {name}(" if name else command) in (ROOT / path).read_text(), target
+
+
+def test_quick_start_runs_and_prints_what_the_readme_shows(tmp_path):
+    # given: the README's quick-start commands, in order, in a fresh home
+    sample = next(body for _, body in FENCE.findall(README) if body.startswith("$ make demo"))
+    outputs = {}
+    for command in commands_matching(QUICK_START):
+        # when: each runs as a user runs it
+        result = run(command, tmp_path)
+        # then: it succeeds
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        outputs[command] = result
+    # and: `make demo` prints what the README shows, counts included (the same seed, the same
+    # counts), except the timings and the home directory
+    shown, printed = table_rows(sample), table_rows(outputs["make demo"].stdout)
+    assert f"placed 100/100  {shown.pop('placed 100/100')}" in outputs["make demo"].stderr  # the progress
+    for row in ("elapsed", "throughput", "saga latency p50", "saga latency p99"):
+        assert shown.pop(row) and printed.pop(row)
+    assert shown.pop("store").endswith("/.local/share/eventlab/demo/events.db")
+    assert printed.pop("store") == str(tmp_path / ".local/share/eventlab/demo/events.db")
+    assert printed == shown
+    assert [label for label in printed if label.startswith("invariant ")] == [f"invariant {c.name}" for c in CHECKS]
+    # and: the options passed through make (shrunk to 20 orders) arrive; the follow-up query's columns exist
+    passed = next(result.stdout for command, result in outputs.items() if "ARGS=" in command)
+    assert json.loads(passed)["orders"] == 20
+    query = next(result.stdout for command, result in outputs.items() if " query " in command)
+    assert "cancel_reason" in query and "completed" in query
+
+
+def test_external_cluster_line_runs_the_demo_on_a_cluster_of_our_own(tmp_path):
+    # given: a Kafka-protocol broker that eventlab did not start, in place of the README's localhost:9092
+    (command,) = commands_matching(EXTERNAL_CLUSTER)
+    with EmbeddedBroker(tmp_path / "broker") as broker:
+        # when: the README's command runs against it
+        result = run(command.replace("localhost:9092", broker.bootstrap_servers), tmp_path)
+    # then: the demo completes every saga with every invariant
+    assert result.returncode == 0, result.stderr
+    assert table_rows(result.stdout)["stuck"] == "0"
+
+
+def test_the_python_example_runs(tmp_path):
+    # given: the README's Python example, with its data directory in tmp_path
+    (code,) = [body for language, body in FENCE.findall(README) if language == "python"]
+    assert '"/tmp/my-shop"' in code
+    code = code.replace('"/tmp/my-shop"', repr(str(tmp_path / "my-shop")))
+    # when: it runs
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=user_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    # then: it prints the order's outcome, then its saga event by event
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[0] in ("completed", "cancelled")
+    assert "OrderCreated" in lines[1] and any("OrderCompleted" in line or "OrderCancelled" in line for line in lines)
+
+
+def _http_get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _free_offset() -> int:
+    """A port offset whose six ports are free, drawn at random so that tests running at the same
+    time on this machine do not pick the same one."""
+    draw = random.Random()
+    while True:
+        offset = draw.randrange(20000, 50000)
+        try:
+            ensure_ports_free(Settings(http_port_offset=offset))
+        except PortInUse:
+            continue
+        return offset
+
+
+def _wait_healthy(port: int, up: subprocess.Popen[str]) -> dict:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return _http_get(port, "/health")
+        except (urllib.error.URLError, ConnectionError):
+            assert up.poll() is None, up.communicate()[0]
+            assert time.monotonic() < deadline, f"nothing answers on port {port}"
+            time.sleep(0.2)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_microservice_mode_block_runs_as_written(tmp_path):
+    # given: `eventlab up --processes` from the README, on ports moved by an offset
+    up_command, *requests = commands_matching(MICROSERVICES)
+    offset = _free_offset()
+    _, args = argv(up_command, tmp_path)
+    up = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=user_env(tmp_path, EVENTLAB_HTTP_PORT_OFFSET=str(offset)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for port in range(8081 + offset, 8087 + offset):
+            assert _parent(_wait_healthy(port, up)["pid"]) == up.pid  # our shop's, not another test's
+        # when: each curl command runs, with the order id the README leaves to the reader
+        answer: dict = {}
+        for request in requests:
+            request = re.sub(r"localhost:(808\d)", lambda m: f"localhost:{int(m.group(1)) + offset}", request)
+            request = request.replace("<order_id>", answer.get("order_id", "<order_id>"))
+            result = run(request, tmp_path, timeout=30)
+            # then: each gets a JSON answer, not an error
+            assert result.returncode == 0, result.stderr
+            answer = json.loads(result.stdout)
+            assert "error" not in answer, (request, answer)
+        assert answer["status"] in ("created", "confirmed", "completed", "cancelled")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output
+
+
+def test_benchmark_commands_run(tmp_path):
+    # given: the README's benchmark commands, shrunk to a few seconds each (generated stores in tmp_path)
+    for command in commands_matching(BENCHMARKS):
+        # when: each runs
+        result = run(command, tmp_path, timeout=240, TMPDIR=str(tmp_path))
+        # then: it prints its figures as one JSON object
+        assert result.returncode == 0, result.stderr
+        assert isinstance(json.loads(result.stdout.splitlines()[-1]), dict)
+
+
+def test_compose_offers_kafka_where_the_readme_points():
+    # `docker compose up -d` cannot run on the CI machines (no Docker daemon): check what it would start
+    compose = (ROOT / "compose.yaml").read_text()
+    assert re.search(r'ports: \["9092:9092"\]', compose)
+    assert "KAFKA_ADVERTISED_LISTENERS: PLAINTEXT://localhost:9092" in compose
+    assert "EVENTLAB_BOOTSTRAP_SERVERS=localhost:9092" in README
