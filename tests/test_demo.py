@@ -15,10 +15,11 @@ from projection_story import standard_story
 from eventlab import SagaTimeout, Settings, Shop
 from eventlab.demo import StockBounds, invariants, run_demo
 from eventlab.projections import CHECKS, audit
+from eventlab.projections.audit import MAILBOX_CHECKS
 
 pytestmark = pytest.mark.integration
 
-AUDIT_NAMES = [check.name for check in CHECKS]
+AUDIT_NAMES = [check.name for check in (*CHECKS, *MAILBOX_CHECKS)]
 
 
 def demo(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
