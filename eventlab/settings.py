@@ -42,6 +42,10 @@ class Settings:
       ``EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes ``security.protocol``.
     - ``partitions`` (``EVENTLAB_PARTITIONS``): partitions per topic created by eventlab.
     - ``http_port_offset`` (``EVENTLAB_HTTP_PORT_OFFSET``): added to the seed's ports 8081-8086.
+    - ``session_timeout_ms`` (``EVENTLAB_SESSION_TIMEOUT_MS``): how long a consumer group waits for a
+      silent member; Apache Kafka refuses less than 6000 by default, the embedded broker uses 1000.
+    - ``group_instance`` (``EVENTLAB_GROUP_INSTANCE``): static group membership (``group.instance.id``)
+      for this process's consumers; the supervisor sets it on external brokers.
 
     Example:
         >>> Settings(data_dir=Path("/tmp/shop")).store_path
@@ -53,6 +57,8 @@ class Settings:
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     partitions: int = 3
     http_port_offset: int = 0
+    session_timeout_ms: int = 6000
+    group_instance: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,6 +73,10 @@ class Settings:
             values["partitions"] = int(env["EVENTLAB_PARTITIONS"])
         if env.get("EVENTLAB_HTTP_PORT_OFFSET"):
             values["http_port_offset"] = int(env["EVENTLAB_HTTP_PORT_OFFSET"])
+        if env.get("EVENTLAB_SESSION_TIMEOUT_MS"):
+            values["session_timeout_ms"] = int(env["EVENTLAB_SESSION_TIMEOUT_MS"])
+        if env.get("EVENTLAB_GROUP_INSTANCE"):
+            values["group_instance"] = env["EVENTLAB_GROUP_INSTANCE"]
         values["kafka_config"] = {
             key[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for key, value in env.items()
@@ -109,7 +119,10 @@ class Settings:
             "EVENTLAB_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "EVENTLAB_PARTITIONS": str(self.partitions),
             "EVENTLAB_HTTP_PORT_OFFSET": str(self.http_port_offset),
+            "EVENTLAB_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
         }
+        if self.group_instance:
+            env["EVENTLAB_GROUP_INSTANCE"] = self.group_instance
         for key, value in self.kafka_config.items():
             env[_KAFKA_PREFIX + key.replace(".", "_").upper()] = value
         return env
