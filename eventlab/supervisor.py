@@ -8,9 +8,12 @@ one child process per service plus the relay:
   it has run for 10 s); restarts and backoff are printed and written to ``<data_dir>/supervisor.json``,
   which each service's ``/health`` reads to report a crash-looping service or relay as ``problems``;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
-- children die with the supervisor, however it dies: on Linux the kernel sends them SIGTERM
-  (``PR_SET_PDEATHSIG``); everywhere (macOS too) each child also checks every 0.5 s that its parent
-  is still the supervisor and stops when it is not, exiting hard after a short grace period.
+- children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
+  sends them SIGTERM (``PR_SET_PDEATHSIG``, set between fork and exec); everywhere each child also
+  checks every 0.5 s that its parent is still the supervisor and stops when it is not, exiting
+  hard after 5 s. On macOS, which has no parent-death signal, that check is all there is: an
+  orphaned child stops within about a second once it has started (while it is still importing,
+  it notices when its start-up ends).
 """
 
 from __future__ import annotations
@@ -63,9 +66,16 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def _orphaned(supervisor_pid: int) -> bool:
+    return os.getppid() != supervisor_pid
+
+
 def _watch_parent(stop: threading.Event, supervisor_pid: int, interval: float = 0.5) -> None:
-    """Stop when the supervisor is gone (whatever killed it), and exit hard if stopping hangs."""
-    die_with_parent(signal.SIGTERM)
+    """Stop when the supervisor is gone (whatever killed it), and exit hard if stopping hangs.
+
+    The fallback where the kernel sends no parent-death signal (macOS), or sent it before this
+    process installed its SIGTERM handler.
+    """
 
     def watch() -> None:
         while os.getppid() == supervisor_pid:
@@ -90,7 +100,11 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         )
     stop = stop_on_signals()
     if os.environ.get(_SUPERVISOR_PID):
-        _watch_parent(stop, int(os.environ[_SUPERVISOR_PID]))
+        supervisor_pid = int(os.environ[_SUPERVISOR_PID])
+        if _orphaned(supervisor_pid):
+            log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
+            return 1
+        _watch_parent(stop, supervisor_pid)
     store = SqliteEventStore(settings.store_path)
     try:
         ensure_topics(settings)
@@ -285,7 +299,12 @@ class Supervisor:
         """Start a child from the spawner thread (see the class docstring for why)."""
         assert self._spawner is not None
         command = [sys.executable, "-m", "eventlab", "run", name, *self.extra_args]
-        return self._spawner.submit(subprocess.Popen, command, env=self._env).result()
+        return self._spawner.submit(
+            subprocess.Popen,
+            command,
+            env=self._env,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - one prctl call
+        ).result()
 
     def _write_status(self) -> None:
         with self._lock:

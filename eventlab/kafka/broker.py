@@ -39,9 +39,13 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     comes when the parent *thread* that started this process ends, so start children from a
     thread that lives as long as they should.
     """
-    if sys.platform != "linux":
+    if _prctl is None:
         return False
-    return ctypes.CDLL(None, use_errno=True).prctl(1, sig) == 0  # 1 = PR_SET_PDEATHSIG
+    return _prctl(1, sig) == 0  # 1 = PR_SET_PDEATHSIG
+
+
+# Looked up once, in the parent: between fork and exec the child should only make the call.
+_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 def _broker_binary() -> str:
