@@ -5,8 +5,10 @@ the event's metadata) while orders keep arriving. The supervisor restarts the pr
 the rest is the consumer group handing the dead member's partitions to its successor. Two
 configurations of the embedded broker's consumer group, in the same run:
 
-- ``before``: ``session.timeout.ms=6000`` (eventlab until now; Apache Kafka's minimum by default);
-- ``after``: ``session.timeout.ms=1000`` (what the embedded broker uses now).
+- ``before``: ``session.timeout.ms=6000`` (eventlab until now; Apache Kafka's minimum by default),
+  a fresh process per restart;
+- ``session``: ``session.timeout.ms=1000`` (what the embedded broker uses now), fresh processes;
+- ``after``: ``session.timeout.ms=1000`` and a warm standby per process (the supervisor's default).
 
 Static membership (``group.instance.id``), which makes the successor take over at once on Apache
 Kafka, is not measured here: on the embedded broker (Tansu) a static member's join takes ~6 s.
@@ -35,7 +37,12 @@ from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
 
 CONSUMERS = ("order", "payment", "inventory", "notification")
-CONFIGS = {"before": 6000, "after": EmbeddedBroker.SESSION_TIMEOUT_MS}
+#: name -> (session timeout ms, warm standby)
+CONFIGS = {
+    "before": (6000, False),
+    "session": (EmbeddedBroker.SESSION_TIMEOUT_MS, False),
+    "after": (EmbeddedBroker.SESSION_TIMEOUT_MS, True),
+}
 
 
 def place_orders(settings: Settings, rate: float, stop: threading.Event) -> None:
@@ -62,12 +69,14 @@ def first_event_after(store: SqliteEventStore, service: str, after: int, timeout
     return None
 
 
-def measure(session_ms: int, kills: int, rate: float, settle: float) -> dict[str, list[float]]:
-    """Gaps in seconds per service, ``kills`` kills each, under ``session_ms``."""
+def measure(session_ms: int, standby: bool, kills: int, rate: float, settle: float) -> dict[str, list[float]]:
+    """Gaps in seconds per service, ``kills`` kills each, under ``session_ms``, with or without standbys."""
     EmbeddedBroker.SESSION_TIMEOUT_MS = session_ms
     with tempfile.TemporaryDirectory(prefix="eventlab-gap-") as tmp:
         settings = Settings.from_env(data_dir=Path(tmp), http_port_offset=_free_offset())
-        supervisor = Supervisor(settings, ["--payment-failure-rate", "0"]).start()
+        supervisor = Supervisor(settings, ["--payment-failure-rate", "0"])
+        supervisor.standby = standby
+        supervisor.start()
         stop = threading.Event()
         threads = [threading.Thread(target=supervisor.run, args=(stop,), daemon=True)]
         store = SqliteEventStore(settings.store_path)
@@ -112,7 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=5, help="kills per service and configuration (default 5)")
     parser.add_argument("--rate", type=float, default=20, help="orders per second during the run (default 20)")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds between kills (default 2)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between kills (default 3)")
     parser.add_argument("--only", choices=sorted(CONFIGS), help="measure one configuration")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -120,17 +129,17 @@ def main() -> int:
     if not args.json:
         print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
     result: dict[str, object] = {"load_at_start": load[0], "rate": args.rate, "kills": args.kills}
-    for name, session_ms in CONFIGS.items():
+    for name, (session_ms, standby) in CONFIGS.items():
         if args.only and name != args.only:
             continue
-        gaps = measure(session_ms, args.kills, args.rate, args.settle)
+        gaps = measure(session_ms, standby, args.kills, args.rate, args.settle)
         summary = {
             service: {"median_s": statistics.median(values), "max_s": max(values), "gaps_s": values}
             for service, values in gaps.items()
         }
-        result[name] = {"session_timeout_ms": session_ms, "services": summary}
+        result[name] = {"session_timeout_ms": session_ms, "standby": standby, "services": summary}
         if not args.json:
-            print(f"\n{name}: session.timeout.ms={session_ms}")
+            print(f"\n{name}: session.timeout.ms={session_ms}, warm standby {'yes' if standby else 'no'}")
             print(f"  {'service':<13} {'median s':>9} {'max s':>7}  gaps")
             for service, row in summary.items():
                 print(f"  {service:<13} {row['median_s']:>9.2f} {row['max_s']:>7.2f}  {row['gaps_s']}")

@@ -280,10 +280,16 @@ class Supervisor:
         return self
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
-        """Restart children that die (with backoff) until ``stop`` is set."""
+        """Restart children that die (with backoff) until ``stop`` is set.
+
+        The status file is rewritten on every change and at least once a second (so a child that
+        stopped crash-looping is no longer reported).
+        """
+        written = time.monotonic()
         while not stop.wait(interval):
-            if self.check():
+            if self.check() or time.monotonic() - written >= 1.0:
                 self._write_status()
+                written = time.monotonic()
 
     def check(self) -> bool:
         """One round of supervision: note deaths, start what is due; True when something changed."""
