@@ -91,7 +91,7 @@ def test_one_process_per_service(tmp_path):
                 time.sleep(0.1)
             assert order["status"] == "completed"
         # and no service reports a problem: nothing crash-loops
-        assert not [h["problems"] for p in port.values() if "problems" in (h := request(p, "GET", "/health"))]
+        assert not [problems for p in port.values() if (problems := request(p, "GET", "/health").get("problems"))]
     finally:
         up.send_signal(signal.SIGTERM)
         output = up.communicate(timeout=60)[0]
