@@ -9,11 +9,11 @@ one child process per service plus the relay:
   which each service's ``/health`` reads to report a crash-looping service or relay as ``problems``;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
 - children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
-  sends them SIGTERM (``PR_SET_PDEATHSIG``, set between fork and exec); everywhere each child also
-  checks every 0.5 s that its parent is still the supervisor and stops when it is not, exiting
-  hard after 5 s. On macOS, which has no parent-death signal, that check is all there is: an
-  orphaned child stops within about a second once it has started (while it is still importing,
-  it notices when its start-up ends).
+  kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
+  also checks every 0.5 s that its parent is still the supervisor and stops when it is not, the
+  kernel ending it 5 s later (``alarm``) if the clean stop hangs. On macOS, which has no
+  parent-death signal, that check is all there is: an orphaned child stops within about a second
+  once it has started (while it is still importing, it notices when its start-up ends).
 """
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def _die_with_supervisor() -> None:
+    """Between fork and exec of a child: SIGKILL when the supervisor's spawner thread ends.
+
+    SIGKILL, not SIGTERM: an orphan's clean stop can hang for ever (a consumer closing against
+    the embedded broker that died too was seen to), and everything a child does is safe to cut
+    off at any point (atomic appends, idempotent consumers). A clean stop is the supervisor's
+    job, which terminates its children before it exits.
+    """
+    die_with_parent(signal.SIGKILL)
+
+
 def _orphaned(supervisor_pid: int) -> bool:
     return os.getppid() != supervisor_pid
 
@@ -75,17 +86,16 @@ def _orphaned(supervisor_pid: int) -> bool:
 def _watch_parent(stop: threading.Event, supervisor_pid: int, interval: float = 0.5) -> None:
     """Stop when the supervisor is gone (whatever killed it), and exit hard if stopping hangs.
 
-    The fallback where the kernel sends no parent-death signal (macOS), or sent it before this
-    process installed its SIGTERM handler.
+    The fallback where the kernel sends no parent-death signal (macOS). SIGALRM's default action
+    ends the process after the grace period without needing Python to run.
     """
 
     def watch() -> None:
         while os.getppid() == supervisor_pid:
             time.sleep(interval)
+        signal.alarm(int(_ORPHAN_GRACE))  # the kernel ends this process then, even if Python hangs
         log.warning("supervisor %d is gone; stopping", supervisor_pid)
         stop.set()
-        time.sleep(_ORPHAN_GRACE)
-        os._exit(1)
 
     threading.Thread(target=watch, name="eventlab-parent-watch", daemon=True).start()
 
@@ -365,7 +375,7 @@ class Supervisor:
             command,
             env={**self._env, _STANDBY: "1"} if standby else self._env,
             stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,  # one prctl call between fork and exec
+            preexec_fn=_die_with_supervisor if sys.platform == "linux" else None,
         ).result()
 
     @staticmethod
