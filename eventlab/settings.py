@@ -137,6 +137,11 @@ class Settings:
       every port must stay within 1-65535.
     - ``saga_timeout_s`` (``EVENTLAB_SAGA_TIMEOUT_S``, 0.1-86400): an order waiting longer for its
       reservation is cancelled with reason ``timeout``; the payment step may take twice as long.
+    - ``session_timeout_ms`` (``EVENTLAB_SESSION_TIMEOUT_MS``, 100-3600000): how long a consumer group
+      waits for a silent member; Apache Kafka refuses less than 6000 by default, the embedded broker
+      uses 1000.
+    - ``group_instance`` (``EVENTLAB_GROUP_INSTANCE``): static group membership (``group.instance.id``)
+      for this process's consumers; the supervisor sets it on external brokers.
 
     A value out of range raises :class:`SettingsError` naming the variable.
 
@@ -155,6 +160,10 @@ class Settings:
     partitions: int = field(default=3, metadata=variable("EVENTLAB_PARTITIONS", between=(1, 1000)))
     http_port_offset: int = field(default=0, metadata=variable("EVENTLAB_HTTP_PORT_OFFSET"))
     saga_timeout_s: float = field(default=30.0, metadata=variable("EVENTLAB_SAGA_TIMEOUT_S", between=(0.1, 86400)))
+    session_timeout_ms: int = field(
+        default=6000, metadata=variable("EVENTLAB_SESSION_TIMEOUT_MS", between=(100, 3_600_000))
+    )
+    group_instance: str = field(default="", metadata=variable("EVENTLAB_GROUP_INSTANCE"))
 
     def __post_init__(self) -> None:
         for f in fields(self):

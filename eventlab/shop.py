@@ -6,10 +6,12 @@ it cleanly (a ``with`` block does both).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,15 @@ from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker
+from eventlab.restarts import Backoff, with_problems
 from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
 from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
 from eventlab.services.runtime import Service
-from eventlab.settings import Settings
+from eventlab.settings import PortInUse, Settings
 from eventlab.store.sqlite import SqliteEventStore
 
-__all__ = ["Shop", "build_services", "ShopInfrastructure"]
+__all__ = ["Shop", "ShopInfrastructure", "build_services", "serve_http"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,18 @@ def build_services(
     return {s.name: s for s in services}
 
 
+def serve_http(name: str, settings: Settings, health: Callable[[], dict[str, Any]], commands: Commands) -> ServiceHttp:
+    """Start service ``name``'s HTTP endpoints on its port; :class:`PortInUse` when it is taken."""
+    try:
+        server = ServiceHttp(name, settings.port(name), health, commands)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(name, settings.port(name), settings.http_port_offset) from None
+        raise
+    log.info("%s serving http://127.0.0.1:%d", name, server.port)
+    return server.start()
+
+
 class ShopInfrastructure:
     """The broker (embedded unless configured), the topics and the event store.
 
@@ -68,7 +83,10 @@ class ShopInfrastructure:
         """Start what is needed and return settings pointing at the broker in use."""
         if self.settings.embedded:
             self.broker = EmbeddedBroker(self.settings.data_dir).start()
-            self.settings = self.settings.with_bootstrap(self.broker.bootstrap_servers)
+            self.settings = replace(
+                self.settings.with_bootstrap(self.broker.bootstrap_servers),
+                session_timeout_ms=EmbeddedBroker.SESSION_TIMEOUT_MS,
+            )
             rewind(self.store)
         ensure_topics(self.settings)
         return self.settings
@@ -113,6 +131,8 @@ class Shop:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[ServiceHttp] = []
+        self._backoff: dict[str, Backoff] = {}
+        self._errors: dict[str, str] = {}
         self.loops: dict[str, ServiceLoop] = {}
         self.relay: Relay | None = None
         self.sweeper: DeadlineSweeper | None = None
@@ -155,6 +175,7 @@ class Shop:
         settings = infra.start()
         self._infra = infra
         self._stop.clear()
+        self._backoff.clear()
         self.commands = Commands(infra.store, self._id_factory)
         self.relay = Relay(infra.store, settings)
         self._spawn("relay", self.relay.run)
@@ -165,11 +186,15 @@ class Shop:
                 self._spawn(name, loop.run)
         self.sweeper = DeadlineSweeper(infra.store, Deadlines.scaled(settings.saga_timeout_s))
         self._spawn("deadlines", self.sweeper.run)
-        if self.http:
-            for name in SERVICE_NAMES:
-                health = service_health(self.loops.get(name), infra.store)
-                server = ServiceHttp(name, settings.port(name), health, self.commands)
-                self._servers.append(server.start())
+        try:
+            if self.http:
+                for name in SERVICE_NAMES:
+                    health = service_health(self.loops.get(name), infra.store)
+                    health = with_problems(health, lambda name=name: self.problems(name, "relay"))
+                    self._servers.append(serve_http(name, settings, health, self.commands))
+        except PortInUse:
+            self.stop()
+            raise
         deadline = time.monotonic() + timeout
         for loop in self.loops.values():
             if not loop.assigned.wait(max(0.0, deadline - time.monotonic())):
@@ -192,6 +217,21 @@ class Shop:
         self._servers.clear()
         self.loops.clear()
         self._infra = None
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often each thread (``relay`` and the consuming services) died and was restarted."""
+        return {name: backoff.restarts for name, backoff in self._backoff.items()}
+
+    def problems(self, *names: str) -> list[str]:
+        """Threads among ``names`` that are down or crash-looping, as ``/health`` reports them."""
+        found = []
+        for name in names:
+            backoff = self._backoff.get(name)
+            if backoff is not None and (backoff.down or backoff.crash_looping):
+                state = "restarting" if backoff.down else "crash-looping"
+                found.append(f"{name} thread {state}: {backoff.restarts} restarts, last error {self._errors[name]}")
+        return found
 
     def __enter__(self) -> Shop:
         return self.start()
@@ -274,7 +314,28 @@ class Shop:
         return self.commands
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        thread = threading.Thread(target=target, args=(self._stop,), name=f"eventlab-{name}", daemon=True)
+        """Run ``target`` in a thread that restarts it, with backoff, whenever it raises."""
+        backoff = self._backoff[name] = Backoff()
+
+        def supervised() -> None:
+            while not self._stop.is_set():
+                backoff.started()
+                try:
+                    target(self._stop)
+                except Exception as exc:  # restarted and reported, never silent
+                    log.exception("%s thread failed", name)
+                    self._errors[name] = f"{type(exc).__name__}: {exc}"
+                else:
+                    if self._stop.is_set():
+                        return
+                    self._errors[name] = "returned before the shop stopped"
+                delay = backoff.died()
+                log.warning(
+                    "%s thread died (%s); restart %d in %.1f s", name, self._errors[name], backoff.restarts, delay
+                )
+                self._stop.wait(delay)
+
+        thread = threading.Thread(target=supervised, name=f"eventlab-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
 

@@ -1,8 +1,19 @@
-"""Microservice mode: one OS process per service, the way they are deployed.
+"""Microservice mode: one OS process per service, the way they are deployed, supervised.
 
 ``eventlab run NAME`` runs one service (or the ``relay``) against a running broker;
-``eventlab up --processes`` starts the broker (unless external) and supervises one process per
-service plus the relay, restarting any that dies.
+``eventlab up --processes`` starts the broker (unless external) and a :class:`Supervisor` that runs
+one child process per service plus the relay:
+
+- a child that dies is restarted after 0.2 s, doubling up to 30 s while it keeps dying (reset once
+  it has run for 10 s); restarts and backoff are printed and written to ``<data_dir>/supervisor.json``,
+  which each service's ``/health`` reads to report a crash-looping service or relay as ``problems``;
+- a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
+- children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
+  kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
+  also checks every 0.5 s that its parent is still the supervisor and stops when it is not, the
+  kernel ending it 5 s later (``alarm``) if the clean stop hangs. On macOS, which has no
+  parent-death signal, that check is all there is: an orphaned child stops within about a second
+  once it has started (while it is still importing, it notices when its start-up ends).
 """
 
 from __future__ import annotations
@@ -14,26 +25,40 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.errors import BrokerError
-from eventlab.http import ServiceHttp, service_health
+from eventlab.http import service_health
+from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
+from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, with_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
-from eventlab.settings import Settings
-from eventlab.shop import ShopInfrastructure, build_services
+from eventlab.settings import PortInUse, Settings, ensure_ports_free
+from eventlab.shop import ShopInfrastructure, build_services, serve_http
 from eventlab.store.sqlite import SqliteEventStore
 
-__all__ = ["run_one", "supervise", "stop_on_signals", "PROCESS_NAMES"]
+__all__ = ["CONFIG_ERROR", "PROCESS_NAMES", "Supervisor", "run_one", "stop_on_signals", "supervise"]
 
 log = logging.getLogger(__name__)
 
 PROCESS_NAMES: tuple[str, ...] = ("relay", *SERVICE_NAMES)
+
+#: A child's exit status for "misconfigured, restarting cannot help" (e.g. its port is taken).
+CONFIG_ERROR = 3
+
+#: Tells a child which process supervises it (it stops when its parent is another).
+_SUPERVISOR_PID = "EVENTLAB_SUPERVISOR_PID"
+#: Set for a warm standby child: it starts, then waits for "go" on stdin before it works.
+_STANDBY = "EVENTLAB_STANDBY"
+#: How long an orphaned child may take to stop cleanly before it exits hard.
+_ORPHAN_GRACE = 5.0
 
 
 def stop_on_signals() -> threading.Event:
@@ -44,24 +69,94 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def _die_with_supervisor() -> None:
+    """Between fork and exec of a child: SIGKILL when the supervisor's spawner thread ends.
+
+    SIGKILL, not SIGTERM: an orphan's clean stop can hang for ever (a consumer closing against
+    the embedded broker that died too was seen to), and everything a child does is safe to cut
+    off at any point (atomic appends, idempotent consumers). A clean stop is the supervisor's
+    job, which terminates its children before it exits.
+    """
+    die_with_parent(signal.SIGKILL)
+
+
+def _orphaned(supervisor_pid: int) -> bool:
+    return os.getppid() != supervisor_pid
+
+
+def _watch_parent(stop: threading.Event, supervisor_pid: int, interval: float = 0.5) -> None:
+    """Stop when the supervisor is gone (whatever killed it), and exit hard if stopping hangs.
+
+    The fallback where the kernel sends no parent-death signal (macOS). SIGALRM's default action
+    ends the process after the grace period without needing Python to run.
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(interval)
+        signal.alarm(int(_ORPHAN_GRACE))  # the kernel ends this process then, even if Python hangs
+        log.warning("supervisor %d is gone; stopping", supervisor_pid)
+        stop.set()
+
+    threading.Thread(target=watch, name="eventlab-parent-watch", daemon=True).start()
+
+
+def _promoted(stop: threading.Event) -> bool:
+    """A warm standby: wait, imported and wired, until the supervisor says go on stdin.
+
+    True when promoted; False when stopped or when stdin closed (the supervisor is gone).
+    """
+    line: list[str] = []
+    answered = threading.Event()
+
+    def read() -> None:
+        line.append(sys.stdin.readline())
+        answered.set()
+
+    threading.Thread(target=read, name="eventlab-standby", daemon=True).start()
+    while not answered.wait(0.2):
+        if stop.is_set():
+            return False
+    return line[0].strip() == "go"
+
+
 def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
-    """Run service ``name`` (or ``relay``) in this process until SIGINT/SIGTERM."""
+    """Run service ``name`` (or ``relay``) in this process until SIGINT/SIGTERM.
+
+    Returns :data:`CONFIG_ERROR` when the service's HTTP port is taken.
+    """
     if settings.embedded:
         raise BrokerError(
             f"'eventlab run {name}' joins a running shop: set EVENTLAB_BOOTSTRAP_SERVERS, "
             "or start everything with 'eventlab up --processes'"
         )
     stop = stop_on_signals()
+    supervised = bool(os.environ.get(_SUPERVISOR_PID))
+    if supervised:
+        supervisor_pid = int(os.environ[_SUPERVISOR_PID])
+        if _orphaned(supervisor_pid):
+            log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
+            return 1
+        _watch_parent(stop, supervisor_pid)
     store = SqliteEventStore(settings.store_path)
-    ensure_topics(settings)
     try:
+        if not supervised:
+            ensure_topics(settings)  # the supervisor created them: one round trip less per restart
+        service = None if name == "relay" else build_services(settings, gateway)[name]
+        loop = ServiceLoop(service, store, settings) if service is not None and service.subscriptions else None
+        if os.environ.get(_STANDBY) and not _promoted(stop):
+            return 0
         if name == "relay":
             Relay(store, settings).run(stop)
             return 0
-        service = build_services(settings, gateway)[name]
-        loop = ServiceLoop(service, store, settings) if service.subscriptions else None
-        server = ServiceHttp(name, settings.port(name), service_health(loop, store), Commands(store)).start()
-        log.info("%s serving http://127.0.0.1:%d", name, server.port)
+        health = with_problems(
+            service_health(loop, store), lambda: supervision_problems(settings.data_dir, name, "relay")
+        )
+        try:
+            server = serve_http(name, settings, health, Commands(store))
+        except PortInUse as exc:
+            print(f"eventlab: error: {exc}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR
         if name == "order":  # the saga's deadlines run beside the saga
             sweeper = DeadlineSweeper(store, Deadlines.scaled(settings.saga_timeout_s))
             threading.Thread(target=sweeper.run, args=(stop,), name="eventlab-deadlines", daemon=True).start()
@@ -75,35 +170,263 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         store.close()
 
 
-def supervise(settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES) -> int:
-    """Start the infrastructure and one child process per name; restart children that die."""
-    stop = stop_on_signals()
-    infra = ShopInfrastructure(settings)
-    settings = infra.start()
-    env = {**os.environ, **settings.environ()}
+@dataclass
+class _Child:
+    """One supervised process, its warm standby and its restart history."""
 
-    def spawn(name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "eventlab", "run", name, *extra_args], env=env)
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    standby: subprocess.Popen[bytes] | None = None
+    standby_at: float | None = None  # monotonic time to start a new standby
+    backoff: Backoff = field(default_factory=Backoff)
+    restart_at: float | None = None  # monotonic time of the next start while it is down
+    last_exit: int | None = None
+    gave_up: str = ""  # why it is not restarted any more
 
-    children = {name: spawn(name) for name in names}
-    print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_path}", flush=True)
-    for name in SERVICE_NAMES:
-        if name in names:
-            print(f"  {name:<13} pid {children[name].pid:<7} http://127.0.0.1:{settings.port(name)}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            for name, child in children.items():
-                if child.poll() is not None:
-                    log.warning("%s exited with %s; restarting", name, child.returncode)
-                    time.sleep(0.5)
-                    children[name] = spawn(name)
-    finally:
-        for child in children.values():
-            child.terminate()
-        for child in children.values():
+    def status(self) -> dict[str, object]:
+        restart_at = None if self.restart_at is None else time.time() + self.restart_at - time.monotonic()
+        return {
+            "pid": self.process.pid if self.process is not None else None,
+            "standby_pid": self.standby.pid if self.standby is not None else None,
+            "restarts": self.backoff.restarts,
+            "backoff": self.backoff.delay,
+            "crash_looping": self.backoff.crash_looping,
+            "restart_at": restart_at,
+            "last_exit": self.last_exit,
+            "gave_up": bool(self.gave_up),
+            "reason": self.gave_up,
+        }
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.process, self.standby) if p is not None]
+
+
+class Supervisor:
+    """Runs the broker (unless external) and one child process per name; restarts children that die.
+
+    Each child has a *warm standby*: a second process, started, imported and wired, waiting on its
+    stdin. When a child dies, its standby is told to go (after the backoff delay) and a new standby
+    is started a little later, so a restart costs no interpreter start-up. Set ``standby = False``
+    before :meth:`start` for plain restarts.
+
+    Usable from any thread (it installs no signal handlers). Children are started from one
+    dedicated thread that lives as long as the supervisor, because Linux delivers the
+    parent-death signal when the *thread* that started a child ends.
+
+    Example:
+        >>> sup = Supervisor(settings).start()  # doctest: +SKIP
+        >>> threading.Thread(target=sup.run, args=(stop,)).start()  # doctest: +SKIP
+        >>> os.kill(sup.pids()["order"], signal.SIGKILL)  # its standby takes over  # doctest: +SKIP
+        >>> stop.set(); sup.stop()  # doctest: +SKIP
+    """
+
+    #: Seconds after a start or a promotion before a new standby is started (not to compete for CPU).
+    STANDBY_DELAY = 2.0
+
+    def __init__(
+        self, settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES
+    ) -> None:
+        self.settings = settings
+        self.extra_args = tuple(extra_args)
+        self.names = tuple(names)
+        self.standby = True
+        self.report: Callable[[str], None] = lambda line: log.warning("%s", line)
+        self._infra: ShopInfrastructure | None = None
+        self._spawner: ThreadPoolExecutor | None = None
+        self._children: dict[str, _Child] = {}
+        self._env: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.settings.bootstrap_servers or 'embedded'} pids={self.pids()}>"
+
+    @property
+    def broker_pid(self) -> int | None:
+        """The embedded broker's pid (None when the broker is external or not running)."""
+        broker = self._infra.broker if self._infra is not None else None
+        return broker.pid if broker is not None else None
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts per process name."""
+        with self._lock:
+            return {name: child.backoff.restarts for name, child in self._children.items()}
+
+    def pids(self) -> dict[str, int]:
+        """Process name -> the pid of its current child (running or just exited, not yet restarted)."""
+        with self._lock:
+            return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
+
+    def standby_pids(self) -> dict[str, int]:
+        """Process name -> the pid of its warm standby, where one is ready."""
+        with self._lock:
+            return {n: c.standby.pid for n, c in self._children.items() if c.standby is not None}
+
+    def start(self) -> Supervisor:
+        """Check the ports, start the broker (unless external), the topics and every child.
+
+        Raises :class:`~eventlab.settings.PortInUse` before starting anything if a port is taken.
+        """
+        ensure_ports_free(self.settings, [n for n in self.names if n in SERVICE_NAMES])
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="eventlab-spawner")
+        self._infra = ShopInfrastructure(self.settings)
+        try:
+            settings = self._spawner.submit(self._infra.start).result()
+        except BaseException:
+            self.stop()
+            raise
+        if not self.settings.embedded:
+            # Static membership: on Apache Kafka a restarted child takes over its predecessor's
+            # partitions at once. Not on Tansu, where a static member's join takes ~6 s (measured).
+            settings = replace(settings, group_instance=settings.group_instance or "0")
+        self.settings = settings
+        self._env = {**os.environ, **settings.environ(), _SUPERVISOR_PID: str(os.getpid())}
+        self._env.pop(_STANDBY, None)
+        standby_at = time.monotonic() + self.STANDBY_DELAY if self.standby else None
+        with self._lock:
+            for name in self.names:
+                child = self._children[name] = _Child(name, standby_at=standby_at)
+                child.process = self._spawn(name)
+        self._write_status()
+        return self
+
+    def run(self, stop: threading.Event, interval: float = 0.05) -> None:
+        """Restart children that die (with backoff) until ``stop`` is set.
+
+        The status file is rewritten on every change and at least once a second (so a child that
+        stopped crash-looping is no longer reported).
+        """
+        written = time.monotonic()
+        while not stop.wait(interval):
+            if self.check() or time.monotonic() - written >= 1.0:
+                self._write_status()
+                written = time.monotonic()
+
+    def check(self) -> bool:
+        """One round of supervision: note deaths, start what is due; True when something changed."""
+        changed = False
+        now = time.monotonic()
+        with self._lock:
+            for name, child in self._children.items():
+                if child.gave_up:
+                    continue
+                if child.standby is not None and child.standby.poll() is not None:
+                    log.info("%s standby exited with %s", name, child.standby.returncode)
+                    delay = max(self.STANDBY_DELAY, child.backoff.delay)
+                    child.standby, child.standby_at, changed = None, now + delay, True
+                if child.standby_at is not None and now >= child.standby_at and child.restart_at is None:
+                    child.standby, child.standby_at, changed = self._spawn(name, standby=True), None, True
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        child.process = self._promote(child) or self._spawn(name)
+                        child.backoff.started()
+                        child.restart_at = None
+                        child.standby_at = now + self.STANDBY_DELAY if self.standby else None
+                        changed = True
+                    continue
+                assert child.process is not None
+                code = child.process.poll()
+                if code is None:
+                    continue
+                changed = True
+                child.last_exit = code
+                if code == CONFIG_ERROR:
+                    child.gave_up = f"configuration error (exit {code}), see its message above; not restarting"
+                    self.report(f"{name} exited with a configuration error (exit {code}); not restarting it")
+                    self._retire(child.standby)
+                    child.standby = None
+                    continue
+                delay = child.backoff.died()
+                child.restart_at = now + delay
+                loop_note = " (crash-looping)" if child.backoff.crash_looping else ""
+                self.report(
+                    f"{name} (pid {child.process.pid}) exited with {code}; "
+                    f"restart {child.backoff.restarts} in {delay:.1f} s{loop_note}"
+                )
+        return changed
+
+    def stop(self) -> None:
+        """Terminate the children and standbys (SIGTERM, then SIGKILL after 20 s) and stop the broker."""
+        with self._lock:
+            processes = [p for c in self._children.values() for p in c.processes()]
+            for child in self._children.values():
+                child.gave_up = child.gave_up or "supervisor stopped"
+        for process in processes:
+            self._retire(process)
+        for process in processes:
             try:
-                child.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                child.kill()
-        infra.stop()
+                process.kill()
+                process.wait()
+        if self._infra is not None:
+            self._infra.stop()
+            self._infra = None
+        if self._spawner is not None:
+            self._spawner.shutdown()
+            self._spawner = None
+        (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
+
+    def _spawn(self, name: str, standby: bool = False) -> subprocess.Popen[bytes]:
+        """Start a child (or a standby) from the spawner thread (see the class docstring for why)."""
+        assert self._spawner is not None
+        command = [sys.executable, "-m", "eventlab", "run", name, *self.extra_args]
+        return self._spawner.submit(
+            subprocess.Popen,
+            command,
+            env={**self._env, _STANDBY: "1"} if standby else self._env,
+            stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
+            preexec_fn=_die_with_supervisor if sys.platform == "linux" else None,
+        ).result()
+
+    @staticmethod
+    def _promote(child: _Child) -> subprocess.Popen[bytes] | None:
+        """Tell ``child``'s standby to go; None when there is no live standby."""
+        standby, child.standby = child.standby, None
+        if standby is None or standby.poll() is not None or standby.stdin is None:
+            return None
+        try:
+            standby.stdin.write(b"go\n")
+            standby.stdin.close()
+        except OSError:
+            return None
+        return standby
+
+    @staticmethod
+    def _retire(process: subprocess.Popen[bytes] | None) -> None:
+        """Ask a child or standby to stop (a standby also stops when its stdin closes)."""
+        if process is None or process.poll() is not None:
+            return
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()
+            except OSError:
+                log.debug("stdin of %d already closed", process.pid)
+        process.terminate()
+
+    def _write_status(self) -> None:
+        with self._lock:
+            processes = {name: child.status() for name, child in self._children.items()}
+        write_status(self.settings.data_dir, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
+
+
+def supervise(settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES) -> int:
+    """``eventlab up --processes``: a :class:`Supervisor` with the CLI's signals and output around it.
+
+    Exit status 2 (one line on stderr) when a service's port is taken before anything starts.
+    """
+    stop = stop_on_signals()
+    supervisor = Supervisor(settings, extra_args, names)
+    supervisor.report = lambda line: print(f"eventlab: {line}", flush=True)
+    supervisor.start()
+    settings = supervisor.settings
+    pids = supervisor.pids()
+    print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_path}", flush=True)
+    for name in supervisor.names:
+        where = f"http://127.0.0.1:{settings.port(name)}" if name in SERVICE_NAMES else ""
+        print(f"  {name:<13} pid {pids[name]:<7} {where}".rstrip(), flush=True)
+    try:
+        supervisor.run(stop)
+    finally:
+        supervisor.stop()
     return 0

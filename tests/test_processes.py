@@ -90,6 +90,8 @@ def test_one_process_per_service(tmp_path):
                 assert time.monotonic() < deadline, f"order {order_id} stuck in {order['status']}"
                 time.sleep(0.1)
             assert order["status"] == "completed"
+        # and no service reports a problem: nothing crash-loops
+        assert not [problems for p in port.values() if (problems := request(p, "GET", "/health").get("problems"))]
     finally:
         up.send_signal(signal.SIGTERM)
         output = up.communicate(timeout=60)[0]

@@ -1,0 +1,129 @@
+"""Restarting what dies, visibly: exponential backoff, the supervisor's status file, health problems.
+
+Shared by the process supervisor (:mod:`eventlab.supervisor`, one OS process per service) and the
+in-process shop (:class:`eventlab.shop.Shop`, one thread per service): a child or thread that dies is
+started again after 0.2 s, doubling up to 30 s while it keeps dying, back to 0.2 s once it has run
+for 10 s. Whatever is restarting or crash-looping shows up in ``/health`` as ``problems``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Backoff",
+    "STATUS_FILE",
+    "read_status",
+    "supervision_problems",
+    "with_problems",
+    "write_status",
+]
+
+#: Written by the process supervisor into the data directory: restarts and backoff per process.
+STATUS_FILE = "supervisor.json"
+
+Health = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class Backoff:
+    """When to restart one process or thread that keeps dying, and whether it is crash-looping.
+
+    Each death doubles the delay from ``initial`` up to ``maximum``; a run that lasted at least
+    ``reset_after`` seconds counts as healthy, so the next death waits ``initial`` again.
+
+    Example:
+        >>> b = Backoff()
+        >>> [b.died() for _ in range(3)], b.restarts, b.crash_looping
+        ([0.2, 0.4, 0.8], 3, True)
+    """
+
+    initial: float = 0.2
+    maximum: float = 30.0
+    reset_after: float = 10.0
+    delay: float = field(default=0.0, init=False)
+    restarts: int = field(default=0, init=False)
+    down: bool = field(default=False, init=False)
+    started_at: float = field(default_factory=time.monotonic, init=False)
+
+    def started(self) -> None:
+        """Record that it runs again."""
+        self.down = False
+        self.started_at = time.monotonic()
+
+    def died(self) -> float:
+        """Record a death; return how long to wait before the restart."""
+        ran_for = time.monotonic() - self.started_at
+        self.delay = (
+            self.initial if ran_for >= self.reset_after or not self.delay else min(self.delay * 2, self.maximum)
+        )
+        self.restarts += 1
+        self.down = True
+        return self.delay
+
+    @property
+    def crash_looping(self) -> bool:
+        """True while it keeps dying soon after each restart (until a run lasts ``reset_after`` s)."""
+        recent = self.down or time.monotonic() - self.started_at < self.reset_after
+        return self.delay > self.initial and recent
+
+
+def write_status(data_dir: Path, status: dict[str, Any]) -> None:
+    """Replace ``<data_dir>/supervisor.json`` atomically (readers never see half a file)."""
+    path = Path(data_dir) / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    os.replace(tmp, path)
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    """The running supervisor's status, or None (no supervisor, or its process is gone)."""
+    try:
+        status = json.loads((Path(data_dir) / STATUS_FILE).read_text())
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return status
+
+
+def supervision_problems(data_dir: Path, *names: str) -> list[str]:
+    """What the supervisor reports about processes ``names`` (e.g. a service and the relay), for ``/health``."""
+    status = read_status(data_dir)
+    if status is None:
+        return []
+    problems = []
+    now = time.time()
+    for name in names:
+        state = status.get("processes", {}).get(name)
+        if state is None:
+            continue
+        if state.get("gave_up"):
+            problems.append(f"{name} is not running: {state.get('reason', 'gave up')}")
+        elif state.get("crash_looping"):
+            wait = max(0.0, float(state.get("restart_at") or now) - now)
+            problems.append(
+                f"{name} is crash-looping: {state['restarts']} restarts, last exit {state.get('last_exit')}, "
+                f"backoff {state['backoff']:.1f} s" + (f", next start in {wait:.1f} s" if wait else "")
+            )
+    return problems
+
+
+def with_problems(health: Health, *sources: Callable[[], list[str]]) -> Health:
+    """``health`` with the ``problems`` from ``sources`` added (absent when there are none)."""
+
+    def combined() -> dict[str, Any]:
+        report = dict(health())
+        problems = list(report.get("problems") or [])
+        for source in sources:
+            problems.extend(source())
+        if problems:
+            report["problems"] = problems
+        return report
+
+    return combined

@@ -1,0 +1,250 @@
+"""Supervision: whatever dies is restarted with backoff and reported, never silently; children die
+with their supervisor; a port that is taken is one clear error, not a crash loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import free_port_offset
+
+from eventlab import Settings, Shop
+from eventlab.application import Commands
+from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, with_problems
+from eventlab.services.loop import ServiceLoop
+from eventlab.store.sqlite import SqliteEventStore
+from eventlab.supervisor import Supervisor
+
+
+def settings_for(tmp_path, offset=None):
+    return Settings.from_env(env={}, data_dir=tmp_path, http_port_offset=offset or free_port_offset())
+
+
+def wait_for(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        time.sleep(0.05)
+    return result
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead too
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def supervised(tmp_path):
+    """A Supervisor running in a background thread, as the chaos command uses it."""
+    running = []
+
+    def start(names, extra_args=()):
+        supervisor = Supervisor(settings_for(tmp_path), extra_args, names).start()
+        stop = threading.Event()
+        thread = threading.Thread(target=supervisor.run, args=(stop,), daemon=True)
+        thread.start()
+        running.append((supervisor, stop, thread))
+        return supervisor
+
+    yield start
+    for supervisor, stop, thread in running:
+        stop.set()
+        thread.join(10)
+        supervisor.stop()
+
+
+# --- backoff: pure logic -------------------------------------------------------------------------
+
+
+def test_a_crash_loop_backs_off_exponentially_up_to_a_ceiling():
+    backoff = Backoff(initial=0.2, maximum=1.0)
+    assert [backoff.died() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    assert backoff.restarts == 5 and backoff.crash_looping
+
+
+def test_a_child_that_ran_for_a_while_is_restarted_quickly_again():
+    backoff = Backoff(initial=0.2, reset_after=0.0)
+    backoff.died()
+    backoff.started()
+    assert backoff.died() == 0.2 and not backoff.crash_looping
+
+
+def test_problems_are_added_to_a_services_health():
+    health = with_problems(lambda: {"lag": 0}, lambda: ["relay is crash-looping"], lambda: [])
+    assert health() == {"lag": 0, "problems": ["relay is crash-looping"]}
+    assert with_problems(lambda: {"lag": 0}, lambda: [])() == {"lag": 0}
+
+
+# --- process mode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path):
+    # Given `eventlab up --processes` with every service answering
+    settings = settings_for(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
+    env.update(settings.environ())
+    env.pop("EVENTLAB_BOOTSTRAP_SERVERS")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    status = tmp_path / STATUS_FILE
+    wait_for(lambda: status.exists(), what="supervisor status file")
+    wait_for(lambda: not port_free(settings.port("notification")), what="notification listening")
+
+    def with_standbys():
+        processes = json.loads(status.read_text())["processes"]
+        return processes if all(p["standby_pid"] for p in processes.values()) else None
+
+    processes = wait_for(with_standbys, what="standbys started")
+    children = [pid for p in processes.values() for pid in (p["pid"], p["standby_pid"])]
+    # When the supervisor is killed without a chance to clean up
+    up.kill()
+    up.wait()
+    # Then every child (standbys included) stops, so its port is free for the next `eventlab up`
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=30, what="children gone")
+
+
+@pytest.mark.integration
+def test_up_refuses_to_start_when_a_port_is_taken(tmp_path):
+    # Given something already listening on the order service's port
+    settings = settings_for(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.port("order")))
+        squatter.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
+        env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(settings.http_port_offset))
+        # When `eventlab up --processes` starts
+        done = subprocess.run(
+            [sys.executable, "-m", "eventlab", "up", "--processes"], env=env, capture_output=True, text=True, timeout=60
+        )
+    # Then it refuses with one line naming the port, and starts nothing
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and str(settings.port("order")) in done.stderr
+    assert not (tmp_path / STATUS_FILE).exists()
+
+
+@pytest.mark.integration
+def test_the_supervisor_gives_up_on_a_child_whose_port_is_taken(supervised):
+    # Given a supervised user service
+    supervisor = supervised(["user"])
+    port = supervisor.settings.port("user")
+    wait_for(lambda: not port_free(port), what="user listening")
+    # When it dies and something else takes its port before the restart
+    with socket.socket() as squatter:
+        os.kill(supervisor.pids()["user"], signal.SIGKILL)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        wait_for(lambda: port_free(port), what="port released")
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        # Then the restarted child exits with a configuration error and is not restarted again
+        status = supervisor.settings.data_dir / STATUS_FILE
+        wait_for(lambda: json.loads(status.read_text())["processes"]["user"]["gave_up"], what="supervisor gives up")
+        restarts = supervisor.restarts["user"]
+        time.sleep(1.0)
+        assert supervisor.restarts["user"] == restarts == 1
+        problems = supervision_problems(supervisor.settings.data_dir, "user")
+        assert problems and "configuration error" in problems[0]
+
+
+@pytest.mark.integration
+def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
+    # Given a relay that cannot start (a bad option makes it exit at once)
+    supervisor = supervised(["relay"], extra_args=["--seed", "not-a-number"])
+    # When it keeps dying
+    data_dir = supervisor.settings.data_dir
+    wait_for(lambda: supervisor.restarts["relay"] >= 4, what="four restarts")
+    # Then the delays grow, and the health of every service says the relay is crash-looping
+    status = json.loads((data_dir / STATUS_FILE).read_text())["processes"]["relay"]
+    assert status["crash_looping"] and status["backoff"] >= 0.8
+    problems = supervision_problems(data_dir, "order", "relay")
+    assert len(problems) == 1 and problems[0].startswith("relay is crash-looping")
+
+
+@pytest.mark.integration
+def test_a_killed_consumer_process_is_replaced_and_handles_new_orders(supervised):
+    # Given the whole shop in processes, with a product in stock
+    names = ["relay", "user", "product", "order", "payment", "inventory", "notification"]
+    supervisor = supervised(names, extra_args=["--payment-failure-rate", "0"])
+    store = SqliteEventStore(supervisor.settings.store_path)
+    commands = Commands(store)
+    try:
+        commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+        commands.create_product(product_id="P1", name="Lamp", price_cents=2750, initial_stock=10)
+        first = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+        wait_for(lambda: commands.get_order(first).terminal, what="first order")
+        # When the inventory and order processes are killed
+        for name in ("inventory", "order"):
+            standby = wait_for(lambda name=name: supervisor.standby_pids().get(name), what=f"{name} standby")
+            victim = supervisor.pids()[name]
+            os.kill(victim, signal.SIGKILL)
+            # (their warm standbys take over)
+            wait_for(lambda victim=victim, name=name: supervisor.pids()[name] != victim, what=f"{name} restarted")
+            assert supervisor.pids()[name] == standby
+        # Then orders placed afterwards complete
+        later = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+        assert wait_for(lambda: commands.get_order(later).terminal, what="order after kills")
+        assert commands.get_order(later).status == "completed"
+        assert supervisor.restarts["inventory"] == supervisor.restarts["order"] == 1
+    finally:
+        store.close()
+
+
+# --- threads mode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_loop_thread_that_raises_is_restarted_and_reported(tmp_path, monkeypatch):
+    # Given a shop whose inventory loop fails three times as it starts
+    failures = iter([True, True, True])
+    real_run = ServiceLoop.run
+
+    def flaky_run(self, stop, *args, **kwargs):
+        if self.service.name == "inventory" and next(failures, False):
+            raise RuntimeError("inventory exploded")
+        return real_run(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(ServiceLoop, "run", flaky_run)
+    settings = settings_for(tmp_path)
+    with Shop(settings, http=True) as shop:
+        # When the thread dies and dies again
+        wait_for(lambda: shop.restarts["inventory"] == 3, what="three restarts")
+        # Then it is reported as crash-looping in the service's health, and in the end it works again
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{settings.port('inventory')}/health", timeout=10) as answer:
+                health = json.loads(answer.read())
+        except urllib.error.HTTPError as degraded:  # 503 when /health renders problems as "degraded"
+            health = json.loads(degraded.read())
+        assert any("inventory" in p and "inventory exploded" in p for p in health["problems"])
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.create_product("P1", "Lamp", 2750, 5)
+        shop.wait_idle()
+        assert shop.wait(shop.place_order("U1", {"P1": 1})).status == "completed"
+        assert shop.restarts == {**dict.fromkeys(shop.restarts, 0), "inventory": 3}
