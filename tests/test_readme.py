@@ -30,6 +30,7 @@ import pytest
 
 from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.projections import CHECKS
+from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.settings import PortInUse, Settings, ensure_ports_free
 
 pytestmark = pytest.mark.integration
@@ -163,7 +164,7 @@ def test_quick_start_runs_and_prints_what_the_readme_shows(tmp_path):
     assert shown.pop("store").endswith("/.local/share/eventlab/demo/events.db")
     assert printed.pop("store") == str(tmp_path / ".local/share/eventlab/demo/events.db")
     assert printed == shown
-    assert [label for label in printed if label.startswith("invariant ")] == [f"invariant {c.name}" for c in CHECKS]
+    assert [label for label in printed if label.startswith("invariant ")] == [f"invariant {c.name}" for c in (*CHECKS, *MAILBOX_CHECKS)]
     # and: the options passed through make (shrunk to 20 orders) arrive; the follow-up query's columns exist
     passed = next(result.stdout for command, result in outputs.items() if "ARGS=" in command)
     assert json.loads(passed)["orders"] == 20
