@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab.dlq import add_commands as add_dlq_commands
 
     add_dlq_commands(commands, [common])
+    from eventlab.chaos import add_command as add_chaos
+
+    add_chaos(commands, [common])
     return parser
 
 
