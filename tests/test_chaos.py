@@ -209,7 +209,8 @@ def test_the_command_line_refuses_nonsense():
     parser = build_parser()
     args = parser.parse_args(["chaos", "--orders", "10", "--duplicates", "0.1", "--kill-every", "0"])
     assert (args.orders, args.duplicates, args.kill_every, args.json) == (10, 0.1, 0.0, False)
-    for bad in (["--duplicates", "2"], ["--orders", "0"], ["--rate", "fast"]):
+    assert parser.parse_args(["chaos", "--poison-kinds", "garbage,deep_json"]).poison_kinds == ("garbage", "deep_json")
+    for bad in (["--duplicates", "2"], ["--orders", "0"], ["--rate", "fast"], ["--poison-kinds", "acid"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["chaos", *bad])
 
@@ -248,7 +249,7 @@ def test_a_small_chaos_run_loses_nothing(tmp_path, monkeypatch, capsys):
             "--seed",
             "11",
             "--timeout",
-            "30",
+            "25",
             "--json",
         ]
     )

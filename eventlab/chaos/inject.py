@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,13 +176,14 @@ class PoisonMaker:
         self.types = dict(types)
         self._out = _Producing(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
         self._count = 0
+        self._run = uuid.uuid4().hex[:8]  # an external broker keeps the dead letters of earlier runs
 
     def send(self, kind: str) -> PoisonSent | None:
         """Forge one poison message of ``kind``, send it to a random consumed topic and wait for the ack."""
         topic = self.rng.choice(sorted(self.consumers))
         value, headers = forge(kind, self.types[topic], self.rng)
         self._count += 1
-        chaos_id = f"{kind}-{self._count}"
+        chaos_id = f"{kind}-{self._count}-{self._run}"
         failures = len(self._out.failed)
         self._out.send(topic, value, f"chaos-{chaos_id}", [*headers, (CHAOS_HEADER, chaos_id.encode())])
         self._out.flush()
@@ -247,11 +249,15 @@ class DeadLetterCollector(_Reader):
 
 
 class Duplicator(_Reader):
-    """Reads the service topics and re-sends a ``share`` of real messages as exact copies (same
-    partition, key, value and headers): the duplicate deliveries an at-least-once broker makes."""
+    """Reads the service topics and re-sends a ``share`` of real messages produced after ``since``
+    (epoch seconds) as exact copies (same partition, key, value and headers): the duplicate
+    deliveries an at-least-once broker makes."""
 
-    def __init__(self, settings: Settings, topics: Sequence[str], share: float, rng: random.Random) -> None:
+    def __init__(
+        self, settings: Settings, topics: Sequence[str], share: float, rng: random.Random, since: float
+    ) -> None:
         super().__init__(settings, "duplicator", topics)
+        self.since_ms = int(since * 1000)
         self.share = share
         self.rng = rng
         self._out = _Producing(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
@@ -266,6 +272,8 @@ class Duplicator(_Reader):
         ce_id = next((value for key, value in headers if key == "ce_id"), None)
         if ce_id is None or ce_id in self._copied or any(key == CHAOS_HEADER for key, _ in headers):
             return  # forged poison, or a message already copied (maybe the copy itself)
+        if message.timestamp()[1] < self.since_ms:
+            return  # from before this run (an external broker keeps old topics)
         if self.rng.random() < self.share:
             self._copied.add(ce_id)
             self._out.send(message.topic(), message.value(), message.key(), headers, partition=message.partition())

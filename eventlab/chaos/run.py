@@ -57,6 +57,7 @@ class ChaosConfig:
     kill_every: float = 5.0
     duplicates: float = 0.05
     poison: int = 2
+    poison_kinds: tuple[str, ...] = POISON_KINDS
     pause_s: float = 3.0
     payment_failure_rate: float = 0.2
     seed: int = 0
@@ -136,10 +137,11 @@ class _Shop:
                 try:
                     if http_json(self.port(name), "GET", "/health", timeout=2)[0] in (200, 503):
                         break
-                except (ConnectionError, TimeoutError, OSError):
+                except OSError:  # not listening yet
                     pass
                 if time.monotonic() > deadline:
                     raise ChaosError(f"the {name} service did not answer on port {self.port(name)} in {timeout} s")
+                progress(f"waiting for the {name} service to answer /health", force=False)
                 time.sleep(0.2)
         progress("every service answers /health")
 
@@ -159,6 +161,7 @@ class _Shop:
                 break
             if time.monotonic() > deadline:
                 raise ChaosError(f"inventory stocked {len(stocked & wanted)}/{len(wanted)} products in {timeout} s")
+            progress(f"waiting for inventory: {len(stocked & wanted)}/{len(wanted)} products stocked", force=False)
             time.sleep(0.2)
         progress(f"seeded {len(users)} users and {len(products)} products ({stock}+ units each)")
         return [row["user_id"] for row in users], [row["product_id"] for row in products]
@@ -183,9 +186,12 @@ class _Shop:
             time.sleep(0.1)
 
 
-def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO | None = sys.stderr) -> ChaosReport:
+def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO | None = None) -> ChaosReport:
     """Run the shop as supervised processes in ``settings.data_dir`` (which must hold no store yet),
-    inject what ``config`` says, wait for every saga, stop the shop and return the report."""
+    inject what ``config`` says, wait for every saga, stop the shop and return the report.
+
+    Progress lines go to ``progress_stream`` (none when None), at least every few seconds.
+    """
     if settings.store_path.exists():
         raise ChaosError(f"{settings.data_dir} already holds an event store: chaos needs a fresh data dir")
     progress = _Progress(progress_stream)
@@ -212,7 +218,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         if not shop.settle({warmup}, time.monotonic() + 90, progress, "warm-up order"):
             raise ChaosError("the warm-up order did not finish: the shop does not work even without chaos")
         collector = DeadLetterCollector(supervisor.settings, ALL_TOPICS)
-        duplicator = Duplicator(supervisor.settings, TOPICS, config.duplicates, rngs["copies"])
+        duplicator = Duplicator(supervisor.settings, TOPICS, config.duplicates, rngs["copies"], observed.started_at)
         readers += [collector, duplicator]
         for reader in readers:
             reader.start()
@@ -225,7 +231,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         duplicator.join(30)
         observed.duplicates_sent = duplicator.sent
         shop.settle(set(observed.placed), time.monotonic() + config.timeout, progress, "waiting for the sagas")
-        _await_dead_letters(collector, observed, min(15.0, config.timeout), progress)
+        _await_dead_letters(collector, observed, min(10.0, config.timeout), progress)
         observed.notes += [f"{reader.name} failed: {reader.error}" for reader in readers if reader.error is not None]
     finally:
         for reader in readers:
@@ -262,7 +268,9 @@ def _schedule(config: ChaosConfig, rngs: dict[str, random.Random]) -> list[tuple
         plan += [(config.kill_every * i, "kill") for i in range(1, int(window / config.kill_every) + 1)]
         plan = [(t, a) for t, a in plan if t < window]
     plan += [
-        (rngs["poison"].uniform(0.05, 0.95) * window, f"poison:{k}") for k in POISON_KINDS for _ in range(config.poison)
+        (rngs["poison"].uniform(0.05, 0.95) * window, f"poison:{k}")
+        for k in config.poison_kinds
+        for _ in range(config.poison)
     ]
     if config.pause_s > 0:
         plan.append((rngs["pause"].uniform(0.3, 0.7) * window, "pause"))
@@ -309,6 +317,9 @@ def _inject(
                 f"poison {len(observed.poison)}",
                 force=False,
             )
+        while not all(f.done() for f in futures):  # requests retrying while the order service restarts
+            progress(f"placed {sum(f.done() for f in futures)}/{config.orders}, the rest retrying", force=False)
+            time.sleep(0.2)
     for thread in pauses:
         thread.join()
     for future in futures:
@@ -432,6 +443,13 @@ def add_command(
     chaos.add_argument("--kill-every", type=number, default=5.0, metavar="K", help="seconds between kills; 0: none (5)")
     chaos.add_argument("--duplicates", type=_share, default=0.05, metavar="P", help="share of messages copied (0.05)")
     chaos.add_argument("--poison", type=_bounded(int, 0), default=2, metavar="N", help="poison messages per kind (2)")
+    chaos.add_argument(
+        "--poison-kinds",
+        type=_kinds,
+        default=POISON_KINDS,
+        metavar="K,K",
+        help=f"only these poison kinds (default all: {','.join(POISON_KINDS)})",
+    )
     chaos.add_argument("--pause", type=number, default=3.0, metavar="S", help="broker pause in seconds; 0: none (3)")
     chaos.add_argument(
         "--payment-failure-rate", type=_share, default=0.2, metavar="P", help="share of payments declined (0.2)"
@@ -460,6 +478,14 @@ def _bounded(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
     return parse
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in POISON_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown poison kind {unknown[0]!r} (known: {', '.join(POISON_KINDS)})")
+    return kinds
+
+
 def _share(text: str) -> float:
     value = _bounded(float, 0)(text)
     if value > 1:
@@ -474,6 +500,7 @@ def _handle(args: argparse.Namespace) -> int:
         kill_every=args.kill_every,
         duplicates=args.duplicates,
         poison=args.poison,
+        poison_kinds=args.poison_kinds,
         pause_s=args.pause,
         payment_failure_rate=args.payment_failure_rate,
         seed=args.seed,
@@ -482,6 +509,6 @@ def _handle(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="eventlab-chaos-") as scratch:
         settings = Settings.from_env(data_dir=args.data_dir or scratch)
-        report = run_chaos(settings, config)
+        report = run_chaos(settings, config, sys.stderr)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
