@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import signal
@@ -12,10 +11,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from eventlab.catalogue import load_products, load_users
@@ -33,8 +31,6 @@ from .inject import POISON_KINDS, DeadLetterCollector, Duplicator, PoisonMaker, 
 from .report import ChaosReport, Kill, Observations, build_report
 
 __all__ = ["ChaosConfig", "ChaosError", "add_command", "run_chaos"]
-
-log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 5.0
 
@@ -86,13 +82,13 @@ class _Progress:
         print(f"chaos +{now - self.started:5.1f}s  {text}", file=self.stream, flush=True)
 
 
-def _consumers_by_topic() -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Which services consume each topic, and the event type published on it."""
-    services = build_services(Settings(data_dir=Path(tempfile.gettempdir())), SimulatedGateway())
+def _consumers_by_topic(accepted: Mapping[str, Sequence[str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Which services consume each topic (from ``accepted``: service -> event types), and the event
+    type published on each topic."""
     consumers: dict[str, list[str]] = {}
-    for service in services.values():
-        for topic in service.topics:
-            consumers.setdefault(topic, []).append(service.name)
+    for service, types in accepted.items():
+        for name in types:
+            consumers.setdefault(EVENT_TYPES[name].topic, []).append(service)
     return consumers, {cls.topic: name for name, cls in EVENT_TYPES.items()}
 
 
@@ -222,7 +218,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         readers += [collector, duplicator]
         for reader in readers:
             reader.start()
-        poison = PoisonMaker(supervisor.settings, rngs["poison"], *_consumers_by_topic())
+        poison = PoisonMaker(supervisor.settings, rngs["poison"], *_consumers_by_topic(shop.accepted))
         try:
             _inject(shop, config, rngs, users, products, poison, observed, progress)
         finally:
@@ -307,8 +303,10 @@ def _inject(
             elif action == "pause":
                 pauses.append(_pause(shop.supervisor, config.pause_s, observed, progress))
             else:
-                sent = poison.send(action.split(":", 1)[1])
-                if sent is not None:
+                sent = poison.send(kind := action.split(":", 1)[1])
+                if sent is None:
+                    observed.notes.append(f"a {kind} poison message was refused by the broker (not counted)")
+                else:
                     observed.poison.append(sent)
             shop.collect()
             done = sum(f.done() for f in futures)
