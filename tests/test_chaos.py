@@ -114,9 +114,11 @@ def test_an_order_nobody_acknowledged_must_still_end(tmp_path):
 def test_a_duplicate_email_fails_the_run(tmp_path):
     clean_story(tmp_path).store.close()
     mail(tmp_path, [("O1", "order_completed")])  # a successor re-sent what a killed notification had sent
+    with (tmp_path / "mailbox.jsonl").open("a") as file:
+        file.write('{"order_id": "O2", "ki')  # and a kill cut a line short
     report = judge(tmp_path, Observations(placed=["O1", "O2"]))
     assert (report.emails, report.duplicate_emails) == (5, 1)
-    assert report.problems == ["1 duplicate emails"]
+    assert report.problems == ["1 duplicate emails"] and report.notes == ["1 mailbox lines are not JSON"]
 
 
 def test_a_double_charge_fails_the_run(tmp_path):

@@ -172,11 +172,18 @@ def _epoch(recorded_at: str) -> float:
     return datetime.fromisoformat(recorded_at).replace(tzinfo=UTC).timestamp()
 
 
-def _emails(mailbox: Path) -> list[dict[str, Any]]:
+def _emails(mailbox: Path) -> tuple[list[dict[str, Any]], int]:
+    """The mailbox's emails, and how many lines are not JSON (torn by a kill mid-write)."""
     if not mailbox.is_file():
-        return []
-    with mailbox.open(encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]
+        return [], 0
+    emails, torn = [], 0
+    with mailbox.open(encoding="utf-8", errors="replace") as file:
+        for line in file:
+            try:
+                emails.append(json.loads(line))
+            except ValueError:
+                torn += bool(line.strip())
+    return emails, torn
 
 
 def _poison_summary(sent: Sequence[PoisonSent], seen: Iterable[DeadLetterSeen]) -> dict[str, Any]:
@@ -247,7 +254,8 @@ def build_report(
     checks = audit(store_path, grace=timedelta(0))
     audit_summary = {name: {"ok": r.ok, "count": r.count} for name, r in checks.items()}
 
-    emails = _emails(mailbox)
+    emails, torn = _emails(mailbox)
+    notes = list(observed.notes) + ([f"{torn} mailbox lines are not JSON"] if torn else [])
     per_email = Counter((e.get("order_id"), e.get("kind")) for e in emails)
     duplicate_emails = sum(n - 1 for n in per_email.values() if n > 1)
 
@@ -302,6 +310,6 @@ def build_report(
         restarts=dict(observed.restarts),
         saga_ms={"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1)},
         elapsed_s=round(observed.elapsed_s, 3),
-        notes=list(observed.notes),
+        notes=notes,
         problems=problems,
     )

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -320,13 +321,15 @@ def _inject(
             time.sleep(0.2)
     for thread in pauses:
         thread.join()
+    refused: Counter[str] = Counter()
     for future in futures:
         order_id, why = future.result()
         if order_id is None:
-            observed.rejected += 1
-            observed.notes.append(f"order not placed: {why}")
+            refused[why] += 1
         else:
             observed.placed.append(order_id)
+    observed.rejected = sum(refused.values())
+    observed.notes += [f"{n} orders not placed: {why}" for why, n in refused.most_common()]
     progress(f"placed {len(observed.placed)} orders ({observed.rejected} not accepted)")
 
 
