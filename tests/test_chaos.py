@@ -17,13 +17,14 @@ import pytest
 from conftest import free_port_offset
 from projection_story import START, ShopStory, standard_story
 
-from eventlab.chaos import ChaosConfig, Observations, build_report
+from eventlab.chaos import ChaosConfig, ChaosError, Observations, build_report, run_chaos
 from eventlab.chaos.inject import POISON_KINDS, forge
 from eventlab.chaos.report import DeadLetterSeen, Kill, PoisonSent
 from eventlab.chaos.run import _schedule
 from eventlab.cli import build_parser, main
 from eventlab.events import PaymentCompleted
 from eventlab.kafka.cloudevents import UndecodableMessage, from_message
+from eventlab.settings import Settings
 from eventlab.store.base import NewEvent
 
 T0 = START.timestamp()
@@ -205,6 +206,12 @@ def test_every_poison_kind_is_refused_by_the_decoder(kind):
     with pytest.raises((UndecodableMessage, RecursionError) if kind == "deep_json" else UndecodableMessage):
         from_message(value, headers)
     assert len(value) > 900_000 if kind == "oversized" else len(value) < 300_000
+
+
+def test_a_used_data_dir_is_refused_before_anything_starts(tmp_path):
+    clean_story(tmp_path).store.close()
+    with pytest.raises(ChaosError, match="fresh data dir"):
+        run_chaos(Settings(data_dir=tmp_path), ChaosConfig(orders=1))
 
 
 def test_the_command_line_refuses_nonsense():
