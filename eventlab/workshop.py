@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventlab.events import EVENT_TYPES
-from eventlab.kafka.clients import make_consumer, make_producer
+from eventlab.kafka.clients import make_consumer, make_producer, produce_and_wait
 from eventlab.kafka.cloudevents import to_message
 from eventlab.services import inventory
 from eventlab.settings import Settings
@@ -151,10 +151,7 @@ def send_raw(
     headers: Iterable[tuple[str, bytes]] = (),
 ) -> None:
     """Produce one message as is (no event store, no CloudEvents checks) and wait for the ack."""
-    producer = make_producer(kafka_settings(shop))
-    producer.produce(topic, value, key, headers=list(headers))
-    if producer.flush(10):
-        raise TimeoutError(f"the broker did not acknowledge the message to {topic}")
+    produce_and_wait(make_producer(kafka_settings(shop)), topic, value, key, list(headers), timeout=10)
 
 
 def redeliver(shop: Shop, stored: StoredEvent) -> str:

@@ -17,12 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from eventlab.adapters import SimulatedGateway
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.services import SERVICE_NAMES
-from eventlab.services.payment import SimulatedGateway
 from eventlab.settings import Settings
 from eventlab.shop import build_services
 from eventlab.store.sqlite import SqliteEventStore
