@@ -113,34 +113,45 @@ class ServiceHealth:
     measuring (a store that cannot be read, say): ``/health`` answers 503, it does not fail.
     """
 
-    def __init__(self, loop: ServiceLoop | None, store: EventStore) -> None:
+    def __init__(
+        self, loop: ServiceLoop | None, store: EventStore, problems: Sequence[Callable[[], list[str]]] = ()
+    ) -> None:
         self.loop = loop
         self.store = store
+        self.problems = tuple(problems)
 
     def __repr__(self) -> str:
         return f"<ServiceHealth {self.loop.service.name if self.loop else 'commands only'}>"
 
     def __call__(self) -> dict[str, Any]:
         try:
-            if self.loop is None:
-                return {"events": self.store.head(), "problems": []}
-            data = dict(self.loop.health())
-            data["handled"] = self.store.processed_count(self.loop.service.name)
-            data.setdefault("retries", self.loop.stats.retries)
+            data = self._measure()
+            for source in self.problems:
+                data["problems"] += source()
         except Exception as exc:  # a health check reports what fails; it must not fail itself
             expected = isinstance(exc, EventlabError)
             log.warning("health check failed: %s: %s", type(exc).__name__, exc, exc_info=not expected)
             return {"problems": [f"health check failed: {type(exc).__name__}: {exc}"]}
-        problems = list(data.get("problems") or [])
+        return data
+
+    def _measure(self) -> dict[str, Any]:
+        if self.loop is None:
+            return {"events": self.store.head(), "problems": []}
+        data = dict(self.loop.health())
+        data["handled"] = self.store.processed_count(self.loop.service.name)
+        data.setdefault("retries", self.loop.stats.retries)
+        data["problems"] = list(data.get("problems") or [])
         if not self.loop.assigned.is_set():
-            problems.append("not consuming: no partitions assigned to this service yet")
-        data["problems"] = problems
+            data["problems"].append("not consuming: no partitions assigned to this service yet")
         return data
 
 
-def service_health(loop: ServiceLoop | None, store: EventStore) -> ServiceHealth:
-    """What ``GET /health`` reports: a consuming service's lag and counters, else the store's head."""
-    return ServiceHealth(loop, store)
+def service_health(
+    loop: ServiceLoop | None, store: EventStore, *problems: Callable[[], list[str]]
+) -> ServiceHealth:
+    """What ``GET /health`` reports: a consuming service's lag and counters, else the store's head,
+    plus the ``problems`` each source adds (a crash-looping sibling, a failing relay)."""
+    return ServiceHealth(loop, store, problems)
 
 
 class ServiceHttp:

@@ -154,11 +154,15 @@ class Relay:
         self.failures_total += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
 
+    def problems(self) -> list[str]:
+        """What keeps the relay from publishing right now (empty when healthy)."""
+        if self.failures:
+            return [f"relay: {self.failures} consecutive failures, the last: {self.last_error}"]
+        return []
+
     def health(self) -> dict[str, object]:
         """Published so far, still unpublished, consecutive failures, and ``problems`` (empty when healthy)."""
-        problems = []
-        if self.failures:
-            problems.append(f"relay: {self.failures} consecutive failures, the last: {self.last_error}")
+        problems = self.problems()
         try:
             pending: int | None = unpublished(self.store)
         except StoreError as exc:

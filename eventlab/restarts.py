@@ -21,7 +21,6 @@ __all__ = [
     "STATUS_FILE",
     "read_status",
     "supervision_problems",
-    "with_problems",
     "write_status",
 ]
 
@@ -114,16 +113,3 @@ def supervision_problems(data_dir: Path, *names: str) -> list[str]:
     return problems
 
 
-def with_problems(health: Health, *sources: Callable[[], list[str]]) -> Health:
-    """``health`` with the ``problems`` from ``sources`` added (absent when there are none)."""
-
-    def combined() -> dict[str, Any]:
-        report = dict(health())
-        problems = list(report.get("problems") or [])
-        for source in sources:
-            problems.extend(source())
-        if problems:
-            report["problems"] = problems
-        return report
-
-    return combined

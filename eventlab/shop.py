@@ -7,6 +7,7 @@ it cleanly (a ``with`` block does both).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker
-from eventlab.restarts import Backoff, with_problems
+from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
 from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
@@ -189,8 +190,8 @@ class Shop:
         try:
             if self.http:
                 for name in SERVICE_NAMES:
-                    health = service_health(self.loops.get(name), infra.store)
-                    health = with_problems(health, lambda name=name: self.problems(name, "relay"))
+                    problems = functools.partial(self.problems, name, "relay")
+                    health = service_health(self.loops.get(name), infra.store, problems)
                     self._servers.append(serve_http(name, settings, health, self.commands))
         except PortInUse:
             self.stop()
@@ -231,6 +232,8 @@ class Shop:
             if backoff is not None and (backoff.down or backoff.crash_looping):
                 state = "restarting" if backoff.down else "crash-looping"
                 found.append(f"{name} thread {state}: {backoff.restarts} restarts, last error {self._errors[name]}")
+        if "relay" in names and self.relay is not None:
+            found += self.relay.problems()  # e.g. the store or the broker failing, retried with backoff
         return found
 
     def __enter__(self) -> Shop:

@@ -36,7 +36,7 @@ from eventlab.http import service_health
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
 from eventlab.relay import Relay
-from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, with_problems, write_status
+from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.deadlines import Deadlines, DeadlineSweeper
 from eventlab.services.loop import ServiceLoop
@@ -149,9 +149,7 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
         if name == "relay":
             Relay(store, settings).run(stop)
             return 0
-        health = with_problems(
-            service_health(loop, store), lambda: supervision_problems(settings.data_dir, name, "relay")
-        )
+        health = service_health(loop, store, lambda: supervision_problems(settings.data_dir, name, "relay"))
         try:
             server = serve_http(name, settings, health, Commands(store))
         except PortInUse as exc:

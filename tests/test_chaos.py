@@ -119,7 +119,8 @@ def test_a_duplicate_email_fails_the_run(tmp_path):
         file.write('{"order_id": "O2", "ki')  # and a kill cut a line short
     report = judge(tmp_path, Observations(placed=["O1", "O2"]))
     assert (report.emails, report.duplicate_emails) == (5, 1)
-    assert report.problems == ["1 duplicate emails"] and report.notes == ["1 mailbox lines are not JSON"]
+    assert "1 duplicate emails" in report.problems and "invariant no_duplicate_email violated (1)" in report.problems
+    assert report.notes == ["1 mailbox lines are not JSON"] and not report.ok
 
 
 def test_a_double_charge_fails_the_run(tmp_path):

@@ -56,6 +56,16 @@ MAPPED = {
     ".venv/bin/jupyter lab notebooks/": "tests/test_notebooks_browser.py::test_saga_notebook_renders_widget_and_mermaid_in_chromium",
     "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
     "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
+    "eventlab projections": "tests/test_readme.py::test_quick_start_runs_and_prints_what_the_readme_shows",
+    "eventlab audit": "tests/test_audit.py::test_cli_audit_prints_json_and_fails_on_a_violation",
+    "eventlab up --processes": "tests/test_processes.py::test_one_process_per_service",
+    "eventlab dlq list": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
+    "eventlab dlq show ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
+    "eventlab dlq replay ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
+    # 2,000 orders take minutes: the test runs the same command at CI size
+    "eventlab chaos": "tests/test_chaos.py::test_a_small_chaos_run_loses_nothing",
+    ".venv/bin/eventlab chaos --orders 2000 --rate 50 --kill-every 5 --duplicates 0.05 --payment-failure-rate 0.2 "
+    "--seed 1": "tests/test_chaos.py::test_a_small_chaos_run_loses_nothing",
 }
 
 #: Extra options that keep a README command fast (appended, or replacing a size).

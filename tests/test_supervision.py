@@ -19,7 +19,8 @@ from conftest import free_port_offset
 
 from eventlab import Settings, Shop
 from eventlab.application import Commands
-from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, with_problems
+from eventlab.http import service_health
+from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems
 from eventlab.services.loop import ServiceLoop
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
@@ -92,10 +93,11 @@ def test_a_child_that_ran_for_a_while_is_restarted_quickly_again():
     assert backoff.died() == 0.2 and not backoff.crash_looping
 
 
-def test_problems_are_added_to_a_services_health():
-    health = with_problems(lambda: {"lag": 0}, lambda: ["relay is crash-looping"], lambda: [])
-    assert health() == {"lag": 0, "problems": ["relay is crash-looping"]}
-    assert with_problems(lambda: {"lag": 0}, lambda: [])() == {"lag": 0}
+def test_problems_are_added_to_a_services_health(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        health = service_health(None, store, lambda: ["relay is crash-looping"], lambda: [])
+        assert health() == {"events": 0, "problems": ["relay is crash-looping"]}
+        assert service_health(None, store, lambda: [])() == {"events": 0, "problems": []}
 
 
 # --- process mode ----------------------------------------------------------------------------------
