@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo test up browser clean
+.PHONY: demo test lint up browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ up: $(VENV)/.installed  ## run the shop with its HTTP endpoints until Ctrl-C
 browser:  ## headless Chromium and playwright-core for the browser test
 	sh tests/browser/setup.sh
 
-test: $(VENV)/.installed browser  ## every test, the notebooks under nbval and the browser test
+lint: $(VENV)/.installed  ## ruff: lint and format check
+	$(BIN)/ruff check eventlab tests benchmarks
+	$(BIN)/ruff format --check eventlab tests benchmarks
+
+test: $(VENV)/.installed browser lint  ## lint, every test, the notebooks under nbval and the browser test
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:

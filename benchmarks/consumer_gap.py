@@ -116,7 +116,7 @@ def measure(session_ms: int, standby: bool, kills: int, rate: float, settle: flo
 
 def _free_offset() -> int:
     sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-    from conftest import free_port_offset  # noqa: PLC0415 - the tests' helper
+    from conftest import free_port_offset
 
     return free_port_offset()
 

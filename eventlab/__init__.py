@@ -38,8 +38,8 @@ __all__ = [
     "Settings",
     "Shop",
     "SqliteEventStore",
-    "StoredEvent",
     "StoreError",
+    "StoredEvent",
     "money",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["data_dir", "load_users", "load_products"]
+__all__ = ["data_dir", "load_products", "load_users"]
 
 
 def data_dir() -> Path:

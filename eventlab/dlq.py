@@ -45,9 +45,9 @@ from eventlab.store.base import DeadLetter, EventStore, Headers
 
 __all__ = [
     "BODY_LIMIT",
+    "RELAY_CONSUMER",
     "DeadLetterPublisher",
     "DeadLetters",
-    "RELAY_CONSUMER",
     "Replayed",
     "add_commands",
     "dead_letter_copy",
@@ -339,7 +339,7 @@ def add_commands(
 
 
 def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:
-    from eventlab.store.sqlite import SqliteEventStore  # noqa: PLC0415 - the CLI picks the adapter
+    from eventlab.store.sqlite import SqliteEventStore
 
     settings = Settings.from_env(data_dir=args.data_dir)
     if not settings.store_path.is_file():

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExists",
+    "BrokerError",
+    "ConcurrencyError",
     "EventlabError",
     "InvalidCommand",
     "NotFound",
-    "AlreadyExists",
-    "ConcurrencyError",
-    "StoreError",
-    "BrokerError",
     "SagaTimeout",
+    "StoreError",
 ]
 
 

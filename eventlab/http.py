@@ -146,9 +146,7 @@ class ServiceHealth:
         return data
 
 
-def service_health(
-    loop: ServiceLoop | None, store: EventStore, *problems: Callable[[], list[str]]
-) -> ServiceHealth:
+def service_health(loop: ServiceLoop | None, store: EventStore, *problems: Callable[[], list[str]]) -> ServiceHealth:
     """What ``GET /health`` reports: a consuming service's lag and counters, else the store's head,
     plus the ``problems`` each source adds (a crash-looping sibling, a failing relay)."""
     return ServiceHealth(loop, store, problems)

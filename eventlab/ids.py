@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 
-__all__ = ["new_id", "new_trace_id", "new_span_id"]
+__all__ = ["new_id", "new_span_id", "new_trace_id"]
 
 
 def new_id() -> str:

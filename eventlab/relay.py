@@ -21,7 +21,7 @@ from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_mess
 from eventlab.settings import Settings
 from eventlab.store.base import DeadLetter, EventRecord, EventStore
 
-__all__ = ["Relay", "CHECKPOINT", "rewind", "unpublished"]
+__all__ = ["CHECKPOINT", "Relay", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
 

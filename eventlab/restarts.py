@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Backoff",
     "STATUS_FILE",
+    "Backoff",
     "read_status",
     "supervision_problems",
     "write_status",
@@ -111,5 +111,3 @@ def supervision_problems(data_dir: Path, *names: str) -> list[str]:
                 f"backoff {state['backoff']:.1f} s" + (f", next start in {wait:.1f} s" if wait else "")
             )
     return problems
-
-

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from eventlab.adapters import FileMailer, SimulatedGateway
 from eventlab.application import Commands, OrderView
@@ -236,7 +236,7 @@ class Shop:
             found += self.relay.problems()  # e.g. the store or the broker failing, retried with backoff
         return found
 
-    def __enter__(self) -> Shop:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -45,21 +45,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from eventlab.store.base import EventStore
 
 __all__ = [
-    "BackgroundRefresh",
     "SERVICE_COLOURS",
+    "BackgroundRefresh",
+    "EventFeed",
+    "Step",
+    "Table",
     "causal_order",
     "causes",
-    "reactions",
     "describe",
-    "saga_mermaid",
-    "mermaid_markdown",
-    "Step",
-    "saga_steps",
-    "plot_saga_timeline",
-    "Table",
     "events_table",
     "feed_html",
-    "EventFeed",
+    "mermaid_markdown",
+    "plot_saga_timeline",
+    "reactions",
+    "saga_mermaid",
+    "saga_steps",
 ]
 
 #: One colour per service (matplotlib's tab10 hues), used by the timeline and the feed.
@@ -214,7 +214,7 @@ def saga_mermaid(events: Iterable[StoredEvent], *, title: str | None = None, aut
 
 def mermaid_markdown(diagram: str) -> Any:
     """``IPython.display.Markdown`` with the diagram in a mermaid fence (JupyterLab 4 draws it)."""
-    from IPython.display import Markdown  # noqa: PLC0415 - only needed in a notebook
+    from IPython.display import Markdown
 
     return Markdown(f"```mermaid\n{diagram}\n```")
 
@@ -273,8 +273,8 @@ def plot_saga_timeline(events: Iterable[StoredEvent], *, ax: Axes | None = None,
 
     Returns the matplotlib figure (closed, so a notebook shows it once when it is the cell's value).
     """
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - optional, heavy
-    from matplotlib.patches import Patch  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     steps = saga_steps(events)
     if ax is None:
@@ -435,7 +435,7 @@ class EventFeed(BackgroundRefresh):
     """
 
     def __init__(self, store: EventStore, *, limit: int = 12, interval: float = 0.5) -> None:
-        import ipywidgets as widgets  # noqa: PLC0415 - only needed in a notebook
+        import ipywidgets as widgets
 
         self.store = store
         self.limit = limit

@@ -31,18 +31,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from eventlab.shop import Shop
 
 __all__ = [
-    "sequential_ids",
-    "quiet",
-    "run_order",
-    "kafka_settings",
-    "Record",
-    "read_topic",
-    "wait_until",
-    "redeliver",
-    "send_raw",
-    "order_outcomes",
-    "nothing_lost",
     "ControlPanel",
+    "Record",
+    "kafka_settings",
+    "nothing_lost",
+    "order_outcomes",
+    "quiet",
+    "read_topic",
+    "redeliver",
+    "run_order",
+    "send_raw",
+    "sequential_ids",
+    "wait_until",
 ]
 
 _groups = itertools.count(1)
@@ -241,10 +241,10 @@ class ControlPanel(BackgroundRefresh):
     def __init__(
         self, shop: Shop, *, users: Iterable[str] = (), products: Iterable[str] = (), interval: float = 0.5
     ) -> None:
-        import ipywidgets as w  # noqa: PLC0415 - only needed in a notebook
+        import ipywidgets as w
 
-        from eventlab.catalogue import load_products, load_users  # noqa: PLC0415
-        from eventlab.viz import EventFeed  # noqa: PLC0415
+        from eventlab.catalogue import load_products, load_users
+        from eventlab.viz import EventFeed
 
         self.shop = shop
         self.interval = interval
@@ -324,7 +324,7 @@ class ControlPanel(BackgroundRefresh):
 
     def poison(self, topic: str = "order.lifecycle.created", value: bytes = b"\x00 this is not an event") -> str:
         """Produce garbage to ``topic``; its consumer dead-letters it. Return the dead-letter topic."""
-        from eventlab.kafka.clients import dead_letter_topic  # noqa: PLC0415
+        from eventlab.kafka.clients import dead_letter_topic
 
         send_raw(self.shop, topic, value, key="poison")
         self._say(f"sent poison to {topic}")
@@ -376,7 +376,7 @@ class ControlPanel(BackgroundRefresh):
             self._refresh()
 
     def _refresh(self) -> None:
-        import html  # noqa: PLC0415
+        import html
 
         new = self.shop.store.read_all(after=self._seen)
         if new:

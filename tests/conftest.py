@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from eventlab import Settings, Shop  # noqa: E402
+from eventlab import Settings, Shop
 
 _ids = itertools.count(1)
 

@@ -95,7 +95,9 @@ def test_a_running_shop_exposes_counters_and_histograms_prometheus_can_parse(sho
     assert order["eventlab_handled"].type == "counter"
     assert value(order, "eventlab_handled_total", service="order") >= 2  # reservation and payment outcomes
     assert value(order, "eventlab_duplicates_total", service="order") >= 0
-    assert value(order, "eventlab_dead_lettered_total", service="order") == shop.loops["order"].health()["dead_lettered"]
+    assert (
+        value(order, "eventlab_dead_lettered_total", service="order") == shop.loops["order"].health()["dead_lettered"]
+    )
     assert value(order, "eventlab_retries_total", service="order") >= 0
     assert order["eventlab_lag"].type == "gauge" and value(order, "eventlab_lag", service="order") == 0
     assert value(order, "eventlab_healthy", service="order") == 1

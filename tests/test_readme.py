@@ -174,7 +174,9 @@ def test_quick_start_runs_and_prints_what_the_readme_shows(tmp_path):
     assert shown.pop("store").endswith("/.local/share/eventlab/demo/events.db")
     assert printed.pop("store") == str(tmp_path / ".local/share/eventlab/demo/events.db")
     assert printed == shown
-    assert [label for label in printed if label.startswith("invariant ")] == [f"invariant {c.name}" for c in (*CHECKS, *MAILBOX_CHECKS)]
+    assert [label for label in printed if label.startswith("invariant ")] == [
+        f"invariant {c.name}" for c in (*CHECKS, *MAILBOX_CHECKS)
+    ]
     # and: the options passed through make (shrunk to 20 orders) arrive; the follow-up query's columns exist
     passed = next(result.stdout for command, result in outputs.items() if "ARGS=" in command)
     assert json.loads(passed)["orders"] == 20

@@ -75,7 +75,7 @@ def payment_failure(notification_first: bool) -> list[StoredEvent]:
     s.add(StockReserved(product_id="P001", order_id="order-007", quantity=2), "inventory", 10, created)
     reserved = s.add(ReservationConfirmed(order_id="order-007", lines=LINES), "inventory", 10, created)
     confirmed = s.add(OrderConfirmed(**ORDER, total_cents=17800), "order", 20, reserved)
-    email = dict(order_id="order-007", kind="order_confirmed", to="ada@example.com")
+    email = {"order_id": "order-007", "kind": "order_confirmed", "to": "ada@example.com"}
 
     def notify() -> StoredEvent:
         return s.add(EmailRequested(**email, subject="We have your order"), "notification", 25, confirmed)
@@ -196,7 +196,7 @@ class TestSteps:
         ax = fig.axes[0]
         assert len(ax.patches) == len(events)
         assert ax.get_title() == "order-007"
-        assert [t.get_text() for t in ax.get_yticklabels()][0] == "1. order: OrderCreated 178.00"
+        assert next(t.get_text() for t in ax.get_yticklabels()) == "1. order: OrderCreated 178.00"
 
 
 class TestTables:

@@ -15,7 +15,7 @@ from pathlib import Path
 from eventlab.adapters.journal import Journal, Record
 from eventlab.events import EmailRequested
 
-__all__ = ["FileMailer", "email_key", "MAILBOX"]
+__all__ = ["MAILBOX", "FileMailer", "email_key"]
 
 #: The mailbox's file name in the data directory.
 MAILBOX = "mailbox.jsonl"

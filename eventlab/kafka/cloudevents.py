@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from eventlab.events import EVENT_TYPES, Event
 from eventlab.store.base import EventRecord, StoredEvent
 
-__all__ = ["to_message", "from_message", "record_topic", "Message", "UndecodableMessage", "SOURCE_PREFIX"]
+__all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
 
 SOURCE_PREFIX = "/eventlab/"
 Headers = list[tuple[str, bytes]]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Relation", "Projection", "PROJECTIONS", "RELATIONS"]
+__all__ = ["PROJECTIONS", "RELATIONS", "Projection", "Relation"]
 
 
 @dataclass(frozen=True)

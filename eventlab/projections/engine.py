@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import duckdb
 import polars as pl
@@ -445,7 +445,7 @@ class Projections:
     def _rows(self, after: int, upto: int) -> str:
         return self._log.rows(after, upto)
 
-    def __enter__(self) -> Projections:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,7 +27,7 @@ from eventlab.services import order
 from eventlab.services.runtime import States, execute, trace_metadata
 from eventlab.store.base import EventStore, StoredEvent
 
-__all__ = ["Deadlines", "Waiting", "advance", "overdue", "DeadlineSweeper"]
+__all__ = ["DeadlineSweeper", "Deadlines", "Waiting", "advance", "overdue"]
 
 log = logging.getLogger(__name__)
 
@@ -185,5 +185,5 @@ class DeadlineSweeper:
         while not stop.wait(interval):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - a store hiccup must not end the saga deadlines
+            except Exception:
                 log.exception("deadline sweep failed; trying again in %.2f s", interval)

@@ -34,7 +34,7 @@ from eventlab.events import (
 )
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Stock", "Reservation", "evolve_stock", "evolve_reservation", "decide", "SERVICE"]
+__all__ = ["SERVICE", "Reservation", "Stock", "decide", "evolve_reservation", "evolve_stock"]
 
 
 @dataclass(frozen=True, slots=True)

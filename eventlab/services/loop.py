@@ -32,7 +32,7 @@ from eventlab.services.runtime import Service, StreamCache, execute, trace_metad
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 
-__all__ = ["ServiceLoop", "LoopStats"]
+__all__ = ["LoopStats", "ServiceLoop"]
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class ServiceLoop:
                 return False
             except ConcurrencyError as exc:
                 error: Exception = exc
-            except Exception as exc:  # noqa: BLE001 - a handler bug must not stop the service
+            except Exception as exc:
                 log.exception("%s failed on %s", self.service.name, decoded.event_id)
                 error = exc
             self.stats.retries += 1

@@ -15,7 +15,7 @@ from eventlab.events import EmailRequested, EmailSent, Event, OrderCancelled, Or
 from eventlab.services import user
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Mailbox", "Mailer", "evolve", "decide", "service"]
+__all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
 
 #: Delivers an email at most once per order and kind (returns whether it delivered it now).
 Mailer = Callable[[EmailRequested], object]

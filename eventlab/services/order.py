@@ -28,7 +28,7 @@ from eventlab.events import (
 from eventlab.services import product, user
 from eventlab.services.runtime import Service, States, StreamKey
 
-__all__ = ["Order", "OrderStatus", "evolve", "place", "decide", "time_out", "SERVICE", "TERMINAL"]
+__all__ = ["SERVICE", "TERMINAL", "Order", "OrderStatus", "decide", "evolve", "place", "time_out"]
 
 OrderStatus = Literal["created", "confirmed", "completed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled"})

@@ -23,15 +23,15 @@ from eventlab.resilience import CircuitBreaker, CircuitOpen, retry
 from eventlab.services.runtime import Service, States, StreamKey
 
 __all__ = [
-    "Payment",
+    "ChargeResult",
     "Gateway",
     "GatewayUnavailable",
-    "ChargeResult",
+    "Payment",
     "RefundResult",
-    "evolve",
     "decide",
-    "settle",
+    "evolve",
     "service",
+    "settle",
 ]
 
 

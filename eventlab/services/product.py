@@ -9,7 +9,7 @@ from eventlab.errors import AlreadyExists
 from eventlab.events import Event, ProductCreated
 from eventlab.services.runtime import Service
 
-__all__ = ["Product", "evolve", "create", "SERVICE"]
+__all__ = ["SERVICE", "Product", "create", "evolve"]
 
 
 @dataclass(frozen=True, slots=True)

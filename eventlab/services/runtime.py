@@ -18,7 +18,7 @@ from eventlab.events import Event
 from eventlab.ids import new_span_id, new_trace_id
 from eventlab.store.base import EventStore, Metadata, NewEvent, StoredEvent
 
-__all__ = ["StreamKey", "Stream", "StreamCache", "Service", "Evolve", "load", "execute", "trace_metadata"]
+__all__ = ["Evolve", "Service", "Stream", "StreamCache", "StreamKey", "execute", "load", "trace_metadata"]
 
 #: (aggregate type, aggregate id)
 StreamKey = tuple[str, str]

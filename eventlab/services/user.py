@@ -9,7 +9,7 @@ from eventlab.errors import AlreadyExists
 from eventlab.events import Event, UserCreated
 from eventlab.services.runtime import Service
 
-__all__ = ["User", "evolve", "register", "SERVICE"]
+__all__ = ["SERVICE", "User", "evolve", "register"]
 
 
 @dataclass(frozen=True, slots=True)
