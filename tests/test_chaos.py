@@ -181,6 +181,11 @@ def test_the_consumer_gap_is_the_silence_after_a_kill(tmp_path):
     assert [k["process"] for k in report.kills] == ["payment", "relay", "inventory"]
     assert report.longest_consumer_gap_s == 2.5 and report.ok
     assert limited.problems == ["a consumer was silent 2.50 s after a kill (limit 2 s)"]
+    # and a silence overlapping a broker pause measures the pause: listed, but not the longest gap
+    observed.broker_pause = {"at_s": 1.5, "seconds": 1.0}
+    paused = judge(tmp_path, observed, max_gap_s=2.0)
+    assert paused.kills[0]["during_pause"] and paused.kills[0]["gap_s"] == 2.5
+    assert paused.longest_consumer_gap_s is None and paused.ok
 
 
 # --- what is injected ----------------------------------------------------------------------------

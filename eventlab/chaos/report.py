@@ -146,7 +146,13 @@ class ChaosReport:
             *((f"  {kind}", f"{k['once']}/{k['expected']} once") for kind, k in p["by_kind"].items()),
             ("duplicates injected", self.duplicates_sent),
             ("kills", len(self.kills)),
-            *((f"  +{k['at_s']:.1f} s {k['process']}", _gap_text(k["process"], k["gap_s"])) for k in self.kills),
+            *(
+                (
+                    f"  +{k['at_s']:.1f} s {k['process']}",
+                    _gap_text(k["process"], k["gap_s"], k.get("during_pause", False)),
+                )
+                for k in self.kills
+            ),
             ("longest consumer gap", gap),
             ("broker pause", ", ".join(f"{k} {v}" for k, v in self.broker_pause.items()) or "none"),
             ("restarts", ", ".join(f"{k} {v}" for k, v in self.restarts.items() if v) or "none"),
@@ -162,10 +168,25 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-def _gap_text(process: str, gap: float | None) -> str:
+def _gap_text(process: str, gap: float | None, during_pause: bool = False) -> str:
     if process not in CONSUMING_SERVICES:
         return "(consumes nothing)"
-    return "wrote nothing afterwards" if gap is None else f"next event after {gap:.2f} s"
+    if gap is None:
+        return "wrote nothing afterwards"
+    return f"next event after {gap:.2f} s" + (" (overlaps the broker pause: not counted)" if during_pause else "")
+
+
+#: After SIGCONT every member's session has expired: the whole group rebalances, which takes about
+#: a session timeout plus a join on the embedded broker. A kill's silence overlapping the pause or
+#: that settling measures the pause, not how fast a killed consumer is replaced.
+PAUSE_SETTLE_S = 2.0
+
+
+def _overlaps_pause(at_s: float, gap_s: float, pause: dict[str, Any]) -> bool:
+    if "at_s" not in pause:
+        return False
+    start, end = pause["at_s"], pause["at_s"] + pause["seconds"] + PAUSE_SETTLE_S
+    return at_s < end and at_s + gap_s > start
 
 
 def _epoch(recorded_at: str) -> float:
@@ -263,10 +284,11 @@ def build_report(
     for kill in observed.kills:
         after = [t for t in written_by.get(kill.process, ()) if t > kill.at]
         gap = round(min(after) - kill.at, 3) if kill.process in CONSUMING_SERVICES and after else None
-        kills.append(
-            {"at_s": round(kill.at - observed.started_at, 3), "process": kill.process, "pid": kill.pid, "gap_s": gap}
-        )
-    gaps = [k["gap_s"] for k in kills if k["gap_s"] is not None]
+        at = round(kill.at - observed.started_at, 3)
+        paused = gap is not None and _overlaps_pause(at, gap, observed.broker_pause)
+        kills.append({"at_s": at, "process": kill.process, "pid": kill.pid, "gap_s": gap, "during_pause": paused})
+    # A kill whose silence overlaps the broker pause measures the pause, not the takeover.
+    gaps = [k["gap_s"] for k in kills if k["gap_s"] is not None and not k["during_pause"]]
     poison = _poison_summary(observed.poison, observed.dead_letters)
 
     problems = []
