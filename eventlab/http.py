@@ -65,11 +65,13 @@ from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, 
 from eventlab.services.loop import ServiceLoop
 from eventlab.store.base import EventStore
 
-__all__ = ["MAX_BODY", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
+__all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+#: A service with events waiting that has handled none of them for this long is reported as lagging.
+STALL_S = 30.0
 Health = Callable[[], Mapping[str, Any]]
 
 
@@ -114,11 +116,17 @@ class ServiceHealth:
     """
 
     def __init__(
-        self, loop: ServiceLoop | None, store: EventStore, problems: Sequence[Callable[[], list[str]]] = ()
+        self,
+        loop: ServiceLoop | None,
+        store: EventStore,
+        problems: Sequence[Callable[[], list[str]]] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.loop = loop
         self.store = store
         self.problems = tuple(problems)
+        self._clock = clock
+        self._progress: tuple[int, float] | None = None  # (handled, since when) while events wait
 
     def __repr__(self) -> str:
         return f"<ServiceHealth {self.loop.service.name if self.loop else 'commands only'}>"
@@ -143,7 +151,18 @@ class ServiceHealth:
         data["problems"] = list(data.get("problems") or [])
         if not self.loop.assigned.is_set():
             data["problems"].append("not consuming: no partitions assigned to this service yet")
+        if stalled := self._stalled(data["handled"], data.get("lag") or 0):
+            data["problems"].append(f"lagging: {data['lag']} events waiting, none handled for {stalled:.0f} s")
         return data
+
+    def _stalled(self, handled: int, lag: int) -> float:
+        """Seconds since this service last handled an event while events wait (0 when it keeps up)."""
+        now = self._clock()
+        if not lag or self._progress is None or self._progress[0] != handled:
+            self._progress = (handled, now)
+            return 0.0
+        waited = now - self._progress[1]
+        return waited if waited > STALL_S else 0.0
 
 
 def service_health(loop: ServiceLoop | None, store: EventStore, *problems: Callable[[], list[str]]) -> ServiceHealth:

@@ -348,6 +348,17 @@ def test_events_whose_data_does_not_validate_are_caught(healthy, audit_of):
     }
 
 
+def test_an_event_whose_data_is_not_json_is_named_and_the_other_projections_still_build(healthy, audit_of):
+    # given a UserCreated whose data a broken writer stored as text that is not JSON
+    raw(healthy.store.path, copy_event(1, data="'{not json'", aggregate_id="'U7'"))
+    healthy.publish()
+    # then the audit does not stop: it names that position, and every other check still runs
+    report = audit_of(healthy)
+    assert violated(report) == {"event_data_valid"}
+    [violation] = report["event_data_valid"].violations
+    assert violation["position"] == healthy.store.head() and violation["problem"].startswith("data: Invalid JSON")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventlab import Settings
 from eventlab.errors import StoreError
-from eventlab.events import StockAdded
-from eventlab.http import ServiceHttp, service_health
+from eventlab.events import OrderCreated, OrderLine, StockAdded
+from eventlab.http import STALL_S, ServiceHealth, ServiceHttp, service_health
 from eventlab.services import inventory
 from eventlab.services.loop import ServiceLoop
 from eventlab.store.base import NewEvent
@@ -144,6 +144,27 @@ def test_handled_total_comes_from_the_store_so_it_survives_a_restart(tmp_path, s
     assert (status, body["status"], body["handled"]) == (503, "degraded", 3)
     assert any("not consuming" in problem for problem in body["problems"])
     assert value(scrape(port), "eventlab_healthy", service="inventory") == 0
+    store.close()
+
+
+def test_a_service_that_handles_nothing_while_events_wait_is_reported_lagging(tmp_path):
+    # Given an OrderCreated waiting for an inventory loop that handles nothing (it never consumes)
+    store = SqliteEventStore(tmp_path / "events.db")
+    line = OrderLine(product_id="P1", quantity=1, unit_price_cents=100)
+    store.append([NewEvent(OrderCreated(order_id="O1", user_id="U1", lines=(line,), total_cents=100), 1)])
+    loop = ServiceLoop(inventory.SERVICE, store, Settings.from_env(env={}, data_dir=tmp_path))
+    now = [1000.0]
+    health = ServiceHealth(loop, store, clock=lambda: now[0])
+    # when /health is asked now and again a little later, then it is not lagging yet
+    assert health()["lag"] == 1 and not any("lagging" in p for p in health()["problems"])
+    now[0] += STALL_S / 2
+    assert not any("lagging" in p for p in health()["problems"])
+    # and once nothing was handled for longer than STALL_S, it is
+    now[0] += STALL_S
+    assert any(p.startswith("lagging: 1 events waiting") for p in health()["problems"])
+    # and handling the event clears it
+    store.append([], processed=("inventory", store.read_all()[0].event_id))
+    assert not any("lagging" in p for p in health()["problems"])
     store.close()
 
 
