@@ -21,6 +21,7 @@ import pytest
 from projection_story import START, ShopStory, standard_story
 
 from eventlab.errors import EventlabError, StoreError
+from eventlab.events import StockAdded
 from eventlab.projections import (
     PROJECTIONS,
     RELATIONS,
@@ -31,6 +32,7 @@ from eventlab.projections import (
 )
 from eventlab.projections.cli import add_commands
 from eventlab.projections.sources import MirroredLog, _extension_directory
+from eventlab.store.base import NewEvent
 
 
 def at(ms: int, day: int = 0) -> datetime:
@@ -246,7 +248,25 @@ def test_a_store_that_lost_events_is_rebuilt_not_patched(tmp_path):
         assert projections.pl("orders")["order_id"].to_list() == ["O1"]
 
 
-def test_a_malformed_event_fails_the_update_and_leaves_the_projections_as_they_were(tmp_path):
+def test_an_event_whose_data_is_not_json_is_left_out_and_the_rest_is_projected(tmp_path):
+    story = standard_story(tmp_path / "events.db")
+    with Projections(story.store.path) as projections:
+        before = projections.pl("orders")
+        with sqlite3.connect(story.store.path) as con:
+            con.execute(
+                "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version,"
+                " data, metadata, recorded_at) VALUES ('bad-1', 'order', 'O9', 1, 'OrderCreated', 1,"
+                " '{not json', '{}', '2025-03-05 09:00:00.000000')"
+            )
+        story.store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 99)])
+        # the update goes through: the bad event is not projected, the one after it is
+        assert projections.refresh() == 2 and projections.checkpoint == 53
+        assert 52 not in projections.pl("events")["position"].to_list()
+        assert projections.pl("events")["position"].to_list()[-1] == 53
+        assert projections.pl("orders").equals(before)
+
+
+def test_an_event_that_cannot_be_projected_fails_the_update_and_leaves_the_projections_as_they_were(tmp_path):
     story = standard_story(tmp_path / "events.db")
     with Projections(story.store.path) as projections:
         before = {name: projections.pl(name) for name in ("events", "orders", "notifications")}
@@ -254,7 +274,7 @@ def test_a_malformed_event_fails_the_update_and_leaves_the_projections_as_they_w
             con.execute(
                 "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version,"
                 " data, metadata, recorded_at) VALUES ('bad-1', 'order', 'O9', 1, 'OrderCreated', 1,"
-                " '{not json', '{}', '2025-03-05 09:00:00.000000')"
+                " '{}', '{}', 'not a time')"
             )
         for update in (projections.refresh, projections.rebuild):
             with pytest.raises(StoreError, match="cannot project"):
