@@ -20,7 +20,7 @@ from eventlab.errors import (
     SagaTimeout,
     StoreError,
 )
-from eventlab.settings import Settings
+from eventlab.settings import PortInUse, Settings, SettingsError
 from eventlab.shop import Shop
 from eventlab.store import EventStore, NewEvent, SqliteEventStore, StoredEvent
 
@@ -34,8 +34,10 @@ __all__ = [
     "NewEvent",
     "NotFound",
     "OrderView",
+    "PortInUse",
     "SagaTimeout",
     "Settings",
+    "SettingsError",
     "Shop",
     "SqliteEventStore",
     "StoreError",
