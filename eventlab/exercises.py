@@ -124,7 +124,7 @@ def check_first_order(shop: Shop, order_id: str | None) -> None:
 
 def check_fold(shop: Shop, order_id: str, state: order.Order | None) -> None:
     """Notebook 02: the state of ``order_id`` folded from its stream with ``order.evolve``."""
-    if _not_yet(state, f'fold the events of shop.store.read_stream("order", {order_id!r}) with order.evolve'):
+    if _not_yet(state, f'fold the events of shop.store.read_stream("order", "{order_id}") with order.evolve'):
         return
     if not isinstance(state, order.Order):
         raise WrongAnswer(
@@ -180,7 +180,8 @@ def check_conflict(shop: Shop, error: BaseException | None) -> None:
     )
     version = shop.store.read_stream("stock", "P005")[-1].version
     _passed(
-        f"the store refused a second writer of a version already taken: {error}; stock:P005 is at version {version}"
+        f"{type(error).__name__}: the store refused an event at a version already taken; stock:P005 still ends at "
+        f"version {version} — a rejected append writes nothing"
     )
 
 
@@ -287,8 +288,9 @@ def check_order_message(shop: Shop, order_id: str | None, record: Record | None)
         f"Kafka has no such message at offset {record.offset} of partition {record.partition}: read it with read_topic",
     )
     _passed(
-        f"{order_id}'s OrderCreated is at offset {record.offset} of partition {record.partition} of {record.topic}; "
-        f"every message keyed {order_id} goes to partition {record.partition} of its topic"
+        f"{order_id}'s OrderCreated is at offset {record.offset} of partition {record.partition} of {record.topic}: "
+        f"the key picks the partition, so every message keyed {order_id}, on every topic, is in partition "
+        f"{record.partition}"
     )
 
 

@@ -103,24 +103,24 @@ def test_committed_notebook_holds_placeholders_and_its_checks_say_not_yet(name):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_with_its_solutions_passes_every_check(name, monkeypatch):
+    import nbformat
     from nbclient import NotebookClient
-    from nbformat import from_dict
 
     # given the notebook with each placeholder cell replaced by its worked answer
-    nb = load(name)
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     answers = solutions(name)
-    for i, exercise in tagged(nb, "exercise"):
-        nb["cells"][i]["source"] = answers[exercise]
+    for i, exercise in tagged(notebook, "exercise"):
+        notebook.cells[i].source = answers[exercise]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     # when it runs from top to bottom in one kernel
-    notebook = from_dict(nb)
-    NotebookClient(
+    client = NotebookClient(
         notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    ).execute()
+    )
+    client.execute()
 
     # then every check cell printed ✓
-    for i, exercise in tagged(nb, "check"):
+    for i, exercise in tagged(notebook, "check"):
         printed = stdout(notebook.cells[i])
         assert printed.startswith("✓ "), f"{name} {exercise}: {printed!r}"
 
