@@ -50,7 +50,10 @@ _LOST_REVENUE_COLUMNS = ("cancel_reason", "orders", "lost_cents")
 
 
 class WrongAnswer(EventlabError, AssertionError):
-    """An exercise's answer is wrong; the message says what and how to look again."""
+    """An exercise's answer is wrong; the message says what and how to look again.
+
+    An ``AssertionError``, so a notebook run (nbval, nbclient) or a test reports it as a failed check.
+    """
 
 
 def _not_yet(answer: object, hint: str) -> bool:
@@ -72,9 +75,10 @@ def _passed(message: str) -> None:
 
 def _order(shop: Shop, order_id: object) -> OrderView:
     """The order ``order_id`` names, or a wrong answer saying why there is none."""
-    _expect(isinstance(order_id, str), f"the answer should be an order id (a str like 'order-001'), not {order_id!r}")
+    if not isinstance(order_id, str):
+        raise WrongAnswer(f"the answer should be an order id (a str like 'order-001'), not {order_id!r}")
     try:
-        return shop.order(order_id)  # type: ignore[arg-type]
+        return shop.order(order_id)
     except NotFound:
         raise WrongAnswer(
             f"there is no order {order_id!r} in the store: use the id that place_order (or run_order(...).order_id) "
@@ -224,11 +228,12 @@ def check_compensation_cause(shop: Shop, order_id: str, cause: StoredEvent | str
     _expect(bool(released), f"{order_id} released no stock: the exercise needs the declined order")
     by_id = {e.event_id: e for e in events}
     expected = by_id[released[0].metadata["causation_id"]]
-    _expect(
-        isinstance(cause, StoredEvent | str),
-        f"the answer should be a StoredEvent (or its event_id), not {type(cause).__name__}",
-    )
-    answer = cause if isinstance(cause, StoredEvent) else by_id.get(cause)  # type: ignore[arg-type]
+    if isinstance(cause, StoredEvent):
+        answer: StoredEvent | None = cause
+    elif isinstance(cause, str):
+        answer = by_id.get(cause)
+    else:
+        raise WrongAnswer(f"the answer should be a StoredEvent (or its event_id), not {type(cause).__name__}")
     if answer is None:
         raise WrongAnswer(f"{cause!r} is not the id of an event of {order_id}'s saga")
     if answer.event_id != expected.event_id:
@@ -348,16 +353,21 @@ def check_lost_revenue_query(projections: Projections, query: str | None) -> Non
 # --- 06 · Time travel ---------------------------------------------------------------------------
 
 
-def _stock_numbers(answer: object) -> tuple[int, int, int] | None:
+def _stock_numbers(answer: object) -> tuple[int, ...] | None:
     """(available, reserved, sold) from a mapping, a Stock-like object or a 3-tuple; None if none of those."""
     names = ("available", "reserved", "sold")
     if isinstance(answer, Mapping) and all(n in answer for n in names):
-        return tuple(int(answer[n]) for n in names)  # type: ignore[return-value]
-    if all(hasattr(answer, n) for n in names):
-        return tuple(int(getattr(answer, n)) for n in names)  # type: ignore[return-value]
-    if isinstance(answer, tuple | list) and len(answer) == 3:
-        return tuple(int(v) for v in answer)  # type: ignore[return-value]
-    return None
+        values: Iterable[Any] = [answer[n] for n in names]
+    elif all(hasattr(answer, n) for n in names):
+        values = [getattr(answer, n) for n in names]
+    elif isinstance(answer, tuple | list) and len(answer) == 3:
+        values = answer
+    else:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        return None
 
 
 def check_stock_when_declined(shop: Shop, projections: Projections, order_id: str, product_id: str, stock: Any) -> None:
@@ -375,9 +385,9 @@ def check_stock_when_declined(shop: Shop, projections: Projections, order_id: st
     )
     declined = next(e for e in shop.order(order_id).events if e.event_type == "PaymentCompleted")
 
-    def as_of(position: int) -> tuple[int, int, int]:
+    def as_of(position: int) -> tuple[int, ...]:
         frame = projections.as_of(position=position).pl("inventory").filter(product_id=product_id)
-        return tuple(frame.select("available", "reserved", "sold").row(0))  # type: ignore[return-value]
+        return tuple(frame.select("available", "reserved", "sold").row(0))
 
     expected = as_of(declined.position)
     if numbers != expected:

@@ -224,6 +224,7 @@ def test_compensation_cause_follows_the_causation_id(shop, capsys):
     message = wrong(check_compensation_cause, shop, "order-004", events["PaymentCompleted"])
     assert "that is PaymentCompleted (written by payment); it caused OrderCancelled" in message
     assert "is not the id of an event" in wrong(check_compensation_cause, shop, "order-004", "nope")
+    assert "should be a StoredEvent (or its event_id), not int" in wrong(check_compensation_cause, shop, "order-004", 4)
     check_compensation_cause(shop, "order-004", events["OrderCancelled"].event_id)
     assert capsys.readouterr().out.startswith("✓ OrderCancelled (payment_failed) by order caused StockReleased")
 
@@ -267,7 +268,7 @@ def test_stock_when_declined_tells_now_from_then(shop, projections, capsys):
     )
     assert "it was different" in wrong(check_stock_when_declined, shop, projections, "order-004", "P001", (1, 2, 3))
     assert "should hold available, reserved and sold" in wrong(
-        check_stock_when_declined, shop, projections, "order-004", "P001", "77"
+        check_stock_when_declined, shop, projections, "order-004", "P001", ("77", "two", "1")
     )
     then = (now["available"] - 2, 2, now["sold"])  # two P001 held for order-004
     check_stock_when_declined(shop, projections, "order-004", "P001", then)
