@@ -24,8 +24,8 @@ browser:  ## headless Chromium and playwright-core for the browser test
 	sh tests/browser/setup.sh
 
 lint: $(VENV)/.installed  ## ruff: lint and format check
-	$(BIN)/ruff check eventlab tests benchmarks
-	$(BIN)/ruff format --check eventlab tests benchmarks
+	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions
+	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions
 
 test: $(VENV)/.installed browser lint  ## lint, every test, the notebooks under nbval and the browser test
 	$(BIN)/python -m pytest $(ARGS)
