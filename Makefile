@@ -28,7 +28,7 @@ lint: $(VENV)/.installed  ## ruff: lint and format check
 	$(BIN)/ruff check eventlab tests benchmarks docs
 	$(BIN)/ruff format --check eventlab tests benchmarks docs
 
-# Material for MkDocs prints an end-of-life notice (May 2027) on every build; mkdocs.yml says what follows it.
+# NO_MKDOCS_2_WARNING: Material for MkDocs end-of-life notice (May 2027), said once in mkdocs.yml instead.
 docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 

@@ -1,6 +1,6 @@
 """MkDocs hooks: the site is laid out like the repository, so the README's links work on it unchanged.
 
-``README.md`` becomes the home page (one source of truth), ``docs/*`` keep their ``docs/`` prefix and the
+``README.md`` is the home page (one source of truth, and ``../README.md`` links to it work), ``docs/*`` keep their ``docs/`` prefix and the
 notebooks their ``notebooks/`` one: ``docs/saga-notebook.png`` and ``notebooks/03-saga.ipynb`` mean the
 same thing on GitHub, in JupyterLab and on the site. The navigation lists every guide in ``docs/`` and
 every notebook, each titled by its first heading, so a new guide appears without editing ``mkdocs.yml``.
@@ -31,10 +31,18 @@ __all__ = ["on_config", "on_files", "on_page_content"]
 log = logging.getLogger("mkdocs.hooks.eventlab")
 
 LINK = re.compile(r'(?P<attr>\b(?:href|src))="(?P<url>[^"]*)"')
-# nbconvert's own mermaid loader; Material renders every <pre class="mermaid"> already, README's included
+# nbconvert's own mermaid loader and its style, which hides every diagram it has not drawn itself; Material
+# draws each <pre class="mermaid"> already, the README's included
 NBCONVERT_MERMAID = re.compile(
-    r'<script type="module">(?:(?!</script>).)*?\.jp-Mermaid > pre\.mermaid.*?</script>', re.DOTALL
+    r'<script type="module">(?:(?!</script>).)*?\.jp-Mermaid > pre\.mermaid.*?</script>\s*'
+    r"<style>(?:(?!</style>).)*?\.jp-Mermaid:not\(\.jp-RenderedMermaid\).*?</style>",
+    re.DOTALL,
 )
+# a widget's view, and the loader of the widget renderer: it needs RequireJS, which would hide mermaid's
+# global from Material (mkdocs.yml), and the widgets do nothing without the notebook's kernel anyway
+WIDGET_VIEW = re.compile(r'<script type="application/vnd\.jupyter\.widget-view\+json">.*?</script>', re.DOTALL)
+WIDGET_LOADER = re.compile(r"<script>\s*\(function\(\) \{\s*function addWidgetsRenderer\(\).*?</script>", re.DOTALL)
+WIDGET_NOTE = '<p class="widget-note"><em>An interactive widget: run the notebook in JupyterLab to use it.</em></p>'
 
 
 def _root(config: MkDocsConfig) -> Path:
@@ -51,7 +59,7 @@ def _guides(config: MkDocsConfig) -> list[Path]:
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Home, the guides (whatever ``docs/*.md`` exist), then the notebooks in their order."""
-    nav: list = [{"Home": "index.md"}]
+    nav: list = [{"Home": "README.md"}]
     if guides := _guides(config):
         nav.append({"Guides": [f"docs/{guide.name}" for guide in guides]})
     nav.append({"Notebooks": [f"notebooks/{notebook.name}" for notebook in _notebooks(config)]})
@@ -61,7 +69,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 @event_priority(50)  # before mkdocs-jupyter's on_files, which must see the notebooks
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    """Re-root ``docs/`` under ``docs/``, add the README as ``index.md`` and the notebooks."""
+    """Re-root ``docs/`` under ``docs/``, add the README (the home page) and the notebooks."""
     root = _root(config)
 
     def repository_file(path: str) -> File:
@@ -72,9 +80,9 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for file in list(files):
         if file.abs_src_path and Path(file.abs_src_path).resolve().is_relative_to(docs_dir):
             files.remove(file)
-            if file.src_uri != "hooks.py":
+            if file.inclusion.is_included():  # not this file (exclude_docs in mkdocs.yml)
                 files.append(repository_file(f"docs/{file.src_uri}"))
-    files.append(File.generated(config, "index.md", abs_src_path=str(root / "README.md")))
+    files.append(repository_file("README.md"))  # MkDocs makes a README.md the index.html of its folder
     for notebook in _notebooks(config):
         files.append(repository_file(f"notebooks/{notebook.name}"))
     return files
@@ -82,7 +90,8 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 
 def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     """On a notebook's page: refuse error outputs; check each relative link and point it at its page; leave
-    the mermaid diagrams to Material alone (with nbconvert's loader too, both would draw each diagram)."""
+    the mermaid diagrams to Material alone (with nbconvert's loader too, both would draw each diagram);
+    say where a widget would be instead of leaving a blank output."""
     if not page.file.src_uri.endswith(".ipynb"):
         return html
     notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
@@ -104,4 +113,5 @@ def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -
         fragment = f"#{parts.fragment}" if parts.fragment else ""
         return f'{match["attr"]}="{found.url_relative_to(page.file)}{fragment}"'
 
-    return LINK.sub(relink, NBCONVERT_MERMAID.sub("", html))
+    html = WIDGET_LOADER.sub("", NBCONVERT_MERMAID.sub("", html))
+    return LINK.sub(relink, WIDGET_VIEW.sub(WIDGET_NOTE, html))

@@ -86,6 +86,10 @@ def test_pages_show_the_committed_outputs_and_no_error(site):
         for output in outputs(path):
             if png := output.get("data", {}).get("image/png"):
                 assert "".join(png).replace("\n", "") in page, path.name
+        # and: each widget (live only with the notebook's kernel) is named, not left blank or half-loaded
+        views = [o for o in outputs(path) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert page.count('class="widget-note"') == len(views), path.name
+        assert "widget-view+json" not in page and "addWidgetsRenderer" not in page, path.name
         # and: no page shows an error, a traceback or anything written to stderr
         for marker in ERROR_SHOWN:
             assert not marker.search(page), (path.name, marker.pattern)
@@ -106,8 +110,9 @@ def test_the_saga_page_draws_each_saga_as_a_mermaid_diagram(site):
     shown = [html.unescape(text).strip() for text in MERMAID.findall(page)]
     assert shown == diagrams
     assert re.search(r'src="\.\./assets/javascripts/bundle\.[0-9a-f]+\.min\.js"', page)
-    # and: nbconvert's own mermaid loader is gone (with it, each diagram would be drawn twice)
-    assert "mermaid.esm" not in page
+    # and: nbconvert's own mermaid loader is gone (with it, each diagram would be drawn twice), and so is its
+    # style, which hides every diagram that loader did not draw
+    assert "mermaid.esm" not in page and ".jp-Mermaid:not(" not in page
     # and: the README's sequence diagram on the home page is a mermaid element too
     home = (site / "index.html").read_text(encoding="utf-8")
     assert any(text.strip().startswith("sequenceDiagram") for text in MERMAID.findall(home))
