@@ -50,7 +50,14 @@ def notebook(path: Path) -> dict:
 
 
 def first_heading(source: str) -> str:
-    return next(line[2:].strip() for line in source.splitlines() if line.startswith("# "))
+    """The text of the first ``# `` heading, without inline markup (MkDocs titles a page with it)."""
+    heading = next((line[2:].strip() for line in source.splitlines() if line.startswith("# ")), "")
+    assert heading, "a page needs a '# ' heading: it is its title in the navigation"
+    return re.sub(r"[`*_]", "", heading)
+
+
+def title_of(page: str) -> str:
+    return html.unescape(re.search(r"<title>(.*?) - eventlab</title>", page)[1])
 
 
 def outputs(path: Path) -> list[dict]:
@@ -66,14 +73,14 @@ def test_make_docs_builds_a_page_for_the_readme_every_guide_and_every_notebook(s
     # and: every guide in docs/ has a page, titled by its heading and linked from the navigation
     for guide in GUIDES:
         page = (site / "docs" / guide.with_suffix(".html").name).read_text(encoding="utf-8")
-        assert f"<title>{html.escape(first_heading(guide.read_text()), quote=False)} - eventlab</title>" in page
+        assert title_of(page) == first_heading(guide.read_text(encoding="utf-8")), guide.name
         assert f'href="docs/{guide.stem}.html"' in home
     # and: every notebook has a page, titled by its heading and linked from the navigation
     assert len(NOTEBOOKS) >= 7
     for path in NOTEBOOKS:
         page = (site / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
         title = first_heading("".join(notebook(path)["cells"][0]["source"]))
-        assert f"<title>{html.escape(title, quote=False)} - eventlab</title>" in page, path.name
+        assert title_of(page) == title, path.name
         assert f'href="notebooks/{path.stem}.html"' in home
         # and: its links to other notebooks lead to their pages, not to .ipynb files
         assert not re.search(r'href="[^"]*\.ipynb', page), path.name
