@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+SITE ?= site
 
-.PHONY: demo test lint up browser clean
+.PHONY: demo test lint up browser docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 demo: $(VENV)/.installed  ## run the demo shop: 100 orders through six services on Kafka
@@ -24,11 +25,15 @@ browser:  ## headless Chromium and playwright-core for the browser test
 	sh tests/browser/setup.sh
 
 lint: $(VENV)/.installed  ## ruff: lint and format check
-	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions
-	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions
+	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions docs
+	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions docs
+
+# NO_MKDOCS_2_WARNING: Material for MkDocs end-of-life notice (May 2027), said once in mkdocs.yml instead.
+docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 
 test: $(VENV)/.installed browser lint  ## lint, every test, the notebooks under nbval and the browser test
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache tests/browser/node_modules
+	rm -rf $(VENV) .pytest_cache tests/browser/node_modules $(SITE)

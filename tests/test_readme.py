@@ -53,6 +53,7 @@ RUN = (QUICK_START, EXTERNAL_CLUSTER, MICROSERVICES, BENCHMARKS)
 #: Commands too long-running or impossible here, and the test (or CI script) that covers each.
 MAPPED = {
     "make test": ".ci/run",  # the CI script is `make test`
+    "make docs": "tests/test_docs.py::test_make_docs_builds_a_page_for_the_readme_every_guide_and_every_notebook",
     ".venv/bin/jupyter lab notebooks/": "tests/test_notebooks_browser.py::test_saga_notebook_renders_widget_and_mermaid_in_chromium",
     "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
     "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
