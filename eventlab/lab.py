@@ -88,7 +88,7 @@ def lab_command(
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={notebooks}",
-        f"--ServerApp.log_level={'INFO' if verbose else 'WARN'}",
+        *(f"--{app}.log_level={'INFO' if verbose else 'WARN'}" for app in ("ServerApp", "LabApp")),
         *OFFLINE_OPTIONS,
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
