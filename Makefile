@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 $(VENV)/.installed-lab: pyproject.toml
 	@echo "eventlab: installing eventlab and the notebook tools (about a minute the first time)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --progress-bar on -e ".[notebooks]"
+	$(PIP) install --progress-bar on --no-compile -e ".[notebooks]"
 	touch $@
 
 lab: $(VENV)/.installed-lab  ## the workshop: JupyterLab on notebooks/01-quickstart.ipynb (prints the link)
