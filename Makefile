@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --progress-bar on -e ".[test]"
 	touch $@
 
+# --no-compile: pip's byte-compiling of every installed file (JupyterLab's included) was ~10 s of the
+# first `make lab`; Python compiles what the notebooks import, once, as they import it.
 $(VENV)/.installed-lab: pyproject.toml
 	@echo "eventlab: installing eventlab and the notebook tools (about a minute the first time)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
