@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -272,11 +271,18 @@ def _disk(settings: Settings | None) -> Check:
 
 
 def _importable(name: str, module: str, minimum: tuple[int, ...]) -> Callable[[Settings | None], Check]:
+    """Import ``module`` in a child Python (this one's interpreter): JupyterLab takes 1-3 s to import,
+    which a child spends on the other core while this process starts the broker."""
+
     def check(settings: Settings | None) -> Check:
-        try:
-            version = importlib.import_module(module).__version__
-        except ImportError as exc:
-            return Check(name, False, f"not importable: {exc}", INSTALL_NOTEBOOKS)
+        code = "import importlib, sys; print(importlib.import_module(sys.argv[1]).__version__)"
+        result = subprocess.run(
+            [sys.executable, "-c", code, module], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            return Check(name, False, f"not importable: {reason}", INSTALL_NOTEBOOKS)
+        version = result.stdout.strip()
         parts = tuple(int(p) for p in version.split(".")[: len(minimum)] if p.isdigit())
         if parts < minimum:
             need = ".".join(map(str, minimum))
