@@ -130,7 +130,7 @@ def test_saga_notebook_renders_widget_and_mermaid_in_chromium(jupyter_lab, tmp_p
     assert run.returncode == 0, f"{run.stderr}\n{run.stdout}"
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert found["mermaid_drawn"] >= 4, found  # three sagas + the widget's diagram, drawn as images
-    assert found["widgets"] > 0 and found["stderr_outputs"] == 0, found
+    assert found["widgets"] > 0 and found["stderr_outputs"] == 0, found  # found["stderr_text"] says what
     assert "payment_failed" in found["redrawn_for"], found
     assert screenshot.stat().st_size > 20_000
     # and: how long an attendee waits, from `eventlab lab` (as `make lab` runs it) to the first saga drawn

@@ -128,6 +128,11 @@ try {
   const tracebacks = await page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count();
   if (tracebacks > 0) throw new Error(`${tracebacks} cell(s) raised an error`);
   found.stderr_outputs = errors;
+  if (errors > 0) {
+    // Say what was written to stderr, so a failure names its cause.
+    const texts = await page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").allTextContents();
+    found.stderr_text = texts.join("\n").slice(0, 2000);
+  }
 
   // The widget: a dropdown inside a widget box.
   const dropdown = page.locator(".widget-dropdown select").first();
