@@ -66,7 +66,10 @@ def find_notebooks(folder: Path | None = None) -> Path:
 
 
 def _port_free(port: int) -> bool:
+    """True when nothing listens on ``port`` (one in TIME_WAIT after an earlier JupyterLab counts as free:
+    JupyterLab binds with ``SO_REUSEADDR`` too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
