@@ -6,7 +6,7 @@ and, when the answer is no, says what to do. The checks run side by side in thre
 (starting the broker, importing JupyterLab) sets the time, not their sum.
 
 Example:
-    >>> checks = run_checks(Settings.from_env())  # doctest: +SKIP
+    >>> checks = run_checks()  # doctest: +SKIP
     >>> [check.name for check in checks if not check.ok]  # doctest: +SKIP
     []
 """
