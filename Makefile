@@ -1,5 +1,6 @@
-# The two commands of the README's quick start: `make demo` and `make test`.
-# Both create .venv and install eventlab into it first (once; again when pyproject.toml changes).
+# The commands of the README: `make demo`, `make test` and, for the workshop, `make lab`.
+# Each creates .venv and installs eventlab into it first (once; again when pyproject.toml changes),
+# showing what pip installs: a first install takes about a minute.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,13 +8,26 @@ BIN := $(VENV)/bin
 ARGS ?=
 SITE ?= site
 
-.PHONY: demo test lint up browser docs clean
+PIP = $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: demo test lint up lab browser docs clean
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	@echo "eventlab: installing eventlab, the test tools and the docs generator (about a minute the first time)..."
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --progress-bar on -e ".[test,docs]"
 	touch $@
+
+# --no-compile: pip's byte-compiling of every installed file (JupyterLab's included) was ~10 s of the
+# first `make lab`; Python compiles what the notebooks import, once, as they import it.
+$(VENV)/.installed-lab: pyproject.toml
+	@echo "eventlab: installing eventlab and the notebook tools (about a minute the first time)..."
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --progress-bar on --no-compile -e ".[notebooks]"
+	touch $@
+
+lab: $(VENV)/.installed-lab  ## the workshop: JupyterLab on notebooks/01-quickstart.ipynb (prints the link)
+	$(BIN)/eventlab lab $(ARGS)
 
 demo: $(VENV)/.installed  ## run the demo shop: 100 orders through six services on Kafka
 	$(BIN)/eventlab demo $(ARGS)

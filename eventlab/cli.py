@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab.chaos import add_command as add_chaos
 
     add_chaos(commands, [common])
+    from eventlab import doctor, lab
+
+    doctor.add_command(commands, [common])
+    lab.add_command(commands, [common])
     return parser
 
 

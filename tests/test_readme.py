@@ -54,7 +54,11 @@ RUN = (QUICK_START, EXTERNAL_CLUSTER, MICROSERVICES, BENCHMARKS)
 MAPPED = {
     "make test": ".ci/run",  # the CI script is `make test`
     "make docs": "tests/test_docs.py::test_make_docs_builds_a_page_for_the_readme_every_guide_and_every_notebook",
-    ".venv/bin/jupyter lab notebooks/": "tests/test_notebooks_browser.py::test_saga_notebook_renders_widget_and_mermaid_in_chromium",
+    # `make lab` installs, then runs `eventlab lab`, which the browser test starts and drives to the drawn saga
+    "make lab": "tests/test_lab.py::test_make_lab_shows_what_it_installs_and_then_runs_eventlab_lab",
+    "make lab ARGS=--no-browser": "tests/test_lab.py::test_lab_prints_a_working_link_to_the_first_notebook_and_stops_on_sigterm",
+    ".venv/bin/eventlab doctor": "tests/test_doctor.py::test_a_ready_machine_passes_every_check",
+    "eventlab doctor": "tests/test_doctor.py::test_a_ready_machine_passes_every_check",
     "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
     "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
     "eventlab projections": "tests/test_readme.py::test_quick_start_runs_and_prints_what_the_readme_shows",

@@ -4,14 +4,17 @@
 //   JUPYTER_URL=http://127.0.0.1:8888 NOTEBOOK=03-saga.ipynb SCREENSHOT=/tmp/saga.png node run.mjs
 //
 // Environment:
-//   JUPYTER_URL   base URL of a running `jupyter lab` without a token (required)
+//   JUPYTER_URL   base URL of a running JupyterLab (required), e.g. as `eventlab lab` prints it
+//   TOKEN         its token (default: none, a server started without one)
 //   NOTEBOOK      path of the notebook relative to the server's root (default 03-saga.ipynb)
 //   SCREENSHOT    where to save the screenshot (default saga-notebook.png)
 //   CHROMIUM      the browser binary (default /usr/bin/chromium)
 //   MIN_MERMAID   how many rendered mermaid diagrams to expect at least (default 4)
 //   TIMEOUT_MS    overall budget for running the notebook (default 120000)
 //
-// Prints one JSON line with what it found; exits non-zero (with the reason) when a check fails.
+// Prints one JSON line with what it found (first_mermaid_at: when the first saga diagram was drawn
+// after Run All, in ms since the epoch, for the launch-to-saga time); exits non-zero (with the reason)
+// when a check fails.
 
 import { chromium } from "playwright-core";
 
@@ -21,6 +24,7 @@ if (!base) {
   process.exit(2);
 }
 const notebook = process.env.NOTEBOOK || "03-saga.ipynb";
+const token = process.env.TOKEN || "";
 const screenshot = process.env.SCREENSHOT || "saga-notebook.png";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const minMermaid = Number(process.env.MIN_MERMAID || 4);
@@ -75,7 +79,8 @@ try {
   const started = Date.now();
   const left = () => Math.max(1000, timeout - (Date.now() - started));
 
-  await page.goto(`${base}/lab/tree/${notebook}`, { waitUntil: "domcontentloaded", timeout: 60000 });
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  await page.goto(`${base}/lab/tree/${notebook}${query}`, { waitUntil: "domcontentloaded", timeout: 60000 });
   await page.waitForSelector(".jp-NotebookPanel .jp-Cell", { timeout: 60000 });
   log("notebook open; waiting for the kernel");
   await page.waitForTimeout(1500);
@@ -94,6 +99,16 @@ try {
     { timeout: 10000 },
   );
 
+  // Note when the first diagram is drawn (the moment a reader sees the saga).
+  await page.evaluate((sel) => {
+    window.__firstMermaidAt = null;
+    const timer = setInterval(() => {
+      if (document.querySelector(sel)) {
+        window.__firstMermaidAt = Date.now();
+        clearInterval(timer);
+      }
+    }, 50);
+  }, MERMAID);
   log("run all cells");
   await menu(page, "Run", "Run All Cells");
   // Running: the indicator leaves idle; done: every code cell has an execution count and the kernel is idle.
@@ -113,6 +128,11 @@ try {
   const tracebacks = await page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count();
   if (tracebacks > 0) throw new Error(`${tracebacks} cell(s) raised an error`);
   found.stderr_outputs = errors;
+  if (errors > 0) {
+    // Say what was written to stderr, so a failure names its cause.
+    const texts = await page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").allTextContents();
+    found.stderr_text = texts.join("\n").slice(0, 2000);
+  }
 
   // The widget: a dropdown inside a widget box.
   const dropdown = page.locator(".widget-dropdown select").first();
@@ -129,6 +149,7 @@ try {
     timeout: 30000,
   });
   found.mermaid = await page.locator(".jp-RenderedMermaid").count();
+  found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
   found.mermaid_drawn = await page.locator(MERMAID).count();
 
   // Choosing another order redraws the widget's diagram through the kernel.
