@@ -108,7 +108,11 @@ def test_make_lab_shows_what_it_installs_and_then_runs_eventlab_lab(tmp_path):
     # given: a checkout without .venv
     # when: make shows what `make lab` would do (a dry run)
     result = subprocess.run(
-        ["make", "-n", "lab", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "-n", "--no-print-directory", "lab", "ARGS=", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out = result.stdout
     # then: a banner says what is installed and how long it takes, pip shows its progress, then eventlab lab runs
