@@ -22,6 +22,7 @@ from eventlab.catalogue import load_products, load_users
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
+from eventlab.relay import unpublished
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
 from eventlab.shop import build_services
@@ -122,10 +123,11 @@ class _Shop:
                 self.ended.add(record.aggregate_id)
 
     def idle(self) -> bool:
-        """Everything stored is published and handled by every consuming service."""
-        if self.store.checkpoint("relay") < self.store.head():
+        """Everything stored is published and handled (or dead-lettered) by every consuming service,
+        as the services' own lag counts it."""
+        if unpublished(self.store):
             return False
-        return not any(self.store.unprocessed(name, types) for name, types in self.accepted.items())
+        return not any(self.store.pending(name, types) for name, types in self.accepted.items())
 
     def wait_healthy(self, timeout: float, progress: _Progress) -> None:
         deadline = time.monotonic() + timeout

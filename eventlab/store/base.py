@@ -144,7 +144,8 @@ class EventStore(ABC):
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction: every ``append`` inside commits with it or not at all.
 
-        An ``append`` inside that fails (a conflict) undoes only itself.
+        An ``append`` inside that fails (a conflict) undoes only itself; a transaction opened
+        inside another one (on the same thread) is part of the outer one.
         """
 
     @abstractmethod

@@ -124,6 +124,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _stored_time(time: datetime) -> str:
+    """``time`` as the store keeps it: UTC, without a zone, to the microsecond."""
+    return time.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
 def _row_to_event(row: tuple) -> StoredEvent:
     return StoredEvent(
         position=row[0],
@@ -437,7 +442,7 @@ class SqliteEventStore(EventStore):
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         conn = self._conn()
         recorded_at = self._clock().astimezone(UTC)
-        now = recorded_at.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        now = _stored_time(recorded_at)
         rows = [
             (
                 self._new_id(),
@@ -464,6 +469,9 @@ class SqliteEventStore(EventStore):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        if getattr(self._local, "in_transaction", False):  # nested: part of the outer transaction
+            yield
+            return
         conn = self._conn()
         with self._write_lock:
             self._execute(conn, "BEGIN IMMEDIATE")
@@ -617,25 +625,7 @@ class SqliteEventStore(EventStore):
 
     # --- dead letters ----------------------------------------------------------------------
 
-    @contextmanager
-    def _dead_letter_access(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            if not write or getattr(self._local, "in_transaction", False):
-                yield conn
-                return
-            with self._write_lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"dead letters in {self.path}: {exc}") from exc
-
+    @_translated
     def record_dead_letter(
         self,
         consumer: str,
@@ -650,8 +640,9 @@ class SqliteEventStore(EventStore):
     ) -> DeadLetter:
         digest = _message_digest(key, value, headers)
         source = (consumer, topic, partition, offset, digest)
-        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        with self._dead_letter_access(write=True) as conn:
+        now = _stored_time(self._clock())
+        conn = self._conn()
+        with self.transaction():
             conn.execute(
                 "INSERT OR IGNORE INTO dead_letters (consumer, source_topic, source_partition, source_offset, digest,"
                 " key, value, headers, reason, event_id, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -664,6 +655,7 @@ class SqliteEventStore(EventStore):
             ).fetchone()
         return _row_to_dead_letter(row)
 
+    @_translated
     def dead_letters(
         self,
         *,
@@ -685,44 +677,51 @@ class SqliteEventStore(EventStore):
             params.append(consumer)
         if unpublished:
             where.append("published_at IS NULL")
-        with self._dead_letter_access() as conn:
-            rows = conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
-            ).fetchall()
+        rows = self._conn().execute(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
+        )
         return [_row_to_dead_letter(row) for row in rows]
 
+    @_translated
     def mark_dead_letter_published(self, dead_letter_id: int) -> None:
-        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        with self._dead_letter_access(write=True) as conn:
+        conn = self._conn()
+        with self.transaction():
             conn.execute(
-                "UPDATE dead_letters SET published_at = ? WHERE id = ? AND published_at IS NULL", (now, dead_letter_id)
+                "UPDATE dead_letters SET published_at = ? WHERE id = ? AND published_at IS NULL",
+                (_stored_time(self._clock()), dead_letter_id),
             )
 
+    @_translated
     def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
-        now = self._clock().astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        with self._dead_letter_access(write=True) as conn:
+        conn = self._conn()
+        with self.transaction():
             conn.execute(
-                "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE id = ?", (now, dead_letter_id)
+                "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE id = ?",
+                (_stored_time(self._clock()), dead_letter_id),
             )
 
+    @_translated
     def dead_letter_counts(self) -> dict[str, int]:
-        with self._dead_letter_access() as conn:
-            rows = conn.execute("SELECT consumer, count(*) FROM dead_letters GROUP BY consumer ORDER BY consumer")
-            return dict(rows.fetchall())
+        rows = self._conn().execute("SELECT consumer, count(*) FROM dead_letters GROUP BY consumer ORDER BY consumer")
+        return dict(rows.fetchall())
 
+    @_translated
     def pending(self, consumer: str, event_types: Iterable[str]) -> int:
         # 'relay' is eventlab.dlq.RELAY_CONSUMER: what it dead-lettered was never published
         types = list(event_types)
         if not types:
             return 0
         marks = ",".join("?" * len(types))
-        with self._dead_letter_access() as conn:
-            return conn.execute(
+        return (
+            self._conn()
+            .execute(
                 f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
                 "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id) AND NOT EXISTS "
                 "(SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, 'relay'))",
                 (*types, consumer, consumer),
-            ).fetchone()[0]
+            )
+            .fetchone()[0]
+        )
 
 
 _DEAD_LETTER_COLUMNS = (
