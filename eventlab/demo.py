@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 from eventlab.application import Commands
 from eventlab.catalogue import load_products, load_users
-from eventlab.errors import AlreadyExists, SagaTimeout, StoreError
+from eventlab.errors import SagaTimeout, StoreError
 from eventlab.projections.audit import audit
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
@@ -219,19 +219,6 @@ class ProgressPrinter:
             print(line, file=self.stream, flush=True)
 
 
-def _seed_catalogue(commands: Commands, catalogue: Path | None) -> None:
-    """Register the users and products of ``catalogue`` that do not exist yet."""
-    for create, rows in (
-        (commands.register_user, load_users(catalogue)),
-        (commands.create_product, load_products(catalogue)),
-    ):
-        for row in rows:
-            try:
-                create(**row)
-            except AlreadyExists:
-                pass  # from an earlier run on this store: the same row
-
-
 def run_demo(
     shop: Shop,
     orders: int = 100,
@@ -252,15 +239,15 @@ def run_demo(
     :class:`~eventlab.errors.SagaTimeout`; the last one reports what is still running as ``stuck``.
     """
     store = shop.store
+    shop.seed_catalogue(catalogue, timeout)
     commands = Commands(store, order_ids(store, seed))
-    _seed_catalogue(commands, catalogue)
-    shop.wait_idle(timeout)
     rng = random.Random(seed)
     users = [row["user_id"] for row in load_users(catalogue)]
     products = [row["product_id"] for row in load_products(catalogue)]
     bounds = StockBounds(_available(store, products))
     first_position = store.head()
     placed: set[str] = set()
+    created_at: dict[str, float] = {}
     finished: dict[str, tuple[float, str]] = {}
     seen = first_position
     pauses = 0
@@ -270,7 +257,11 @@ def run_demo(
         nonlocal seen
         for record in store.read_records(after=seen):
             seen = record.position
-            if record.aggregate_id in placed and record.event_type in ("OrderCompleted", "OrderCancelled"):
+            if record.aggregate_id not in placed:
+                continue
+            if record.event_type == "OrderCreated":
+                created_at[record.aggregate_id] = _timestamp(record.recorded_at)
+            elif record.event_type in ("OrderCompleted", "OrderCancelled"):
                 reason = json.loads(record.data)["reason"] if record.event_type == "OrderCancelled" else ""
                 finished[record.aggregate_id] = (_timestamp(record.recorded_at), reason)
 
@@ -302,10 +293,6 @@ def run_demo(
         shop.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
     except SagaTimeout as exc:
         log.warning("the demo's orders are not all settled: %s", exc)
-    created_at: dict[str, float] = {}
-    for record in store.read_records(after=first_position):
-        if record.event_type == "OrderCreated" and record.aggregate_id in placed:
-            created_at[record.aggregate_id] = _timestamp(record.recorded_at)
     latencies = [(finished[o][0] - created_at[o]) * 1000 for o in finished if o in created_at]
     reasons = Counter(reason for _, reason in finished.values() if reason)
     return DemoReport(
@@ -326,8 +313,7 @@ def run_demo(
 def invariants(store_path: Path) -> dict[str, bool]:
     """Every check of :func:`eventlab.projections.audit.audit`, by the audit's names: holds or not.
 
-    Run it once the shop has stopped: the audit then sees the final log, and DuckDB can attach
-    the store directly (the fast path, see :class:`eventlab.projections.engine.StoreMirror`).
+    Run it once the shop has stopped: the audit then sees the final log.
     Nothing is in flight any more, so there is no grace period: a step that has not happened by
     now is missing.
     """

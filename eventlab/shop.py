@@ -264,13 +264,13 @@ class Shop:
         """An order's state and the events of its saga, in order."""
         return self._commands().get_order(order_id)
 
-    def seed_catalogue(self, directory: Path | None = None) -> tuple[int, int]:
-        """Register the users and products of ``data/`` that do not exist yet and wait until
-        Inventory has stocked them; return (users, products) created."""
+    def seed_catalogue(self, directory: Path | None = None, timeout: float = 60.0) -> tuple[int, int]:
+        """Register the users and products of ``data/`` that do not exist yet and wait (at most
+        ``timeout`` seconds) until Inventory has stocked them; return (users, products) created."""
         commands = self._commands()
         users = sum(_create_if_new(commands.register_user, row) for row in load_users(directory))
         products = sum(_create_if_new(commands.create_product, row) for row in load_products(directory))
-        self.wait_idle()
+        self.wait_idle(timeout)
         return users, products
 
     # --- waiting ---------------------------------------------------------------------------
