@@ -41,7 +41,7 @@ from eventlab.kafka.clients import (
 )
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.settings import Settings
-from eventlab.store.base import DeadLetter, EventStore, Headers
+from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventStore, Headers
 
 __all__ = [
     "BODY_LIMIT",
@@ -54,8 +54,6 @@ __all__ = [
     "printable",
 ]
 
-#: The consumer name of the relay's dead letters (stored events it could not publish).
-RELAY_CONSUMER = "relay"
 #: The most body bytes a ``.dlq`` copy carries: far below any broker's limit (Apache Kafka's
 #: default ``message.max.bytes`` is 1 MB), so the copy can always be written.
 BODY_LIMIT = 64 * 1024
@@ -219,7 +217,7 @@ class DeadLetters:
         the relay would now, if it can be decoded now (after a fix); else it is reported, not sent.
         """
         letters = self.find(topic=topic) if ids is None else [self.get(i) for i in ids]
-        if topic is not None:
+        if ids is not None and topic is not None:
             letters = [letter for letter in letters if letter.topic == topic]
         return [self._replay_one(letter, timeout) for letter in letters]
 

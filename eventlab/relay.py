@@ -51,7 +51,7 @@ class Relay:
         self.max_backoff = 5.0
         self.dead_lettered = 0
         self._producer = None
-        self._dead_letters: DeadLetterPublisher | None = None
+        self._dead_letters = DeadLetterPublisher(store, settings)  # its producer is made when first needed
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} checkpoint={self.store.checkpoint(CHECKPOINT)}>"
@@ -96,8 +96,6 @@ class Relay:
         if remaining or errors:
             reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
             raise BrokerError(f"relay could not publish events after position {after}: {reason}")
-        if self._dead_letters is None:
-            self._dead_letters = DeadLetterPublisher(self.store, self.settings)
         for letter in letters:
             if self._dead_letters.publish(letter):
                 self.dead_lettered += 1
@@ -180,8 +178,7 @@ class Relay:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
-        if self._dead_letters is not None:
-            self._dead_letters.close()
+        self._dead_letters.close()
 
 
 def rewind(store: EventStore) -> None:

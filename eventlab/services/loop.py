@@ -58,6 +58,7 @@ class _Hold:
     offset: int
     problem: str
     retry_at: float
+    delay: float  # the backoff that set retry_at: the next hold of this partition waits twice as long
     resumed: bool = False
 
 
@@ -94,7 +95,6 @@ class ServiceLoop:
         self.handler_seconds = handler_histogram(service.name)
         self._consumer: Consumer | None = None
         self._holds: dict[tuple[str, int], _Hold] = {}
-        self._hold_backoff: dict[tuple[str, int], float] = {}
 
     def __repr__(self) -> str:
         s = self.stats
@@ -205,10 +205,8 @@ class ServiceLoop:
         """
         try:
             decoded = from_message(message.value(), message.headers())
-        except UndecodableMessage as exc:
+        except UndecodableMessage as exc:  # RecursionError included: the codec names it
             return str(exc)
-        except RecursionError:
-            return "value is nested too deeply to decode"
         except Exception as exc:  # noqa: BLE001 - whatever it is, it goes to the dead letters
             return f"cannot decode: {type(exc).__name__}: {exc}"
         if decoded.event.event_type not in self._accepted:
@@ -316,9 +314,9 @@ class ServiceLoop:
     def _hold(self, message: KafkaMessage, problem: str) -> None:
         """Pause the message's partition and rewind it to the message, to try again after a backoff."""
         where = (message.topic(), message.partition())
-        delay = self._hold_backoff.get(where, 0.1)
-        self._hold_backoff[where] = min(delay * 2, self.max_hold)
-        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay)
+        previous = self._holds.get(where)
+        delay = 0.1 if previous is None else min(previous.delay * 2, self.max_hold)
+        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay, delay)
         log.warning(
             "%s: holding %s[%d] at %d for %.1f s: %s", self.service.name, *where, message.offset(), delay, problem
         )
@@ -341,7 +339,6 @@ class ServiceLoop:
         """Forget holds on partitions this instance no longer owns (their new owner retries)."""
         for partition in partitions:
             self._holds.pop((partition.topic, partition.partition), None)
-            self._hold_backoff.pop((partition.topic, partition.partition), None)
 
     def _offsets(self, done: list[KafkaMessage]) -> list[TopicPartition]:
         """Per partition, the offset after the last done message that is not past a hold."""
@@ -351,7 +348,6 @@ class ServiceLoop:
             hold = self._holds.get(where)
             if hold is not None and hold.resumed and message.offset() == hold.offset:
                 del self._holds[where]  # the held message went through
-                self._hold_backoff.pop(where, None)
                 hold = None
             if hold is None or message.offset() < hold.offset:
                 last[where] = max(last.get(where, -1), message.offset())

@@ -13,8 +13,20 @@ from typing import Any, NamedTuple, Self
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
-__all__ = ["DeadLetter", "EventRecord", "EventStore", "Headers", "Metadata", "NewEvent", "StoreBusy", "StoredEvent"]
+__all__ = [
+    "RELAY_CONSUMER",
+    "DeadLetter",
+    "EventRecord",
+    "EventStore",
+    "Headers",
+    "Metadata",
+    "NewEvent",
+    "StoreBusy",
+    "StoredEvent",
+]
 
+#: The consumer name of the relay's dead letters (stored events it could not publish).
+RELAY_CONSUMER = "relay"
 #: Correlation id, causation id and W3C ``traceparent`` of an event.
 Metadata = dict[str, str]
 #: Kafka message headers as confluent-kafka gives them: (name, value or None), in order.

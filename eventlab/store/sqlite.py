@@ -28,7 +28,16 @@ from typing import ParamSpec, TypeVar
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
-from eventlab.store.base import DeadLetter, EventRecord, EventStore, Headers, NewEvent, StoreBusy, StoredEvent
+from eventlab.store.base import (
+    RELAY_CONSUMER,
+    DeadLetter,
+    EventRecord,
+    EventStore,
+    Headers,
+    NewEvent,
+    StoreBusy,
+    StoredEvent,
+)
 
 __all__ = [
     "BASE_SCHEMA",
@@ -571,19 +580,7 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
-        types = list(event_types)
-        if not types:
-            return 0
-        marks = ",".join("?" * len(types))
-        return (
-            self._conn()
-            .execute(
-                f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
-                "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)",
-                (*types, consumer),
-            )
-            .fetchone()[0]
-        )
+        return self._unhandled(consumer, event_types, skip_dead_letters=False)
 
     @_translated
     def processed_count(self, consumer: str) -> int:
@@ -707,21 +704,25 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def pending(self, consumer: str, event_types: Iterable[str]) -> int:
-        # 'relay' is eventlab.dlq.RELAY_CONSUMER: what it dead-lettered was never published
+        return self._unhandled(consumer, event_types, skip_dead_letters=True)
+
+    def _unhandled(self, consumer: str, event_types: Iterable[str], *, skip_dead_letters: bool) -> int:
+        """Stored events of ``event_types`` without ``consumer``'s processed marker; with
+        ``skip_dead_letters``, not those it or the relay dead-lettered (the relay never published them)."""
         types = list(event_types)
         if not types:
             return 0
-        marks = ",".join("?" * len(types))
-        return (
-            self._conn()
-            .execute(
-                f"SELECT count(*) FROM events e WHERE e.event_type IN ({marks}) AND NOT EXISTS "
-                "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id) AND NOT EXISTS "
-                "(SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, 'relay'))",
-                (*types, consumer, consumer),
-            )
-            .fetchone()[0]
+        sql = (
+            f"SELECT count(*) FROM events e WHERE e.event_type IN ({','.join('?' * len(types))}) AND NOT EXISTS "
+            "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)"
         )
+        params: list[object] = [*types, consumer]
+        if skip_dead_letters:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, ?))"
+            )
+            params += [consumer, RELAY_CONSUMER]
+        return self._conn().execute(sql, params).fetchone()[0]
 
 
 _DEAD_LETTER_COLUMNS = (
