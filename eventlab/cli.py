@@ -9,7 +9,6 @@ Each command sets ``handler(args) -> exit status``; :func:`main` runs it.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import math
@@ -243,11 +242,11 @@ def _run_one(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
-    ensure_ports_free(settings)
-    if args.processes:
+    if args.processes:  # the supervisor checks the ports before it starts anything
         from eventlab.supervisor import supervise
 
         return supervise(settings, _gateway_args(args))
+    ensure_ports_free(settings)
 
     from eventlab.shop import Shop
     from eventlab.supervisor import stop_on_signals
@@ -260,13 +259,7 @@ def _up(args: argparse.Namespace) -> int:
         http=True,
     )
     try:
-        shop.start()
-    except OSError as exc:  # a port taken between the check above and the bind
-        shop.stop()
-        if exc.errno == errno.EADDRINUSE:
-            ensure_ports_free(settings)
-        raise
-    try:
+        shop.start()  # a port taken since the check above is the same PortInUse, the shop stopped
         print(f"eventlab: {shop!r}", flush=True)
         for name in SERVICE_PORTS:
             print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)

@@ -57,6 +57,7 @@ __all__ = [
     "invariants",
     "order_ids",
     "percentile",
+    "recorded_seconds",
     "run_demo",
 ]
 
@@ -193,7 +194,8 @@ class DemoReport:
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _timestamp(recorded_at: str) -> float:
+def recorded_seconds(recorded_at: str) -> float:
+    """A stored event's ``recorded_at`` text (UTC) as seconds since the epoch."""
     return datetime.fromisoformat(recorded_at).replace(tzinfo=UTC).timestamp()
 
 
@@ -260,10 +262,10 @@ def run_demo(
             if record.aggregate_id not in placed:
                 continue
             if record.event_type == "OrderCreated":
-                created_at[record.aggregate_id] = _timestamp(record.recorded_at)
+                created_at[record.aggregate_id] = recorded_seconds(record.recorded_at)
             elif record.event_type in ("OrderCompleted", "OrderCancelled"):
                 reason = json.loads(record.data)["reason"] if record.event_type == "OrderCancelled" else ""
-                finished[record.aggregate_id] = (_timestamp(record.recorded_at), reason)
+                finished[record.aggregate_id] = (recorded_seconds(record.recorded_at), reason)
 
     for index in range(orders):
         if rate:

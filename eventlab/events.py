@@ -199,13 +199,16 @@ class ReservationRejected(_ReservationEvent):
     available: int
 
 
-class PaymentCompleted(Event):
-    """The gateway answered; ``status`` says whether money moved."""
-
+class _PaymentEvent(Event):
     aggregate_type: ClassVar[str] = "payment"
     id_field: ClassVar[str] = "order_id"
-    topic: ClassVar[str] = "payment.transaction.completed"
     order_id: str
+
+
+class PaymentCompleted(_PaymentEvent):
+    """The gateway answered; ``status`` says whether money moved."""
+
+    topic: ClassVar[str] = "payment.transaction.completed"
     amount_cents: int = Field(ge=0)
     status: Literal["COMPLETED", "FAILED"]
     reason: str = ""
@@ -217,22 +220,16 @@ class ReservationVoided(_ReservationEvent):
     topic: ClassVar[str] = "inventory.reservation.voided"
 
 
-class PaymentVoided(Event):
+class PaymentVoided(_PaymentEvent):
     """The order was cancelled before it was charged: it never will be."""
 
-    aggregate_type: ClassVar[str] = "payment"
-    id_field: ClassVar[str] = "order_id"
     topic: ClassVar[str] = "payment.transaction.voided"
-    order_id: str
 
 
-class PaymentRefunded(Event):
+class PaymentRefunded(_PaymentEvent):
     """Money taken for an order that was cancelled went back to the customer (compensation)."""
 
-    aggregate_type: ClassVar[str] = "payment"
-    id_field: ClassVar[str] = "order_id"
     topic: ClassVar[str] = "payment.transaction.refunded"
-    order_id: str
     amount_cents: int = Field(ge=0)
 
 

@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import eventlab
 from eventlab.errors import EventlabError
 from eventlab.kafka.broker import die_with_parent, free_port
+from eventlab.settings import port_free
 
 __all__ = ["LabError", "add_command", "find_notebooks", "lab_command", "run_lab"]
 
@@ -66,15 +66,12 @@ def find_notebooks(folder: Path | None = None) -> Path:
 
 
 def _port_free(port: int) -> bool:
-    """True when nothing listens on ``port`` (one in TIME_WAIT after an earlier JupyterLab counts as free:
-    JupyterLab binds with ``SO_REUSEADDR`` too)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """Whether JupyterLab can listen on ``port`` (it binds with ``SO_REUSEADDR`` too); a port this
+    user may not bind (a privileged one) is not free either."""
+    try:
+        return port_free(port)
+    except OSError:
+        return False
 
 
 def lab_command(

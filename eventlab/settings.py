@@ -25,6 +25,7 @@ __all__ = [
     "SettingsError",
     "default_data_dir",
     "ensure_ports_free",
+    "port_free",
     "variable",
 ]
 
@@ -237,20 +238,26 @@ class Settings:
         return env
 
 
+def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound the way the HTTP servers bind it (``SO_REUSEADDR``:
+    a port in ``TIME_WAIT`` counts as free, a listening one as taken); other errors are raised."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
 def ensure_ports_free(settings: Settings, services: Iterable[str] = SERVICE_PORTS) -> None:
     """Raise :class:`PortInUse` naming the first of ``services`` whose HTTP port another program holds.
 
-    Binds each port the way the HTTP servers do (127.0.0.1, ``SO_REUSEADDR``), so a port in
-    ``TIME_WAIT`` counts as free and a listening one as taken. Call it before starting anything,
-    for an error that names the port instead of a traceback from deep inside the start-up.
+    Call it before starting anything, for an error that names the port instead of a traceback from
+    deep inside the start-up.
     """
     for service in services:
-        port = settings.port(service)
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUse(service, port, settings.http_port_offset) from None
-                raise
+        if not port_free(settings.port(service)):
+            raise PortInUse(service, settings.port(service), settings.http_port_offset)

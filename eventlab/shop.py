@@ -193,14 +193,13 @@ class Shop:
                     problems = functools.partial(self.problems, name, "relay")
                     health = service_health(self.loops.get(name), infra.store, problems)
                     self._servers.append(serve_http(name, settings, health, self.commands))
-        except PortInUse:
+            deadline = time.monotonic() + timeout
+            for loop in self.loops.values():
+                if not loop.assigned.wait(max(0.0, deadline - time.monotonic())):
+                    raise BrokerError(f"{loop.service.name} did not join its consumer group in {timeout} s")
+        except BaseException:  # a port taken, a group not joined, Ctrl-C: nothing is left running
             self.stop()
             raise
-        deadline = time.monotonic() + timeout
-        for loop in self.loops.values():
-            if not loop.assigned.wait(max(0.0, deadline - time.monotonic())):
-                self.stop()
-                raise BrokerError(f"{loop.service.name} did not join its consumer group in {timeout} s")
         log.info("shop started: %r", self)
         return self
 

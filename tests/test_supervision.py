@@ -22,6 +22,7 @@ from eventlab.application import Commands
 from eventlab.http import service_health
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems
 from eventlab.services.loop import ServiceLoop
+from eventlab.settings import port_free
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
 
@@ -45,16 +46,6 @@ def alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead too
         return stat.read().split(")")[-1].split()[0] != "Z"
-
-
-def port_free(port):
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture

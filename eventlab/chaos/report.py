@@ -11,12 +11,12 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from eventlab.demo import percentile
-from eventlab.projections.audit import audit
+from eventlab.demo import percentile, recorded_seconds
+from eventlab.projections.audit import audit, read_mailbox
 from eventlab.store.sqlite import SqliteEventStore
 
 __all__ = [
@@ -189,24 +189,6 @@ def _overlaps_pause(at_s: float, gap_s: float, pause: dict[str, Any]) -> bool:
     return at_s < end and at_s + gap_s > start
 
 
-def _epoch(recorded_at: str) -> float:
-    return datetime.fromisoformat(recorded_at).replace(tzinfo=UTC).timestamp()
-
-
-def _emails(mailbox: Path) -> tuple[list[dict[str, Any]], int]:
-    """The mailbox's emails, and how many lines are not JSON (torn by a kill mid-write)."""
-    if not mailbox.is_file():
-        return [], 0
-    emails, torn = [], 0
-    with mailbox.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            try:
-                emails.append(json.loads(line))
-            except ValueError:
-                torn += bool(line.strip())
-    return emails, torn
-
-
 def _poison_summary(sent: Sequence[PoisonSent], seen: Iterable[DeadLetterSeen]) -> dict[str, Any]:
     """Per poison message and expected consumer: how many distinct dead letters were found.
 
@@ -256,13 +238,13 @@ def build_report(
     written_by: dict[str, list[float]] = defaultdict(list)
     for record in records:
         if record.event_type == "OrderCreated":
-            created[record.aggregate_id] = _epoch(record.recorded_at)
+            created[record.aggregate_id] = recorded_seconds(record.recorded_at)
         elif record.event_type in _TERMINAL and record.aggregate_id not in ended:
             reason = json.loads(record.data)["reason"] if record.event_type == "OrderCancelled" else ""
-            ended[record.aggregate_id] = (_epoch(record.recorded_at), reason)
+            ended[record.aggregate_id] = (recorded_seconds(record.recorded_at), reason)
         metadata = json.loads(record.metadata)
         if metadata.get("causation_id"):  # written by a consumer, not by an HTTP command
-            written_by[metadata.get("source", "")].append(_epoch(record.recorded_at))
+            written_by[metadata.get("source", "")].append(recorded_seconds(record.recorded_at))
 
     placed = list(dict.fromkeys(observed.placed))
     lost = [o for o in placed if o not in created or o not in ended]
@@ -272,10 +254,12 @@ def build_report(
     known = set(placed) | set(observed.warmup)
     latencies = [(ended[o][0] - created[o]) * 1000 for o in created if o in ended]
 
-    checks = audit(store_path, grace=timedelta(0))
+    checks = audit(store_path, grace=timedelta(0), mailbox=mailbox)
     audit_summary = {name: {"ok": r.ok, "count": r.count} for name, r in checks.items()}
 
-    emails, torn = _emails(mailbox)
+    lines = read_mailbox(mailbox)
+    emails = [line for line in lines if "error" not in line]
+    torn = len(lines) - len(emails)  # lines a kill cut short
     notes = list(observed.notes) + ([f"{torn} mailbox lines are not JSON"] if torn else [])
     per_email = Counter((e.get("order_id"), e.get("kind")) for e in emails)
     duplicate_emails = sum(n - 1 for n in per_email.values() if n > 1)

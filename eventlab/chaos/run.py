@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.catalogue import load_products, load_users
+from eventlab.cli import positive_int, probability
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
@@ -441,10 +442,12 @@ def add_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     number = _bounded(float, 0)
-    chaos.add_argument("--orders", type=_bounded(int, 1), default=500, metavar="N", help="orders to place (500)")
+    chaos.add_argument("--orders", type=positive_int, default=500, metavar="N", help="orders to place (500)")
     chaos.add_argument("--rate", type=_bounded(float, 0.01), default=50.0, metavar="R", help="orders per second (50)")
     chaos.add_argument("--kill-every", type=number, default=5.0, metavar="K", help="seconds between kills; 0: none (5)")
-    chaos.add_argument("--duplicates", type=_share, default=0.05, metavar="P", help="share of messages copied (0.05)")
+    chaos.add_argument(
+        "--duplicates", type=probability, default=0.05, metavar="P", help="share of messages copied (0.05)"
+    )
     chaos.add_argument("--poison", type=_bounded(int, 0), default=2, metavar="N", help="poison messages per kind (2)")
     chaos.add_argument(
         "--poison-kinds",
@@ -455,7 +458,7 @@ def add_command(
     )
     chaos.add_argument("--pause", type=number, default=3.0, metavar="S", help="broker pause in seconds; 0: none (3)")
     chaos.add_argument(
-        "--payment-failure-rate", type=_share, default=0.2, metavar="P", help="share of payments declined (0.2)"
+        "--payment-failure-rate", type=probability, default=0.2, metavar="P", help="share of payments declined (0.2)"
     )
     chaos.add_argument("--seed", type=int, default=0, help="drives every random choice (0)")
     chaos.add_argument(
@@ -487,13 +490,6 @@ def _kinds(text: str) -> tuple[str, ...]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown poison kind {unknown[0]!r} (known: {', '.join(POISON_KINDS)})")
     return kinds
-
-
-def _share(text: str) -> float:
-    value = _bounded(float, 0)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"a share between 0 and 1: {text!r}")
-    return value
 
 
 def _handle(args: argparse.Namespace) -> int:

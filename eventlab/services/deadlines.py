@@ -122,10 +122,6 @@ class DeadlineSweeper:
     def __repr__(self) -> str:
         return f"<DeadlineSweeper at {self.position} waiting={len(self.waiting)} timed_out={self.timed_out}>"
 
-    def health(self) -> dict[str, int]:
-        """Orders in flight and orders cancelled by this sweeper."""
-        return {"sagas_in_flight": len(self.waiting), "sagas_timed_out": self.timed_out}
-
     def follow(self) -> None:
         """Read the events stored since the last look and update where each order waits."""
         while True:
