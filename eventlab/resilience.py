@@ -9,7 +9,7 @@ from typing import Literal, TypeVar
 
 from eventlab.errors import EventlabError
 
-__all__ = ["CircuitBreaker", "CircuitOpen", "retry"]
+__all__ = ["CircuitBreaker", "CircuitOpen", "retry", "wait_until"]
 
 T = TypeVar("T")
 
@@ -87,3 +87,36 @@ def retry(
                 raise
             sleep(min(base_delay * 2**attempt, max_delay))
     raise AssertionError("unreachable")
+
+
+def wait_until(
+    probe: Callable[[], T],
+    timeout: float,
+    *,
+    until: Callable[[T], object] = bool,
+    interval: float = 0.05,
+    timeout_error: Callable[[T], BaseException] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Call ``probe`` every ``interval`` s until ``until(result)`` holds and return that result.
+
+    After ``timeout`` s raise ``timeout_error(last result)`` (default :class:`TimeoutError`).
+
+    Example:
+        >>> answers = iter([0, 0, 3])
+        >>> wait_until(lambda: next(answers), timeout=1, interval=0)
+        3
+    """
+    deadline = clock() + timeout
+    while True:
+        result = probe()
+        if until(result):
+            return result
+        if clock() > deadline:
+            raise (timeout_error or _timed_out(timeout))(result)
+        sleep(interval)
+
+
+def _timed_out(timeout: float) -> Callable[[object], BaseException]:
+    return lambda last: TimeoutError(f"still {last!r} after {timeout} s")

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from eventlab.store.base import StoredEvent
+from eventlab.tables import Table
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -301,47 +302,6 @@ def plot_saga_timeline(events: Iterable[StoredEvent], *, ax: Axes | None = None,
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig  # type: ignore[return-value]
-
-
-class Table:
-    """Rows shown as an HTML table in a notebook and as aligned text elsewhere.
-
-    Its output depends only on the rows, not on a dataframe library's version, so a notebook
-    that shows it can be compared by ``pytest --nbval``.
-
-    Example:
-        >>> Table([{"event": "OrderCreated", "version": 1}])
-        event        | version
-        -------------+--------
-        OrderCreated | 1
-    """
-
-    def __init__(self, rows: Iterable[Mapping[str, Any]] | Any, columns: Sequence[str] | None = None) -> None:
-        if hasattr(rows, "to_dicts"):  # a polars DataFrame
-            rows = rows.to_dicts()
-        self.rows = [dict(row) for row in rows]
-        self.columns = list(columns or (dict.fromkeys(k for row in self.rows for k in row)))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _cells(self) -> list[list[str]]:
-        return [["" if row.get(c) is None else str(row.get(c)) for c in self.columns] for row in self.rows]
-
-    def __repr__(self) -> str:
-        cells = self._cells()
-        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(self.columns)]
-        fmt = " | ".join(f"{{:<{w}}}" for w in widths)
-        lines = [fmt.format(*self.columns).rstrip(), "-+-".join("-" * w for w in widths)]
-        lines += [fmt.format(*r).rstrip() for r in cells]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in self._cells()
-        )
-        return f'<table class="eventlab-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def events_table(
