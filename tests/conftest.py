@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def unique(prefix: str) -> str:
 
 def free_port_offset() -> int:
     """An offset that makes the six service ports 8081+offset..8086+offset free right now."""
-    for base in range(20000, 60000, 97):
+    start = 20000 + 97 * (os.getpid() % 400)  # runs at the same time start at different places
+    for base in [*range(start, 60000, 97), *range(20000, start, 97)]:
         try:
             socks = []
             for port in range(base + 1, base + 7):
