@@ -19,9 +19,10 @@ Example:
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import CHECKS, AuditReport, Check, CheckResult, audit
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS, Projection, Relation
-from eventlab.projections.engine import Projections, Snapshot
+from eventlab.projections.engine import Projections
 from eventlab.projections.export import export_parquet
 from eventlab.projections.sandbox import ProjectionError, QueryRefused, QueryTimeout
+from eventlab.projections.snapshot import Snapshot
 
 __all__ = [
     "CHECKS",

@@ -34,7 +34,9 @@ from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES
 from eventlab.projections.engine import Projections
-from eventlab.store.sqlite import check_schema, open_in_this_process, verify_event_store
+from eventlab.store.base import RELAY_CONSUMER
+from eventlab.store.sqlite import check_schema, verify_event_store
+from eventlab.tables import Html, html_table
 
 __all__ = [
     "CHECKS",
@@ -486,17 +488,21 @@ class AuditReport(Mapping[str, CheckResult]):
         return f"<AuditReport at position {self.position}: {'ok' if not failed else 'VIOLATED ' + ', '.join(failed)}>"
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td><code>{html.escape(r.name)}</code></td><td>{'✅' if r.ok else f'❌ {r.count}'}</td>"
-            f"<td style='text-align:left'>{html.escape(r.description)}</td>"
-            f"<td style='text-align:left'><code>{html.escape(str(jsonable(r.violations[0])) if r.violations else '')}"
-            "</code></td></tr>"
+        rows = [
+            (
+                _code(r.name),
+                "✅" if r.ok else f"❌ {r.count}",
+                r.description,
+                _code(str(jsonable(r.violations[0])) if r.violations else ""),
+            )
             for r in self._results.values()
-        )
-        return (
-            f"<p>Audit of the log up to position {self.position}</p><table><tr><th>check</th><th>holds</th>"
-            f"<th>invariant</th><th>first violation</th></tr>{rows}</table>"
-        )
+        ]
+        columns = ("check", "holds", "invariant", "first violation")
+        return html_table(columns, rows, caption=f"Audit of the log up to position {self.position}")
+
+
+def _code(text: str) -> Html:
+    return Html(f"<code>{html.escape(text)}</code>")
 
 
 def audit(
@@ -516,10 +522,7 @@ def audit(
     beside the store, in the data directory).
     """
     if not isinstance(source, Projections):
-        path = Path(source).expanduser()
-        if open_in_this_process(path):  # this process's sqlite3 already has it open: a second connection is safe
-            verify_event_store(path)
-        with Projections(path) as projections:
+        with Projections(Path(source).expanduser()) as projections:  # read through sqlite3, which checks the schema
             return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
     relay_before = _relay_checkpoint(source)
@@ -557,7 +560,9 @@ def audit(
 
 
 def _relay_checkpoint(source: Projections) -> int:
-    relay = source.sql("SELECT position FROM store.checkpoints WHERE name = 'relay'").fetchone()
+    relay = source.sql(
+        "SELECT position FROM store.checkpoints WHERE name = $relay", {"relay": RELAY_CONSUMER}
+    ).fetchone()
     return int(relay[0]) if relay else 0
 
 

@@ -22,9 +22,11 @@ import polars as pl
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
-from eventlab.projections.engine import EVENTS_DOC, Projections, Snapshot
+from eventlab.projections.engine import Projections
 from eventlab.projections.export import export_parquet
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, QueryTimeout
+from eventlab.projections.snapshot import Snapshot
+from eventlab.projections.typed import EVENTS_DOC
 from eventlab.settings import Settings
 
 __all__ = ["add_commands"]
@@ -207,7 +209,9 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
     shown: list[str] = []
     used = 1  # the table's left border
     for name in frame.columns:
-        values = frame.get_column(name).cast(pl.String, strict=False).str.len_chars().max() if frame.height else 0
+        values = (
+            frame.select(pl.col(name).cast(pl.String, strict=False).str.len_chars().max()).item() if frame.height else 0
+        )
         cell = min(max(len(name), int(values or 4)), _CELL) + 3  # padding and the separator
         if shown and used + cell > width:
             break

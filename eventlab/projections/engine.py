@@ -31,12 +31,14 @@ User SQL never runs on the building connection (it has the ``sqlite`` extension 
 table functions read any file): :meth:`Projections.sql` hands the relations as Arrow to a
 :class:`~eventlab.projections.sandbox.Sandbox` (measured at 200k events: ~0.1-0.17 s once per
 refresh, then a few milliseconds per query).
+
+Around the engine: :mod:`.typed` turns stored rows into the typed ``events`` relation,
+:mod:`.snapshot` reads a schema's relations (live ones in ``main``, "as of" ones in
+``as_of_<n>``), :mod:`.render` shows them in a notebook.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import operator
 import re
@@ -47,94 +49,25 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import duckdb
-import polars as pl
 
 from eventlab.errors import StoreError
-from eventlab.projections.definitions import PROJECTIONS, RELATIONS
+from eventlab.projections.definitions import RELATIONS
+from eventlab.projections.render import projections_html
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Sandbox, bounded, ensure_single_read
-from eventlab.projections.sources import MONEY, AttachedLog, MirroredLog, connect, sql_literal
+from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
+from eventlab.projections.sources import MONEY, AttachedLog, LogSource, MirroredLog, connect
+from eventlab.projections.typed import typed_events
 from eventlab.store.sqlite import SqliteEventStore, open_in_this_process
 
-__all__ = ["EVENTS_DOC", "ProjectionError", "Projections", "Snapshot"]
+__all__ = ["Projections"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: What the typed ``events`` table holds.
-EVENTS_DOC = (
-    "The event log, typed: position, event_type, recorded_at (UTC), the writing service "
-    "(metadata.source) and the data fields the projections use as columns (order_id, user_id, "
-    "product_id, quantity, total_cents, amount_cents, status, reason, detail, kind, name, price_cents, "
-    "initial_stock; lines of OrderCreated). The full rows, JSON included, stay in store.events."
-)
-
-#: Data fields lifted into columns of ``events`` (missing ones are NULL), as a ``json_transform`` shape.
-_DATA_SHAPE = {
-    "order_id": "VARCHAR",
-    "user_id": "VARCHAR",
-    "product_id": "VARCHAR",
-    "quantity": "BIGINT",
-    "total_cents": "BIGINT",
-    "amount_cents": "BIGINT",
-    "status": "VARCHAR",
-    "reason": "VARCHAR",
-    "detail": "VARCHAR",
-    "kind": "VARCHAR",
-    "name": "VARCHAR",
-    "price_cents": "BIGINT",
-    "initial_stock": "BIGINT",
-}
-_LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
-
-
-def _typed_events(rows: str) -> str:
-    """The typed ``events`` relation over ``rows`` (columns as in the store's schema).
-
-    Each JSON document is parsed once; only the columns the projections use are kept, because
-    materialising strings is most of the cost (every envelope column costs ~20 % more at 1M rows).
-    A document that is not a JSON object is left out instead of stopping every projection; the
-    audit's ``event_data_valid`` names its position.
-    """
-    fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE)
-    return f"""
-    SELECT position, event_type, recorded_at, source, {fields},
-           CASE WHEN event_type = 'OrderCreated'
-                THEN try(json_transform(data -> 'lines', {sql_literal(json.dumps(_LINES_SHAPE))})) END AS lines
-    FROM (
-        SELECT CAST(position AS BIGINT) AS position,
-               CAST(event_type AS VARCHAR) AS event_type,
-               CAST(recorded_at AS TIMESTAMP) AS recorded_at,
-               try(json_extract_string(metadata, '$.source')) AS source,
-               try(json_transform(data, {sql_literal(json.dumps(_DATA_SHAPE))})) AS d,
-               data
-        FROM {rows}
-    )
-    WHERE d IS NOT NULL
-    """
-
 
 def _utc_naive(time: datetime) -> datetime:
     return time if time.tzinfo is None else time.astimezone(UTC).replace(tzinfo=None)
-
-
-def _read(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> duckdb.DuckDBPyRelation:
-    if name == "events":
-        order_by = "position"
-    elif name in RELATIONS:
-        order_by = RELATIONS[name].order_by
-    else:
-        raise ProjectionError(f"unknown relation {name!r}; known: events, {', '.join(RELATIONS)}")
-    return con.sql(f"SELECT * FROM {schema}.{name} ORDER BY {order_by}")
-
-
-def _relations_html(title: str, rows: Sequence[tuple[str, str, str]]) -> str:
-    body = "".join(
-        f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(k)}</td><td style='text-align:left'>"
-        f"{html.escape(d)}</td></tr>"
-        for n, k, d in rows
-    )
-    return f"<p>{html.escape(title)}</p><table><tr><th>relation</th><th>kind</th><th>what</th></tr>{body}</table>"
 
 
 class _Default:
@@ -161,30 +94,7 @@ def _mentions(query: str, name: str) -> bool:
     return re.search(pattern, query, re.IGNORECASE) is not None
 
 
-def _snapshot_views(position: int) -> list[str]:
-    """The statements creating schema ``as_of_<position>``: every relation over ``events`` cut there."""
-    schema = f"as_of_{int(position)}"
-    inputs = {name: f"{schema}.{name}" for name in ("events", *RELATIONS)}
-    statements = [
-        f"CREATE SCHEMA {schema}",
-        f"CREATE VIEW {schema}.events AS SELECT * FROM main.events WHERE position <= {int(position)}",
-    ]
-    return statements + [f"CREATE VIEW {schema}.{r.name} AS {r.render(inputs)}" for r in RELATIONS.values()]
-
-
-def _frame(
-    owner: Projections, relation: duckdb.DuckDBPyRelation, limit: int | None, timeout: float | None
-) -> pl.DataFrame:
-    """``relation`` (its first ``limit`` rows) as a polars DataFrame, computed under :func:`bounded`."""
-    if limit is not None:
-        relation = relation.limit(int(limit))
-    try:
-        return owner._bounded(relation.pl, timeout)
-    except duckdb.Error as exc:
-        raise ProjectionError(f"cannot read the relation: {exc}") from exc
-
-
-class Projections:
+class Projections(SchemaRelations):
     """The shop's read models, built in an in-memory DuckDB from one event store.
 
     Opening copies the whole log and builds every projection; :meth:`refresh` then copies only
@@ -222,6 +132,7 @@ class Projections:
         if not isinstance(source, str | Path):
             raise ProjectionError(f"projections read a SqliteEventStore or a path, not {type(source).__name__}")
         self.store_path = Path(source).expanduser()
+        self.schema = "main"
         self.timeout = timeout
         if attach and open_in_this_process(self.store_path):
             raise ProjectionError(
@@ -229,7 +140,7 @@ class Projections:
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
             )
         self._con = connect(self.store_path if attach else None)
-        self._log: AttachedLog | MirroredLog = AttachedLog(self._con)
+        self._log: LogSource = AttachedLog(self._con)  # replaced below unless attached; closes safely
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -261,15 +172,6 @@ class Projections:
         (it was replaced or truncated).
         """
         return self._bounded(self._refresh, None)
-
-    def relation(self, name: str) -> duckdb.DuckDBPyRelation:
-        """The relation ``name`` (see :attr:`names`) as a lazy DuckDB relation, in its documented order."""
-        return _read(self._con, "main", name)
-
-    def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
-        """The relation ``name`` as a polars DataFrame (handed over through Arrow): its first
-        ``limit`` rows (default all), computed in at most ``timeout`` seconds (default no limit)."""
-        return _frame(self, self.relation(name), limit, timeout)
 
     def raw_events(self) -> duckdb.DuckDBPyRelation:
         """The store's log as stored (JSON as text) up to the checkpoint, in order."""
@@ -318,10 +220,10 @@ class Projections:
             raise ProjectionError(f"position {position} is outside the projected log (1 … {self.checkpoint})")
         if position not in self._snapshots:
             with self._transaction():
-                for statement in _snapshot_views(position):
+                for statement in snapshot_views(position):
                     self._con.execute(statement)
             if self._sandbox is not None:
-                for statement in _snapshot_views(position):
+                for statement in snapshot_views(position):
                     self._sandbox.execute(statement)
             self._snapshots.add(position)
         row = self._con.execute("SELECT recorded_at FROM main.events WHERE position = ?", [position]).fetchone()
@@ -336,13 +238,15 @@ class Projections:
         self._con.close()
 
     def _rebuild(self) -> int:
-        head, head_id, _ = self._head(0)
+        head, head_id, _ = self._log.head(0)
         tables = ["events", *(r.name for r in RELATIONS.values() if r.key)]
         # The new tables are built outside a transaction (DuckDB scans committed tables on every
         # core, tables written in the same transaction ~1.6x slower), then swapped in at once.
         try:
             with self._reading_store():
-                self._con.execute(f"CREATE OR REPLACE TABLE main.events_next AS {_typed_events(self._rows(0, head))}")
+                self._con.execute(
+                    f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"
+                )
                 for r in RELATIONS.values():
                     if r.key:  # keyed relations read nothing but events
                         built = r.render({"events": "main.events_next"})
@@ -364,7 +268,7 @@ class Projections:
         return head
 
     def _refresh(self) -> int:
-        head, head_id, checkpoint_id = self._head(self.checkpoint)
+        head, head_id, checkpoint_id = self._log.head(self.checkpoint)
         if checkpoint_id != self._checkpoint_event_id:
             log.warning(
                 "%s is not the log projected so far (checkpoint %d): rebuilding", self.store_path, self.checkpoint
@@ -376,7 +280,7 @@ class Projections:
             return self._rebuild()
         after = self.checkpoint
         with self._transaction():
-            self._con.execute(f"INSERT INTO main.events {_typed_events(self._rows(after, head))}")
+            self._con.execute(f"INSERT INTO main.events {typed_events(self._log.rows(after, head))}")
             for key in sorted({r.key for r in RELATIONS.values() if r.key}):
                 # the keys the new events touch, then every event of those keys (the join's key
                 # range is pushed into the scan), then each keyed table recomputed for them only
@@ -412,7 +316,7 @@ class Projections:
                     if not r.key:
                         sandbox.execute(f"CREATE VIEW main.{r.name} AS {r.render(inputs)}")
                 for position in sorted(self._snapshots):
-                    for statement in _snapshot_views(position):
+                    for statement in snapshot_views(position):
                         sandbox.execute(statement)
             except BaseException:
                 sandbox.close()
@@ -442,12 +346,6 @@ class Projections:
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
         return bounded([self._con], work, timeout)
 
-    def _head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
-        return self._log.head(checkpoint)
-
-    def _rows(self, after: int, upto: int) -> str:
-        return self._log.rows(after, upto)
-
     def __enter__(self) -> Self:
         return self
 
@@ -458,9 +356,7 @@ class Projections:
         return f"<Projections of {str(self.store_path)!r} at position {self.checkpoint}: {len(RELATIONS)} relations>"
 
     def _repr_html_(self) -> str:
-        rows = [("events", "table", EVENTS_DOC)]
-        rows += [(r.name, f"{r.kind} ({p.name})", r.doc) for p in PROJECTIONS.values() for r in p.relations]
-        return _relations_html(f"Projections of {self.store_path} at position {self.checkpoint}", rows)
+        return projections_html(self.store_path, self.checkpoint)
 
     def _position_at(self, time: datetime) -> int:
         if not isinstance(time, datetime):
@@ -494,44 +390,3 @@ class Projections:
                 self._con.execute("ROLLBACK")
                 raise
             self._con.execute("COMMIT")
-
-
-class Snapshot:
-    """The projections as of one position of the log: views in the DuckDB schema ``as_of_<position>``.
-
-    The same SQL as the live relations, over ``events`` cut at ``position``; computed when read.
-
-    Example:
-        >>> snapshot = projections.as_of(position=120)
-        >>> snapshot.pl("inventory")  # stock as it was after event 120
-    """
-
-    def __init__(
-        self, projections: Projections, con: duckdb.DuckDBPyConnection, position: int, recorded_at: datetime | None
-    ) -> None:
-        self.projections = projections
-        self._con = con
-        self.position = position
-        self.recorded_at = recorded_at
-
-    @property
-    def schema(self) -> str:
-        """The DuckDB schema holding this snapshot's views (usable in :meth:`Projections.sql`)."""
-        return f"as_of_{self.position}"
-
-    def relation(self, name: str) -> duckdb.DuckDBPyRelation:
-        """The relation ``name`` as of this position, as a lazy DuckDB relation."""
-        return _read(self._con, self.schema, name)
-
-    def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
-        """The relation ``name`` as of this position, as a polars DataFrame (as :meth:`Projections.pl`)."""
-        return _frame(self.projections, self.relation(name), limit, timeout)
-
-    def __repr__(self) -> str:
-        where = str(self.projections.store_path)
-        return f"<Snapshot of {where!r} as of position {self.position} ({self.recorded_at} UTC)>"
-
-    def _repr_html_(self) -> str:
-        rows = [(r.name, "view", r.doc) for r in RELATIONS.values()]
-        title = f"As of position {self.position} ({self.recorded_at} UTC): schema {self.schema}"
-        return _relations_html(title, rows)

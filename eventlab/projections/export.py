@@ -6,9 +6,10 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from eventlab.projections.engine import ProjectionError, Projections
+from eventlab.projections.engine import Projections
+from eventlab.projections.sandbox import ProjectionError
 
 __all__ = ["export_parquet"]
 

@@ -9,8 +9,8 @@
   (:class:`~eventlab.store.sqlite_log.SqliteLog`) and copied into DuckDB; safe next to a shop
   that has the store open in this process.
 
-Both answer ``head(checkpoint)`` and ``rows(after, upto)`` (a relation over the store's columns)
-on the building connection made by :func:`connect`.
+Both are a :class:`LogSource`: they answer ``head(checkpoint)`` and ``rows(after, upto)`` (a
+relation over the store's columns) on the building connection made by :func:`connect`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
-import duckdb_extensions
+import duckdb_extensions  # type: ignore[import-untyped]
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
 from eventlab.store.sqlite_log import SqliteLog
 
-__all__ = ["MONEY", "AttachedLog", "MirroredLog", "connect", "sql_literal"]
+__all__ = ["MONEY", "AttachedLog", "LogSource", "MirroredLog", "connect", "sql_literal"]
 
 
 def sql_literal(value: str) -> str:
@@ -110,6 +111,20 @@ CREATE TABLE store.checkpoints (name VARCHAR, position BIGINT);
 """
 
 
+class LogSource(Protocol):
+    """Where the projections read the log from: the store's rows after a checkpoint, as a relation
+    on the building connection."""
+
+    def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
+        """The store's last position, its event id, and the event id now at ``checkpoint``."""
+
+    def rows(self, after: int, upto: int) -> str:
+        """A relation (SQL text) over the store's rows with ``after < position <= upto``, store columns."""
+
+    def close(self) -> None:
+        """Release what the source holds (the building connection is closed by its owner)."""
+
+
 class MirroredLog:
     """The store's ``events`` and ``checkpoints`` copied into DuckDB from a :class:`SqliteLog`.
 
@@ -139,7 +154,7 @@ class MirroredLog:
     def rows(self, after: int, upto: int) -> str:
         """Copy the store's new rows up to ``upto``; the relation of those with ``after < position <= upto``."""
         # read from DuckDB, so a rolled-back refresh leaves nothing to skip
-        (copied,) = self._con.execute("SELECT coalesce(max(position), 0) FROM store.events").fetchone()
+        [(copied,)] = self._con.execute("SELECT coalesce(max(position), 0) FROM store.events").fetchall()
         if after == 0 or upto < copied:  # a rebuild copies everything again
             self._con.execute("DELETE FROM store.events")
             copied = 0

@@ -25,7 +25,7 @@ __all__ = [
     "StoredEvent",
 ]
 
-#: The consumer name of the relay's dead letters (stored events it could not publish).
+#: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
 RELAY_CONSUMER = "relay"
 #: Correlation id, causation id and W3C ``traceparent`` of an event.
 Metadata = dict[str, str]

@@ -1,0 +1,91 @@
+"""Reading the relations of one DuckDB schema, and "as of" snapshots: the same SQL over a cut log.
+
+The live relations live in schema ``main``; a snapshot at position ``n`` is schema ``as_of_<n>``:
+a view of ``events`` cut at ``n`` and every relation rendered over it, computed when read. Both
+read through :class:`SchemaRelations`, so a snapshot answers exactly as the live projections do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import duckdb
+import polars as pl
+
+from eventlab.projections.definitions import RELATIONS
+from eventlab.projections.render import snapshot_html
+from eventlab.projections.sandbox import ProjectionError, bounded
+
+if TYPE_CHECKING:
+    from eventlab.projections.engine import Projections
+
+__all__ = ["SchemaRelations", "Snapshot", "snapshot_views"]
+
+
+class SchemaRelations:
+    """The relations of the DuckDB schema :attr:`schema` on one connection, read in their documented order."""
+
+    schema: str
+    _con: duckdb.DuckDBPyConnection
+
+    def relation(self, name: str) -> duckdb.DuckDBPyRelation:
+        """The relation ``name`` (``events`` or one of :data:`~eventlab.projections.RELATIONS`) as a
+        lazy DuckDB relation, in its documented order."""
+        if name == "events":
+            order_by = "position"
+        elif name in RELATIONS:
+            order_by = RELATIONS[name].order_by
+        else:
+            raise ProjectionError(f"unknown relation {name!r}; known: events, {', '.join(RELATIONS)}")
+        return self._con.sql(f"SELECT * FROM {self.schema}.{name} ORDER BY {order_by}")
+
+    def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
+        """The relation ``name`` as a polars DataFrame (handed over through Arrow): its first
+        ``limit`` rows (default all), computed in at most ``timeout`` seconds (default no limit)."""
+        relation = self.relation(name)
+        if limit is not None:
+            relation = relation.limit(int(limit))
+        try:
+            return bounded([self._con], relation.pl, timeout)
+        except duckdb.Error as exc:
+            raise ProjectionError(f"cannot read the relation: {exc}") from exc
+
+
+def snapshot_views(position: int) -> list[str]:
+    """The statements creating schema ``as_of_<position>``: every relation over ``events`` cut there."""
+    schema = f"as_of_{int(position)}"
+    inputs = {name: f"{schema}.{name}" for name in ("events", *RELATIONS)}
+    statements = [
+        f"CREATE SCHEMA {schema}",
+        f"CREATE VIEW {schema}.events AS SELECT * FROM main.events WHERE position <= {int(position)}",
+    ]
+    return statements + [f"CREATE VIEW {schema}.{r.name} AS {r.render(inputs)}" for r in RELATIONS.values()]
+
+
+class Snapshot(SchemaRelations):
+    """The projections as of one position of the log: views in the DuckDB schema ``as_of_<position>``
+    (usable in :meth:`Projections.sql`), made by :meth:`Projections.as_of`.
+
+    The same SQL as the live relations, over ``events`` cut at ``position``; computed when read.
+
+    Example:
+        >>> snapshot = projections.as_of(position=120)
+        >>> snapshot.pl("inventory")  # stock as it was after event 120
+    """
+
+    def __init__(
+        self, projections: Projections, con: duckdb.DuckDBPyConnection, position: int, recorded_at: datetime | None
+    ) -> None:
+        self.projections = projections
+        self._con = con
+        self.position = position
+        self.recorded_at = recorded_at
+        self.schema = f"as_of_{position}"
+
+    def __repr__(self) -> str:
+        where = str(self.projections.store_path)
+        return f"<Snapshot of {where!r} as of position {self.position} ({self.recorded_at} UTC)>"
+
+    def _repr_html_(self) -> str:
+        return snapshot_html(self.position, self.recorded_at, self.schema)

@@ -1,0 +1,64 @@
+"""The typed ``events`` relation: each stored JSON document parsed once into the columns projections use.
+
+Materialising strings is most of the cost of a copy (every envelope column costs ~20 % more at 1M
+rows), so only the columns the projections read are kept; the full rows, JSON included, stay in
+``store.events``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from eventlab.projections.sources import sql_literal
+
+__all__ = ["EVENTS_DOC", "typed_events"]
+
+#: What the typed ``events`` table holds.
+EVENTS_DOC = (
+    "The event log, typed: position, event_type, recorded_at (UTC), the writing service "
+    "(metadata.source) and the data fields the projections use as columns (order_id, user_id, "
+    "product_id, quantity, total_cents, amount_cents, status, reason, detail, kind, name, price_cents, "
+    "initial_stock; lines of OrderCreated). The full rows, JSON included, stay in store.events."
+)
+
+#: Data fields lifted into columns of ``events`` (missing ones are NULL), as a ``json_transform`` shape.
+_DATA_SHAPE = {
+    "order_id": "VARCHAR",
+    "user_id": "VARCHAR",
+    "product_id": "VARCHAR",
+    "quantity": "BIGINT",
+    "total_cents": "BIGINT",
+    "amount_cents": "BIGINT",
+    "status": "VARCHAR",
+    "reason": "VARCHAR",
+    "detail": "VARCHAR",
+    "kind": "VARCHAR",
+    "name": "VARCHAR",
+    "price_cents": "BIGINT",
+    "initial_stock": "BIGINT",
+}
+_LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
+
+
+def typed_events(rows: str) -> str:
+    """The ``SELECT`` of the typed ``events`` relation over ``rows`` (a relation with the store's columns).
+
+    A document that is not a JSON object is left out instead of stopping every projection; the
+    audit's ``event_data_valid`` names its position.
+    """
+    fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE)
+    return f"""
+    SELECT position, event_type, recorded_at, source, {fields},
+           CASE WHEN event_type = 'OrderCreated'
+                THEN try(json_transform(data -> 'lines', {sql_literal(json.dumps(_LINES_SHAPE))})) END AS lines
+    FROM (
+        SELECT CAST(position AS BIGINT) AS position,
+               CAST(event_type AS VARCHAR) AS event_type,
+               CAST(recorded_at AS TIMESTAMP) AS recorded_at,
+               try(json_extract_string(metadata, '$.source')) AS source,
+               try(json_transform(data, {sql_literal(json.dumps(_DATA_SHAPE))})) AS d,
+               data
+        FROM {rows}
+    )
+    WHERE d IS NOT NULL
+    """
