@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -16,11 +17,13 @@ from eventlab.events import EVENT_TYPES, Event
 __all__ = [
     "RELAY_CONSUMER",
     "DeadLetter",
+    "DeadLetterQuery",
     "EventRecord",
     "EventStore",
     "Headers",
     "Metadata",
     "NewEvent",
+    "SourceMessage",
     "StoreBusy",
     "StoredEvent",
 ]
@@ -99,15 +102,13 @@ class EventRecord(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message that could not be handled, recorded whole (the store is its durable home; the
-    ``<topic>.dlq`` copy is for people watching Kafka and may be truncated).
+class SourceMessage:
+    """A message as ``consumer`` received it: where it came from and what it held.
 
-    ``topic``/``partition``/``offset`` locate the source message; a stored event the relay could
-    not decode has consumer ``relay``, topic ``store``, partition 0 and offset = its position.
+    ``topic``/``partition``/``offset`` locate it; a stored event the relay could not decode has
+    consumer ``relay``, topic ``store``, partition 0 and offset = its position.
     """
 
-    id: int
     consumer: str
     topic: str
     partition: int
@@ -115,6 +116,26 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: Headers
+
+    @property
+    def digest(self) -> str:
+        """The message's content (key, value, headers) as a hash: tells apart two messages at the same
+        offset, because the embedded broker keeps its log in memory, so after a restart an offset can
+        name another message."""
+        digest = hashlib.sha256()
+        headers = (item for name, value in self.headers for item in (name.encode(), value))
+        for part in (self.key, self.value, *headers):
+            digest.update(b"-" if part is None else b"+%d:" % len(part))
+            digest.update(part or b"")
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(SourceMessage):
+    """A message that could not be handled, recorded whole (the store is its durable home; the
+    ``<topic>.dlq`` copy is for people watching Kafka and may be truncated)."""
+
+    id: int
     reason: str
     event_id: str | None
     recorded_at: datetime
@@ -132,6 +153,17 @@ class DeadLetter:
             f"<DeadLetter #{self.id} {self.consumer} {self.topic}[{self.partition}]@{self.offset} "
             f"{len(self.value or b'')} B: {self.reason[:60]}>"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterQuery:
+    """Which dead letters to read: those of ``ids``, ``topic`` and ``consumer`` (``None``: any), or
+    only the ``unpublished`` ones (their ``.dlq`` copy not acknowledged yet)."""
+
+    ids: tuple[int, ...] | None = None
+    topic: str | None = None
+    consumer: str | None = None
+    unpublished: bool = False
 
 
 class EventStore(ABC):
@@ -207,7 +239,6 @@ class EventStore(ABC):
     def set_checkpoint(self, name: str, position: int) -> None:
         """Record ``position`` under ``name``."""
 
-    @abstractmethod
     def record_dead_letter(
         self,
         consumer: str,
@@ -222,8 +253,9 @@ class EventStore(ABC):
     ) -> DeadLetter:
         """Record a dead letter once: a second call for the same source message (same consumer,
         topic, partition, offset and content) returns the first record and writes nothing."""
+        message = SourceMessage(consumer, topic, partition, offset, key, value, headers)
+        return self._record_dead_letter(message, reason, event_id)
 
-    @abstractmethod
     def dead_letters(
         self,
         *,
@@ -234,6 +266,17 @@ class EventStore(ABC):
     ) -> list[DeadLetter]:
         """Recorded dead letters by id, optionally only those of ``ids``/``topic``/``consumer``,
         or only those whose ``.dlq`` copy is not acknowledged yet."""
+        wanted = None if ids is None else tuple(int(i) for i in ids)
+        return self._dead_letters(DeadLetterQuery(wanted, topic, consumer, unpublished))
+
+    @abstractmethod
+    def _record_dead_letter(self, message: SourceMessage, reason: str, event_id: str | None) -> DeadLetter:
+        """:meth:`record_dead_letter` for a backend: record ``message`` unless a dead letter of the same
+        consumer, location and :attr:`~SourceMessage.digest` exists; return the stored one."""
+
+    @abstractmethod
+    def _dead_letters(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        """:meth:`dead_letters` for a backend: the dead letters ``query`` selects, by id."""
 
     @abstractmethod
     def mark_dead_letter_published(self, dead_letter_id: int) -> None:

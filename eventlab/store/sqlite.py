@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import logging
 import sqlite3
@@ -24,17 +23,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import (
     RELAY_CONSUMER,
     DeadLetter,
+    DeadLetterQuery,
     EventRecord,
     EventStore,
     Headers,
     NewEvent,
+    SourceMessage,
     StoreBusy,
     StoredEvent,
 )
@@ -117,6 +118,10 @@ _COLUMNS = (
 )
 
 Clock = Callable[[], datetime]
+#: A row as ``sqlite3`` returns it (its values are typed by the table, not by the driver).
+_Row = tuple[Any, ...]
+#: An event as inserted: event id, aggregate type and id, version, event type, schema version, data, metadata, time.
+_NewRow = tuple[str, str, str, int, str, int, str, str, str]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -138,7 +143,12 @@ def _stored_time(time: datetime) -> str:
     return time.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _row_to_event(row: tuple) -> StoredEvent:
+def _from_stored(text: str) -> datetime:
+    """A time as the store keeps it (see :func:`_stored_time`), as an aware UTC datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _row_to_event(row: _Row) -> StoredEvent:
     return StoredEvent(
         position=row[0],
         event_id=row[1],
@@ -149,7 +159,7 @@ def _row_to_event(row: tuple) -> StoredEvent:
         schema_version=row[6],
         data=json.loads(row[7]),
         metadata=json.loads(row[8]),
-        recorded_at=datetime.fromisoformat(row[9]).replace(tzinfo=UTC),
+        recorded_at=_from_stored(row[9]),
     )
 
 
@@ -174,7 +184,8 @@ def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
             return method(*args, **kwargs)
         except sqlite3.Error as exc:
             store = args[0]
-            doing = {"_conn": "connecting", "_open": "opening"}.get(method.__name__, method.__name__)
+            name = method.__name__
+            doing = {"_conn": "connecting", "_open": "opening"}.get(name, name.lstrip("_"))  # the port's name
             raise _translate_error(store.path, doing, exc) from exc  # type: ignore[attr-defined]
 
     return translated
@@ -452,7 +463,7 @@ class SqliteEventStore(EventStore):
         conn = self._conn()
         recorded_at = self._clock().astimezone(UTC)
         now = _stored_time(recorded_at)
-        rows = [
+        rows: list[_NewRow] = [
             (
                 self._new_id(),
                 new.event.aggregate_type,
@@ -504,7 +515,7 @@ class SqliteEventStore(EventStore):
     @staticmethod
     def _insert(
         conn: sqlite3.Connection,
-        rows: list[tuple],
+        rows: list[_NewRow],
         processed: tuple[str, str] | None,
         statements: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
     ) -> list[int]:
@@ -522,13 +533,15 @@ class SqliteEventStore(EventStore):
                 if cur.rowcount == 0:
                     run(rollback)
                     return []
-            stored = []
+            stored: list[int] = []
             for row in rows:
                 cur = conn.execute(
                     "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,"
                     " schema_version, data, metadata, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     row,
                 )
+                if cur.lastrowid is None:  # SQLite gives every row of a rowid table its rowid
+                    raise StoreError("SQLite returned no position for an appended event")
                 stored.append(cur.lastrowid)
             run(commit)
         except BaseException:
@@ -567,7 +580,7 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def head(self) -> int:
-        return self._conn().execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+        return self._count("SELECT coalesce(max(position), 0) FROM events")
 
     @_translated
     def is_processed(self, consumer: str, event_id: str) -> bool:
@@ -585,7 +598,7 @@ class SqliteEventStore(EventStore):
     @_translated
     def processed_count(self, consumer: str) -> int:
         query = "SELECT count(*) FROM processed WHERE consumer = ?"  # a range of the primary key
-        return self._conn().execute(query, (consumer,)).fetchone()[0]
+        return self._count(query, (consumer,))
 
     @_translated
     def stream_ages(
@@ -623,27 +636,15 @@ class SqliteEventStore(EventStore):
     # --- dead letters ----------------------------------------------------------------------
 
     @_translated
-    def record_dead_letter(
-        self,
-        consumer: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        reason: str,
-        event_id: str | None = None,
-    ) -> DeadLetter:
-        digest = _message_digest(key, value, headers)
-        source = (consumer, topic, partition, offset, digest)
+    def _record_dead_letter(self, message: SourceMessage, reason: str, event_id: str | None) -> DeadLetter:
+        source = (message.consumer, message.topic, message.partition, message.offset, message.digest)
         now = _stored_time(self._clock())
         conn = self._conn()
         with self.transaction():
             conn.execute(
                 "INSERT OR IGNORE INTO dead_letters (consumer, source_topic, source_partition, source_offset, digest,"
                 " key, value, headers, reason, event_id, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (*source, key, value, _headers_to_json(headers), reason, event_id, now),
+                (*source, message.key, message.value, _headers_to_json(message.headers), reason, event_id, now),
             )
             row = conn.execute(
                 f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
@@ -653,26 +654,17 @@ class SqliteEventStore(EventStore):
         return _row_to_dead_letter(row)
 
     @_translated
-    def dead_letters(
-        self,
-        *,
-        ids: Iterable[int] | None = None,
-        topic: str | None = None,
-        consumer: str | None = None,
-        unpublished: bool = False,
-    ) -> list[DeadLetter]:
-        where, params = ["1 = 1"], []
-        if ids is not None:
-            wanted = [int(i) for i in ids]
-            where.append(f"id IN ({','.join('?' * len(wanted)) or 'NULL'})")
-            params.extend(wanted)
-        if topic is not None:
-            where.append("source_topic = ?")
-            params.append(topic)
-        if consumer is not None:
-            where.append("consumer = ?")
-            params.append(consumer)
-        if unpublished:
+    def _dead_letters(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
+        if query.ids is not None:
+            where.append(f"id IN ({','.join('?' * len(query.ids)) or 'NULL'})")
+            params.extend(query.ids)
+        for column, wanted in (("source_topic", query.topic), ("consumer", query.consumer)):
+            if wanted is not None:
+                where.append(f"{column} = ?")
+                params.append(wanted)
+        if query.unpublished:
             where.append("published_at IS NULL")
         rows = self._conn().execute(
             f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
@@ -681,21 +673,17 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def mark_dead_letter_published(self, dead_letter_id: int) -> None:
-        conn = self._conn()
-        with self.transaction():
-            conn.execute(
-                "UPDATE dead_letters SET published_at = ? WHERE id = ? AND published_at IS NULL",
-                (_stored_time(self._clock()), dead_letter_id),
-            )
+        self._stamp_dead_letter("published_at = ? WHERE id = ? AND published_at IS NULL", dead_letter_id)
 
     @_translated
     def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
+        self._stamp_dead_letter("replayed_at = ?, replays = replays + 1 WHERE id = ?", dead_letter_id)
+
+    def _stamp_dead_letter(self, assignment: str, dead_letter_id: int) -> None:
+        """``UPDATE dead_letters SET <assignment>`` with the time now and ``dead_letter_id`` as parameters."""
         conn = self._conn()
         with self.transaction():
-            conn.execute(
-                "UPDATE dead_letters SET replayed_at = ?, replays = replays + 1 WHERE id = ?",
-                (_stored_time(self._clock()), dead_letter_id),
-            )
+            conn.execute(f"UPDATE dead_letters SET {assignment}", (_stored_time(self._clock()), dead_letter_id))
 
     @_translated
     def dead_letter_counts(self) -> dict[str, int]:
@@ -722,7 +710,12 @@ class SqliteEventStore(EventStore):
                 " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, ?))"
             )
             params += [consumer, RELAY_CONSUMER]
-        return self._conn().execute(sql, params).fetchone()[0]
+        return self._count(sql, params)
+
+    def _count(self, sql: str, params: Sequence[object] = ()) -> int:
+        """The one number ``sql`` answers."""
+        (number,) = self._conn().execute(sql, params).fetchone()
+        return int(number)
 
 
 _DEAD_LETTER_COLUMNS = (
@@ -755,21 +748,11 @@ def _headers_from_json(text: str) -> Headers:
     return headers
 
 
-def _message_digest(key: bytes | None, value: bytes | None, headers: Headers) -> str:
-    """Tells apart two messages at the same offset: the embedded broker keeps its log in memory,
-    so after a restart an offset can name another message."""
-    digest = hashlib.sha256()
-    for part in (key, value, *(item for header in headers for item in (header[0].encode(), header[1]))):
-        digest.update(b"-" if part is None else b"+%d:" % len(part))
-        digest.update(part or b"")
-    return digest.hexdigest()
-
-
 def _utc(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return None if text is None else _from_stored(text)
 
 
-def _row_to_dead_letter(row: tuple) -> DeadLetter:
+def _row_to_dead_letter(row: _Row) -> DeadLetter:
     return DeadLetter(
         id=row[0],
         consumer=row[1],
@@ -781,7 +764,7 @@ def _row_to_dead_letter(row: tuple) -> DeadLetter:
         headers=_headers_from_json(row[7]),
         reason=row[8],
         event_id=row[9],
-        recorded_at=_utc(row[10]),
+        recorded_at=_from_stored(row[10]),
         published_at=_utc(row[11]),
         replayed_at=_utc(row[12]),
         replays=row[13],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -38,7 +39,7 @@ EVENTS_SCHEMA = pa.schema(
 CHECKPOINTS_SCHEMA = pa.schema([("name", pa.string()), ("position", pa.int64())])
 
 
-def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     if not rows:
         return schema.empty_table()
     columns = zip(*rows, strict=True)
