@@ -97,10 +97,16 @@ class ProductCreated(Event):
     initial_stock: int = Field(ge=0)
 
 
-class _OrderEvent(Event):
-    aggregate_type: ClassVar[str] = "order"
+class _ByOrder(Event):
+    """An event of a stream keyed by the order it is about (the order's own, its reservation,
+    payment and emails)."""
+
     id_field: ClassVar[str] = "order_id"
     order_id: str
+
+
+class _OrderEvent(_ByOrder):
+    aggregate_type: ClassVar[str] = "order"
     user_id: str
 
 
@@ -156,31 +162,32 @@ class StockAdded(_StockEvent):
     topic: ClassVar[str] = "inventory.stock.added"
 
 
-class StockReserved(_StockEvent):
+class _OrderStockEvent(_StockEvent):
+    """Stock of one product moved for one order line."""
+
+    order_id: str
+
+
+class StockReserved(_OrderStockEvent):
     """Units of one product were set aside for one order line."""
 
     topic: ClassVar[str] = "inventory.stock.reserved"
-    order_id: str
 
 
-class StockReleased(_StockEvent):
+class StockReleased(_OrderStockEvent):
     """Reserved units went back on the shelf (compensation)."""
 
     topic: ClassVar[str] = "inventory.stock.released"
-    order_id: str
 
 
-class StockSold(_StockEvent):
+class StockSold(_OrderStockEvent):
     """Reserved units left with a completed order."""
 
     topic: ClassVar[str] = "inventory.stock.sold"
-    order_id: str
 
 
-class _ReservationEvent(Event):
+class _ReservationEvent(_ByOrder):
     aggregate_type: ClassVar[str] = "reservation"
-    id_field: ClassVar[str] = "order_id"
-    order_id: str
 
 
 class ReservationConfirmed(_ReservationEvent):
@@ -199,10 +206,8 @@ class ReservationRejected(_ReservationEvent):
     available: int
 
 
-class _PaymentEvent(Event):
+class _PaymentEvent(_ByOrder):
     aggregate_type: ClassVar[str] = "payment"
-    id_field: ClassVar[str] = "order_id"
-    order_id: str
 
 
 class PaymentCompleted(_PaymentEvent):
@@ -236,10 +241,8 @@ class PaymentRefunded(_PaymentEvent):
 EmailKind = Literal["order_confirmed", "order_completed", "order_cancelled"]
 
 
-class _EmailEvent(Event):
+class _EmailEvent(_ByOrder):
     aggregate_type: ClassVar[str] = "notification"
-    id_field: ClassVar[str] = "order_id"
-    order_id: str
     kind: EmailKind
     to: str
 

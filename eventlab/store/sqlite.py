@@ -149,18 +149,8 @@ def _from_stored(text: str) -> datetime:
 
 
 def _row_to_event(row: _Row) -> StoredEvent:
-    return StoredEvent(
-        position=row[0],
-        event_id=row[1],
-        aggregate_type=row[2],
-        aggregate_id=row[3],
-        version=row[4],
-        event_type=row[5],
-        schema_version=row[6],
-        data=json.loads(row[7]),
-        metadata=json.loads(row[8]),
-        recorded_at=_from_stored(row[9]),
-    )
+    """A row of :data:`_COLUMNS`, decoded."""
+    return StoredEvent(*row[:7], json.loads(row[7]), json.loads(row[8]), _from_stored(row[9]))
 
 
 def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError | ConcurrencyError:
@@ -719,7 +709,7 @@ class SqliteEventStore(EventStore):
 
 
 _DEAD_LETTER_COLUMNS = (
-    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
+    "consumer, source_topic, source_partition, source_offset, key, value, headers, id, reason, event_id,"
     " recorded_at, published_at, replayed_at, replays"
 )
 
@@ -753,19 +743,6 @@ def _utc(text: str | None) -> datetime | None:
 
 
 def _row_to_dead_letter(row: _Row) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        consumer=row[1],
-        topic=row[2],
-        partition=row[3],
-        offset=row[4],
-        key=row[5],
-        value=row[6],
-        headers=_headers_from_json(row[7]),
-        reason=row[8],
-        event_id=row[9],
-        recorded_at=_from_stored(row[10]),
-        published_at=_utc(row[11]),
-        replayed_at=_utc(row[12]),
-        replays=row[13],
-    )
+    """A row of :data:`_DEAD_LETTER_COLUMNS` (in the order of :class:`DeadLetter`'s fields), decoded."""
+    decoded = _from_stored(row[10]), _utc(row[11]), _utc(row[12])
+    return DeadLetter(*row[:6], _headers_from_json(row[6]), *row[7:10], *decoded, row[13])
