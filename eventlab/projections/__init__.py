@@ -9,6 +9,12 @@ can read nothing else (:mod:`.sandbox`: refused with :class:`QueryRefused`, time
 :class:`QueryTimeout`), and :func:`export_parquet` writes everything to Parquet. Nothing here
 ever writes to the event store.
 
+Modules, one concern each: :mod:`.definitions` (the relations' SQL), :mod:`.sources` (where the
+log is read from, chosen by the caller), :mod:`.typed` (JSON typed once), :mod:`.engine`
+(:class:`Projections`: rebuild, refresh, as of), :mod:`.snapshot` (reading a schema's relations,
+:class:`Snapshot`), :mod:`.sandbox` (user SQL), :mod:`.render` (notebook HTML), :mod:`.audit`,
+:mod:`.adhoc`, :mod:`.export` and :mod:`.cli`.
+
 Example:
     >>> from eventlab.projections import Projections, audit
     >>> with Projections("/tmp/doc-shop/events.db") as projections:

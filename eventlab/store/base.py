@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Self
 
 from eventlab.errors import StoreError
@@ -26,6 +26,7 @@ __all__ = [
     "SourceMessage",
     "StoreBusy",
     "StoredEvent",
+    "from_stored_time",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -85,6 +86,11 @@ class StoredEvent:
         return json.dumps(self.data, separators=(",", ":"))
 
 
+def from_stored_time(text: str) -> datetime:
+    """A time as a store keeps it (ISO-8601, UTC, without a zone) as an aware UTC datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
 class EventRecord(NamedTuple):
     """A row exactly as stored: ``data`` and ``metadata`` still JSON text, ``recorded_at`` an
     ISO-8601 UTC text. Cheaper than :class:`StoredEvent` where the data is only passed on."""
@@ -99,6 +105,21 @@ class EventRecord(NamedTuple):
     data: str
     metadata: str
     recorded_at: str
+
+    def decoded(self) -> StoredEvent:
+        """The same row with its JSON and time decoded."""
+        return StoredEvent(
+            self.position,
+            self.event_id,
+            self.aggregate_type,
+            self.aggregate_id,
+            self.version,
+            self.event_type,
+            self.schema_version,
+            json.loads(self.data),
+            json.loads(self.metadata),
+            from_stored_time(self.recorded_at),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from eventlab.store.base import (
     SourceMessage,
     StoreBusy,
     StoredEvent,
+    from_stored_time,
 )
 
 __all__ = [
@@ -143,14 +144,9 @@ def _stored_time(time: datetime) -> str:
     return time.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _from_stored(text: str) -> datetime:
-    """A time as the store keeps it (see :func:`_stored_time`), as an aware UTC datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 def _row_to_event(row: _Row) -> StoredEvent:
     """A row of :data:`_COLUMNS`, decoded."""
-    return StoredEvent(*row[:7], json.loads(row[7]), json.loads(row[8]), _from_stored(row[9]))
+    return EventRecord._make(row).decoded()
 
 
 def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError | ConcurrencyError:
@@ -550,7 +546,7 @@ class SqliteEventStore(EventStore):
         return [_row_to_event(row) for row in rows]
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
-        return [_row_to_event(row) for row in self.read_records(after, limit)]
+        return [record.decoded() for record in self.read_records(after, limit)]
 
     @_translated
     def read_records(self, after: int = 0, limit: int | None = None) -> list[EventRecord]:
@@ -709,7 +705,7 @@ class SqliteEventStore(EventStore):
 
 
 _DEAD_LETTER_COLUMNS = (
-    "consumer, source_topic, source_partition, source_offset, key, value, headers, id, reason, event_id,"
+    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
     " recorded_at, published_at, replayed_at, replays"
 )
 
@@ -739,10 +735,23 @@ def _headers_from_json(text: str) -> Headers:
 
 
 def _utc(text: str | None) -> datetime | None:
-    return None if text is None else _from_stored(text)
+    return None if text is None else from_stored_time(text)
 
 
 def _row_to_dead_letter(row: _Row) -> DeadLetter:
-    """A row of :data:`_DEAD_LETTER_COLUMNS` (in the order of :class:`DeadLetter`'s fields), decoded."""
-    decoded = _from_stored(row[10]), _utc(row[11]), _utc(row[12])
-    return DeadLetter(*row[:6], _headers_from_json(row[6]), *row[7:10], *decoded, row[13])
+    return DeadLetter(
+        id=row[0],
+        consumer=row[1],
+        topic=row[2],
+        partition=row[3],
+        offset=row[4],
+        key=row[5],
+        value=row[6],
+        headers=_headers_from_json(row[7]),
+        reason=row[8],
+        event_id=row[9],
+        recorded_at=from_stored_time(row[10]),
+        published_at=_utc(row[11]),
+        replayed_at=_utc(row[12]),
+        replays=row[13],
+    )
