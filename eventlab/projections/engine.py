@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, SupportsIndex, TypeVar
 
 import duckdb
 
@@ -212,10 +212,9 @@ class Projections(SchemaRelations):
             raise ProjectionError("as_of needs exactly one of position= or time=")
         if time is not None:
             position = self._position_at(time)
-        try:
-            position = operator.index(position)  # type: ignore[arg-type]
-        except TypeError:
-            raise ProjectionError(f"position must be an integer, not {position!r}") from None
+        if not isinstance(position, SupportsIndex):
+            raise ProjectionError(f"position must be an integer, not {position!r}")
+        position = operator.index(position)
         if not 1 <= position <= self.checkpoint:
             raise ProjectionError(f"position {position} is outside the projected log (1 … {self.checkpoint})")
         if position not in self._snapshots:
@@ -361,10 +360,10 @@ class Projections(SchemaRelations):
     def _position_at(self, time: datetime) -> int:
         if not isinstance(time, datetime):
             raise ProjectionError(f"time must be a datetime, not {time!r}")
-        first, last, position = self._con.execute(
+        [(first, last, position)] = self._con.execute(
             "SELECT min(recorded_at), max(recorded_at), max(position) FILTER (recorded_at <= $t) FROM main.events",
             {"t": _utc_naive(time)},
-        ).fetchone()  # type: ignore[misc]
+        ).fetchall()
         if first is None:
             raise ProjectionError("the event store is empty")
         if not first <= _utc_naive(time) <= last:

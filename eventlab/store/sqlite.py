@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
@@ -161,18 +161,24 @@ def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError |
     return StoreError(f"{path}: {doing} failed: {exc}")
 
 
-def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
+class _AtPath(Protocol):
+    path: Path
+
+
+_S = TypeVar("_S", bound=_AtPath)
+
+
+def _translated(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
     """Run a store method; a ``sqlite3`` error leaves it as :class:`StoreError` or :class:`ConcurrencyError`."""
 
     @functools.wraps(method)
-    def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    def translated(store: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return method(*args, **kwargs)
+            return method(store, *args, **kwargs)
         except sqlite3.Error as exc:
-            store = args[0]
             name = method.__name__
             doing = {"_conn": "connecting", "_open": "opening"}.get(name, name.lstrip("_"))  # the port's name
-            raise _translate_error(store.path, doing, exc) from exc  # type: ignore[attr-defined]
+            raise _translate_error(store.path, doing, exc) from exc
 
     return translated
 
