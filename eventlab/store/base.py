@@ -1,4 +1,11 @@
-"""The event store port: an append-only log of events with per-stream optimistic concurrency."""
+"""The event store port: an append-only log of events with per-stream optimistic concurrency.
+
+Besides the log, a store keeps consumers' processed markers and checkpoints, and dead letters.
+What every backend shares is written here once: the rows it returns (:class:`StoredEvent`,
+:class:`EventRecord` and its decoding, :class:`DeadLetter`), what makes two dead letters the
+same message (:attr:`SourceMessage.digest`), and the public dead-letter methods; a backend
+implements the abstract methods (``tests/store_contract.py`` checks them).
+"""
 
 from __future__ import annotations
 
