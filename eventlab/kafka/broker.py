@@ -2,7 +2,7 @@
 
 Everything Tansu-specific lives here, so another embedded broker can replace it in one place.
 Tansu (memory storage) forgets topics, offsets and groups when it stops; eventlab's event store
-is the source of truth, so that loses nothing (see :mod:`eventlab.relay`).
+is the source of truth, so that loses nothing (see :mod:`eventlab.kafka.relay`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ lists the problem. A message is never skipped, and never dead-lettered twice, al
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,14 +24,16 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
+from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.kafka.clients import make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
+from eventlab.resilience import retry
+from eventlab.restarts import Backoff
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
-from eventlab.store.base import EventStore
+from eventlab.store.base import RELAY_CONSUMER, EventStore
 
 __all__ = ["LoopStats", "ServiceLoop"]
 
@@ -58,7 +61,7 @@ class _Hold:
     offset: int
     problem: str
     retry_at: float
-    delay: float  # the backoff that set retry_at: the next hold of this partition waits twice as long
+    backoff: Backoff  # set retry_at: the next hold of this partition waits twice as long
     resumed: bool = False
 
 
@@ -219,23 +222,34 @@ class ServiceLoop:
         Returns whether it is done; a store failure holds the partition instead (retried later,
         never skipped and never dead-lettered for the store's sake).
         """
-        for attempt in range(1, self.attempts + 1):
+
+        def attempt() -> bool | StoreError:
             try:
-                self._count([self.handle(decoded)])
-                return True
+                return self.handle(decoded)
             except StoreError as exc:
-                self._hold(message, f"event store: {exc}")
-                return False
-            except ConcurrencyError as exc:
-                error: Exception = exc
+                return exc  # not retried here: the partition is held instead
             except Exception as exc:
-                log.exception("%s failed on %s", self.service.name, decoded.event_id)
-                error = exc
-            self.stats.retries += 1
-            time.sleep(self.backoff * 2 ** (attempt - 1))
-        return self.dead_letter(
-            message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
-        )
+                if not isinstance(exc, ConcurrencyError):
+                    log.exception("%s failed on %s", self.service.name, decoded.event_id)
+                self.stats.retries += 1
+                raise
+
+        try:
+            outcome = retry(
+                attempt,
+                retry_on=(Exception,),
+                attempts=self.attempts,
+                base_delay=self.backoff,
+                max_delay=self.backoff * 2**self.attempts,
+            )
+        except Exception as error:  # noqa: BLE001 - every attempt failed: it becomes a dead letter
+            reason = f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
+            return self.dead_letter(message, reason)
+        if isinstance(outcome, StoreError):
+            self._hold(message, f"event store: {outcome}")
+            return False
+        self._count([outcome])
+        return True
 
     def handle(self, message: Message) -> bool:
         """Decide on one decoded event and append the outcome with the processed marker.
@@ -315,8 +329,9 @@ class ServiceLoop:
         """Pause the message's partition and rewind it to the message, to try again after a backoff."""
         where = (message.topic(), message.partition())
         previous = self._holds.get(where)
-        delay = 0.1 if previous is None else min(previous.delay * 2, self.max_hold)
-        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay, delay)
+        backoff = previous.backoff if previous is not None else Backoff(0.1, self.max_hold, reset_after=math.inf)
+        delay = backoff.died()
+        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay, backoff)
         log.warning(
             "%s: holding %s[%d] at %d for %.1f s: %s", self.service.name, *where, message.offset(), delay, problem
         )
