@@ -248,14 +248,14 @@ class DeadLetters:
 
     def _original(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
         if letter.topic != STORE_TOPIC:
-            headers = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
-            return letter.topic, letter.key, letter.value, headers
+            original = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
+            return letter.topic, letter.key, letter.value, original
         records = self.store.read_records(after=letter.offset - 1, limit=1)
         if not records or records[0].position != letter.offset:
             raise UndecodableMessage("it is no longer in the store")
         topic = record_topic(records[0])
         key, value, headers = to_message(records[0])
-        return topic, key.encode(), value, list(headers)
+        return topic, key.encode(), value, [(name, raw) for name, raw in headers]
 
 
 def printable(data: bytes | None, limit: int | None = 2000) -> str:

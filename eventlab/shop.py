@@ -145,7 +145,7 @@ class Shop:
             f"store={str(self.settings.store_path)!r} events={self.store.head()}>"
         )
 
-    def start(self, timeout: float = 60.0) -> Shop:
+    def start(self, timeout: float = 60.0) -> Self:
         """Start broker, topics, relay and service loops; return once every consumer has joined."""
         if self.running:
             return self

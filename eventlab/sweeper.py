@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from eventlab.events import Event
 from eventlab.services import order
 from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue, timeout_detail
-from eventlab.services.runtime import States, execute, trace_metadata
+from eventlab.services.runtime import States, execute, state_of, trace_metadata
 from eventlab.store.base import EventStore, StoredEvent
 
 __all__ = ["DeadlineSweeper"]
@@ -85,9 +85,9 @@ class DeadlineSweeper:
         seen: list[order.Order | None] = []
 
         def decide(states: States) -> list[Event]:
-            current: order.Order | None = states[key]
+            current = state_of(states, key, order.Order)
             seen.append(current)
-            return order.time_out(current, waiting.status, detail)  # type: ignore[arg-type]
+            return order.time_out(current, waiting.status, detail)
 
         stored = execute(self.store, [key], {"order": order.evolve}, decide, metadata)
         if stored:

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
@@ -56,11 +57,15 @@ def group_id(service: str) -> str:
     return f"eventlab.{service}"
 
 
-def _base(settings: Settings) -> dict[str, object]:
+#: A librdkafka setting's value.
+ConfigValue = str | int | float | bool
+
+
+def _base(settings: Settings) -> dict[str, ConfigValue]:
     return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config}
 
 
-def make_producer(settings: Settings, **overrides: object) -> Producer:
+def make_producer(settings: Settings, **overrides: ConfigValue) -> Producer:
     """An idempotent producer (acks=all) with a 1 ms linger."""
     config = {"enable.idempotence": True, "acks": "all", "linger.ms": 1, **_base(settings), **overrides}
     return Producer(config)
@@ -164,7 +169,7 @@ def produce_and_wait(
     out.confirm(timeout)
 
 
-def make_consumer(settings: Settings, service: str, **overrides: object) -> Consumer:
+def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) -> Consumer:
     """A consumer in the service's group that stores offsets only after an event is handled.
 
     The session (``settings.session_timeout_ms``) is how long the group waits for a member that
