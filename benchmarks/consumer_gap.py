@@ -37,7 +37,7 @@ from pathlib import Path
 from eventlab import Settings
 from eventlab.application import Commands
 from eventlab.kafka.broker import EmbeddedBroker
-from eventlab.store.sqlite import SqliteEventStore
+from eventlab.store import EventStore, open_store
 from eventlab.supervisor import Supervisor
 
 CONSUMERS = ("order", "payment", "inventory", "notification")
@@ -51,7 +51,7 @@ CONFIGS = {
 
 def place_orders(settings: Settings, rate: float, stop: threading.Event) -> None:
     """Place ``rate`` orders per second until ``stop`` is set."""
-    with SqliteEventStore(settings.store_path) as store:
+    with open_store(settings) as store:
         commands = Commands(store)
         interval = 1.0 / rate
         next_at = time.monotonic()
@@ -61,7 +61,7 @@ def place_orders(settings: Settings, rate: float, stop: threading.Event) -> None
             stop.wait(max(0.0, next_at - time.monotonic()))
 
 
-def first_event_after(store: SqliteEventStore, service: str, after: int, timeout: float) -> float | None:
+def first_event_after(store: EventStore, service: str, after: int, timeout: float) -> float | None:
     """Wall-clock time of the first event ``service`` writes after position ``after``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,7 +83,7 @@ def measure(session_ms: int, standby: bool, kills: int, rate: float, settle: flo
         supervisor.start()
         stop = threading.Event()
         threads = [threading.Thread(target=supervisor.run, args=(stop,), daemon=True)]
-        store = SqliteEventStore(settings.store_path)
+        store = open_store(settings)
         try:
             threads[0].start()
             commands = Commands(store)

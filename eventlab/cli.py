@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from eventlab.errors import EventlabError
+from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
+from eventlab.supervisor import PROCESS_NAMES
 
 __all__ = ["build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
 
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one service (or the outbox relay) in this process; needs "
         "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.",
     )
-    run.add_argument("service", choices=("relay", *SERVICE_PORTS))
+    run.add_argument("service", choices=PROCESS_NAMES)
     run.set_defaults(handler=_run_one)
 
     from eventlab.projections.cli import add_commands
@@ -261,7 +263,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         shop.start()  # a port taken since the check above is the same PortInUse, the shop stopped
         print(f"eventlab: {shop!r}", flush=True)
-        for name in SERVICE_PORTS:
+        for name in SERVICE_NAMES:
             print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)
         stop_on_signals().wait()
     finally:

@@ -41,11 +41,11 @@ from eventlab.kafka.clients import (
 )
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.settings import Settings
-from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventStore, Headers
+from eventlab.store import open_store
+from eventlab.store.base import DeadLetter, EventStore, Headers
 
 __all__ = [
     "BODY_LIMIT",
-    "RELAY_CONSUMER",
     "DeadLetterPublisher",
     "DeadLetters",
     "Replayed",
@@ -248,14 +248,14 @@ class DeadLetters:
 
     def _original(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
         if letter.topic != STORE_TOPIC:
-            headers = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
-            return letter.topic, letter.key, letter.value, headers
+            original = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
+            return letter.topic, letter.key, letter.value, original
         records = self.store.read_records(after=letter.offset - 1, limit=1)
         if not records or records[0].position != letter.offset:
             raise UndecodableMessage("it is no longer in the store")
         topic = record_topic(records[0])
         key, value, headers = to_message(records[0])
-        return topic, key.encode(), value, list(headers)
+        return topic, key.encode(), value, [(name, raw) for name, raw in headers]
 
 
 def printable(data: bytes | None, limit: int | None = 2000) -> str:
@@ -283,9 +283,10 @@ examples:
 """
 
 
-def add_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> None:
+Parser = argparse.ArgumentParser
+
+
+def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequence[Parser]) -> None:
     """Register ``eventlab dlq list|show|replay`` on ``subparsers``; ``parents`` give ``--data-dir``."""
     parents = list(parents)
     dlq = subparsers.add_parser(
@@ -298,33 +299,37 @@ def add_commands(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = actions.add_parser(
+
+    def action(name: str, handler: Callable[[argparse.Namespace], int], summary: str, description: str) -> Parser:
+        parser = actions.add_parser(name, parents=parents, help=summary, description=description)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    listing = action(
         "list",
-        parents=parents,
-        help="dead letters with reason, consumer and where they came from",
-        description="One line per dead letter, oldest first: id, recorded time, consumer, original "
+        _list,
+        "dead letters with reason, consumer and where they came from",
+        "One line per dead letter, oldest first: id, recorded time, consumer, original "
         "topic[partition]@offset (a stored event: store@position), size, replays, reason.",
     )
     listing.add_argument("--topic", metavar="T", help="only dead letters from topic T ('store' for the relay's)")
     listing.add_argument("--consumer", metavar="NAME", help="only those of this consumer (a service or 'relay')")
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    listing.set_defaults(handler=_list)
-    show = actions.add_parser(
+    show = action(
         "show",
-        parents=parents,
-        help="one dead letter: headers and body",
-        description="Print one dead letter's record, headers and body. Control characters and bytes that "
+        _show,
+        "one dead letter: headers and body",
+        "Print one dead letter's record, headers and body. Control characters and bytes that "
         "are not UTF-8 are escaped and a long body is cut; --full writes the exact bytes to a file.",
     )
     show.add_argument("id", type=int, help="the dead letter's id (see 'eventlab dlq list')")
     show.add_argument("--full", type=Path, metavar="FILE", help="write the whole body, raw bytes, to FILE")
     show.add_argument("--limit", type=int, default=2000, metavar="N", help="characters of body to print (2000)")
-    show.set_defaults(handler=_show)
-    replay = actions.add_parser(
+    replay = action(
         "replay",
-        parents=parents,
-        help="produce dead letters to their original topic again, after a fix",
-        description="Produce each selected dead letter's original key, body and headers (minus dlq_*) "
+        _replay,
+        "produce dead letters to their original topic again, after a fix",
+        "Produce each selected dead letter's original key, body and headers (minus dlq_*) "
         "to its original topic, wait for the broker's acknowledgement and record the replay. A stored "
         "event the relay could not decode is published as the relay would now, if it decodes now. "
         "Consumers are idempotent: replaying something already handled changes nothing. Needs "
@@ -333,16 +338,13 @@ def add_commands(
     replay.add_argument("ids", type=int, nargs="*", default=[], metavar="ID", help="dead letters to replay")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --topic) instead of IDs")
     replay.add_argument("--topic", metavar="T", help="with --all: only dead letters from topic T")
-    replay.set_defaults(handler=_replay)
 
 
 def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:
-    from eventlab.store.sqlite import SqliteEventStore
-
     settings = Settings.from_env(data_dir=args.data_dir)
     if not settings.store_path.is_file():
         raise StoreError(f"no event store at {settings.store_path}")
-    store = SqliteEventStore(settings.store_path, create=False)
+    store = open_store(settings, create=False)
     letters = DeadLetters(store, settings)
     try:
         return action(letters)

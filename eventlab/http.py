@@ -61,8 +61,8 @@ from eventlab.errors import (
     NotFound,
     StoreError,
 )
+from eventlab.kafka.loop import ServiceLoop
 from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, registry_for, render
-from eventlab.services.loop import ServiceLoop
 from eventlab.store.base import EventStore
 
 __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eventlab.errors import EventlabError
+from eventlab.services import SERVICE_NAMES
 
 __all__ = [
     "SERVICE_PORTS",
@@ -29,15 +30,8 @@ __all__ = [
     "variable",
 ]
 
-#: The seed's ports, one per service.
-SERVICE_PORTS: dict[str, int] = {
-    "user": 8081,
-    "product": 8082,
-    "order": 8083,
-    "payment": 8084,
-    "inventory": 8085,
-    "notification": 8086,
-}
+#: The seed's ports, one per service: 8081 (user) up to 8086 (notification), in start-up order.
+SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate(SERVICE_NAMES)}
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
 _SECRET_WORDS = ("password", "secret", "key", "token")

@@ -1,71 +1,46 @@
-"""The composition root: one object that wires broker, event store, relay and the six services.
+"""The in-process shop: broker, event store, relay and the six services as threads, behind one facade.
 
-Nothing connects at import time; :meth:`Shop.start` starts everything, :meth:`Shop.stop` stops
-it cleanly (a ``with`` block does both).
+The parts are wired by :mod:`eventlab.bootstrap`; this module owns their lifecycle (start, stop,
+restarting a thread that dies) and the command/wait facade. Nothing connects at import time;
+:meth:`Shop.start` starts everything, :meth:`Shop.stop` stops it cleanly (a ``with`` block does both).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
-from eventlab.adapters import FileMailer, SimulatedGateway
+from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
+from eventlab.bootstrap import Wiring, build_services
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
-from eventlab.http import ServiceHttp, service_health
+from eventlab.http import ServiceHttp
 from eventlab.ids import new_id
 from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.kafka.clients import ensure_topics
-from eventlab.relay import Relay, rewind, unpublished
-from eventlab.resilience import CircuitBreaker
+from eventlab.kafka.loop import ServiceLoop
+from eventlab.kafka.relay import Relay, rewind, unpublished
+from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
-from eventlab.services import SERVICE_NAMES, inventory, notification, order, payment, product, user
-from eventlab.services.deadlines import Deadlines, DeadlineSweeper
-from eventlab.services.loop import ServiceLoop
-from eventlab.services.runtime import Service
-from eventlab.settings import PortInUse, Settings
-from eventlab.store.sqlite import SqliteEventStore
+from eventlab.services import SERVICE_NAMES
+from eventlab.settings import Settings
+from eventlab.store import open_store
+from eventlab.store.base import RELAY_CONSUMER, EventStore
+from eventlab.sweeper import DeadlineSweeper
 
-__all__ = ["Shop", "ShopInfrastructure", "build_services", "serve_http"]
+__all__ = ["Shop", "ShopInfrastructure", "StoreFactory"]
 
 log = logging.getLogger(__name__)
 
-
-def build_services(
-    settings: Settings, gateway: payment.Gateway, breaker: CircuitBreaker | None = None
-) -> dict[str, Service]:
-    """The six services, with the payment gateway and the mailer they call."""
-    mailer = FileMailer(settings.data_dir / "mailbox.jsonl")
-    services = [
-        user.SERVICE,
-        product.SERVICE,
-        order.SERVICE,
-        payment.service(gateway, breaker),
-        inventory.SERVICE,
-        notification.service(mailer),
-    ]
-    return {s.name: s for s in services}
-
-
-def serve_http(name: str, settings: Settings, health: Callable[[], dict[str, Any]], commands: Commands) -> ServiceHttp:
-    """Start service ``name``'s HTTP endpoints on its port; :class:`PortInUse` when it is taken."""
-    try:
-        server = ServiceHttp(name, settings.port(name), health, commands)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(name, settings.port(name), settings.http_port_offset) from None
-        raise
-    log.info("%s serving http://127.0.0.1:%d", name, server.port)
-    return server.start()
+#: Opens the event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
+StoreFactory = Callable[[Settings], EventStore]
 
 
 class ShopInfrastructure:
@@ -75,10 +50,10 @@ class ShopInfrastructure:
     event is published again and the idempotent consumers skip what they already handled.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store_factory: StoreFactory = open_store) -> None:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
-        self.store = SqliteEventStore(settings.store_path)
+        self.store = store_factory(settings)
 
     def start(self) -> Settings:
         """Start what is needed and return settings pointing at the broker in use."""
@@ -119,6 +94,7 @@ class Shop:
         seed: int = 0,
         http: bool = False,
         id_factory: Callable[[], str] = new_id,
+        store_factory: StoreFactory = open_store,
     ) -> None:
         self.settings = settings or Settings.from_env(data_dir=data_dir)
         self.gateway = SimulatedGateway(
@@ -128,6 +104,7 @@ class Shop:
         self.services = build_services(self.settings, self.gateway, self.breaker)
         self.http = http
         self._id_factory = id_factory
+        self._store_factory = store_factory
         self._infra: ShopInfrastructure | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -146,7 +123,7 @@ class Shop:
         return self._infra is not None
 
     @property
-    def store(self) -> SqliteEventStore:
+    def store(self) -> EventStore:
         return self._require().store
 
     @property
@@ -168,35 +145,38 @@ class Shop:
             f"store={str(self.settings.store_path)!r} events={self.store.head()}>"
         )
 
-    def start(self, timeout: float = 60.0) -> Shop:
+    def start(self, timeout: float = 60.0) -> Self:
         """Start broker, topics, relay and service loops; return once every consumer has joined."""
         if self.running:
             return self
-        infra = ShopInfrastructure(self.settings)
+        infra = ShopInfrastructure(self.settings, self._store_factory)
         settings = infra.start()
         self._infra = infra
         self._stop.clear()
         self._backoff.clear()
-        self.commands = Commands(infra.store, self._id_factory)
-        self.relay = Relay(infra.store, settings)
-        self._spawn("relay", self.relay.run)
-        for name, service in self.services.items():
-            if service.subscriptions:
-                loop = ServiceLoop(service, infra.store, settings)
-                self.loops[name] = loop
-                self._spawn(name, loop.run)
-        self.sweeper = DeadlineSweeper(infra.store, Deadlines.scaled(settings.saga_timeout_s))
+        wiring = Wiring(settings, infra.store, self.services, self._id_factory)
+        self.commands = wiring.commands
+        self.relay = wiring.relay()
+        self._spawn(RELAY_CONSUMER, self.relay.run)
+        self.loops = wiring.loops()
+        for name, loop in self.loops.items():
+            self._spawn(name, loop.run)
+        self.sweeper = wiring.sweeper()
         self._spawn("deadlines", self.sweeper.run)
         try:
             if self.http:
                 for name in SERVICE_NAMES:
-                    problems = functools.partial(self.problems, name, "relay")
-                    health = service_health(self.loops.get(name), infra.store, problems)
-                    self._servers.append(serve_http(name, settings, health, self.commands))
-            deadline = time.monotonic() + timeout
-            for loop in self.loops.values():
-                if not loop.assigned.wait(max(0.0, deadline - time.monotonic())):
-                    raise BrokerError(f"{loop.service.name} did not join its consumer group in {timeout} s")
+                    health = wiring.health(self.loops.get(name), functools.partial(self.problems, name, RELAY_CONSUMER))
+                    self._servers.append(wiring.http(name, health).start())
+            wait_until(
+                lambda: [name for name, loop in self.loops.items() if not loop.assigned.is_set()],
+                timeout,
+                until=lambda waiting: not waiting,
+                interval=0.01,
+                timeout_error=lambda waiting: BrokerError(
+                    f"{', '.join(waiting)} did not join its consumer group in {timeout} s"
+                ),
+            )
         except BaseException:  # a port taken, a group not joined, Ctrl-C: nothing is left running
             self.stop()
             raise
@@ -231,7 +211,7 @@ class Shop:
             if backoff is not None and (backoff.down or backoff.crash_looping):
                 state = "restarting" if backoff.down else "crash-looping"
                 found.append(f"{name} thread {state}: {backoff.restarts} restarts, last error {self._errors[name]}")
-        if "relay" in names and self.relay is not None:
+        if RELAY_CONSUMER in names and self.relay is not None:
             found += self.relay.problems()  # e.g. the store or the broker failing, retried with backoff
         return found
 
@@ -276,26 +256,23 @@ class Shop:
 
     def wait(self, order_id: str, timeout: float = 30.0) -> OrderView:
         """Wait until the order's saga is terminal (completed or cancelled) and return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            view = self.order(order_id)
-            if view.terminal:
-                return view
-            if time.monotonic() > deadline:
-                raise SagaTimeout(f"order {order_id} still {view.status} after {timeout} s")
-            time.sleep(0.01)
+        return wait_until(
+            lambda: self.order(order_id),
+            timeout,
+            until=lambda view: view.terminal,
+            interval=0.01,
+            timeout_error=lambda view: SagaTimeout(f"order {order_id} still {view.status} after {timeout} s"),
+        )
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until every stored event is published and every service has handled its events."""
-        deadline = time.monotonic() + timeout
-        while not self.idle():
-            if time.monotonic() > deadline:
-                raise SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}")
-            time.sleep(0.05)
+        wait_until(
+            self.idle, timeout, timeout_error=lambda _: SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}")
+        )
 
     def lag(self) -> dict[str, int]:
         """Events not yet published (``relay``) or not yet handled, per service."""
-        lag = {"relay": unpublished(self.store)}
+        lag = {RELAY_CONSUMER: unpublished(self.store)}
         lag.update({name: loop.lag() for name, loop in self.loops.items()})
         return lag
 

@@ -29,26 +29,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from eventlab.adapters import SimulatedGateway
-from eventlab.application import Commands
+from eventlab.bootstrap import Wiring, build_services
 from eventlab.errors import BrokerError
-from eventlab.http import service_health
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
-from eventlab.relay import Relay
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
-from eventlab.services.deadlines import Deadlines, DeadlineSweeper
-from eventlab.services.loop import ServiceLoop
+from eventlab.services.payment import Gateway
 from eventlab.settings import PortInUse, Settings, ensure_ports_free
-from eventlab.shop import ShopInfrastructure, build_services, serve_http
-from eventlab.store.sqlite import SqliteEventStore
+from eventlab.shop import ShopInfrastructure
+from eventlab.store import open_store
+from eventlab.store.base import RELAY_CONSUMER
 
 __all__ = ["CONFIG_ERROR", "PROCESS_NAMES", "Supervisor", "run_one", "stop_on_signals", "supervise"]
 
 log = logging.getLogger(__name__)
 
-PROCESS_NAMES: tuple[str, ...] = ("relay", *SERVICE_NAMES)
+PROCESS_NAMES: tuple[str, ...] = (RELAY_CONSUMER, *SERVICE_NAMES)
 
 #: A child's exit status for "misconfigured, restarting cannot help" (e.g. its port is taken).
 CONFIG_ERROR = 3
@@ -120,7 +117,7 @@ def _promoted(stop: threading.Event) -> bool:
     return line[0].strip() == "go"
 
 
-def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
+def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
     """Run service ``name`` (or ``relay``) in this process until SIGINT/SIGTERM.
 
     Returns :data:`CONFIG_ERROR` when the service's HTTP port is taken.
@@ -138,26 +135,25 @@ def run_one(name: str, settings: Settings, gateway: SimulatedGateway) -> int:
             log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
             return 1
         _watch_parent(stop, supervisor_pid)
-    store = SqliteEventStore(settings.store_path)
+    store = open_store(settings)
     try:
         if not supervised:
             ensure_topics(settings)  # the supervisor created them: one round trip less per restart
-        service = None if name == "relay" else build_services(settings, gateway)[name]
-        loop = ServiceLoop(service, store, settings) if service is not None and service.subscriptions else None
+        wiring = Wiring(settings, store, build_services(settings, gateway))
+        loop = None if name == RELAY_CONSUMER else wiring.loop(name)
         if os.environ.get(_STANDBY) and not _promoted(stop):
             return 0
-        if name == "relay":
-            Relay(store, settings).run(stop)
+        if name == RELAY_CONSUMER:
+            wiring.relay().run(stop)
             return 0
-        health = service_health(loop, store, lambda: supervision_problems(settings.data_dir, name, "relay"))
+        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, name, RELAY_CONSUMER))
         try:
-            server = serve_http(name, settings, health, Commands(store))
+            server = wiring.http(name, health).start()
         except PortInUse as exc:
             print(f"eventlab: error: {exc}", file=sys.stderr, flush=True)
             return CONFIG_ERROR
         if name == "order":  # the saga's deadlines run beside the saga
-            sweeper = DeadlineSweeper(store, Deadlines.scaled(settings.saga_timeout_s))
-            threading.Thread(target=sweeper.run, args=(stop,), name="eventlab-deadlines", daemon=True).start()
+            threading.Thread(target=wiring.sweeper().run, args=(stop,), name="eventlab-deadlines", daemon=True).start()
         if loop is not None:
             loop.run(stop)
         else:

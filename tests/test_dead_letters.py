@@ -25,11 +25,12 @@ from eventlab.events import OrderConfirmed, OrderCreated, PaymentCompleted, Prod
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
 from eventlab.kafka.broker import free_port
 from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer, produce_and_wait
-from eventlab.relay import CHECKPOINT, Relay, unpublished
-from eventlab.services.loop import ServiceLoop
+from eventlab.kafka.loop import ServiceLoop
+from eventlab.kafka.relay import Relay, unpublished
 from eventlab.services.runtime import Service
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store.base import RELAY_CONSUMER
 
 pytestmark = pytest.mark.integration
 
@@ -382,7 +383,7 @@ def test_the_relay_dead_letters_stored_events_it_cannot_decode_and_publishes_the
         relay.close()
     # then it publishes the good ones, records the others and moves past them all
     assert published == 2 and relay.dead_lettered == 3
-    assert store.checkpoint(CHECKPOINT) == store.head() and unpublished(store) == 0
+    assert store.checkpoint(RELAY_CONSUMER) == store.head() and unpublished(store) == 0
     letters = store.dead_letters(consumer="relay")
     assert [(x.topic, x.offset) for x in letters] == [
         (STORE_TOPIC, teleported),

@@ -17,6 +17,7 @@ from conftest import free_port_offset
 
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import build_services
 from eventlab.events import (
     OrderCancelled,
     OrderConfirmed,
@@ -30,11 +31,11 @@ from eventlab.events import (
 )
 from eventlab.projections import audit
 from eventlab.services import inventory, order, payment
-from eventlab.services.deadlines import Deadlines, DeadlineSweeper, Waiting, advance, overdue
+from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue
 from eventlab.services.runtime import execute, load, trace_metadata
-from eventlab.shop import build_services
 from eventlab.store.base import NewEvent, StoredEvent
 from eventlab.store.sqlite import SqliteEventStore
+from eventlab.sweeper import DeadlineSweeper
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LINES = (OrderLine(product_id="P001", quantity=2, unit_price_cents=500),)

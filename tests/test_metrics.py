@@ -21,8 +21,8 @@ from eventlab import Settings
 from eventlab.errors import StoreError
 from eventlab.events import OrderCreated, OrderLine, StockAdded
 from eventlab.http import STALL_S, ServiceHealth, ServiceHttp, service_health
+from eventlab.kafka.loop import ServiceLoop
 from eventlab.services import inventory
-from eventlab.services.loop import ServiceLoop
 from eventlab.store.base import NewEvent
 from eventlab.store.sqlite import SqliteEventStore
 

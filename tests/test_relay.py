@@ -14,9 +14,10 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
-from eventlab.relay import CHECKPOINT, Relay
+from eventlab.kafka.relay import Relay
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store.base import RELAY_CONSUMER
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,7 @@ def test_the_relay_keeps_running_while_the_store_is_locked_and_publishes_afterwa
         )
         # and once the lock is released it publishes everything and is healthy again
         locker.execute("ROLLBACK")
-        eventually(lambda: store.checkpoint(CHECKPOINT) == store.head(), "the relay caught up")
+        eventually(lambda: store.checkpoint(RELAY_CONSUMER) == store.head(), "the relay caught up")
         eventually(lambda: relay.failures == 0, "a successful attempt")
         assert thread.is_alive()
         assert relay.health()["problems"] == [] and relay.health()["unpublished"] == 0
@@ -111,10 +112,10 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_retried(settings, 
         return real()
 
     monkeypatch.setattr(relay, "publish_pending", buggy_once)
-    with caplog.at_level(logging.ERROR, logger="eventlab.relay"), running(relay) as thread:
-        eventually(lambda: store.checkpoint(CHECKPOINT) == 1, "the event published after the bug")
+    with caplog.at_level(logging.ERROR, logger="eventlab.kafka.relay"), running(relay) as thread:
+        eventually(lambda: store.checkpoint(RELAY_CONSUMER) == 1, "the event published after the bug")
         assert thread.is_alive() and relay.failures == 0 and relay.failures_total == 1
-    [record] = [r for r in caplog.records if r.name == "eventlab.relay"]
+    [record] = [r for r in caplog.records if r.name == "eventlab.kafka.relay"]
     assert "KeyError" in record.getMessage() and record.exc_info is not None
     assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
     store.close()

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from eventlab.kafka import dead_letter_topic, make_consumer, make_producer, to_message
+from eventlab.kafka.loop import ServiceLoop
 from eventlab.services import inventory
-from eventlab.services.loop import ServiceLoop
 from eventlab.services.runtime import load
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from conftest import free_port_offset
 from eventlab import Settings, Shop
 from eventlab.application import Commands
 from eventlab.http import service_health
+from eventlab.kafka.loop import ServiceLoop
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems
-from eventlab.services.loop import ServiceLoop
 from eventlab.settings import port_free
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor

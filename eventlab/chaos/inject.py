@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from eventlab.errors import BrokerError
-from eventlab.kafka.clients import DEAD_LETTER_SUFFIX, make_consumer, make_producer
+from eventlab.kafka.clients import DEAD_LETTER_SUFFIX, Deliveries, make_consumer, make_producer
 from eventlab.settings import Settings
 
 from .report import DeadLetterSeen, PoisonSent
@@ -96,42 +96,6 @@ def place_order(port: int, order: Mapping[str, Any], deadline: float) -> tuple[s
         pause = min(pause * 2, 0.5)
 
 
-class _Producing:
-    """A producer whose deliveries are counted; failures are remembered, not raised in callbacks."""
-
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
-        self.delivered = 0
-        self.failed: list[str] = []
-        self._lock = threading.Lock()
-
-    def send(self, topic: str, value: bytes | None, key: bytes | str | None, headers: Headers, **kw: Any) -> None:
-        def done(error: KafkaError | None, _message: object) -> None:
-            with self._lock:
-                if error is None:
-                    self.delivered += 1
-                else:
-                    self.failed.append(f"{topic}: {error.str()}")
-
-        while True:
-            try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=done, **kw)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        if self.producer.flush(timeout):
-            raise BrokerError(f"chaos producer: messages not acknowledged after {timeout} s")
-
-    def close(self) -> None:
-        """Flush what is left and destroy the client now (not after the broker has stopped)."""
-        remaining = self.producer.flush(10)
-        if remaining:
-            self.failed.append(f"{remaining} messages not acknowledged at close")
-        del self.producer
-
-
 def forge(kind: str, event_type: str, rng: random.Random) -> tuple[bytes, Headers]:
     """Value and headers of one poison message of ``kind`` (see :data:`POISON_KINDS`) claiming to
     be an ``event_type``: each must end on the dead-letter topic, none may stop a consumer."""
@@ -174,7 +138,7 @@ class PoisonMaker:
         self.rng = rng
         self.consumers = {topic: tuple(names) for topic, names in consumers.items() if names}
         self.types = dict(types)
-        self._out = _Producing(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
+        self._out = Deliveries(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
         self._count = 0
         self._run = uuid.uuid4().hex[:8]  # an external broker keeps the dead letters of earlier runs
 
@@ -186,7 +150,8 @@ class PoisonMaker:
         chaos_id = f"{kind}-{self._count}-{self._run}"
         failures = len(self._out.failed)
         self._out.send(topic, value, f"chaos-{chaos_id}", [*headers, (CHAOS_HEADER, chaos_id.encode())])
-        self._out.flush()
+        if self._out.wait(30):
+            raise BrokerError("chaos producer: messages not acknowledged after 30 s")
         if len(self._out.failed) > failures:
             log.warning("poison %s not delivered: %s", chaos_id, self._out.failed[-1])
             return None
@@ -194,7 +159,7 @@ class PoisonMaker:
 
     def close(self) -> None:
         """Flush and drop the producer while the broker still runs."""
-        self._out.close()
+        _close(self._out, "poison")
 
 
 class _Reader(threading.Thread):
@@ -260,7 +225,7 @@ class Duplicator(_Reader):
         self.since_ms = int(since * 1000)
         self.share = share
         self.rng = rng
-        self._out = _Producing(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
+        self._out = Deliveries(make_producer(settings, **{"message.max.bytes": 4 * _OVERSIZED}))
         self._copied: set[bytes] = set()
 
     @property
@@ -283,4 +248,10 @@ class Duplicator(_Reader):
         try:
             super().run()
         finally:
-            self._out.close()
+            _close(self._out, "duplicate")
+
+
+def _close(out: Deliveries, what: str) -> None:
+    remaining = out.close()
+    if remaining:
+        log.warning("%d %s messages not acknowledged at close", remaining, what)

@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import build_services
 from eventlab.catalogue import load_products, load_users
 from eventlab.cli import positive_int, probability
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
-from eventlab.relay import unpublished
+from eventlab.kafka.relay import unpublished
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
-from eventlab.shop import build_services
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
 

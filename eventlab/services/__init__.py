@@ -1,5 +1,6 @@
 """The shop's six services. Each module holds a pure core (state, ``evolve``, ``decide``);
-:mod:`.loop` is the one thin Kafka loop they all run in."""
+:mod:`.runtime` is what they share (load, decide, append over the event store port). The Kafka
+loop they all run in is :mod:`eventlab.kafka.loop`; :mod:`eventlab.bootstrap` wires them."""
 
 from __future__ import annotations
 

@@ -9,29 +9,23 @@ service is down: Inventory releases what it had reserved (or voids the reservati
   the gateway's answer, retries included) gets twice as long.
 - :func:`advance` and :func:`overdue`: the pure core — which step each order waits at since when,
   and which are past their deadline at ``now``.
-- :class:`DeadlineSweeper`: follows the store by position (a sweep reads only the new events) and
-  cancels overdue orders through :func:`~eventlab.services.runtime.execute`, version-checked on
-  the order's stream, so a real answer racing the timeout wins or loses cleanly.
+
+The driver that follows the store and cancels overdue orders is :class:`eventlab.sweeper.DeadlineSweeper`.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from eventlab.events import Event, OrderCancelled, OrderCompleted, OrderConfirmed, OrderCreated
-from eventlab.services import order
-from eventlab.services.runtime import States, execute, trace_metadata
-from eventlab.store.base import EventStore, StoredEvent
+from eventlab.events import OrderCancelled, OrderCompleted, OrderConfirmed, OrderCreated
+from eventlab.services.order import OrderStatus
+from eventlab.store.base import StoredEvent
 
-__all__ = ["DeadlineSweeper", "Deadlines", "Waiting", "advance", "overdue"]
+__all__ = ["Deadlines", "Waiting", "advance", "overdue", "timeout_detail"]
 
-log = logging.getLogger(__name__)
-
-_WAITS_AFTER = {OrderCreated.__name__: "created", OrderConfirmed.__name__: "confirmed"}
+_WAITS_AFTER: dict[str, OrderStatus] = {OrderCreated.__name__: "created", OrderConfirmed.__name__: "confirmed"}
 _ENDS = {OrderCompleted.__name__, OrderCancelled.__name__}
 _WAITING_FOR = {"created": "Inventory's reservation", "confirmed": "Payment's answer"}
 
@@ -65,7 +59,7 @@ class Deadlines:
 class Waiting:
     """An order waiting at ``status`` since ``since`` (the step's event, for the trace)."""
 
-    status: str
+    status: OrderStatus
     since: datetime
     event_id: str
     correlation_id: str
@@ -97,89 +91,10 @@ def overdue(waiting: Mapping[str, Waiting], now: datetime, deadlines: Deadlines)
     return [order_id for _, order_id in sorted(late)]
 
 
-class DeadlineSweeper:
-    """Cancels overdue orders; run it in one thread of the order service (or the shop).
-
-    Several sweepers on one store are safe (the cancellation is version-checked), just wasteful.
-    """
-
-    def __init__(
-        self,
-        store: EventStore,
-        deadlines: Deadlines,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        batch: int = 5_000,
-    ) -> None:
-        self.store = store
-        self.deadlines = deadlines
-        self.clock = clock
-        self.batch = batch
-        self.position = 0
-        self.waiting: dict[str, Waiting] = {}
-        self.timed_out = 0
-
-    def __repr__(self) -> str:
-        return f"<DeadlineSweeper at {self.position} waiting={len(self.waiting)} timed_out={self.timed_out}>"
-
-    def follow(self) -> None:
-        """Read the events stored since the last look and update where each order waits."""
-        while True:
-            events = self.store.read_all(after=self.position, limit=self.batch)
-            self._advance_all(events)
-            if len(events) < self.batch:
-                return
-
-    def _advance_all(self, events: Iterable[StoredEvent]) -> None:
-        for stored in events:
-            self.position = stored.position
-            if stored.aggregate_type != "order":
-                continue
-            step = advance(self.waiting.get(stored.aggregate_id), stored)
-            if step is None:
-                self.waiting.pop(stored.aggregate_id, None)
-            else:
-                self.waiting[stored.aggregate_id] = step
-
-    def sweep(self) -> list[str]:
-        """Follow the store, then cancel every overdue order; return the ids cancelled now."""
-        self.follow()
-        now = self.clock()
-        cancelled = []
-        for order_id in overdue(self.waiting, now, self.deadlines):
-            if self._time_out(order_id, self.waiting[order_id], now):
-                cancelled.append(order_id)
-        return cancelled
-
-    def _time_out(self, order_id: str, waiting: Waiting, now: datetime) -> bool:
-        limit = self.deadlines.of(waiting.status)
-        detail = (
-            f"no {_WAITING_FOR[waiting.status]} within {limit.total_seconds():g} s "
-            f"(waited {(now - waiting.since).total_seconds():.1f} s)"
-        )
-        metadata = trace_metadata("order", waiting.correlation_id or order_id, waiting.event_id, waiting.traceparent)
-        key = ("order", order_id)
-        seen: list[order.Order | None] = []
-
-        def decide(states: States) -> list[Event]:
-            current: order.Order | None = states[key]
-            seen.append(current)
-            return order.time_out(current, waiting.status, detail)  # type: ignore[arg-type]
-
-        stored = execute(self.store, [key], {"order": order.evolve}, decide, metadata)
-        if stored:
-            self.timed_out += 1
-            log.warning("order %s cancelled: %s", order_id, detail)
-        elif seen and (seen[-1] is None or seen[-1].terminal):
-            self.waiting.pop(order_id, None)  # over already (its end is on the way), or not an order
-        # else it moved on to its next step meanwhile: the next follow() reads that step
-        return bool(stored)
-
-    def run(self, stop: threading.Event) -> None:
-        """Sweep a few times per shortest deadline until ``stop`` is set; survive store errors."""
-        interval = min(1.0, max(0.05, self.deadlines.shortest.total_seconds() / 4))
-        while not stop.wait(interval):
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("deadline sweep failed; trying again in %.2f s", interval)
+def timeout_detail(waiting: Waiting, deadlines: Deadlines, now: datetime) -> str:
+    """Why an order waiting at ``waiting`` is cancelled at ``now`` (the cancellation's ``detail``)."""
+    limit = deadlines.of(waiting.status)
+    return (
+        f"no {_WAITING_FOR[waiting.status]} within {limit.total_seconds():g} s "
+        f"(waited {(now - waiting.since).total_seconds():.1f} s)"
+    )

@@ -32,7 +32,7 @@ from eventlab.events import (
     StockReserved,
     StockSold,
 )
-from eventlab.services.runtime import Service, States, StreamKey
+from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = ["SERVICE", "Reservation", "Stock", "decide", "evolve_reservation", "evolve_stock"]
 
@@ -62,7 +62,7 @@ def evolve_stock(state: Stock | None, event: Event) -> Stock:
         case StockAdded():
             return Stock(s.available + event.quantity, s.reserved, s.sold, s.held)
         case StockReserved():
-            held = {**s.held, event.order_id: s.held.get(event.order_id, 0) + event.quantity}
+            held: Mapping[str, int] = {**s.held, event.order_id: s.held.get(event.order_id, 0) + event.quantity}
             return Stock(s.available - event.quantity, s.reserved + event.quantity, s.sold, held)
         case StockReleased():
             held = _settled(s.held, event.order_id)
@@ -93,6 +93,10 @@ def streams(event: Event) -> list[StreamKey]:
     return []
 
 
+def _stock(states: States, product_id: str) -> Stock:
+    return state_of(states, ("stock", product_id), Stock) or Stock()
+
+
 def decide(event: Event, states: States) -> list[Event]:
     """Reserve all-or-nothing on a new order; release on cancellation; sell on completion.
 
@@ -103,10 +107,10 @@ def decide(event: Event, states: States) -> list[Event]:
         case ProductCreated(initial_stock=quantity) if quantity > 0:
             return [StockAdded(product_id=event.product_id, quantity=quantity)]
         case OrderCreated():
-            if states[("reservation", event.order_id)] is not None:
+            if state_of(states, ("reservation", event.order_id), Reservation) is not None:
                 return []
             for line in event.lines:
-                available = (states[("stock", line.product_id)] or Stock()).available
+                available = _stock(states, line.product_id).available
                 if line.quantity > available:
                     return [
                         ReservationRejected(
@@ -121,14 +125,14 @@ def decide(event: Event, states: States) -> list[Event]:
                 for line in event.lines
             ]
             return [*reserved, ReservationConfirmed(order_id=event.order_id, lines=event.lines)]
-        case OrderCancelled() if states[("reservation", event.order_id)] is None:
+        case OrderCancelled() if state_of(states, ("reservation", event.order_id), Reservation) is None:
             return [ReservationVoided(order_id=event.order_id)]
         case OrderCancelled() | OrderCompleted():
             follow_up = StockReleased if isinstance(event, OrderCancelled) else StockSold
             return [
                 follow_up(product_id=line.product_id, order_id=event.order_id, quantity=line.quantity)
                 for line in event.lines
-                if event.order_id in (states[("stock", line.product_id)] or Stock()).held
+                if event.order_id in _stock(states, line.product_id).held
             ]
     return []
 

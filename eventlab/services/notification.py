@@ -11,21 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventlab.events import EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
+from eventlab.events import EmailKind, EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
 from eventlab.services import user
-from eventlab.services.runtime import Service, States, StreamKey
+from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
 
 #: Delivers an email at most once per order and kind (returns whether it delivered it now).
 Mailer = Callable[[EmailRequested], object]
 
-_SUBJECTS = {
+_SUBJECTS: dict[EmailKind, str] = {
     "order_confirmed": "We have your order {order_id}",
     "order_completed": "Order {order_id} is paid and on its way",
     "order_cancelled": "Order {order_id} was cancelled",
 }
-_KINDS = {OrderConfirmed: "order_confirmed", OrderCompleted: "order_completed", OrderCancelled: "order_cancelled"}
+_KINDS: dict[type[Event], EmailKind] = {
+    OrderConfirmed: "order_confirmed",
+    OrderCompleted: "order_completed",
+    OrderCancelled: "order_cancelled",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,25 +51,29 @@ def evolve(state: Mailbox | None, event: Event) -> Mailbox:
 
 
 def streams(event: Event) -> list[StreamKey]:
-    keys: list[StreamKey] = [("notification", event.order_id)]  # type: ignore[attr-defined]
-    if not isinstance(event, EmailRequested):
-        keys.append(("user", event.user_id))  # type: ignore[attr-defined]
-    return keys
+    match event:
+        case EmailRequested():
+            return [("notification", event.order_id)]
+        case OrderConfirmed() | OrderCompleted() | OrderCancelled():
+            return [("notification", event.order_id), ("user", event.user_id)]
+    return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
     """Request one email per order event kind; record a requested email as sent."""
-    box: Mailbox = states[("notification", event.order_id)] or Mailbox()  # type: ignore[attr-defined]
+    if not isinstance(event, EmailRequested | OrderConfirmed | OrderCompleted | OrderCancelled):
+        return []
+    box = state_of(states, ("notification", event.order_id), Mailbox) or Mailbox()
     if isinstance(event, EmailRequested):
         if event.kind in box.sent:
             return []
         return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
     kind = _KINDS[type(event)]
-    customer: user.User | None = states[("user", event.user_id)]  # type: ignore[attr-defined]
+    customer = state_of(states, ("user", event.user_id), user.User)
     if kind in box.requested or customer is None:
         return []  # one email per kind: a duplicated order event requests nothing
-    subject = _SUBJECTS[kind].format(order_id=event.order_id)  # type: ignore[attr-defined]
-    return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]  # type: ignore[attr-defined]
+    subject = _SUBJECTS[kind].format(order_id=event.order_id)
+    return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]
 
 
 def service(mailer: Mailer) -> Service:

@@ -26,7 +26,7 @@ from eventlab.events import (
     ReservationRejected,
 )
 from eventlab.services import product, user
-from eventlab.services.runtime import Service, States, StreamKey
+from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = ["SERVICE", "TERMINAL", "Order", "OrderStatus", "decide", "evolve", "place", "time_out"]
 
@@ -83,12 +83,17 @@ def place(
 
 
 def streams(event: Event) -> list[StreamKey]:
-    return [("order", event.order_id)]  # type: ignore[attr-defined]
+    match event:
+        case ReservationConfirmed() | ReservationRejected() | PaymentCompleted():
+            return [("order", event.order_id)]
+    return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
     """The saga: react to Inventory's and Payment's answers."""
-    order: Order | None = states[("order", event.order_id)]  # type: ignore[attr-defined]
+    if not isinstance(event, ReservationConfirmed | ReservationRejected | PaymentCompleted):
+        return []
+    order = state_of(states, ("order", event.order_id), Order)
     if order is None:
         return []
     ids = {"order_id": order.order_id, "user_id": order.user_id}

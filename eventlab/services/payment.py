@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 from eventlab.errors import EventlabError
 from eventlab.events import Event, OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentRefunded, PaymentVoided
 from eventlab.resilience import CircuitBreaker, CircuitOpen, retry
-from eventlab.services.runtime import Service, States, StreamKey
+from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = [
     "ChargeResult",
@@ -78,12 +78,15 @@ def evolve(state: Payment | None, event: Event) -> Payment | None:
 
 
 def streams(event: Event) -> list[StreamKey]:
-    return [("payment", event.order_id)]  # type: ignore[attr-defined]
+    match event:
+        case OrderConfirmed() | OrderCancelled():
+            return [("payment", event.order_id)]
+    return []
 
 
 def decide(event: OrderConfirmed, result: ChargeResult) -> list[Event]:
     """The gateway's answer as an event."""
-    status = "COMPLETED" if result.approved else "FAILED"
+    status: Literal["COMPLETED", "FAILED"] = "COMPLETED" if result.approved else "FAILED"
     return [
         PaymentCompleted(order_id=event.order_id, amount_cents=event.total_cents, status=status, reason=result.reason)
     ]
@@ -137,7 +140,7 @@ def service(gateway: Gateway, breaker: CircuitBreaker | None = None) -> Service:
     def handle(event: Event, states: States) -> list[Event]:
         if not isinstance(event, OrderConfirmed | OrderCancelled):
             return []
-        match settle(event, states[("payment", event.order_id)]):
+        match settle(event, state_of(states, ("payment", event.order_id), Payment)):
             case "charge":
                 assert isinstance(event, OrderConfirmed)
                 return decide(event, charge(event))

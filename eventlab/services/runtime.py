@@ -1,8 +1,11 @@
-"""What every service shares: load streams, decide, append — no Kafka here.
+"""What every service shares: load streams, decide, append — over the :class:`EventStore` port, no Kafka here.
 
 A service is a pure core (``streams`` says which streams a decision needs, ``handle`` turns an
-event and those streams' states into new events) plus the shared loop in :mod:`.loop`.
-Commands from HTTP or Python go through :func:`execute` the same way.
+event and those streams' states into new events); the Kafka loop that runs it is
+:mod:`eventlab.kafka.loop`. Commands from HTTP or Python go through :func:`execute` the same way.
+
+Each aggregate has its own state type (``Order``, ``Stock``, ...). :func:`load` keeps it; a decision
+reading several streams gets them as :data:`States` and takes each out typed with :func:`state_of`.
 """
 
 from __future__ import annotations
@@ -11,28 +14,57 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from eventlab.errors import ConcurrencyError
 from eventlab.events import Event
 from eventlab.ids import new_span_id, new_trace_id
 from eventlab.store.base import EventStore, Metadata, NewEvent, StoredEvent
 
-__all__ = ["Evolve", "Service", "Stream", "StreamCache", "StreamKey", "execute", "load", "trace_metadata"]
+__all__ = [
+    "Evolve",
+    "Service",
+    "States",
+    "Stream",
+    "StreamCache",
+    "StreamKey",
+    "execute",
+    "load",
+    "state_of",
+    "trace_metadata",
+]
+
+S = TypeVar("S")
 
 #: (aggregate type, aggregate id)
 StreamKey = tuple[str, str]
-Evolve = Callable[[Any, Event], Any]
-States = Mapping[StreamKey, Any]
+#: The fold of one aggregate type, e.g. :func:`eventlab.services.order.evolve`. A service maps
+#: several aggregate types to theirs, so the state going in is typed per aggregate (hence ``Any``).
+Evolve = Callable[[Any, Event], object]
+#: The states of the streams a decision read (None: a stream without events); see :func:`state_of`.
+States = Mapping[StreamKey, object]
 
 
 @dataclass(frozen=True, slots=True)
-class Stream:
-    """A stream's current state (its events folded with ``evolve``) and version."""
+class Stream(Generic[S]):
+    """A stream's current state (its events folded with ``evolve``; None before any) and version."""
 
     key: StreamKey
-    state: Any
+    state: S | None
     version: int
+
+
+def state_of(states: States, key: StreamKey, kind: type[S]) -> S | None:
+    """The state of stream ``key`` as a ``kind`` (None when the stream has no events yet).
+
+    Example:
+        >>> state_of({("user", "U1"): None}, ("user", "U1"), int) is None
+        True
+    """
+    found = states[key]
+    if found is None or isinstance(found, kind):
+        return found
+    raise TypeError(f"stream {key} holds a {type(found).__name__}, not a {kind.__name__}")
 
 
 def _no_streams(_event: Event) -> Sequence[StreamKey]:
@@ -71,7 +103,9 @@ class Service:
         return f"<Service {self.name}: {consumes}>"
 
 
-def load(store: EventStore, key: StreamKey, evolve: Evolve, known: Stream | None = None) -> Stream:
+def load(
+    store: EventStore, key: StreamKey, evolve: Callable[[S | None, Event], S | None], known: Stream[S] | None = None
+) -> Stream[S]:
     """Fold one stream's events into its state, continuing from ``known`` (an earlier load)."""
     state, version = (known.state, known.version) if known else (None, 0)
     for stored in store.read_stream(*key, after_version=version):
@@ -89,7 +123,7 @@ class StreamCache:
 
     def __init__(self, size: int = 50_000) -> None:
         self.size = size
-        self._streams: OrderedDict[StreamKey, Stream] = OrderedDict()
+        self._streams: OrderedDict[StreamKey, Stream[object]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -100,7 +134,9 @@ class StreamCache:
         with self._lock:
             self._streams.clear()
 
-    def remember(self, streams: Iterable[Stream], appended: Sequence[Event], evolvers: Mapping[str, Evolve]) -> None:
+    def remember(
+        self, streams: Iterable[Stream[object]], appended: Sequence[Event], evolvers: Mapping[str, Evolve]
+    ) -> None:
         """Fold events just appended into their cached streams, so they are not read back."""
         for stream in streams:
             state, version = stream.state, stream.version
@@ -110,7 +146,7 @@ class StreamCache:
             if version != stream.version:
                 self._put(Stream(stream.key, state, version))
 
-    def _put(self, stream: Stream) -> None:
+    def _put(self, stream: Stream[object]) -> None:
         with self._lock:
             current = self._streams.get(stream.key)
             if current is None or current.version <= stream.version:
@@ -119,7 +155,7 @@ class StreamCache:
             if len(self._streams) > self.size:
                 self._streams.popitem(last=False)
 
-    def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream:
+    def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream[object]:
         with self._lock:
             known = self._streams.get(key)
         stream = load(store, key, evolve, known)
@@ -158,7 +194,7 @@ def execute(
     Returns the stored events (``[]`` when nothing was decided or ``processed`` was already recorded).
     """
     for attempt in range(attempts):
-        streams = {
+        streams: dict[StreamKey, Stream[object]] = {
             key: cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
             for key in keys
         }

@@ -10,23 +10,22 @@ consumers are idempotent.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Producer
 
-from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
+from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
-from eventlab.kafka.clients import STORE_TOPIC, make_producer
+from eventlab.kafka.clients import STORE_TOPIC, Deliveries, make_producer
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
+from eventlab.restarts import Backoff
 from eventlab.settings import Settings
-from eventlab.store.base import DeadLetter, EventRecord, EventStore
+from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventStore
 
-__all__ = ["CHECKPOINT", "Relay", "rewind", "unpublished"]
+__all__ = ["Relay", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
-
-#: The checkpoint name under which the relay records the last published position.
-CHECKPOINT = "relay"
 
 
 class Relay:
@@ -50,11 +49,11 @@ class Relay:
         self.min_backoff = 0.1
         self.max_backoff = 5.0
         self.dead_lettered = 0
-        self._producer = None
+        self._producer: Producer | None = None
         self._dead_letters = DeadLetterPublisher(store, settings)  # its producer is made when first needed
 
     def __repr__(self) -> str:
-        return f"<Relay published={self.published} checkpoint={self.store.checkpoint(CHECKPOINT)}>"
+        return f"<Relay published={self.published} checkpoint={self.store.checkpoint(RELAY_CONSUMER)}>"
 
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; return how many were published.
@@ -64,18 +63,13 @@ class Relay:
         ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
         checkpoint moves past the batch only once every message and copy is acknowledged.
         """
-        after = self.store.checkpoint(CHECKPOINT)
+        after = self.store.checkpoint(RELAY_CONSUMER)
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
             return 0
         if self._producer is None:
             self._producer = make_producer(self.settings)
-        errors: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                errors.append(error)
-
+        out = Deliveries(self._producer)
         undecodable: list[tuple[EventRecord, str]] = []
         for stored in events:
             try:
@@ -85,22 +79,17 @@ class Relay:
                 reason = str(exc) if isinstance(exc, UndecodableMessage) else f"{type(exc).__name__}: {exc}"
                 undecodable.append((stored, reason))
                 continue
-            while True:
-                try:
-                    self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
+            out.send(topic, value, key, list(headers))
         letters = [self._record_dead_letter(stored, reason) for stored, reason in undecodable]
-        remaining = self._producer.flush(30)
-        if remaining or errors:
-            reason = errors[0].str() if errors else f"{remaining} messages not acknowledged"
-            raise BrokerError(f"relay could not publish events after position {after}: {reason}")
+        try:
+            out.confirm(30)
+        except BrokerError as exc:
+            raise BrokerError(f"relay could not publish events after position {after}: {exc}", exc.code) from exc
         for letter in letters:
             if self._dead_letters.publish(letter):
                 self.dead_lettered += 1
                 log.warning("relay: stored event #%d dead-lettered as #%d: %s", letter.offset, letter.id, letter.reason)
-        self.store.set_checkpoint(CHECKPOINT, events[-1].position)
+        self.store.set_checkpoint(RELAY_CONSUMER, events[-1].position)
         self.published += len(events) - len(letters)
         return len(events) - len(letters)
 
@@ -129,28 +118,34 @@ class Relay:
         """Publish until ``stop`` is set. Any failure — the broker, the store, or a bug — is logged
         and retried after an exponential backoff (0.1 s doubling to :attr:`max_backoff`); the
         consecutive failures show in :meth:`health` until a batch goes through again."""
-        backoff = self.min_backoff
+        backoff = self._backoff()
         while not stop.is_set():
             try:
                 if self.publish_pending() == 0:
                     stop.wait(idle_wait)
             except (BrokerError, StoreError) as exc:
-                self._failed(exc)
-                log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, backoff)
+                delay = self._failed(exc, backoff)
+                log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, delay)
             except Exception as exc:  # a bug must not end the relay thread for good: log it whole, retry
-                self._failed(exc)
-                log.exception("relay: unexpected %s; retry %d in %.1f s", type(exc).__name__, self.failures, backoff)
+                delay = self._failed(exc, backoff)
+                log.exception("relay: unexpected %s; retry %d in %.1f s", type(exc).__name__, self.failures, delay)
             else:
-                self.failures, self.last_error, backoff = 0, None, self.min_backoff
+                if self.failures:
+                    self.failures, self.last_error, backoff = 0, None, self._backoff()
                 continue
-            stop.wait(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            stop.wait(delay)
         self.close()
 
-    def _failed(self, exc: Exception) -> None:
+    def _backoff(self) -> Backoff:
+        """Doubling from :attr:`min_backoff` to :attr:`max_backoff` while failures follow each other."""
+        return Backoff(initial=self.min_backoff, maximum=self.max_backoff, reset_after=math.inf)
+
+    def _failed(self, exc: Exception, backoff: Backoff) -> float:
+        """Count a failed attempt; return how long to wait before the next."""
         self.failures += 1
         self.failures_total += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
+        return backoff.died()
 
     def problems(self) -> list[str]:
         """What keeps the relay from publishing right now (empty when healthy)."""
@@ -183,9 +178,9 @@ class Relay:
 
 def rewind(store: EventStore) -> None:
     """Publish everything again from the first event (the broker forgot its topics)."""
-    store.set_checkpoint(CHECKPOINT, 0)
+    store.set_checkpoint(RELAY_CONSUMER, 0)
 
 
 def unpublished(store: EventStore) -> int:
     """How many stored events the relay has not published yet."""
-    return store.head() - store.checkpoint(CHECKPOINT)
+    return store.head() - store.checkpoint(RELAY_CONSUMER)

@@ -15,6 +15,7 @@ lists the problem. A message is never skipped, and never dead-lettered twice, al
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,14 +24,16 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from eventlab.dlq import RELAY_CONSUMER, DeadLetterPublisher
-from eventlab.errors import ConcurrencyError, StoreError
+from eventlab.dlq import DeadLetterPublisher
+from eventlab.errors import BrokerError, ConcurrencyError, StoreError
 from eventlab.kafka.clients import make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
+from eventlab.resilience import retry
+from eventlab.restarts import Backoff
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
-from eventlab.store.base import EventStore
+from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
 
 __all__ = ["LoopStats", "ServiceLoop"]
 
@@ -58,7 +61,7 @@ class _Hold:
     offset: int
     problem: str
     retry_at: float
-    delay: float  # the backoff that set retry_at: the next hold of this partition waits twice as long
+    backoff: Backoff  # set retry_at: the next hold of this partition waits twice as long
     resumed: bool = False
 
 
@@ -204,7 +207,7 @@ class ServiceLoop:
         Any exception counts: a codec bug or an input nobody foresaw must not stop the service.
         """
         try:
-            decoded = from_message(message.value(), message.headers())
+            decoded = from_message(message.value(), _headers(message))
         except UndecodableMessage as exc:  # RecursionError included: the codec names it
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - whatever it is, it goes to the dead letters
@@ -219,23 +222,34 @@ class ServiceLoop:
         Returns whether it is done; a store failure holds the partition instead (retried later,
         never skipped and never dead-lettered for the store's sake).
         """
-        for attempt in range(1, self.attempts + 1):
+
+        def attempt() -> bool | StoreError:
             try:
-                self._count([self.handle(decoded)])
-                return True
+                return self.handle(decoded)
             except StoreError as exc:
-                self._hold(message, f"event store: {exc}")
-                return False
-            except ConcurrencyError as exc:
-                error: Exception = exc
+                return exc  # not retried here: the partition is held instead
             except Exception as exc:
-                log.exception("%s failed on %s", self.service.name, decoded.event_id)
-                error = exc
-            self.stats.retries += 1
-            time.sleep(self.backoff * 2 ** (attempt - 1))
-        return self.dead_letter(
-            message, f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
-        )
+                if not isinstance(exc, ConcurrencyError):
+                    log.exception("%s failed on %s", self.service.name, decoded.event_id)
+                self.stats.retries += 1
+                raise
+
+        try:
+            outcome = retry(
+                attempt,
+                retry_on=(Exception,),
+                attempts=self.attempts,
+                base_delay=self.backoff,
+                max_delay=self.backoff * 2**self.attempts,
+            )
+        except Exception as error:  # noqa: BLE001 - every attempt failed: it becomes a dead letter
+            reason = f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
+            return self.dead_letter(message, reason)
+        if isinstance(outcome, StoreError):
+            self._hold(message, f"event store: {outcome}")
+            return False
+        self._count([outcome])
+        return True
 
     def handle(self, message: Message) -> bool:
         """Decide on one decoded event and append the outcome with the processed marker.
@@ -273,17 +287,18 @@ class ServiceLoop:
         message (the offset stays before it) and ``health()`` says why.
         """
         try:
-            headers = list(message.headers() or [])
+            headers = _headers(message)
         except Exception as exc:  # noqa: BLE001 - e.g. a header name that is not UTF-8
             headers, reason = [], f"{reason} (headers unreadable: {exc})"
         event_id = next((raw for name, raw in headers if name == "ce_id" and raw), None)
         try:
+            topic, partition, offset = _position(message)
             letter = self.store.record_dead_letter(
                 self.service.name,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
+                topic,
+                partition,
+                offset,
+                _bytes(message.key()),
                 message.value(),
                 headers,
                 reason[:REASON_LIMIT],
@@ -294,9 +309,9 @@ class ServiceLoop:
                 log.warning(
                     "%s: dead-lettered %s[%d]@%d as #%d: %s",
                     self.service.name,
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
+                    topic,
+                    partition,
+                    offset,
                     letter.id,
                     reason[:200],
                 )
@@ -308,20 +323,21 @@ class ServiceLoop:
     # --- holding a partition at a message ------------------------------------------------------
 
     def _held(self, message: KafkaMessage) -> bool:
-        hold = self._holds.get((message.topic(), message.partition()))
-        return hold is not None and not hold.resumed and message.offset() >= hold.offset
+        topic, partition, offset = _position(message)
+        hold = self._holds.get((topic, partition))
+        return hold is not None and not hold.resumed and offset >= hold.offset
 
     def _hold(self, message: KafkaMessage, problem: str) -> None:
         """Pause the message's partition and rewind it to the message, to try again after a backoff."""
-        where = (message.topic(), message.partition())
+        topic, number, offset = _position(message)
+        where = (topic, number)
         previous = self._holds.get(where)
-        delay = 0.1 if previous is None else min(previous.delay * 2, self.max_hold)
-        self._holds[where] = _Hold(message.offset(), problem, time.monotonic() + delay, delay)
-        log.warning(
-            "%s: holding %s[%d] at %d for %.1f s: %s", self.service.name, *where, message.offset(), delay, problem
-        )
+        backoff = previous.backoff if previous is not None else Backoff(0.1, self.max_hold, reset_after=math.inf)
+        delay = backoff.died()
+        self._holds[where] = _Hold(offset, problem, time.monotonic() + delay, backoff)
+        log.warning("%s: holding %s[%d] at %d for %.1f s: %s", self.service.name, *where, offset, delay, problem)
         if self._consumer is not None:
-            partition = TopicPartition(message.topic(), message.partition(), message.offset())
+            partition = TopicPartition(topic, number, offset)
             try:
                 self._consumer.pause([partition])
                 self._consumer.seek(partition)
@@ -343,14 +359,14 @@ class ServiceLoop:
     def _offsets(self, done: list[KafkaMessage]) -> list[TopicPartition]:
         """Per partition, the offset after the last done message that is not past a hold."""
         last: dict[tuple[str, int], int] = {}
-        for message in sorted(done, key=lambda m: (m.topic(), m.partition(), m.offset())):
-            where = (message.topic(), message.partition())
+        for topic, partition, offset in sorted(_position(message) for message in done):
+            where = (topic, partition)
             hold = self._holds.get(where)
-            if hold is not None and hold.resumed and message.offset() == hold.offset:
+            if hold is not None and hold.resumed and offset == hold.offset:
                 del self._holds[where]  # the held message went through
                 hold = None
-            if hold is None or message.offset() < hold.offset:
-                last[where] = max(last.get(where, -1), message.offset())
+            if hold is None or offset < hold.offset:
+                last[where] = max(last.get(where, -1), offset)
         return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
 
     def _publish_left_over(self) -> None:
@@ -359,3 +375,21 @@ class ServiceLoop:
             self.dead_letters.publish_unpublished(self.service.name)
         except Exception as exc:  # noqa: BLE001 - the redelivered message will try again
             log.warning("%s: cannot publish left-over dead letters yet: %s", self.service.name, exc)
+
+
+def _position(message: KafkaMessage) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (every message a consumer returns has them)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise BrokerError(f"a consumed message without topic, partition or offset: {message!r}")
+    return topic, partition, offset
+
+
+def _bytes(raw: str | bytes | None) -> bytes | None:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+def _headers(message: KafkaMessage) -> Headers:
+    """The message's headers as (name, bytes or None) pairs, in order."""
+    found = message.headers() or []
+    return [(name, _bytes(raw)) for name, raw in (found.items() if isinstance(found, dict) else found)]

@@ -1,0 +1,110 @@
+"""The composition root: the one place that wires services, store, Kafka adapters and HTTP together.
+
+Pure wiring, used by every entry point alike — the in-process :class:`~eventlab.shop.Shop` (every
+service a thread) and each service process of :func:`eventlab.supervisor.run_one`. Every dependency
+comes in as an argument (settings, store, gateway, mailer, circuit breaker, id factory), so a test
+can hand in its own. Nothing here starts a thread or connects: the callers own the lifecycle.
+
+Example:
+    >>> services = build_services(settings, SimulatedGateway())  # doctest: +SKIP
+    >>> wiring = Wiring(settings, open_store(settings), services)  # doctest: +SKIP
+    >>> loop = wiring.loop("order")  # run it: loop.run(stop)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from eventlab.adapters.mailer import MAILBOX, FileMailer
+from eventlab.application import Commands
+from eventlab.http import ServiceHealth, ServiceHttp, service_health
+from eventlab.ids import new_id
+from eventlab.kafka.loop import ServiceLoop
+from eventlab.kafka.relay import Relay
+from eventlab.resilience import CircuitBreaker
+from eventlab.services import inventory, notification, order, payment, product, user
+from eventlab.services.deadlines import Deadlines
+from eventlab.services.runtime import Service
+from eventlab.settings import PortInUse, Settings
+from eventlab.store.base import EventStore
+from eventlab.sweeper import DeadlineSweeper
+
+__all__ = ["Wiring", "build_services"]
+
+log = logging.getLogger(__name__)
+
+
+def build_services(
+    settings: Settings,
+    gateway: payment.Gateway,
+    breaker: CircuitBreaker | None = None,
+    mailer: notification.Mailer | None = None,
+) -> dict[str, Service]:
+    """The six services by name, with the payment gateway and the mailer (by default the data
+    directory's mailbox) they call."""
+    services = [
+        user.SERVICE,
+        product.SERVICE,
+        order.SERVICE,
+        payment.service(gateway, breaker),
+        inventory.SERVICE,
+        notification.service(mailer or FileMailer(settings.data_dir / MAILBOX)),
+    ]
+    return {s.name: s for s in services}
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Builds the parts that run against one store and one broker (``settings`` points at it).
+
+    Each method makes a new part, not started: the consuming loop of a service, the relay, the
+    deadline sweeper, a service's health and HTTP server. ``commands`` is the shop's command side.
+    """
+
+    settings: Settings
+    store: EventStore
+    services: Mapping[str, Service]
+    id_factory: Callable[[], str] = new_id
+    commands: Commands = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "commands", Commands(self.store, self.id_factory))
+
+    def loop(self, name: str) -> ServiceLoop | None:
+        """The Kafka loop of service ``name``; None for a service that only takes commands."""
+        service = self.services[name]
+        return ServiceLoop(service, self.store, self.settings) if service.subscriptions else None
+
+    def loops(self) -> dict[str, ServiceLoop]:
+        """A loop per consuming service, in start-up order."""
+        return {name: loop for name in self.services if (loop := self.loop(name)) is not None}
+
+    def relay(self) -> Relay:
+        """The outbox relay: publishes the store to Kafka."""
+        return Relay(self.store, self.settings)
+
+    def sweeper(self) -> DeadlineSweeper:
+        """The saga deadlines' sweeper, with the deadlines the settings scale."""
+        return DeadlineSweeper(self.store, Deadlines.scaled(self.settings.saga_timeout_s))
+
+    def health(self, loop: ServiceLoop | None, *problems: Callable[[], list[str]]) -> ServiceHealth:
+        """What a service's ``GET /health`` reports (its loop's, else the store's) plus ``problems``."""
+        return service_health(loop, self.store, *problems)
+
+    def http(self, name: str, health: ServiceHealth) -> ServiceHttp:
+        """Service ``name``'s HTTP endpoints, bound to its port (not serving until ``start()``).
+
+        Raises :class:`~eventlab.settings.PortInUse` when the port is taken.
+        """
+        port = self.settings.port(name)
+        try:
+            server = ServiceHttp(name, port, health, self.commands)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(name, port, self.settings.http_port_offset) from None
+            raise
+        log.info("%s bound to http://127.0.0.1:%d", name, server.port)
+        return server
