@@ -21,6 +21,7 @@ from eventlab.application import Commands, OrderView
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
+from eventlab.faults import Faults
 from eventlab.http import ServiceHttp, service_health
 from eventlab.ids import new_id
 from eventlab.kafka.broker import EmbeddedBroker
@@ -340,6 +341,13 @@ class Shop:
         thread = threading.Thread(target=supervised, name=f"eventlab-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    # --- the failure lab ---------------------------------------------------------------------
+
+    @functools.cached_property
+    def faults(self) -> Faults:
+        """Faults to inject (gateway outage, declines, latency, redelivery, poison) and each service's counters."""
+        return Faults(self)
 
 
 def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:
