@@ -208,6 +208,8 @@ class Shop:
         """Stop every loop, the HTTP servers and the embedded broker."""
         if self._infra is None:
             return
+        if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
+            self.faults.close()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
