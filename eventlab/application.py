@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
 from eventlab.errors import NotFound
@@ -18,8 +18,11 @@ from eventlab.ids import new_id
 from eventlab.services import order, product, user
 from eventlab.services.runtime import Evolve, StreamCache, StreamKey, execute, load, trace_metadata
 from eventlab.store.base import EventStore, StoredEvent
+from eventlab.tables import html_table
 
 __all__ = ["Commands", "OrderView", "money"]
+
+_Created = TypeVar("_Created", bound=Event)
 
 
 def money(cents: int) -> str:
@@ -61,15 +64,13 @@ class OrderView:
         return f"<Order {self.order_id} {self.status}{reason} total={money(self.total_cents)} | {steps}>"
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{e.position}</td><td>{html.escape(e.metadata.get('source', ''))}</td>"
-            f"<td>{e.event_type}</td><td>{html.escape(e.aggregate_type)}:{html.escape(e.aggregate_id)}</td></tr>"
+        rows = [
+            (e.position, e.metadata.get("source", ""), e.event_type, f"{e.aggregate_type}:{e.aggregate_id}")
             for e in self.events
-        )
+        ]
         return (
-            f"<b>Order {html.escape(self.order_id)}</b>: {self.status} {html.escape(self.reason)} "
-            f"— total {money(self.total_cents)}<table><tr><th>position</th><th>service</th>"
-            f"<th>event</th><th>stream</th></tr>{rows}</table>"
+            f"<b>Order {html.escape(self.order_id)}</b>: {html.escape(self.status)} {html.escape(self.reason)} "
+            f"— total {money(self.total_cents)}" + html_table(["position", "service", "event", "stream"], rows)
         )
 
 
@@ -93,12 +94,16 @@ class Commands:
         or as keywords; every command method takes both.
         """
         command = parse(RegisterUser, _input(data, fields))
-        return self._create(("user", command.user_id), user.evolve, lambda state: user.register(command, state))
+        return self._create(
+            ("user", command.user_id), user.evolve, lambda state: user.register(command, state), UserCreated
+        )
 
     def create_product(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> ProductCreated:
         """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
         command = parse(CreateProduct, _input(data, fields))
-        return self._create(("product", command.product_id), product.evolve, lambda s: product.create(command, s))
+        return self._create(
+            ("product", command.product_id), product.evolve, lambda s: product.create(command, s), ProductCreated
+        )
 
     def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
         """Place an order and return its id; the saga then runs through Kafka."""
@@ -137,8 +142,10 @@ class Commands:
             events=tuple(self.store.read_correlated(order_id)),
         )
 
-    def _create(self, key: StreamKey, evolve: Evolve, decide: Callable[[Any], list[Event]]) -> Any:
-        """Decide on a new entity from its (empty) stream's state; return the event written."""
+    def _create(
+        self, key: StreamKey, evolve: Evolve, decide: Callable[[Any], list[Event]], created: type[_Created]
+    ) -> _Created:
+        """Decide on a new entity from its (empty) stream's state; return the event written (a ``created``)."""
         aggregate_type = key[0]
         stored = execute(
             self.store,
@@ -148,7 +155,9 @@ class Commands:
             self._meta(aggregate_type),
             cache=self._cache,
         )
-        return stored[0].event
+        event = stored[0].event
+        assert isinstance(event, created), f"{key} wrote {event.event_type}, not {created.__name__}"
+        return event
 
     def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
         # ``new_id`` (not the injected factory): the factory names orders only, so a counter-based

@@ -42,6 +42,7 @@ from typing import Any, TextIO
 from eventlab.application import Commands
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout, StoreError
+from eventlab.events import OrderCancelled, OrderCompleted, OrderCreated
 from eventlab.projections.audit import audit
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The events that end an order's saga.
+_TERMINAL = frozenset({OrderCompleted.__name__, OrderCancelled.__name__})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -261,10 +265,10 @@ def run_demo(
             seen = record.position
             if record.aggregate_id not in placed:
                 continue
-            if record.event_type == "OrderCreated":
+            if record.event_type == OrderCreated.__name__:
                 created_at[record.aggregate_id] = recorded_seconds(record.recorded_at)
-            elif record.event_type in ("OrderCompleted", "OrderCancelled"):
-                reason = json.loads(record.data)["reason"] if record.event_type == "OrderCancelled" else ""
+            elif record.event_type in _TERMINAL:
+                reason = json.loads(record.data)["reason"] if record.event_type == OrderCancelled.__name__ else ""
                 finished[record.aggregate_id] = (recorded_seconds(record.recorded_at), reason)
 
     for index in range(orders):

@@ -21,6 +21,7 @@ from eventlab.bootstrap import Wiring, build_services
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
 from eventlab.events import ProductCreated, UserCreated
+from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
 from eventlab.ids import new_id
 from eventlab.kafka.broker import EmbeddedBroker
@@ -187,6 +188,8 @@ class Shop:
         """Stop every loop, the HTTP servers and the embedded broker."""
         if self._infra is None:
             return
+        if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
+            self.faults.close()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -317,6 +320,13 @@ class Shop:
         thread = threading.Thread(target=supervised, name=f"eventlab-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    # --- the failure lab ---------------------------------------------------------------------
+
+    @functools.cached_property
+    def faults(self) -> Faults:
+        """Faults to inject (gateway outage, declines, latency, redelivery, poison) and each service's counters."""
+        return Faults(self)
 
 
 def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:

@@ -20,18 +20,12 @@ from eventlab.events import (
     StockReleased,
     StockReserved,
 )
+from eventlab.saga import causal_order, saga_mermaid, saga_steps
 from eventlab.store.base import NewEvent, StoredEvent
 from eventlab.store.sqlite import SqliteEventStore
-from eventlab.viz import (
-    EventFeed,
-    Table,
-    causal_order,
-    events_table,
-    feed_html,
-    plot_saga_timeline,
-    saga_mermaid,
-    saga_steps,
-)
+from eventlab.tables import Table
+from eventlab.viz import events_table, feed_html, plot_saga_timeline
+from eventlab.widgets import EventFeed
 from eventlab.workshop import order_outcomes, sequential_ids
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -37,14 +37,37 @@ class SimulatedGateway:
     def __init__(
         self, failure_rate: float = 0.0, latency_ms: float = 0.0, seed: int = 0, path: Path | str | None = None
     ) -> None:
-        if not 0.0 <= failure_rate <= 1.0:
-            raise ValueError("failure_rate must be between 0 and 1")
         self.failure_rate = failure_rate
         self.latency_ms = latency_ms
         self.seed = seed
+        #: Set while the gateway is up; :meth:`take_down` clears it, :meth:`bring_up` sets it again.
         self.available = threading.Event()
         self.available.set()
         self.journal = Journal(path)
+
+    @property
+    def failure_rate(self) -> float:
+        """The share of orders declined (0 to 1); which ones depends only on the seed and the order id."""
+        return self._failure_rate
+
+    @failure_rate.setter
+    def failure_rate(self, rate: float) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("failure_rate must be between 0 and 1")
+        self._failure_rate = rate
+
+    @property
+    def down(self) -> bool:
+        """True during an outage: every call raises :class:`GatewayUnavailable`."""
+        return not self.available.is_set()
+
+    def take_down(self) -> None:
+        """Start an outage: every call from now on raises :class:`GatewayUnavailable`."""
+        self.available.clear()
+
+    def bring_up(self) -> None:
+        """End an outage."""
+        self.available.set()
 
     @property
     def charges(self) -> int:
@@ -52,7 +75,7 @@ class SimulatedGateway:
         return sum(key.startswith("charge:") for key in self.journal.records())
 
     def __repr__(self) -> str:
-        state = "up" if self.available.is_set() else "DOWN"
+        state = "DOWN" if self.down else "up"
         return (
             f"<SimulatedGateway {state} failure_rate={self.failure_rate} "
             f"latency_ms={self.latency_ms} charges={self.charges}>"
@@ -89,5 +112,5 @@ class SimulatedGateway:
         if self.latency_ms:
             jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
             time.sleep(jitter * self.latency_ms / 1000)
-        if not self.available.is_set():
+        if self.down:
             raise GatewayUnavailable("payment gateway unavailable")
