@@ -236,18 +236,14 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
             store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 4)])
 
 
-def test_only_the_store_package_imports_sqlite3():
+def test_only_the_store_package_imports_a_database_driver():
     package = Path(eventlab.__file__).parent
     importers = {
         str(path.relative_to(package))
         for path in package.rglob("*.py")
-        if re.search(r"^\s*(import sqlite3|from sqlite3 import)", path.read_text(), re.MULTILINE)
+        if re.search(r"^\s*(import|from) (sqlite3|psycopg)\b", path.read_text(), re.MULTILINE)
     }
-    assert {name for name in importers if not name.startswith("store/")} <= KNOWN_SQLITE3_IMPORTERS
-
-
-#: Modules outside ``store/`` that still read the file with ``sqlite3`` (issue 7 moves them into ``store/``).
-KNOWN_SQLITE3_IMPORTERS = {"projections/engine.py", "services/loop.py"}
+    assert importers and all(name.startswith("store/") for name in importers), importers
 
 
 def test_demo_on_a_store_whose_events_table_was_dropped_refuses_instead_of_starting_over(shop_store, capsys):
