@@ -11,7 +11,7 @@ ever writes to the event store.
 
 Example:
     >>> from eventlab.projections import Projections, audit
-    >>> with Projections("/tmp/doc-shop/events.db") as projections:
+    >>> with Projections(store_path) as projections:
     ...     revenue = projections.pl("revenue")
     ...     report = audit(projections)
 """

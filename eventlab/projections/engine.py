@@ -205,7 +205,7 @@ class Projections:
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
 
     Example:
-        >>> projections = Projections("/tmp/doc-shop/events.db")
+        >>> projections = Projections(store_path)
         >>> projections.refresh()  # events applied since the last call
         0
         >>> orders = projections.pl("orders")  # a polars DataFrame (via Arrow)
@@ -502,8 +502,9 @@ class Snapshot:
     The same SQL as the live relations, over ``events`` cut at ``position``; computed when read.
 
     Example:
-        >>> snapshot = projections.as_of(position=120)
-        >>> snapshot.pl("inventory")  # stock as it was after event 120
+        >>> snapshot = Projections(store_path).as_of(position=20)
+        >>> snapshot.pl("inventory")["sold"].to_list()  # stock as it was after event 20
+        [2, 1]
     """
 
     def __init__(

@@ -27,7 +27,7 @@ def export_parquet(
     Files are written through Arrow; DuckDB itself never touches the file system.
 
     Example:
-        >>> export_parquet("/tmp/doc-shop/events.db", "/tmp/doc-shop/parquet")["orders"].name
+        >>> export_parquet(store_path, store_path.parent / "parquet")["orders"].name
         'orders.parquet'
     """
     if not isinstance(source, Projections):
