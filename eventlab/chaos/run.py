@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.catalogue import load_products, load_users
-from eventlab.cli import positive_int, probability
+from eventlab.cli import Command, positive_int, probability
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
@@ -33,7 +33,7 @@ from eventlab.supervisor import Supervisor
 from .inject import POISON_KINDS, DeadLetterCollector, Duplicator, PoisonMaker, http_json, place_order
 from .report import ChaosReport, Kill, Observations, build_report
 
-__all__ = ["ChaosConfig", "ChaosError", "add_command", "run_chaos"]
+__all__ = ["COMMAND", "ChaosConfig", "ChaosError", "run_chaos"]
 
 _PROGRESS_EVERY = 5.0
 
@@ -429,18 +429,7 @@ examples:
 """
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> None:
-    """Register ``eventlab chaos`` on ``subparsers``; ``parents`` provide ``--data-dir`` and ``-v``."""
-    chaos = subparsers.add_parser(
-        "chaos",
-        parents=list(parents),
-        help="break the running shop on a seed and prove nothing is lost",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _options(chaos: argparse.ArgumentParser) -> None:
     number = _bounded(float, 0)
     chaos.add_argument("--orders", type=positive_int, default=500, metavar="N", help="orders to place (500)")
     chaos.add_argument("--rate", type=_bounded(float, 0.01), default=50.0, metavar="R", help="orders per second (50)")
@@ -468,7 +457,6 @@ def add_command(
         "--max-gap", type=number, metavar="S", help="also fail if a consumer is silent longer than S s after a kill"
     )
     chaos.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    chaos.set_defaults(handler=_handle)
 
 
 def _bounded(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
@@ -511,3 +499,13 @@ def _handle(args: argparse.Namespace) -> int:
         report = run_chaos(settings, config, sys.stderr)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
+
+
+COMMAND = Command(
+    "chaos",
+    help="break the running shop on a seed and prove nothing is lost",
+    description=DESCRIPTION,
+    handler=_handle,
+    options=_options,
+    epilog=EXAMPLES,
+)
