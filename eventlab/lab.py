@@ -34,6 +34,7 @@ import eventlab
 from eventlab.cli import Command
 from eventlab.errors import EventlabError
 from eventlab.kafka.broker import die_with_parent, free_port
+from eventlab.resilience import wait_until
 from eventlab.settings import port_free
 
 __all__ = ["COMMAND", "LabError", "find_notebooks", "lab_command", "run_lab"]
@@ -106,19 +107,23 @@ def _has_display() -> bool:
 
 def _wait_ready(server: subprocess.Popen[bytes], base: str, token: str, timeout: float) -> None:
     request = urllib.request.Request(f"{base}/api/status", headers={"Authorization": f"token {token}"})
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         if server.poll() is not None:
             raise LabError(f"JupyterLab exited with status {server.returncode} before it answered (see above)")
         try:
             with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
+                status: int = answer.status
+                return status == 200
         except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise LabError(f"JupyterLab did not answer on {base} in {timeout:g} s")
-        time.sleep(0.2)
+            return False
+
+    wait_until(
+        answers,
+        timeout,
+        interval=0.2,
+        timeout_error=lambda _: LabError(f"JupyterLab did not answer on {base} in {timeout:g} s"),
+    )
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
