@@ -105,7 +105,9 @@ class _Producing:
         self.failed: list[str] = []
         self._lock = threading.Lock()
 
-    def send(self, topic: str, value: bytes | None, key: bytes | str | None, headers: Headers, **kw: Any) -> None:
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | str | None, headers: Sequence[tuple[str, bytes]], **kw: Any
+    ) -> None:
         def done(error: KafkaError | None, _message: object) -> None:
             with self._lock:
                 if error is None:
@@ -115,7 +117,7 @@ class _Producing:
 
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=done, **kw)
+                self.producer.produce(topic, value, key, headers=list(headers), on_delivery=done, **kw)
                 return
             except BufferError:
                 self.producer.poll(0.05)
