@@ -3,7 +3,9 @@
 Everything it is given is checked before anything starts: options by typed converters
 (:func:`positive_int`, :func:`probability`, ...), ``EVENTLAB_*`` variables by
 :meth:`eventlab.settings.Settings.from_env`. A bad value is one line on stderr and exit status 2.
-Each command sets ``handler(args) -> exit status``; :func:`main` runs it.
+Each command is a :class:`Command` declared next to the code that runs it (``chaos``, ``doctor``,
+``lab``; ``demo``, ``up`` and ``run`` here), registered by :func:`build_parser`; :func:`main` runs
+its ``handler(args) -> exit status``.
 """
 
 from __future__ import annotations
