@@ -38,9 +38,10 @@ up: $(VENV)/.installed  ## run the shop with its HTTP endpoints until Ctrl-C
 browser:  ## headless Chromium and playwright-core for the browser test
 	sh tests/browser/setup.sh
 
-lint: $(VENV)/.installed  ## ruff: lint and format check
+lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's types, strictly (pyproject.toml)
 	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions docs
 	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions docs
+	$(BIN)/mypy eventlab
 
 # NO_MKDOCS_2_WARNING: Material for MkDocs end-of-life notice (May 2027), said once in mkdocs.yml instead.
 docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors

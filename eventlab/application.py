@@ -78,8 +78,10 @@ class Commands:
     """Validates and executes the shop's commands against an event store.
 
     Example:
-        >>> commands = Commands(store)  # doctest: +SKIP
-        >>> commands.register_user(user_id="u-1", name="Ada", email="ada@example.com")  # doctest: +SKIP
+        >>> from eventlab.store import SqliteEventStore
+        >>> commands = Commands(SqliteEventStore(store_path))
+        >>> commands.register_user(user_id="u-1", name="Ada", email="ada@example.com").user_id
+        'u-1'
     """
 
     def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id) -> None:

@@ -3,7 +3,9 @@
 Everything it is given is checked before anything starts: options by typed converters
 (:func:`positive_int`, :func:`probability`, ...), ``EVENTLAB_*`` variables by
 :meth:`eventlab.settings.Settings.from_env`. A bad value is one line on stderr and exit status 2.
-Each command sets ``handler(args) -> exit status``; :func:`main` runs it.
+Each command is a :class:`Command` declared next to the code that runs it (``chaos``, ``doctor``,
+``lab``; ``demo``, ``up`` and ``run`` here), registered by :func:`build_parser`; :func:`main` runs
+its ``handler(args) -> exit status``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,7 +26,7 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = ["build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
+__all__ = ["Command", "build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
@@ -95,6 +98,45 @@ def positive_float(text: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``eventlab`` sub-command, declared next to the code that runs it.
+
+    :func:`build_parser` registers each: ``options`` adds its arguments, ``handler(args)`` runs it and
+    returns the exit status. ``epilog`` (examples) is printed as written, with ``description``.
+
+    Example:
+        >>> hello = Command("hello", "say hello", "Say hello.", handler=lambda args: 0)
+        >>> parser = _Parser(prog="eventlab")
+        >>> hello.register(parser.add_subparsers(dest="command"), parents=[])
+        >>> parser.parse_args(["hello"]).handler(None)
+        0
+    """
+
+    name: str
+    help: str
+    description: str
+    handler: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], object] | None = None
+    epilog: str | None = None
+
+    def register(
+        self, commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
+    ) -> None:
+        """Add this command to ``commands`` (from ``add_subparsers``), with the options of ``parents``."""
+        parser = commands.add_parser(
+            self.name,
+            parents=list(parents),
+            help=self.help,
+            description=self.description,
+            epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter if self.epilog else argparse.HelpFormatter,
+        )
+        if self.options:
+            self.options(parser)
+        parser.set_defaults(handler=self.handler)
+
+
 def _shop_options() -> argparse.ArgumentParser:
     parser = _Parser(add_help=False)
     parser.add_argument(
@@ -115,29 +157,7 @@ def _shop_options() -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    shop = _shop_options()
-    parser = _Parser(
-        prog="eventlab",
-        description="An event-sourced online shop on Kafka: six services, an event store, an order saga.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo",
-        parents=[common, shop],
-        help="run the shop, place orders, report",
-        description="Start the shop, seed users and products from data/, place orders, wait for every "
-        "saga, print a summary and every check of 'eventlab audit'. The same --seed gives the same "
-        "counts: without --data-dir (or EVENTLAB_DATA_DIR) each run starts from an empty store of its "
-        "own, $XDG_DATA_HOME/eventlab/demo (~/.local/share/eventlab/demo), kept until the next demo. "
-        "Exit status 0 only if no saga is stuck and every invariant holds.",
-    )
+def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--orders", type=positive_int, default=100, help="orders to place (default 100)")
     demo.add_argument("--rate", type=positive_float, help="orders per second (default: as fast as possible)")
     demo.add_argument(
@@ -149,42 +169,42 @@ def build_parser() -> argparse.ArgumentParser:
         "that competes for scarce stock, every saga at the end (default 120)",
     )
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    demo.set_defaults(handler=_demo)
 
-    up = commands.add_parser(
-        "up",
-        parents=[common, shop],
-        help="run the shop until interrupted",
-        description="Run the broker (unless external) and the six services with their HTTP "
-        f"endpoints on ports {min(SERVICE_PORTS.values())}-{max(SERVICE_PORTS.values())} "
-        "(plus EVENTLAB_HTTP_PORT_OFFSET) until Ctrl-C.",
-    )
+
+def _up_options(up: argparse.ArgumentParser) -> None:
     up.add_argument("--processes", action="store_true", help="one supervised OS process per service")
-    up.set_defaults(handler=_up)
 
-    run = commands.add_parser(
-        "run",
-        parents=[common, shop],
-        help="run one service against a running broker",
-        description="Run one service (or the outbox relay) in this process; needs "
-        "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.",
-    )
+
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("service", choices=PROCESS_NAMES)
-    run.set_defaults(handler=_run_one)
 
-    from eventlab.projections.cli import add_commands
 
-    add_commands(commands, [common])
+def build_parser() -> argparse.ArgumentParser:
+    """The ``eventlab`` parser with every command registered (nothing is imported that starts anything)."""
+    from eventlab import chaos, doctor, lab
     from eventlab.dlq import add_commands as add_dlq_commands
+    from eventlab.projections.cli import add_commands as add_projection_commands
 
+    common = _Parser(add_help=False)
+    common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    shop = _shop_options()
+    parser = _Parser(
+        prog="eventlab",
+        description="An event-sourced online shop on Kafka: six services, an event store, an order saga.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # every command's parser is a _Parser (one-line errors), seen by the registrations as the ArgumentParser it is
+    commands: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for command in (DEMO, UP, RUN):
+        command.register(commands, [common, shop])
+    add_projection_commands(commands, [common])
     add_dlq_commands(commands, [common])
-    from eventlab.chaos import add_command as add_chaos
-
-    add_chaos(commands, [common])
-    from eventlab import doctor, lab
-
-    doctor.add_command(commands, [common])
-    lab.add_command(commands, [common])
+    for command in (chaos.COMMAND, doctor.COMMAND, lab.COMMAND):
+        command.register(commands, [common])
     return parser
 
 
@@ -194,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    handler: Callable[[argparse.Namespace], int] = args.handler  # set by each command's registration
     try:
-        status = args.handler(args)
+        status = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
     except BrokenPipeError:
@@ -291,3 +312,33 @@ def _demo(args: argparse.Namespace) -> int:
     report.invariants = invariants(settings.store_path)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
+
+
+DEMO = Command(
+    "demo",
+    help="run the shop, place orders, report",
+    description="Start the shop, seed users and products from data/, place orders, wait for every "
+    "saga, print a summary and every check of 'eventlab audit'. The same --seed gives the same "
+    "counts: without --data-dir (or EVENTLAB_DATA_DIR) each run starts from an empty store of its "
+    "own, $XDG_DATA_HOME/eventlab/demo (~/.local/share/eventlab/demo), kept until the next demo. "
+    "Exit status 0 only if no saga is stuck and every invariant holds.",
+    handler=_demo,
+    options=_demo_options,
+)
+UP = Command(
+    "up",
+    help="run the shop until interrupted",
+    description="Run the broker (unless external) and the six services with their HTTP "
+    f"endpoints on ports {min(SERVICE_PORTS.values())}-{max(SERVICE_PORTS.values())} "
+    "(plus EVENTLAB_HTTP_PORT_OFFSET) until Ctrl-C.",
+    handler=_up,
+    options=_up_options,
+)
+RUN = Command(
+    "run",
+    help="run one service against a running broker",
+    description="Run one service (or the outbox relay) in this process; needs "
+    "EVENTLAB_BOOTSTRAP_SERVERS. 'eventlab up --processes' starts them all.",
+    handler=_run_one,
+    options=_run_options,
+)

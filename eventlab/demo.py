@@ -98,8 +98,9 @@ def order_ids(store: EventStore, seed: int) -> Callable[[], str]:
     ``run`` is the first run number with no order in ``store``.
 
     Example:
-        >>> next_id = order_ids(store, seed=7)  # doctest: +SKIP
-        >>> next_id(), next_id()  # doctest: +SKIP
+        >>> from eventlab.store import SqliteEventStore
+        >>> next_id = order_ids(SqliteEventStore(store_path), seed=7)
+        >>> next_id(), next_id()
         ('demo-s7-r1-00001', 'demo-s7-r1-00002')
     """
     run = 1

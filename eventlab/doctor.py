@@ -28,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eventlab.cli import Command
 from eventlab.errors import BrokerError
 from eventlab.settings import SERVICE_PORTS, PortInUse, Settings, SettingsError, ensure_ports_free
 
-__all__ = ["Check", "add_command", "port_holder", "render", "run_checks"]
+__all__ = ["COMMAND", "Check", "port_holder", "render", "run_checks"]
 
 log = logging.getLogger(__name__)
 
@@ -376,18 +377,15 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> None:
-    """Register ``eventlab doctor`` on ``subparsers``; ``parents`` give ``--data-dir`` and ``-v``."""
-    doctor = subparsers.add_parser(
-        "doctor",
-        parents=list(parents),
-        help="check that this machine can run the shop and the notebooks",
-        description="Check, in a second or two, what the workshop needs: Python, a platform with the embedded "
-        "broker, the broker starting, the service ports free (naming the program holding one), disk space, "
-        "JupyterLab and ipywidgets, and EVENTLAB_BOOTSTRAP_SERVERS answering if set. Prints a fix for each "
-        "problem. Exit status 0 only if every check passes.",
-    )
-    doctor.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    doctor.set_defaults(handler=_doctor)
+COMMAND = Command(
+    "doctor",
+    help="check that this machine can run the shop and the notebooks",
+    description="Check, in a second or two, what the workshop needs: Python, a platform with the embedded "
+    "broker, the broker starting, the service ports free (naming the program holding one), disk space, "
+    "JupyterLab and ipywidgets, and EVENTLAB_BOOTSTRAP_SERVERS answering if set. Prints a fix for each "
+    "problem. Exit status 0 only if every check passes.",
+    handler=_doctor,
+    options=lambda doctor: doctor.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    ),
+)

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventlab.application import OrderView, money
 from eventlab.errors import ConcurrencyError, EventlabError, NotFound
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _LOST_REVENUE_COLUMNS = ("cancel_reason", "orders", "lost_cents")
+T = TypeVar("T")
 
 
 class WrongAnswer(EventlabError, AssertionError):
@@ -67,6 +68,13 @@ def _not_yet(answer: object, hint: str) -> bool:
 def _expect(condition: bool, message: str) -> None:
     if not condition:
         raise WrongAnswer(message)
+
+
+def _answer(answer: object, kind: type[T], what: str) -> T:
+    """``answer`` if it is a ``kind``; else a wrong answer saying it should be ``what``."""
+    if not isinstance(answer, kind):
+        raise WrongAnswer(f"the answer should be {what}, not {type(answer).__name__}")
+    return answer
 
 
 def _passed(message: str) -> None:
@@ -130,11 +138,12 @@ def check_fold(shop: Shop, order_id: str, state: order.Order | None) -> None:
     """Notebook 02: the state of ``order_id`` folded from its stream with ``order.evolve``."""
     if _not_yet(state, f'fold the events of shop.store.read_stream("order", "{order_id}") with order.evolve'):
         return
-    if not isinstance(state, order.Order):
-        raise WrongAnswer(
-            "the answer should be the state order.evolve returns (an eventlab.services.order.Order), "
-            f"not {type(state).__name__}: fold the stored events' .event, starting from None"
-        )
+    state = _answer(
+        state,
+        order.Order,
+        "the state order.evolve returns (an eventlab.services.order.Order; fold the stored events' .event, "
+        "starting from None)",
+    )
     _expect(state.order_id == order_id, f"that is the state of {state.order_id}; fold the stream of {order_id}")
     stream = shop.store.read_stream("order", order_id)
     states: list[order.Order | None] = []  # the state after each version
@@ -173,10 +182,7 @@ def check_conflict(shop: Shop, error: BaseException | None) -> None:
         not isinstance(error, StoredEvent | list),
         "that is what a successful append returns: the version you chose was free. Choose one already in the stream",
     )
-    _expect(
-        isinstance(error, BaseException),
-        f"the answer should be the error you caught (except ConcurrencyError as error), not {type(error).__name__}",
-    )
+    error = _answer(error, BaseException, "the error you caught (except ConcurrencyError as error)")
     _expect(
         isinstance(error, ConcurrencyError),
         f"that is a {type(error).__name__} ({error}), not a ConcurrencyError: build a NewEvent(StockAdded(...), version) "
@@ -268,8 +274,7 @@ def check_order_message(shop: Shop, order_id: str | None, record: Record | None)
     if _not_yet(record, f"read order.lifecycle.created with read_topic(...) and keep the record keyed {order_id!r}"):
         return
     view = _order(shop, order_id)
-    if not isinstance(record, Record):
-        raise WrongAnswer(f"the answer should be a Record from read_topic, not {type(record).__name__}")
+    record = _answer(record, Record, "a Record from read_topic")
     _expect(record.key == order_id, f"that message is keyed {record.key!r}; find the one keyed {order_id!r}")
     kind = record.headers.get("ce_type")
     _expect(
@@ -310,8 +315,7 @@ def check_lost_revenue_query(projections: Projections, query: str | None) -> Non
     )
     if _not_yet(query, hint):
         return
-    if not isinstance(query, str):
-        raise WrongAnswer(f"the answer should be the SQL text (a str), not {type(query).__name__}")
+    query = _answer(query, str, "the SQL text (a str)")
     try:
         result = projections.sql(query)
     except EventlabError as exc:

@@ -62,7 +62,7 @@ from eventlab.errors import (
     StoreError,
 )
 from eventlab.kafka.loop import ServiceLoop
-from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, registry_for, render
+from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, problems_of, registry_for, render
 from eventlab.store.base import EventStore
 
 __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 #: A service with events waiting that has handled none of them for this long is reported as lagging.
 STALL_S = 30.0
-Health = Callable[[], Mapping[str, Any]]
+#: What ``GET /health`` answers: numbers by name (``lag``, ``handled``, ...) and ``problems``, a list of text.
+Health = Callable[[], Mapping[str, object]]
 
 
 @dataclass(frozen=True)
@@ -131,28 +132,28 @@ class ServiceHealth:
     def __repr__(self) -> str:
         return f"<ServiceHealth {self.loop.service.name if self.loop else 'commands only'}>"
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> dict[str, object]:
         try:
             data = self._measure()
-            for source in self.problems:
-                data["problems"] += source()
+            data["problems"] = problems_of(data) + [problem for source in self.problems for problem in source()]
         except Exception as exc:  # a health check reports what fails; it must not fail itself
             expected = isinstance(exc, EventlabError)
             log.warning("health check failed: %s: %s", type(exc).__name__, exc, exc_info=not expected)
             return {"problems": [f"health check failed: {type(exc).__name__}: {exc}"]}
         return data
 
-    def _measure(self) -> dict[str, Any]:
+    def _measure(self) -> dict[str, object]:
         if self.loop is None:
             return {"events": self.store.head(), "problems": []}
-        data = dict(self.loop.health())
-        data["handled"] = self.store.processed_count(self.loop.service.name)
+        data: dict[str, object] = dict(self.loop.health())
+        data["handled"] = handled = self.store.processed_count(self.loop.service.name)
         data.setdefault("retries", self.loop.stats.retries)
-        data["problems"] = list(data.get("problems") or [])
+        data["problems"] = problems = problems_of(data)
         if not self.loop.assigned.is_set():
-            data["problems"].append("not consuming: no partitions assigned to this service yet")
-        if stalled := self._stalled(data["handled"], data.get("lag") or 0):
-            data["problems"].append(f"lagging: {data['lag']} events waiting, none handled for {stalled:.0f} s")
+            problems.append("not consuming: no partitions assigned to this service yet")
+        lag = data.get("lag")
+        if stalled := self._stalled(handled, lag if isinstance(lag, int) else 0):
+            problems.append(f"lagging: {lag} events waiting, none handled for {stalled:.0f} s")
         return data
 
     def _stalled(self, handled: int, lag: int) -> float:
@@ -263,7 +264,8 @@ class ServiceHttp:
 
     def _health(self) -> Reply:
         data = dict(self.health())
-        problems = list(data.pop("problems", None) or [])
+        problems = problems_of(data)
+        data.pop("problems", None)
         body = {"status": "degraded" if problems else "ok", "service": self.service, "pid": os.getpid()}
         return Reply(503 if problems else 200, {**body, **data, "problems": problems})
 
@@ -343,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # so replies to unparseable requests still get a status line
     server: _Server
+    raw_requestline: bytes  # set by handle_one_request before parse_request
 
     def setup(self) -> None:
         super().setup()
@@ -378,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline.split()) == 2:  # HTTP/0.9 has no headers: answer now, do not wait for them
-            self.command, self.request_version, self.close_connection = None, "HTTP/1.0", True
+            self.command, self.request_version, self.close_connection = "", "HTTP/1.0", True  # no method
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
             self.send_error(505, "HTTP/0.9 is not supported", "send e.g. 'GET /health HTTP/1.1' and headers")
             return False
@@ -492,12 +495,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data = dict(pairs)
-    if len(data) < len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"duplicate key {duplicate!r}")
-    return data
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _no_constant(name: str) -> Any:

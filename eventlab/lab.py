@@ -31,11 +31,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import eventlab
+from eventlab.cli import Command
 from eventlab.errors import EventlabError
 from eventlab.kafka.broker import die_with_parent, free_port
+from eventlab.resilience import wait_until
 from eventlab.settings import port_free
 
-__all__ = ["LabError", "add_command", "find_notebooks", "lab_command", "run_lab"]
+__all__ = ["COMMAND", "LabError", "find_notebooks", "lab_command", "run_lab"]
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +107,23 @@ def _has_display() -> bool:
 
 def _wait_ready(server: subprocess.Popen[bytes], base: str, token: str, timeout: float) -> None:
     request = urllib.request.Request(f"{base}/api/status", headers={"Authorization": f"token {token}"})
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         if server.poll() is not None:
             raise LabError(f"JupyterLab exited with status {server.returncode} before it answered (see above)")
         try:
             with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
+                status: int = answer.status
+                return status == 200
         except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise LabError(f"JupyterLab did not answer on {base} in {timeout:g} s")
-        time.sleep(0.2)
+            return False
+
+    wait_until(
+        answers,
+        timeout,
+        interval=0.2,
+        timeout_error=lambda _: LabError(f"JupyterLab did not answer on {base} in {timeout:g} s"),
+    )
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
@@ -192,22 +198,22 @@ def _lab(args: argparse.Namespace) -> int:
     return run_lab(args.notebooks, args.port, not args.no_browser, args.verbose, extra)
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> None:
-    """Register ``eventlab lab`` on ``subparsers``; ``parents`` give ``-v`` (and ``--data-dir``, unused)."""
-    lab = subparsers.add_parser(
-        "lab",
-        parents=list(parents),
-        help="open the workshop notebooks in JupyterLab",
-        description=f"Start JupyterLab (from this Python) on the notebooks folder, print the link to "
-        f"{FIRST_NOTEBOOK} and open it in a browser. Listens on 127.0.0.1 only, with a fresh token, "
-        "and makes no calls to the internet. Ctrl-C stops it. 'make lab' installs what it needs and runs it.",
-    )
+def _options(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--notebooks", type=Path, metavar="DIR", help="the folder to serve (default ./notebooks)")
     lab.add_argument("--port", type=int, metavar="PORT", help=f"port (default {DEFAULT_PORT}, or a free one)")
     lab.add_argument("--no-browser", action="store_true", help="only print the link (automatic without a display)")
     lab.add_argument(
         "jupyter_options", nargs=argparse.REMAINDER, help="after --: options passed to JupyterLab unchanged"
     )
-    lab.set_defaults(handler=_lab)
+
+
+#: ``eventlab lab``; of the common options it uses ``-v`` (``--data-dir`` is unused).
+COMMAND = Command(
+    "lab",
+    help="open the workshop notebooks in JupyterLab",
+    description=f"Start JupyterLab (from this Python) on the notebooks folder, print the link to "
+    f"{FIRST_NOTEBOOK} and open it in a browser. Listens on 127.0.0.1 only, with a fresh token, "
+    "and makes no calls to the internet. Ctrl-C stops it. 'make lab' installs what it needs and runs it.",
+    handler=_lab,
+    options=_options,
+)

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -44,6 +43,7 @@ __all__ = [
     "SagaDurations",
     "ServiceCollector",
     "handler_histogram",
+    "problems_of",
     "registry_for",
     "render",
 ]
@@ -85,7 +85,7 @@ class LatencyHistogram:
     def observe(self, seconds: float) -> None:
         self._child.observe(seconds)
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return self._metric.collect()
 
 
@@ -136,9 +136,20 @@ class SagaDurations:
                 if len(rows) < self.batch:
                     return seen
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> Iterable[Metric]:
         self.catch_up()
         return self._histogram.collect()
+
+
+def problems_of(health: Mapping[str, object]) -> list[str]:
+    """The ``problems`` a health report lists (none if it lists none).
+
+    Example:
+        >>> problems_of({"lag": 3, "problems": ["not consuming"]}), problems_of({"events": 12})
+        (['not consuming'], [])
+    """
+    problems = health.get("problems")
+    return [str(problem) for problem in problems] if isinstance(problems, list) else []
 
 
 class ServiceCollector:
@@ -147,7 +158,7 @@ class ServiceCollector:
     def __init__(
         self,
         service: str,
-        health: Callable[[], Mapping[str, Any]],
+        health: Callable[[], Mapping[str, object]],
         histograms: Sequence[LatencyHistogram | SagaDurations] = (),
     ) -> None:
         self.service = service
@@ -157,7 +168,7 @@ class ServiceCollector:
     def collect(self) -> Iterator[Metric]:
         labels = ["service"]
         health = self.health()
-        problems = health.get("problems") or []
+        problems = problems_of(health)
         healthy = GaugeMetricFamily("eventlab_healthy", "1 when /health reports ok, 0 when degraded.", labels=labels)
         healthy.add_metric([self.service], 0 if problems else 1)
         yield healthy
@@ -168,7 +179,9 @@ class ServiceCollector:
             if not isinstance(value, int | float) or isinstance(value, bool) or not _NAME.match(key):
                 continue
             if key in COUNTERS:
-                family: Metric = CounterMetricFamily(f"eventlab_{key}", COUNTERS[key], labels=labels)
+                family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+                    f"eventlab_{key}", COUNTERS[key], labels=labels
+                )
             else:
                 documentation = GAUGES.get(key, f"{key} as GET /health reports it.")
                 family = GaugeMetricFamily(f"eventlab_{key}", documentation, labels=labels)

@@ -1,4 +1,6 @@
-"""Retries with exponential backoff and a circuit breaker, for calls to flaky dependencies."""
+"""Calls to flaky dependencies and waits for slow ones: retries with exponential backoff, a circuit
+breaker, and :func:`wait_until`, the one polling wait.
+"""
 
 from __future__ import annotations
 

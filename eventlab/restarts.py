@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 __all__ = [
     "STATUS_FILE",
     "Backoff",
+    "ProcessStatus",
+    "SupervisorStatus",
     "read_status",
     "supervision_problems",
     "write_status",
@@ -27,7 +29,27 @@ __all__ = [
 #: Written by the process supervisor into the data directory: restarts and backoff per process.
 STATUS_FILE = "supervisor.json"
 
-Health = Callable[[], dict[str, Any]]
+
+class ProcessStatus(TypedDict):
+    """One supervised process in the status file: its pids, restarts, backoff and whether it gave up."""
+
+    pid: int | None
+    standby_pid: int | None
+    restarts: int
+    backoff: float
+    crash_looping: bool
+    restart_at: float | None
+    last_exit: int | None
+    gave_up: bool
+    reason: str | None
+
+
+class SupervisorStatus(TypedDict):
+    """The status file: the supervisor's pid, when it wrote, and each process by name."""
+
+    pid: int
+    updated: float
+    processes: dict[str, ProcessStatus]
 
 
 @dataclass
@@ -73,7 +95,7 @@ class Backoff:
         return self.delay > self.initial and recent
 
 
-def write_status(data_dir: Path, status: dict[str, Any]) -> None:
+def write_status(data_dir: Path, status: Mapping[str, object]) -> None:
     """Replace ``<data_dir>/supervisor.json`` atomically (readers never see half a file)."""
     path = Path(data_dir) / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
@@ -81,10 +103,10 @@ def write_status(data_dir: Path, status: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_status(data_dir: Path) -> dict[str, Any] | None:
+def read_status(data_dir: Path) -> SupervisorStatus | None:
     """The running supervisor's status, or None (no supervisor, or its process is gone)."""
     try:
-        status = json.loads((Path(data_dir) / STATUS_FILE).read_text())
+        status: SupervisorStatus = json.loads((Path(data_dir) / STATUS_FILE).read_text())
         os.kill(int(status["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None

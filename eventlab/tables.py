@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Html", "Table", "html_table"]
+__all__ = ["Frame", "Html", "Table", "html_table", "text_rows"]
 
 
 class Html(str):
@@ -40,6 +40,26 @@ def html_table(
     return f"<div><p>{_cell(caption)}</p>{table}</div>" if caption else table
 
 
+def text_rows(rows: Iterable[tuple[str, object]]) -> str:
+    """``label  value`` lines, the values lined up after the longest label (a report in a terminal).
+
+    Example:
+        >>> print(text_rows([("orders", 100), ("saga p50", "12 ms")]))
+        orders    100
+        saga p50  12 ms
+    """
+    rows = list(rows)
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+@runtime_checkable
+class Frame(Protocol):
+    """A dataframe that gives its rows as dicts (a polars ``DataFrame``)."""
+
+    def to_dicts(self) -> list[dict[str, Any]]: ...
+
+
 class Table:
     """Rows shown as an HTML table in a notebook and as aligned text elsewhere.
 
@@ -53,8 +73,8 @@ class Table:
         OrderCreated | 1
     """
 
-    def __init__(self, rows: Iterable[Mapping[str, Any]] | Any, columns: Sequence[str] | None = None) -> None:
-        if hasattr(rows, "to_dicts"):  # a polars DataFrame
+    def __init__(self, rows: Iterable[Mapping[str, Any]] | Frame, columns: Sequence[str] | None = None) -> None:
+        if isinstance(rows, Frame):
             rows = rows.to_dicts()
         self.rows = [dict(row) for row in rows]
         self.columns = list(columns or (dict.fromkeys(k for row in self.rows for k in row)))

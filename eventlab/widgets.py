@@ -100,7 +100,7 @@ class EventFeed(BackgroundRefresh):
         interval: float = 0.5,
         on_new: Callable[[Sequence[StoredEvent]], object] | None = None,
     ) -> None:
-        import ipywidgets as widgets  # type: ignore[import-untyped]
+        import ipywidgets as widgets
 
         self.store = store
         self.limit = limit

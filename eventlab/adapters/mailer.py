@@ -30,8 +30,9 @@ class FileMailer:
     """Appends each email once, as a JSON line with its ``key``, to ``path``.
 
     Example:
-        >>> mailer = FileMailer(tmp_path / "mailbox.jsonl")  # doctest: +SKIP
-        >>> mailer(email), mailer(email)  # doctest: +SKIP
+        >>> mailer = FileMailer(store_path.parent / "mailbox.jsonl")
+        >>> email = EmailRequested(order_id="O1", kind="order_confirmed", to="u1@example.com", subject="Thanks")
+        >>> mailer(email), mailer(email)
         (True, False)
     """
 

@@ -10,6 +10,6 @@ Example:
 from __future__ import annotations
 
 from eventlab.chaos.report import ChaosReport, Observations, build_report
-from eventlab.chaos.run import ChaosConfig, ChaosError, add_command, run_chaos
+from eventlab.chaos.run import COMMAND, ChaosConfig, ChaosError, run_chaos
 
-__all__ = ["ChaosConfig", "ChaosError", "ChaosReport", "Observations", "add_command", "build_report", "run_chaos"]
+__all__ = ["COMMAND", "ChaosConfig", "ChaosError", "ChaosReport", "Observations", "build_report", "run_chaos"]

@@ -13,19 +13,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from eventlab.demo import percentile, recorded_seconds
 from eventlab.projections.audit import audit, read_mailbox
 from eventlab.store.sqlite import SqliteEventStore
+from eventlab.tables import text_rows
 
 __all__ = [
     "CONSUMING_SERVICES",
+    "AuditCount",
+    "BrokerPause",
     "ChaosReport",
     "DeadLetterSeen",
     "Kill",
+    "KillOutcome",
     "Observations",
+    "PoisonCounts",
     "PoisonSent",
+    "PoisonSummary",
     "build_report",
 ]
 
@@ -62,6 +68,48 @@ class DeadLetterSeen:
     dlq_id: str | None
 
 
+class BrokerPause(TypedDict, total=False):
+    """The broker pause as it happened: ``at_s`` (since the start) for ``seconds``, or why it was ``skipped``."""
+
+    at_s: float
+    seconds: float
+    skipped: str
+
+
+class KillOutcome(TypedDict):
+    """A kill in the report: when (``at_s`` since the start), whom, and the consumer gap that followed."""
+
+    at_s: float
+    process: str
+    pid: int
+    gap_s: float | None
+    during_pause: bool
+
+
+class PoisonCounts(TypedDict):
+    """Dead letters expected for poison messages, and how many were found once, never, or more often."""
+
+    expected: int
+    once: int
+    missing: int
+    multiple: int
+
+
+class PoisonSummary(PoisonCounts):
+    """:class:`PoisonCounts` over every kind, with the messages ``sent``, the ``copies`` seen and ``by_kind``."""
+
+    sent: int
+    copies: int
+    by_kind: dict[str, PoisonCounts]
+
+
+class AuditCount(TypedDict):
+    """One audit check in the report: whether it held and how many violations it found."""
+
+    ok: bool
+    count: int
+
+
 @dataclass
 class Observations:
     """What the chaos driver did and saw while the shop ran (the report's input besides the store)."""
@@ -74,7 +122,7 @@ class Observations:
     poison: list[PoisonSent] = field(default_factory=list)
     dead_letters: list[DeadLetterSeen] = field(default_factory=list)
     duplicates_sent: int = 0
-    broker_pause: dict[str, Any] = field(default_factory=dict)
+    broker_pause: BrokerPause = field(default_factory=BrokerPause)
     restarts: dict[str, int] = field(default_factory=dict)
     started_at: float = 0.0
     elapsed_s: float = 0.0
@@ -101,13 +149,13 @@ class ChaosReport:
     oversell: int
     emails: int
     duplicate_emails: int
-    audit: dict[str, dict[str, Any]]
-    poison: dict[str, Any]
+    audit: dict[str, AuditCount]
+    poison: PoisonSummary
     duplicates_sent: int
-    kills: list[dict[str, Any]]
+    kills: list[KillOutcome]
     longest_consumer_gap_s: float | None
     max_gap_s: float | None
-    broker_pause: dict[str, Any]
+    broker_pause: BrokerPause
     restarts: dict[str, int]
     saga_ms: dict[str, float]
     elapsed_s: float
@@ -149,7 +197,7 @@ class ChaosReport:
             *(
                 (
                     f"  +{k['at_s']:.1f} s {k['process']}",
-                    _gap_text(k["process"], k["gap_s"], k.get("during_pause", False)),
+                    _gap_text(k["process"], k["gap_s"], k["during_pause"]),
                 )
                 for k in self.kills
             ),
@@ -161,11 +209,8 @@ class ChaosReport:
             *((f"audit {name}", "ok" if c["ok"] else f"VIOLATED ({c['count']})") for name, c in self.audit.items()),
             *(("note", note) for note in self.notes),
         ]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"{name:<{width}}  {value}" for name, value in rows]
-        lines.append("verdict: " + ("OK — nothing lost" if self.ok else "FAILED"))
-        lines += [f"  - {problem}" for problem in self.problems]
-        return "\n".join(lines)
+        verdict = ["verdict: " + ("OK — nothing lost" if self.ok else "FAILED")]
+        return "\n".join([text_rows(rows), *verdict, *(f"  - {problem}" for problem in self.problems)])
 
 
 def _gap_text(process: str, gap: float | None, during_pause: bool = False) -> str:
@@ -182,14 +227,14 @@ def _gap_text(process: str, gap: float | None, during_pause: bool = False) -> st
 PAUSE_SETTLE_S = 2.0
 
 
-def _overlaps_pause(at_s: float, gap_s: float, pause: dict[str, Any]) -> bool:
-    if "at_s" not in pause:
+def _overlaps_pause(at_s: float, gap_s: float, pause: BrokerPause) -> bool:
+    if "at_s" not in pause or "seconds" not in pause:
         return False
     start, end = pause["at_s"], pause["at_s"] + pause["seconds"] + PAUSE_SETTLE_S
     return at_s < end and at_s + gap_s > start
 
 
-def _poison_summary(sent: Sequence[PoisonSent], seen: Iterable[DeadLetterSeen]) -> dict[str, Any]:
+def _poison_summary(sent: Sequence[PoisonSent], seen: Iterable[DeadLetterSeen]) -> PoisonSummary:
     """Per poison message and expected consumer: how many distinct dead letters were found.
 
     Copies of one dead letter share its ``dlq_id``; without that header every copy counts as a
@@ -212,15 +257,18 @@ def _poison_summary(sent: Sequence[PoisonSent], seen: Iterable[DeadLetterSeen]) 
         totals.update(counts)
     return {
         "sent": len(sent),
-        "expected": totals["expected"],
-        "once": totals["once"],
-        "missing": totals["missing"],
-        "multiple": totals["multiple"],
+        **_poison_counts(totals),
         "copies": copies,
-        "by_kind": {
-            kind: {key: counts[key] for key in ("expected", "once", "missing", "multiple")}
-            for kind, counts in sorted(by_kind.items())
-        },
+        "by_kind": {kind: _poison_counts(counts) for kind, counts in sorted(by_kind.items())},
+    }
+
+
+def _poison_counts(counts: Counter[str]) -> PoisonCounts:
+    return {
+        "expected": counts["expected"],
+        "once": counts["once"],
+        "missing": counts["missing"],
+        "multiple": counts["multiple"],
     }
 
 
@@ -255,7 +303,7 @@ def build_report(
     latencies = [(ended[o][0] - created[o]) * 1000 for o in created if o in ended]
 
     checks = audit(store_path, grace=timedelta(0), mailbox=mailbox)
-    audit_summary = {name: {"ok": r.ok, "count": r.count} for name, r in checks.items()}
+    audit_summary: dict[str, AuditCount] = {name: {"ok": r.ok, "count": r.count} for name, r in checks.items()}
 
     lines = read_mailbox(mailbox)
     emails = [line for line in lines if "error" not in line]
@@ -264,7 +312,7 @@ def build_report(
     per_email = Counter((e.get("order_id"), e.get("kind")) for e in emails)
     duplicate_emails = sum(n - 1 for n in per_email.values() if n > 1)
 
-    kills = []
+    kills: list[KillOutcome] = []
     for kill in observed.kills:
         after = [t for t in written_by.get(kill.process, ()) if t > kill.at]
         gap = round(min(after) - kill.at, 3) if kill.process in CONSUMING_SERVICES and after else None

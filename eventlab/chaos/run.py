@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -14,17 +16,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TextIO
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import build_services
 from eventlab.catalogue import load_products, load_users
-from eventlab.cli import positive_int, probability
+from eventlab.cli import Command, positive_int, probability
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
 from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.kafka.relay import unpublished
+from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
 from eventlab.store.sqlite import SqliteEventStore
@@ -33,7 +36,7 @@ from eventlab.supervisor import Supervisor
 from .inject import POISON_KINDS, DeadLetterCollector, Duplicator, PoisonMaker, http_json, place_order
 from .report import ChaosReport, Kill, Observations, build_report
 
-__all__ = ["ChaosConfig", "ChaosError", "add_command", "run_chaos"]
+__all__ = ["COMMAND", "ChaosConfig", "ChaosError", "run_chaos"]
 
 _PROGRESS_EVERY = 5.0
 
@@ -45,6 +48,8 @@ class ChaosError(EventlabError):
 @dataclass(frozen=True)
 class ChaosConfig:
     """What to inject. Every choice (targets, times, topics, copies) comes from ``seed``.
+
+    ``eventlab chaos`` fills each field from the option of the same name (``--pause`` is ``pause_s``).
 
     Example:
         >>> ChaosConfig(orders=60, rate=20, kill_every=1.0).window_s
@@ -131,19 +136,30 @@ class _Shop:
         return not any(self.store.pending(name, types) for name, types in self.accepted.items())
 
     def wait_healthy(self, timeout: float, progress: _Progress) -> None:
+        """Wait until every service answers ``/health`` (ready or not), all within ``timeout`` s."""
         deadline = time.monotonic() + timeout
         for name in SERVICE_NAMES:
-            while True:
-                try:
-                    if http_json(self.port(name), "GET", "/health", timeout=2)[0] in (200, 503):
-                        break
-                except OSError:  # not listening yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise ChaosError(f"the {name} service did not answer on port {self.port(name)} in {timeout} s")
-                progress(f"waiting for the {name} service to answer /health", force=False)
-                time.sleep(0.2)
+            self._wait_answers(name, deadline - time.monotonic(), timeout, progress)
         progress("every service answers /health")
+
+    def _wait_answers(self, name: str, within: float, timeout: float, progress: _Progress) -> None:
+        def answers() -> bool:
+            try:
+                if http_json(self.port(name), "GET", "/health", timeout=2)[0] in (200, 503):
+                    return True
+            except OSError:  # not listening yet
+                pass
+            progress(f"waiting for the {name} service to answer /health", force=False)
+            return False
+
+        wait_until(
+            answers,
+            within,
+            interval=0.2,
+            timeout_error=lambda _: ChaosError(
+                f"the {name} service did not answer on port {self.port(name)} in {timeout} s"
+            ),
+        )
 
     def seed(self, stock: int, timeout: float, progress: _Progress) -> tuple[list[str], list[str]]:
         """Register the demo's users and products (with ``stock`` units each) over HTTP; wait until stocked."""
@@ -154,15 +170,22 @@ class _Shop:
         for row in products:
             self._create("product", "/products", {**row, "initial_stock": max(row["initial_stock"], stock)})
         wanted = {row["product_id"] for row in products}
-        deadline = time.monotonic() + timeout
-        while True:
-            stocked = {r.aggregate_id for r in self.store.read_records() if r.event_type == "StockAdded"}
-            if wanted <= stocked:
-                break
-            if time.monotonic() > deadline:
-                raise ChaosError(f"inventory stocked {len(stocked & wanted)}/{len(wanted)} products in {timeout} s")
-            progress(f"waiting for inventory: {len(stocked & wanted)}/{len(wanted)} products stocked", force=False)
-            time.sleep(0.2)
+
+        def stocked() -> set[str]:
+            found = wanted & {r.aggregate_id for r in self.store.read_records() if r.event_type == "StockAdded"}
+            if found != wanted:
+                progress(f"waiting for inventory: {len(found)}/{len(wanted)} products stocked", force=False)
+            return found
+
+        wait_until(
+            stocked,
+            timeout,
+            until=lambda found: found == wanted,
+            interval=0.2,
+            timeout_error=lambda found: ChaosError(
+                f"inventory stocked {len(found)}/{len(wanted)} products in {timeout} s"
+            ),
+        )
         progress(f"seeded {len(users)} users and {len(products)} products ({stock}+ units each)")
         return [row["user_id"] for row in users], [row["product_id"] for row in products]
 
@@ -171,19 +194,24 @@ class _Shop:
         if status not in (201, 409):
             raise ChaosError(f"POST {path} on {service}: HTTP {status} {answer}")
 
-    def settle(self, orders: set[str], deadline: float, progress: _Progress, what: str) -> bool:
-        """Wait until ``orders`` and every stored order are terminal and the shop is idle."""
-        while True:
+    def settle(self, orders: set[str], timeout: float, progress: _Progress, what: str) -> bool:
+        """Wait up to ``timeout`` s until ``orders`` and every stored order are terminal and the shop is
+        idle; False if it is not by then."""
+
+        def settled() -> bool:
             self.collect()
-            done = len(orders & self.ended)
-            if done == len(orders) and self.created <= self.ended and self.idle():
-                progress(f"{what}: all {len(orders)} terminal, shop idle")
+            if len(orders & self.ended) == len(orders) and self.created <= self.ended and self.idle():
                 return True
-            if time.monotonic() > deadline:
-                progress(f"{what}: gave up waiting, {done}/{len(orders)} terminal")
-                return False
-            progress(f"{what}: {done}/{len(orders)} terminal", force=False)
-            time.sleep(0.1)
+            progress(f"{what}: {len(orders & self.ended)}/{len(orders)} terminal", force=False)
+            return False
+
+        try:
+            wait_until(settled, timeout, interval=0.1)
+        except TimeoutError:
+            progress(f"{what}: gave up waiting, {len(orders & self.ended)}/{len(orders)} terminal")
+            return False
+        progress(f"{what}: all {len(orders)} terminal, shop idle")
+        return True
 
 
 def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO | None = None) -> ChaosReport:
@@ -215,7 +243,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         if warmup is None:
             raise ChaosError(f"the warm-up order was not accepted: {why}")
         observed.warmup.append(warmup)
-        if not shop.settle({warmup}, time.monotonic() + 90, progress, "warm-up order"):
+        if not shop.settle({warmup}, 90, progress, "warm-up order"):
             raise ChaosError("the warm-up order did not finish: the shop does not work even without chaos")
         collector = DeadLetterCollector(supervisor.settings, ALL_TOPICS)
         duplicator = Duplicator(supervisor.settings, TOPICS, config.duplicates, rngs["copies"], observed.started_at)
@@ -230,7 +258,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         duplicator.stop.set()
         duplicator.join(30)
         observed.duplicates_sent = duplicator.sent
-        shop.settle(set(observed.placed), time.monotonic() + config.timeout, progress, "waiting for the sagas")
+        shop.settle(set(observed.placed), config.timeout, progress, "waiting for the sagas")
         _await_dead_letters(collector, observed, min(10.0, config.timeout), progress)
         observed.notes += [f"{reader.name} failed: {reader.error}" for reader in readers if reader.error is not None]
     finally:
@@ -319,9 +347,15 @@ def _inject(
                 f"poison {len(observed.poison)}",
                 force=False,
             )
-        while not all(f.done() for f in futures):  # requests retrying while the order service restarts
+
+        def placed() -> bool:
+            if all(f.done() for f in futures):
+                return True
             progress(f"placed {sum(f.done() for f in futures)}/{config.orders}, the rest retrying", force=False)
-            time.sleep(0.2)
+            return False
+
+        # requests retrying while the order service restarts; each gives up at its own deadline
+        wait_until(placed, math.inf, interval=0.2)
     for thread in pauses:
         thread.join()
     refused: Counter[str] = Counter()
@@ -384,13 +418,16 @@ def _await_dead_letters(
     """Give dead letters up to ``timeout`` s to arrive: until each expected one is seen and the
     topics stay quiet for 2 s (a late second copy still counts)."""
     expected = {(p.chaos_id, c) for p in observed.poison for c in p.consumers}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def quiet() -> bool:
         seen = {(d.chaos_id, d.consumer) for d in collector.seen}
         if expected <= seen and time.monotonic() - collector.last_seen > 2:
-            break
+            return True
         progress(f"dead letters: {len(expected & seen)}/{len(expected)} found", force=False)
-        time.sleep(0.2)
+        return False
+
+    with contextlib.suppress(TimeoutError):  # what has arrived by then is what the report judges
+        wait_until(quiet, timeout, interval=0.2)
     observed.dead_letters = list(collector.seen)
     progress(f"dead letters: {len(collector.seen)} copies of tagged messages found")
 
@@ -429,18 +466,7 @@ examples:
 """
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> None:
-    """Register ``eventlab chaos`` on ``subparsers``; ``parents`` provide ``--data-dir`` and ``-v``."""
-    chaos = subparsers.add_parser(
-        "chaos",
-        parents=list(parents),
-        help="break the running shop on a seed and prove nothing is lost",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _options(chaos: argparse.ArgumentParser) -> None:
     number = _bounded(float, 0)
     chaos.add_argument("--orders", type=positive_int, default=500, metavar="N", help="orders to place (500)")
     chaos.add_argument("--rate", type=_bounded(float, 0.01), default=50.0, metavar="R", help="orders per second (50)")
@@ -456,7 +482,9 @@ def add_command(
         metavar="K,K",
         help=f"only these poison kinds (default all: {','.join(POISON_KINDS)})",
     )
-    chaos.add_argument("--pause", type=number, default=3.0, metavar="S", help="broker pause in seconds; 0: none (3)")
+    chaos.add_argument(
+        "--pause", dest="pause_s", type=number, default=3.0, metavar="S", help="broker pause in seconds; 0: none (3)"
+    )
     chaos.add_argument(
         "--payment-failure-rate", type=probability, default=0.2, metavar="P", help="share of payments declined (0.2)"
     )
@@ -465,10 +493,13 @@ def add_command(
         "--timeout", type=number, default=120.0, metavar="S", help="wait for the sagas at most S s (120)"
     )
     chaos.add_argument(
-        "--max-gap", type=number, metavar="S", help="also fail if a consumer is silent longer than S s after a kill"
+        "--max-gap",
+        dest="max_gap_s",
+        type=number,
+        metavar="S",
+        help="also fail if a consumer is silent longer than S s after a kill",
     )
     chaos.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    chaos.set_defaults(handler=_handle)
 
 
 def _bounded(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
@@ -493,21 +524,19 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    config = ChaosConfig(
-        orders=args.orders,
-        rate=args.rate,
-        kill_every=args.kill_every,
-        duplicates=args.duplicates,
-        poison=args.poison,
-        poison_kinds=args.poison_kinds,
-        pause_s=args.pause,
-        payment_failure_rate=args.payment_failure_rate,
-        seed=args.seed,
-        timeout=args.timeout,
-        max_gap_s=args.max_gap,
-    )
+    config = ChaosConfig(**{field.name: getattr(args, field.name) for field in fields(ChaosConfig)})
     with tempfile.TemporaryDirectory(prefix="eventlab-chaos-") as scratch:
         settings = Settings.from_env(data_dir=args.data_dir or scratch)
         report = run_chaos(settings, config, sys.stderr)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
+
+
+COMMAND = Command(
+    "chaos",
+    help="break the running shop on a seed and prove nothing is lost",
+    description=DESCRIPTION,
+    handler=_handle,
+    options=_options,
+    epilog=EXAMPLES,
+)

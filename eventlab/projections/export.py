@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
 from eventlab.projections.engine import Projections
 from eventlab.projections.sandbox import ProjectionError
@@ -28,7 +28,7 @@ def export_parquet(
     Files are written through Arrow; DuckDB itself never touches the file system.
 
     Example:
-        >>> export_parquet("/tmp/doc-shop/events.db", "/tmp/doc-shop/parquet")["orders"].name
+        >>> export_parquet(store_path, store_path.parent / "parquet")["orders"].name
         'orders.parquet'
     """
     if not isinstance(source, Projections):

@@ -70,8 +70,10 @@ class Snapshot(SchemaRelations):
     The same SQL as the live relations, over ``events`` cut at ``position``; computed when read.
 
     Example:
-        >>> snapshot = projections.as_of(position=120)
-        >>> snapshot.pl("inventory")  # stock as it was after event 120
+        >>> from eventlab.projections import Projections
+        >>> snapshot = Projections(store_path).as_of(position=20)
+        >>> snapshot.pl("inventory")["sold"].to_list()  # stock as it was after event 20
+        [2, 1]
     """
 
     def __init__(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import duckdb
-import duckdb_extensions  # type: ignore[import-untyped]
+import duckdb_extensions
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError

@@ -70,7 +70,9 @@ def advance(current: Waiting | None, stored: StoredEvent) -> Waiting | None:
     """Where an order waits after ``stored`` (one of its events); None once it is over.
 
     Example:
-        >>> advance(None, created).status  # doctest: +SKIP
+        >>> from eventlab.store import SqliteEventStore
+        >>> created = SqliteEventStore(store_path).read_stream("order", "O1")[0]  # OrderCreated
+        >>> advance(None, created).status
         'created'
     """
     if stored.event_type in _ENDS:
