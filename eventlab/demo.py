@@ -49,6 +49,7 @@ from eventlab.services.runtime import load
 from eventlab.settings import default_data_dir
 from eventlab.shop import Shop
 from eventlab.store.base import EventStore
+from eventlab.tables import text_rows
 
 __all__ = [
     "DemoReport",
@@ -180,7 +181,7 @@ class DemoReport:
 
     def table(self) -> str:
         """A plain-text summary."""
-        rows = [
+        rows: list[tuple[str, object]] = [
             ("orders", self.orders),
             ("completed", self.completed),
             ("cancelled", self.cancelled),
@@ -195,8 +196,7 @@ class DemoReport:
             ("store", self.store),
             *((f"invariant {name}", "ok" if held else "VIOLATED") for name, held in self.invariants.items()),
         ]
-        width = max(len(str(name)) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+        return text_rows(rows)
 
 
 def recorded_seconds(recorded_at: str) -> float:
