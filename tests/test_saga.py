@@ -158,7 +158,8 @@ def test_a_poison_message_goes_to_the_dead_letter_topic(shop, customer, make_pro
         if message is None or message.error():
             continue
         headers = dict(message.headers())
-        reasons[headers["ce_id"].decode()] = headers["dlq_reason"].decode()
+        if headers.get("ce_id") in (b"poison-1", b"stranger-1"):  # other tests dead-letter on this topic too
+            reasons[headers["ce_id"].decode()] = headers["dlq_reason"].decode()
     consumer.close()
     assert reasons["poison-1"].startswith("value is not JSON")
     assert reasons["stranger-1"] == "unknown ce_type 'Mystery'"
