@@ -8,7 +8,8 @@
 #   scripts/kafka.sh stop DIR                stop the broker started with `start DIR`
 #
 # Settings are tuned for tests: no auto-created topics (as in compose.yaml), replication 1, no initial
-# rebalance delay, 512 MB heap. Logs go to DIR/server.log.
+# rebalance delay, 512 MB heap; KAFKA_SERVER_PROPERTIES (lines of key=value) overrides them, e.g.
+# KAFKA_SERVER_PROPERTIES=group.initial.rebalance.delay.ms=3000 for a production default. Logs: DIR/server.log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -62,6 +63,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.segment.bytes=16777216
+${KAFKA_SERVER_PROPERTIES:-}
 PROPS
     cat >"$dir/log4j2.properties" <<PROPS
 appender.file.type=File
@@ -135,5 +137,5 @@ case "${1:-}" in
     run) [ $# -eq 4 ] || die "usage: $0 run DIR PORT CONTROLLER_PORT"; run "$2" "$3" "$4" ;;
     start) [ $# -ge 2 ] || die "usage: $0 start DIR [PORT]"; start "$2" "${3:-}" ;;
     stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

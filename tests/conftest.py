@@ -105,4 +105,3 @@ def apache_kafka_shop(apache_kafka_jars, tmp_path_factory):
         )
         with Shop(settings, http=True) as running:
             yield running
-
