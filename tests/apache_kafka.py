@@ -16,7 +16,7 @@ from typing import Self
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from eventlab.kafka.broker import die_with_parent, free_port
+from eventlab.kafka.broker import EmbeddedBroker, die_with_parent, free_port
 from eventlab.resilience import wait_until
 
 __all__ = ["BROKERS", "ApacheKafka", "fetch"]
@@ -34,24 +34,22 @@ def fetch(timeout: float = 600) -> None:
         raise RuntimeError(f"scripts/kafka.sh fetch failed (Java 17 and Maven are needed):\n{result.stderr}")
 
 
-class ApacheKafka:
-    """One Apache Kafka broker with its log in ``directory``, on free localhost ports."""
+class ApacheKafka(EmbeddedBroker):
+    """One Apache Kafka broker with its log in ``log_dir``, on free localhost ports.
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self._process: subprocess.Popen[bytes] | None = None
+    Started by ``scripts/kafka.sh run`` instead of Tansu; stopping and the context manager are the
+    embedded broker's (a test's broker and its directory are thrown away afterwards).
+    """
 
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def __repr__(self) -> str:
+        return f"<ApacheKafka {self.bootstrap_servers} {'running' if self.running else 'stopped'}>"
 
     def start(self, timeout: float = 60) -> Self:
         """Start the broker and wait until it answers a metadata request."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / "console.log").open("ab") as console:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / "console.log").open("ab") as console:
             self._process = subprocess.Popen(
-                [SCRIPT, "run", self.directory, str(self.port), str(free_port())],
+                [SCRIPT, "run", self.log_dir, str(self.port), str(free_port())],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -61,8 +59,8 @@ class ApacheKafka:
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
 
         def brokers() -> int:
-            if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"Apache Kafka exited; see {self.directory}/console.log and server.log")
+            if not self.running:
+                raise RuntimeError(f"Apache Kafka exited; see {self.log_dir}/console.log and server.log")
             try:
                 return len(admin.list_topics(timeout=1).brokers)
             except KafkaException:
@@ -70,21 +68,3 @@ class ApacheKafka:
 
         wait_until(brokers, timeout, interval=0.1)
         return self
-
-    def stop(self) -> None:
-        """Stop the broker (a clean shutdown, killed after 15 s)."""
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
