@@ -62,3 +62,46 @@ def make_product(shop):
         return product_id
 
     return make
+
+
+# --- Apache Kafka: the integration tests marked for both brokers run on it too (tests/apache_kafka.py) ---
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_jars():
+    """The broker's jars, fetched once with Maven (then offline); fails, not skips, without Java/Maven."""
+    from apache_kafka import fetch
+
+    fetch()
+
+
+@pytest.fixture
+def apache_kafka_factory(apache_kafka_jars, tmp_path):
+    """Start fresh Apache Kafka brokers for one test (empty topics, empty groups); stopped after it."""
+    from apache_kafka import ApacheKafka
+
+    started = []
+
+    def start() -> ApacheKafka:
+        started.append(ApacheKafka(tmp_path / f"apache-kafka-{len(started)}").start())
+        return started[-1]
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_shop(apache_kafka_jars, tmp_path_factory):
+    """The shared shop of the end-to-end tests, on its own Apache Kafka broker (and real SQLite)."""
+    from apache_kafka import ApacheKafka
+
+    with ApacheKafka(tmp_path_factory.mktemp("apache-kafka")) as broker:
+        settings = Settings.from_env(
+            env={},
+            data_dir=tmp_path_factory.mktemp("shop-on-apache-kafka"),
+            http_port_offset=free_port_offset(),
+            bootstrap_servers=broker.bootstrap_servers,
+        )
+        with Shop(settings, http=True) as running:
+            yield running

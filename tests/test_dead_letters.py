@@ -1,14 +1,15 @@
 """Dead letters: no input stops a service; each poison message is recorded once, whole, in the store,
 copied to ``<topic>.dlq`` with a checked delivery, and can be listed, shown and replayed.
 
-Runs on the real embedded broker and real SQLite: the shared ``shop`` for the end-to-end stories,
-a private broker and store where a test needs a service or a store of its own. Poison for the
+Runs on real SQLite and a real broker, the embedded one and Apache Kafka: the shared ``shop`` for the
+end-to-end stories, a private broker and store where a test needs a service or a store of its own. Poison for the
 shared shop goes to topics other than ``order.lifecycle.created``, whose dead-letter topic
 ``test_saga.py`` reads from the start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ import time
 import uuid
 
 import pytest
+from apache_kafka import BROKERS
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from eventlab import cli
@@ -33,6 +35,12 @@ from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BROKERS)
+def shop(request, shop):
+    """Each end-to-end story runs on the embedded broker's shop and on Apache Kafka's."""
+    return shop if request.param == "embedded" else request.getfixturevalue("apache_kafka_shop")
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
@@ -165,10 +173,15 @@ def test_dead_lettered_count_is_durable_and_lag_ignores_dead_letters(shop):
 # --- a private broker and store: what the loop and the relay do step by step -------------------------
 
 
-@pytest.fixture
-def kafka(tmp_path):
-    with EmbeddedBroker(tmp_path / "broker") as broker:
-        settings = Settings(data_dir=tmp_path / "data", bootstrap_servers=broker.bootstrap_servers, partitions=1)
+@pytest.fixture(params=BROKERS)
+def kafka(request, tmp_path):
+    """Settings for a broker of this test's own (empty topics and groups), embedded or Apache Kafka."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "embedded":
+            servers = stack.enter_context(EmbeddedBroker(tmp_path / "broker")).bootstrap_servers
+        else:
+            servers = request.getfixturevalue("apache_kafka_factory")().bootstrap_servers
+        settings = Settings(data_dir=tmp_path / "data", bootstrap_servers=servers, partitions=1)
         ensure_topics(settings)
         yield settings
 

@@ -1,11 +1,12 @@
 """Stopping and starting the shop on the same data directory loses nothing and applies nothing twice,
-even though the embedded broker forgets its topics and offsets when it stops."""
+even though the embedded broker forgets its topics and offsets when it stops (Apache Kafka keeps them)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
+from apache_kafka import BROKERS
 
 from eventlab import Settings, Shop
 from eventlab.services import inventory
@@ -14,8 +15,14 @@ from eventlab.services.runtime import load
 pytestmark = pytest.mark.integration
 
 
-def test_restart_mid_run(tmp_path):
-    settings = Settings.from_env(env={}, data_dir=tmp_path)
+@pytest.fixture(params=BROKERS)
+def bootstrap_servers(request):
+    """None for the embedded broker (the shop starts its own), else a fresh Apache Kafka broker's address."""
+    return None if request.param == "embedded" else request.getfixturevalue("apache_kafka_factory")().bootstrap_servers
+
+
+def test_restart_mid_run(tmp_path, bootstrap_servers):
+    settings = Settings.from_env(env={}, data_dir=tmp_path, bootstrap_servers=bootstrap_servers)
     with Shop(settings, gateway_latency_ms=40) as shop:
         shop.register_user("U001", "Ada Lovelace", "ada@example.com")
         shop.create_product("P001", "Keyboard", 8900, initial_stock=100)

@@ -1,4 +1,4 @@
-"""End to end: the six services on the embedded Kafka broker and a real SQLite store."""
+"""End to end: the six services on a real SQLite store, on the embedded Kafka broker and on Apache Kafka."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from apache_kafka import BROKERS
 
 from eventlab.kafka import dead_letter_topic, make_consumer, make_producer, to_message
 from eventlab.kafka.loop import ServiceLoop
@@ -14,6 +15,12 @@ from eventlab.services import inventory
 from eventlab.services.runtime import load
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BROKERS)
+def shop(request, shop):
+    """Each story runs on the embedded broker's shop and on Apache Kafka's."""
+    return shop if request.param == "embedded" else request.getfixturevalue("apache_kafka_shop")
 
 
 def stock_of(shop, product_id):

@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
@@ -199,11 +199,17 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeout: float = 30.0) -> list[str]:
-    """Create ``topics`` that do not exist yet; return the names created. Idempotent."""
+    """Create ``topics`` that do not exist yet; return the names created. Idempotent.
+
+    A topic that exists with fewer partitions than ``settings.partitions`` gets more (never fewer):
+    Apache Kafka keeps topics from an earlier, smaller setup, whose extra consumers would sit idle.
+    Safe for eventlab's messages: each event type has its own topic, so no consumer relies on the
+    order of two events across topics, and consumers are idempotent and version-checked anyway.
+    """
     admin = AdminClient(_base(settings))
     replication = 1 if settings.embedded else -1  # -1: the cluster's default
     wanted = [NewTopic(name, settings.partitions, replication) for name in topics]
-    created = []
+    created, existing = [], []
     for name, future in admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
@@ -212,8 +218,31 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {error.str()}", error.code()) from exc
+            existing.append(name)
         except Exception as exc:
             raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {exc}") from exc
     if created:
         log.info("created %d topics", len(created))
+    if existing:
+        _grow(admin, settings, existing, timeout)
     return created
+
+
+def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: float) -> None:
+    """Give each of ``topics`` (which exist) at least ``settings.partitions`` partitions."""
+    try:
+        metadata = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list topics: {exc.args[0].str()}", exc.args[0].code()) from exc
+    short = {name: len(metadata[name].partitions) for name in topics if name in metadata}
+    short = {name: count for name, count in short.items() if count < settings.partitions}
+    if not short:
+        return
+    wanted = [NewPartitions(name, settings.partitions) for name in short]
+    for name, future in admin.create_partitions(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            raise BrokerError(f"cannot add partitions to {name}: {error.str()}", error.code()) from exc
+        log.warning("topic %s had %d partitions, now %d (EVENTLAB_PARTITIONS)", name, short[name], settings.partitions)
