@@ -9,6 +9,7 @@ implements the abstract methods (``tests/store_contract.py`` checks them).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -34,6 +35,8 @@ __all__ = [
     "StoreBusy",
     "StoredEvent",
     "from_stored_time",
+    "headers_from_json",
+    "headers_to_json",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -96,6 +99,31 @@ class StoredEvent:
 def from_stored_time(text: str) -> datetime:
     """A time as a store keeps it (ISO-8601, UTC, without a zone) as an aware UTC datetime."""
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def headers_to_json(headers: Headers) -> str:
+    """Headers as JSON a person can read in SQL: text where it is UTF-8, else ``{"base64": ...}``."""
+    rows: list[list[object]] = []
+    for name, raw in headers:
+        if raw is None:
+            rows.append([name, None])
+            continue
+        try:
+            rows.append([name, raw.decode("utf-8")])
+        except UnicodeDecodeError:
+            rows.append([name, {"base64": base64.b64encode(raw).decode("ascii")}])
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def headers_from_json(text: str) -> Headers:
+    """Headers from :func:`headers_to_json`'s JSON, byte for byte as they were."""
+    headers: Headers = []
+    for name, raw in json.loads(text):
+        if raw is None or isinstance(raw, str):
+            headers.append((name, None if raw is None else raw.encode("utf-8")))
+        else:
+            headers.append((name, base64.b64decode(raw["base64"])))
+    return headers
 
 
 class EventRecord(NamedTuple):

@@ -10,7 +10,6 @@ empty). Every ``sqlite3`` error leaves this module as an eventlab error.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
@@ -33,12 +32,13 @@ from eventlab.store.base import (
     DeadLetterQuery,
     EventRecord,
     EventStore,
-    Headers,
     NewEvent,
     SourceMessage,
     StoreBusy,
     StoredEvent,
     from_stored_time,
+    headers_from_json,
+    headers_to_json,
 )
 
 __all__ = [
@@ -636,7 +636,7 @@ class SqliteEventStore(EventStore):
             conn.execute(
                 "INSERT OR IGNORE INTO dead_letters (consumer, source_topic, source_partition, source_offset, digest,"
                 " key, value, headers, reason, event_id, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (*source, message.key, message.value, _headers_to_json(message.headers), reason, event_id, now),
+                (*source, message.key, message.value, headers_to_json(message.headers), reason, event_id, now),
             )
             row = conn.execute(
                 f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
@@ -716,30 +716,6 @@ _DEAD_LETTER_COLUMNS = (
 )
 
 
-def _headers_to_json(headers: Headers) -> str:
-    """Headers as JSON a person can read in SQL: text where it is UTF-8, else ``{"base64": ...}``."""
-    rows: list[list[object]] = []
-    for name, raw in headers:
-        if raw is None:
-            rows.append([name, None])
-            continue
-        try:
-            rows.append([name, raw.decode("utf-8")])
-        except UnicodeDecodeError:
-            rows.append([name, {"base64": base64.b64encode(raw).decode("ascii")}])
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def _headers_from_json(text: str) -> Headers:
-    headers: Headers = []
-    for name, raw in json.loads(text):
-        if raw is None or isinstance(raw, str):
-            headers.append((name, None if raw is None else raw.encode("utf-8")))
-        else:
-            headers.append((name, base64.b64decode(raw["base64"])))
-    return headers
-
-
 def _utc(text: str | None) -> datetime | None:
     return None if text is None else from_stored_time(text)
 
@@ -753,7 +729,7 @@ def _row_to_dead_letter(row: _Row) -> DeadLetter:
         offset=row[4],
         key=row[5],
         value=row[6],
-        headers=_headers_from_json(row[7]),
+        headers=headers_from_json(row[7]),
         reason=row[8],
         event_id=row[9],
         recorded_at=from_stored_time(row[10]),
