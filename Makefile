@@ -10,7 +10,7 @@ SITE ?= site
 
 PIP = $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test lint up lab browser docs clean
+.PHONY: demo test lint up lab browser postgres docs clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "eventlab: installing eventlab, the test tools and the docs generator (about a minute the first time)..."
@@ -38,6 +38,9 @@ up: $(VENV)/.installed  ## run the shop with its HTTP endpoints until Ctrl-C
 browser:  ## headless Chromium and playwright-core for the browser test
 	sh tests/browser/setup.sh
 
+postgres:  ## Debian's PostgreSQL, installed when missing: the tests start a throwaway cluster of their own
+	sh scripts/postgres.sh install
+
 lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's types, strictly (pyproject.toml)
 	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions docs
 	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions docs
@@ -47,7 +50,7 @@ lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's ty
 docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 
-test: $(VENV)/.installed browser lint  ## lint, every test, the notebooks under nbval and the browser test
+test: $(VENV)/.installed browser postgres lint  ## lint, every test (PostgreSQL too), the notebooks under nbval and the browser test
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:

@@ -146,7 +146,7 @@ def test_a_follower_never_misses_an_event_that_commits_late(shared_store_backend
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     writers = [
-        context.Process(target=append_own_streams, args=(shared_store_backend.reopen, w, 60, 5, start))
+        context.Process(target=append_own_streams, args=(shared_store_backend.reopen, w, 50, 5, start))
         for w in range(4)
     ]
     for process in writers:
@@ -156,7 +156,7 @@ def test_a_follower_never_misses_an_event_that_commits_late(shared_store_backend
     seen = follow(store, writers)
     # then it saw every event exactly once, in position order
     positions = [record.position for record in store.read_records()]
-    assert len(positions) == 4 * 60 * 5 == len(set(positions))
+    assert len(positions) == 4 * 50 * 5 == len(set(positions))
     assert seen == positions == sorted(positions)
 
 

@@ -135,3 +135,41 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
             store.append([NewEvent(added(), 4)])
         with pytest.raises(StoreError, match="does not exist"), store.transaction():
             store.append([NewEvent(added(), 4)])
+
+
+# --- the shop on PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_shop_runs_its_sagas_to_the_end_on_postgresql_and_again_after_a_restart(postgres_store_url, tmp_path):
+    from collections import Counter
+
+    from eventlab import Shop
+    from eventlab.services import inventory
+    from eventlab.services.runtime import load
+
+    # given the in-process shop (embedded broker) on a PostgreSQL store, and two keyboards in stock
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": postgres_store_url}, data_dir=tmp_path)
+    with Shop(settings) as shop:
+        assert isinstance(shop.store, PostgresEventStore)
+        shop.register_user("U001", "Ada Lovelace", "ada@example.com")
+        shop.create_product("P001", "Keyboard", 8900, initial_stock=2)
+        shop.wait_idle()
+        # when three orders of one keyboard each come in
+        orders = [shop.place_order("U001", {"P001": 1}) for _ in range(3)]
+        # then two complete and the third is cancelled for want of stock, every saga at its end
+        statuses = Counter(shop.wait(order_id, timeout=60).status for order_id in orders)
+        assert statuses == {"completed": 2, "cancelled": 1}
+        shop.wait_idle()
+        assert load(shop.store, ("stock", "P001"), inventory.evolve_stock).state == inventory.Stock(0, 0, 2)
+        head = shop.store.head()
+    assert not settings.store_path.exists()  # nothing went to the SQLite file
+    # and a restarted shop (a new, empty embedded broker) applies nothing twice and takes new orders
+    with Shop(settings) as shop:
+        shop.create_product("P002", "Mouse", 2500, initial_stock=1)
+        shop.wait_idle()
+        assert shop.wait(shop.place_order("U001", {"P002": 1}), timeout=60).status == "completed"
+        shop.wait_idle()
+        assert load(shop.store, ("stock", "P001"), inventory.evolve_stock).state == inventory.Stock(0, 0, 2)
+        replayed = [e for e in shop.store.read_all(after=head) if e.aggregate_id in orders]
+        assert replayed == [] and shop.lag()["relay"] == 0
