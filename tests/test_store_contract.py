@@ -17,6 +17,7 @@ from store_contract import added, append_many, append_own_streams
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.events import UserCreated
 from eventlab.store import NewEvent, StoreBusy
+from eventlab.store.log import StoreLog
 
 
 @pytest.fixture
@@ -205,3 +206,18 @@ def test_a_write_blocked_by_another_writer_is_a_store_error_and_writes_nothing(s
     assert store.head() == 0 and store.checkpoint("relay") == 0
     store.append([NewEvent(added(), 1)])
     assert store.head() == 1
+
+
+def test_the_projections_read_the_log_through_the_port(store):
+    # given a store with a few events, one of them a redelivery that wrote nothing, and the relay's checkpoint
+    for i in range(1, 4):
+        store.append([NewEvent(added(f"P{i}", quantity=i), 1)])
+    store.append([NewEvent(added("P1"), 2)], processed=("inventory", "e-1"))
+    store.append([NewEvent(added("P1"), 3)], processed=("inventory", "e-1"))
+    store.set_checkpoint("relay", 2)
+    log = StoreLog(store)
+    # when the projections' reader asks for the head and the rows, then it gets the log as stored
+    records = store.read_records()
+    assert log.head(2) == (4, records[-1].event_id, records[1].event_id)
+    assert log.rows(1, 3).to_pylist() == [record._asdict() for record in records[1:3]]
+    assert log.rows(0, 4).num_rows == 4 and log.checkpoints().to_pylist() == [{"name": "relay", "position": 2}]

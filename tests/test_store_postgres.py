@@ -143,8 +143,11 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
 @pytest.mark.integration
 def test_the_shop_runs_its_sagas_to_the_end_on_postgresql_and_again_after_a_restart(postgres_store_url, tmp_path):
     from collections import Counter
+    from datetime import timedelta
 
     from eventlab import Shop
+    from eventlab.adapters.mailer import MAILBOX
+    from eventlab.projections.audit import audit
     from eventlab.services import inventory
     from eventlab.services.runtime import load
 
@@ -173,3 +176,8 @@ def test_the_shop_runs_its_sagas_to_the_end_on_postgresql_and_again_after_a_rest
         assert load(shop.store, ("stock", "P001"), inventory.evolve_stock).state == inventory.Stock(0, 0, 2)
         replayed = [e for e in shop.store.read_all(after=head) if e.aggregate_id in orders]
         assert replayed == [] and shop.lag()["relay"] == 0
+        # and the invariant audit, reading the PostgreSQL store through its port, finds nothing wrong
+        assert (tmp_path / MAILBOX).is_file()  # the emails, checked against the events
+        report = audit(shop.store, grace=timedelta(0), mailbox=tmp_path / MAILBOX)
+        assert report.ok, [result for result in report.values() if not result.ok]
+        assert report["stock_never_negative"].ok and report.position == shop.store.head()
