@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
 __all__ = [
+    "DEAD_LETTER_COLUMNS",
     "RELAY_CONSUMER",
     "DeadLetter",
     "DeadLetterQuery",
@@ -34,6 +35,7 @@ __all__ = [
     "SourceMessage",
     "StoreBusy",
     "StoredEvent",
+    "dead_letter_from_row",
     "from_stored_time",
     "headers_from_json",
     "headers_to_json",
@@ -209,6 +211,35 @@ class DeadLetter(SourceMessage):
             f"<DeadLetter #{self.id} {self.consumer} {self.topic}[{self.partition}]@{self.offset} "
             f"{len(self.value or b'')} B: {self.reason[:60]}>"
         )
+
+
+#: The columns of a dead letter in every backend's ``dead_letters`` table, in the order
+#: :func:`dead_letter_from_row` reads them.
+DEAD_LETTER_COLUMNS = (
+    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
+    " recorded_at, published_at, replayed_at, replays"
+)
+
+
+def dead_letter_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> DeadLetter:
+    """A row of :data:`DEAD_LETTER_COLUMNS` as a :class:`DeadLetter`; ``to_time`` turns the backend's
+    stored time (never None) into an aware UTC datetime."""
+    return DeadLetter(
+        id=row[0],
+        consumer=row[1],
+        topic=row[2],
+        partition=row[3],
+        offset=row[4],
+        key=row[5],
+        value=row[6],
+        headers=headers_from_json(row[7]),
+        reason=row[8],
+        event_id=row[9],
+        recorded_at=to_time(row[10]),
+        published_at=None if row[11] is None else to_time(row[11]),
+        replayed_at=None if row[12] is None else to_time(row[12]),
+        replays=row[13],
+    )
 
 
 @dataclass(frozen=True, slots=True)

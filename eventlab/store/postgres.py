@@ -46,6 +46,7 @@ from psycopg_pool import ConnectionPool
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import (
+    DEAD_LETTER_COLUMNS,
     RELAY_CONSUMER,
     DeadLetter,
     DeadLetterQuery,
@@ -55,7 +56,7 @@ from eventlab.store.base import (
     SourceMessage,
     StoreBusy,
     StoredEvent,
-    headers_from_json,
+    dead_letter_from_row,
     headers_to_json,
 )
 from eventlab.store.sqlite import check_schema
@@ -132,10 +133,7 @@ _COLUMNS = (
     "position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata,"
     " to_char(recorded_at, 'YYYY-MM-DD HH24:MI:SS.US')"
 )
-_DEAD_LETTER_COLUMNS = (
-    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
-    " recorded_at, published_at, replayed_at, replays"
-)
+
 
 #: One statement for a whole batch, whatever its size (so it is prepared once): the rows come as one
 #: array per column and are numbered after the last position, which the write lock keeps still.
@@ -165,10 +163,6 @@ def _utcnow() -> datetime:
 def _naive_utc(time: datetime) -> datetime:
     """``time`` as the store keeps it: UTC without a zone (``TIMESTAMP``)."""
     return time.astimezone(UTC).replace(tzinfo=None)
-
-
-def _aware(time: datetime | None) -> datetime | None:
-    return None if time is None else time.replace(tzinfo=UTC)
 
 
 def _translate_error(name: str, doing: str, exc: psycopg.Error) -> StoreError | ConcurrencyError:
@@ -506,7 +500,7 @@ class PostgresEventStore(EventStore):
                 (*source, message.key, message.value, headers_to_json(message.headers), reason, event_id, now),
             )
             row = conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = %s AND source_topic = %s"
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = %s AND source_topic = %s"
                 " AND source_partition = %s AND source_offset = %s AND digest = %s".encode(),
                 source,
             ).fetchone()
@@ -526,7 +520,7 @@ class PostgresEventStore(EventStore):
         if query.unpublished:
             where.append("published_at IS NULL")
         rows = self._rows(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
         )
         return [_row_to_dead_letter(row) for row in rows]
 
@@ -571,19 +565,4 @@ class _Redelivered(Exception):
 
 
 def _row_to_dead_letter(row: tuple[Any, ...]) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        consumer=row[1],
-        topic=row[2],
-        partition=row[3],
-        offset=row[4],
-        key=row[5],
-        value=row[6],
-        headers=headers_from_json(row[7]),
-        reason=row[8],
-        event_id=row[9],
-        recorded_at=row[10].replace(tzinfo=UTC),
-        published_at=_aware(row[11]),
-        replayed_at=_aware(row[12]),
-        replays=row[13],
-    )
+    return dead_letter_from_row(row, lambda time: time.replace(tzinfo=UTC))

@@ -27,6 +27,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import (
+    DEAD_LETTER_COLUMNS,
     RELAY_CONSUMER,
     DeadLetter,
     DeadLetterQuery,
@@ -36,8 +37,8 @@ from eventlab.store.base import (
     SourceMessage,
     StoreBusy,
     StoredEvent,
+    dead_letter_from_row,
     from_stored_time,
-    headers_from_json,
     headers_to_json,
 )
 
@@ -639,7 +640,7 @@ class SqliteEventStore(EventStore):
                 (*source, message.key, message.value, headers_to_json(message.headers), reason, event_id, now),
             )
             row = conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
                 " AND source_partition = ? AND source_offset = ? AND digest = ?",
                 source,
             ).fetchone()
@@ -659,7 +660,7 @@ class SqliteEventStore(EventStore):
         if query.unpublished:
             where.append("published_at IS NULL")
         rows = self._conn().execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
         )
         return [_row_to_dead_letter(row) for row in rows]
 
@@ -710,30 +711,5 @@ class SqliteEventStore(EventStore):
         return int(number)
 
 
-_DEAD_LETTER_COLUMNS = (
-    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
-    " recorded_at, published_at, replayed_at, replays"
-)
-
-
-def _utc(text: str | None) -> datetime | None:
-    return None if text is None else from_stored_time(text)
-
-
 def _row_to_dead_letter(row: _Row) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        consumer=row[1],
-        topic=row[2],
-        partition=row[3],
-        offset=row[4],
-        key=row[5],
-        value=row[6],
-        headers=headers_from_json(row[7]),
-        reason=row[8],
-        event_id=row[9],
-        recorded_at=from_stored_time(row[10]),
-        published_at=_utc(row[11]),
-        replayed_at=_utc(row[12]),
-        replays=row[13],
-    )
+    return dead_letter_from_row(row, from_stored_time)
