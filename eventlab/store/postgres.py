@@ -41,7 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
@@ -171,7 +171,7 @@ def _translate_error(name: str, doing: str, exc: psycopg.Error) -> StoreError | 
         return ConcurrencyError(f"stream version already taken: {exc.diag.message_detail or exc}")
     if isinstance(exc, pg_errors.LockNotAvailable | pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
         return StoreBusy(f"{name}: {doing} failed, the store is locked by another writer ({exc}); retry later")
-    if type(exc).__name__ == "PoolTimeout":
+    if isinstance(exc, PoolTimeout):
         return StoreBusy(f"{name}: {doing} failed, no free connection in the pool ({exc}); retry later")
     return StoreError(f"{name}: {doing} failed: {exc}")
 
