@@ -10,7 +10,7 @@ SITE ?= site
 
 PIP = $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test lint up lab browser kafka docs clean
+.PHONY: demo test lint up lab browser kafka postgres docs clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "eventlab: installing eventlab, the test tools and the docs generator (about a minute the first time)..."
@@ -43,6 +43,9 @@ browser:  ## headless Chromium and playwright-core for the browser test
 kafka:  ## Apache Kafka's jars (the version compose.yaml uses) for the tests on a real broker
 	scripts/kafka.sh fetch
 
+postgres:  ## Debian's PostgreSQL, installed when missing: the tests start a throwaway cluster of their own
+	sh scripts/postgres.sh install
+
 lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's types, strictly (pyproject.toml)
 	$(BIN)/ruff check eventlab tests benchmarks notebooks/solutions docs
 	$(BIN)/ruff format --check eventlab tests benchmarks notebooks/solutions docs
@@ -52,7 +55,7 @@ lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's ty
 docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 
-test: $(VENV)/.installed browser kafka lint  ## lint, every test (on both brokers), the notebooks and the browser test
+test: $(VENV)/.installed browser kafka postgres lint  ## lint, every test (both brokers, PostgreSQL too), the notebooks and the browser test
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
@@ -24,6 +25,7 @@ __all__ = [
     "PortInUse",
     "Settings",
     "SettingsError",
+    "StoreBackend",
     "default_data_dir",
     "ensure_ports_free",
     "port_free",
@@ -66,6 +68,35 @@ class PortInUse(EventlabError):
         )
         self.service = service
         self.port = port
+
+
+#: The kinds of event store ``EVENTLAB_STORE_URL`` can name.
+StoreBackend = Literal["sqlite", "postgresql", "memory"]
+_STORE_SCHEMES: dict[str, StoreBackend] = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def _store_backend(url: str) -> StoreBackend:
+    """The kind of store ``url`` names ("" and a plain path: SQLite); raises :class:`SettingsError`."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "sqlite"  # a plain path (or "": the default file in the data directory)
+    if url == "memory://":
+        return "memory"
+    backend = _STORE_SCHEMES.get(scheme.lower())
+    if backend == "sqlite" and not rest.startswith("/"):
+        backend = None  # sqlite:// takes an absolute path: sqlite:///srv/shop/events.db
+    if backend is None:
+        raise SettingsError(
+            "EVENTLAB_STORE_URL",
+            f"{_hide_password(url)!r} is not a store eventlab knows: use sqlite:///absolute/path/events.db "
+            "(or a plain file path), postgresql://user@host:5432/dbname, or memory://",
+        )
+    return backend
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, shown as ``***``."""
+    return re.sub(r"^([a-z]+://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.IGNORECASE)
 
 
 def default_data_dir() -> Path:
@@ -137,12 +168,18 @@ class Settings:
       uses 1000.
     - ``group_instance`` (``EVENTLAB_GROUP_INSTANCE``): static group membership (``group.instance.id``)
       for this process's consumers; the supervisor sets it on external brokers.
+    - ``store_url`` (``EVENTLAB_STORE_URL``): the event store. Empty (the default): the SQLite file
+      ``events.db`` in the data directory; ``sqlite:///srv/shop/events.db`` or a plain path: that
+      SQLite file; ``postgresql://user:password@host:5432/dbname`` (libpq URL; a schema of its own with
+      ``?options=-csearch_path%3Dshop``): PostgreSQL; ``memory://``: this process's memory (tests).
 
     A value out of range raises :class:`SettingsError` naming the variable.
 
     Example:
         >>> Settings(data_dir=Path("/tmp/shop")).store_path
         PosixPath('/tmp/shop/events.db')
+        >>> Settings(store_url="postgresql://shop:pw@db:5432/shop").store_backend
+        'postgresql'
         >>> Settings(partitions=0)
         Traceback (most recent call last):
         ...
@@ -159,11 +196,13 @@ class Settings:
         default=6000, metadata=variable("EVENTLAB_SESSION_TIMEOUT_MS", between=(100, 3_600_000))
     )
     group_instance: str = field(default="", metadata=variable("EVENTLAB_GROUP_INSTANCE"))
+    store_url: str = field(default="", metadata=variable("EVENTLAB_STORE_URL"))
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if name := f.metadata.get("variable"):
                 _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
+        _store_backend(self.store_url)
         ports = [self.port(service) for service in SERVICE_PORTS]
         if min(ports) < _PORTS[0] or max(ports) > _PORTS[1]:
             raise SettingsError(
@@ -201,14 +240,22 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["data_dir"] = str(self.data_dir)
         shown["bootstrap_servers"] = self.bootstrap_servers or "embedded"
+        shown["store_url"] = _hide_password(self.store_url) or str(self.store_path)
         shown["kafka_config"] = {
             k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()
         }
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @property
+    def store_backend(self) -> StoreBackend:
+        """Which kind of event store :attr:`store_url` names (:func:`eventlab.store.open_store` opens it)."""
+        return _store_backend(self.store_url)
+
+    @property
     def store_path(self) -> Path:
-        """The SQLite event store file."""
+        """The SQLite event store file: the one :attr:`store_url` names, else ``events.db`` in the data directory."""
+        if self.store_backend == "sqlite" and self.store_url:
+            return Path(self.store_url.removeprefix("sqlite://")).expanduser()
         return self.data_dir / "events.db"
 
     @property

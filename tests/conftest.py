@@ -3,7 +3,9 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,80 @@ def apache_kafka_shop(apache_kafka_jars, tmp_path_factory):
         )
         with Shop(settings, http=True) as running:
             yield running
+
+
+# --- PostgreSQL: one throwaway cluster per test session, one schema per test -------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(SCRIPTS / "postgres.sh"), *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server for the tests: ``EVENTLAB_TEST_POSTGRES_URL`` if set, else a throwaway
+    cluster started by ``scripts/postgres.sh`` (Debian's PostgreSQL) and stopped at the end.
+
+    Fails, never skips, when PostgreSQL cannot be started: the PostgreSQL store is part of the product.
+    """
+    if url := os.environ.get("EVENTLAB_TEST_POSTGRES_URL"):
+        yield url
+        return
+    cluster = tempfile.mkdtemp(prefix="eventlab-pg-", dir="/tmp")  # short: the socket path must fit in 107 bytes
+    started = _postgres_sh("start", cluster, str(_free_port()))
+    if started.returncode != 0:
+        _postgres_sh("stop", cluster)
+        pytest.fail(
+            "PostgreSQL could not be started for the PostgreSQL store tests (scripts/postgres.sh start): "
+            f"{started.stderr.strip() or started.stdout.strip()}\nInstall it with `sh scripts/postgres.sh install` "
+            "(Debian's postgresql package), or point EVENTLAB_TEST_POSTGRES_URL at a server you run.",
+            pytrace=False,
+        )
+    try:
+        yield started.stdout.strip()
+    finally:
+        _postgres_sh("stop", cluster)
+
+
+@pytest.fixture
+def postgres_store_url(postgres_url):
+    """The URL of an empty schema of its own on the test server, dropped afterwards."""
+    import psycopg
+
+    schema = f"test_{unique('s').lower()}_{os.getpid()}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+# --- the event store contract: one suite, every backend ---------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store_backend(request, tmp_path):
+    """A fresh store of each kind (see tests/store_contract.py)."""
+    from store_contract import backend
+
+    with backend(request.param, tmp_path, request) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_store_backend(request, tmp_path):
+    """A fresh store of each kind that several processes can share."""
+    from store_contract import backend
+
+    with backend(request.param, tmp_path, request) as opened:
+        yield opened

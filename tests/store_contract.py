@@ -1,22 +1,113 @@
-"""The event store contract: every EventStore implementation passes these tests.
+"""The event store contract's backends: each gives a fresh store and what the contract needs around it.
 
-Subclass :class:`EventStoreContract` and provide, for each backend, a ``store`` fixture (a store
-that waits for another writer's lock well under a second), ``reopen`` (a picklable factory of
-another store on the same database, for the multi-process tests) and ``hold_write_lock`` (a
-context manager factory: while it is entered, another connection holds the write lock).
+``tests/test_store_contract.py`` runs one suite against every backend through the ``store_backend``
+fixture (memory, SQLite, PostgreSQL) and the multi-process tests through ``shared_store_backend``
+(SQLite, PostgreSQL: the memory store lives in one process). A :class:`Backend` gives
+
+- ``store``: a store that waits for another writer's lock well under a second;
+- ``reopen``: a picklable factory of another store on the same database (for writer processes);
+- ``hold_write_lock``: a context manager factory: while entered, another writer holds the write lock.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import time
+import contextlib
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-import pytest
+from eventlab.errors import ConcurrencyError
+from eventlab.events import StockAdded
+from eventlab.store import EventStore, MemoryEventStore, NewEvent, SqliteEventStore
 
-from eventlab.errors import ConcurrencyError, StoreError
-from eventlab.events import StockAdded, UserCreated
-from eventlab.store import NewEvent, StoreBusy
+BUSY_TIMEOUT = 0.1
+
+
+@dataclass
+class Backend:
+    name: str
+    store: EventStore
+    reopen: Callable[[], EventStore]
+    hold_write_lock: Callable[[], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def backend(name: str, tmp_path: Path, request) -> Iterator[Backend]:
+    """A fresh store of backend ``name``, closed afterwards."""
+    if name == "memory":
+        store: EventStore = MemoryEventStore(busy_timeout=BUSY_TIMEOUT)
+        opened = Backend(name, store, lambda: store, functools.partial(_hold_memory_lock, store))
+    elif name == "sqlite":
+        path = tmp_path / "events.db"
+        opened = Backend(
+            name,
+            SqliteEventStore(path, busy_timeout=BUSY_TIMEOUT),
+            functools.partial(SqliteEventStore, path),
+            functools.partial(_hold_sqlite_lock, path),
+        )
+    else:
+        from eventlab.store.postgres import PostgresEventStore
+
+        url = request.getfixturevalue("postgres_store_url")
+        store = PostgresEventStore(url, busy_timeout=BUSY_TIMEOUT)
+        opened = Backend(
+            name, store, functools.partial(PostgresEventStore, url), functools.partial(_hold_postgres_lock, store)
+        )
+    try:
+        yield opened
+    finally:
+        opened.store.close()
+
+
+@contextlib.contextmanager
+def _hold_memory_lock(store: MemoryEventStore) -> Iterator[None]:
+    """Another thread holds the memory store's lock."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _hold_sqlite_lock(path: Path) -> Iterator[None]:
+    """Another connection holds SQLite's write lock (``BEGIN IMMEDIATE``)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@contextlib.contextmanager
+def _hold_postgres_lock(store) -> Iterator[None]:
+    """Another session holds the store's advisory write lock."""
+    import psycopg
+
+    with psycopg.connect(store._conninfo, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (store.write_lock,))
+        try:
+            yield
+        finally:
+            other.execute("SELECT pg_advisory_unlock(%s)", (store.write_lock,))
+
+
+# --- what writer processes run (module level, so that "spawn" can import them) --------------------------
 
 
 def added(product_id="P001", quantity=1):
@@ -37,136 +128,11 @@ def append_many(store_factory, writer, count):
     store.close()
 
 
-class EventStoreContract:
-    def test_appended_events_come_back_typed_and_in_order(self, store):
-        stored = store.append(
-            [NewEvent(added(quantity=5), 1, {"correlation_id": "c-1"}), NewEvent(added(quantity=2), 2)]
-        )
-        assert [e.position for e in stored] == [1, 2]
-        events = store.read_stream("stock", "P001")
-        assert [e.event for e in events] == [added(quantity=5), added(quantity=2)]
-        assert [e.version for e in events] == [1, 2]
-        assert events[0].metadata == {"correlation_id": "c-1"}
-        assert events[0].event_id != events[1].event_id
-        assert store.head() == 2
-
-    def test_a_taken_version_is_a_conflict(self, store):
-        store.append([NewEvent(added(), 1)])
-        with pytest.raises(ConcurrencyError):
-            store.append([NewEvent(added(quantity=9), 1)])
-        assert [e.event.quantity for e in store.read_stream("stock", "P001")] == [1]
-
-    def test_a_batch_with_a_conflict_writes_nothing(self, store):
-        store.append([NewEvent(added("P002"), 1)])
-        with pytest.raises(ConcurrencyError):
-            store.append([NewEvent(added("P001"), 1), NewEvent(added("P002"), 1)])
-        assert store.read_stream("stock", "P001") == []
-        assert store.head() == 1
-
-    def test_streams_are_per_aggregate_type(self, store):
-        store.append([NewEvent(added("X1"), 1), NewEvent(UserCreated(user_id="X1", name="X", email="x@y.z"), 1)])
-        assert len(store.read_stream("stock", "X1")) == len(store.read_stream("user", "X1")) == 1
-
-    def test_read_all_follows_positions(self, store):
-        for i in range(1, 6):
-            store.append([NewEvent(added(f"P{i}"), 1)])
-        assert [e.position for e in store.read_all(after=2)] == [3, 4, 5]
-        assert [e.position for e in store.read_all(after=0, limit=2)] == [1, 2]
-
-    def test_a_processed_marker_makes_a_redelivery_a_no_op(self, store):
-        first = store.append([NewEvent(added(), 1)], processed=("inventory", "evt-1"))
-        again = store.append([NewEvent(added(), 2)], processed=("inventory", "evt-1"))
-        assert len(first) == 1 and again == []
-        assert store.is_processed("inventory", "evt-1")
-        assert not store.is_processed("order", "evt-1")
-        assert store.head() == 1
-
-    def test_the_marker_is_atomic_with_the_events(self, store):
-        store.append([NewEvent(added(), 1)])
-        with pytest.raises(ConcurrencyError):
-            store.append([NewEvent(added(), 1)], processed=("inventory", "evt-2"))
-        assert not store.is_processed("inventory", "evt-2")
-
-    def test_lag_counts_unprocessed_events_of_given_types(self, store):
-        stored = store.append([NewEvent(added("P1"), 1), NewEvent(added("P2"), 1)])
-        assert store.unprocessed("inventory", ["StockAdded"]) == 2
-        store.append([], processed=("inventory", stored[0].event_id))
-        assert store.unprocessed("inventory", ["StockAdded"]) == 1
-        assert store.unprocessed("inventory", ["UserCreated"]) == 0
-
-    def test_correlated_events_form_a_saga(self, store):
-        store.append([NewEvent(added("P1"), 1, {"correlation_id": "order-1"})])
-        store.append([NewEvent(added("P2"), 1, {"correlation_id": "order-2"})])
-        store.append([NewEvent(added("P3"), 1, {"correlation_id": "order-1"})])
-        assert [e.aggregate_id for e in store.read_correlated("order-1")] == ["P1", "P3"]
-
-    def test_checkpoints(self, store):
-        assert store.checkpoint("relay") == 0
-        store.set_checkpoint("relay", 7)
-        store.set_checkpoint("relay", 9)
-        assert store.checkpoint("relay") == 9
-
-    def test_concurrent_writers_in_several_processes_lose_nothing(self, store, reopen):
-        # given four writer processes appending to one stream at once, retrying their conflicts
-        context = multiprocessing.get_context("spawn")
-        writers = [context.Process(target=append_many, args=(reopen, w, 25)) for w in range(4)]
-        for process in writers:
-            process.start()
-        # while a reader follows the log by "position > last seen", as the relay does
-        seen: list[int] = []
-        while any(process.is_alive() for process in writers) or store.head() > (seen[-1] if seen else 0):
-            batch = store.read_records(after=seen[-1] if seen else 0, limit=50)
-            seen += [record.position for record in batch]
-            if not batch:
-                time.sleep(0.002)
-        for process in writers:
-            process.join(60)
-            assert process.exitcode == 0
-        # then every version is there once, and the follower saw every event once, in log order
-        events = store.read_stream("stock", "P-shared")
-        assert [e.version for e in events] == list(range(1, 101))
-        positions = [e.position for e in store.read_all()]
-        assert positions == sorted(positions) and len(positions) == 100
-        assert seen == positions
-
-    def test_appends_in_a_transaction_commit_together(self, store):
-        with store.transaction():
-            store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
-            store.append([NewEvent(added("P2"), 1)], processed=("inventory", "e-2"))
-            assert len(store.read_stream("stock", "P1")) == 1  # the transaction sees its own writes
-        assert store.head() == 2 and store.is_processed("inventory", "e-2")
-
-    def test_a_failed_transaction_writes_nothing(self, store):
-        with pytest.raises(RuntimeError), store.transaction():
-            store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
-            raise RuntimeError("handler bug")
-        assert store.head() == 0 and not store.is_processed("inventory", "e-1")
-
-    def test_a_conflict_inside_a_transaction_undoes_only_that_append(self, store):
-        with store.transaction():
-            store.append([NewEvent(added("P1"), 1)])
-            with pytest.raises(ConcurrencyError):
-                store.append([NewEvent(added("P2"), 1), NewEvent(added("P1"), 1)], processed=("inventory", "e-3"))
-            store.append([NewEvent(added("P3"), 1)])
-        assert [e.aggregate_id for e in store.read_all()] == ["P1", "P3"]
-        assert not store.is_processed("inventory", "e-3")
-
-    def test_records_are_rows_as_stored(self, store):
-        [stored] = store.append([NewEvent(added(quantity=4), 1, {"source": "inventory"})])
-        [record] = store.read_records()
-        assert (record.position, record.event_id, record.event_type) == (1, stored.event_id, "StockAdded")
-        assert json.loads(record.data) == stored.data and json.loads(record.metadata) == {"source": "inventory"}
-
-    def test_a_write_blocked_by_another_writer_is_a_store_error_and_writes_nothing(self, store, hold_write_lock):
-        # given another writer holding the store's write lock for longer than the store waits
-        with hold_write_lock():
-            # when an append has to wait for it, then it fails as a (transient) store error
-            with pytest.raises(StoreBusy) as caught:
-                store.append([NewEvent(added(), 1)])
-            assert isinstance(caught.value, StoreError) and caught.value.__cause__ is not None
-            with pytest.raises(StoreBusy):
-                store.set_checkpoint("relay", 1)
-        # and once the lock is gone the store works again, with nothing half-written
-        assert store.head() == 0 and store.checkpoint("relay") == 0
-        store.append([NewEvent(added(), 1)])
-        assert store.head() == 1
+def append_own_streams(store_factory, writer, appends, batch, start):
+    """Append ``appends`` batches of ``batch`` events, each event to a new stream of this writer: no
+    conflicts, so the writers really run side by side. Starts when every writer is ready (``start``)."""
+    store = store_factory()
+    start.wait(60)
+    for n in range(appends):
+        store.append([NewEvent(added(f"W{writer}-{n}-{i}"), 1) for i in range(batch)])
+    store.close()

@@ -2,14 +2,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
 import re
 import sqlite3
 from pathlib import Path
 
 import pytest
-from store_contract import EventStoreContract
 
 import eventlab
 from eventlab.errors import StoreError
@@ -17,35 +15,6 @@ from eventlab.events import StockAdded
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store import sqlite as sqlite_module
 from eventlab.store.sqlite import SCHEMA_VERSION, verify_event_store
-
-
-class TestSqliteEventStore(EventStoreContract):
-    @pytest.fixture
-    def path(self, tmp_path):
-        return tmp_path / "events.db"
-
-    @pytest.fixture
-    def store(self, path):
-        with SqliteEventStore(path, busy_timeout=0.1) as store:
-            yield store
-
-    @pytest.fixture
-    def hold_write_lock(self, path):
-        @contextlib.contextmanager
-        def hold():
-            other = sqlite3.connect(path, isolation_level=None)
-            other.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            finally:
-                other.execute("ROLLBACK")
-                other.close()
-
-        return hold
-
-    @pytest.fixture
-    def reopen(self, path):
-        return functools.partial(SqliteEventStore, path)
 
 
 def test_opening_a_missing_store_without_create_fails_clearly(tmp_path):

@@ -34,7 +34,7 @@ from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES
 from eventlab.projections.engine import Projections
-from eventlab.store.base import RELAY_CONSUMER
+from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import check_schema, verify_event_store
 from eventlab.tables import Html, html_table
 
@@ -507,28 +507,31 @@ def _code(text: str) -> Html:
 
 
 def audit(
-    source: Projections | str | Path,
+    source: Projections | EventStore | str | Path,
     *,
     grace: timedelta = timedelta(seconds=30),
     now: datetime | None = None,
     limit: int = 100,
     mailbox: str | Path | None = None,
 ) -> AuditReport:
-    """Run every check of :data:`CHECKS` on an event store (a path) or on open projections (refreshed first),
-    then every check of :data:`MAILBOX_CHECKS` on the mailbox.
+    """Run every check of :data:`CHECKS` on an event store (a SQLite path or any open store) or on open
+    projections (refreshed first), then every check of :data:`MAILBOX_CHECKS` on the mailbox.
 
     ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
     check (``count`` has them all); ``mailbox``: the mailer's file (default: ``mailbox.jsonl``
-    beside the store, in the data directory).
+    beside a SQLite store, in the data directory; none for another store unless given).
     """
     if not isinstance(source, Projections):
-        with Projections(Path(source).expanduser()) as projections:  # read through sqlite3, which checks the schema
+        opened = source if isinstance(source, EventStore) else Path(source).expanduser()
+        with Projections(opened) as projections:  # read through sqlite3, which checks the schema
             return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
     relay_before = _relay_checkpoint(source)
     # Read the mailbox before the log: every email in it was requested by an event stored by now.
-    emails = read_mailbox(Path(mailbox) if mailbox is not None else source.store_path.parent / MAILBOX)
+    if mailbox is None and source.store_path is not None:
+        mailbox = source.store_path.parent / MAILBOX
+    emails = [] if mailbox is None else read_mailbox(Path(mailbox))
     source.refresh()
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:
@@ -573,6 +576,8 @@ def _check_schema(source: Projections) -> None:
     An attached store is inspected through DuckDB's catalogue: opening it with Python's
     ``sqlite3`` next to DuckDB's SQLite in one process could reset its WAL index under DuckDB.
     """
+    if source.store_path is None:  # read through its port: the store checked its schema when it opened
+        return
     attached = source.sql("SELECT count(*) FROM duckdb_databases() WHERE database_name = 'store'").fetchone()
     if not (attached and attached[0]):  # mirrored: this process reads the store through sqlite3 anyway
         verify_event_store(source.store_path)

@@ -57,6 +57,7 @@ from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Sandb
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import MONEY, AttachedLog, LogSource, MirroredLog, connect
 from eventlab.projections.typed import typed_events
+from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SqliteEventStore, open_in_this_process
 
 __all__ = ["Projections"]
@@ -123,18 +124,29 @@ class Projections(SchemaRelations):
     """
 
     def __init__(
-        self, source: str | Path | SqliteEventStore, *, attach: bool = False, timeout: float | None = DEFAULT_TIMEOUT
+        self,
+        source: str | Path | EventStore,
+        *,
+        attach: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         if isinstance(source, SqliteEventStore):
             if attach:
                 raise ProjectionError("a store open in this process is read through sqlite3, never attached")
             source = source.path
-        if not isinstance(source, str | Path):
-            raise ProjectionError(f"projections read a SqliteEventStore or a path, not {type(source).__name__}")
-        self.store_path = Path(source).expanduser()
+        elif isinstance(source, EventStore):  # PostgreSQL, memory: read through the port
+            if attach:
+                raise ProjectionError(f"only a SQLite file can be attached, not {source!r}")
+        elif not isinstance(source, str | Path):
+            raise ProjectionError(f"projections read an EventStore or a path, not {type(source).__name__}")
+        log_source = source if isinstance(source, EventStore) else Path(source).expanduser()
+        #: The SQLite file projected (None: a store read through its port, :attr:`store`).
+        self.store_path = None if isinstance(log_source, EventStore) else log_source
+        #: What is projected, for messages: the SQLite file, or the store.
+        self.source = repr(log_source) if isinstance(log_source, EventStore) else str(log_source)
         self.schema = "main"
         self.timeout = timeout
-        if attach and open_in_this_process(self.store_path):
+        if attach and self.store_path is not None and open_in_this_process(self.store_path):
             raise ProjectionError(
                 f"{self.store_path} is open in this process: pass the store itself (Projections(shop.store)) "
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
@@ -150,7 +162,7 @@ class Projections(SchemaRelations):
         self._raw_tables: frozenset[str] | None = None
         try:
             if not attach:
-                self._log = MirroredLog(self.store_path, self._con)
+                self._log = MirroredLog(log_source, self._con)
             self.rebuild()
         except BaseException:
             self.close()
@@ -263,15 +275,13 @@ class Projections(SchemaRelations):
                 self._con.execute(f"DROP TABLE IF EXISTS main.{name}_next")
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
-        log.info("rebuilt projections of %s: %d events", self.store_path, head)
+        log.info("rebuilt projections of %s: %d events", self.source, head)
         return head
 
     def _refresh(self) -> int:
         head, head_id, checkpoint_id = self._log.head(self.checkpoint)
         if checkpoint_id != self._checkpoint_event_id:
-            log.warning(
-                "%s is not the log projected so far (checkpoint %d): rebuilding", self.store_path, self.checkpoint
-            )
+            log.warning("%s is not the log projected so far (checkpoint %d): rebuilding", self.source, self.checkpoint)
             return self._rebuild()
         if head == self.checkpoint:
             return 0
@@ -299,7 +309,7 @@ class Projections(SchemaRelations):
                 self._con.execute("DROP TABLE temp.changed")
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
-        log.info("refreshed projections of %s: %d new events, checkpoint %d", self.store_path, head - after, head)
+        log.info("refreshed projections of %s: %d new events, checkpoint %d", self.source, head - after, head)
         return head - after
 
     def _sandbox_for(self) -> Sandbox:
@@ -352,10 +362,10 @@ class Projections(SchemaRelations):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Projections of {str(self.store_path)!r} at position {self.checkpoint}: {len(RELATIONS)} relations>"
+        return f"<Projections of {self.source!r} at position {self.checkpoint}: {len(RELATIONS)} relations>"
 
     def _repr_html_(self) -> str:
-        return projections_html(self.store_path, self.checkpoint)
+        return projections_html(self.source, self.checkpoint)
 
     def _position_at(self, time: datetime) -> int:
         if not isinstance(time, datetime):
@@ -376,7 +386,7 @@ class Projections(SchemaRelations):
         try:
             yield
         except duckdb.Error as exc:
-            raise StoreError(f"cannot project {self.store_path}: {exc}") from exc
+            raise StoreError(f"cannot project {self.source}: {exc}") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

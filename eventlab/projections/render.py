@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 from datetime import datetime
-from pathlib import Path
 
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS
 from eventlab.projections.typed import EVENTS_DOC
@@ -19,11 +18,11 @@ def _name(relation: str) -> Html:
     return Html(f"<code>{html.escape(relation)}</code>")
 
 
-def projections_html(store_path: Path, checkpoint: int) -> str:
-    """Every relation of the live projections of ``store_path`` at ``checkpoint``: its kind and what it holds."""
+def projections_html(source: str, checkpoint: int) -> str:
+    """Every relation of the live projections of ``source`` at ``checkpoint``: its kind and what it holds."""
     rows = [(_name("events"), "table", EVENTS_DOC)]
     rows += [(_name(r.name), f"{r.kind} ({p.name})", r.doc) for p in PROJECTIONS.values() for r in p.relations]
-    return html_table(_COLUMNS, rows, caption=f"Projections of {store_path} at position {checkpoint}")
+    return html_table(_COLUMNS, rows, caption=f"Projections of {source} at position {checkpoint}")
 
 
 def snapshot_html(position: int, recorded_at: datetime | None, schema: str) -> str:

@@ -86,7 +86,7 @@ class Snapshot(SchemaRelations):
         self.schema = f"as_of_{position}"
 
     def __repr__(self) -> str:
-        where = str(self.projections.store_path)
+        where = self.projections.source
         return f"<Snapshot of {where!r} as of position {self.position} ({self.recorded_at} UTC)>"
 
     def _repr_html_(self) -> str:

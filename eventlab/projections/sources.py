@@ -28,6 +28,8 @@ import duckdb_extensions
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
+from eventlab.store.base import EventStore
+from eventlab.store.log import StoreLog
 from eventlab.store.sqlite_log import SqliteLog
 
 __all__ = ["MONEY", "AttachedLog", "LogSource", "MirroredLog", "connect", "sql_literal"]
@@ -135,8 +137,9 @@ class MirroredLog:
     attached scan on big stores; a shop in a notebook has thousands of events, not millions.
     """
 
-    def __init__(self, store_path: Path, con: duckdb.DuckDBPyConnection) -> None:
-        self._log = SqliteLog(store_path)
+    def __init__(self, source: Path | EventStore, con: duckdb.DuckDBPyConnection) -> None:
+        # a store other than a SQLite file is read through its port (PostgreSQL, memory)
+        self._log: SqliteLog | StoreLog = StoreLog(source) if isinstance(source, EventStore) else SqliteLog(source)
         self._con = con
 
     def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
@@ -168,7 +171,7 @@ class MirroredLog:
         return f"(SELECT * FROM store.events WHERE position > {int(after)} AND position <= {int(upto)})"
 
     def close(self) -> None:
-        """Close the ``sqlite3`` connection."""
+        """Close the ``sqlite3`` connection (a store read through its port stays open)."""
         self._log.close()
 
 

@@ -9,10 +9,11 @@ implements the abstract methods (``tests/store_contract.py`` checks them).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
 __all__ = [
+    "DEAD_LETTER_COLUMNS",
     "RELAY_CONSUMER",
     "DeadLetter",
     "DeadLetterQuery",
@@ -33,7 +35,10 @@ __all__ = [
     "SourceMessage",
     "StoreBusy",
     "StoredEvent",
+    "dead_letter_from_row",
     "from_stored_time",
+    "headers_from_json",
+    "headers_to_json",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -96,6 +101,31 @@ class StoredEvent:
 def from_stored_time(text: str) -> datetime:
     """A time as a store keeps it (ISO-8601, UTC, without a zone) as an aware UTC datetime."""
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def headers_to_json(headers: Headers) -> str:
+    """Headers as JSON a person can read in SQL: text where it is UTF-8, else ``{"base64": ...}``."""
+    rows: list[list[object]] = []
+    for name, raw in headers:
+        if raw is None:
+            rows.append([name, None])
+            continue
+        try:
+            rows.append([name, raw.decode("utf-8")])
+        except UnicodeDecodeError:
+            rows.append([name, {"base64": base64.b64encode(raw).decode("ascii")}])
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def headers_from_json(text: str) -> Headers:
+    """Headers from :func:`headers_to_json`'s JSON, byte for byte as they were."""
+    headers: Headers = []
+    for name, raw in json.loads(text):
+        if raw is None or isinstance(raw, str):
+            headers.append((name, None if raw is None else raw.encode("utf-8")))
+        else:
+            headers.append((name, base64.b64decode(raw["base64"])))
+    return headers
 
 
 class EventRecord(NamedTuple):
@@ -181,6 +211,35 @@ class DeadLetter(SourceMessage):
             f"<DeadLetter #{self.id} {self.consumer} {self.topic}[{self.partition}]@{self.offset} "
             f"{len(self.value or b'')} B: {self.reason[:60]}>"
         )
+
+
+#: The columns of a dead letter in every backend's ``dead_letters`` table, in the order
+#: :func:`dead_letter_from_row` reads them.
+DEAD_LETTER_COLUMNS = (
+    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
+    " recorded_at, published_at, replayed_at, replays"
+)
+
+
+def dead_letter_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> DeadLetter:
+    """A row of :data:`DEAD_LETTER_COLUMNS` as a :class:`DeadLetter`; ``to_time`` turns the backend's
+    stored time (never None) into an aware UTC datetime."""
+    return DeadLetter(
+        id=row[0],
+        consumer=row[1],
+        topic=row[2],
+        partition=row[3],
+        offset=row[4],
+        key=row[5],
+        value=row[6],
+        headers=headers_from_json(row[7]),
+        reason=row[8],
+        event_id=row[9],
+        recorded_at=to_time(row[10]),
+        published_at=None if row[11] is None else to_time(row[11]),
+        replayed_at=None if row[12] is None else to_time(row[12]),
+        replays=row[13],
+    )
 
 
 @dataclass(frozen=True, slots=True)

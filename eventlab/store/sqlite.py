@@ -10,7 +10,6 @@ empty). Every ``sqlite3`` error leaves this module as an eventlab error.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
@@ -28,17 +27,19 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import (
+    DEAD_LETTER_COLUMNS,
     RELAY_CONSUMER,
     DeadLetter,
     DeadLetterQuery,
     EventRecord,
     EventStore,
-    Headers,
     NewEvent,
     SourceMessage,
     StoreBusy,
     StoredEvent,
+    dead_letter_from_row,
     from_stored_time,
+    headers_to_json,
 )
 
 __all__ = [
@@ -636,10 +637,10 @@ class SqliteEventStore(EventStore):
             conn.execute(
                 "INSERT OR IGNORE INTO dead_letters (consumer, source_topic, source_partition, source_offset, digest,"
                 " key, value, headers, reason, event_id, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (*source, message.key, message.value, _headers_to_json(message.headers), reason, event_id, now),
+                (*source, message.key, message.value, headers_to_json(message.headers), reason, event_id, now),
             )
             row = conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = ? AND source_topic = ?"
                 " AND source_partition = ? AND source_offset = ? AND digest = ?",
                 source,
             ).fetchone()
@@ -659,7 +660,7 @@ class SqliteEventStore(EventStore):
         if query.unpublished:
             where.append("published_at IS NULL")
         rows = self._conn().execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} ORDER BY id", params
         )
         return [_row_to_dead_letter(row) for row in rows]
 
@@ -710,54 +711,5 @@ class SqliteEventStore(EventStore):
         return int(number)
 
 
-_DEAD_LETTER_COLUMNS = (
-    "id, consumer, source_topic, source_partition, source_offset, key, value, headers, reason, event_id,"
-    " recorded_at, published_at, replayed_at, replays"
-)
-
-
-def _headers_to_json(headers: Headers) -> str:
-    """Headers as JSON a person can read in SQL: text where it is UTF-8, else ``{"base64": ...}``."""
-    rows: list[list[object]] = []
-    for name, raw in headers:
-        if raw is None:
-            rows.append([name, None])
-            continue
-        try:
-            rows.append([name, raw.decode("utf-8")])
-        except UnicodeDecodeError:
-            rows.append([name, {"base64": base64.b64encode(raw).decode("ascii")}])
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def _headers_from_json(text: str) -> Headers:
-    headers: Headers = []
-    for name, raw in json.loads(text):
-        if raw is None or isinstance(raw, str):
-            headers.append((name, None if raw is None else raw.encode("utf-8")))
-        else:
-            headers.append((name, base64.b64decode(raw["base64"])))
-    return headers
-
-
-def _utc(text: str | None) -> datetime | None:
-    return None if text is None else from_stored_time(text)
-
-
 def _row_to_dead_letter(row: _Row) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        consumer=row[1],
-        topic=row[2],
-        partition=row[3],
-        offset=row[4],
-        key=row[5],
-        value=row[6],
-        headers=_headers_from_json(row[7]),
-        reason=row[8],
-        event_id=row[9],
-        recorded_at=from_stored_time(row[10]),
-        published_at=_utc(row[11]),
-        replayed_at=_utc(row[12]),
-        replays=row[13],
-    )
+    return dead_letter_from_row(row, from_stored_time)

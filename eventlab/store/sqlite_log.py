@@ -18,7 +18,7 @@ import pyarrow as pa
 from eventlab.errors import StoreError
 from eventlab.store.sqlite import verify_event_store
 
-__all__ = ["CHECKPOINTS_SCHEMA", "EVENTS_SCHEMA", "SqliteLog"]
+__all__ = ["CHECKPOINTS_SCHEMA", "EVENTS_SCHEMA", "SqliteLog", "arrow_table"]
 
 #: The store's ``events`` table, column by column, as Arrow types.
 EVENTS_SCHEMA = pa.schema(
@@ -39,7 +39,8 @@ EVENTS_SCHEMA = pa.schema(
 CHECKPOINTS_SCHEMA = pa.schema([("name", pa.string()), ("position", pa.int64())])
 
 
-def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+def arrow_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """``rows`` (tuples in ``schema``'s column order) as an Arrow table of ``schema``."""
     if not rows:
         return schema.empty_table()
     columns = zip(*rows, strict=True)
@@ -86,7 +87,7 @@ class SqliteLog:
             ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        return _table(rows, EVENTS_SCHEMA)
+        return arrow_table(rows, EVENTS_SCHEMA)
 
     def checkpoints(self) -> pa.Table:
         """The store's consumer checkpoints (name, position)."""
@@ -94,7 +95,7 @@ class SqliteLog:
             rows = self._sqlite.execute("SELECT name, position FROM checkpoints").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        return _table(rows, CHECKPOINTS_SCHEMA)
+        return arrow_table(rows, CHECKPOINTS_SCHEMA)
 
     def close(self) -> None:
         """Close the read-only connection."""

@@ -1,0 +1,223 @@
+"""The event store contract: every backend (memory, SQLite, PostgreSQL) passes these tests.
+
+The fixtures come from tests/conftest.py (``store_backend``, ``shared_store_backend``) and
+tests/store_contract.py (the backends). The multi-process tests run where several processes can
+share a store: SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import pytest
+from store_contract import added, append_many, append_own_streams
+
+from eventlab.errors import ConcurrencyError, StoreError
+from eventlab.events import UserCreated
+from eventlab.store import NewEvent, StoreBusy
+from eventlab.store.log import StoreLog
+
+
+@pytest.fixture
+def store(store_backend):
+    return store_backend.store
+
+
+@pytest.fixture
+def hold_write_lock(store_backend):
+    return store_backend.hold_write_lock
+
+
+def follow(store, writers):
+    """Read the log by "position > last seen", as the relay does, until the writers are done and it is
+    read to the end; return the positions seen, in the order seen."""
+    seen: list[int] = []
+    while any(process.is_alive() for process in writers) or store.head() > (seen[-1] if seen else 0):
+        batch = store.read_records(after=seen[-1] if seen else 0, limit=50)
+        seen += [record.position for record in batch]
+        if not batch:
+            time.sleep(0.001)
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    return seen
+
+
+def test_appended_events_come_back_typed_and_in_order(store):
+    stored = store.append([NewEvent(added(quantity=5), 1, {"correlation_id": "c-1"}), NewEvent(added(quantity=2), 2)])
+    assert [e.position for e in stored] == [1, 2]
+    events = store.read_stream("stock", "P001")
+    assert [e.event for e in events] == [added(quantity=5), added(quantity=2)]
+    assert [e.version for e in events] == [1, 2]
+    assert events[0].metadata == {"correlation_id": "c-1"}
+    assert events[0].event_id != events[1].event_id
+    assert store.head() == 2
+
+
+def test_a_taken_version_is_a_conflict(store):
+    store.append([NewEvent(added(), 1)])
+    with pytest.raises(ConcurrencyError):
+        store.append([NewEvent(added(quantity=9), 1)])
+    assert [e.event.quantity for e in store.read_stream("stock", "P001")] == [1]
+
+
+def test_a_batch_with_a_conflict_writes_nothing(store):
+    store.append([NewEvent(added("P002"), 1)])
+    with pytest.raises(ConcurrencyError):
+        store.append([NewEvent(added("P001"), 1), NewEvent(added("P002"), 1)])
+    assert store.read_stream("stock", "P001") == []
+    assert store.head() == 1
+
+
+def test_streams_are_per_aggregate_type(store):
+    store.append([NewEvent(added("X1"), 1), NewEvent(UserCreated(user_id="X1", name="X", email="x@y.z"), 1)])
+    assert len(store.read_stream("stock", "X1")) == len(store.read_stream("user", "X1")) == 1
+
+
+def test_read_all_follows_positions(store):
+    for i in range(1, 6):
+        store.append([NewEvent(added(f"P{i}"), 1)])
+    assert [e.position for e in store.read_all(after=2)] == [3, 4, 5]
+    assert [e.position for e in store.read_all(after=0, limit=2)] == [1, 2]
+
+
+def test_a_processed_marker_makes_a_redelivery_a_no_op(store):
+    first = store.append([NewEvent(added(), 1)], processed=("inventory", "evt-1"))
+    again = store.append([NewEvent(added(), 2)], processed=("inventory", "evt-1"))
+    assert len(first) == 1 and again == []
+    assert store.is_processed("inventory", "evt-1")
+    assert not store.is_processed("order", "evt-1")
+    assert store.head() == 1
+
+
+def test_the_marker_is_atomic_with_the_events(store):
+    store.append([NewEvent(added(), 1)])
+    with pytest.raises(ConcurrencyError):
+        store.append([NewEvent(added(), 1)], processed=("inventory", "evt-2"))
+    assert not store.is_processed("inventory", "evt-2")
+
+
+def test_lag_counts_unprocessed_events_of_given_types(store):
+    stored = store.append([NewEvent(added("P1"), 1), NewEvent(added("P2"), 1)])
+    assert store.unprocessed("inventory", ["StockAdded"]) == 2
+    store.append([], processed=("inventory", stored[0].event_id))
+    assert store.unprocessed("inventory", ["StockAdded"]) == 1
+    assert store.unprocessed("inventory", ["UserCreated"]) == 0
+
+
+def test_correlated_events_form_a_saga(store):
+    store.append([NewEvent(added("P1"), 1, {"correlation_id": "order-1"})])
+    store.append([NewEvent(added("P2"), 1, {"correlation_id": "order-2"})])
+    store.append([NewEvent(added("P3"), 1, {"correlation_id": "order-1"})])
+    assert [e.aggregate_id for e in store.read_correlated("order-1")] == ["P1", "P3"]
+
+
+def test_checkpoints(store):
+    assert store.checkpoint("relay") == 0
+    store.set_checkpoint("relay", 7)
+    store.set_checkpoint("relay", 9)
+    assert store.checkpoint("relay") == 9
+
+
+def test_concurrent_writers_in_several_processes_lose_nothing(shared_store_backend):
+    store = shared_store_backend.store
+    # given four writer processes appending to one stream at once, retrying their conflicts
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=append_many, args=(shared_store_backend.reopen, w, 25)) for w in range(4)]
+    for process in writers:
+        process.start()
+    # while a reader follows the log by "position > last seen", as the relay does
+    seen = follow(store, writers)
+    # then every version is there once, and the follower saw every event once, in log order
+    events = store.read_stream("stock", "P-shared")
+    assert [e.version for e in events] == list(range(1, 101))
+    positions = [e.position for e in store.read_all()]
+    assert positions == sorted(positions) and len(positions) == 100
+    assert seen == positions
+
+
+def test_a_follower_never_misses_an_event_that_commits_late(shared_store_backend):
+    """The non-interleaving test: positions are handed out in commit order, so a reader that has read
+    position n never sees a later commit below n (which it would skip forever)."""
+    store = shared_store_backend.store
+    # given four writer processes, each with its own connection and streams of its own, so that none
+    # waits for another's stream: they append batches side by side, all starting at once
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    writers = [
+        context.Process(target=append_own_streams, args=(shared_store_backend.reopen, w, 50, 5, start))
+        for w in range(4)
+    ]
+    for process in writers:
+        process.start()
+    start.set()
+    # when a reader follows the log by "position > last seen" while they write
+    seen = follow(store, writers)
+    # then it saw every event exactly once, in position order
+    positions = [record.position for record in store.read_records()]
+    assert len(positions) == 4 * 50 * 5 == len(set(positions))
+    assert seen == positions == sorted(positions)
+
+
+def test_appends_in_a_transaction_commit_together(store):
+    with store.transaction():
+        store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
+        store.append([NewEvent(added("P2"), 1)], processed=("inventory", "e-2"))
+        assert len(store.read_stream("stock", "P1")) == 1  # the transaction sees its own writes
+    assert store.head() == 2 and store.is_processed("inventory", "e-2")
+
+
+def test_a_failed_transaction_writes_nothing(store):
+    with pytest.raises(RuntimeError), store.transaction():
+        store.append([NewEvent(added("P1"), 1)], processed=("inventory", "e-1"))
+        raise RuntimeError("handler bug")
+    assert store.head() == 0 and not store.is_processed("inventory", "e-1")
+
+
+def test_a_conflict_inside_a_transaction_undoes_only_that_append(store):
+    with store.transaction():
+        store.append([NewEvent(added("P1"), 1)])
+        with pytest.raises(ConcurrencyError):
+            store.append([NewEvent(added("P2"), 1), NewEvent(added("P1"), 1)], processed=("inventory", "e-3"))
+        store.append([NewEvent(added("P3"), 1)])
+    assert [e.aggregate_id for e in store.read_all()] == ["P1", "P3"]
+    assert not store.is_processed("inventory", "e-3")
+
+
+def test_records_are_rows_as_stored(store):
+    [stored] = store.append([NewEvent(added(quantity=4), 1, {"source": "inventory"})])
+    [record] = store.read_records()
+    assert (record.position, record.event_id, record.event_type) == (1, stored.event_id, "StockAdded")
+    assert json.loads(record.data) == stored.data and json.loads(record.metadata) == {"source": "inventory"}
+
+
+def test_a_write_blocked_by_another_writer_is_a_store_error_and_writes_nothing(store, hold_write_lock):
+    # given another writer holding the store's write lock for longer than the store waits
+    with hold_write_lock():
+        # when an append has to wait for it, then it fails as a (transient) store error
+        with pytest.raises(StoreBusy) as caught:
+            store.append([NewEvent(added(), 1)])
+        assert isinstance(caught.value, StoreError) and caught.value.__cause__ is not None
+        with pytest.raises(StoreBusy):
+            store.set_checkpoint("relay", 1)
+    # and once the lock is gone the store works again, with nothing half-written
+    assert store.head() == 0 and store.checkpoint("relay") == 0
+    store.append([NewEvent(added(), 1)])
+    assert store.head() == 1
+
+
+def test_the_projections_read_the_log_through_the_port(store):
+    # given a store with a few events, one of them a redelivery that wrote nothing, and the relay's checkpoint
+    for i in range(1, 4):
+        store.append([NewEvent(added(f"P{i}", quantity=i), 1)])
+    store.append([NewEvent(added("P1"), 2)], processed=("inventory", "e-1"))
+    store.append([NewEvent(added("P1"), 3)], processed=("inventory", "e-1"))
+    store.set_checkpoint("relay", 2)
+    log = StoreLog(store)
+    # when the projections' reader asks for the head and the rows, then it gets the log as stored
+    records = store.read_records()
+    assert log.head(2) == (4, records[-1].event_id, records[1].event_id)
+    assert log.rows(1, 3).to_pylist() == [record._asdict() for record in records[1:3]]
+    assert log.rows(0, 4).num_rows == 4 and log.checkpoints().to_pylist() == [{"name": "relay", "position": 2}]

@@ -1,0 +1,183 @@
+"""The PostgreSQL store beyond the shared contract: its schema, created and versioned by eventlab, and
+driver errors translated. The server is the session's throwaway cluster (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from eventlab.errors import StoreError
+from eventlab.events import StockAdded
+from eventlab.settings import Settings
+from eventlab.store import NewEvent, open_store
+from eventlab.store.postgres import MIGRATIONS, SCHEMA, SCHEMA_VERSION, PostgresEventStore
+
+
+def added(quantity=1):
+    return StockAdded(product_id="P1", quantity=quantity)
+
+
+def sql(url, *statements):
+    """Run ``statements`` on the schema of ``url`` (its search_path), as a person with psql would;
+    return the rows of each that has some."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursors = [conn.execute(statement.encode()) for statement in statements]
+        return [cursor.fetchall() for cursor in cursors if cursor.description is not None]
+
+
+def tables(url):
+    [rows] = sql(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    return {name for (name,) in rows}
+
+
+@pytest.fixture
+def shop_store(postgres_store_url):
+    """A store with three events, closed again."""
+    with PostgresEventStore(postgres_store_url) as store:
+        for version in (1, 2, 3):
+            store.append([NewEvent(added(version), version)])
+    return postgres_store_url
+
+
+def test_a_new_store_records_the_current_schema_version(postgres_store_url):
+    with PostgresEventStore(postgres_store_url) as store:
+        assert store.head() == 0
+    assert sql(postgres_store_url, "SELECT value FROM eventlab WHERE key = 'schema_version'") == [
+        [(str(SCHEMA_VERSION),)]
+    ]
+    assert {"events", "processed", "checkpoints", "dead_letters", "eventlab"} <= tables(postgres_store_url)
+
+
+def test_open_store_opens_postgresql_when_the_url_names_it(postgres_store_url, tmp_path):
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": postgres_store_url}, data_dir=tmp_path)
+    with open_store(settings) as store:
+        assert isinstance(store, PostgresEventStore)
+        store.append([NewEvent(added(), 1)])
+    with open_store(settings, create=False) as again:
+        assert again.head() == 1
+    assert not settings.store_path.exists()  # nothing went to the SQLite file
+
+
+def test_opening_an_empty_schema_without_create_is_refused_and_creates_nothing(postgres_store_url):
+    with pytest.raises(StoreError, match="not an eventlab event store: it has no tables"):
+        PostgresEventStore(postgres_store_url, create=False)
+    assert tables(postgres_store_url) == set()
+
+
+def test_a_store_whose_events_table_was_dropped_is_refused_and_left_alone(shop_store):
+    # given a store whose events table was dropped by accident
+    sql(shop_store, "DROP TABLE events")
+    # when it is opened, then it is refused with the problem named, and nothing was recreated
+    with pytest.raises(StoreError, match="table 'events' is missing") as refused:
+        PostgresEventStore(shop_store)
+    assert "postgresql://postgres@127.0.0.1" in str(refused.value)
+    assert "events" not in tables(shop_store)
+
+
+def test_a_store_that_lost_its_optimistic_concurrency_key_is_refused(shop_store):
+    sql(shop_store, "ALTER TABLE events DROP CONSTRAINT events_aggregate_type_aggregate_id_version_key")
+    with pytest.raises(StoreError, match=r"lacks its unique key \(aggregate_type, aggregate_id, version\)"):
+        PostgresEventStore(shop_store)
+
+
+def test_a_store_of_a_newer_schema_version_is_refused_unchanged(shop_store):
+    sql(shop_store, f"UPDATE eventlab SET value = '{SCHEMA_VERSION + 1}'")
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+        PostgresEventStore(shop_store)
+    assert sql(shop_store, "SELECT value FROM eventlab") == [[(str(SCHEMA_VERSION + 1),)]]
+
+
+def test_a_version_1_store_is_migrated_with_its_events_intact(postgres_store_url):
+    # given a store as the first schema version left it
+    with psycopg.connect(postgres_store_url, autocommit=True) as conn:
+        conn.execute(SCHEMA.encode())
+        conn.execute("INSERT INTO eventlab VALUES ('schema_version', '1')")
+    assert len(MIGRATIONS) == SCHEMA_VERSION - 1 and "dead_letters" not in tables(postgres_store_url)
+    # when this code opens it, then it is at the current version and works
+    with PostgresEventStore(postgres_store_url) as store:
+        store.append([NewEvent(added(), 1)])
+        letter = store.record_dead_letter("order", "t", 0, 1, b"k", b"v", [], "poison")
+        assert store.dead_letters() == [letter]
+    assert sql(postgres_store_url, "SELECT value FROM eventlab") == [[(str(SCHEMA_VERSION),)]]
+
+
+def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):
+    # given two services, each with a schema of its own in one database
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS orders CASCADE; CREATE SCHEMA orders")
+        conn.execute("DROP SCHEMA IF EXISTS stock CASCADE; CREATE SCHEMA stock")
+    try:
+        orders = PostgresEventStore(f"{postgres_url}?options=-csearch_path%3Dorders")
+        stock = PostgresEventStore(f"{postgres_url}?options=-csearch_path%3Dstock")
+        # when one appends, then the other does not see it, and neither waits for the other's write lock
+        orders.append([NewEvent(added(), 1)])
+        assert (orders.head(), stock.head()) == (1, 0) and orders.write_lock != stock.write_lock
+        orders.close(), stock.close()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA orders CASCADE; DROP SCHEMA stock CASCADE")
+
+
+def test_an_unreachable_server_is_a_store_error_naming_it_without_the_password():
+    with pytest.raises(StoreError, match="postgresql://shop@127.0.0.1:1/shop") as refused:
+        PostgresEventStore("postgresql://shop:hunter2@127.0.0.1:1/shop", connect_timeout=2)
+    assert "hunter2" not in str(refused.value) and isinstance(refused.value.__cause__, psycopg.OperationalError)
+
+
+def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
+    with PostgresEventStore(shop_store) as store:
+        sql(shop_store, "DROP TABLE events")  # the table goes away under an open store
+        for call in (store.read_all, store.head, lambda: store.read_stream("stock", "P1"), store.read_records):
+            with pytest.raises(StoreError, match='relation "events" does not exist') as caught:
+                call()
+            assert isinstance(caught.value.__cause__, psycopg.errors.UndefinedTable)
+        with pytest.raises(StoreError, match="append failed"):
+            store.append([NewEvent(added(), 4)])
+        with pytest.raises(StoreError, match="does not exist"), store.transaction():
+            store.append([NewEvent(added(), 4)])
+
+
+# --- the shop on PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_shop_runs_its_sagas_to_the_end_on_postgresql_and_again_after_a_restart(postgres_store_url, tmp_path):
+    from collections import Counter
+    from datetime import timedelta
+
+    from eventlab import Shop
+    from eventlab.adapters.mailer import MAILBOX
+    from eventlab.projections.audit import audit
+    from eventlab.services import inventory
+    from eventlab.services.runtime import load
+
+    # given the in-process shop (embedded broker) on a PostgreSQL store, and two keyboards in stock
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": postgres_store_url}, data_dir=tmp_path)
+    with Shop(settings) as shop:
+        assert isinstance(shop.store, PostgresEventStore)
+        shop.register_user("U001", "Ada Lovelace", "ada@example.com")
+        shop.create_product("P001", "Keyboard", 8900, initial_stock=2)
+        shop.wait_idle()
+        # when three orders of one keyboard each come in
+        orders = [shop.place_order("U001", {"P001": 1}) for _ in range(3)]
+        # then two complete and the third is cancelled for want of stock, every saga at its end
+        statuses = Counter(shop.wait(order_id, timeout=60).status for order_id in orders)
+        assert statuses == {"completed": 2, "cancelled": 1}
+        shop.wait_idle()
+        assert load(shop.store, ("stock", "P001"), inventory.evolve_stock).state == inventory.Stock(0, 0, 2)
+        head = shop.store.head()
+    assert not settings.store_path.exists()  # nothing went to the SQLite file
+    # and a restarted shop (a new, empty embedded broker) applies nothing twice and takes new orders
+    with Shop(settings) as shop:
+        shop.create_product("P002", "Mouse", 2500, initial_stock=1)
+        shop.wait_idle()
+        assert shop.wait(shop.place_order("U001", {"P002": 1}), timeout=60).status == "completed"
+        shop.wait_idle()
+        assert load(shop.store, ("stock", "P001"), inventory.evolve_stock).state == inventory.Stock(0, 0, 2)
+        replayed = [e for e in shop.store.read_all(after=head) if e.aggregate_id in orders]
+        assert replayed == [] and shop.lag()["relay"] == 0
+        # and the invariant audit, reading the PostgreSQL store through its port, finds nothing wrong
+        assert (tmp_path / MAILBOX).is_file()  # the emails, checked against the events
+        report = audit(shop.store, grace=timedelta(0), mailbox=tmp_path / MAILBOX)
+        assert report.ok, [result for result in report.values() if not result.ok]
+        assert report["stock_never_negative"].ok and report.position == shop.store.head()

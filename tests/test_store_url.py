@@ -1,0 +1,50 @@
+"""EVENTLAB_STORE_URL: which store eventlab opens, and the values it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventlab.events import StockAdded
+from eventlab.settings import Settings, SettingsError
+from eventlab.store import MemoryEventStore, NewEvent, SqliteEventStore, open_store
+
+
+def test_by_default_the_store_is_the_sqlite_file_in_the_data_directory(tmp_path):
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    assert settings.store_backend == "sqlite" and settings.store_path == tmp_path / "events.db"
+    with open_store(settings) as store:
+        assert isinstance(store, SqliteEventStore) and store.path == tmp_path / "events.db"
+
+
+@pytest.mark.parametrize("form", ["sqlite://{path}", "{path}"])
+def test_a_sqlite_url_or_a_plain_path_names_that_file(tmp_path, form):
+    path = tmp_path / "elsewhere" / "shop.db"
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": form.format(path=path)}, data_dir=tmp_path)
+    assert settings.store_path == path
+    with open_store(settings) as store:
+        store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
+    assert path.is_file() and not (tmp_path / "events.db").exists()
+
+
+def test_memory_gives_a_fresh_store_in_this_process(tmp_path):
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": "memory://"}, data_dir=tmp_path)
+    first, second = open_store(settings), open_store(settings)
+    first.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
+    assert isinstance(first, MemoryEventStore) and (first.head(), second.head()) == (1, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["mysql://shop@db/shop", "sqlite://relative.db", "memory://shop", "postgresq://x"])
+def test_an_unknown_store_url_is_refused_naming_the_variable(url):
+    with pytest.raises(SettingsError, match="EVENTLAB_STORE_URL: .* is not a store eventlab knows"):
+        Settings.from_env({"EVENTLAB_STORE_URL": url})
+
+
+def test_the_url_goes_to_child_processes_and_its_password_stays_out_of_logs():
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": "postgresql://shop:hunter2@db:5432/shop"})
+    assert settings.store_backend == "postgresql"
+    assert Settings.from_env(settings.environ()) == settings
+    assert "hunter2" not in repr(settings) and "postgresql://shop:***@db:5432/shop" in repr(settings)
+    assert Settings.from_env({}, data_dir=Path("/srv/shop")).environ()["EVENTLAB_STORE_URL"] == ""
