@@ -64,6 +64,7 @@ from eventlab.errors import (
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, problems_of, registry_for, render
 from eventlab.store.base import EventStore
+from eventlab.tracing import SpanKind, Tracing, context_of, failed
 
 __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
 
@@ -187,18 +188,21 @@ class ServiceHttp:
         commands: Commands | None = None,
         *,
         limits: Limits | None = None,
+        histograms: Sequence[LatencyHistogram] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
         self.health = health
         self.commands = commands
         self.limits = limits or Limits()
-        histograms: list[LatencyHistogram | SagaDurations] = []
+        self.tracing = tracing
+        exposed: list[LatencyHistogram | SagaDurations] = list(histograms)
         store = health.store if isinstance(health, ServiceHealth) else commands.store if commands else None
         if isinstance(health, ServiceHealth) and health.loop is not None:
-            histograms.append(health.loop.handler_seconds)
+            exposed.append(health.loop.handler_seconds)
         if service == "order" and store is not None:
-            histograms.append(SagaDurations(store))
-        self.registry = registry_for(ServiceCollector(service, health, histograms))
+            exposed.append(SagaDurations(store))
+        self.registry = registry_for(ServiceCollector(service, health, exposed))
         self._server = _Server(("127.0.0.1", port), self)
         self._thread = threading.Thread(target=self._serve, name=f"http-{service}", daemon=True)
 
@@ -244,8 +248,23 @@ class ServiceHttp:
                 return {"GET": lambda _: Reply(200, commands.get_order(order_id).as_dict())}
         return None
 
-    def call(self, method: str, path: str, action: Action, body: Any) -> Reply:
-        """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500."""
+    def call(self, method: str, path: str, action: Action, body: Any, traceparent: str = "") -> Reply:
+        """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500.
+
+        With tracing on, a ``SERVER`` span covers it, a child of the caller's ``traceparent`` if any.
+        """
+        if self.tracing is None:
+            return self._call(method, path, action, body)
+        attributes: dict[str, str | int] = {"http.request.method": method, "url.path": path, "server.port": self.port}
+        parent = context_of(traceparent)
+        with self.tracing.span(self.service, f"{method} {path}", SpanKind.SERVER, attributes, parent) as span:
+            reply = self._call(method, path, action, body)
+            span.set_attribute("http.response.status_code", reply.status)
+            if reply.status >= 500:
+                failed(span, f"HTTP {reply.status}")
+            return reply
+
+    def _call(self, method: str, path: str, action: Action, body: Any) -> Reply:
         try:
             return action(body)
         except AlreadyExists as exc:
@@ -423,7 +442,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = f"{self.command} is not allowed on {path}; allowed: {', '.join(allowed)}"
             raise _Rejected(405, error, "method", headers=(("Allow", ", ".join(allowed)),))
         body = self._read_json() if method == "POST" else None
-        return self.app.call(method, path, routes[method], body)
+        return self.app.call(method, path, routes[method], body, self.headers.get("traceparent", ""))
 
     def _read_json(self) -> Any:
         """The body as JSON, after checking its length: nothing is read unless it is acceptable."""
