@@ -17,6 +17,7 @@ import errno
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eventlab.adapters.mailer import MAILBOX, FileMailer
 from eventlab.application import Commands
@@ -32,7 +33,10 @@ from eventlab.services.runtime import Service
 from eventlab.settings import PortInUse, Settings
 from eventlab.store.base import EventStore
 from eventlab.sweeper import DeadlineSweeper
-from eventlab.tracing import TracedCommands, TracedGateway, TracedMailer, Tracing, tracing_for
+from eventlab.tracing import tracing_for
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["Wiring", "build_services"]
 
@@ -51,7 +55,7 @@ def build_services(
     mailer = mailer or FileMailer(settings.data_dir / MAILBOX)
     tracing = tracing_for(settings)
     if tracing is not None:
-        gateway, mailer = TracedGateway(gateway, tracing), TracedMailer(mailer, tracing)
+        gateway, mailer = tracing.gateway(gateway), tracing.mailer(mailer)
     services = [
         user.SERVICE,
         product.SERVICE,
@@ -85,9 +89,7 @@ class Wiring:
         tracing = tracing_for(self.settings)
         object.__setattr__(self, "tracing", tracing)
         commands = (
-            Commands(self.store, self.id_factory)
-            if tracing is None
-            else TracedCommands(self.store, self.id_factory, tracing)
+            Commands(self.store, self.id_factory) if tracing is None else tracing.commands(self.store, self.id_factory)
         )
         object.__setattr__(self, "commands", commands)
 

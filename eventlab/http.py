@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eventlab.application import Commands
 from eventlab.errors import (
@@ -64,7 +64,9 @@ from eventlab.errors import (
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, problems_of, registry_for, render
 from eventlab.store.base import EventStore
-from eventlab.tracing import SpanKind, Tracing, context_of, failed
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
 
@@ -255,13 +257,9 @@ class ServiceHttp:
         """
         if self.tracing is None:
             return self._call(method, path, action, body)
-        attributes: dict[str, str | int] = {"http.request.method": method, "url.path": path, "server.port": self.port}
-        parent = context_of(traceparent)
-        with self.tracing.span(self.service, f"{method} {path}", SpanKind.SERVER, attributes, parent) as span:
+        with self.tracing.serving(self.service, method, path, traceparent) as answered:
             reply = self._call(method, path, action, body)
-            span.set_attribute("http.response.status_code", reply.status)
-            if reply.status >= 500:
-                failed(span, f"HTTP {reply.status}")
+            answered(reply.status)
             return reply
 
     def _call(self, method: str, path: str, action: Action, body: Any) -> Reply:

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
@@ -34,7 +35,9 @@ from eventlab.restarts import Backoff
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
-from eventlab.tracing import Tracing, traceparent_of
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["LoopStats", "ServiceLoop"]
 
@@ -265,7 +268,7 @@ class ServiceLoop:
         if self.tracing is None:
             return self._handle(message, "")
         with self.tracing.consuming(self.service.name, message, raw) as span:
-            handled = self._handle(message, traceparent_of(span))
+            handled = self._handle(message, self.tracing.traceparent(span))
             span.set_attribute("eventlab.duplicate", not handled)
             return handled
 

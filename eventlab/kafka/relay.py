@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
 
@@ -24,7 +25,9 @@ from eventlab.metrics import relay_histogram
 from eventlab.restarts import Backoff
 from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventStore
-from eventlab.tracing import Tracing
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["Relay", "rewind", "unpublished"]
 

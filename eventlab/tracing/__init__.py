@@ -11,8 +11,9 @@ the mail send are ``CLIENT`` spans inside the handler that makes them. Span attr
 OpenTelemetry messaging conventions for Kafka (``messaging.system=kafka``,
 ``messaging.destination.name``, ``messaging.kafka.message.key``, partition, offset, consumer group).
 
-Tracing is off by default and then costs nothing: :func:`tracing_for` returns None, and every hook
-(loop, relay, HTTP, gateway, mailer) checks for None before touching OpenTelemetry. It is on when
+Tracing is off by default and then costs nothing: :func:`tracing_for` returns None, every hook
+(loop, relay, HTTP, gateway, mailer) checks for None, and OpenTelemetry is not even imported (the
+spans live in :mod:`eventlab.tracing.spans`, imported when a sink is named). It is on when
 ``EVENTLAB_TRACING`` names a sink (``file``, ``otlp``, ``zipkin``), when ``EVENTLAB_OTLP_ENDPOINT``
 or ``EVENTLAB_ZIPKIN_ENDPOINT`` is set, or when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is. The ``file`` sink appends one JSON object per span to
@@ -26,52 +27,22 @@ providers are never installed globally: two shops in one process trace to their 
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from confluent_kafka import Message as KafkaMessage
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from eventlab.application import Commands
 from eventlab.errors import EventlabError
-from eventlab.events import EmailRequested
-from eventlab.kafka.cloudevents import Message
-from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
-from eventlab.store.base import EventStore
 
-__all__ = [
-    "SPANS_FILE",
-    "JsonLinesExporter",
-    "PublishSpans",
-    "SpanKind",
-    "TracedCommands",
-    "TracedGateway",
-    "TracedMailer",
-    "Tracing",
-    "TracingError",
-    "context_of",
-    "failed",
-    "flush",
-    "install",
-    "kafka_attributes",
-    "sinks",
-    "traceparent_of",
-    "tracing_for",
-]
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from eventlab.tracing.spans import Tracing
+
+__all__ = ["OTEL_ENDPOINTS", "SPANS_FILE", "TracingError", "flush", "forget", "install", "sinks", "tracing_for"]
 
 log = logging.getLogger(__name__)
 
@@ -80,288 +51,10 @@ SPANS_FILE = "spans.jsonl"
 #: The standard OpenTelemetry variables that switch the OTLP exporter on.
 OTEL_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
-_PROPAGATOR = TraceContextTextMapPropagator()
-
 
 class TracingError(EventlabError):
     """Tracing was asked for in a way that cannot work (e.g. an exporter that is not installed)."""
 
-
-def context_of(traceparent: str) -> Context | None:
-    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or malformed).
-
-    Example:
-        >>> context_of("") is None
-        True
-    """
-    if not traceparent:
-        return None
-    found = _PROPAGATOR.extract({"traceparent": traceparent})
-    return found if trace.get_current_span(found).get_span_context().is_valid else None
-
-
-def traceparent_of(span: trace.Span) -> str:
-    """The W3C ``traceparent`` of ``span``, for event metadata and message headers."""
-    context = span.get_span_context()
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def kafka_attributes(
-    topic: str,
-    key: str,
-    *,
-    operation: str,
-    message_id: str = "",
-    group: str = "",
-    partition: int | None = None,
-    offset: int | None = None,
-) -> dict[str, str | int]:
-    """Span attributes of the OpenTelemetry messaging conventions for one Kafka message.
-
-    Example:
-        >>> kafka_attributes("order.lifecycle.created", "O-1", operation="publish")["messaging.system"]
-        'kafka'
-    """
-    found: dict[str, str | int] = {
-        "messaging.system": "kafka",
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-        "messaging.destination.name": topic,
-        "messaging.kafka.message.key": key,
-    }
-    if message_id:
-        found["messaging.message.id"] = message_id
-    if group:
-        found["messaging.consumer.group.name"] = group
-    if partition is not None:
-        found["messaging.destination.partition.id"] = str(partition)
-    if offset is not None:
-        found["messaging.kafka.offset"] = offset
-    return found
-
-
-class JsonLinesExporter(SpanExporter):
-    """The local sink: appends each finished span as one JSON line to ``path``.
-
-    Each batch is one ``write`` in append mode, so the processes of a shop can share the file.
-    A line holds ``trace_id``, ``span_id``, ``parent_id``, ``name``, ``kind``, ``service``,
-    ``start_ns``, ``end_ns``, ``status`` and ``attributes``.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"JsonLinesExporter({str(self.path)!r})"
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(_record(span), separators=(",", ":")) + "\n" for span in spans)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as sink:
-                sink.write(lines)
-        except OSError as exc:
-            log.warning("cannot write %d spans to %s: %s", len(spans), self.path, exc)
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        """Nothing to release: the file is opened per batch."""
-
-
-def _record(span: ReadableSpan) -> dict[str, Any]:
-    context = span.get_span_context()
-    parent = span.parent
-    assert context is not None  # a finished SDK span always has its context
-    return {
-        "trace_id": f"{context.trace_id:032x}",
-        "span_id": f"{context.span_id:016x}",
-        "parent_id": f"{parent.span_id:016x}" if parent is not None else None,
-        "name": span.name,
-        "kind": span.kind.name,
-        "service": str(span.resource.attributes.get("service.name", "")),
-        "start_ns": span.start_time,
-        "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
-    }
-
-
-class _Shared(SpanProcessor):
-    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares."""
-
-    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
-        self.processors = processors
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Nothing to do when a span starts: only finished spans are exported."""
-
-    def on_end(self, span: ReadableSpan) -> None:
-        for processor in self.processors:
-            processor.on_end(span)
-
-    def shutdown(self) -> None:
-        """The pipelines belong to the :class:`Tracing`, which shuts them down once."""
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(processor.force_flush(timeout_millis) for processor in self.processors)
-
-
-class Tracing:
-    """Tracers for the services of one shop, all exporting through the same pipelines.
-
-    Example:
-        >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        >>> memory = InMemorySpanExporter()
-        >>> tracing = Tracing([memory])
-        >>> with tracing.tracer("order").start_as_current_span("place order"):
-        ...     pass
-        >>> tracing.flush(), [span.name for span in memory.get_finished_spans()]
-        (True, ['place order'])
-        >>> tracing.shutdown()
-    """
-
-    def __init__(self, exporters: Sequence[SpanExporter], *, schedule_delay_ms: int = 200) -> None:
-        self.exporters = tuple(exporters)
-        self._processors = [
-            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms, max_queue_size=65536)
-            for exporter in self.exporters
-        ]
-        self._tracers: dict[str, Tracer] = {}
-        self._providers: list[TracerProvider] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        atexit.register(self.shutdown)
-
-    def __repr__(self) -> str:
-        return f"<Tracing {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
-
-    def tracer(self, service: str) -> Tracer:
-        """The tracer of ``service`` (its spans carry ``service.name`` = ``service``)."""
-        with self._lock:
-            found = self._tracers.get(service)
-            if found is None:
-                resource = Resource.create({"service.name": service, "service.namespace": "eventlab"})
-                provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-                provider.add_span_processor(_Shared(self._processors))
-                self._providers.append(provider)
-                found = self._tracers[service] = provider.get_tracer("eventlab")
-            return found
-
-    def flush(self, timeout_ms: int = 5000) -> bool:
-        """Export every finished span now (before reading the local sink); True when all went."""
-        return all(processor.force_flush(timeout_ms) for processor in self._processors)
-
-    def shutdown(self) -> None:
-        """Export what is left and stop the pipelines (also at interpreter exit); idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for processor in self._processors:
-            processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
-        with _REGISTRY_LOCK:
-            for key, tracing in list(_REGISTRY.items()):
-                if tracing is self:
-                    del _REGISTRY[key]
-        atexit.unregister(self.shutdown)
-
-    @contextmanager
-    def span(
-        self,
-        service: str,
-        name: str,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, str | int | bool] | None = None,
-        parent: Context | None = None,
-    ) -> Iterator[trace.Span]:
-        """A span of ``service`` around the block, current inside it; an exception marks it failed."""
-        with self.tracer(service).start_as_current_span(name, parent, kind, attributes=attributes) as span:
-            yield span
-
-    @contextmanager
-    def consuming(self, group: str, message: Message, raw: KafkaMessage | None) -> Iterator[trace.Span]:
-        """The ``CONSUMER`` span of consumer group ``group`` handling ``message`` (``raw``: as consumed),
-        a child of the span that published it (the message's ``traceparent``)."""
-        topic = raw.topic() if raw is not None else None
-        attributes = kafka_attributes(
-            topic or message.event.topic,
-            _text(raw.key()) if raw is not None else "",
-            operation="process",
-            message_id=message.event_id,
-            group=group,
-            partition=raw.partition() if raw is not None else None,
-            offset=raw.offset() if raw is not None else None,
-        )
-        attributes["eventlab.event_type"] = message.event.event_type
-        name = f"process {topic or message.event.topic}"
-        parent = context_of(message.traceparent)
-        with self.tracer(group).start_as_current_span(name, parent, SpanKind.CONSUMER, attributes) as span:
-            yield span
-
-    def publishing(self) -> PublishSpans:
-        """A batch of the relay's ``PRODUCER`` spans (see :class:`PublishSpans`)."""
-        return PublishSpans(self.tracer("relay"))
-
-
-class PublishSpans:
-    """The relay's ``PRODUCER`` spans for one batch: each a child of the span that appended its event.
-
-    :meth:`start` puts the producer span's own ``traceparent`` in the message's headers, so the
-    consumer's span becomes its child; :meth:`end` ends them all once the broker acknowledged.
-    """
-
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
-        self.spans: list[trace.Span] = []
-
-    def start(
-        self, topic: str, key: str, event_id: str, headers: Sequence[tuple[str, bytes]]
-    ) -> list[tuple[str, bytes]]:
-        """Start the span publishing one message; return its headers with the span's ``traceparent``."""
-        stored = next((raw.decode() for name, raw in headers if name == "traceparent"), "")
-        attributes = kafka_attributes(topic, key, operation="publish", message_id=event_id)
-        span = self.tracer.start_span(f"publish {topic}", context_of(stored), SpanKind.PRODUCER, attributes)
-        self.spans.append(span)
-        own = ("traceparent", traceparent_of(span).encode())
-        return [header for header in headers if header[0] != "traceparent"] + [own]
-
-    def end(self, error: str = "") -> None:
-        """End every span of the batch (failed with ``error`` when the broker did not acknowledge)."""
-        for span in self.spans:
-            if error:
-                failed(span, error)
-            span.end()
-        self.spans.clear()
-
-
-class TracedCommands(Commands):
-    """The command side with a span around placing an order (its events carry the span's
-    ``traceparent``, so the saga's trace starts there, or at the HTTP request around it)."""
-
-    def __init__(self, store: EventStore, id_factory: Callable[[], str], tracing: Tracing) -> None:
-        super().__init__(store, id_factory)
-        self.tracer = tracing.tracer("order")
-
-    def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
-        with self.tracer.start_as_current_span("place order") as span:
-            order_id = super().place_order(data, **fields)
-            span.set_attribute("eventlab.order_id", order_id)
-            return order_id
-
-    def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
-        metadata = super()._meta(source, correlation_id)
-        span = trace.get_current_span()
-        if span.get_span_context().is_valid:
-            metadata["traceparent"] = traceparent_of(span)
-        return metadata
-
-
-def _text(raw: str | bytes | None) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw or ""
-
-
-# --- one Tracing per shop (data directory) in this process ------------------------------------
 
 _REGISTRY: dict[Path, Tracing] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -372,7 +65,12 @@ def _key(settings: Settings) -> Path:
 
 
 def sinks(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
-    """The sinks the settings (and the standard ``OTEL_*`` variables in ``env``) switch on."""
+    """The sinks the settings (and the standard ``OTEL_*`` variables in ``env``) switch on.
+
+    Example:
+        >>> sinks(Settings(tracing="file", zipkin_endpoint="http://localhost:9411/api/v2/spans"), env={})
+        ['file', 'zipkin']
+    """
     env = os.environ if env is None else env
     named = [part.strip() for part in settings.tracing.split(",") if part.strip() not in ("", "off")]
     if settings.otlp_endpoint or any(env.get(name) for name in OTEL_ENDPOINTS):
@@ -380,26 +78,6 @@ def sinks(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]
     if settings.zipkin_endpoint:
         named.append("zipkin")
     return list(dict.fromkeys(named))
-
-
-def _exporter(sink: str, settings: Settings) -> SpanExporter:
-    if sink == "file":
-        return JsonLinesExporter(settings.data_dir / SPANS_FILE)
-    try:
-        if sink == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            endpoint = settings.otlp_endpoint
-            if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
-                endpoint = endpoint.rstrip("/") + "/v1/traces"
-            return OTLPSpanExporter(endpoint=endpoint or None)
-        from opentelemetry.exporter.zipkin.json import ZipkinExporter
-
-        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None)
-    except ImportError as exc:
-        raise TracingError(
-            f"the {sink} exporter is not installed: pip install 'eventlab[tracing]' ({exc.name} missing)"
-        ) from exc
 
 
 def tracing_for(settings: Settings) -> Tracing | None:
@@ -415,7 +93,9 @@ def tracing_for(settings: Settings) -> Tracing | None:
         chosen = sinks(settings)
         if not chosen:
             return None
-        found = _REGISTRY[key] = Tracing([_exporter(sink, settings) for sink in chosen])
+        from eventlab.tracing.spans import Tracing, exporter
+
+        found = _REGISTRY[key] = Tracing([exporter(sink, settings) for sink in chosen])
         log.info("tracing %s to %s", settings.data_dir, ", ".join(chosen))
         return found
 
@@ -424,9 +104,11 @@ def install(settings: Settings, *exporters: SpanExporter) -> Tracing:
     """Trace the shop in ``settings.data_dir`` to ``exporters`` as well as the sinks the settings name.
 
     For tests and notebooks: e.g. an ``InMemorySpanExporter`` as an in-process collector. Replaces
-    (and shuts down) the tracing this process had for that directory.
+    (and shuts down) the tracing this process had for that directory. Call it before the shop is made.
     """
-    tracing = Tracing([*(_exporter(sink, settings) for sink in sinks(settings)), *exporters])
+    from eventlab.tracing.spans import Tracing, exporter
+
+    tracing = Tracing([*(exporter(sink, settings) for sink in sinks(settings)), *exporters])
     with _REGISTRY_LOCK:
         previous = _REGISTRY.pop(_key(settings), None)
         _REGISTRY[_key(settings)] = tracing
@@ -435,60 +117,17 @@ def install(settings: Settings, *exporters: SpanExporter) -> Tracing:
     return tracing
 
 
+def forget(tracing: Tracing) -> None:
+    """Drop ``tracing`` from this process's shops (it was shut down)."""
+    with _REGISTRY_LOCK:
+        for key, found in list(_REGISTRY.items()):
+            if found is tracing:
+                del _REGISTRY[key]
+
+
 def flush(settings: Settings) -> None:
     """Export the finished spans of the shop in ``settings.data_dir``, if this process traces it."""
     with _REGISTRY_LOCK:
         found = _REGISTRY.get(_key(settings))
     if found is not None:
         found.flush()
-
-
-# --- the outside world's calls, wrapped ---------------------------------------------------------
-
-
-class TracedGateway:
-    """The payment gateway with a ``CLIENT`` span around each call (only made when tracing is on)."""
-
-    def __init__(self, gateway: Gateway, tracing: Tracing) -> None:
-        self.gateway = gateway
-        self.tracer = tracing.tracer("payment")
-
-    def __repr__(self) -> str:
-        return f"<TracedGateway {self.gateway!r}>"
-
-    def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
-        attributes: dict[str, str | int] = {"eventlab.order_id": order_id, "eventlab.amount_cents": amount_cents}
-        with self.tracer.start_as_current_span("gateway charge", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            result = self.gateway.charge(order_id, amount_cents)
-            span.set_attribute("eventlab.approved", result.approved)
-            return result
-
-    def refund(self, order_id: str) -> RefundResult:
-        attributes = {"eventlab.order_id": order_id}
-        with self.tracer.start_as_current_span("gateway refund", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            result = self.gateway.refund(order_id)
-            span.set_attribute("eventlab.refunded_cents", result.refunded_cents)
-            return result
-
-
-class TracedMailer:
-    """The mailer with a ``CLIENT`` span around each send (only made when tracing is on)."""
-
-    def __init__(self, mailer: Any, tracing: Tracing) -> None:
-        self.mailer = mailer
-        self.tracer = tracing.tracer("notification")
-
-    def __repr__(self) -> str:
-        return f"<TracedMailer {self.mailer!r}>"
-
-    def __call__(self, email: EmailRequested) -> object:
-        attributes = {"eventlab.order_id": email.order_id, "eventlab.email_kind": email.kind}
-        with self.tracer.start_as_current_span("mail send", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            delivered = self.mailer(email)
-            span.set_attribute("eventlab.delivered", bool(delivered))
-            return delivered
-
-
-def failed(span: trace.Span, reason: str) -> None:
-    """Mark ``span`` as failed with ``reason`` (an error that was handled, not raised)."""
-    span.set_status(Status(StatusCode.ERROR, reason))

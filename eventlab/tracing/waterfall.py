@@ -22,9 +22,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from opentelemetry.sdk.trace import ReadableSpan
+from typing import TYPE_CHECKING, Any
 
 from eventlab.cli import Command
 from eventlab.errors import EventlabError, NotFound
@@ -33,6 +31,9 @@ from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 from eventlab.tables import Table
 from eventlab.tracing import SPANS_FILE, flush
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
     "COMMAND",
