@@ -147,6 +147,8 @@ class Settings:
       ``OTEL_EXPORTER_OTLP_*`` variables).
     - ``zipkin_endpoint`` (``EVENTLAB_ZIPKIN_ENDPOINT``): a Zipkin server's
       ``http://localhost:9411/api/v2/spans``; setting it switches tracing on.
+    - ``trace_sample`` (``EVENTLAB_TRACE_SAMPLE``, 0-1): the share of orders traced (whole traces:
+      every span follows its order's decision); below 1 where tracing's cost matters.
 
     A value out of range raises :class:`SettingsError` naming the variable.
 
@@ -172,6 +174,7 @@ class Settings:
     tracing: str = field(default="off", metadata=variable("EVENTLAB_TRACING"))
     otlp_endpoint: str = field(default="", metadata=variable("EVENTLAB_OTLP_ENDPOINT"))
     zipkin_endpoint: str = field(default="", metadata=variable("EVENTLAB_ZIPKIN_ENDPOINT"))
+    trace_sample: float = field(default=1.0, metadata=variable("EVENTLAB_TRACE_SAMPLE", between=(0, 1)))
 
     def __post_init__(self) -> None:
         for f in fields(self):

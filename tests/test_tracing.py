@@ -23,7 +23,7 @@ from eventlab.bootstrap import Wiring, build_services
 from eventlab.settings import SettingsError
 from eventlab.store import open_store
 from eventlab.tracing import tracing_for
-from eventlab.tracing.spans import JsonLinesExporter
+from eventlab.tracing.spans import JsonLinesExporter, Tracing
 from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -240,3 +240,26 @@ def test_slowest_steps_rank_by_total_time():
     # then the payment step comes first with its count and median
     assert [(r["service"], r["count"], r["p50 ms"]) for r in table.rows] == [("payment", 2, 6.0), ("relay", 1, 1.0)]
     assert "<svg" in Waterfall(spans[:1])._repr_html_()
+
+
+def test_sampling_keeps_or_drops_whole_orders():
+    # given tracing that records one trace in ten, and a trace id inside and one outside that share
+    memory = InMemorySpanExporter()
+    sampled = Tracing([memory], sample=0.1)
+    kept, dropped = f"00-{1:032x}-{1:016x}-01", f"00-{2**64 - 1:032x}-{1:016x}-01"
+    try:
+        # then the decision depends on the trace id alone, and an unsampled parent is followed
+        assert sampled.records(kept) and not sampled.records(dropped)
+        assert not sampled.records(f"00-{1:032x}-{1:016x}-00")
+        # and the relay makes no span for a dropped order, passing its headers on unchanged
+        spans = sampled.publishing()
+        headers = [("ce_id", b"e1"), ("traceparent", dropped.encode())]
+        assert spans.start("order.lifecycle.created", "O-1", "e1", headers) == headers
+        assert spans.start("order.lifecycle.created", "O-2", "e2", [("traceparent", kept.encode())]) != [
+            ("traceparent", kept.encode())
+        ]
+        spans.end()
+        sampled.flush()
+        assert [span.attributes["messaging.kafka.message.key"] for span in memory.get_finished_spans()] == ["O-2"]
+    finally:
+        sampled.shutdown()

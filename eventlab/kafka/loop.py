@@ -265,7 +265,7 @@ class ServiceLoop:
         ``CONSUMER`` span (child of the message's ``traceparent``) covers it, and the events
         appended carry that span's ``traceparent``.
         """
-        if self.tracing is None:
+        if self.tracing is None or not self.tracing.records(message.traceparent):
             return self._handle(message, "")
         with self.tracing.consuming(self.service.name, message, raw) as span:
             handled = self._handle(message, self.tracing.traceparent(span))

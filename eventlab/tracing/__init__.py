@@ -95,7 +95,7 @@ def tracing_for(settings: Settings) -> Tracing | None:
             return None
         from eventlab.tracing.spans import Tracing, exporter
 
-        found = _REGISTRY[key] = Tracing([exporter(sink, settings) for sink in chosen])
+        found = _REGISTRY[key] = Tracing([exporter(sink, settings) for sink in chosen], sample=settings.trace_sample)
         log.info("tracing %s to %s", settings.data_dir, ", ".join(chosen))
         return found
 
@@ -108,7 +108,9 @@ def install(settings: Settings, *exporters: SpanExporter) -> Tracing:
     """
     from eventlab.tracing.spans import Tracing, exporter
 
-    tracing = Tracing([*(exporter(sink, settings) for sink in sinks(settings)), *exporters])
+    tracing = Tracing(
+        [*(exporter(sink, settings) for sink in sinks(settings)), *exporters], sample=settings.trace_sample
+    )
     with _REGISTRY_LOCK:
         previous = _REGISTRY.pop(_key(settings), None)
         _REGISTRY[_key(settings)] = tracing

@@ -22,8 +22,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 
 from eventlab.application import Commands
 from eventlab.events import EmailRequested
@@ -51,9 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-_PROPAGATOR = TraceContextTextMapPropagator()
-
-
 def context_of(traceparent: str) -> Context | None:
     """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or malformed).
 
@@ -61,10 +58,17 @@ def context_of(traceparent: str) -> Context | None:
         >>> context_of("") is None
         True
     """
-    if not traceparent:
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
         return None
-    found = _PROPAGATOR.extract({"traceparent": traceparent})
-    return found if trace.get_current_span(found).get_span_context().is_valid else None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
+    return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
 def traceparent_of(span: trace.Span) -> str:
@@ -92,7 +96,6 @@ def kafka_attributes(
     found: dict[str, str | int] = {
         "messaging.system": "kafka",
         "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
         "messaging.destination.name": topic,
         "messaging.kafka.message.key": key,
     }
@@ -124,7 +127,6 @@ class JsonLinesExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(_record(span), separators=(",", ":")) + "\n" for span in spans)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as sink:
                 sink.write(lines)
         except OSError as exc:
@@ -188,8 +190,14 @@ class Tracing:
         >>> tracing.shutdown()
     """
 
-    def __init__(self, exporters: Sequence[SpanExporter], *, schedule_delay_ms: int = 200) -> None:
+    def __init__(self, exporters: Sequence[SpanExporter], *, sample: float = 1.0, schedule_delay_ms: int = 200) -> None:
         self.exporters = tuple(exporters)
+        #: The share of traces recorded, decided by trace id: every span of an order decides alike,
+        #: also under a parent recorded without a span (an order placed by ``eventlab demo``'s own
+        #: command side carries a sampled ``traceparent``); an unsampled parent is followed.
+        ratio = TraceIdRatioBased(sample)
+        self.sampler = ParentBased(ratio, remote_parent_sampled=ratio, local_parent_sampled=ratio)
+        self._bound = ratio.bound
         self._processors = [
             BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms, max_queue_size=65536)
             for exporter in self.exporters
@@ -209,7 +217,7 @@ class Tracing:
             found = self._tracers.get(service)
             if found is None:
                 resource = Resource.create({"service.name": service, "service.namespace": "eventlab"})
-                provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+                provider = TracerProvider(sampler=self.sampler, resource=resource, shutdown_on_exit=False)
                 provider.add_span_processor(_Shared(self._processors))
                 self._providers.append(provider)
                 found = self._tracers[service] = provider.get_tracer("eventlab")
@@ -243,6 +251,19 @@ class Tracing:
         with self.tracer(service).start_as_current_span(name, parent, kind, attributes=attributes) as span:
             yield span
 
+    def records(self, traceparent: str) -> bool:
+        """Whether the trace ``traceparent`` names is recorded (sampled, and in the sampled share):
+        checked before any span is made, so an unrecorded order costs a string split per step."""
+        parts = traceparent.split("-")
+        if len(parts) != 4:
+            return True  # no usable parent: a new trace, which the sampler decides
+        if parts[3] == "00":
+            return False
+        try:
+            return int(parts[1], 16) & 0xFFFFFFFFFFFFFFFF < self._bound
+        except ValueError:
+            return True
+
     @contextmanager
     def consuming(self, group: str, message: Message, raw: KafkaMessage | None) -> Iterator[trace.Span]:
         """The ``CONSUMER`` span of consumer group ``group`` handling ``message`` (``raw``: as consumed),
@@ -265,7 +286,7 @@ class Tracing:
 
     def publishing(self) -> PublishSpans:
         """A batch of the relay's ``PRODUCER`` spans (see :class:`PublishSpans`)."""
-        return PublishSpans(self.tracer("relay"))
+        return PublishSpans(self.tracer("relay"), self.records)
 
     @contextmanager
     def serving(self, service: str, method: str, path: str, traceparent: str) -> Iterator[Callable[[int], None]]:
@@ -308,8 +329,9 @@ class PublishSpans:
     consumer's span becomes its child; :meth:`end` ends them all once the broker acknowledged.
     """
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, records: Callable[[str], bool]) -> None:
         self.tracer = tracer
+        self.records = records
         self.spans: list[trace.Span] = []
 
     def start(
@@ -317,6 +339,8 @@ class PublishSpans:
     ) -> list[tuple[str, bytes]]:
         """Start the span publishing one message; return its headers with the span's ``traceparent``."""
         stored = next((raw.decode() for name, raw in headers if name == "traceparent"), "")
+        if not self.records(stored):
+            return list(headers)
         attributes = kafka_attributes(topic, key, operation="publish", message_id=event_id)
         span = self.tracer.start_span(f"publish {topic}", context_of(stored), SpanKind.PRODUCER, attributes)
         self.spans.append(span)
@@ -372,6 +396,8 @@ class TracedGateway:
         return f"<TracedGateway {self.gateway!r}>"
 
     def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
+        if not trace.get_current_span().is_recording():  # not a traced order: no span, no new trace
+            return self.gateway.charge(order_id, amount_cents)
         attributes: dict[str, str | int] = {"eventlab.order_id": order_id, "eventlab.amount_cents": amount_cents}
         with self.tracer.start_as_current_span("gateway charge", kind=SpanKind.CLIENT, attributes=attributes) as span:
             result = self.gateway.charge(order_id, amount_cents)
@@ -379,6 +405,8 @@ class TracedGateway:
             return result
 
     def refund(self, order_id: str) -> RefundResult:
+        if not trace.get_current_span().is_recording():
+            return self.gateway.refund(order_id)
         attributes = {"eventlab.order_id": order_id}
         with self.tracer.start_as_current_span("gateway refund", kind=SpanKind.CLIENT, attributes=attributes) as span:
             result = self.gateway.refund(order_id)
@@ -397,6 +425,8 @@ class TracedMailer:
         return f"<TracedMailer {self.mailer!r}>"
 
     def __call__(self, email: EmailRequested) -> object:
+        if not trace.get_current_span().is_recording():
+            return self.mailer(email)
         attributes = {"eventlab.order_id": email.order_id, "eventlab.email_kind": email.kind}
         with self.tracer.start_as_current_span("mail send", kind=SpanKind.CLIENT, attributes=attributes) as span:
             delivered = self.mailer(email)

@@ -40,6 +40,7 @@ __all__ = [
     "SpanRecord",
     "Step",
     "Waterfall",
+    "critical_path",
     "from_sdk",
     "order_spans",
     "order_trace_id",
@@ -47,6 +48,7 @@ __all__ = [
     "slowest_steps",
     "steps",
     "structure",
+    "time_split",
 ]
 
 #: Bar colours by service, in the saga's lane order (the relay last).
@@ -271,6 +273,41 @@ def slowest_steps(spans: Iterable[SpanRecord], top: int = 10) -> Table:
         )
     rows.sort(key=lambda row: -row["total ms"])
     return Table(rows[:top])
+
+
+def critical_path(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+    """The chain of spans from the root to the one that ended last: the steps the saga waited on."""
+    if not spans:
+        return []
+    by_id = {span.span_id: span for span in spans}
+    chain = [max(spans, key=lambda span: span.end_ns)]
+    while chain[-1].parent_id in by_id:
+        chain.append(by_id[chain[-1].parent_id or ""])
+    return chain[::-1]
+
+
+def time_split(spans: Sequence[SpanRecord]) -> Table:
+    """Where one trace's time went along its critical path: handlers, relay publishing, calls out,
+    and the waiting between steps (a consumer's fetch, the relay's poll of the store)."""
+    chain = critical_path(spans)
+    if not chain:
+        return Table([])
+    total = (max(span.end_ns for span in spans) - min(span.start_ns for span in spans)) / 1e6
+    kinds = {"SERVER": "the request", "INTERNAL": "the request", "CONSUMER": "handlers (decide + append)"}
+    kinds |= {"PRODUCER": "relay publishing (produce to ack)", "CLIENT": "calls out (gateway, mail)"}
+    working: dict[str, float] = {}
+    for span, child in zip(chain, [*chain[1:], None], strict=True):
+        # a parent's own time on the path: until its child on the path starts (or all of it)
+        until = child.start_ns if child is not None else span.end_ns
+        share = max(0, min(span.end_ns, until) - span.start_ns) / 1e6
+        working[kinds.get(span.kind, span.kind)] = working.get(kinds.get(span.kind, span.kind), 0.0) + share
+    rows = [{"where": "end to end", "ms": round(total, 1), "share": "100 %"}]
+    rows += [
+        {"where": where, "ms": round(ms, 1), "share": f"{100 * ms / total:.0f} %"} for where, ms in working.items()
+    ]
+    waiting = total - sum(working.values())
+    rows.append({"where": "waiting between steps", "ms": round(waiting, 1), "share": f"{100 * waiting / total:.0f} %"})
+    return Table(rows)
 
 
 # --- eventlab trace ORDER_ID -------------------------------------------------------------------
