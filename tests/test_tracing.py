@@ -263,3 +263,102 @@ def test_sampling_keeps_or_drops_whole_orders():
         assert [span.attributes["messaging.kafka.message.key"] for span in memory.get_finished_spans()] == ["O-2"]
     finally:
         sampled.shutdown()
+
+
+def test_otlp_endpoint_receives_the_spans(tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, request))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    # given an OTLP/HTTP collector and EVENTLAB_OTLP_ENDPOINT pointing at it
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    settings = Settings.from_env(env={"EVENTLAB_OTLP_ENDPOINT": endpoint}, data_dir=tmp_path)
+    made = tracing_for(settings)
+    try:
+        # when a service makes a span and the pipeline flushes
+        with made.tracer("payment").start_as_current_span("gateway charge"):
+            pass
+        assert made.flush()
+    finally:
+        made.shutdown()
+        server.shutdown()
+    # then the collector got it on /v1/traces, under the service's name
+    (path, request), *_ = received
+    resource = request.resource_spans[0]
+    names = [span.name for scope in resource.scope_spans for span in scope.spans]
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+    assert (path, names, service) == ("/v1/traces", ["gateway charge"], "payment")
+
+
+@pytest.mark.integration
+def test_one_trace_across_service_processes(tmp_path):
+    import signal
+    import time
+
+    from test_processes import request, wait_healthy
+
+    # given `eventlab up --processes` with the local file sink: one OS process per service and the relay
+    offset = free_port_offset()
+    port = {name: Settings(http_port_offset=offset).port(name) for name in ("user", "product", "order")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(offset), EVENTLAB_TRACING="file")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for p in port.values():
+            wait_healthy(p)
+        request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
+        product = {"product_id": "P2", "name": "Pen", "price_cents": 5, "initial_stock": 10}
+        request(port["product"], "POST", "/products", product)
+        # when an order placed over HTTP completes (retried until Inventory has heard of the product's stock)
+        deadline = time.monotonic() + 60
+        body = {"user_id": "U1", "lines": [{"product_id": "P2", "quantity": 1}]}
+        while True:
+            order_id = request(port["order"], "POST", "/orders", body)["order_id"]
+            while (status := request(port["order"], "GET", f"/orders/{order_id}")["status"]) not in (
+                "completed",
+                "cancelled",
+            ):
+                assert time.monotonic() < deadline, f"order {order_id} stuck"
+                time.sleep(0.1)
+            if status == "completed" or time.monotonic() > deadline:
+                break
+        assert status == "completed"
+        # then its spans, written by six processes into one file, form one trace parented across Kafka
+        store = open_store(Settings(data_dir=tmp_path))
+        trace_id = order_trace_id(store, order_id)
+        store.close()
+        wanted = {"order", "relay", "inventory", "payment", "notification"}
+        spans = read_spans(tmp_path, trace_id)
+        while {s.service for s in spans} != wanted:  # each process exports every 200 ms
+            assert time.monotonic() < deadline + 10, sorted({s.service for s in spans})
+            time.sleep(0.2)
+            spans = read_spans(tmp_path, trace_id)
+        by_id = {span.span_id: span for span in spans}
+        assert [s.name for s in spans if s.parent_id not in by_id] == ["POST /orders"]
+        assert all(by_id[s.parent_id].service == "relay" for s in spans if s.kind == "CONSUMER")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output
