@@ -3,6 +3,7 @@ confluent-kafka throughput on the same embedded broker in the same run.
 
     python benchmarks/saga.py            # a table
     python benchmarks/saga.py --json     # one JSON object
+    python benchmarks/saga.py --tracing  # also: full-speed orders/s with tracing off and on (file sink)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from eventlab import Settings, Shop
 from eventlab.demo import run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
+from eventlab.tracing import tracing_for
 
 
 def raw_kafka(settings: Settings, messages: int) -> tuple[float, float]:
@@ -64,6 +66,28 @@ def write_catalogue(directory: Path) -> Path:
     return directory
 
 
+def tracing_cost(orders: int, catalogue: Path, root: Path, rounds: int = 2) -> dict[str, float]:
+    """Full-speed orders/s of fresh shops with tracing off, on (spans to the local file sink) and on
+    for one order in ten (``EVENTLAB_TRACE_SAMPLE=0.1``), alternating, best of ``rounds`` each; a
+    cost is the share of throughput lost."""
+    modes = {"off": ("off", 1.0), "on": ("file", 1.0), "sampled": ("file", 0.1)}
+    best = dict.fromkeys(modes, 0.0)
+    for round_ in range(rounds):
+        for mode, (sink, sample) in modes.items():
+            settings = Settings.from_env(data_dir=root / f"tracing-{mode}-{round_}", tracing=sink, trace_sample=sample)
+            with Shop(settings, payment_failure_rate=0.0) as shop:
+                best[mode] = max(best[mode], run_demo(shop, orders, catalogue=catalogue, timeout=600).orders_per_s)
+            if (traced := tracing_for(settings)) is not None:
+                traced.shutdown()  # its last spans written before the directory goes
+    return {
+        "tracing_off_orders_per_s": best["off"],
+        "tracing_on_orders_per_s": best["on"],
+        "tracing_on_cost_pct": round(100 * (1 - best["on"] / best["off"]), 1),
+        "tracing_sampled_orders_per_s": best["sampled"],
+        "tracing_sampled_cost_pct": round(100 * (1 - best["sampled"] / best["off"]), 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=2000, help="orders for the full-speed run (default 2000)")
@@ -71,6 +95,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run (default 10)")
     parser.add_argument("--raw-messages", type=int, default=200_000, help="messages for raw Kafka (default 200k)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--tracing", action="store_true", help="also measure the cost of tracing (file sink)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
@@ -81,6 +106,7 @@ def main() -> int:
             full = run_demo(shop, args.orders, catalogue=catalogue, timeout=600)
             paced = run_demo(shop, int(args.rate * args.seconds), rate=args.rate, seed=1, catalogue=catalogue)
             produce, consume = raw_kafka(shop.relay.settings, args.raw_messages)
+        cost = tracing_cost(args.orders, catalogue, root) if args.tracing else {}
     result = {
         "orders": args.orders,
         "orders_per_s": full.orders_per_s,
@@ -92,6 +118,7 @@ def main() -> int:
         "raw_consume_msgs_per_s": round(consume),
         "events_per_order": round(full.events / args.orders, 1),
         "stuck": full.stuck + paced.stuck,
+        **cost,
     }
     if args.json:
         print(json.dumps(result))

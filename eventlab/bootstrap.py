@@ -17,6 +17,7 @@ import errno
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eventlab.adapters.mailer import MAILBOX, FileMailer
 from eventlab.application import Commands
@@ -24,6 +25,7 @@ from eventlab.http import ServiceHealth, ServiceHttp, service_health
 from eventlab.ids import new_id
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.kafka.relay import Relay
+from eventlab.metrics import LatencyHistogram
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import inventory, notification, order, payment, product, user
 from eventlab.services.deadlines import Deadlines
@@ -31,6 +33,10 @@ from eventlab.services.runtime import Service
 from eventlab.settings import PortInUse, Settings
 from eventlab.store.base import EventStore
 from eventlab.sweeper import DeadlineSweeper
+from eventlab.tracing import tracing_for
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["Wiring", "build_services"]
 
@@ -44,14 +50,19 @@ def build_services(
     mailer: notification.Mailer | None = None,
 ) -> dict[str, Service]:
     """The six services by name, with the payment gateway and the mailer (by default the data
-    directory's mailbox) they call."""
+    directory's mailbox) they call; with tracing on (:func:`~eventlab.tracing.tracing_for`), each
+    call of either is a span."""
+    mailer = mailer or FileMailer(settings.data_dir / MAILBOX)
+    tracing = tracing_for(settings)
+    if tracing is not None:
+        gateway, mailer = tracing.gateway(gateway), tracing.mailer(mailer)
     services = [
         user.SERVICE,
         product.SERVICE,
         order.SERVICE,
         payment.service(gateway, breaker),
         inventory.SERVICE,
-        notification.service(mailer or FileMailer(settings.data_dir / MAILBOX)),
+        notification.service(mailer),
     ]
     return {s.name: s for s in services}
 
@@ -62,6 +73,8 @@ class Wiring:
 
     Each method makes a new part, not started: the consuming loop of a service, the relay, the
     deadline sweeper, a service's health and HTTP server. ``commands`` is the shop's command side.
+    ``tracing`` is the shop's (:func:`~eventlab.tracing.tracing_for`; None when off), handed to
+    every part that makes spans.
     """
 
     settings: Settings
@@ -69,22 +82,34 @@ class Wiring:
     services: Mapping[str, Service]
     id_factory: Callable[[], str] = new_id
     commands: Commands = field(init=False)
+    tracing: Tracing | None = field(init=False)
+    _relay_histograms: list[LatencyHistogram] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "commands", Commands(self.store, self.id_factory))
+        tracing = tracing_for(self.settings)
+        object.__setattr__(self, "tracing", tracing)
+        commands = (
+            Commands(self.store, self.id_factory) if tracing is None else tracing.commands(self.store, self.id_factory)
+        )
+        object.__setattr__(self, "commands", commands)
 
     def loop(self, name: str) -> ServiceLoop | None:
         """The Kafka loop of service ``name``; None for a service that only takes commands."""
         service = self.services[name]
-        return ServiceLoop(service, self.store, self.settings) if service.subscriptions else None
+        if not service.subscriptions:
+            return None
+        return ServiceLoop(service, self.store, self.settings, tracing=self.tracing)
 
     def loops(self) -> dict[str, ServiceLoop]:
         """A loop per consuming service, in start-up order."""
         return {name: loop for name in self.services if (loop := self.loop(name)) is not None}
 
     def relay(self) -> Relay:
-        """The outbox relay: publishes the store to Kafka."""
-        return Relay(self.store, self.settings)
+        """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
+        ``/metrics`` when both run in this process)."""
+        relay = Relay(self.store, self.settings, tracing=self.tracing)
+        self._relay_histograms.append(relay.publish_seconds)
+        return relay
 
     def sweeper(self) -> DeadlineSweeper:
         """The saga deadlines' sweeper, with the deadlines the settings scale."""
@@ -101,7 +126,8 @@ class Wiring:
         """
         port = self.settings.port(name)
         try:
-            server = ServiceHttp(name, port, health, self.commands)
+            histograms = self._relay_histograms[-1:] if name == "order" else []
+            server = ServiceHttp(name, port, health, self.commands, histograms=histograms, tracing=self.tracing)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(name, port, self.settings.http_port_offset) from None

@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab import chaos, doctor, lab
     from eventlab.dlq import add_commands as add_dlq_commands
     from eventlab.projections.cli import add_commands as add_projection_commands
+    from eventlab.tracing import waterfall
 
     common = _Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.register(commands, [common, shop])
     add_projection_commands(commands, [common])
     add_dlq_commands(commands, [common])
-    for command in (chaos.COMMAND, doctor.COMMAND, lab.COMMAND):
+    for command in (chaos.COMMAND, doctor.COMMAND, lab.COMMAND, waterfall.COMMAND):
         command.register(commands, [common])
     return parser
 

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventlab.application import OrderView, money
@@ -31,6 +31,7 @@ from eventlab.store.base import StoredEvent
 if TYPE_CHECKING:  # pragma: no cover
     from eventlab.projections import Projections
     from eventlab.shop import Shop
+    from eventlab.tracing.waterfall import SpanRecord
     from eventlab.workshop import Record
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "check_lost_revenue_query",
     "check_order_message",
     "check_outage_nothing_lost",
+    "check_payment_parent",
     "check_stock_when_declined",
 ]
 
@@ -457,4 +459,32 @@ def check_outage_nothing_lost(shop: Shop, order_ids: Iterable[str] | None) -> No
     _passed(
         f"{len(hit)} of {len(views)} orders met the outage and were cancelled with their stock released; "
         f"{', '.join(checks)} and the audit all hold"
+    )
+
+
+# --- 08 · Tracing ------------------------------------------------------------------------------
+
+
+def check_payment_parent(spans: Sequence[SpanRecord], parent: SpanRecord | None) -> None:
+    """The parent of Payment's handler span is the relay's span that published the message it handled."""
+    hint = (
+        "find Payment's CONSUMER span among spans, then the span whose span_id is its parent_id "
+        "(a SpanRecord; the structure table shows which it is)"
+    )
+    if _not_yet(parent, hint):
+        return
+    from eventlab.tracing.waterfall import SpanRecord
+
+    found = _answer(parent, SpanRecord, "a SpanRecord, one of spans")
+    payment = next((s for s in spans if s.service == "payment" and s.kind == "CONSUMER"), None)
+    _expect(payment is not None, "these spans have no Payment handler span: use the spans of a completed order")
+    assert payment is not None
+    _expect(
+        found.span_id == payment.parent_id,
+        f"{found.service}'s {found.name!r} is not the parent of Payment's {payment.name!r}: its parent_id is "
+        f"{payment.parent_id}",
+    )
+    _passed(
+        f"{found.service}'s {found.name!r} ({found.kind}) is the parent: Payment's handler continues the trace "
+        "from the traceparent header the relay put on the message"
     )

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from eventlab.application import Commands
 from eventlab.errors import (
@@ -64,6 +64,9 @@ from eventlab.errors import (
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.metrics import LatencyHistogram, SagaDurations, ServiceCollector, problems_of, registry_for, render
 from eventlab.store.base import EventStore
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHttp", "service_health"]
 
@@ -187,18 +190,21 @@ class ServiceHttp:
         commands: Commands | None = None,
         *,
         limits: Limits | None = None,
+        histograms: Sequence[LatencyHistogram] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
         self.health = health
         self.commands = commands
         self.limits = limits or Limits()
-        histograms: list[LatencyHistogram | SagaDurations] = []
+        self.tracing = tracing
+        exposed: list[LatencyHistogram | SagaDurations] = list(histograms)
         store = health.store if isinstance(health, ServiceHealth) else commands.store if commands else None
         if isinstance(health, ServiceHealth) and health.loop is not None:
-            histograms.append(health.loop.handler_seconds)
+            exposed.append(health.loop.handler_seconds)
         if service == "order" and store is not None:
-            histograms.append(SagaDurations(store))
-        self.registry = registry_for(ServiceCollector(service, health, histograms))
+            exposed.append(SagaDurations(store))
+        self.registry = registry_for(ServiceCollector(service, health, exposed))
         self._server = _Server(("127.0.0.1", port), self)
         self._thread = threading.Thread(target=self._serve, name=f"http-{service}", daemon=True)
 
@@ -244,8 +250,19 @@ class ServiceHttp:
                 return {"GET": lambda _: Reply(200, commands.get_order(order_id).as_dict())}
         return None
 
-    def call(self, method: str, path: str, action: Action, body: Any) -> Reply:
-        """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500."""
+    def call(self, method: str, path: str, action: Action, body: Any, traceparent: str = "") -> Reply:
+        """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500.
+
+        With tracing on, a ``SERVER`` span covers it, a child of the caller's ``traceparent`` if any.
+        """
+        if self.tracing is None:
+            return self._call(method, path, action, body)
+        with self.tracing.serving(self.service, method, path, traceparent) as answered:
+            reply = self._call(method, path, action, body)
+            answered(reply.status)
+            return reply
+
+    def _call(self, method: str, path: str, action: Action, body: Any) -> Reply:
         try:
             return action(body)
         except AlreadyExists as exc:
@@ -423,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = f"{self.command} is not allowed on {path}; allowed: {', '.join(allowed)}"
             raise _Rejected(405, error, "method", headers=(("Allow", ", ".join(allowed)),))
         body = self._read_json() if method == "POST" else None
-        return self.app.call(method, path, routes[method], body)
+        return self.app.call(method, path, routes[method], body, self.headers.get("traceparent", ""))
 
     def _read_json(self) -> Any:
         """The body as JSON, after checking its length: nothing is read unless it is acceptable."""

@@ -15,6 +15,7 @@ process in threads mode, and tests run several shops in one process), holding a
 | ``eventlab_problems{service}`` | gauge | how many problems ``/health`` lists |
 | ``eventlab_<key>{service}`` | gauge | any other number in the health dict |
 | ``eventlab_handler_seconds{service}`` | histogram | decide + append of each handled message |
+| ``eventlab_relay_publish_seconds{service="relay"}`` | histogram | the outbox relay: producing a batch until the broker acknowledged it (threads mode: on the order service) |
 | ``eventlab_saga_seconds{outcome}`` | histogram | order service only: ``OrderCreated`` to ``OrderCompleted`` / ``OrderCancelled`` |
 
 The saga histogram is read from the event store (the time between an order stream's first event
@@ -38,6 +39,7 @@ __all__ = [
     "COUNTERS",
     "GAUGES",
     "HANDLER_BUCKETS",
+    "RELAY_BUCKETS",
     "SAGA_BUCKETS",
     "LatencyHistogram",
     "SagaDurations",
@@ -45,6 +47,7 @@ __all__ = [
     "handler_histogram",
     "problems_of",
     "registry_for",
+    "relay_histogram",
     "render",
 ]
 
@@ -96,6 +99,20 @@ def handler_histogram(service: str) -> LatencyHistogram:
         "Time to decide on and append the outcome of one message (excluding a batch's commit).",
         HANDLER_BUCKETS,
         service=service,
+    )
+
+
+#: The relay's batches: a few ms on a local broker, up to its 30 s confirm limit when it is down.
+RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def relay_histogram() -> LatencyHistogram:
+    """The publish-latency histogram the outbox relay observes (one per relay)."""
+    return LatencyHistogram(
+        "eventlab_relay_publish_seconds",
+        "Time from producing a batch of stored events to the broker's last acknowledgement.",
+        RELAY_BUCKETS,
+        service="relay",
     )
 
 

@@ -22,6 +22,7 @@ from eventlab.services import SERVICE_NAMES
 
 __all__ = [
     "SERVICE_PORTS",
+    "TRACE_SINKS",
     "PortInUse",
     "Settings",
     "SettingsError",
@@ -38,6 +39,8 @@ SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
 _SECRET_WORDS = ("password", "secret", "key", "token")
 _PORTS = (1, 65535)
+#: The span sinks ``EVENTLAB_TRACING`` may name (see :mod:`eventlab.tracing`).
+TRACE_SINKS = ("file", "otlp", "zipkin")
 #: The offsets that keep every service port inside 1-65535.
 _OFFSETS = (_PORTS[0] - min(SERVICE_PORTS.values()), _PORTS[1] - max(SERVICE_PORTS.values()))
 
@@ -172,6 +175,15 @@ class Settings:
       ``events.db`` in the data directory; ``sqlite:///srv/shop/events.db`` or a plain path: that
       SQLite file; ``postgresql://user:password@host:5432/dbname`` (libpq URL; a schema of its own with
       ``?options=-csearch_path%3Dshop``): PostgreSQL; ``memory://``: this process's memory (tests).
+    - ``tracing`` (``EVENTLAB_TRACING``): ``off`` (the default) or the span sinks, comma-separated:
+      ``file`` (``<data_dir>/spans.jsonl``), ``otlp``, ``zipkin`` (see :mod:`eventlab.tracing`).
+    - ``otlp_endpoint`` (``EVENTLAB_OTLP_ENDPOINT``): an OTLP/HTTP collector, e.g.
+      ``http://localhost:4318``; setting it switches tracing on (so do the standard
+      ``OTEL_EXPORTER_OTLP_*`` variables).
+    - ``zipkin_endpoint`` (``EVENTLAB_ZIPKIN_ENDPOINT``): a Zipkin server's
+      ``http://localhost:9411/api/v2/spans``; setting it switches tracing on.
+    - ``trace_sample`` (``EVENTLAB_TRACE_SAMPLE``, 0-1): the share of orders traced (whole traces:
+      every span follows its order's decision); below 1 where tracing's cost matters.
 
     A value out of range raises :class:`SettingsError` naming the variable.
 
@@ -197,12 +209,28 @@ class Settings:
     )
     group_instance: str = field(default="", metadata=variable("EVENTLAB_GROUP_INSTANCE"))
     store_url: str = field(default="", metadata=variable("EVENTLAB_STORE_URL"))
+    tracing: str = field(default="off", metadata=variable("EVENTLAB_TRACING"))
+    otlp_endpoint: str = field(default="", metadata=variable("EVENTLAB_OTLP_ENDPOINT"))
+    zipkin_endpoint: str = field(default="", metadata=variable("EVENTLAB_ZIPKIN_ENDPOINT"))
+    trace_sample: float = field(default=1.0, metadata=variable("EVENTLAB_TRACE_SAMPLE", between=(0, 1)))
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if name := f.metadata.get("variable"):
                 _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
         _store_backend(self.store_url)
+        unknown = {part.strip() for part in self.tracing.split(",")} - {"off", "", *TRACE_SINKS}
+        if unknown:
+            raise SettingsError(
+                "EVENTLAB_TRACING",
+                f"unknown sink {', '.join(sorted(unknown))}; use off or {', '.join(TRACE_SINKS)}, comma-separated",
+            )
+        for name, url in (
+            ("EVENTLAB_OTLP_ENDPOINT", self.otlp_endpoint),
+            ("EVENTLAB_ZIPKIN_ENDPOINT", self.zipkin_endpoint),
+        ):
+            if url and not url.startswith(("http://", "https://")):
+                raise SettingsError(name, f"not an http(s) URL: {url!r}")
         ports = [self.port(service) for service in SERVICE_PORTS]
         if min(ports) < _PORTS[0] or max(ports) > _PORTS[1]:
             raise SettingsError(

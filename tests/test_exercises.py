@@ -32,6 +32,7 @@ from eventlab.exercises import (
     check_lost_revenue_query,
     check_order_message,
     check_outage_nothing_lost,
+    check_payment_parent,
     check_stock_when_declined,
 )
 from eventlab.projections import Projections
@@ -75,7 +76,7 @@ def stdout(cell: dict[str, Any]) -> str:
 
 
 def test_every_notebook_has_a_solution_file():
-    assert len(NAMES) == 7
+    assert len(NAMES) == 8
     assert sorted(p.stem for p in SOLUTIONS.glob("*.py")) == NAMES
 
 
@@ -138,6 +139,7 @@ CHECKS = {
     "lost_revenue_query": lambda answer: check_lost_revenue_query(None, answer),
     "stock_when_declined": lambda answer: check_stock_when_declined(None, None, "order-004", "P001", answer),
     "outage_nothing_lost": lambda answer: check_outage_nothing_lost(None, answer),
+    "payment_parent": lambda answer: check_payment_parent([], answer),
 }
 
 
@@ -289,3 +291,18 @@ def test_outage_needs_orders_that_met_it_and_the_gateway_back(shop, capsys):
         shop.gateway.available.set()
     check_outage_nothing_lost(shop, ["order-005"])
     assert capsys.readouterr().out.startswith("✓ 1 of 1 orders met the outage")
+
+
+def test_payment_parent_names_the_span_that_is_not_the_parent(capsys):
+    from eventlab.tracing.waterfall import SpanRecord
+
+    # given a producer span and Payment's handler span under it
+    publish = SpanRecord("t", "p1", "o1", "publish order.lifecycle.confirmed", "PRODUCER", "relay", 1, 2)
+    charge = SpanRecord("t", "c1", "h1", "gateway charge", "CLIENT", "payment", 4, 5)
+    handler = SpanRecord("t", "h1", "p1", "process order.lifecycle.confirmed", "CONSUMER", "payment", 3, 6)
+    spans = [publish, handler, charge]
+    # then another span is named as wrong, a non-span as the wrong kind, and the producer passes
+    assert "is not the parent of Payment's" in wrong(check_payment_parent, spans, charge)
+    assert "should be a SpanRecord" in wrong(check_payment_parent, spans, "p1")
+    check_payment_parent(spans, publish)
+    assert capsys.readouterr().out.startswith("✓ relay's 'publish order.lifecycle.confirmed'")

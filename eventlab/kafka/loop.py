@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
@@ -34,6 +35,9 @@ from eventlab.restarts import Backoff
 from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["LoopStats", "ServiceLoop"]
 
@@ -83,6 +87,7 @@ class ServiceLoop:
         backoff: float = 0.05,
         max_hold: float = 5.0,
         dead_letters: DeadLetterPublisher | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -98,6 +103,8 @@ class ServiceLoop:
         self.handler_seconds = handler_histogram(service.name)
         self._consumer: Consumer | None = None
         self._holds: dict[tuple[str, int], _Hold] = {}
+        #: Spans for each handler run when tracing is on (None: off, and no cost).
+        self.tracing = tracing
 
     def __repr__(self) -> str:
         s = self.stats
@@ -188,7 +195,7 @@ class ServiceLoop:
         if self.service.batch and len(decoded) > 1:
             try:
                 with self.store.transaction():
-                    outcomes = [self.handle(found) for _, found in decoded]
+                    outcomes = [self.handle(found, message) for message, found in decoded]
             except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
                 self._cache.clear()
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
@@ -225,7 +232,7 @@ class ServiceLoop:
 
         def attempt() -> bool | StoreError:
             try:
-                return self.handle(decoded)
+                return self.handle(decoded, message)
             except StoreError as exc:
                 return exc  # not retried here: the partition is held instead
             except Exception as exc:
@@ -251,17 +258,29 @@ class ServiceLoop:
         self._count([outcome])
         return True
 
-    def handle(self, message: Message) -> bool:
+    def handle(self, message: Message, raw: KafkaMessage | None = None) -> bool:
         """Decide on one decoded event and append the outcome with the processed marker.
 
-        Returns False when the event had already been handled (a redelivery).
+        Returns False when the event had already been handled (a redelivery). With tracing on, a
+        ``CONSUMER`` span (child of the message's ``traceparent``) covers it, and the events
+        appended carry that span's ``traceparent``.
         """
+        if self.tracing is None or not self.tracing.records(message.traceparent):
+            return self._handle(message, "")
+        with self.tracing.consuming(self.service.name, message, raw) as span:
+            handled = self._handle(message, self.tracing.traceparent(span))
+            span.set_attribute("eventlab.duplicate", not handled)
+            return handled
+
+    def _handle(self, message: Message, traceparent: str) -> bool:
         started = time.perf_counter()
         name = self.service.name
         if self.store.is_processed(name, message.event_id):
             return False
         event = message.event
         metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
+        if traceparent:
+            metadata["traceparent"] = traceparent  # the span that appends is the parent of what follows
         execute(
             self.store,
             self.service.streams(event),

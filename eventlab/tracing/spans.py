@@ -1,0 +1,460 @@
+"""The OpenTelemetry side of :mod:`eventlab.tracing`, imported only once tracing is switched on.
+
+Spans are made here and nowhere else: the loops, the relay and the HTTP servers call the
+:class:`Tracing` they were handed (None when off), and the gateway, the mailer and the command
+side are wrapped (:class:`TracedGateway`, :class:`TracedMailer`, :class:`TracedCommands`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Message as KafkaMessage
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+
+from eventlab.application import Commands
+from eventlab.events import EmailRequested
+from eventlab.kafka.cloudevents import Message
+from eventlab.services.payment import ChargeResult, Gateway, RefundResult
+from eventlab.settings import Settings
+from eventlab.store.base import EventStore
+from eventlab.tracing import SPANS_FILE, TracingError, forget
+
+__all__ = [
+    "JsonLinesExporter",
+    "PublishSpans",
+    "SpanKind",
+    "TracedCommands",
+    "TracedGateway",
+    "TracedMailer",
+    "Tracing",
+    "context_of",
+    "exporter",
+    "failed",
+    "kafka_attributes",
+    "traceparent_of",
+]
+
+log = logging.getLogger(__name__)
+
+
+def context_of(traceparent: str) -> Context | None:
+    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or malformed).
+
+    Example:
+        >>> context_of("") is None
+        True
+    """
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
+def traceparent_of(span: trace.Span) -> str:
+    """The W3C ``traceparent`` of ``span``, for event metadata and message headers."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def kafka_attributes(
+    topic: str,
+    key: str,
+    *,
+    operation: str,
+    message_id: str = "",
+    group: str = "",
+    partition: int | None = None,
+    offset: int | None = None,
+) -> dict[str, str | int]:
+    """Span attributes of the OpenTelemetry messaging conventions for one Kafka message.
+
+    Example:
+        >>> kafka_attributes("order.lifecycle.created", "O-1", operation="publish")["messaging.system"]
+        'kafka'
+    """
+    found: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.destination.name": topic,
+        "messaging.kafka.message.key": key,
+    }
+    if message_id:
+        found["messaging.message.id"] = message_id
+    if group:
+        found["messaging.consumer.group.name"] = group
+    if partition is not None:
+        found["messaging.destination.partition.id"] = str(partition)
+    if offset is not None:
+        found["messaging.kafka.offset"] = offset
+    return found
+
+
+class JsonLinesExporter(SpanExporter):
+    """The local sink: appends each finished span as one JSON line to ``path``.
+
+    Each batch is one ``write`` in append mode, so the processes of a shop can share the file.
+    A line holds ``trace_id``, ``span_id``, ``parent_id``, ``name``, ``kind``, ``service``,
+    ``start_ns``, ``end_ns``, ``status`` and ``attributes``.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"JsonLinesExporter({str(self.path)!r})"
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(_record(span), separators=(",", ":")) + "\n" for span in spans)
+        try:
+            with self.path.open("a", encoding="utf-8") as sink:
+                sink.write(lines)
+        except OSError as exc:
+            log.warning("cannot write %d spans to %s: %s", len(spans), self.path, exc)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the file is opened per batch."""
+
+
+def _record(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    parent = span.parent
+    assert context is not None  # a finished SDK span always has its context
+    return {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "parent_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": str(span.resource.attributes.get("service.name", "")),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+    }
+
+
+class _Shared(SpanProcessor):
+    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares."""
+
+    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
+        self.processors = processors
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing to do when a span starts: only finished spans are exported."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        """The pipelines belong to the :class:`Tracing`, which shuts them down once."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(processor.force_flush(timeout_millis) for processor in self.processors)
+
+
+class Tracing:
+    """Tracers for the services of one shop, all exporting through the same pipelines.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        >>> memory = InMemorySpanExporter()
+        >>> tracing = Tracing([memory])
+        >>> with tracing.tracer("order").start_as_current_span("place order"):
+        ...     pass
+        >>> tracing.flush(), [span.name for span in memory.get_finished_spans()]
+        (True, ['place order'])
+        >>> tracing.shutdown()
+    """
+
+    def __init__(self, exporters: Sequence[SpanExporter], *, sample: float = 1.0, schedule_delay_ms: int = 200) -> None:
+        self.exporters = tuple(exporters)
+        #: The share of traces recorded, decided by trace id: every span of an order decides alike,
+        #: also under a parent recorded without a span (an order placed by ``eventlab demo``'s own
+        #: command side carries a sampled ``traceparent``); an unsampled parent is followed.
+        ratio = TraceIdRatioBased(sample)
+        self.sampler = ParentBased(ratio, remote_parent_sampled=ratio, local_parent_sampled=ratio)
+        self._bound = ratio.bound
+        self._processors = [
+            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms, max_queue_size=65536)
+            for exporter in self.exporters
+        ]
+        self._tracers: dict[str, Tracer] = {}
+        self._providers: list[TracerProvider] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        atexit.register(self.shutdown)
+
+    def __repr__(self) -> str:
+        return f"<Tracing {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
+
+    def tracer(self, service: str) -> Tracer:
+        """The tracer of ``service`` (its spans carry ``service.name`` = ``service``)."""
+        with self._lock:
+            found = self._tracers.get(service)
+            if found is None:
+                resource = Resource.create({"service.name": service, "service.namespace": "eventlab"})
+                provider = TracerProvider(sampler=self.sampler, resource=resource, shutdown_on_exit=False)
+                provider.add_span_processor(_Shared(self._processors))
+                self._providers.append(provider)
+                found = self._tracers[service] = provider.get_tracer("eventlab")
+            return found
+
+    def flush(self, timeout_ms: int = 5000) -> bool:
+        """Export every finished span now (before reading the local sink); True when all went."""
+        return all(processor.force_flush(timeout_ms) for processor in self._processors)
+
+    def shutdown(self) -> None:
+        """Export what is left and stop the pipelines (also at interpreter exit); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for processor in self._processors:
+            processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
+        forget(self)
+        atexit.unregister(self.shutdown)
+
+    @contextmanager
+    def span(
+        self,
+        service: str,
+        name: str,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, str | int | bool] | None = None,
+        parent: Context | None = None,
+    ) -> Iterator[trace.Span]:
+        """A span of ``service`` around the block, current inside it; an exception marks it failed."""
+        with self.tracer(service).start_as_current_span(name, parent, kind, attributes=attributes) as span:
+            yield span
+
+    def records(self, traceparent: str) -> bool:
+        """Whether the trace ``traceparent`` names is recorded (sampled, and in the sampled share):
+        checked before any span is made, so an unrecorded order costs a string split per step."""
+        parts = traceparent.split("-")
+        if len(parts) != 4:
+            return True  # no usable parent: a new trace, which the sampler decides
+        if parts[3] == "00":
+            return False
+        try:
+            return int(parts[1], 16) & 0xFFFFFFFFFFFFFFFF < self._bound
+        except ValueError:
+            return True
+
+    @contextmanager
+    def consuming(self, group: str, message: Message, raw: KafkaMessage | None) -> Iterator[trace.Span]:
+        """The ``CONSUMER`` span of consumer group ``group`` handling ``message`` (``raw``: as consumed),
+        a child of the span that published it (the message's ``traceparent``)."""
+        topic = raw.topic() if raw is not None else None
+        attributes = kafka_attributes(
+            topic or message.event.topic,
+            _text(raw.key()) if raw is not None else "",
+            operation="process",
+            message_id=message.event_id,
+            group=group,
+            partition=raw.partition() if raw is not None else None,
+            offset=raw.offset() if raw is not None else None,
+        )
+        attributes["eventlab.event_type"] = message.event.event_type
+        name = f"process {topic or message.event.topic}"
+        parent = context_of(message.traceparent)
+        with self.tracer(group).start_as_current_span(name, parent, SpanKind.CONSUMER, attributes) as span:
+            yield span
+
+    def publishing(self) -> PublishSpans:
+        """A batch of the relay's ``PRODUCER`` spans (see :class:`PublishSpans`)."""
+        return PublishSpans(self.tracer("relay"), self.records)
+
+    @contextmanager
+    def serving(self, service: str, method: str, path: str, traceparent: str) -> Iterator[Callable[[int], None]]:
+        """The ``SERVER`` span of one HTTP request to ``service`` (a child of the caller's
+        ``traceparent`` if it sent one); call what it yields with the response status."""
+        attributes = {"http.request.method": method, "url.path": path}
+        with self.tracer(service).start_as_current_span(
+            f"{method} {path}", context_of(traceparent), SpanKind.SERVER, attributes
+        ) as span:
+
+            def answered(status: int) -> None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    failed(span, f"HTTP {status}")
+
+            yield answered
+
+    @staticmethod
+    def traceparent(span: trace.Span) -> str:
+        """The W3C ``traceparent`` of ``span`` (see :func:`traceparent_of`)."""
+        return traceparent_of(span)
+
+    def commands(self, store: EventStore, id_factory: Callable[[], str]) -> TracedCommands:
+        """The command side, with a span around placing an order."""
+        return TracedCommands(store, id_factory, self)
+
+    def gateway(self, gateway: Gateway) -> TracedGateway:
+        """``gateway`` with a span around each call."""
+        return TracedGateway(gateway, self)
+
+    def mailer(self, mailer: Callable[[EmailRequested], object]) -> TracedMailer:
+        """``mailer`` with a span around each send."""
+        return TracedMailer(mailer, self)
+
+
+class PublishSpans:
+    """The relay's ``PRODUCER`` spans for one batch: each a child of the span that appended its event.
+
+    :meth:`start` puts the producer span's own ``traceparent`` in the message's headers, so the
+    consumer's span becomes its child; :meth:`end` ends them all once the broker acknowledged.
+    """
+
+    def __init__(self, tracer: Tracer, records: Callable[[str], bool]) -> None:
+        self.tracer = tracer
+        self.records = records
+        self.spans: list[trace.Span] = []
+
+    def start(
+        self, topic: str, key: str, event_id: str, headers: Sequence[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """Start the span publishing one message; return its headers with the span's ``traceparent``."""
+        stored = next((raw.decode() for name, raw in headers if name == "traceparent"), "")
+        if not self.records(stored):
+            return list(headers)
+        attributes = kafka_attributes(topic, key, operation="publish", message_id=event_id)
+        span = self.tracer.start_span(f"publish {topic}", context_of(stored), SpanKind.PRODUCER, attributes)
+        self.spans.append(span)
+        own = ("traceparent", traceparent_of(span).encode())
+        return [header for header in headers if header[0] != "traceparent"] + [own]
+
+    def end(self, error: str = "") -> None:
+        """End every span of the batch (failed with ``error`` when the broker did not acknowledge)."""
+        for span in self.spans:
+            if error:
+                failed(span, error)
+            span.end()
+        self.spans.clear()
+
+
+class TracedCommands(Commands):
+    """The command side with a span around placing an order (its events carry the span's
+    ``traceparent``, so the saga's trace starts there, or at the HTTP request around it)."""
+
+    def __init__(self, store: EventStore, id_factory: Callable[[], str], tracing: Tracing) -> None:
+        super().__init__(store, id_factory)
+        self.tracer = tracing.tracer("order")
+
+    def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
+        with self.tracer.start_as_current_span("place order") as span:
+            order_id = super().place_order(data, **fields)
+            span.set_attribute("eventlab.order_id", order_id)
+            return order_id
+
+    def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
+        metadata = super()._meta(source, correlation_id)
+        span = trace.get_current_span()
+        if span.get_span_context().is_valid:
+            metadata["traceparent"] = traceparent_of(span)
+        return metadata
+
+
+def _text(raw: str | bytes | None) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw or ""
+
+
+# --- the outside world's calls, wrapped ---------------------------------------------------------
+
+
+class TracedGateway:
+    """The payment gateway with a ``CLIENT`` span around each call (only made when tracing is on)."""
+
+    def __init__(self, gateway: Gateway, tracing: Tracing) -> None:
+        self.gateway = gateway
+        self.tracer = tracing.tracer("payment")
+
+    def __repr__(self) -> str:
+        return f"<TracedGateway {self.gateway!r}>"
+
+    def charge(self, order_id: str, amount_cents: int) -> ChargeResult:
+        if not trace.get_current_span().is_recording():  # not a traced order: no span, no new trace
+            return self.gateway.charge(order_id, amount_cents)
+        attributes: dict[str, str | int] = {"eventlab.order_id": order_id, "eventlab.amount_cents": amount_cents}
+        with self.tracer.start_as_current_span("gateway charge", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            result = self.gateway.charge(order_id, amount_cents)
+            span.set_attribute("eventlab.approved", result.approved)
+            return result
+
+    def refund(self, order_id: str) -> RefundResult:
+        if not trace.get_current_span().is_recording():
+            return self.gateway.refund(order_id)
+        attributes = {"eventlab.order_id": order_id}
+        with self.tracer.start_as_current_span("gateway refund", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            result = self.gateway.refund(order_id)
+            span.set_attribute("eventlab.refunded_cents", result.refunded_cents)
+            return result
+
+
+class TracedMailer:
+    """The mailer with a ``CLIENT`` span around each send (only made when tracing is on)."""
+
+    def __init__(self, mailer: Callable[[EmailRequested], object], tracing: Tracing) -> None:
+        self.mailer = mailer
+        self.tracer = tracing.tracer("notification")
+
+    def __repr__(self) -> str:
+        return f"<TracedMailer {self.mailer!r}>"
+
+    def __call__(self, email: EmailRequested) -> object:
+        if not trace.get_current_span().is_recording():
+            return self.mailer(email)
+        attributes = {"eventlab.order_id": email.order_id, "eventlab.email_kind": email.kind}
+        with self.tracer.start_as_current_span("mail send", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            delivered = self.mailer(email)
+            span.set_attribute("eventlab.delivered", bool(delivered))
+            return delivered
+
+
+def failed(span: trace.Span, reason: str) -> None:
+    """Mark ``span`` as failed with ``reason`` (an error that was handled, not raised)."""
+    span.set_status(Status(StatusCode.ERROR, reason))
+
+
+def exporter(sink: str, settings: Settings) -> SpanExporter:
+    """The exporter of one sink the settings name (``file``, ``otlp`` or ``zipkin``)."""
+    if sink == "file":
+        return JsonLinesExporter(settings.data_dir / SPANS_FILE)
+    try:
+        if sink == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            endpoint = settings.otlp_endpoint
+            if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
+                endpoint = endpoint.rstrip("/") + "/v1/traces"
+            return OTLPSpanExporter(endpoint=endpoint or None)
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None)
+    except ImportError as exc:
+        raise TracingError(
+            f"the {sink} exporter is not installed: pip install 'eventlab[tracing]' ({exc.name} missing)"
+        ) from exc

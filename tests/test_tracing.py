@@ -1,0 +1,364 @@
+"""Tracing: one order is one trace, parented across Kafka, exported to an in-process collector and
+to the local sink; ``eventlab trace`` draws it; off means no spans and no exporter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from conftest import free_port_offset
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.zipkin.json import ZipkinExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from eventlab import Settings, Shop, cli, tracing
+from eventlab.adapters import SimulatedGateway
+from eventlab.application import Commands
+from eventlab.bootstrap import Wiring, build_services
+from eventlab.settings import SettingsError
+from eventlab.store import open_store
+from eventlab.tracing import tracing_for
+from eventlab.tracing.spans import JsonLinesExporter, Tracing
+from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """A shop tracing to the local sink and to an in-memory collector, with one order placed over
+    HTTP by a client that sends its own ``traceparent``."""
+    settings = Settings.from_env(
+        env={}, data_dir=tmp_path_factory.mktemp("traced"), http_port_offset=free_port_offset(), tracing="file"
+    )
+    collector = InMemorySpanExporter()
+    installed = tracing.install(settings, collector)
+    with Shop(settings, http=True) as shop:
+        shop.seed_catalogue()
+        body = json.dumps({"user_id": "U001", "lines": [{"product_id": "P001", "quantity": 1}]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{settings.port('order')}/orders",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            order_id = json.load(response)["order_id"]
+        assert shop.wait(order_id).status == "completed"
+        shop.wait_idle()
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.port('order')}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        trace_id = order_trace_id(shop.store, order_id)
+        installed.flush()
+        yield settings, order_id, trace_id, collector, metrics
+    installed.shutdown()
+
+
+def test_one_order_is_one_trace_parented_across_kafka(traced):
+    # given an order placed over HTTP with the client's traceparent
+    _, order_id, trace_id, collector, _ = traced
+    # when its spans reach the in-process collector
+    spans = [span for span in from_sdk(collector.get_finished_spans()) if span.trace_id == trace_id]
+    by_id = {span.span_id: span for span in spans}
+    # then the order's trace is the client's, rooted at the HTTP request the client made
+    assert trace_id == CLIENT_TRACE
+    (root,) = [span for span in spans if span.parent_id not in by_id]
+    assert (root.name, root.kind, root.service, root.parent_id) == ("POST /orders", "SERVER", "order", CLIENT_SPAN)
+    # and it covers every service that handled the order, the relay, the gateway and the mailer
+    assert {span.service for span in spans} == {"order", "relay", "inventory", "payment", "notification"}
+    names = {span.name for span in spans}
+    assert {"place order", "gateway charge", "mail send", "process order.lifecycle.created"} <= names
+    # and every consumer span is the child of the relay's producer span of the same message
+    consumers = [span for span in spans if span.kind == "CONSUMER"]
+    assert len(consumers) >= 5
+    for span in consumers:
+        producer = by_id[span.parent_id]
+        assert (producer.kind, producer.service) == ("PRODUCER", "relay")
+        assert producer.attributes["messaging.message.id"] == span.attributes["messaging.message.id"]
+        assert producer.attributes["messaging.destination.name"] == span.attributes["messaging.destination.name"]
+        assert span.attributes["messaging.system"] == "kafka"
+        assert span.attributes["messaging.consumer.group.name"] == span.service
+        assert span.attributes["messaging.kafka.message.key"] == order_id
+        assert isinstance(span.attributes["messaging.kafka.offset"], int)
+    # and every producer span is the child of the span that appended its event (never the relay's own)
+    for span in spans:
+        if span.kind == "PRODUCER":
+            assert by_id[span.parent_id].name in {"place order"} | {c.name for c in consumers}
+    # and the gateway and mailer calls sit inside the handler that made them
+    (charge,) = [span for span in spans if span.name == "gateway charge"]
+    assert (by_id[charge.parent_id].service, by_id[charge.parent_id].kind) == ("payment", "CONSUMER")
+    assert all(by_id[s.parent_id].service == "notification" for s in spans if s.name == "mail send")
+
+
+def test_the_local_sink_holds_the_same_spans(traced):
+    # given the same run, also traced to <data_dir>/spans.jsonl
+    settings, _, trace_id, collector, _ = traced
+    # when the file is read back
+    from_file = read_spans(settings.data_dir, trace_id)
+    # then it has exactly the spans the collector got, with their parents and services
+    expected = [span for span in from_sdk(collector.get_finished_spans()) if span.trace_id == trace_id]
+    assert sorted((s.span_id, s.parent_id, s.service, s.name) for s in from_file) == sorted(
+        (s.span_id, s.parent_id, s.service, s.name) for s in expected
+    )
+    assert all(span.end_ns >= span.start_ns > 0 for span in from_file)
+
+
+def test_eventlab_trace_draws_the_waterfall(traced, capsys):
+    # given a traced order in the data directory
+    settings, order_id, _, _, _ = traced
+    # when `eventlab trace ORDER_ID` runs
+    status = cli.main(["trace", order_id, "--data-dir", str(settings.data_dir)])
+    out = capsys.readouterr().out
+    # then it prints a row per span, under its parent, with start, duration and a bar
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["service", "step", "start", "duration"]
+    assert lines[1].split()[:3] == ["order", "POST", "/orders"]
+    assert lines[1].rstrip().endswith("|") and "#" in lines[1]
+    assert any(line.startswith("relay") and "publish order.lifecycle.created" in line for line in lines)
+    assert any(line.startswith("payment") and "gateway charge" in line for line in lines)
+    assert len(lines) == 1 + len(read_spans(settings.data_dir, order_trace_id_of(settings, order_id)))
+
+
+def order_trace_id_of(settings, order_id):
+    store = open_store(settings)
+    try:
+        return order_trace_id(store, order_id)
+    finally:
+        store.close()
+
+
+def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys):
+    # given a data directory with an untraced store
+    settings = Settings.from_env(env={}, data_dir=tmp_path)
+    commands = Commands(open_store(settings))
+    commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+    commands.create_product(product_id="P1", name="Pen", price_cents=100)
+    order_id = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    commands.store.close()
+    # when `eventlab trace` is asked for the order
+    status = cli.main(["trace", order_id, "--data-dir", str(tmp_path)])
+    # then it says how to record spans, with exit status 1
+    assert status == 1
+    assert "EVENTLAB_TRACING=file" in capsys.readouterr().out
+
+
+def test_metrics_have_the_relay_and_saga_histograms(traced):
+    # given the order service's /metrics in threads mode
+    *_, metrics = traced
+    # when the Prometheus parser reads it
+    families = {family.name: family for family in text_string_to_metric_families(metrics)}
+    # then the relay publish latency, handler and saga histograms are there, with observations
+    for name in ("eventlab_relay_publish_seconds", "eventlab_handler_seconds", "eventlab_saga_seconds"):
+        assert families[name].type == "histogram"
+    count = [s for s in families["eventlab_relay_publish_seconds"].samples if s.name.endswith("_count")]
+    assert count and count[0].value > 0
+
+
+def test_tracing_off_makes_no_tracer_and_no_spans(tmp_path):
+    # given settings that name no sink (the default) and no OTEL_* endpoint
+    settings = Settings.from_env(env={}, data_dir=tmp_path)
+    # when the shop is wired
+    store = open_store(settings)
+    try:
+        wiring = Wiring(settings, store, build_services(settings, SimulatedGateway()))
+        # then nothing traces: no Tracing, plain commands, loops and relay without one
+        assert tracing_for(settings) is None and wiring.tracing is None
+        assert type(wiring.commands) is Commands
+        assert all(loop.tracing is None for loop in wiring.loops().values())
+        assert wiring.relay().tracing is None
+    finally:
+        store.close()
+
+
+def test_tracing_off_does_not_even_import_opentelemetry(tmp_path):
+    # given a fresh process with neither EVENTLAB_* nor OTEL_* variables
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    script = (
+        "import sys\n"
+        "from eventlab import Settings\n"
+        "from eventlab.adapters import SimulatedGateway\n"
+        "from eventlab.bootstrap import Wiring, build_services\n"
+        "from eventlab.store import open_store\n"
+        "settings = Settings.from_env(data_dir=sys.argv[1])\n"
+        "wiring = Wiring(settings, open_store(settings), build_services(settings, SimulatedGateway()))\n"
+        "wiring.loops(), wiring.relay()\n"
+        "wiring.commands.register_user(user_id='U1', name='Ada', email='ada@example.com')\n"
+        "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))\n"
+    )
+    # when it wires the shop and runs a command
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    # then OpenTelemetry was never imported, and no span was written
+    assert out.strip() == "[]"
+    assert not (tmp_path / tracing.SPANS_FILE).exists()
+
+
+def test_settings_choose_the_exporters(tmp_path, monkeypatch):
+    # given each way of switching tracing on
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    cases = {
+        "file": ({"EVENTLAB_TRACING": "file"}, [JsonLinesExporter]),
+        "otlp": ({"EVENTLAB_OTLP_ENDPOINT": "http://localhost:4318"}, [OTLPSpanExporter]),
+        "zipkin": ({"EVENTLAB_ZIPKIN_ENDPOINT": "http://localhost:9411/api/v2/spans"}, [ZipkinExporter]),
+        "both": ({"EVENTLAB_TRACING": "file,zipkin"}, [JsonLinesExporter, ZipkinExporter]),
+    }
+    for name, (env, kinds) in cases.items():
+        # when the settings are read and the shop's tracing made
+        settings = Settings.from_env(env=env, data_dir=tmp_path / name)
+        made = tracing_for(settings)
+        # then it exports to exactly those
+        assert made is not None and [type(e) for e in made.exporters] == kinds, name
+        made.shutdown()
+    # and the standard OTEL_* variable alone switches OTLP on
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    assert tracing.sinks(Settings.from_env(env={}, data_dir=tmp_path)) == ["otlp"]
+    # and a sink nobody knows is refused, naming the variable
+    with pytest.raises(SettingsError, match="EVENTLAB_TRACING: unknown sink jaeger"):
+        Settings.from_env(env={"EVENTLAB_TRACING": "jaeger"}, data_dir=tmp_path)
+    with pytest.raises(SettingsError, match="EVENTLAB_OTLP_ENDPOINT"):
+        Settings.from_env(env={"EVENTLAB_OTLP_ENDPOINT": "localhost:4318"}, data_dir=tmp_path)
+
+
+def test_slowest_steps_rank_by_total_time():
+    # given spans of two orders
+    spans = [
+        SpanRecord("t1", "a", None, "process x", "CONSUMER", "payment", 0, 5_000_000),
+        SpanRecord("t2", "b", None, "process x", "CONSUMER", "payment", 0, 7_000_000),
+        SpanRecord("t1", "c", None, "publish x", "PRODUCER", "relay", 0, 1_000_000),
+    ]
+    # when the slowest steps are listed
+    table = slowest_steps(spans)
+    # then the payment step comes first with its count and median
+    assert [(r["service"], r["count"], r["p50 ms"]) for r in table.rows] == [("payment", 2, 6.0), ("relay", 1, 1.0)]
+    assert "<svg" in Waterfall(spans[:1])._repr_html_()
+
+
+def test_sampling_keeps_or_drops_whole_orders():
+    # given tracing that records one trace in ten, and a trace id inside and one outside that share
+    memory = InMemorySpanExporter()
+    sampled = Tracing([memory], sample=0.1)
+    kept, dropped = f"00-{1:032x}-{1:016x}-01", f"00-{2**64 - 1:032x}-{1:016x}-01"
+    try:
+        # then the decision depends on the trace id alone, and an unsampled parent is followed
+        assert sampled.records(kept) and not sampled.records(dropped)
+        assert not sampled.records(f"00-{1:032x}-{1:016x}-00")
+        # and the relay makes no span for a dropped order, passing its headers on unchanged
+        spans = sampled.publishing()
+        headers = [("ce_id", b"e1"), ("traceparent", dropped.encode())]
+        assert spans.start("order.lifecycle.created", "O-1", "e1", headers) == headers
+        assert spans.start("order.lifecycle.created", "O-2", "e2", [("traceparent", kept.encode())]) != [
+            ("traceparent", kept.encode())
+        ]
+        spans.end()
+        sampled.flush()
+        assert [span.attributes["messaging.kafka.message.key"] for span in memory.get_finished_spans()] == ["O-2"]
+    finally:
+        sampled.shutdown()
+
+
+def test_otlp_endpoint_receives_the_spans(tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, request))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    # given an OTLP/HTTP collector and EVENTLAB_OTLP_ENDPOINT pointing at it
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    settings = Settings.from_env(env={"EVENTLAB_OTLP_ENDPOINT": endpoint}, data_dir=tmp_path)
+    made = tracing_for(settings)
+    try:
+        # when a service makes a span and the pipeline flushes
+        with made.tracer("payment").start_as_current_span("gateway charge"):
+            pass
+        assert made.flush()
+    finally:
+        made.shutdown()
+        server.shutdown()
+    # then the collector got it on /v1/traces, under the service's name
+    (path, request), *_ = received
+    resource = request.resource_spans[0]
+    names = [span.name for scope in resource.scope_spans for span in scope.spans]
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+    assert (path, names, service) == ("/v1/traces", ["gateway charge"], "payment")
+
+
+@pytest.mark.integration
+def test_one_trace_across_service_processes(tmp_path):
+    import signal
+    import time
+
+    from test_processes import request, wait_healthy
+
+    # given `eventlab up --processes` with the local file sink: one OS process per service and the relay
+    offset = free_port_offset()
+    port = {name: Settings(http_port_offset=offset).port(name) for name in ("user", "product", "order")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(offset), EVENTLAB_TRACING="file")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for p in port.values():
+            wait_healthy(p)
+        request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
+        product = {"product_id": "P2", "name": "Pen", "price_cents": 5, "initial_stock": 10}
+        request(port["product"], "POST", "/products", product)
+        # when an order placed over HTTP completes (retried until Inventory has heard of the product's stock)
+        deadline = time.monotonic() + 60
+        body = {"user_id": "U1", "lines": [{"product_id": "P2", "quantity": 1}]}
+        while True:
+            order_id = request(port["order"], "POST", "/orders", body)["order_id"]
+            while (status := request(port["order"], "GET", f"/orders/{order_id}")["status"]) not in (
+                "completed",
+                "cancelled",
+            ):
+                assert time.monotonic() < deadline, f"order {order_id} stuck"
+                time.sleep(0.1)
+            if status == "completed" or time.monotonic() > deadline:
+                break
+        assert status == "completed"
+        # then its spans, written by six processes into one file, form one trace parented across Kafka
+        store = open_store(Settings(data_dir=tmp_path))
+        trace_id = order_trace_id(store, order_id)
+        store.close()
+        wanted = {"order", "relay", "inventory", "payment", "notification"}
+        spans = read_spans(tmp_path, trace_id)
+        while {s.service for s in spans} != wanted:  # each process exports every 200 ms
+            assert time.monotonic() < deadline + 10, sorted({s.service for s in spans})
+            time.sleep(0.2)
+            spans = read_spans(tmp_path, trace_id)
+        by_id = {span.span_id: span for span in spans}
+        assert [s.name for s in spans if s.parent_id not in by_id] == ["POST /orders"]
+        assert all(by_id[s.parent_id].service == "relay" for s in spans if s.kind == "CONSUMER")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output
