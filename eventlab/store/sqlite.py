@@ -354,9 +354,9 @@ class SqliteEventStore(EventStore):
     seconds for another process's lock before :class:`~eventlab.store.base.StoreBusy`.
 
     Example:
-        >>> store = SqliteEventStore("/tmp/doc-shop/events.db")
-        >>> store.head() >= 0
-        True
+        >>> store = SqliteEventStore(store_path)
+        >>> [e.event_type for e in store.read_stream("order", "O1")][:2]
+        ['OrderCreated', 'OrderConfirmed']
     """
 
     def __init__(

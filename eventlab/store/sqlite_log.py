@@ -51,7 +51,7 @@ class SqliteLog:
     """A read-only ``sqlite3`` connection to the store at ``path``, answering what projections ask.
 
     Example:
-        >>> log = SqliteLog("/tmp/doc-shop/events.db")
+        >>> log = SqliteLog(store_path)
         >>> head, head_event_id, _ = log.head(0)
         >>> log.rows(0, head).num_rows == head
         True
