@@ -48,7 +48,8 @@ QUICK_START = re.compile(r"^make demo(?: 'ARGS=[^']*')?$|^\.venv/bin/eventlab (?
 EXTERNAL_CLUSTER = re.compile(r"^EVENTLAB_BOOTSTRAP_SERVERS=\S+ make demo$")
 MICROSERVICES = re.compile(r"^\.venv/bin/eventlab up --processes$|^curl ")
 BENCHMARKS = re.compile(r"^python benchmarks/(saga|projections)\.py --json$")
-RUN = (QUICK_START, EXTERNAL_CLUSTER, MICROSERVICES, BENCHMARKS)
+TRACING = re.compile(r"^EVENTLAB_TRACING=file \.venv/bin/eventlab demo |^\.venv/bin/eventlab trace ")
+RUN = (QUICK_START, EXTERNAL_CLUSTER, MICROSERVICES, BENCHMARKS, TRACING)
 
 #: Commands too long-running or impossible here, and the test (or CI script) that covers each.
 MAPPED = {
@@ -61,6 +62,7 @@ MAPPED = {
     "eventlab doctor": "tests/test_doctor.py::test_a_ready_machine_passes_every_check",
     "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
     "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
+    "docker compose up -d jaeger": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",
     "eventlab projections": "tests/test_readme.py::test_quick_start_runs_and_prints_what_the_readme_shows",
     "eventlab audit": "tests/test_audit.py::test_cli_audit_prints_json_and_fails_on_a_violation",
     "eventlab up --processes": "tests/test_processes.py::test_one_process_per_service",
@@ -304,3 +306,21 @@ def test_compose_offers_kafka_where_the_readme_points():
     assert re.search(r'ports: \["9092:9092"\]', compose)
     assert "KAFKA_ADVERTISED_LISTENERS: PLAINTEXT://localhost:9092" in compose
     assert "EVENTLAB_BOOTSTRAP_SERVERS=localhost:9092" in README
+    # and Jaeger where the tracing section points: OTLP/HTTP in, the UI out (the exporter is tested for real)
+    assert re.search(r'"4318:4318"', compose) and re.search(r'"16686:16686"', compose)
+    assert "EVENTLAB_OTLP_ENDPOINT=http://localhost:4318" in README
+
+
+def test_tracing_block_runs_and_draws_the_first_orders_waterfall(tmp_path):
+    # given: the README's tracing commands, the data directory moved into this test's home
+    demo, trace = (c.replace("/tmp/traced", str(tmp_path / "traced")) for c in commands_matching(TRACING))
+    # when: the demo runs traced, then `eventlab trace` draws the order the README names
+    assert run(demo, tmp_path).returncode == 0
+    assert (tmp_path / "traced" / "spans.jsonl").stat().st_size > 0
+    result = run(trace, tmp_path)
+    # then: a waterfall of that order's spans, every step of the saga on its service's row
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert rows[0].split() == ["service", "step", "start", "duration"]
+    steps = {(row.split()[0], row.split()[1]) for row in rows[1:]}
+    assert {("relay", "publish"), ("inventory", "process"), ("payment", "gateway"), ("notification", "mail")} <= steps
