@@ -1,8 +1,9 @@
-"""The saga notebook in a real browser: JupyterLab started by ``eventlab lab`` (what ``make lab`` runs),
+"""The saga and tracing notebooks in a real browser: JupyterLab started by ``eventlab lab`` (what ``make lab`` runs),
 headless Debian chromium, driven by playwright-core.
 
 Checks what a reader sees: after *Run All*, the ipywidgets dropdown and the mermaid sequence
-diagrams are rendered (not shown as source), and choosing another order redraws the diagram. Prints
+diagrams are rendered (not shown as source), and choosing another order redraws the diagram; in
+notebook 08 the span waterfall (an inline SVG) is drawn beside the saga. Prints
 the time from launching ``eventlab lab`` to the first saga diagram drawn (no timed assertion).
 
 Needs ``chromium`` (Debian: ``apt-get install -y chromium``), Node.js, and ``npm ci`` in
@@ -113,22 +114,28 @@ def jupyter_lab(tmp_path):
         log.close()
 
 
-def test_saga_notebook_renders_widget_and_mermaid_in_chromium(jupyter_lab, tmp_path):
+def _run_in_chromium(lab: Lab, notebook: str, screenshot: Path, **env: str) -> dict:
+    """Run ``notebook`` in JupyterLab in headless chromium (tests/browser/run.mjs); what it found."""
     node = _require_tools()
-    screenshot = tmp_path / "saga-notebook.png"
     env = {
         **os.environ,
-        "JUPYTER_URL": jupyter_lab.url,
-        "TOKEN": jupyter_lab.token,
-        "NOTEBOOK": NOTEBOOK.name,
+        "JUPYTER_URL": lab.url,
+        "TOKEN": lab.token,
+        "NOTEBOOK": notebook,
         "SCREENSHOT": str(screenshot),
         "CHROMIUM": CHROMIUM,
+        **env,
     }
     run = subprocess.run(
         [node, "run.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=240, check=False
     )
     assert run.returncode == 0, f"{run.stderr}\n{run.stdout}"
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_saga_notebook_renders_widget_and_mermaid_in_chromium(jupyter_lab, tmp_path):
+    screenshot = tmp_path / "saga-notebook.png"
+    found = _run_in_chromium(jupyter_lab, NOTEBOOK.name, screenshot)
     assert found["mermaid_drawn"] >= 4, found  # three sagas + the widget's diagram, drawn as images
     assert found["widgets"] > 0 and found["stderr_outputs"] == 0, found  # found["stderr_text"] says what
     assert "payment_failed" in found["redrawn_for"], found
@@ -140,3 +147,13 @@ def test_saga_notebook_renders_widget_and_mermaid_in_chromium(jupyter_lab, tmp_p
     if keep:
         Path(keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, keep)
+
+
+def test_tracing_notebook_draws_the_waterfall_beside_the_saga_in_chromium(jupyter_lab, tmp_path):
+    # given notebook 08 run from a clean slate in the browser
+    screenshot = tmp_path / "tracing-notebook.png"
+    found = _run_in_chromium(jupyter_lab, "08-tracing.ipynb", screenshot, WIDGET="0", MIN_MERMAID="1")
+    # then the span waterfall is drawn (an inline SVG) next to the saga's mermaid diagram, with no error
+    assert found["waterfalls"] >= 1 and found["mermaid_drawn"] >= 1, found
+    assert found["stderr_outputs"] == 0, found
+    assert screenshot.stat().st_size > 20_000

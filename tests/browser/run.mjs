@@ -10,6 +10,7 @@
 //   SCREENSHOT    where to save the screenshot (default saga-notebook.png)
 //   CHROMIUM      the browser binary (default /usr/bin/chromium)
 //   MIN_MERMAID   how many rendered mermaid diagrams to expect at least (default 4)
+//   WIDGET        1 (default): the notebook has the saga dropdown widget, checked and redrawn; 0: it has none
 //   TIMEOUT_MS    overall budget for running the notebook (default 120000)
 //
 // Prints one JSON line with what it found (first_mermaid_at: when the first saga diagram was drawn
@@ -28,6 +29,7 @@ const token = process.env.TOKEN || "";
 const screenshot = process.env.SCREENSHOT || "saga-notebook.png";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const minMermaid = Number(process.env.MIN_MERMAID || 4);
+const withWidget = (process.env.WIDGET || "1") === "1";
 const timeout = Number(process.env.TIMEOUT_MS || 120000);
 
 const MERMAID = ".jp-RenderedMermaid img, .jp-RenderedMermaid svg";
@@ -134,46 +136,54 @@ try {
     found.stderr_text = texts.join("\n").slice(0, 2000);
   }
 
-  // The widget: a dropdown inside a widget box.
-  const dropdown = page.locator(".widget-dropdown select").first();
-  await dropdown.waitFor({ state: "attached", timeout: 30000 });
-  found.widgets = await page.locator("[class*='widget-']").count();
-
   // Every mermaid block must be drawn (an <img> with an SVG data URL, or an inline <svg>).
   await page.waitForFunction((n) => document.querySelectorAll(".jp-RenderedMermaid").length >= n, minMermaid, {
     timeout: 60000,
   });
-  const widgetDiagram = page.locator(".widget-output .jp-RenderedMermaid").first();
-  await widgetDiagram.scrollIntoViewIfNeeded();
-  await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, `.widget-output ${MERMAID.split(", ").join(", .widget-output ")}`, {
-    timeout: 30000,
-  });
-  found.mermaid = await page.locator(".jp-RenderedMermaid").count();
-  found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
-  found.mermaid_drawn = await page.locator(MERMAID).count();
+  found.waterfalls = await page.locator("svg.eventlab-waterfall").count(); // tracing's span waterfalls
+  found.widgets = await page.locator("[class*='widget-']").count();
+  if (withWidget) {
+    // The widget: a dropdown inside a widget box.
+    const dropdown = page.locator(".widget-dropdown select").first();
+    await dropdown.waitFor({ state: "attached", timeout: 30000 });
+    const widgetDiagram = page.locator(".widget-output .jp-RenderedMermaid").first();
+    await widgetDiagram.scrollIntoViewIfNeeded();
+    await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, `.widget-output ${MERMAID.split(", ").join(", .widget-output ")}`, {
+      timeout: 30000,
+    });
+    found.mermaid = await page.locator(".jp-RenderedMermaid").count();
+    found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
+    found.mermaid_drawn = await page.locator(MERMAID).count();
 
-  // Choosing another order redraws the widget's diagram through the kernel.
-  const before = await widgetDiagram.innerHTML();
-  const options = await dropdown.locator("option").allTextContents();
-  const declined = options.find((o) => /payment_failed/.test(o)) || options[options.length - 1];
-  await dropdown.selectOption({ label: declined });
-  await page.waitForFunction(
-    ([old]) => {
-      const el = document.querySelector(".widget-output .jp-RenderedMermaid");
-      return el && el.innerHTML !== old && el.querySelector("img, svg");
-    },
-    [before],
-    { timeout: 30000 },
-  );
-  found.redrawn_for = declined;
+    // Choosing another order redraws the widget's diagram through the kernel.
+    const before = await widgetDiagram.innerHTML();
+    const options = await dropdown.locator("option").allTextContents();
+    const declined = options.find((o) => /payment_failed/.test(o)) || options[options.length - 1];
+    await dropdown.selectOption({ label: declined });
+    await page.waitForFunction(
+      ([old]) => {
+        const el = document.querySelector(".widget-output .jp-RenderedMermaid");
+        return el && el.innerHTML !== old && el.querySelector("img, svg");
+      },
+      [before],
+      { timeout: 30000 },
+    );
+    found.redrawn_for = declined;
 
-  // Frame the widget and its diagram for the screenshot.
-  await page.locator(".widget-dropdown").first().scrollIntoViewIfNeeded();
-  await page.evaluate(() => {
-    const box = document.querySelector(".widget-dropdown");
-    const scroller = box && box.closest(".jp-WindowedPanel-outer, .jp-Notebook");
-    if (box && scroller) scroller.scrollTop += box.getBoundingClientRect().top - 140;
-  });
+    // Frame the widget and its diagram for the screenshot.
+    await page.locator(".widget-dropdown").first().scrollIntoViewIfNeeded();
+    await page.evaluate(() => {
+      const box = document.querySelector(".widget-dropdown");
+      const scroller = box && box.closest(".jp-WindowedPanel-outer, .jp-Notebook");
+      if (box && scroller) scroller.scrollTop += box.getBoundingClientRect().top - 140;
+    });
+  } else {
+    await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, MERMAID, { timeout: 30000 });
+    found.mermaid = await page.locator(".jp-RenderedMermaid").count();
+    found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
+    found.mermaid_drawn = await page.locator(MERMAID).count();
+    await page.locator("svg.eventlab-waterfall").first().scrollIntoViewIfNeeded();
+  }
   await page.waitForTimeout(500);
   await page.screenshot({ path: screenshot });
   found.screenshot = screenshot;
