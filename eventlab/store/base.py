@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -322,6 +323,62 @@ class EventStore(ABC):
     def pending(self, consumer: str, event_types: Iterable[str]) -> int:
         """Like :meth:`unprocessed`, without the events ``consumer`` or the relay dead-lettered
         (they will never be handled, so they are no lag)."""
+
+    def tracking_position(self, consumer: str, event_types: Iterable[str]) -> int:
+        """How far ``consumer`` has handled: the highest position up to which every stored event of
+        ``event_types`` is handled or dead-lettered (by it or by the relay), recorded so the next
+        call starts there. Derived from the processed markers, which commit with their events, so it
+        is never ahead of what was handled; a restart republishes from the lowest one.
+
+        This default reads every event after the recorded position; a backend may do better.
+        """
+        types = set(event_types)
+        start = position = self._tracked(consumer)
+        skip = {letter.event_id for who in (consumer, RELAY_CONSUMER) for letter in self.dead_letters(consumer=who)}
+        while batch := self.read_records(after=position, limit=10_000):
+            for record in batch:
+                wanted = record.event_type in types and record.event_id not in skip
+                if wanted and not self.is_processed(consumer, record.event_id):
+                    return self._track(consumer, start, position)
+                position = record.position
+        return self._track(consumer, start, position)
+
+    def _tracked(self, consumer: str) -> int:
+        """The tracking position recorded for ``consumer`` (0 if none); the default keeps it as a checkpoint."""
+        return self.checkpoint(f"tracking:{consumer}")
+
+    def _track(self, consumer: str, before: int, position: int) -> int:
+        if position != before:
+            self.set_checkpoint(f"tracking:{consumer}", position)
+        return position
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions this store object has committed (see :meth:`wait_for_commit`)."""
+        return self._commit_signal()[1]
+
+    def wait_for_commit(self, seen: int, timeout: float) -> int:
+        """Wait until :attr:`commits` passes ``seen`` or ``timeout`` seconds pass; return :attr:`commits`.
+
+        Wakes a relay or a waiter in the same process as soon as a write commits, instead of polling;
+        writes by other processes are not signalled, so callers keep a short ``timeout`` as a fallback.
+        """
+        condition, _ = self._commit_signal()
+        with condition:
+            condition.wait_for(lambda: self._commit_signal()[1] > seen, timeout)
+            return self._commit_signal()[1]
+
+    def _committed(self) -> None:
+        """Called by a backend after each commit: wakes :meth:`wait_for_commit`."""
+        condition, count = self._commit_signal()
+        with condition:
+            self.__dict__["_commit_state"] = (condition, count + 1)
+            condition.notify_all()
+
+    def _commit_signal(self) -> tuple[threading.Condition, int]:
+        # setdefault is atomic in CPython: concurrent first callers share one condition.
+        state: tuple[threading.Condition, int] = self.__dict__.setdefault("_commit_state", (threading.Condition(), 0))
+        return state
 
     @abstractmethod
     def close(self) -> None:
