@@ -284,9 +284,9 @@ class ServiceLoop:
         name = self.service.name
         pending: dict[StreamKey, Stream[object]] = {}
         decisions: list[Decision | None] = []
-        seen: set[str] = set()
+        seen = self.store.processed_among(name, [message.event_id for message in messages])
         for message in messages:
-            if message.event_id in seen or self.store.is_processed(name, message.event_id):
+            if message.event_id in seen:
                 decisions.append(None)
                 continue
             seen.add(message.event_id)

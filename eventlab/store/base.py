@@ -245,6 +245,11 @@ class EventStore(ABC):
     def is_processed(self, consumer: str, event_id: str) -> bool:
         """Whether ``consumer`` has already handled the event ``event_id``."""
 
+    def processed_among(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
+        """Which of ``event_ids`` ``consumer`` has already handled (one query for a batch, where a
+        backend can; this default asks :meth:`is_processed` for each)."""
+        return {event_id for event_id in event_ids if self.is_processed(consumer, event_id)}
+
     @abstractmethod
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
         """How many stored events of ``event_types`` ``consumer`` has not handled yet (its lag)."""

@@ -620,6 +620,19 @@ class SqliteEventStore(EventStore):
         return row is not None
 
     @_translated
+    def processed_among(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
+        wanted = list(event_ids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
+            chunk = wanted[start : start + 500]
+            rows = self._conn().execute(
+                f"SELECT event_id FROM processed WHERE consumer = ? AND event_id IN ({','.join('?' * len(chunk))})",
+                (consumer, *chunk),
+            )
+            found.update(event_id for (event_id,) in rows)
+        return found
+
+    @_translated
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
         return self._unhandled(consumer, event_types, skip_dead_letters=False)
 
