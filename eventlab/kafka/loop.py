@@ -282,9 +282,12 @@ class ServiceLoop:
         any decision fails or another writer got in between (then nothing is written).
         """
         name = self.service.name
-        pending: dict[StreamKey, Stream[object]] = {}
         decisions: list[Decision | None] = []
         seen = self.store.processed_among(name, [message.event_id for message in messages])
+        keys = [
+            key for message in messages if message.event_id not in seen for key in self.service.streams(message.event)
+        ]
+        pending: dict[StreamKey, Stream[object]] = self._cache.load_many(self.store, keys, self.service.evolvers)
         for message in messages:
             if message.event_id in seen:
                 decisions.append(None)

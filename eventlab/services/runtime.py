@@ -151,6 +151,22 @@ class StreamCache:
             if len(self._streams) > self.size:
                 self._streams.popitem(last=False)
 
+    def load_many(
+        self, store: EventStore, keys: Iterable[StreamKey], evolvers: Mapping[str, Evolve]
+    ) -> dict[StreamKey, Stream[object]]:
+        """Bring several streams up to date with one read of the store (a batch of decisions)."""
+        with self._lock:
+            known = {key: self._streams.get(key) for key in dict.fromkeys(keys)}
+        new = store.read_streams({key: stream.version if stream else 0 for key, stream in known.items()})
+        streams: dict[StreamKey, Stream[object]] = {}
+        for key, stream in known.items():
+            state, version = (stream.state, stream.version) if stream else (None, 0)
+            for stored in new[key]:
+                state, version = evolvers[key[0]](state, stored.event), stored.version
+            streams[key] = Stream(key, state, version)
+            self._put(streams[key])
+        return streams
+
     def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream[object]:
         with self._lock:
             known = self._streams.get(key)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -224,6 +224,11 @@ class EventStore(ABC):
     @abstractmethod
     def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
         """The events of one stream with ``version > after_version``, by version."""
+
+    def read_streams(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], list[StoredEvent]]:
+        """Several streams at once: for each (aggregate type, aggregate id), its events after the given
+        version, by version (one query for a batch of decisions, where a backend can)."""
+        return {key: self.read_stream(*key, after_version=version) for key, version in after_versions.items()}
 
     @abstractmethod
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:

@@ -587,6 +587,23 @@ class SqliteEventStore(EventStore):
         )
         return [_row_to_event(row) for row in rows]
 
+    @_translated
+    def read_streams(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], list[StoredEvent]]:
+        found: dict[tuple[str, str], list[StoredEvent]] = {key: [] for key in after_versions}
+        wanted = [(*key, version) for key, version in after_versions.items()]
+        for start in range(0, len(wanted), 300):  # 3 parameters each, below SQLite's limit
+            chunk = wanted[start : start + 300]
+            rows = self._conn().execute(
+                f"WITH wanted (t, i, v) AS (VALUES {','.join(['(?,?,?)'] * len(chunk))})"
+                f" SELECT {_COLUMNS} FROM wanted JOIN events ON aggregate_type = t AND aggregate_id = i AND version > v"
+                " ORDER BY aggregate_type, aggregate_id, version",
+                [value for row in chunk for value in row],
+            )
+            for row in rows:
+                event = _row_to_event(row)
+                found[(event.aggregate_type, event.aggregate_id)].append(event)
+        return found
+
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
         return [record.decoded() for record in self.read_records(after, limit)]
 
