@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Self
 
+import pydantic_core
+
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, Event
 
@@ -35,6 +37,7 @@ __all__ = [
     "StoreBusy",
     "StoredEvent",
     "from_stored_time",
+    "json_loads",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -94,6 +97,15 @@ class StoredEvent:
         return json.dumps(self.data, separators=(",", ":"))
 
 
+def json_loads(text: str) -> Any:
+    """JSON text as Python values: pydantic-core's parser (several times faster than ``json.loads`` on
+    an event's few fields), and ``json.loads`` for what it refuses (e.g. a lone surrogate escape)."""
+    try:
+        return pydantic_core.from_json(text)
+    except ValueError:
+        return json.loads(text)
+
+
 def from_stored_time(text: str) -> datetime:
     """A time as a store keeps it (ISO-8601, UTC, without a zone) as an aware UTC datetime."""
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
@@ -124,8 +136,8 @@ class EventRecord(NamedTuple):
             self.version,
             self.event_type,
             self.schema_version,
-            json.loads(self.data),
-            json.loads(self.metadata),
+            json_loads(self.data),
+            json_loads(self.metadata),
             from_stored_time(self.recorded_at),
         )
 

@@ -39,6 +39,7 @@ from eventlab.store.base import (
     StoreBusy,
     StoredEvent,
     from_stored_time,
+    json_loads,
 )
 
 __all__ = [
@@ -510,7 +511,7 @@ class SqliteEventStore(EventStore):
             if positions:
                 self._committed()
         return [
-            StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
+            StoredEvent(position, row[0], *row[1:6], json_loads(row[6]), new.metadata, recorded_at)
             for position, row, new in zip(positions, rows, events, strict=False)
         ]
 
