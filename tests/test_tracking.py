@@ -14,7 +14,7 @@ from eventlab.events import StockAdded, UserCreated
 from eventlab.kafka.relay import rewind
 from eventlab.shop import ShopInfrastructure, subscriptions
 from eventlab.store import NewEvent, SqliteEventStore
-from eventlab.store.base import RELAY_CONSUMER
+from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import BASE_SCHEMA, MIGRATIONS, _statements
 
 
@@ -150,6 +150,7 @@ def test_a_restart_after_a_clean_stop_republishes_nothing(tmp_path):
     with Shop(settings) as shop:
         shop.register_user("U001", "Ada Lovelace", "ada@example.com")
         shop.create_product("P001", "Keyboard", 8900, initial_stock=5)
+        shop.wait_idle()  # the stock is in before the order comes (they travel on different topics)
         order_id = shop.place_order("U001", {"P001": 1})
         assert shop.wait(order_id).status == "completed"
         shop.wait_idle()
@@ -163,3 +164,25 @@ def test_a_restart_after_a_clean_stop_republishes_nothing(tmp_path):
         assert infra.store.checkpoint(RELAY_CONSUMER) == head
     finally:
         infra.stop()
+
+
+class _PortDefaults(SqliteEventStore):
+    """The SQLite store answering with the port's default tracking position (what a backend without
+    its own gets)."""
+
+    tracking_position = EventStore.tracking_position
+
+
+def test_the_ports_default_tracking_position_agrees_with_sqlites(tmp_path):
+    with SqliteEventStore(tmp_path / "a.db") as fast, _PortDefaults(tmp_path / "b.db") as default:
+        for store in (fast, default):
+            stock = [store.append([added("P1", v)])[0] for v in range(1, 5)]
+            store.append([user("U1")])
+            for event in (stock[0], stock[1], stock[3]):
+                handle(store, "inventory", event)
+        assert fast.tracking_position("inventory", ["StockAdded"]) == 2
+        assert default.tracking_position("inventory", ["StockAdded"]) == 2
+        for store in (fast, default):
+            handle(store, "inventory", store.read_stream("stock", "P1")[2])
+        assert fast.tracking_position("inventory", ["StockAdded"]) == fast.head() == 5
+        assert default.tracking_position("inventory", ["StockAdded"]) == default.head() == 5
