@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+import pydantic_core
+
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
 from eventlab.store.base import (
@@ -498,7 +500,7 @@ class SqliteEventStore(EventStore):
                 new.event.event_type,
                 new.event.schema_version,
                 new.event.model_dump_json(),
-                json.dumps(new.metadata, separators=(",", ":")),
+                pydantic_core.to_json(new.metadata).decode(),  # compact, like json.dumps with separators
                 now,
             )
             for new in events
