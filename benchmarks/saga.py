@@ -1,9 +1,12 @@
-"""Orders per second through the whole saga, and saga latency at a fixed rate, next to raw
-confluent-kafka throughput on the same embedded broker in the same run.
+"""Orders per second through the whole saga (threads mode), and saga latency at fixed rates, next to
+raw confluent-kafka throughput on the same embedded broker in the same run; with ``--preload N``
+the same again on a store that already holds N events (``benchmarks/restart.py`` grows it), to
+show whether cost stays flat as the store grows. The machine's load is printed first.
 
-    python benchmarks/saga.py            # a table
-    python benchmarks/saga.py --json     # one JSON object
-    python benchmarks/saga.py --tracing  # also: full-speed orders/s with tracing off and on (file sink)
+    python benchmarks/saga.py                         # a table
+    python benchmarks/saga.py --json                  # one JSON object
+    python benchmarks/saga.py --preload 1000000       # also with a 1M-event store
+    python benchmarks/saga.py --tracing               # also: full-speed orders/s with tracing off and on
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +23,7 @@ from pathlib import Path
 from eventlab import Settings, Shop
 from eventlab.demo import run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
+from eventlab.resilience import wait_until
 from eventlab.tracing import tracing_for
 
 
@@ -91,41 +96,71 @@ def tracing_cost(orders: int, catalogue: Path, root: Path, rounds: int = 2) -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=2000, help="orders for the full-speed run (default 2000)")
-    parser.add_argument("--rate", type=float, default=100, help="orders/s for the latency run (default 100)")
-    parser.add_argument("--seconds", type=float, default=10, help="length of the latency run (default 10)")
+    parser.add_argument(
+        "--rates", default="100,500", help="orders/s of the latency runs, comma-separated (default 100,500)"
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="length of each latency run (default 10)")
+    parser.add_argument("--preload", type=int, default=0, help="also run on a store of this many events (default 0)")
     parser.add_argument("--raw-messages", type=int, default=200_000, help="messages for raw Kafka (default 200k)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--tracing", action="store_true", help="also measure the cost of tracing (file sink)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-
+    rates = [float(rate) for rate in args.rates.split(",") if rate]
+    load_1m, load_5m, _ = os.getloadavg()
+    if not args.json:
+        print(f"load average at start: {load_1m:.2f} (1 min), {load_5m:.2f} (5 min) on {os.cpu_count()} cores")
+    result: dict[str, object] = {"load_1m": round(load_1m, 2), "orders": args.orders}
     with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
         root = Path(tmp)
         catalogue = write_catalogue(root)
-        settings = Settings.from_env(data_dir=root / "data")
-        with Shop(settings, payment_failure_rate=0.0) as shop:
-            full = run_demo(shop, args.orders, catalogue=catalogue, timeout=600)
-            paced = run_demo(shop, int(args.rate * args.seconds), rate=args.rate, seed=1, catalogue=catalogue)
-            produce, consume = raw_kafka(shop.relay.settings, args.raw_messages)
-        cost = tracing_cost(args.orders, catalogue, root) if args.tracing else {}
-    result = {
-        "orders": args.orders,
-        "orders_per_s": full.orders_per_s,
-        "full_speed_p50_ms": full.saga_latency_ms["p50"],
-        "rate": args.rate,
-        "p50_ms": paced.saga_latency_ms["p50"],
-        "p99_ms": paced.saga_latency_ms["p99"],
-        "raw_produce_msgs_per_s": round(produce),
-        "raw_consume_msgs_per_s": round(consume),
-        "events_per_order": round(full.events / args.orders, 1),
-        "stuck": full.stuck + paced.stuck,
-        **cost,
-    }
+        result.update(run(Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds))
+        if args.raw_messages:
+            with Shop(Settings.from_env(data_dir=root / "raw")) as shop:
+                produce, consume = raw_kafka(shop.kafka_settings, args.raw_messages)
+            result["raw_produce_msgs_per_s"], result["raw_consume_msgs_per_s"] = round(produce), round(consume)
+        if args.preload:
+            from restart import preload  # here: restart.py imports this module
+
+            settings = Settings.from_env(data_dir=root / "big")
+            result["preloaded_events"] = preload(settings, args.preload, catalogue)
+            big = run(settings, catalogue, args.orders, rates, args.seconds)
+            result.update({f"preloaded_{key}": value for key, value in big.items()})
+        if args.tracing:
+            result.update(tracing_cost(args.orders, catalogue, root))
+    stuck = [value for key, value in result.items() if key.endswith("stuck")]
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:<24} {value}")
-    return 0 if result["stuck"] == 0 else 1
+    return 0 if not any(stuck) else 1
+
+
+def run(settings: Settings, catalogue: Path, orders: int, rates: list[float], seconds: float) -> dict[str, object]:
+    """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal."""
+    found: dict[str, object] = {}
+    with Shop(settings, payment_failure_rate=0.0) as shop:
+        # the deadline sweeper reads the whole log once at start (to find unfinished orders): measured
+        # on its own, so that the runs below show the steady state
+        head, began = shop.store.head(), time.perf_counter()
+        wait_until(lambda: shop.sweeper is not None and shop.sweeper.position >= head, 600, interval=0.1)
+        found["sweeper_catch_up_s"] = round(time.perf_counter() - began, 2)
+        cpu = time.process_time()
+        full = run_demo(shop, orders, catalogue=catalogue, timeout=600)
+        found["orders_per_s"] = full.orders_per_s
+        # CPU time of this process (every service, relay and the order placement) per order: steadier
+        # than orders/s on a shared machine, since other processes' load does not count
+        found["cpu_ms_per_order"] = round((time.process_time() - cpu) * 1000 / orders, 2)
+        found["full_speed_p50_ms"] = full.saga_latency_ms["p50"]
+        found["events_per_order"] = round(full.events / orders, 1)
+        stuck = full.stuck
+        for seed, rate in enumerate(rates, start=1):
+            paced = run_demo(shop, int(rate * seconds), rate=rate, seed=seed, catalogue=catalogue)
+            found[f"at_{rate:g}_p50_ms"] = paced.saga_latency_ms["p50"]
+            found[f"at_{rate:g}_p99_ms"] = paced.saga_latency_ms["p99"]
+            stuck += paced.stuck
+    found["stuck"] = stuck
+    return found
 
 
 if __name__ == "__main__":

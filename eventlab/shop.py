@@ -13,13 +13,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
 from eventlab.bootstrap import Wiring, build_services
 from eventlab.catalogue import load_products, load_users
-from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout
+from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
 from eventlab.events import ProductCreated, UserCreated
 from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
@@ -31,14 +31,17 @@ from eventlab.kafka.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
+from eventlab.services.runtime import Service
 from eventlab.settings import Settings
 from eventlab.store import open_store
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
 
-__all__ = ["Shop", "ShopInfrastructure", "StoreFactory"]
+__all__ = ["Shop", "ShopInfrastructure", "StoreFactory", "subscriptions"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Opens the event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
 StoreFactory = Callable[[Settings], EventStore]
@@ -47,14 +50,22 @@ StoreFactory = Callable[[Settings], EventStore]
 class ShopInfrastructure:
     """The broker (embedded unless configured), the topics and the event store.
 
-    Starting an embedded broker rewinds the relay: the new broker has no topics, so every stored
-    event is published again and the idempotent consumers skip what they already handled.
+    Starting an embedded broker rewinds the relay: the new broker has no topics, so the stored
+    events some consumer has not handled yet are published again (from the lowest of the
+    ``consumers``' tracking positions; every event when ``consumers`` is not given), and the
+    idempotent consumers skip what they already handled. Stopping records the tracking positions.
     """
 
-    def __init__(self, settings: Settings, store_factory: StoreFactory = open_store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store_factory: StoreFactory = open_store,
+        consumers: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
         self.store = store_factory(settings)
+        self.consumers = consumers
 
     def start(self) -> Settings:
         """Start what is needed and return settings pointing at the broker in use."""
@@ -64,14 +75,24 @@ class ShopInfrastructure:
                 self.settings.with_bootstrap(self.broker.bootstrap_servers),
                 session_timeout_ms=EmbeddedBroker.SESSION_TIMEOUT_MS,
             )
-            rewind(self.store)
+            rewind(self.store, self.consumers)
         ensure_topics(self.settings)
         return self.settings
 
     def stop(self) -> None:
         if self.broker is not None:
             self.broker.stop()
+        try:
+            for name, types in (self.consumers or {}).items():
+                self.store.tracking_position(name, types)  # so the next start scans only what comes after
+        except StoreError as exc:
+            log.warning("cannot record the tracking positions: %s", exc)
         self.store.close()
+
+
+def subscriptions(services: Mapping[str, Service]) -> dict[str, set[str]]:
+    """Each consuming service's subscribed event types, by name (what :func:`rewind` needs)."""
+    return {name: {cls.__name__ for cls in s.subscriptions} for name, s in services.items() if s.subscriptions}
 
 
 class Shop:
@@ -150,7 +171,7 @@ class Shop:
         """Start broker, topics, relay and service loops; return once every consumer has joined."""
         if self.running:
             return self
-        infra = ShopInfrastructure(self.settings, self._store_factory)
+        infra = ShopInfrastructure(self.settings, self._store_factory, subscriptions(self.services))
         settings = infra.start()
         self._infra = infra
         self._stop.clear()
@@ -259,29 +280,57 @@ class Shop:
 
     def wait(self, order_id: str, timeout: float = 30.0) -> OrderView:
         """Wait until the order's saga is terminal (completed or cancelled) and return it."""
-        return wait_until(
+        return self._wait_for_commits(
             lambda: self.order(order_id),
             timeout,
             until=lambda view: view.terminal,
-            interval=0.01,
             timeout_error=lambda view: SagaTimeout(f"order {order_id} still {view.status} after {timeout} s"),
         )
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until every stored event is published and every service has handled its events."""
-        wait_until(
-            self.idle, timeout, timeout_error=lambda _: SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}")
+        self._wait_for_commits(
+            self.idle,
+            timeout,
+            until=bool,
+            timeout_error=lambda _: SagaTimeout(f"shop not idle after {timeout} s: {self.lag()}"),
         )
 
+    def _wait_for_commits(
+        self,
+        probe: Callable[[], _T],
+        timeout: float,
+        until: Callable[[_T], object],
+        timeout_error: Callable[[_T], BaseException],
+    ) -> _T:
+        """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms)."""
+        store = self.store
+        seen = [store.commits]
+
+        def look() -> _T:
+            seen[0] = store.commits
+            return probe()
+
+        def pause(interval: float) -> None:
+            store.wait_for_commit(seen[0], interval)
+
+        return wait_until(look, timeout, until=until, interval=0.05, sleep=pause, timeout_error=timeout_error)
+
     def lag(self) -> dict[str, int]:
-        """Events not yet published (``relay``) or not yet handled, per service."""
-        lag = {RELAY_CONSUMER: unpublished(self.store)}
+        """Events not yet published (``relay``) or not yet handled, per service: O(1) in the store's size."""
+        lag = {RELAY_CONSUMER: self._unpublished()}
         lag.update({name: loop.lag() for name, loop in self.loops.items()})
         return lag
 
     def idle(self) -> bool:
         """True when nothing is waiting to be published or handled."""
-        return not unpublished(self.store) and not any(loop.lag() for loop in self.loops.values())
+        return not self._unpublished() and not any(loop.lag() for loop in self.loops.values())
+
+    def _unpublished(self) -> int:
+        """The relay's own count (its checkpoint is saved lazily), else the store's."""
+        if self.relay is not None and self.running:
+            return self.store.head() - self.relay.position
+        return unpublished(self.store)
 
     # --- internals -------------------------------------------------------------------------
 

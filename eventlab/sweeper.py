@@ -17,7 +17,7 @@ from eventlab.events import Event
 from eventlab.services import order
 from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue, timeout_detail
 from eventlab.services.runtime import States, execute, state_of, trace_metadata
-from eventlab.store.base import EventStore, StoredEvent
+from eventlab.store.base import EventRecord, EventStore
 
 __all__ = ["DeadlineSweeper"]
 
@@ -52,16 +52,17 @@ class DeadlineSweeper:
     def follow(self) -> None:
         """Read the events stored since the last look and update where each order waits."""
         while True:
-            events = self.store.read_all(after=self.position, limit=self.batch)
-            self._advance_all(events)
-            if len(events) < self.batch:
+            records = self.store.read_records(after=self.position, limit=self.batch)
+            self._advance_all(records)
+            if len(records) < self.batch:
                 return
 
-    def _advance_all(self, events: Iterable[StoredEvent]) -> None:
-        for stored in events:
-            self.position = stored.position
-            if stored.aggregate_type != "order":
-                continue
+    def _advance_all(self, records: Iterable[EventRecord]) -> None:
+        for record in records:
+            self.position = record.position
+            if record.aggregate_type != "order":
+                continue  # not decoded: most events are not the order's
+            stored = record.decoded()
             step = advance(self.waiting.get(stored.aggregate_id), stored)
             if step is None:
                 self.waiting.pop(stored.aggregate_id, None)

@@ -265,3 +265,23 @@ def test_a_store_made_by_the_first_release_opens_as_version_1(tmp_path):
     with SqliteEventStore(path) as store:
         store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
         assert store.head() == 1
+
+
+def test_several_streams_and_markers_are_read_in_one_call_as_one_by_one(tmp_path):
+    # given three streams of different lengths and markers for some events
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        for product, length in (("P1", 3), ("P2", 1), ("P3", 5)):
+            store.append([NewEvent(StockAdded(product_id=product, quantity=v), v) for v in range(1, length + 1)])
+        ids = [event.event_id for event in store.read_all()]
+        for event_id in ids[::2]:
+            store.append([], processed=("inventory", event_id))
+        # when several streams are read at once, each after its own version (one has no events)
+        wanted = {("stock", "P1"): 1, ("stock", "P2"): 0, ("stock", "P3"): 4, ("stock", "P9"): 0}
+        found = store.read_streams(wanted)
+        # then each holds what read_stream gives, in version order
+        assert found == {key: store.read_stream(*key, after_version=version) for key, version in wanted.items()}
+        assert [e.version for e in found[("stock", "P1")]] == [2, 3] and found[("stock", "P9")] == []
+        # and the markers among many ids (more than one query's worth) are the ones recorded
+        many = ids + [f"unknown-{n}" for n in range(1200)]
+        assert store.processed_among("inventory", many) == set(ids[::2])
+        assert store.processed_among("order", many) == set()

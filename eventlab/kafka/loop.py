@@ -14,6 +14,8 @@ lists the problem. A message is never skipped, and never dead-lettered twice, al
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
@@ -32,7 +34,7 @@ from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
 from eventlab.resilience import retry
 from eventlab.restarts import Backoff
-from eventlab.services.runtime import Service, StreamCache, execute, trace_metadata
+from eventlab.services.runtime import Decision, Service, Stream, StreamCache, StreamKey, execute, plan, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
 
@@ -178,8 +180,10 @@ class ServiceLoop:
         Returns the offsets to store: per partition, past the last message that is done (handled,
         a duplicate, or dead-lettered and its copy acknowledged), and never past a held one.
 
-        The fast path handles the whole batch in one store transaction (one commit instead of
-        one per event). If anything in it fails, the batch is rolled back and each message is
+        The fast path decides on the whole batch first, holding no lock (each decision sees the
+        ones before it), then appends every outcome with its processed marker in one short store
+        transaction (one commit instead of one per event). If anything in it fails — a decision, a
+        conflict with another writer — nothing of the batch is written and each message is
         handled on its own, with retries and, in the end, a dead letter.
         """
         done: list[KafkaMessage] = []
@@ -194,10 +198,8 @@ class ServiceLoop:
                 done.append(message)
         if self.service.batch and len(decoded) > 1:
             try:
-                with self.store.transaction():
-                    outcomes = [self.handle(found, message) for message, found in decoded]
+                outcomes = self.handle_batch(decoded)
             except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
-                self._cache.clear()
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
             else:
                 self._count(outcomes)
@@ -292,6 +294,58 @@ class ServiceLoop:
         )
         self.handler_seconds.observe(time.perf_counter() - started)
         return True
+
+    def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[bool]:
+        """Decide on every message (no lock held), then append all outcomes in one transaction.
+
+        Returns, per message, whether it was handled (False: already handled before). Raises when
+        any decision fails or another writer got in between (then nothing is written). With
+        tracing on, each traced message's ``CONSUMER`` span lasts until the batch is committed.
+        """
+        with contextlib.ExitStack() as spans:
+            return self._handle_batch(decoded, spans)
+
+    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: contextlib.ExitStack) -> list[bool]:
+        name = self.service.name
+        messages = [message for _, message in decoded]
+        decisions: list[Decision | None] = []
+        seen = self.store.processed_among(name, [message.event_id for message in messages])
+        keys = [
+            key for message in messages if message.event_id not in seen for key in self.service.streams(message.event)
+        ]
+        pending: dict[StreamKey, Stream[object]] = self._cache.load_many(self.store, keys, self.service.evolvers)
+        for raw, message in decoded:
+            if message.event_id in seen:
+                decisions.append(None)
+                continue
+            seen.add(message.event_id)
+            started = time.perf_counter()
+            event = message.event
+            metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
+            if self.tracing is not None and self.tracing.records(message.traceparent):
+                span = spans.enter_context(self.tracing.consuming(name, message, raw))
+                metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
+            decision = plan(
+                self.store,
+                self.service.streams(event),
+                self.service.evolvers,
+                functools.partial(self.service.handle, event),
+                metadata,
+                cache=self._cache,
+                pending=pending,
+            )
+            pending.update(decision.streams)
+            decisions.append(decision)
+            self.handler_seconds.observe(time.perf_counter() - started)
+        with self.store.transaction():
+            for message, outcome in zip(messages, decisions, strict=True):
+                if outcome is None:
+                    continue
+                stored = self.store.append(outcome.events, processed=(name, message.event_id))
+                if outcome.events and not stored:  # handled meanwhile by another instance: decide again
+                    raise ConcurrencyError(f"{message.event_id} was handled while {name} decided on it")
+        self._cache.remember(pending.values())
+        return [decision is not None for decision in decisions]
 
     def _count(self, outcomes: list[bool]) -> None:
         handled = sum(outcomes)

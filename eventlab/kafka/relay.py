@@ -5,6 +5,11 @@ can lose or invent events on a crash). They append to the event store; this rela
 after its checkpoint, produces each event (key = aggregate id, CloudEvents headers), waits for the
 broker's acknowledgements and only then advances the checkpoint. Delivery is at-least-once;
 consumers are idempotent.
+
+The checkpoint is kept in memory and written to the store when the relay runs out of work, at
+most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
+republishes at most that much, which consumers skip. Between batches the relay waits for the
+store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
@@ -44,12 +50,22 @@ class Relay:
     """
 
     def __init__(
-        self, store: EventStore, settings: Settings, batch_size: int = 2000, *, tracing: Tracing | None = None
+        self,
+        store: EventStore,
+        settings: Settings,
+        batch_size: int = 2000,
+        save_every: float = 0.5,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.batch_size = batch_size
+        self.save_every = save_every
         self.published = 0
+        self._position: int | None = None  # published up to here (None: read the store's checkpoint)
+        self._saved: int | None = None  # the checkpoint as the store has it
+        self._saved_at = 0.0
         #: Consecutive failed attempts (0 once a batch goes through), and all of them since start.
         self.failures = 0
         self.failures_total = 0
@@ -65,7 +81,21 @@ class Relay:
         self.tracing = tracing
 
     def __repr__(self) -> str:
-        return f"<Relay published={self.published} checkpoint={self.store.checkpoint(RELAY_CONSUMER)}>"
+        return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
+
+    @property
+    def position(self) -> int:
+        """Published (and acknowledged) up to this store position."""
+        if self._position is None:
+            self._position = self._saved = self.store.checkpoint(RELAY_CONSUMER)
+            self._saved_at = time.monotonic()
+        return self._position
+
+    def save_checkpoint(self) -> None:
+        """Write the position to the store if it moved since the last write."""
+        if self._position is not None and self._position != self._saved:
+            self.store.set_checkpoint(RELAY_CONSUMER, self._position)
+            self._saved, self._saved_at = self._position, time.monotonic()
 
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; return how many were published.
@@ -75,9 +105,10 @@ class Relay:
         ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
         checkpoint moves past the batch only once every message and copy is acknowledged.
         """
-        after = self.store.checkpoint(RELAY_CONSUMER)
+        after = self.position
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
+            self.save_checkpoint()  # idle: the store says everything is published
             return 0
         if self._producer is None:
             self._producer = make_producer(self.settings)
@@ -110,7 +141,9 @@ class Relay:
             if self._dead_letters.publish(letter):
                 self.dead_lettered += 1
                 log.warning("relay: stored event #%d dead-lettered as #%d: %s", letter.offset, letter.id, letter.reason)
-        self.store.set_checkpoint(RELAY_CONSUMER, events[-1].position)
+        self._position = events[-1].position
+        if time.monotonic() - self._saved_at >= self.save_every:
+            self.save_checkpoint()
         self.published += len(events) - len(letters)
         return len(events) - len(letters)
 
@@ -140,10 +173,12 @@ class Relay:
         and retried after an exponential backoff (0.1 s doubling to :attr:`max_backoff`); the
         consecutive failures show in :meth:`health` until a batch goes through again."""
         backoff = self._backoff()
+        commits = self.store.commits
         while not stop.is_set():
             try:
                 if self.publish_pending() == 0:
-                    stop.wait(idle_wait)
+                    # woken by a commit in this process; other processes' commits are seen after idle_wait
+                    commits = self.store.wait_for_commit(commits, idle_wait)
             except (BrokerError, StoreError) as exc:
                 delay = self._failed(exc, backoff)
                 log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, delay)
@@ -178,7 +213,7 @@ class Relay:
         """Published so far, still unpublished, consecutive failures, and ``problems`` (empty when healthy)."""
         problems = self.problems()
         try:
-            pending: int | None = unpublished(self.store)
+            pending: int | None = self.store.head() - self.position
         except StoreError as exc:
             pending = None
             problems.append(f"relay: cannot read the store: {exc}")
@@ -195,11 +230,27 @@ class Relay:
             self._producer.flush(5)
             self._producer = None
         self._dead_letters.close()
+        try:
+            self.save_checkpoint()
+        except StoreError as exc:  # the next start republishes from the last saved one: consumers skip it
+            log.warning("relay: cannot save its checkpoint on close: %s", exc)
 
 
-def rewind(store: EventStore) -> None:
-    """Publish everything again from the first event (the broker forgot its topics)."""
-    store.set_checkpoint(RELAY_CONSUMER, 0)
+def rewind(store: EventStore, consumers: Mapping[str, Iterable[str]] | None = None) -> int:
+    """Move the relay's checkpoint back so that what the broker forgot is published again; return it.
+
+    With ``consumers`` (each consumer's subscribed event types), back to the lowest
+    :meth:`~eventlab.store.base.EventStore.tracking_position`: only what some consumer has not
+    handled yet is republished. Without, back to the first event.
+    """
+    if consumers is None:
+        position = 0
+    else:
+        tracked = [store.tracking_position(name, types) for name, types in consumers.items()]
+        position = min([store.checkpoint(RELAY_CONSUMER), *tracked])
+    store.set_checkpoint(RELAY_CONSUMER, position)
+    log.info("relay rewound to position %d of %d", position, store.head())
+    return position
 
 
 def unpublished(store: EventStore) -> int:

@@ -22,6 +22,7 @@ from eventlab.ids import new_span_id, new_trace_id
 from eventlab.store.base import EventStore, Metadata, NewEvent, StoredEvent
 
 __all__ = [
+    "Decision",
     "Evolve",
     "Service",
     "States",
@@ -30,6 +31,7 @@ __all__ = [
     "StreamKey",
     "execute",
     "load",
+    "plan",
     "state_of",
     "trace_metadata",
 ]
@@ -134,17 +136,11 @@ class StreamCache:
         with self._lock:
             self._streams.clear()
 
-    def remember(
-        self, streams: Iterable[Stream[object]], appended: Sequence[Event], evolvers: Mapping[str, Evolve]
-    ) -> None:
-        """Fold events just appended into their cached streams, so they are not read back."""
+    def remember(self, streams: Iterable[Stream[object]]) -> None:
+        """Keep streams whose new events were just committed (a :attr:`Decision.streams`), so they
+        are not read back."""
         for stream in streams:
-            state, version = stream.state, stream.version
-            for event in appended:
-                if (event.aggregate_type, event.aggregate_id) == stream.key:
-                    state, version = evolvers[stream.key[0]](state, event), version + 1
-            if version != stream.version:
-                self._put(Stream(stream.key, state, version))
+            self._put(stream)
 
     def _put(self, stream: Stream[object]) -> None:
         with self._lock:
@@ -154,6 +150,22 @@ class StreamCache:
                 self._streams.move_to_end(stream.key)
             if len(self._streams) > self.size:
                 self._streams.popitem(last=False)
+
+    def load_many(
+        self, store: EventStore, keys: Iterable[StreamKey], evolvers: Mapping[str, Evolve]
+    ) -> dict[StreamKey, Stream[object]]:
+        """Bring several streams up to date with one read of the store (a batch of decisions)."""
+        with self._lock:
+            known = {key: self._streams.get(key) for key in dict.fromkeys(keys)}
+        new = store.read_streams({key: stream.version if stream else 0 for key, stream in known.items()})
+        streams: dict[StreamKey, Stream[object]] = {}
+        for key, stream in known.items():
+            state, version = (stream.state, stream.version) if stream else (None, 0)
+            for stored in new[key]:
+                state, version = evolvers[key[0]](state, stored.event), stored.version
+            streams[key] = Stream(key, state, version)
+            self._put(streams[key])
+        return streams
 
     def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream[object]:
         with self._lock:
@@ -177,6 +189,49 @@ def trace_metadata(source: str, correlation_id: str, causation_id: str = "", tra
     return metadata
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one decision appends (versioned ``events``) and the ``streams`` it read, with those
+    events folded in: the states once the events are committed."""
+
+    events: list[NewEvent]
+    streams: dict[StreamKey, Stream[object]]
+
+
+def plan(
+    store: EventStore,
+    keys: Sequence[StreamKey],
+    evolvers: Mapping[str, Evolve],
+    decide: Callable[[States], Sequence[Event]],
+    metadata: Metadata,
+    *,
+    cache: StreamCache | None = None,
+    pending: Mapping[StreamKey, Stream[object]] | None = None,
+) -> Decision:
+    """Load ``keys`` (from ``pending`` — decisions not committed yet — else the cache or the store)
+    and decide; nothing is written, so no lock is held while deciding.
+
+    Events may only go to streams in ``keys`` (so every write is version-checked).
+    """
+    streams: dict[StreamKey, Stream[object]] = {}
+    for key in keys:
+        known = pending.get(key) if pending else None
+        if known is None:
+            known = cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
+        streams[key] = known
+    events = decide({key: stream.state for key, stream in streams.items()})
+    batch = []
+    for event in events:
+        key = (event.aggregate_type, event.aggregate_id)
+        stream = streams.get(key)
+        if stream is None:
+            raise ValueError(f"{event.event_type} goes to stream {key}, which the decision did not read")
+        stream = Stream(key, evolvers[key[0]](stream.state, event), stream.version + 1)
+        streams[key] = stream
+        batch.append(NewEvent(event, stream.version, metadata))
+    return Decision(batch, streams)
+
+
 def execute(
     store: EventStore,
     keys: Sequence[StreamKey],
@@ -194,28 +249,16 @@ def execute(
     Returns the stored events (``[]`` when nothing was decided or ``processed`` was already recorded).
     """
     for attempt in range(attempts):
-        streams: dict[StreamKey, Stream[object]] = {
-            key: cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
-            for key in keys
-        }
-        events = decide({key: stream.state for key, stream in streams.items()})
-        versions = {key: stream.version for key, stream in streams.items()}
-        batch = []
-        for event in events:
-            key = (event.aggregate_type, event.aggregate_id)
-            if key not in versions:
-                raise ValueError(f"{event.event_type} goes to stream {key}, which the decision did not read")
-            versions[key] += 1
-            batch.append(NewEvent(event, versions[key], metadata))
-        if not batch and processed is None:
+        decision = plan(store, keys, evolvers, decide, metadata, cache=cache)
+        if not decision.events and processed is None:
             return []
         try:
-            stored = store.append(batch, processed=processed)
+            stored = store.append(decision.events, processed=processed)
         except ConcurrencyError:
             if attempt == attempts - 1:
                 raise
             continue
         if cache is not None and stored:
-            cache.remember(streams.values(), [new.event for new in batch], evolvers)
+            cache.remember(decision.streams.values())
         return stored
     raise AssertionError("unreachable")

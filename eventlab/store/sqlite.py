@@ -11,7 +11,6 @@ empty). Every ``sqlite3`` error leaves this module as an eventlab error.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sqlite3
 import threading
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import pydantic_core
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.ids import new_id
@@ -40,6 +41,7 @@ from eventlab.store.base import (
     dead_letter_from_row,
     from_stored_time,
     headers_to_json,
+    json_loads,
 )
 
 __all__ = [
@@ -109,6 +111,39 @@ CREATE TABLE dead_letters (
     UNIQUE (consumer, source_topic, source_partition, source_offset, digest)
 );
 CREATE INDEX dead_letters_by_event ON dead_letters (event_id, consumer);
+""",
+    # 2 -> 3: counts kept by triggers in the same transaction as the rows they count, so a consumer's
+    # lag is a few lookups instead of a scan of every event of its types; and each consumer's
+    # tracking position (every event of its types up to it handled), so a restart republishes
+    # only what some consumer has not handled yet.
+    """
+CREATE TABLE event_counts (
+    event_type TEXT    PRIMARY KEY,
+    events     INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO event_counts SELECT event_type, count(*) FROM events GROUP BY event_type;
+CREATE TRIGGER events_counted AFTER INSERT ON events BEGIN
+    INSERT INTO event_counts VALUES (NEW.event_type, 1)
+        ON CONFLICT (event_type) DO UPDATE SET events = events + 1;
+END;
+CREATE TABLE handled_counts (
+    consumer   TEXT    NOT NULL,
+    event_type TEXT    NOT NULL,
+    events     INTEGER NOT NULL,
+    PRIMARY KEY (consumer, event_type)
+) WITHOUT ROWID;
+INSERT INTO handled_counts
+    SELECT p.consumer, coalesce(e.event_type, ''), count(*) FROM processed p LEFT JOIN events e USING (event_id)
+    GROUP BY 1, 2;
+CREATE TRIGGER processed_counted AFTER INSERT ON processed BEGIN
+    INSERT INTO handled_counts
+        VALUES (NEW.consumer, coalesce((SELECT event_type FROM events WHERE event_id = NEW.event_id), ''), 1)
+        ON CONFLICT (consumer, event_type) DO UPDATE SET events = events + 1;
+END;
+CREATE TABLE tracking (
+    consumer TEXT    PRIMARY KEY,
+    position INTEGER NOT NULL
+);
 """,
 )
 
@@ -465,7 +500,7 @@ class SqliteEventStore(EventStore):
                 new.event.event_type,
                 new.event.schema_version,
                 new.event.model_dump_json(),
-                json.dumps(new.metadata, separators=(",", ":")),
+                pydantic_core.to_json(new.metadata).decode(),  # compact, like json.dumps with separators
                 now,
             )
             for new in events
@@ -475,8 +510,10 @@ class SqliteEventStore(EventStore):
         else:
             with self._write_lock:
                 positions = self._insert(conn, rows, processed, _TOP_LEVEL)
+            if positions:
+                self._committed()
         return [
-            StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
+            StoredEvent(position, row[0], *row[1:6], json_loads(row[6]), new.metadata, recorded_at)
             for position, row, new in zip(positions, rows, events, strict=False)
         ]
 
@@ -498,6 +535,7 @@ class SqliteEventStore(EventStore):
                 raise
             finally:
                 self._local.in_transaction = False
+        self._committed()
 
     def _execute(self, conn: sqlite3.Connection, statement: str) -> None:
         try:
@@ -552,6 +590,23 @@ class SqliteEventStore(EventStore):
         )
         return [_row_to_event(row) for row in rows]
 
+    @_translated
+    def read_streams(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], list[StoredEvent]]:
+        found: dict[tuple[str, str], list[StoredEvent]] = {key: [] for key in after_versions}
+        wanted = [(*key, version) for key, version in after_versions.items()]
+        for start in range(0, len(wanted), 300):  # 3 parameters each, below SQLite's limit
+            chunk = wanted[start : start + 300]
+            rows = self._conn().execute(
+                f"WITH wanted (t, i, v) AS (VALUES {','.join(['(?,?,?)'] * len(chunk))})"
+                f" SELECT {_COLUMNS} FROM wanted JOIN events ON aggregate_type = t AND aggregate_id = i AND version > v"
+                " ORDER BY aggregate_type, aggregate_id, version",
+                [value for row in chunk for value in row],
+            )
+            for row in rows:
+                event = _row_to_event(row)
+                found[(event.aggregate_type, event.aggregate_id)].append(event)
+        return found
+
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
         return [record.decoded() for record in self.read_records(after, limit)]
 
@@ -585,13 +640,60 @@ class SqliteEventStore(EventStore):
         return row is not None
 
     @_translated
+    def processed_among(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
+        wanted = list(event_ids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
+            chunk = wanted[start : start + 500]
+            rows = self._conn().execute(
+                f"SELECT event_id FROM processed WHERE consumer = ? AND event_id IN ({','.join('?' * len(chunk))})",
+                (consumer, *chunk),
+            )
+            found.update(event_id for (event_id,) in rows)
+        return found
+
+    @_translated
     def unprocessed(self, consumer: str, event_types: Iterable[str]) -> int:
         return self._unhandled(consumer, event_types, skip_dead_letters=False)
 
     @_translated
     def processed_count(self, consumer: str) -> int:
-        query = "SELECT count(*) FROM processed WHERE consumer = ?"  # a range of the primary key
+        query = "SELECT coalesce(sum(events), 0) FROM handled_counts WHERE consumer = ?"  # one row per event type
         return self._count(query, (consumer,))
+
+    @_translated
+    def tracking_position(self, consumer: str, event_types: Iterable[str]) -> int:
+        """See :meth:`EventStore.tracking_position`: one read snapshot; the counts answer at once when
+        nothing is pending, else the scan covers only the events after the recorded position."""
+        types = sorted(set(event_types))
+        conn = self._conn()
+        nested = getattr(self._local, "in_transaction", False)
+        if not nested:
+            conn.execute("BEGIN")  # deferred: a read snapshot, no write lock
+        try:
+            start = self._count("SELECT coalesce(max(position), 0) FROM tracking WHERE consumer = ?", (consumer,))
+            position = head = self._count("SELECT coalesce(max(position), 0) FROM events")
+            if types and self._unhandled(consumer, types, skip_dead_letters=True):
+                marks = ",".join("?" * len(types))
+                (first,) = conn.execute(
+                    f"SELECT min(e.position) FROM events e WHERE e.event_type IN ({marks}) AND e.position > ?"
+                    " AND NOT EXISTS (SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)"
+                    " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id"
+                    " AND d.consumer IN (?, ?))",
+                    (*types, start, consumer, consumer, RELAY_CONSUMER),
+                ).fetchone()
+                position = head if first is None else first - 1
+        finally:
+            if not nested:
+                conn.execute("COMMIT")
+        if position > start:
+            with self._writing(conn):
+                conn.execute(
+                    "INSERT INTO tracking VALUES (?, ?)"
+                    " ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
+                    (consumer, position),
+                )
+        return max(position, start)
 
     @_translated
     def stream_ages(
@@ -614,10 +716,22 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def set_checkpoint(self, name: str, position: int) -> None:
-        self._conn().execute(
-            "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (name, position),
-        )
+        conn = self._conn()
+        with self._writing(conn):
+            conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (name, position),
+            )
+
+    @contextmanager
+    def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One autocommitted write: queued on this process's write lock (not in SQLite's busy handler,
+        which sleeps), or part of the open transaction."""
+        if getattr(self._local, "in_transaction", False):
+            yield
+        else:
+            with self._write_lock:
+                yield
 
     def close(self) -> None:
         with self._lock:
@@ -690,19 +804,25 @@ class SqliteEventStore(EventStore):
     def _unhandled(self, consumer: str, event_types: Iterable[str], *, skip_dead_letters: bool) -> int:
         """Stored events of ``event_types`` without ``consumer``'s processed marker; with
         ``skip_dead_letters``, not those it or the relay dead-lettered (the relay never published them)."""
-        types = list(event_types)
+        types = sorted(set(event_types))
         if not types:
             return 0
+        # O(event types + dead letters), whatever the size of the store: the counts are kept by triggers
+        # in the transactions that insert the events and the markers (schema version 3).
+        marks = ",".join("?" * len(types))
         sql = (
-            f"SELECT count(*) FROM events e WHERE e.event_type IN ({','.join('?' * len(types))}) AND NOT EXISTS "
-            "(SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id)"
+            f"SELECT (SELECT coalesce(sum(events), 0) FROM event_counts WHERE event_type IN ({marks}))"
+            " - (SELECT coalesce(sum(events), 0) FROM handled_counts WHERE consumer = ?"
+            f" AND event_type IN ({marks}))"
         )
-        params: list[object] = [*types, consumer]
+        params: list[object] = [*types, consumer, *types]
         if skip_dead_letters:
             sql += (
-                " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_id = e.event_id AND d.consumer IN (?, ?))"
+                " - (SELECT count(*) FROM events e WHERE e.event_id IN (SELECT event_id FROM dead_letters"
+                f" WHERE consumer IN (?, ?)) AND e.event_type IN ({marks}) AND NOT EXISTS"
+                " (SELECT 1 FROM processed p WHERE p.consumer = ? AND p.event_id = e.event_id))"
             )
-            params += [consumer, RELAY_CONSUMER]
+            params += [consumer, RELAY_CONSUMER, *types, consumer]
         return self._count(sql, params)
 
     def _count(self, sql: str, params: Sequence[object] = ()) -> int:

@@ -1,0 +1,163 @@
+"""eventlab's event store next to the ``eventsourcing`` library (9.5, its SQLite persistence), doing
+the same work in the same run at the same durability (WAL, ``synchronous=NORMAL``):
+
+- append one event per transaction (a new stream each, as a command creating an aggregate);
+- append batches of 100 events per transaction;
+- replay aggregates of 5 events each (read the stream, fold it; no cache, no snapshots).
+
+    pip install -e '.[bench]'
+    python benchmarks/store.py            # a table
+    python benchmarks/store.py --json     # one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool
+
+from eventlab.events import StockAdded
+from eventlab.services import inventory
+from eventlab.services.runtime import load
+from eventlab.store import NewEvent, SqliteEventStore
+
+
+class Stock(Aggregate):
+    """The eventsourcing twin of eventlab's stock stream: units added."""
+
+    @event("Created")
+    def __init__(self, product_id: str, quantity: int) -> None:
+        self.product_id = product_id
+        self.available = quantity
+
+    @event("Added")
+    def add(self, quantity: int) -> None:
+        self.available += quantity
+
+
+def _normal_sync(create: Callable[[SQLiteConnectionPool], SQLiteConnection]) -> Any:
+    """eventsourcing opens its connections with SQLite's default ``synchronous=FULL``; eventlab uses NORMAL."""
+
+    def create_normal(pool: SQLiteConnectionPool) -> SQLiteConnection:
+        connection = create(pool)
+        connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    return create_normal
+
+
+def rate(count: int, work: Callable[[], object]) -> float:
+    """``count`` / seconds ``work`` took."""
+    started = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - started)
+
+
+def bench_eventlab(path: Path, singles: int, batches: int, replays: int) -> dict[str, float]:
+    store = SqliteEventStore(path)
+    ids = [f"P-{uuid.uuid4().hex[:12]}" for _ in range(max(singles, replays))]
+
+    def one_per_transaction() -> None:
+        for product_id in ids[:singles]:
+            store.append([NewEvent(StockAdded(product_id=product_id, quantity=1), 1)])
+
+    def in_batches() -> None:
+        for _ in range(batches):
+            store.append(
+                [NewEvent(StockAdded(product_id=f"B-{uuid.uuid4().hex[:12]}", quantity=1), 1) for _ in range(100)]
+            )
+
+    replayed = [f"R-{product_id}" for product_id in ids[:replays]]
+    for start in range(0, len(replayed), 100):
+        store.append(
+            [
+                NewEvent(StockAdded(product_id=p, quantity=1), v)
+                for p in replayed[start : start + 100]
+                for v in range(1, 6)
+            ]
+        )
+
+    def replay() -> None:
+        for product_id in replayed:
+            stream = load(store, ("stock", product_id), inventory.evolve_stock)
+            assert stream.state is not None and stream.state.available == 5
+
+    result = {
+        "append_1_events_per_s": rate(singles, one_per_transaction),
+        "append_100_events_per_s": rate(batches * 100, in_batches),
+        "replay_5_aggregates_per_s": rate(replays, replay),
+    }
+    store.close()
+    return result
+
+
+def bench_eventsourcing(path: Path, singles: int, batches: int, replays: int) -> dict[str, float]:
+    SQLiteConnectionPool._create_connection = _normal_sync(SQLiteConnectionPool._create_connection)  # type: ignore[method-assign]
+    app: Application = Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)})
+
+    def one_per_transaction() -> None:
+        for _ in range(singles):
+            app.save(Stock("P", 1))
+
+    def in_batches() -> None:
+        for _ in range(batches):
+            app.save(*[Stock("B", 1) for _ in range(100)])
+
+    replayed = []
+    for _ in range(0, replays, 100):
+        stocks = [Stock("R", 1) for _ in range(min(100, replays - len(replayed)))]
+        for stock in stocks:
+            for _ in range(4):
+                stock.add(1)
+        app.save(*stocks)
+        replayed += [stock.id for stock in stocks]
+
+    def replay() -> None:
+        for stock_id in replayed:
+            stock = app.repository.get(stock_id)
+            assert stock.available == 5
+
+    return {
+        "append_1_events_per_s": rate(singles, one_per_transaction),
+        "append_100_events_per_s": rate(batches * 100, in_batches),
+        "replay_5_aggregates_per_s": rate(replays, replay),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--singles", type=int, default=20_000, help="one-event transactions (default 20k)")
+    parser.add_argument("--batches", type=int, default=500, help="100-event transactions (default 500)")
+    parser.add_argument("--replays", type=int, default=10_000, help="5-event aggregates replayed (default 10k)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    load_1m = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="eventlab-store-bench-") as tmp:
+        ours = bench_eventlab(Path(tmp) / "eventlab.db", args.singles, args.batches, args.replays)
+        theirs = bench_eventsourcing(Path(tmp) / "eventsourcing.db", args.singles, args.batches, args.replays)
+    result: dict[str, object] = {"load_1m": round(load_1m, 2)}
+    for key in ours:
+        result[f"eventlab_{key}"] = round(ours[key])
+        result[f"eventsourcing_{key}"] = round(theirs[key])
+        result[f"ratio_{key.removesuffix('_per_s')}"] = round(ours[key] / theirs[key], 2)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:<44} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
