@@ -38,7 +38,7 @@ from eventlab.tracing import tracing_for
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["Wiring", "build_services"]
+__all__ = ["Wiring", "build_services", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ def build_services(
         notification.service(mailer),
     ]
     return {s.name: s for s in services}
+
+
+def subscriptions(services: Mapping[str, Service]) -> dict[str, set[str]]:
+    """Each consuming service's subscribed event types, by name (what :func:`rewind` needs)."""
+    return {name: {cls.__name__ for cls in s.subscriptions} for name, s in services.items() if s.subscriptions}
 
 
 @dataclass(frozen=True)

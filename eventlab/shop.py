@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
-from eventlab.bootstrap import Wiring, build_services
+from eventlab.bootstrap import Wiring, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
 from eventlab.events import ProductCreated, UserCreated
@@ -31,7 +31,6 @@ from eventlab.kafka.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
-from eventlab.services.runtime import Service
 from eventlab.settings import Settings
 from eventlab.store import open_store
 from eventlab.store.base import RELAY_CONSUMER, EventStore
@@ -88,11 +87,6 @@ class ShopInfrastructure:
         except StoreError as exc:
             log.warning("cannot record the tracking positions: %s", exc)
         self.store.close()
-
-
-def subscriptions(services: Mapping[str, Service]) -> dict[str, set[str]]:
-    """Each consuming service's subscribed event types, by name (what :func:`rewind` needs)."""
-    return {name: {cls.__name__ for cls in s.subscriptions} for name, s in services.items() if s.subscriptions}
 
 
 class Shop:

@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from eventlab.bootstrap import Wiring, build_services
+from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import Wiring, build_services, subscriptions
 from eventlab.errors import BrokerError
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
@@ -263,7 +264,9 @@ class Supervisor:
         """
         ensure_ports_free(self.settings, [n for n in self.names if n in SERVICE_NAMES])
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="eventlab-spawner")
-        self._infra = ShopInfrastructure(self.settings)
+        # a restart with the embedded broker republishes only what some service has not handled
+        services = build_services(self.settings, SimulatedGateway())
+        self._infra = ShopInfrastructure(self.settings, consumers=subscriptions(services))
         try:
             settings = self._spawner.submit(self._infra.start).result()
         except BaseException:

@@ -10,9 +10,10 @@ import threading
 import pytest
 
 from eventlab import Settings, Shop
+from eventlab.bootstrap import subscriptions
 from eventlab.events import StockAdded, UserCreated
 from eventlab.kafka.relay import rewind
-from eventlab.shop import ShopInfrastructure, subscriptions
+from eventlab.shop import ShopInfrastructure
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import BASE_SCHEMA, MIGRATIONS, _statements
