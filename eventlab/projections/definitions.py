@@ -175,6 +175,7 @@ SAGA_TIMELINE = Relation(
     doc="One row per saga step of every order (each event carrying its order id): the event, "
     "the service that wrote it, its position and time, and milliseconds since the previous step "
     "and since the order was placed.",
+    # detail is made before the window, so the window sorts one string instead of the six it is made of
     sql="""
     SELECT
         order_id,
@@ -182,18 +183,22 @@ SAGA_TIMELINE = Relation(
         position,
         recorded_at,
         event_type,
-        source AS service,
-        CASE
-            WHEN event_type = 'PaymentCompleted' THEN status || coalesce(': ' || nullif(reason, ''), '')
-            WHEN event_type = 'OrderCancelled' THEN reason
-            WHEN kind IS NOT NULL THEN kind
-            WHEN quantity IS NOT NULL THEN product_id || ' x' || quantity
-            WHEN product_id IS NOT NULL THEN product_id
-        END AS detail,
+        service,
+        detail,
         date_diff('microsecond', lag(recorded_at) OVER w, recorded_at) / 1000 AS since_previous_ms,
         date_diff('microsecond', first_value(recorded_at) OVER w, recorded_at) / 1000 AS since_start_ms
-    FROM {events}
-    WHERE order_id IS NOT NULL
+    FROM (
+        SELECT order_id, position, recorded_at, event_type, source AS service,
+            CASE
+                WHEN event_type = 'PaymentCompleted' THEN status || coalesce(': ' || nullif(reason, ''), '')
+                WHEN event_type = 'OrderCancelled' THEN reason
+                WHEN kind IS NOT NULL THEN kind
+                WHEN quantity IS NOT NULL THEN product_id || ' x' || quantity
+                WHEN product_id IS NOT NULL THEN product_id
+            END AS detail
+        FROM {events}
+        WHERE order_id IS NOT NULL
+    )
     WINDOW w AS (PARTITION BY order_id ORDER BY position)
     """,
 )
