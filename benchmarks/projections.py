@@ -9,7 +9,7 @@ measurements; each run works on a copy.
 Measured in one run (best of ``--repeat``):
 
 - ``full_rebuild_s``: :meth:`Projections.rebuild` — copy every event from SQLite into DuckDB,
-  parse its JSON once into typed columns, build the tables (every relation keyed by order);
+  parse its JSON once into typed columns, build the tables (``orders``, ``notifications``);
   the views are computed when read, and ``read_all_relations_s`` is reading every relation once
   (to Arrow, in its documented order); ``rebuild_and_read_all_s`` is their sum;
 - ``incremental_1k_s``: :meth:`Projections.refresh` after 1,000 more saga events are appended;

@@ -14,8 +14,7 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   projection parses JSON. Querying the attached store for every relation instead would scan
   and parse the whole log each time; the DESIGN notes measured Python ``sqlite3`` → polars →
   DuckDB at ~4x the attach scan.
-- A relation with a key (``orders``, ``notifications``, ``order_lines``, ``saga_timeline``,
-  ``payment_attempts``) is a table; a refresh recomputes the
+- A relation with a key (``orders``, ``notifications``) is a table; a refresh recomputes the
   rows of the keys the new events touch, from all the events of those keys, with the same SQL
   a rebuild runs — which is why both give identical results (a fold that carried state from
   batch to batch would need its own incremental logic per projection, and its own bugs). The
