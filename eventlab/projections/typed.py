@@ -36,8 +36,8 @@ _DATA_SHAPE = {
     "name": "VARCHAR",
     "price_cents": "BIGINT",
     "initial_stock": "BIGINT",
+    "lines": [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}],
 }
-_LINES_SHAPE = [{"product_id": "VARCHAR", "quantity": "BIGINT", "unit_price_cents": "BIGINT"}]
 
 
 def typed_events(rows: str) -> str:
@@ -46,18 +46,16 @@ def typed_events(rows: str) -> str:
     A document that is not a JSON object is left out instead of stopping every projection; the
     audit's ``event_data_valid`` names its position.
     """
-    fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE)
+    fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE if name != "lines")
     return f"""
     SELECT position, event_type, recorded_at, source, {fields},
-           CASE WHEN event_type = 'OrderCreated'
-                THEN try(json_transform(data -> 'lines', {sql_literal(json.dumps(_LINES_SHAPE))})) END AS lines
+           CASE WHEN event_type = 'OrderCreated' THEN d.lines END AS lines
     FROM (
         SELECT CAST(position AS BIGINT) AS position,
                CAST(event_type AS VARCHAR) AS event_type,
                CAST(recorded_at AS TIMESTAMP) AS recorded_at,
                try(json_extract_string(metadata, '$.source')) AS source,
-               try(json_transform(data, {sql_literal(json.dumps(_DATA_SHAPE))})) AS d,
-               data
+               try(json_transform(data, {sql_literal(json.dumps(_DATA_SHAPE))})) AS d
         FROM {rows}
     )
     WHERE d IS NOT NULL
