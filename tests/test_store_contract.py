@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -221,3 +222,19 @@ def test_the_projections_read_the_log_through_the_port(store):
     assert log.head(2) == (4, records[-1].event_id, records[1].event_id)
     assert log.rows(1, 3).to_pylist() == [record._asdict() for record in records[1:3]]
     assert log.rows(0, 4).num_rows == 4 and log.checkpoints().to_pylist() == [{"name": "relay", "position": 2}]
+
+
+def test_a_commit_wakes_a_waiter_in_the_same_process(store):
+    seen = store.commits
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(store.wait_for_commit(seen, timeout=30)))
+    waiter.start()
+    store.append([NewEvent(added(), 1)])
+    waiter.join(30)
+    assert woke and woke[0] > seen
+    assert store.wait_for_commit(store.commits, timeout=0) == store.commits  # nothing new: returns at once
+    before = store.commits
+    with store.transaction():  # and a transaction signals once, when it commits, not at each append inside
+        store.append([NewEvent(added(), 2)])
+        assert store.commits == before
+    assert store.commits == before + 1

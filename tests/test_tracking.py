@@ -5,7 +5,6 @@ lag is a few lookups at any size of store, and a restart republishes only what i
 from __future__ import annotations
 
 import sqlite3
-import threading
 
 import pytest
 
@@ -131,17 +130,6 @@ def test_rewind_goes_back_to_the_lowest_consumer_and_never_past_the_relay(store)
     store.set_checkpoint(RELAY_CONSUMER, store.head())
     assert rewind(store, {"inventory": ["StockAdded"], "order": ["StockAdded"]}) == stock[0].position
     assert rewind(store) == 0  # consumers unknown: everything again
-
-
-def test_a_commit_wakes_a_waiter_in_the_same_process(store):
-    seen = store.commits
-    woke = []
-    waiter = threading.Thread(target=lambda: woke.append(store.wait_for_commit(seen, timeout=30)))
-    waiter.start()
-    store.append([added("P1", 1)])
-    waiter.join(30)
-    assert woke and woke[0] > seen
-    assert store.wait_for_commit(store.commits, timeout=0) == store.commits  # nothing new: returns at once
 
 
 @pytest.mark.integration

@@ -280,6 +280,11 @@ class EventStore(ABC):
       :class:`~eventlab.errors.ConcurrencyError`: callers never see the database library.
     """
 
+    def __init__(self) -> None:
+        #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
+        self._commit_signal = threading.Condition()
+        self._commit_count = 0
+
     @abstractmethod
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         """Append ``events`` atomically; ``processed`` = (consumer, event id) marks an input handled."""
@@ -440,7 +445,7 @@ class EventStore(ABC):
     @property
     def commits(self) -> int:
         """How many write transactions this store object has committed (see :meth:`wait_for_commit`)."""
-        return self._commit_signal()[1]
+        return self._commit_count
 
     def wait_for_commit(self, seen: int, timeout: float) -> int:
         """Wait until :attr:`commits` passes ``seen`` or ``timeout`` seconds pass; return :attr:`commits`.
@@ -448,22 +453,15 @@ class EventStore(ABC):
         Wakes a relay or a waiter in the same process as soon as a write commits, instead of polling;
         writes by other processes are not signalled, so callers keep a short ``timeout`` as a fallback.
         """
-        condition, _ = self._commit_signal()
-        with condition:
-            condition.wait_for(lambda: self._commit_signal()[1] > seen, timeout)
-            return self._commit_signal()[1]
+        with self._commit_signal:
+            self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)
+            return self._commit_count
 
     def _committed(self) -> None:
         """Called by a backend after each commit: wakes :meth:`wait_for_commit`."""
-        condition, count = self._commit_signal()
-        with condition:
-            self.__dict__["_commit_state"] = (condition, count + 1)
-            condition.notify_all()
-
-    def _commit_signal(self) -> tuple[threading.Condition, int]:
-        # setdefault is atomic in CPython: concurrent first callers share one condition.
-        state: tuple[threading.Condition, int] = self.__dict__.setdefault("_commit_state", (threading.Condition(), 0))
-        return state
+        with self._commit_signal:
+            self._commit_count += 1
+            self._commit_signal.notify_all()
 
     @abstractmethod
     def close(self) -> None:

@@ -67,6 +67,7 @@ class MemoryEventStore(EventStore):
     def __init__(
         self, *, clock: Clock = _utcnow, id_factory: Callable[[], str] = new_id, busy_timeout: float = 30.0
     ) -> None:
+        super().__init__()
         self._clock = clock
         self._new_id = id_factory
         self._busy_timeout = busy_timeout
@@ -111,6 +112,7 @@ class MemoryEventStore(EventStore):
                 raise
             finally:
                 self._undo = None
+        self._committed()
 
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         recorded_at = self._clock().astimezone(UTC)
@@ -144,7 +146,10 @@ class MemoryEventStore(EventStore):
                 state.records.append(record)
                 stored.append(replace(record.decoded(), recorded_at=recorded_at))
             self._did(lambda: self._truncate(before))
-            return stored
+            committed = self._undo is None  # not inside a transaction: this append is the commit
+        if committed and stored:
+            self._committed()
+        return stored
 
     def _truncate(self, length: int) -> None:
         """Forget the events after the first ``length``."""

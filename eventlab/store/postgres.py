@@ -225,6 +225,7 @@ class PostgresEventStore(EventStore):
         pool_size: int = 8,
         connect_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self.name = _describe(conninfo)
         self._conninfo = conninfo
         self._clock = clock
@@ -353,6 +354,7 @@ class PostgresEventStore(EventStore):
                     self._local.conn = None
         except psycopg.Error as exc:
             raise _translate_error(self.name, "transaction", exc) from exc
+        self._committed()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -388,6 +390,8 @@ class PostgresEventStore(EventStore):
                     positions = sorted(position for (position,) in conn.execute(_INSERT, columns))
         except _Redelivered:
             return []
+        if positions and getattr(self._local, "conn", None) is None:  # not inside a transaction: committed now
+            self._committed()
         return [
             StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
             for position, row, new in zip(positions, rows, events, strict=True)

@@ -403,6 +403,7 @@ class SqliteEventStore(EventStore):
         id_factory: Callable[[], str] = new_id,
         busy_timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self._clock = clock
         self._new_id = id_factory
