@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 from conftest import free_port_offset
@@ -37,6 +38,27 @@ def wait_healthy(port, timeout=60):
     raise AssertionError(f"nothing healthy on port {port}")
 
 
+@contextmanager
+def processes(data_dir, offset, **variables):
+    """``eventlab up --processes`` on ``data_dir`` (none of our EVENTLAB_*/OTEL_* variables), stopped
+    with SIGTERM afterwards, when it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset), **variables)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield up
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output
+
+
 def test_one_process_per_service(tmp_path):
     offset = free_port_offset()
     port = {
@@ -50,16 +72,7 @@ def test_one_process_per_service(tmp_path):
             "notification": 8086,
         }.items()
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
-    env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
-    up = subprocess.Popen(
-        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with processes(tmp_path, offset) as up:
         pids = {name: wait_healthy(p)["pid"] for name, p in port.items()}
         assert len(set(pids.values())) == 6 and up.pid not in pids.values()
         request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
@@ -92,7 +105,3 @@ def test_one_process_per_service(tmp_path):
             assert order["status"] == "completed"
         # and no service reports a problem: nothing crash-loops
         assert not [problems for p in port.values() if (problems := request(p, "GET", "/health").get("problems"))]
-    finally:
-        up.send_signal(signal.SIGTERM)
-        output = up.communicate(timeout=60)[0]
-    assert up.returncode == 0, output

@@ -308,24 +308,14 @@ def test_otlp_endpoint_receives_the_spans(tmp_path):
 
 @pytest.mark.integration
 def test_one_trace_across_service_processes(tmp_path):
-    import signal
     import time
 
-    from test_processes import request, wait_healthy
+    from test_processes import processes, request, wait_healthy
 
     # given `eventlab up --processes` with the local file sink: one OS process per service and the relay
     offset = free_port_offset()
     port = {name: Settings(http_port_offset=offset).port(name) for name in ("user", "product", "order")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
-    env.update(EVENTLAB_DATA_DIR=str(tmp_path), EVENTLAB_HTTP_PORT_OFFSET=str(offset), EVENTLAB_TRACING="file")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with processes(tmp_path, offset, EVENTLAB_TRACING="file"):
         for p in port.values():
             wait_healthy(p)
         request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
@@ -358,7 +348,3 @@ def test_one_trace_across_service_processes(tmp_path):
         by_id = {span.span_id: span for span in spans}
         assert [s.name for s in spans if s.parent_id not in by_id] == ["POST /orders"]
         assert all(by_id[s.parent_id].service == "relay" for s in spans if s.kind == "CONSUMER")
-    finally:
-        up.send_signal(signal.SIGTERM)
-        output = up.communicate(timeout=60)[0]
-    assert up.returncode == 0, output
