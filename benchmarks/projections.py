@@ -62,6 +62,7 @@ from eventlab.events import (
 )
 from eventlab.projections import RELATIONS, Projections
 from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.tables import text_rows
 
 WAVE = 50  # orders whose saga steps share one append each
 MAX_EVENTS_PER_ORDER = 15  # three lines: created, 3 reserved, confirmed x2, 2 emails, paid, completed, 3 sold, 2 emails
@@ -523,11 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": round(load, 2),
         "duckdb": duckdb.__version__,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:<24} {value}")
+    print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0
 
 

@@ -24,6 +24,7 @@ from saga import write_catalogue
 
 from eventlab import Settings, Shop
 from eventlab.demo import run_demo
+from eventlab.tables import text_rows
 
 _COLUMNS = "aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
 
@@ -99,11 +100,7 @@ def main() -> int:
             "preload_s": round(time.perf_counter() - began, 1),
         }
         result.update(restart(settings))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:<16} {value}")
+    print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0 if result["status"] == "completed" else 1
 
 

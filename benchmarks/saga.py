@@ -24,6 +24,7 @@ from eventlab import Settings, Shop
 from eventlab.demo import run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
 from eventlab.resilience import wait_until
+from eventlab.tables import text_rows
 from eventlab.tracing import tracing_for
 
 
@@ -128,11 +129,7 @@ def main() -> int:
         if args.tracing:
             result.update(tracing_cost(args.orders, catalogue, root))
     stuck = [value for key, value in result.items() if key.endswith("stuck")]
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:<24} {value}")
+    print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0 if not any(stuck) else 1
 
 

@@ -31,6 +31,7 @@ from eventlab.events import StockAdded
 from eventlab.services import inventory
 from eventlab.services.runtime import load
 from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.tables import text_rows
 
 
 class Stock(Aggregate):
@@ -151,11 +152,7 @@ def main() -> int:
         result[f"eventlab_{key}"] = round(ours[key])
         result[f"eventsourcing_{key}"] = round(theirs[key])
         result[f"ratio_{key.removesuffix('_per_s')}"] = round(ours[key] / theirs[key], 2)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:<44} {value}")
+    print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0
 
 
