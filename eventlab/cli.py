@@ -36,6 +36,8 @@ EPILOG = """\
 environment:
   EVENTLAB_DATA_DIR            where the event store lives (default $XDG_DATA_HOME/eventlab,
                                i.e. ~/.local/share/eventlab)
+  EVENTLAB_STORE_URL           the event store: a SQLite file (default events.db in the data
+                               directory) or postgresql://user:password@host:5432/dbname
   EVENTLAB_BOOTSTRAP_SERVERS   use this Kafka cluster instead of the embedded broker
   EVENTLAB_KAFKA_*             extra librdkafka settings, e.g. EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL
   EVENTLAB_PARTITIONS          partitions per topic (default 3, at most 1000)
@@ -294,7 +296,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, run_demo
+    from eventlab.adapters.mailer import MAILBOX
+    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, read_location, run_demo
     from eventlab.shop import Shop
 
     settings = Settings.from_env(data_dir=args.data_dir)  # every variable checked before anything is removed
@@ -306,11 +309,15 @@ def _demo(args: argparse.Namespace) -> int:
         gateway_latency_ms=args.gateway_latency_ms,
         seed=args.seed,
     )
+    mailbox = settings.data_dir / MAILBOX
     with shop:
         report = run_demo(
             shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout, progress=ProgressPrinter()
         )
-    report.invariants = invariants(settings.store_path)
+        if settings.store_backend == "memory":  # gone once the shop stops
+            report.invariants = invariants(shop.store, mailbox)
+    if settings.store_backend != "memory":
+        report.invariants = invariants(read_location(settings), mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
 

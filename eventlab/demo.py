@@ -44,9 +44,10 @@ from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout, StoreError
 from eventlab.events import OrderCancelled, OrderCompleted, OrderCreated
 from eventlab.projections.audit import audit
+from eventlab.projections.sources import PostgresUrl, describe
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
-from eventlab.settings import default_data_dir
+from eventlab.settings import Settings, default_data_dir
 from eventlab.shop import Shop
 from eventlab.store.base import EventStore
 from eventlab.tables import text_rows
@@ -59,8 +60,10 @@ __all__ = [
     "invariants",
     "order_ids",
     "percentile",
+    "read_location",
     "recorded_seconds",
     "run_demo",
+    "store_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -313,15 +316,30 @@ def run_demo(
         elapsed_s=round(elapsed, 3),
         orders_per_s=round(orders / elapsed, 1) if elapsed else 0.0,
         saga_latency_ms={"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1)},
-        store=str(shop.settings.store_path),
+        store=store_name(shop.settings),
     )
 
 
-def invariants(store_path: Path) -> dict[str, bool]:
+def store_name(settings: Settings) -> str:
+    """The store ``settings`` name, for the report: the SQLite file, or the PostgreSQL URL without its password."""
+    if settings.store_backend == "memory":
+        return "memory://"
+    return describe(read_location(settings))
+
+
+def read_location(settings: Settings) -> Path | PostgresUrl:
+    """Where the read side finds the store ``settings`` name (not ``memory://``: read that store itself)."""
+    if settings.store_backend == "postgresql":
+        return PostgresUrl(settings.store_url)
+    return settings.store_path
+
+
+def invariants(store: Path | PostgresUrl | EventStore, mailbox: Path | None = None) -> dict[str, bool]:
     """Every check of :func:`eventlab.projections.audit.audit`, by the audit's names: holds or not.
 
-    Run it once the shop has stopped: the audit then sees the final log.
-    Nothing is in flight any more, so there is no grace period: a step that has not happened by
-    now is missing.
+    ``store``: a SQLite file, a PostgreSQL URL, or an open store; ``mailbox``: the mailer's file (by
+    default the one beside a SQLite file). Run it once the shop has stopped (a ``memory://`` store
+    before it is closed): the audit then sees the final log. Nothing is in flight any more, so
+    there is no grace period: a step that has not happened by now is missing.
     """
-    return {name: result.ok for name, result in audit(store_path, grace=timedelta(0)).items()}
+    return {name: result.ok for name, result in audit(store, grace=timedelta(0), mailbox=mailbox).items()}

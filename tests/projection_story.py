@@ -29,7 +29,7 @@ from eventlab.events import (
     StockSold,
     UserCreated,
 )
-from eventlab.store import SqliteEventStore, StoredEvent
+from eventlab.store import EventStore, SqliteEventStore, StoredEvent
 from eventlab.store.base import NewEvent
 
 START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -55,9 +55,16 @@ class ShopStory:
         >>> story.completed_order("O1", "U1", {"P1": 2})
     """
 
-    def __init__(self, path: Path, start: datetime = START) -> None:
+    def __init__(self, path: Path | str, start: datetime = START) -> None:
+        """``path``: a SQLite file, or a ``postgresql://`` URL for the same story on PostgreSQL."""
         self.now = start
-        self.store = SqliteEventStore(path, clock=lambda: self.now)
+        self.store: EventStore
+        if isinstance(path, str) and path.startswith("postgresql://"):
+            from eventlab.store.postgres import PostgresEventStore
+
+            self.store = PostgresEventStore(path, clock=lambda: self.now)
+        else:
+            self.store = SqliteEventStore(path, clock=lambda: self.now)
         self.versions: dict[tuple[str, str], int] = defaultdict(int)
         self.prices: dict[str, int] = {}
         self.positions: dict[str, int] = {}
@@ -199,7 +206,7 @@ class ShopStory:
         self.store.set_checkpoint("relay", self.store.head())
 
 
-def standard_story(path: Path) -> ShopStory:
+def standard_story(path: Path | str) -> ShopStory:
     """Two customers, two products and five orders covering every saga outcome.
 
     - ``O1`` (U1): P1 x2 + P2 x1 = 2250 cents, completed on day 1;

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from apache_kafka import BROKERS
 from projection_story import standard_story
 
 from eventlab import SagaTimeout, Settings, Shop
@@ -53,6 +54,28 @@ def test_demo_json_reports_every_saga_and_every_audit_check(tmp_path):
     # the audit's checks, all of them, by the audit's names
     assert report["invariants"] == dict.fromkeys(AUDIT_NAMES, True)
     assert "terminal 60/60" in result.stderr  # progress output
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("broker", BROKERS)
+def test_the_demo_passes_every_invariant_on_either_broker_and_either_store(broker, store, request, tmp_path):
+    # given: the embedded broker or Apache Kafka, and a SQLite file or a PostgreSQL schema
+    env = {"EVENTLAB_DATA_DIR": str(tmp_path)}
+    if broker == "apache-kafka":
+        env["EVENTLAB_BOOTSTRAP_SERVERS"] = request.getfixturevalue("apache_kafka_factory")().bootstrap_servers
+    if store == "postgresql":
+        env["EVENTLAB_STORE_URL"] = request.getfixturevalue("postgres_store_url")
+    # when: the demo runs, as a user runs it
+    result = demo("--orders", "12", "--payment-failure-rate", "0.3", "--seed", "4", **env)
+    # then: every saga ends and every check of the audit holds, read from the store the shop wrote
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["stuck"] == 0 and report["completed"] + report["cancelled"] == 12
+    assert report["invariants"] == dict.fromkeys(AUDIT_NAMES, True)
+    if store == "postgresql":
+        assert report["store"].startswith("postgresql://") and "password" not in report["store"]
+    else:
+        assert report["store"] == str(tmp_path / "events.db")
 
 
 def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats_its_counts(tmp_path):

@@ -11,19 +11,21 @@ import polars as pl
 
 from eventlab.projections.engine import Projections
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError
+from eventlab.store.base import EventStore
 
 __all__ = ["query"]
 
 
 def query(
-    store_path: str | Path,
+    store_path: str | Path | EventStore,
     sql: str,
     params: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     attach: bool = False,
 ) -> pl.DataFrame:
-    """Run one ``SELECT`` over the projections of the store at ``store_path``; return its rows.
+    """Run one ``SELECT`` over the projections of the store at ``store_path`` (a SQLite file, a
+    ``postgresql://`` URL, or an open store); return its rows.
 
     The query sees every relation of :attr:`Projections.names` and the store's own tables as
     ``store.events``, ``store.checkpoints``, … It runs in a sandbox that holds those and can open

@@ -514,8 +514,9 @@ def audit(
     limit: int = 100,
     mailbox: str | Path | None = None,
 ) -> AuditReport:
-    """Run every check of :data:`CHECKS` on an event store (a SQLite path or any open store) or on open
-    projections (refreshed first), then every check of :data:`MAILBOX_CHECKS` on the mailbox.
+    """Run every check of :data:`CHECKS` on an event store (a SQLite path, a ``postgresql://`` URL or
+    any open store) or on open projections (refreshed first), then every check of
+    :data:`MAILBOX_CHECKS` on the mailbox.
 
     ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
@@ -523,8 +524,7 @@ def audit(
     beside a SQLite store, in the data directory; none for another store unless given).
     """
     if not isinstance(source, Projections):
-        opened = source if isinstance(source, EventStore) else Path(source).expanduser()
-        with Projections(opened) as projections:  # read through sqlite3, which checks the schema
+        with Projections(source) as projections:  # a SQLite file through sqlite3: both check the schema
             return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
     relay_before = _relay_checkpoint(source)

@@ -1,8 +1,9 @@
 """Command-line hooks: ``eventlab audit | query | export | projections | show``.
 
-The main ``eventlab`` parser calls :func:`add_commands`; each command reads the event store under
-``--data-dir`` (``args.data_dir``, default from ``EVENTLAB_DATA_DIR``), never writes to it, and
-sets ``args.handler`` to a function returning the exit status.
+The main ``eventlab`` parser calls :func:`add_commands`; each command reads one event store and
+never writes to it: ``--store`` (a SQLite file, or ``postgresql://…``) if given, else the store
+``EVENTLAB_STORE_URL`` names, as the shop writing it does (by default ``events.db`` under
+``--data-dir``). Each sets ``args.handler`` to a function returning the exit status.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from eventlab.adapters.mailer import MAILBOX
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -26,8 +28,9 @@ from eventlab.projections.engine import Projections
 from eventlab.projections.export import export_parquet
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, QueryTimeout
 from eventlab.projections.snapshot import Snapshot
+from eventlab.projections.sources import PostgresUrl, store_location
 from eventlab.projections.typed import EVENTS_DOC
-from eventlab.settings import Settings
+from eventlab.settings import Settings, SettingsError
 
 __all__ = ["add_commands"]
 
@@ -46,6 +49,15 @@ def add_commands(
             name, parents=parents, help=help, description=description
         )
         parser.set_defaults(handler=handler)
+        if name != "projections":  # the one command that reads no store
+            parser.add_argument(
+                "--store",
+                type=_store_location,
+                metavar="URL",
+                help="the event store to read: a SQLite file (a path or sqlite:///abs/path) or "
+                "postgresql://user:password@host:5432/dbname (default: EVENTLAB_STORE_URL, else "
+                "events.db in --data-dir)",
+            )
         return parser
 
     check = command(
@@ -151,8 +163,32 @@ def _iso_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
 
 
-def _store_path(args: argparse.Namespace) -> Path:
-    return Settings.from_env(data_dir=getattr(args, "data_dir", None)).store_path
+def _store_location(text: str) -> Path | PostgresUrl:
+    """``--store``: a SQLite file or a PostgreSQL URL (an argparse ``type``)."""
+    try:
+        return store_location(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    except ProjectionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(data_dir=getattr(args, "data_dir", None))
+
+
+def _store_path(args: argparse.Namespace) -> Path | PostgresUrl:
+    """The store to read: ``--store``, else what ``EVENTLAB_STORE_URL`` names (as the shop writing it)."""
+    if args.store is not None:
+        location: Path | PostgresUrl = args.store
+        return location
+    settings = _settings(args)
+    if settings.store_backend == "memory":
+        raise ProjectionError(
+            "EVENTLAB_STORE_URL is memory://, a store in one process's memory: give --store with a SQLite file "
+            "or a postgresql:// URL"
+        )
+    return PostgresUrl(settings.store_url) if settings.store_backend == "postgresql" else settings.store_path
 
 
 def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
@@ -221,7 +257,10 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    report = audit(_store_path(args), grace=timedelta(seconds=args.grace))
+    store = _store_path(args)
+    # the mailer writes into the data directory; a SQLite store's audit looks beside the file
+    mailbox = _settings(args).data_dir / MAILBOX if isinstance(store, PostgresUrl) else None
+    report = audit(store, grace=timedelta(seconds=args.grace), mailbox=mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
 

@@ -23,9 +23,9 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
 
 How the log is read is the caller's choice (:class:`Projections`), between the two log sources
 of :mod:`.sources`: Python's ``sqlite3`` (safe next to a shop that has the store open in this
-process) or DuckDB's ``sqlite`` extension (``attach=True``). Only the sources know the store is
-SQLite: a PostgreSQL store would be attached with ``TYPE postgres`` and read with
-``postgres_query``; the projections only ever see the normalised ``events`` relation.
+process) or DuckDB's ``sqlite`` extension (``attach=True``); a PostgreSQL store named by its URL is
+attached with DuckDB's ``postgres`` extension and read with ``postgres_query``. Only the sources
+know which database the store is; the projections only ever see the normalised ``events`` relation.
 
 User SQL never runs on the building connection (it has the ``sqlite`` extension loaded, whose
 table functions read any file): :meth:`Projections.sql` hands the relations as Arrow to a
@@ -55,7 +55,17 @@ from eventlab.projections.definitions import RELATIONS
 from eventlab.projections.render import projections_html
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Sandbox, bounded, ensure_single_read
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
-from eventlab.projections.sources import MONEY, AttachedLog, LogSource, MirroredLog, connect
+from eventlab.projections.sources import (
+    MONEY,
+    AttachedLog,
+    LogSource,
+    MirroredLog,
+    PostgresLog,
+    PostgresUrl,
+    connect,
+    describe,
+    store_location,
+)
 from eventlab.projections.typed import typed_events
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SqliteEventStore, open_in_this_process
@@ -110,7 +120,11 @@ class Projections(SchemaRelations):
     - ``Projections(path, attach=True)``: DuckDB's ``sqlite`` extension attaches the file
       read-only and scans it on every core — ~4x faster on big stores, but only for a process
       that has no ``sqlite3`` connection to that file (two SQLite libraries on one WAL file crash
-      the process with a SIGBUS), such as the command line. Refused if this process has it open.
+      the process with a SIGBUS), such as the command line. Refused if this process has it open;
+    - ``Projections("postgresql://user:pw@host:5432/db")`` (the same URL as ``EVENTLAB_STORE_URL``;
+      ``sqlite:///abs/path`` names a file): DuckDB's ``postgres`` extension attaches the schema the
+      URL's ``search_path`` names, read-only; any other open store (PostgreSQL, memory) is read
+      through its port.
 
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
@@ -136,14 +150,14 @@ class Projections(SchemaRelations):
             source = source.path
         elif isinstance(source, EventStore):  # PostgreSQL, memory: read through the port
             if attach:
-                raise ProjectionError(f"only a SQLite file can be attached, not {source!r}")
+                raise ProjectionError(f"only a store named by a path or URL can be attached, not {source!r}")
         elif not isinstance(source, str | Path):
-            raise ProjectionError(f"projections read an EventStore or a path, not {type(source).__name__}")
-        log_source = source if isinstance(source, EventStore) else Path(source).expanduser()
-        #: The SQLite file projected (None: a store read through its port, :attr:`store`).
-        self.store_path = None if isinstance(log_source, EventStore) else log_source
-        #: What is projected, for messages: the SQLite file, or the store.
-        self.source = repr(log_source) if isinstance(log_source, EventStore) else str(log_source)
+            raise ProjectionError(f"projections read an EventStore, a path or a URL, not {type(source).__name__}")
+        location = source if isinstance(source, EventStore) else store_location(source)
+        #: The SQLite file projected (None: a PostgreSQL URL, or a store read through its port).
+        self.store_path = location if isinstance(location, Path) else None
+        #: What is projected, for messages: the SQLite file, the PostgreSQL URL (no password), or the store.
+        self.source = repr(location) if isinstance(location, EventStore) else describe(location)
         self.schema = "main"
         self.timeout = timeout
         if attach and self.store_path is not None and open_in_this_process(self.store_path):
@@ -151,8 +165,13 @@ class Projections(SchemaRelations):
                 f"{self.store_path} is open in this process: pass the store itself (Projections(shop.store)) "
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
             )
-        self._con = connect(self.store_path if attach else None)
-        self._log: LogSource = AttachedLog(self._con)  # replaced below unless attached; closes safely
+        mirrored: Path | EventStore | None = None
+        if isinstance(location, PostgresUrl) or (attach and isinstance(location, Path)):
+            self._con = connect(location)  # DuckDB's postgres or sqlite extension reads it
+        else:
+            self._con, mirrored = connect(None), location
+        # replaced below when mirrored; closes safely
+        self._log: LogSource = PostgresLog(self._con) if isinstance(location, PostgresUrl) else AttachedLog(self._con)
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -161,8 +180,8 @@ class Projections(SchemaRelations):
         self._handed: dict[str, int] = {}  # sandbox relation -> generation it was handed at
         self._raw_tables: frozenset[str] | None = None
         try:
-            if not attach:
-                self._log = MirroredLog(log_source, self._con)
+            if mirrored is not None:
+                self._log = MirroredLog(mirrored, self._con)
             self.rebuild()
         except BaseException:
             self.close()

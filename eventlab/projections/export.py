@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from eventlab.projections.engine import Projections
 from eventlab.projections.sandbox import ProjectionError
+from eventlab.store.base import EventStore
 
 __all__ = ["export_parquet"]
 
@@ -17,14 +18,19 @@ log = logging.getLogger(__name__)
 
 
 def export_parquet(
-    source: Projections | str | Path, directory: str | Path, names: Iterable[str] | None = None, *, attach: bool = False
+    source: Projections | EventStore | str | Path,
+    directory: str | Path,
+    names: Iterable[str] | None = None,
+    *,
+    attach: bool = False,
 ) -> dict[str, Path]:
     """Write one Parquet file per relation into ``directory`` (created if needed); return name → path.
 
     ``events.parquet`` is the store's log itself, every column as stored (JSON as text) up to the
     projections' checkpoint; every other ``<name>.parquet`` is a relation of
     :attr:`Projections.names`, in its documented order. ``names`` picks some (default: all);
-    ``attach`` is passed on when ``source`` is a path (see :class:`Projections`).
+    ``attach`` is passed on when ``source`` is a path (see :class:`Projections`; a
+    ``postgresql://`` URL is always read by DuckDB's postgres extension).
     Files are written through Arrow; DuckDB itself never touches the file system.
 
     Example:

@@ -1,4 +1,4 @@
-"""Where the projections read the log from: the caller picks one of two log sources.
+"""Where the projections read the log from: the caller picks one of three log sources.
 
 - :class:`AttachedLog`: DuckDB's ``sqlite`` extension attaches the store read-only (SQLite itself
   opens the file read-only) and scans it on every core; ~1.6x faster to open at 200k events than
@@ -9,8 +9,15 @@
   (:class:`~eventlab.store.sqlite_log.SqliteLog`) and copied into DuckDB; safe next to a shop
   that has the store open in this process.
 
-Both are a :class:`LogSource`: they answer ``head(checkpoint)`` and ``rows(after, upto)`` (a
-relation over the store's columns) on the building connection made by :func:`connect`.
+- :class:`PostgresLog`: a PostgreSQL store attached by DuckDB's ``postgres`` extension (from its
+  wheel, offline), read-only twice over: DuckDB's ``READ_ONLY`` attach and a session with
+  ``default_transaction_read_only`` on. The password goes into a temporary DuckDB secret (shown
+  redacted), never into the attached database's path. No hazard like SQLite's: the default for a
+  ``postgresql://`` URL.
+
+All are a :class:`LogSource`: they answer ``head(checkpoint)`` and ``rows(after, upto)`` (a
+relation over the store's columns) on the building connection made by :func:`connect`. Which
+store a text names is :func:`store_location`'s answer: a SQLite file, or a PostgreSQL URL.
 """
 
 from __future__ import annotations
@@ -28,11 +35,81 @@ import duckdb_extensions
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
+from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
+from eventlab.store.sqlite import check_schema
 from eventlab.store.sqlite_log import SqliteLog
 
-__all__ = ["MONEY", "AttachedLog", "LogSource", "MirroredLog", "connect", "sql_literal"]
+__all__ = [
+    "MONEY",
+    "AttachedLog",
+    "LogSource",
+    "MirroredLog",
+    "PostgresLog",
+    "PostgresUrl",
+    "connect",
+    "describe",
+    "sql_literal",
+    "store_location",
+]
+
+
+class PostgresUrl(str):
+    """A ``postgresql://`` URL (or libpq connection string) naming a PostgreSQL event store."""
+
+    __slots__ = ()
+
+
+def store_location(store: str | Path) -> Path | PostgresUrl:
+    """The store that ``store`` names, as ``EVENTLAB_STORE_URL`` would: a SQLite file (a plain path
+    or ``sqlite:///abs/path``) or a PostgreSQL URL (``postgresql://…``, ``postgres://…``).
+
+    A :class:`~pathlib.Path` is always a file. Raises :class:`~eventlab.settings.SettingsError` for
+    a URL of another kind and :class:`ProjectionError` for ``memory://`` (a store in another
+    process's memory cannot be read from here).
+
+    Example:
+        >>> store_location("sqlite:///srv/shop/events.db")
+        PosixPath('/srv/shop/events.db')
+        >>> type(store_location("postgresql://shop@db:5432/shop")).__name__
+        'PostgresUrl'
+    """
+    if isinstance(store, PostgresUrl):
+        return store
+    if isinstance(store, Path):
+        return store.expanduser()
+    settings = Settings(data_dir=Path("."), store_url=store)
+    if settings.store_backend == "postgresql":
+        return PostgresUrl(store)
+    if settings.store_backend == "memory":
+        raise ProjectionError("memory:// is a store in one process's memory: give that EventStore itself")
+    return settings.store_path
+
+
+def _conninfo(url: PostgresUrl) -> dict[str, str]:
+    """``url``'s libpq parameters, parsed by libpq itself (through psycopg, the PostgreSQL extra)."""
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:
+        raise StoreError(
+            f"reading a PostgreSQL store needs {exc.name}, which is not installed: pip install 'eventlab[postgres]'"
+        ) from exc
+    try:
+        return {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    except ProgrammingError as exc:
+        raise StoreError(f"not a PostgreSQL connection string: {exc}") from exc
+
+
+def describe(store: Path | PostgresUrl) -> str:
+    """``store`` for messages: a SQLite file's path, or ``postgresql://user@host:port/dbname`` (no password)."""
+    if not isinstance(store, PostgresUrl):
+        return str(store)
+    parts = _conninfo(store)
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
 
 
 def sql_literal(value: str) -> str:
@@ -60,48 +137,114 @@ def _extension_directory() -> Path:
     return path
 
 
-def connect(store_path: str | Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB for building the projections, with the event store at ``store_path``
-    attached read-only as ``store`` through DuckDB's ``sqlite`` extension.
+def connect(store: Path | PostgresUrl | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for building the projections, with the event store ``store`` (a SQLite
+    file, or a PostgreSQL URL) attached read-only as ``store``: DuckDB's ``sqlite`` or ``postgres``
+    extension, copied from its wheel.
 
-    Without ``store_path``, nothing is attached: ``store`` is an empty schema that
-    :class:`MirroredLog` fills through Python's ``sqlite3``. Raises
-    :class:`~eventlab.errors.StoreError` if ``store_path`` is missing or not an event store. The
-    connection can read no other file and its configuration is locked; user SQL still never runs
-    on it (an extension's table functions ignore those settings, see :mod:`.sandbox`).
+    Without ``store``, nothing is attached: ``store`` is an empty schema that :class:`MirroredLog`
+    fills through the store's own reader. Raises :class:`~eventlab.errors.StoreError` if ``store``
+    is missing, unreachable or not an event store. The connection can read no other file and its
+    configuration is locked; user SQL still never runs on it (an extension's table functions
+    ignore those settings, see :mod:`.sandbox`).
     """
     con = duckdb.connect(
         config={
             "extension_directory": str(_extension_directory()),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            "allow_persistent_secrets": False,
             "preserve_insertion_order": False,  # every read orders explicitly; copies run ~2x faster
         }
     )
-    if store_path is None:
-        con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
-    else:
-        path = Path(store_path).expanduser()
-        if not path.is_file():
-            con.close()
-            raise StoreError(f"no event store at {path}")
-        try:
-            duckdb_extensions.import_extension("sqlite", con=con)
-            con.execute("LOAD sqlite")
-            con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
-            con.execute(
-                "SELECT * FROM sqlite_query('store', 'SELECT"
-                " (SELECT value FROM eventlab WHERE key = ''schema_version''),"
-                " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
-                " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
-            ).fetchall()
-        except duckdb.Error as exc:
-            con.close()
-            raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
-    con.execute(MONEY)
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    try:
+        if store is None:
+            con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
+        elif isinstance(store, PostgresUrl):
+            _attach_postgres(con, store)
+        else:
+            _attach_sqlite(con, store)
+        con.execute(MONEY)
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    path = path.expanduser()
+    if not path.is_file():
+        raise StoreError(f"no event store at {path}")
+    try:
+        duckdb_extensions.import_extension("sqlite", con=con)
+        con.execute("LOAD sqlite")
+        con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
+        con.execute(
+            "SELECT * FROM sqlite_query('store', 'SELECT"
+            " (SELECT value FROM eventlab WHERE key = ''schema_version''),"
+            " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
+            " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
+        ).fetchall()
+    except duckdb.Error as exc:
+        raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
+
+
+def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl) -> None:
+    """Attach the schema ``url`` puts first on the search path as ``store``, read-only, and check
+    it is an event store this eventlab reads (as :class:`~eventlab.store.postgres.PostgresEventStore`
+    would, without ever creating or migrating anything)."""
+    name = describe(url)
+    parts = _conninfo(url)
+    password = parts.pop("password", None)
+    parts["options"] = f"{parts.get('options', '')} -c default_transaction_read_only=on".strip()
+    parts.setdefault("connect_timeout", "10")  # libpq waits forever for a host that never answers
+    from psycopg.conninfo import make_conninfo
+
+    login = make_conninfo(**parts)  # the password stays out of it: duckdb_databases() shows this text
+    try:
+        duckdb_extensions.import_extension("postgres", con=con)
+        con.execute("LOAD postgres")
+        # A secret named outright: DuckDB shows its password redacted, and looks for no stored secrets.
+        given = "" if password is None else f", PASSWORD {sql_literal(password)}"
+        con.execute(f"CREATE TEMPORARY SECRET store_login (TYPE postgres{given})")
+        secret = ", SECRET store_login"
+        con.execute(f"ATTACH {sql_literal(login)} AS store_probe (TYPE postgres, READ_ONLY{secret})")
+        rows = con.execute(f"SELECT * FROM postgres_query('store_probe', {sql_literal(_CATALOGUE)})").fetchall()
+        schema = rows[0][0] if rows else None
+        columns: dict[str, list[str]] = {}
+        for _, table, column in rows:
+            if table is not None:
+                columns.setdefault(table, []).append(column)
+        version = None
+        if columns.get("eventlab") == ["key", "value"]:
+            query = "SELECT value FROM eventlab WHERE key = 'schema_version'"
+            found = con.execute(f"SELECT * FROM postgres_query('store_probe', {sql_literal(query)})").fetchall()
+            version = str(found[0][0]) if found else None
+        con.execute("DETACH store_probe")
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot read the event store {name}: {exc}") from exc
+    if schema is None:
+        raise StoreError(f"{name}: no schema to read the events from (check search_path)")
+    name += f" schema {schema}"
+    if check_schema(name, columns, version) == 0:
+        raise StoreError(f"{name} is not an eventlab event store: it has no tables")
+    try:
+        con.execute(
+            f"ATTACH {sql_literal(login)} AS store (TYPE postgres, READ_ONLY, SCHEMA {sql_literal(schema)}{secret})"
+        )
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot read the event store {name}: {exc}") from exc
+
+
+#: The current schema's tables and columns, in order (one row at least, for the schema's name).
+_CATALOGUE = """
+SELECT current_schema(), c.table_name::text, c.column_name::text
+FROM (SELECT 1) one
+LEFT JOIN information_schema.columns c ON c.table_schema = current_schema()
+ORDER BY c.table_name, c.ordinal_position
+"""
 
 
 #: The ``money(cents)`` macro every connection that runs projection SQL needs.
@@ -203,6 +346,40 @@ class AttachedLog:
             return f"(SELECT * FROM store.events WHERE position <= {upto})"
         query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
         return f"sqlite_query('store', {sql_literal(query)})"
+
+    def close(self) -> None:
+        """Nothing to close: the attachment ends with the connection."""
+
+
+class PostgresLog:
+    """A PostgreSQL store attached to the building connection as ``store`` by :func:`connect`
+    (DuckDB's ``postgres`` extension, read-only): a rebuild scans ``store.events`` (in parallel,
+    by page ranges), a refresh runs a primary-key range query inside PostgreSQL. Positions follow
+    commit order there (see :mod:`eventlab.store.postgres`), so a row below the head is never
+    committed later."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
+        """As :meth:`AttachedLog.head`, answered by PostgreSQL from the primary key."""
+        query = (
+            "SELECT coalesce(max(position), 0) AS head,"
+            " (SELECT event_id FROM events ORDER BY position DESC LIMIT 1) AS head_id,"
+            f" (SELECT event_id FROM events WHERE position = {int(checkpoint)}) AS checkpoint_id FROM events"
+        )
+        ((head, head_id, checkpoint_id),) = self._con.execute(
+            f"SELECT * FROM postgres_query('store', {sql_literal(query)})"
+        ).fetchall()
+        return int(head), head_id, checkpoint_id
+
+    def rows(self, after: int, upto: int) -> str:
+        """The store's rows with ``after < position <= upto``: a scan from the start, else a range query."""
+        after, upto = int(after), int(upto)
+        if after == 0:
+            return f"(SELECT * FROM store.events WHERE position <= {upto})"
+        query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
+        return f"postgres_query('store', {sql_literal(query)})"
 
     def close(self) -> None:
         """Nothing to close: the attachment ends with the connection."""
