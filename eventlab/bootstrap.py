@@ -132,10 +132,18 @@ class Wiring:
         port = self.settings.port(name)
         try:
             histograms = self._relay_histograms[-1:] if name == "order" else []
-            server = ServiceHttp(name, port, health, self.commands, histograms=histograms, tracing=self.tracing)
+            server = ServiceHttp(
+                name,
+                port,
+                health,
+                self.commands,
+                histograms=histograms,
+                tracing=self.tracing,
+                host=self.settings.http_host,
+            )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(name, port, self.settings.http_port_offset) from None
             raise
-        log.info("%s bound to http://127.0.0.1:%d", name, server.port)
+        log.info("%s bound to http://%s:%d", name, self.settings.http_host, server.port)
         return server

@@ -192,6 +192,7 @@ class ServiceHttp:
         limits: Limits | None = None,
         histograms: Sequence[LatencyHistogram] = (),
         tracing: Tracing | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.service = service
         self.health = health
@@ -205,7 +206,8 @@ class ServiceHttp:
         if service == "order" and store is not None:
             exposed.append(SagaDurations(store))
         self.registry = registry_for(ServiceCollector(service, health, exposed))
-        self._server = _Server(("127.0.0.1", port), self)
+        self.host = host
+        self._server = _Server((host, port), self)
         self._thread = threading.Thread(target=self._serve, name=f"http-{service}", daemon=True)
 
     @property
@@ -213,7 +215,7 @@ class ServiceHttp:
         return self._server.server_address[1]
 
     def __repr__(self) -> str:
-        return f"<ServiceHttp {self.service} http://127.0.0.1:{self.port}>"
+        return f"<ServiceHttp {self.service} http://{self.host}:{self.port}>"
 
     def start(self) -> ServiceHttp:
         self._thread.start()

@@ -164,6 +164,8 @@ class Settings:
     - ``partitions`` (``EVENTLAB_PARTITIONS``, 1-1000): partitions per topic created by eventlab.
     - ``http_port_offset`` (``EVENTLAB_HTTP_PORT_OFFSET``): added to the seed's ports 8081-8086;
       every port must stay within 1-65535.
+    - ``http_host`` (``EVENTLAB_HTTP_HOST``): the address the services' HTTP servers bind
+      (default ``127.0.0.1``; ``0.0.0.0`` in a container whose ports are published).
     - ``saga_timeout_s`` (``EVENTLAB_SAGA_TIMEOUT_S``, 0.1-86400): an order waiting longer for its
       reservation is cancelled with reason ``timeout``; the payment step may take twice as long.
     - ``session_timeout_ms`` (``EVENTLAB_SESSION_TIMEOUT_MS``, 100-3600000): how long a consumer group
@@ -203,6 +205,7 @@ class Settings:
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     partitions: int = field(default=3, metadata=variable("EVENTLAB_PARTITIONS", between=(1, 1000)))
     http_port_offset: int = field(default=0, metadata=variable("EVENTLAB_HTTP_PORT_OFFSET"))
+    http_host: str = field(default="127.0.0.1", metadata=variable("EVENTLAB_HTTP_HOST"))
     saga_timeout_s: float = field(default=30.0, metadata=variable("EVENTLAB_SAGA_TIMEOUT_S", between=(0.1, 86400)))
     session_timeout_ms: int = field(
         default=6000, metadata=variable("EVENTLAB_SESSION_TIMEOUT_MS", between=(100, 3_600_000))
@@ -231,6 +234,8 @@ class Settings:
         ):
             if url and not url.startswith(("http://", "https://")):
                 raise SettingsError(name, f"not an http(s) URL: {url!r}")
+        if not self.http_host or any(c.isspace() for c in self.http_host):
+            raise SettingsError("EVENTLAB_HTTP_HOST", f"not an address to bind: {self.http_host!r}")
         ports = [self.port(service) for service in SERVICE_PORTS]
         if min(ports) < _PORTS[0] or max(ports) > _PORTS[1]:
             raise SettingsError(
