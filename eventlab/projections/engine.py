@@ -60,7 +60,6 @@ from eventlab.projections.sources import (
     AttachedLog,
     LogSource,
     MirroredLog,
-    PostgresLog,
     PostgresUrl,
     connect,
     describe,
@@ -171,7 +170,8 @@ class Projections(SchemaRelations):
         else:
             self._con, mirrored = connect(None), location
         # replaced below when mirrored; closes safely
-        self._log: LogSource = PostgresLog(self._con) if isinstance(location, PostgresUrl) else AttachedLog(self._con)
+        postgres = isinstance(location, PostgresUrl)
+        self._log: LogSource = AttachedLog(self._con, "postgres_query" if postgres else "sqlite_query")
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()

@@ -8,9 +8,8 @@
 - :class:`MirroredLog`: the log read through Python's ``sqlite3``
   (:class:`~eventlab.store.sqlite_log.SqliteLog`) and copied into DuckDB; safe next to a shop
   that has the store open in this process.
-
-- :class:`PostgresLog`: a PostgreSQL store attached by DuckDB's ``postgres`` extension (from its
-  wheel, offline), read-only twice over: DuckDB's ``READ_ONLY`` attach and a session with
+- :class:`AttachedLog` over PostgreSQL: DuckDB's ``postgres`` extension (from its wheel, offline)
+  attaches the schema a ``postgresql://`` URL searches, read-only twice over: DuckDB's ``READ_ONLY`` attach and a session with
   ``default_transaction_read_only`` on. The password goes into a temporary DuckDB secret (shown
   redacted), never into the attached database's path. No hazard like SQLite's: the default for a
   ``postgresql://`` URL.
@@ -46,7 +45,6 @@ __all__ = [
     "AttachedLog",
     "LogSource",
     "MirroredLog",
-    "PostgresLog",
     "PostgresUrl",
     "connect",
     "describe",
@@ -319,67 +317,43 @@ class MirroredLog:
 
 
 class AttachedLog:
-    """The store attached to the building connection as ``store`` by :func:`connect` (DuckDB's
-    ``sqlite`` extension): a parallel scan for a rebuild, a primary-key range query run by SQLite
-    for a refresh. Only for a process with no ``sqlite3`` connection to the file."""
+    """The store attached to the building connection as ``store`` by :func:`connect`: a parallel
+    scan for a rebuild, a primary-key range query run by the store's own database for a refresh
+    (``query_function``: ``sqlite_query`` or ``postgres_query``).
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    SQLite (DuckDB's ``sqlite`` extension): only for a process with no ``sqlite3`` connection to
+    the file. PostgreSQL (its ``postgres`` extension, read-only; the scan runs by page ranges):
+    positions follow commit order there (see :mod:`eventlab.store.postgres`), so a row below the
+    head is never committed later.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, query_function: str = "sqlite_query") -> None:
+        if query_function not in ("sqlite_query", "postgres_query"):
+            raise ValueError(f"not a query function of a store extension: {query_function!r}")
         self._con = con
+        self._query = query_function
 
     def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
         """The store's last position and its event id, and the event id now at ``checkpoint``: one
-        query, answered by SQLite from the primary key."""
-        query = (
-            "SELECT coalesce(max(position), 0), (SELECT event_id FROM events ORDER BY position DESC LIMIT 1),"
-            f" (SELECT event_id FROM events WHERE position = {int(checkpoint)}) FROM events"
-        )
-        ((head, head_id, checkpoint_id),) = self._con.execute(
-            f"SELECT * FROM sqlite_query('store', {sql_literal(query)})"
-        ).fetchall()
-        return int(head), head_id, checkpoint_id
-
-    def rows(self, after: int, upto: int) -> str:
-        """The store's rows with ``after < position <= upto``: a parallel scan from the start, else
-        a primary-key range query run by SQLite."""
-        after, upto = int(after), int(upto)
-        if after == 0:
-            return f"(SELECT * FROM store.events WHERE position <= {upto})"
-        query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
-        return f"sqlite_query('store', {sql_literal(query)})"
-
-    def close(self) -> None:
-        """Nothing to close: the attachment ends with the connection."""
-
-
-class PostgresLog:
-    """A PostgreSQL store attached to the building connection as ``store`` by :func:`connect`
-    (DuckDB's ``postgres`` extension, read-only): a rebuild scans ``store.events`` (in parallel,
-    by page ranges), a refresh runs a primary-key range query inside PostgreSQL. Positions follow
-    commit order there (see :mod:`eventlab.store.postgres`), so a row below the head is never
-    committed later."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
-
-    def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
-        """As :meth:`AttachedLog.head`, answered by PostgreSQL from the primary key."""
+        query, answered by the store's database from the primary key."""
         query = (
             "SELECT coalesce(max(position), 0) AS head,"
             " (SELECT event_id FROM events ORDER BY position DESC LIMIT 1) AS head_id,"
             f" (SELECT event_id FROM events WHERE position = {int(checkpoint)}) AS checkpoint_id FROM events"
         )
         ((head, head_id, checkpoint_id),) = self._con.execute(
-            f"SELECT * FROM postgres_query('store', {sql_literal(query)})"
+            f"SELECT * FROM {self._query}('store', {sql_literal(query)})"
         ).fetchall()
         return int(head), head_id, checkpoint_id
 
     def rows(self, after: int, upto: int) -> str:
-        """The store's rows with ``after < position <= upto``: a scan from the start, else a range query."""
+        """The store's rows with ``after < position <= upto``: a parallel scan from the start, else
+        a primary-key range query run by the store's database."""
         after, upto = int(after), int(upto)
         if after == 0:
             return f"(SELECT * FROM store.events WHERE position <= {upto})"
         query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
-        return f"postgres_query('store', {sql_literal(query)})"
+        return f"{self._query}('store', {sql_literal(query)})"
 
     def close(self) -> None:
         """Nothing to close: the attachment ends with the connection."""
