@@ -151,6 +151,7 @@ class ServiceHealth:
         if self.loop is None:
             return {"events": self.store.head(), "problems": []}
         data: dict[str, object] = dict(self.loop.health())
+        data["handled_here"] = data.get("handled")  # by this process (one replica) since it started
         data["handled"] = handled = self.store.processed_count(self.loop.service.name)
         data.setdefault("retries", self.loop.stats.retries)
         data["problems"] = problems = problems_of(data)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -584,7 +585,8 @@ class AdvisoryLease(Lease):
     The key is two ``int4`` (the ``events`` table's oid, so each store, i.e. schema, has its own
     leases; and a hash of ``name``), a key space apart from the single-``bigint`` locks of writes
     and schema changes. The connection has TCP keepalives, so a holder cut off from the server
-    learns it (:meth:`held` turns False) and the server frees the lock for a standby.
+    learns it (:meth:`held` turns False) and the server frees the lock for a standby. Its
+    ``application_name`` names the holder's pid (see ``pg_locks`` joined with ``pg_stat_activity``).
     """
 
     def __init__(self, name: str, conninfo: str, store_name: str, key: tuple[int, int]) -> None:
@@ -603,6 +605,7 @@ class AdvisoryLease(Lease):
                     self._conninfo,
                     autocommit=True,
                     connect_timeout=10,
+                    application_name=f"eventlab {self.name} lease, pid {os.getpid()}"[-63:],
                     keepalives=1,
                     keepalives_idle=5,
                     keepalives_interval=2,
