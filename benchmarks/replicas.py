@@ -84,7 +84,8 @@ def relay_holder(settings: Settings, store: EventStore) -> int | None:
         rows = store._rows(  # type: ignore[attr-defined]
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
-            " AND a.application_name LIKE 'eventlab relay lease, pid %'"
+            " AND a.application_name LIKE %s",
+            ("eventlab relay lease, pid %",),
         )
         return int(rows[0][0].rsplit(" ", 1)[1]) if rows else None
     path = settings.store_path.with_name(f"{settings.store_path.name}.relay.lease")

@@ -152,12 +152,3 @@ def test_orders_complete_on_three_inventory_replicas_while_the_active_relay_is_k
     # when 100 orders come in over HTTP and the relay holding the lease is killed (kill -9) half way
     result = run_benchmark({})
     check_replicated_run(result, 100)
-
-
-@pytest.mark.integration
-def test_the_same_on_apache_kafka_and_postgresql(apache_kafka_factory, postgres_store_url):
-    broker = apache_kafka_factory()
-    result = run_benchmark(
-        {"EVENTLAB_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "EVENTLAB_STORE_URL": postgres_store_url}
-    )
-    check_replicated_run(result, 100)
