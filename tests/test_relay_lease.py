@@ -7,23 +7,14 @@ import uuid
 
 import pytest
 from test_relay import eventually, published_ids, running
+from test_relay import settings as broker_settings  # noqa: F401 - the fixture `settings`: an embedded broker
 
 from eventlab.events import StockAdded
-from eventlab.kafka import EmbeddedBroker, ensure_topics
 from eventlab.kafka.relay import Relay
-from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
-        settings = Settings(data_dir=tmp_path_factory.mktemp("data"), bootstrap_servers=broker.bootstrap_servers)
-        ensure_topics(settings)
-        yield settings
 
 
 def stock(store, product, quantities):
