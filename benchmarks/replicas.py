@@ -190,7 +190,7 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         }
         started = time.monotonic()
         for port in ports.values():
-            wait_until(lambda port=port: healthy(port), timeout=120)
+            wait_until(lambda port=port: healthy(port), timeout=300)
         result["start_s"] = round(time.monotonic() - started, 1)
         store = open_store(settings)
         users = [f"U{i:02d}" for i in range(10)]
@@ -243,6 +243,9 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
             if (answer := healthy(port))
         }
         result["kafka"] = kafka_check(settings.with_bootstrap(_bootstrap(output, settings)), store)
+    except BaseException:
+        print("".join(output[-60:]), file=sys.stderr)  # what 'eventlab up' said, for the failure
+        raise
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(120)
