@@ -173,8 +173,26 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def _replicas(text: str) -> dict[str, int]:
+    """``inventory=3,order=2`` (an argparse ``type``; see :func:`eventlab.supervisor.parse_replicas`)."""
+    from eventlab.supervisor import parse_replicas
+
+    try:
+        return parse_replicas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _up_options(up: argparse.ArgumentParser) -> None:
     up.add_argument("--processes", action="store_true", help="one supervised OS process per service")
+    up.add_argument(
+        "--replicas",
+        type=_replicas,
+        metavar="NAME=N,...",
+        help="with --processes: N processes of a service (1-10), sharing its partitions, e.g. inventory=3,order=2; "
+        "replica k listens on the service's port + 100*k (inventory: 8085, 8185, 8285) and says so in /health; "
+        "relay=2 adds a standby relay that takes over when the active one dies",
+    )
 
 
 def _run_options(run: argparse.ArgumentParser) -> None:
@@ -268,10 +286,12 @@ def _run_one(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
+    if args.replicas and not args.processes:
+        raise EventlabError("--replicas needs --processes (in one process every service runs once)")
     if args.processes:  # the supervisor checks the ports before it starts anything
         from eventlab.supervisor import supervise
 
-        return supervise(settings, _gateway_args(args))
+        return supervise(settings, _gateway_args(args), replicas=args.replicas)
     ensure_ports_free(settings)
 
     from eventlab.shop import Shop

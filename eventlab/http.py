@@ -131,13 +131,15 @@ class ServiceHealth:
         self.problems = tuple(problems)
         self._clock = clock
         self._progress: tuple[int, float] | None = None  # (handled, since when) while events wait
+        #: Who answers, added as is (a replica's number, the count and its port: see eventlab.supervisor).
+        self.identity: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<ServiceHealth {self.loop.service.name if self.loop else 'commands only'}>"
 
     def __call__(self) -> dict[str, object]:
         try:
-            data = self._measure()
+            data = {**self.identity, **self._measure()}
             data["problems"] = problems_of(data) + [problem for source in self.problems for problem in source()]
         except Exception as exc:  # a health check reports what fails; it must not fail itself
             expected = isinstance(exc, EventlabError)
@@ -149,6 +151,7 @@ class ServiceHealth:
         if self.loop is None:
             return {"events": self.store.head(), "problems": []}
         data: dict[str, object] = dict(self.loop.health())
+        data["handled_here"] = data.get("handled")  # by this process (one replica) since it started
         data["handled"] = handled = self.store.processed_count(self.loop.service.name)
         data.setdefault("retries", self.loop.stats.retries)
         data["problems"] = problems = problems_of(data)

@@ -21,6 +21,7 @@ from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 
 __all__ = [
+    "REPLICA_PORT_STEP",
     "SERVICE_PORTS",
     "TRACE_SINKS",
     "PortInUse",
@@ -35,6 +36,10 @@ __all__ = [
 
 #: The seed's ports, one per service: 8081 (user) up to 8086 (notification), in start-up order.
 SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate(SERVICE_NAMES)}
+
+#: Replica ``k`` of a service (``eventlab up --processes --replicas inventory=3``) listens on the
+#: service's port + ``k`` x this: inventory 8085, 8185, 8285 (replica 0 keeps the seed's port).
+REPLICA_PORT_STEP = 100
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
 _SECRET_WORDS = ("password", "secret", "key", "token")
@@ -296,9 +301,14 @@ class Settings:
         """True when eventlab runs its own broker (no external cluster configured)."""
         return not self.bootstrap_servers
 
-    def port(self, service: str) -> int:
-        """The HTTP port of ``service``."""
-        return SERVICE_PORTS[service] + self.http_port_offset
+    def port(self, service: str, replica: int = 0) -> int:
+        """The HTTP port of ``service`` (of its replica number ``replica``: see :data:`REPLICA_PORT_STEP`).
+
+        Example:
+            >>> Settings().port("inventory"), Settings(http_port_offset=1000).port("inventory", replica=2)
+            (8085, 9285)
+        """
+        return SERVICE_PORTS[service] + self.http_port_offset + REPLICA_PORT_STEP * replica
 
     def with_bootstrap(self, bootstrap_servers: str) -> Settings:
         """A copy pointing at ``bootstrap_servers``."""

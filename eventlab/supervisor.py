@@ -7,6 +7,16 @@ one child process per service plus the relay:
 - a child that dies is restarted after 0.2 s, doubling up to 30 s while it keeps dying (reset once
   it has run for 10 s); restarts and backoff are printed and written to ``<data_dir>/supervisor.json``,
   which each service's ``/health`` reads to report a crash-looping service or relay as ``problems``;
+- ``--replicas inventory=3,order=2`` (:func:`parse_replicas`) runs N processes of a service, all in
+  the service's consumer group, so they share its partitions (topics get at least as many
+  partitions as the largest count); replica ``k`` listens on the service's port + 100 x ``k``
+  (:data:`~eventlab.settings.REPLICA_PORT_STEP`: inventory 8085, 8185, 8285), says who it is in
+  ``/health`` (``replica``, ``replicas``, ``port``) and is supervised on its own (``inventory.1`` in
+  the status file). Every service is safe to replicate: consumers are idempotent and version-checked,
+  and the deadline sweeper beside each order replica cancels an order only through a version-checked
+  append that re-decides on the latest state (``tests/test_replicas.py`` races several). ``relay=2``
+  adds a standby relay: one relay publishes per store, the holder of the store's relay lease
+  (:meth:`~eventlab.store.base.EventStore.lease`), and the standby takes over when it dies;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
 - children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
   kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
@@ -25,24 +35,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import Wiring, build_services, subscriptions
-from eventlab.errors import BrokerError
+from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.payment import Gateway
-from eventlab.settings import PortInUse, Settings, ensure_ports_free
+from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
 from eventlab.shop import ShopInfrastructure
 from eventlab.store import open_store
 from eventlab.store.base import RELAY_CONSUMER
 
-__all__ = ["CONFIG_ERROR", "PROCESS_NAMES", "Supervisor", "run_one", "stop_on_signals", "supervise"]
+__all__ = [
+    "CONFIG_ERROR",
+    "MAX_REPLICAS",
+    "PROCESS_NAMES",
+    "Supervisor",
+    "parse_replicas",
+    "run_one",
+    "stop_on_signals",
+    "supervise",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +76,45 @@ _SUPERVISOR_PID = "EVENTLAB_SUPERVISOR_PID"
 _STANDBY = "EVENTLAB_STANDBY"
 #: How long an orphaned child may take to stop cleanly before it exits hard.
 _ORPHAN_GRACE = 5.0
+#: Tell a replica its number (0 for the first) and how many replicas its service has.
+_REPLICA = "EVENTLAB_REPLICA"
+_REPLICAS = "EVENTLAB_REPLICAS"
+#: The most processes of one service ``--replicas`` starts (their ports stay 100 apart below the next thousand).
+MAX_REPLICAS = 10
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``inventory=3,order=2`` as ``{"inventory": 3, "order": 2}``: processes per service (or ``relay``).
+
+    Raises :class:`ValueError` naming the part that is wrong: an unknown name, a count that is not a
+    whole number from 1 to :data:`MAX_REPLICAS`, a name given twice, an empty part.
+
+    Example:
+        >>> parse_replicas("inventory=3, order=2")
+        {'inventory': 3, 'order': 2}
+        >>> parse_replicas("inventory=0")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'inventory=0': the count must be a whole number from 1 to 10
+    """
+    counts: dict[str, int] = {}
+    for part in text.split(","):
+        name, equals, count = (piece.strip() for piece in part.partition("="))
+        if not equals or not name:
+            raise ValueError(f"{part.strip()!r} is not NAME=COUNT (e.g. inventory=3)")
+        if name not in PROCESS_NAMES:
+            raise ValueError(f"{part.strip()!r}: unknown service {name!r}; use one of {', '.join(PROCESS_NAMES)}")
+        if name in counts:
+            raise ValueError(f"{part.strip()!r}: {name} is given twice")
+        if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= MAX_REPLICAS:
+            raise ValueError(f"{part.strip()!r}: the count must be a whole number from 1 to {MAX_REPLICAS}")
+        counts[name] = int(count)
+    return counts
+
+
+def _child_name(service: str, replica: int) -> str:
+    """How the supervisor names replica ``replica`` of ``service``: ``inventory``, ``inventory.1``, ..."""
+    return service if replica == 0 else f"{service}.{replica}"
 
 
 def stop_on_signals() -> threading.Event:
@@ -129,6 +187,9 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             "or start everything with 'eventlab up --processes'"
         )
     stop = stop_on_signals()
+    replica, replicas = int(os.environ.get(_REPLICA) or 0), int(os.environ.get(_REPLICAS) or 1)
+    if replica and name != RELAY_CONSUMER:  # replica k listens k steps above the service's port
+        settings = replace(settings, http_port_offset=settings.http_port_offset + REPLICA_PORT_STEP * replica)
     supervised = bool(os.environ.get(_SUPERVISOR_PID))
     if supervised:
         supervisor_pid = int(os.environ[_SUPERVISOR_PID])
@@ -147,7 +208,9 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
         if name == RELAY_CONSUMER:
             wiring.relay().run(stop)
             return 0
-        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, name, RELAY_CONSUMER))
+        me = _child_name(name, replica)
+        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, RELAY_CONSUMER))
+        health.identity.update(replica=replica, replicas=replicas, port=settings.port(name))
         try:
             server = wiring.http(name, health).start()
         except PortInUse as exc:
@@ -167,9 +230,13 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
 
 @dataclass
 class _Child:
-    """One supervised process, its warm standby and its restart history."""
+    """One supervised process (replica ``replica`` of ``service``), its warm standby and its restart history."""
 
     name: str
+    service: str = ""
+    replica: int = 0
+    port: int | None = None  # its HTTP port (None: the relay)
+    env: dict[str, str] = field(default_factory=dict)  # its environment, the same for its standby
     process: subprocess.Popen[bytes] | None = None
     standby: subprocess.Popen[bytes] | None = None
     standby_at: float | None = None  # monotonic time to start a new standby
@@ -181,6 +248,9 @@ class _Child:
     def status(self) -> dict[str, object]:
         restart_at = None if self.restart_at is None else time.time() + self.restart_at - time.monotonic()
         return {
+            "service": self.service,
+            "replica": self.replica,
+            "port": self.port,
             "pid": self.process.pid if self.process is not None else None,
             "standby_pid": self.standby.pid if self.standby is not None else None,
             "restarts": self.backoff.restarts,
@@ -219,11 +289,20 @@ class Supervisor:
     STANDBY_DELAY = 2.0
 
     def __init__(
-        self, settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES
+        self,
+        settings: Settings,
+        extra_args: Sequence[str] = (),
+        names: Sequence[str] = PROCESS_NAMES,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.extra_args = tuple(extra_args)
         self.names = tuple(names)
+        #: Processes per name (1 where not given); see :func:`parse_replicas`.
+        self.replicas = {name: (replicas or {}).get(name, 1) for name in self.names}
+        unknown = set(replicas or {}) - set(self.names)
+        if unknown:
+            raise EventlabError(f"--replicas names {', '.join(sorted(unknown))}, which this supervisor does not run")
         self.standby = True
         self.report: Callable[[str], None] = lambda line: log.warning("%s", line)
         self._infra: ShopInfrastructure | None = None
@@ -252,6 +331,11 @@ class Supervisor:
         with self._lock:
             return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
 
+    def ports(self) -> dict[str, int | None]:
+        """Process name (``inventory``, ``inventory.1``, ...) -> its HTTP port (None for the relay)."""
+        with self._lock:
+            return {name: child.port for name, child in self._children.items()}
+
     def standby_pids(self) -> dict[str, int]:
         """Process name -> the pid of its warm standby, where one is ready."""
         with self._lock:
@@ -260,9 +344,15 @@ class Supervisor:
     def start(self) -> Supervisor:
         """Check the ports, start the broker (unless external), the topics and every child.
 
-        Raises :class:`~eventlab.settings.PortInUse` before starting anything if a port is taken.
+        Raises :class:`~eventlab.settings.PortInUse` before starting anything if a port is taken
+        (:class:`~eventlab.settings.SettingsError` if a replica's port would pass 65535). Topics get
+        at least as many partitions as the service with the most replicas, so none sits idle.
         """
-        ensure_ports_free(self.settings, [n for n in self.names if n in SERVICE_NAMES])
+        self._check_ports()
+        most = max(self.replicas.values(), default=1)
+        if most > self.settings.partitions:
+            log.info("%d partitions per topic for %d replicas", most, most)
+            self.settings = replace(self.settings, partitions=most)
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="eventlab-spawner")
         # a restart with the embedded broker republishes only what some service has not handled
         services = build_services(self.settings, SimulatedGateway())
@@ -282,10 +372,34 @@ class Supervisor:
         standby_at = time.monotonic() + self.STANDBY_DELAY if self.standby else None
         with self._lock:
             for name in self.names:
-                child = self._children[name] = _Child(name, standby_at=standby_at)
-                child.process = self._spawn(name)
+                for replica in range(self.replicas[name]):
+                    child = self._child(name, replica, standby_at)
+                    self._children[child.name] = child
+                    child.process = self._spawn(child)
         self._write_status()
         return self
+
+    def _check_ports(self) -> None:
+        for name in self.names:
+            for replica in range(self.replicas[name] if name in SERVICE_NAMES else 0):
+                port = self.settings.port(name, replica)
+                if port > 65535:
+                    raise SettingsError(
+                        "EVENTLAB_HTTP_PORT_OFFSET",
+                        f"{self.settings.http_port_offset} puts replica {replica} of {name} at port {port}, above 65535",
+                    )
+                if not port_free(port):
+                    where = name if replica == 0 else f"{name} (replica {replica})"
+                    raise PortInUse(where, port, self.settings.http_port_offset)
+
+    def _child(self, name: str, replica: int, standby_at: float | None) -> _Child:
+        """Replica ``replica`` of ``name``, with its environment: its number, and on an external
+        broker a static group membership of its own (replicas sharing one would fence each other)."""
+        env = {**self._env, _REPLICA: str(replica), _REPLICAS: str(self.replicas[name])}
+        if replica and self.settings.group_instance:
+            env["EVENTLAB_GROUP_INSTANCE"] = f"{self.settings.group_instance}-{replica}"
+        port = self.settings.port(name, replica) if name in SERVICE_NAMES else None
+        return _Child(_child_name(name, replica), name, replica, port, env, standby_at=standby_at)
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
         """Restart children that die (with backoff) until ``stop`` is set.
@@ -312,10 +426,10 @@ class Supervisor:
                     delay = max(self.STANDBY_DELAY, child.backoff.delay)
                     child.standby, child.standby_at, changed = None, now + delay, True
                 if child.standby_at is not None and now >= child.standby_at and child.restart_at is None:
-                    child.standby, child.standby_at, changed = self._spawn(name, standby=True), None, True
+                    child.standby, child.standby_at, changed = self._spawn(child, standby=True), None, True
                 if child.restart_at is not None:
                     if now >= child.restart_at:
-                        child.process = self._promote(child) or self._spawn(name)
+                        child.process = self._promote(child) or self._spawn(child)
                         child.backoff.started()
                         child.restart_at = None
                         child.standby_at = now + self.STANDBY_DELAY if self.standby else None
@@ -364,14 +478,14 @@ class Supervisor:
             self._spawner = None
         (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
 
-    def _spawn(self, name: str, standby: bool = False) -> subprocess.Popen[bytes]:
+    def _spawn(self, child: _Child, standby: bool = False) -> subprocess.Popen[bytes]:
         """Start a child (or a standby) from the spawner thread (see the class docstring for why)."""
         assert self._spawner is not None
-        command = [sys.executable, "-m", "eventlab", "run", name, *self.extra_args]
+        command = [sys.executable, "-m", "eventlab", "run", child.service, *self.extra_args]
         return self._spawner.submit(
             subprocess.Popen,
             command,
-            env={**self._env, _STANDBY: "1"} if standby else self._env,
+            env={**child.env, _STANDBY: "1"} if standby else child.env,
             stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
             preexec_fn=_die_with_supervisor if sys.platform == "linux" else None,
         ).result()
@@ -407,21 +521,27 @@ class Supervisor:
         write_status(self.settings.data_dir, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
 
 
-def supervise(settings: Settings, extra_args: Sequence[str] = (), names: Sequence[str] = PROCESS_NAMES) -> int:
-    """``eventlab up --processes``: a :class:`Supervisor` with the CLI's signals and output around it.
+def supervise(
+    settings: Settings,
+    extra_args: Sequence[str] = (),
+    names: Sequence[str] = PROCESS_NAMES,
+    replicas: Mapping[str, int] | None = None,
+) -> int:
+    """``eventlab up --processes [--replicas ...]``: a :class:`Supervisor` with the CLI's signals and
+    output around it.
 
     Exit status 2 (one line on stderr) when a service's port is taken before anything starts.
     """
     stop = stop_on_signals()
-    supervisor = Supervisor(settings, extra_args, names)
+    supervisor = Supervisor(settings, extra_args, names, replicas)
     supervisor.report = lambda line: print(f"eventlab: {line}", flush=True)
     supervisor.start()
     settings = supervisor.settings
     pids = supervisor.pids()
     print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_path}", flush=True)
-    for name in supervisor.names:
-        where = f"http://127.0.0.1:{settings.port(name)}" if name in SERVICE_NAMES else ""
-        print(f"  {name:<13} pid {pids[name]:<7} {where}".rstrip(), flush=True)
+    for name, port in supervisor.ports().items():
+        where = f"http://127.0.0.1:{port}" if port is not None else ""
+        print(f"  {name:<15} pid {pids[name]:<7} {where}".rstrip(), flush=True)
     try:
         supervisor.run(stop)
     finally:

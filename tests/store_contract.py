@@ -136,3 +136,12 @@ def append_own_streams(store_factory, writer, appends, batch, start):
     for n in range(appends):
         store.append([NewEvent(added(f"W{writer}-{n}-{i}"), 1) for i in range(batch)])
     store.close()
+
+
+def hold_lease(store_factory, name, holding):
+    """Take the lease ``name``, say so (``holding``) and hold it until killed (a separate process)."""
+    store = store_factory()
+    lease = store.lease(name)
+    assert lease.acquire()
+    holding.set()
+    threading.Event().wait(120)

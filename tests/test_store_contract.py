@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from store_contract import added, append_many, append_own_streams
+from store_contract import added, append_many, append_own_streams, hold_lease
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.events import UserCreated
@@ -238,3 +238,45 @@ def test_a_commit_wakes_a_waiter_in_the_same_process(store):
         store.append([NewEvent(added(), 2)])
         assert store.commits == before
     assert store.commits == before + 1
+
+
+def test_a_lease_has_one_holder_at_a_time(store):
+    # given two would-be relays of one store, and the first holding the lease
+    active, standby = store.lease("relay"), store.lease("relay")
+    assert active.acquire() and active.acquire()  # taking it again while held keeps it
+    # then the second cannot take it, while a lease of another name is free
+    assert not standby.acquire() and not standby.held()
+    other = store.lease("deadlines")
+    assert other.acquire()
+    # when the holder releases it, then the standby takes it, and the first cannot any more
+    active.release()
+    assert not active.held()
+    assert standby.acquire() and standby.held()
+    assert not active.acquire()
+    standby.release()
+    other.release()
+
+
+def test_a_lease_whose_holder_is_killed_is_free_again(shared_store_backend):
+    store = shared_store_backend.store
+    # given another process holding the relay's lease
+    context = multiprocessing.get_context("spawn")
+    holding = context.Event()
+    holder = context.Process(target=hold_lease, args=(shared_store_backend.reopen, "relay", holding))
+    holder.start()
+    try:
+        assert holding.wait(60)
+        standby = store.lease("relay")
+        assert not standby.acquire()
+        # when that process is killed (SIGKILL: it cannot release anything)
+        holder.kill()
+        holder.join(30)
+    finally:
+        holder.kill()
+    # then the standby gets the lease, within seconds
+    deadline = time.monotonic() + 30
+    while not standby.acquire():
+        assert time.monotonic() < deadline, "the lease of a killed holder was never freed"
+        time.sleep(0.05)
+    assert standby.held()
+    standby.release()

@@ -6,6 +6,10 @@ after its checkpoint, produces each event (key = aggregate id, CloudEvents heade
 broker's acknowledgements and only then advances the checkpoint. Delivery is at-least-once;
 consumers are idempotent.
 
+One relay publishes per store: :meth:`Relay.run` holds the store's relay lease
+(:meth:`~eventlab.store.base.EventStore.lease`) while it publishes, and a second relay waits as a
+standby until the holder is gone.
+
 The checkpoint is kept in memory and written to the store when the relay runs out of work, at
 most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
 republishes at most that much, which consumers skip. Between batches the relay waits for the
@@ -30,7 +34,7 @@ from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_mess
 from eventlab.metrics import relay_histogram
 from eventlab.restarts import Backoff
 from eventlab.settings import Settings
-from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventStore
+from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventStore, Lease
 
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
@@ -79,6 +83,12 @@ class Relay:
         self.publish_seconds = relay_histogram()
         #: A ``PRODUCER`` span per published event when tracing is on (None: off, and no cost).
         self.tracing = tracing
+        #: Whether this relay holds the store's relay lease (in :meth:`run`), and how long it waited for it.
+        self.active = False
+        self.took_over_after: float | None = None
+        #: Seconds between a standby's tries of the lease, and between the holder's checks that it still has it.
+        self.lease_poll = 0.2
+        self.lease_check = 1.0
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
@@ -169,12 +179,58 @@ class Relay:
         )
 
     def run(self, stop: threading.Event, idle_wait: float = 0.005) -> None:
-        """Publish until ``stop`` is set. Any failure — the broker, the store, or a bug — is logged
-        and retried after an exponential backoff (0.1 s doubling to :attr:`max_backoff`); the
-        consecutive failures show in :meth:`health` until a batch goes through again."""
+        """Publish until ``stop`` is set, while this relay holds the store's relay lease.
+
+        One relay publishes per store: the others (standbys, e.g. ``--replicas relay=2``) try the
+        lease every :attr:`lease_poll` seconds and the first to get it once the holder is gone
+        (stopped, or killed: see :meth:`~eventlab.store.base.EventStore.lease`) goes on from the
+        saved checkpoint; what it republishes, consumers skip. The holder checks every
+        :attr:`lease_check` seconds that it still holds the lease and stops publishing if not.
+        """
+        lease = self.store.lease(RELAY_CONSUMER)
+        try:
+            while not stop.is_set():
+                if self._take_lease(lease, stop):
+                    self._publish_while_held(lease, stop, idle_wait)
+        finally:
+            self.close()  # the last checkpoint, written while still holding the lease
+            lease.release()
+
+    def _take_lease(self, lease: Lease, stop: threading.Event) -> bool:
+        """Wait until this relay holds ``lease`` (True) or ``stop`` is set (False)."""
+        waiting_since = time.monotonic()
+        announced = False
+        while not stop.is_set():
+            try:
+                if lease.acquire():
+                    self.active = True
+                    self._position = None  # go on from the checkpoint the last holder saved
+                    self.took_over_after = time.monotonic() - waiting_since
+                    log.warning("relay: holds the lease of %s, publishing", self.store)
+                    return True
+            except StoreError as exc:
+                log.warning("relay: cannot try the lease: %s", exc)
+            if not announced:
+                announced = True
+                log.info("relay: standby, another relay holds the lease of %s", self.store)
+            stop.wait(self.lease_poll)
+        return False
+
+    def _publish_while_held(self, lease: Lease, stop: threading.Event, idle_wait: float) -> None:
+        """Publish until ``stop`` is set or the lease is lost. Any failure — the broker, the store,
+        or a bug — is logged and retried after an exponential backoff (0.1 s doubling to
+        :attr:`max_backoff`); the consecutive failures show in :meth:`health` until a batch goes
+        through again."""
         backoff = self._backoff()
         commits = self.store.commits
+        checked = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() - checked >= self.lease_check:
+                checked = time.monotonic()
+                if not lease.held():
+                    log.warning("relay: lost the lease of %s; standing by", self.store)
+                    self.active, self._position = False, None
+                    return
             try:
                 if self.publish_pending() == 0:
                     # woken by a commit in this process; other processes' commits are seen after idle_wait
@@ -190,7 +246,6 @@ class Relay:
                     self.failures, self.last_error, backoff = 0, None, self._backoff()
                 continue
             stop.wait(delay)
-        self.close()
 
     def _backoff(self) -> Backoff:
         """Doubling from :attr:`min_backoff` to :attr:`max_backoff` while failures follow each other."""
@@ -218,6 +273,7 @@ class Relay:
             pending = None
             problems.append(f"relay: cannot read the store: {exc}")
         return {
+            "lease": "active" if self.active else "standby",
             "published": self.published,
             "unpublished": pending,
             "relay_failures": self.failures,

@@ -33,6 +33,7 @@ __all__ = [
     "EventRecord",
     "EventStore",
     "Headers",
+    "Lease",
     "Metadata",
     "NewEvent",
     "SourceMessage",
@@ -56,6 +57,44 @@ Headers = list[tuple[str, bytes | None]]
 class StoreBusy(StoreError):
     """The store is locked by another writer for longer than the busy timeout: a transient
     :class:`~eventlab.errors.StoreError`, worth retrying after a pause."""
+
+
+class Lease(ABC):
+    """An exclusive lease named ``name`` on one store: at most one holder at a time, in any thread,
+    process or machine; freed when its holder releases it or dies (``kill -9`` included).
+
+    Made by :meth:`EventStore.lease`. What holds it: the relay (one publisher per store, see
+    :class:`~eventlab.kafka.relay.Relay`), so a second relay process is a standby that takes over
+    within a poll interval of the holder's death.
+
+    Example:
+        >>> from eventlab.store import MemoryEventStore
+        >>> store = MemoryEventStore()
+        >>> active, standby = store.lease("relay"), store.lease("relay")
+        >>> active.acquire(), standby.acquire()
+        (True, False)
+        >>> active.release(); standby.acquire()
+        True
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {'held' if self.held() else 'not held'}>"
+
+    @abstractmethod
+    def acquire(self) -> bool:
+        """Take the lease if nobody holds it, without waiting; True when this holder has it now
+        (also when it already had it)."""
+
+    @abstractmethod
+    def held(self) -> bool:
+        """Whether this holder still has the lease (False once lost, e.g. with its database connection)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lease up (nothing when not held)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +480,11 @@ class EventStore(ABC):
         if position != before:
             self.set_checkpoint(f"tracking:{consumer}", position)
         return position
+
+    @abstractmethod
+    def lease(self, name: str) -> Lease:
+        """A new :class:`Lease` named ``name`` on this store, not held yet; every call is another
+        would-be holder."""
 
     @property
     def commits(self) -> int:

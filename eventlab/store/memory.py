@@ -23,6 +23,7 @@ from eventlab.store.base import (
     DeadLetterQuery,
     EventRecord,
     EventStore,
+    Lease,
     NewEvent,
     SourceMessage,
     StoreBusy,
@@ -76,6 +77,8 @@ class MemoryEventStore(EventStore):
         self.lock = threading.RLock()
         #: What undoes the open transaction's writes, newest last (None: no transaction open).
         self._undo: list[Callable[[], None]] | None = None
+        #: Lease name -> its holder (leases are not data: a transaction does not undo them).
+        self._leases: dict[str, Lease] = {}
 
     def __repr__(self) -> str:
         return f"MemoryEventStore({len(self._state.records)} events)"
@@ -283,5 +286,28 @@ class MemoryEventStore(EventStore):
             counts[letter.consumer] = counts.get(letter.consumer, 0) + 1
         return dict(sorted(counts.items()))
 
+    def lease(self, name: str) -> Lease:
+        return _MemoryLease(name, self)
+
     def close(self) -> None:
         """Nothing to release: the events stay readable until the store is dropped."""
+
+
+class _MemoryLease(Lease):
+    """A lease among the threads of this process: the holder is noted in the store."""
+
+    def __init__(self, name: str, store: MemoryEventStore) -> None:
+        super().__init__(name)
+        self._store = store
+
+    def acquire(self) -> bool:
+        with self._store.lock:
+            return self._store._leases.setdefault(self.name, self) is self
+
+    def held(self) -> bool:
+        return self._store._leases.get(self.name) is self
+
+    def release(self) -> None:
+        with self._store.lock:
+            if self.held():
+                del self._store._leases[self.name]

@@ -32,7 +32,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,6 +54,7 @@ from eventlab.store.base import (
     DeadLetterQuery,
     EventRecord,
     EventStore,
+    Lease,
     NewEvent,
     SourceMessage,
     StoreBusy,
@@ -61,7 +64,7 @@ from eventlab.store.base import (
 )
 from eventlab.store.sqlite import check_schema
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "PostgresEventStore"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "AdvisoryLease", "PostgresEventStore"]
 
 log = logging.getLogger(__name__)
 
@@ -559,9 +562,85 @@ class PostgresEventStore(EventStore):
         assert row is not None
         return int(row[0])
 
+    def lease(self, name: str) -> Lease:
+        """A lease held as a session-level advisory lock on a connection of its own (not pooled)."""
+        return AdvisoryLease(
+            name, self._conninfo, self.name, (_int4(self.write_lock & 0xFFFFFFFF), _int4(zlib.crc32(name.encode())))
+        )
+
     def close(self) -> None:
         self._pool.close()
         self._local = threading.local()
+
+
+def _int4(value: int) -> int:
+    """An unsigned 32-bit number as the signed ``int4`` PostgreSQL takes."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class AdvisoryLease(Lease):
+    """A lease that is a session-level advisory lock held on a dedicated connection: when the holder
+    dies, its connection drops and the server frees the lock at once.
+
+    The key is two ``int4`` (the ``events`` table's oid, so each store, i.e. schema, has its own
+    leases; and a hash of ``name``), a key space apart from the single-``bigint`` locks of writes
+    and schema changes. The connection has TCP keepalives, so a holder cut off from the server
+    learns it (:meth:`held` turns False) and the server frees the lock for a standby. Its
+    ``application_name`` names the holder's pid (see ``pg_locks`` joined with ``pg_stat_activity``).
+    """
+
+    def __init__(self, name: str, conninfo: str, store_name: str, key: tuple[int, int]) -> None:
+        super().__init__(name)
+        self._conninfo = conninfo
+        self._store_name = store_name
+        self._key = key
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def acquire(self) -> bool:
+        if self._conn is not None and self.held():
+            return True
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=10,
+                    application_name=f"eventlab {self.name} lease, pid {os.getpid()}"[-63:],
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=2,
+                    keepalives_count=3,
+                )
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key).fetchone()
+        except psycopg.Error as exc:
+            self._drop()
+            raise _translate_error(self._store_name, f"taking the {self.name} lease", exc) from exc
+        return bool(row and row[0])
+
+    def held(self) -> bool:
+        """Asks the server (one round trip): the lock lives as long as the session."""
+        if self._conn is None:
+            return False
+        try:
+            row = self._conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                " AND classid::bigint = %s::bigint & 4294967295 AND objid::bigint = %s::bigint & 4294967295"
+                " AND objsubid = 2 AND granted",
+                self._key,
+            ).fetchone()
+        except psycopg.Error as exc:
+            log.warning("%s lease on %s lost with its connection: %s", self.name, self._store_name, exc)
+            self._drop()
+            return False
+        return bool(row and row[0])
+
+    def release(self) -> None:
+        self._drop()  # ending the session frees its advisory locks
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class _Redelivered(Exception):

@@ -1,0 +1,314 @@
+"""Replicas and the relay lease, end to end: ``eventlab up --processes --replicas inventory=3,relay=2``
+takes orders over HTTP at a fixed rate while the active relay is killed (``kill -9``) mid-run.
+
+    python benchmarks/replicas.py                                   # 2,000 orders at 50/s, a table
+    python benchmarks/replicas.py --orders 100 --rate 100 --json    # the fast version (tests/test_replicas.py)
+    EVENTLAB_STORE_URL=postgresql://... EVENTLAB_BOOTSTRAP_SERVERS=host:9092 python benchmarks/replicas.py
+
+The broker and the store come from the environment (default: the embedded broker and a SQLite file
+in a new temporary directory). Printed: orders placed, terminal, stuck; the audit; saga latency
+p50/p99 (OrderCreated to its end, from the store's times); how long after the kill another relay held
+the lease; and what reached Kafka: every stored event of the shop's topics found (none lost), none out
+of store order per key within a partition (republished ones after a takeover are counted, not faults);
+each replica's ``/health`` (port, handled events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from eventlab.adapters.mailer import MAILBOX
+from eventlab.events import EVENT_TYPES
+from eventlab.kafka import make_consumer
+from eventlab.projections.audit import audit
+from eventlab.resilience import wait_until
+from eventlab.services import SERVICE_NAMES
+from eventlab.settings import Settings
+from eventlab.store import EventStore, open_store
+from eventlab.supervisor import parse_replicas
+from eventlab.tables import text_rows
+
+TERMINAL = {"OrderCompleted", "OrderCancelled"}
+
+
+def free_offset() -> int:
+    """An HTTP port offset whose service ports (and 9 replica steps above them) are free now."""
+    for base in range(21000, 60000, 1000):
+        try:
+            for port in [base + 81 + i + 100 * k for i in range(6) for k in range(10)]:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base - 8000
+    raise RuntimeError("no free ports")
+
+
+def http(port: int, method: str, path: str, body: object = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def healthy(port: int) -> dict[str, Any] | None:
+    try:
+        answer: dict[str, Any] = http(port, "GET", "/health")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    return answer
+
+
+def relay_holder(settings: Settings, store: EventStore) -> int | None:
+    """The pid of the relay holding the store's relay lease (None: nobody), as the lease records it."""
+    if settings.store_backend == "postgresql":
+        rows = store._rows(  # type: ignore[attr-defined]
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
+            " AND a.application_name LIKE %s",
+            ("eventlab relay lease, pid %",),
+        )
+        return int(rows[0][0].rsplit(" ", 1)[1]) if rows else None
+    path = settings.store_path.with_name(f"{settings.store_path.name}.relay.lease")
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() and _locked(path) else None
+
+
+def _locked(path: Path) -> bool:
+    """Whether someone holds the ``flock`` on ``path`` right now."""
+    import fcntl
+
+    with path.open() as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+        return False
+
+
+def kafka_check(settings: Settings, store: EventStore, timeout: float = 60.0) -> dict[str, int]:
+    """Read every topic the shop's events go to from the start; compare with the store."""
+    records = store.read_records()
+    position = {r.event_id: r.position for r in records}
+    topics = sorted({EVENT_TYPES[r.event_type].topic for r in records})
+    consumer = make_consumer(settings, f"replicas-bench-{os.getpid()}-{time.time_ns()}")
+    metadata = consumer.list_topics(timeout=30).topics
+    consumer.assign(
+        [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(len(metadata[t].partitions))]
+    )
+    seen: set[str] = set()
+    last: dict[tuple[str, int, bytes], int] = {}
+    messages = out_of_order = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < len(position) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            messages += 1
+            ce_id = next((v.decode() for k, v in message.headers() or [] if k == "ce_id" and v), "")
+            if ce_id not in position or ce_id in seen:
+                continue  # a republication (after a takeover): consumers skip it
+            seen.add(ce_id)
+            where = (message.topic(), message.partition(), message.key() or b"")
+            if position[ce_id] < last.get(where, 0):
+                out_of_order += 1
+            last[where] = position[ce_id]
+    finally:
+        consumer.close()
+    return {
+        "stored": len(position),
+        "lost": len(position) - len(seen),
+        "out_of_order": out_of_order,
+        "republished": messages - len(seen),
+    }
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else None
+
+
+def sagas(store: EventStore) -> tuple[dict[str, float], dict[str, float]]:
+    """Each order's creation and end time (seconds since the epoch), from the store."""
+    created: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for event in store.read_all():
+        if event.event_type == "OrderCreated":
+            created[event.aggregate_id] = event.recorded_at.timestamp()
+        elif event.event_type in TERMINAL:
+            ended[event.aggregate_id] = event.recorded_at.timestamp()
+    return created, ended
+
+
+def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool, timeout: float) -> dict[str, Any]:
+    data_dir = Path(tempfile.mkdtemp(prefix="eventlab-replicas-"))
+    offset = free_offset()
+    env = {k: v for k, v in os.environ.items() if k != "EVENTLAB_DATA_DIR"}
+    env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
+    settings = Settings.from_env(env)
+    spec = ",".join(f"{name}={count}" for name, count in replicas.items())
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0", "--replicas", spec],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(up.stdout or []), daemon=True).start()
+    result: dict[str, Any] = {"orders": orders, "rate": rate, "replicas": spec}
+    store: EventStore | None = None
+    try:
+        ports = {
+            (name if k == 0 else f"{name}.{k}"): settings.port(name, k)
+            for name in SERVICE_NAMES
+            for k in range(replicas.get(name, 1))
+        }
+        started = time.monotonic()
+        for port in ports.values():
+            wait_until(lambda port=port: healthy(port), timeout=300)
+        result["start_s"] = round(time.monotonic() - started, 1)
+        store = open_store(settings)
+        users = [f"U{i:02d}" for i in range(10)]
+        products = [f"P{i:02d}" for i in range(20)]
+        for user in users:
+            http(
+                ports["user"], "POST", "/users", {"user_id": user, "name": user, "email": f"{user.lower()}@example.com"}
+            )
+        for product in products:
+            http(
+                ports["product"],
+                "POST",
+                "/products",
+                {"product_id": product, "name": product, "price_cents": 500, "initial_stock": 1_000_000},
+            )
+        order_ports = [ports[name] for name in ports if name.split(".")[0] == "order"]
+        # inventory stocked every product before the first order (else it would be out of stock)
+        wait_until(
+            lambda: healthy(ports["inventory"]) or {},
+            timeout=120,
+            until=lambda h: h.get("lag") == 0 and (h.get("handled") or 0) >= len(products),
+        )
+
+        def place(n: int) -> str:
+            line = {"product_id": products[n % len(products)], "quantity": 1}
+            body = {"user_id": users[n % len(users)], "lines": [line]}
+            order_id: str = http(order_ports[n % len(order_ports)], "POST", "/orders", body)["order_id"]
+            return order_id
+
+        wait_until(lambda: _placed_first(place), timeout=60)
+        killed: dict[str, float | int] = {}
+        begun = time.monotonic()
+        for n in range(1, orders):
+            time.sleep(max(0.0, begun + n / rate - time.monotonic()))
+            place(n)
+            if kill_relay and n == orders // 2:
+                killed = kill_active_relay(settings, store)
+        result["placed_s"] = round(time.monotonic() - begun, 1)
+        wait_until(lambda: len(sagas(store)[1]) >= orders, timeout=timeout)
+        result.update(killed)
+        created, ended = sagas(store)
+        latencies = [ended[o] - created[o] for o in ended if o in created]
+        result["terminal"], result["stuck"] = len(ended), len(set(created) - set(ended))
+        result["completed"] = sum(1 for e in store.read_all() if e.event_type == "OrderCompleted")
+        result["p50_ms"] = round(1000 * (percentile(latencies, 0.5) or 0), 1)
+        result["p99_ms"] = round(1000 * (percentile(latencies, 0.99) or 0), 1)
+        result["health"] = {
+            name: {k: answer.get(k) for k in ("replica", "replicas", "port", "handled_here", "pid")}
+            for name, port in ports.items()
+            if (answer := healthy(port))
+        }
+        result["kafka"] = kafka_check(settings.with_bootstrap(_bootstrap(output, settings)), store)
+    except BaseException:
+        print("".join(output[-60:]), file=sys.stderr)  # what 'eventlab up' said, for the failure
+        raise
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(120)
+    assert store is not None
+    report = audit(store, grace=timedelta(0), mailbox=data_dir / MAILBOX)
+    result["audit_ok"] = report.ok
+    result["audit_failed"] = [name for name in report if not report[name].ok]
+    store.close()
+    result["load"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _placed_first(place: Any) -> bool:
+    try:
+        place(0)
+    except urllib.error.HTTPError:
+        return False
+    return True
+
+
+def _bootstrap(output: list[str], settings: Settings) -> str:
+    """The broker the shop runs on: the external one, else the embedded one ``up`` printed."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    for line in output:
+        if line.startswith("eventlab: broker "):
+            return line.split()[2].rstrip(",")
+    raise RuntimeError("'eventlab up' did not say where its broker is")
+
+
+def kill_active_relay(settings: Settings, store: EventStore) -> dict[str, float | int]:
+    """``kill -9`` the relay holding the lease; measure how long until another one holds it."""
+    pid = wait_until(lambda: relay_holder(settings, store), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    new = wait_until(lambda: relay_holder(settings, store), timeout=60, until=lambda holder: holder not in (None, pid))
+    return {"killed_relay_pid": pid, "new_relay_pid": new, "takeover_s": round(time.monotonic() - killed_at, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=50.0, help="orders per second")
+    parser.add_argument("--replicas", type=parse_replicas, default=parse_replicas("inventory=3,relay=2"))
+    parser.add_argument("--no-kill", action="store_true", help="do not kill the active relay mid-run")
+    parser.add_argument("--timeout", type=float, default=300.0, help="longest wait for the last saga")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(args.orders, args.rate, args.replicas, not args.no_kill, args.timeout)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        rows = [(key, json.dumps(value)) for key, value in result.items() if key != "health"]
+        rows += [(f"health {name}", json.dumps(value)) for name, value in result["health"].items()]
+        print(text_rows(rows))
+    ok = (
+        result["stuck"] == 0
+        and result["audit_ok"]
+        and not result["kafka"]["lost"]
+        and not result["kafka"]["out_of_order"]
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
