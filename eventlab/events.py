@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "EVENT_TYPES",
     "TOPICS",
+    "CustomerRecorded",
     "EmailRequested",
     "EmailSent",
     "Event",
@@ -24,7 +25,9 @@ __all__ = [
     "PaymentCompleted",
     "PaymentRefunded",
     "PaymentVoided",
+    "PriceRecorded",
     "ProductCreated",
+    "RecipientRecorded",
     "ReservationConfirmed",
     "ReservationRejected",
     "ReservationVoided",
@@ -149,6 +152,25 @@ class OrderCompleted(_OrderEvent):
     lines: tuple[OrderLine, ...]
 
 
+class CustomerRecorded(Event):
+    """Order heard of a registered customer (its own copy of ``UserCreated``: orders name known users)."""
+
+    aggregate_type: ClassVar[str] = "order_customer"
+    id_field: ClassVar[str] = "user_id"
+    topic: ClassVar[str] = "order.customer.recorded"
+    user_id: str
+
+
+class PriceRecorded(Event):
+    """Order heard of a product's price (its own copy of ``ProductCreated``: orders are priced from it)."""
+
+    aggregate_type: ClassVar[str] = "order_price"
+    id_field: ClassVar[str] = "product_id"
+    topic: ClassVar[str] = "order.price.recorded"
+    product_id: str
+    price_cents: int = Field(ge=0)
+
+
 class _StockEvent(Event):
     aggregate_type: ClassVar[str] = "stock"
     id_field: ClassVar[str] = "product_id"
@@ -260,6 +282,16 @@ class EmailSent(_EmailEvent):
     topic: ClassVar[str] = "notification.email.sent"
 
 
+class RecipientRecorded(Event):
+    """Notification heard of a customer's email address (its own copy of ``UserCreated``)."""
+
+    aggregate_type: ClassVar[str] = "notification_recipient"
+    id_field: ClassVar[str] = "user_id"
+    topic: ClassVar[str] = "notification.recipient.recorded"
+    user_id: str
+    email: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -281,6 +313,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReservationVoided,
         PaymentVoided,
         PaymentRefunded,
+        CustomerRecorded,
+        PriceRecorded,
+        RecipientRecorded,
     )
 }
 

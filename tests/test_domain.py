@@ -30,11 +30,11 @@ from eventlab.events import (
     StockSold,
     UserCreated,
 )
-from eventlab.services import inventory, notification, order, payment, product, user
+from eventlab.services import inventory, notification, order, payment, user
 
 ADA = UserCreated(user_id="U001", name="Ada Lovelace", email="ada@example.com")
-KEYBOARD = product.Product("P001", "Keyboard", 8900)
-MOUSE = product.Product("P002", "Mouse", 2499)
+KEYBOARD = order.Price("P001", 8900)
+MOUSE = order.Price("P002", 2499)
 LINES = (
     OrderLine(product_id="P001", quantity=1, unit_price_cents=8900),
     OrderLine(product_id="P002", quantity=2, unit_price_cents=2499),
@@ -66,7 +66,7 @@ def test_a_product_carries_its_initial_stock_to_inventory():
 # --- placing an order ------------------------------------------------------------------------
 
 
-ADA_STATE = user.User("U001", "Ada", "ada@example.com")
+ADA_STATE = order.Customer("U001")
 
 
 def place(lines, customer=ADA_STATE, catalogue=None):
@@ -268,11 +268,14 @@ def test_a_gateway_outage_fails_the_payment_and_opens_the_breaker():
 
 def test_order_events_become_one_email_each_then_sent():
     confirmed = OrderConfirmed(order_id="O-1", user_id="U001", total_cents=13898)
-    ada = fold(user.evolve, [ADA])
-    [requested] = notification.decide(confirmed, {("notification", "O-1"): None, ("user", "U001"): ada})
+    [recorded] = notification.decide(ADA, {("notification_recipient", "U001"): None})
+    ada = fold(notification.evolve_recipient, [recorded])
+    [requested] = notification.decide(
+        confirmed, {("notification", "O-1"): None, ("notification_recipient", "U001"): ada}
+    )
     assert (requested.kind, requested.to) == ("order_confirmed", "ada@example.com")
     box = fold(notification.evolve, [requested])
-    assert notification.decide(confirmed, {("notification", "O-1"): box, ("user", "U001"): ada}) == []
+    assert notification.decide(confirmed, {("notification", "O-1"): box, ("notification_recipient", "U001"): ada}) == []
     assert notification.decide(requested, {("notification", "O-1"): box}) == [
         EmailSent(order_id="O-1", kind="order_confirmed", to="ada@example.com")
     ]
@@ -317,10 +320,11 @@ def test_a_duplicated_order_completed_sells_nothing_more():
 
 def test_a_duplicated_order_event_requests_no_second_email():
     completed = OrderCompleted(order_id="O-1", user_id="U001", total_cents=13898, lines=LINES)
-    ada = fold(user.evolve, [ADA])
-    [requested] = notification.decide(completed, {("notification", "O-1"): None, ("user", "U001"): ada})
+    ada = notification.Recipient("U001", "ada@example.com")
+    states = {("notification", "O-1"): None, ("notification_recipient", "U001"): ada}
+    [requested] = notification.decide(completed, states)
     box = fold(notification.evolve, [requested])
-    assert notification.decide(completed, {("notification", "O-1"): box, ("user", "U001"): ada}) == []
+    assert notification.decide(completed, {**states, ("notification", "O-1"): box}) == []
 
 
 def test_the_order_saga_ignores_answers_for_a_finished_order():

@@ -4,6 +4,10 @@ Order events become ``EmailRequested``; the service's own consumer of those comm
 hands them to a mailer (:class:`eventlab.adapters.mailer.FileMailer` by default) and records
 ``EmailSent``. The mailer is idempotent per order and kind, so a request handled again after a
 kill or a rolled-back batch is recorded as sent without a second email.
+
+Notification owns its data: the address an email goes to comes from its own copy of the
+customers' emails (``RecipientRecorded``, recorded as it consumes ``UserCreated``), never from the
+User service's streams.
 """
 
 from __future__ import annotations
@@ -11,11 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventlab.events import EmailKind, EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
-from eventlab.services import user
+from eventlab.events import (
+    EmailKind,
+    EmailRequested,
+    EmailSent,
+    Event,
+    OrderCancelled,
+    OrderCompleted,
+    OrderConfirmed,
+    RecipientRecorded,
+    UserCreated,
+)
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
-__all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
+__all__ = ["Mailbox", "Mailer", "Recipient", "decide", "evolve", "evolve_recipient", "service"]
 
 #: Delivers an email at most once per order and kind (returns whether it delivered it now).
 Mailer = Callable[[EmailRequested], object]
@@ -50,17 +63,38 @@ def evolve(state: Mailbox | None, event: Event) -> Mailbox:
     return box
 
 
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A customer's email address as Notification recorded it (from ``UserCreated``)."""
+
+    user_id: str
+    email: str
+
+
+def evolve_recipient(state: Recipient | None, event: Event) -> Recipient | None:
+    match event:
+        case RecipientRecorded():
+            return Recipient(event.user_id, event.email)
+    return state
+
+
 def streams(event: Event) -> list[StreamKey]:
     match event:
         case EmailRequested():
             return [("notification", event.order_id)]
         case OrderConfirmed() | OrderCompleted() | OrderCancelled():
-            return [("notification", event.order_id), ("user", event.user_id)]
+            return [("notification", event.order_id), ("notification_recipient", event.user_id)]
+        case UserCreated():
+            return [("notification_recipient", event.user_id)]
     return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """Request one email per order event kind; record a requested email as sent."""
+    """Keep the customers' addresses; request one email per order event kind; record a requested
+    email as sent."""
+    if isinstance(event, UserCreated):
+        known = state_of(states, ("notification_recipient", event.user_id), Recipient)
+        return [] if known else [RecipientRecorded(user_id=event.user_id, email=event.email)]
     if not isinstance(event, EmailRequested | OrderConfirmed | OrderCompleted | OrderCancelled):
         return []
     box = state_of(states, ("notification", event.order_id), Mailbox) or Mailbox()
@@ -69,7 +103,7 @@ def decide(event: Event, states: States) -> list[Event]:
             return []
         return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
     kind = _KINDS[type(event)]
-    customer = state_of(states, ("user", event.user_id), user.User)
+    customer = state_of(states, ("notification_recipient", event.user_id), Recipient)
     if kind in box.requested or customer is None:
         return []  # one email per kind: a duplicated order event requests nothing
     subject = _SUBJECTS[kind].format(order_id=event.order_id)
@@ -87,8 +121,8 @@ def service(mailer: Mailer) -> Service:
 
     return Service(
         name="notification",
-        subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested),
-        evolvers={"notification": evolve, "user": user.evolve},
+        subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested, UserCreated),
+        evolvers={"notification": evolve, "notification_recipient": evolve_recipient},
         streams=streams,
         handle=handle,
     )

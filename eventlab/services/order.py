@@ -4,6 +4,11 @@ The saga (the seed's ``OrderSagaOrchestrator``) is :func:`decide`: Inventory's a
 cancels the order; Payment's answer completes it or cancels it, and the cancellation makes
 Inventory release the stock (compensation). A step that misses its deadline ends the saga too:
 :func:`time_out` cancels with reason ``timeout`` (the sweeper in :mod:`.deadlines` decides when).
+
+Order owns its data: it never reads the User or Product service's streams. It keeps its own copy
+of what placing an order needs — which customers exist (``CustomerRecorded``) and each product's
+price (``PriceRecorded``) — recorded by :func:`decide` as it consumes ``UserCreated`` and
+``ProductCreated``. An order for a user or product Order has not heard of yet is rejected.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Literal
 from eventlab.commands import PlaceOrder
 from eventlab.errors import NotFound
 from eventlab.events import (
+    CustomerRecorded,
     Event,
     OrderCancelled,
     OrderCompleted,
@@ -22,13 +28,28 @@ from eventlab.events import (
     OrderCreated,
     OrderLine,
     PaymentCompleted,
+    PriceRecorded,
+    ProductCreated,
     ReservationConfirmed,
     ReservationRejected,
+    UserCreated,
 )
-from eventlab.services import product, user
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
-__all__ = ["SERVICE", "TERMINAL", "Order", "OrderStatus", "decide", "evolve", "place", "time_out"]
+__all__ = [
+    "SERVICE",
+    "TERMINAL",
+    "Customer",
+    "Order",
+    "OrderStatus",
+    "Price",
+    "decide",
+    "evolve",
+    "evolve_customer",
+    "evolve_price",
+    "place",
+    "time_out",
+]
 
 OrderStatus = Literal["created", "confirmed", "completed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled"})
@@ -61,20 +82,53 @@ def evolve(state: Order | None, event: Event) -> Order | None:
     return state
 
 
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer Order has heard of (from ``UserCreated``)."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A product's price as Order recorded it (from ``ProductCreated``)."""
+
+    product_id: str
+    price_cents: int
+
+
+def evolve_customer(state: Customer | None, event: Event) -> Customer | None:
+    match event:
+        case CustomerRecorded():
+            return Customer(event.user_id)
+    return state
+
+
+def evolve_price(state: Price | None, event: Event) -> Price | None:
+    match event:
+        case PriceRecorded():
+            return Price(event.product_id, event.price_cents)
+    return state
+
+
 def place(
     command: PlaceOrder,
     order_id: str,
-    customer: user.User | None,
-    catalogue: Mapping[str, product.Product | None],
+    customer: Customer | None,
+    prices: Mapping[str, Price | None],
 ) -> list[Event]:
-    """Decide on a new order: the user and every product must exist; prices come from the catalogue."""
+    """Decide on a new order from Order's own copies: the user and every product must be known to
+    Order (registered, and heard of through Kafka); prices come from Order's price list."""
     if customer is None:
-        raise NotFound("user_id", f"unknown user {command.user_id}")
+        raise NotFound("user_id", f"unknown user {command.user_id} (the order service has not heard of it)")
     lines = []
     for index, request in enumerate(command.lines):
-        item = catalogue.get(request.product_id)
+        item = prices.get(request.product_id)
         if item is None:
-            raise NotFound(f"lines.{index}.product_id", f"unknown product {request.product_id}")
+            raise NotFound(
+                f"lines.{index}.product_id",
+                f"unknown product {request.product_id} (the order service has not heard of it)",
+            )
         lines.append(
             OrderLine(product_id=item.product_id, quantity=request.quantity, unit_price_cents=item.price_cents)
         )
@@ -86,11 +140,22 @@ def streams(event: Event) -> list[StreamKey]:
     match event:
         case ReservationConfirmed() | ReservationRejected() | PaymentCompleted():
             return [("order", event.order_id)]
+        case UserCreated():
+            return [("order_customer", event.user_id)]
+        case ProductCreated():
+            return [("order_price", event.product_id)]
     return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """The saga: react to Inventory's and Payment's answers."""
+    """The saga: react to Inventory's and Payment's answers; keep Order's copy of customers and prices."""
+    match event:
+        case UserCreated():
+            known = state_of(states, ("order_customer", event.user_id), Customer)
+            return [] if known else [CustomerRecorded(user_id=event.user_id)]
+        case ProductCreated():
+            price = state_of(states, ("order_price", event.product_id), Price)
+            return [] if price else [PriceRecorded(product_id=event.product_id, price_cents=event.price_cents)]
     if not isinstance(event, ReservationConfirmed | ReservationRejected | PaymentCompleted):
         return []
     order = state_of(states, ("order", event.order_id), Order)
@@ -123,8 +188,8 @@ def time_out(order: Order | None, waiting_at: OrderStatus, detail: str) -> list[
 
 SERVICE = Service(
     name="order",
-    subscriptions=(ReservationConfirmed, ReservationRejected, PaymentCompleted),
-    evolvers={"order": evolve, "user": user.evolve, "product": product.evolve},
+    subscriptions=(ReservationConfirmed, ReservationRejected, PaymentCompleted, UserCreated, ProductCreated),
+    evolvers={"order": evolve, "order_customer": evolve_customer, "order_price": evolve_price},
     streams=streams,
     handle=decide,
 )
