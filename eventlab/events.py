@@ -27,7 +27,6 @@ __all__ = [
     "PaymentVoided",
     "PriceRecorded",
     "ProductCreated",
-    "RecipientRecorded",
     "ReservationConfirmed",
     "ReservationRejected",
     "ReservationVoided",
@@ -109,8 +108,14 @@ class _ByOrder(Event):
 
 
 class _OrderEvent(_ByOrder):
+    """An event of an order's own stream. It carries the customer's ``email`` (event-carried state,
+    from Order's copy of the customer) so that Notification mails without ever reading the users:
+    topics are not ordered with each other, so a copy of its own could still lack the address
+    when the order's events arrive. None only on events recorded before it was carried."""
+
     aggregate_type: ClassVar[str] = "order"
     user_id: str
+    email: str | None = None
 
 
 class OrderCreated(_OrderEvent):
@@ -153,12 +158,14 @@ class OrderCompleted(_OrderEvent):
 
 
 class CustomerRecorded(Event):
-    """Order heard of a registered customer (its own copy of ``UserCreated``: orders name known users)."""
+    """Order heard of a registered customer (its own copy of ``UserCreated``): orders name known
+    users, and their events carry the customer's ``email`` on to Notification."""
 
     aggregate_type: ClassVar[str] = "order_customer"
     id_field: ClassVar[str] = "user_id"
     topic: ClassVar[str] = "order.customer.recorded"
     user_id: str
+    email: str
 
 
 class PriceRecorded(Event):
@@ -282,16 +289,6 @@ class EmailSent(_EmailEvent):
     topic: ClassVar[str] = "notification.email.sent"
 
 
-class RecipientRecorded(Event):
-    """Notification heard of a customer's email address (its own copy of ``UserCreated``)."""
-
-    aggregate_type: ClassVar[str] = "notification_recipient"
-    id_field: ClassVar[str] = "user_id"
-    topic: ClassVar[str] = "notification.recipient.recorded"
-    user_id: str
-    email: str
-
-
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -315,7 +312,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PaymentRefunded,
         CustomerRecorded,
         PriceRecorded,
-        RecipientRecorded,
     )
 }
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 #: The services that keep their own copy of users and products (a command may depend on it).
-_KEEPS_COPIES: frozenset[str] = frozenset({"order", "notification"})
+_KEEPS_COPIES: frozenset[str] = frozenset({"order"})
 
 #: Opens the event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
 StoreFactory = Callable[[Settings], EventStore]
@@ -244,8 +244,8 @@ class Shop:
     # --- commands --------------------------------------------------------------------------
 
     def register_user(self, user_id: str, name: str, email: str) -> UserCreated:
-        """Register a customer (see :class:`eventlab.commands.RegisterUser`) and wait until the
-        services keeping their own copy (Order, Notification) have recorded it, so an order may follow."""
+        """Register a customer (see :class:`eventlab.commands.RegisterUser`) and wait until Order
+        has recorded its own copy, so an order may follow."""
         created = self._commands().register_user(user_id=user_id, name=name, email=email)
         self._wait_recorded(created)
         return created

@@ -1,27 +1,38 @@
 """Services own their data: no service reads another service's streams.
 
-Order keeps its own copy of the customers and prices it needs, Notification of the customers'
-email addresses, each recorded from the ``UserCreated`` and ``ProductCreated`` events it consumes.
+Order keeps its own copy of the customers (with their email) and prices it needs, recorded from the
+``UserCreated`` and ``ProductCreated`` events it consumes. Notification keeps no copy: the order's
+events carry the email (Order knew it when it accepted the order), so an order's events reaching
+Notification before the ``UserCreated`` — topics are not ordered with each other — lose no email.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from conftest import unique
 
 from eventlab.adapters import FileMailer, SimulatedGateway
+from eventlab.adapters.mailer import MAILBOX
 from eventlab.application import Commands
 from eventlab.bootstrap import build_services
+from eventlab.commands import PlaceOrder
 from eventlab.errors import NotFound
 from eventlab.events import (
     EVENT_TYPES,
     CustomerRecorded,
     Event,
+    OrderCancelled,
+    OrderCompleted,
     OrderConfirmed,
+    OrderCreated,
     OrderLine,
+    PaymentCompleted,
     PriceRecorded,
     ProductCreated,
-    RecipientRecorded,
+    ReservationConfirmed,
+    ReservationRejected,
     UserCreated,
 )
 from eventlab.services import notification, order
@@ -139,36 +150,114 @@ def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
 def test_order_records_each_customer_and_price_once():
     ada = UserCreated(user_id="U1", name="Ada", email="ada@example.com")
     pen = ProductCreated(product_id="P1", name="Pen", price_cents=250, initial_stock=0)
-    assert order.decide(ada, {("order_customer", "U1"): None}) == [CustomerRecorded(user_id="U1")]
-    assert order.decide(ada, {("order_customer", "U1"): order.Customer("U1")}) == []
+    assert order.decide(ada, {("order_customer", "U1"): None}) == [
+        CustomerRecorded(user_id="U1", email="ada@example.com")
+    ]
+    assert order.decide(ada, {("order_customer", "U1"): order.Customer("U1", "ada@example.com")}) == []
     assert order.decide(pen, {("order_price", "P1"): None}) == [PriceRecorded(product_id="P1", price_cents=250)]
     assert order.decide(pen, {("order_price", "P1"): order.Price("P1", 250)}) == []
 
 
-def test_notification_emails_the_address_it_recorded():
-    ada = UserCreated(user_id="U1", name="Ada", email="ada@example.com")
-    [recorded] = notification.decide(ada, {("notification_recipient", "U1"): None})
-    assert recorded == RecipientRecorded(user_id="U1", email="ada@example.com")
-    recipient = notification.evolve_recipient(None, recorded)
-    assert notification.decide(ada, {("notification_recipient", "U1"): recipient}) == []
-    confirmed = OrderConfirmed(order_id="O-1", user_id="U1", total_cents=100)
-    states = {("notification", "O-1"): None, ("notification_recipient", "U1"): recipient}
-    [requested] = notification.decide(confirmed, states)
-    assert requested.to == "ada@example.com"
+# --- the email travels with the order (event-carried state) --------------------------------
+
+
+def test_every_order_event_order_decides_carries_the_customers_email():
+    # given Order's copy of Ada (recorded from her UserCreated) and its price list
+    ada = order.evolve_customer(None, CustomerRecorded(user_id="U1", email="ada@example.com"))
+    pen = order.Price("P1", 250)
+    # when she places an order, then OrderCreated carries her email
+    [created] = order.place(
+        PlaceOrder(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}]), "O-1", ada, {"P1": pen}
+    )
+    assert isinstance(created, OrderCreated) and created.email == "ada@example.com"
+    placed = {("order", "O-1"): order.evolve(None, created)}
+    confirmed = order.decide(ReservationConfirmed(order_id="O-1", lines=created.lines), placed)
+    rejected = order.decide(ReservationRejected(order_id="O-1", product_id="P1", requested=2, available=0), placed)
+    paying = {("order", "O-1"): order.evolve(placed[("order", "O-1")], confirmed[0])}
+    paid = order.decide(PaymentCompleted(order_id="O-1", amount_cents=500, status="COMPLETED"), paying)
+    declined = order.decide(PaymentCompleted(order_id="O-1", amount_cents=500, status="FAILED"), paying)
+    timed_out = order.time_out(paying[("order", "O-1")], "confirmed", "late")
+    # then so does every event Notification reacts to, whichever way the saga ends
+    decided = [*confirmed, *rejected, *paid, *declined, *timed_out]
+    assert [type(e) for e in decided] == [
+        OrderConfirmed,
+        OrderCancelled,
+        OrderCompleted,
+        OrderCancelled,
+        OrderCancelled,
+    ]
+    assert {e.email for e in decided if isinstance(e, OrderConfirmed | OrderCompleted | OrderCancelled)} == {
+        "ada@example.com"
+    }
+
+
+def test_notification_emails_the_address_the_order_event_carries_with_no_user_state():
+    # given Notification has never heard of user U1 (it has no copy of the users at all)
+    assert {kind for kind, _ in notification.streams(OrderConfirmed(order_id="O-1", user_id="U1", total_cents=1))} == {
+        "notification"
+    }
+    # when O-1's confirmation arrives carrying the email, then one email is requested to that address
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U1", email="ada@example.com", total_cents=100)
+    [requested] = notification.decide(confirmed, {("notification", "O-1"): None})
+    assert (requested.kind, requested.to) == ("order_confirmed", "ada@example.com")
+    # and the same event again requests nothing more
+    box = notification.evolve(None, requested)
+    assert notification.decide(confirmed, {("notification", "O-1"): box}) == []
+
+
+def test_an_order_event_recorded_before_emails_were_carried_requests_nothing():
+    # given an OrderConfirmed stored by an eventlab that did not carry the email yet
+    legacy = OrderConfirmed.model_validate({"order_id": "O-1", "user_id": "U1", "total_cents": 100})
+    # then Notification has no address and requests no email (rather than reading the users)
+    assert legacy.email is None
+    assert notification.decide(legacy, {("notification", "O-1"): None}) == []
 
 
 @pytest.mark.integration
 def test_a_registered_user_can_order_at_once_through_the_shop(shop, make_product):
-    # given a user registered through the shop (which waits until Order and Notification recorded it)
+    # given a user registered through the shop (which waits until Order recorded its copy)
     user_id = unique("U")
     shop.register_user(user_id, "Ada", f"{user_id.lower()}@example.com")
     product_id = make_product(stock=3, price_cents=700)
-    # then both services hold their own copy
-    assert [e.event_type for e in shop.store.read_stream("order_customer", user_id)] == ["CustomerRecorded"]
-    assert [e.event_type for e in shop.store.read_stream("notification_recipient", user_id)] == ["RecipientRecorded"]
-    # and an order placed right away completes, emailing the recorded address
+    # then Order holds its own copy, email included
+    [recorded] = shop.store.read_stream("order_customer", user_id)
+    assert recorded.event == CustomerRecorded(user_id=user_id, email=f"{user_id.lower()}@example.com")
+    # and an order placed right away completes, emailing that address
     view = shop.wait(shop.place_order(user_id, {product_id: 1}))
     assert (view.status, view.total_cents) == ("completed", 700)
     shop.wait_idle()
     emails = [e.event for e in shop.store.read_stream("notification", view.order_id)]
     assert {e.to for e in emails} == {f"{user_id.lower()}@example.com"}
+
+
+def emails_of(shop, order_id: str) -> list[tuple[str, str]]:
+    """(kind, to) of each email about ``order_id`` in the shop's mailbox, as delivered."""
+    lines = [json.loads(line) for line in (shop.settings.data_dir / MAILBOX).read_text().splitlines()]
+    return sorted((line["kind"], line["to"]) for line in lines if line["order_id"] == order_id)
+
+
+@pytest.mark.integration
+def test_order_events_that_reach_notification_before_the_user_event_still_send_each_email_once(shop, make_product):
+    # given Order has recorded its copy of a customer whose UserCreated is not even published yet
+    # (Notification sees the order's events first: topics are not ordered with each other)
+    user_id = unique("U")
+    email = f"{user_id.lower()}@example.com"
+    late = UserCreated(user_id=user_id, name="Late Lovelace", email=email)
+    consume(shop.store, order.SERVICE, late, f"evt-{user_id}")
+    product_id = make_product(stock=3, price_cents=300)
+    # when an order is placed, and its saga runs through Kafka to the end
+    view = shop.wait(shop.place_order(user_id, {product_id: 1}))
+    assert view.status == "completed"
+    shop.wait_idle()
+    # then Notification emailed the customer once per order event, with no user event anywhere
+    assert shop.store.read_stream("user", user_id) == []
+    expected = [("order_completed", email), ("order_confirmed", email)]
+    assert emails_of(shop, view.order_id) == expected
+    # when the UserCreated finally arrives (the user service records it; the relay publishes it)
+    shop.register_user(user_id, late.name, email)
+    shop.wait_idle()
+    # then nothing is sent again and Order's copy is not recorded twice
+    assert emails_of(shop, view.order_id) == expected
+    sent = [e.event for e in shop.store.read_stream("notification", view.order_id) if e.event_type == "EmailSent"]
+    assert sorted((e.kind, e.to) for e in sent) == expected
+    assert [e.event_type for e in shop.store.read_stream("order_customer", user_id)] == ["CustomerRecorded"]

@@ -5,9 +5,11 @@ hands them to a mailer (:class:`eventlab.adapters.mailer.FileMailer` by default)
 ``EmailSent``. The mailer is idempotent per order and kind, so a request handled again after a
 kill or a rolled-back batch is recorded as sent without a second email.
 
-Notification owns its data: the address an email goes to comes from its own copy of the
-customers' emails (``RecipientRecorded``, recorded as it consumes ``UserCreated``), never from the
-User service's streams.
+Notification reads no other service's streams and keeps no copy of the users: the address an
+email goes to travels in the order's events (event-carried state: Order knew the customer, email
+included, before it accepted the order). Topics are not ordered with each other, so a copy built
+from ``UserCreated`` could still lack an address when the order's events arrive — the email would
+wait or be lost; carried in the event, it is there whenever the event is.
 """
 
 from __future__ import annotations
@@ -15,20 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventlab.events import (
-    EmailKind,
-    EmailRequested,
-    EmailSent,
-    Event,
-    OrderCancelled,
-    OrderCompleted,
-    OrderConfirmed,
-    RecipientRecorded,
-    UserCreated,
-)
+from eventlab.events import EmailKind, EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
-__all__ = ["Mailbox", "Mailer", "Recipient", "decide", "evolve", "evolve_recipient", "service"]
+__all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
 
 #: Delivers an email at most once per order and kind (returns whether it delivered it now).
 Mailer = Callable[[EmailRequested], object]
@@ -63,38 +55,16 @@ def evolve(state: Mailbox | None, event: Event) -> Mailbox:
     return box
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A customer's email address as Notification recorded it (from ``UserCreated``)."""
-
-    user_id: str
-    email: str
-
-
-def evolve_recipient(state: Recipient | None, event: Event) -> Recipient | None:
-    match event:
-        case RecipientRecorded():
-            return Recipient(event.user_id, event.email)
-    return state
-
-
 def streams(event: Event) -> list[StreamKey]:
     match event:
-        case EmailRequested():
+        case EmailRequested() | OrderConfirmed() | OrderCompleted() | OrderCancelled():
             return [("notification", event.order_id)]
-        case OrderConfirmed() | OrderCompleted() | OrderCancelled():
-            return [("notification", event.order_id), ("notification_recipient", event.user_id)]
-        case UserCreated():
-            return [("notification_recipient", event.user_id)]
     return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """Keep the customers' addresses; request one email per order event kind; record a requested
-    email as sent."""
-    if isinstance(event, UserCreated):
-        known = state_of(states, ("notification_recipient", event.user_id), Recipient)
-        return [] if known else [RecipientRecorded(user_id=event.user_id, email=event.email)]
+    """Request one email per order event kind, to the address the event carries; record a
+    requested email as sent."""
     if not isinstance(event, EmailRequested | OrderConfirmed | OrderCompleted | OrderCancelled):
         return []
     box = state_of(states, ("notification", event.order_id), Mailbox) or Mailbox()
@@ -103,11 +73,10 @@ def decide(event: Event, states: States) -> list[Event]:
             return []
         return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
     kind = _KINDS[type(event)]
-    customer = state_of(states, ("notification_recipient", event.user_id), Recipient)
-    if kind in box.requested or customer is None:
-        return []  # one email per kind: a duplicated order event requests nothing
+    if kind in box.requested or event.email is None:
+        return []  # one email per kind: a duplicated order event requests nothing (None: recorded without one)
     subject = _SUBJECTS[kind].format(order_id=event.order_id)
-    return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]
+    return [EmailRequested(order_id=event.order_id, kind=kind, to=event.email, subject=subject)]
 
 
 def service(mailer: Mailer) -> Service:
@@ -121,8 +90,8 @@ def service(mailer: Mailer) -> Service:
 
     return Service(
         name="notification",
-        subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested, UserCreated),
-        evolvers={"notification": evolve, "notification_recipient": evolve_recipient},
+        subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested),
+        evolvers={"notification": evolve},
         streams=streams,
         handle=handle,
     )
