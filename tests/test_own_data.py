@@ -8,11 +8,14 @@ Notification before the ``UserCreated`` — topics are not ordered with each oth
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 from conftest import unique
 
+from eventlab import services
 from eventlab.adapters import FileMailer, SimulatedGateway
 from eventlab.adapters.mailer import MAILBOX
 from eventlab.application import Commands
@@ -57,30 +60,54 @@ def example(cls: type[Event]) -> Event:
 # --- structure: each service reads only streams it writes ----------------------------------
 
 
-def test_every_aggregate_type_belongs_to_exactly_one_service(tmp_path):
-    # given the six services as the shop wires them
-    services = six_services(tmp_path)
-    # then no aggregate type is folded by two services (no service reads another's streams) ...
-    owners: dict[str, list[str]] = {}
+def owners(services: dict[str, Service]) -> dict[str, list[str]]:
+    """Each aggregate type with the services that fold it (read its streams)."""
+    found: dict[str, list[str]] = {}
     for name, service in services.items():
         for aggregate_type in service.evolvers:
-            owners.setdefault(aggregate_type, []).append(name)
-    assert {kind: names for kind, names in owners.items() if len(names) > 1} == {}
+            found.setdefault(aggregate_type, []).append(name)
+    return found
+
+
+def test_every_aggregate_type_belongs_to_exactly_one_service(tmp_path):
+    # given the six services as the shop wires them
+    folded_by = owners(six_services(tmp_path))
+    # then no aggregate type is folded by two services (no service reads another's streams) ...
+    assert {kind: names for kind, names in folded_by.items() if len(names) > 1} == {}
     # ... and every event type's stream is owned by the one service that folds it
     for cls in EVENT_TYPES.values():
-        assert len(owners.get(cls.aggregate_type, [])) == 1, f"{cls.__name__}: {cls.aggregate_type} has no owner"
+        assert len(folded_by.get(cls.aggregate_type, [])) == 1, f"{cls.__name__}: {cls.aggregate_type} has no owner"
 
 
-def test_a_decision_reads_only_streams_of_its_own_service(tmp_path):
-    # given the six services
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
+def test_a_decision_on_any_event_reads_only_streams_of_its_own_service(tmp_path, cls):
+    # given the six services, and an event of any type (subscribed or not: a handler must not reach out)
     for name, service in six_services(tmp_path).items():
-        for cls in service.subscriptions:
-            # when a consumed event is decided on, then only the service's own aggregate types are read
-            read = {kind for kind, _ in service.streams(example(cls))}
-            assert read <= set(service.evolvers), f"{name} on {cls.__name__} reads {read - set(service.evolvers)}"
-            # and only events of those aggregate types are ever written there
-            own = {t.aggregate_type for t in EVENT_TYPES.values() if t.aggregate_type in service.evolvers}
-            assert read <= own
+        # when the service decides on it, then it reads only aggregate types it folds itself
+        read = {kind for kind, _ in service.streams(example(cls))}
+        assert read <= set(service.evolvers), f"{name} on {cls.__name__} reads {read - set(service.evolvers)}"
+        # and it reads at all only what it subscribes to
+        assert not read or cls in service.subscriptions, f"{name} reads streams for unsubscribed {cls.__name__}"
+
+
+SERVICE_MODULES = ("user", "product", "order", "payment", "inventory", "notification")
+
+
+@pytest.mark.parametrize("module", SERVICE_MODULES)
+def test_a_service_module_imports_no_other_service(module):
+    # given a service's pure core
+    tree = ast.parse((Path(services.__file__).parent / f"{module}.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {
+        f"eventlab.services.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "eventlab.services"
+        for alias in node.names
+    }
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    # then it borrows no other service's state or fold (only the shared runtime)
+    others = {f"eventlab.services.{name}" for name in SERVICE_MODULES if name != module}
+    assert imported & others == set()
 
 
 def test_placing_an_order_reads_only_orders_own_state(tmp_path):
@@ -261,3 +288,20 @@ def test_order_events_that_reach_notification_before_the_user_event_still_send_e
     sent = [e.event for e in shop.store.read_stream("notification", view.order_id) if e.event_type == "EmailSent"]
     assert sorted((e.kind, e.to) for e in sent) == expected
     assert [e.event_type for e in shop.store.read_stream("order_customer", user_id)] == ["CustomerRecorded"]
+
+
+@pytest.mark.integration
+def test_every_stored_event_was_written_by_the_service_owning_its_stream(shop, customer, make_product):
+    # given orders that complete and that are cancelled for lack of stock, run through Kafka
+    product_id = make_product(stock=1, price_cents=100)
+    done = [shop.wait(shop.place_order(customer, {product_id: 1})) for _ in range(2)]
+    assert sorted(view.status for view in done) == ["cancelled", "completed"]
+    shop.wait_idle()
+    # then every event in the store was written by the one service that folds its aggregate type:
+    # no service wrote (nor, as it writes only streams it read, read) another service's streams
+    folded_by = {kind: names[0] for kind, names in owners(shop.services).items()}
+    writers = {(stored.aggregate_type, stored.metadata["source"]) for stored in shop.store.read_all()}
+    assert {(kind, source) for kind, source in writers if folded_by[kind] != source} == set()
+    assert {"order_customer", "order_price", "order", "notification", "stock", "reservation", "payment"} <= {
+        kind for kind, _ in writers
+    }
