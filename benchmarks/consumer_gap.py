@@ -37,6 +37,7 @@ from pathlib import Path
 from eventlab import Settings
 from eventlab.application import Commands
 from eventlab.kafka.broker import EmbeddedBroker
+from eventlab.resilience import wait_until
 from eventlab.store import EventStore, open_store
 from eventlab.supervisor import Supervisor
 
@@ -89,6 +90,8 @@ def measure(session_ms: int, standby: bool, kills: int, rate: float, settle: flo
             commands = Commands(store)
             commands.register_user(user_id="GAP1", name="Gap", email="gap@example.com")
             commands.create_product(product_id="GAP-P1", name="Gap", price_cents=100, initial_stock=1_000_000)
+            copies = [("order_customer", "GAP1"), ("order_price", "GAP-P1")]  # Order's own, recorded via Kafka
+            wait_until(lambda: all(store.read_stream(*key) for key in copies), 120)
             threads.append(threading.Thread(target=place_orders, args=(settings, rate, stop), daemon=True))
             threads[-1].start()
             for service in CONSUMERS:  # every service is handling orders before the first kill

@@ -108,16 +108,23 @@ class Commands:
         )
 
     def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
-        """Place an order and return its id; the saga then runs through Kafka."""
+        """Place an order and return its id; the saga then runs through Kafka.
+
+        The user and products are checked against the Order service's own copies, which it records
+        when it consumes ``UserCreated`` and ``ProductCreated``: right after a registration, until
+        Order has heard of it, the order is rejected with :class:`~eventlab.errors.NotFound` naming
+        the field (:meth:`eventlab.Shop.register_user` waits for that).
+        """
         command = parse(PlaceOrder, _input(data, fields))
         order_id = self.new_id()
-        customer = ("user", command.user_id)
-        items = [("product", line.product_id) for line in command.lines]
+        # Order's own copies of the customer and the prices (never the User or Product streams)
+        customer = ("order_customer", command.user_id)
+        items = [("order_price", line.product_id) for line in command.lines]
         key = ("order", order_id)
 
         def decide(states: Mapping[tuple[str, str], Any]) -> list[Event]:
-            catalogue = {pid: states[("product", pid)] for _, pid in items}
-            return order.place(command, order_id, states[customer], catalogue)
+            prices = {pid: states[("order_price", pid)] for _, pid in items}
+            return order.place(command, order_id, states[customer], prices)
 
         execute(
             self.store,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "EVENT_TYPES",
     "TOPICS",
+    "CustomerRecorded",
     "EmailRequested",
     "EmailSent",
     "Event",
@@ -24,6 +25,7 @@ __all__ = [
     "PaymentCompleted",
     "PaymentRefunded",
     "PaymentVoided",
+    "PriceRecorded",
     "ProductCreated",
     "ReservationConfirmed",
     "ReservationRejected",
@@ -106,8 +108,14 @@ class _ByOrder(Event):
 
 
 class _OrderEvent(_ByOrder):
+    """An event of an order's own stream. It carries the customer's ``email`` (event-carried state,
+    from Order's copy of the customer) so that Notification mails without ever reading the users:
+    topics are not ordered with each other, so a copy of its own could still lack the address
+    when the order's events arrive. None only on events recorded before it was carried."""
+
     aggregate_type: ClassVar[str] = "order"
     user_id: str
+    email: str | None = None
 
 
 class OrderCreated(_OrderEvent):
@@ -147,6 +155,27 @@ class OrderCompleted(_OrderEvent):
     topic: ClassVar[str] = "order.lifecycle.completed"
     total_cents: int = Field(ge=0)
     lines: tuple[OrderLine, ...]
+
+
+class CustomerRecorded(Event):
+    """Order heard of a registered customer (its own copy of ``UserCreated``): orders name known
+    users, and their events carry the customer's ``email`` on to Notification."""
+
+    aggregate_type: ClassVar[str] = "order_customer"
+    id_field: ClassVar[str] = "user_id"
+    topic: ClassVar[str] = "order.customer.recorded"
+    user_id: str
+    email: str
+
+
+class PriceRecorded(Event):
+    """Order heard of a product's price (its own copy of ``ProductCreated``: orders are priced from it)."""
+
+    aggregate_type: ClassVar[str] = "order_price"
+    id_field: ClassVar[str] = "product_id"
+    topic: ClassVar[str] = "order.price.recorded"
+    product_id: str
+    price_cents: int = Field(ge=0)
 
 
 class _StockEvent(Event):
@@ -281,6 +310,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReservationVoided,
         PaymentVoided,
         PaymentRefunded,
+        CustomerRecorded,
+        PriceRecorded,
     )
 }
 

@@ -20,7 +20,7 @@ from eventlab.application import Commands, OrderView
 from eventlab.bootstrap import Wiring, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
-from eventlab.events import ProductCreated, UserCreated
+from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
 from eventlab.ids import new_id
@@ -41,6 +41,8 @@ __all__ = ["Shop", "ShopInfrastructure", "StoreFactory", "subscriptions"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+#: The services that keep their own copy of users and products (a command may depend on it).
+_KEEPS_COPIES: frozenset[str] = frozenset({"order"})
 
 #: Opens the event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
 StoreFactory = Callable[[Settings], EventStore]
@@ -242,14 +244,20 @@ class Shop:
     # --- commands --------------------------------------------------------------------------
 
     def register_user(self, user_id: str, name: str, email: str) -> UserCreated:
-        """Register a customer (see :class:`eventlab.commands.RegisterUser`)."""
-        return self._commands().register_user(user_id=user_id, name=name, email=email)
+        """Register a customer (see :class:`eventlab.commands.RegisterUser`) and wait until Order
+        has recorded its own copy, so an order may follow."""
+        created = self._commands().register_user(user_id=user_id, name=name, email=email)
+        self._wait_recorded(created)
+        return created
 
     def create_product(self, product_id: str, name: str, price_cents: int, initial_stock: int = 0) -> ProductCreated:
-        """Add a product; Inventory stocks ``initial_stock`` units when it hears of it."""
-        return self._commands().create_product(
+        """Add a product and wait until Order has recorded its price; Inventory stocks
+        ``initial_stock`` units when it hears of it."""
+        created = self._commands().create_product(
             product_id=product_id, name=name, price_cents=price_cents, initial_stock=initial_stock
         )
+        self._wait_recorded(created)
+        return created
 
     def place_order(self, user_id: str, lines: Mapping[str, int] | Iterable[Mapping[str, Any]]) -> str:
         """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id."""
@@ -309,6 +317,25 @@ class Shop:
             store.wait_for_commit(seen[0], interval)
 
         return wait_until(look, timeout, until=until, interval=0.05, sleep=pause, timeout_error=timeout_error)
+
+    def _wait_recorded(self, event: Event, timeout: float = 30.0) -> None:
+        """Wait until every running service subscribed to ``event`` has written the streams its
+        decision on it reads (its own copy, e.g. Order's ``order_customer``): read-your-writes for
+        the next command. Inventory's stock is not awaited (``seed_catalogue`` waits for it)."""
+        keys = [
+            key
+            for name, loop in self.loops.items()
+            if type(event) in loop.service.subscriptions and name in _KEEPS_COPIES
+            for key in loop.service.streams(event)
+        ]
+        if not keys:
+            return
+        self._wait_for_commits(
+            lambda: [key for key in keys if not self.store.read_stream(*key)],
+            timeout,
+            until=lambda missing: not missing,
+            timeout_error=lambda missing: SagaTimeout(f"{missing} not recorded after {timeout} s"),
+        )
 
     def lag(self) -> dict[str, int]:
         """Events not yet published (``relay``) or not yet handled, per service: O(1) in the store's size."""

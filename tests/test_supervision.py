@@ -196,6 +196,8 @@ def test_a_killed_consumer_process_is_replaced_and_handles_new_orders(supervised
     try:
         commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
         commands.create_product(product_id="P1", name="Lamp", price_cents=2750, initial_stock=10)
+        copies = [("order_customer", "U1"), ("order_price", "P1")]  # Order's own copies, recorded via Kafka
+        wait_for(lambda: all(store.read_stream(*key) for key in copies), what="order's copies")
         first = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
         wait_for(lambda: commands.get_order(first).terminal, what="first order")
         # When the inventory and order processes are killed

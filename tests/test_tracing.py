@@ -15,11 +15,13 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from test_own_data import consume
 
 from eventlab import Settings, Shop, cli, tracing
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services
+from eventlab.services import order
 from eventlab.settings import SettingsError
 from eventlab.store import open_store
 from eventlab.tracing import tracing_for
@@ -140,6 +142,8 @@ def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys):
     commands = Commands(open_store(settings))
     commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
     commands.create_product(product_id="P1", name="Pen", price_cents=100)
+    for event in commands.store.read_all():  # Order hears of them (no Kafka here: as its loop would)
+        consume(commands.store, order.SERVICE, event.event, event.event_id)
     order_id = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
     commands.store.close()
     # when `eventlab trace` is asked for the order
@@ -321,8 +325,14 @@ def test_one_trace_across_service_processes(tmp_path):
         request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
         product = {"product_id": "P2", "name": "Pen", "price_cents": 5, "initial_stock": 10}
         request(port["product"], "POST", "/products", product)
-        # when an order placed over HTTP completes (retried until Inventory has heard of the product's stock)
+        # when an order placed over HTTP completes (once Order has heard of the user and product; retried
+        # until Inventory has heard of the product's stock)
         deadline = time.monotonic() + 60
+        store = open_store(Settings(data_dir=tmp_path))
+        while not (store.read_stream("order_customer", "U1") and store.read_stream("order_price", "P2")):
+            assert time.monotonic() < deadline, "order never heard of U1 and P2"
+            time.sleep(0.1)
+        store.close()
         body = {"user_id": "U1", "lines": [{"product_id": "P2", "quantity": 1}]}
         while True:
             order_id = request(port["order"], "POST", "/orders", body)["order_id"]

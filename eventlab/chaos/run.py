@@ -169,12 +169,15 @@ class _Shop:
             self._create("user", "/users", row)
         for row in products:
             self._create("product", "/products", {**row, "initial_stock": max(row["initial_stock"], stock)})
-        wanted = {row["product_id"] for row in products}
+        # stocked by Inventory, and known to Order (its own copy of the users and prices)
+        wanted = {("StockAdded", row["product_id"]) for row in products}
+        wanted |= {("PriceRecorded", row["product_id"]) for row in products}
+        wanted |= {("CustomerRecorded", row["user_id"]) for row in users}
 
-        def stocked() -> set[str]:
-            found = wanted & {r.aggregate_id for r in self.store.read_records() if r.event_type == "StockAdded"}
+        def stocked() -> set[tuple[str, str]]:
+            found = wanted & {(r.event_type, r.aggregate_id) for r in self.store.read_records()}
             if found != wanted:
-                progress(f"waiting for inventory: {len(found)}/{len(wanted)} products stocked", force=False)
+                progress(f"waiting for inventory and order: {len(found)}/{len(wanted)} recorded", force=False)
             return found
 
         wait_until(
@@ -183,7 +186,7 @@ class _Shop:
             until=lambda found: found == wanted,
             interval=0.2,
             timeout_error=lambda found: ChaosError(
-                f"inventory stocked {len(found)}/{len(wanted)} products in {timeout} s"
+                f"inventory and order recorded {len(found)}/{len(wanted)} users and products in {timeout} s"
             ),
         )
         progress(f"seeded {len(users)} users and {len(products)} products ({stock}+ units each)")

@@ -4,6 +4,12 @@ Order events become ``EmailRequested``; the service's own consumer of those comm
 hands them to a mailer (:class:`eventlab.adapters.mailer.FileMailer` by default) and records
 ``EmailSent``. The mailer is idempotent per order and kind, so a request handled again after a
 kill or a rolled-back batch is recorded as sent without a second email.
+
+Notification reads no other service's streams and keeps no copy of the users: the address an
+email goes to travels in the order's events (event-carried state: Order knew the customer, email
+included, before it accepted the order). Topics are not ordered with each other, so a copy built
+from ``UserCreated`` could still lack an address when the order's events arrive — the email would
+wait or be lost; carried in the event, it is there whenever the event is.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventlab.events import EmailKind, EmailRequested, EmailSent, Event, OrderCancelled, OrderCompleted, OrderConfirmed
-from eventlab.services import user
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
@@ -52,15 +57,14 @@ def evolve(state: Mailbox | None, event: Event) -> Mailbox:
 
 def streams(event: Event) -> list[StreamKey]:
     match event:
-        case EmailRequested():
+        case EmailRequested() | OrderConfirmed() | OrderCompleted() | OrderCancelled():
             return [("notification", event.order_id)]
-        case OrderConfirmed() | OrderCompleted() | OrderCancelled():
-            return [("notification", event.order_id), ("user", event.user_id)]
     return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """Request one email per order event kind; record a requested email as sent."""
+    """Request one email per order event kind, to the address the event carries; record a
+    requested email as sent."""
     if not isinstance(event, EmailRequested | OrderConfirmed | OrderCompleted | OrderCancelled):
         return []
     box = state_of(states, ("notification", event.order_id), Mailbox) or Mailbox()
@@ -69,11 +73,10 @@ def decide(event: Event, states: States) -> list[Event]:
             return []
         return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
     kind = _KINDS[type(event)]
-    customer = state_of(states, ("user", event.user_id), user.User)
-    if kind in box.requested or customer is None:
-        return []  # one email per kind: a duplicated order event requests nothing
+    if kind in box.requested or event.email is None:
+        return []  # one email per kind: a duplicated order event requests nothing (None: recorded without one)
     subject = _SUBJECTS[kind].format(order_id=event.order_id)
-    return [EmailRequested(order_id=event.order_id, kind=kind, to=customer.email, subject=subject)]
+    return [EmailRequested(order_id=event.order_id, kind=kind, to=event.email, subject=subject)]
 
 
 def service(mailer: Mailer) -> Service:
@@ -88,7 +91,7 @@ def service(mailer: Mailer) -> Service:
     return Service(
         name="notification",
         subscriptions=(OrderConfirmed, OrderCompleted, OrderCancelled, EmailRequested),
-        evolvers={"notification": evolve, "user": user.evolve},
+        evolvers={"notification": evolve},
         streams=streams,
         handle=handle,
     )

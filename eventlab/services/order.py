@@ -4,17 +4,26 @@ The saga (the seed's ``OrderSagaOrchestrator``) is :func:`decide`: Inventory's a
 cancels the order; Payment's answer completes it or cancels it, and the cancellation makes
 Inventory release the stock (compensation). A step that misses its deadline ends the saga too:
 :func:`time_out` cancels with reason ``timeout`` (the sweeper in :mod:`.deadlines` decides when).
+
+Order owns its data: it never reads the User or Product service's streams. It keeps its own copy
+of what placing an order needs — which customers exist and their email (``CustomerRecorded``) and
+each product's price (``PriceRecorded``) — recorded by :func:`decide` as it consumes ``UserCreated``
+and ``ProductCreated``. An order for a user or product Order has not heard of yet is rejected.
+The order's events carry the customer's email, so Notification needs no copy of the users: an
+order's events may reach it before the ``UserCreated`` does (topics are not ordered with each
+other), and an email that waited on that copy could be lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, TypedDict
 
 from eventlab.commands import PlaceOrder
 from eventlab.errors import NotFound
 from eventlab.events import (
+    CustomerRecorded,
     Event,
     OrderCancelled,
     OrderCompleted,
@@ -22,13 +31,28 @@ from eventlab.events import (
     OrderCreated,
     OrderLine,
     PaymentCompleted,
+    PriceRecorded,
+    ProductCreated,
     ReservationConfirmed,
     ReservationRejected,
+    UserCreated,
 )
-from eventlab.services import product, user
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
-__all__ = ["SERVICE", "TERMINAL", "Order", "OrderStatus", "decide", "evolve", "place", "time_out"]
+__all__ = [
+    "SERVICE",
+    "TERMINAL",
+    "Customer",
+    "Order",
+    "OrderStatus",
+    "Price",
+    "decide",
+    "evolve",
+    "evolve_customer",
+    "evolve_price",
+    "place",
+    "time_out",
+]
 
 OrderStatus = Literal["created", "confirmed", "completed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled"})
@@ -42,6 +66,7 @@ class Order:
     total_cents: int
     status: OrderStatus = "created"
     reason: str = ""
+    email: str | None = None  # the customer's, as Order knew it when the order was placed
 
     @property
     def terminal(self) -> bool:
@@ -51,52 +76,101 @@ class Order:
 def evolve(state: Order | None, event: Event) -> Order | None:
     match event:
         case OrderCreated():
-            return Order(event.order_id, event.user_id, event.lines, event.total_cents)
+            return Order(event.order_id, event.user_id, event.lines, event.total_cents, email=event.email)
         case OrderConfirmed() if state:
-            return Order(state.order_id, state.user_id, state.lines, state.total_cents, "confirmed")
+            return replace(state, status="confirmed")
         case OrderCompleted() if state:
-            return Order(state.order_id, state.user_id, state.lines, state.total_cents, "completed")
+            return replace(state, status="completed")
         case OrderCancelled() if state:
-            return Order(state.order_id, state.user_id, state.lines, state.total_cents, "cancelled", event.reason)
+            return replace(state, status="cancelled", reason=event.reason)
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer Order has heard of (from ``UserCreated``), with the address its order events carry."""
+
+    user_id: str
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A product's price as Order recorded it (from ``ProductCreated``)."""
+
+    product_id: str
+    price_cents: int
+
+
+def evolve_customer(state: Customer | None, event: Event) -> Customer | None:
+    match event:
+        case CustomerRecorded():
+            return Customer(event.user_id, event.email)
+    return state
+
+
+def evolve_price(state: Price | None, event: Event) -> Price | None:
+    match event:
+        case PriceRecorded():
+            return Price(event.product_id, event.price_cents)
     return state
 
 
 def place(
     command: PlaceOrder,
     order_id: str,
-    customer: user.User | None,
-    catalogue: Mapping[str, product.Product | None],
+    customer: Customer | None,
+    prices: Mapping[str, Price | None],
 ) -> list[Event]:
-    """Decide on a new order: the user and every product must exist; prices come from the catalogue."""
+    """Decide on a new order from Order's own copies: the user and every product must be known to
+    Order (registered, and heard of through Kafka); prices come from Order's price list."""
     if customer is None:
-        raise NotFound("user_id", f"unknown user {command.user_id}")
+        raise NotFound("user_id", f"unknown user {command.user_id} (the order service has not heard of it)")
     lines = []
     for index, request in enumerate(command.lines):
-        item = catalogue.get(request.product_id)
+        item = prices.get(request.product_id)
         if item is None:
-            raise NotFound(f"lines.{index}.product_id", f"unknown product {request.product_id}")
+            raise NotFound(
+                f"lines.{index}.product_id",
+                f"unknown product {request.product_id} (the order service has not heard of it)",
+            )
         lines.append(
             OrderLine(product_id=item.product_id, quantity=request.quantity, unit_price_cents=item.price_cents)
         )
     total = sum(line.amount_cents for line in lines)
-    return [OrderCreated(order_id=order_id, user_id=customer.user_id, lines=tuple(lines), total_cents=total)]
+    return [
+        OrderCreated(
+            order_id=order_id, user_id=customer.user_id, email=customer.email, lines=tuple(lines), total_cents=total
+        )
+    ]
 
 
 def streams(event: Event) -> list[StreamKey]:
     match event:
         case ReservationConfirmed() | ReservationRejected() | PaymentCompleted():
             return [("order", event.order_id)]
+        case UserCreated():
+            return [("order_customer", event.user_id)]
+        case ProductCreated():
+            return [("order_price", event.product_id)]
     return []
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """The saga: react to Inventory's and Payment's answers."""
+    """The saga: react to Inventory's and Payment's answers; keep Order's copy of customers and prices."""
+    match event:
+        case UserCreated():
+            known = state_of(states, ("order_customer", event.user_id), Customer)
+            return [] if known else [CustomerRecorded(user_id=event.user_id, email=event.email)]
+        case ProductCreated():
+            price = state_of(states, ("order_price", event.product_id), Price)
+            return [] if price else [PriceRecorded(product_id=event.product_id, price_cents=event.price_cents)]
     if not isinstance(event, ReservationConfirmed | ReservationRejected | PaymentCompleted):
         return []
     order = state_of(states, ("order", event.order_id), Order)
     if order is None:
         return []
-    ids = {"order_id": order.order_id, "user_id": order.user_id}
+    ids = _ids(order)
     match event:
         case ReservationConfirmed() if order.status == "created":
             return [OrderConfirmed(**ids, total_cents=order.total_cents)]
@@ -110,6 +184,18 @@ def decide(event: Event, states: States) -> list[Event]:
     return []
 
 
+class _Ids(TypedDict):
+    """What every event of an order carries: its id and its customer (id and email)."""
+
+    order_id: str
+    user_id: str
+    email: str | None
+
+
+def _ids(order: Order) -> _Ids:
+    return {"order_id": order.order_id, "user_id": order.user_id, "email": order.email}
+
+
 def time_out(order: Order | None, waiting_at: OrderStatus, detail: str) -> list[Event]:
     """Cancel an order still waiting at step ``waiting_at`` (``created`` or ``confirmed``) past its deadline.
 
@@ -117,14 +203,13 @@ def time_out(order: Order | None, waiting_at: OrderStatus, detail: str) -> list[
     """
     if order is None or order.status != waiting_at or order.terminal:
         return []
-    ids = {"order_id": order.order_id, "user_id": order.user_id}
-    return [OrderCancelled(**ids, reason="timeout", detail=detail, lines=order.lines)]
+    return [OrderCancelled(**_ids(order), reason="timeout", detail=detail, lines=order.lines)]
 
 
 SERVICE = Service(
     name="order",
-    subscriptions=(ReservationConfirmed, ReservationRejected, PaymentCompleted),
-    evolvers={"order": evolve, "user": user.evolve, "product": product.evolve},
+    subscriptions=(ReservationConfirmed, ReservationRejected, PaymentCompleted, UserCreated, ProductCreated),
+    evolvers={"order": evolve, "order_customer": evolve_customer, "order_price": evolve_price},
     streams=streams,
     handle=decide,
 )

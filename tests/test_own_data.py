@@ -1,0 +1,307 @@
+"""Services own their data: no service reads another service's streams.
+
+Order keeps its own copy of the customers (with their email) and prices it needs, recorded from the
+``UserCreated`` and ``ProductCreated`` events it consumes. Notification keeps no copy: the order's
+events carry the email (Order knew it when it accepted the order), so an order's events reaching
+Notification before the ``UserCreated`` — topics are not ordered with each other — lose no email.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from conftest import unique
+
+from eventlab import services
+from eventlab.adapters import FileMailer, SimulatedGateway
+from eventlab.adapters.mailer import MAILBOX
+from eventlab.application import Commands
+from eventlab.bootstrap import build_services
+from eventlab.commands import PlaceOrder
+from eventlab.errors import NotFound
+from eventlab.events import (
+    EVENT_TYPES,
+    CustomerRecorded,
+    Event,
+    OrderCancelled,
+    OrderCompleted,
+    OrderConfirmed,
+    OrderCreated,
+    OrderLine,
+    PaymentCompleted,
+    PriceRecorded,
+    ProductCreated,
+    ReservationConfirmed,
+    ReservationRejected,
+    UserCreated,
+)
+from eventlab.services import notification, order
+from eventlab.services.runtime import Service, execute, trace_metadata
+from eventlab.settings import Settings
+from eventlab.store import SqliteEventStore
+
+
+def six_services(tmp_path) -> dict[str, Service]:
+    settings = Settings.from_env(env={}, data_dir=tmp_path)
+    return build_services(settings, SimulatedGateway(0.0), mailer=FileMailer(tmp_path / "mailbox.jsonl"))
+
+
+def example(cls: type[Event]) -> Event:
+    """An event of type ``cls`` with every field set to something (only ids and lines matter here)."""
+    fields: dict[str, object] = dict.fromkeys(cls.model_fields, "X1")
+    if "lines" in fields:
+        fields["lines"] = (OrderLine(product_id="P1", quantity=1, unit_price_cents=1),)
+    return cls.model_construct(**fields)
+
+
+# --- structure: each service reads only streams it writes ----------------------------------
+
+
+def owners(services: dict[str, Service]) -> dict[str, list[str]]:
+    """Each aggregate type with the services that fold it (read its streams)."""
+    found: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for aggregate_type in service.evolvers:
+            found.setdefault(aggregate_type, []).append(name)
+    return found
+
+
+def test_every_aggregate_type_belongs_to_exactly_one_service(tmp_path):
+    # given the six services as the shop wires them
+    folded_by = owners(six_services(tmp_path))
+    # then no aggregate type is folded by two services (no service reads another's streams) ...
+    assert {kind: names for kind, names in folded_by.items() if len(names) > 1} == {}
+    # ... and every event type's stream is owned by the one service that folds it
+    for cls in EVENT_TYPES.values():
+        assert len(folded_by.get(cls.aggregate_type, [])) == 1, f"{cls.__name__}: {cls.aggregate_type} has no owner"
+
+
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
+def test_a_decision_on_any_event_reads_only_streams_of_its_own_service(tmp_path, cls):
+    # given the six services, and an event of any type (subscribed or not: a handler must not reach out)
+    for name, service in six_services(tmp_path).items():
+        # when the service decides on it, then it reads only aggregate types it folds itself
+        read = {kind for kind, _ in service.streams(example(cls))}
+        assert read <= set(service.evolvers), f"{name} on {cls.__name__} reads {read - set(service.evolvers)}"
+        # and it reads at all only what it subscribes to
+        assert not read or cls in service.subscriptions, f"{name} reads streams for unsubscribed {cls.__name__}"
+
+
+SERVICE_MODULES = ("user", "product", "order", "payment", "inventory", "notification")
+
+
+@pytest.mark.parametrize("module", SERVICE_MODULES)
+def test_a_service_module_imports_no_other_service(module):
+    # given a service's pure core
+    tree = ast.parse((Path(services.__file__).parent / f"{module}.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {
+        f"eventlab.services.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "eventlab.services"
+        for alias in node.names
+    }
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    # then it borrows no other service's state or fold (only the shared runtime)
+    others = {f"eventlab.services.{name}" for name in SERVICE_MODULES if name != module}
+    assert imported & others == set()
+
+
+def test_placing_an_order_reads_only_orders_own_state(tmp_path):
+    # given a store with a user and a product registered (but no Order copies yet)
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store)
+    commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+    commands.create_product(product_id="P1", name="Pen", price_cents=100)
+    # when an order is placed, then the check reads Order's copy, which does not exist yet
+    with pytest.raises(NotFound) as error:
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    assert error.value.field == "user_id"
+    assert "has not heard of it" in str(error.value)
+    store.close()
+
+
+# --- behaviour: Order and Notification keep their copies -----------------------------------
+
+
+def consume(store: SqliteEventStore, service: Service, event: Event, event_id: str) -> None:
+    """Handle ``event`` as the service's consumer loop does (same call, processed marker included)."""
+    execute(
+        store,
+        service.streams(event),
+        service.evolvers,
+        lambda states: service.handle(event, states),
+        trace_metadata(service.name, event_id),
+        processed=(service.name, event_id),
+    )
+
+
+def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(tmp_path):
+    # given a registered user and product that Order has not consumed yet
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store, id_factory=lambda: "O-1")
+    ada = commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+    pen = commands.create_product(product_id="P1", name="Pen", price_cents=250, initial_stock=5)
+    lines = [{"product_id": "P1", "quantity": 2}]
+    # when Order has heard only of the product, then the order is rejected naming the user
+    consume(store, order.SERVICE, pen, "evt-pen")
+    with pytest.raises(NotFound) as error:
+        commands.place_order(user_id="U1", lines=lines)
+    assert error.value.field == "user_id"
+    # when Order consumes the UserCreated (twice: a redelivery records nothing more)
+    consume(store, order.SERVICE, ada, "evt-ada")
+    consume(store, order.SERVICE, ada, "evt-ada")
+    consume(store, order.SERVICE, ada, "evt-ada-copy")
+    # then the order is accepted, priced from Order's own price list
+    assert commands.place_order(user_id="U1", lines=lines) == "O-1"
+    assert commands.get_order("O-1").total_cents == 500
+    assert [e.event_type for e in store.read_stream("order_customer", "U1")] == ["CustomerRecorded"]
+    assert [e.event_type for e in store.read_stream("order_price", "P1")] == ["PriceRecorded"]
+    store.close()
+
+
+def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store)
+    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
+    commands.create_product(product_id="P1", name="Pen", price_cents=250)
+    with pytest.raises(NotFound) as error:
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    assert error.value.field == "lines.0.product_id"
+    store.close()
+
+
+def test_order_records_each_customer_and_price_once():
+    ada = UserCreated(user_id="U1", name="Ada", email="ada@example.com")
+    pen = ProductCreated(product_id="P1", name="Pen", price_cents=250, initial_stock=0)
+    assert order.decide(ada, {("order_customer", "U1"): None}) == [
+        CustomerRecorded(user_id="U1", email="ada@example.com")
+    ]
+    assert order.decide(ada, {("order_customer", "U1"): order.Customer("U1", "ada@example.com")}) == []
+    assert order.decide(pen, {("order_price", "P1"): None}) == [PriceRecorded(product_id="P1", price_cents=250)]
+    assert order.decide(pen, {("order_price", "P1"): order.Price("P1", 250)}) == []
+
+
+# --- the email travels with the order (event-carried state) --------------------------------
+
+
+def test_every_order_event_order_decides_carries_the_customers_email():
+    # given Order's copy of Ada (recorded from her UserCreated) and its price list
+    ada = order.evolve_customer(None, CustomerRecorded(user_id="U1", email="ada@example.com"))
+    pen = order.Price("P1", 250)
+    # when she places an order, then OrderCreated carries her email
+    [created] = order.place(
+        PlaceOrder(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}]), "O-1", ada, {"P1": pen}
+    )
+    assert isinstance(created, OrderCreated) and created.email == "ada@example.com"
+    placed = {("order", "O-1"): order.evolve(None, created)}
+    confirmed = order.decide(ReservationConfirmed(order_id="O-1", lines=created.lines), placed)
+    rejected = order.decide(ReservationRejected(order_id="O-1", product_id="P1", requested=2, available=0), placed)
+    paying = {("order", "O-1"): order.evolve(placed[("order", "O-1")], confirmed[0])}
+    paid = order.decide(PaymentCompleted(order_id="O-1", amount_cents=500, status="COMPLETED"), paying)
+    declined = order.decide(PaymentCompleted(order_id="O-1", amount_cents=500, status="FAILED"), paying)
+    timed_out = order.time_out(paying[("order", "O-1")], "confirmed", "late")
+    # then so does every event Notification reacts to, whichever way the saga ends
+    decided = [*confirmed, *rejected, *paid, *declined, *timed_out]
+    assert [type(e) for e in decided] == [
+        OrderConfirmed,
+        OrderCancelled,
+        OrderCompleted,
+        OrderCancelled,
+        OrderCancelled,
+    ]
+    assert {e.email for e in decided if isinstance(e, OrderConfirmed | OrderCompleted | OrderCancelled)} == {
+        "ada@example.com"
+    }
+
+
+def test_notification_emails_the_address_the_order_event_carries_with_no_user_state():
+    # given Notification has never heard of user U1 (it has no copy of the users at all)
+    assert {kind for kind, _ in notification.streams(OrderConfirmed(order_id="O-1", user_id="U1", total_cents=1))} == {
+        "notification"
+    }
+    # when O-1's confirmation arrives carrying the email, then one email is requested to that address
+    confirmed = OrderConfirmed(order_id="O-1", user_id="U1", email="ada@example.com", total_cents=100)
+    [requested] = notification.decide(confirmed, {("notification", "O-1"): None})
+    assert (requested.kind, requested.to) == ("order_confirmed", "ada@example.com")
+    # and the same event again requests nothing more
+    box = notification.evolve(None, requested)
+    assert notification.decide(confirmed, {("notification", "O-1"): box}) == []
+
+
+def test_an_order_event_recorded_before_emails_were_carried_requests_nothing():
+    # given an OrderConfirmed stored by an eventlab that did not carry the email yet
+    legacy = OrderConfirmed.model_validate({"order_id": "O-1", "user_id": "U1", "total_cents": 100})
+    # then Notification has no address and requests no email (rather than reading the users)
+    assert legacy.email is None
+    assert notification.decide(legacy, {("notification", "O-1"): None}) == []
+
+
+@pytest.mark.integration
+def test_a_registered_user_can_order_at_once_through_the_shop(shop, make_product):
+    # given a user registered through the shop (which waits until Order recorded its copy)
+    user_id = unique("U")
+    shop.register_user(user_id, "Ada", f"{user_id.lower()}@example.com")
+    product_id = make_product(stock=3, price_cents=700)
+    # then Order holds its own copy, email included
+    [recorded] = shop.store.read_stream("order_customer", user_id)
+    assert recorded.event == CustomerRecorded(user_id=user_id, email=f"{user_id.lower()}@example.com")
+    # and an order placed right away completes, emailing that address
+    view = shop.wait(shop.place_order(user_id, {product_id: 1}))
+    assert (view.status, view.total_cents) == ("completed", 700)
+    shop.wait_idle()
+    emails = [e.event for e in shop.store.read_stream("notification", view.order_id)]
+    assert {e.to for e in emails} == {f"{user_id.lower()}@example.com"}
+
+
+def emails_of(shop, order_id: str) -> list[tuple[str, str]]:
+    """(kind, to) of each email about ``order_id`` in the shop's mailbox, as delivered."""
+    lines = [json.loads(line) for line in (shop.settings.data_dir / MAILBOX).read_text().splitlines()]
+    return sorted((line["kind"], line["to"]) for line in lines if line["order_id"] == order_id)
+
+
+@pytest.mark.integration
+def test_order_events_that_reach_notification_before_the_user_event_still_send_each_email_once(shop, make_product):
+    # given Order has recorded its copy of a customer whose UserCreated is not even published yet
+    # (Notification sees the order's events first: topics are not ordered with each other)
+    user_id = unique("U")
+    email = f"{user_id.lower()}@example.com"
+    late = UserCreated(user_id=user_id, name="Late Lovelace", email=email)
+    consume(shop.store, order.SERVICE, late, f"evt-{user_id}")
+    product_id = make_product(stock=3, price_cents=300)
+    # when an order is placed, and its saga runs through Kafka to the end
+    view = shop.wait(shop.place_order(user_id, {product_id: 1}))
+    assert view.status == "completed"
+    shop.wait_idle()
+    # then Notification emailed the customer once per order event, with no user event anywhere
+    assert shop.store.read_stream("user", user_id) == []
+    expected = [("order_completed", email), ("order_confirmed", email)]
+    assert emails_of(shop, view.order_id) == expected
+    # when the UserCreated finally arrives (the user service records it; the relay publishes it)
+    shop.register_user(user_id, late.name, email)
+    shop.wait_idle()
+    # then nothing is sent again and Order's copy is not recorded twice
+    assert emails_of(shop, view.order_id) == expected
+    sent = [e.event for e in shop.store.read_stream("notification", view.order_id) if e.event_type == "EmailSent"]
+    assert sorted((e.kind, e.to) for e in sent) == expected
+    assert [e.event_type for e in shop.store.read_stream("order_customer", user_id)] == ["CustomerRecorded"]
+
+
+@pytest.mark.integration
+def test_every_stored_event_was_written_by_the_service_owning_its_stream(shop, customer, make_product):
+    # given orders that complete and that are cancelled for lack of stock, run through Kafka
+    product_id = make_product(stock=1, price_cents=100)
+    done = [shop.wait(shop.place_order(customer, {product_id: 1})) for _ in range(2)]
+    assert sorted(view.status for view in done) == ["cancelled", "completed"]
+    shop.wait_idle()
+    # then every event in the store was written by the one service that folds its aggregate type:
+    # no service wrote (nor, as it writes only streams it read, read) another service's streams
+    folded_by = {kind: names[0] for kind, names in owners(shop.services).items()}
+    writers = {(stored.aggregate_type, stored.metadata["source"]) for stored in shop.store.read_all()}
+    assert {(kind, source) for kind, source in writers if folded_by[kind] != source} == set()
+    assert {"order_customer", "order_price", "order", "notification", "stock", "reservation", "payment"} <= {
+        kind for kind, _ in writers
+    }
