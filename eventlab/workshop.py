@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Message
 
+from eventlab.adapters.mailer import MAILBOX
 from eventlab.errors import NotFound
 from eventlab.events import OrderCreated
 from eventlab.kafka.clients import make_consumer
@@ -175,7 +176,7 @@ def nothing_lost(shop: Shop, placed: Iterable[str] = ()) -> dict[str, bool]:
     period: the shop is idle, so nothing is in flight.
     """
     shop.wait_idle()
-    report = audit(shop.settings.store_path, grace=timedelta(0))
+    report = audit(shop.store, grace=timedelta(0), mailbox=shop.settings.data_dir / MAILBOX)
     checks = {"idle": shop.idle()}
     checks.update({name: all(report[c].ok for c in audited) for name, audited in NOTHING_LOST_CHECKS.items()})
     checks["every_order_ended"] &= all(_ended(shop, order_id) for order_id in placed)

@@ -220,6 +220,13 @@ def test_a_used_data_dir_is_refused_before_anything_starts(tmp_path):
         run_chaos(Settings(data_dir=tmp_path), ChaosConfig(orders=1))
 
 
+def test_a_store_chaos_cannot_judge_is_refused_before_anything_starts(tmp_path):
+    settings = Settings(data_dir=tmp_path, store_url="postgresql://shop:pw@localhost:5432/shop")
+    with pytest.raises(ChaosError, match="EVENTLAB_STORE_URL"):
+        run_chaos(settings, ChaosConfig(orders=1))
+    assert not list(tmp_path.iterdir())  # nothing was started or written
+
+
 def test_the_command_line_refuses_nonsense():
     parser = build_parser()
     args = parser.parse_args(["chaos", "--orders", "10", "--duplicates", "0.1", "--kill-every", "0"])

@@ -223,6 +223,10 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
 
     Progress lines go to ``progress_stream`` (none when None), at least every few seconds.
     """
+    if settings.store_backend != "sqlite":
+        raise ChaosError(
+            f"chaos judges the run from a SQLite store, not {settings.store_backend}: unset EVENTLAB_STORE_URL"
+        )
     if settings.store_path.exists():
         raise ChaosError(f"{settings.data_dir} already holds an event store: chaos needs a fresh data dir")
     progress = _Progress(progress_stream)
