@@ -61,11 +61,25 @@ MAPPED = {
     ".venv/bin/eventlab doctor": "tests/test_doctor.py::test_a_ready_machine_passes_every_check",
     "eventlab doctor": "tests/test_doctor.py::test_a_ready_machine_passes_every_check",
     "eventlab run order": "tests/test_processes.py::test_one_process_per_service",  # the supervisor runs `eventlab run`
-    "docker compose up -d": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
+    "docker compose up -d kafka postgres": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",  # no Docker daemon
     "docker compose up -d jaeger": "tests/test_readme.py::test_compose_offers_kafka_where_the_readme_points",
     "eventlab projections": "tests/test_readme.py::test_quick_start_runs_and_prints_what_the_readme_shows",
     "eventlab audit": "tests/test_audit.py::test_cli_audit_prints_json_and_fails_on_a_violation",
     "eventlab up --processes": "tests/test_processes.py::test_one_process_per_service",
+    # the test runs benchmarks/replicas.py's run(), which starts exactly this command, at CI size
+    ".venv/bin/eventlab up --processes --replicas inventory=3,relay=2": "tests/test_replicas.py::"
+    "test_orders_complete_on_three_inventory_replicas_while_the_active_relay_is_killed",
+    "python benchmarks/replicas.py": "tests/test_replicas.py::"
+    "test_orders_complete_on_three_inventory_replicas_while_the_active_relay_is_killed",
+    # no Docker daemon: the test runs compose.yaml's commands and environment as processes
+    "docker compose up -d --build": "tests/test_compose.py::"
+    "test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes",
+    "eventlab run NAME": "tests/test_compose.py::"
+    "test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
+    "docker compose ps": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
+    "docker compose down -v": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
+    "EVENTLAB_STORE_URL=postgresql://eventlab:eventlab@localhost:5432/eventlab eventlab audit": "tests/"
+    "test_read_side_stores.py::test_the_commands_read_the_store_that_store_or_eventlab_store_url_names",
     "eventlab dlq list": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
     "eventlab dlq show ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
     "eventlab dlq replay ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
@@ -303,8 +317,10 @@ def test_benchmark_commands_run(tmp_path):
 def test_compose_offers_kafka_where_the_readme_points():
     # `docker compose up -d` cannot run on the CI machines (no Docker daemon): check what it would start
     compose = (ROOT / "compose.yaml").read_text()
-    assert re.search(r'ports: \["9092:9092"\]', compose)
-    assert "KAFKA_ADVERTISED_LISTENERS: PLAINTEXT://localhost:9092" in compose
+    # the host's port 9092 reaches the listener Kafka advertises to the host as localhost:9092
+    host_port = re.search(r'ports: \["9092:(\d+)"\]', compose)
+    assert host_port and f"HOST://:{host_port[1]}" in compose
+    assert re.search(r"KAFKA_ADVERTISED_LISTENERS: .*HOST://localhost:9092", compose)
     assert "EVENTLAB_BOOTSTRAP_SERVERS=localhost:9092" in README
     # and Jaeger where the tracing section points: OTLP/HTTP in, the UI out (the exporter is tested for real)
     assert re.search(r'"4318:4318"', compose) and re.search(r'"16686:16686"', compose)
