@@ -25,7 +25,6 @@ from eventlab.demo import run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
 from eventlab.resilience import wait_until
 from eventlab.tables import text_rows
-from eventlab.tracing import tracing_for
 
 
 def raw_kafka(settings: Settings, messages: int) -> tuple[float, float]:
@@ -83,8 +82,6 @@ def tracing_cost(orders: int, catalogue: Path, root: Path, rounds: int = 2) -> d
             settings = Settings.from_env(data_dir=root / f"tracing-{mode}-{round_}", tracing=sink, trace_sample=sample)
             with Shop(settings, payment_failure_rate=0.0) as shop:
                 best[mode] = max(best[mode], run_demo(shop, orders, catalogue=catalogue, timeout=600).orders_per_s)
-            if (traced := tracing_for(settings)) is not None:
-                traced.shutdown()  # its last spans written before the directory goes
     return {
         "tracing_off_orders_per_s": best["off"],
         "tracing_on_orders_per_s": best["on"],

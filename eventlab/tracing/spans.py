@@ -31,7 +31,7 @@ from eventlab.kafka.cloudevents import Message
 from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
-from eventlab.tracing import SPANS_FILE, TracingError, forget
+from eventlab.tracing import SPANS_FILE, TracingError
 
 __all__ = [
     "JsonLinesExporter",
@@ -157,32 +157,36 @@ def _record(span: ReadableSpan) -> dict[str, Any]:
 
 
 class _Shared(SpanProcessor):
-    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares."""
+    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares
+    (none while it is shut: such spans are dropped)."""
 
-    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
-        self.processors = processors
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Nothing to do when a span starts: only finished spans are exported."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        for processor in self.processors:
+        for processor in self.tracing.processors:
             processor.on_end(span)
 
     def shutdown(self) -> None:
         """The pipelines belong to the :class:`Tracing`, which shuts them down once."""
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(processor.force_flush(timeout_millis) for processor in self.processors)
+        return self.tracing.flush(timeout_millis)
 
 
 class Tracing:
     """Tracers for the services of one shop, all exporting through the same pipelines.
 
+    ``exporters`` makes the exporters each time the shop opens its tracing (:meth:`open`, at its
+    start); :meth:`shutdown` (at its stop) exports what is left and stops them.
+
     Example:
         >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         >>> memory = InMemorySpanExporter()
-        >>> tracing = Tracing([memory])
+        >>> tracing = Tracing(lambda: [memory]).open()
         >>> with tracing.tracer("order").start_as_current_span("place order"):
         ...     pass
         >>> tracing.flush(), [span.name for span in memory.get_finished_spans()]
@@ -190,53 +194,69 @@ class Tracing:
         >>> tracing.shutdown()
     """
 
-    def __init__(self, exporters: Sequence[SpanExporter], *, sample: float = 1.0, schedule_delay_ms: int = 200) -> None:
-        self.exporters = tuple(exporters)
+    def __init__(
+        self, exporters: Callable[[], Sequence[SpanExporter]], *, sample: float = 1.0, schedule_delay_ms: int = 200
+    ) -> None:
+        self._make_exporters = exporters
+        self.schedule_delay_ms = schedule_delay_ms
+        #: The exporters of the last :meth:`open`.
+        self.exporters: tuple[SpanExporter, ...] = ()
+        #: The batch pipelines while open (empty when shut: spans that end then are dropped).
+        self.processors: tuple[BatchSpanProcessor, ...] = ()
         #: The share of traces recorded, decided by trace id: every span of an order decides alike,
         #: also under a parent recorded without a span (an order placed by ``eventlab demo``'s own
         #: command side carries a sampled ``traceparent``); an unsampled parent is followed.
         ratio = TraceIdRatioBased(sample)
         self.sampler = ParentBased(ratio, remote_parent_sampled=ratio, local_parent_sampled=ratio)
         self._bound = ratio.bound
-        self._processors = [
-            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms, max_queue_size=65536)
-            for exporter in self.exporters
-        ]
         self._tracers: dict[str, Tracer] = {}
-        self._providers: list[TracerProvider] = []
         self._lock = threading.Lock()
-        self._closed = False
-        atexit.register(self.shutdown)
 
     def __repr__(self) -> str:
-        return f"<Tracing {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
+        state = "open" if self.processors else "shut"
+        return (
+            f"<Tracing {state} {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
+        )
+
+    def open(self) -> Tracing:
+        """Make the exporters and start their batch pipelines (idempotent); return self."""
+        with self._lock:
+            if not self.processors:
+                self.exporters = tuple(self._make_exporters())
+                self.processors = tuple(
+                    BatchSpanProcessor(exporter, schedule_delay_millis=self.schedule_delay_ms, max_queue_size=65536)
+                    for exporter in self.exporters
+                )
+                atexit.register(self.shutdown)
+        return self
 
     def tracer(self, service: str) -> Tracer:
         """The tracer of ``service`` (its spans carry ``service.name`` = ``service``)."""
+        found = self._tracers.get(service)
+        if found is not None:
+            return found
         with self._lock:
             found = self._tracers.get(service)
             if found is None:
                 resource = Resource.create({"service.name": service, "service.namespace": "eventlab"})
                 provider = TracerProvider(sampler=self.sampler, resource=resource, shutdown_on_exit=False)
-                provider.add_span_processor(_Shared(self._processors))
-                self._providers.append(provider)
+                provider.add_span_processor(_Shared(self))
                 found = self._tracers[service] = provider.get_tracer("eventlab")
             return found
 
     def flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now (before reading the local sink); True when all went."""
-        return all(processor.force_flush(timeout_ms) for processor in self._processors)
+        return all(processor.force_flush(timeout_ms) for processor in self.processors)
 
     def shutdown(self) -> None:
-        """Export what is left and stop the pipelines (also at interpreter exit); idempotent."""
+        """Export what is left and stop the pipelines and exporters (also at interpreter exit);
+        idempotent, and :meth:`open` starts anew."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for processor in self._processors:
+            processors, self.processors = self.processors, ()
+        for processor in processors:
             processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
-        forget(self)
-        atexit.unregister(self.shutdown)
+        if processors:
+            atexit.unregister(self.shutdown)
 
     @contextmanager
     def span(
