@@ -110,7 +110,8 @@ class Wiring:
     def relay(self) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
         ``/metrics`` when both run in this process)."""
-        relay = Relay(self.store, self.settings, tracing=self.tracing)
+        consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
+        relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed)
         self._relay_histograms.append(relay.publish_seconds)
         return relay
 
