@@ -213,6 +213,9 @@ def test_metrics_have_the_relay_and_saga_histograms(traced):
         assert families[name].type == "histogram"
     count = [s for s in families["eventlab_relay_publish_seconds"].samples if s.name.endswith("_count")]
     assert count and count[0].value > 0
+    # and the scrape made no span (probes and scrapes would bury the orders' traces)
+    collector = traced[3]
+    assert not [span for span in collector.get_finished_spans() if span.name.startswith("GET /")]
 
 
 def test_tracing_off_makes_no_tracer_and_no_spans(tmp_path):
