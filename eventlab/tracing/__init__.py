@@ -1,15 +1,22 @@
 """OpenTelemetry spans for every step of a saga, carried across Kafka in the W3C ``traceparent``.
 
-One order is one trace. Its root is the span that places the order (``POST /orders`` as a
-``SERVER`` span when it comes over HTTP, inside it ``place order``); each event the order service
-appends carries that span's ``traceparent`` in its metadata. The relay publishes later, from the
-store: its ``PRODUCER`` span ``publish <topic>`` is a child of the stored ``traceparent`` (the span
-that appended the event) and replaces the message's ``traceparent`` header with its own; the
+One order is one trace. Its root is the span that places the order: ``place order`` in the
+process (``Shop.place_order``, ``eventlab demo``), or the ``SERVER`` span ``POST /orders`` around it
+when the order comes over HTTP (a child of the caller's ``traceparent`` if it sent one); each event
+the order service appends carries that span's ``traceparent`` in its metadata. The relay publishes
+later, from the store: for a message some service consumes, its ``PRODUCER`` span
+``publish <topic>`` is a child of the stored ``traceparent`` (the span that appended the event) and
+replaces the message's ``traceparent`` header with its own (a message nobody in the shop reads
+keeps the stored one: no span, and an outside consumer still joins the trace); the
 consuming service's ``CONSUMER`` span ``process <topic>`` (decide + append) is a child of that
 header, and the events it appends carry the consumer span's ``traceparent``. The gateway call and
 the mail send are ``CLIENT`` spans inside the handler that makes them. Span attributes follow the
 OpenTelemetry messaging conventions for Kafka (``messaging.system=kafka``,
 ``messaging.destination.name``, ``messaging.kafka.message.key``, partition, offset, consumer group).
+
+Sampling (``EVENTLAB_TRACE_SAMPLE``) keeps or drops whole orders, decided by trace id where the
+trace starts; every later step checks the ``traceparent`` it got before it builds anything, so an
+unrecorded order costs a string split per step.
 
 Tracing is off by default and then costs nothing: :func:`open_tracing` returns None, every hook
 (loop, relay, HTTP, gateway, mailer) checks for None, and OpenTelemetry is not even imported (the
