@@ -33,7 +33,6 @@ from eventlab.services.runtime import Service
 from eventlab.settings import PortInUse, Settings
 from eventlab.store.base import EventStore
 from eventlab.sweeper import DeadlineSweeper
-from eventlab.tracing import tracing_for
 
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
@@ -48,12 +47,12 @@ def build_services(
     gateway: payment.Gateway,
     breaker: CircuitBreaker | None = None,
     mailer: notification.Mailer | None = None,
+    tracing: Tracing | None = None,
 ) -> dict[str, Service]:
     """The six services by name, with the payment gateway and the mailer (by default the data
-    directory's mailbox) they call; with tracing on (:func:`~eventlab.tracing.tracing_for`), each
-    call of either is a span."""
+    directory's mailbox) they call; with ``tracing`` (the shop's, see
+    :func:`~eventlab.tracing.open_tracing`), each call of either is a span."""
     mailer = mailer or FileMailer(settings.data_dir / MAILBOX)
-    tracing = tracing_for(settings)
     if tracing is not None:
         gateway, mailer = tracing.gateway(gateway), tracing.mailer(mailer)
     services = [
@@ -78,21 +77,20 @@ class Wiring:
 
     Each method makes a new part, not started: the consuming loop of a service, the relay, the
     deadline sweeper, a service's health and HTTP server. ``commands`` is the shop's command side.
-    ``tracing`` is the shop's (:func:`~eventlab.tracing.tracing_for`; None when off), handed to
-    every part that makes spans.
+    ``tracing`` is the shop's (:func:`~eventlab.tracing.open_tracing`; None when off), handed to
+    every part that makes spans; whoever made it opens it and shuts it down.
     """
 
     settings: Settings
     store: EventStore
     services: Mapping[str, Service]
     id_factory: Callable[[], str] = new_id
+    tracing: Tracing | None = None
     commands: Commands = field(init=False)
-    tracing: Tracing | None = field(init=False)
     _relay_histograms: list[LatencyHistogram] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        tracing = tracing_for(self.settings)
-        object.__setattr__(self, "tracing", tracing)
+        tracing = self.tracing
         commands = (
             Commands(self.store, self.id_factory) if tracing is None else tracing.commands(self.store, self.id_factory)
         )
@@ -112,7 +110,8 @@ class Wiring:
     def relay(self) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
         ``/metrics`` when both run in this process)."""
-        relay = Relay(self.store, self.settings, tracing=self.tracing)
+        consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
+        relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed)
         self._relay_histograms.append(relay.publish_seconds)
         return relay
 

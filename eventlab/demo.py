@@ -250,7 +250,9 @@ def run_demo(
     """
     store = shop.store
     shop.seed_catalogue(catalogue, timeout)
-    commands = Commands(store, order_ids(store, seed))
+    ids = order_ids(store, seed)
+    # with tracing on, each order's trace starts at its ``place order`` span
+    commands = Commands(store, ids) if shop.tracing is None else shop.tracing.commands(store, ids)
     rng = random.Random(seed)
     users = [row["user_id"] for row in load_users(catalogue)]
     products = [row["product_id"] for row in load_products(catalogue)]

@@ -72,6 +72,9 @@ __all__ = ["MAX_BODY", "STALL_S", "Limits", "Reply", "ServiceHealth", "ServiceHt
 
 log = logging.getLogger(__name__)
 
+#: Paths whose requests make no span.
+_UNTRACED = frozenset({"/health", "/metrics"})
+
 MAX_BODY = 64 * 1024
 #: A service with events waiting that has handled none of them for this long is reported as lagging.
 STALL_S = 30.0
@@ -258,9 +261,10 @@ class ServiceHttp:
     def call(self, method: str, path: str, action: Action, body: Any, traceparent: str = "") -> Reply:
         """Run ``action``; map eventlab's errors to statuses, and anything else to a logged 500.
 
-        With tracing on, a ``SERVER`` span covers it, a child of the caller's ``traceparent`` if any.
+        With tracing on, a ``SERVER`` span covers it, a child of the caller's ``traceparent`` if any
+        (not for health probes and metrics scrapes: a trace each would bury the orders' traces).
         """
-        if self.tracing is None:
+        if self.tracing is None or path in _UNTRACED:
             return self._call(method, path, action, body)
         with self.tracing.serving(self.service, method, path, traceparent) as answered:
             reply = self._call(method, path, action, body)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
@@ -35,6 +35,10 @@ from eventlab.settings import Settings
 from eventlab.store import open_store
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
+from eventlab.tracing import open_tracing
+
+if TYPE_CHECKING:
+    from eventlab.tracing.spans import Tracing
 
 __all__ = ["Shop", "ShopInfrastructure", "StoreFactory", "subscriptions"]
 
@@ -113,13 +117,17 @@ class Shop:
         http: bool = False,
         id_factory: Callable[[], str] = new_id,
         store_factory: StoreFactory = open_store,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env(data_dir=data_dir)
+        #: This shop's spans (``tracing``, else the sinks its settings name; None: off), opened by
+        #: :meth:`start` and flushed and shut down by :meth:`stop`.
+        self.tracing = tracing if tracing is not None else open_tracing(self.settings)
         self.gateway = SimulatedGateway(
             payment_failure_rate, gateway_latency_ms, seed, self.settings.data_dir / "gateway.jsonl"
         )
         self.breaker = CircuitBreaker()
-        self.services = build_services(self.settings, self.gateway, self.breaker)
+        self.services = build_services(self.settings, self.gateway, self.breaker, tracing=self.tracing)
         self.http = http
         self._id_factory = id_factory
         self._store_factory = store_factory
@@ -172,7 +180,9 @@ class Shop:
         self._infra = infra
         self._stop.clear()
         self._backoff.clear()
-        wiring = Wiring(settings, infra.store, self.services, self._id_factory)
+        if self.tracing is not None:
+            self.tracing.open()
+        wiring = Wiring(settings, infra.store, self.services, self._id_factory, self.tracing)
         self.commands = wiring.commands
         self.relay = wiring.relay()
         self._spawn(RELAY_CONSUMER, self.relay.run)
@@ -212,6 +222,8 @@ class Shop:
             thread.join(timeout=30)
         for server in self._servers:
             server.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # the last spans exported before the broker and store go
         self._infra.stop()
         self._threads.clear()
         self._servers.clear()

@@ -51,6 +51,7 @@ from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsEr
 from eventlab.shop import ShopInfrastructure
 from eventlab.store import open_store
 from eventlab.store.base import RELAY_CONSUMER
+from eventlab.tracing import open_tracing
 
 __all__ = [
     "CONFIG_ERROR",
@@ -198,10 +199,13 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             return 1
         _watch_parent(stop, supervisor_pid)
     store = open_store(settings)
+    tracing = open_tracing(settings)  # this process's spans, exported until it stops
     try:
         if not supervised:
             ensure_topics(settings)  # the supervisor created them: one round trip less per restart
-        wiring = Wiring(settings, store, build_services(settings, gateway))
+        if tracing is not None:
+            tracing.open()
+        wiring = Wiring(settings, store, build_services(settings, gateway, tracing=tracing), tracing=tracing)
         loop = None if name == RELAY_CONSUMER else wiring.loop(name)
         if os.environ.get(_STANDBY) and not _promoted(stop):
             return 0
@@ -225,6 +229,8 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
         server.stop()
         return 0
     finally:
+        if tracing is not None:
+            tracing.shutdown()
         store.close()
 
 

@@ -21,10 +21,11 @@ from eventlab import Settings, Shop, cli, tracing
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services
+from eventlab.demo import run_demo
 from eventlab.services import order
 from eventlab.settings import SettingsError
 from eventlab.store import open_store
-from eventlab.tracing import tracing_for
+from eventlab.tracing import open_tracing
 from eventlab.tracing.spans import JsonLinesExporter, Tracing
 from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
 
@@ -35,13 +36,12 @@ CLIENT_SPAN = "00f067aa0ba902b7"
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     """A shop tracing to the local sink and to an in-memory collector, with one order placed over
-    HTTP by a client that sends its own ``traceparent``."""
+    HTTP by a client that sends its own ``traceparent`` and one placed in the process (``Shop.place_order``)."""
     settings = Settings.from_env(
         env={}, data_dir=tmp_path_factory.mktemp("traced"), http_port_offset=free_port_offset(), tracing="file"
     )
     collector = InMemorySpanExporter()
-    installed = tracing.install(settings, collector)
-    with Shop(settings, http=True) as shop:
+    with Shop(settings, http=True, tracing=open_tracing(settings, collector)) as shop:
         shop.seed_catalogue()
         body = json.dumps({"user_id": "U001", "lines": [{"product_id": "P001", "quantity": 1}]}).encode()
         request = urllib.request.Request(
@@ -53,18 +53,19 @@ def traced(tmp_path_factory):
         with urllib.request.urlopen(request, timeout=10) as response:
             order_id = json.load(response)["order_id"]
         assert shop.wait(order_id).status == "completed"
+        in_process = shop.place_order("U001", {"P002": 1})
+        assert shop.wait(in_process).status == "completed"
         shop.wait_idle()
         with urllib.request.urlopen(f"http://127.0.0.1:{settings.port('order')}/metrics", timeout=10) as response:
             metrics = response.read().decode()
         trace_id = order_trace_id(shop.store, order_id)
-        installed.flush()
-        yield settings, order_id, trace_id, collector, metrics
-    installed.shutdown()
+        assert shop.tracing.flush()
+        yield settings, order_id, trace_id, collector, metrics, order_trace_id(shop.store, in_process)
 
 
 def test_one_order_is_one_trace_parented_across_kafka(traced):
     # given an order placed over HTTP with the client's traceparent
-    _, order_id, trace_id, collector, _ = traced
+    _, order_id, trace_id, collector, *_ = traced
     # when its spans reach the in-process collector
     spans = [span for span in from_sdk(collector.get_finished_spans()) if span.trace_id == trace_id]
     by_id = {span.span_id: span for span in spans}
@@ -98,9 +99,62 @@ def test_one_order_is_one_trace_parented_across_kafka(traced):
     assert all(by_id[s.parent_id].service == "notification" for s in spans if s.name == "mail send")
 
 
+def assert_one_saga_trace(spans, root_name):
+    """The spans of one order: one root named ``root_name``; every consumer span the child of the relay's
+    producer span of the same message, every producer span the child of the span that appended its
+    event; every service that handles an order is there. Returns the root."""
+    by_id = {span.span_id: span for span in spans}
+    (root,) = [span for span in spans if span.parent_id not in by_id]
+    assert (root.name, root.service) == (root_name, "order")
+    assert {span.service for span in spans} == {"order", "relay", "inventory", "payment", "notification"}
+    consumers = [span for span in spans if span.kind == "CONSUMER"]
+    assert {span.service for span in consumers} == {"order", "inventory", "payment", "notification"}
+    for span in consumers:
+        producer = by_id[span.parent_id]
+        assert (producer.kind, producer.service) == ("PRODUCER", "relay")
+        assert producer.attributes["messaging.message.id"] == span.attributes["messaging.message.id"]
+    for span in spans:
+        if span.kind == "PRODUCER":
+            assert by_id[span.parent_id].name in {"place order"} | {c.name for c in consumers}
+    # and a producer span is a hop: only messages some service consumes get one (not e.g. stock sold)
+    assert {s.span_id for s in spans if s.kind == "PRODUCER"} == {c.parent_id for c in consumers}
+    return root
+
+
+def test_an_order_placed_in_the_process_is_one_trace_rooted_at_place_order(traced):
+    # given an order placed with Shop.place_order (threads mode: no HTTP request around it)
+    *_, collector, _, trace_id = traced
+    # when its spans reach the in-process collector
+    spans = [span for span in from_sdk(collector.get_finished_spans()) if span.trace_id == trace_id]
+    # then its trace has one root, `place order`, with every service's spans under it, parented across Kafka
+    root = assert_one_saga_trace(spans, "place order")
+    assert root.parent_id is None and root.kind == "INTERNAL"
+
+
+def test_two_shops_in_one_process_trace_to_their_own_collectors_and_stop_flushes(traced, tmp_path):
+    # given a second shop in this process (the first one still running), tracing to its own collector
+    first = traced[3]
+    before = len(first.get_finished_spans())
+    settings = Settings.from_env(env={}, data_dir=tmp_path, tracing="file")
+    collector = InMemorySpanExporter()
+    with Shop(settings, tracing=open_tracing(settings, collector)) as shop:
+        # when the demo places two orders on it, and the shop stops (no flush asked for)
+        report = run_demo(shop, 2, seed=12)
+        placed = [r.aggregate_id for r in shop.store.read_records(after=0) if r.event_type == "OrderCreated"]
+        trace_ids = {order_trace_id(shop.store, order_id) for order_id in placed}
+    # then every order's spans were exported by the stop, each order one trace rooted at `place order`
+    assert report.completed == 2 and len(trace_ids) == 2
+    mine = from_sdk(collector.get_finished_spans())
+    for trace_id in trace_ids:
+        assert_one_saga_trace([span for span in mine if span.trace_id == trace_id], "place order")
+    assert {span.trace_id for span in read_spans(tmp_path)} == {span.trace_id for span in mine}
+    # and none of them went to the first shop's collector
+    assert not trace_ids & {span.trace_id for span in from_sdk(first.get_finished_spans()[before:])}
+
+
 def test_the_local_sink_holds_the_same_spans(traced):
     # given the same run, also traced to <data_dir>/spans.jsonl
-    settings, _, trace_id, collector, _ = traced
+    settings, _, trace_id, collector, *_ = traced
     # when the file is read back
     from_file = read_spans(settings.data_dir, trace_id)
     # then it has exactly the spans the collector got, with their parents and services
@@ -113,7 +167,7 @@ def test_the_local_sink_holds_the_same_spans(traced):
 
 def test_eventlab_trace_draws_the_waterfall(traced, capsys):
     # given a traced order in the data directory
-    settings, order_id, _, _, _ = traced
+    settings, order_id, *_ = traced
     # when `eventlab trace ORDER_ID` runs
     status = cli.main(["trace", order_id, "--data-dir", str(settings.data_dir)])
     out = capsys.readouterr().out
@@ -155,7 +209,7 @@ def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys):
 
 def test_metrics_have_the_relay_and_saga_histograms(traced):
     # given the order service's /metrics in threads mode
-    *_, metrics = traced
+    *_, metrics, _ = traced
     # when the Prometheus parser reads it
     families = {family.name: family for family in text_string_to_metric_families(metrics)}
     # then the relay publish latency, handler and saga histograms are there, with observations
@@ -163,6 +217,9 @@ def test_metrics_have_the_relay_and_saga_histograms(traced):
         assert families[name].type == "histogram"
     count = [s for s in families["eventlab_relay_publish_seconds"].samples if s.name.endswith("_count")]
     assert count and count[0].value > 0
+    # and the scrape made no span (probes and scrapes would bury the orders' traces)
+    collector = traced[3]
+    assert not [span for span in collector.get_finished_spans() if span.name.startswith("GET /")]
 
 
 def test_tracing_off_makes_no_tracer_and_no_spans(tmp_path):
@@ -173,7 +230,7 @@ def test_tracing_off_makes_no_tracer_and_no_spans(tmp_path):
     try:
         wiring = Wiring(settings, store, build_services(settings, SimulatedGateway()))
         # then nothing traces: no Tracing, plain commands, loops and relay without one
-        assert tracing_for(settings) is None and wiring.tracing is None
+        assert open_tracing(settings) is None and wiring.tracing is None
         assert type(wiring.commands) is Commands
         assert all(loop.tracing is None for loop in wiring.loops().values())
         assert wiring.relay().tracing is None
@@ -218,9 +275,9 @@ def test_settings_choose_the_exporters(tmp_path, monkeypatch):
     for name, (env, kinds) in cases.items():
         # when the settings are read and the shop's tracing made
         settings = Settings.from_env(env=env, data_dir=tmp_path / name)
-        made = tracing_for(settings)
+        made = open_tracing(settings)
         # then it exports to exactly those
-        assert made is not None and [type(e) for e in made.exporters] == kinds, name
+        assert made is not None and [type(e) for e in made.open().exporters] == kinds, name
         made.shutdown()
     # and the standard OTEL_* variable alone switches OTLP on
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
@@ -249,7 +306,7 @@ def test_slowest_steps_rank_by_total_time():
 def test_sampling_keeps_or_drops_whole_orders():
     # given tracing that records one trace in ten, and a trace id inside and one outside that share
     memory = InMemorySpanExporter()
-    sampled = Tracing([memory], sample=0.1)
+    sampled = Tracing(lambda: [memory], sample=0.1).open()
     kept, dropped = f"00-{1:032x}-{1:016x}-01", f"00-{2**64 - 1:032x}-{1:016x}-01"
     try:
         # then the decision depends on the trace id alone, and an unsampled parent is followed
@@ -293,7 +350,7 @@ def test_otlp_endpoint_receives_the_spans(tmp_path):
     Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     settings = Settings.from_env(env={"EVENTLAB_OTLP_ENDPOINT": endpoint}, data_dir=tmp_path)
-    made = tracing_for(settings)
+    made = open_tracing(settings).open()
     try:
         # when a service makes a span and the pipeline flushes
         with made.tracer("payment").start_as_current_span("gateway charge"):

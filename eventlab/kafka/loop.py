@@ -14,7 +14,6 @@ lists the problem. A message is never skipped, and never dead-lettered twice, al
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -39,6 +38,8 @@ from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from eventlab.tracing.spans import Tracing
 
 __all__ = ["LoopStats", "ServiceLoop"]
@@ -267,12 +268,18 @@ class ServiceLoop:
         ``CONSUMER`` span (child of the message's ``traceparent``) covers it, and the events
         appended carry that span's ``traceparent``.
         """
-        if self.tracing is None or not self.tracing.records(message.traceparent):
+        tracing = self.tracing
+        span = None if tracing is None else tracing.consuming(self.service.name, message, raw)
+        if tracing is None or span is None:
             return self._handle(message, "")
-        with self.tracing.consuming(self.service.name, message, raw) as span:
-            handled = self._handle(message, self.tracing.traceparent(span))
-            span.set_attribute("eventlab.duplicate", not handled)
-            return handled
+        try:
+            handled = tracing.within(span, functools.partial(self._handle, message, tracing.traceparent(span)))
+        except BaseException as exc:
+            tracing.finish([span], exc)
+            raise
+        span.set_attribute("eventlab.duplicate", not handled)
+        tracing.finish([span])
+        return handled
 
     def _handle(self, message: Message, traceparent: str) -> bool:
         started = time.perf_counter()
@@ -302,10 +309,18 @@ class ServiceLoop:
         any decision fails or another writer got in between (then nothing is written). With
         tracing on, each traced message's ``CONSUMER`` span lasts until the batch is committed.
         """
-        with contextlib.ExitStack() as spans:
-            return self._handle_batch(decoded, spans)
+        spans: list[Span] = []
+        try:
+            handled = self._handle_batch(decoded, spans)
+        except BaseException as exc:
+            if self.tracing is not None:
+                self.tracing.finish(spans, exc)
+            raise
+        if self.tracing is not None:
+            self.tracing.finish(spans)
+        return handled
 
-    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: contextlib.ExitStack) -> list[bool]:
+    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: list[Span]) -> list[bool]:
         name = self.service.name
         messages = [message for _, message in decoded]
         decisions: list[Decision | None] = []
@@ -322,10 +337,8 @@ class ServiceLoop:
             started = time.perf_counter()
             event = message.event
             metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
-            if self.tracing is not None and self.tracing.records(message.traceparent):
-                span = spans.enter_context(self.tracing.consuming(name, message, raw))
-                metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
-            decision = plan(
+            decide = functools.partial(
+                plan,
                 self.store,
                 self.service.streams(event),
                 self.service.evolvers,
@@ -334,6 +347,13 @@ class ServiceLoop:
                 cache=self._cache,
                 pending=pending,
             )
+            span = None if self.tracing is None else self.tracing.consuming(name, message, raw)
+            if self.tracing is None or span is None:
+                decision = decide()
+            else:  # the span lasts until the batch is committed
+                spans.append(span)
+                metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
+                decision = self.tracing.within(span, decide)
             pending.update(decision.streams)
             decisions.append(decision)
             self.handler_seconds.observe(time.perf_counter() - started)

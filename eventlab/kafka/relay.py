@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
@@ -61,6 +61,7 @@ class Relay:
         save_every: float = 0.5,
         *,
         tracing: Tracing | None = None,
+        traced_topics: Collection[str] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -81,7 +82,8 @@ class Relay:
         self._dead_letters = DeadLetterPublisher(store, settings)  # its producer is made when first needed
         #: Seconds from producing a batch to its last acknowledgement (``eventlab_relay_publish_seconds``).
         self.publish_seconds = relay_histogram()
-        #: A ``PRODUCER`` span per published event when tracing is on (None: off, and no cost).
+        #: A ``PRODUCER`` span per published event when tracing is on (None: off, and no cost), for
+        #: the events to ``traced_topics`` when given (those a service consumes: the hops of a trace).
         self.tracing = tracing
         #: Whether this relay holds the store's relay lease (in :meth:`run`), and how long it waited for it.
         self.active = False
@@ -89,6 +91,7 @@ class Relay:
         #: Seconds between a standby's tries of the lease, and between the holder's checks that it still has it.
         self.lease_poll = 0.2
         self.lease_check = 1.0
+        self.traced_topics = traced_topics
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
@@ -124,7 +127,7 @@ class Relay:
             self._producer = make_producer(self.settings)
         started = time.perf_counter()
         out = Deliveries(self._producer)
-        spans = self.tracing.publishing() if self.tracing is not None else None
+        spans = self.tracing.publishing(self.traced_topics) if self.tracing is not None else None
         undecodable: list[tuple[EventRecord, str]] = []
         for stored in events:
             try:

@@ -1,17 +1,24 @@
 """OpenTelemetry spans for every step of a saga, carried across Kafka in the W3C ``traceparent``.
 
-One order is one trace. Its root is the span that places the order (``POST /orders`` as a
-``SERVER`` span when it comes over HTTP, inside it ``place order``); each event the order service
-appends carries that span's ``traceparent`` in its metadata. The relay publishes later, from the
-store: its ``PRODUCER`` span ``publish <topic>`` is a child of the stored ``traceparent`` (the span
-that appended the event) and replaces the message's ``traceparent`` header with its own; the
+One order is one trace. Its root is the span that places the order: ``place order`` in the
+process (``Shop.place_order``, ``eventlab demo``), or the ``SERVER`` span ``POST /orders`` around it
+when the order comes over HTTP (a child of the caller's ``traceparent`` if it sent one); each event
+the order service appends carries that span's ``traceparent`` in its metadata. The relay publishes
+later, from the store: for a message some service consumes, its ``PRODUCER`` span
+``publish <topic>`` is a child of the stored ``traceparent`` (the span that appended the event) and
+replaces the message's ``traceparent`` header with its own (a message nobody in the shop reads
+keeps the stored one: no span, and an outside consumer still joins the trace); the
 consuming service's ``CONSUMER`` span ``process <topic>`` (decide + append) is a child of that
 header, and the events it appends carry the consumer span's ``traceparent``. The gateway call and
 the mail send are ``CLIENT`` spans inside the handler that makes them. Span attributes follow the
 OpenTelemetry messaging conventions for Kafka (``messaging.system=kafka``,
 ``messaging.destination.name``, ``messaging.kafka.message.key``, partition, offset, consumer group).
 
-Tracing is off by default and then costs nothing: :func:`tracing_for` returns None, every hook
+Sampling (``EVENTLAB_TRACE_SAMPLE``) keeps or drops whole orders, decided by trace id where the
+trace starts; every later step checks the ``traceparent`` it got before it builds anything, so an
+unrecorded order costs a string split per step.
+
+Tracing is off by default and then costs nothing: :func:`open_tracing` returns None, every hook
 (loop, relay, HTTP, gateway, mailer) checks for None, and OpenTelemetry is not even imported (the
 spans live in :mod:`eventlab.tracing.spans`, imported when a sink is named). It is on when
 ``EVENTLAB_TRACING`` names a sink (``file``, ``otlp``, ``zipkin``), when ``EVENTLAB_OTLP_ENDPOINT``
@@ -21,17 +28,18 @@ or ``EVENTLAB_ZIPKIN_ENDPOINT`` is set, or when the standard ``OTEL_EXPORTER_OTL
 :mod:`eventlab.tracing.waterfall` reads for ``eventlab trace ORDER_ID`` and the notebooks.
 
 Each service gets its own ``TracerProvider`` (resource ``service.name`` = the service), so Jaeger
-and Zipkin show six services, while all of them share one batch pipeline per exporter. The
-providers are never installed globally: two shops in one process trace to their own sinks.
+and Zipkin show six services, while all of them share one batch pipeline per exporter. A
+``Tracing`` belongs to the composition root that made it (:class:`~eventlab.shop.Shop`, or
+:func:`~eventlab.supervisor.run_one` in process mode), which hands it to every part that makes
+spans and shuts it down when it stops; nothing is installed globally, so two shops in one process
+trace to their own sinks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventlab.errors import EventlabError
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
 
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["OTEL_ENDPOINTS", "SPANS_FILE", "TracingError", "flush", "forget", "install", "sinks", "tracing_for"]
+__all__ = ["OTEL_ENDPOINTS", "SPANS_FILE", "TracingError", "open_tracing", "sinks"]
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +62,6 @@ OTEL_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDP
 
 class TracingError(EventlabError):
     """Tracing was asked for in a way that cannot work (e.g. an exporter that is not installed)."""
-
-
-_REGISTRY: dict[Path, Tracing] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _key(settings: Settings) -> Path:
-    return settings.data_dir.expanduser().resolve()
 
 
 def sinks(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
@@ -80,56 +80,22 @@ def sinks(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]
     return list(dict.fromkeys(named))
 
 
-def tracing_for(settings: Settings) -> Tracing | None:
-    """The tracing of the shop in ``settings.data_dir`` (made once per process); None when off.
+def open_tracing(settings: Settings, *exporters: SpanExporter) -> Tracing | None:
+    """A new :class:`~eventlab.tracing.spans.Tracing` for one shop, exporting to the sinks the settings
+    name and to ``exporters`` (e.g. an ``InMemorySpanExporter`` as a test's collector); None when
+    neither names any, and then OpenTelemetry is not imported.
 
-    Off unless the settings or the ``OTEL_*`` variables name a sink, or :func:`install` was called.
+    Nothing runs until the shop opens it (:meth:`~eventlab.tracing.spans.Tracing.open`) and its
+    stop shuts it down, so two shops in one process trace each to their own sinks. An exporter
+    handed in is shut down with the shop it served.
     """
-    key = _key(settings)
-    with _REGISTRY_LOCK:
-        found = _REGISTRY.get(key)
-        if found is not None:
-            return found
-        chosen = sinks(settings)
-        if not chosen:
-            return None
-        from eventlab.tracing.spans import Tracing, exporter
-
-        found = _REGISTRY[key] = Tracing([exporter(sink, settings) for sink in chosen], sample=settings.trace_sample)
-        log.info("tracing %s to %s", settings.data_dir, ", ".join(chosen))
-        return found
-
-
-def install(settings: Settings, *exporters: SpanExporter) -> Tracing:
-    """Trace the shop in ``settings.data_dir`` to ``exporters`` as well as the sinks the settings name.
-
-    For tests and notebooks: e.g. an ``InMemorySpanExporter`` as an in-process collector. Replaces
-    (and shuts down) the tracing this process had for that directory. Call it before the shop is made.
-    """
+    chosen = sinks(settings)
+    if not chosen and not exporters:
+        return None
     from eventlab.tracing.spans import Tracing, exporter
 
-    tracing = Tracing(
-        [*(exporter(sink, settings) for sink in sinks(settings)), *exporters], sample=settings.trace_sample
-    )
-    with _REGISTRY_LOCK:
-        previous = _REGISTRY.pop(_key(settings), None)
-        _REGISTRY[_key(settings)] = tracing
-    if previous is not None:
-        previous.shutdown()
-    return tracing
+    def made() -> list[SpanExporter]:
+        return [*(exporter(sink, settings) for sink in chosen), *exporters]
 
-
-def forget(tracing: Tracing) -> None:
-    """Drop ``tracing`` from this process's shops (it was shut down)."""
-    with _REGISTRY_LOCK:
-        for key, found in list(_REGISTRY.items()):
-            if found is tracing:
-                del _REGISTRY[key]
-
-
-def flush(settings: Settings) -> None:
-    """Export the finished spans of the shop in ``settings.data_dir``, if this process traces it."""
-    with _REGISTRY_LOCK:
-        found = _REGISTRY.get(_key(settings))
-    if found is not None:
-        found.flush()
+    log.info("tracing %s to %s", settings.data_dir, ", ".join([*chosen, *(type(e).__name__ for e in exporters)]))
+    return Tracing(made, sample=settings.trace_sample)

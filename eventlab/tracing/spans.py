@@ -8,22 +8,26 @@ side are wrapped (:class:`TracedGateway`, :class:`TracedMailer`, :class:`TracedC
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Message as KafkaMessage
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from eventlab.application import Commands
 from eventlab.events import EmailRequested
@@ -31,7 +35,7 @@ from eventlab.kafka.cloudevents import Message
 from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
-from eventlab.tracing import SPANS_FILE, TracingError, forget
+from eventlab.tracing import SPANS_FILE, TracingError
 
 __all__ = [
     "JsonLinesExporter",
@@ -49,6 +53,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def context_of(traceparent: str) -> Context | None:
@@ -125,7 +131,7 @@ class JsonLinesExporter(SpanExporter):
         return f"JsonLinesExporter({str(self.path)!r})"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(_record(span), separators=(",", ":")) + "\n" for span in spans)
+        lines = "".join(map(_line, spans))
         try:
             with self.path.open("a", encoding="utf-8") as sink:
                 sink.write(lines)
@@ -138,51 +144,96 @@ class JsonLinesExporter(SpanExporter):
         """Nothing to release: the file is opened per batch."""
 
 
-def _record(span: ReadableSpan) -> dict[str, Any]:
-    context = span.get_span_context()
-    parent = span.parent
+#: Each span's line, formatted directly (a dict per span and ``json.dumps`` of it cost twice as much).
+_LINE = (
+    '{"trace_id":"%032x","span_id":"%016x","parent_id":%s,"name":%s,"kind":"%s","service":%s,'
+    '"start_ns":%d,"end_ns":%d,"status":"%s","attributes":%s}\n'
+)
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _line(span: ReadableSpan) -> str:
+    """``span`` as one JSON line of the local sink (see :class:`JsonLinesExporter`)."""
+    context, parent, attributes = span.context, span.parent, span.attributes
     assert context is not None  # a finished SDK span always has its context
-    return {
-        "trace_id": f"{context.trace_id:032x}",
-        "span_id": f"{context.span_id:016x}",
-        "parent_id": f"{parent.span_id:016x}" if parent is not None else None,
-        "name": span.name,
-        "kind": span.kind.name,
-        "service": str(span.resource.attributes.get("service.name", "")),
-        "start_ns": span.start_time,
-        "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
-    }
+    return _LINE % (
+        context.trace_id,
+        context.span_id,
+        f'"{parent.span_id:016x}"' if parent is not None else "null",
+        _encode(span.name),
+        span.kind.name,
+        _encode(span.resource.attributes.get("service.name", "")),
+        span.start_time or 0,
+        span.end_time or 0,
+        span.status.status_code.name,
+        _encode(dict(attributes)) if attributes else "{}",
+    )
 
 
 class _Shared(SpanProcessor):
-    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares."""
+    """Forwards one provider's spans to the pipelines every provider of a :class:`Tracing` shares
+    (none while it is shut: such spans are dropped)."""
 
-    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
-        self.processors = processors
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Nothing to do when a span starts: only finished spans are exported."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        for processor in self.processors:
+        for processor in self.tracing.processors:
             processor.on_end(span)
 
     def shutdown(self) -> None:
         """The pipelines belong to the :class:`Tracing`, which shuts them down once."""
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(processor.force_flush(timeout_millis) for processor in self.processors)
+        return self.tracing.flush(timeout_millis)
+
+
+class _FollowParent(Sampler):
+    """The SDK's ``ParentBased(root)`` without its per-span cost: a span under a valid parent is
+    recorded exactly when the parent was sampled (its trace state kept); a new trace asks ``root``."""
+
+    _DROPPED = SamplingResult(Decision.DROP)
+
+    def __init__(self, root: Sampler) -> None:
+        self.root = root
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid:
+            return self.root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if not parent.trace_flags.sampled:
+            return self._DROPPED
+        # the span takes its attributes from the result
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
+
+    def get_description(self) -> str:
+        return f"FollowParent{{root:{self.root.get_description()}}}"
 
 
 class Tracing:
     """Tracers for the services of one shop, all exporting through the same pipelines.
 
+    ``exporters`` makes the exporters each time the shop opens its tracing (:meth:`open`, at its
+    start); :meth:`shutdown` (at its stop) exports what is left and stops them.
+
     Example:
         >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         >>> memory = InMemorySpanExporter()
-        >>> tracing = Tracing([memory])
+        >>> tracing = Tracing(lambda: [memory]).open()
         >>> with tracing.tracer("order").start_as_current_span("place order"):
         ...     pass
         >>> tracing.flush(), [span.name for span in memory.get_finished_spans()]
@@ -190,66 +241,71 @@ class Tracing:
         >>> tracing.shutdown()
     """
 
-    def __init__(self, exporters: Sequence[SpanExporter], *, sample: float = 1.0, schedule_delay_ms: int = 200) -> None:
-        self.exporters = tuple(exporters)
-        #: The share of traces recorded, decided by trace id: every span of an order decides alike,
-        #: also under a parent recorded without a span (an order placed by ``eventlab demo``'s own
-        #: command side carries a sampled ``traceparent``); an unsampled parent is followed.
+    def __init__(
+        self, exporters: Callable[[], Sequence[SpanExporter]], *, sample: float = 1.0, schedule_delay_ms: int = 200
+    ) -> None:
+        self._make_exporters = exporters
+        self.schedule_delay_ms = schedule_delay_ms
+        #: The exporters of the last :meth:`open`.
+        self.exporters: tuple[SpanExporter, ...] = ()
+        #: The batch pipelines while open (empty when shut: spans that end then are dropped).
+        self.processors: tuple[BatchSpanProcessor, ...] = ()
+        #: The share of traces recorded, decided by trace id where a trace starts (``place order``,
+        #: an HTTP request without a caller's ``traceparent``) and followed by every span under it.
+        #: Spans under a stored or received ``traceparent`` are only made once :meth:`records` said
+        #: yes (the same share, by trace id, for a parent recorded without a span), so the SDK's
+        #: sampler never runs for a step of an unrecorded order.
         ratio = TraceIdRatioBased(sample)
-        self.sampler = ParentBased(ratio, remote_parent_sampled=ratio, local_parent_sampled=ratio)
+        self.sampler = _FollowParent(ratio)
         self._bound = ratio.bound
-        self._processors = [
-            BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms, max_queue_size=65536)
-            for exporter in self.exporters
-        ]
         self._tracers: dict[str, Tracer] = {}
-        self._providers: list[TracerProvider] = []
         self._lock = threading.Lock()
-        self._closed = False
-        atexit.register(self.shutdown)
 
     def __repr__(self) -> str:
-        return f"<Tracing {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
+        state = "open" if self.processors else "shut"
+        return (
+            f"<Tracing {state} {', '.join(type(e).__name__ for e in self.exporters)} services={sorted(self._tracers)}>"
+        )
+
+    def open(self) -> Tracing:
+        """Make the exporters and start their batch pipelines (idempotent); return self."""
+        with self._lock:
+            if not self.processors:
+                self.exporters = tuple(self._make_exporters())
+                self.processors = tuple(
+                    BatchSpanProcessor(exporter, schedule_delay_millis=self.schedule_delay_ms, max_queue_size=65536)
+                    for exporter in self.exporters
+                )
+                atexit.register(self.shutdown)
+        return self
 
     def tracer(self, service: str) -> Tracer:
         """The tracer of ``service`` (its spans carry ``service.name`` = ``service``)."""
+        found = self._tracers.get(service)
+        if found is not None:
+            return found
         with self._lock:
             found = self._tracers.get(service)
             if found is None:
                 resource = Resource.create({"service.name": service, "service.namespace": "eventlab"})
                 provider = TracerProvider(sampler=self.sampler, resource=resource, shutdown_on_exit=False)
-                provider.add_span_processor(_Shared(self._processors))
-                self._providers.append(provider)
+                provider.add_span_processor(_Shared(self))
                 found = self._tracers[service] = provider.get_tracer("eventlab")
             return found
 
     def flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now (before reading the local sink); True when all went."""
-        return all(processor.force_flush(timeout_ms) for processor in self._processors)
+        return all(processor.force_flush(timeout_ms) for processor in self.processors)
 
     def shutdown(self) -> None:
-        """Export what is left and stop the pipelines (also at interpreter exit); idempotent."""
+        """Export what is left and stop the pipelines and exporters (also at interpreter exit);
+        idempotent, and :meth:`open` starts anew."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for processor in self._processors:
+            processors, self.processors = self.processors, ()
+        for processor in processors:
             processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
-        forget(self)
-        atexit.unregister(self.shutdown)
-
-    @contextmanager
-    def span(
-        self,
-        service: str,
-        name: str,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, str | int | bool] | None = None,
-        parent: Context | None = None,
-    ) -> Iterator[trace.Span]:
-        """A span of ``service`` around the block, current inside it; an exception marks it failed."""
-        with self.tracer(service).start_as_current_span(name, parent, kind, attributes=attributes) as span:
-            yield span
+        if processors:
+            atexit.unregister(self.shutdown)
 
     def records(self, traceparent: str) -> bool:
         """Whether the trace ``traceparent`` names is recorded (sampled, and in the sampled share):
@@ -264,13 +320,17 @@ class Tracing:
         except ValueError:
             return True
 
-    @contextmanager
-    def consuming(self, group: str, message: Message, raw: KafkaMessage | None) -> Iterator[trace.Span]:
-        """The ``CONSUMER`` span of consumer group ``group`` handling ``message`` (``raw``: as consumed),
-        a child of the span that published it (the message's ``traceparent``)."""
+    def consuming(self, group: str, message: Message, raw: KafkaMessage | None) -> trace.Span | None:
+        """The started ``CONSUMER`` span of consumer group ``group`` handling ``message`` (``raw``: as
+        consumed), a child of the span that published it (the message's ``traceparent``); None, with
+        nothing built, when that trace is not recorded. Run the handler :meth:`within` it, then
+        :meth:`finish` it once its outcome is committed."""
+        if not self.records(message.traceparent):
+            return None
         topic = raw.topic() if raw is not None else None
+        topic = topic or message.event.topic
         attributes = kafka_attributes(
-            topic or message.event.topic,
+            topic,
             _text(raw.key()) if raw is not None else "",
             operation="process",
             message_id=message.event_id,
@@ -278,15 +338,31 @@ class Tracing:
             partition=raw.partition() if raw is not None else None,
             offset=raw.offset() if raw is not None else None,
         )
-        attributes["eventlab.event_type"] = message.event.event_type
-        name = f"process {topic or message.event.topic}"
         parent = context_of(message.traceparent)
-        with self.tracer(group).start_as_current_span(name, parent, SpanKind.CONSUMER, attributes) as span:
-            yield span
+        return self.tracer(group).start_span(f"process {topic}", parent, SpanKind.CONSUMER, attributes)
 
-    def publishing(self) -> PublishSpans:
-        """A batch of the relay's ``PRODUCER`` spans (see :class:`PublishSpans`)."""
-        return PublishSpans(self.tracer("relay"), self.records)
+    @staticmethod
+    def within(span: trace.Span, call: Callable[[], _T]) -> _T:
+        """``call()`` with ``span`` current (the parent of the spans it makes: a gateway call, a mail)."""
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return call()
+        finally:
+            otel_context.detach(token)
+
+    @staticmethod
+    def finish(spans: Iterable[trace.Span], error: BaseException | None = None) -> None:
+        """End ``spans``, failed with ``error`` if one ended their work."""
+        for span in spans:
+            if error is not None:
+                span.record_exception(error)
+                failed(span, f"{type(error).__name__}: {error}")
+            span.end()
+
+    def publishing(self, topics: Collection[str] | None = None) -> PublishSpans:
+        """A batch of the relay's ``PRODUCER`` spans, for messages to ``topics`` (all when None; see
+        :class:`PublishSpans`)."""
+        return PublishSpans(self.tracer("relay"), self.records, topics)
 
     @contextmanager
     def serving(self, service: str, method: str, path: str, traceparent: str) -> Iterator[Callable[[int], None]]:
@@ -327,17 +403,23 @@ class PublishSpans:
 
     :meth:`start` puts the producer span's own ``traceparent`` in the message's headers, so the
     consumer's span becomes its child; :meth:`end` ends them all once the broker acknowledged.
+    Only messages to ``topics`` (when given: those a service of the shop consumes) get a span; the
+    others (e.g. ``inventory.stock.sold``, read by nobody) keep the appending span's ``traceparent``,
+    so a consumer outside the shop still joins the order's trace.
     """
 
-    def __init__(self, tracer: Tracer, records: Callable[[str], bool]) -> None:
+    def __init__(self, tracer: Tracer, records: Callable[[str], bool], topics: Collection[str] | None = None) -> None:
         self.tracer = tracer
         self.records = records
+        self.topics = topics
         self.spans: list[trace.Span] = []
 
     def start(
         self, topic: str, key: str, event_id: str, headers: Sequence[tuple[str, bytes]]
     ) -> list[tuple[str, bytes]]:
         """Start the span publishing one message; return its headers with the span's ``traceparent``."""
+        if self.topics is not None and topic not in self.topics:
+            return list(headers)
         stored = next((raw.decode() for name, raw in headers if name == "traceparent"), "")
         if not self.records(stored):
             return list(headers)
@@ -399,19 +481,22 @@ class TracedGateway:
         if not trace.get_current_span().is_recording():  # not a traced order: no span, no new trace
             return self.gateway.charge(order_id, amount_cents)
         attributes: dict[str, str | int] = {"eventlab.order_id": order_id, "eventlab.amount_cents": amount_cents}
-        with self.tracer.start_as_current_span("gateway charge", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            result = self.gateway.charge(order_id, amount_cents)
-            span.set_attribute("eventlab.approved", result.approved)
-            return result
+        span = self.tracer.start_span("gateway charge", kind=SpanKind.CLIENT, attributes=attributes)
+        result = _call(span, functools.partial(self.gateway.charge, order_id, amount_cents))
+        span.set_attribute("eventlab.approved", result.approved)
+        span.end()
+        return result
 
     def refund(self, order_id: str) -> RefundResult:
         if not trace.get_current_span().is_recording():
             return self.gateway.refund(order_id)
-        attributes = {"eventlab.order_id": order_id}
-        with self.tracer.start_as_current_span("gateway refund", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            result = self.gateway.refund(order_id)
-            span.set_attribute("eventlab.refunded_cents", result.refunded_cents)
-            return result
+        span = self.tracer.start_span(
+            "gateway refund", kind=SpanKind.CLIENT, attributes={"eventlab.order_id": order_id}
+        )
+        result = _call(span, functools.partial(self.gateway.refund, order_id))
+        span.set_attribute("eventlab.refunded_cents", result.refunded_cents)
+        span.end()
+        return result
 
 
 class TracedMailer:
@@ -428,10 +513,20 @@ class TracedMailer:
         if not trace.get_current_span().is_recording():
             return self.mailer(email)
         attributes = {"eventlab.order_id": email.order_id, "eventlab.email_kind": email.kind}
-        with self.tracer.start_as_current_span("mail send", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            delivered = self.mailer(email)
-            span.set_attribute("eventlab.delivered", bool(delivered))
-            return delivered
+        span = self.tracer.start_span("mail send", kind=SpanKind.CLIENT, attributes=attributes)
+        delivered = _call(span, functools.partial(self.mailer, email))
+        span.set_attribute("eventlab.delivered", bool(delivered))
+        span.end()
+        return delivered
+
+
+def _call(span: trace.Span, call: Callable[[], _T]) -> _T:
+    """``call()``; if it raises, ``span`` ends failed with the exception before it goes on."""
+    try:
+        return call()
+    except BaseException as exc:
+        Tracing.finish([span], exc)
+        raise
 
 
 def failed(span: trace.Span, reason: str) -> None:

@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eventlab.cli import Command
 from eventlab.errors import EventlabError, NotFound
@@ -30,15 +30,18 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 from eventlab.tables import Table
-from eventlab.tracing import SPANS_FILE, flush
+from eventlab.tracing import SPANS_FILE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
+
+    from eventlab.tracing.spans import Tracing
 
 __all__ = [
     "COMMAND",
     "SpanRecord",
     "Step",
+    "TracedShop",
     "Waterfall",
     "critical_path",
     "from_sdk",
@@ -133,10 +136,24 @@ def order_trace_id(store: EventStore, order_id: str) -> str:
     raise NotFound("order_id", f"no traced order {order_id}")
 
 
-def order_spans(settings: Settings, store: EventStore, order_id: str) -> list[SpanRecord]:
-    """Every span of ``order_id``'s trace in the shop's local sink (exported now if this process traces it)."""
-    flush(settings)
-    return read_spans(settings.data_dir, order_trace_id(store, order_id))
+class TracedShop(Protocol):
+    """What :func:`order_spans` reads: a running :class:`~eventlab.shop.Shop`, or anything alike."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> EventStore: ...
+
+    @property
+    def tracing(self) -> Tracing | None: ...
+
+
+def order_spans(shop: TracedShop, order_id: str) -> list[SpanRecord]:
+    """Every span of ``order_id``'s trace in the shop's local sink (its finished spans exported first)."""
+    if shop.tracing is not None:
+        shop.tracing.flush()
+    return read_spans(shop.settings.data_dir, order_trace_id(shop.store, order_id))
 
 
 @dataclass(frozen=True)
@@ -319,7 +336,7 @@ def _trace(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     store = open_store(settings)
     try:
-        spans = order_spans(settings, store, args.order_id)
+        spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
     except EventlabError as exc:
         print(f"eventlab: error: {exc}")
         return 1
