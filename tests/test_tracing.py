@@ -23,6 +23,7 @@ from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services
 from eventlab.demo import run_demo
 from eventlab.services import order
+from eventlab.services.runtime import trace_metadata
 from eventlab.settings import SettingsError
 from eventlab.store import open_store
 from eventlab.tracing import open_tracing
@@ -415,3 +416,15 @@ def test_one_trace_across_service_processes(tmp_path):
         by_id = {span.span_id: span for span in spans}
         assert [s.name for s in spans if s.parent_id not in by_id] == ["POST /orders"]
         assert all(by_id[s.parent_id].service == "relay" for s in spans if s.kind == "CONSUMER")
+
+
+@pytest.mark.parametrize("flags", ["00", "01"])
+def test_events_caused_by_a_message_stay_in_its_trace_and_keep_its_sampling_decision(flags):
+    # given: a traceparent from a caller that did (01) or did not (00) sample the trace
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    incoming = f"00-{trace_id}-00f067aa0ba902b7-{flags}"
+    # when: a service records events caused by it
+    _, trace, span, sampled = trace_metadata("order", "O-1", "E-1", incoming)["traceparent"].split("-")
+    # then: same trace, a new span, and the caller's decision, so no later hop records a rootless trace
+    assert (trace, sampled) == (trace_id, flags)
+    assert span != "00f067aa0ba902b7"

@@ -178,11 +178,13 @@ class StreamCache:
 def trace_metadata(source: str, correlation_id: str, causation_id: str = "", traceparent: str = "") -> Metadata:
     """Metadata for events caused by one input: same trace, a new span."""
     parts = traceparent.split("-")
-    trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else new_trace_id()
+    joined = len(parts) == 4 and len(parts[1]) == 32
+    trace_id = parts[1] if joined else new_trace_id()
+    flags = parts[3] if joined and parts[3] in ("00", "01") else "01"  # an unsampled trace stays unsampled
     metadata = {
         "source": source,
         "correlation_id": correlation_id,
-        "traceparent": f"00-{trace_id}-{new_span_id()}-01",
+        "traceparent": f"00-{trace_id}-{new_span_id()}-{flags}",
     }
     if causation_id:
         metadata["causation_id"] = causation_id
