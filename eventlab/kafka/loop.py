@@ -403,6 +403,8 @@ class ServiceLoop:
     # --- holding a partition at a message ------------------------------------------------------
 
     def _held(self, message: KafkaMessage) -> bool:
+        if not self._holds:  # the usual case, checked for every message
+            return False
         topic, partition, offset = _position(message)
         hold = self._holds.get((topic, partition))
         return hold is not None and not hold.resumed and offset >= hold.offset
