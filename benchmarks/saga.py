@@ -3,10 +3,16 @@ raw confluent-kafka throughput on the same embedded broker in the same run; with
 the same again on a store that already holds N events (``benchmarks/restart.py`` grows it), to
 show whether cost stays flat as the store grows. The machine's load is printed first.
 
+The same for ``eventlab up --processes`` (``processes_*``: one OS process per service, orders
+placed over HTTP, CPU ms/order summed over every child and per child, the broker's included; the
+benchmark's HTTP client is not counted). CPU ms/order is the steadier figure on a shared machine.
+
     python benchmarks/saga.py                         # a table
     python benchmarks/saga.py --json                  # one JSON object
     python benchmarks/saga.py --preload 1000000       # also with a 1M-event store
     python benchmarks/saga.py --tracing               # also: full-speed orders/s with tracing off and on
+    python benchmarks/saga.py --switch-interval 0.0005 # also: each rate with a shorter GIL switch interval
+    python benchmarks/saga.py --no-processes          # threads mode only
 """
 
 from __future__ import annotations
@@ -115,6 +121,11 @@ def main() -> int:
     parser.add_argument("--raw-messages", type=int, default=200_000, help="messages for raw Kafka (default 200k)")
     parser.add_argument("--tracing", action="store_true", help="also measure the cost of tracing (file sink)")
     parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="also run each rate (threads) with sys.setswitchinterval(S), e.g. 0.0005 (default 0.005)",
+    )
+    parser.add_argument(
         "--processes",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -130,7 +141,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
         root = Path(tmp)
         catalogue = write_catalogue(root)
-        result.update(run(Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds))
+        threads = run(
+            Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds, args.switch_interval
+        )
+        result.update(threads)
         if args.processes:
             result.update(run_processes(root, args.orders, rates, args.seconds))
         if args.raw_messages:
@@ -151,8 +165,16 @@ def main() -> int:
     return 0 if not any(stuck) else 1
 
 
-def run(settings: Settings, catalogue: Path, orders: int, rates: list[float], seconds: float) -> dict[str, object]:
-    """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal."""
+def run(
+    settings: Settings,
+    catalogue: Path,
+    orders: int,
+    rates: list[float],
+    seconds: float,
+    switch_interval: float | None = None,
+) -> dict[str, object]:
+    """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal, CPU
+    ms/order; with ``switch_interval``, each rate also with ``sys.setswitchinterval`` set to it."""
     found: dict[str, object] = {}
     with Shop(settings, payment_failure_rate=0.0) as shop:
         # the deadline sweeper reads the whole log once at start (to find unfinished orders): measured
@@ -169,11 +191,22 @@ def run(settings: Settings, catalogue: Path, orders: int, rates: list[float], se
         found["full_speed_p50_ms"] = full.saga_latency_ms["p50"]
         found["events_per_order"] = round(full.events / orders, 1)
         stuck = full.stuck
+        default_interval = sys.getswitchinterval()
         for seed, rate in enumerate(rates, start=1):
-            paced = run_demo(shop, int(rate * seconds), rate=rate, seed=seed, catalogue=catalogue)
-            found[f"at_{rate:g}_p50_ms"] = paced.saga_latency_ms["p50"]
-            found[f"at_{rate:g}_p99_ms"] = paced.saga_latency_ms["p99"]
-            stuck += paced.stuck
+            intervals = [(default_interval, "")]
+            if switch_interval:  # each rate twice on the same shop: the interval as it is, then shorter
+                intervals.append((switch_interval, "_short_switch"))
+            for interval, suffix in intervals:
+                sys.setswitchinterval(interval)
+                cpu = time.process_time()
+                paced = run_demo(shop, int(rate * seconds), rate=rate, seed=seed, catalogue=catalogue)
+                found[f"at_{rate:g}{suffix}_p50_ms"] = paced.saga_latency_ms["p50"]
+                found[f"at_{rate:g}{suffix}_p99_ms"] = paced.saga_latency_ms["p99"]
+                found[f"at_{rate:g}{suffix}_cpu_ms_per_order"] = round(
+                    (time.process_time() - cpu) * 1000 / paced.orders, 2
+                )
+                stuck += paced.stuck
+            sys.setswitchinterval(default_interval)
     found["stuck"] = stuck
     return found
 
