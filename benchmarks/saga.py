@@ -3,27 +3,43 @@ raw confluent-kafka throughput on the same embedded broker in the same run; with
 the same again on a store that already holds N events (``benchmarks/restart.py`` grows it), to
 show whether cost stays flat as the store grows. The machine's load is printed first.
 
+The same for ``eventlab up --processes`` (``processes_*``: one OS process per service, orders
+placed over HTTP, CPU ms/order summed over every child and per child, the broker's included; the
+benchmark's HTTP client is not counted). CPU ms/order is the steadier figure on a shared machine.
+
     python benchmarks/saga.py                         # a table
     python benchmarks/saga.py --json                  # one JSON object
     python benchmarks/saga.py --preload 1000000       # also with a 1M-event store
     python benchmarks/saga.py --tracing               # also: full-speed orders/s with tracing off and on
+    python benchmarks/saga.py --switch-interval 0.0005 # also: each rate with a shorter GIL switch interval
+    python benchmarks/saga.py --no-processes          # threads mode only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from eventlab import Settings, Shop
-from eventlab.demo import run_demo
+from eventlab.demo import percentile, recorded_seconds, run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
 from eventlab.resilience import wait_until
+from eventlab.settings import SERVICE_PORTS, port_free
+from eventlab.store import open_store
+from eventlab.store.base import EventStore
 from eventlab.tables import text_rows
 
 
@@ -107,6 +123,17 @@ def main() -> int:
     parser.add_argument("--preload", type=int, default=0, help="also run on a store of this many events (default 0)")
     parser.add_argument("--raw-messages", type=int, default=200_000, help="messages for raw Kafka (default 200k)")
     parser.add_argument("--tracing", action="store_true", help="also measure the cost of tracing (file sink)")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="also run each rate (threads) with sys.setswitchinterval(S), e.g. 0.0005 (default 0.005)",
+    )
+    parser.add_argument(
+        "--processes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run 'eventlab up --processes', orders over HTTP (default: yes)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",") if rate]
@@ -117,7 +144,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
         root = Path(tmp)
         catalogue = write_catalogue(root)
-        result.update(run(Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds))
+        threads = run(
+            Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds, args.switch_interval
+        )
+        result.update(threads)
+        if args.processes:
+            result.update(run_processes(root, args.orders, rates, args.seconds))
         if args.raw_messages:
             with Shop(Settings.from_env(data_dir=root / "raw")) as shop:
                 produce, consume = raw_kafka(shop.kafka_settings, args.raw_messages)
@@ -136,8 +168,16 @@ def main() -> int:
     return 0 if not any(stuck) else 1
 
 
-def run(settings: Settings, catalogue: Path, orders: int, rates: list[float], seconds: float) -> dict[str, object]:
-    """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal."""
+def run(
+    settings: Settings,
+    catalogue: Path,
+    orders: int,
+    rates: list[float],
+    seconds: float,
+    switch_interval: float | None = None,
+) -> dict[str, object]:
+    """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal, CPU
+    ms/order; with ``switch_interval``, each rate also with ``sys.setswitchinterval`` set to it."""
     found: dict[str, object] = {}
     with Shop(settings, payment_failure_rate=0.0) as shop:
         # the deadline sweeper reads the whole log once at start (to find unfinished orders): measured
@@ -154,12 +194,218 @@ def run(settings: Settings, catalogue: Path, orders: int, rates: list[float], se
         found["full_speed_p50_ms"] = full.saga_latency_ms["p50"]
         found["events_per_order"] = round(full.events / orders, 1)
         stuck = full.stuck
+        default_interval = sys.getswitchinterval()
         for seed, rate in enumerate(rates, start=1):
-            paced = run_demo(shop, int(rate * seconds), rate=rate, seed=seed, catalogue=catalogue)
-            found[f"at_{rate:g}_p50_ms"] = paced.saga_latency_ms["p50"]
-            found[f"at_{rate:g}_p99_ms"] = paced.saga_latency_ms["p99"]
-            stuck += paced.stuck
+            intervals = [(default_interval, "")]
+            if switch_interval:  # each rate twice on the same shop: the interval as it is, then shorter
+                intervals.append((switch_interval, "_short_switch"))
+            for interval, suffix in intervals:
+                sys.setswitchinterval(interval)
+                cpu = time.process_time()
+                paced = run_demo(shop, int(rate * seconds), rate=rate, seed=seed, catalogue=catalogue)
+                found[f"at_{rate:g}{suffix}_p50_ms"] = paced.saga_latency_ms["p50"]
+                found[f"at_{rate:g}{suffix}_p99_ms"] = paced.saga_latency_ms["p99"]
+                found[f"at_{rate:g}{suffix}_cpu_ms_per_order"] = round(
+                    (time.process_time() - cpu) * 1000 / paced.orders, 2
+                )
+                stuck += paced.stuck
+            sys.setswitchinterval(default_interval)
     found["stuck"] = stuck
+    return found
+
+
+# --- process mode: `eventlab up --processes`, orders over HTTP --------------------------------
+
+
+def _post(port: int, path: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+def _health(port: int) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            answer: dict[str, object] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:  # 503: degraded, still an answer
+        degraded: dict[str, object] = json.loads(exc.read())
+        return degraded
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def _free_offset() -> int:
+    """An HTTP port offset whose six service ports are free now."""
+    for offset in range(23_000, 40_000, 97):
+        if all(port_free(base + offset) for base in SERVICE_PORTS.values()):
+            return offset
+    raise RuntimeError("no free HTTP port offset")
+
+
+def _children_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of every descendant of ``pid`` and of ``pid`` itself, by name
+    (``relay``, ``order``, ..., ``broker``, ``supervisor``); standbys count with their service."""
+    found: dict[str, float] = {}
+    for child, command in _descendants(pid):
+        name = "supervisor" if child == pid else _process_name(command)
+        found[name] = found.get(name, 0.0) + _cpu_seconds(child)
+    return found
+
+
+def _process_name(command: list[str]) -> str:
+    if "run" in command and command.index("run") + 1 < len(command):
+        return command[command.index("run") + 1]
+    return "broker" if any("tansu" in part for part in command) else Path(command[0]).name if command else "?"
+
+
+def _descendants(pid: int) -> list[tuple[int, list[str]]]:
+    """``pid`` and its descendants with their command lines (psutil when installed, else /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    # the field after the parenthesised name: state, then the parent's pid
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        tree, frontier = [pid], [pid]
+        while frontier:
+            frontier = [child for child, parent in parents.items() if parent in frontier]
+            tree += frontier
+        found = []
+        for member in tree:
+            with contextlib.suppress(OSError):
+                found.append((member, Path(f"/proc/{member}/cmdline").read_text().split("\0")[:-1]))
+        return found
+    root = psutil.Process(pid)
+    return [(member.pid, member.cmdline()) for member in [root, *root.children(recursive=True)]]
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _orders(seed: int, count: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "user_id": f"B{rng.randrange(10):02d}",
+            "lines": [
+                {"product_id": pid, "quantity": rng.randint(1, 3)}
+                for pid in rng.sample([f"BP{i:02d}" for i in range(20)], rng.choice((1, 1, 2, 2, 3)))
+            ],
+        }
+        for _ in range(count)
+    ]
+
+
+def _place_and_wait(
+    store: EventStore, port: int, orders: list[dict[str, object]], rate: float | None, clients: int, timeout: float
+) -> tuple[float, list[float], int]:
+    """POST every order (``rate`` per second from one client, or as fast as ``clients`` allow) and
+    wait until each saga is terminal in the store; return (elapsed s, latencies ms, stuck)."""
+    seen = store.head()
+    placed: set[str] = set()
+    created: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    started = time.monotonic()
+
+    def place(index: int) -> str:
+        if rate:
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))
+        return str(_post(port, "/orders", orders[index])["order_id"])
+
+    with ThreadPoolExecutor(1 if rate else clients) as pool:
+        placed.update(pool.map(place, range(len(orders))))
+    deadline = time.monotonic() + timeout
+    while len(finished) < len(placed) and time.monotonic() < deadline:
+        for record in store.read_records(after=seen):
+            seen = record.position
+            if record.aggregate_id not in placed:
+                continue
+            if record.event_type == "OrderCreated":
+                created[record.aggregate_id] = recorded_seconds(record.recorded_at)
+            elif record.event_type in ("OrderCompleted", "OrderCancelled"):
+                finished[record.aggregate_id] = recorded_seconds(record.recorded_at)
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    latencies = [(finished[o] - created[o]) * 1000 for o in finished if o in created]
+    return elapsed, latencies, len(placed) - len(finished)
+
+
+def run_processes(
+    root: Path, orders: int, rates: list[float], seconds: float, clients: int = 8, timeout: float = 600
+) -> dict[str, object]:
+    """The same figures as :func:`run` for ``eventlab up --processes`` (one OS process per service,
+    plus the relay and the broker), orders placed over HTTP; CPU ms/order per process and in total
+    (this benchmark's own HTTP client not counted)."""
+    offset = _free_offset()
+    data_dir = root / "processes"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
+    env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
+    settings = Settings.from_env(data_dir=data_dir, http_port_offset=offset)
+    port = {name: settings.port(name) for name in SERVICE_PORTS}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    found: dict[str, object] = {}
+    try:
+        wait_until(lambda: all(_health(p) is not None for p in port.values()), 120, interval=0.2)
+        for i in range(10):
+            _post(port["user"], "/users", {"user_id": f"B{i:02d}", "name": f"Bench {i}", "email": f"b{i}@example.com"})
+        for i in range(20):
+            product = {"product_id": f"BP{i:02d}", "name": f"Bench product {i}", "price_cents": 100 + i}
+            _post(port["product"], "/products", {**product, "initial_stock": 1_000_000})
+
+        def stocked() -> bool:  # every service caught up (user and product consume nothing)
+            return all((h := _health(p)) is not None and h.get("lag", 0) == 0 for p in port.values())
+
+        wait_until(stocked, 120, interval=0.2)
+        store = open_store(settings)
+        try:
+            cpu = _children_cpu(up.pid)
+            elapsed, latencies, stuck = _place_and_wait(
+                store, port["order"], _orders(0, orders), None, clients, timeout
+            )
+            spent = _children_cpu(up.pid)
+            found["processes_orders_per_s"] = round(orders / elapsed, 1)
+            found["processes_full_speed_p50_ms"] = round(percentile(latencies, 50), 1)
+            found["processes_cpu_ms_per_order"] = round((sum(spent.values()) - sum(cpu.values())) * 1000 / orders, 2)
+            for name in sorted(spent, key=lambda name: -(spent[name] - cpu.get(name, 0.0))):
+                found[f"processes_cpu_ms_per_order_{name}"] = round(
+                    (spent[name] - cpu.get(name, 0.0)) * 1000 / orders, 2
+                )
+            for seed, rate in enumerate(rates, start=1):
+                _, paced, more = _place_and_wait(
+                    store, port["order"], _orders(seed, int(rate * seconds)), rate, clients, timeout
+                )
+                found[f"processes_at_{rate:g}_p50_ms"] = round(percentile(paced, 50), 1)
+                found[f"processes_at_{rate:g}_p99_ms"] = round(percentile(paced, 99), 1)
+                stuck += more
+            found["processes_stuck"] = stuck
+        finally:
+            store.close()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
     return found
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from eventlab.events import EVENT_TYPES, Event
-from eventlab.store.base import EventRecord, StoredEvent
+from eventlab.store.base import EventRecord, StoredEvent, json_loads
 
 __all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
 
@@ -39,7 +39,7 @@ class Message:
 def to_message(stored: StoredEvent | EventRecord) -> tuple[str, bytes, Headers]:
     """Key, value and headers for a stored event (decoded or as a raw record)."""
     if isinstance(stored, EventRecord):
-        value, meta = stored.data, json.loads(stored.metadata)
+        value, meta = stored.data, json_loads(stored.metadata)
         time = stored.recorded_at.replace(" ", "T") + "Z"
     else:
         value, meta = stored.to_json(), stored.metadata
@@ -61,7 +61,16 @@ def to_message(stored: StoredEvent | EventRecord) -> tuple[str, bytes, Headers]:
 
 
 def _validate(cls: type[Event], value: bytes | str) -> Event:
-    """``value`` parsed as JSON and validated as ``cls``, or :class:`UndecodableMessage` saying why."""
+    """``value`` parsed as JSON and validated as ``cls``, or :class:`UndecodableMessage` saying why.
+
+    pydantic's own JSON parsing first (about 2.5x faster than ``json.loads`` plus validation, and
+    every consumer and the relay validate each event); what it refuses is parsed again the slow way,
+    which accepts what ``json.loads`` accepts and gives the reasons below.
+    """
+    try:
+        return cls.model_validate_json(value)
+    except ValidationError:
+        pass
     try:
         return cls.model_validate(json.loads(value))
     except ValidationError as exc:
@@ -82,7 +91,7 @@ def record_topic(record: EventRecord) -> str:
         raise UndecodableMessage(f"unknown event type {record.event_type!r}")
     _validate(cls, record.data)
     try:
-        metadata = json.loads(record.metadata)
+        metadata = json_loads(record.metadata)  # pydantic-core's parser, json.loads for what it refuses
     except (ValueError, RecursionError) as exc:
         raise UndecodableMessage(f"metadata is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(metadata, dict):

@@ -139,17 +139,19 @@ class StreamCache:
     def remember(self, streams: Iterable[Stream[object]]) -> None:
         """Keep streams whose new events were just committed (a :attr:`Decision.streams`), so they
         are not read back."""
-        for stream in streams:
-            self._put(stream)
+        self._put(*streams)
 
-    def _put(self, stream: Stream[object]) -> None:
+    def _put(self, *streams: Stream[object]) -> None:
+        """Keep ``streams`` unless a newer version is kept (one lock for a whole batch)."""
         with self._lock:
-            current = self._streams.get(stream.key)
-            if current is None or current.version <= stream.version:
-                self._streams[stream.key] = stream
-                self._streams.move_to_end(stream.key)
-            if len(self._streams) > self.size:
-                self._streams.popitem(last=False)
+            kept = self._streams
+            for stream in streams:
+                current = kept.get(stream.key)
+                if current is None or current.version <= stream.version:
+                    kept[stream.key] = stream
+                    kept.move_to_end(stream.key)
+            while len(kept) > self.size:
+                kept.popitem(last=False)
 
     def load_many(
         self, store: EventStore, keys: Iterable[StreamKey], evolvers: Mapping[str, Evolve]
@@ -164,7 +166,7 @@ class StreamCache:
             for stored in new[key]:
                 state, version = evolvers[key[0]](state, stored.event), stored.version
             streams[key] = Stream(key, state, version)
-            self._put(streams[key])
+        self._put(*streams.values())
         return streams
 
     def load(self, store: EventStore, key: StreamKey, evolve: Evolve) -> Stream[object]:

@@ -216,7 +216,7 @@ def _translated(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatena
             return method(store, *args, **kwargs)
         except sqlite3.Error as exc:
             name = method.__name__
-            doing = {"_conn": "connecting", "_open": "opening"}.get(name, name.lstrip("_"))  # the port's name
+            doing = {"_connect": "connecting", "_open": "opening"}.get(name, name.lstrip("_"))  # the port's name
             raise _translate_error(store.path, doing, exc) from exc
 
     return translated
@@ -478,16 +478,19 @@ class SqliteEventStore(EventStore):
                     raise
                 time.sleep(0.005)
 
-    @_translated
     def _conn(self) -> sqlite3.Connection:
-        """This thread's connection (opening it is where a missing directory or a permission fails)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+        """This thread's connection (on every call of every method: kept to one attribute read)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        return conn if conn is not None else self._connect()
+
+    @_translated
+    def _connect(self) -> sqlite3.Connection:
+        """Open this thread's connection (where a missing directory or a permission fails)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
         return conn
 
     @_translated
