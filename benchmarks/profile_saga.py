@@ -1,6 +1,6 @@
 """Profile the threads-mode saga at full speed (every thread, CPU time) with yappi; benchmark-only.
 
-pip install yappi; python benchmarks/profile_saga.py --orders 1000 --top 30
+pip install -e '.[bench]'; python benchmarks/profile_saga.py --orders 1000 --top 30
 """
 
 from __future__ import annotations
