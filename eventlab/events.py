@@ -35,11 +35,19 @@ __all__ = [
     "StockReserved",
     "StockSold",
     "UserCreated",
+    "readable_versions",
 ]
 
 
 class Event(BaseModel):
-    """Base of all events: frozen, strict about unknown fields, versioned."""
+    """Base of all events: frozen, strict about unknown fields, versioned.
+
+    ``schema_version`` is the shape this code writes (stored with each event, sent as the
+    ``ce_dataschemaversion`` header); a class still reads every version from
+    ``first_schema_version`` on (see :func:`readable_versions`), so events stored by an older
+    eventlab load and fold unchanged. Fields are only ever added, with a default, so an older
+    version's data validates as the newer class.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,6 +55,7 @@ class Event(BaseModel):
     id_field: ClassVar[str]
     topic: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    first_schema_version: ClassVar[int] = 1
 
     @property
     def aggregate_id(self) -> str:
@@ -111,9 +120,14 @@ class _OrderEvent(_ByOrder):
     """An event of an order's own stream. It carries the customer's ``email`` (event-carried state,
     from Order's copy of the customer) so that Notification mails without ever reading the users:
     topics are not ordered with each other, so a copy of its own could still lack the address
-    when the order's events arrive. None only on events recorded before it was carried."""
+    when the order's events arrive.
+
+    Schema version 2 added ``email``: version 1 (stored before it was carried) still loads, with
+    ``email`` None. The version tells the shapes apart: a consumer that knows only version 1
+    (``extra="forbid"``) refuses version 2 with the version in the message's headers."""
 
     aggregate_type: ClassVar[str] = "order"
+    schema_version: ClassVar[int] = 2
     user_id: str
     email: str | None = None
 
@@ -287,6 +301,16 @@ class EmailSent(_EmailEvent):
     """The mailer accepted the email."""
 
     topic: ClassVar[str] = "notification.email.sent"
+
+
+def readable_versions(cls: type[Event]) -> range:
+    """The schema versions of ``cls`` this code reads: from its first to the one it writes.
+
+    Example:
+        >>> list(readable_versions(OrderCreated)), list(readable_versions(UserCreated))
+        ([1, 2], [1])
+    """
+    return range(cls.first_schema_version, cls.schema_version + 1)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
-from eventlab.events import StockAdded
+from eventlab.events import OrderCancelled, OrderCompleted, OrderConfirmed, OrderCreated, OrderLine, StockAdded
 from eventlab.kafka.cloudevents import UndecodableMessage, from_message, record_topic, to_message
+from eventlab.services import order
 from eventlab.store import NewEvent, SqliteEventStore
 
 
@@ -74,3 +77,65 @@ def test_a_stored_event_no_consumer_could_read_is_refused_by_the_relay_check(
     broken = record._replace(event_type=event_type, data=data, metadata=metadata)
     with pytest.raises(UndecodableMessage, match=reason):
         record_topic(broken)
+
+
+# --- schema versions: order events gained ``email`` in version 2 ------------------------------
+
+
+def order_created(**extra: object) -> OrderCreated:
+    line = OrderLine(product_id="P1", quantity=1, unit_price_cents=250)
+    return OrderCreated(order_id="O-1", user_id="U1", lines=(line,), total_cents=250, **extra)
+
+
+def test_order_events_are_written_as_schema_version_2(tmp_path):
+    # given an order placed by this eventlab (its events carry the email)
+    store = SqliteEventStore(tmp_path / "events.db")
+    [stored] = store.append([NewEvent(order_created(email="ada@example.com"), 1, {"source": "order"})])
+    # then the store and the message say version 2; events that did not change stay at 1
+    assert stored.schema_version == 2 == store.read_records()[0].schema_version
+    assert dict(to_message(stored)[2])["ce_dataschemaversion"] == b"2"
+    assert {cls.schema_version for cls in (OrderConfirmed, OrderCompleted, OrderCancelled)} == {2}
+    assert StockAdded.schema_version == 1
+    store.close()
+
+
+def test_a_version_1_order_event_from_the_topic_is_read_without_an_email():
+    # given an OrderCreated as an eventlab before version 2 sent it (no email field, version 1)
+    value = order_created().model_dump_json(exclude={"email"}).encode()
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"OrderCreated")]
+    # then it decodes, with or without the version header
+    for version in ([("ce_dataschemaversion", b"1")], []):
+        event = from_message(value, headers + version).event
+        assert isinstance(event, OrderCreated) and event.email is None and event.total_cents == 250
+
+
+def test_a_schema_version_this_eventlab_does_not_read_is_refused_saying_so():
+    value = order_created(email="ada@example.com").model_dump_json().encode()
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"OrderCreated")]
+    with pytest.raises(
+        UndecodableMessage, match=r"OrderCreated: schema version 3 is not one this eventlab reads \(1..2\)"
+    ):
+        from_message(value, [*headers, ("ce_dataschemaversion", b"3")])
+    with pytest.raises(UndecodableMessage, match="schema version 'two' is not a number"):
+        from_message(value, [*headers, ("ce_dataschemaversion", b"two")])
+
+
+def test_a_version_1_order_event_in_the_store_loads_folds_and_publishes_as_version_1(tmp_path):
+    # given an OrderCreated stored by an eventlab before version 2 (raw row: version 1, no email)
+    store = SqliteEventStore(tmp_path / "events.db")
+    store.append([NewEvent(order_created(email="ada@example.com"), 1, {"source": "order"})])
+    data = order_created().model_dump_json(exclude={"email"})
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        con.execute("UPDATE events SET schema_version = 1, data = ?", (data,))
+    con.close()
+    # then it loads and folds (no email), and the relay publishes it as the version it is
+    [stored] = store.read_stream("order", "O-1")
+    assert stored.schema_version == 1 and stored.event == order_created()
+    assert order.evolve(None, stored.event) == order.Order("O-1", "U1", order_created().lines, 250)
+    [record] = store.read_records()
+    assert record_topic(record) == "order.lifecycle.created"
+    assert dict(to_message(record)[2])["ce_dataschemaversion"] == b"1"
+    # but the relay refuses a stored version it does not read (a consumer would refuse it too)
+    with pytest.raises(UndecodableMessage, match="schema version 3"):
+        record_topic(record._replace(schema_version=3))
+    store.close()

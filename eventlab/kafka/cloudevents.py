@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from eventlab.events import EVENT_TYPES, Event
+from eventlab.events import EVENT_TYPES, Event, readable_versions
 from eventlab.store.base import EventRecord, StoredEvent, json_loads
 
 __all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
@@ -83,12 +83,28 @@ def _validate(cls: type[Event], value: bytes | str) -> Event:
         raise UndecodableMessage("value is nested too deeply to decode") from exc
 
 
+def _check_version(cls: type[Event], version: object) -> None:
+    """:class:`UndecodableMessage` unless ``version`` is a schema version of ``cls`` this code reads
+    (a newer one may have fields this code would refuse, or mean something else by old ones)."""
+    readable = readable_versions(cls)
+    try:
+        number = int(str(version))
+    except ValueError:
+        raise UndecodableMessage(f"{cls.__name__}: schema version {version!r} is not a number") from None
+    if number not in readable:
+        raise UndecodableMessage(
+            f"{cls.__name__}: schema version {number} is not one this eventlab reads"
+            f" ({readable.start}..{readable.stop - 1})"
+        )
+
+
 def record_topic(record: EventRecord) -> str:
     """The topic a raw stored event is published to, once checked as a consumer will check it
     (known type, data valid, metadata a JSON object); else :class:`UndecodableMessage`."""
     cls = EVENT_TYPES.get(record.event_type)
     if cls is None:
         raise UndecodableMessage(f"unknown event type {record.event_type!r}")
+    _check_version(cls, record.schema_version)
     _validate(cls, record.data)
     try:
         metadata = json_loads(record.metadata)  # pydantic-core's parser, json.loads for what it refuses
@@ -111,6 +127,8 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     cls = EVENT_TYPES.get(event_type)
     if cls is None:
         raise UndecodableMessage(f"unknown ce_type {event_type!r}")
+    if found.get("ce_dataschemaversion"):  # an extension attribute: a message without it is read as it is
+        _check_version(cls, found["ce_dataschemaversion"])
     event = _validate(cls, value or b"")
     return Message(
         event_id=found["ce_id"],

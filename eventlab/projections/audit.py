@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
-from eventlab.events import EVENT_TYPES
+from eventlab.events import EVENT_TYPES, readable_versions
 from eventlab.projections.engine import Projections
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import check_schema, verify_event_store
@@ -284,7 +284,7 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "known_schema_versions",
-        "Every stored event of a known type has the schema version its class declares.",
+        "Every stored event of a known type has a schema version its class reads (the one it writes or an older one).",
         f"""
         SELECT event_type,
                schema_version,
@@ -544,7 +544,7 @@ def audit(
         "head": source.checkpoint,
         "known_types": list(EVENT_TYPES),
         "known_versions": [cls.schema_version for cls in EVENT_TYPES.values()],
-        "known_events": [f"{name}:{cls.schema_version}" for name, cls in EVENT_TYPES.items()],
+        "known_events": [f"{name}:{v}" for name, cls in EVENT_TYPES.items() for v in readable_versions(cls)],
     }
     results = []
     for check in CHECKS:
