@@ -109,9 +109,16 @@ class Wiring:
 
     def relay(self) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
-        ``/metrics`` when both run in this process)."""
+        ``/metrics`` when both run in this process), first going back for events of types a service
+        subscribes to since it last ran (e.g. after an upgrade)."""
         consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
-        relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed)
+        relay = Relay(
+            self.store,
+            self.settings,
+            tracing=self.tracing,
+            traced_topics=consumed,
+            consumers=subscriptions(self.services),
+        )
         self._relay_histograms.append(relay.publish_seconds)
         return relay
 

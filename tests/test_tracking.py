@@ -11,10 +11,11 @@ import pytest
 from eventlab import Settings, Shop
 from eventlab.bootstrap import subscriptions
 from eventlab.events import StockAdded, UserCreated
-from eventlab.kafka.relay import rewind
+from eventlab.kafka.relay import catch_up_subscriptions, rewind
 from eventlab.shop import ShopInfrastructure
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER, EventStore
+from eventlab.store.memory import MemoryEventStore
 from eventlab.store.sqlite import BASE_SCHEMA, MIGRATIONS, _statements
 
 
@@ -175,3 +176,31 @@ def test_the_ports_default_tracking_position_agrees_with_sqlites(tmp_path):
             handle(store, "inventory", store.read_stream("stock", "P1")[2])
         assert fast.tracking_position("inventory", ["StockAdded"]) == fast.head() == 5
         assert default.tracking_position("inventory", ["StockAdded"]) == default.head() == 5
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_consumer_newly_subscribed_to_a_type_gets_its_older_events_published_again(tmp_path, kind):
+    # given a store where the order consumer handled every stock event, and users it never read
+    with SqliteEventStore(tmp_path / "events.db") if kind == "sqlite" else MemoryEventStore() as store:
+        users = []
+        for v in range(1, 4):
+            handle(store, "order", store.append([added("P1", v)])[0])
+            users.append(store.append([user(f"U{v}")])[0])
+        old = {"order": ["StockAdded"]}
+        assert catch_up_subscriptions(store, old) == 0  # a first start records what it subscribes to
+        store.set_checkpoint(RELAY_CONSUMER, store.head())
+        assert store.tracking_position("order", ["StockAdded"]) == store.head()
+        assert catch_up_subscriptions(store, old) is None  # nothing new: nothing moves
+        # when it is upgraded to subscribe to UserCreated as well
+        new = {"order": ["StockAdded", "UserCreated"]}
+        position = catch_up_subscriptions(store, new)
+        # then the relay goes back to just before the first user event, which it never handled
+        assert position == users[0].position - 1 == store.checkpoint(RELAY_CONSUMER)
+        assert store.tracking_position("order", new["order"]) == position
+        # and only once: the next start finds the subscription recorded
+        assert catch_up_subscriptions(store, new) is None
+        assert store.checkpoint(RELAY_CONSUMER) == position
+        # when it has handled them, its tracking position is the head again
+        for event in users:
+            handle(store, "order", event)
+        assert store.tracking_position("order", new["order"]) == store.head()

@@ -39,7 +39,7 @@ from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventSt
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["Relay", "rewind", "unpublished"]
+__all__ = ["Relay", "catch_up_subscriptions", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Relay:
         *,
         tracing: Tracing | None = None,
         traced_topics: Collection[str] | None = None,
+        consumers: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -92,6 +93,10 @@ class Relay:
         self.lease_poll = 0.2
         self.lease_check = 1.0
         self.traced_topics = traced_topics
+        #: Each consumer's subscribed event types: once it holds the lease, the relay first goes back
+        #: for what a consumer subscribed to since it last ran (:func:`catch_up_subscriptions`).
+        self.consumers = consumers
+        self._caught_up = consumers is None
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
@@ -208,6 +213,7 @@ class Relay:
                 if lease.acquire():
                     self.active = True
                     self._position = None  # go on from the checkpoint the last holder saved
+                    self._caught_up = self.consumers is None
                     self.took_over_after = time.monotonic() - waiting_since
                     log.warning("relay: holds the lease of %s, publishing", self.store)
                     return True
@@ -235,6 +241,8 @@ class Relay:
                     self.active, self._position = False, None
                     return
             try:
+                if not self._caught_up:
+                    self._catch_up()
                 if self.publish_pending() == 0:
                     # woken by a commit in this process; other processes' commits are seen after idle_wait
                     commits = self.store.wait_for_commit(commits, idle_wait)
@@ -249,6 +257,13 @@ class Relay:
                     self.failures, self.last_error, backoff = 0, None, self._backoff()
                 continue
             stop.wait(delay)
+
+    def _catch_up(self) -> None:
+        """Go back for the events of types a consumer subscribed to since it last ran (once per lease)."""
+        assert self.consumers is not None
+        if catch_up_subscriptions(self.store, self.consumers) is not None:
+            self._position = None  # read the checkpoint it moved
+        self._caught_up = True
 
     def _backoff(self) -> Backoff:
         """Doubling from :attr:`min_backoff` to :attr:`max_backoff` while failures follow each other."""
@@ -310,6 +325,51 @@ def rewind(store: EventStore, consumers: Mapping[str, Iterable[str]] | None = No
     store.set_checkpoint(RELAY_CONSUMER, position)
     log.info("relay rewound to position %d of %d", position, store.head())
     return position
+
+
+def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[str]]) -> int | None:
+    """Publish again what a consumer newly subscribed to; return the relay's new checkpoint (None: nothing new).
+
+    A consumer's tracking position covers the event types it was subscribed to when it was recorded.
+    An upgrade can add types (Order keeps its own copies from ``UserCreated`` and ``ProductCreated``
+    since it owns its data): their older events lie behind that position, never handled by the
+    consumer, and the broker may not hold them any more (an embedded broker starts empty, Apache
+    Kafka's retention drops them). So for each consumer subscribed to a type it has no record of,
+    its tracking position is forgotten, the relay's checkpoint goes back to the first event it has
+    not handled (its normal consumer path then handles them, skipping what it did), and the types
+    are recorded (checkpoint ``subscribed:<consumer>:<type>``, the next position at the time).
+
+    In that order, so a crash part-way repeats the step, never skips it. Once every type is
+    recorded, this is a few checkpoint reads per start.
+    """
+    new = {
+        name: set(types)
+        for name, types in consumers.items()
+        if any(not store.checkpoint(_subscribed(name, kind)) for kind in types)
+    }
+    if not new:
+        return None
+    for name in new:
+        store.forget_tracking(name)
+    tracked = [store.tracking_position(name, types) for name, types in new.items()]
+    position = min([store.checkpoint(RELAY_CONSUMER), *tracked])
+    store.set_checkpoint(RELAY_CONSUMER, position)
+    since = store.head() + 1
+    for name, types in new.items():
+        for kind in types:
+            if not store.checkpoint(_subscribed(name, kind)):
+                store.set_checkpoint(_subscribed(name, kind), since)
+    log.warning(
+        "relay: %s subscribed to event types new to them; publishing again from position %d",
+        ", ".join(sorted(new)),
+        position,
+    )
+    return position
+
+
+def _subscribed(consumer: str, event_type: str) -> str:
+    """The checkpoint that records that ``consumer`` is subscribed to ``event_type``."""
+    return f"subscribed:{consumer}:{event_type}"
 
 
 def unpublished(store: EventStore) -> int:

@@ -472,6 +472,11 @@ class EventStore(ABC):
                 position = record.position
         return self._track(consumer, start, position)
 
+    def forget_tracking(self, consumer: str) -> None:
+        """Drop ``consumer``'s recorded tracking position, so the next :meth:`tracking_position` starts
+        from the first event: after it subscribed to more event types, whose older events lie behind it."""
+        self.set_checkpoint(f"tracking:{consumer}", 0)
+
     def _tracked(self, consumer: str) -> int:
         """The tracking position recorded for ``consumer`` (0 if none); the default keeps it as a checkpoint."""
         return self.checkpoint(f"tracking:{consumer}")

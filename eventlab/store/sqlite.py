@@ -703,6 +703,12 @@ class SqliteEventStore(EventStore):
         return max(position, start)
 
     @_translated
+    def forget_tracking(self, consumer: str) -> None:
+        conn = self._conn()
+        with self._writing(conn):
+            conn.execute("DELETE FROM tracking WHERE consumer = ?", (consumer,))
+
+    @_translated
     def stream_ages(
         self, event_types: Sequence[str], after: int = 0, limit: int = 1000
     ) -> list[tuple[int, str, float]]:
