@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from eventlab.events import Event
 from eventlab.services import order
 from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue, timeout_detail
-from eventlab.services.runtime import States, execute, state_of, trace_metadata
+from eventlab.services.runtime import States, StreamKey, execute, state_of, trace_metadata
 from eventlab.store.base import EventRecord, EventStore
 
 __all__ = ["DeadlineSweeper"]
@@ -88,9 +88,12 @@ class DeadlineSweeper:
         def decide(states: States) -> list[Event]:
             current = state_of(states, key, order.Order)
             seen.append(current)
-            return order.time_out(current, waiting.status, detail)
+            return order.time_out(current, waiting.status, detail, states)
 
-        stored = execute(self.store, [key], {"order": order.evolve}, decide, metadata)
+        def customer(states: States) -> list[StreamKey]:
+            return order.customer_of(state_of(states, key, order.Order))
+
+        stored = execute(self.store, [key], order.SERVICE.evolvers, decide, metadata, follow=customer)
         if stored:
             self.timed_out += 1
             log.warning("order %s cancelled: %s", order_id, detail)

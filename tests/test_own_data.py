@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ast
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import unique
 
-from eventlab import services
+from eventlab import Shop, services
 from eventlab.adapters import FileMailer, SimulatedGateway
 from eventlab.adapters.mailer import MAILBOX
 from eventlab.application import Commands
@@ -38,10 +39,11 @@ from eventlab.events import (
     ReservationRejected,
     UserCreated,
 )
+from eventlab.resilience import wait_until
 from eventlab.services import notification, order
 from eventlab.services.runtime import Service, execute, trace_metadata
 from eventlab.settings import Settings
-from eventlab.store import SqliteEventStore
+from eventlab.store import NewEvent, SqliteEventStore, open_store
 
 
 def six_services(tmp_path) -> dict[str, Service]:
@@ -90,6 +92,16 @@ def test_a_decision_on_any_event_reads_only_streams_of_its_own_service(tmp_path,
         assert not read or cls in service.subscriptions, f"{name} reads streams for unsubscribed {cls.__name__}"
 
 
+def test_the_streams_a_decision_follows_are_its_own_services_too():
+    # given an order placed before order events carried the email, and an answer about it
+    legacy = order.evolve(None, OrderCreated(order_id="O-1", user_id="U1", lines=(), total_cents=0))
+    answer = ReservationConfirmed(order_id="O-1", lines=())
+    # then the stream Order follows to its customer is Order's own copy, never the user's stream
+    followed = order.SERVICE.follow(answer, {("order", "O-1"): legacy}) if order.SERVICE.follow else []
+    assert followed == [("order_customer", "U1")]
+    assert {kind for kind, _ in followed} <= set(order.SERVICE.evolvers)
+
+
 SERVICE_MODULES = ("user", "product", "order", "payment", "inventory", "notification")
 
 
@@ -136,6 +148,7 @@ def consume(store: SqliteEventStore, service: Service, event: Event, event_id: s
         lambda states: service.handle(event, states),
         trace_metadata(service.name, event_id),
         processed=(service.name, event_id),
+        follow=service.following(event),
     )
 
 
@@ -232,12 +245,58 @@ def test_notification_emails_the_address_the_order_event_carries_with_no_user_st
     assert notification.decide(confirmed, {("notification", "O-1"): box}) == []
 
 
-def test_an_order_event_recorded_before_emails_were_carried_requests_nothing():
+def test_an_order_event_without_an_email_requests_nothing_and_says_so(tmp_path, caplog):
     # given an OrderConfirmed stored by an eventlab that did not carry the email yet
     legacy = OrderConfirmed.model_validate({"order_id": "O-1", "user_id": "U1", "total_cents": 100})
     # then Notification has no address and requests no email (rather than reading the users)
     assert legacy.email is None
     assert notification.decide(legacy, {("notification", "O-1"): None}) == []
+    # and the service says so in a warning, naming the order (not a silent drop)
+    service = notification.service(FileMailer(tmp_path / "mailbox.jsonl"))
+    with caplog.at_level("WARNING", logger="eventlab.services.notification"):
+        assert service.handle(legacy, {("notification", "O-1"): None}) == []
+    assert "OrderConfirmed of order O-1 carries no email" in caplog.text
+
+
+# --- orders in flight at the upgrade (placed before order events carried the email) ---------
+
+
+LEGACY = OrderCreated(
+    order_id="O-1", user_id="U1", lines=(OrderLine(product_id="P1", quantity=2, unit_price_cents=250),), total_cents=500
+)
+
+
+def test_an_order_placed_without_an_email_gets_it_from_orders_copy_of_its_customer():
+    # given an order placed before order events carried the email, and Order's copy of its customer
+    placed = order.evolve(None, LEGACY)
+    ada = order.Customer("U1", "ada@example.com")
+    known = {("order", "O-1"): placed, ("order_customer", "U1"): ada}
+    # when the saga goes on, then each next order event carries the email from the copy
+    [confirmed] = order.decide(ReservationConfirmed(order_id="O-1", lines=LEGACY.lines), known)
+    [rejected] = order.decide(ReservationRejected(order_id="O-1", product_id="P1", requested=2, available=0), known)
+    [timed_out] = order.time_out(placed, "created", "late", known)
+    assert {e.email for e in (confirmed, rejected, timed_out)} == {"ada@example.com"}
+    paying = {("order", "O-1"): order.evolve(placed, confirmed), ("order_customer", "U1"): ada}
+    [paid] = order.decide(PaymentCompleted(order_id="O-1", amount_cents=500, status="COMPLETED"), paying)
+    assert isinstance(paid, OrderCompleted) and paid.email == "ada@example.com"
+    # but without a copy (Order never heard of the customer) the event goes on without one
+    [bare] = order.decide(ReservationConfirmed(order_id="O-1", lines=LEGACY.lines), {("order", "O-1"): placed})
+    assert bare.email is None
+    # and an order that carries its email reads no copy at all
+    assert order.customer_of(order.evolve(None, LEGACY.model_copy(update={"email": "x@example.com"}))) == []
+
+
+def test_orders_consumer_reads_the_customer_copy_of_an_order_stored_without_an_email(tmp_path):
+    # given an order stored before order events carried the email, and Order's copy of Ada
+    store = SqliteEventStore(tmp_path / "events.db")
+    store.append([NewEvent(LEGACY, 1, {"source": "order"})])
+    consume(store, order.SERVICE, UserCreated(user_id="U1", name="Ada", email="ada@example.com"), "evt-ada")
+    # when Order's consumer handles Inventory's answer (the call its loop makes)
+    consume(store, order.SERVICE, ReservationConfirmed(order_id="O-1", lines=LEGACY.lines), "evt-reserved")
+    # then the OrderConfirmed it stores carries her email
+    [_, confirmed] = [stored.event for stored in store.read_stream("order", "O-1")]
+    assert isinstance(confirmed, OrderConfirmed) and confirmed.email == "ada@example.com"
+    store.close()
 
 
 @pytest.mark.integration
@@ -305,3 +364,79 @@ def test_every_stored_event_was_written_by_the_service_owning_its_stream(shop, c
     assert {"order_customer", "order_price", "order", "notification", "stock", "reservation", "payment"} <= {
         kind for kind, _ in writers
     }
+
+
+# --- upgrading a shop whose store was written before Order kept its own copies ----------------
+
+#: What each consumer subscribed to before Order kept copies (Notification is left out: it read the
+#: users then, which this code cannot replay; its markers are set as if it had mailed).
+BEFORE_COPIES: dict[str, tuple[type[Event], ...]] = {
+    "order": (ReservationConfirmed, ReservationRejected, PaymentCompleted),
+    "inventory": (ProductCreated, OrderCreated, OrderCancelled, OrderCompleted),
+    "payment": (OrderConfirmed, OrderCancelled),
+}
+
+
+def write_store_as_before_copies(settings: Settings) -> None:
+    """A store as the code before Order's copies left it: a user, a product and a completed order,
+    every event handled and published, order events without email (schema version 1), no
+    ``CustomerRecorded``/``PriceRecorded``, and each consumer's tracking position past it all."""
+    services = six_services(settings.data_dir)
+    store = open_store(settings)
+    commands = Commands(store)
+    commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+    commands.create_product(product_id="P1", name="Pen", price_cents=250, initial_stock=5)
+    store.append([NewEvent(LEGACY.model_copy(update={"order_id": "O-OLD"}), 1, trace_metadata("order", "O-OLD"))])
+    handled: set[tuple[str, str]] = set()
+    while todo := [
+        (name, stored)
+        for stored in store.read_all()
+        for name, types in BEFORE_COPIES.items()
+        if type(stored.event) in types and (name, stored.event_id) not in handled
+    ]:
+        for name, stored in todo:
+            consume(store, services[name], stored.event, stored.event_id)
+            handled.add((name, stored.event_id))
+    for stored in store.read_all():
+        if type(stored.event) in (OrderConfirmed, OrderCompleted, OrderCancelled):
+            store.append([], processed=("notification", stored.event_id))
+    assert [e.event_type for e in store.read_stream("order", "O-OLD")][-1] == "OrderCompleted"
+    assert not store.read_stream("order_customer", "U1") and not store.read_stream("order_price", "P1")
+    for name, types in BEFORE_COPIES.items():
+        assert store.tracking_position(name, [cls.__name__ for cls in types]) == store.head()
+    store.set_checkpoint("relay", store.head())
+    store.close()
+    with sqlite3.connect(settings.store_path) as con:  # the order events as that code wrote them
+        con.execute(
+            "UPDATE events SET schema_version = 1, data = json_remove(data, '$.email') WHERE aggregate_type = 'order'"
+        )
+    con.close()
+
+
+@pytest.mark.integration
+def test_a_shop_upgraded_to_orders_own_copies_takes_orders_from_its_existing_customers(tmp_path):
+    # given a store written before Order kept its own copies of customers and prices
+    settings = Settings.from_env(env={}, data_dir=tmp_path)
+    write_store_as_before_copies(settings)
+    # when the upgraded shop starts on it (a new, empty embedded broker)
+    with Shop(settings) as shop:
+        # then Order hears of the existing customer and product through its own consumer ...
+        wait_until(lambda: shop.store.read_stream("order_customer", "U1"), 30)
+        wait_until(lambda: shop.store.read_stream("order_price", "P1"), 30)
+        # ... and an order for them completes, emailing the customer
+        view = shop.wait(shop.place_order("U1", {"P1": 1}))
+        assert (view.status, view.total_cents) == ("completed", 250)
+        # when an order without email arrives (placed by an Order replica not yet upgraded)
+        late = LEGACY.model_copy(update={"order_id": "O-LATE"})
+        shop.store.append([NewEvent(late, 1, trace_metadata("order", "O-LATE"))])
+        # then its saga picks up the email from Order's copy, and each email goes to the customer
+        assert shop.wait("O-LATE").status == "completed"
+        shop.wait_idle()
+        assert emails_of(shop, "O-LATE") == [
+            ("order_completed", "ada@example.com"),
+            ("order_confirmed", "ada@example.com"),
+        ]
+        assert emails_of(shop, view.order_id) == emails_of(shop, "O-LATE")
+        # and the old order was neither mailed again nor touched
+        assert emails_of(shop, "O-OLD") == []
+        assert [e.event_type for e in shop.store.read_stream("order", "O-OLD")][-1] == "OrderCompleted"

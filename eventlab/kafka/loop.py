@@ -305,6 +305,7 @@ class ServiceLoop:
             metadata,
             processed=(name, message.event_id),
             cache=self._cache,
+            follow=self.service.following(event),
         )
         self.handler_seconds.observe(time.perf_counter() - started)
         return True
@@ -353,6 +354,7 @@ class ServiceLoop:
                 metadata,
                 cache=self._cache,
                 pending=pending,
+                follow=self.service.following(event),
             )
             span = None if self.tracing is None else self.tracing.consuming(name, message, raw)
             if self.tracing is None or span is None:

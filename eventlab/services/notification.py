@@ -9,11 +9,14 @@ Notification reads no other service's streams and keeps no copy of the users: th
 email goes to travels in the order's events (event-carried state: Order knew the customer, email
 included, before it accepted the order). Topics are not ordered with each other, so a copy built
 from ``UserCreated`` could still lack an address when the order's events arrive — the email would
-wait or be lost; carried in the event, it is there whenever the event is.
+wait or be lost; carried in the event, it is there whenever the event is. An order event without
+an address (an order placed before the email was carried, whose customer Order had no copy of)
+requests no email, and says so in a warning: it is not dropped silently.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +24,8 @@ from eventlab.events import EmailKind, EmailRequested, EmailSent, Event, OrderCa
 from eventlab.services.runtime import Service, States, StreamKey, state_of
 
 __all__ = ["Mailbox", "Mailer", "decide", "evolve", "service"]
+
+log = logging.getLogger(__name__)
 
 #: Delivers an email at most once per order and kind (returns whether it delivered it now).
 Mailer = Callable[[EmailRequested], object]
@@ -74,7 +79,7 @@ def decide(event: Event, states: States) -> list[Event]:
         return [EmailSent(order_id=event.order_id, kind=event.kind, to=event.to)]
     kind = _KINDS[type(event)]
     if kind in box.requested or event.email is None:
-        return []  # one email per kind: a duplicated order event requests nothing (None: recorded without one)
+        return []  # one email per kind: a duplicated order event requests nothing (None: see service())
     subject = _SUBJECTS[kind].format(order_id=event.order_id)
     return [EmailRequested(order_id=event.order_id, kind=kind, to=event.email, subject=subject)]
 
@@ -86,6 +91,15 @@ def service(mailer: Mailer) -> Service:
         events = decide(event, states)
         if isinstance(event, EmailRequested) and events:
             mailer(event)
+        elif isinstance(event, OrderConfirmed | OrderCompleted | OrderCancelled) and event.email is None:
+            log.warning(
+                "notification: %s of order %s carries no email (placed before order events carried it,"
+                " customer %s unknown to Order): no %s email requested",
+                event.event_type,
+                event.order_id,
+                event.user_id,
+                _KINDS[type(event)],
+            )
         return events
 
     return Service(

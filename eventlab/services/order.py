@@ -11,7 +11,9 @@ each product's price (``PriceRecorded``) — recorded by :func:`decide` as it co
 and ``ProductCreated``. An order for a user or product Order has not heard of yet is rejected.
 The order's events carry the customer's email, so Notification needs no copy of the users: an
 order's events may reach it before the ``UserCreated`` does (topics are not ordered with each
-other), and an email that waited on that copy could be lost.
+other), and an email that waited on that copy could be lost. An order placed before its events
+carried the email (in flight at the upgrade) gets it from Order's copy of its customer on the
+saga's next step (:func:`follow` names that copy), so its later events carry it.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ __all__ = [
     "Order",
     "OrderStatus",
     "Price",
+    "customer_of",
     "decide",
     "evolve",
     "evolve_customer",
     "evolve_price",
+    "follow",
     "place",
     "time_out",
 ]
@@ -156,6 +160,28 @@ def streams(event: Event) -> list[StreamKey]:
     return []
 
 
+def customer_of(order: Order | None) -> list[StreamKey]:
+    """The stream of Order's copy of ``order``'s customer when the order lacks the email (it was
+    placed before order events carried it); else nothing more to read."""
+    return [("order_customer", order.user_id)] if order is not None and order.email is None else []
+
+
+def follow(event: Event, states: States) -> list[StreamKey]:
+    """More streams a decision on ``event`` reads, once its order is loaded: :func:`customer_of`."""
+    if isinstance(event, ReservationConfirmed | ReservationRejected | PaymentCompleted):
+        return customer_of(state_of(states, ("order", event.order_id), Order))
+    return []
+
+
+def _with_email(order: Order, states: States) -> Order:
+    """``order`` with its customer's email from Order's copy when it has none (and the copy was read)."""
+    if order.email is not None:
+        return order
+    key = ("order_customer", order.user_id)
+    customer = state_of(states, key, Customer) if key in states else None
+    return order if customer is None else replace(order, email=customer.email)
+
+
 def decide(event: Event, states: States) -> list[Event]:
     """The saga: react to Inventory's and Payment's answers; keep Order's copy of customers and prices."""
     match event:
@@ -170,7 +196,7 @@ def decide(event: Event, states: States) -> list[Event]:
     order = state_of(states, ("order", event.order_id), Order)
     if order is None:
         return []
-    ids = _ids(order)
+    ids = _ids(_with_email(order, states))
     match event:
         case ReservationConfirmed() if order.status == "created":
             return [OrderConfirmed(**ids, total_cents=order.total_cents)]
@@ -196,13 +222,15 @@ def _ids(order: Order) -> _Ids:
     return {"order_id": order.order_id, "user_id": order.user_id, "email": order.email}
 
 
-def time_out(order: Order | None, waiting_at: OrderStatus, detail: str) -> list[Event]:
+def time_out(order: Order | None, waiting_at: OrderStatus, detail: str, states: States | None = None) -> list[Event]:
     """Cancel an order still waiting at step ``waiting_at`` (``created`` or ``confirmed``) past its deadline.
 
     Nothing when the order moved on meanwhile (a real answer won the race) or is already over.
+    ``states`` may hold Order's copy of the customer (:func:`customer_of`), for an order without email.
     """
     if order is None or order.status != waiting_at or order.terminal:
         return []
+    order = _with_email(order, states or {})
     return [OrderCancelled(**_ids(order), reason="timeout", detail=detail, lines=order.lines)]
 
 
@@ -212,4 +240,5 @@ SERVICE = Service(
     evolvers={"order": evolve, "order_customer": evolve_customer, "order_price": evolve_price},
     streams=streams,
     handle=decide,
+    follow=follow,
 )

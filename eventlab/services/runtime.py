@@ -10,6 +10,7 @@ reading several streams gets them as :data:`States` and takes each out typed wit
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -84,6 +85,9 @@ class Service:
     - ``subscriptions``: the event types it reacts to (their topics are subscribed);
     - ``evolvers``: the fold for each aggregate type it reads;
     - ``streams(event)``: the streams a decision on ``event`` reads and may append to;
+    - ``follow(event, states)``: more streams the decision reads, named by the states of those
+      ``streams`` gave (e.g. the customer of an order: the answers about an order name only the
+      order); None: none;
     - ``handle(event, states)``: the new events (pure, except where a service calls a gateway);
     - ``batch``: whether several events may be handled in one store transaction (not when
       ``handle`` waits on a slow dependency, which would hold the store's write lock).
@@ -95,6 +99,11 @@ class Service:
     streams: Callable[[Event], Sequence[StreamKey]] = _no_streams
     handle: Callable[[Event, States], Sequence[Event]] = _no_events
     batch: bool = True
+    follow: Callable[[Event, States], Sequence[StreamKey]] | None = None
+
+    def following(self, event: Event) -> Callable[[States], Sequence[StreamKey]] | None:
+        """``follow`` for a decision on ``event`` (None when the service follows nothing)."""
+        return None if self.follow is None else functools.partial(self.follow, event)
 
     @property
     def topics(self) -> list[str]:
@@ -211,18 +220,26 @@ def plan(
     *,
     cache: StreamCache | None = None,
     pending: Mapping[StreamKey, Stream[object]] | None = None,
+    follow: Callable[[States], Sequence[StreamKey]] | None = None,
 ) -> Decision:
-    """Load ``keys`` (from ``pending`` — decisions not committed yet — else the cache or the store)
-    and decide; nothing is written, so no lock is held while deciding.
+    """Load ``keys`` (from ``pending`` — decisions not committed yet — else the cache or the store),
+    then the streams ``follow`` names from their states, and decide; nothing is written, so no lock
+    is held while deciding.
 
-    Events may only go to streams in ``keys`` (so every write is version-checked).
+    Events may only go to streams loaded (so every write is version-checked).
     """
     streams: dict[StreamKey, Stream[object]] = {}
-    for key in keys:
-        known = pending.get(key) if pending else None
-        if known is None:
-            known = cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
-        streams[key] = known
+
+    def read(wanted: Iterable[StreamKey]) -> None:
+        for key in wanted:
+            known = pending.get(key) if pending else None
+            if known is None:
+                known = cache.load(store, key, evolvers[key[0]]) if cache else load(store, key, evolvers[key[0]])
+            streams[key] = known
+
+    read(keys)
+    if follow is not None:
+        read(key for key in follow({key: stream.state for key, stream in streams.items()}) if key not in streams)
     events = decide({key: stream.state for key, stream in streams.items()})
     batch = []
     for event in events:
@@ -246,14 +263,16 @@ def execute(
     processed: tuple[str, str] | None = None,
     cache: StreamCache | None = None,
     attempts: int = 20,
+    follow: Callable[[States], Sequence[StreamKey]] | None = None,
 ) -> list[StoredEvent]:
-    """Load ``keys``, decide, append with optimistic concurrency; reload and retry on a conflict.
+    """Load ``keys`` (and the streams ``follow`` names from their states), decide, append with
+    optimistic concurrency; reload and retry on a conflict.
 
-    Events may only go to streams in ``keys`` (so every write is version-checked).
+    Events may only go to streams loaded (so every write is version-checked).
     Returns the stored events (``[]`` when nothing was decided or ``processed`` was already recorded).
     """
     for attempt in range(attempts):
-        decision = plan(store, keys, evolvers, decide, metadata, cache=cache)
+        decision = plan(store, keys, evolvers, decide, metadata, cache=cache, follow=follow)
         if not decision.events and processed is None:
             return []
         try:
