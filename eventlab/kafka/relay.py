@@ -352,17 +352,20 @@ def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[s
     for name in new:
         store.forget_tracking(name)
     tracked = [store.tracking_position(name, types) for name, types in new.items()]
-    position = min([store.checkpoint(RELAY_CONSUMER), *tracked])
+    published = store.checkpoint(RELAY_CONSUMER)
+    position = min([published, *tracked])
     store.set_checkpoint(RELAY_CONSUMER, position)
     since = store.head() + 1
     for name, types in new.items():
         for kind in types:
             if not store.checkpoint(_subscribed(name, kind)):
                 store.set_checkpoint(_subscribed(name, kind), since)
-    log.warning(
-        "relay: %s subscribed to event types new to them; publishing again from position %d",
+    log.log(
+        logging.WARNING if position < published else logging.INFO,  # a new shop's first start: nothing to say
+        "relay: %s subscribed to event types new to them; publishing again from position %d (was %d)",
         ", ".join(sorted(new)),
         position,
+        published,
     )
     return position
 
