@@ -122,6 +122,19 @@ def test_checkpoints(store):
     assert store.checkpoint("relay") == 9
 
 
+def test_a_forgotten_tracking_position_is_found_again_from_the_first_event(store):
+    # given a user event, then stock events a consumer handled, its tracking position at the head
+    store.append([NewEvent(UserCreated(user_id="U1", name="Ada", email="ada@example.com"), 1)])
+    for stored in store.append([NewEvent(added(quantity=1), 1), NewEvent(added(quantity=2), 2)]):
+        store.append([], processed=("order", stored.event_id))
+    assert store.tracking_position("order", ["StockAdded"]) == 3
+    # when it also subscribes to user events, the recorded position still hides the one before it
+    assert store.tracking_position("order", ["StockAdded", "UserCreated"]) == 3
+    # then, once forgotten, the position is found again from the first event: before the user event
+    store.forget_tracking("order")
+    assert store.tracking_position("order", ["StockAdded", "UserCreated"]) == 0
+
+
 def test_concurrent_writers_in_several_processes_lose_nothing(shared_store_backend):
     store = shared_store_backend.store
     # given four writer processes appending to one stream at once, retrying their conflicts
