@@ -479,6 +479,17 @@ class PostgresEventStore(EventStore):
                 (name, position),
             )
 
+    @_translated
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        with self._writing() as conn:
+            row = conn.execute(
+                "INSERT INTO checkpoints VALUES (%s, %s) ON CONFLICT (name)"
+                " DO UPDATE SET position = greatest(checkpoints.position, excluded.position) RETURNING position",
+                (name, position),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def _unhandled(self, consumer: str, event_types: Iterable[str], *, skip_dead_letters: bool) -> int:
         """Stored events of ``event_types`` without ``consumer``'s processed marker; with
         ``skip_dead_letters``, not those it or the relay dead-lettered."""

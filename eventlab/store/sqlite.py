@@ -730,6 +730,17 @@ class SqliteEventStore(EventStore):
                 (name, position),
             )
 
+    @_translated
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        conn = self._conn()
+        with self._writing(conn):
+            row = conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position) RETURNING position",
+                (name, position),
+            ).fetchone()
+        return int(row[0])
+
     @contextmanager
     def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
         """One autocommitted write: queued on this process's write lock (not in SQLite's busy handler,
