@@ -213,7 +213,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             wiring.relay().run(stop)
             return 0
         me = _child_name(name, replica)
-        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, RELAY_CONSUMER))
+        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, replicated=[RELAY_CONSUMER]))
         health.identity.update(replica=replica, replicas=replicas, port=settings.port(name))
         try:
             server = wiring.http(name, health).start()
