@@ -18,7 +18,7 @@ from eventlab.cli import main
 from eventlab.events import OrderCreated, OrderLine
 from eventlab.services.deadlines import Deadlines
 from eventlab.services.runtime import trace_metadata
-from eventlab.settings import Settings
+from eventlab.settings import REPLICA_PORT_STEP, Settings
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.supervisor import parse_replicas
 from eventlab.sweeper import DeadlineSweeper
@@ -64,11 +64,17 @@ def test_replicas_need_processes(capsys, tmp_path):
     assert "--replicas needs --processes" in capsys.readouterr().err
 
 
-def test_replica_ports_are_100_apart_and_documented():
+def test_replica_ports_are_100_apart_and_documented(capsys):
     settings = Settings(http_port_offset=1000)
     assert [settings.port("inventory", k) for k in range(3)] == [9085, 9185, 9285]
-    with pytest.raises(SystemExit):
+    # and 'eventlab up --help' states the rule, with the ports it gives
+    with pytest.raises(SystemExit) as exited:
         main(["up", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # as one line, however argparse wrapped it
+    rule = f"replica k listens on the service's port + {REPLICA_PORT_STEP}*k"
+    assert rule in text
+    assert f"(inventory: {', '.join(str(Settings().port('inventory', k)) for k in range(3))})" in text
 
 
 # --- the order service's deadline sweepers, one per order replica -----------------------------------
