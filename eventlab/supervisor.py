@@ -394,7 +394,7 @@ class Supervisor:
                         "EVENTLAB_HTTP_PORT_OFFSET",
                         f"{self.settings.http_port_offset} puts replica {replica} of {name} at port {port}, above 65535",
                     )
-                if not port_free(port):
+                if not port_free(port, self.settings.http_host):
                     where = name if replica == 0 else f"{name} (replica {replica})"
                     raise PortInUse(where, port, self.settings.http_port_offset)
 
