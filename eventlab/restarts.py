@@ -128,11 +128,11 @@ def supervision_problems(data_dir: Path, *names: str, replicated: Iterable[str] 
     status = read_status(data_dir)
     if status is None:
         return []
-    processes = status.get("processes", {})
-    problems = [problem for name in names for problem in _problem(name, processes.get(name), time.time())]
+    processes, now = status.get("processes", {}), time.time()
+    problems = [problem for name in names for problem in _problem(name, processes.get(name), now)]
     for service in replicated:
         replicas = sorted(name for name, state in processes.items() if state.get("service", name) == service)
-        down = [problem for name in replicas for problem in _problem(name, processes[name], time.time())]
+        down = [problem for name in replicas for problem in _problem(name, processes[name], now)]
         if replicas and len(down) == len(replicas):
             problems += down
     return problems

@@ -206,8 +206,8 @@ class Relay:
         lease every :attr:`lease_poll` seconds and the first to get it once the holder is gone
         (stopped, or killed: see :meth:`~eventlab.store.base.EventStore.lease`) goes on from the
         saved checkpoint; what it republishes, consumers skip. The holder checks that it still holds
-        the lease before each batch and each checkpoint it saves (and every :attr:`lease_check`
-        seconds while idle); once lost, it drops its producer and stands by again.
+        the lease before each batch and each checkpoint it saves, and at least every
+        :attr:`lease_check` seconds (idle too); once lost, it drops its producer and stands by again.
         """
         lease = self.store.lease(RELAY_CONSUMER)
         self._lease = lease
