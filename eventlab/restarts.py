@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -31,8 +31,12 @@ STATUS_FILE = "supervisor.json"
 
 
 class ProcessStatus(TypedDict):
-    """One supervised process in the status file: its pids, restarts, backoff and whether it gave up."""
+    """One supervised process in the status file: which replica of which service, its pids,
+    restarts, backoff and whether it gave up."""
 
+    service: str
+    replica: int
+    port: int | None
     pid: int | None
     standby_pid: int | None
     restarts: int
@@ -113,23 +117,37 @@ def read_status(data_dir: Path) -> SupervisorStatus | None:
     return status
 
 
-def supervision_problems(data_dir: Path, *names: str) -> list[str]:
-    """What the supervisor reports about processes ``names`` (e.g. a service and the relay), for ``/health``."""
+def supervision_problems(data_dir: Path, *names: str, replicated: Iterable[str] = ()) -> list[str]:
+    """What the supervisor reports about processes ``names`` (e.g. a service, or ``inventory.1``) and
+    services ``replicated``, for ``/health``.
+
+    The replicas of a ``replicated`` service stand in for each other (the relay: one holds the lease
+    and publishes, the others stand by to take over), so it is a problem only while none of them
+    runs; then each replica's state is reported (``relay``, ``relay.1``, ...).
+    """
     status = read_status(data_dir)
     if status is None:
         return []
-    problems = []
-    now = time.time()
-    for name in names:
-        state = status.get("processes", {}).get(name)
-        if state is None:
-            continue
-        if state.get("gave_up"):
-            problems.append(f"{name} is not running: {state.get('reason', 'gave up')}")
-        elif state.get("crash_looping"):
-            wait = max(0.0, float(state.get("restart_at") or now) - now)
-            problems.append(
-                f"{name} is crash-looping: {state['restarts']} restarts, last exit {state.get('last_exit')}, "
-                f"backoff {state['backoff']:.1f} s" + (f", next start in {wait:.1f} s" if wait else "")
-            )
+    processes, now = status.get("processes", {}), time.time()
+    problems = [problem for name in names for problem in _problem(name, processes.get(name), now)]
+    for service in replicated:
+        replicas = sorted(name for name, state in processes.items() if state.get("service", name) == service)
+        down = [problem for name in replicas for problem in _problem(name, processes[name], now)]
+        if replicas and len(down) == len(replicas):
+            problems += down
     return problems
+
+
+def _problem(name: str, state: ProcessStatus | None, now: float) -> list[str]:
+    """Why process ``name`` is not running as it should (one line), or nothing."""
+    if state is None:
+        return []
+    if state.get("gave_up"):
+        return [f"{name} is not running: {state.get('reason', 'gave up')}"]
+    if state.get("crash_looping"):
+        wait = max(0.0, float(state.get("restart_at") or now) - now)
+        return [
+            f"{name} is crash-looping: {state['restarts']} restarts, last exit {state.get('last_exit')}, "
+            f"backoff {state['backoff']:.1f} s" + (f", next start in {wait:.1f} s" if wait else "")
+        ]
+    return []

@@ -322,13 +322,14 @@ class Settings:
         return env
 
 
-def port_free(port: int) -> bool:
-    """Whether ``port`` on 127.0.0.1 can be bound the way the HTTP servers bind it (``SO_REUSEADDR``:
-    a port in ``TIME_WAIT`` counts as free, a listening one as taken); other errors are raised."""
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` (the services' ``http_host``) can be bound the way the HTTP servers
+    bind it (``SO_REUSEADDR``: a port in ``TIME_WAIT`` counts as free, a listening one as taken);
+    other errors are raised."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
@@ -343,5 +344,5 @@ def ensure_ports_free(settings: Settings, services: Iterable[str] = SERVICE_PORT
     deep inside the start-up.
     """
     for service in services:
-        if not port_free(settings.port(service)):
+        if not port_free(settings.port(service), settings.http_host):
             raise PortInUse(service, settings.port(service), settings.http_port_offset)

@@ -213,7 +213,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             wiring.relay().run(stop)
             return 0
         me = _child_name(name, replica)
-        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, RELAY_CONSUMER))
+        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, replicated=[RELAY_CONSUMER]))
         health.identity.update(replica=replica, replicas=replicas, port=settings.port(name))
         try:
             server = wiring.http(name, health).start()
@@ -394,7 +394,7 @@ class Supervisor:
                         "EVENTLAB_HTTP_PORT_OFFSET",
                         f"{self.settings.http_port_offset} puts replica {replica} of {name} at port {port}, above 65535",
                     )
-                if not port_free(port):
+                if not port_free(port, self.settings.http_host):
                     where = name if replica == 0 else f"{name} (replica {replica})"
                     raise PortInUse(where, port, self.settings.http_port_offset)
 

@@ -9,7 +9,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import replace
 
+import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -17,7 +19,7 @@ from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from eventlab.kafka.relay import Relay
 from eventlab.settings import Settings
-from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store import NewEvent, SqliteEventStore, open_store
 from eventlab.store.base import RELAY_CONSUMER
 
 pytestmark = pytest.mark.integration
@@ -162,3 +164,77 @@ def test_a_standby_relay_publishes_nothing_until_the_active_one_stops_then_takes
         first_stop.set()
         first_store.close()
         second_store.close()
+
+
+def lease_breaker(kind, store_url):
+    """How the holder loses its lease: its lease file deleted (SQLite), its session ended (PostgreSQL)."""
+    if kind == "sqlite":
+        return lambda: next(store_url.parent.glob("*.relay.lease")).unlink()
+
+    def terminate():
+        with psycopg.connect(store_url, autocommit=True) as admin:
+            ended = admin.execute(
+                b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'eventlab relay lease%'"
+            ).fetchall()
+        assert ended == [(True,)]
+
+    return terminate
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_relay_that_loses_the_lease_mid_run_stops_publishing_and_never_moves_the_checkpoint_back(
+    kind, settings, tmp_path, request, monkeypatch
+):
+    # given two relays on one store (each with its own store object, as two processes have), the first active
+    url = tmp_path / "events.db" if kind == "sqlite" else request.getfixturevalue("postgres_store_url")
+    first_store, second_store = open_store(replace(settings, store_url=str(url))), None
+    first, product = Relay(first_store, settings), f"P-fence-{uuid.uuid4().hex[:8]}"
+    first.lease_check = 3600.0  # only the fence before each batch and each save may notice the loss
+    saved_by_first: list[int] = []
+    for method in ("set_checkpoint", "advance_checkpoint"):
+        real_save = getattr(first_store, method)
+        recording = lambda name, at, save=real_save: saved_by_first.append(at) or save(name, at)
+        monkeypatch.setattr(first_store, method, recording)
+    # and a batch the first relay has read but not yet published, held up (a pause, a slow network)
+    real_read, paused, resume = first_store.read_records, threading.Event(), threading.Event()
+
+    def slow_read(after=0, limit=1000):
+        records = real_read(after=after, limit=limit)
+        if records and after >= 3:
+            paused.set()
+            resume.wait(30)
+        return records
+
+    monkeypatch.setattr(first_store, "read_records", slow_read)
+    first_stop = threading.Event()
+    first_thread = threading.Thread(target=first.run, args=(first_stop,), daemon=True)
+    try:
+        first_thread.start()
+        stock(first_store, product, [1, 2, 3])
+        eventually(lambda: first.published == 3 and first_store.checkpoint(RELAY_CONSUMER) == 3, "first published")
+        stock(first_store, product, [4, 5])
+        assert paused.wait(30)
+        saves_before = len(saved_by_first)
+        # when the first relay loses its lease and the second takes over and publishes further
+        lease_breaker(kind, url)()
+        second_store = open_store(replace(settings, store_url=str(url)))
+        second = Relay(second_store, settings)
+        with running(second):
+            eventually(lambda: second.active, "the second relay took the lease")
+            stock(second_store, product, [6, 7])
+            eventually(lambda: second_store.checkpoint(RELAY_CONSUMER) == 7, "the second relay published all")
+            resume.set()  # the first relay wakes up with its old batch
+            # then it publishes nothing more and stands by
+            eventually(lambda: not first.active, "the first relay stood by")
+            assert first.published == 3 and first.health()["lease"] == "standby"
+            # and it never saved its checkpoint over the newer one
+            assert saved_by_first[saves_before:] == []
+            assert second_store.checkpoint(RELAY_CONSUMER) == 7
+        assert second.published == 4
+    finally:
+        resume.set()
+        first_stop.set()
+        first_thread.join(30)
+        first_store.close()
+        if second_store is not None:
+            second_store.close()

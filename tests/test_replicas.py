@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -13,14 +14,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import free_port_offset
 
 from eventlab.cli import main
 from eventlab.events import OrderCreated, OrderLine
+from eventlab.restarts import STATUS_FILE
 from eventlab.services.deadlines import Deadlines
 from eventlab.services.runtime import trace_metadata
-from eventlab.settings import Settings
+from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings
 from eventlab.store import NewEvent, SqliteEventStore
-from eventlab.supervisor import parse_replicas
+from eventlab.supervisor import Supervisor, parse_replicas
 from eventlab.sweeper import DeadlineSweeper
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "replicas.py"
@@ -64,11 +67,37 @@ def test_replicas_need_processes(capsys, tmp_path):
     assert "--replicas needs --processes" in capsys.readouterr().err
 
 
-def test_replica_ports_are_100_apart_and_documented():
+def test_replica_ports_are_100_apart_and_documented(capsys):
     settings = Settings(http_port_offset=1000)
     assert [settings.port("inventory", k) for k in range(3)] == [9085, 9185, 9285]
-    with pytest.raises(SystemExit):
+    # and 'eventlab up --help' states the rule, with the ports it gives
+    with pytest.raises(SystemExit) as exited:
         main(["up", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # as one line, however argparse wrapped it
+    rule = f"replica k listens on the service's port + {REPLICA_PORT_STEP}*k"
+    assert rule in text
+    assert f"(inventory: {', '.join(str(Settings().port('inventory', k)) for k in range(3))})" in text
+
+
+def test_a_replica_port_taken_on_the_configured_host_is_refused_before_anything_starts(tmp_path):
+    # given services bound to another address than 127.0.0.1, and the second inventory replica's port
+    # taken there by another program
+    settings = Settings.from_env(env={}, data_dir=tmp_path, http_port_offset=free_port_offset(), http_host="127.0.0.2")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", settings.port("inventory", 1)))
+        squatter.listen()
+        # when the supervisor starts three inventory replicas, then it refuses, naming that replica's port
+        supervisor = Supervisor(settings, names=["inventory"], replicas={"inventory": 3})
+        try:
+            with pytest.raises(
+                PortInUse, match=f"port {settings.port('inventory', 1)} of the inventory \\(replica 1\\)"
+            ):
+                supervisor.start()
+            # and it started nothing
+            assert supervisor.pids() == {} and not (tmp_path / STATUS_FILE).exists()
+        finally:
+            supervisor.stop()
 
 
 # --- the order service's deadline sweepers, one per order replica -----------------------------------

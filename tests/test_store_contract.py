@@ -135,6 +135,18 @@ def test_a_forgotten_tracking_position_is_found_again_from_the_first_event(store
     assert store.tracking_position("order", ["StockAdded", "UserCreated"]) == 0
 
 
+def test_an_advanced_checkpoint_never_moves_backwards(store):
+    # given a checkpoint advanced to 9 (by the relay that holds the lease now)
+    assert store.advance_checkpoint("relay", 5) == 5
+    assert store.advance_checkpoint("relay", 9) == 9
+    # when a relay that fell behind saves an older position, then the checkpoint stays at 9
+    assert store.advance_checkpoint("relay", 7) == 9
+    assert store.checkpoint("relay") == 9
+    # and only a deliberate set (a rewind) moves it back
+    store.set_checkpoint("relay", 3)
+    assert store.advance_checkpoint("relay", 2) == 3 == store.checkpoint("relay")
+
+
 def test_concurrent_writers_in_several_processes_lose_nothing(shared_store_backend):
     store = shared_store_backend.store
     # given four writer processes appending to one stream at once, retrying their conflicts

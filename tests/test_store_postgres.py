@@ -181,3 +181,26 @@ def test_the_shop_runs_its_sagas_to_the_end_on_postgresql_and_again_after_a_rest
         report = audit(shop.store, grace=timedelta(0), mailbox=tmp_path / MAILBOX)
         assert report.ok, [result for result in report.values() if not result.ok]
         assert report["stock_never_negative"].ok and report.position == shop.store.head()
+
+
+def test_the_server_drops_a_silent_lease_holder_within_seconds(postgres_store_url):
+    # given a relay holding the lease of a store whose URL sets its own session options
+    with PostgresEventStore(postgres_store_url) as store:
+        lease = store.lease("relay")
+        assert lease.acquire()
+        try:
+            conn = lease._conn  # the lease's dedicated session, as the server sees it
+            settings = {
+                name: conn.execute(f"SHOW {name}".encode()).fetchone()[0]
+                for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+            }
+            # then the server probes it (a host or network that dies closes nothing) and ends its session
+            assert settings == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3"}
+            assert conn.execute(b"SHOW tcp_user_timeout").fetchone()[0] == "10000"
+            # and the client gives up on a server that stopped answering, and on a lock check that hangs
+            assert conn.info.get_parameters()["tcp_user_timeout"] == "10000"
+            assert conn.execute(b"SHOW statement_timeout").fetchone()[0] == "5s"
+            # and the URL's own options still apply to it
+            assert conn.execute(b"SHOW search_path").fetchone()[0] == postgres_store_url.rsplit("%3D", 1)[1]
+        finally:
+            lease.release()

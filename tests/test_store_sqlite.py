@@ -285,3 +285,71 @@ def test_several_streams_and_markers_are_read_in_one_call_as_one_by_one(tmp_path
         many = ids + [f"unknown-{n}" for n in range(1200)]
         assert store.processed_among("inventory", many) == set(ids[::2])
         assert store.processed_among("order", many) == set()
+
+
+# --- the relay lease: a flock on a file beside the store ---------------------------------------------
+
+
+def test_a_lease_whose_file_is_deleted_is_lost_and_only_the_new_holder_has_it(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        # given a relay holding the lease
+        first, second = store.lease("relay"), store.lease("relay")
+        assert first.acquire() and not second.acquire()
+        # when the lease file is deleted (a clean-up of the data directory)
+        next(tmp_path.glob("*.relay.lease")).unlink()
+        # then the holder knows it lost the lease, and a standby takes it on the new file
+        assert not first.held()
+        assert second.acquire() and second.held()
+        # and there is one holder only: the first cannot take it back
+        assert not first.acquire() and not first.held()
+        second.release()
+
+
+def test_a_lease_whose_file_is_replaced_is_lost(tmp_path):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        first, second = store.lease("relay"), store.lease("relay")
+        assert first.acquire()
+        # when another file is moved over the lease file (e.g. a restored backup)
+        lease_file = next(tmp_path.glob("*.relay.lease"))
+        (tmp_path / "other").write_text("0\n")
+        (tmp_path / "other").replace(lease_file)
+        # then the holder lost it, and a standby gets it
+        assert not first.held()
+        assert second.acquire() and not first.acquire()
+        second.release()
+
+
+def test_one_store_reached_through_a_symlink_has_one_lease(tmp_path):
+    # given one store opened by its path and through a symlink in another directory
+    (tmp_path / "real").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "shop.db").symlink_to(tmp_path / "real" / "events.db")
+    store, linked = (
+        SqliteEventStore(tmp_path / "real" / "events.db"),
+        SqliteEventStore(tmp_path / "elsewhere" / "shop.db"),
+    )
+    with store, linked:
+        # when a relay holds the lease through one path, then a relay using the other cannot take it
+        active = store.lease("relay")
+        assert active.acquire()
+        assert not linked.lease("relay").acquire()
+        active.release()
+
+
+def test_a_lease_that_cannot_be_written_is_not_held_and_not_leaked(tmp_path, monkeypatch):
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        # given a disk that fails when the holder writes its pid into the lease file
+        def full(fd: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        failing = store.lease("relay")
+        with monkeypatch.context() as patched:
+            patched.setattr(sqlite_module.os, "ftruncate", full)
+            # when a relay takes the lease, then it is a store error and the relay does not hold it
+            with pytest.raises(StoreError, match="cannot write the relay lease"):
+                failing.acquire()
+        assert not failing.held()
+        # and the lock was not leaked: another relay takes the lease
+        other = store.lease("relay")
+        assert other.acquire()
+        other.release()

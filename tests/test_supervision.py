@@ -21,7 +21,7 @@ from eventlab import Settings, Shop
 from eventlab.application import Commands
 from eventlab.http import service_health
 from eventlab.kafka.loop import ServiceLoop
-from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems
+from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.settings import port_free
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
@@ -89,6 +89,43 @@ def test_problems_are_added_to_a_services_health(tmp_path):
         health = service_health(None, store, lambda: ["relay is crash-looping"], list)
         assert health() == {"events": 0, "problems": ["relay is crash-looping"]}
         assert service_health(None, store, list)() == {"events": 0, "problems": []}
+
+
+def process_state(service, replica, *, crash_looping=False, gave_up=""):
+    """One process as the supervisor's status file describes it."""
+    return {
+        "service": service,
+        "replica": replica,
+        "port": None,
+        "pid": None if gave_up else 4242,
+        "standby_pid": None,
+        "restarts": 5 if crash_looping or gave_up else 0,
+        "backoff": 3.2 if crash_looping else 0.2,
+        "crash_looping": crash_looping,
+        "restart_at": None,
+        "last_exit": 1 if crash_looping or gave_up else None,
+        "gave_up": bool(gave_up),
+        "reason": gave_up,
+    }
+
+
+def test_a_services_health_has_a_relay_problem_only_when_no_relay_replica_runs(tmp_path):
+    def problems(relay, relay_1):
+        processes = {"order": process_state("order", 0), "relay": relay, "relay.1": relay_1}
+        write_status(tmp_path, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
+        return supervision_problems(tmp_path, "order", replicated=["relay"])
+
+    # given the shop with two relays (--replicas relay=2): one publishes, the other stands by
+    running, looping = process_state("relay", 0), process_state("relay", 0, crash_looping=True)
+    # when one of them crash-loops while the other runs, then publishing goes on: no problem
+    assert problems(looping, process_state("relay", 1)) == []
+    assert problems(running, process_state("relay", 1, crash_looping=True)) == []
+    # when the first gave up and the second crash-loops, then both are reported, the second included
+    gone = process_state("relay", 0, gave_up="configuration error (exit 2)")
+    found = problems(gone, process_state("relay", 1, crash_looping=True))
+    assert len(found) == 2
+    assert found[0] == "relay is not running: configuration error (exit 2)"
+    assert found[1].startswith("relay.1 is crash-looping: 5 restarts")
 
 
 # --- process mode ----------------------------------------------------------------------------------
@@ -182,7 +219,7 @@ def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
     # Then the delays grow, and the health of every service says the relay is crash-looping
     status = json.loads((data_dir / STATUS_FILE).read_text())["processes"]["relay"]
     assert status["crash_looping"] and status["backoff"] >= 0.8
-    problems = supervision_problems(data_dir, "order", "relay")
+    problems = supervision_problems(data_dir, "order", replicated=["relay"])
     assert len(problems) == 1 and problems[0].startswith("relay is crash-looping")
 
 

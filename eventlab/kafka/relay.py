@@ -8,7 +8,10 @@ consumers are idempotent.
 
 One relay publishes per store: :meth:`Relay.run` holds the store's relay lease
 (:meth:`~eventlab.store.base.EventStore.lease`) while it publishes, and a second relay waits as a
-standby until the holder is gone.
+standby until the holder is gone. The lease fences publishing: the holder checks it before each
+batch and before each checkpoint it saves, and a relay that lost it stops at once; the checkpoint
+only ever moves forward (:meth:`~eventlab.store.base.EventStore.advance_checkpoint`), so a relay
+that fell behind cannot undo a newer holder's progress.
 
 The checkpoint is kept in memory and written to the store when the relay runs out of work, at
 most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
@@ -42,6 +45,10 @@ if TYPE_CHECKING:
 __all__ = ["Relay", "catch_up_subscriptions", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
+
+
+class _LeaseLost(StoreError):
+    """This relay no longer holds the store's relay lease: it must stop publishing."""
 
 
 class Relay:
@@ -92,6 +99,7 @@ class Relay:
         #: Seconds between a standby's tries of the lease, and between the holder's checks that it still has it.
         self.lease_poll = 0.2
         self.lease_check = 1.0
+        self._lease: Lease | None = None  # while :meth:`run` holds it: checked before each batch and save
         self.traced_topics = traced_topics
         #: Each consumer's subscribed event types: once it holds the lease, the relay first goes back
         #: for what a consumer subscribed to since it last ran (:func:`catch_up_subscriptions`).
@@ -110,10 +118,19 @@ class Relay:
         return self._position
 
     def save_checkpoint(self) -> None:
-        """Write the position to the store if it moved since the last write."""
+        """Write the position to the store if it moved since the last write (never backwards).
+
+        Raises :class:`~eventlab.errors.StoreError` when the relay runs under a lease it lost.
+        """
         if self._position is not None and self._position != self._saved:
-            self.store.set_checkpoint(RELAY_CONSUMER, self._position)
+            self._fence()
+            self.store.advance_checkpoint(RELAY_CONSUMER, self._position)
             self._saved, self._saved_at = self._position, time.monotonic()
+
+    def _fence(self) -> None:
+        """Raise :class:`_LeaseLost` unless this relay still holds the lease it runs under (if any)."""
+        if self._lease is not None and not self._lease.held():
+            raise _LeaseLost(f"relay lost the lease of {self.store}")
 
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; return how many were published.
@@ -128,6 +145,7 @@ class Relay:
         if not events:
             self.save_checkpoint()  # idle: the store says everything is published
             return 0
+        self._fence()  # a relay that lost the lease publishes nothing more
         if self._producer is None:
             self._producer = make_producer(self.settings)
         started = time.perf_counter()
@@ -192,16 +210,19 @@ class Relay:
         One relay publishes per store: the others (standbys, e.g. ``--replicas relay=2``) try the
         lease every :attr:`lease_poll` seconds and the first to get it once the holder is gone
         (stopped, or killed: see :meth:`~eventlab.store.base.EventStore.lease`) goes on from the
-        saved checkpoint; what it republishes, consumers skip. The holder checks every
-        :attr:`lease_check` seconds that it still holds the lease and stops publishing if not.
+        saved checkpoint; what it republishes, consumers skip. The holder checks that it still holds
+        the lease before each batch and each checkpoint it saves, and at least every
+        :attr:`lease_check` seconds (idle too); once lost, it drops its producer and stands by again.
         """
         lease = self.store.lease(RELAY_CONSUMER)
+        self._lease = lease
         try:
             while not stop.is_set():
                 if self._take_lease(lease, stop):
                     self._publish_while_held(lease, stop, idle_wait)
         finally:
             self.close()  # the last checkpoint, written while still holding the lease
+            self._lease = None
             lease.release()
 
     def _take_lease(self, lease: Lease, stop: threading.Event) -> bool:
@@ -215,7 +236,8 @@ class Relay:
                     self._position = None  # go on from the checkpoint the last holder saved
                     self._caught_up = self.consumers is None
                     self.took_over_after = time.monotonic() - waiting_since
-                    log.warning("relay: holds the lease of %s, publishing", self.store)
+                    # a takeover is news; the first relay of a shop taking a free lease is not
+                    (log.warning if announced else log.info)("relay: holds the lease of %s, publishing", self.store)
                     return True
             except StoreError as exc:
                 log.warning("relay: cannot try the lease: %s", exc)
@@ -234,18 +256,18 @@ class Relay:
         commits = self.store.commits
         checked = time.monotonic()
         while not stop.is_set():
-            if time.monotonic() - checked >= self.lease_check:
-                checked = time.monotonic()
-                if not lease.held():
-                    log.warning("relay: lost the lease of %s; standing by", self.store)
-                    self.active, self._position = False, None
-                    return
             try:
+                if time.monotonic() - checked >= self.lease_check:  # idle or not: a lost lease shows
+                    checked = time.monotonic()
+                    self._fence()
                 if not self._caught_up:
                     self._catch_up()
                 if self.publish_pending() == 0:
                     # woken by a commit in this process; other processes' commits are seen after idle_wait
                     commits = self.store.wait_for_commit(commits, idle_wait)
+            except _LeaseLost:
+                self._stand_by()
+                return
             except (BrokerError, StoreError) as exc:
                 delay = self._failed(exc, backoff)
                 log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, delay)
@@ -262,8 +284,18 @@ class Relay:
         """Go back for the events of types a consumer subscribed to since it last ran (once per lease)."""
         assert self.consumers is not None
         if catch_up_subscriptions(self.store, self.consumers) is not None:
-            self._position = None  # read the checkpoint it moved
+            self._position, self._saved = None, None  # read the checkpoint it moved
         self._caught_up = True
+
+    def _stand_by(self) -> None:
+        """After losing the lease: drop the producer and what it still queues, forget the position
+        (the next holder's checkpoint is the one that counts)."""
+        log.warning("relay: lost the lease of %s; standing by", self.store)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.purge()  # not yet sent: never sent by a relay without the lease
+            producer.flush(1)
+        self.active, self._position, self._saved = False, None, None
 
     def _backoff(self) -> Backoff:
         """Doubling from :attr:`min_backoff` to :attr:`max_backoff` while failures follow each other."""

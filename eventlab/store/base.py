@@ -391,7 +391,15 @@ class EventStore(ABC):
 
     @abstractmethod
     def set_checkpoint(self, name: str, position: int) -> None:
-        """Record ``position`` under ``name``."""
+        """Record ``position`` under ``name`` (also backwards: see :func:`~eventlab.kafka.relay.rewind`)."""
+
+    @abstractmethod
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        """Record ``position`` under ``name`` unless a greater one is recorded; return what is recorded now.
+
+        What a checkpoint's owner saves as it goes (the relay): a writer that fell behind — a relay
+        that lost its lease to one that already published further — cannot move it backwards.
+        """
 
     def record_dead_letter(
         self,

@@ -224,9 +224,16 @@ class MemoryEventStore(EventStore):
             return state.checkpoints.get(name, 0)
 
     def set_checkpoint(self, name: str, position: int) -> None:
+        self._record_checkpoint(name, lambda _before: position)
+
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        return self._record_checkpoint(name, lambda before: max(before or 0, position))
+
+    def _record_checkpoint(self, name: str, new: Callable[[int | None], int]) -> int:
+        """Set checkpoint ``name`` to ``new(its value)``, undone with the transaction; return it."""
         with self._locked() as state:
             before = state.checkpoints.get(name)
-            state.checkpoints[name] = position
+            state.checkpoints[name] = recorded = new(before)
 
             def undo() -> None:
                 if before is None:
@@ -235,6 +242,7 @@ class MemoryEventStore(EventStore):
                     state.checkpoints[name] = before
 
             self._did(undo)
+            return recorded
 
     # --- dead letters ----------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ from eventlab.store.base import (
 )
 from eventlab.store.sqlite import check_schema
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "AdvisoryLease", "PostgresEventStore"]
+__all__ = ["LEASE_SESSION", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "AdvisoryLease", "PostgresEventStore"]
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +479,17 @@ class PostgresEventStore(EventStore):
                 (name, position),
             )
 
+    @_translated
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        with self._writing() as conn:
+            row = conn.execute(
+                "INSERT INTO checkpoints VALUES (%s, %s) ON CONFLICT (name)"
+                " DO UPDATE SET position = greatest(checkpoints.position, excluded.position) RETURNING position",
+                (name, position),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def _unhandled(self, consumer: str, event_types: Iterable[str], *, skip_dead_letters: bool) -> int:
         """Stored events of ``event_types`` without ``consumer``'s processed marker; with
         ``skip_dead_letters``, not those it or the relay dead-lettered."""
@@ -578,15 +589,31 @@ def _int4(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+#: Server settings of a lease's session: the *server* probes an idle holder (5 s idle, then every
+#: 2 s, 3 misses: ~11 s) and gives up on unacknowledged data after 10 s, so a holder whose host or
+#: network died loses its session, and the lock, within seconds instead of the kernel's default
+#: of hours; a query that hangs (a lock check on a stuck server) ends after 5 s.
+LEASE_SESSION = {
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+    "statement_timeout": 5_000,
+}
+
+
 class AdvisoryLease(Lease):
     """A lease that is a session-level advisory lock held on a dedicated connection: when the holder
     dies, its connection drops and the server frees the lock at once.
 
     The key is two ``int4`` (the ``events`` table's oid, so each store, i.e. schema, has its own
     leases; and a hash of ``name``), a key space apart from the single-``bigint`` locks of writes
-    and schema changes. The connection has TCP keepalives, so a holder cut off from the server
-    learns it (:meth:`held` turns False) and the server frees the lock for a standby. Its
-    ``application_name`` names the holder's pid (see ``pg_locks`` joined with ``pg_stat_activity``).
+    and schema changes. A process killed on a live host closes its connection at once; a host or
+    network that dies closes nothing, so both ends watch the connection: the server's keepalives and
+    user timeout (:data:`LEASE_SESSION`) end the silent holder's session, freeing the lock for a
+    standby within ~11 s, and the client's (libpq keepalives, ``tcp_user_timeout``) make a holder
+    cut off from the server see :meth:`held` turn False. Its ``application_name`` names the
+    holder's pid (see ``pg_locks`` joined with ``pg_stat_activity``).
     """
 
     def __init__(self, name: str, conninfo: str, store_name: str, key: tuple[int, int]) -> None:
@@ -606,10 +633,12 @@ class AdvisoryLease(Lease):
                     autocommit=True,
                     connect_timeout=10,
                     application_name=f"eventlab {self.name} lease, pid {os.getpid()}"[-63:],
+                    options=self._options(),
                     keepalives=1,
                     keepalives_idle=5,
                     keepalives_interval=2,
                     keepalives_count=3,
+                    tcp_user_timeout=10_000,
                 )
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._key).fetchone()
         except psycopg.Error as exc:
@@ -617,8 +646,13 @@ class AdvisoryLease(Lease):
             raise _translate_error(self._store_name, f"taking the {self.name} lease", exc) from exc
         return bool(row and row[0])
 
+    def _options(self) -> str:
+        """The URL's ``options`` (e.g. a ``search_path``) and :data:`LEASE_SESSION`'s settings."""
+        given = str(conninfo_to_dict(self._conninfo).get("options") or "")
+        return " ".join([given, *(f"-c {name}={value}" for name, value in LEASE_SESSION.items())]).strip()
+
     def held(self) -> bool:
-        """Asks the server (one round trip): the lock lives as long as the session."""
+        """Asks the server (one round trip, at most ``statement_timeout``): the lock lives as long as the session."""
         if self._conn is None:
             return False
         try:

@@ -736,6 +736,17 @@ class SqliteEventStore(EventStore):
                 (name, position),
             )
 
+    @_translated
+    def advance_checkpoint(self, name: str, position: int) -> int:
+        conn = self._conn()
+        with self._writing(conn):
+            row = conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position) RETURNING position",
+                (name, position),
+            ).fetchone()
+        return int(row[0])
+
     @contextmanager
     def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
         """One autocommitted write: queued on this process's write lock (not in SQLite's busy handler,
@@ -747,8 +758,10 @@ class SqliteEventStore(EventStore):
                 yield
 
     def lease(self, name: str) -> Lease:
-        """A lease held as an OS lock (``flock``) on the file ``<store>.<name>.lease`` beside the store."""
-        return FileLease(name, self.path.with_name(f"{self.path.name}.{name}.lease"))
+        """A lease held as an OS lock (``flock``) on the file ``<store>.<name>.lease`` beside the store
+        (beside the real file: every path to one store, symlinks included, names one lease)."""
+        store = self.path.resolve()
+        return FileLease(name, store.with_name(f"{store.name}.{name}.lease"))
 
     def close(self) -> None:
         with self._lock:
@@ -860,18 +873,25 @@ class FileLease(Lease):
     takeover delay, and no write to the store every second. ``flock`` (not ``fcntl``'s POSIX locks,
     which belong to a process) excludes two holders in one process too. Like SQLite's WAL, it needs
     the store on a local file system. The file holds the holder's pid, for people.
+
+    A lock belongs to a file, not to its name: were the file deleted or replaced (a clean-up, a
+    restored backup), a second holder could lock the new file while the first still locks the old
+    one. So the lease is held only while ``path`` still names the locked file (same device and
+    inode), checked by :meth:`acquire` and :meth:`held`: the first holder sees it lost.
     """
 
     def __init__(self, name: str, path: Path) -> None:
         super().__init__(name)
-        self.path = path
+        self.path = path.resolve()
         self._fd: int | None = None
 
     def acquire(self) -> bool:
         import fcntl  # POSIX only, like the embedded broker; imported where a lease is taken
 
         if self._fd is not None:
-            return True
+            if self.held():
+                return True
+            self.release()  # its file was replaced: try the one the path names now
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -884,13 +904,36 @@ class FileLease(Lease):
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"{self.path}: cannot lock the {self.name} lease: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if not self._names(fd):  # replaced between the open and the lock: a lock on an orphan file
+            os.close(fd)
+            return False
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # closing it frees the lock: a failed holder must not keep the lease
+            os.close(fd)
+            raise StoreError(f"{self.path}: cannot write the {self.name} lease: {exc}") from exc
         self._fd = fd
         return True
 
     def held(self) -> bool:
-        return self._fd is not None
+        """Whether the file this holder locked is still the one ``path`` names (a ``stat``, no lock call)."""
+        if self._fd is None:
+            return False
+        if self._names(self._fd):
+            return True
+        log.warning("%s lease lost: %s was deleted or replaced", self.name, self.path)
+        self.release()
+        return False
+
+    def _names(self, fd: int) -> bool:
+        """Whether ``path`` names the file open as ``fd``."""
+        try:
+            now = os.stat(self.path)
+        except OSError:  # gone (or unreadable): the lock no longer excludes anyone who opens the path
+            return False
+        locked = os.fstat(fd)
+        return (locked.st_dev, locked.st_ino) == (now.st_dev, now.st_ino)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
