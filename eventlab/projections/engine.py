@@ -247,12 +247,15 @@ class Projections(SchemaRelations):
             for name, table in zip(stale, tables, strict=True):
                 sandbox.add(name, table)
                 self._handed[name] = self._generation
+        remaining = limit
         if limit:
-            spent = time.monotonic() - started
-            if spent >= limit:
+            remaining = limit - (time.monotonic() - started)
+            if remaining <= 0:
                 raise QueryTimeout(limit)
-            limit -= spent
-        return sandbox.con.from_arrow(sandbox.run(query, params, limit))
+        try:
+            return sandbox.con.from_arrow(sandbox.run(query, params, remaining))
+        except QueryTimeout as exc:
+            raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
 
     def as_of(self, *, position: int | None = None, time: datetime | None = None) -> Snapshot:
         """The projections as they were at ``position`` (1 … :attr:`checkpoint`), or after the last
