@@ -39,6 +39,7 @@ Around the engine: :mod:`.typed` turns stored rows into the typed ``events`` rel
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import re
@@ -52,6 +53,7 @@ from typing import Any, Self, SupportsIndex, TypeVar
 import duckdb
 
 from eventlab.errors import StoreError
+from eventlab.ids import new_id
 from eventlab.projections.definitions import RELATIONS
 from eventlab.projections.render import projections_html
 from eventlab.projections.sandbox import (
@@ -69,6 +71,7 @@ from eventlab.projections.sources import (
     LogSource,
     MirroredLog,
     PostgresUrl,
+    cancel_reads,
     connect,
     describe,
     store_location,
@@ -173,8 +176,14 @@ class Projections(SchemaRelations):
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
             )
         mirrored: Path | EventStore | None = None
-        if isinstance(location, PostgresUrl) or (attach and isinstance(location, Path)):
-            self._con = connect(location)  # DuckDB's postgres or sqlite extension reads it
+        #: Stops what the PostgreSQL server runs for this object (DuckDB's interrupt cannot reach a scan waiting there).
+        self._cancel: Callable[[], None] | None = None
+        if isinstance(location, PostgresUrl):
+            session = f"eventlab-read-{new_id()}"
+            self._cancel = functools.partial(cancel_reads, location, session)
+            self._con = connect(location, session=session)  # DuckDB's postgres extension reads it
+        elif attach and isinstance(location, Path):
+            self._con = connect(location)  # DuckDB's sqlite extension reads it
         else:
             self._con, mirrored = connect(None), location
         # replaced below when mirrored; closes safely
@@ -400,7 +409,7 @@ class Projections(SchemaRelations):
         return self._raw_tables
 
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
-        return bounded([self._con], work, timeout)
+        return bounded([self._con], work, timeout, self._cancel)
 
     def __enter__(self) -> Self:
         return self
