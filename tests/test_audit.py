@@ -40,7 +40,11 @@ def healthy_story(path: Path) -> ShopStory:
 
 
 def violated(report) -> set[str]:
-    return {name for name, result in report.items() if not result.ok}
+    return {name for name, result in report.items() if result.count}
+
+
+#: The mailbox checks of a store with no mailbox file (the stories send no email): not run, never passed.
+SKIPPED = {c.name: {"ok": None, "skipped": "no mailbox", "violations": []} for c in MAILBOX_CHECKS}
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def test_a_healthy_shop_passes_every_check(healthy):
     report = audit(healthy.store.path, now=LATER)
     assert report.ok and list(report) == [check.name for check in (*CHECKS, *MAILBOX_CHECKS)]
     assert all(result.violations == () and result.count == 0 for result in report.values())
-    assert report.as_dict() == {c.name: {"ok": True, "violations": []} for c in (*CHECKS, *MAILBOX_CHECKS)}
+    assert report.as_dict() == {c.name: {"ok": True, "violations": []} for c in CHECKS} | SKIPPED
     assert "VIOLATED" not in report.table() and "ok" in repr(report) and "✅" in report._repr_html_()
     assert hashlib.sha256(healthy.store.path.read_bytes()).hexdigest() == before
 
@@ -214,9 +218,7 @@ def test_audit_of_open_projections_catches_up_first(healthy):
 def test_cli_audit_prints_json_and_fails_on_a_violation(healthy, capsys):
     data_dir = str(healthy.store.path.parent)
     assert main(["audit", "--data-dir", data_dir, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
-        c.name: {"ok": True, "violations": []} for c in (*CHECKS, *MAILBOX_CHECKS)
-    }
+    assert json.loads(capsys.readouterr().out) == {c.name: {"ok": True, "violations": []} for c in CHECKS} | SKIPPED
 
     healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
     healthy.publish()
@@ -393,3 +395,17 @@ def test_order_events_stored_by_an_older_eventlab_pass_every_check(healthy, audi
     )
     # then the audit reads them as the version they are: nothing violated
     assert violated(audit_of(healthy)) == set()
+
+
+def test_without_a_mailbox_the_mailbox_checks_say_they_were_not_run(healthy, tmp_path):
+    # given: a healthy shop, audited with no mailbox file and then with an empty one
+    without = audit(healthy.store.path, now=LATER, mailbox=tmp_path / "nowhere.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with_empty = audit(healthy.store.path, now=LATER, mailbox=tmp_path / "empty.jsonl")
+    # then: without one, the mailbox checks are skipped (said in every output), not passed on nothing
+    assert without.skipped == [c.name for c in MAILBOX_CHECKS] and without.ok
+    assert all(not without[c.name].ok and without[c.name].skipped == "no mailbox" for c in MAILBOX_CHECKS)
+    assert "skipped: no mailbox" in without.table() and "skipped: no mailbox" in without._repr_html_()
+    assert without.as_dict()[MAILBOX_CHECKS[0].name] == {"ok": None, "skipped": "no mailbox", "violations": []}
+    # and an empty mailbox is a mailbox: its checks ran and hold
+    assert with_empty.skipped == [] and all(with_empty[c.name].ok for c in MAILBOX_CHECKS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -45,7 +46,7 @@ def test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_se
         assert service["build"] == "." and service["image"] == "eventlab:local"
         if name in SERVICE_PORTS:
             port = SERVICE_PORTS[name]
-            assert service["ports"] == [f"{port}:{port}"]
+            assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
             assert f"http://127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
         else:  # the relay serves no HTTP
             assert "ports" not in service
@@ -54,6 +55,24 @@ def test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_se
             "postgres": {"condition": "service_healthy"},
         }
         assert {"healthcheck"} <= set(SERVICES["kafka"]) and {"healthcheck"} <= set(SERVICES["postgres"])
+
+
+def test_every_port_is_published_on_this_machine_only():
+    # the services have no authentication, PostgreSQL's password is in the file, Kafka has none
+    published = [(name, mapping) for name, service in SERVICES.items() for mapping in service.get("ports", [])]
+    assert {name for name, _ in published} == {"kafka", "postgres", "jaeger", *SERVICE_PORTS}
+    assert [(name, m) for name, m in published if not m.startswith("127.0.0.1:") or m.count(":") != 2] == []
+
+
+def test_each_container_keeps_its_data_directory_and_the_store_in_named_volumes():
+    # a re-created Payment must still find its gateway journal (no charge twice), Notification its
+    # mailbox (no email twice); each process its own volume, so no two write one file
+    data_dir = re.search(r"EVENTLAB_DATA_DIR=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert data_dir and data_dir[1] == "/var/lib/eventlab"
+    for name, service in PROCESSES.items():
+        assert service["volumes"] == [f"{name}-data:{data_dir[1]}"]
+    assert SERVICES["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert set(COMPOSE["volumes"]) == {"postgres-data", *(f"{name}-data" for name in PROCESSES)}
 
 
 def test_the_containers_reach_the_compose_kafka_and_postgres_and_the_host_reaches_them_too():
@@ -66,7 +85,7 @@ def test_the_containers_reach_the_compose_kafka_and_postgres_and_the_host_reache
         assert settings.bootstrap_servers == "kafka:9092" and bound[internal] == ":9092"
         # ... and the host's localhost:9092 is published to a listener that advertises localhost:9092
         host = next(name for name, address in advertised.items() if address == "localhost:9092")
-        assert SERVICES["kafka"]["ports"] == [f"9092:{bound[host].lstrip(':')}"]
+        assert SERVICES["kafka"]["ports"] == [f"127.0.0.1:9092:{bound[host].lstrip(':')}"]
         # PostgreSQL: the compose server, with its user, password and database
         store = urlsplit(settings.store_url)
         postgres = SERVICES["postgres"]["environment"]

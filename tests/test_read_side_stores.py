@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
+from contextlib import closing
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -23,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from eventlab.errors import StoreError
 from eventlab.projections import ProjectionError, Projections, audit, query
+from eventlab.projections.sandbox import QueryTimeout
 
 PASSWORD = "hunter2-on-postgres"
 
@@ -156,6 +160,65 @@ def test_the_password_is_nowhere_user_sql_can_look(projections):
     assert not [text for text in seen if PASSWORD in text]
     assert "'store'" not in seen[0]  # no database is attached where user SQL runs
     assert seen[2] == "[]"  # and no secret exists there
+
+
+def test_another_applications_table_in_the_store_schema_is_not_visible_to_user_sql(stores):
+    # given: another application's table in the shared schema, readable by the same role
+    with psycopg.connect(stores["writer"], autocommit=True) as admin:
+        admin.execute("CREATE TABLE app_users (name TEXT, secret TEXT)")
+        admin.execute("INSERT INTO app_users VALUES ('alice', 'not-for-eventlab')")
+        admin.execute(f"GRANT SELECT ON app_users TO {conninfo_to_dict(stores['postgresql'])['user']}".encode())
+    try:
+        # when: user SQL names it, through the library and the command line
+        with Projections(stores["postgresql"]) as projections:
+            with pytest.raises(ProjectionError, match="app_users"):
+                projections.sql("SELECT * FROM store.app_users").fetchall()
+            tables = projections.sql("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'store'").fetchall()
+            # then: the store's own tables stay readable, the foreign one is nowhere
+            assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (51,)
+            assert ("app_users",) not in tables
+        shown = eventlab("query", "--json", "--store", stores["postgresql"], "SELECT * FROM store.app_users")
+        assert shown.returncode != 0 and "not-for-eventlab" not in shown.stdout + shown.stderr
+    finally:
+        with psycopg.connect(stores["writer"], autocommit=True) as admin:
+            admin.execute("DROP TABLE app_users")
+
+
+def test_another_applications_table_in_the_sqlite_file_is_not_visible_to_user_sql(stores, tmp_path):
+    # given: a copy of the store file that also holds another application's table
+    path = tmp_path / "shared.db"
+    path.write_bytes(stores["sqlite"].read_bytes())
+    with closing(sqlite3.connect(path)) as other, other:
+        other.execute("CREATE TABLE app_users (name TEXT, secret TEXT)")
+        other.execute("INSERT INTO app_users VALUES ('alice', 'not-for-eventlab')")
+    # when: user SQL names it, on the attached file and on the file read through sqlite3
+    for attach in (True, False):
+        with Projections(path, attach=attach) as projections:
+            # then: refused, while the store's own tables stay readable
+            with pytest.raises(ProjectionError, match="app_users"):
+                projections.sql("SELECT * FROM store.app_users").fetchall()
+            assert projections.sql("SELECT count(*) FROM store.events").fetchone() == (51,)
+
+
+def test_a_query_stops_at_its_timeout_even_while_the_server_makes_it_wait(stores):
+    # given: a store table locked on the server (a migration, a VACUUM FULL), released only by a
+    # safety net far beyond the query's limit
+    with Projections(stores["postgresql"]) as projections, psycopg.connect(stores["writer"]) as holder:
+        holder.execute("LOCK TABLE dead_letters IN ACCESS EXCLUSIVE MODE")
+        released = threading.Event()
+        safety_net = threading.Timer(20.0, lambda: (released.set(), holder.rollback()))
+        safety_net.start()
+        try:
+            # when: a query with a short limit names it (its copy waits for the lock)
+            with pytest.raises(QueryTimeout, match="exceeded 0.5 s"):
+                projections.sql("SELECT count(*) FROM store.dead_letters", timeout=0.5).fetchall()
+            # then: it stopped while the table was still locked: the wait on the server was cancelled
+            assert not released.is_set()
+        finally:
+            safety_net.cancel()
+            holder.rollback()
+        # and once the lock is gone the same query answers
+        assert projections.sql("SELECT count(*) FROM store.dead_letters", timeout=30).fetchone() == (0,)
 
 
 def test_even_the_building_connection_cannot_write_or_show_the_password(stores):

@@ -318,12 +318,12 @@ def test_compose_offers_kafka_where_the_readme_points():
     # `docker compose up -d` cannot run on the CI machines (no Docker daemon): check what it would start
     compose = (ROOT / "compose.yaml").read_text()
     # the host's port 9092 reaches the listener Kafka advertises to the host as localhost:9092
-    host_port = re.search(r'ports: \["9092:(\d+)"\]', compose)
+    host_port = re.search(r'ports: \["127\.0\.0\.1:9092:(\d+)"\]', compose)
     assert host_port and f"HOST://:{host_port[1]}" in compose
     assert re.search(r"KAFKA_ADVERTISED_LISTENERS: .*HOST://localhost:9092", compose)
     assert "EVENTLAB_BOOTSTRAP_SERVERS=localhost:9092" in README
     # and Jaeger where the tracing section points: OTLP/HTTP in, the UI out (the exporter is tested for real)
-    assert re.search(r'"4318:4318"', compose) and re.search(r'"16686:16686"', compose)
+    assert '"127.0.0.1:4318:4318"' in compose and '"127.0.0.1:16686:16686"' in compose
     assert "EVENTLAB_OTLP_ENDPOINT=http://localhost:4318" in README
 
 

@@ -41,6 +41,7 @@ from eventlab.tables import Html, html_table
 __all__ = [
     "CHECKS",
     "MAILBOX_CHECKS",
+    "NO_MAILBOX",
     "AuditReport",
     "Check",
     "CheckResult",
@@ -350,6 +351,11 @@ class MailboxCheck:
     find: Callable[[Sequence[Email], Requested], list[dict[str, Any]]]
 
 
+#: Why the mailbox checks were skipped: the audit had no mailbox file to read (e.g. a PostgreSQL
+#: store audited from a host where the notification service does not write its mailbox).
+NO_MAILBOX = "no mailbox"
+
+
 def read_mailbox(path: Path) -> list[Email]:
     """Every line of the mailbox at ``path`` (none when it does not exist), numbered from 1."""
     if not path.exists():
@@ -427,17 +433,30 @@ class CheckResult:
     description: str
     violations: tuple[dict[str, Any], ...]
     count: int
+    #: Why the check was not run (e.g. ``"no mailbox"``), None when it ran.
+    skipped: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.count == 0
+        """The check ran and found no violation (a skipped check is not ok, nor a violation)."""
+        return self.skipped is None and self.count == 0
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"ok": …, "violations": [...]}`` with JSON-friendly values."""
+        """``{"ok": …, "violations": [...]}`` with JSON-friendly values; a skipped check has
+        ``"ok": null`` and says why in ``"skipped"``."""
+        if self.skipped is not None:
+            return {"ok": None, "skipped": self.skipped, "violations": []}
         return {"ok": self.ok, "violations": [jsonable(v) for v in self.violations]}
 
+    @property
+    def verdict(self) -> str:
+        """``ok``, ``VIOLATED (n)`` or ``skipped: why``, for text."""
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
+        return "ok" if self.ok else f"VIOLATED ({self.count})"
+
     def __repr__(self) -> str:
-        return f"<CheckResult {self.name}: {'ok' if self.ok else f'{self.count} violations'}>"
+        return f"<CheckResult {self.name}: {self.verdict}>"
 
 
 class AuditReport(Mapping[str, CheckResult]):
@@ -445,7 +464,7 @@ class AuditReport(Mapping[str, CheckResult]):
 
     Example:
         >>> report = audit(store_path)  # one order still waits for its payment
-        >>> report.ok, [result.name for result in report.values() if not result.ok]
+        >>> report.ok, [result.name for result in report.values() if result.count]
         (False, ['orders_terminal'])
     """
 
@@ -466,7 +485,13 @@ class AuditReport(Mapping[str, CheckResult]):
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self._results.values())
+        """No check found a violation (skipped checks, listed in :attr:`skipped`, do not fail it)."""
+        return all(r.count == 0 for r in self._results.values())
+
+    @property
+    def skipped(self) -> list[str]:
+        """The checks that were not run (see each one's ``skipped`` for why)."""
+        return [r.name for r in self._results.values() if r.skipped is not None]
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """``{check name: {"ok": …, "violations": [...]}}``, ready for ``json.dumps``."""
@@ -477,22 +502,21 @@ class AuditReport(Mapping[str, CheckResult]):
         width = max(len(name) for name in self._results)
         lines = [f"audit of the log up to position {self.position} (grace {self.grace.total_seconds():g} s)"]
         for r in self._results.values():
-            verdict = "ok" if r.ok else f"VIOLATED ({r.count})"
-            lines.append(f"{r.name:<{width}}  {verdict}")
+            lines.append(f"{r.name:<{width}}  {r.verdict}")
             lines += [f"{'':<{width}}    {jsonable(v)}" for v in r.violations[:5]]
             if r.count > 5:
                 lines.append(f"{'':<{width}}    … {r.count - 5} more")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        failed = [name for name, r in self._results.items() if not r.ok]
+        failed = [name for name, r in self._results.items() if r.count]
         return f"<AuditReport at position {self.position}: {'ok' if not failed else 'VIOLATED ' + ', '.join(failed)}>"
 
     def _repr_html_(self) -> str:
         rows = [
             (
                 _code(r.name),
-                "✅" if r.ok else f"❌ {r.count}",
+                "✅" if r.ok else f"⏭ {r.verdict}" if r.skipped else f"❌ {r.count}",
                 r.description,
                 _code(str(jsonable(r.violations[0])) if r.violations else ""),
             )
@@ -531,7 +555,8 @@ def audit(
     # Read the mailbox before the log: every email in it was requested by an event stored by now.
     if mailbox is None and source.store_path is not None:
         mailbox = source.store_path.parent / MAILBOX
-    emails = [] if mailbox is None else read_mailbox(Path(mailbox))
+    # No mailbox file is no evidence either way: its checks are skipped, never passed on nothing.
+    emails = None if mailbox is None or not Path(mailbox).is_file() else read_mailbox(Path(mailbox))
     source.refresh()
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:
@@ -596,7 +621,9 @@ def _check_schema(source: Projections) -> None:
         raise StoreError(f"{source.store_path} is not an eventlab event store: it has no tables")
 
 
-def _check_mailbox(source: Projections, emails: Sequence[Email], limit: int) -> list[CheckResult]:
+def _check_mailbox(source: Projections, emails: Sequence[Email] | None, limit: int) -> list[CheckResult]:
+    if emails is None:
+        return [CheckResult(check.name, check.description, (), 0, skipped=NO_MAILBOX) for check in MAILBOX_CHECKS]
     rows = source.sql("SELECT DISTINCT order_id, kind FROM events WHERE event_type = 'EmailRequested'").fetchall()
     requested = {(str(order_id), str(kind)) for order_id, kind in rows}
     results = []

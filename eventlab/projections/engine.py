@@ -39,9 +39,11 @@ Around the engine: :mod:`.typed` turns stored rows into the typed ``events`` rel
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -51,9 +53,17 @@ from typing import Any, Self, SupportsIndex, TypeVar
 import duckdb
 
 from eventlab.errors import StoreError
+from eventlab.ids import new_id
 from eventlab.projections.definitions import RELATIONS
 from eventlab.projections.render import projections_html
-from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Sandbox, bounded, ensure_single_read
+from eventlab.projections.sandbox import (
+    DEFAULT_TIMEOUT,
+    ProjectionError,
+    QueryTimeout,
+    Sandbox,
+    bounded,
+    ensure_single_read,
+)
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
     MONEY,
@@ -61,13 +71,14 @@ from eventlab.projections.sources import (
     LogSource,
     MirroredLog,
     PostgresUrl,
+    cancel_reads,
     connect,
     describe,
     store_location,
 )
 from eventlab.projections.typed import typed_events
 from eventlab.store.base import EventStore
-from eventlab.store.sqlite import SqliteEventStore, open_in_this_process
+from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
 
 __all__ = ["Projections"]
 
@@ -165,8 +176,14 @@ class Projections(SchemaRelations):
                 "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
             )
         mirrored: Path | EventStore | None = None
-        if isinstance(location, PostgresUrl) or (attach and isinstance(location, Path)):
-            self._con = connect(location)  # DuckDB's postgres or sqlite extension reads it
+        #: Stops what the PostgreSQL server runs for this object (DuckDB's interrupt cannot reach a scan waiting there).
+        self._cancel: Callable[[], None] | None = None
+        if isinstance(location, PostgresUrl):
+            session = f"eventlab-read-{new_id()}"
+            self._cancel = functools.partial(cancel_reads, location, session)
+            self._con = connect(location, session=session)  # DuckDB's postgres extension reads it
+        elif attach and isinstance(location, Path):
+            self._con = connect(location)  # DuckDB's sqlite extension reads it
         else:
             self._con, mirrored = connect(None), location
         # replaced below when mirrored; closes safely
@@ -215,11 +232,13 @@ class Projections(SchemaRelations):
         *,
         timeout: float | None | _Default = _DEFAULT,
     ) -> duckdb.DuckDBPyRelation:
-        """Run one read-only ``SELECT`` over the relations, the "as of" schemas and the raw
-        ``store.*`` tables, in a sandbox that can open no file, URL or extension.
+        """Run one read-only ``SELECT`` over the relations, the "as of" schemas and the event store's
+        own raw ``store.*`` tables (no other table sharing its file or schema), in a sandbox that can
+        open no file, URL or extension.
 
-        ``params`` fill ``?`` or ``$name`` placeholders. The query runs to its end within
-        ``timeout`` seconds (default: this object's :attr:`timeout`; ``None``/``0``: no limit) and
+        ``params`` fill ``?`` or ``$name`` placeholders. The query runs to its end, copying the store
+        tables it names included, within ``timeout`` seconds (default: this object's :attr:`timeout`;
+        ``None``/``0``: no limit) and
         its result comes back as a relation over the rows. Anything but a single read raises
         :class:`ProjectionError`; reaching outside raises :class:`~eventlab.projections.sandbox.QueryRefused`,
         running too long :class:`~eventlab.projections.sandbox.QueryTimeout`.
@@ -227,14 +246,25 @@ class Projections(SchemaRelations):
         limit = self.timeout if isinstance(timeout, _Default) else timeout
         sandbox = self._sandbox_for()
         ensure_single_read(sandbox.con, query)
-        wanted = sorted(n for n in self._store_tables() if _mentions(query, n))
+        # The store tables the query names are copied from the store first, within the query's time:
+        # a big table, or one locked on a PostgreSQL server, must not hold the query beyond its limit.
+        started = time.monotonic()
+        wanted = sorted(n for n in self._bounded(self._store_tables, limit) if _mentions(query, n))
         stale = [n for n in wanted if self._handed.get(n) != self._generation]
         if stale:
-            tables = self._bounded(lambda: [self._con.sql(f"SELECT * FROM {n}").to_arrow_table() for n in stale], None)
+            tables = self._bounded(lambda: [self._con.sql(f"SELECT * FROM {n}").to_arrow_table() for n in stale], limit)
             for name, table in zip(stale, tables, strict=True):
                 sandbox.add(name, table)
                 self._handed[name] = self._generation
-        return sandbox.con.from_arrow(sandbox.run(query, params, limit))
+        remaining = limit
+        if limit:
+            remaining = limit - (time.monotonic() - started)
+            if remaining <= 0:
+                raise QueryTimeout(limit)
+        try:
+            return sandbox.con.from_arrow(sandbox.run(query, params, remaining))
+        except QueryTimeout as exc:
+            raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
 
     def as_of(self, *, position: int | None = None, time: datetime | None = None) -> Snapshot:
         """The projections as they were at ``position`` (1 … :attr:`checkpoint`), or after the last
@@ -363,16 +393,23 @@ class Projections(SchemaRelations):
             self._handed[f"main.{name}"] = self._generation
 
     def _store_tables(self) -> frozenset[str]:
-        """The raw tables of the store (``store.<name>``) that a query may read."""
+        """The raw tables of the store (``store.<name>``) that a query may read: the event store's own
+        tables of its schema version, never another application's tables sharing its file or
+        PostgreSQL schema (the attachment shows them all)."""
         if self._raw_tables is None:
             rows = self._con.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store' OR schema_name = 'store'"
             ).fetchall()
-            self._raw_tables = frozenset(f"store.{name}" for (name,) in rows)
+            present = {name for (name,) in rows}
+            version = SCHEMA_VERSION  # a mirrored log holds only events and checkpoints, of every version
+            if "eventlab" in present:  # an attached store: its version was checked when it was attached
+                row = self._con.execute("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row else version
+            self._raw_tables = frozenset(f"store.{name}" for name in sorted(present & store_tables(version)))
         return self._raw_tables
 
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
-        return bounded([self._con], work, timeout)
+        return bounded([self._con], work, timeout, self._cancel)
 
     def __enter__(self) -> Self:
         return self

@@ -65,6 +65,8 @@ _SETTINGS = (
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
 #: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
 _TICK = 0.05
+#: Seconds between two calls of a :func:`bounded` caller's ``cancel`` while the work has not stopped.
+_CANCEL_EVERY = 1.0
 
 
 class ProjectionError(EventlabError):
@@ -132,9 +134,17 @@ def translate(exc: duckdb.Error) -> ProjectionError:
     return ProjectionError(f"query failed: {message}")
 
 
-def bounded(connections: Sequence[duckdb.DuckDBPyConnection], work: Callable[[], T], timeout: float | None) -> T:
+def bounded(
+    connections: Sequence[duckdb.DuckDBPyConnection],
+    work: Callable[[], T],
+    timeout: float | None,
+    cancel: Callable[[], None] | None = None,
+) -> T:
     """Run ``work`` (DuckDB calls on ``connections``) in a worker thread; interrupt it after
     ``timeout`` seconds (``None``/``0``: never) or on ``KeyboardInterrupt`` in the calling thread.
+
+    ``cancel`` also stops what DuckDB's interrupt cannot reach (a PostgreSQL scan waiting on the
+    server for a lock); it is called when the interrupt is first sent, then at most once a second.
 
     Raises :class:`QueryTimeout` when the limit struck, re-raises ``KeyboardInterrupt`` once DuckDB
     has stopped, and otherwise returns or raises whatever ``work`` did.
@@ -154,16 +164,24 @@ def bounded(connections: Sequence[duckdb.DuckDBPyConnection], work: Callable[[],
     worker = threading.Thread(target=run, name="eventlab-query", daemon=True)
     deadline = time.monotonic() + timeout if timeout else None
     timed_out = False
+    cancelled = [-_CANCEL_EVERY]
+
+    def stop() -> None:
+        _interrupt(connections)
+        if cancel is not None and time.monotonic() - cancelled[0] >= _CANCEL_EVERY:
+            cancelled[0] = time.monotonic()
+            cancel()
+
     worker.start()
     try:
         while not done.wait(_TICK):
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
-                _interrupt(connections)
+                stop()
     except KeyboardInterrupt:
         log.info("interrupting the query (Ctrl-C)")
         while not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
-            _interrupt(connections)
+            stop()
         raise
     if timed_out and (failure or not outcome):
         raise QueryTimeout(timeout or 0.0) from (failure[0] if failure else None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import logging
 import os
 import stat
 import tempfile
@@ -46,11 +47,14 @@ __all__ = [
     "LogSource",
     "MirroredLog",
     "PostgresUrl",
+    "cancel_reads",
     "connect",
     "describe",
     "sql_literal",
     "store_location",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class PostgresUrl(str):
@@ -135,7 +139,7 @@ def _extension_directory() -> Path:
     return path
 
 
-def connect(store: Path | PostgresUrl | None = None) -> duckdb.DuckDBPyConnection:
+def connect(store: Path | PostgresUrl | None = None, *, session: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB for building the projections, with the event store ``store`` (a SQLite
     file, or a PostgreSQL URL) attached read-only as ``store``: DuckDB's ``sqlite`` or ``postgres``
     extension, copied from its wheel.
@@ -145,6 +149,9 @@ def connect(store: Path | PostgresUrl | None = None) -> duckdb.DuckDBPyConnectio
     is missing, unreachable or not an event store. The connection can read no other file and its
     configuration is locked; user SQL still never runs on it (an extension's table functions
     ignore those settings, see :mod:`.sandbox`).
+
+    ``session`` names the connections to a PostgreSQL store (their ``application_name``), so that
+    :func:`cancel_reads` can stop what they wait for on the server.
     """
     con = duckdb.connect(
         config={
@@ -159,7 +166,7 @@ def connect(store: Path | PostgresUrl | None = None) -> duckdb.DuckDBPyConnectio
         if store is None:
             con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
         elif isinstance(store, PostgresUrl):
-            _attach_postgres(con, store)
+            _attach_postgres(con, store, session)
         else:
             _attach_sqlite(con, store)
         con.execute(MONEY)
@@ -189,7 +196,7 @@ def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
 
 
-def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl) -> None:
+def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: str | None = None) -> None:
     """Attach the schema ``url`` puts first on the search path as ``store``, read-only, and check
     it is an event store this eventlab reads (as :class:`~eventlab.store.postgres.PostgresEventStore`
     would, without ever creating or migrating anything)."""
@@ -198,6 +205,8 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl) -> None:
     password = parts.pop("password", None)
     parts["options"] = f"{parts.get('options', '')} -c default_transaction_read_only=on".strip()
     parts.setdefault("connect_timeout", "10")  # libpq waits forever for a host that never answers
+    if session is not None:
+        parts["application_name"] = session
     from psycopg.conninfo import make_conninfo
 
     login = make_conninfo(**parts)  # the password stays out of it: duckdb_databases() shows this text
@@ -234,6 +243,25 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl) -> None:
         )
     except duckdb.Error as exc:
         raise StoreError(f"cannot read the event store {name}: {exc}") from exc
+
+
+def cancel_reads(url: PostgresUrl, session: str) -> None:
+    """Cancel the statements that the connections named ``session`` (see :func:`connect`) run on the
+    PostgreSQL server ``url``: DuckDB's interrupt stops a postgres scan between chunks only, never
+    one waiting on the server (a table locked by a migration or a ``VACUUM FULL``).
+
+    A failure is logged, not raised: the caller is already stopping a query.
+    """
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5, application_name=f"{session}-cancel") as conn:
+            conn.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                (session,),
+            )
+    except psycopg.Error as exc:
+        log.warning("could not cancel the reads of %s on %s: %s", session, describe(url), exc)
 
 
 #: The current schema's tables and columns, in order (one row at least, for the schema's name).

@@ -54,6 +54,7 @@ __all__ = [
     "SqliteEventStore",
     "check_schema",
     "open_in_this_process",
+    "store_tables",
     "verify_event_store",
 ]
 
@@ -345,6 +346,19 @@ def check_schema(
             "backup, or move it away to start a new store"
         )
     return number
+
+
+def store_tables(version: int = SCHEMA_VERSION) -> frozenset[str]:
+    """The tables an event store of schema ``version`` has (the ones :func:`check_schema` checks):
+    the store's own, as opposed to whatever else shares its file or PostgreSQL schema.
+
+    Example:
+        >>> sorted(store_tables(1))
+        ['checkpoints', 'eventlab', 'events', 'processed']
+    """
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise StoreError(f"event store schema version {version} does not exist here (1 … {SCHEMA_VERSION})")
+    return frozenset(_expected_layout(_scripts(version)).columns)
 
 
 def _check_file(path: Path, conn: sqlite3.Connection) -> int:
