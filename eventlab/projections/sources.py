@@ -36,6 +36,7 @@ import duckdb_extensions
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
 from eventlab.settings import Settings
+from eventlab.store import libpq
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
 from eventlab.store.sqlite import check_schema
@@ -90,18 +91,8 @@ def store_location(store: str | Path) -> Path | PostgresUrl:
 
 
 def _conninfo(url: PostgresUrl) -> dict[str, str]:
-    """``url``'s libpq parameters, parsed by libpq itself (through psycopg, the PostgreSQL extra)."""
-    try:
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError as exc:
-        raise StoreError(
-            f"reading a PostgreSQL store needs {exc.name}, which is not installed: pip install 'eventlab[postgres]'"
-        ) from exc
-    try:
-        return {key: str(value) for key, value in conninfo_to_dict(url).items()}
-    except ProgrammingError as exc:
-        raise StoreError(f"not a PostgreSQL connection string: {exc}") from exc
+    """``url``'s libpq parameters, parsed by libpq itself (the PostgreSQL extra)."""
+    return libpq.conninfo_parts(url)
 
 
 def describe(store: Path | PostgresUrl) -> str:
@@ -207,9 +198,7 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: 
     parts.setdefault("connect_timeout", "10")  # libpq waits forever for a host that never answers
     if session is not None:
         parts["application_name"] = session
-    from psycopg.conninfo import make_conninfo
-
-    login = make_conninfo(**parts)  # the password stays out of it: duckdb_databases() shows this text
+    login = libpq.conninfo(parts)  # the password stays out of it: duckdb_databases() shows this text
     try:
         duckdb_extensions.import_extension("postgres", con=con)
         con.execute("LOAD postgres")
@@ -252,16 +241,7 @@ def cancel_reads(url: PostgresUrl, session: str) -> None:
 
     A failure is logged, not raised: the caller is already stopping a query.
     """
-    import psycopg
-
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5, application_name=f"{session}-cancel") as conn:
-            conn.execute(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
-                (session,),
-            )
-    except psycopg.Error as exc:
-        log.warning("could not cancel the reads of %s on %s: %s", session, describe(url), exc)
+    libpq.cancel_sessions(url, session)
 
 
 #: The current schema's tables and columns, in order (one row at least, for the schema's name).
