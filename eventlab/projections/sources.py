@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import getpass
-import logging
 import os
 import stat
 import tempfile
@@ -54,8 +53,6 @@ __all__ = [
     "sql_literal",
     "store_location",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class PostgresUrl(str):
