@@ -7,6 +7,7 @@ Commands are validated first (:func:`eventlab.commands.parse`); a rejected comma
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -84,9 +85,12 @@ class Commands:
         'u-1'
     """
 
-    def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id) -> None:
+    def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id, copy_wait: float = 2.0) -> None:
         self.store = store
         self.new_id = id_factory
+        #: Seconds an order for a user or product Order has not heard of waits for Order's copy (a
+        #: registration a moment ago is still on its way through Kafka) before it is rejected.
+        self.copy_wait = copy_wait
         self._cache = StreamCache()
 
     def register_user(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> UserCreated:
@@ -111,9 +115,10 @@ class Commands:
         """Place an order and return its id; the saga then runs through Kafka.
 
         The user and products are checked against the Order service's own copies, which it records
-        when it consumes ``UserCreated`` and ``ProductCreated``: right after a registration, until
-        Order has heard of it, the order is rejected with :class:`~eventlab.errors.NotFound` naming
-        the field (:meth:`eventlab.Shop.register_user` waits for that).
+        when it consumes ``UserCreated`` and ``ProductCreated``. Right after a registration the copy
+        may still be on its way: the order waits for it up to :attr:`copy_wait` seconds (woken by
+        each commit to the store), then is rejected with :class:`~eventlab.errors.NotFound` naming
+        the field.
         """
         command = parse(PlaceOrder, _input(data, fields))
         order_id = self.new_id()
@@ -126,15 +131,25 @@ class Commands:
             prices = {pid: states[("order_price", pid)] for _, pid in items}
             return order.place(command, order_id, states[customer], prices)
 
-        execute(
-            self.store,
-            [key, customer, *items],
-            order.SERVICE.evolvers,
-            decide,
-            self._meta("order", order_id),
-            cache=self._cache,
-        )
-        return order_id
+        deadline = time.monotonic() + self.copy_wait
+        while True:
+            commits = self.store.commits
+            try:
+                execute(
+                    self.store,
+                    [key, customer, *items],
+                    order.SERVICE.evolvers,
+                    decide,
+                    self._meta("order", order_id),
+                    cache=self._cache,
+                )
+                return order_id
+            except NotFound:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                # a commit in this process (Order's consumer) wakes it; another process's after 50 ms
+                self.store.wait_for_commit(commits, min(left, 0.05))
 
     def get_order(self, order_id: str) -> OrderView:
         """The order's state and its saga's events; :class:`~eventlab.errors.NotFound` if unknown."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +127,7 @@ def test_a_service_module_imports_no_other_service(module):
 def test_placing_an_order_reads_only_orders_own_state(tmp_path):
     # given a store with a user and a product registered (but no Order copies yet)
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store)
+    commands = Commands(store, copy_wait=0)
     commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
     commands.create_product(product_id="P1", name="Pen", price_cents=100)
     # when an order is placed, then the check reads Order's copy, which does not exist yet
@@ -155,7 +157,7 @@ def consume(store: SqliteEventStore, service: Service, event: Event, event_id: s
 def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(tmp_path):
     # given a registered user and product that Order has not consumed yet
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store, id_factory=lambda: "O-1")
+    commands = Commands(store, id_factory=lambda: "O-1", copy_wait=0)
     ada = commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
     pen = commands.create_product(product_id="P1", name="Pen", price_cents=250, initial_stock=5)
     lines = [{"product_id": "P1", "quantity": 2}]
@@ -178,12 +180,34 @@ def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(t
 
 def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store)
+    commands = Commands(store, copy_wait=0.2)
     consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
     commands.create_product(product_id="P1", name="Pen", price_cents=250)
     with pytest.raises(NotFound) as error:
         commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
     assert error.value.field == "lines.0.product_id"
+    store.close()
+
+
+def test_an_order_placed_right_after_the_registration_waits_for_orders_copy(tmp_path):
+    # given a user and a product just registered, their events still on their way to Order
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store, id_factory=lambda: "O-1")
+    ada = commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
+    pen = commands.create_product(product_id="P1", name="Pen", price_cents=250, initial_stock=5)
+
+    def order_consumes_them() -> None:
+        time.sleep(0.3)
+        consume(store, order.SERVICE, pen, "evt-pen")
+        time.sleep(0.1)
+        consume(store, order.SERVICE, ada, "evt-ada")
+
+    arrive = threading.Thread(target=order_consumes_them)
+    arrive.start()
+    # when the order is placed at once, then it waits for Order's copies (woken by their commits) and is accepted
+    assert commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}]) == "O-1"
+    arrive.join()
+    assert commands.get_order("O-1").total_cents == 250
     store.close()
 
 
