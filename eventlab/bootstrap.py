@@ -24,7 +24,7 @@ from eventlab.application import Commands
 from eventlab.http import ServiceHealth, ServiceHttp, service_health
 from eventlab.ids import new_id
 from eventlab.kafka.loop import ServiceLoop
-from eventlab.kafka.relay import Relay
+from eventlab.kafka.relay import IDLE_WAIT, IDLE_WAIT_IN_PROCESS, Relay
 from eventlab.metrics import LatencyHistogram
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import inventory, notification, order, payment, product, user
@@ -107,11 +107,13 @@ class Wiring:
         """A loop per consuming service, in start-up order."""
         return {name: loop for name in self.services if (loop := self.loop(name)) is not None}
 
-    def relay(self) -> Relay:
+    def relay(self, *, in_process: bool = False) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
-        ``/metrics`` when both run in this process)."""
+        ``/metrics`` when both run in this process). ``in_process``: every writer shares this
+        store object (the in-process shop), so each commit wakes the relay and its idle poll can be slow."""
         consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
-        relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed)
+        idle_wait = IDLE_WAIT_IN_PROCESS if in_process else IDLE_WAIT
+        relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed, idle_wait=idle_wait)
         self._relay_histograms.append(relay.publish_seconds)
         return relay
 
