@@ -110,9 +110,10 @@ class Wiring:
     def relay(self, *, in_process: bool = False) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
         ``/metrics`` when both run in this process). ``in_process``: every writer shares this
-        store object (the in-process shop), so each commit wakes the relay and its idle poll can be slow."""
+        store object (the in-process shop), so each commit wakes the relay and its idle poll can be slow
+        (as on a store that wakes it for other processes' commits too)."""
         consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
-        idle_wait = IDLE_WAIT_IN_PROCESS if in_process else IDLE_WAIT
+        idle_wait = IDLE_WAIT_IN_PROCESS if in_process or self.store.wakes_across_processes else IDLE_WAIT
         relay = Relay(self.store, self.settings, tracing=self.tracing, traced_topics=consumed, idle_wait=idle_wait)
         self._relay_histograms.append(relay.publish_seconds)
         return relay

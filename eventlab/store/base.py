@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import pydantic_core
 
@@ -339,6 +339,10 @@ class EventStore(ABC):
       :class:`~eventlab.errors.ConcurrencyError`: callers never see the database library.
     """
 
+    #: Whether :meth:`wait_for_commit` also wakes for other processes' commits of events (PostgreSQL's
+    #: ``NOTIFY``), so a waiter's timeout is only a safety net there.
+    wakes_across_processes: ClassVar[bool] = False
+
     def __init__(self) -> None:
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
         self._commit_signal = threading.Condition()
@@ -541,14 +545,16 @@ class EventStore(ABC):
 
     @property
     def commits(self) -> int:
-        """How many write transactions this store object has committed (see :meth:`wait_for_commit`)."""
+        """How many write transactions this store object has committed, plus those of other processes
+        it was told of (see :attr:`wakes_across_processes`): what :meth:`wait_for_commit` waits on."""
         return self._commit_count
 
     def wait_for_commit(self, seen: int, timeout: float) -> int:
         """Wait until :attr:`commits` passes ``seen`` or ``timeout`` seconds pass; return :attr:`commits`.
 
         Wakes a relay or a waiter in the same process as soon as a write commits, instead of polling;
-        writes by other processes are not signalled, so callers keep a short ``timeout`` as a fallback.
+        writes by other processes are signalled only where :attr:`wakes_across_processes`, so callers
+        elsewhere keep a short ``timeout`` as a fallback.
         """
         with self._commit_signal:
             self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)

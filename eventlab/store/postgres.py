@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -271,6 +272,18 @@ class PostgresEventStore(EventStore):
             open=False,
         )
         self._pool.open(wait=True, timeout=connect_timeout)
+        # Commits of events are announced on a channel of this store; each store object tells its own
+        # announcements (already signalled) from other processes' by the payload.
+        self._channel = f"eventlab_{self.write_lock}"
+        self._token = uuid.uuid4().hex
+        self._notify = f"NOTIFY {self._channel}, '{self._token}'".encode()
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
+        self._closing = threading.Event()
+        self._listener_lock = threading.Lock()
+        self._connect_timeout = connect_timeout
+
+    wakes_across_processes = True
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({self.name!r})"
@@ -405,6 +418,7 @@ class PostgresEventStore(EventStore):
         with self.transaction():
             try:
                 with self._writing() as conn:
+                    conn.execute(self._notify)
                     if markers:
                         found = conn.execute(_MARK, [list(column) for column in zip(*markers, strict=True)])
                         if len(found.fetchall()) != len(markers):
@@ -433,6 +447,7 @@ class PostgresEventStore(EventStore):
         rows = self._new_rows(events, _naive_utc(recorded_at))
         try:
             with self._writing() as conn:
+                conn.execute(self._notify)  # delivered when the transaction commits, if it does
                 if processed is not None:
                     marked = conn.execute(
                         "INSERT INTO processed VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING true", processed
@@ -617,7 +632,47 @@ class PostgresEventStore(EventStore):
             name, self._conninfo, self.name, (_int4(self.write_lock & 0xFFFFFFFF), _int4(zlib.crc32(name.encode())))
         )
 
+    def wait_for_commit(self, seen: int, timeout: float) -> int:
+        """See :meth:`EventStore.wait_for_commit`; here commits of events by other processes wake it
+        too (``LISTEN``/``NOTIFY``, listened to from the first call on)."""
+        self._listen()
+        return super().wait_for_commit(seen, timeout)
+
+    def _listen(self) -> None:
+        """Start, once, the thread that turns other processes' announcements into wake-ups; wait
+        (at most the connect timeout) until it listens."""
+        with self._listener_lock:
+            if self._listener is None and not self._closing.is_set():
+                self._listening.clear()
+                self._listener = threading.Thread(target=self._forward, name="eventlab-pg-listener", daemon=True)
+                self._listener.start()
+        self._listening.wait(self._connect_timeout)
+
+    def _forward(self) -> None:
+        """Listen on the store's channel until closed; a lost connection ends this thread (the next
+        wait starts another; waiters meanwhile wake on their timeout)."""
+        try:
+            with psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+            ) as conn:
+                conn.execute(f"LISTEN {self._channel}".encode())
+                self._listening.set()
+                while not self._closing.is_set():
+                    for note in conn.notifies(timeout=0.5):
+                        if note.payload != self._token:
+                            self._committed()
+        except psycopg.Error as exc:
+            log.warning("%s: not woken by other processes' commits (%s); waiters poll", self.name, exc)
+        finally:
+            self._listening.set()  # never leave a waiter waiting for it
+            with self._listener_lock:
+                self._listener = None
+
     def close(self) -> None:
+        self._closing.set()
+        listener = self._listener
+        if listener is not None:
+            listener.join(5)
         self._pool.close()
         self._local = threading.local()
 
