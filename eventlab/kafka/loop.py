@@ -369,7 +369,11 @@ class ServiceLoop:
             pending.update(decision.streams)
             decisions.append(decision)
             self.handler_seconds.observe(time.perf_counter() - started)
-        made = [(message.event_id, decision) for message, decision in zip(messages, decisions, strict=True) if decision]
+        made = [
+            (message.event_id, decision)
+            for message, decision in zip(messages, decisions, strict=True)
+            if decision is not None
+        ]
         stored = self.store.append_batch(
             [Append(d.events, (name, event_id), frozenset(d.streams)) for event_id, d in made]
         )

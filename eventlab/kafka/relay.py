@@ -13,11 +13,10 @@ standby until the holder is gone.
 The checkpoint is kept in memory and written to the store when the relay runs out of work, at
 most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
 republishes at most that much, which consumers skip. Between batches the relay waits for the
-store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep;
-commits by other processes are not signalled, so the wait ends after :attr:`Relay.idle_wait`
-anyway: :data:`IDLE_WAIT` where other processes write (a service per process), longer
-(:data:`IDLE_WAIT_IN_PROCESS`) where every writer shares the relay's store object and each commit
-wakes it (the in-process shop).
+store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
+Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
+anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
+(:data:`IDLE_WAIT_IN_PROCESS`) where every commit wakes the relay (the in-process shop, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -252,7 +251,7 @@ class Relay:
                     return
             try:
                 if self.publish_pending() == 0:
-                    # woken by a commit in this process; other processes' commits are seen after idle_wait
+                    # woken by a commit it is told of; any other is seen after idle_wait
                     commits = self.store.wait_for_commit(commits, idle_wait)
             except (BrokerError, StoreError) as exc:
                 delay = self._failed(exc, backoff)
