@@ -24,7 +24,7 @@ from eventlab.application import Commands
 from eventlab.http import ServiceHealth, ServiceHttp, service_health
 from eventlab.ids import new_id
 from eventlab.kafka.loop import ServiceLoop
-from eventlab.kafka.relay import Relay
+from eventlab.kafka.relay import IDLE_WAIT, IDLE_WAIT_IN_PROCESS, Relay
 from eventlab.metrics import LatencyHistogram
 from eventlab.resilience import CircuitBreaker
 from eventlab.services import inventory, notification, order, payment, product, user
@@ -107,17 +107,21 @@ class Wiring:
         """A loop per consuming service, in start-up order."""
         return {name: loop for name in self.services if (loop := self.loop(name)) is not None}
 
-    def relay(self) -> Relay:
+    def relay(self, *, in_process: bool = False) -> Relay:
         """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
         ``/metrics`` when both run in this process), first going back for events of types a service
-        subscribes to since it last ran (e.g. after an upgrade)."""
+        subscribes to since it last ran (e.g. after an upgrade). ``in_process``: every writer shares this
+        store object (the in-process shop), so each commit wakes the relay and its idle poll can be slow
+        (as on a store that wakes it for other processes' commits too)."""
         consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
+        idle_wait = IDLE_WAIT_IN_PROCESS if in_process or self.store.wakes_across_processes else IDLE_WAIT
         relay = Relay(
             self.store,
             self.settings,
             tracing=self.tracing,
             traced_topics=consumed,
             consumers=subscriptions(self.services),
+            idle_wait=idle_wait,
         )
         self._relay_histograms.append(relay.publish_seconds)
         return relay

@@ -184,7 +184,7 @@ class Shop:
             self.tracing.open()
         wiring = Wiring(settings, infra.store, self.services, self._id_factory, self.tracing)
         self.commands = wiring.commands
-        self.relay = wiring.relay()
+        self.relay = wiring.relay(in_process=True)  # every writer is a thread here: commits wake it
         self._spawn(RELAY_CONSUMER, self.relay.run)
         self.loops = wiring.loops()
         for name, loop in self.loops.items():

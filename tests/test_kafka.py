@@ -8,9 +8,12 @@ import uuid
 import pytest
 
 from eventlab.errors import BrokerError
-from eventlab.events import StockAdded
+from eventlab.events import ProductCreated, StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
 from eventlab.kafka.clients import ALL_TOPICS
+from eventlab.kafka.loop import ServiceLoop
+from eventlab.services import inventory
+from eventlab.services.runtime import Service, load
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
 
@@ -98,3 +101,56 @@ def test_a_missing_broker_binary_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
     with pytest.raises(BrokerError, match="embedded broker's binary is missing: CALF_TANSU_BIN"):
         EmbeddedBroker(tmp_path).start()
+
+
+class RacedStore(SqliteEventStore):
+    """A real store where another writer takes version 1 of stock ``P-a`` just before the loop's first
+    grouped append (after its decisions)."""
+
+    raced = False
+
+    def append_batch(self, appends):
+        if not self.raced:
+            self.raced = True
+            self.append([NewEvent(StockAdded(product_id="P-a", quantity=5), 1)])
+        return super().append_batch(appends)
+
+
+def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_again(settings, tmp_path):
+    # given a service adding one unit of stock per product created, and four products created on Kafka:
+    # P-a twice (the second decision builds on the first), P-b and P-c once
+    service = Service(
+        "stocker",
+        subscriptions=(ProductCreated,),
+        evolvers={"stock": inventory.evolve_stock},
+        streams=lambda event: [("stock", event.product_id)],
+        handle=lambda event, _states: [StockAdded(product_id=event.product_id, quantity=1)],
+    )
+    store = RacedStore(tmp_path / "events.db")
+    created = [
+        ProductCreated(product_id=p, name=p, price_cents=100, initial_stock=0) for p in ("P-a", "P-b", "P-a", "P-c")
+    ]
+    inputs = [store.append([NewEvent(event, version)])[0] for event, version in zip(created, (1, 1, 2, 1))]
+    topic = f"batch-{uuid.uuid4().hex[:8]}"
+    ensure_topics(Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic])
+    producer = make_producer(settings)
+    for stored in inputs:
+        key, value, headers = to_message(stored)
+        producer.produce(topic, value, key, headers=headers)
+    producer.flush(10)
+    consumer = make_consumer(settings, f"batch-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    messages = drain(consumer, 4)
+    consumer.close()
+    # when the loop handles them as one batch and another writer takes stock P-a's version 1 meanwhile
+    loop = ServiceLoop(service, store, settings)
+    offsets = loop.process(messages)
+    # then P-b and P-c commit with the batch; both P-a decisions are refused and decided again, in order
+    stock = [(e.aggregate_id, e.version, e.event.quantity) for e in store.read_all(after=4)]
+    assert stock == [("P-a", 1, 5), ("P-b", 1, 1), ("P-c", 1, 1), ("P-a", 2, 1), ("P-a", 3, 1)]
+    assert load(store, ("stock", "P-a"), inventory.evolve_stock).state == inventory.Stock(available=7)
+    # and every message counts as handled once, its offset stored past the batch
+    assert (loop.stats.handled, loop.stats.duplicates, loop.stats.retries) == (4, 0, 0)
+    assert all(store.is_processed("stocker", stored.event_id) for stored in inputs)
+    assert [(o.topic, o.offset) for o in offsets] == [(topic, 4)]
+    store.close()

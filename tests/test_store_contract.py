@@ -17,8 +17,10 @@ from store_contract import added, append_many, append_own_streams, hold_lease
 
 from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.events import UserCreated
-from eventlab.store import NewEvent, StoreBusy
+from eventlab.store import Append, NewEvent, StoreBusy
 from eventlab.store.log import StoreLog
+
+STOCK_P1 = ("stock", "P1")
 
 
 @pytest.fixture
@@ -210,6 +212,109 @@ def test_a_conflict_inside_a_transaction_undoes_only_that_append(store):
         store.append([NewEvent(added("P3"), 1)])
     assert [e.aggregate_id for e in store.read_all()] == ["P1", "P3"]
     assert not store.is_processed("inventory", "e-3")
+
+
+def inputs(store, count):
+    """``count`` stored events a consumer will handle (users U1, U2, ...): their event ids."""
+    users = [UserCreated(user_id=f"U{n}", name=f"User {n}", email=f"u{n}@shop.example") for n in range(1, count + 1)]
+    return [stored.event_id for stored in store.append([NewEvent(user, 1) for user in users])]
+
+
+def test_a_grouped_append_commits_a_whole_batch_at_once(store):
+    # given three inputs handled by inventory, and a waiter for commits
+    e1, e2, e3 = inputs(store, 3)
+    seen = store.commits
+    # when inventory appends their outcomes as one batch (the second decided nothing)
+    results = store.append_batch(
+        [
+            Append([NewEvent(added("P1"), 1), NewEvent(added("P1"), 2)], ("inventory", e1), frozenset({STOCK_P1})),
+            Append([], ("inventory", e2)),
+            Append([NewEvent(added("P2"), 1)], ("inventory", e3)),
+        ]
+    )
+    # then every outcome is stored, in batch order, at consecutive positions, in one commit
+    assert [[(e.aggregate_id, e.version, e.position) for e in stored or []] for stored in results] == [
+        [("P1", 1, 4), ("P1", 2, 5)],
+        [],
+        [("P2", 1, 6)],
+    ]
+    assert [e.event_id for e in store.read_all(after=3)] == [e.event_id for stored in results for e in stored or []]
+    assert store.commits == seen + 1
+    # and every input counts as handled: no lag, tracking at the head
+    assert all(store.is_processed("inventory", event_id) for event_id in (e1, e2, e3))
+    assert store.processed_count("inventory") == 3 and store.unprocessed("inventory", ["UserCreated"]) == 0
+    assert store.tracking_position("inventory", ["UserCreated"]) == store.head() == 6
+
+
+def test_a_grouped_append_refuses_only_a_conflict_a_redelivery_and_what_was_decided_after_them(store):
+    # given five inputs; another writer took version 1 of stock P2; input 3 was handled already
+    e1, e2, e3, e4, e5 = inputs(store, 5)
+    store.append([NewEvent(added("P2", quantity=7), 1)])
+    store.append([], processed=("inventory", e3))
+    # when inventory appends a batch: 2 conflicts on P2, 3 is a redelivery, 5 read P2 after 2's decision
+    results = store.append_batch(
+        [
+            Append([NewEvent(added("P1"), 1)], ("inventory", e1)),
+            Append([NewEvent(added("P2"), 1)], ("inventory", e2)),
+            Append([NewEvent(added("P3"), 1)], ("inventory", e3)),
+            Append([NewEvent(added("P4"), 1)], ("inventory", e4)),
+            Append([NewEvent(added("P5"), 1)], ("inventory", e5), frozenset({("stock", "P2")})),
+        ]
+    )
+    # then only those three are refused (to be decided again), and the rest commit back to back
+    assert [None if stored is None else [e.aggregate_id for e in stored] for stored in results] == [
+        ["P1"],
+        None,
+        None,
+        ["P4"],
+        None,
+    ]
+    assert [(e.aggregate_id, e.position) for e in store.read_all(after=5)] == [("P2", 6), ("P1", 7), ("P4", 8)]
+    assert [e.event.quantity for e in store.read_stream("stock", "P2")] == [7]
+    assert store.read_stream("stock", "P3") == store.read_stream("stock", "P5") == []
+    # and the markers say so: 1, 3 and 4 handled, 2 and 5 still to do
+    assert [store.is_processed("inventory", event_id) for event_id in (e1, e2, e3, e4, e5)] == [
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert store.processed_count("inventory") == 3 and store.unprocessed("inventory", ["UserCreated"]) == 2
+    assert store.tracking_position("inventory", ["UserCreated"]) == 1  # input 2 (position 2) is not handled
+
+
+def test_grouped_appends_never_interleave_with_another_writer(store):
+    # given another thread appending one event at a time to streams of its own
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            store.append([NewEvent(added(f"W{n}"), 1)])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        # when batches of ten inputs are appended meanwhile
+        batches = [
+            store.append_batch(
+                [Append([NewEvent(added(f"B{b}-{i}"), 1)], ("inventory", f"e-{b}-{i}")) for i in range(10)]
+            )
+            for b in range(20)
+        ]
+    finally:
+        stop.set()
+        writer.join(30)
+    # then each batch's events sit at consecutive positions, in batch order
+    for results in batches:
+        positions = [e.position for stored in results for e in stored or []]
+        assert len(positions) == 10 and positions == list(range(positions[0], positions[0] + 10))
+        assert [e.aggregate_id for e in store.read_all(after=positions[0] - 1, limit=10)] == [
+            e.aggregate_id for stored in results for e in stored or []
+        ]
+    assert store.processed_count("inventory") == 200
 
 
 def test_records_are_rows_as_stored(store):

@@ -3,8 +3,13 @@ driver errors translated. The server is the session's throwaway cluster (tests/c
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import threading
+
 import psycopg
 import pytest
+from store_contract import append_many
 
 from eventlab.errors import StoreError
 from eventlab.events import StockAdded
@@ -138,6 +143,25 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
 
 
 # --- the shop on PostgreSQL --------------------------------------------------------------------------
+
+
+def test_a_commit_in_another_process_wakes_a_waiter(postgres_store_url):
+    # given a store listening for other processes' commits, and a thread waiting for the next one
+    with PostgresEventStore(postgres_store_url) as store:
+        assert store.wakes_across_processes
+        seen = store.wait_for_commit(store.commits, timeout=0)  # listens from the first call on
+        woke: list[int] = []
+        waiter = threading.Thread(target=lambda: woke.append(store.wait_for_commit(seen, timeout=60)))
+        waiter.start()
+        # when another process appends an event
+        reopen = functools.partial(PostgresEventStore, postgres_store_url)
+        writer = multiprocessing.get_context("spawn").Process(target=append_many, args=(reopen, 1, 1))
+        writer.start()
+        writer.join(60)
+        waiter.join(60)
+        # then the waiter woke for it (it would have waited out its minute otherwise)
+        assert writer.exitcode == 0 and woke and woke[0] > seen
+        assert store.head() == 1
 
 
 @pytest.mark.integration

@@ -35,7 +35,7 @@ from eventlab.resilience import retry
 from eventlab.restarts import Backoff
 from eventlab.services.runtime import Decision, Service, Stream, StreamCache, StreamKey, execute, plan, trace_metadata
 from eventlab.settings import Settings
-from eventlab.store.base import RELAY_CONSUMER, EventStore, Headers
+from eventlab.store.base import RELAY_CONSUMER, Append, EventStore, Headers
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -187,10 +187,12 @@ class ServiceLoop:
         a duplicate, or dead-lettered and its copy acknowledged), and never past a held one.
 
         The fast path decides on the whole batch first, holding no lock (each decision sees the
-        ones before it), then appends every outcome with its processed marker in one short store
-        transaction (one commit instead of one per event). If anything in it fails — a decision, a
-        conflict with another writer — nothing of the batch is written and each message is
-        handled on its own, with retries and, in the end, a dead letter.
+        ones before it), then appends every outcome with its processed marker in one grouped
+        store write (:meth:`~eventlab.store.base.EventStore.append_batch`: one commit instead of
+        one per event). A message the store refuses (a conflict with another writer, handled
+        meanwhile by another instance, or decided on top of such a one) is handled again on its
+        own; if a decision fails, nothing of the batch is written and each message is handled on
+        its own. On its own means with retries and, in the end, a dead letter.
         """
         done: list[KafkaMessage] = []
         decoded: list[tuple[KafkaMessage, Message]] = []
@@ -208,9 +210,11 @@ class ServiceLoop:
             except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
             else:
-                self._count(outcomes)
-                done.extend(message for message, _ in decoded)
-                decoded = []
+                self._count([outcome for outcome in outcomes if outcome is not None])
+                done.extend(
+                    message for (message, _), outcome in zip(decoded, outcomes, strict=True) if outcome is not None
+                )
+                decoded = [pair for pair, outcome in zip(decoded, outcomes, strict=True) if outcome is None]
         for message, found in decoded:
             if not self._held(message) and self.process_one(message, found):
                 done.append(message)
@@ -310,12 +314,13 @@ class ServiceLoop:
         self.handler_seconds.observe(time.perf_counter() - started)
         return True
 
-    def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[bool]:
+    def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[bool | None]:
         """Decide on every message (no lock held), then append all outcomes in one transaction.
 
-        Returns, per message, whether it was handled (False: already handled before). Raises when
-        any decision fails or another writer got in between (then nothing is written). With
-        tracing on, each traced message's ``CONSUMER`` span lasts until the batch is committed.
+        Returns, per message, whether it was handled (False: already handled before; None: the
+        store refused its outcome, so it must be decided again). Raises when any decision fails
+        (then nothing is written). With tracing on, each traced message's ``CONSUMER`` span lasts
+        until the batch is committed.
         """
         spans: list[Span] = []
         try:
@@ -328,7 +333,7 @@ class ServiceLoop:
             self.tracing.finish(spans)
         return handled
 
-    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: list[Span]) -> list[bool]:
+    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: list[Span]) -> list[bool | None]:
         name = self.service.name
         messages = [message for _, message in decoded]
         decisions: list[Decision | None] = []
@@ -366,15 +371,20 @@ class ServiceLoop:
             pending.update(decision.streams)
             decisions.append(decision)
             self.handler_seconds.observe(time.perf_counter() - started)
-        with self.store.transaction():
-            for message, outcome in zip(messages, decisions, strict=True):
-                if outcome is None:
-                    continue
-                stored = self.store.append(outcome.events, processed=(name, message.event_id))
-                if outcome.events and not stored:  # handled meanwhile by another instance: decide again
-                    raise ConcurrencyError(f"{message.event_id} was handled while {name} decided on it")
-        self._cache.remember(pending.values())
-        return [decision is not None for decision in decisions]
+        made = [
+            (message.event_id, decision)
+            for message, decision in zip(messages, decisions, strict=True)
+            if decision is not None
+        ]
+        stored = self.store.append_batch(
+            [Append(d.events, (name, event_id), frozenset(d.streams)) for event_id, d in made]
+        )
+        refused = {event_id for (event_id, _), result in zip(made, stored, strict=True) if result is None}
+        if refused:  # a refused decision never happened: keep only the streams of those written
+            self._cache.remember(s for event_id, d in made if event_id not in refused for s in d.streams.values())
+        else:
+            self._cache.remember(pending.values())
+        return [None if m.event_id in refused else d is not None for m, d in zip(messages, decisions, strict=True)]
 
     def _count(self, outcomes: list[bool]) -> None:
         handled = sum(outcomes)

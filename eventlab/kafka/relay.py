@@ -17,6 +17,9 @@ The checkpoint is kept in memory and written to the store when the relay runs ou
 most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
 republishes at most that much, which consumers skip. Between batches the relay waits for the
 store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
+Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
+anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
+(:data:`IDLE_WAIT_IN_PROCESS`) where every commit wakes the relay (the in-process shop, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -42,9 +45,17 @@ from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventSt
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["Relay", "catch_up_subscriptions", "rewind", "unpublished"]
+__all__ = ["IDLE_WAIT", "IDLE_WAIT_IN_PROCESS", "Relay", "catch_up_subscriptions", "rewind", "unpublished"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds an idle relay waits for a commit before it reads the store again: a commit in another
+#: process is not signalled, so this is how late its events can go out.
+IDLE_WAIT = 0.005
+#: The same where every writer shares the relay's store object, so every commit wakes the relay at
+#: once: the wait only bounds how late an outside writer's events go out (an idle relay reads the
+#: store 4 times a second instead of 200).
+IDLE_WAIT_IN_PROCESS = 0.25
 
 
 class _LeaseLost(StoreError):
@@ -70,9 +81,12 @@ class Relay:
         tracing: Tracing | None = None,
         traced_topics: Collection[str] | None = None,
         consumers: Mapping[str, Iterable[str]] | None = None,
+        idle_wait: float = IDLE_WAIT,
     ) -> None:
         self.store = store
         self.settings = settings
+        #: Seconds :meth:`run` waits for a commit when idle, by default (see :data:`IDLE_WAIT`).
+        self.idle_wait = idle_wait
         self.batch_size = batch_size
         self.save_every = save_every
         self.published = 0
@@ -204,8 +218,9 @@ class Relay:
             event_id=stored.event_id,
         )
 
-    def run(self, stop: threading.Event, idle_wait: float = 0.005) -> None:
-        """Publish until ``stop`` is set, while this relay holds the store's relay lease.
+    def run(self, stop: threading.Event, idle_wait: float | None = None) -> None:
+        """Publish until ``stop`` is set, while this relay holds the store's relay lease; when idle,
+        wait for a commit, at most ``idle_wait`` seconds (default :attr:`idle_wait`).
 
         One relay publishes per store: the others (standbys, e.g. ``--replicas relay=2``) try the
         lease every :attr:`lease_poll` seconds and the first to get it once the holder is gone
@@ -219,7 +234,7 @@ class Relay:
         try:
             while not stop.is_set():
                 if self._take_lease(lease, stop):
-                    self._publish_while_held(lease, stop, idle_wait)
+                    self._publish_while_held(lease, stop, self.idle_wait if idle_wait is None else idle_wait)
         finally:
             self.close()  # the last checkpoint, written while still holding the lease
             self._lease = None
@@ -263,7 +278,7 @@ class Relay:
                 if not self._caught_up:
                     self._catch_up()
                 if self.publish_pending() == 0:
-                    # woken by a commit in this process; other processes' commits are seen after idle_wait
+                    # woken by a commit it is told of; any other is seen after idle_wait
                     commits = self.store.wait_for_commit(commits, idle_wait)
             except _LeaseLost:
                 self._stand_by()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from eventlab.errors import StoreError
 from eventlab.settings import Settings
-from eventlab.store.base import EventRecord, EventStore, Metadata, NewEvent, StoreBusy, StoredEvent
+from eventlab.store.base import Append, EventRecord, EventStore, Metadata, NewEvent, StoreBusy, StoredEvent
 from eventlab.store.memory import MemoryEventStore
 from eventlab.store.sqlite import SqliteEventStore
 
 __all__ = [
+    "Append",
     "EventRecord",
     "EventStore",
     "MemoryEventStore",

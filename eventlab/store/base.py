@@ -18,16 +18,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import pydantic_core
 
-from eventlab.errors import StoreError
+from eventlab.errors import ConcurrencyError, StoreError
 from eventlab.events import EVENT_TYPES, Event
 
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "RELAY_CONSUMER",
+    "Append",
     "DeadLetter",
     "DeadLetterQuery",
     "EventRecord",
@@ -104,6 +105,25 @@ class NewEvent:
     event: Event
     version: int
     metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One input's outcome in a :meth:`EventStore.append_batch`: its ``events``, its ``processed``
+    marker, and every stream its decision ``read`` (those it appends to included).
+
+    ``read`` lets the store keep order: an append that shares a stream with an earlier one of the
+    batch that was not written may have been decided on top of it, so it is not written either.
+    """
+
+    events: Sequence[NewEvent]
+    processed: tuple[str, str] | None = None
+    read: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def streams(self) -> set[tuple[str, str]]:
+        """The streams this append read or writes."""
+        return {*self.read, *((new.event.aggregate_type, new.event.aggregate_id) for new in self.events)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +339,10 @@ class EventStore(ABC):
       :class:`~eventlab.errors.ConcurrencyError`: callers never see the database library.
     """
 
+    #: Whether :meth:`wait_for_commit` also wakes for other processes' commits of events (PostgreSQL's
+    #: ``NOTIFY``), so a waiter's timeout is only a safety net there.
+    wakes_across_processes: ClassVar[bool] = False
+
     def __init__(self) -> None:
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
         self._commit_signal = threading.Condition()
@@ -327,6 +351,39 @@ class EventStore(ABC):
     @abstractmethod
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
         """Append ``events`` atomically; ``processed`` = (consumer, event id) marks an input handled."""
+
+    def append_batch(self, appends: Sequence[Append]) -> list[list[StoredEvent] | None]:
+        """Append several inputs' outcomes in one transaction, in order: per append, its stored events,
+        or None when nothing of it was written and its input must be decided again.
+
+        An append is not written (None) when one of its events takes a version already taken (a
+        conflict), when its marker is already recorded (handled meanwhile: deciding again finds it
+        a duplicate), or when it shares a stream with an earlier append of the batch that was not
+        written. The others commit together, their events at consecutive positions in batch order
+        (no other writer's in between); a refusal never loses the rest of the batch.
+
+        This default appends one by one (each undoing only itself, as inside :meth:`transaction`); a
+        backend inserts the whole batch at once where it can and falls back to this on a refusal.
+        """
+        with self.transaction():
+            return self._append_each(appends)
+
+    def _append_each(self, appends: Sequence[Append]) -> list[list[StoredEvent] | None]:
+        """:meth:`append_batch` one append at a time, inside an open transaction."""
+        results: list[list[StoredEvent] | None] = []
+        refused: set[tuple[str, str]] = set()
+        for item in appends:
+            streams = item.streams
+            stored: list[StoredEvent] | None = None
+            if refused.isdisjoint(streams) and (item.processed is None or not self.is_processed(*item.processed)):
+                try:
+                    stored = self.append(item.events, processed=item.processed)
+                except ConcurrencyError:
+                    stored = None
+            if stored is None:
+                refused |= streams
+            results.append(stored)
+        return results
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
@@ -501,14 +558,16 @@ class EventStore(ABC):
 
     @property
     def commits(self) -> int:
-        """How many write transactions this store object has committed (see :meth:`wait_for_commit`)."""
+        """How many write transactions this store object has committed, plus those of other processes
+        it was told of (see :attr:`wakes_across_processes`): what :meth:`wait_for_commit` waits on."""
         return self._commit_count
 
     def wait_for_commit(self, seen: int, timeout: float) -> int:
         """Wait until :attr:`commits` passes ``seen`` or ``timeout`` seconds pass; return :attr:`commits`.
 
         Wakes a relay or a waiter in the same process as soon as a write commits, instead of polling;
-        writes by other processes are not signalled, so callers keep a short ``timeout`` as a fallback.
+        writes by other processes are signalled only where :attr:`wakes_across_processes`, so callers
+        elsewhere keep a short ``timeout`` as a fallback.
         """
         with self._commit_signal:
             self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from eventlab.ids import new_id
 from eventlab.store.base import (
     DEAD_LETTER_COLUMNS,
     RELAY_CONSUMER,
+    Append,
     DeadLetter,
     DeadLetterQuery,
     EventRecord,
@@ -152,10 +154,14 @@ FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::int[]
 ORDER BY n
 RETURNING position
 """
+#: Every processed marker of a batch at once; one row back per marker that was not there yet.
+_MARK = b"INSERT INTO processed SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING true"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _S = TypeVar("_S", bound="PostgresEventStore")
 Clock = Callable[[], datetime]
+#: An event as inserted: event id, aggregate type and id, version, event type, schema version, data, metadata, time.
+_NewRow = tuple[str, str, str, int, str, int, str, str, datetime]
 _UNIQUE_STREAM_VERSION = "events_aggregate_type_aggregate_id_version_key"
 
 
@@ -166,6 +172,16 @@ def _utcnow() -> datetime:
 def _naive_utc(time: datetime) -> datetime:
     """``time`` as the store keeps it: UTC without a zone (``TIMESTAMP``)."""
     return time.astimezone(UTC).replace(tzinfo=None)
+
+
+def _stored(
+    positions: Sequence[int], rows: list[_NewRow], events: Sequence[NewEvent], recorded_at: datetime
+) -> list[StoredEvent]:
+    """The stored events of ``rows`` (made from ``events``), at ``positions``."""
+    return [
+        StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
+        for position, row, new in zip(positions, rows, events, strict=True)
+    ]
 
 
 def _translate_error(name: str, doing: str, exc: psycopg.Error) -> StoreError | ConcurrencyError:
@@ -256,6 +272,18 @@ class PostgresEventStore(EventStore):
             open=False,
         )
         self._pool.open(wait=True, timeout=connect_timeout)
+        # Commits of events are announced on a channel of this store; each store object tells its own
+        # announcements (already signalled) from other processes' by the payload.
+        self._channel = f"eventlab_{self.write_lock}"
+        self._token = uuid.uuid4().hex
+        self._notify = f"NOTIFY {self._channel}, '{self._token}'".encode()
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
+        self._closing = threading.Event()
+        self._listener_lock = threading.Lock()
+        self._connect_timeout = connect_timeout
+
+    wakes_across_processes = True
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({self.name!r})"
@@ -361,11 +389,9 @@ class PostgresEventStore(EventStore):
 
     # --- events ----------------------------------------------------------------------------
 
-    @_translated
-    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
-        recorded_at = self._clock().astimezone(UTC)
-        stored_at = _naive_utc(recorded_at)
-        rows = [
+    def _new_rows(self, events: Sequence[NewEvent], stored_at: datetime) -> list[_NewRow]:
+        """``events`` as rows to insert, recorded at ``stored_at``."""
+        return [
             (
                 self._new_id(),
                 new.event.aggregate_type,
@@ -379,8 +405,49 @@ class PostgresEventStore(EventStore):
             )
             for new in events
         ]
+
+    @_translated
+    def append_batch(self, appends: Sequence[Append]) -> list[list[StoredEvent] | None]:
+        """See :meth:`EventStore.append_batch`: every marker with one statement and every event with
+        another, in one savepoint, instead of a savepoint, a marker and the events per input. A marker
+        already there or a conflict undoes the savepoint; then the batch goes one by one."""
+        recorded_at = self._clock().astimezone(UTC)
+        rows = [self._new_rows(item.events, _naive_utc(recorded_at)) for item in appends]
+        markers = [item.processed for item in appends if item.processed is not None]
+        flat = [row for group in rows for row in group]
+        with self.transaction():
+            try:
+                with self._writing() as conn:
+                    conn.execute(self._notify)
+                    if markers:
+                        found = conn.execute(_MARK, [list(column) for column in zip(*markers, strict=True)])
+                        if len(found.fetchall()) != len(markers):
+                            raise _Redelivered  # undoes the savepoint
+                    positions: list[int] = []
+                    if flat:
+                        columns = [list(column) for column in zip(*flat, strict=True)]
+                        positions = sorted(position for (position,) in conn.execute(_INSERT, columns))
+            except _Redelivered:
+                return self._append_each(appends)
+            except pg_errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != _UNIQUE_STREAM_VERSION:
+                    raise
+                log.debug("a batch of %d appends conflicts: appending one by one", len(appends))
+                return self._append_each(appends)
+        results: list[list[StoredEvent] | None] = []
+        start = 0
+        for item, group in zip(appends, rows, strict=True):
+            results.append(_stored(positions[start : start + len(group)], group, item.events, recorded_at))
+            start += len(group)
+        return results
+
+    @_translated
+    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
+        recorded_at = self._clock().astimezone(UTC)
+        rows = self._new_rows(events, _naive_utc(recorded_at))
         try:
             with self._writing() as conn:
+                conn.execute(self._notify)  # delivered when the transaction commits, if it does
                 if processed is not None:
                     marked = conn.execute(
                         "INSERT INTO processed VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING true", processed
@@ -395,10 +462,7 @@ class PostgresEventStore(EventStore):
             return []
         if positions and getattr(self._local, "conn", None) is None:  # not inside a transaction: committed now
             self._committed()
-        return [
-            StoredEvent(position, row[0], *row[1:6], new.event.model_dump(mode="json"), new.metadata, recorded_at)
-            for position, row, new in zip(positions, rows, events, strict=True)
-        ]
+        return _stored(positions, rows, events, recorded_at)
 
     @_translated
     def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
@@ -579,7 +643,47 @@ class PostgresEventStore(EventStore):
             name, self._conninfo, self.name, (_int4(self.write_lock & 0xFFFFFFFF), _int4(zlib.crc32(name.encode())))
         )
 
+    def wait_for_commit(self, seen: int, timeout: float) -> int:
+        """See :meth:`EventStore.wait_for_commit`; here commits of events by other processes wake it
+        too (``LISTEN``/``NOTIFY``, listened to from the first call on)."""
+        self._listen()
+        return super().wait_for_commit(seen, timeout)
+
+    def _listen(self) -> None:
+        """Start, once, the thread that turns other processes' announcements into wake-ups; wait
+        (at most the connect timeout) until it listens."""
+        with self._listener_lock:
+            if self._listener is None and not self._closing.is_set():
+                self._listening.clear()
+                self._listener = threading.Thread(target=self._forward, name="eventlab-pg-listener", daemon=True)
+                self._listener.start()
+        self._listening.wait(self._connect_timeout)
+
+    def _forward(self) -> None:
+        """Listen on the store's channel until closed; a lost connection ends this thread (the next
+        wait starts another; waiters meanwhile wake on their timeout)."""
+        try:
+            with psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+            ) as conn:
+                conn.execute(f"LISTEN {self._channel}".encode())
+                self._listening.set()
+                while not self._closing.is_set():
+                    for note in conn.notifies(timeout=0.5):
+                        if note.payload != self._token:
+                            self._committed()
+        except psycopg.Error as exc:
+            log.warning("%s: not woken by other processes' commits (%s); waiters poll", self.name, exc)
+        finally:
+            self._listening.set()  # never leave a waiter waiting for it
+            with self._listener_lock:
+                self._listener = None
+
     def close(self) -> None:
+        self._closing.set()
+        listener = self._listener
+        if listener is not None:
+            listener.join(5)
         self._pool.close()
         self._local = threading.local()
 

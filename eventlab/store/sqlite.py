@@ -31,6 +31,7 @@ from eventlab.ids import new_id
 from eventlab.store.base import (
     DEAD_LETTER_COLUMNS,
     RELAY_CONSUMER,
+    Append,
     DeadLetter,
     DeadLetterQuery,
     EventRecord,
@@ -187,6 +188,16 @@ def _stored_time(time: datetime) -> str:
 def _row_to_event(row: _Row) -> StoredEvent:
     """A row of :data:`_COLUMNS`, decoded."""
     return EventRecord._make(row).decoded()
+
+
+def _stored(
+    positions: Iterable[int], rows: list[_NewRow], events: Sequence[NewEvent], recorded_at: datetime
+) -> list[StoredEvent]:
+    """The stored events of ``rows`` (made from ``events``), at ``positions``."""
+    return [
+        StoredEvent(position, row[0], *row[1:6], json_loads(row[6]), new.metadata, recorded_at)
+        for position, row, new in zip(positions, rows, events, strict=False)
+    ]
 
 
 def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError | ConcurrencyError:
@@ -507,12 +518,9 @@ class SqliteEventStore(EventStore):
             self._connections.append(conn)
         return conn
 
-    @_translated
-    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
-        conn = self._conn()
-        recorded_at = self._clock().astimezone(UTC)
-        now = _stored_time(recorded_at)
-        rows: list[_NewRow] = [
+    def _new_rows(self, events: Sequence[NewEvent], now: str) -> list[_NewRow]:
+        """``events`` as rows to insert, recorded at ``now`` (a stored time)."""
+        return [
             (
                 self._new_id(),
                 new.event.aggregate_type,
@@ -526,6 +534,12 @@ class SqliteEventStore(EventStore):
             )
             for new in events
         ]
+
+    @_translated
+    def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
+        conn = self._conn()
+        recorded_at = self._clock().astimezone(UTC)
+        rows = self._new_rows(events, _stored_time(recorded_at))
         if getattr(self._local, "in_transaction", False):
             positions = self._insert(conn, rows, processed, _NESTED)
         else:
@@ -533,10 +547,60 @@ class SqliteEventStore(EventStore):
                 positions = self._insert(conn, rows, processed, _TOP_LEVEL)
             if positions:
                 self._committed()
-        return [
-            StoredEvent(position, row[0], *row[1:6], json_loads(row[6]), new.metadata, recorded_at)
-            for position, row, new in zip(positions, rows, events, strict=False)
-        ]
+        return _stored(positions, rows, events, recorded_at)
+
+    @_translated
+    def append_batch(self, appends: Sequence[Append]) -> list[list[StoredEvent] | None]:
+        """See :meth:`EventStore.append_batch`: every marker with one ``executemany`` and every event
+        with another, in one savepoint, instead of a savepoint, a marker and the events per input. A
+        marker already there or a conflict undoes the savepoint; then the batch goes one by one."""
+        recorded_at = self._clock().astimezone(UTC)
+        now = _stored_time(recorded_at)
+        rows = [self._new_rows(item.events, now) for item in appends]
+        markers = [item.processed for item in appends if item.processed is not None]
+        with self.transaction():
+            conn = self._conn()
+            conn.execute("SAVEPOINT batch")
+            try:
+                last = self._insert_batch(conn, markers, [row for group in rows for row in group])
+            except BaseException:
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+                raise
+            if last is None:
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+                log.debug("a batch of %d appends was refused as a whole: appending one by one", len(appends))
+                return self._append_each(appends)
+            conn.execute("RELEASE batch")
+        results: list[list[StoredEvent] | None] = []
+        position = last - sum(map(len, rows))  # one writer: the batch's positions follow each other
+        for item, group in zip(appends, rows, strict=True):
+            results.append(_stored(range(position + 1, position + 1 + len(group)), group, item.events, recorded_at))
+            position += len(group)
+        return results
+
+    @staticmethod
+    def _insert_batch(conn: sqlite3.Connection, markers: list[tuple[str, str]], rows: list[_NewRow]) -> int | None:
+        """Insert every marker and every row; the last position then, or None when a marker was already
+        there or a row conflicts (the caller undoes the inserts)."""
+        try:
+            if markers and conn.executemany("INSERT OR IGNORE INTO processed VALUES (?, ?)", markers).rowcount != len(
+                markers
+            ):
+                return None
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type,"
+                    " schema_version, data, metadata, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorname", "") in _CONFLICTS:
+                return None
+            raise
+        (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()  # the trigger's inserts do not change it
+        return int(last)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
