@@ -171,6 +171,9 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
     env = {k: v for k, v in os.environ.items() if k != "EVENTLAB_DATA_DIR"}
     env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
     settings = Settings.from_env(env)
+    with open_store(settings) as existing:  # its users and orders would clash with this run's
+        if existing.head():
+            raise SystemExit(f"replicas.py: {settings.store_shown} already holds events: give it an empty store")
     spec = ",".join(f"{name}={count}" for name, count in replicas.items())
     up = subprocess.Popen(
         [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0", "--replicas", spec],

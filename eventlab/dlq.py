@@ -342,7 +342,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
 
 def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
-    if not settings.store_path.is_file():
+    if settings.store_backend == "sqlite" and not settings.store_path.is_file():
         raise StoreError(f"no event store at {settings.store_path}")
     store = open_store(settings, create=False)
     letters = DeadLetters(store, settings)

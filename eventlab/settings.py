@@ -103,8 +103,13 @@ def _store_backend(url: str) -> StoreBackend:
 
 
 def _hide_password(url: str) -> str:
-    """``url`` with the password of its user part, if any, shown as ``***``."""
-    return re.sub(r"^([a-z]+://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.IGNORECASE)
+    """``url`` with its password, in the user part or as a ``password=`` parameter, shown as ``***``.
+
+    >>> _hide_password("postgresql://shop@db/shop?sslmode=require&password=secret")
+    'postgresql://shop@db/shop?sslmode=require&password=***'
+    """
+    url = re.sub(r"^([a-z]+://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.IGNORECASE)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def default_data_dir() -> Path:
@@ -278,7 +283,7 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["data_dir"] = str(self.data_dir)
         shown["bootstrap_servers"] = self.bootstrap_servers or "embedded"
-        shown["store_url"] = _hide_password(self.store_url) or str(self.store_path)
+        shown["store_url"] = self.store_shown
         shown["kafka_config"] = {
             k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()
         }
@@ -288,6 +293,15 @@ class Settings:
     def store_backend(self) -> StoreBackend:
         """Which kind of event store :attr:`store_url` names (:func:`eventlab.store.open_store` opens it)."""
         return _store_backend(self.store_url)
+
+    @property
+    def store_shown(self) -> str:
+        """The event store, for messages: the SQLite file, or the URL without its password.
+
+        >>> Settings(store_url="postgresql://shop:secret@db:5432/shop").store_shown
+        'postgresql://shop:***@db:5432/shop'
+        """
+        return str(self.store_path) if self.store_backend == "sqlite" else _hide_password(self.store_url)
 
     @property
     def store_path(self) -> Path:

@@ -544,7 +544,7 @@ def supervise(
     supervisor.start()
     settings = supervisor.settings
     pids = supervisor.pids()
-    print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_path}", flush=True)
+    print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_shown}", flush=True)
     for name, port in supervisor.ports().items():
         where = f"http://127.0.0.1:{port}" if port is not None else ""
         print(f"  {name:<15} pid {pids[name]:<7} {where}".rstrip(), flush=True)
