@@ -77,6 +77,8 @@ MAPPED = {
     "eventlab run NAME": "tests/test_compose.py::"
     "test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
     "docker compose ps": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
+    "docker compose exec notification eventlab audit": "tests/test_audit.py::"
+    "test_without_a_mailbox_the_mailbox_checks_say_they_were_not_run",
     "docker compose down -v": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
     "EVENTLAB_STORE_URL=postgresql://eventlab:eventlab@localhost:5432/eventlab eventlab audit": "tests/"
     "test_read_side_stores.py::test_the_commands_read_the_store_that_store_or_eventlab_store_url_names",
