@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -409,3 +410,22 @@ def test_without_a_mailbox_the_mailbox_checks_say_they_were_not_run(healthy, tmp
     assert without.as_dict()[MAILBOX_CHECKS[0].name] == {"ok": None, "skipped": "no mailbox", "violations": []}
     # and an empty mailbox is a mailbox: its checks ran and hold
     assert with_empty.skipped == [] and all(with_empty[c.name].ok for c in MAILBOX_CHECKS)
+
+
+def test_an_attached_store_is_checked_through_duckdb_and_never_opened_with_sqlite3(healthy, monkeypatch):
+    # given a closed store that DuckDB's sqlite extension attaches (opening it with sqlite3 too, in the
+    # same process, could crash it: two SQLite libraries on one WAL file)
+    healthy.store.close()
+
+    def sqlite3_beside_duckdb(path: Path) -> None:
+        raise AssertionError(f"{path} opened with sqlite3 while DuckDB's SQLite has it attached")
+
+    # (the module, not the function the package exports under the same name)
+    monkeypatch.setattr(sys.modules["eventlab.projections.audit"], "verify_event_store", sqlite3_beside_duckdb)
+    # when it is audited, then its schema is read from DuckDB's catalogue and every check holds
+    with Projections(healthy.store.path, attach=True) as projections:
+        assert projections.attached
+        assert violated(audit(projections, now=LATER)) == set()
+        # and the catalogue is a real one: it names the store's tables and its schema version
+        columns, version = projections.attached_schema()
+    assert {"events", "eventlab"} <= set(columns) and version is not None and int(version) >= 1

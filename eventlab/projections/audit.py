@@ -603,20 +603,10 @@ def _check_schema(source: Projections) -> None:
     """
     if source.store_path is None:  # read through its port: the store checked its schema when it opened
         return
-    attached = source.sql("SELECT count(*) FROM duckdb_databases() WHERE database_name = 'store'").fetchone()
-    if not (attached and attached[0]):  # mirrored: this process reads the store through sqlite3 anyway
+    if not source.attached:  # mirrored: this process reads the store through sqlite3 anyway
         verify_event_store(source.store_path)
         return
-    columns: dict[str, list[str]] = {}
-    for table, column in source.sql(
-        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'store'"
-        " AND table_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY table_name, column_index"
-    ).fetchall():
-        columns.setdefault(table, []).append(column)
-    version = None
-    if columns.get("eventlab") == ["key", "value"]:
-        row = source.sql("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
-        version = None if row is None else str(row[0])
+    columns, version = source.attached_schema()
     if check_schema(source.store_path, columns, version) == 0:
         raise StoreError(f"{source.store_path} is not an eventlab event store: it has no tables")
 

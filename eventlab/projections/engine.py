@@ -170,6 +170,8 @@ class Projections(SchemaRelations):
         self.source = repr(location) if isinstance(location, EventStore) else describe(location)
         self.schema = "main"
         self.timeout = timeout
+        #: Whether DuckDB's ``sqlite`` extension reads the file (``attach=True``), never Python's ``sqlite3``.
+        self.attached = attach and self.store_path is not None
         if attach and self.store_path is not None and open_in_this_process(self.store_path):
             raise ProjectionError(
                 f"{self.store_path} is open in this process: pass the store itself (Projections(shop.store)) "
@@ -224,6 +226,23 @@ class Projections(SchemaRelations):
     def raw_events(self) -> duckdb.DuckDBPyRelation:
         """The store's log as stored (JSON as text) up to the checkpoint, in order."""
         return self._con.sql(_RAW_EVENTS.format(upto=int(self.checkpoint)))
+
+    def attached_schema(self) -> tuple[dict[str, list[str]], str | None]:
+        """The attached SQLite store's tables with their columns, and its schema version, read through
+        DuckDB's catalogue: opening the file with ``sqlite3`` too could crash the process (see above)."""
+        if not self.attached:
+            raise ProjectionError(f"{self.source} is not attached: verify it through sqlite3")
+        columns: dict[str, list[str]] = {}
+        for table, column in self._con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'store'"
+            " AND table_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY table_name, column_index"
+        ).fetchall():
+            columns.setdefault(table, []).append(column)
+        version = None
+        if columns.get("eventlab") == ["key", "value"]:
+            row = self._con.execute("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
+            version = None if row is None else str(row[0])
+        return columns, version
 
     def sql(
         self,
