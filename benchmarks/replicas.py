@@ -36,6 +36,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from eventlab.adapters.mailer import MAILBOX
+from eventlab.demo import percentile
 from eventlab.events import EVENT_TYPES
 from eventlab.kafka import make_consumer
 from eventlab.projections.audit import audit
@@ -150,11 +151,6 @@ def kafka_check(settings: Settings, store: EventStore, timeout: float = 60.0) ->
     }
 
 
-def percentile(values: list[float], share: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else None
-
-
 def sagas(store: EventStore) -> tuple[dict[str, float], dict[str, float]]:
     """Each order's creation and end time (seconds since the epoch), from the store."""
     created: dict[str, float] = {}
@@ -247,8 +243,8 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         latencies = [ended[o] - created[o] for o in ended if o in created]
         result["terminal"], result["stuck"] = len(ended), len(set(created) - set(ended))
         result["completed"] = sum(1 for e in store.read_all() if e.event_type == "OrderCompleted")
-        result["p50_ms"] = round(1000 * (percentile(latencies, 0.5) or 0), 1)
-        result["p99_ms"] = round(1000 * (percentile(latencies, 0.99) or 0), 1)
+        result["p50_ms"] = round(1000 * percentile(latencies, 50), 1)
+        result["p99_ms"] = round(1000 * percentile(latencies, 99), 1)
         result["health"] = {
             name: {k: answer.get(k) for k in ("replica", "replicas", "port", "handled_here", "pid")}
             for name, port in ports.items()
