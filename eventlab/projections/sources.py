@@ -87,16 +87,11 @@ def store_location(store: str | Path) -> Path | PostgresUrl:
     return settings.store_path
 
 
-def _conninfo(url: PostgresUrl) -> dict[str, str]:
-    """``url``'s libpq parameters, parsed by libpq itself (the PostgreSQL extra)."""
-    return libpq.conninfo_parts(url)
-
-
 def describe(store: Path | PostgresUrl) -> str:
     """``store`` for messages: a SQLite file's path, or ``postgresql://user@host:port/dbname`` (no password)."""
     if not isinstance(store, PostgresUrl):
         return str(store)
-    parts = _conninfo(store)
+    parts = libpq.conninfo_parts(store)
     user = f"{parts['user']}@" if parts.get("user") else ""
     port = f":{parts['port']}" if parts.get("port") else ""
     return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
@@ -189,7 +184,7 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: 
     it is an event store this eventlab reads (as :class:`~eventlab.store.postgres.PostgresEventStore`
     would, without ever creating or migrating anything)."""
     name = describe(url)
-    parts = _conninfo(url)
+    parts = libpq.conninfo_parts(url)
     password = parts.pop("password", None)
     parts["options"] = f"{parts.get('options', '')} -c default_transaction_read_only=on".strip()
     parts.setdefault("connect_timeout", "10")  # libpq waits forever for a host that never answers
