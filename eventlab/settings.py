@@ -31,6 +31,7 @@ __all__ = [
     "default_data_dir",
     "ensure_ports_free",
     "port_free",
+    "service_store_variable",
     "variable",
 ]
 
@@ -83,8 +84,9 @@ StoreBackend = Literal["sqlite", "postgresql", "memory"]
 _STORE_SCHEMES: dict[str, StoreBackend] = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
-def _store_backend(url: str) -> StoreBackend:
-    """The kind of store ``url`` names ("" and a plain path: SQLite); raises :class:`SettingsError`."""
+def _store_backend(url: str, variable: str = "EVENTLAB_STORE_URL") -> StoreBackend:
+    """The kind of store ``url`` names ("" and a plain path: SQLite); raises :class:`SettingsError`
+    naming ``variable``."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         return "sqlite"  # a plain path (or "": the default file in the data directory)
@@ -95,11 +97,20 @@ def _store_backend(url: str) -> StoreBackend:
         backend = None  # sqlite:// takes an absolute path: sqlite:///srv/shop/events.db
     if backend is None:
         raise SettingsError(
-            "EVENTLAB_STORE_URL",
+            variable,
             f"{_hide_password(url)!r} is not a store eventlab knows: use sqlite:///absolute/path/events.db "
             "(or a plain file path), postgresql://user@host:5432/dbname, or memory://",
         )
     return backend
+
+
+def service_store_variable(service: str) -> str:
+    """The variable that gives ``service`` a store of its own.
+
+    >>> service_store_variable("order")
+    'EVENTLAB_ORDER_STORE_URL'
+    """
+    return f"EVENTLAB_{service.upper()}_STORE_URL"
 
 
 def _hide_password(url: str) -> str:
@@ -187,6 +198,8 @@ class Settings:
       ``events.db`` in the data directory; ``sqlite:///srv/shop/events.db`` or a plain path: that
       SQLite file; ``postgresql://user:password@host:5432/dbname`` (libpq URL; a schema of its own with
       ``?options=-csearch_path%3Dshop``): PostgreSQL; ``memory://``: this process's memory (tests).
+    - ``service_store_urls`` (``EVENTLAB_<SERVICE>_STORE_URL``, e.g. ``EVENTLAB_ORDER_STORE_URL``): a
+      store of a service's own, in the same forms; the services without one share ``store_url``.
     - ``tracing`` (``EVENTLAB_TRACING``): ``off`` (the default) or the span sinks, comma-separated:
       ``file`` (``<data_dir>/spans.jsonl``), ``otlp``, ``zipkin`` (see :mod:`eventlab.tracing`).
     - ``otlp_endpoint`` (``EVENTLAB_OTLP_ENDPOINT``): an OTLP/HTTP collector, e.g.
@@ -222,6 +235,7 @@ class Settings:
     )
     group_instance: str = field(default="", metadata=variable("EVENTLAB_GROUP_INSTANCE"))
     store_url: str = field(default="", metadata=variable("EVENTLAB_STORE_URL"))
+    service_store_urls: Mapping[str, str] = field(default_factory=dict)
     tracing: str = field(default="off", metadata=variable("EVENTLAB_TRACING"))
     otlp_endpoint: str = field(default="", metadata=variable("EVENTLAB_OTLP_ENDPOINT"))
     zipkin_endpoint: str = field(default="", metadata=variable("EVENTLAB_ZIPKIN_ENDPOINT"))
@@ -232,6 +246,12 @@ class Settings:
             if name := f.metadata.get("variable"):
                 _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
         _store_backend(self.store_url)
+        for service, url in self.service_store_urls.items():
+            if service not in SERVICE_PORTS:
+                raise SettingsError(
+                    service_store_variable(service), f"no such service; one of {', '.join(SERVICE_PORTS)}"
+                )
+            _store_backend(url, service_store_variable(service))
         unknown = {part.strip() for part in self.tracing.split(",")} - {"off", "", *TRACE_SINKS}
         if unknown:
             raise SettingsError(
@@ -274,6 +294,9 @@ class Settings:
             for key, value in env.items()
             if key.startswith(_KAFKA_PREFIX)
         }
+        values["service_store_urls"] = {
+            service: env[name] for service in SERVICE_PORTS if env.get(name := service_store_variable(service))
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()  # type: ignore[arg-type]
@@ -284,6 +307,7 @@ class Settings:
         shown["data_dir"] = str(self.data_dir)
         shown["bootstrap_servers"] = self.bootstrap_servers or "embedded"
         shown["store_url"] = self.store_shown
+        shown["service_store_urls"] = {service: _hide_password(url) for service, url in self.service_store_urls.items()}
         shown["kafka_config"] = {
             k: "***" if any(w in k for w in _SECRET_WORDS) else v for k, v in self.kafka_config.items()
         }
@@ -310,6 +334,20 @@ class Settings:
             return Path(self.store_url.removeprefix("sqlite://")).expanduser()
         return self.data_dir / "events.db"
 
+    def store_url_of(self, service: str) -> str:
+        """The store ``service`` writes to: its own (``EVENTLAB_<SERVICE>_STORE_URL``), else :attr:`store_url`."""
+        return self.service_store_urls.get(service, self.store_url)
+
+    def with_store(self, url: str) -> Settings:
+        """A copy whose one store, for every service, is ``url`` (:func:`eventlab.store.open_store` opens it).
+
+        Example:
+            >>> split = Settings(data_dir=Path("/tmp/shop"), service_store_urls={"order": "/tmp/order.db"})
+            >>> split.with_store(split.store_url_of("order")).store_path
+            PosixPath('/tmp/order.db')
+        """
+        return replace(self, store_url=url, service_store_urls={})
+
     @property
     def embedded(self) -> bool:
         """True when eventlab runs its own broker (no external cluster configured)."""
@@ -331,6 +369,8 @@ class Settings:
     def environ(self) -> dict[str, str]:
         """These settings as environment variables, for child processes."""
         env = {f.metadata["variable"]: str(getattr(self, f.name)) for f in fields(self) if f.metadata.get("variable")}
+        for service, url in self.service_store_urls.items():
+            env[service_store_variable(service)] = url
         for key, value in self.kafka_config.items():
             env[_KAFKA_PREFIX + key.replace(".", "_").upper()] = value
         return env

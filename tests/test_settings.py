@@ -96,3 +96,32 @@ def test_a_port_in_use_is_named_with_its_service_and_the_way_out():
     assert (caught.value.service, caught.value.port) == ("order", settings.port("order"))
     assert "EVENTLAB_HTTP_PORT_OFFSET" in str(caught.value)
     ensure_ports_free(settings)  # free again once it stops listening
+
+
+def test_a_service_given_a_store_of_its_own_writes_there_and_the_others_share_the_default(tmp_path):
+    env = {
+        "EVENTLAB_DATA_DIR": str(tmp_path),
+        "EVENTLAB_ORDER_STORE_URL": str(tmp_path / "order.db"),
+        "EVENTLAB_PAYMENT_STORE_URL": "postgresql://pay:secret@db:5432/shop?options=-csearch_path%3Dpayment",
+    }
+    settings = Settings.from_env(env)
+
+    assert settings.store_url_of("order") == str(tmp_path / "order.db")
+    assert settings.store_url_of("user") == ""
+    assert settings.with_store(settings.store_url_of("order")).store_path == tmp_path / "order.db"
+    assert "secret" not in repr(settings)
+    assert Settings.from_env(settings.environ()) == settings  # a child process sees the same split
+
+
+@pytest.mark.parametrize(
+    ("service", "url", "message"),
+    [
+        ("order", "mysql://shop@db/shop", "EVENTLAB_ORDER_STORE_URL: 'mysql://shop@db/shop' is not a store"),
+        ("warehouse", "/tmp/w.db", "EVENTLAB_WAREHOUSE_STORE_URL: no such service"),
+    ],
+)
+def test_a_service_store_eventlab_cannot_use_is_refused_naming_its_variable(service, url, message):
+    with pytest.raises(SettingsError) as refused:
+        Settings(service_store_urls={service: url})
+
+    assert str(refused.value).startswith(message)

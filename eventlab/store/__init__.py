@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
 from eventlab.errors import StoreError
-from eventlab.settings import Settings
+from eventlab.settings import SERVICE_PORTS, Settings
 from eventlab.store.base import Append, EventRecord, EventStore, Metadata, NewEvent, StoreBusy, StoredEvent
 from eventlab.store.memory import MemoryEventStore
 from eventlab.store.sqlite import SqliteEventStore
@@ -15,10 +18,12 @@ __all__ = [
     "MemoryEventStore",
     "Metadata",
     "NewEvent",
+    "ShopStores",
     "SqliteEventStore",
     "StoreBusy",
     "StoredEvent",
     "open_store",
+    "open_stores",
 ]
 
 
@@ -44,3 +49,65 @@ def open_store(settings: Settings, *, create: bool = True) -> EventStore:
             ) from exc
         return PostgresEventStore(settings.store_url, create=create)
     return SqliteEventStore(settings.store_path, create=create)
+
+
+@dataclass(frozen=True)
+class ShopStores:
+    """The shop's event stores: the one each service writes to, by service name.
+
+    By default every service shares one store (``EVENTLAB_STORE_URL``); a service given a store of
+    its own (``EVENTLAB_<SERVICE>_STORE_URL``) keeps its events and its processed markers there.
+    Services that name the same store share one store object. ``names`` gives each distinct store
+    a name for messages (the SQLite file, or the URL without its password).
+
+    Example:
+        >>> stores = open_stores(Settings(store_url="memory://"))
+        >>> stores.split, stores.of("order") is stores.of("user")
+        (False, True)
+    """
+
+    by_service: Mapping[str, EventStore]
+    names: Mapping[str, EventStore]
+
+    def of(self, service: str) -> EventStore:
+        """The store ``service`` writes its events and processed markers to."""
+        return self.by_service[service]
+
+    @property
+    def split(self) -> bool:
+        """Whether the services write to more than one store."""
+        return len(self.names) > 1
+
+    def __iter__(self) -> Iterator[EventStore]:
+        """Each distinct store once."""
+        return iter(self.names.values())
+
+    def name_of(self, store: EventStore) -> str:
+        """The name of ``store`` (one of these)."""
+        return next(name for name, candidate in self.names.items() if candidate is store)
+
+    def services_of(self, store: EventStore) -> list[str]:
+        """The services that write to ``store``."""
+        return [service for service, candidate in self.by_service.items() if candidate is store]
+
+    def close(self) -> None:
+        """Close every store."""
+        for store in self:
+            store.close()
+
+    def __repr__(self) -> str:
+        shared = [f"{name}: {'+'.join(self.services_of(store))}" for name, store in self.names.items()]
+        return f"<ShopStores {', '.join(shared)}>"
+
+
+def open_stores(settings: Settings, *, create: bool = True) -> ShopStores:
+    """Open the store of every service (see :class:`ShopStores`), each distinct store once."""
+    opened: dict[str, EventStore] = {}
+    by_service: dict[str, EventStore] = {}
+    for service in SERVICE_PORTS:
+        own = settings.with_store(settings.store_url_of(service))
+        name = str(own.store_path.resolve()) if own.store_backend == "sqlite" else own.store_shown
+        if name not in opened:
+            opened[name] = open_store(own, create=create)
+        by_service[service] = opened[name]
+    return ShopStores(by_service, opened)
