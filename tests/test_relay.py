@@ -238,3 +238,21 @@ def test_a_relay_that_loses_the_lease_mid_run_stops_publishing_and_never_moves_t
         first_store.close()
         if second_store is not None:
             second_store.close()
+
+
+def test_asking_the_position_from_another_thread_never_decides_where_the_relay_goes_on(settings, tmp_path):
+    # given a relay that has not published yet, and a health check asking its position
+    store = SqliteEventStore(tmp_path / "events.db")
+    [event] = store.append([NewEvent(StockAdded(product_id=f"P-back-{uuid.uuid4().hex[:8]}", quantity=1), 1)])
+    store.set_checkpoint(RELAY_CONSUMER, 1)
+    relay = Relay(store, settings)
+    assert relay.position == 1
+
+    # when the relay's own thread is told to go back (as catching up on a new subscription does)
+    store.set_checkpoint(RELAY_CONSUMER, 0)
+
+    # then it goes on from there, not from what the other thread saw
+    assert relay.position == 0
+    assert relay.publish_pending() == 1
+    assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
+    store.close()

@@ -125,7 +125,13 @@ class Relay:
 
     @property
     def position(self) -> int:
-        """Published (and acknowledged) up to this store position."""
+        """Published (and acknowledged) up to this store position. Only reads: other threads (health,
+        the shop's idle check) ask it while the relay's own thread moves it."""
+        position = self._position
+        return self.store.checkpoint(RELAY_CONSUMER) if position is None else position
+
+    def _resume(self) -> int:
+        """The position to publish after, from the store's checkpoint when not known yet (the relay's thread only)."""
         if self._position is None:
             self._position = self._saved = self.store.checkpoint(RELAY_CONSUMER)
             self._saved_at = time.monotonic()
@@ -154,7 +160,7 @@ class Relay:
         ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
         checkpoint moves past the batch only once every message and copy is acknowledged.
         """
-        after = self.position
+        after = self._resume()
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
             self.save_checkpoint()  # idle: the store says everything is published
