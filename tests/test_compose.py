@@ -72,7 +72,10 @@ def test_each_container_keeps_its_data_directory_and_the_store_in_named_volumes(
     for name, service in PROCESSES.items():
         assert service["volumes"] == [f"{name}-data:{data_dir[1]}"]
     assert SERVICES["postgres"]["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
-    assert set(COMPOSE["volumes"]) == {"postgres-data", *(f"{name}-data" for name in PROCESSES)}
+    # Kafka's topics too: its log directory is the volume (a re-created broker keeps offsets and events)
+    kafka = SERVICES["kafka"]
+    assert kafka["volumes"] == [f"kafka-data:{kafka['environment']['KAFKA_LOG_DIRS']}"]
+    assert set(COMPOSE["volumes"]) == {"kafka-data", "postgres-data", *(f"{name}-data" for name in PROCESSES)}
 
 
 def test_the_containers_reach_the_compose_kafka_and_postgres_and_the_host_reaches_them_too():
