@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from eventlab.adapters.mailer import MAILBOX
-from eventlab.demo import percentile
+from eventlab.demo import percentile, recorded_seconds
 from eventlab.events import EVENT_TYPES
 from eventlab.kafka import make_consumer
 from eventlab.projections.audit import audit
@@ -151,16 +151,26 @@ def kafka_check(settings: Settings, store: EventStore, timeout: float = 60.0) ->
     }
 
 
-def sagas(store: EventStore) -> tuple[dict[str, float], dict[str, float]]:
-    """Each order's creation and end time (seconds since the epoch), from the store."""
-    created: dict[str, float] = {}
-    ended: dict[str, float] = {}
-    for event in store.read_all():
-        if event.event_type == "OrderCreated":
-            created[event.aggregate_id] = event.recorded_at.timestamp()
-        elif event.event_type in TERMINAL:
-            ended[event.aggregate_id] = event.recorded_at.timestamp()
-    return created, ended
+class Sagas:
+    """Each order's creation and end time (seconds since the epoch), read from the store as it grows:
+    each event once, however often the benchmark asks."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.created: dict[str, float] = {}
+        self.ended: dict[str, str] = {}  # order -> its terminal event type
+        self.ended_at: dict[str, float] = {}
+        self._after = 0
+
+    def read(self) -> Sagas:
+        for record in self.store.read_records(after=self._after):
+            self._after = record.position
+            if record.event_type == "OrderCreated":
+                self.created[record.aggregate_id] = recorded_seconds(record.recorded_at)
+            elif record.event_type in TERMINAL:
+                self.ended[record.aggregate_id] = record.event_type
+                self.ended_at[record.aggregate_id] = recorded_seconds(record.recorded_at)
+        return self
 
 
 def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool, timeout: float) -> dict[str, Any]:
@@ -237,12 +247,13 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
                 order.result()  # a refused order fails the run
         result["placed_s"] = round(time.monotonic() - begun, 1)
         result["placed_per_s"] = round((orders - 1) / result["placed_s"], 1)
-        wait_until(lambda: len(sagas(store)[1]) >= orders, timeout=timeout)
+        seen = Sagas(store)
+        wait_until(lambda: len(seen.read().ended) >= orders, timeout=timeout)
         result.update(killed)
-        created, ended = sagas(store)
+        created, ended = seen.created, seen.ended_at
         latencies = [ended[o] - created[o] for o in ended if o in created]
         result["terminal"], result["stuck"] = len(ended), len(set(created) - set(ended))
-        result["completed"] = sum(1 for e in store.read_all() if e.event_type == "OrderCompleted")
+        result["completed"] = sum(1 for kind in seen.ended.values() if kind == "OrderCompleted")
         result["p50_ms"] = round(1000 * percentile(latencies, 50), 1)
         result["p99_ms"] = round(1000 * percentile(latencies, 99), 1)
         result["health"] = {
