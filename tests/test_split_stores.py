@@ -1,0 +1,161 @@
+"""A store per service (``EVENTLAB_<SERVICE>_STORE_URL``): each service writes its events, processed
+markers and dead letters to its own store, a relay publishes each store, and the saga, its
+compensation, restarts and lag work across stores, on the real embedded broker and SQLite files."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from eventlab import Settings, Shop
+from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import build_services, subscriptions
+from eventlab.events import UserCreated
+from eventlab.kafka.loop import ServiceLoop
+from eventlab.kafka.relay import rewind
+from eventlab.resilience import wait_until
+from eventlab.services import SERVICE_NAMES, inventory
+from eventlab.services.runtime import load
+from eventlab.store import MemoryEventStore, NewEvent, open_stores
+
+pytestmark = pytest.mark.integration
+
+
+def split_settings(tmp_path, services=SERVICE_NAMES, **values):
+    """Settings giving each of ``services`` a SQLite file of its own (the others share events.db)."""
+    urls = {name: str(tmp_path / f"{name}.db") for name in services}
+    return Settings.from_env(env={}, data_dir=tmp_path, service_store_urls=urls, **values)
+
+
+def stored_types(store):
+    return {record.aggregate_type for record in store.read_records()}
+
+
+def emails_sent(shop):
+    return Counter(
+        (e.data["order_id"], e.data["kind"])
+        for e in shop.stores.of("notification").read_all()
+        if e.event_type == "EmailSent"
+    )
+
+
+def test_a_shop_with_every_service_on_its_own_store_completes_and_compensates_orders(tmp_path):
+    # given a shop whose six services each write to a SQLite file of their own
+    settings = split_settings(tmp_path)
+    with Shop(settings) as shop:
+        assert shop.stores.split and len(shop.relays) == 6
+        wait_until(lambda: all(relay.active for relay in shop.relays.values()), 10)
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.create_product("P1", "Lamp", 2750, initial_stock=5)
+        shop.wait_idle()
+        # when one order goes through and one's payment fails
+        completed = shop.wait(shop.place_order("U1", {"P1": 2}))
+        shop.gateway.failure_rate = 1.0
+        cancelled = shop.wait(shop.place_order("U1", {"P1": 1}))
+        shop.gateway.failure_rate = 0.0
+        shop.wait_idle()
+        # then the first completed, the second was compensated: its stock released again
+        assert completed.status == "completed"
+        assert (cancelled.status, cancelled.reason) == ("cancelled", "payment_failed")
+        types = [e.event_type for e in shop.order(cancelled.order_id).events]  # read from every store
+        assert types.index("PaymentCompleted") < types.index("OrderCancelled") < types.index("StockReleased")
+        stock = load(shop.stores.of("inventory"), ("stock", "P1"), inventory.evolve_stock).state
+        assert stock == inventory.Stock(available=3, reserved=0, sold=2)
+        # and every store holds only the streams of its own service, with its markers
+        for name, service in shop.services.items():
+            store = shop.stores.of(name)
+            assert stored_types(store) <= set(service.evolvers), name
+            if service.subscriptions:
+                assert store.processed_count(name) > 0 and all(
+                    shop.stores.of(other).processed_count(name) == 0 for other in SERVICE_NAMES if other != name
+                )
+        assert shop.lag() == dict.fromkeys(["relay", *shop.loops], 0)
+    # and the shared store the settings name by default was never even made
+    assert not (tmp_path / "events.db").exists()
+
+
+def test_a_split_shop_restarted_on_an_empty_embedded_broker_handles_nothing_twice(tmp_path):
+    # given a split shop (order and inventory on their own stores) that took an order and stopped
+    settings = split_settings(tmp_path, ["order", "inventory", "notification"])
+    with Shop(settings) as shop:
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.create_product("P1", "Lamp", 2750, initial_stock=5)
+        shop.wait_idle()
+        first = shop.wait(shop.place_order("U1", {"P1": 1})).order_id
+        shop.wait_idle()
+        before = emails_sent(shop)
+    # when it starts again on a new embedded broker, which has forgotten every topic
+    with Shop(settings) as shop:
+        shop.wait_idle()
+        second = shop.wait(shop.place_order("U1", {"P1": 1}))
+        shop.wait_idle()
+        # then the new order completes and nothing of the first was handled again
+        assert second.status == "completed"
+        emails = emails_sent(shop)
+        assert {key: count for key, count in emails.items() if key[0] == first} == before
+        assert set(emails.values()) == {1} and len(emails) == 4
+        events = Counter(e.event_type for e in shop.order(first).events)
+        assert events["StockReserved"] == events["PaymentCompleted"] == events["OrderCompleted"] == 1
+        stock = load(shop.stores.of("inventory"), ("stock", "P1"), inventory.evolve_stock).state
+        assert stock == inventory.Stock(available=3, reserved=0, sold=2)
+
+
+def test_a_consumers_lag_counts_the_events_of_other_stores_it_has_not_handled(tmp_path):
+    # given a split shop (user and order on stores of their own) that registered a user and stopped
+    settings = split_settings(tmp_path, ["order", "user"])
+    with Shop(settings) as shop:
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.wait_idle()
+    # when a user is registered straight into the user service's store while nothing runs
+    stores = open_stores(settings)
+    try:
+        stores.of("user").append([NewEvent(UserCreated(user_id="U2", name="Bo", email="bo@example.com"), 1)])
+        order = ServiceLoop(
+            build_services(settings, SimulatedGateway())["order"], stores.of("order"), settings, sources=list(stores)
+        )
+        # then Order's lag counts it: an event of another store, without a marker in Order's store
+        assert order.lag() == 1
+    finally:
+        stores.close()
+    # and once the shop runs again, Order handles it (published again: the broker forgot it) and its lag is 0
+    with Shop(settings) as shop:
+        shop.wait_idle()
+        assert shop.loops["order"].lag() == 0
+        assert shop.stores.of("order").read_stream("order_customer", "U2")
+
+
+def test_rewind_goes_back_per_store_to_the_first_event_a_consumer_of_another_store_has_not_handled():
+    # given a user store with three registrations, and Order's markers in a store of its own
+    users, orders = MemoryEventStore(), MemoryEventStore()
+    stored = [
+        users.append([NewEvent(UserCreated(user_id=f"U{i}", name="X", email="x@example.com"), 1)])[0] for i in range(3)
+    ]
+    users.set_checkpoint("relay", users.head())
+    services = build_services(Settings(store_url="memory://"), SimulatedGateway())
+    consumers = {"order": subscriptions(services)["order"]}
+    # when Order handled the first only, and the relay of the user store rewinds
+    orders.append([], processed=("order", stored[0].event_id))
+    position = rewind(users, consumers, {"order": orders})
+    # then it goes back to just after the first, and Order's tracking is cached in Order's store only
+    assert position == stored[0].position
+    assert any(name.startswith("tracking:order@") for name in _checkpoints(orders))
+    assert not any(name.startswith("tracking:") for name in _checkpoints(users))
+    # and once Order has handled the rest, it tracks up to the head
+    for event in stored[1:]:
+        orders.append([], processed=("order", event.event_id))
+    assert users.tracking_position_across("order", consumers["order"], orders) == users.head()
+    assert users.pending_across("order", consumers["order"], orders) == 0
+
+
+def _checkpoints(store):
+    return store._state.checkpoints
+
+
+def test_open_stores_routes_each_service_to_its_own_store(tmp_path):
+    stores = open_stores(split_settings(tmp_path, ["order"]))
+    try:
+        assert stores.of("order") is not stores.of("user") and stores.of("user") is stores.of("payment")
+        assert stores.services_of(stores.of("order")) == ["order"]
+    finally:
+        stores.close()
