@@ -4,9 +4,12 @@ compensation, restarts and lag work across stores, on the real embedded broker a
 
 from __future__ import annotations
 
+import urllib.error
 from collections import Counter
 
 import pytest
+from conftest import free_port_offset
+from test_processes import processes, request, wait_healthy
 
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
@@ -159,3 +162,46 @@ def test_open_stores_routes_each_service_to_its_own_store(tmp_path):
         assert stores.services_of(stores.of("order")) == ["order"]
     finally:
         stores.close()
+
+
+def test_one_process_per_service_with_order_and_inventory_on_stores_of_their_own(tmp_path):
+    # given `eventlab up --processes` with the order and inventory services on SQLite files of their own
+    offset = free_port_offset()
+    order_db, inventory_db = tmp_path / "order.db", tmp_path / "inventory.db"
+    variables = {"EVENTLAB_ORDER_STORE_URL": str(order_db), "EVENTLAB_INVENTORY_STORE_URL": str(inventory_db)}
+    port = {name: 8081 + index + offset for index, name in enumerate(SERVICE_NAMES)}
+    with processes(tmp_path, offset, **variables):
+        for name in SERVICE_NAMES:
+            wait_healthy(port[name])
+        # when a user and a product are registered and an order is placed over HTTP
+        request(port["user"], "POST", "/users", {"user_id": "U1", "name": "Ada", "email": "ada@example.com"})
+        product = {"product_id": "P1", "name": "Lamp", "price_cents": 2750, "initial_stock": 5}
+        request(port["product"], "POST", "/products", product)
+        line = {"user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]}
+        order_id = wait_until(lambda: _place(port["order"], line), 60)
+        # then it completes, its saga read from every store
+        found = wait_until(lambda: request(port["order"], "GET", f"/orders/{order_id}"), 60, until=_terminal)
+        assert found["status"] == "completed" and "StockReserved" in found["events"]
+        assert "EmailRequested" in found["events"]
+    # and each store holds its own service's streams
+    stores = open_stores(split_settings(tmp_path, ["order", "inventory"]))
+    try:
+        assert stored_types(stores.of("order")) == {"order", "order_customer", "order_price"}
+        assert stored_types(stores.of("inventory")) == {"stock", "reservation"}
+        assert {"user", "product", "payment", "notification"} <= stored_types(stores.of("user"))
+    finally:
+        stores.close()
+
+
+def _place(port, line):
+    """The order's id, or None while Order has not heard of the user or product yet."""
+    try:
+        return request(port, "POST", "/orders", line)["order_id"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _terminal(order):
+    return order["status"] in ("completed", "cancelled")
