@@ -4,6 +4,7 @@ compensation, restarts and lag work across stores, on the real embedded broker a
 
 from __future__ import annotations
 
+import threading
 import urllib.error
 from collections import Counter
 
@@ -13,7 +14,7 @@ from test_processes import processes, request, wait_healthy
 
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
-from eventlab.bootstrap import build_services, subscriptions
+from eventlab.bootstrap import Wiring, build_services, subscriptions
 from eventlab.events import UserCreated
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.kafka.relay import rewind
@@ -47,7 +48,7 @@ def test_a_shop_with_every_service_on_its_own_store_completes_and_compensates_or
     # given a shop whose six services each write to a SQLite file of their own
     settings = split_settings(tmp_path)
     with Shop(settings) as shop:
-        assert shop.stores.split and len(shop.relays) == 6
+        assert shop.stores.split and len(shop.relays) == 6 and "order.db" in repr(shop)
         wait_until(lambda: all(relay.active for relay in shop.relays.values()), 10)
         shop.register_user("U1", "Ada", "ada@example.com")
         shop.create_product("P1", "Lamp", 2750, initial_stock=5)
@@ -205,3 +206,40 @@ def _place(port, line):
 
 def _terminal(order):
     return order["status"] in ("completed", "cancelled")
+
+
+def test_a_second_relay_process_stands_by_for_every_store_and_takes_each_over(tmp_path):
+    # given two relay "processes" (as `--replicas relay=2` runs), each with a relay per store
+    settings = split_settings(tmp_path, ["order", "inventory"])
+    services = build_services(settings, SimulatedGateway())
+    first_stores, second_stores = open_stores(settings), open_stores(settings)
+    first, second = (
+        Wiring(settings, first_stores, services).relays(),
+        Wiring(settings, second_stores, services).relays(),
+    )
+    stop_first, stop_second = threading.Event(), threading.Event()
+    threads = [
+        threading.Thread(target=relay.run, args=(stop,), daemon=True)
+        for relays, stop in ((first, stop_first), (second, stop_second))
+        for relay in relays.values()
+    ]
+    try:
+        for thread in threads[: len(first)]:
+            thread.start()
+        wait_until(lambda: all(relay.active for relay in first.values()), 10)
+        for thread in threads[len(first) :]:
+            thread.start()
+        # then each store has one active relay, the first process's, and the second stands by for each
+        assert len(first) == len(second) == 3
+        assert not any(store.lease("relay").acquire() for store in second_stores)  # each held by the first
+        assert not any(relay.active for relay in second.values())
+        # when the first process stops, the second takes over every store
+        stop_first.set()
+        wait_until(lambda: all(relay.active for relay in second.values()), 10)
+    finally:
+        stop_first.set()
+        stop_second.set()
+        for thread in threads:
+            thread.join(10)
+        first_stores.close()
+        second_stores.close()
