@@ -21,7 +21,7 @@ from eventlab.kafka.relay import rewind
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES, inventory
 from eventlab.services.runtime import load
-from eventlab.store import MemoryEventStore, NewEvent, open_stores
+from eventlab.store import MemoryEventStore, NewEvent, SqliteEventStore, open_stores
 
 pytestmark = pytest.mark.integration
 
@@ -129,31 +129,45 @@ def test_a_consumers_lag_counts_the_events_of_other_stores_it_has_not_handled(tm
         assert shop.stores.of("order").read_stream("order_customer", "U2")
 
 
-def test_rewind_goes_back_per_store_to_the_first_event_a_consumer_of_another_store_has_not_handled():
-    # given a user store with three registrations, and Order's markers in a store of its own
-    users, orders = MemoryEventStore(), MemoryEventStore()
+@pytest.fixture(params=["memory", "sqlite"])
+def two_stores(request, tmp_path):
+    """A user service's store and an order service's store, of one kind."""
+    if request.param == "memory":
+        yield MemoryEventStore(), MemoryEventStore()
+        return
+    users, orders = SqliteEventStore(tmp_path / "user.db"), SqliteEventStore(tmp_path / "order.db")
+    yield users, orders
+    users.close()
+    orders.close()
+
+
+def test_rewind_goes_back_per_store_to_the_first_event_a_consumer_of_another_store_has_not_handled(two_stores):
+    # given a user store with three registrations, all published, and Order's markers in a store of its own
+    users, orders = two_stores
     stored = [
         users.append([NewEvent(UserCreated(user_id=f"U{i}", name="X", email="x@example.com"), 1)])[0] for i in range(3)
     ]
     users.set_checkpoint("relay", users.head())
-    services = build_services(Settings(store_url="memory://"), SimulatedGateway())
-    consumers = {"order": subscriptions(services)["order"]}
+    consumers = {"order": subscriptions(build_services(Settings(store_url="memory://"), SimulatedGateway()))["order"]}
     # when Order handled the first only, and the relay of the user store rewinds
     orders.append([], processed=("order", stored[0].event_id))
     position = rewind(users, consumers, {"order": orders})
-    # then it goes back to just after the first, and Order's tracking is cached in Order's store only
+    # then it goes back to just after the first, and Order's tracking is recorded in Order's store only
     assert position == stored[0].position
-    assert any(name.startswith("tracking:order@") for name in _checkpoints(orders))
-    assert not any(name.startswith("tracking:") for name in _checkpoints(users))
-    # and once Order has handled the rest, it tracks up to the head
+    tracking = f"tracking:order@{stored[0].event_id}"
+    assert orders.checkpoint(tracking) == position and users.checkpoint(tracking) == 0
+    assert users.pending_across("order", consumers["order"], orders) == 2
+    # and once Order has handled the rest, it tracks up to the head, with nothing pending
     for event in stored[1:]:
         orders.append([], processed=("order", event.event_id))
-    assert users.tracking_position_across("order", consumers["order"], orders) == users.head()
     assert users.pending_across("order", consumers["order"], orders) == 0
-
-
-def _checkpoints(store):
-    return store._state.checkpoints
+    assert users.tracking_position_across("order", consumers["order"], orders) == users.head()
+    assert orders.checkpoint(tracking) == users.head()
+    # and an event Order dead-lettered (recorded in its own store) is no lag either
+    poison = users.append([NewEvent(UserCreated(user_id="U9", name="X", email="x@example.com"), 1)])[0]
+    assert users.pending_across("order", consumers["order"], orders) == 1
+    orders.record_dead_letter("order", "user.profile.created", 0, 9, None, b"?", [], "bad", event_id=poison.event_id)
+    assert users.pending_across("order", consumers["order"], orders) == 0
 
 
 def test_open_stores_routes_each_service_to_its_own_store(tmp_path):
