@@ -109,7 +109,9 @@ class ShopInfrastructure:
 
 
 class Shop:
-    """The whole online shop in one process: six services as threads around one event store.
+    """The whole online shop in one process: six services as threads around one event store (or a
+    store per service, where ``EVENTLAB_<SERVICE>_STORE_URL`` gives one: :attr:`stores`, with a relay
+    thread per store).
 
     Example:
         >>> with Shop(data_dir="/tmp/my-shop") as shop:  # doctest: +SKIP

@@ -16,7 +16,11 @@ one child process per service plus the relay:
   and the deadline sweeper beside each order replica cancels an order only through a version-checked
   append that re-decides on the latest state (``tests/test_replicas.py`` races several). ``relay=2``
   adds a standby relay: one relay publishes per store, the holder of the store's relay lease
-  (:meth:`~eventlab.store.base.EventStore.lease`), and the standby takes over when it dies;
+  (:meth:`~eventlab.store.base.EventStore.lease`), and the standby takes over when it dies (where
+  services have stores of their own, a relay process runs a relay per store, a thread each, so
+  every store has its standby);
+- each service writes to its own store where ``EVENTLAB_<SERVICE>_STORE_URL`` gives it one (printed
+  at start, passwords hidden); the others share ``EVENTLAB_STORE_URL``;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
 - children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
   kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
