@@ -18,6 +18,7 @@ from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
 from eventlab.services import order, product, user
 from eventlab.services.runtime import Evolve, StreamCache, StreamKey, execute, load, trace_metadata
+from eventlab.store import ShopStores
 from eventlab.store.base import EventStore, StoredEvent
 from eventlab.tables import html_table
 
@@ -76,7 +77,10 @@ class OrderView:
 
 
 class Commands:
-    """Validates and executes the shop's commands against an event store.
+    """Validates and executes the shop's commands against the event store (or each service's own:
+    pass :class:`~eventlab.store.ShopStores`): a user is written to the user service's store, a
+    product to the product service's, an order to the order service's; an order's saga is read
+    from every store.
 
     Example:
         >>> from eventlab.store import SqliteEventStore
@@ -85,8 +89,12 @@ class Commands:
         'u-1'
     """
 
-    def __init__(self, store: EventStore, id_factory: Callable[[], str] = new_id, copy_wait: float = 2.0) -> None:
-        self.store = store
+    def __init__(
+        self, store: EventStore | ShopStores, id_factory: Callable[[], str] = new_id, copy_wait: float = 2.0
+    ) -> None:
+        self.stores = store if isinstance(store, ShopStores) else ShopStores.one(store)
+        #: The order service's store: where orders are placed and their sagas' ends are recorded.
+        self.store = self.stores.of("order")
         self.new_id = id_factory
         #: Seconds an order for a user or product Order has not heard of waits for Order's copy (a
         #: registration a moment ago is still on its way through Kafka) before it is rejected.
@@ -101,14 +109,18 @@ class Commands:
         """
         command = parse(RegisterUser, _input(data, fields))
         return self._create(
-            ("user", command.user_id), user.evolve, lambda state: user.register(command, state), UserCreated
+            "user", ("user", command.user_id), user.evolve, lambda state: user.register(command, state), UserCreated
         )
 
     def create_product(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> ProductCreated:
         """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
         command = parse(CreateProduct, _input(data, fields))
         return self._create(
-            ("product", command.product_id), product.evolve, lambda s: product.create(command, s), ProductCreated
+            "product",
+            ("product", command.product_id),
+            product.evolve,
+            lambda s: product.create(command, s),
+            ProductCreated,
         )
 
     def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
@@ -163,16 +175,34 @@ class Commands:
             total_cents=state.total_cents,
             reason=state.reason,
             lines=state.lines,
-            events=tuple(self.store.read_correlated(order_id)),
+            events=tuple(self.read_correlated(order_id)),
         )
 
+    def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
+        """Every event of one saga, from every store: by recorded time, then store, then position
+        (one store: in position order)."""
+        if not self.stores.split:
+            return self.store.read_correlated(correlation_id)
+        found = [
+            (event.recorded_at, index, event.position, event)
+            for index, store in enumerate(self.stores)
+            for event in store.read_correlated(correlation_id)
+        ]
+        return [event for *_, event in sorted(found, key=lambda row: row[:3])]
+
     def _create(
-        self, key: StreamKey, evolve: Evolve, decide: Callable[[Any], list[Event]], created: type[_Created]
+        self,
+        service: str,
+        key: StreamKey,
+        evolve: Evolve,
+        decide: Callable[[Any], list[Event]],
+        created: type[_Created],
     ) -> _Created:
-        """Decide on a new entity from its (empty) stream's state; return the event written (a ``created``)."""
+        """Decide on a new entity from its (empty) stream's state in ``service``'s store; return the
+        event written (a ``created``)."""
         aggregate_type = key[0]
         stored = execute(
-            self.store,
+            self.stores.of(service),
             [key],
             {aggregate_type: evolve},
             lambda states: decide(states[key]),

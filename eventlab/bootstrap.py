@@ -7,7 +7,7 @@ can hand in its own. Nothing here starts a thread or connects: the callers own t
 
 Example:
     >>> services = build_services(settings, SimulatedGateway())  # doctest: +SKIP
-    >>> wiring = Wiring(settings, open_store(settings), services)  # doctest: +SKIP
+    >>> wiring = Wiring(settings, open_stores(settings), services)  # doctest: +SKIP
     >>> loop = wiring.loop("order")  # run it: loop.run(stop)  # doctest: +SKIP
 """
 
@@ -31,6 +31,7 @@ from eventlab.services import inventory, notification, order, payment, product, 
 from eventlab.services.deadlines import Deadlines
 from eventlab.services.runtime import Service
 from eventlab.settings import PortInUse, Settings
+from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.sweeper import DeadlineSweeper
 
@@ -73,66 +74,85 @@ def subscriptions(services: Mapping[str, Service]) -> dict[str, set[str]]:
 
 @dataclass(frozen=True)
 class Wiring:
-    """Builds the parts that run against one store and one broker (``settings`` points at it).
+    """Builds the parts that run against the shop's store(s) and one broker (``settings`` points at it).
 
-    Each method makes a new part, not started: the consuming loop of a service, the relay, the
-    deadline sweeper, a service's health and HTTP server. ``commands`` is the shop's command side.
-    ``tracing`` is the shop's (:func:`~eventlab.tracing.open_tracing`; None when off), handed to
-    every part that makes spans; whoever made it opens it and shuts it down.
+    ``store``: one store for every service, or :class:`~eventlab.store.ShopStores` (each service's
+    own, see :func:`~eventlab.store.open_stores`), kept as :attr:`stores`. Each method makes a new
+    part, not started: the consuming loop of a service (writing to its store), a relay per store,
+    the deadline sweeper (on the order service's store), a service's health and HTTP server.
+    ``commands`` is the shop's command side. ``tracing`` is the shop's
+    (:func:`~eventlab.tracing.open_tracing`; None when off), handed to every part that makes spans;
+    whoever made it opens it and shuts it down.
     """
 
     settings: Settings
-    store: EventStore
+    store: EventStore | ShopStores
     services: Mapping[str, Service]
     id_factory: Callable[[], str] = new_id
     tracing: Tracing | None = None
     commands: Commands = field(init=False)
+    stores: ShopStores = field(init=False)
     _relay_histograms: list[LatencyHistogram] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        stores = self.store if isinstance(self.store, ShopStores) else ShopStores.one(self.store)
+        object.__setattr__(self, "stores", stores)
         tracing = self.tracing
-        commands = (
-            Commands(self.store, self.id_factory) if tracing is None else tracing.commands(self.store, self.id_factory)
-        )
+        commands = Commands(stores, self.id_factory) if tracing is None else tracing.commands(stores, self.id_factory)
         object.__setattr__(self, "commands", commands)
 
     def loop(self, name: str) -> ServiceLoop | None:
-        """The Kafka loop of service ``name``; None for a service that only takes commands."""
+        """The Kafka loop of service ``name`` (writing to its store; its lag counts every store's
+        events); None for a service that only takes commands."""
         service = self.services[name]
         if not service.subscriptions:
             return None
-        return ServiceLoop(service, self.store, self.settings, tracing=self.tracing)
+        return ServiceLoop(
+            service, self.stores.of(name), self.settings, tracing=self.tracing, sources=list(self.stores)
+        )
 
     def loops(self) -> dict[str, ServiceLoop]:
         """A loop per consuming service, in start-up order."""
         return {name: loop for name in self.services if (loop := self.loop(name)) is not None}
 
-    def relay(self, *, in_process: bool = False) -> Relay:
-        """The outbox relay: publishes the store to Kafka (its latency shows on the order service's
-        ``/metrics`` when both run in this process), first going back for events of types a service
-        subscribes to since it last ran (e.g. after an upgrade). ``in_process``: every writer shares this
-        store object (the in-process shop), so each commit wakes the relay and its idle poll can be slow
-        (as on a store that wakes it for other processes' commits too)."""
+    def relay(self, store: EventStore | None = None, *, in_process: bool = False) -> Relay:
+        """The outbox relay of ``store`` (default: the only one): publishes it to Kafka (the latency of
+        every relay of this process shows on the order service's ``/metrics`` when both run here), first
+        going back for events of types a service subscribes to since it last ran (e.g. after an upgrade).
+        ``in_process``: every writer shares this store object (the in-process shop), so each commit wakes
+        the relay and its idle poll can be slow (as on a store that wakes it for other processes' commits
+        too)."""
+        if store is None:
+            (store,) = self.stores
         consumed = {cls.topic for service in self.services.values() for cls in service.subscriptions}
-        idle_wait = IDLE_WAIT_IN_PROCESS if in_process or self.store.wakes_across_processes else IDLE_WAIT
+        idle_wait = IDLE_WAIT_IN_PROCESS if in_process or store.wakes_across_processes else IDLE_WAIT
+        consumers = subscriptions(self.services)
         relay = Relay(
-            self.store,
+            store,
             self.settings,
             tracing=self.tracing,
             traced_topics=consumed,
-            consumers=subscriptions(self.services),
+            consumers=consumers,
             idle_wait=idle_wait,
+            markers={name: self.stores.of(name) for name in consumers} if self.stores.split else None,
         )
-        self._relay_histograms.append(relay.publish_seconds)
+        if self._relay_histograms:  # one histogram for every relay of the process (one series)
+            relay.publish_seconds = self._relay_histograms[0]
+        else:
+            self._relay_histograms.append(relay.publish_seconds)
         return relay
 
-    def sweeper(self) -> DeadlineSweeper:
-        """The saga deadlines' sweeper, with the deadlines the settings scale."""
-        return DeadlineSweeper(self.store, Deadlines.scaled(self.settings.saga_timeout_s))
+    def relays(self, *, in_process: bool = False) -> dict[str, Relay]:
+        """A relay per distinct store, by the store's name (see :attr:`~eventlab.store.ShopStores.names`)."""
+        return {name: self.relay(store, in_process=in_process) for name, store in self.stores.names.items()}
 
-    def health(self, loop: ServiceLoop | None, *problems: Callable[[], list[str]]) -> ServiceHealth:
-        """What a service's ``GET /health`` reports (its loop's, else the store's) plus ``problems``."""
-        return service_health(loop, self.store, *problems)
+    def sweeper(self) -> DeadlineSweeper:
+        """The saga deadlines' sweeper on the order service's store, with the deadlines the settings scale."""
+        return DeadlineSweeper(self.stores.of("order"), Deadlines.scaled(self.settings.saga_timeout_s))
+
+    def health(self, name: str, loop: ServiceLoop | None, *problems: Callable[[], list[str]]) -> ServiceHealth:
+        """What service ``name``'s ``GET /health`` reports (its loop's, else its store's) plus ``problems``."""
+        return service_health(loop, self.stores.of(name), *problems)
 
     def http(self, name: str, health: ServiceHealth) -> ServiceHttp:
         """Service ``name``'s HTTP endpoints, bound to its port (not serving until ``start()``).

@@ -32,7 +32,7 @@ from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
-from eventlab.store import open_store
+from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
 from eventlab.tracing import open_tracing
@@ -48,17 +48,19 @@ _T = TypeVar("_T")
 #: The services that keep their own copy of users and products (a command may depend on it).
 _KEEPS_COPIES: frozenset[str] = frozenset({"order"})
 
-#: Opens the event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
+#: Opens an event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
 StoreFactory = Callable[[Settings], EventStore]
 
 
 class ShopInfrastructure:
-    """The broker (embedded unless configured), the topics and the event store.
+    """The broker (embedded unless configured), the topics and the event stores (one, or each
+    service's own: :func:`~eventlab.store.open_stores`).
 
-    Starting an embedded broker rewinds the relay: the new broker has no topics, so the stored
-    events some consumer has not handled yet are published again (from the lowest of the
-    ``consumers``' tracking positions; every event when ``consumers`` is not given), and the
-    idempotent consumers skip what they already handled. Stopping records the tracking positions.
+    Starting an embedded broker rewinds the relay of each store: the new broker has no topics, so
+    the stored events some consumer has not handled yet are published again (from the lowest of the
+    ``consumers``' tracking positions on that store, their markers read from each consumer's own
+    store; every event when ``consumers`` is not given), and the idempotent consumers skip what they
+    already handled. Stopping records the tracking positions.
     """
 
     def __init__(
@@ -69,8 +71,13 @@ class ShopInfrastructure:
     ) -> None:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
-        self.store = store_factory(settings)
+        self.stores = open_stores(settings, opener=None if store_factory is open_store else store_factory)
         self.consumers = consumers
+
+    @property
+    def store(self) -> EventStore:
+        """The order service's store (the only one unless services have stores of their own)."""
+        return self.stores.of("order")
 
     def start(self) -> Settings:
         """Start what is needed and return settings pointing at the broker in use."""
@@ -80,23 +87,31 @@ class ShopInfrastructure:
                 self.settings.with_bootstrap(self.broker.bootstrap_servers),
                 session_timeout_ms=EmbeddedBroker.SESSION_TIMEOUT_MS,
             )
-            rewind(self.store, self.consumers)
+            for store in self.stores:
+                rewind(store, self.consumers, self._markers())
         ensure_topics(self.settings)
         return self.settings
+
+    def _markers(self) -> dict[str, EventStore] | None:
+        """Each consumer's own store, where services have stores of their own (see :func:`rewind`)."""
+        return {name: self.stores.of(name) for name in self.consumers or {}} if self.stores.split else None
 
     def stop(self) -> None:
         if self.broker is not None:
             self.broker.stop()
         try:
-            for name, types in (self.consumers or {}).items():
-                self.store.tracking_position(name, types)  # so the next start scans only what comes after
+            for store in self.stores:  # so the next start scans only what comes after
+                for name, types in (self.consumers or {}).items():
+                    store.tracking_position_across(name, types, self.stores.of(name))
         except StoreError as exc:
             log.warning("cannot record the tracking positions: %s", exc)
-        self.store.close()
+        self.stores.close()
 
 
 class Shop:
-    """The whole online shop in one process: six services as threads around one event store.
+    """The whole online shop in one process: six services as threads around one event store (or a
+    store per service, where ``EVENTLAB_<SERVICE>_STORE_URL`` gives one: :attr:`stores`, with a relay
+    thread per store).
 
     Example:
         >>> with Shop(data_dir="/tmp/my-shop") as shop:  # doctest: +SKIP
@@ -138,6 +153,8 @@ class Shop:
         self._backoff: dict[str, Backoff] = {}
         self._errors: dict[str, str] = {}
         self.loops: dict[str, ServiceLoop] = {}
+        #: A relay per distinct store, by the store's name (one unless services have stores of their own).
+        self.relays: dict[str, Relay] = {}
         self.relay: Relay | None = None
         self.sweeper: DeadlineSweeper | None = None
         self.commands: Commands | None = None
@@ -150,7 +167,13 @@ class Shop:
 
     @property
     def store(self) -> EventStore:
+        """The event store (with stores per service, the order service's: :attr:`stores` has them all)."""
         return self._require().store
+
+    @property
+    def stores(self) -> ShopStores:
+        """Each service's event store (all the same one unless ``EVENTLAB_<SERVICE>_STORE_URL`` split them)."""
+        return self._require().stores
 
     @property
     def bootstrap_servers(self) -> str:
@@ -166,10 +189,15 @@ class Shop:
         if not self.running:
             return f"<Shop stopped data_dir={str(self.settings.data_dir)!r}>"
         broker = "embedded" if self.settings.embedded else "external"
-        return (
-            f"<Shop running broker={self.bootstrap_servers} ({broker}) "
-            f"store={str(self.settings.store_path)!r} events={self.store.head()}>"
-        )
+        stores = self.stores
+        if not stores.split:
+            where = f"store={str(self.settings.store_path)!r} events={self.store.head()}"
+        else:
+            where = "stores=" + ", ".join(
+                f"{'+'.join(stores.services_of(store))}: {name!r} events={store.head()}"
+                for name, store in stores.names.items()
+            )
+        return f"<Shop running broker={self.bootstrap_servers} ({broker}) {where}>"
 
     def start(self, timeout: float = 60.0) -> Self:
         """Start broker, topics, relay and service loops; return once every consumer has joined."""
@@ -182,10 +210,12 @@ class Shop:
         self._backoff.clear()
         if self.tracing is not None:
             self.tracing.open()
-        wiring = Wiring(settings, infra.store, self.services, self._id_factory, self.tracing)
+        wiring = Wiring(settings, infra.stores, self.services, self._id_factory, self.tracing)
         self.commands = wiring.commands
-        self.relay = wiring.relay(in_process=True)  # every writer is a thread here: commits wake it
-        self._spawn(RELAY_CONSUMER, self.relay.run)
+        self.relays = wiring.relays(in_process=True)  # every writer is a thread here: commits wake them
+        self.relay = next(iter(self.relays.values()))
+        for index, relay in enumerate(self.relays.values()):
+            self._spawn(_relay_thread(index), relay.run)
         self.loops = wiring.loops()
         for name, loop in self.loops.items():
             self._spawn(name, loop.run)
@@ -194,7 +224,8 @@ class Shop:
         try:
             if self.http:
                 for name in SERVICE_NAMES:
-                    health = wiring.health(self.loops.get(name), functools.partial(self.problems, name, RELAY_CONSUMER))
+                    problems = functools.partial(self.problems, name, *map(_relay_thread, range(len(self.relays))))
+                    health = wiring.health(name, self.loops.get(name), problems)
                     self._servers.append(wiring.http(name, health).start())
             wait_until(
                 lambda: [name for name, loop in self.loops.items() if not loop.assigned.is_set()],
@@ -228,6 +259,7 @@ class Shop:
         self._threads.clear()
         self._servers.clear()
         self.loops.clear()
+        self.relays.clear()
         self._infra = None
 
     @property
@@ -243,8 +275,9 @@ class Shop:
             if backoff is not None and (backoff.down or backoff.crash_looping):
                 state = "restarting" if backoff.down else "crash-looping"
                 found.append(f"{name} thread {state}: {backoff.restarts} restarts, last error {self._errors[name]}")
-        if RELAY_CONSUMER in names and self.relay is not None:
-            found += self.relay.problems()  # e.g. the store or the broker failing, retried with backoff
+        if RELAY_CONSUMER in names:
+            for relay in self.relays.values():
+                found += relay.problems()  # e.g. the store or the broker failing, retried with backoff
         return found
 
     def __enter__(self) -> Self:
@@ -335,7 +368,7 @@ class Shop:
         decision on it reads (its own copy, e.g. Order's ``order_customer``): read-your-writes for
         the next command. Inventory's stock is not awaited (``seed_catalogue`` waits for it)."""
         keys = [
-            key
+            (loop.store, key)
             for name, loop in self.loops.items()
             if type(event) in loop.service.subscriptions and name in _KEEPS_COPIES
             for key in loop.service.streams(event)
@@ -343,7 +376,7 @@ class Shop:
         if not keys:
             return
         self._wait_for_commits(
-            lambda: [key for key in keys if not self.store.read_stream(*key)],
+            lambda: [key for store, key in keys if not store.read_stream(*key)],
             timeout,
             until=lambda missing: not missing,
             timeout_error=lambda missing: SagaTimeout(f"{missing} not recorded after {timeout} s"),
@@ -360,10 +393,10 @@ class Shop:
         return not self._unpublished() and not any(loop.lag() for loop in self.loops.values())
 
     def _unpublished(self) -> int:
-        """The relay's own count (its checkpoint is saved lazily), else the store's."""
-        if self.relay is not None and self.running:
-            return self.store.head() - self.relay.position
-        return unpublished(self.store)
+        """The relays' own counts (their checkpoints are saved lazily), else the stores'."""
+        if self.relays and self.running:
+            return sum(relay.store.head() - relay.position for relay in self.relays.values())
+        return sum(unpublished(store) for store in self.stores)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -409,6 +442,11 @@ class Shop:
     def faults(self) -> Faults:
         """Faults to inject (gateway outage, declines, latency, redelivery, poison) and each service's counters."""
         return Faults(self)
+
+
+def _relay_thread(index: int) -> str:
+    """The name of the thread of the shop's relay number ``index``: ``relay``, ``relay.1``, ... (one per store)."""
+    return RELAY_CONSUMER if index == 0 else f"{RELAY_CONSUMER}.{index}"
 
 
 def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:

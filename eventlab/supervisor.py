@@ -16,7 +16,11 @@ one child process per service plus the relay:
   and the deadline sweeper beside each order replica cancels an order only through a version-checked
   append that re-decides on the latest state (``tests/test_replicas.py`` races several). ``relay=2``
   adds a standby relay: one relay publishes per store, the holder of the store's relay lease
-  (:meth:`~eventlab.store.base.EventStore.lease`), and the standby takes over when it dies;
+  (:meth:`~eventlab.store.base.EventStore.lease`), and the standby takes over when it dies (where
+  services have stores of their own, a relay process runs a relay per store, a thread each, so
+  every store has its standby);
+- each service writes to its own store where ``EVENTLAB_<SERVICE>_STORE_URL`` gives it one (printed
+  at start, passwords hidden); the others share ``EVENTLAB_STORE_URL``;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
 - children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
   kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
@@ -35,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -44,12 +48,13 @@ from eventlab.bootstrap import Wiring, build_services, subscriptions
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
+from eventlab.kafka.relay import Relay
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.payment import Gateway
 from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
 from eventlab.shop import ShopInfrastructure
-from eventlab.store import open_store
+from eventlab.store import ShopStores, open_stores
 from eventlab.store.base import RELAY_CONSUMER
 from eventlab.tracing import open_tracing
 
@@ -177,9 +182,33 @@ def _promoted(stop: threading.Event) -> bool:
     return line[0].strip() == "go"
 
 
+def _open_stores(name: str, settings: Settings, consumes: bool) -> ShopStores:
+    """The stores process ``name`` opens: the relay every store (a relay per store), a service that
+    only takes commands its own store alone; a consuming service writes only to its own store, but
+    also opens the others to read them: its lag counts their events it has not handled, and the
+    order service's ``GET /orders/{id}`` shows the saga's events from every store."""
+    if name == RELAY_CONSUMER or consumes:
+        return open_stores(settings)
+    return ShopStores.one(open_stores(settings.with_store(settings.store_url_of(name))).of(name))
+
+
+def _run_relays(relays: Iterable[Relay], stop: threading.Event) -> None:
+    """Run each relay (one per store, each holding its store's lease) in a thread of its own until ``stop``."""
+    threads = [
+        threading.Thread(target=relay.run, args=(stop,), name=f"eventlab-relay-{index}", daemon=True)
+        for index, relay in enumerate(relays)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
     """Run service ``name`` (or ``relay``) in this process until SIGINT/SIGTERM.
 
+    The service writes to its own store (``EVENTLAB_<SERVICE>_STORE_URL``, else the shared one); the
+    relay publishes every store, a relay per store (see :func:`_open_stores` for what each opens).
     Returns :data:`CONFIG_ERROR` when the service's HTTP port is taken.
     """
     if settings.embedded:
@@ -198,22 +227,25 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
             return 1
         _watch_parent(stop, supervisor_pid)
-    store = open_store(settings)
     tracing = open_tracing(settings)  # this process's spans, exported until it stops
+    services = build_services(settings, gateway, tracing=tracing)
+    stores = _open_stores(name, settings, name != RELAY_CONSUMER and bool(services[name].subscriptions))
     try:
         if not supervised:
             ensure_topics(settings)  # the supervisor created them: one round trip less per restart
         if tracing is not None:
             tracing.open()
-        wiring = Wiring(settings, store, build_services(settings, gateway, tracing=tracing), tracing=tracing)
+        wiring = Wiring(settings, stores, services, tracing=tracing)
         loop = None if name == RELAY_CONSUMER else wiring.loop(name)
         if os.environ.get(_STANDBY) and not _promoted(stop):
             return 0
         if name == RELAY_CONSUMER:
-            wiring.relay().run(stop)
+            _run_relays(wiring.relays().values(), stop)
             return 0
         me = _child_name(name, replica)
-        health = wiring.health(loop, lambda: supervision_problems(settings.data_dir, me, replicated=[RELAY_CONSUMER]))
+        health = wiring.health(
+            name, loop, lambda: supervision_problems(settings.data_dir, me, replicated=[RELAY_CONSUMER])
+        )
         health.identity.update(replica=replica, replicas=replicas, port=settings.port(name))
         try:
             server = wiring.http(name, health).start()
@@ -231,7 +263,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
     finally:
         if tracing is not None:
             tracing.shutdown()
-        store.close()
+        stores.close()
 
 
 @dataclass
@@ -527,6 +559,16 @@ class Supervisor:
         write_status(self.settings.data_dir, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
 
 
+def _store_lines(settings: Settings) -> list[str]:
+    """Which store each service writes to (passwords hidden), when they do not all share one."""
+    if not settings.service_store_urls:
+        return []
+    return [
+        f"{service:<15} store {settings.with_store(settings.store_url_of(service)).store_shown}"
+        for service in SERVICE_NAMES
+    ]
+
+
 def supervise(
     settings: Settings,
     extra_args: Sequence[str] = (),
@@ -545,6 +587,8 @@ def supervise(
     settings = supervisor.settings
     pids = supervisor.pids()
     print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_shown}", flush=True)
+    for line in _store_lines(settings):
+        print(f"  {line}", flush=True)
     for name, port in supervisor.ports().items():
         where = f"http://127.0.0.1:{port}" if port is not None else ""
         print(f"  {name:<15} pid {pids[name]:<7} {where}".rstrip(), flush=True)

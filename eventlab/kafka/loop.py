@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
@@ -91,9 +92,13 @@ class ServiceLoop:
         max_hold: float = 5.0,
         dead_letters: DeadLetterPublisher | None = None,
         tracing: Tracing | None = None,
+        sources: Sequence[EventStore] = (),
     ) -> None:
         self.service = service
+        #: Where this service writes its events, processed markers and dead letters (its own store).
         self.store = store
+        #: Every store whose events it may consume, for its lag (``store`` when not given).
+        self.sources = tuple(sources) or (store,)
         self.settings = settings
         self.attempts = attempts
         self.backoff = backoff
@@ -141,8 +146,9 @@ class ServiceLoop:
 
     def lag(self) -> int:
         """Stored events of the subscribed types this service has neither handled nor dead-lettered
-        (nor the relay, which never publishes what it dead-letters)."""
-        return self.store.pending(self.service.name, self._accepted)
+        (nor the relay, which never publishes what it dead-letters), summed over its :attr:`sources`."""
+        name = self.service.name
+        return sum(source.pending_across(name, self._accepted, self.store) for source in self.sources)
 
     def run(self, stop: threading.Event, batch: int = 200, timeout: float = 0.1, linger: float = 0.005) -> None:
         """Consume and handle until ``stop`` is set (noticed within ``timeout`` when idle, since a

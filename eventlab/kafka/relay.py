@@ -82,6 +82,7 @@ class Relay:
         traced_topics: Collection[str] | None = None,
         consumers: Mapping[str, Iterable[str]] | None = None,
         idle_wait: float = IDLE_WAIT,
+        markers: Mapping[str, EventStore] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -118,6 +119,9 @@ class Relay:
         #: Each consumer's subscribed event types: once it holds the lease, the relay first goes back
         #: for what a consumer subscribed to since it last ran (:func:`catch_up_subscriptions`).
         self.consumers = consumers
+        #: The store that keeps each consumer's processed markers, where it is not this relay's store
+        #: (a service with a store of its own).
+        self.markers = markers
         self._caught_up = consumers is None
 
     def __repr__(self) -> str:
@@ -304,7 +308,7 @@ class Relay:
     def _catch_up(self) -> None:
         """Go back for the events of types a consumer subscribed to since it last ran (once per lease)."""
         assert self.consumers is not None
-        if catch_up_subscriptions(self.store, self.consumers) is not None:
+        if catch_up_subscriptions(self.store, self.consumers, self.markers) is not None:
             self._position, self._saved = None, None  # read the checkpoint it moved
         self._caught_up = True
 
@@ -363,24 +367,32 @@ class Relay:
             log.warning("relay: cannot save its checkpoint on close: %s", exc)
 
 
-def rewind(store: EventStore, consumers: Mapping[str, Iterable[str]] | None = None) -> int:
+def rewind(
+    store: EventStore,
+    consumers: Mapping[str, Iterable[str]] | None = None,
+    markers: Mapping[str, EventStore] | None = None,
+) -> int:
     """Move the relay's checkpoint back so that what the broker forgot is published again; return it.
 
     With ``consumers`` (each consumer's subscribed event types), back to the lowest
     :meth:`~eventlab.store.base.EventStore.tracking_position`: only what some consumer has not
-    handled yet is republished. Without, back to the first event.
+    handled yet is republished. Without, back to the first event. ``markers``: the store that
+    keeps a consumer's processed markers where it is not ``store`` (a service with a store of its
+    own; see :meth:`~eventlab.store.base.EventStore.tracking_position_across`).
     """
     if consumers is None:
         position = 0
     else:
-        tracked = [store.tracking_position(name, types) for name, types in consumers.items()]
+        tracked = [_tracking(store, name, types, markers) for name, types in consumers.items()]
         position = min([store.checkpoint(RELAY_CONSUMER), *tracked])
     store.set_checkpoint(RELAY_CONSUMER, position)
     log.info("relay rewound to position %d of %d", position, store.head())
     return position
 
 
-def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[str]]) -> int | None:
+def catch_up_subscriptions(
+    store: EventStore, consumers: Mapping[str, Iterable[str]], markers: Mapping[str, EventStore] | None = None
+) -> int | None:
     """Publish again what a consumer newly subscribed to; return the relay's new checkpoint (None: nothing new).
 
     A consumer's tracking position covers the event types it was subscribed to when it was recorded.
@@ -393,7 +405,7 @@ def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[s
     are recorded (checkpoint ``subscribed:<consumer>:<type>``, the next position at the time).
 
     In that order, so a crash part-way repeats the step, never skips it. Once every type is
-    recorded, this is a few checkpoint reads per start.
+    recorded, this is a few checkpoint reads per start. ``markers`` as for :func:`rewind`.
     """
     new = {
         name: set(types)
@@ -403,8 +415,8 @@ def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[s
     if not new:
         return None
     for name in new:
-        store.forget_tracking(name)
-    tracked = [store.tracking_position(name, types) for name, types in new.items()]
+        store.forget_tracking_across(name, _markers(store, name, markers))
+    tracked = [_tracking(store, name, types, markers) for name, types in new.items()]
     published = store.checkpoint(RELAY_CONSUMER)
     position = min([published, *tracked])
     store.set_checkpoint(RELAY_CONSUMER, position)
@@ -421,6 +433,16 @@ def catch_up_subscriptions(store: EventStore, consumers: Mapping[str, Iterable[s
         published,
     )
     return position
+
+
+def _markers(store: EventStore, consumer: str, markers: Mapping[str, EventStore] | None) -> EventStore:
+    """The store that keeps ``consumer``'s processed markers (``store`` unless ``markers`` names another)."""
+    return store if markers is None else markers.get(consumer, store)
+
+
+def _tracking(store: EventStore, consumer: str, types: Iterable[str], markers: Mapping[str, EventStore] | None) -> int:
+    """``consumer``'s tracking position on ``store``, its markers where ``markers`` says."""
+    return store.tracking_position_across(consumer, types, _markers(store, consumer, markers))
 
 
 def _subscribed(consumer: str, event_type: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from eventlab.errors import StoreError
@@ -69,6 +69,11 @@ class ShopStores:
     by_service: Mapping[str, EventStore]
     names: Mapping[str, EventStore]
 
+    @classmethod
+    def one(cls, store: EventStore) -> ShopStores:
+        """``store`` for every service (a shop that is not split, or a part given one store)."""
+        return cls(dict.fromkeys(SERVICE_PORTS, store), {repr(store): store})
+
     def of(self, service: str) -> EventStore:
         """The store ``service`` writes its events and processed markers to."""
         return self.by_service[service]
@@ -100,14 +105,17 @@ class ShopStores:
         return f"<ShopStores {', '.join(shared)}>"
 
 
-def open_stores(settings: Settings, *, create: bool = True) -> ShopStores:
-    """Open the store of every service (see :class:`ShopStores`), each distinct store once."""
+def open_stores(
+    settings: Settings, *, create: bool = True, opener: Callable[[Settings], EventStore] | None = None
+) -> ShopStores:
+    """Open the store of every service (see :class:`ShopStores`), each distinct store once
+    (with ``opener`` when given, e.g. a test's; else :func:`open_store`)."""
     opened: dict[str, EventStore] = {}
     by_service: dict[str, EventStore] = {}
     for service in SERVICE_PORTS:
         own = settings.with_store(settings.store_url_of(service))
         name = str(own.store_path.resolve()) if own.store_backend == "sqlite" else own.store_shown
         if name not in opened:
-            opened[name] = open_store(own, create=create)
+            opened[name] = open_store(own, create=create) if opener is None else opener(own)
         by_service[service] = opened[name]
     return ShopStores(by_service, opened)

@@ -347,6 +347,9 @@ class EventStore(ABC):
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
         self._commit_signal = threading.Condition()
         self._commit_count = 0
+        #: (consumer, source store's identity) -> how far the consumer has handled that other store's
+        #: events (see :meth:`tracking_position_across`), kept here when this store holds its markers.
+        self._tracked_across: dict[tuple[str, str], int] = {}
 
     @abstractmethod
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
@@ -550,6 +553,84 @@ class EventStore(ABC):
         if position != before:
             self.set_checkpoint(f"tracking:{consumer}", position)
         return position
+
+    # --- a consumer whose markers live in another store (a service with a store of its own) -----
+
+    def pending_across(self, consumer: str, event_types: Iterable[str], markers: EventStore) -> int:
+        """Like :meth:`pending`, for the events of this store, when ``consumer``'s processed markers
+        and dead letters are kept in ``markers`` (its own store: ``EVENTLAB_<SERVICE>_STORE_URL``).
+
+        The same store: :meth:`pending` (the backend's counts). Another: the events after the
+        consumer's tracking position here (:meth:`tracking_position_across`, remembered in memory),
+        checked against ``markers`` a batch at a time.
+        """
+        if markers is self:
+            return self.pending(consumer, event_types)
+        return self._follow_across(consumer, set(event_types), markers, count=True)[1]
+
+    def tracking_position_across(self, consumer: str, event_types: Iterable[str], markers: EventStore) -> int:
+        """Like :meth:`tracking_position`, for the events of this store, when ``consumer``'s markers and
+        dead letters are kept in ``markers``: how far up this store's positions it has handled.
+
+        Recorded as a checkpoint in ``markers`` (the consumer's own store: never written here), named
+        after this store's first event, so a store made anew is tracked anew; what the relay of this
+        store rewinds to after an embedded broker starts empty.
+        """
+        if markers is self:
+            return self.tracking_position(consumer, event_types)
+        position, _ = self._follow_across(consumer, set(event_types), markers, count=False)
+        name = self._tracking_name(consumer)
+        if name is not None and position > markers.checkpoint(name):
+            markers.advance_checkpoint(name, position)
+        return position
+
+    def forget_tracking_across(self, consumer: str, markers: EventStore) -> None:
+        """Like :meth:`forget_tracking`, for ``consumer``'s tracking of this store kept in ``markers``."""
+        if markers is self:
+            self.forget_tracking(consumer)
+            return
+        name = self._tracking_name(consumer)
+        if name is not None:
+            markers.set_checkpoint(name, 0)
+            markers._tracked_across.pop((consumer, name), None)
+
+    def _tracking_name(self, consumer: str) -> str | None:
+        """The checkpoint (in the consumer's store) of its tracking of this store: named after this store's
+        first event, which no other store has (None while this store is empty)."""
+        first = self.read_records(after=0, limit=1)
+        return f"tracking:{consumer}@{first[0].event_id}" if first else None
+
+    def _follow_across(self, consumer: str, types: set[str], markers: EventStore, *, count: bool) -> tuple[int, int]:
+        """(tracking position, and with ``count`` the events still pending) of ``consumer`` on this
+        store, its markers in ``markers``: reads only the events after the last tracking position."""
+        name = self._tracking_name(consumer)
+        if name is None:
+            return 0, 0
+        key = (consumer, name)
+        start = markers._tracked_across.get(key)
+        if start is None:
+            start = markers.checkpoint(name)
+        skip = {letter.event_id for letter in markers.dead_letters(consumer=consumer)}
+        skip |= {letter.event_id for letter in self.dead_letters(consumer=RELAY_CONSUMER)}
+        position, tracked, pending = start, None, 0
+        while tracked is None or count:
+            batch = self.read_records(after=position, limit=10_000)
+            if not batch:
+                break
+            wanted = {r.event_id for r in batch if r.event_type in types and r.event_id not in skip}
+            waiting = wanted - markers.processed_among(consumer, wanted) if wanted else wanted
+            for record in batch:
+                if record.event_id in waiting:
+                    pending += 1
+                    if tracked is None:
+                        tracked = position  # every event up to here is handled
+                        if not count:
+                            break
+                position = record.position
+        tracked = position if tracked is None else tracked
+        if tracked > start:
+            markers._tracked_across[key] = max(tracked, markers._tracked_across.get(key, 0))
+        return tracked, pending
 
     @abstractmethod
     def lease(self, name: str) -> Lease:

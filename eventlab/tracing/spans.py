@@ -34,6 +34,7 @@ from eventlab.events import EmailRequested
 from eventlab.kafka.cloudevents import Message
 from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
+from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.tracing import SPANS_FILE, TracingError
 
@@ -385,7 +386,7 @@ class Tracing:
         """The W3C ``traceparent`` of ``span`` (see :func:`traceparent_of`)."""
         return traceparent_of(span)
 
-    def commands(self, store: EventStore, id_factory: Callable[[], str]) -> TracedCommands:
+    def commands(self, store: EventStore | ShopStores, id_factory: Callable[[], str]) -> TracedCommands:
         """The command side, with a span around placing an order."""
         return TracedCommands(store, id_factory, self)
 
@@ -442,7 +443,7 @@ class TracedCommands(Commands):
     """The command side with a span around placing an order (its events carry the span's
     ``traceparent``, so the saga's trace starts there, or at the HTTP request around it)."""
 
-    def __init__(self, store: EventStore, id_factory: Callable[[], str], tracing: Tracing) -> None:
+    def __init__(self, store: EventStore | ShopStores, id_factory: Callable[[], str], tracing: Tracing) -> None:
         super().__init__(store, id_factory)
         self.tracer = tracing.tracer("order")
 
