@@ -107,11 +107,14 @@ def test_a_version_1_store_is_migrated_with_its_events_intact(postgres_store_url
 
 
 def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):
-    # given two services, each with a schema of its own in one database
+    # given two services, each with a schema of its own in one database, which eventlab creates
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS orders CASCADE; CREATE SCHEMA orders")
-        conn.execute("DROP SCHEMA IF EXISTS stock CASCADE; CREATE SCHEMA stock")
+        conn.execute("DROP SCHEMA IF EXISTS orders CASCADE; DROP SCHEMA IF EXISTS stock CASCADE")
     try:
+        with pytest.raises(StoreError, match="no schema to keep the events in"):
+            PostgresEventStore(
+                f"{postgres_url}?options=-csearch_path%3Dorders", create=False
+            )  # a reader creates nothing
         orders = PostgresEventStore(f"{postgres_url}?options=-csearch_path%3Dorders")
         stock = PostgresEventStore(f"{postgres_url}?options=-csearch_path%3Dstock")
         # when one appends, then the other does not see it, and neither waits for the other's write lock

@@ -23,7 +23,8 @@ a bare sequence, 4 writers ≈ 1,370 and 4,370; with ``synchronous_commit=on`` 1
 The schema is created and versioned by eventlab, as in SQLite: an ``eventlab`` table records the
 schema version, a new schema gets every table in one transaction, an older one is migrated, and a
 newer or reshaped one is refused without a change. Tables live in the connection's current schema,
-so ``?options=-csearch_path%3Dorders`` gives a service a store of its own in one database. Every
+so ``?options=-csearch_path%3Dorders`` gives a service a store of its own in one database (the
+schema too is created when missing). Every
 psycopg error leaves this module as an eventlab error.
 """
 
@@ -43,6 +44,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -219,6 +221,18 @@ def _describe(conninfo: str) -> str:
     return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
 
 
+def _create_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """Create the first schema the search path names (``?options=-csearch_path%3Dorders``: a service's
+    store of its own) when none of them exists yet; return it (None: the path names none)."""
+    path = conn.execute("SELECT current_setting('search_path')").fetchone()
+    names = [name.strip().strip('"') for name in (path[0] if path else "").split(",")]
+    first = next((name for name in names if name and name != "$user"), None)
+    if first is not None:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
+        log.info("created schema %s for the event store", first)
+    return first
+
+
 class PostgresEventStore(EventStore):
     """Events in a PostgreSQL schema; safe for many threads, processes and machines.
 
@@ -255,6 +269,8 @@ class PostgresEventStore(EventStore):
             # One plain connection first: an unreachable server fails here at once (a pool would retry).
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as conn:
                 schema = conn.execute("SELECT current_schema()").fetchone()
+                if (schema is None or schema[0] is None) and create:
+                    schema = (_create_schema(conn),)
                 if schema is None or schema[0] is None:
                     raise StoreError(f"{self.name}: no schema to keep the events in (check search_path)")
                 self.name += f" schema {schema[0]}"
