@@ -206,6 +206,61 @@ class ShopStory:
         self.store.set_checkpoint("relay", self.store.head())
 
 
+#: A split shop: user and product events in one store, order events in another, payment, inventory
+#: and notification events in a third (file names in a data directory).
+SPLIT = {"user": "catalogue.db", "product": "catalogue.db", "order": "order.db"}
+SPLIT_REST = "events.db"
+
+
+class SplitShopStory(ShopStory):
+    """The same story, each service's events in its own store (:data:`SPLIT`, the rest in
+    :data:`SPLIT_REST`), as a shop with ``EVENTLAB_<SERVICE>_STORE_URL`` writes it: each step marks
+    the previous step's last event processed by the writing service, in the writer's store (so the
+    markers of a consumer sit in its store while the events it handled are in another).
+
+    ``store`` is the default store (``events.db``); ``stores`` every store by file name.
+    """
+
+    def __init__(self, directory: Path, start: datetime = START) -> None:
+        super().__init__(directory / SPLIT_REST, start)
+        self.directory = directory
+        self.stores: dict[str, EventStore] = {SPLIT_REST: self.store}
+        for name in sorted(set(SPLIT.values())):
+            self.stores[name] = SqliteEventStore(directory / name, clock=lambda: self.now)
+        self._previous: StoredEvent | None = None
+
+    def store_of(self, service: str) -> EventStore:
+        return self.stores[SPLIT.get(service, SPLIT_REST)]
+
+    def write(self, *events: Event, label: str | None = None) -> list[StoredEvent]:
+        self.now += STEP
+        service = _SOURCE[events[0].aggregate_type]
+        batch = []
+        for event in events:
+            key = (event.aggregate_type, event.aggregate_id)
+            self.versions[key] += 1
+            metadata = {"source": service, "correlation_id": event.aggregate_id}
+            batch.append(NewEvent(event, self.versions[key], metadata))
+        handled = None if self._previous is None else (service, self._previous.event_id)
+        stored = self.store_of(service).append(batch, processed=handled)
+        self._previous = stored[-1]
+        if label:
+            self.positions[label] = stored[-1].position
+        return stored
+
+    def publish(self) -> None:
+        for store in self.stores.values():
+            store.set_checkpoint("relay", store.head())
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.directory / name for name in self.stores]
+
+
 def standard_story(path: Path | str) -> ShopStory:
     """Two customers, two products and five orders covering every saga outcome.
 
@@ -215,7 +270,11 @@ def standard_story(path: Path | str) -> ShopStory:
     - ``O4`` (U1): P1 x1 = 1000 cents, completed on day 2;
     - ``O5`` (U1): P2 x1 = 250 cents, confirmed, waiting for payment (its email not sent yet).
     """
-    story = ShopStory(path)
+    return tell_standard_story(ShopStory(path))
+
+
+def tell_standard_story(story: ShopStory) -> ShopStory:
+    """:func:`standard_story` told to ``story`` (one store, or a :class:`SplitShopStory`)."""
     story.user("U1")
     story.user("U2")
     story.product("P1", price_cents=1000, stock=10)
