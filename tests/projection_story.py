@@ -218,12 +218,14 @@ class SplitShopStory(ShopStory):
     the previous step's last event processed by the writing service, in the writer's store (so the
     markers of a consumer sit in its store while the events it handled are in another).
 
-    ``store`` is the default store (``events.db``); ``stores`` every store by file name.
+    ``store`` is the default store (``events.db``, or the ``postgresql://`` URL ``rest``); ``stores``
+    every store by file name.
     """
 
-    def __init__(self, directory: Path, start: datetime = START) -> None:
-        super().__init__(directory / SPLIT_REST, start)
+    def __init__(self, directory: Path, start: datetime = START, rest: str | None = None) -> None:
+        super().__init__(rest or directory / SPLIT_REST, start)
         self.directory = directory
+        self.rest = rest
         self.stores: dict[str, EventStore] = {SPLIT_REST: self.store}
         for name in sorted(set(SPLIT.values())):
             self.stores[name] = SqliteEventStore(directory / name, clock=lambda: self.now)
@@ -257,8 +259,9 @@ class SplitShopStory(ShopStory):
             store.close()
 
     @property
-    def paths(self) -> list[Path]:
-        return [self.directory / name for name in self.stores]
+    def paths(self) -> list[Path | str]:
+        """Where each store is: its SQLite file, or the ``rest`` URL."""
+        return [self.rest if self.rest and name == SPLIT_REST else self.directory / name for name in self.stores]
 
 
 def standard_story(path: Path | str) -> ShopStory:

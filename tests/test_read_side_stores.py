@@ -21,7 +21,7 @@ import duckdb
 import polars as pl
 import psycopg
 import pytest
-from projection_story import standard_story
+from projection_story import SplitShopStory, standard_story, tell_standard_story
 from psycopg.conninfo import conninfo_to_dict
 
 from eventlab.errors import StoreError
@@ -243,6 +243,37 @@ def test_audit_and_query_take_a_postgresql_url(stores):
     assert on_postgres.as_dict() == on_sqlite.as_dict() and not on_postgres["orders_terminal"].ok
     by_status = query(stores["postgresql"], "SELECT status, count(*) AS n FROM orders GROUP BY status ORDER BY 1")
     assert dict(by_status.iter_rows()) == {"cancelled": 2, "completed": 2, "confirmed": 1}
+
+
+def test_a_shop_split_over_sqlite_files_and_a_postgresql_schema_is_read_as_one_log(stores, postgres_url, tmp_path):
+    # given: the story with the catalogue and the orders in SQLite files, the rest in a PostgreSQL schema
+    schema = f"split_{os.getpid()}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+    owner = conninfo_to_dict(postgres_url).get("user", "postgres")
+    rest = url_as(postgres_url, owner, "", schema).replace(":@", "@")
+    story = SplitShopStory(tmp_path, rest=rest)
+    try:
+        tell_standard_story(story)
+        # when: projected, queried and audited as one shop
+        with Projections(story.paths) as merged, Projections(stores["sqlite"]) as whole:
+            # then: the relations of the one-store story, and the sandbox still holds
+            for name in whole.names:
+                assert (
+                    merged.pl(name)
+                    .drop([c for c in ("store", "store_position") if c in merged.pl(name).columns])
+                    .equals(whole.pl(name))
+                ), name
+            assert merged.sql("SELECT count(DISTINCT store) FROM store.events").fetchone() == (3,)
+            for sql in REACHING_OUT:
+                with pytest.raises(ProjectionError):
+                    merged.sql(sql.format(url=rest, path=stores["sqlite"])).fetchall()
+        report = audit(story.paths, now=story.now + timedelta(seconds=1))
+        assert report.ok, report.table()
+    finally:
+        story.close()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
 
 
 def test_a_schema_that_is_not_an_event_store_is_refused_by_name(postgres_url):

@@ -65,7 +65,11 @@ def test_every_relation_over_the_split_stores_equals_the_same_story_in_one_store
             assert without_store_columns(merged.pl(name)).equals(whole.pl(name)), name
         # and each event says where it is stored
         stored = merged.sql("SELECT store, count(*) AS n FROM events GROUP BY store ORDER BY store").fetchall()
-        assert [(Path(store).name, n) for store, n in stored] == [("catalogue.db", 4), ("events.db", 34), ("order.db", 13)]
+        assert [(Path(store).name, n) for store, n in stored] == [
+            ("catalogue.db", 4),
+            ("events.db", 34),
+            ("order.db", 13),
+        ]
 
 
 def test_the_store_order_given_does_not_matter_and_attaching_reads_the_same(split):
@@ -117,7 +121,12 @@ def test_a_refresh_merges_late_commits_and_equals_a_rebuild(tmp_path):
             assert moved[name].equals(projections.pl(name)), name
         events = projections.pl("events")
         assert events["position"].to_list() == list(range(1, head + 5))
-        assert events.tail(4)["event_type"].to_list() == ["StockReserved", "StockReserved", "OrderCreated", "UserCreated"]
+        assert events.tail(4)["event_type"].to_list() == [
+            "StockReserved",
+            "StockReserved",
+            "OrderCreated",
+            "UserCreated",
+        ]
         assert projections.pl("orders").filter(pl.col("order_id") == "O6")["last_position"].item() == head + 3
     story.close()
 
@@ -153,7 +162,9 @@ def test_the_commands_read_every_store_the_settings_or_the_store_options_name(sp
 def test_export_writes_every_event_of_every_store(split, tmp_path):
     written = export_parquet(split, tmp_path / "parquet", ["events"])
     events = pl.read_parquet(written["events"])
-    assert events.height == 51 and set(events["store"].map_elements(lambda s: Path(s).name, return_dtype=pl.String)) == {
+    assert events.height == 51 and set(
+        events["store"].map_elements(lambda s: Path(s).name, return_dtype=pl.String)
+    ) == {
         "catalogue.db",
         "order.db",
         "events.db",
@@ -196,7 +207,9 @@ def test_an_event_missing_from_the_union_is_named_by_the_check_it_breaks(tmp_pat
     story = healthy_split(tmp_path)
     story.close()
     with closing(sqlite3.connect(tmp_path / SPLIT_REST)) as con, con:
-        con.execute("DELETE FROM events WHERE position = (SELECT max(position) FROM events WHERE event_type = 'StockSold')")
+        con.execute(
+            "DELETE FROM events WHERE position = (SELECT max(position) FROM events WHERE event_type = 'StockSold')"
+        )
     # then: the audit of the union names stock_conserved
     report = audit(story.paths, now=LATER)
     assert "stock_conserved" in violated(report)

@@ -27,6 +27,20 @@ process) or DuckDB's ``sqlite`` extension (``attach=True``); a PostgreSQL store 
 attached with DuckDB's ``postgres`` extension and read with ``postgres_query``. Only the sources
 know which database the store is; the projections only ever see the normalised ``events`` relation.
 
+Several stores (a service given a store of its own) are read as one log. Each store's rows keep
+their own order (a stream's versions, a saga's steps as that service wrote them); the stores are
+interleaved by ``merge_key`` — the latest ``recorded_at`` of that store up to the row, so each
+store's sequence is already sorted by it — then by store name, then by position in the store: a
+deterministic merge that never reorders a store, and that puts an effect after its cause across
+stores as long as their writers share a clock (an event a service wrote after reading another
+service's event is recorded after it). ``position`` is the place in that merged log (1, 2, …),
+``store`` and ``store_position`` say where the row is stored; with one store nothing changes:
+``position`` is the store's own and ``events`` has no store columns (the default stays as fast).
+A refresh reads each store after its own last position; a row that sorts before rows already
+projected (a commit that arrived late) moves those up one place each, and the keys of every moved
+or new row are recomputed, so a refresh still equals a rebuild. ``main.log`` keeps every row's
+place, the invalid ones (left out of ``events``) included.
+
 User SQL never runs on the building connection (it has the ``sqlite`` extension loaded, whose
 table functions read any file): :meth:`Projections.sql` hands the relations as Arrow to a
 :class:`~eventlab.projections.sandbox.Sandbox` (measured at 200k events: ~0.1-0.17 s once per
@@ -105,6 +119,7 @@ Source = str | Path | EventStore
 _RAW_COLUMNS = (
     "event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
 )
+_RAW_COLUMNS_OF_U = ", ".join(f"u.{column.strip()}" for column in _RAW_COLUMNS.split(","))
 #: The merged log of a split shop: each store's rows in its own order, the stores interleaved by
 #: ``merge_key`` (the latest ``recorded_at`` of the store up to that row), then store name, then position.
 _MERGE_ORDER = "merge_key, store, store_position"
@@ -187,7 +202,7 @@ def _cancel_all(urls: Sequence[PostgresUrl], session: str) -> None:
 
 
 class Projections(SchemaRelations):
-    """The shop's read models, built in an in-memory DuckDB from one event store.
+    """The shop's read models, built in an in-memory DuckDB from the event store (or the shop's stores).
 
     Opening copies the whole log and builds every projection; :meth:`refresh` then copies only
     the events after the checkpoint and recomputes the orders they touch. :meth:`rebuild`
@@ -206,6 +221,13 @@ class Projections(SchemaRelations):
       ``sqlite:///abs/path`` names a file): DuckDB's ``postgres`` extension attaches the schema the
       URL's ``search_path`` names, read-only; any other open store (PostgreSQL, memory) is read
       through its port.
+
+    A shop whose services have stores of their own (``EVENTLAB_<SERVICE>_STORE_URL``) is projected
+    whole from a :class:`~eventlab.store.ShopStores` or a list of the above (each distinct store
+    once, read as just described): the stores' logs merged into one (see the module docstring),
+    where ``position`` is the place in the merged log and ``events`` also has ``store`` (its name,
+    :attr:`stores`) and ``store_position``; the raw ``store.*`` tables hold every store's rows with a
+    ``store`` column first.
 
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
@@ -301,7 +323,7 @@ class Projections(SchemaRelations):
             for alias, location in aliases.items()
         }
         self._con = connect_stores(attached, session=session)
-        self._log = AttachedLog(self._con)  # unused over several stores; closes safely
+        self._log = AttachedLog(self._con)  # each store has its own log (below); this one is never read
         try:
             for (name, location), (alias, at) in zip(found, attached.items(), strict=True):
                 log: LogSource
@@ -530,7 +552,7 @@ class Projections(SchemaRelations):
         """The rows of ``union`` with their place in the merged log (``placement``: position, store,
         store_position) as ``position``, for :func:`typed_events`."""
         return (
-            f"(SELECT l.position, u.store, u.position AS store_position, {', '.join(f'u.{c.strip()}' for c in _RAW_COLUMNS.split(','))}"
+            f"(SELECT l.position, u.store, u.position AS store_position, {_RAW_COLUMNS_OF_U}"
             f" FROM ({union}) AS u JOIN {placement} AS l ON l.store = u.store AND l.store_position = u.position)"
         )
 
