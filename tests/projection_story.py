@@ -78,10 +78,14 @@ class ShopStory:
             self.versions[key] += 1
             metadata = {"source": _SOURCE[event.aggregate_type], "correlation_id": event.aggregate_id}
             batch.append(NewEvent(event, self.versions[key], metadata))
-        stored = self.store.append(batch)
+        stored = self._append(_SOURCE[events[0].aggregate_type], batch)
         if label:
             self.positions[label] = stored[-1].position
         return stored
+
+    def _append(self, service: str, batch: list[NewEvent]) -> list[StoredEvent]:
+        """Store the batch ``service`` wrote."""
+        return self.store.append(batch)
 
     def user(self, user_id: str) -> None:
         self.write(UserCreated(user_id=user_id, name=user_id.title(), email=f"{user_id.lower()}@example.com"))
@@ -234,20 +238,10 @@ class SplitShopStory(ShopStory):
     def store_of(self, service: str) -> EventStore:
         return self.stores[SPLIT.get(service, SPLIT_REST)]
 
-    def write(self, *events: Event, label: str | None = None) -> list[StoredEvent]:
-        self.now += STEP
-        service = _SOURCE[events[0].aggregate_type]
-        batch = []
-        for event in events:
-            key = (event.aggregate_type, event.aggregate_id)
-            self.versions[key] += 1
-            metadata = {"source": service, "correlation_id": event.aggregate_id}
-            batch.append(NewEvent(event, self.versions[key], metadata))
+    def _append(self, service: str, batch: list[NewEvent]) -> list[StoredEvent]:
         handled = None if self._previous is None else (service, self._previous.event_id)
         stored = self.store_of(service).append(batch, processed=handled)
         self._previous = stored[-1]
-        if label:
-            self.positions[label] = stored[-1].position
         return stored
 
     def publish(self) -> None:
@@ -274,6 +268,18 @@ def standard_story(path: Path | str) -> ShopStory:
     - ``O5`` (U1): P2 x1 = 250 cents, confirmed, waiting for payment (its email not sent yet).
     """
     return tell_standard_story(ShopStory(path))
+
+
+def tell_healthy_story(story: ShopStory) -> ShopStory:
+    """Every saga outcome, every saga finished, every email sent, everything published."""
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    story.product("P2", price_cents=250, stock=5)
+    story.completed_order("O1", "U1", {"P1": 2, "P2": 1})
+    story.out_of_stock_order("O2", "U1", {"P2": 10}, available=4)
+    story.declined_order("O3", "U1", {"P1": 3})
+    story.publish()
+    return story
 
 
 def tell_standard_story(story: ShopStory) -> ShopStory:

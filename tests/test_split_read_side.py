@@ -20,7 +20,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from projection_story import SPLIT, SPLIT_REST, START, SplitShopStory, standard_story, tell_standard_story
+from projection_story import (
+    SPLIT,
+    SPLIT_REST,
+    START,
+    SplitShopStory,
+    standard_story,
+    tell_healthy_story,
+    tell_standard_story,
+)
 
 from eventlab.events import StockReserved
 from eventlab.projections import ProjectionError, Projections, QueryRefused, audit, export_parquet, query
@@ -173,13 +181,7 @@ def test_export_writes_every_event_of_every_store(split, tmp_path):
 
 def healthy_split(directory: Path) -> SplitShopStory:
     story = SplitShopStory(directory)
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    story.product("P2", price_cents=250, stock=5)
-    story.completed_order("O1", "U1", {"P1": 2, "P2": 1})
-    story.out_of_stock_order("O2", "U1", {"P2": 10}, available=4)
-    story.declined_order("O3", "U1", {"P1": 3})
-    story.publish()
+    tell_healthy_story(story)
     return story
 
 

@@ -123,6 +123,7 @@ _RAW_COLUMNS_OF_U = ", ".join(f"u.{column.strip()}" for column in _RAW_COLUMNS.s
 #: The merged log of a split shop: each store's rows in its own order, the stores interleaved by
 #: ``merge_key`` (the latest ``recorded_at`` of the store up to that row), then store name, then position.
 _MERGE_ORDER = "merge_key, store, store_position"
+_MERGE_KEY = "max(CAST(recorded_at AS TIMESTAMP)) OVER (PARTITION BY store ORDER BY position ROWS UNBOUNDED PRECEDING)"
 _SPLIT_RAW_EVENTS = """
 SELECT l.position, l.store, l.store_position, u.event_id, u.aggregate_type, u.aggregate_id, u.version, u.event_type,
        u.schema_version, u.data, u.metadata, CAST(u.recorded_at AS TIMESTAMP) AS recorded_at
@@ -472,14 +473,25 @@ class Projections(SchemaRelations):
 
     def _rebuild(self) -> int:
         head, head_id, _ = self._log.head(0)
-        tables = ["events", *(r.name for r in RELATIONS.values() if r.key)]
+        self._build_and_swap(
+            ["events"], [f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"]
+        )
+        self.checkpoint, self._checkpoint_event_id = head, head_id
+        self._generation += 1
+        log.info("rebuilt projections of %s: %d events", self.source, head)
+        return head
+
+    def _build_and_swap(self, copied: Sequence[str], statements: Sequence[str]) -> None:
+        """Run ``statements`` (each creating ``main.<name>_next`` for a name of ``copied``, ``events``
+        among them), build every keyed table from ``main.events_next``, then swap them all in at once
+        and recreate the views over them."""
+        tables = [*copied, *(r.name for r in RELATIONS.values() if r.key)]
         # The new tables are built outside a transaction (DuckDB scans committed tables on every
         # core, tables written in the same transaction ~1.6x slower), then swapped in at once.
         try:
             with self._reading_store():
-                self._con.execute(
-                    f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"
-                )
+                for statement in statements:
+                    self._con.execute(statement)
                 for r in RELATIONS.values():
                     if r.key:  # keyed relations read nothing but events
                         built = r.render({"events": "main.events_next"})
@@ -495,10 +507,6 @@ class Projections(SchemaRelations):
         finally:
             for name in tables:
                 self._con.execute(f"DROP TABLE IF EXISTS main.{name}_next")
-        self.checkpoint, self._checkpoint_event_id = head, head_id
-        self._generation += 1
-        log.info("rebuilt projections of %s: %d events", self.source, head)
-        return head
 
     def _refresh(self) -> int:
         head, head_id, checkpoint_id = self._log.head(self.checkpoint)
@@ -559,33 +567,14 @@ class Projections(SchemaRelations):
     def _rebuild_split(self) -> int:
         heads = {name: log.head(0) for name, _, log in self._parts}
         union = self._union({name: (0, head) for name, (head, _, _) in heads.items()})
-        tables = ["log", "events", *(r.name for r in RELATIONS.values() if r.key)]
-        try:
-            with self._reading_store():
-                self._con.execute(
-                    "CREATE OR REPLACE TABLE main.log_next AS"
-                    f" SELECT row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position, merge_key"
-                    " FROM (SELECT store, CAST(position AS BIGINT) AS store_position,"
-                    " max(CAST(recorded_at AS TIMESTAMP)) OVER (PARTITION BY store ORDER BY position"
-                    f" ROWS UNBOUNDED PRECEDING) AS merge_key FROM ({union}))"
-                )
-                placed = self._placed(union, "main.log_next")
-                self._con.execute(f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(placed, split=True)}")
-                for r in RELATIONS.values():
-                    if r.key:
-                        built = r.render({"events": "main.events_next"})
-                        self._con.execute(f"CREATE OR REPLACE TABLE main.{r.name}_next AS {built}")
-            with self._transaction():
-                for name in tables:
-                    self._con.execute(f"DROP TABLE IF EXISTS main.{name}")
-                    self._con.execute(f"ALTER TABLE main.{name}_next RENAME TO {name}")
-                inputs = {name: f"main.{name}" for name in self.names}
-                for r in RELATIONS.values():
-                    if not r.key:
-                        self._con.execute(f"CREATE OR REPLACE VIEW main.{r.name} AS {r.render(inputs)}")
-        finally:
-            for name in tables:
-                self._con.execute(f"DROP TABLE IF EXISTS main.{name}_next")
+        placed = self._placed(union, "main.log_next")
+        merged = (
+            "CREATE OR REPLACE TABLE main.log_next AS"
+            f" SELECT row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position, merge_key"
+            f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key FROM ({union}))"
+        )
+        typed = f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(placed, split=True)}"
+        self._build_and_swap(["log", "events"], [merged, typed])
         self.checkpoint = self._count()
         self._heads = {name: (head, head_id) for name, (head, head_id, _) in heads.items()}
         self._generation += 1
@@ -619,9 +608,8 @@ class Projections(SchemaRelations):
             self._con.execute(
                 "CREATE OR REPLACE TEMP TABLE fresh AS"
                 " SELECT u.store, u.store_position, greatest(u.merge_key, c.carry) AS merge_key"
-                " FROM (SELECT store, CAST(position AS BIGINT) AS store_position,"
-                " max(CAST(recorded_at AS TIMESTAMP)) OVER (PARTITION BY store ORDER BY position"
-                f" ROWS UNBOUNDED PRECEDING) AS merge_key FROM ({union})) AS u"
+                f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key"
+                f" FROM ({union})) AS u"
                 " LEFT JOIN (SELECT store, max(merge_key) AS carry FROM main.log GROUP BY store) AS c USING (store)"
             )
             [(start, added)] = self._con.execute(
