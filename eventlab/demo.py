@@ -44,6 +44,7 @@ from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout, StoreError
 from eventlab.events import OrderCancelled, OrderCompleted, OrderCreated
 from eventlab.projections.audit import audit
+from eventlab.projections.sandbox import ProjectionError
 from eventlab.projections.sources import PostgresUrl, describe, store_locations
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
@@ -324,11 +325,11 @@ def run_demo(
 
 def store_name(settings: Settings) -> str:
     """The stores ``settings`` name, for the report: each SQLite file, or PostgreSQL URL without its
-    password (``EVENTLAB_STORE_URL``'s first, then the services' own)."""
-    urls = (settings.store_url, *settings.service_store_urls.values())
-    if any(settings.with_store(url).store_backend == "memory" for url in urls):
+    password (see :func:`~eventlab.projections.sources.store_locations`), or ``memory://``."""
+    try:
+        return ", ".join(describe(location) for location in store_locations(settings))
+    except ProjectionError:  # a store in this process's memory: nothing else can read it
         return "memory://"
-    return ", ".join(describe(location) for location in store_locations(settings))
 
 
 def invariants(

@@ -310,6 +310,7 @@ def test_the_commands_read_the_store_that_store_or_eventlab_store_url_names(stor
         (["--store", "mysql://db/shop"], {}, "argument --store: 'mysql://db/shop' is not a store eventlab knows"),
         (["--store", "memory://"], {}, "argument --store: memory:// is a store in one process's memory"),
         ([], {"EVENTLAB_STORE_URL": "memory://"}, "EVENTLAB_STORE_URL is memory://"),
+        ([], {"EVENTLAB_PAYMENT_STORE_URL": "memory://"}, "EVENTLAB_PAYMENT_STORE_URL is memory://"),
         ([], {"EVENTLAB_STORE_URL": "redis://x"}, "EVENTLAB_STORE_URL: 'redis://x' is not a store"),
     ],
 )

@@ -32,7 +32,8 @@ from projection_story import (
 
 from eventlab.events import StockReserved
 from eventlab.projections import ProjectionError, Projections, QueryRefused, audit, export_parquet, query
-from eventlab.settings import Settings
+from eventlab.projections.sources import store_locations
+from eventlab.settings import SERVICE_PORTS, Settings
 from eventlab.store import open_stores
 
 LATER = START + timedelta(days=3)
@@ -58,6 +59,16 @@ def split_env(directory: Path) -> dict[str, str]:
     env = {"EVENTLAB_DATA_DIR": str(directory)}
     env |= {f"EVENTLAB_{service.upper()}_STORE_URL": str(directory / name) for service, name in SPLIT.items()}
     return env
+
+
+def test_the_settings_name_each_store_a_service_writes_to_once(tmp_path):
+    # given: every service with a store of its own, two of them sharing one
+    own = {service: tmp_path / f"{service}.db" for service in SERVICE_PORTS} | {"product": tmp_path / "user.db"}
+    settings = Settings(data_dir=tmp_path, service_store_urls={s: str(path) for s, path in own.items()})
+    # then: the default store, which no service writes to, is not read; the shared one is read once
+    assert store_locations(settings) == [own[s] for s in SERVICE_PORTS if s != "product"]
+    with pytest.raises(ProjectionError, match="EVENTLAB_ORDER_STORE_URL is memory://"):
+        store_locations(Settings(data_dir=tmp_path, service_store_urls={"order": "memory://"}))
 
 
 def without_store_columns(frame: pl.DataFrame) -> pl.DataFrame:

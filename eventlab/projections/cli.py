@@ -87,7 +87,8 @@ def add_commands(
         _query,
         "run a read-only SQL query over the projections",
         "Run one SELECT over the projections (see 'eventlab projections') and the raw store "
-        "tables (store.events, store.checkpoints, …). Anything but a read is refused.",
+        "tables (store.events, store.checkpoints, …; over several stores, every store's rows with a "
+        "store column). Anything but a read is refused.",
     )
     ask.add_argument("sql", help='e.g. "SELECT status, count(*) FROM orders GROUP BY status"')
     _output_options(ask)

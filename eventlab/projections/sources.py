@@ -94,28 +94,24 @@ def store_location(store: str | Path) -> Path | PostgresUrl:
 
 
 def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
-    """Every distinct store a shop run with ``settings`` writes to, for the read side: the one
-    ``EVENTLAB_STORE_URL`` names (the services' default), then each ``EVENTLAB_<SERVICE>_STORE_URL``
-    in service order, each once. Raises :class:`ProjectionError` naming the variable for
-    ``memory://`` (a store in another process's memory cannot be read from here).
+    """Every distinct store a shop run with ``settings`` writes to, for the read side: each service's
+    (``EVENTLAB_<SERVICE>_STORE_URL``, else ``EVENTLAB_STORE_URL``), in service order, each store
+    once; a default store no service writes to is left out. Raises :class:`ProjectionError` naming
+    the variable for ``memory://`` (a store in another process's memory cannot be read from here).
 
     Example:
         >>> split = Settings(data_dir=Path("/srv/shop"), service_store_urls={"order": "/srv/order.db"})
         >>> [str(location) for location in store_locations(split)]
         ['/srv/shop/events.db', '/srv/order.db']
     """
-    variables = {"EVENTLAB_STORE_URL": settings.store_url}
-    variables |= {
-        service_store_variable(s): settings.service_store_urls[s]
-        for s in SERVICE_PORTS
-        if s in settings.service_store_urls
-    }
     found: dict[str, Path | PostgresUrl] = {}
-    for name, url in variables.items():
+    for service in SERVICE_PORTS:
+        url = settings.store_url_of(service)
         own = settings.with_store(url)
         if own.store_backend == "memory":
+            named = service_store_variable(service) if service in settings.service_store_urls else "EVENTLAB_STORE_URL"
             raise ProjectionError(
-                f"{name} is memory://, a store in one process's memory: give --store with a SQLite file "
+                f"{named} is memory://, a store in one process's memory: give --store with a SQLite file "
                 "or a postgresql:// URL"
             )
         location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
