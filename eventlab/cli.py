@@ -317,7 +317,8 @@ def _up(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from eventlab.adapters.mailer import MAILBOX
-    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, read_location, run_demo
+    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, run_demo
+    from eventlab.projections.sources import store_locations
     from eventlab.shop import Shop
 
     settings = Settings.from_env(data_dir=args.data_dir)  # every variable checked before anything is removed
@@ -337,7 +338,7 @@ def _demo(args: argparse.Namespace) -> int:
         if settings.store_backend == "memory":  # gone once the shop stops
             report.invariants = invariants(shop.store, mailbox)
     if settings.store_backend != "memory":
-        report.invariants = invariants(read_location(settings), mailbox)
+        report.invariants = invariants(store_locations(settings), mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
 

@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,11 +44,13 @@ from eventlab.catalogue import load_products, load_users
 from eventlab.errors import SagaTimeout, StoreError
 from eventlab.events import OrderCancelled, OrderCompleted, OrderCreated
 from eventlab.projections.audit import audit
-from eventlab.projections.sources import PostgresUrl, describe
+from eventlab.projections.sandbox import ProjectionError
+from eventlab.projections.sources import PostgresUrl, describe, store_locations
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
 from eventlab.settings import Settings, default_data_dir
 from eventlab.shop import Shop
+from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.tables import text_rows
 
@@ -60,7 +62,6 @@ __all__ = [
     "invariants",
     "order_ids",
     "percentile",
-    "read_location",
     "recorded_seconds",
     "run_demo",
     "store_name",
@@ -323,24 +324,23 @@ def run_demo(
 
 
 def store_name(settings: Settings) -> str:
-    """The store ``settings`` name, for the report: the SQLite file, or the PostgreSQL URL without its password."""
-    if settings.store_backend == "memory":
+    """The stores ``settings`` name, for the report: each SQLite file, or PostgreSQL URL without its
+    password (see :func:`~eventlab.projections.sources.store_locations`), or ``memory://``."""
+    try:
+        return ", ".join(describe(location) for location in store_locations(settings))
+    except ProjectionError:  # a store in this process's memory: nothing else can read it
         return "memory://"
-    return describe(read_location(settings))
 
 
-def read_location(settings: Settings) -> Path | PostgresUrl:
-    """Where the read side finds the store ``settings`` name (not ``memory://``: read that store itself)."""
-    if settings.store_backend == "postgresql":
-        return PostgresUrl(settings.store_url)
-    return settings.store_path
-
-
-def invariants(store: Path | PostgresUrl | EventStore, mailbox: Path | None = None) -> dict[str, bool]:
+def invariants(
+    store: Path | PostgresUrl | EventStore | ShopStores | Sequence[Path | PostgresUrl], mailbox: Path | None = None
+) -> dict[str, bool]:
     """Every check of :func:`eventlab.projections.audit.audit`, by the audit's names: holds or not.
 
-    ``store``: a SQLite file, a PostgreSQL URL, or an open store; ``mailbox``: the mailer's file (by
-    default the one beside a SQLite file). Run it once the shop has stopped (a ``memory://`` store
+    ``store``: a SQLite file, a PostgreSQL URL, or an open store; or the shop's several stores
+    (:func:`~eventlab.projections.sources.store_locations` of its settings, or its open
+    :class:`~eventlab.store.ShopStores`), audited as one log; ``mailbox``: the mailer's file (by
+    default the one beside the (first) SQLite file). Run it once the shop has stopped (a ``memory://`` store
     before it is closed): the audit then sees the final log. Nothing is in flight any more, so
     there is no grace period: a step that has not happened by now is missing.
     """

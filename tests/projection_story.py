@@ -78,10 +78,14 @@ class ShopStory:
             self.versions[key] += 1
             metadata = {"source": _SOURCE[event.aggregate_type], "correlation_id": event.aggregate_id}
             batch.append(NewEvent(event, self.versions[key], metadata))
-        stored = self.store.append(batch)
+        stored = self._append(_SOURCE[events[0].aggregate_type], batch)
         if label:
             self.positions[label] = stored[-1].position
         return stored
+
+    def _append(self, service: str, batch: list[NewEvent]) -> list[StoredEvent]:
+        """Store the batch ``service`` wrote."""
+        return self.store.append(batch)
 
     def user(self, user_id: str) -> None:
         self.write(UserCreated(user_id=user_id, name=user_id.title(), email=f"{user_id.lower()}@example.com"))
@@ -206,6 +210,54 @@ class ShopStory:
         self.store.set_checkpoint("relay", self.store.head())
 
 
+#: A split shop: user and product events in one store, order events in another, payment, inventory
+#: and notification events in a third (file names in a data directory).
+SPLIT = {"user": "catalogue.db", "product": "catalogue.db", "order": "order.db"}
+SPLIT_REST = "events.db"
+
+
+class SplitShopStory(ShopStory):
+    """The same story, each service's events in its own store (:data:`SPLIT`, the rest in
+    :data:`SPLIT_REST`), as a shop with ``EVENTLAB_<SERVICE>_STORE_URL`` writes it: each step marks
+    the previous step's last event processed by the writing service, in the writer's store (so the
+    markers of a consumer sit in its store while the events it handled are in another).
+
+    ``store`` is the default store (``events.db``, or the ``postgresql://`` URL ``rest``); ``stores``
+    every store by file name.
+    """
+
+    def __init__(self, directory: Path, start: datetime = START, rest: str | None = None) -> None:
+        super().__init__(rest or directory / SPLIT_REST, start)
+        self.directory = directory
+        self.rest = rest
+        self.stores: dict[str, EventStore] = {SPLIT_REST: self.store}
+        for name in sorted(set(SPLIT.values())):
+            self.stores[name] = SqliteEventStore(directory / name, clock=lambda: self.now)
+        self._previous: StoredEvent | None = None
+
+    def store_of(self, service: str) -> EventStore:
+        return self.stores[SPLIT.get(service, SPLIT_REST)]
+
+    def _append(self, service: str, batch: list[NewEvent]) -> list[StoredEvent]:
+        handled = None if self._previous is None else (service, self._previous.event_id)
+        stored = self.store_of(service).append(batch, processed=handled)
+        self._previous = stored[-1]
+        return stored
+
+    def publish(self) -> None:
+        for store in self.stores.values():
+            store.set_checkpoint("relay", store.head())
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+    @property
+    def paths(self) -> list[Path | str]:
+        """Where each store is: its SQLite file, or the ``rest`` URL."""
+        return [self.rest if self.rest and name == SPLIT_REST else self.directory / name for name in self.stores]
+
+
 def standard_story(path: Path | str) -> ShopStory:
     """Two customers, two products and five orders covering every saga outcome.
 
@@ -215,7 +267,23 @@ def standard_story(path: Path | str) -> ShopStory:
     - ``O4`` (U1): P1 x1 = 1000 cents, completed on day 2;
     - ``O5`` (U1): P2 x1 = 250 cents, confirmed, waiting for payment (its email not sent yet).
     """
-    story = ShopStory(path)
+    return tell_standard_story(ShopStory(path))
+
+
+def tell_healthy_story(story: ShopStory) -> ShopStory:
+    """Every saga outcome, every saga finished, every email sent, everything published."""
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    story.product("P2", price_cents=250, stock=5)
+    story.completed_order("O1", "U1", {"P1": 2, "P2": 1})
+    story.out_of_stock_order("O2", "U1", {"P2": 10}, available=4)
+    story.declined_order("O3", "U1", {"P1": 3})
+    story.publish()
+    return story
+
+
+def tell_standard_story(story: ShopStory) -> ShopStory:
+    """:func:`standard_story` told to ``story`` (one store, or a :class:`SplitShopStory`)."""
     story.user("U1")
     story.user("U2")
     story.product("P1", price_cents=1000, stock=10)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from projection_story import START, ShopStory, standard_story
+from projection_story import START, ShopStory, standard_story, tell_healthy_story
 
 from eventlab.cli import main
 from eventlab.events import OrderCancelled, OrderCompleted, PaymentCompleted, StockReleased, StockReserved
@@ -29,15 +29,7 @@ LATER = START + timedelta(days=3)
 
 def healthy_story(path: Path) -> ShopStory:
     """Every saga outcome, every saga finished, every email sent, everything published."""
-    story = ShopStory(path)
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    story.product("P2", price_cents=250, stock=5)
-    story.completed_order("O1", "U1", {"P1": 2, "P2": 1})
-    story.out_of_stock_order("O2", "U1", {"P2": 10}, available=4)
-    story.declined_order("O3", "U1", {"P1": 3})
-    story.publish()
-    return story
+    return tell_healthy_story(ShopStory(path))
 
 
 def violated(report) -> set[str]:

@@ -21,7 +21,7 @@ import duckdb
 import polars as pl
 import psycopg
 import pytest
-from projection_story import standard_story
+from projection_story import SplitShopStory, standard_story, tell_standard_story
 from psycopg.conninfo import conninfo_to_dict
 
 from eventlab.errors import StoreError
@@ -245,6 +245,37 @@ def test_audit_and_query_take_a_postgresql_url(stores):
     assert dict(by_status.iter_rows()) == {"cancelled": 2, "completed": 2, "confirmed": 1}
 
 
+def test_a_shop_split_over_sqlite_files_and_a_postgresql_schema_is_read_as_one_log(stores, postgres_url, tmp_path):
+    # given: the story with the catalogue and the orders in SQLite files, the rest in a PostgreSQL schema
+    schema = f"split_{os.getpid()}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+    owner = conninfo_to_dict(postgres_url).get("user", "postgres")
+    rest = url_as(postgres_url, owner, "", schema).replace(":@", "@")
+    story = SplitShopStory(tmp_path, rest=rest)
+    try:
+        tell_standard_story(story)
+        # when: projected, queried and audited as one shop
+        with Projections(story.paths) as merged, Projections(stores["sqlite"]) as whole:
+            # then: the relations of the one-store story, and the sandbox still holds
+            for name in whole.names:
+                assert (
+                    merged.pl(name)
+                    .drop([c for c in ("store", "store_position") if c in merged.pl(name).columns])
+                    .equals(whole.pl(name))
+                ), name
+            assert merged.sql("SELECT count(DISTINCT store) FROM store.events").fetchone() == (3,)
+            for sql in REACHING_OUT:
+                with pytest.raises(ProjectionError):
+                    merged.sql(sql.format(url=rest, path=stores["sqlite"])).fetchall()
+        report = audit(story.paths, now=story.now + timedelta(seconds=1))
+        assert report.ok, report.table()
+    finally:
+        story.close()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
 def test_a_schema_that_is_not_an_event_store_is_refused_by_name(postgres_url):
     empty = url_as(postgres_url, conninfo_to_dict(postgres_url).get("user", "postgres"), "", "public")
     with pytest.raises(StoreError, match="schema public is not an eventlab event store"):
@@ -279,6 +310,7 @@ def test_the_commands_read_the_store_that_store_or_eventlab_store_url_names(stor
         (["--store", "mysql://db/shop"], {}, "argument --store: 'mysql://db/shop' is not a store eventlab knows"),
         (["--store", "memory://"], {}, "argument --store: memory:// is a store in one process's memory"),
         ([], {"EVENTLAB_STORE_URL": "memory://"}, "EVENTLAB_STORE_URL is memory://"),
+        ([], {"EVENTLAB_PAYMENT_STORE_URL": "memory://"}, "EVENTLAB_PAYMENT_STORE_URL is memory://"),
         ([], {"EVENTLAB_STORE_URL": "redis://x"}, "EVENTLAB_STORE_URL: 'redis://x' is not a store"),
     ],
 )

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
 
-from eventlab.projections.engine import Projections
+from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError
-from eventlab.store.base import EventStore
+from eventlab.store import ShopStores
 
 __all__ = ["query"]
 
 
 def query(
-    store_path: str | Path | EventStore,
+    store_path: Source | ShopStores | Sequence[Source],
     sql: str,
     params: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
@@ -25,7 +24,7 @@ def query(
     attach: bool = False,
 ) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path`` (a SQLite file, a
-    ``postgresql://`` URL, or an open store); return its rows.
+    ``postgresql://`` URL, or an open store; or a shop's several stores, seen as one log); return its rows.
 
     The query sees every relation of :attr:`Projections.names` and the store's own tables as
     ``store.events``, ``store.checkpoints``, … It runs in a sandbox that holds those and can open

@@ -5,6 +5,12 @@ class (pydantic), reading the raw rows in batches; the others are SQL. Before an
 store's schema is checked as opening a store checks it, so a broken or newer store is refused
 with the same :class:`~eventlab.errors.StoreError` instead of passing an audit of what is left.
 
+Over several stores (a service with a store of its own) the checks read the merged log (see
+:class:`~eventlab.projections.Projections`): the saga's facts span stores, so most checks run
+unchanged over it. The checks about stores themselves run per store, naming it (each store has
+its own relay and its own positions): ``all_events_published``, ``relay_checkpoint_within_log``,
+``known_event_types``, ``known_schema_versions`` and ``event_data_valid`` (their ``split_sql``).
+
 Cross-service facts take a moment to become true (Inventory releases stock a few milliseconds
 after Order cancels), so checks about what *should follow* only look at what is older than a
 grace period; anything younger is in flight. Checks about what must *never* happen (negative
@@ -33,7 +39,9 @@ from pydantic import ValidationError
 from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, readable_versions
-from eventlab.projections.engine import Projections
+from eventlab.projections.engine import Projections, Source
+from eventlab.projections.sources import store_location
+from eventlab.store import ShopStores, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import check_schema, verify_event_store
 from eventlab.tables import Html, html_table
@@ -64,6 +72,11 @@ class Check:
     A check that SQL cannot express gives ``find`` instead: a function of the projections and
     those values returning the violations.
 
+    ``split_sql``, when given, replaces ``sql`` over several stores, where ``$stores``, ``$heads``,
+    ``$relays`` and ``$relays_before`` list each store's name, last audited position and relay
+    checkpoints (in the same order), ``events`` has ``store`` and ``store_position``, and the raw
+    ``store.*`` tables a ``store`` column.
+
     Example:
         >>> CHECKS[0].name
         'orders_terminal'
@@ -73,25 +86,41 @@ class Check:
     description: str
     sql: str = ""
     find: Callable[[Projections, Mapping[str, Any]], list[dict[str, Any]]] | None = None
+    split_sql: str = ""
 
 
 #: The first positions listed in a violation that concerns many events.
 _POSITIONS_SHOWN = 20
 #: Rows validated per batch by :func:`_invalid_event_data`.
 _BATCH = 10_000
+#: Each store with its last audited position (``head``) and relay checkpoints, over several stores.
+_STORES = (
+    "(SELECT unnest($stores) AS store, unnest($heads) AS head, unnest($relays) AS relay,"
+    " unnest($relays_before) AS relay_before)"
+)
+#: A raw row of a split shop's ``store.*`` table that was audited (its store's head bounds it).
+_AUDITED = "position <= $heads[list_position($stores, store)]"
 
 
 def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every event of a known type and schema version whose data its class rejects, or whose row names
     another stream than its data: one pass over the raw rows in batches, each validated by pydantic."""
-    relation = source.sql(
-        "SELECT position, event_type, aggregate_type, aggregate_id, data FROM store.events"
-        " WHERE position <= $head AND list_contains($known_events, event_type || ':' || schema_version)",
-        {"head": values["head"], "known_events": values["known_events"]},
-    )
+    known = "list_contains($known_events, event_type || ':' || schema_version)"
+    if source.split:  # each store's rows, named by store and position there
+        relation = source.sql(
+            f"SELECT store, position, event_type, aggregate_type, aggregate_id, data FROM store.events"
+            f" WHERE {_AUDITED} AND {known}",
+            {name: values[name] for name in ("stores", "heads", "known_events")},
+        )
+    else:
+        relation = source.sql(
+            "SELECT NULL AS store, position, event_type, aggregate_type, aggregate_id, data FROM store.events"
+            f" WHERE position <= $head AND {known}",
+            {"head": values["head"], "known_events": values["known_events"]},
+        )
     violations = []
     while batch := relation.fetchmany(_BATCH):
-        for position, event_type, aggregate_type, aggregate_id, data in batch:
+        for store, position, event_type, aggregate_type, aggregate_id, data in batch:
             cls = EVENT_TYPES[event_type]
             try:
                 event = cls.model_validate_json(data)
@@ -106,8 +135,9 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
                     f"stored in stream {aggregate_type}:{aggregate_id} but its data belongs to "
                     f"{event.aggregate_type}:{event.aggregate_id}"
                 )
-            violations.append({"position": position, "event_type": event_type, "problem": problem})
-    return sorted(violations, key=lambda v: v["position"])
+            where = {"position": position} if store is None else {"store": store, "position": position}
+            violations.append({**where, "event_type": event_type, "problem": problem})
+    return sorted(violations, key=lambda v: (v.get("store", ""), v["position"]))
 
 
 CHECKS: tuple[Check, ...] = (
@@ -244,6 +274,18 @@ CHECKS: tuple[Check, ...] = (
         WHERE position > $relay AND recorded_at <= $cutoff
         HAVING count(*) > 0
         """,
+        split_sql=f"""
+        SELECT s.store,
+               s.relay AS relay_checkpoint,
+               max(e.store_position) AS last_position,
+               count(*) AS unpublished,
+               min(e.store_position) AS first_unpublished,
+               min(e.recorded_at) AS first_unpublished_at
+        FROM events AS e JOIN {_STORES} AS s USING (store)
+        WHERE e.store_position > s.relay AND e.recorded_at <= $cutoff
+        GROUP BY s.store, s.relay
+        ORDER BY s.store
+        """,
     ),
     Check(
         "one_terminal_event_per_order",
@@ -269,6 +311,12 @@ CHECKS: tuple[Check, ...] = (
         SELECT $relay_before AS relay_checkpoint, $head AS last_position
         WHERE $relay_before > $head
         """,
+        split_sql=f"""
+        SELECT store, relay_before AS relay_checkpoint, head AS last_position
+        FROM {_STORES}
+        WHERE relay_before > head
+        ORDER BY store
+        """,
     ),
     Check(
         "known_event_types",
@@ -281,6 +329,16 @@ CHECKS: tuple[Check, ...] = (
         WHERE position <= $head AND NOT list_contains($known_types, event_type)
         GROUP BY event_type
         ORDER BY min(position)
+        """,
+        split_sql=f"""
+        SELECT store,
+               event_type,
+               count(*) AS events,
+               list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM store.events
+        WHERE {_AUDITED} AND NOT list_contains($known_types, event_type)
+        GROUP BY store, event_type
+        ORDER BY store, min(position)
         """,
     ),
     Check(
@@ -298,6 +356,20 @@ CHECKS: tuple[Check, ...] = (
           AND NOT list_contains($known_events, event_type || ':' || schema_version)
         GROUP BY event_type, schema_version
         ORDER BY min(position)
+        """,
+        split_sql=f"""
+        SELECT store,
+               event_type,
+               schema_version,
+               $known_versions[list_position($known_types, event_type)] AS declared_version,
+               count(*) AS events,
+               list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM store.events
+        WHERE {_AUDITED}
+          AND list_contains($known_types, event_type)
+          AND NOT list_contains($known_events, event_type || ':' || schema_version)
+        GROUP BY store, event_type, schema_version
+        ORDER BY store, min(position)
         """,
     ),
     Check(
@@ -531,7 +603,7 @@ def _code(text: str) -> Html:
 
 
 def audit(
-    source: Projections | EventStore | str | Path,
+    source: Projections | Source | ShopStores | Sequence[Source],
     *,
     grace: timedelta = timedelta(seconds=30),
     now: datetime | None = None,
@@ -539,19 +611,23 @@ def audit(
     mailbox: str | Path | None = None,
 ) -> AuditReport:
     """Run every check of :data:`CHECKS` on an event store (a SQLite path, a ``postgresql://`` URL or
-    any open store) or on open projections (refreshed first), then every check of
-    :data:`MAILBOX_CHECKS` on the mailbox.
+    any open store), on a shop's several stores (a :class:`~eventlab.store.ShopStores` or a list of
+    those) or on open projections (refreshed first), then every check of :data:`MAILBOX_CHECKS` on
+    the mailbox.
 
     ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
     check (``count`` has them all); ``mailbox``: the mailer's file (default: ``mailbox.jsonl``
-    beside a SQLite store, in the data directory; none for another store unless given).
+    beside the SQLite store, in the data directory — over several stores, beside the first SQLite
+    store given; none for another store unless given).
     """
     if not isinstance(source, Projections):
+        if mailbox is None:
+            mailbox = _mailbox_beside(source)
         with Projections(source) as projections:  # a SQLite file through sqlite3: both check the schema
             return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
-    relay_before = _relay_checkpoint(source)
+    relays_before = _relay_checkpoints(source)
     # Read the mailbox before the log: every email in it was requested by an event stored by now.
     if mailbox is None and source.store_path is not None:
         mailbox = source.store_path.parent / MAILBOX
@@ -561,12 +637,17 @@ def audit(
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:
         now = now.astimezone(UTC).replace(tzinfo=None)
+    relays, heads = _relay_checkpoints(source), source.store_heads
     values = {
         "now": now,
         "cutoff": now - grace,
-        "relay": _relay_checkpoint(source),
-        "relay_before": relay_before,
+        "relay": relays.get(source.source, 0),
+        "relay_before": relays_before.get(source.source, 0),
         "head": source.checkpoint,
+        "stores": list(source.stores),
+        "heads": [heads[name] for name in source.stores],
+        "relays": [relays.get(name, 0) for name in source.stores],
+        "relays_before": [relays_before.get(name, 0) for name in source.stores],
         "known_types": list(EVENT_TYPES),
         "known_versions": [cls.schema_version for cls in EVENT_TYPES.values()],
         "known_events": [f"{name}:{v}" for name, cls in EVENT_TYPES.items() for v in readable_versions(cls)],
@@ -577,8 +658,9 @@ def audit(
             found = check.find(source, values)
             violations, count = tuple(found[:limit]), len(found)
         else:
-            params = {name: values[name] for name in set(_PARAMETER.findall(check.sql))}
-            relation = source.sql(check.sql, params or None)
+            sql = check.split_sql if source.split and check.split_sql else check.sql
+            params = {name: values[name] for name in set(_PARAMETER.findall(sql))}
+            relation = source.sql(sql, params or None)
             rows = relation.fetchall()
             columns = relation.columns
             violations = tuple(dict(zip(columns, row, strict=True)) for row in rows[:limit])
@@ -588,11 +670,31 @@ def audit(
     return AuditReport(results, source.checkpoint, now, grace)
 
 
-def _relay_checkpoint(source: Projections) -> int:
+def _mailbox_beside(source: Source | ShopStores | Sequence[Source]) -> Path | None:
+    """The mailbox beside the first SQLite store of several (one store: the projections know it)."""
+    if isinstance(source, str | Path | EventStore):
+        return None
+    for one in source:
+        if isinstance(one, SqliteEventStore):
+            return one.path.parent / MAILBOX
+        if isinstance(one, str | Path):
+            location = store_location(one)
+            if isinstance(location, Path):
+                return location.parent / MAILBOX
+    return None
+
+
+def _relay_checkpoints(source: Projections) -> dict[str, int]:
+    """The outbox relay's checkpoint in each store, by store name."""
+    if source.split:
+        rows = source.sql(
+            "SELECT store, position FROM store.checkpoints WHERE name = $relay", {"relay": RELAY_CONSUMER}
+        ).fetchall()
+        return {str(store): int(position) for store, position in rows}
     relay = source.sql(
         "SELECT position FROM store.checkpoints WHERE name = $relay", {"relay": RELAY_CONSUMER}
     ).fetchone()
-    return int(relay[0]) if relay else 0
+    return {source.source: int(relay[0])} if relay else {}
 
 
 def _check_schema(source: Projections) -> None:
@@ -600,15 +702,15 @@ def _check_schema(source: Projections) -> None:
 
     An attached store is inspected through DuckDB's catalogue: opening it with Python's
     ``sqlite3`` next to DuckDB's SQLite in one process could reset its WAL index under DuckDB.
+    Stores read through their port checked their schema when they opened.
     """
-    if source.store_path is None:  # read through its port: the store checked its schema when it opened
-        return
-    if not source.attached:  # mirrored: this process reads the store through sqlite3 anyway
-        verify_event_store(source.store_path)
-        return
-    columns, version = source.attached_schema()
-    if check_schema(source.store_path, columns, version) == 0:
-        raise StoreError(f"{source.store_path} is not an eventlab event store: it has no tables")
+    for name, path in source.store_files.items():
+        if not source.attached:  # mirrored: this process reads the store through sqlite3 anyway
+            verify_event_store(path)
+            continue
+        columns, version = source.attached_schema(name if source.split else None)
+        if check_schema(path, columns, version) == 0:
+            raise StoreError(f"{path} is not an eventlab event store: it has no tables")
 
 
 def _check_mailbox(source: Projections, emails: Sequence[Email] | None, limit: int) -> list[CheckResult]:

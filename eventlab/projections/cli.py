@@ -1,9 +1,12 @@
 """Command-line hooks: ``eventlab audit | query | export | projections | show``.
 
-The main ``eventlab`` parser calls :func:`add_commands`; each command reads one event store and
-never writes to it: ``--store`` (a SQLite file, or ``postgresql://…``) if given, else the store
-``EVENTLAB_STORE_URL`` names, as the shop writing it does (by default ``events.db`` under
-``--data-dir``). Each sets ``args.handler`` to a function returning the exit status.
+The main ``eventlab`` parser calls :func:`add_commands`; each command reads the shop's event
+stores and never writes to them: every ``--store`` given (a SQLite file, or ``postgresql://…``;
+the option may be repeated), else the stores the settings name, as the shop writing them does:
+``EVENTLAB_STORE_URL`` (by default ``events.db`` under ``--data-dir``) and every
+``EVENTLAB_<SERVICE>_STORE_URL``, each distinct store once. Several stores are read as one log
+(see :class:`~eventlab.projections.Projections`). Each sets ``args.handler`` to a function
+returning the exit status.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from eventlab.projections.engine import Projections
 from eventlab.projections.export import export_parquet
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, QueryTimeout
 from eventlab.projections.snapshot import Snapshot
-from eventlab.projections.sources import PostgresUrl, store_location
+from eventlab.projections.sources import PostgresUrl, store_location, store_locations
 from eventlab.projections.typed import EVENTS_DOC
 from eventlab.settings import Settings, SettingsError
 
@@ -53,10 +56,12 @@ def add_commands(
             parser.add_argument(
                 "--store",
                 type=_store_location,
+                action="append",
                 metavar="URL",
-                help="the event store to read: a SQLite file (a path or sqlite:///abs/path) or "
-                "postgresql://user:password@host:5432/dbname (default: EVENTLAB_STORE_URL, else "
-                "events.db in --data-dir)",
+                help="an event store to read: a SQLite file (a path or sqlite:///abs/path) or "
+                "postgresql://user:password@host:5432/dbname; repeat it for a shop split over several "
+                "stores, read as one log (default: EVENTLAB_STORE_URL, else events.db in --data-dir, "
+                "and every EVENTLAB_<SERVICE>_STORE_URL)",
             )
         return parser
 
@@ -82,7 +87,8 @@ def add_commands(
         _query,
         "run a read-only SQL query over the projections",
         "Run one SELECT over the projections (see 'eventlab projections') and the raw store "
-        "tables (store.events, store.checkpoints, …). Anything but a read is refused.",
+        "tables (store.events, store.checkpoints, …; over several stores, every store's rows with a "
+        "store column). Anything but a read is refused.",
     )
     ask.add_argument("sql", help='e.g. "SELECT status, count(*) FROM orders GROUP BY status"')
     _output_options(ask)
@@ -177,18 +183,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(data_dir=getattr(args, "data_dir", None))
 
 
-def _store_path(args: argparse.Namespace) -> Path | PostgresUrl:
-    """The store to read: ``--store``, else what ``EVENTLAB_STORE_URL`` names (as the shop writing it)."""
-    if args.store is not None:
-        location: Path | PostgresUrl = args.store
-        return location
-    settings = _settings(args)
-    if settings.store_backend == "memory":
-        raise ProjectionError(
-            "EVENTLAB_STORE_URL is memory://, a store in one process's memory: give --store with a SQLite file "
-            "or a postgresql:// URL"
-        )
-    return PostgresUrl(settings.store_url) if settings.store_backend == "postgresql" else settings.store_path
+def _store_locations(args: argparse.Namespace) -> list[Path | PostgresUrl]:
+    """The stores to read: each ``--store``, else every store the settings name (as the shop writing them)."""
+    if args.store:
+        locations: list[Path | PostgresUrl] = args.store
+        return locations
+    return store_locations(_settings(args))
 
 
 def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
@@ -257,16 +257,16 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    store = _store_path(args)
-    # the mailer writes into the data directory; a SQLite store's audit looks beside the file
-    mailbox = _settings(args).data_dir / MAILBOX if isinstance(store, PostgresUrl) else None
-    report = audit(store, grace=timedelta(seconds=args.grace), mailbox=mailbox)
+    stores = _store_locations(args)
+    # the mailer writes into the data directory; a SQLite store's audit looks beside the (first) file
+    mailbox = _settings(args).data_dir / MAILBOX if isinstance(stores[0], PostgresUrl) else None
+    report = audit(stores, grace=timedelta(seconds=args.grace), mailbox=mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
 
 
 def _query(args: argparse.Namespace) -> int:
-    return _bounded_command(args, lambda: query(_store_path(args), args.sql, timeout=args.timeout or None))
+    return _bounded_command(args, lambda: query(_store_locations(args), args.sql, timeout=args.timeout or None))
 
 
 def _bounded_command(args: argparse.Namespace, fetch: Callable[[], pl.DataFrame]) -> int:
@@ -285,7 +285,7 @@ def _bounded_command(args: argparse.Namespace, fetch: Callable[[], pl.DataFrame]
 
 
 def _export(args: argparse.Namespace) -> int:
-    written = export_parquet(_store_path(args), args.directory, args.names or None)
+    written = export_parquet(_store_locations(args), args.directory, args.names or None)
     for name, path in written.items():
         print(f"{name:<20} {path}")
     return 0
@@ -302,7 +302,7 @@ def _projections(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     def fetch() -> pl.DataFrame:
-        with Projections(_store_path(args)) as projections:
+        with Projections(_store_locations(args)) as projections:
             source: Projections | Snapshot = projections
             if args.as_of_position is not None or args.as_of_time is not None:
                 source = projections.as_of(position=args.as_of_position, time=args.as_of_time)

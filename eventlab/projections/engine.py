@@ -27,6 +27,20 @@ process) or DuckDB's ``sqlite`` extension (``attach=True``); a PostgreSQL store 
 attached with DuckDB's ``postgres`` extension and read with ``postgres_query``. Only the sources
 know which database the store is; the projections only ever see the normalised ``events`` relation.
 
+Several stores (a service given a store of its own) are read as one log. Each store's rows keep
+their own order (a stream's versions, a saga's steps as that service wrote them); the stores are
+interleaved by ``merge_key`` — the latest ``recorded_at`` of that store up to the row, so each
+store's sequence is already sorted by it — then by store name, then by position in the store: a
+deterministic merge that never reorders a store, and that puts an effect after its cause across
+stores as long as their writers share a clock (an event a service wrote after reading another
+service's event is recorded after it). ``position`` is the place in that merged log (1, 2, …),
+``store`` and ``store_position`` say where the row is stored; with one store nothing changes:
+``position`` is the store's own and ``events`` has no store columns (the default stays as fast).
+A refresh reads each store after its own last position; a row that sorts before rows already
+projected (a commit that arrived late) moves those up one place each, and the keys of every moved
+or new row are recomputed, so a refresh still equals a rebuild. ``main.log`` keeps every row's
+place, the invalid ones (left out of ``events``) included.
+
 User SQL never runs on the building connection (it has the ``sqlite`` extension loaded, whose
 table functions read any file): :meth:`Projections.sql` hands the relations as Arrow to a
 :class:`~eventlab.projections.sandbox.Sandbox` (measured at 200k events: ~0.1-0.17 s once per
@@ -73,14 +87,17 @@ from eventlab.projections.sources import (
     PostgresUrl,
     cancel_reads,
     connect,
+    connect_stores,
     describe,
+    sql_literal,
     store_location,
 )
 from eventlab.projections.typed import typed_events
+from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
 
-__all__ = ["Projections"]
+__all__ = ["Projections", "Source"]
 
 T = TypeVar("T")
 
@@ -96,6 +113,24 @@ class _Default:
 
 
 _DEFAULT = _Default()
+#: One event store the projections can read: a SQLite file, a ``postgresql://`` URL, or an open store.
+Source = str | Path | EventStore
+#: The columns of a raw event row, as every store keeps them.
+_RAW_COLUMNS = (
+    "event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
+)
+_RAW_COLUMNS_OF_U = ", ".join(f"u.{column.strip()}" for column in _RAW_COLUMNS.split(","))
+#: The merged log of a split shop: each store's rows in its own order, the stores interleaved by
+#: ``merge_key`` (the latest ``recorded_at`` of the store up to that row), then store name, then position.
+_MERGE_ORDER = "merge_key, store, store_position"
+_MERGE_KEY = "max(CAST(recorded_at AS TIMESTAMP)) OVER (PARTITION BY store ORDER BY position ROWS UNBOUNDED PRECEDING)"
+_SPLIT_RAW_EVENTS = """
+SELECT l.position, l.store, l.store_position, u.event_id, u.aggregate_type, u.aggregate_id, u.version, u.event_type,
+       u.schema_version, u.data, u.metadata, CAST(u.recorded_at AS TIMESTAMP) AS recorded_at
+FROM ({events}) AS u JOIN main.log AS l ON l.store = u.store AND l.store_position = u.position
+WHERE l.position <= {upto}
+ORDER BY l.position
+"""
 #: The relations that are tables (the rest are views over them), handed to the sandbox as Arrow.
 _TABLES = ("events", *(r.name for r in RELATIONS.values() if r.key))
 _RAW_EVENTS = """
@@ -115,8 +150,60 @@ def _mentions(query: str, name: str) -> bool:
     return re.search(pattern, query, re.IGNORECASE) is not None
 
 
+def _sources(
+    source: Source | ShopStores | Sequence[Source], attach: bool
+) -> list[tuple[str, Path | PostgresUrl | EventStore]]:
+    """Each distinct store ``source`` names, as (name, what to read), sorted by name (the order of the
+    ``store`` column and of the merge); one store keeps what its caller named."""
+    given: list[Source]
+    if isinstance(source, ShopStores):
+        given = list(source)
+    elif isinstance(source, str | Path | EventStore):
+        given = [source]
+    elif isinstance(source, Sequence) and source:
+        given = list(source)
+    else:
+        raise ProjectionError(f"projections read an EventStore, a path or a URL, or several, not {source!r}")
+    found: dict[str, Path | PostgresUrl | EventStore] = {}
+    for one in given:
+        location: Path | PostgresUrl | EventStore
+        if isinstance(one, SqliteEventStore):
+            if attach:
+                raise ProjectionError("a store open in this process is read through sqlite3, never attached")
+            location = one.path
+        elif isinstance(one, EventStore):  # PostgreSQL, memory: read through the port
+            if attach:
+                raise ProjectionError(f"only a store named by a path or URL can be attached, not {one!r}")
+            location = one
+        elif isinstance(one, str | Path):
+            location = store_location(one)
+        else:
+            raise ProjectionError(f"projections read an EventStore, a path or a URL, not {type(one).__name__}")
+        if attach and isinstance(location, Path) and open_in_this_process(location):
+            raise ProjectionError(
+                f"{location} is open in this process: pass the store itself (Projections(shop.store)) "
+                "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
+            )
+        if isinstance(source, ShopStores):
+            name = source.name_of(one)  # type: ignore[arg-type]  # a ShopStores holds EventStores
+        elif isinstance(location, EventStore):
+            name = repr(location)
+        elif isinstance(location, Path):
+            name = str(location.expanduser().resolve()) if len(given) > 1 else describe(location)
+        else:
+            name = describe(location)
+        found.setdefault(name, location)
+    return sorted(found.items()) if len(found) > 1 else list(found.items())
+
+
+def _cancel_all(urls: Sequence[PostgresUrl], session: str) -> None:
+    """Cancel what the connections named ``session`` run on each PostgreSQL server of ``urls``."""
+    for url in urls:
+        cancel_reads(url, session)
+
+
 class Projections(SchemaRelations):
-    """The shop's read models, built in an in-memory DuckDB from one event store.
+    """The shop's read models, built in an in-memory DuckDB from the event store (or the shop's stores).
 
     Opening copies the whole log and builds every projection; :meth:`refresh` then copies only
     the events after the checkpoint and recomputes the orders they touch. :meth:`rebuild`
@@ -136,6 +223,13 @@ class Projections(SchemaRelations):
       URL's ``search_path`` names, read-only; any other open store (PostgreSQL, memory) is read
       through its port.
 
+    A shop whose services have stores of their own (``EVENTLAB_<SERVICE>_STORE_URL``) is projected
+    whole from a :class:`~eventlab.store.ShopStores` or a list of the above (each distinct store
+    once, read as just described): the stores' logs merged into one (see the module docstring),
+    where ``position`` is the place in the merged log and ``events`` also has ``store`` (its name,
+    :attr:`stores`) and ``store_position``; the raw ``store.*`` tables hold every store's rows with a
+    ``store`` column first.
+
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
 
@@ -149,48 +243,14 @@ class Projections(SchemaRelations):
 
     def __init__(
         self,
-        source: str | Path | EventStore,
+        source: Source | ShopStores | Sequence[Source],
         *,
         attach: bool = False,
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
-        if isinstance(source, SqliteEventStore):
-            if attach:
-                raise ProjectionError("a store open in this process is read through sqlite3, never attached")
-            source = source.path
-        elif isinstance(source, EventStore):  # PostgreSQL, memory: read through the port
-            if attach:
-                raise ProjectionError(f"only a store named by a path or URL can be attached, not {source!r}")
-        elif not isinstance(source, str | Path):
-            raise ProjectionError(f"projections read an EventStore, a path or a URL, not {type(source).__name__}")
-        location = source if isinstance(source, EventStore) else store_location(source)
-        #: The SQLite file projected (None: a PostgreSQL URL, or a store read through its port).
-        self.store_path = location if isinstance(location, Path) else None
-        #: What is projected, for messages: the SQLite file, the PostgreSQL URL (no password), or the store.
-        self.source = repr(location) if isinstance(location, EventStore) else describe(location)
+        found = _sources(source, attach)
         self.schema = "main"
         self.timeout = timeout
-        #: Whether DuckDB's ``sqlite`` extension reads the file (``attach=True``), never Python's ``sqlite3``.
-        self.attached = attach and self.store_path is not None
-        if attach and self.store_path is not None and open_in_this_process(self.store_path):
-            raise ProjectionError(
-                f"{self.store_path} is open in this process: pass the store itself (Projections(shop.store)) "
-                "so it is read through sqlite3 — attaching it with DuckDB's SQLite would crash the process"
-            )
-        mirrored: Path | EventStore | None = None
-        #: Stops what the PostgreSQL server runs for this object (DuckDB's interrupt cannot reach a scan waiting there).
-        self._cancel: Callable[[], None] | None = None
-        if isinstance(location, PostgresUrl):
-            session = f"eventlab-read-{new_id()}"
-            self._cancel = functools.partial(cancel_reads, location, session)
-            self._con = connect(location, session=session)  # DuckDB's postgres extension reads it
-        elif attach and isinstance(location, Path):
-            self._con = connect(location)  # DuckDB's sqlite extension reads it
-        else:
-            self._con, mirrored = connect(None), location
-        # replaced below when mirrored; closes safely
-        postgres = isinstance(location, PostgresUrl)
-        self._log: LogSource = AttachedLog(self._con, "postgres_query" if postgres else "sqlite_query")
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -198,13 +258,100 @@ class Projections(SchemaRelations):
         self._generation = 0  # bumped whenever the relations change
         self._handed: dict[str, int] = {}  # sandbox relation -> generation it was handed at
         self._raw_tables: frozenset[str] | None = None
+        self._raw_by_alias: dict[str, frozenset[str]] = {}
+        #: Stops what the PostgreSQL servers run for this object (DuckDB's interrupt cannot reach a scan waiting there).
+        self._cancel: Callable[[], None] | None = None
+        #: Each store of a split shop: (name, alias on the building connection, its log); empty for one store.
+        self._parts: list[tuple[str, str, LogSource]] = []
+        #: Per store of a split shop: the last position projected and its event id.
+        self._heads: dict[str, tuple[int, str | None]] = {}
+        #: Each SQLite file projected, by store name (the others are PostgreSQL or read through their port).
+        self.store_files: dict[str, Path] = {}
+        if len(found) == 1:
+            self._open_one(found[0][1], attach)
+        else:
+            self._open_split(found, attach)
         try:
-            if mirrored is not None:
-                self._log = MirroredLog(mirrored, self._con)
             self.rebuild()
         except BaseException:
             self.close()
             raise
+
+    def _open_one(self, location: Path | PostgresUrl | EventStore, attach: bool) -> None:
+        #: The SQLite file projected (None: a PostgreSQL URL, a store read through its port, or several stores).
+        self.store_path = location if isinstance(location, Path) else None
+        #: What is projected, for messages: the SQLite file, the PostgreSQL URL (no password), the store, or the stores.
+        self.source = repr(location) if isinstance(location, EventStore) else describe(location)
+        #: The names of the stores projected, in the order of their ``store`` column (one: its :attr:`source`).
+        self.stores: tuple[str, ...] = (self.source,)
+        if self.store_path is not None:
+            self.store_files[self.source] = self.store_path
+        #: Whether DuckDB's ``sqlite`` extension reads the files (``attach=True``), never Python's ``sqlite3``.
+        self.attached = attach and self.store_path is not None
+        mirrored: Path | EventStore | None = None
+        if isinstance(location, PostgresUrl):
+            session = f"eventlab-read-{new_id()}"
+            self._cancel = functools.partial(cancel_reads, location, session)
+            self._con = connect(location, session=session)  # DuckDB's postgres extension reads it
+        elif self.attached and isinstance(location, Path):
+            self._con = connect(location)  # DuckDB's sqlite extension reads it
+        else:
+            self._con, mirrored = connect(None), location
+        # replaced below when mirrored; closes safely
+        postgres = isinstance(location, PostgresUrl)
+        self._log: LogSource = AttachedLog(self._con, "postgres_query" if postgres else "sqlite_query")
+        if mirrored is not None:
+            try:
+                self._log = MirroredLog(mirrored, self._con)
+            except BaseException:
+                self._con.close()
+                raise
+
+    def _open_split(self, found: list[tuple[str, Path | PostgresUrl | EventStore]], attach: bool) -> None:
+        """Every store on one building connection, store ``i`` (by name) as ``store_<i>``."""
+        self.store_path = None
+        self.stores = tuple(name for name, _ in found)
+        self.source = f"{len(found)} stores: {', '.join(self.stores)}"
+        self.store_files = {name: location for name, location in found if isinstance(location, Path)}
+        self.attached = attach and bool(self.store_files)
+        aliases = {f"store_{i}": location for i, (_, location) in enumerate(found, 1)}
+        urls = [location for location in aliases.values() if isinstance(location, PostgresUrl)]
+        session = f"eventlab-read-{new_id()}" if urls else None
+        if session is not None:
+            self._cancel = functools.partial(_cancel_all, urls, session)
+        attached = {
+            alias: location if isinstance(location, PostgresUrl) or (attach and isinstance(location, Path)) else None
+            for alias, location in aliases.items()
+        }
+        self._con = connect_stores(attached, session=session)
+        self._log = AttachedLog(self._con)  # each store has its own log (below); this one is never read
+        try:
+            for (name, location), (alias, at) in zip(found, attached.items(), strict=True):
+                log: LogSource
+                if at is None:
+                    assert not isinstance(location, PostgresUrl)
+                    log = MirroredLog(location, self._con, alias)
+                else:
+                    log = AttachedLog(
+                        self._con, "postgres_query" if isinstance(at, PostgresUrl) else "sqlite_query", alias
+                    )
+                self._parts.append((name, alias, log))
+                self._heads[name] = (0, None)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def split(self) -> bool:
+        """Whether several stores are projected (``events`` then has ``store`` and ``store_position``)."""
+        return bool(self._parts)
+
+    @property
+    def store_heads(self) -> dict[str, int]:
+        """The last position projected of each store, by name."""
+        if not self._parts:
+            return {self.source: self.checkpoint}
+        return {name: head for name, (head, _) in self._heads.items()}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -213,7 +360,7 @@ class Projections(SchemaRelations):
 
     def rebuild(self) -> int:
         """Copy the whole log and build every relation from scratch; return the events copied."""
-        return self._bounded(self._rebuild, None)
+        return self._bounded(self._rebuild_split if self._parts else self._rebuild, None)
 
     def refresh(self) -> int:
         """Apply the events written since the checkpoint; return how many there were.
@@ -221,26 +368,32 @@ class Projections(SchemaRelations):
         Falls back to :meth:`rebuild` if the store no longer holds the event at the checkpoint
         (it was replaced or truncated).
         """
-        return self._bounded(self._refresh, None)
+        return self._bounded(self._refresh_split if self._parts else self._refresh, None)
 
     def raw_events(self) -> duckdb.DuckDBPyRelation:
-        """The store's log as stored (JSON as text) up to the checkpoint, in order."""
+        """The store's log as stored (JSON as text) up to the checkpoint, in order; over several stores,
+        the merged log: ``position`` in it, then ``store`` and ``store_position`` (where the row is stored)."""
+        if self._parts:
+            return self._con.sql(_SPLIT_RAW_EVENTS.format(events=self._raw_select("events"), upto=int(self.checkpoint)))
         return self._con.sql(_RAW_EVENTS.format(upto=int(self.checkpoint)))
 
-    def attached_schema(self) -> tuple[dict[str, list[str]], str | None]:
+    def attached_schema(self, store: str | None = None) -> tuple[dict[str, list[str]], str | None]:
         """The attached SQLite store's tables with their columns, and its schema version, read through
-        DuckDB's catalogue: opening the file with ``sqlite3`` too could crash the process (see above)."""
-        if not self.attached:
-            raise ProjectionError(f"{self.source} is not attached: verify it through sqlite3")
+        DuckDB's catalogue: opening the file with ``sqlite3`` too could crash the process (see above).
+        ``store``: which one, by name, when several are projected."""
+        alias = "store" if not self._parts else next((a for n, a, _ in self._parts if n == store), None)
+        if not self.attached or alias is None:
+            raise ProjectionError(f"{store or self.source} is not attached: verify it through sqlite3")
         columns: dict[str, list[str]] = {}
         for table, column in self._con.execute(
-            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'store'"
-            " AND table_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY table_name, column_index"
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = $alias"
+            " AND table_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY table_name, column_index",
+            {"alias": alias},
         ).fetchall():
             columns.setdefault(table, []).append(column)
         version = None
         if columns.get("eventlab") == ["key", "value"]:
-            row = self._con.execute("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
+            row = self._con.execute(f"SELECT value FROM {alias}.eventlab WHERE key = 'schema_version'").fetchone()
             version = None if row is None else str(row[0])
         return columns, version
 
@@ -271,7 +424,7 @@ class Projections(SchemaRelations):
         wanted = sorted(n for n in self._bounded(self._store_tables, limit) if _mentions(query, n))
         stale = [n for n in wanted if self._handed.get(n) != self._generation]
         if stale:
-            tables = self._bounded(lambda: [self._con.sql(f"SELECT * FROM {n}").to_arrow_table() for n in stale], limit)
+            tables = self._bounded(lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit)
             for name, table in zip(stale, tables, strict=True):
                 sandbox.add(name, table)
                 self._handed[name] = self._generation
@@ -314,18 +467,31 @@ class Projections(SchemaRelations):
             self._sandbox.close()
             self._sandbox = None
         self._log.close()
+        for _, _, part in self._parts:
+            part.close()
         self._con.close()
 
     def _rebuild(self) -> int:
         head, head_id, _ = self._log.head(0)
-        tables = ["events", *(r.name for r in RELATIONS.values() if r.key)]
+        self._build_and_swap(
+            ["events"], [f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"]
+        )
+        self.checkpoint, self._checkpoint_event_id = head, head_id
+        self._generation += 1
+        log.info("rebuilt projections of %s: %d events", self.source, head)
+        return head
+
+    def _build_and_swap(self, copied: Sequence[str], statements: Sequence[str]) -> None:
+        """Run ``statements`` (each creating ``main.<name>_next`` for a name of ``copied``, ``events``
+        among them), build every keyed table from ``main.events_next``, then swap them all in at once
+        and recreate the views over them."""
+        tables = [*copied, *(r.name for r in RELATIONS.values() if r.key)]
         # The new tables are built outside a transaction (DuckDB scans committed tables on every
         # core, tables written in the same transaction ~1.6x slower), then swapped in at once.
         try:
             with self._reading_store():
-                self._con.execute(
-                    f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"
-                )
+                for statement in statements:
+                    self._con.execute(statement)
                 for r in RELATIONS.values():
                     if r.key:  # keyed relations read nothing but events
                         built = r.render({"events": "main.events_next"})
@@ -341,10 +507,6 @@ class Projections(SchemaRelations):
         finally:
             for name in tables:
                 self._con.execute(f"DROP TABLE IF EXISTS main.{name}_next")
-        self.checkpoint, self._checkpoint_event_id = head, head_id
-        self._generation += 1
-        log.info("rebuilt projections of %s: %d events", self.source, head)
-        return head
 
     def _refresh(self) -> int:
         head, head_id, checkpoint_id = self._log.head(self.checkpoint)
@@ -358,27 +520,128 @@ class Projections(SchemaRelations):
         after = self.checkpoint
         with self._transaction():
             self._con.execute(f"INSERT INTO main.events {typed_events(self._log.rows(after, head))}")
-            for key in sorted({r.key for r in RELATIONS.values() if r.key}):
-                # the keys the new events touch, then every event of those keys (the join's key
-                # range is pushed into the scan), then each keyed table recomputed for them only
-                self._con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE changed AS SELECT DISTINCT {key} FROM main.events"
-                    f" WHERE position > {after} AND {key} IS NOT NULL"
-                )
-                self._con.execute(
-                    "CREATE OR REPLACE TEMP TABLE scope AS"
-                    f" SELECT * FROM main.events SEMI JOIN temp.changed USING ({key})"
-                )
-                for r in RELATIONS.values():
-                    if r.key == key:
-                        self._con.execute(f"DELETE FROM main.{r.name} WHERE {key} IN (SELECT {key} FROM temp.changed)")
-                        self._con.execute(f"INSERT INTO main.{r.name} {r.render({'events': 'temp.scope'})}")
-                self._con.execute("DROP TABLE temp.scope")
-                self._con.execute("DROP TABLE temp.changed")
+            self._recompute_keys(after)
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
         log.info("refreshed projections of %s: %d new events, checkpoint %d", self.source, head - after, head)
         return head - after
+
+    def _recompute_keys(self, after: int) -> None:
+        """Recompute each keyed table's rows for the keys the events after position ``after`` touch."""
+        for key in sorted({r.key for r in RELATIONS.values() if r.key}):
+            # the keys the new events touch, then every event of those keys (the join's key
+            # range is pushed into the scan), then each keyed table recomputed for them only
+            self._con.execute(
+                f"CREATE OR REPLACE TEMP TABLE changed AS SELECT DISTINCT {key} FROM main.events"
+                f" WHERE position > {int(after)} AND {key} IS NOT NULL"
+            )
+            self._con.execute(
+                f"CREATE OR REPLACE TEMP TABLE scope AS SELECT * FROM main.events SEMI JOIN temp.changed USING ({key})"
+            )
+            for r in RELATIONS.values():
+                if r.key == key:
+                    self._con.execute(f"DELETE FROM main.{r.name} WHERE {key} IN (SELECT {key} FROM temp.changed)")
+                    self._con.execute(f"INSERT INTO main.{r.name} {r.render({'events': 'temp.scope'})}")
+            self._con.execute("DROP TABLE temp.scope")
+            self._con.execute("DROP TABLE temp.changed")
+
+    # -- several stores: one log merged from each store's own ------------------------------------
+
+    def _union(self, ranges: Mapping[str, tuple[int, int]]) -> str:
+        """The rows of each store named in ``ranges`` (name -> (after, upto)), with a ``store`` column first."""
+        return " UNION ALL ".join(
+            f"SELECT {sql_literal(name)} AS store, position, {_RAW_COLUMNS} FROM {log.rows(*ranges[name])}"
+            for name, _, log in self._parts
+            if name in ranges
+        )
+
+    @staticmethod
+    def _placed(union: str, placement: str) -> str:
+        """The rows of ``union`` with their place in the merged log (``placement``: position, store,
+        store_position) as ``position``, for :func:`typed_events`."""
+        return (
+            f"(SELECT l.position, u.store, u.position AS store_position, {_RAW_COLUMNS_OF_U}"
+            f" FROM ({union}) AS u JOIN {placement} AS l ON l.store = u.store AND l.store_position = u.position)"
+        )
+
+    def _rebuild_split(self) -> int:
+        heads = {name: log.head(0) for name, _, log in self._parts}
+        union = self._union({name: (0, head) for name, (head, _, _) in heads.items()})
+        placed = self._placed(union, "main.log_next")
+        merged = (
+            "CREATE OR REPLACE TABLE main.log_next AS"
+            f" SELECT row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position, merge_key"
+            f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key FROM ({union}))"
+        )
+        typed = f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(placed, split=True)}"
+        self._build_and_swap(["log", "events"], [merged, typed])
+        self.checkpoint = self._count()
+        self._heads = {name: (head, head_id) for name, (head, head_id, _) in heads.items()}
+        self._generation += 1
+        log.info("rebuilt projections of %s: %d events", self.source, self.checkpoint)
+        return self.checkpoint
+
+    def _count(self) -> int:
+        [(count,)] = self._con.execute("SELECT count(*) FROM main.log").fetchall()
+        return int(count)
+
+    def _refresh_split(self) -> int:
+        """Merge each store's new rows into the log: a row that sorts before rows already projected
+        (a store's commit that arrived late) moves those rows up, and every key they touch is recomputed."""
+        ranges: dict[str, tuple[int, int]] = {}
+        heads: dict[str, tuple[int, str | None]] = {}
+        for name, _, log_source in self._parts:
+            seen, seen_id = self._heads[name]
+            head, head_id, at = log_source.head(seen)
+            if at != seen_id:
+                log.warning("%s is not the log projected so far (position %d): rebuilding", name, seen)
+                return self._rebuild_split()
+            heads[name] = (head, head_id)
+            if head > seen:
+                ranges[name] = (seen, head)
+        if not ranges:
+            return 0
+        if self.checkpoint == 0:
+            return self._rebuild_split()
+        union = self._union(ranges)
+        with self._transaction():
+            self._con.execute(
+                "CREATE OR REPLACE TEMP TABLE fresh AS"
+                " SELECT u.store, u.store_position, greatest(u.merge_key, c.carry) AS merge_key"
+                f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key"
+                f" FROM ({union})) AS u"
+                " LEFT JOIN (SELECT store, max(merge_key) AS carry FROM main.log GROUP BY store) AS c USING (store)"
+            )
+            [(start, added)] = self._con.execute(
+                "SELECT coalesce(min(l.position), $next), (SELECT count(*) FROM temp.fresh) FROM main.log AS l,"
+                f" (SELECT * FROM temp.fresh ORDER BY {_MERGE_ORDER} LIMIT 1) AS f"
+                " WHERE l.merge_key > f.merge_key OR (l.merge_key = f.merge_key AND (l.store > f.store"
+                " OR (l.store = f.store AND l.store_position > f.store_position)))",
+                {"next": self.checkpoint + 1},
+            ).fetchall()
+            self._con.execute(
+                "CREATE OR REPLACE TEMP TABLE placed AS"
+                f" SELECT $start - 1 + row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position,"
+                " merge_key FROM (SELECT store, store_position, merge_key FROM main.log WHERE position >= $start"
+                " UNION ALL SELECT * FROM temp.fresh)",
+                {"start": start},
+            )
+            self._con.execute(f"DELETE FROM main.log WHERE position >= {int(start)}")
+            self._con.execute("INSERT INTO main.log SELECT * FROM temp.placed")
+            self._con.execute(
+                "UPDATE main.events AS e SET position = p.position FROM temp.placed AS p"
+                f" WHERE e.position >= {int(start)} AND e.store = p.store AND e.store_position = p.store_position"
+            )
+            placed = self._placed(union, "temp.placed")
+            self._con.execute(f"INSERT INTO main.events {typed_events(placed, split=True)}")
+            self._recompute_keys(start - 1)
+            self._con.execute("DROP TABLE temp.placed")
+            self._con.execute("DROP TABLE temp.fresh")
+        self.checkpoint += int(added)
+        self._heads = heads
+        self._generation += 1
+        log.info("refreshed projections of %s: %d new events, checkpoint %d", self.source, added, self.checkpoint)
+        return int(added)
 
     def _sandbox_for(self) -> Sandbox:
         """The sandbox holding the current relations: the tables handed over as Arrow whenever they
@@ -414,18 +677,38 @@ class Projections(SchemaRelations):
     def _store_tables(self) -> frozenset[str]:
         """The raw tables of the store (``store.<name>``) that a query may read: the event store's own
         tables of its schema version, never another application's tables sharing its file or
-        PostgreSQL schema (the attachment shows them all)."""
+        PostgreSQL schema (the attachment shows them all). Over several stores, each table any of
+        them has, their rows together with a ``store`` column first."""
         if self._raw_tables is None:
-            rows = self._con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store' OR schema_name = 'store'"
-            ).fetchall()
-            present = {name for (name,) in rows}
-            version = SCHEMA_VERSION  # a mirrored log holds only events and checkpoints, of every version
-            if "eventlab" in present:  # an attached store: its version was checked when it was attached
-                row = self._con.execute("SELECT value FROM store.eventlab WHERE key = 'schema_version'").fetchone()
-                version = int(row[0]) if row else version
-            self._raw_tables = frozenset(f"store.{name}" for name in sorted(present & store_tables(version)))
+            aliases = [alias for _, alias, _ in self._parts] or ["store"]
+            self._raw_by_alias = {alias: self._own_tables(alias) for alias in aliases}
+            self._raw_tables = frozenset(f"store.{name}" for tables in self._raw_by_alias.values() for name in tables)
         return self._raw_tables
+
+    def _own_tables(self, alias: str) -> frozenset[str]:
+        """The event store's own tables attached (or mirrored) as ``alias``."""
+        rows = self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = $a OR schema_name = $a", {"a": alias}
+        ).fetchall()
+        present = {name for (name,) in rows}
+        version = SCHEMA_VERSION  # a mirrored log holds only events and checkpoints, of every version
+        if "eventlab" in present:  # an attached store: its version was checked when it was attached
+            row = self._con.execute(f"SELECT value FROM {alias}.eventlab WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else version
+        return frozenset(present & store_tables(version))
+
+    def _raw_select(self, name: str) -> str:
+        """The ``SELECT`` of the raw table ``name`` (``store.events`` or ``events``): the store's own, or
+        over several stores each one's rows, named by a ``store`` column first."""
+        table = name.removeprefix("store.")
+        if not self._parts:
+            return f"SELECT * FROM store.{table}"
+        self._store_tables()
+        return " UNION ALL BY NAME ".join(
+            f"SELECT {sql_literal(store)} AS store, * FROM {alias}.{table}"
+            for store, alias, _ in self._parts
+            if table in self._raw_by_alias[alias]
+        )
 
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
         return bounded([self._con], work, timeout, self._cancel)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from eventlab.projections.engine import Projections
+from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sandbox import ProjectionError
-from eventlab.store.base import EventStore
+from eventlab.store import ShopStores
 
 __all__ = ["export_parquet"]
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def export_parquet(
-    source: Projections | EventStore | str | Path,
+    source: Projections | Source | ShopStores | Sequence[Source],
     directory: str | Path,
     names: Iterable[str] | None = None,
     *,
@@ -27,7 +27,7 @@ def export_parquet(
     """Write one Parquet file per relation into ``directory`` (created if needed); return name → path.
 
     ``events.parquet`` is the store's log itself, every column as stored (JSON as text) up to the
-    projections' checkpoint; every other ``<name>.parquet`` is a relation of
+    projections' checkpoint (over several stores: the merged log, with ``store`` and ``store_position``); every other ``<name>.parquet`` is a relation of
     :attr:`Projections.names`, in its documented order. ``names`` picks some (default: all);
     ``attach`` is passed on when ``source`` is a path (see :class:`Projections`; a
     ``postgresql://`` URL is always read by DuckDB's postgres extension).

@@ -16,7 +16,10 @@
 
 All are a :class:`LogSource`: they answer ``head(checkpoint)`` and ``rows(after, upto)`` (a
 relation over the store's columns) on the building connection made by :func:`connect`. Which
-store a text names is :func:`store_location`'s answer: a SQLite file, or a PostgreSQL URL.
+store a text names is :func:`store_location`'s answer: a SQLite file, or a PostgreSQL URL; which
+stores a shop's settings name (``EVENTLAB_STORE_URL`` and every ``EVENTLAB_<SERVICE>_STORE_URL``)
+is :func:`store_locations`'. A shop split over several stores is read with one source per store,
+each under its own name on one connection (:func:`connect_stores`); :mod:`.engine` merges them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import getpass
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -34,7 +38,7 @@ import duckdb_extensions
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
-from eventlab.settings import Settings
+from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
 from eventlab.store import libpq
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
@@ -49,9 +53,11 @@ __all__ = [
     "PostgresUrl",
     "cancel_reads",
     "connect",
+    "connect_stores",
     "describe",
     "sql_literal",
     "store_location",
+    "store_locations",
 ]
 
 
@@ -85,6 +91,32 @@ def store_location(store: str | Path) -> Path | PostgresUrl:
     if settings.store_backend == "memory":
         raise ProjectionError("memory:// is a store in one process's memory: give that EventStore itself")
     return settings.store_path
+
+
+def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
+    """Every distinct store a shop run with ``settings`` writes to, for the read side: each service's
+    (``EVENTLAB_<SERVICE>_STORE_URL``, else ``EVENTLAB_STORE_URL``), in service order, each store
+    once; a default store no service writes to is left out. Raises :class:`ProjectionError` naming
+    the variable for ``memory://`` (a store in another process's memory cannot be read from here).
+
+    Example:
+        >>> split = Settings(data_dir=Path("/srv/shop"), service_store_urls={"order": "/srv/order.db"})
+        >>> [str(location) for location in store_locations(split)]
+        ['/srv/shop/events.db', '/srv/order.db']
+    """
+    found: dict[str, Path | PostgresUrl] = {}
+    for service in SERVICE_PORTS:
+        url = settings.store_url_of(service)
+        own = settings.with_store(url)
+        if own.store_backend == "memory":
+            named = service_store_variable(service) if service in settings.service_store_urls else "EVENTLAB_STORE_URL"
+            raise ProjectionError(
+                f"{named} is memory://, a store in one process's memory: give --store with a SQLite file "
+                "or a postgresql:// URL"
+            )
+        location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
+        found.setdefault(str(location.resolve()) if isinstance(location, Path) else describe(location), location)
+    return list(found.values())
 
 
 def describe(store: Path | PostgresUrl) -> str:
@@ -136,6 +168,14 @@ def connect(store: Path | PostgresUrl | None = None, *, session: str | None = No
     ``session`` names the connections to a PostgreSQL store (their ``application_name``), so that
     :func:`cancel_reads` can stop what they wait for on the server.
     """
+    return connect_stores({"store": store}, session=session)
+
+
+def connect_stores(
+    stores: Mapping[str, Path | PostgresUrl | None], *, session: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """As :func:`connect`, with each of ``stores`` attached (or, for ``None``, an empty schema for a
+    :class:`MirroredLog`) under its key: the several stores of a split shop on one connection."""
     con = duckdb.connect(
         config={
             "extension_directory": str(_extension_directory()),
@@ -146,12 +186,15 @@ def connect(store: Path | PostgresUrl | None = None, *, session: str | None = No
         }
     )
     try:
-        if store is None:
-            con.execute(f"CREATE SCHEMA store; {_MIRROR_TABLES}")
-        elif isinstance(store, PostgresUrl):
-            _attach_postgres(con, store, session)
-        else:
-            _attach_sqlite(con, store)
+        for alias, store in stores.items():
+            if not alias.isidentifier():
+                raise ValueError(f"not a name to attach a store as: {alias!r}")
+            if store is None:
+                con.execute(f"CREATE SCHEMA {alias}; {_MIRROR_TABLES.format(alias=alias)}")
+            elif isinstance(store, PostgresUrl):
+                _attach_postgres(con, store, session, alias)
+            else:
+                _attach_sqlite(con, store, alias)
         con.execute(MONEY)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -161,16 +204,16 @@ def connect(store: Path | PostgresUrl | None = None, *, session: str | None = No
     return con
 
 
-def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path, alias: str = "store") -> None:
     path = path.expanduser()
     if not path.is_file():
         raise StoreError(f"no event store at {path}")
     try:
         duckdb_extensions.import_extension("sqlite", con=con)
         con.execute("LOAD sqlite")
-        con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS {alias} (TYPE sqlite, READ_ONLY)")
         con.execute(
-            "SELECT * FROM sqlite_query('store', 'SELECT"
+            f"SELECT * FROM sqlite_query('{alias}', 'SELECT"
             " (SELECT value FROM eventlab WHERE key = ''schema_version''),"
             " (SELECT count(*) FROM (SELECT position, event_id, aggregate_type, aggregate_id, version, event_type,"
             " schema_version, data, metadata, recorded_at FROM events LIMIT 0))')"
@@ -179,8 +222,10 @@ def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise StoreError(f"{path} is not an eventlab event store: {exc}") from exc
 
 
-def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: str | None = None) -> None:
-    """Attach the schema ``url`` puts first on the search path as ``store``, read-only, and check
+def _attach_postgres(
+    con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: str | None = None, alias: str = "store"
+) -> None:
+    """Attach the schema ``url`` puts first on the search path as ``alias``, read-only, and check
     it is an event store this eventlab reads (as :class:`~eventlab.store.postgres.PostgresEventStore`
     would, without ever creating or migrating anything)."""
     name = describe(url)
@@ -196,10 +241,10 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: 
         con.execute("LOAD postgres")
         # A secret named outright: DuckDB shows its password redacted, and looks for no stored secrets.
         given = "" if password is None else f", PASSWORD {sql_literal(password)}"
-        con.execute(f"CREATE TEMPORARY SECRET store_login (TYPE postgres{given})")
-        secret = ", SECRET store_login"
-        con.execute(f"ATTACH {sql_literal(login)} AS store_probe (TYPE postgres, READ_ONLY{secret})")
-        rows = con.execute(f"SELECT * FROM postgres_query('store_probe', {sql_literal(_CATALOGUE)})").fetchall()
+        con.execute(f"CREATE TEMPORARY SECRET {alias}_login (TYPE postgres{given})")
+        secret = f", SECRET {alias}_login"
+        con.execute(f"ATTACH {sql_literal(login)} AS {alias}_probe (TYPE postgres, READ_ONLY{secret})")
+        rows = con.execute(f"SELECT * FROM postgres_query('{alias}_probe', {sql_literal(_CATALOGUE)})").fetchall()
         schema = rows[0][0] if rows else None
         columns: dict[str, list[str]] = {}
         for _, table, column in rows:
@@ -208,9 +253,9 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: 
         version = None
         if columns.get("eventlab") == ["key", "value"]:
             query = "SELECT value FROM eventlab WHERE key = 'schema_version'"
-            found = con.execute(f"SELECT * FROM postgres_query('store_probe', {sql_literal(query)})").fetchall()
+            found = con.execute(f"SELECT * FROM postgres_query('{alias}_probe', {sql_literal(query)})").fetchall()
             version = str(found[0][0]) if found else None
-        con.execute("DETACH store_probe")
+        con.execute(f"DETACH {alias}_probe")
     except duckdb.Error as exc:
         raise StoreError(f"cannot read the event store {name}: {exc}") from exc
     if schema is None:
@@ -220,7 +265,7 @@ def _attach_postgres(con: duckdb.DuckDBPyConnection, url: PostgresUrl, session: 
         raise StoreError(f"{name} is not an eventlab event store: it has no tables")
     try:
         con.execute(
-            f"ATTACH {sql_literal(login)} AS store (TYPE postgres, READ_ONLY, SCHEMA {sql_literal(schema)}{secret})"
+            f"ATTACH {sql_literal(login)} AS {alias} (TYPE postgres, READ_ONLY, SCHEMA {sql_literal(schema)}{secret})"
         )
     except duckdb.Error as exc:
         raise StoreError(f"cannot read the event store {name}: {exc}") from exc
@@ -248,9 +293,9 @@ ORDER BY c.table_name, c.ordinal_position
 #: The ``money(cents)`` macro every connection that runs projection SQL needs.
 MONEY = "CREATE MACRO money(cents) AS (cents * 0.01::DECIMAL(3, 2))::DECIMAL(18, 2)"
 _MIRROR_TABLES = """
-CREATE TABLE store.events (position BIGINT, event_id VARCHAR, aggregate_type VARCHAR, aggregate_id VARCHAR,
+CREATE TABLE {alias}.events (position BIGINT, event_id VARCHAR, aggregate_type VARCHAR, aggregate_id VARCHAR,
     version BIGINT, event_type VARCHAR, schema_version BIGINT, data VARCHAR, metadata VARCHAR, recorded_at VARCHAR);
-CREATE TABLE store.checkpoints (name VARCHAR, position BIGINT);
+CREATE TABLE {alias}.checkpoints (name VARCHAR, position BIGINT);
 """
 
 
@@ -278,19 +323,20 @@ class MirroredLog:
     attached scan on big stores; a shop in a notebook has thousands of events, not millions.
     """
 
-    def __init__(self, source: Path | EventStore, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, source: Path | EventStore, con: duckdb.DuckDBPyConnection, alias: str = "store") -> None:
         # a store other than a SQLite file is read through its port (PostgreSQL, memory)
         self._log: SqliteLog | StoreLog = StoreLog(source) if isinstance(source, EventStore) else SqliteLog(source)
         self._con = con
+        self._alias = alias  # the schema its tables are copied into (see connect_stores)
 
     def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
         """As :meth:`AttachedLog.head`, from the store itself; also copies its checkpoints."""
         head = self._log.head(checkpoint)
         checkpoints = self._log.checkpoints()
-        self._con.execute("DELETE FROM store.checkpoints")
+        self._con.execute(f"DELETE FROM {self._alias}.checkpoints")
         self._con.register("_store_rows", checkpoints)
         try:
-            self._con.execute("INSERT INTO store.checkpoints SELECT * FROM _store_rows")
+            self._con.execute(f"INSERT INTO {self._alias}.checkpoints SELECT * FROM _store_rows")
         finally:
             self._con.unregister("_store_rows")
         return head
@@ -298,18 +344,18 @@ class MirroredLog:
     def rows(self, after: int, upto: int) -> str:
         """Copy the store's new rows up to ``upto``; the relation of those with ``after < position <= upto``."""
         # read from DuckDB, so a rolled-back refresh leaves nothing to skip
-        [(copied,)] = self._con.execute("SELECT coalesce(max(position), 0) FROM store.events").fetchall()
+        [(copied,)] = self._con.execute(f"SELECT coalesce(max(position), 0) FROM {self._alias}.events").fetchall()
         if after == 0 or upto < copied:  # a rebuild copies everything again
-            self._con.execute("DELETE FROM store.events")
+            self._con.execute(f"DELETE FROM {self._alias}.events")
             copied = 0
         rows = self._log.rows(copied, upto)
         if rows.num_rows:
             self._con.register("_store_rows", rows)
             try:
-                self._con.execute("INSERT INTO store.events SELECT * FROM _store_rows")
+                self._con.execute(f"INSERT INTO {self._alias}.events SELECT * FROM _store_rows")
             finally:
                 self._con.unregister("_store_rows")
-        return f"(SELECT * FROM store.events WHERE position > {int(after)} AND position <= {int(upto)})"
+        return f"(SELECT * FROM {self._alias}.events WHERE position > {int(after)} AND position <= {int(upto)})"
 
     def close(self) -> None:
         """Close the ``sqlite3`` connection (a store read through its port stays open)."""
@@ -327,11 +373,14 @@ class AttachedLog:
     head is never committed later.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, query_function: str = "sqlite_query") -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, query_function: str = "sqlite_query", alias: str = "store"
+    ) -> None:
         if query_function not in ("sqlite_query", "postgres_query"):
             raise ValueError(f"not a query function of a store extension: {query_function!r}")
         self._con = con
         self._query = query_function
+        self._alias = alias  # what the store is attached as (see connect_stores)
 
     def head(self, checkpoint: int) -> tuple[int, str | None, str | None]:
         """The store's last position and its event id, and the event id now at ``checkpoint``: one
@@ -342,7 +391,7 @@ class AttachedLog:
             f" (SELECT event_id FROM events WHERE position = {int(checkpoint)}) AS checkpoint_id FROM events"
         )
         ((head, head_id, checkpoint_id),) = self._con.execute(
-            f"SELECT * FROM {self._query}('store', {sql_literal(query)})"
+            f"SELECT * FROM {self._query}('{self._alias}', {sql_literal(query)})"
         ).fetchall()
         return int(head), head_id, checkpoint_id
 
@@ -351,9 +400,9 @@ class AttachedLog:
         a primary-key range query run by the store's database."""
         after, upto = int(after), int(upto)
         if after == 0:
-            return f"(SELECT * FROM store.events WHERE position <= {upto})"
+            return f"(SELECT * FROM {self._alias}.events WHERE position <= {upto})"
         query = f"SELECT * FROM events WHERE position > {after} AND position <= {upto}"
-        return f"{self._query}('store', {sql_literal(query)})"
+        return f"{self._query}('{self._alias}', {sql_literal(query)})"
 
     def close(self) -> None:
         """Nothing to close: the attachment ends with the connection."""

@@ -18,7 +18,9 @@ EVENTS_DOC = (
     "The event log, typed: position, event_type, recorded_at (UTC), the writing service "
     "(metadata.source) and the data fields the projections use as columns (order_id, user_id, "
     "product_id, quantity, total_cents, amount_cents, status, reason, detail, kind, name, price_cents, "
-    "initial_stock; lines of OrderCreated). The full rows, JSON included, stay in store.events."
+    "initial_stock; lines of OrderCreated). The full rows, JSON included, stay in store.events. "
+    "Over several stores (a service with a store of its own), position is the place in the merged "
+    "log and store and store_position say where the event is stored."
 )
 
 #: Data fields lifted into columns of ``events`` (missing ones are NULL), as a ``json_transform`` shape.
@@ -40,18 +42,28 @@ _DATA_SHAPE = {
 }
 
 
-def typed_events(rows: str) -> str:
+def typed_events(rows: str, *, split: bool = False) -> str:
     """The ``SELECT`` of the typed ``events`` relation over ``rows`` (a relation with the store's columns).
 
     A document that is not a JSON object is left out instead of stopping every projection; the
-    audit's ``event_data_valid`` names its position.
+    audit's ``event_data_valid`` names its position. ``split``: ``rows`` come from several stores
+    and also have ``store`` and ``store_position``, kept after ``position`` (one store's ``events``
+    goes without them, so the default stays as fast as ever).
     """
     fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE if name != "lines")
+    where, stored = (
+        (
+            "store, store_position, ",
+            "CAST(store AS VARCHAR) AS store, CAST(store_position AS BIGINT) AS store_position,",
+        )
+        if split
+        else ("", "")
+    )
     return f"""
-    SELECT position, event_type, recorded_at, source, {fields},
+    SELECT position, {where}event_type, recorded_at, source, {fields},
            CASE WHEN event_type = 'OrderCreated' THEN d.lines END AS lines
     FROM (
-        SELECT CAST(position AS BIGINT) AS position,
+        SELECT CAST(position AS BIGINT) AS position, {stored}
                CAST(event_type AS VARCHAR) AS event_type,
                CAST(recorded_at AS TIMESTAMP) AS recorded_at,
                try(json_extract_string(metadata, '$.source')) AS source,
