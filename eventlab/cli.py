@@ -336,7 +336,7 @@ def _demo(args: argparse.Namespace) -> int:
             shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout, progress=ProgressPrinter()
         )
         if settings.store_backend == "memory":  # gone once the shop stops
-            report.invariants = invariants(shop.store, mailbox)
+            report.invariants = invariants(shop.stores, mailbox)
     if settings.store_backend != "memory":
         report.invariants = invariants(store_locations(settings), mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())

@@ -249,16 +249,18 @@ def run_demo(
     for the shop lasts at most ``timeout`` seconds: the catalogue's and a pause's raise
     :class:`~eventlab.errors.SagaTimeout`; the last one reports what is still running as ``stuck``.
     """
-    store = shop.store
+    stores = shop.stores
+    store, stock = stores.of("order"), stores.of("inventory")  # the same one unless services have their own
     shop.seed_catalogue(catalogue, timeout)
     ids = order_ids(store, seed)
     # with tracing on, each order's trace starts at its ``place order`` span
-    commands = Commands(store, ids) if shop.tracing is None else shop.tracing.commands(store, ids)
+    commands = Commands(stores, ids) if shop.tracing is None else shop.tracing.commands(stores, ids)
     rng = random.Random(seed)
     users = [row["user_id"] for row in load_users(catalogue)]
     products = [row["product_id"] for row in load_products(catalogue)]
-    bounds = StockBounds(_available(store, products))
+    bounds = StockBounds(_available(stock, products))
     first_position = store.head()
+    events_before = sum(each.head() for each in stores)
     placed: set[str] = set()
     created_at: dict[str, float] = {}
     finished: dict[str, tuple[float, str]] = {}
@@ -286,7 +288,7 @@ def run_demo(
         if bounds.outcome(lines) is None:
             pauses += 1
             shop.wait_idle(timeout)
-            bounds = StockBounds(_available(store, products))
+            bounds = StockBounds(_available(stock, products))
         bounds.place(lines)
         order_id = commands.place_order(
             user_id=user_id, lines=[{"product_id": pid, "quantity": qty} for pid, qty in lines.items()]
@@ -315,7 +317,7 @@ def run_demo(
         cancelled_by_reason=dict(reasons),
         stuck=orders - len(finished),
         pauses=pauses,
-        events=store.head() - first_position,
+        events=sum(each.head() for each in stores) - events_before,
         elapsed_s=round(elapsed, 3),
         orders_per_s=round(orders / elapsed, 1) if elapsed else 0.0,
         saga_latency_ms={"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1)},

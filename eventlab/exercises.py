@@ -454,7 +454,7 @@ def check_outage_nothing_lost(shop: Shop, order_ids: Iterable[str] | None) -> No
     checks = nothing_lost(shop, [v.order_id for v in views])
     failed = [name for name, ok in checks.items() if not ok]
     _expect(not failed, f"something was lost or applied twice: {', '.join(failed)} failed ({checks})")
-    report = audit(shop.store, mailbox=shop.settings.data_dir / MAILBOX)
+    report = audit(shop.stores, mailbox=shop.settings.data_dir / MAILBOX)
     broken = [name for name, result in report.items() if not result.ok]
     _expect(report.ok, f"the invariant audit fails: {', '.join(broken)}\n{report.table()}")
     _passed(

@@ -176,7 +176,7 @@ def nothing_lost(shop: Shop, placed: Iterable[str] = ()) -> dict[str, bool]:
     period: the shop is idle, so nothing is in flight.
     """
     shop.wait_idle()
-    report = audit(shop.store, grace=timedelta(0), mailbox=shop.settings.data_dir / MAILBOX)
+    report = audit(shop.stores, grace=timedelta(0), mailbox=shop.settings.data_dir / MAILBOX)
     checks = {"idle": shop.idle()}
     checks.update({name: all(report[c].ok for c in audited) for name, audited in NOTHING_LOST_CHECKS.items()})
     checks["every_order_ended"] &= all(_ended(shop, order_id) for order_id in placed)

@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from apache_kafka import BROKERS
 from projection_story import standard_story
@@ -17,6 +18,8 @@ from eventlab import SagaTimeout, Settings, Shop
 from eventlab.demo import StockBounds, invariants, run_demo
 from eventlab.projections import CHECKS, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
+from eventlab.services import SERVICE_NAMES
+from eventlab.settings import service_store_variable
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +59,18 @@ def test_demo_json_reports_every_saga_and_every_audit_check(tmp_path):
     assert "terminal 60/60" in result.stderr  # progress output
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("store", ["sqlite", "postgresql", "a-store-per-service"])
 @pytest.mark.parametrize("broker", BROKERS)
 def test_the_demo_passes_every_invariant_on_either_broker_and_either_store(broker, store, request, tmp_path):
-    # given: the embedded broker or Apache Kafka, and a SQLite file or a PostgreSQL schema
+    # given: the embedded broker or Apache Kafka, and a SQLite file, a PostgreSQL schema, or each
+    # service a store of its own (SQLite files on the embedded broker, PostgreSQL schemas on Kafka)
     env = {"EVENTLAB_DATA_DIR": str(tmp_path)}
     if broker == "apache-kafka":
         env["EVENTLAB_BOOTSTRAP_SERVERS"] = request.getfixturevalue("apache_kafka_factory")().bootstrap_servers
     if store == "postgresql":
         env["EVENTLAB_STORE_URL"] = request.getfixturevalue("postgres_store_url")
+    if store == "a-store-per-service":
+        env.update(stores_per_service(broker, request, tmp_path))
     # when: the demo runs, as a user runs it
     result = demo("--orders", "12", "--payment-failure-rate", "0.3", "--seed", "4", **env)
     # then: every saga ends and every check of the audit holds, read from the store the shop wrote
@@ -74,8 +80,28 @@ def test_the_demo_passes_every_invariant_on_either_broker_and_either_store(broke
     assert report["invariants"] == dict.fromkeys(AUDIT_NAMES, True)
     if store == "postgresql":
         assert report["store"].startswith("postgresql://") and "password" not in report["store"]
-    else:
+    elif store == "sqlite":
         assert report["store"] == str(tmp_path / "events.db")
+    else:  # every service's store, and nothing in the shared default
+        assert len(report["store"].split(", ")) == len(SERVICE_NAMES)
+        assert not (tmp_path / "events.db").exists()
+
+
+def stores_per_service(broker, request, tmp_path) -> dict[str, str]:
+    """``EVENTLAB_<SERVICE>_STORE_URL`` for every service: a SQLite file each, or on Apache Kafka a
+    PostgreSQL schema each (which eventlab creates; dropped after the test)."""
+    if broker != "apache-kafka":
+        return {service_store_variable(name): str(tmp_path / f"{name}.db") for name in SERVICE_NAMES}
+    base = request.getfixturevalue("postgres_store_url")  # ...?options=-csearch_path%3D<a schema of its own>
+    schemas = {name: f"{base.rsplit('%3D', 1)[1]}_{name}" for name in SERVICE_NAMES}
+
+    def drop() -> None:
+        with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as admin:
+            for schema in schemas.values():
+                admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+
+    request.addfinalizer(drop)
+    return {service_store_variable(name): f"{base.rsplit('%3D', 1)[0]}%3D{schema}" for name, schema in schemas.items()}
 
 
 def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats_its_counts(tmp_path):

@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import duckdb
 import duckdb_extensions
@@ -120,13 +121,19 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
 
 
 def describe(store: Path | PostgresUrl) -> str:
-    """``store`` for messages: a SQLite file's path, or ``postgresql://user@host:port/dbname`` (no password)."""
+    """``store`` for messages and as its name: a SQLite file's path, or ``postgresql://user@host:port/dbname``
+    (no password) with its ``options`` (a service's schema: ``?options=-csearch_path%3Dorders``).
+
+    >>> describe(PostgresUrl("postgresql://shop:secret@db:5432/shop?options=-csearch_path%3Dorders"))
+    'postgresql://shop@db:5432/shop?options=-csearch_path%3Dorders'
+    """
     if not isinstance(store, PostgresUrl):
         return str(store)
     parts = libpq.conninfo_parts(store)
     user = f"{parts['user']}@" if parts.get("user") else ""
     port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
+    options = f"?options={quote(parts['options'], safe='-_.')}" if parts.get("options") else ""
+    return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}{options}"
 
 
 def sql_literal(value: str) -> str:
