@@ -76,7 +76,7 @@ from eventlab.projections.sources import (
     describe,
     store_location,
 )
-from eventlab.projections.typed import typed_events
+from eventlab.projections.typed import create_typed_events, typed_events
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
 
@@ -323,9 +323,8 @@ class Projections(SchemaRelations):
         # core, tables written in the same transaction ~1.6x slower), then swapped in at once.
         try:
             with self._reading_store():
-                self._con.execute(
-                    f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"
-                )
+                for statement in create_typed_events("main.events_next", self._log.rows(0, head)):
+                    self._con.execute(statement)
                 for r in RELATIONS.values():
                     if r.key:  # keyed relations read nothing but events
                         built = r.render({"events": "main.events_next"})
