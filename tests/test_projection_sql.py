@@ -12,24 +12,17 @@ import duckdb
 import pytest
 
 from eventlab.projections import RELATIONS
+from eventlab.projections.definitions import _STOCK_DELTAS
 from eventlab.projections.typed import create_typed_events, typed_events
 
-#: inventory_history as the textbook window: a running sum per product, partitioned by product.
-PARTITIONED_HISTORY = """
+#: inventory_history as the textbook window: a running sum per product, partitioned by product,
+#: over the same deltas (how each event moves stock is not what is checked here).
+PARTITIONED_HISTORY = f"""
 SELECT position, recorded_at, product_id, event_type, order_id, quantity,
        CAST(sum(d_available) OVER w AS BIGINT) AS available,
        CAST(sum(d_reserved) OVER w AS BIGINT) AS reserved,
        CAST(sum(d_sold) OVER w AS BIGINT) AS sold
-FROM (
-    SELECT position, recorded_at, product_id, event_type, order_id, quantity,
-           CASE event_type WHEN 'StockAdded' THEN quantity WHEN 'StockReserved' THEN -quantity
-                           WHEN 'StockReleased' THEN quantity ELSE 0 END AS d_available,
-           CASE event_type WHEN 'StockReserved' THEN quantity WHEN 'StockReleased' THEN -quantity
-                           WHEN 'StockSold' THEN -quantity ELSE 0 END AS d_reserved,
-           CASE event_type WHEN 'StockSold' THEN quantity ELSE 0 END AS d_sold
-    FROM {events}
-    WHERE event_type IN ('StockAdded', 'StockReserved', 'StockReleased', 'StockSold')
-)
+FROM ({_STOCK_DELTAS})
 WINDOW w AS (PARTITION BY product_id ORDER BY position ROWS UNBOUNDED PRECEDING)
 """
 
