@@ -208,13 +208,40 @@ INVENTORY_HISTORY = Relation(
     order_by="position",
     doc="Stock of a product after every stock event, by position: available, reserved and sold "
     "(available = added - reserved + released; reserved = reserved - released - sold).",
+    # A running sum per product is a running sum over all products in (product, position) order
+    # minus what the products before it add up to: one window over every row, ~2x faster than a
+    # window partitioned by product (few, big partitions). The counts keep SQL's NULLs: a product's
+    # sum is NULL while every delta it has seen is NULL (a stock event without a quantity).
     sql=f"""
-    SELECT position, recorded_at, product_id, event_type, order_id, quantity,
-           CAST(sum(d_available) OVER w AS BIGINT) AS available,
-           CAST(sum(d_reserved) OVER w AS BIGINT) AS reserved,
-           CAST(sum(d_sold) OVER w AS BIGINT) AS sold
-    FROM ({_STOCK_DELTAS})
-    WINDOW w AS (PARTITION BY product_id ORDER BY position ROWS UNBOUNDED PRECEDING)
+    WITH running AS (
+        SELECT *,
+               coalesce(sum(d_available) OVER g, 0) AS available_so_far,
+               coalesce(sum(d_reserved) OVER g, 0) AS reserved_so_far,
+               coalesce(sum(d_sold) OVER g, 0) AS sold_so_far,
+               count(d_available) OVER g AS available_seen,
+               count(d_reserved) OVER g AS reserved_seen,
+               count(d_sold) OVER g AS sold_seen
+        FROM ({_STOCK_DELTAS})
+        WINDOW g AS (ORDER BY product_id, position ROWS UNBOUNDED PRECEDING)
+    ), before AS (
+        SELECT product_id,
+               arg_min({{{{'available': available_so_far - coalesce(d_available, 0),
+                        'reserved': reserved_so_far - coalesce(d_reserved, 0),
+                        'sold': sold_so_far - coalesce(d_sold, 0),
+                        'available_seen': available_seen - (d_available IS NOT NULL)::BIGINT,
+                        'reserved_seen': reserved_seen - (d_reserved IS NOT NULL)::BIGINT,
+                        'sold_seen': sold_seen - (d_sold IS NOT NULL)::BIGINT}}}}, position) AS b
+        FROM running
+        GROUP BY product_id
+    )
+    SELECT r.position, r.recorded_at, r.product_id, r.event_type, r.order_id, r.quantity,
+           CASE WHEN r.available_seen > b.available_seen THEN CAST(r.available_so_far - b.available AS BIGINT) END
+               AS available,
+           CASE WHEN r.reserved_seen > b.reserved_seen THEN CAST(r.reserved_so_far - b.reserved AS BIGINT) END
+               AS reserved,
+           CASE WHEN r.sold_seen > b.sold_seen THEN CAST(r.sold_so_far - b.sold AS BIGINT) END AS sold
+    FROM running AS r JOIN (SELECT product_id, unnest(b) FROM before) AS b
+        ON r.product_id IS NOT DISTINCT FROM b.product_id
     """,
 )
 

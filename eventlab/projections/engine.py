@@ -92,7 +92,7 @@ from eventlab.projections.sources import (
     sql_literal,
     store_location,
 )
-from eventlab.projections.typed import typed_events
+from eventlab.projections.typed import create_typed_events, typed_events
 from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
@@ -473,9 +473,7 @@ class Projections(SchemaRelations):
 
     def _rebuild(self) -> int:
         head, head_id, _ = self._log.head(0)
-        self._build_and_swap(
-            ["events"], [f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(self._log.rows(0, head))}"]
-        )
+        self._build_and_swap(["events"], create_typed_events("main.events_next", self._log.rows(0, head)))
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
         log.info("rebuilt projections of %s: %d events", self.source, head)
@@ -573,8 +571,7 @@ class Projections(SchemaRelations):
             f" SELECT row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position, merge_key"
             f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key FROM ({union}))"
         )
-        typed = f"CREATE OR REPLACE TABLE main.events_next AS {typed_events(placed, split=True)}"
-        self._build_and_swap(["log", "events"], [merged, typed])
+        self._build_and_swap(["log", "events"], [merged, *create_typed_events("main.events_next", placed, split=True)])
         self.checkpoint = self._count()
         self._heads = {name: (head, head_id) for name, (head, head_id, _) in heads.items()}
         self._generation += 1

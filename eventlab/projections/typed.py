@@ -11,7 +11,7 @@ import json
 
 from eventlab.projections.sources import sql_literal
 
-__all__ = ["EVENTS_DOC", "typed_events"]
+__all__ = ["EVENTS_DOC", "create_typed_events", "typed_events"]
 
 #: What the typed ``events`` table holds.
 EVENTS_DOC = (
@@ -45,11 +45,36 @@ _DATA_SHAPE = {
 def typed_events(rows: str, *, split: bool = False) -> str:
     """The ``SELECT`` of the typed ``events`` relation over ``rows`` (a relation with the store's columns).
 
-    A document that is not a JSON object is left out instead of stopping every projection; the
-    audit's ``event_data_valid`` names its position. ``split``: ``rows`` come from several stores
-    and also have ``store`` and ``store_position``, kept after ``position`` (one store's ``events``
-    goes without them, so the default stays as fast as ever).
+    A document that is not JSON (or is JSON ``null``) is left out instead of stopping every
+    projection; the audit's ``event_data_valid`` names its position. ``split``: ``rows`` come from
+    several stores and also have ``store`` and ``store_position``, kept after ``position`` (one
+    store's ``events`` goes without them, so the default stays as fast as ever).
     """
+    return f"SELECT * EXCLUDE ({_UNPARSED}) FROM ({_parsed(rows, split)}) WHERE NOT {_UNPARSED}"
+
+
+def create_typed_events(table: str, rows: str, *, split: bool = False) -> list[str]:
+    """The statements that fill the new table ``table`` with :func:`typed_events` of ``rows``, each
+    document parsed once.
+
+    As one ``SELECT``, DuckDB pushes the filter on the parsed document below the projection and so
+    parses every document twice (measured at 1M events: ~0.35 s of CPU, a third of the copy). Here
+    the copy keeps a flag of the documents that did not parse, deletes those rows (none, normally)
+    and drops the flag, which costs next to nothing.
+    """
+    return [
+        f"CREATE OR REPLACE TABLE {table} AS {_parsed(rows, split)}",
+        f"DELETE FROM {table} WHERE {_UNPARSED}",
+        f"ALTER TABLE {table} DROP COLUMN {_UNPARSED}",
+    ]
+
+
+#: The column that flags a document :func:`typed_events` leaves out, while a copy is being made.
+_UNPARSED = "_unparsed"
+
+
+def _parsed(rows: str, split: bool) -> str:
+    """Every row of ``rows`` typed, flagged in :data:`_UNPARSED` when its document did not parse."""
     fields = ", ".join(f"d.{name} AS {name}" for name in _DATA_SHAPE if name != "lines")
     where, stored = (
         (
@@ -61,7 +86,8 @@ def typed_events(rows: str, *, split: bool = False) -> str:
     )
     return f"""
     SELECT position, {where}event_type, recorded_at, source, {fields},
-           CASE WHEN event_type = 'OrderCreated' THEN d.lines END AS lines
+           CASE WHEN event_type = 'OrderCreated' THEN d.lines END AS lines,
+           d IS NULL AS {_UNPARSED}
     FROM (
         SELECT CAST(position AS BIGINT) AS position, {stored}
                CAST(event_type AS VARCHAR) AS event_type,
@@ -70,5 +96,4 @@ def typed_events(rows: str, *, split: bool = False) -> str:
                try(json_transform(data, {sql_literal(json.dumps(_DATA_SHAPE))})) AS d
         FROM {rows}
     )
-    WHERE d IS NOT NULL
     """
