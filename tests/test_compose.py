@@ -17,8 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+import psycopg
 import pytest
 import yaml
 from conftest import free_port_offset
@@ -89,15 +90,21 @@ def test_the_containers_reach_the_compose_kafka_and_postgres_and_the_host_reache
         # ... and the host's localhost:9092 is published to a listener that advertises localhost:9092
         host = next(name for name, address in advertised.items() if address == "localhost:9092")
         assert SERVICES["kafka"]["ports"] == [f"127.0.0.1:9092:{bound[host].lstrip(':')}"]
-        # PostgreSQL: the compose server, with its user, password and database
-        store = urlsplit(settings.store_url)
+        # PostgreSQL: the compose server, with its user, password and database, a schema per service
         postgres = SERVICES["postgres"]["environment"]
-        assert settings.store_backend == "postgresql" and (store.hostname, store.port) == ("postgres", 5432)
-        assert (store.username, store.password, store.path) == (
-            postgres["POSTGRES_USER"],
-            postgres["POSTGRES_PASSWORD"],
-            "/" + postgres["POSTGRES_DB"],
-        )
+        assert set(settings.service_store_urls) == set(SERVICE_PORTS) and not settings.store_url
+        for url in settings.service_store_urls.values():
+            store = urlsplit(url)
+            assert settings.with_store(url).store_backend == "postgresql"
+            assert (store.hostname, store.port, store.username, store.password, store.path) == (
+                "postgres",
+                5432,
+                postgres["POSTGRES_USER"],
+                postgres["POSTGRES_PASSWORD"],
+                "/" + postgres["POSTGRES_DB"],
+            )
+        schemas = {_schema(url) for url in settings.service_store_urls.values()}
+        assert len(schemas) == len(SERVICE_PORTS)  # no two services share one
         assert settings.http_host == "0.0.0.0"  # so compose can publish the ports
 
 
@@ -110,12 +117,19 @@ def test_the_image_is_python_3_11_slim_with_eventlab_and_its_postgres_extra():
     assert kept[:1] == ["*"] and {"!pyproject.toml", "!README.md", "!data/", "!eventlab/"} <= set(kept)
 
 
-def _as_here(value: str, bootstrap_servers: str, store_url: str) -> str:
-    """A compose environment value with the compose servers' addresses replaced by the tests' own."""
+def _schema(url: str) -> str:
+    """The schema a compose store URL names (``?options=-csearch_path%3D<schema>``)."""
+    [options] = parse_qs(urlsplit(url).query)["options"]
+    return options.removeprefix("-csearch_path=")
+
+
+def _as_here(value: str, bootstrap_servers: str, postgres_url: str, prefix: str) -> str:
+    """A compose environment value with the compose servers' addresses replaced by the tests' own
+    (and each schema's name given ``prefix``, so that the test's schemas are its own)."""
     if value == "kafka:9092":
         return bootstrap_servers
     if urlsplit(value).hostname == "postgres":
-        return store_url
+        return f"{postgres_url}?options=-csearch_path%3D{prefix}_{_schema(value)}"
     return value
 
 
@@ -145,17 +159,18 @@ def _accepted(url: str, body: dict[str, Any]) -> Any:
 
 
 def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
-    apache_kafka_factory, postgres_store_url, tmp_path
+    apache_kafka_factory, postgres_url, tmp_path
 ):
     # given: Apache Kafka and PostgreSQL, and each compose service's command and environment with
     # only the servers' addresses rewritten (and the ports moved where they are free here)
     bootstrap_servers = apache_kafka_factory().bootstrap_servers
     offset = free_port_offset()
+    prefix = f"compose_{os.getpid()}_{offset}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, service in PROCESSES.items():
-            env = {k: _as_here(v, bootstrap_servers, postgres_store_url) for k, v in service["environment"].items()}
+            env = {k: _as_here(v, bootstrap_servers, postgres_url, prefix) for k, v in service["environment"].items()}
             env |= {"EVENTLAB_DATA_DIR": str(tmp_path / name), "EVENTLAB_HTTP_PORT_OFFSET": str(offset)}
             command = [sys.executable, "-m", "eventlab", *service["command"][1:]]
             log = (tmp_path / f"{name}.log").open("wb")
@@ -187,9 +202,21 @@ def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
             outcomes.append((order["status"], order["reason"]))
             if order["status"] == "completed":
                 break
-        # then: the saga ran through the six services and the relay: the order completed
+        # then: the saga ran through the six services and the relay: the order completed, and each
+        # service's events are in its own schema, which eventlab created
         assert outcomes[-1][0] == "completed" and all(reason in ("", "payment_failed") for _, reason in outcomes)
         assert all(child.poll() is None for child in children.values())
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            kinds = {
+                schema: {
+                    row[0]
+                    for row in admin.execute(f"SELECT DISTINCT event_type FROM {prefix}_{schema}.events".encode())
+                }
+                for schema in ("users", "orders", "payments", "notifications")
+            }
+        assert kinds["users"] == {"UserCreated"} and "OrderCompleted" in kinds["orders"]
+        assert "PaymentCompleted" in kinds["payments"] and "EmailSent" in kinds["notifications"]
+        assert not kinds["orders"] & (kinds["users"] | kinds["payments"] | kinds["notifications"])
     finally:
         for child in children.values():
             child.terminate()
@@ -199,6 +226,11 @@ def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            for (schema,) in admin.execute(
+                f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{prefix}%'".encode()
+            ).fetchall():
+                admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
 
 
 def test_the_bind_address_is_checked_like_every_setting():

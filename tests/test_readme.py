@@ -77,11 +77,10 @@ MAPPED = {
     "eventlab run NAME": "tests/test_compose.py::"
     "test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
     "docker compose ps": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
-    "docker compose exec notification eventlab audit": "tests/test_audit.py::"
-    "test_without_a_mailbox_the_mailbox_checks_say_they_were_not_run",
+    "docker compose exec notification eventlab audit": "tests/test_split_read_side.py::"
+    "test_the_audit_of_a_consistent_split_shop_is_green_and_its_markers_sit_with_their_consumers",
     "docker compose down -v": "tests/test_compose.py::test_every_process_of_the_shop_is_a_container_running_eventlab_run_on_its_seed_port",
-    "EVENTLAB_STORE_URL=postgresql://eventlab:eventlab@localhost:5432/eventlab eventlab audit": "tests/"
-    "test_read_side_stores.py::test_the_commands_read_the_store_that_store_or_eventlab_store_url_names",
+    "eventlab demo": "tests/test_demo.py::test_the_demo_passes_every_invariant_on_either_broker_and_either_store",
     "eventlab dlq list": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
     "eventlab dlq show ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
     "eventlab dlq replay ID": "tests/test_dead_letters.py::test_list_show_and_replay_round_trip",
