@@ -25,7 +25,7 @@ from eventlab.demo import run_demo
 from eventlab.services import order
 from eventlab.services.runtime import trace_metadata
 from eventlab.settings import SettingsError
-from eventlab.store import open_store
+from eventlab.store import open_store, open_stores
 from eventlab.tracing import open_tracing
 from eventlab.tracing.spans import JsonLinesExporter, Tracing
 from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
@@ -191,16 +191,20 @@ def order_trace_id_of(settings, order_id):
         store.close()
 
 
-def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys):
-    # given a data directory with an untraced store
-    settings = Settings.from_env(env={}, data_dir=tmp_path)
-    commands = Commands(open_store(settings))
+@pytest.mark.parametrize("order_store", ["shared", "its own"])
+def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys, monkeypatch, order_store):
+    # given a data directory with an untraced store (or Order's events in a store of its own)
+    if order_store == "its own":
+        monkeypatch.setenv("EVENTLAB_ORDER_STORE_URL", str(tmp_path / "order.db"))
+    settings = Settings.from_env(data_dir=tmp_path)
+    commands = Commands(open_stores(settings))
     commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
     commands.create_product(product_id="P1", name="Pen", price_cents=100)
-    for event in commands.store.read_all():  # Order hears of them (no Kafka here: as its loop would)
-        consume(commands.store, order.SERVICE, event.event, event.event_id)
+    stores = commands.stores
+    for event in [event for store in stores for event in store.read_all()]:  # as Order's loop would hear of them
+        consume(stores.of("order"), order.SERVICE, event.event, event.event_id)
     order_id = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
-    commands.store.close()
+    stores.close()
     # when `eventlab trace` is asked for the order
     status = cli.main(["trace", order_id, "--data-dir", str(tmp_path)])
     # then it says how to record spans, with exit status 1

@@ -334,7 +334,7 @@ def _trace(args: argparse.Namespace) -> int:
     from eventlab.store import open_store
 
     settings = Settings.from_env(data_dir=args.data_dir)
-    store = open_store(settings)
+    store = open_store(settings.with_store(settings.store_url_of("order")))  # where the order's stream is
     try:
         spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
     except EventlabError as exc:
