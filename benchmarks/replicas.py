@@ -5,8 +5,9 @@ takes orders over HTTP at a fixed rate while the active relay is killed (``kill 
     python benchmarks/replicas.py --orders 100 --rate 100 --json    # the fast version (tests/test_replicas.py)
     EVENTLAB_STORE_URL=postgresql://... EVENTLAB_BOOTSTRAP_SERVERS=host:9092 python benchmarks/replicas.py
 
-The broker and the store come from the environment (default: the embedded broker and a SQLite file
-in a new temporary directory). Printed: orders placed, terminal, stuck; the audit; saga latency
+The broker and the stores come from the environment (default: the embedded broker and a SQLite file
+in a new temporary directory; ``EVENTLAB_<SERVICE>_STORE_URL`` gives services stores of their own,
+and then the relay killed is the one holding the lease of Order's store). Printed: orders placed, terminal, stuck; the audit; saga latency
 p50/p99 (OrderCreated to its end, from the store's times); how long after the kill another relay held
 the lease; and what reached Kafka: every stored event of the shop's topics found (none lost), none out
 of store order per key within a partition (republished ones after a takeover are counted, not faults);
@@ -43,7 +44,7 @@ from eventlab.projections.audit import audit
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
-from eventlab.store import EventStore, open_store
+from eventlab.store import EventStore, ShopStores, open_stores
 from eventlab.supervisor import parse_replicas
 from eventlab.tables import text_rows
 
@@ -81,13 +82,14 @@ def healthy(port: int) -> dict[str, Any] | None:
 
 
 def relay_holder(settings: Settings, store: EventStore) -> int | None:
-    """The pid of the relay holding the store's relay lease (None: nobody), as the lease records it."""
+    """The pid of the relay holding the relay lease of ``store`` (the one ``settings`` name; None:
+    nobody), as the lease records it."""
     if settings.store_backend == "postgresql":
         rows = store._rows(  # type: ignore[attr-defined]
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
-            " AND a.application_name LIKE %s",
-            ("eventlab relay lease, pid %",),
+            " AND l.classid::bigint = %s AND a.application_name LIKE %s",  # this store's: its key's first half
+            (store.write_lock & 0xFFFFFFFF, "eventlab relay lease, pid %"),  # type: ignore[attr-defined]
         )
         return int(rows[0][0].rsplit(" ", 1)[1]) if rows else None
     path = settings.store_path.with_name(f"{settings.store_path.name}.relay.lease")
@@ -111,9 +113,10 @@ def _locked(path: Path) -> bool:
         return False
 
 
-def kafka_check(settings: Settings, store: EventStore, timeout: float = 60.0) -> dict[str, int]:
-    """Read every topic the shop's events go to from the start; compare with the store."""
-    records = store.read_records()
+def kafka_check(settings: Settings, stores: ShopStores, timeout: float = 60.0) -> dict[str, int]:
+    """Read every topic the shop's events go to from the start; compare with the stores (a topic's
+    events come from one store, its owner's: positions compare within it)."""
+    records = [record for store in stores for record in store.read_records()]
     position = {r.event_id: r.position for r in records}
     topics = sorted({EVENT_TYPES[r.event_type].topic for r in records})
     consumer = make_consumer(settings, f"replicas-bench-{os.getpid()}-{time.time_ns()}")
@@ -179,9 +182,13 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
     env = {k: v for k, v in os.environ.items() if k != "EVENTLAB_DATA_DIR"}
     env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
     settings = Settings.from_env(env)
-    with open_store(settings) as existing:  # its users and orders would clash with this run's
-        if existing.head():
-            raise SystemExit(f"replicas.py: {settings.store_shown} already holds events: give it an empty store")
+    existing = open_stores(settings)  # their users and orders would clash with this run's
+    try:
+        for name, store in existing.names.items():
+            if store.head():
+                raise SystemExit(f"replicas.py: {name} already holds events: give it an empty store")
+    finally:
+        existing.close()
     spec = ",".join(f"{name}={count}" for name, count in replicas.items())
     up = subprocess.Popen(
         [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0", "--replicas", spec],
@@ -193,7 +200,7 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
     output: list[str] = []
     threading.Thread(target=lambda: output.extend(up.stdout or []), daemon=True).start()
     result: dict[str, Any] = {"orders": orders, "rate": rate, "replicas": spec}
-    store: EventStore | None = None
+    stores: ShopStores | None = None
     try:
         ports = {
             (name if k == 0 else f"{name}.{k}"): settings.port(name, k)
@@ -204,7 +211,9 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         for port in ports.values():
             wait_until(lambda port=port: healthy(port), timeout=300)
         result["start_s"] = round(time.monotonic() - started, 1)
-        store = open_store(settings)
+        stores = open_stores(settings)
+        store = stores.of("order")  # the orders' events, and the store whose relay is killed
+        order_settings = settings.with_store(settings.store_url_of("order"))
         users = [f"U{i:02d}" for i in range(10)]
         products = [f"P{i:02d}" for i in range(20)]
         for user in users:
@@ -242,7 +251,7 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
                 time.sleep(max(0.0, begun + n / rate - time.monotonic()))
                 placed.append(pool.submit(place, n))
                 if kill_relay and n == orders // 2:
-                    killed = kill_active_relay(settings, store)
+                    killed = kill_active_relay(order_settings, store)
             for order in placed:
                 order.result()  # a refused order fails the run
         result["placed_s"] = round(time.monotonic() - begun, 1)
@@ -261,18 +270,19 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
             for name, port in ports.items()
             if (answer := healthy(port))
         }
-        result["kafka"] = kafka_check(settings.with_bootstrap(_bootstrap(output, settings)), store)
+        result["kafka"] = kafka_check(settings.with_bootstrap(_bootstrap(output, settings)), stores)
     except BaseException:
         print("".join(output[-60:]), file=sys.stderr)  # what 'eventlab up' said, for the failure
         raise
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(120)
-    assert store is not None
-    report = audit(store, grace=timedelta(0), mailbox=data_dir / MAILBOX)
+    assert stores is not None
+    report = audit(stores, grace=timedelta(0), mailbox=data_dir / MAILBOX)
     result["audit_ok"] = report.ok
     result["audit_failed"] = [name for name in report if not report[name].ok]
-    store.close()
+    result["stores"] = list(stores.names)
+    stores.close()
     result["load"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
