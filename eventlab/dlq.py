@@ -11,8 +11,13 @@ is for people watching Kafka, cut to :data:`BODY_LIMIT` so any broker accepts it
 produces the original bytes and headers to the original topic again, after a fix. Consumers are
 idempotent, so replaying something already handled is harmless.
 
+Where services have stores of their own (``EVENTLAB_<SERVICE>_STORE_URL``), each service's dead
+letters, and those of the relay of its store, are in that store, and ids are numbered per store:
+:class:`DeadLetters` reads every store of a :class:`~eventlab.store.ShopStores`, and a store is
+named by the services that write to it (``order``; ``user+product`` for a store two share).
+
 Example:
-    >>> letters = DeadLetters(store, settings)  # doctest: +SKIP
+    >>> letters = DeadLetters(shop.stores, settings)  # doctest: +SKIP
     >>> [letter.reason for letter in letters.find(topic="order.lifecycle.created")]  # doctest: +SKIP
     ['value is not JSON: Expecting value: line 1 column 1 (char 0)']
     >>> letters.replay([1])  # doctest: +SKIP
@@ -24,6 +29,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from eventlab.errors import BrokerError, EventlabError, StoreError
+from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     STORE_TOPIC,
     dead_letter_topic,
@@ -40,14 +46,16 @@ from eventlab.kafka.clients import (
     produce_and_wait,
 )
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
-from eventlab.settings import Settings
-from eventlab.store import open_store
+from eventlab.settings import SERVICE_PORTS, Settings
+from eventlab.store import ShopStores, open_stores
 from eventlab.store.base import DeadLetter, EventStore, Headers
 
 __all__ = [
     "BODY_LIMIT",
+    "AmbiguousDeadLetter",
     "DeadLetterPublisher",
     "DeadLetters",
+    "Located",
     "Replayed",
     "add_commands",
     "dead_letter_copy",
@@ -162,13 +170,30 @@ class DeadLetterPublisher:
             self._producer = None
 
 
+class AmbiguousDeadLetter(EventlabError):
+    """A dead letter id that several stores have (ids are numbered per store): say which store."""
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A dead letter and the store it is recorded in: ``store`` names the services that write to
+    that store (``order``, or ``user+product+payment`` for a shared one), ``store_name`` is the
+    store's file or URL (without its password)."""
+
+    store: str
+    store_name: str
+    letter: DeadLetter
+
+
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """What a replay did with one dead letter: ``topic`` it went to, or ``error`` saying why not."""
+    """What a replay did with one dead letter: ``topic`` it went to, or ``error`` saying why not;
+    ``store`` the store it came from where the shop has several (as :attr:`Located.store`), else None."""
 
     id: int
     topic: str | None
     error: str | None = None
+    store: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -178,59 +203,130 @@ class Replayed:
 class DeadLetters:
     """The typed API behind ``eventlab dlq``: list, show and replay recorded dead letters.
 
-    ``settings`` must point at a running broker for :meth:`replay` only.
+    ``stores`` is one event store, or a shop's stores (``shop.stores``), each of which holds the
+    dead letters of the services writing to it and of its relay. Ids are numbered per store, so
+    where services have stores of their own, ``service=`` says whose store an id is in; an id
+    that only one store has needs no ``service``. ``settings`` must point at a running broker
+    for :meth:`replay` only.
 
     Example:
-        >>> letters = DeadLetters(shop.store, shop.kafka_settings)  # doctest: +SKIP
+        >>> letters = DeadLetters(shop.stores, shop.kafka_settings)  # doctest: +SKIP
         >>> letters.counts()  # doctest: +SKIP
         {'inventory': 2, 'relay': 1}
+        >>> letters.get(1, service="inventory").reason  # doctest: +SKIP
+        'missing header ce_specversion'
     """
 
-    def __init__(self, store: EventStore, settings: Settings | None = None) -> None:
-        self.store = store
+    def __init__(self, stores: EventStore | ShopStores, settings: Settings | None = None) -> None:
+        self.stores = stores if isinstance(stores, ShopStores) else ShopStores.one(stores)
         self.settings = settings
         self._producer: Producer | None = None
 
     def __repr__(self) -> str:
         return f"<DeadLetters {sum(self.counts().values())} recorded>"
 
-    def find(self, topic: str | None = None, consumer: str | None = None) -> list[DeadLetter]:
-        """Every recorded dead letter (of ``topic``/``consumer``), oldest first."""
-        return self.store.dead_letters(topic=topic, consumer=consumer)
+    @property
+    def split(self) -> bool:
+        """Whether the dead letters are in several stores (services with stores of their own)."""
+        return self.stores.split
 
-    def get(self, dead_letter_id: int) -> DeadLetter:
-        """One dead letter by id; :class:`EventlabError` if there is none."""
-        found = self.store.dead_letters(ids=[dead_letter_id])
-        if not found:
-            raise EventlabError(f"no dead letter {dead_letter_id}")
-        return found[0]
+    def find(
+        self, topic: str | None = None, consumer: str | None = None, service: str | None = None
+    ) -> list[DeadLetter]:
+        """Every recorded dead letter (of ``topic``/``consumer``, in ``service``'s store), oldest first."""
+        return [found.letter for found in self.located(topic, consumer, service)]
+
+    def located(
+        self, topic: str | None = None, consumer: str | None = None, service: str | None = None
+    ) -> list[Located]:
+        """:meth:`find` with the store of each: every store's (or ``service``'s store's), oldest first."""
+        return [found for _, found in self._find(topic, consumer, service)]
+
+    def get(self, dead_letter_id: int, service: str | None = None) -> DeadLetter:
+        """One dead letter by id (in ``service``'s store); :class:`EventlabError` if there is none,
+        :class:`AmbiguousDeadLetter` if ``service`` is not given and several stores have that id."""
+        return self.locate(dead_letter_id, service).letter
+
+    def locate(self, dead_letter_id: int, service: str | None = None) -> Located:
+        """:meth:`get` with the store the dead letter is in."""
+        return self._locate(dead_letter_id, service)[1]
 
     def counts(self) -> dict[str, int]:
-        """Dead letters per consumer."""
-        return self.store.dead_letter_counts()
+        """Dead letters per consumer (a store's relay: ``relay``), every store's added up."""
+        if not self.split:
+            return next(iter(self.stores)).dead_letter_counts()
+        total: Counter[str] = Counter()
+        for store in self.stores:
+            total.update(store.dead_letter_counts())
+        return dict(total)
 
     def replay(
-        self, ids: Iterable[int] | None = None, *, topic: str | None = None, timeout: float = 15.0
+        self,
+        ids: Iterable[int] | None = None,
+        *,
+        topic: str | None = None,
+        service: str | None = None,
+        timeout: float = 15.0,
     ) -> list[Replayed]:
-        """Produce dead letters (``ids``, or all of ``topic``, or all) again, each with a checked
-        delivery, and record the replay. A stored event the relay could not decode is published as
-        the relay would now, if it can be decoded now (after a fix); else it is reported, not sent.
-        """
-        letters = self.find(topic=topic) if ids is None else [self.get(i) for i in ids]
-        if ids is not None and topic is not None:
-            letters = [letter for letter in letters if letter.topic == topic]
-        return [self._replay_one(letter, timeout) for letter in letters]
+        """Produce dead letters (``ids``, or all of ``topic``, or all; in ``service``'s store, else in
+        every store) again, each with a checked delivery, and record the replay in its store. A
+        stored event the relay could not decode is published as the relay would now, if it can be
+        decoded now (after a fix); else it is reported, not sent. Every id is looked up before
+        anything is sent (see :meth:`get`)."""
+        if ids is None:
+            chosen = self._find(topic, None, service)
+        else:
+            chosen = [pair for pair in (self._locate(i, service) for i in ids) if topic in (None, pair[1].letter.topic)]
+        return [self._replay_one(store, found, timeout) for store, found in chosen]
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
 
-    def _replay_one(self, letter: DeadLetter, timeout: float) -> Replayed:
+    def _chosen(self, service: str | None) -> list[EventStore]:
+        if service is None:
+            return list(self.stores)
+        if service not in SERVICE_PORTS:
+            raise EventlabError(f"no service {service!r}: one of {', '.join(SERVICE_PORTS)}")
+        return [self.stores.of(service)]
+
+    def _find(self, topic: str | None, consumer: str | None, service: str | None) -> list[tuple[EventStore, Located]]:
+        found = [
+            (store, self._located(store, letter))
+            for store in self._chosen(service)
+            for letter in store.dead_letters(topic=topic, consumer=consumer)
+        ]
+        if self.split and service is None:  # each store's are in id order already
+            found.sort(key=lambda pair: pair[1].letter.recorded_at)
+        return found
+
+    def _locate(self, dead_letter_id: int, service: str | None) -> tuple[EventStore, Located]:
+        found = [
+            (store, self._located(store, letter))
+            for store in self._chosen(service)
+            for letter in store.dead_letters(ids=[dead_letter_id])
+        ]
+        if len(found) > 1:
+            stores = [located.store for _, located in found]
+            choices = " or ".join(f"--service {store.split('+')[0]}" for store in stores)
+            raise AmbiguousDeadLetter(
+                f"dead letter {dead_letter_id} is in {len(found)} stores ({', '.join(stores)}): say which with {choices}"
+            )
+        if not found:
+            where = f" in the store of {service}" if self.split and service else " in any store" if self.split else ""
+            raise EventlabError(f"no dead letter {dead_letter_id}{where}")
+        return found[0]
+
+    def _located(self, store: EventStore, letter: DeadLetter) -> Located:
+        return Located("+".join(self.stores.services_of(store)), self.stores.name_of(store), letter)
+
+    def _replay_one(self, store: EventStore, found: Located, timeout: float) -> Replayed:
+        letter, shown = found.letter, found.store if self.split else None
         try:
-            topic, key, value, headers = self._original(letter)
+            topic, key, value, headers = self._original(store, letter)
         except UndecodableMessage as exc:
-            return Replayed(letter.id, None, f"stored event #{letter.offset} still cannot be published: {exc}")
+            return Replayed(letter.id, None, f"stored event #{letter.offset} still cannot be published: {exc}", shown)
         if self._producer is None:
             if self.settings is None or self.settings.embedded:
                 raise BrokerError(
@@ -242,15 +338,16 @@ class DeadLetters:
         except BrokerError as exc:
             self._producer.purge()
             self._producer = None
-            return Replayed(letter.id, topic, str(exc))
-        self.store.mark_dead_letter_replayed(letter.id)
-        return Replayed(letter.id, topic)
+            return Replayed(letter.id, topic, str(exc), shown)
+        store.mark_dead_letter_replayed(letter.id)
+        return Replayed(letter.id, topic, None, shown)
 
-    def _original(self, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
+    @staticmethod
+    def _original(store: EventStore, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
         if letter.topic != STORE_TOPIC:
             original = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
             return letter.topic, letter.key, letter.value, original
-        records = self.store.read_records(after=letter.offset - 1, limit=1)
+        records = store.read_records(after=letter.offset - 1, limit=1)
         if not records or records[0].position != letter.offset:
             raise UndecodableMessage("it is no longer in the store")
         topic = record_topic(records[0])
@@ -280,10 +377,27 @@ examples:
   eventlab dlq show 3 --full body.bin
   EVENTLAB_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventlab dlq replay 3 4
   EVENTLAB_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventlab dlq replay --all --topic order.lifecycle.created
+
+a store per service (EVENTLAB_<SERVICE>_STORE_URL): each service's dead letters, and those of its
+store's relay, are in its store, numbered per store. 'list' shows every store's, each with its store
+(the services writing to it); --service NAME picks NAME's store. An ID that several stores have
+needs --service; 'replay --all' without it replays every store's:
+  eventlab dlq list --service order
+  eventlab dlq show 3 --service notification
+  EVENTLAB_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventlab dlq replay 3 --service order
 """
 
 
 Parser = argparse.ArgumentParser
+
+_SERVICE_HELP = (
+    "only the dead letters in the store of service NAME (its own with EVENTLAB_<NAME>_STORE_URL, "
+    "else the shared one), its relay's included"
+)
+_SERVICE_ID_HELP = (
+    "look IDs up in the store of service NAME only (its own with EVENTLAB_<NAME>_STORE_URL, else the "
+    "shared one): needed where several stores have an ID"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequence[Parser]) -> None:
@@ -294,7 +408,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         help="list, show and replay dead letters",
         description="Dead letters are messages a service could not handle and stored events the relay "
         "could not decode. Each is recorded whole in the event store (the durable truth) and copied to "
-        "<topic>.dlq. These commands read the store's records.",
+        "<topic>.dlq. These commands read the store's records: every store's where services have "
+        "stores of their own.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -310,10 +425,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         _list,
         "dead letters with reason, consumer and where they came from",
         "One line per dead letter, oldest first: id, recorded time, consumer, original "
-        "topic[partition]@offset (a stored event: store@position), size, replays, reason.",
+        "topic[partition]@offset (a stored event: store@position), size, replays, reason. Where "
+        "services have stores of their own, every store's, each with a 'store' column: the services "
+        "that write to it (ids are numbered per store).",
     )
     listing.add_argument("--topic", metavar="T", help="only dead letters from topic T ('store' for the relay's)")
     listing.add_argument("--consumer", metavar="NAME", help="only those of this consumer (a service or 'relay')")
+    listing.add_argument("--service", choices=SERVICE_PORTS, metavar="NAME", help=_SERVICE_HELP)
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     show = action(
         "show",
@@ -325,6 +443,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
     show.add_argument("id", type=int, help="the dead letter's id (see 'eventlab dlq list')")
     show.add_argument("--full", type=Path, metavar="FILE", help="write the whole body, raw bytes, to FILE")
     show.add_argument("--limit", type=int, default=2000, metavar="N", help="characters of body to print (2000)")
+    show.add_argument("--service", choices=SERVICE_PORTS, metavar="NAME", help=_SERVICE_ID_HELP)
     replay = action(
         "replay",
         _replay,
@@ -338,24 +457,32 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
     replay.add_argument("ids", type=int, nargs="*", default=[], metavar="ID", help="dead letters to replay")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --topic) instead of IDs")
     replay.add_argument("--topic", metavar="T", help="with --all: only dead letters from topic T")
+    replay.add_argument(
+        "--service",
+        choices=SERVICE_PORTS,
+        metavar="NAME",
+        help=f"{_SERVICE_ID_HELP}; with --all: only that store's (default: every store's)",
+    )
 
 
 def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
-    if settings.store_backend == "sqlite" and not settings.store_path.is_file():
-        raise StoreError(f"no event store at {settings.store_path}")
-    store = open_store(settings, create=False)
-    letters = DeadLetters(store, settings)
+    stores = open_stores(settings, create=False)  # a store that is not there: StoreError naming it
+    letters = DeadLetters(stores, settings)
     try:
         return action(letters)
     finally:
         letters.close()
-        store.close()
+        stores.close()
 
 
-def _summary(letter: DeadLetter) -> dict[str, Any]:
+def _summary(found: Located, split: bool) -> dict[str, Any]:
+    """A dead letter's fields for ``list --json`` and ``show``; its store where there are several."""
+    letter = found.letter
+    where = {"store": found.store, "store_name": found.store_name} if split else {}
     return {
         "id": letter.id,
+        **where,
         "recorded_at": letter.recorded_at.isoformat(),
         "consumer": letter.consumer,
         "topic": letter.topic,
@@ -371,30 +498,35 @@ def _summary(letter: DeadLetter) -> dict[str, Any]:
 
 def _list(args: argparse.Namespace) -> int:
     def run(letters: DeadLetters) -> int:
-        found = letters.find(topic=args.topic, consumer=args.consumer)
+        found = letters.located(topic=args.topic, consumer=args.consumer, service=args.service)
         if args.json:
-            for letter in found:
-                print(json.dumps(_summary(letter)))
+            for each in found:
+                print(json.dumps(_summary(each, letters.split)))
             return 0
         if not found:
             print("no dead letters")
             return 0
         rows = []
-        for letter in found:
+        for each in found:
+            letter = each.letter
             where = f"{letter.topic}[{letter.partition}]@{letter.offset}"
             if letter.topic == STORE_TOPIC:
                 where = f"{letter.topic}@{letter.offset}"
-            rows.append((letter, where))
+            rows.append((each, where))
         width = max(len(where) for _, where in rows)
-        head = f"{'id':>5}  {'recorded (UTC)':<19}  {'consumer':<12}  {'from':<{width}}  {'bytes':>9}  replays  "
+        stores = max(len("store"), *(len(each.store) for each in found))
+        store_head = f"{'store':<{stores}}  " if letters.split else ""
+        head = f"{'id':>5}  {'recorded (UTC)':<19}  {'consumer':<12}  {store_head}{'from':<{width}}  {'bytes':>9}  replays  "
         room = max(20, shutil.get_terminal_size((120, 24)).columns - len(head) - 1)
         print(f"{head}reason")
-        for letter, where in rows:
+        for each, where in rows:
+            letter = each.letter
+            store = f"{each.store:<{stores}}  " if letters.split else ""
             reason = printable(letter.reason.encode(), None).replace("\n", " ")
             reason = reason if len(reason) <= room else reason[: room - 1] + "…"
             print(
-                f"{letter.id:>5}  {letter.recorded_at:%Y-%m-%d %H:%M:%S}  {letter.consumer:<12}  {where:<{width}}"
-                f"  {len(letter.value or b''):>9,}  {letter.replays:>7}  {reason}"
+                f"{letter.id:>5}  {letter.recorded_at:%Y-%m-%d %H:%M:%S}  {letter.consumer:<12}  {store}"
+                f"{where:<{width}}  {len(letter.value or b''):>9,}  {letter.replays:>7}  {reason}"
             )
         return 0
 
@@ -403,8 +535,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     def run(letters: DeadLetters) -> int:
-        letter = letters.get(args.id)
-        for name, value in _summary(letter).items():
+        found = letters.locate(args.id, args.service)
+        letter = found.letter
+        for name, value in _summary(found, letters.split).items():
             print(f"{name:<12} {printable(str(value).encode(), 400)}")
         print(f"{'key':<12} {printable(letter.key, 200)}")
         print("headers:")
@@ -427,12 +560,13 @@ def _replay(args: argparse.Namespace) -> int:
         raise EventlabError("--topic goes with --all")
 
     def run(letters: DeadLetters) -> int:
-        outcomes = letters.replay(None if args.all else args.ids, topic=args.topic)
+        outcomes = letters.replay(None if args.all else args.ids, topic=args.topic, service=args.service)
         for outcome in outcomes:
+            store = "" if outcome.store is None else f" (store: {outcome.store})"
             if outcome.ok:
-                print(f"replayed {outcome.id} to {outcome.topic}")
+                print(f"replayed {outcome.id}{store} to {outcome.topic}")
             else:
-                print(f"not replayed {outcome.id}: {outcome.error}", file=sys.stderr)
+                print(f"not replayed {outcome.id}{store}: {outcome.error}", file=sys.stderr)
         if not outcomes:
             print("nothing to replay")
         return 0 if all(outcome.ok for outcome in outcomes) else 1
