@@ -112,10 +112,15 @@ def open_stores(
     (with ``opener`` when given, e.g. a test's; else :func:`open_store`)."""
     opened: dict[str, EventStore] = {}
     by_service: dict[str, EventStore] = {}
-    for service in SERVICE_PORTS:
-        own = settings.with_store(settings.store_url_of(service))
-        name = str(own.store_path.resolve()) if own.store_backend == "sqlite" else own.store_shown
-        if name not in opened:
-            opened[name] = open_store(own, create=create) if opener is None else opener(own)
-        by_service[service] = opened[name]
+    try:
+        for service in SERVICE_PORTS:
+            own = settings.with_store(settings.store_url_of(service))
+            name = str(own.store_path.resolve()) if own.store_backend == "sqlite" else own.store_shown
+            if name not in opened:
+                opened[name] = open_store(own, create=create) if opener is None else opener(own)
+            by_service[service] = opened[name]
+    except BaseException:  # one store failed to open: close those already open, then say why
+        for store in opened.values():
+            store.close()
+        raise
     return ShopStores(by_service, opened)
