@@ -30,11 +30,12 @@ from projection_story import (
     tell_standard_story,
 )
 
+from eventlab.adapters.mailer import MAILBOX
 from eventlab.events import StockReserved
 from eventlab.projections import ProjectionError, Projections, QueryRefused, audit, export_parquet, query
 from eventlab.projections.sources import store_locations
 from eventlab.settings import SERVICE_PORTS, Settings
-from eventlab.store import open_stores
+from eventlab.store import SqliteEventStore, open_stores
 
 LATER = START + timedelta(days=3)
 
@@ -315,3 +316,25 @@ def test_writes_and_other_applications_tables_stay_out_of_reach_on_every_store(s
             assert ("app_users",) not in tables
     assert [copy.read_bytes() for copy in copies] == before
     assert query(copies, "SELECT count(*) AS n FROM orders")["n"].to_list() == [5]
+
+
+def test_the_audit_of_a_split_shop_reads_the_mailbox_in_the_data_directory(tmp_path):
+    # given a shop whose user service keeps its store elsewhere, and a mailbox with an email sent twice
+    data, elsewhere = tmp_path / "data", tmp_path / "users"
+    data.mkdir(), elsewhere.mkdir()
+    SqliteEventStore(data / "events.db").close()
+    SqliteEventStore(elsewhere / "user.db").close()
+    email = json.dumps({"order_id": "O1", "kind": "confirmation", "to": "ada@example.com"})
+    (data / MAILBOX).write_text(f"{email}\n{email}\n")
+    # when the audit runs as the shop's settings say
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "eventlab", "audit", "--json", "--data-dir", str(data)],
+        env={**clean, "EVENTLAB_USER_STORE_URL": str(elsewhere / "user.db")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # then it checked the mailbox where the mailer writes it, and fails on the duplicate
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["no_duplicate_email"]["ok"] is False

@@ -258,8 +258,10 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
 
 def _audit(args: argparse.Namespace) -> int:
     stores = _store_locations(args)
-    # the mailer writes into the data directory; a SQLite store's audit looks beside the (first) file
-    mailbox = _settings(args).data_dir / MAILBOX if isinstance(stores[0], PostgresUrl) else None
+    # The mailer writes into the data directory: the shop's the settings name (a split shop's store
+    # files may lie anywhere); with --store, beside the (first) SQLite file given, else there too.
+    beside = args.store and not isinstance(stores[0], PostgresUrl)
+    mailbox = None if beside else _settings(args).data_dir / MAILBOX
     report = audit(stores, grace=timedelta(seconds=args.grace), mailbox=mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
