@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import threading
 
 import psycopg
@@ -124,6 +125,39 @@ def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute("DROP SCHEMA orders CASCADE; DROP SCHEMA stock CASCADE")
+
+
+def test_every_process_of_a_shop_may_open_a_new_schema_at_once_and_unquoted_names_fold_as_postgresql_does(
+    postgres_url,
+):
+    # given six openers of one schema nobody has created yet (a compose shop's containers start together),
+    # named the way a person may write it: unquoted, in capitals
+    schema = f"Race_{os.getpid()}"
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    start = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            PostgresEventStore(url).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    openers = [threading.Thread(target=open_it) for _ in range(6)]
+    try:
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(60)
+        # then every one opened it, and the schema is the one PostgreSQL reads that name as
+        assert failures == []
+        with PostgresEventStore(url) as store:
+            store.append([NewEvent(added(), 1)])
+        assert sql(url, "SELECT current_schema(), count(*) FROM events") == [[(schema.lower(), 1)]]
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
 
 
 def test_an_unreachable_server_is_a_store_error_naming_it_without_the_password():

@@ -223,13 +223,22 @@ def _describe(conninfo: str) -> str:
 
 def _create_schema(conn: psycopg.Connection[Any]) -> str | None:
     """Create the first schema the search path names (``?options=-csearch_path%3Dorders``: a service's
-    store of its own) when none of them exists yet; return it (None: the path names none)."""
+    store of its own) when none of them exists yet; return it (None: the path names none).
+
+    Under the schema lock, as the tables are: every process of a shop opens every store at once, and
+    ``CREATE SCHEMA IF NOT EXISTS`` alone fails in all but one of concurrent sessions. An unquoted
+    name is folded to lower case, as PostgreSQL reads the search path.
+    """
     path = conn.execute("SELECT current_setting('search_path')").fetchone()
-    names = [name.strip().strip('"') for name in (path[0] if path else "").split(",")]
-    first = next((name for name in names if name and name != "$user"), None)
-    if first is not None:
+    names = [name.strip() for name in (path[0] if path else "").split(",")]
+    first = next((name for name in names if name and name != '"$user"' and name != "$user"), None)
+    if first is None:
+        return None
+    first = first[1:-1].replace('""', '"') if first.startswith('"') and first.endswith('"') else first.lower()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
-        log.info("created schema %s for the event store", first)
+    log.info("event store schema %s (created if it was missing)", first)
     return first
 
 
