@@ -6,10 +6,12 @@ Commands are validated first (:func:`eventlab.commands.parse`); a rejected comma
 
 from __future__ import annotations
 
+import heapq
 import html
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
@@ -179,16 +181,15 @@ class Commands:
         )
 
     def read_correlated(self, correlation_id: str) -> list[StoredEvent]:
-        """Every event of one saga, from every store: by recorded time, then store, then position
-        (one store: in position order)."""
+        """Every event of one saga, from every store, merged as the read side merges stores: each
+        store in its own position order, interleaved by the latest time each has reached, then store
+        (one store: its position order)."""
         if not self.stores.split:
             return self.store.read_correlated(correlation_id)
-        found = [
-            (event.recorded_at, index, event.position, event)
-            for index, store in enumerate(self.stores)
-            for event in store.read_correlated(correlation_id)
+        stores = [
+            _by_time_reached(index, store.read_correlated(correlation_id)) for index, store in enumerate(self.stores)
         ]
-        return [event for *_, event in sorted(found, key=lambda row: row[:3])]
+        return [event for *_, event in heapq.merge(*stores)]
 
     def _create(
         self,
@@ -226,3 +227,13 @@ def _input(data: Mapping[str, Any] | Any, fields: dict[str, Any]) -> Mapping[str
     if fields:
         raise TypeError("pass a command as one mapping or as keywords, not both")
     return data
+
+
+def _by_time_reached(index: int, events: list[StoredEvent]) -> Iterator[tuple[datetime, int, int, StoredEvent]]:
+    """One store's ``events`` (in position order) keyed by the latest recorded time reached so far,
+    then the store's ``index`` and the position: keys that never go down, so merging several stores'
+    by them keeps each store's order (``recorded_at`` is taken before the write lock, so it can)."""
+    reached: datetime | None = None
+    for event in events:
+        reached = event.recorded_at if reached is None else max(reached, event.recorded_at)
+        yield reached, index, event.position, event

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import urllib.error
 from collections import Counter
+from datetime import datetime, timedelta
 
 import pytest
 from conftest import free_port_offset
@@ -14,14 +15,15 @@ from test_processes import processes, request, wait_healthy
 
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
+from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services, subscriptions
-from eventlab.events import UserCreated
+from eventlab.events import StockAdded, UserCreated
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.kafka.relay import rewind
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES, inventory
-from eventlab.services.runtime import load
-from eventlab.store import MemoryEventStore, NewEvent, SqliteEventStore, open_stores
+from eventlab.services.runtime import load, trace_metadata
+from eventlab.store import MemoryEventStore, NewEvent, ShopStores, SqliteEventStore, open_stores
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +259,27 @@ def test_a_second_relay_process_stands_by_for_every_store_and_takes_each_over(tm
             thread.join(10)
         first_stores.close()
         second_stores.close()
+
+
+def test_an_orders_saga_read_from_several_stores_keeps_each_stores_order_even_when_its_clock_steps_back():
+    # given Order's store, whose second event was stamped earlier than its first (times are taken
+    # before the write lock), and Payment's store with an event in between
+    second = timedelta(seconds=1)
+    times = iter([START + 2 * second, START, START + second])  # Order's first, Order's second, Payment's
+    order_store, payment_store = (MemoryEventStore(clock=lambda: next(times)) for _ in range(2))
+    saga = trace_metadata("test", "O1")
+    order_store.append([NewEvent(StockAdded(product_id="first", quantity=1), 1, saga)])
+    order_store.append([NewEvent(StockAdded(product_id="second", quantity=1), 2, saga)])
+    payment_store.append([NewEvent(StockAdded(product_id="payment", quantity=1), 1, saga)])
+    stores = ShopStores(
+        {name: payment_store if name == "payment" else order_store for name in SERVICE_NAMES},
+        {"order": order_store, "payment": payment_store},
+    )
+    # when the saga is read from both
+    events = Commands(stores).read_correlated("O1")
+    # then Order's events keep their order (sorting by time alone put its second first), Payment's
+    # before both: Order had reached a later time by its first
+    assert [event.event.product_id for event in events] == ["payment", "first", "second"]
+
+
+START = datetime(2026, 1, 1)
