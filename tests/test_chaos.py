@@ -220,9 +220,16 @@ def test_a_used_data_dir_is_refused_before_anything_starts(tmp_path):
         run_chaos(Settings(data_dir=tmp_path), ChaosConfig(orders=1))
 
 
-def test_a_store_chaos_cannot_judge_is_refused_before_anything_starts(tmp_path):
-    settings = Settings(data_dir=tmp_path, store_url="postgresql://shop:pw@localhost:5432/shop")
-    with pytest.raises(ChaosError, match="EVENTLAB_STORE_URL"):
+@pytest.mark.parametrize(
+    ("stores", "variable"),
+    [
+        ({"store_url": "postgresql://shop:pw@localhost:5432/shop"}, "EVENTLAB_STORE_URL"),
+        ({"service_store_urls": {"order": "/tmp/order.db"}}, "EVENTLAB_ORDER_STORE_URL"),
+    ],
+)
+def test_a_store_chaos_cannot_judge_is_refused_before_anything_starts(tmp_path, stores, variable):
+    settings = Settings(data_dir=tmp_path, **stores)
+    with pytest.raises(ChaosError, match=variable):
         run_chaos(settings, ChaosConfig(orders=1))
     assert not list(tmp_path.iterdir())  # nothing was started or written
 

@@ -29,7 +29,7 @@ from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.kafka.relay import unpublished
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
-from eventlab.settings import Settings
+from eventlab.settings import Settings, service_store_variable
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
 
@@ -227,6 +227,9 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         raise ChaosError(
             f"chaos judges the run from a SQLite store, not {settings.store_backend}: unset EVENTLAB_STORE_URL"
         )
+    if settings.service_store_urls:
+        variables = ", ".join(service_store_variable(name) for name in settings.service_store_urls)
+        raise ChaosError(f"chaos judges the run from one SQLite store, not a store per service: unset {variables}")
     if settings.store_path.exists():
         raise ChaosError(f"{settings.data_dir} already holds an event store: chaos needs a fresh data dir")
     progress = _Progress(progress_stream)
