@@ -335,9 +335,10 @@ def _demo(args: argparse.Namespace) -> int:
         report = run_demo(
             shop, args.orders, seed=args.seed, rate=args.rate, timeout=args.timeout, progress=ProgressPrinter()
         )
-        if settings.store_backend == "memory":  # gone once the shop stops
+        in_memory = any(url == "memory://" for url in (settings.store_url, *settings.service_store_urls.values()))
+        if in_memory:  # gone once the shop stops
             report.invariants = invariants(shop.stores, mailbox)
-    if settings.store_backend != "memory":
+    if not in_memory:
         report.invariants = invariants(store_locations(settings), mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1

@@ -216,3 +216,14 @@ def test_every_wait_of_the_demo_ends_at_its_timeout(tmp_path):
         shop.wait_idle(timeout=60)
         report = run_demo(shop, 2, timeout=1)
     assert report.stuck > 0 and not report.ok
+
+
+@pytest.mark.parametrize("variable", ["EVENTLAB_STORE_URL", "EVENTLAB_PAYMENT_STORE_URL"])
+def test_a_demo_in_memory_is_audited_before_its_store_is_gone(variable, tmp_path):
+    # given a store in the demo's own memory: the shop's, or one service's
+    # when the demo runs
+    result = demo("--orders", "8", "--data-dir", str(tmp_path), **{variable: "memory://"})
+    # then its invariants were read while the shop still held that store
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["stuck"] == 0 and report["invariants"] == dict.fromkeys(AUDIT_NAMES, True)
