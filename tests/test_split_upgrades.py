@@ -4,13 +4,27 @@ service later (refused: its data is not moved)."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import signal
+import subprocess
+import sys
 
-from eventlab.events import ProductCreated, UserCreated
+import pytest
+from conftest import free_port_offset
+
+from eventlab import Settings, Shop
+from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import aggregates, build_services
+from eventlab.errors import StoreError
+from eventlab.events import CustomerRecorded, ProductCreated, UserCreated
 from eventlab.kafka.relay import catch_up_subscriptions, rewind
-from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.shop import check_service_stores
+from eventlab.store import NewEvent, SqliteEventStore, open_stores
 
 pytestmark = pytest.mark.integration
+
+#: Each service's aggregate types, as the shop knows them.
+OWNED = aggregates(build_services(Settings(store_url="memory://"), SimulatedGateway()))
 
 #: Order's subscriptions before and after an upgrade that keeps its own copy of the users too.
 BEFORE_UPGRADE = {"order": {"ProductCreated"}}
@@ -83,3 +97,111 @@ def test_a_tracking_position_forgotten_while_another_process_computes_one_stays_
     if following is not order:
         following.close()
     shared.close()
+
+
+# --- a store per service given to a shop that already ran (or taken away) -------------------------------
+
+
+def order_store_settings(tmp_path, **values):
+    """The shop in ``tmp_path`` with Order on a SQLite file of its own (``EVENTLAB_ORDER_STORE_URL``)."""
+    return Settings.from_env(
+        env={}, data_dir=tmp_path, service_store_urls={"order": str(tmp_path / "order.db")}, **values
+    )
+
+
+def ran_on_one_store(tmp_path, *, markers=True, customers=False):
+    """A shop that ran on the one store ``events.db``: two registrations, handled by Order (its processed
+    markers) and/or copied into Order's own customers (events of its aggregate ``order_customer``)."""
+    with SqliteEventStore(tmp_path / "events.db") as shared:
+        for number in range(2):
+            registered = shared.append([user(number)])[0]
+            copy = [NewEvent(CustomerRecorded(user_id=f"U{number}", email="ada@example.com"), 1)] if customers else []
+            shared.append(copy, processed=("order", registered.event_id) if markers else None)
+
+
+def test_a_shop_that_ran_on_one_store_is_refused_a_store_of_its_own_for_order(tmp_path):
+    # given a shop that ran on one store, where Order handled two registrations
+    ran_on_one_store(tmp_path)
+    # when the operator gives Order a store of its own and starts the shop again
+    shop = Shop(order_store_settings(tmp_path))
+    try:
+        with pytest.raises(StoreError) as refused:
+            shop.start()
+    finally:
+        shop.stop()
+    # then it is refused, naming the service, its variable, both stores and the way out
+    message = str(refused.value)
+    assert message.startswith("order has a store of its own (EVENTLAB_ORDER_STORE_URL: ")
+    assert str(tmp_path / "order.db") in message and str(tmp_path / "events.db") in message
+    assert "new data directory" in message and "unset EVENTLAB_ORDER_STORE_URL" in message
+    # and nothing was republished to Order: the shared store's relay never rewound
+    with SqliteEventStore(tmp_path / "events.db") as shared:
+        assert (
+            shared.checkpoint("relay") == 0
+            and shared.checkpoint(f"tracking:order@{shared.read_all()[0].event_id}") == 0
+        )
+
+
+def test_up_processes_refuses_it_in_one_line(tmp_path):
+    # given a shop that ran on one store, where Order keeps its own copy of two customers
+    ran_on_one_store(tmp_path, markers=False, customers=True)
+    # when `eventlab up --processes` starts it with Order on a store of its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    env.update(
+        EVENTLAB_DATA_DIR=str(tmp_path),
+        EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()),
+        EVENTLAB_ORDER_STORE_URL=str(tmp_path / "order.db"),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--processes"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        output, errors = up.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        up.send_signal(signal.SIGTERM)
+        output, errors = up.communicate(timeout=60)
+        pytest.fail(f"the shop started: {output}{errors}")
+    # then it stops before starting anything, with one line and a non-zero status
+    assert up.returncode == 2, output + errors
+    assert errors.startswith("eventlab: error: order has a store of its own (EVENTLAB_ORDER_STORE_URL: ")
+    assert len(errors.strip().splitlines()) == 1 and "Traceback" not in errors
+
+
+def test_a_shop_on_stores_of_their_own_from_the_start_is_accepted_and_keeps_them(tmp_path):
+    # given a shop that ran with Order on a store of its own from the start (the shared store holds users)
+    ran_on_one_store(tmp_path, markers=False)
+    stores = open_stores(order_store_settings(tmp_path))
+    try:
+        check_service_stores(order_store_settings(tmp_path), stores, OWNED)
+        registered = stores.of("user").read_all()[0]
+        stores.of("order").append([], processed=("order", registered.event_id))
+        # when it starts again, then it is accepted
+        check_service_stores(order_store_settings(tmp_path), stores, OWNED)
+    finally:
+        stores.close()
+    # but when EVENTLAB_ORDER_STORE_URL is unset later, Order's past (in its own store) is not forgotten
+    one = open_stores(Settings.from_env(env={}, data_dir=tmp_path))
+    try:
+        with pytest.raises(StoreError, match="^order ran on a store of its own .*set EVENTLAB_ORDER_STORE_URL again"):
+            check_service_stores(Settings.from_env(env={}, data_dir=tmp_path), one, OWNED)
+    finally:
+        one.close()
+
+
+def test_every_service_on_a_store_of_its_own_is_checked_against_the_shared_store_that_ran_before(tmp_path):
+    # given a shop that ran on one store, where Order handled two registrations
+    ran_on_one_store(tmp_path)
+    # when every service gets a store of its own (the shared store is then no service's)
+    urls = {name: str(tmp_path / f"{name}.db") for name in OWNED}
+    settings = Settings.from_env(env={}, data_dir=tmp_path, service_store_urls=urls)
+    stores = open_stores(settings)
+    try:
+        # then it is refused all the same, naming the first service whose past is there (User's registrations)
+        with pytest.raises(StoreError, match="^user has a store of its own .*EVENTLAB_USER_STORE_URL"):
+            check_service_stores(settings, stores, OWNED)
+    finally:
+        stores.close()
