@@ -38,7 +38,7 @@ from eventlab.sweeper import DeadlineSweeper
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["Wiring", "build_services", "subscriptions"]
+__all__ = ["Wiring", "aggregates", "build_services", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,12 @@ def build_services(
 def subscriptions(services: Mapping[str, Service]) -> dict[str, set[str]]:
     """Each consuming service's subscribed event types, by name (what :func:`rewind` needs)."""
     return {name: {cls.__name__ for cls in s.subscriptions} for name, s in services.items() if s.subscriptions}
+
+
+def aggregates(services: Mapping[str, Service]) -> dict[str, set[str]]:
+    """Each service's aggregate types, by name: the streams it folds, and the only ones it writes
+    (what tells whether a store holds a service's data)."""
+    return {name: set(s.evolvers) for name, s in services.items()}
 
 
 @dataclass(frozen=True)

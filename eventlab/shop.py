@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
-from eventlab.bootstrap import Wiring, build_services, subscriptions
+from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
-from eventlab.events import Event, ProductCreated, UserCreated
+from eventlab.events import EVENT_TYPES, Event, ProductCreated, UserCreated
 from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
 from eventlab.ids import new_id
@@ -31,7 +31,7 @@ from eventlab.kafka.relay import Relay, rewind, unpublished
 from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
-from eventlab.settings import Settings
+from eventlab.settings import Settings, service_store_variable
 from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
@@ -40,7 +40,7 @@ from eventlab.tracing import open_tracing
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["Shop", "ShopInfrastructure", "StoreFactory", "subscriptions"]
+__all__ = ["Shop", "ShopInfrastructure", "StoreFactory", "check_service_stores", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class ShopInfrastructure:
     ``consumers``' tracking positions on that store, their markers read from each consumer's own
     store; every event when ``consumers`` is not given), and the idempotent consumers skip what they
     already handled. Stopping records the tracking positions.
+
+    Given ``owned`` (each service's aggregate types: :func:`~eventlab.bootstrap.aggregates`), starting
+    first refuses stores that do not hold a service's past (:func:`check_service_stores`).
     """
 
     def __init__(
@@ -68,11 +71,14 @@ class ShopInfrastructure:
         settings: Settings,
         store_factory: StoreFactory = open_store,
         consumers: Mapping[str, Iterable[str]] | None = None,
+        owned: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
         self.stores = open_stores(settings, opener=None if store_factory is open_store else store_factory)
         self.consumers = consumers
+        self.owned = owned
+        self._started = False
 
     @property
     def store(self) -> EventStore:
@@ -80,7 +86,11 @@ class ShopInfrastructure:
         return self.stores.of("order")
 
     def start(self) -> Settings:
-        """Start what is needed and return settings pointing at the broker in use."""
+        """Start what is needed and return settings pointing at the broker in use (after
+        :func:`check_service_stores`, given ``owned``)."""
+        if self.owned is not None:
+            check_service_stores(self.settings, self.stores, self.owned)
+        self._started = True
         if self.settings.embedded:
             self.broker = EmbeddedBroker(self.settings.data_dir).start()
             self.settings = replace(
@@ -100,12 +110,86 @@ class ShopInfrastructure:
         if self.broker is not None:
             self.broker.stop()
         try:
-            for store in self.stores:  # so the next start scans only what comes after
+            for store in self.stores if self._started else ():  # so the next start scans only what comes after
                 for name, types in (self.consumers or {}).items():
                     store.tracking_position_across(name, types, self.stores.of(name))
         except StoreError as exc:
             log.warning("cannot record the tracking positions: %s", exc)
         self.stores.close()
+
+
+def check_service_stores(settings: Settings, stores: ShopStores, owned: Mapping[str, Iterable[str]]) -> None:
+    """Refuse stores that do not hold a service's past: a store of its own that holds nothing of the
+    service (no event of its aggregate types ``owned``, no processed marker) while the shared store
+    (``EVENTLAB_STORE_URL``) holds some, since ``EVENTLAB_<SERVICE>_STORE_URL`` was set on a shop that
+    had run; or the reverse, the variable unset later (recorded as the checkpoint ``own store:<service>``
+    in the shared store). Data is not moved between stores: the service would handle its whole past
+    again against empty state. Raises :class:`~eventlab.errors.StoreError` naming the way out.
+
+    A shop on one store reads one checkpoint per service.
+    """
+    shared = next((stores.of(name) for name in stores.by_service if name not in settings.service_store_urls), None)
+    if shared is not None:
+        _check_stores(settings, stores, owned, shared)
+        return
+    try:  # every service has a store of its own: is there a shared one they ran on before?
+        shared = open_store(settings, create=False)
+    except StoreError as exc:
+        log.debug("no shared store to check the services' stores against: %s", exc)
+        return
+    try:
+        _check_stores(settings, stores, owned, shared)
+    finally:
+        shared.close()
+
+
+def _check_stores(
+    settings: Settings, stores: ShopStores, owned: Mapping[str, Iterable[str]], shared: EventStore
+) -> None:
+    """:func:`check_service_stores` against the shared store ``shared``."""
+    for service, types in owned.items():
+        if service in settings.service_store_urls:
+            _check_own_store(settings, service, types, stores.of(service), shared)
+        elif shared.checkpoint(_own_store(service)) and not _holds(shared, service, types):
+            variable = service_store_variable(service)
+            raise StoreError(
+                f"{service} ran on a store of its own ({variable} was set), and the shared store"
+                f" {settings.store_shown} holds nothing of it: set {variable} again, or start with a new data"
+                " directory (or empty stores); moving a service's data between stores is not supported"
+            )
+
+
+def _check_own_store(
+    settings: Settings, service: str, types: Iterable[str], own: EventStore, shared: EventStore
+) -> None:
+    """Refuse ``service``'s own store ``own`` if it holds nothing of it while ``shared`` does; else
+    record in ``shared`` that ``service`` has a store of its own."""
+    if own is shared:
+        return
+    if not _holds(own, service, types) and _holds(shared, service, types):
+        variable, shown = (
+            service_store_variable(service),
+            settings.with_store(settings.store_url_of(service)).store_shown,
+        )
+        raise StoreError(
+            f"{service} has a store of its own ({variable}: {shown}) that holds nothing of it, but the shared"
+            f" store {settings.store_shown} holds its events or processed markers: start with a new data directory"
+            f" (or empty stores), or unset {variable}; moving a service's data between stores is not supported"
+        )
+    if not shared.checkpoint(_own_store(service)):
+        shared.set_checkpoint(_own_store(service), 1)
+
+
+def _own_store(service: str) -> str:
+    """The checkpoint, in the shared store, that records that ``service`` has a store of its own."""
+    return f"own store:{service}"
+
+
+def _holds(store: EventStore, service: str, aggregate_types: Iterable[str]) -> bool:
+    """Whether ``store`` holds anything of ``service``: an event of its aggregate types, or a processed marker."""
+    kinds = set(aggregate_types)
+    event_types = [name for name, cls in EVENT_TYPES.items() if cls.aggregate_type in kinds]
+    return bool(event_types and store.stream_ages(event_types, limit=1)) or store.processed_count(service) > 0
 
 
 class Shop:
@@ -203,8 +287,14 @@ class Shop:
         """Start broker, topics, relay and service loops; return once every consumer has joined."""
         if self.running:
             return self
-        infra = ShopInfrastructure(self.settings, self._store_factory, subscriptions(self.services))
-        settings = infra.start()
+        infra = ShopInfrastructure(
+            self.settings, self._store_factory, subscriptions(self.services), aggregates(self.services)
+        )
+        try:
+            settings = infra.start()
+        except BaseException:
+            infra.stop()
+            raise
         self._infra = infra
         self._stop.clear()
         self._backoff.clear()

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from eventlab.adapters import SimulatedGateway
-from eventlab.bootstrap import Wiring, build_services, subscriptions
+from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
@@ -383,8 +383,10 @@ class Supervisor:
         """Check the ports, start the broker (unless external), the topics and every child.
 
         Raises :class:`~eventlab.settings.PortInUse` before starting anything if a port is taken
-        (:class:`~eventlab.settings.SettingsError` if a replica's port would pass 65535). Topics get
-        at least as many partitions as the service with the most replicas, so none sits idle.
+        (:class:`~eventlab.settings.SettingsError` if a replica's port would pass 65535), and
+        :class:`~eventlab.errors.StoreError` if a service's store does not hold its past
+        (:func:`~eventlab.shop.check_service_stores`). Topics get at least as many partitions as the
+        service with the most replicas, so none sits idle.
         """
         self._check_ports()
         most = max(self.replicas.values(), default=1)
@@ -394,7 +396,7 @@ class Supervisor:
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="eventlab-spawner")
         # a restart with the embedded broker republishes only what some service has not handled
         services = build_services(self.settings, SimulatedGateway())
-        self._infra = ShopInfrastructure(self.settings, consumers=subscriptions(services))
+        self._infra = ShopInfrastructure(self.settings, consumers=subscriptions(services), owned=aggregates(services))
         try:
             settings = self._spawner.submit(self._infra.start).result()
         except BaseException:

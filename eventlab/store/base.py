@@ -355,9 +355,6 @@ class EventStore(ABC):
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
         self._commit_signal = threading.Condition()
         self._commit_count = 0
-        #: (consumer, source store's identity) -> how far the consumer has handled that other store's
-        #: events (see :meth:`tracking_position_across`), kept here when this store holds its markers.
-        self._tracked_across: dict[tuple[str, str], int] = {}
 
     @abstractmethod
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
@@ -569,8 +566,8 @@ class EventStore(ABC):
         and dead letters are kept in ``markers`` (its own store: ``EVENTLAB_<SERVICE>_STORE_URL``).
 
         The same store: :meth:`pending` (the backend's counts). Another: the events after the
-        consumer's tracking position here (:meth:`tracking_position_across`, remembered in memory),
-        checked against ``markers`` a batch at a time.
+        consumer's tracking position here (:meth:`tracking_position_across`, read from ``markers`` and
+        advanced there), checked against ``markers`` a batch at a time.
         """
         if markers is self:
             return self.pending(consumer, event_types)
@@ -586,11 +583,7 @@ class EventStore(ABC):
         """
         if markers is self:
             return self.tracking_position(consumer, event_types)
-        position, _ = self._follow_across(consumer, set(event_types), markers, count=False)
-        name = self._tracking_name(consumer)
-        if name is not None and position > markers.checkpoint(name):
-            markers.advance_checkpoint(name, position)
-        return position
+        return self._follow_across(consumer, set(event_types), markers, count=False)[0]
 
     def forget_tracking_across(self, consumer: str, markers: EventStore) -> None:
         """Like :meth:`forget_tracking`, for ``consumer``'s tracking of this store kept in ``markers``."""
@@ -600,7 +593,6 @@ class EventStore(ABC):
         name = self._tracking_name(consumer)
         if name is not None:
             markers.set_checkpoint(name, 0)
-            markers._tracked_across.pop((consumer, name), None)
 
     def _tracking_name(self, consumer: str) -> str | None:
         """The checkpoint (in the consumer's store) of its tracking of this store: named after this store's
@@ -610,14 +602,16 @@ class EventStore(ABC):
 
     def _follow_across(self, consumer: str, types: set[str], markers: EventStore, *, count: bool) -> tuple[int, int]:
         """(tracking position, and with ``count`` the events still pending) of ``consumer`` on this
-        store, its markers in ``markers``: reads only the events after the last tracking position."""
+        store, its markers in ``markers``: reads only the events after the tracking position recorded in
+        ``markers``, and records an advance there.
+
+        Read from the store at every call, never kept in memory: another process (the relay's
+        :func:`~eventlab.kafka.relay.catch_up_subscriptions` after an upgrade) may have forgotten it.
+        """
         name = self._tracking_name(consumer)
         if name is None:
             return 0, 0
-        key = (consumer, name)
-        start = markers._tracked_across.get(key)
-        if start is None:
-            start = markers.checkpoint(name)
+        start = markers.checkpoint(name)
         skip = {letter.event_id for letter in markers.dead_letters(consumer=consumer)}
         skip |= {letter.event_id for letter in self.dead_letters(consumer=RELAY_CONSUMER)}
         position, tracked, pending = start, None, 0
@@ -637,8 +631,19 @@ class EventStore(ABC):
                 position = record.position
         tracked = position if tracked is None else tracked
         if tracked > start:
-            markers._tracked_across[key] = max(tracked, markers._tracked_across.get(key, 0))
+            markers._replace_checkpoint(name, start, tracked)
         return tracked, pending
+
+    def _replace_checkpoint(self, name: str, before: int, position: int) -> None:
+        """Record ``position`` under ``name`` only if ``before`` is still recorded there.
+
+        A compare-and-set, so a value computed from ``before`` never overwrites what another process
+        wrote meanwhile (a forgotten tracking position stays forgotten). ``advance_checkpoint(name, 0)``
+        changes nothing but takes the store's write lock, inside the transaction, before the value is read.
+        """
+        with self.transaction():
+            if self.advance_checkpoint(name, 0) == before:
+                self.set_checkpoint(name, position)
 
     @abstractmethod
     def lease(self, name: str) -> Lease:
