@@ -33,8 +33,8 @@ import csv
 import json
 import os
 import random
-import statistics
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
