@@ -2,6 +2,7 @@
 
 pip install -e '.[bench]'; python benchmarks/profile_saga.py --orders 1000 --top 30
 python benchmarks/profile_saga.py --layout split    # a SQLite file per service (see saga.py's layouts)
+python benchmarks/profile_saga.py --rate 100        # paced: where the time goes between orders
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tsub", help="yappi sort key: tsub (own time) or ttot (with callees)")
+    parser.add_argument("--rate", type=float, help="orders/s (default: as fast as it goes)")
     parser.add_argument("--layout", choices=LAYOUTS, default="shared", help="store layout (default shared)")
     parser.add_argument("--postgres", default=os.environ.get("EVENTLAB_TEST_POSTGRES_URL", ""), help="for pg layouts")
     parser.add_argument("--save", type=Path, help="also save the profile here (pstats format, for callers)")
@@ -39,7 +41,7 @@ def main() -> int:
             yappi.set_clock_type("cpu")
             yappi.start(builtins=True)
             cpu = time.process_time()
-            report = run_demo(shop, args.orders, catalogue=catalogue, timeout=600)
+            report = run_demo(shop, args.orders, rate=args.rate, catalogue=catalogue, timeout=600)
             spent = time.process_time() - cpu
             yappi.stop()
     print(f"{report.orders_per_s} orders/s, {spent * 1000 / args.orders:.2f} CPU ms/order (profiled)")
