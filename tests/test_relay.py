@@ -256,22 +256,3 @@ def test_asking_the_position_from_another_thread_never_decides_where_the_relay_g
     assert relay.publish_pending() == 1
     assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
     store.close()
-
-
-def test_an_idle_relay_saves_its_checkpoint_at_most_every_save_every_seconds_and_when_it_closes(settings, tmp_path):
-    # given a relay that saves its checkpoint at most once a minute, and three stored events
-    store = SqliteEventStore(tmp_path / "events.db")
-    product = f"P-idle-{uuid.uuid4().hex[:8]}"
-    store.append([NewEvent(StockAdded(product_id=product, quantity=q), q) for q in (1, 2, 3)])
-    relay = Relay(store, settings, save_every=60)
-    try:
-        # when it publishes them and then finds nothing more to publish
-        assert relay.publish_pending() == 3
-        assert relay.publish_pending() == 0
-        # then it knows how far it got, but has not written it to the store (a write transaction per batch)
-        assert relay.position == 3 and store.checkpoint(RELAY_CONSUMER) == 0
-    finally:
-        relay.close()
-    # and closing it writes the checkpoint
-    assert store.checkpoint(RELAY_CONSUMER) == 3
-    store.close()

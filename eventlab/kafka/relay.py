@@ -13,10 +13,9 @@ batch and before each checkpoint it saves, and a relay that lost it stops at onc
 only ever moves forward (:meth:`~eventlab.store.base.EventStore.advance_checkpoint`), so a relay
 that fell behind cannot undo a newer holder's progress.
 
-The checkpoint is kept in memory and written to the store at most every :attr:`Relay.save_every`
-seconds, busy or idle (an idle relay writes it once that time has passed), and when it closes: a
-relay that dies republishes at most that much, which consumers skip. A write per batch would double
-the write transactions on a service's store at a steady rate, the relay's contending for its lock. Between batches the relay waits for the
+The checkpoint is kept in memory and written to the store when the relay runs out of work, at
+most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
+republishes at most that much, which consumers skip. Between batches the relay waits for the
 store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
 Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
 anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
@@ -178,8 +177,7 @@ class Relay:
         after = self._resume()
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
-            if time.monotonic() - self._saved_at >= self.save_every:  # a checkpoint is a write transaction:
-                self.save_checkpoint()  # idle and everything published, at most every save_every s as when busy
+            self.save_checkpoint()  # idle: the store says everything is published
             return 0
         self._fence()  # a relay that lost the lease publishes nothing more
         if self._producer is None:
