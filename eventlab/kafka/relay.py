@@ -385,13 +385,17 @@ def watch_heads(stores: Sequence[EventStore], stop: threading.Event, interval: f
     A missed wake-up only delays: each relay still reads its store after its own (longer) idle wait.
     """
     heads = [-1] * len(stores)
+    failing: set[int] = set()  # logged once until the store answers again (the relay logs its own retries)
     while not stop.wait(interval):
         for index, store in enumerate(stores):
             try:
                 head = store.head()
             except StoreError as exc:
-                log.warning("relay: cannot read the head of %s: %s", store, exc)
+                if index not in failing:
+                    failing.add(index)
+                    log.warning("relay: cannot read the head of %s: %s", store, exc)
                 continue
+            failing.discard(index)
             if head != heads[index]:
                 heads[index] = head
                 store._committed()  # a commit of another process, as the store would signal its own
