@@ -13,6 +13,16 @@ benchmark's HTTP client is not counted). CPU ms/order is the steadier figure on 
     python benchmarks/saga.py --tracing               # also: full-speed orders/s with tracing off and on
     python benchmarks/saga.py --switch-interval 0.0005 # also: each rate with a shorter GIL switch interval
     python benchmarks/saga.py --no-processes          # threads mode only
+
+Store layouts (``--layouts``; the first is the baseline, measured in the same run): ``shared`` (one
+SQLite file, the default shop), ``split`` (a SQLite file per service, ``EVENTLAB_<SERVICE>_STORE_URL``),
+``pg`` (one PostgreSQL schema) and ``pg-split`` (a schema per service); the PostgreSQL ones with
+``--postgres URL`` or ``EVENTLAB_TEST_POSTGRES_URL`` (each run gets fresh schemas, dropped at the end).
+Each layout runs in threads and in process mode, ``--repeat`` times interleaved, and the medians are
+reported: the shared layout under the plain keys, the others prefixed (``split_orders_per_s``).
+
+    python benchmarks/saga.py --layouts shared,split,pg,pg-split --postgres postgresql://... \\
+        --rates 100 --repeat 3 --raw-messages 0
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,8 +48,9 @@ from eventlab import Settings, Shop
 from eventlab.demo import percentile, recorded_seconds, run_demo
 from eventlab.kafka import ensure_topics, make_consumer, make_producer
 from eventlab.resilience import wait_until
-from eventlab.settings import SERVICE_PORTS, port_free
-from eventlab.store import open_store
+from eventlab.services import SERVICE_NAMES
+from eventlab.settings import SERVICE_PORTS, port_free, service_store_variable
+from eventlab.store import open_stores
 from eventlab.store.base import EventStore
 from eventlab.tables import text_rows
 
@@ -113,6 +125,81 @@ def tracing_cost(orders: int, catalogue: Path, root: Path, rounds: int = 3) -> d
     return found
 
 
+LAYOUTS = ("shared", "split", "pg", "pg-split")
+
+
+def layout_env(layout: str, data_dir: Path, postgres: str, tag: str) -> dict[str, str]:
+    """The store variables of ``layout`` for a shop in ``data_dir``: none (``shared``: the one SQLite
+    file), a SQLite file per service, one PostgreSQL schema, or a schema per service (schemas named
+    ``tag``..., created by eventlab)."""
+    if layout == "shared":
+        return {}
+    if layout == "split":
+        return {service_store_variable(name): str(data_dir / f"{name}.db") for name in SERVICE_NAMES}
+    if not postgres:
+        raise SystemExit(f"layout {layout!r} needs --postgres URL or EVENTLAB_TEST_POSTGRES_URL")
+    separator = "&" if "?" in postgres else "?"
+
+    def schema(name: str) -> str:
+        return f"{postgres}{separator}options=-csearch_path%3D{name}"
+
+    if layout == "pg":
+        return {"EVENTLAB_STORE_URL": schema(tag)}
+    return {service_store_variable(name): schema(f"{tag}_{name}") for name in SERVICE_NAMES}
+
+
+def layout_settings(layout: str, data_dir: Path, postgres: str, tag: str, **values: object) -> Settings:
+    """Settings from this process's environment, its store variables replaced by ``layout``'s."""
+    env = {key: value for key, value in os.environ.items() if not key.endswith("STORE_URL")}
+    env.update(layout_env(layout, data_dir, postgres, tag))
+    return Settings.from_env(env=env, data_dir=data_dir, **values)
+
+
+def drop_schemas(postgres: str, prefix: str) -> None:
+    """Drop the schemas this run made (named ``prefix``...)."""
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        rows = admin.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (prefix + "%",)).fetchall()
+        for (name,) in rows:
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
+
+
+def medians(runs: list[dict[str, object]]) -> dict[str, object]:
+    """The median of each figure over ``runs`` (``stuck`` counts summed)."""
+    found: dict[str, object] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs if isinstance(run.get(key), int | float)]
+        if key.endswith("stuck"):
+            found[key] = sum(int(value) for value in values)  # type: ignore[call-overload]
+        elif values:
+            found[key] = round(statistics.median(values), 2)  # type: ignore[type-var]
+    return found
+
+
+def layout_rows(result: dict[str, object], layouts: list[str], rate: float | None) -> list[tuple[str, str]]:
+    """One row per layout and mode: orders/s, CPU ms/order, p50/p99 at ``rate``, and the first
+    layout's (the baseline's) ratios."""
+    rows = []
+    base: dict[str, tuple[object, object]] = {}
+    for index, layout in enumerate(layouts):
+        prefix = "" if index == 0 else f"{layout}_"
+        for mode in ("", "processes_"):
+            speed, cpu = result.get(f"{prefix}{mode}orders_per_s"), result.get(f"{prefix}{mode}cpu_ms_per_order")
+            if speed is None:
+                continue
+            base.setdefault(mode, (speed, cpu))
+            line = f"{speed} orders/s, {cpu} CPU ms/order"
+            if rate is not None:
+                p50, p99 = (result.get(f"{prefix}{mode}at_{rate:g}_{p}_ms") for p in ("p50", "p99"))
+                line += f", at {rate:g}/s p50 {p50} ms p99 {p99} ms"
+            if index:
+                speed0, cpu0 = base[mode]
+                line += f"  ({float(speed) / float(speed0):.2f}x orders/s, {float(cpu) / float(cpu0):.2f}x CPU)"  # type: ignore[arg-type]
+            rows.append((f"{layout} {'processes' if mode else 'threads'}", line))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=2000, help="orders for the full-speed run (default 2000)")
@@ -134,37 +221,70 @@ def main() -> int:
         default=True,
         help="also run 'eventlab up --processes', orders over HTTP (default: yes)",
     )
+    parser.add_argument(
+        "--layouts",
+        default="shared",
+        help=f"store layouts, comma-separated, the first the baseline: {', '.join(LAYOUTS)} (default shared)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("EVENTLAB_TEST_POSTGRES_URL", ""),
+        help="PostgreSQL server for the pg layouts (default: EVENTLAB_TEST_POSTGRES_URL)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each layout and mode, interleaved; medians")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",") if rate]
+    layouts = [layout for layout in args.layouts.split(",") if layout]
+    if unknown := set(layouts) - set(LAYOUTS):
+        parser.error(f"unknown layouts: {', '.join(sorted(unknown))}")
     load_1m, load_5m, _ = os.getloadavg()
     if not args.json:
         print(f"load average at start: {load_1m:.2f} (1 min), {load_5m:.2f} (5 min) on {os.cpu_count()} cores")
     result: dict[str, object] = {"load_1m": round(load_1m, 2), "orders": args.orders}
-    with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
-        root = Path(tmp)
-        catalogue = write_catalogue(root)
-        threads = run(
-            Settings.from_env(data_dir=root / "data"), catalogue, args.orders, rates, args.seconds, args.switch_interval
-        )
-        result.update(threads)
-        if args.processes:
-            result.update(run_processes(root, args.orders, rates, args.seconds))
-        if args.raw_messages:
-            with Shop(Settings.from_env(data_dir=root / "raw")) as shop:
-                produce, consume = raw_kafka(shop.kafka_settings, args.raw_messages)
-            result["raw_produce_msgs_per_s"], result["raw_consume_msgs_per_s"] = round(produce), round(consume)
-        if args.preload:
-            from restart import preload  # here: restart.py imports this module
+    prefix = f"eventlab_bench_{os.getpid()}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="eventlab-bench-") as tmp:
+            root = Path(tmp)
+            catalogue = write_catalogue(root)
+            runs: dict[str, list[dict[str, object]]] = {layout: [] for layout in layouts}
+            for round_ in range(args.repeat):  # interleaved: the machine's load drifts over every layout alike
+                for layout in layouts:
+                    tag = f"{prefix}_{round_}_{layout.replace('-', '_')}"
+                    data_dir = root / f"{layout}-{round_}"
+                    settings = layout_settings(layout, data_dir / "threads", args.postgres, f"{tag}_t")
+                    found = run(settings, catalogue, args.orders, rates, args.seconds, args.switch_interval)
+                    if args.processes:
+                        env = layout_env(layout, data_dir / "processes", args.postgres, f"{tag}_p")
+                        found.update(run_processes(data_dir, args.orders, rates, args.seconds, env))
+                    found["load_1m_after"] = round(os.getloadavg()[0], 2)
+                    runs[layout].append(found)
+            for index, layout in enumerate(layouts):
+                result.update({(f"{layout}_" if index else "") + k: v for k, v in medians(runs[layout]).items()})
+            if args.raw_messages:
+                with Shop(Settings.from_env(data_dir=root / "raw")) as shop:
+                    produce, consume = raw_kafka(shop.kafka_settings, args.raw_messages)
+                result["raw_produce_msgs_per_s"], result["raw_consume_msgs_per_s"] = round(produce), round(consume)
+            if args.preload:
+                from restart import preload  # here: restart.py imports this module
 
-            settings = Settings.from_env(data_dir=root / "big")
-            result["preloaded_events"] = preload(settings, args.preload, catalogue)
-            big = run(settings, catalogue, args.orders, rates, args.seconds)
-            result.update({f"preloaded_{key}": value for key, value in big.items()})
-        if args.tracing:
-            result.update(tracing_cost(args.orders, catalogue, root))
+                settings = Settings.from_env(data_dir=root / "big")
+                result["preloaded_events"] = preload(settings, args.preload, catalogue)
+                big = run(settings, catalogue, args.orders, rates, args.seconds)
+                result.update({f"preloaded_{key}": value for key, value in big.items()})
+            if args.tracing:
+                result.update(tracing_cost(args.orders, catalogue, root))
+    finally:
+        if args.postgres and any(layout.startswith("pg") for layout in layouts):
+            drop_schemas(args.postgres, prefix)
     stuck = [value for key, value in result.items() if key.endswith("stuck")]
-    print(json.dumps(result) if args.json else text_rows(result.items()))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(text_rows(result.items()))
+        if len(layouts) > 1 or args.repeat > 1:
+            print(f"\nmedians of {args.repeat}, {layouts[0]} the baseline:")
+            print(text_rows(layout_rows(result, layouts, rates[0] if rates else None)))
     return 0 if not any(stuck) else 1
 
 
@@ -346,16 +466,22 @@ def _place_and_wait(
 
 
 def run_processes(
-    root: Path, orders: int, rates: list[float], seconds: float, clients: int = 8, timeout: float = 600
+    root: Path,
+    orders: int,
+    rates: list[float],
+    seconds: float,
+    stores: dict[str, str] | None = None,
+    clients: int = 8,
+    timeout: float = 600,
 ) -> dict[str, object]:
     """The same figures as :func:`run` for ``eventlab up --processes`` (one OS process per service,
     plus the relay and the broker), orders placed over HTTP; CPU ms/order per process and in total
-    (this benchmark's own HTTP client not counted)."""
+    (this benchmark's own HTTP client not counted). ``stores``: the store variables (see :func:`layout_env`)."""
     offset = _free_offset()
     data_dir = root / "processes"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLAB_")}
-    env.update(EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
-    settings = Settings.from_env(data_dir=data_dir, http_port_offset=offset)
+    env.update(stores or {}, EVENTLAB_DATA_DIR=str(data_dir), EVENTLAB_HTTP_PORT_OFFSET=str(offset))
+    settings = Settings.from_env(env=env)
     port = {name: settings.port(name) for name in SERVICE_PORTS}
     up = subprocess.Popen(
         [sys.executable, "-m", "eventlab", "up", "--processes", "--payment-failure-rate", "0"],
@@ -376,7 +502,8 @@ def run_processes(
             return all((h := _health(p)) is not None and h.get("lag", 0) == 0 for p in port.values())
 
         wait_until(stocked, 120, interval=0.2)
-        store = open_store(settings)
+        shop_stores = open_stores(settings, create=False)
+        store = shop_stores.of("order")  # where orders are created and end
         try:
             cpu = _children_cpu(up.pid)
             elapsed, latencies, stuck = _place_and_wait(
@@ -399,7 +526,7 @@ def run_processes(
                 stuck += more
             found["processes_stuck"] = stuck
         finally:
-            store.close()
+            shop_stores.close()
     finally:
         up.send_signal(signal.SIGTERM)
         try:

@@ -48,7 +48,7 @@ from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.broker import die_with_parent
 from eventlab.kafka.clients import ensure_topics
-from eventlab.kafka.relay import Relay
+from eventlab.kafka.relay import IDLE_WAIT_IN_PROCESS, Relay, watch_heads
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.payment import Gateway
@@ -193,11 +193,22 @@ def _open_stores(name: str, settings: Settings, consumes: bool) -> ShopStores:
 
 
 def _run_relays(relays: Iterable[Relay], stop: threading.Event) -> None:
-    """Run each relay (one per store, each holding its store's lease) in a thread of its own until ``stop``."""
+    """Run each relay (one per store, each holding its store's lease) in a thread of its own until ``stop``;
+    relays that poll (several SQLite stores: no commit signal across processes) are woken by one
+    :func:`~eventlab.kafka.relay.watch_heads` thread instead."""
+    relays = list(relays)
     threads = [
         threading.Thread(target=relay.run, args=(stop,), name=f"eventlab-relay-{index}", daemon=True)
         for index, relay in enumerate(relays)
     ]
+    polled = [relay for relay in relays if relay.idle_wait < IDLE_WAIT_IN_PROCESS]
+    if len(polled) > 1:
+        for relay in polled:
+            relay.idle_wait = IDLE_WAIT_IN_PROCESS  # the watcher wakes it; this only bounds a missed wake-up
+        stores = [relay.store for relay in polled]
+        threads.append(
+            threading.Thread(target=watch_heads, args=(stores, stop), name="eventlab-relay-heads", daemon=True)
+        )
     for thread in threads:
         thread.start()
     for thread in threads:

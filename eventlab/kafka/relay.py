@@ -20,6 +20,8 @@ store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), n
 Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
 anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
 (:data:`IDLE_WAIT_IN_PROCESS`) where every commit wakes the relay (the in-process shop, PostgreSQL).
+Where one process runs a relay per SQLite store, one :func:`watch_heads` thread reads every store's
+head each :data:`IDLE_WAIT` and wakes the relay whose store moved, instead of each relay waking itself.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
@@ -45,7 +47,15 @@ from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventSt
 if TYPE_CHECKING:
     from eventlab.tracing.spans import Tracing
 
-__all__ = ["IDLE_WAIT", "IDLE_WAIT_IN_PROCESS", "Relay", "catch_up_subscriptions", "rewind", "unpublished"]
+__all__ = [
+    "IDLE_WAIT",
+    "IDLE_WAIT_IN_PROCESS",
+    "Relay",
+    "catch_up_subscriptions",
+    "rewind",
+    "unpublished",
+    "watch_heads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +375,30 @@ class Relay:
             self.save_checkpoint()
         except StoreError as exc:  # the next start republishes from the last saved one: consumers skip it
             log.warning("relay: cannot save its checkpoint on close: %s", exc)
+
+
+def watch_heads(stores: Sequence[EventStore], stop: threading.Event, interval: float = IDLE_WAIT) -> None:
+    """Until ``stop``: every ``interval`` s read each store's head and wake its waiters (the relay's
+    :meth:`~eventlab.store.base.EventStore.wait_for_commit`) when it moved, for stores that other
+    processes write and that do not signal it (SQLite). A thread's wake-up costs ~50 µs of CPU and
+    a head read ~5: one watcher for six stores wakes 200 times a second, not six relays 1,200 times.
+    A missed wake-up only delays: each relay still reads its store after its own (longer) idle wait.
+    """
+    heads = [-1] * len(stores)
+    failing: set[int] = set()  # logged once until the store answers again (the relay logs its own retries)
+    while not stop.wait(interval):
+        for index, store in enumerate(stores):
+            try:
+                head = store.head()
+            except StoreError as exc:
+                if index not in failing:
+                    failing.add(index)
+                    log.warning("relay: cannot read the head of %s: %s", store, exc)
+                continue
+            failing.discard(index)
+            if head != heads[index]:
+                heads[index] = head
+                store._committed()  # a commit of another process, as the store would signal its own
 
 
 def rewind(
