@@ -398,7 +398,7 @@ def watch_heads(stores: Sequence[EventStore], stop: threading.Event, interval: f
             failing.discard(index)
             if head != heads[index]:
                 heads[index] = head
-                store._committed()  # a commit of another process, as the store would signal its own
+                store.committed_elsewhere()
 
 
 def rewind(

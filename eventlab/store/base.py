@@ -667,6 +667,11 @@ class EventStore(ABC):
             self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)
             return self._commit_count
 
+    def committed_elsewhere(self) -> None:
+        """Wake :meth:`wait_for_commit` for a commit another process made, as the store does for its own
+        (for a watcher that saw it: see :func:`eventlab.kafka.relay.watch_heads`)."""
+        self._committed()
+
     def _committed(self) -> None:
         """Called by a backend after each commit: wakes :meth:`wait_for_commit`."""
         with self._commit_signal:
