@@ -30,8 +30,10 @@ _COLUMNS = "aggregate_type, aggregate_id, version, event_type, schema_version, d
 
 
 def preload(settings: Settings, events: int, catalogue: Path, orders: int = 200) -> int:
-    """Run ``orders`` real sagas, then copy their events and markers until the store holds ``events``
-    rows, all handled and published; return the store's head."""
+    """Run ``orders`` real sagas, then copy their events and markers until the store holds at least
+    ``events`` rows, all handled and published; return the store's head. Whole copies only: a copy cut
+    part way would leave orders in flight (overdue for the deadline sweeper, and their copied data
+    naming the original ids)."""
     with Shop(settings) as shop:
         run_demo(shop, orders, catalogue=catalogue, timeout=300)
         shop.wait_idle(300)
@@ -47,7 +49,7 @@ def preload(settings: Settings, events: int, catalogue: Path, orders: int = 200)
         while head < events:
             copy += 1
             rows, marks = [], []
-            for event_id, aggregate_type, aggregate_id, *rest in template[: events - head]:
+            for event_id, aggregate_type, aggregate_id, *rest in template:
                 new_id = f"{copy:08x}{event_id[8:]}"
                 rows.append((new_id, aggregate_type, f"{aggregate_id}~{copy}", *rest))
                 marks += [(consumer, new_id) for consumer in by_event.get(event_id, [])]
