@@ -140,7 +140,7 @@ class Wiring:
             traced_topics=consumed,
             consumers=consumers,
             idle_wait=idle_wait,
-            markers={name: self.stores.of(name) for name in consumers} if self.stores.split else None,
+            markers=self.stores.of_each(consumers),
         )
         if self._relay_histograms:  # one histogram for every relay of the process (one series)
             relay.publish_seconds = self._relay_histograms[0]

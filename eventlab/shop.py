@@ -98,13 +98,9 @@ class ShopInfrastructure:
                 session_timeout_ms=EmbeddedBroker.SESSION_TIMEOUT_MS,
             )
             for store in self.stores:
-                rewind(store, self.consumers, self._markers())
+                rewind(store, self.consumers, self.stores.of_each(self.consumers or {}))
         ensure_topics(self.settings)
         return self.settings
-
-    def _markers(self) -> dict[str, EventStore] | None:
-        """Each consumer's own store, where services have stores of their own (see :func:`rewind`)."""
-        return {name: self.stores.of(name) for name in self.consumers or {}} if self.stores.split else None
 
     def stop(self) -> None:
         if self.broker is not None:

@@ -54,7 +54,7 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.services.payment import Gateway
 from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
 from eventlab.shop import ShopInfrastructure
-from eventlab.store import ShopStores, open_stores
+from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER
 from eventlab.tracing import open_tracing
 
@@ -189,7 +189,7 @@ def _open_stores(name: str, settings: Settings, consumes: bool) -> ShopStores:
     order service's ``GET /orders/{id}`` shows the saga's events from every store."""
     if name == RELAY_CONSUMER or consumes:
         return open_stores(settings)
-    return ShopStores.one(open_stores(settings.with_store(settings.store_url_of(name))).of(name))
+    return ShopStores.one(open_store(settings.with_store(settings.store_url_of(name))))
 
 
 def _run_relays(relays: Iterable[Relay], stop: threading.Event) -> None:

@@ -129,8 +129,8 @@ class Relay:
         #: Each consumer's subscribed event types: once it holds the lease, the relay first goes back
         #: for what a consumer subscribed to since it last ran (:func:`catch_up_subscriptions`).
         self.consumers = consumers
-        #: The store that keeps each consumer's processed markers, where it is not this relay's store
-        #: (a service with a store of its own).
+        #: The store that keeps each consumer's processed markers (this relay's store unless the consumer
+        #: has a store of its own).
         self.markers = markers
         self._caught_up = consumers is None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from eventlab.errors import StoreError
@@ -77,6 +77,10 @@ class ShopStores:
     def of(self, service: str) -> EventStore:
         """The store ``service`` writes its events and processed markers to."""
         return self.by_service[service]
+
+    def of_each(self, services: Iterable[str]) -> dict[str, EventStore]:
+        """The store of each of ``services``, by name (where consumers keep their processed markers)."""
+        return {service: self.by_service[service] for service in services}
 
     @property
     def split(self) -> bool:
