@@ -3,6 +3,7 @@ over HTTP complete."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -33,7 +34,9 @@ def wait_healthy(port, timeout=60):
     while time.monotonic() < deadline:
         try:
             return request(port, "GET", "/health")
-        except (urllib.error.URLError, ConnectionError):
+        # not up yet; HTTPException too: a port of the ephemeral range that nothing binds yet can connect
+        # the client to itself, which then reads its own request as the answer (BadStatusLine)
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
             time.sleep(0.2)
     raise AssertionError(f"nothing healthy on port {port}")
 

@@ -12,6 +12,7 @@ venv, a temporary ``HOME`` (so ``~`` and the default data directory are fresh), 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -262,7 +263,7 @@ def _wait_healthy(port: int, up: subprocess.Popen[str]) -> dict:
     while True:
         try:
             return _http_get(port, "/health")
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
             assert up.poll() is None, up.communicate()[0]
             assert time.monotonic() < deadline, f"nothing answers on port {port}"
             time.sleep(0.2)
