@@ -344,6 +344,39 @@ def test_a_store_failure_holds_the_partition_and_skips_nothing(kafka):
         assert loop.health()["problems"] == []
 
 
+def test_poison_behind_a_held_message_waits_its_turn(kafka):
+    # given a good message and poison behind it, consumed in one batch
+    topic = ProductCreated.topic
+    good = ProductCreated(product_id="P-first", name="First", price_cents=100, initial_stock=0)
+    send(kafka, topic, good.model_dump_json().encode(), headers=poison_headers("good-2", "ProductCreated"))
+    send(kafka, topic, b"not json either", headers=poison_headers("poison-3", "ProductCreated"))
+    consumer = make_consumer(kafka, f"reader-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([topic])
+    messages = []
+    deadline = time.monotonic() + 30
+    while len(messages) < 2 and time.monotonic() < deadline:
+        if (message := consumer.poll(0.2)) is not None and not message.error():
+            messages.append(message)
+    consumer.close()
+    # and a store that can record dead letters but cannot handle events
+    failing = threading.Event()
+    failing.set()
+
+    class HandlingFails(FlakyStore):
+        def record_dead_letter(self, *args, **kwargs):
+            return SqliteEventStore.record_dead_letter(self, *args, **kwargs)
+
+    handled: list[str] = []
+    with HandlingFails(kafka.store_path, failing) as store:
+        loop = ServiceLoop(recorder(f"patient-{uuid.uuid4().hex[:6]}", handled), store, kafka)
+        # when the batch is processed
+        offsets = loop.process(messages)
+        # then the good message is held and the poison behind it is not touched yet
+        assert offsets == [] and handled == [] and store.dead_letters() == []
+        [problem] = loop.health()["problems"]
+        assert "held at offset 0" in problem and "disk I/O error" in problem
+
+
 def test_a_redelivered_poison_message_is_dead_lettered_once(kafka, store):
     # given a poison message, consumed as a service would
     topic = OrderCreated.topic

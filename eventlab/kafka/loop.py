@@ -199,17 +199,29 @@ class ServiceLoop:
         meanwhile by another instance, or decided on top of such a one) is handled again on its
         own; if a decision fails, nothing of the batch is written and each message is handled on
         its own. On its own means with retries and, in the end, a dead letter.
+
+        A message that cannot be decoded is dead-lettered in its place: the messages before it
+        are handled first, so a hold on one of them leaves it untouched.
         """
         done: list[KafkaMessage] = []
-        decoded: list[tuple[KafkaMessage, Message]] = []
+        run: list[tuple[KafkaMessage, Message]] = []
         for message in messages:
             if self._held(message):
                 continue
             found = self.decode(message)
             if isinstance(found, Message):
-                decoded.append((message, found))
-            elif self.dead_letter(message, found):
+                run.append((message, found))
+                continue
+            done.extend(self._handle_run(run))  # what came before the bad message goes first
+            run = []
+            if not self._held(message) and self.dead_letter(message, found):
                 done.append(message)
+        done.extend(self._handle_run(run))
+        return self._offsets(done)
+
+    def _handle_run(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[KafkaMessage]:
+        """Handle decoded messages, grouped when the service allows; return the ones done."""
+        done: list[KafkaMessage] = []
         if self.service.batch and len(decoded) > 1:
             try:
                 outcomes = self.handle_batch(decoded)
@@ -224,7 +236,7 @@ class ServiceLoop:
         for message, found in decoded:
             if not self._held(message) and self.process_one(message, found):
                 done.append(message)
-        return self._offsets(done)
+        return done
 
     def decode(self, message: KafkaMessage) -> Message | str:
         """The event in ``message``, or the reason it cannot be handled here.
