@@ -14,9 +14,10 @@ from store_contract import append_many
 
 from eventlab.errors import StoreError
 from eventlab.events import StockAdded
+from eventlab.projections.sources import store_locations
 from eventlab.settings import Settings
-from eventlab.store import NewEvent, open_store
-from eventlab.store.postgres import MIGRATIONS, SCHEMA, SCHEMA_VERSION, PostgresEventStore
+from eventlab.store import NewEvent, open_store, open_stores
+from eventlab.store.postgres import MIGRATIONS, SCHEMA, SCHEMA_VERSION, PostgresEventStore, identity
 
 
 def added(quantity=1):
@@ -125,6 +126,32 @@ def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute("DROP SCHEMA orders CASCADE; DROP SCHEMA stock CASCADE")
+
+
+def test_one_schema_named_two_ways_is_one_store_for_the_shop_and_the_read_side(postgres_url, tmp_path):
+    # given a shop whose Order names the shared schema in capitals and with a fallback schema after it
+    schema = f"shared_{os.getpid()}"
+    settings = Settings.from_env(
+        env={},
+        data_dir=tmp_path,
+        store_url=f"{postgres_url}?options=-csearch_path%3D{schema}",
+        service_store_urls={"order": f"{postgres_url}?options=-csearch_path%3D{schema.upper()}%2Cpublic"},
+    )
+    try:
+        # when its stores are opened, for the write side and for the read side
+        stores = open_stores(settings)
+        try:
+            # then every service shares one store: one relay, and its events are read once
+            assert not stores.split and stores.of("order") is stores.of("user")
+        finally:
+            stores.close()
+        assert len(store_locations(settings)) == 1
+        # and the default schema is the same as naming it
+        assert identity(postgres_url) == identity(f"{postgres_url}?options=-csearch_path%3Dpublic")
+        assert identity(postgres_url) != identity(f"{postgres_url}?options=-csearch_path%3D{schema}")
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
 
 
 def test_every_process_of_a_shop_may_open_a_new_schema_at_once_and_unquoted_names_fold_as_postgresql_does(

@@ -40,7 +40,7 @@ import duckdb_extensions
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
 from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
-from eventlab.store import libpq
+from eventlab.store import libpq, store_identity
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
 from eventlab.store.sqlite import check_schema
@@ -116,7 +116,7 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
                 "or a postgresql:// URL"
             )
         location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
-        found.setdefault(str(location.resolve()) if isinstance(location, Path) else describe(location), location)
+        found.setdefault(store_identity(own), location)
     return list(found.values())
 
 

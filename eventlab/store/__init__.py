@@ -24,6 +24,7 @@ __all__ = [
     "StoredEvent",
     "open_store",
     "open_stores",
+    "store_identity",
 ]
 
 
@@ -57,8 +58,9 @@ class ShopStores:
 
     By default every service shares one store (``EVENTLAB_STORE_URL``); a service given a store of
     its own (``EVENTLAB_<SERVICE>_STORE_URL``) keeps its events and its processed markers there.
-    Services that name the same store share one store object. ``names`` gives each distinct store
-    a name for messages (the SQLite file, or the URL without its password).
+    Services that name the same store, however they name it (see :func:`store_identity`), share one
+    store object. ``names`` gives each distinct store a name for messages (the SQLite file, or the
+    URL without its password).
 
     Example:
         >>> stores = open_stores(Settings(store_url="memory://"))
@@ -114,17 +116,33 @@ def open_stores(
 ) -> ShopStores:
     """Open the store of every service (see :class:`ShopStores`), each distinct store once
     (with ``opener`` when given, e.g. a test's; else :func:`open_store`)."""
-    opened: dict[str, EventStore] = {}
+    opened: dict[str, EventStore] = {}  # by identity
+    names: dict[str, EventStore] = {}
     by_service: dict[str, EventStore] = {}
     try:
         for service in SERVICE_PORTS:
             own = settings.with_store(settings.store_url_of(service))
-            name = str(own.store_path.resolve()) if own.store_backend == "sqlite" else own.store_shown
-            if name not in opened:
-                opened[name] = open_store(own, create=create) if opener is None else opener(own)
-            by_service[service] = opened[name]
+            identity = store_identity(own)
+            if identity not in opened:
+                store = open_store(own, create=create) if opener is None else opener(own)
+                opened[identity] = names[identity if own.store_backend == "sqlite" else own.store_shown] = store
+            by_service[service] = opened[identity]
     except BaseException:  # one store failed to open: close those already open, then say why
         for store in opened.values():
             store.close()
         raise
-    return ShopStores(by_service, opened)
+    return ShopStores(by_service, names)
+
+
+def store_identity(settings: Settings) -> str:
+    """Where the events of the store ``settings`` names live, the same however it is named: a SQLite
+    file's real path; PostgreSQL's server, database and schema as the server reads the URL (asked
+    over one connection); ``memory://`` as is (each process's own)."""
+    backend = settings.store_backend
+    if backend == "sqlite":
+        return str(settings.store_path.resolve())
+    if backend == "postgresql":
+        from eventlab.store.postgres import identity
+
+        return identity(settings.store_url)
+    return settings.store_url

@@ -68,7 +68,7 @@ from eventlab.store.base import (
 )
 from eventlab.store.sqlite import check_schema
 
-__all__ = ["LEASE_SESSION", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "AdvisoryLease", "PostgresEventStore"]
+__all__ = ["LEASE_SESSION", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "AdvisoryLease", "PostgresEventStore", "identity"]
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,31 @@ def _describe(conninfo: str) -> str:
     return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
 
 
+def _first_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """The first schema the session's search path names, other than ``$user`` (None: it names none),
+    as PostgreSQL reads it: an unquoted name folded to lower case."""
+    path = conn.execute("SELECT current_setting('search_path')").fetchone()
+    names = [name.strip() for name in (path[0] if path else "").split(",")]
+    first = next((name for name in names if name and name != '"$user"' and name != "$user"), None)
+    if first is None:
+        return None
+    return first[1:-1].replace('""', '"') if first.startswith('"') and first.endswith('"') else first.lower()
+
+
+def identity(conninfo: str, connect_timeout: float = 10.0) -> str:
+    """Where the events of a store at ``conninfo`` live: ``postgresql://host:port/dbname schema X``
+    as the server reads the URL (its schema, existing or to be created), so two URLs that name one
+    schema two ways (``public`` by default and ``search_path=public``) have one identity."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as conn:
+            found = conn.execute("SELECT current_schema()").fetchone()
+            schema = found[0] if found is not None and found[0] is not None else _first_schema(conn)
+            info = conn.info
+            return f"postgresql://{info.host}:{info.port}/{info.dbname} schema {schema}"
+    except psycopg.Error as exc:
+        raise _translate_error(_describe(conninfo), "opening", exc) from exc
+
+
 def _create_schema(conn: psycopg.Connection[Any]) -> str | None:
     """Create the first schema the search path names (``?options=-csearch_path%3Dorders``: a service's
     store of its own) when none of them exists yet; return it (None: the path names none).
@@ -229,12 +254,9 @@ def _create_schema(conn: psycopg.Connection[Any]) -> str | None:
     ``CREATE SCHEMA IF NOT EXISTS`` alone fails in all but one of concurrent sessions. An unquoted
     name is folded to lower case, as PostgreSQL reads the search path.
     """
-    path = conn.execute("SELECT current_setting('search_path')").fetchone()
-    names = [name.strip() for name in (path[0] if path else "").split(",")]
-    first = next((name for name in names if name and name != '"$user"' and name != "$user"), None)
+    first = _first_schema(conn)
     if first is None:
         return None
-    first = first[1:-1].replace('""', '"') if first.startswith('"') and first.endswith('"') else first.lower()
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
