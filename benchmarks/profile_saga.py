@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import yappi
-from saga import LAYOUTS, layout_settings, write_catalogue
+from saga import LAYOUTS, broker_env, layout_settings, write_catalogue
 
 from eventlab import Shop
 from eventlab.demo import run_demo
@@ -35,8 +35,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="eventlab-profile-") as tmp:
         catalogue = write_catalogue(Path(tmp))
         tag = f"eventlab_profile_{os.getpid()}"  # pg layouts: fresh schemas (left on the server)
-        settings = layout_settings(args.layout, Path(tmp) / "data", args.postgres, tag)
-        with Shop(settings, payment_failure_rate=0.0) as shop:
+        with (
+            broker_env(args.layout, Path(tmp) / "kafka") as broker,
+            Shop(
+                layout_settings(args.layout, Path(tmp) / "data", args.postgres, tag, broker), payment_failure_rate=0.0
+            ) as shop,
+        ):
             run_demo(shop, 100, catalogue=catalogue, timeout=600)  # warm up: catalogue, consumer groups
             yappi.set_clock_type("cpu")
             yappi.start(builtins=True)

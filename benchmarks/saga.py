@@ -18,6 +18,8 @@ Store layouts (``--layouts``; the first is the baseline, measured in the same ru
 SQLite file, the default shop), ``split`` (a SQLite file per service, ``EVENTLAB_<SERVICE>_STORE_URL``),
 ``pg`` (one PostgreSQL schema) and ``pg-split`` (a schema per service); the PostgreSQL ones with
 ``--postgres URL`` or ``EVENTLAB_TEST_POSTGRES_URL`` (each run gets fresh schemas, dropped at the end).
+``kafka`` is the shared SQLite file on Apache Kafka instead of the embedded broker: each run starts
+a broker of its own with ``scripts/kafka.sh`` and stops it (Java 17 and the jars it fetches once).
 Each layout runs in threads and in process mode, ``--repeat`` times interleaved, and the medians are
 reported: the shared layout under the plain keys, the others prefixed (``split_orders_per_s``).
 
@@ -41,6 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,14 +128,34 @@ def tracing_cost(orders: int, catalogue: Path, root: Path, rounds: int = 3) -> d
     return found
 
 
-LAYOUTS = ("shared", "split", "pg", "pg-split")
+LAYOUTS = ("shared", "split", "pg", "pg-split", "kafka")
+KAFKA_SH = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
+
+
+@contextlib.contextmanager
+def broker_env(layout: str, directory: Path) -> Iterator[dict[str, str]]:
+    """For the ``kafka`` layout, ``EVENTLAB_BOOTSTRAP_SERVERS`` of an Apache Kafka of its own in
+    ``directory`` (``scripts/kafka.sh``, the version compose.yaml uses), stopped afterwards; for
+    the others nothing (each shop starts its embedded broker)."""
+    if layout != "kafka":
+        yield {}
+        return
+    started = subprocess.run(
+        ["bash", str(KAFKA_SH), "start", str(directory)], capture_output=True, text=True, check=False
+    )
+    try:
+        if started.returncode:
+            raise SystemExit(f"Apache Kafka did not start (scripts/kafka.sh start): {started.stderr.strip()}")
+        yield {"EVENTLAB_BOOTSTRAP_SERVERS": started.stdout.strip()}
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "stop", str(directory)], capture_output=True, check=False)
 
 
 def layout_env(layout: str, data_dir: Path, postgres: str, tag: str) -> dict[str, str]:
-    """The store variables of ``layout`` for a shop in ``data_dir``: none (``shared``: the one SQLite
-    file), a SQLite file per service, one PostgreSQL schema, or a schema per service (schemas named
-    ``tag``..., created by eventlab)."""
-    if layout == "shared":
+    """The store variables of ``layout`` for a shop in ``data_dir``: none (``shared``, and ``kafka``:
+    the one SQLite file), a SQLite file per service, one PostgreSQL schema, or a schema per service
+    (schemas named ``tag``..., created by eventlab)."""
+    if layout in ("shared", "kafka"):
         return {}
     if layout == "split":
         return {service_store_variable(name): str(data_dir / f"{name}.db") for name in SERVICE_NAMES}
@@ -148,10 +171,13 @@ def layout_env(layout: str, data_dir: Path, postgres: str, tag: str) -> dict[str
     return {service_store_variable(name): schema(f"{tag}_{name}") for name in SERVICE_NAMES}
 
 
-def layout_settings(layout: str, data_dir: Path, postgres: str, tag: str, **values: object) -> Settings:
-    """Settings from this process's environment, its store variables replaced by ``layout``'s."""
+def layout_settings(
+    layout: str, data_dir: Path, postgres: str, tag: str, broker: dict[str, str], **values: object
+) -> Settings:
+    """Settings from this process's environment, its store variables replaced by ``layout``'s, and
+    ``broker``'s (see :func:`broker_env`)."""
     env = {key: value for key, value in os.environ.items() if not key.endswith("STORE_URL")}
-    env.update(layout_env(layout, data_dir, postgres, tag))
+    env.update(layout_env(layout, data_dir, postgres, tag), **broker)
     return Settings.from_env(env=env, data_dir=data_dir, **values)
 
 
@@ -252,11 +278,13 @@ def main() -> int:
                 for layout in layouts:
                     tag = f"{prefix}_{round_}_{layout.replace('-', '_')}"
                     data_dir = root / f"{layout}-{round_}"
-                    settings = layout_settings(layout, data_dir / "threads", args.postgres, f"{tag}_t")
-                    found = run(settings, catalogue, args.orders, rates, args.seconds, args.switch_interval)
+                    with broker_env(layout, data_dir / "kafka-threads") as broker:
+                        settings = layout_settings(layout, data_dir / "threads", args.postgres, f"{tag}_t", broker)
+                        found = run(settings, catalogue, args.orders, rates, args.seconds, args.switch_interval)
                     if args.processes:
-                        env = layout_env(layout, data_dir / "processes", args.postgres, f"{tag}_p")
-                        found.update(run_processes(data_dir, args.orders, rates, args.seconds, env))
+                        with broker_env(layout, data_dir / "kafka-processes") as broker:
+                            env = {**layout_env(layout, data_dir / "processes", args.postgres, f"{tag}_p"), **broker}
+                            found.update(run_processes(data_dir, args.orders, rates, args.seconds, env))
                     found["load_1m_after"] = round(os.getloadavg()[0], 2)
                     runs[layout].append(found)
             for index, layout in enumerate(layouts):
