@@ -219,7 +219,8 @@ def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
     supervisor = supervised(["relay"], extra_args=["--seed", "not-a-number"])
     # When it keeps dying
     data_dir = supervisor.settings.data_dir
-    wait_for(lambda: supervisor.restarts["relay"] >= 4, what="four restarts")
+    # (each restart is a new interpreter importing eventlab before it fails: seconds each on a loaded machine)
+    wait_for(lambda: supervisor.restarts["relay"] >= 4, timeout=180, what="four restarts")
     # Then the delays grow, and the health of every service says the relay is crash-looping
     status = json.loads((data_dir / STATUS_FILE).read_text())["processes"]["relay"]
     assert status["crash_looping"] and status["backoff"] >= 0.8
