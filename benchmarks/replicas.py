@@ -209,7 +209,13 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         }
         started = time.monotonic()
         for port in ports.values():
-            wait_until(lambda port=port: healthy(port), timeout=300)
+            # up, and consuming: each replica owns its partitions before any order (else one that joins late
+            # may sit out the whole run)
+            wait_until(
+                lambda port=port: healthy(port),
+                timeout=300,
+                until=lambda h: h is not None and not any("not consuming" in p for p in h.get("problems") or []),
+            )
         result["start_s"] = round(time.monotonic() - started, 1)
         stores = open_stores(settings)
         store = stores.of("order")  # the orders' events, and the store whose relay is killed

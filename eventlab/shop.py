@@ -475,8 +475,16 @@ class Shop:
         return lag
 
     def idle(self) -> bool:
-        """True when nothing is waiting to be published or handled."""
-        return not self._unpublished() and not any(loop.lag() for loop in self.loops.values())
+        """True when nothing is waiting to be published or handled.
+
+        The relays and loops are read one after another while they run: a loop read as idle can get
+        work from one read later (a handler appending events it subscribes to). So the shop is idle
+        only if no store's head moved while it was being read.
+        """
+        heads = [store.head() for store in self.stores]
+        if self._unpublished() or any(loop.lag() for loop in self.loops.values()):
+            return False
+        return heads == [store.head() for store in self.stores]
 
     def _unpublished(self) -> int:
         """The relays' own counts (their checkpoints are saved lazily), else the stores'."""

@@ -22,10 +22,26 @@ def unique(prefix: str) -> str:
     return f"{prefix}{next(_ids):04d}"
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out to outgoing connections (Linux's ``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port_offset() -> int:
-    """An offset that makes the six service ports 8081+offset..8086+offset free right now."""
-    start = 20000 + 97 * (os.getpid() % 400)  # runs at the same time start at different places
-    for base in [*range(start, 60000, 97), *range(20000, start, 97)]:
+    """An offset that makes the six service ports 8081+offset..8086+offset free right now.
+
+    The ports stay out of the kernel's ephemeral range: there any outgoing connection (a Kafka client,
+    PostgreSQL, a health poll) may take one of them before the shop binds it, or a client connecting
+    to a port not bound yet may be connected to itself.
+    """
+    ephemeral = _ephemeral_ports()
+    bases = [b for b in range(20000, 65430, 97) if b + 1 not in ephemeral and b + 6 not in ephemeral]
+    start = os.getpid() % len(bases)  # runs at the same time start at different places
+    for base in bases[start:] + bases[:start]:
         try:
             socks = []
             for port in range(base + 1, base + 7):
@@ -115,9 +131,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port out of the ephemeral range (see :func:`free_port_offset`)."""
+    return free_port_offset() + 8081
 
 
 def _postgres_sh(*args: str) -> subprocess.CompletedProcess[str]:

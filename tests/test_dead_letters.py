@@ -402,7 +402,7 @@ def test_a_redelivered_poison_message_is_dead_lettered_once(kafka, store):
     assert [(o.partition, o.offset) for o in offsets] == [(message.partition(), message.offset() + 1)]
     [letter] = store.dead_letters()
     assert letter.published and (letter.topic, letter.offset) == (topic, message.offset())
-    copies = read_topic(kafka, dead_letter_topic(topic))
+    copies = read_topic(kafka, dead_letter_topic(topic), lambda got: len(got) >= 1)
     assert len(copies) == 1
     assert store.dead_letter_counts() == {"inventory": 1}
 

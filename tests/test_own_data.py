@@ -192,7 +192,7 @@ def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
 def test_an_order_placed_right_after_the_registration_waits_for_orders_copy(tmp_path):
     # given a user and a product just registered, their events still on their way to Order
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store, id_factory=lambda: "O-1")
+    commands = Commands(store, id_factory=lambda: "O-1", copy_wait=30.0)  # ample on a loaded machine
     ada = commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
     pen = commands.create_product(product_id="P1", name="Pen", price_cents=250, initial_stock=5)
 

@@ -86,12 +86,12 @@ def test_one_process_per_service(tmp_path):
             {"product_id": "P1", "name": "Lamp", "price_cents": 2750, "initial_stock": 5},
         )
         deadline = time.monotonic() + 60
-        while (
-            request(port["inventory"], "GET", "/health")["lag"]
-            or request(port["inventory"], "GET", "/health")["handled"] == 0
-        ):
-            assert time.monotonic() < deadline, "inventory never stocked the product"
-            time.sleep(0.2)
+        # inventory stocks the product, and Order records its own copies of the user and the price (the
+        # order is refused if they are still on their way after a 2 s wait: Order joins its group on its own)
+        for service, handled in (("inventory", 1), ("order", 2)):
+            while (health := request(port[service], "GET", "/health"))["lag"] or health["handled"] < handled:
+                assert time.monotonic() < deadline, f"{service} never heard of the user and the product"
+                time.sleep(0.2)
         order_ids = [
             request(
                 port["order"], "POST", "/orders", {"user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]}

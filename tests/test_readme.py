@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import re
 import shlex
 import signal
@@ -28,11 +27,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port_offset
 
 from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.projections import CHECKS
 from eventlab.projections.audit import MAILBOX_CHECKS
-from eventlab.settings import PortInUse, Settings, ensure_ports_free
 
 pytestmark = pytest.mark.integration
 
@@ -245,19 +244,6 @@ def _http_get(port: int, path: str) -> dict:
         return json.loads(response.read())
 
 
-def _free_offset() -> int:
-    """A port offset whose six ports are free, drawn at random so that tests running at the same
-    time on this machine do not pick the same one."""
-    draw = random.Random()
-    while True:
-        offset = draw.randrange(20000, 50000)
-        try:
-            ensure_ports_free(Settings(http_port_offset=offset))
-        except PortInUse:
-            continue
-        return offset
-
-
 def _wait_healthy(port: int, up: subprocess.Popen[str]) -> dict:
     deadline = time.monotonic() + 120
     while True:
@@ -276,7 +262,7 @@ def _parent(pid: int) -> int:
 def test_microservice_mode_block_runs_as_written(tmp_path):
     # given: `eventlab up --processes` from the README, on ports moved by an offset
     up_command, *requests = commands_matching(MICROSERVICES)
-    offset = _free_offset()
+    offset = free_port_offset()  # out of the ephemeral range, free now
     _, args = argv(up_command, tmp_path)
     up = subprocess.Popen(
         args,

@@ -8,7 +8,9 @@ import time
 
 import pytest
 from apache_kafka import BROKERS
+from conftest import unique
 
+from eventlab.events import UserCreated
 from eventlab.kafka import dead_letter_topic, make_consumer, make_producer, to_message
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.services import inventory
@@ -57,6 +59,35 @@ def test_happy_path(shop, customer, make_product):
     assert stock_of(shop, mouse) == inventory.Stock(available=8, reserved=0, sold=2)
     mailbox = (shop.settings.data_dir / "mailbox.jsonl").read_text().splitlines()
     assert sum(json.loads(line)["order_id"] == order.order_id for line in mailbox) == 2  # confirmed, completed
+
+
+def test_the_shop_is_not_idle_when_work_arrives_while_it_is_being_read(shop):
+    # given a settled shop, and a loop read after one that subscribes to UserCreated while it does not
+    shop.wait_idle()
+    loops = list(shop.loops.values())
+    subscribed = [UserCreated in loop.service.subscriptions for loop in loops]
+    assert True in subscribed
+    later = next(loop for i, loop in enumerate(loops) if i > subscribed.index(True) and not subscribed[i])
+    user_id = unique("U")
+    real_lag, registered = later.lag, []
+
+    def lag_while_a_user_registers():  # a handler elsewhere appends an event between two reads
+        if not registered:
+            registered.append(
+                shop.commands.register_user(user_id=user_id, name="Late", email=f"{user_id.lower()}@example.com")
+            )
+        return real_lag()
+
+    later.lag = lag_while_a_user_registers
+    try:
+        # when the shop is asked whether it is idle, and a UserCreated is stored during that read
+        idle = shop.idle()
+    finally:
+        del later.lag
+    # then it is not: the subscriber read as idle a moment before has work now
+    assert registered and not idle
+    shop.wait_idle()
+    assert shop.store.read_stream("order_customer", user_id)
 
 
 def test_one_short_line_cancels_the_whole_order(shop, customer, make_product):

@@ -51,7 +51,7 @@ def test_a_shop_with_every_service_on_its_own_store_completes_and_compensates_or
     settings = split_settings(tmp_path)
     with Shop(settings) as shop:
         assert shop.stores.split and len(shop.relays) == 6 and "order.db" in repr(shop)
-        wait_until(lambda: all(relay.active for relay in shop.relays.values()), 10)
+        wait_until(lambda: all(relay.active for relay in shop.relays.values()), 60)
         shop.register_user("U1", "Ada", "ada@example.com")
         shop.create_product("P1", "Lamp", 2750, initial_stock=5)
         shop.wait_idle()
@@ -242,7 +242,7 @@ def test_a_second_relay_process_stands_by_for_every_store_and_takes_each_over(tm
     try:
         for thread in threads[: len(first)]:
             thread.start()
-        wait_until(lambda: all(relay.active for relay in first.values()), 10)
+        wait_until(lambda: all(relay.active for relay in first.values()), 60)
         for thread in threads[len(first) :]:
             thread.start()
         # then each store has one active relay, the first process's, and the second stands by for each
@@ -251,7 +251,7 @@ def test_a_second_relay_process_stands_by_for_every_store_and_takes_each_over(tm
         assert not any(relay.active for relay in second.values())
         # when the first process stops, the second takes over every store
         stop_first.set()
-        wait_until(lambda: all(relay.active for relay in second.values()), 10)
+        wait_until(lambda: all(relay.active for relay in second.values()), 60)
     finally:
         stop_first.set()
         stop_second.set()
