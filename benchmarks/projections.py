@@ -19,7 +19,19 @@ Measured in one run (best of ``--repeat``):
   in hand); ``speedup_rebuild_only``: ``python_fold_s / full_rebuild_s``;
 - ``cpu_s``: the same measurements in CPU seconds of the process (DuckDB's threads summed; best of
   the runs), steady where other work shares the machine; ``speedup_vs_python_cpu`` is the speedup in
-  those terms (below the wall-clock one on an idle machine, where DuckDB's threads overlap).
+  those terms (below the wall-clock one on an idle machine, where DuckDB's threads overlap);
+- ``median_s``: the median of the runs of each measurement (wall clock), next to the best.
+
+``--profile`` also says where a rebuild and a read of every relation spend their time: the same
+statements :meth:`Projections.rebuild` and :meth:`Projections.relation` run, on a connection of
+its own with DuckDB's profiler on (the engine's configuration is locked), per statement: wall and
+process CPU seconds, the CPU split over phases in proportion to the time DuckDB's profiler gives
+each operator (summed over its threads; it counts time a thread waits for a core too, so only
+the proportions are used): ``sqlite_scan`` (DuckDB's ``sqlite`` extension reading the file),
+``json`` (the typed columns parsed out of each document), ``compute`` (aggregates, windows,
+joins, filters), ``sort`` (``ORDER BY`` into the documented order) and ``materialise`` (writing a
+DuckDB table). Handing a result to Python as Arrow happens in the result collector, which the
+profiler does not show as an operator: it is spread over the others.
 
 Usage::
 
@@ -34,6 +46,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import duckdb_extensions
 
 from eventlab.events import (
     EmailRequested,
@@ -64,6 +78,8 @@ from eventlab.events import (
     UserCreated,
 )
 from eventlab.projections import RELATIONS, Projections
+from eventlab.projections.sources import MONEY
+from eventlab.projections.typed import create_typed_events
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.tables import text_rows
 
@@ -460,6 +476,90 @@ def _timed(action: Callable[[], object], name: str = "") -> tuple[float, object]
     return seconds, result
 
 
+#: Which phase of :func:`profile` an operator's time counts to, by operator type (the rest is ``compute``).
+_PHASES = {"ORDER_BY": "sort", "CREATE_TABLE_AS": "materialise", "INSERT": "materialise"}
+
+
+def _operator_times(node: dict[str, Any], phases: dict[str, float], copy: bool) -> None:
+    """Add each operator's time under ``node`` (a DuckDB JSON profile) to its phase in ``phases``;
+    in the copy from the store, the scan is ``sqlite_scan`` and the projections are ``json``."""
+    kind = node.get("operator_type") or ""
+    if kind:
+        phase = _PHASES.get(kind, "compute")
+        if copy and kind == "TABLE_SCAN":
+            phase = "sqlite_scan"
+        elif copy and kind == "PROJECTION":
+            phase = "json"
+        phases[phase] = phases.get(phase, 0.0) + float(node.get("operator_timing") or 0.0)
+    for child in node.get("children", []):
+        _operator_times(child, phases, copy)
+
+
+def profile(path: Path, work_dir: Path) -> dict[str, dict[str, float]]:
+    """Where a rebuild and a read of every relation spend their time (see the module docstring):
+    ``{statement: {"wall": s, "cpu": s, <phase>: s, …}}``, with ``rebuild``, ``read_all`` and
+    ``total`` summed over the statements and phases."""
+    output = work_dir / "profile.json"
+    con = duckdb.connect(
+        config={
+            "extension_directory": str(work_dir / "extensions"),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "preserve_insertion_order": False,
+        }
+    )
+    con.execute("PRAGMA enable_profiling = 'json'")
+    con.execute(f"PRAGMA profiling_output = '{output}'")
+    duckdb_extensions.import_extension("sqlite", con=con)
+    con.execute("LOAD sqlite")
+    con.execute(f"ATTACH '{path}' AS store (TYPE sqlite, READ_ONLY)")
+    con.execute(MONEY)
+    statements = [
+        ("copy", statement) for statement in create_typed_events("main.events", "(SELECT * FROM store.events)")
+    ]
+    statements += [
+        (r.name, f"CREATE TABLE main.{r.name} AS {r.render({'events': 'main.events'})}")
+        for r in RELATIONS.values()
+        if r.key
+    ]
+    inputs = {name: f"main.{name}" for name in ("events", *RELATIONS)}
+    views = [f"CREATE VIEW main.{r.name} AS {r.render(inputs)}" for r in RELATIONS.values() if not r.key]
+    found: dict[str, dict[str, float]] = {}
+
+    def measure(name: str, action: Callable[[], object], copy: bool = False) -> None:
+        cpu, started = time.process_time(), time.perf_counter()
+        action()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        entry = found.setdefault(name, {})
+        entry["wall"] = entry.get("wall", 0.0) + wall
+        entry["cpu"] = entry.get("cpu", 0.0) + cpu
+        phases: dict[str, float] = {}
+        _operator_times(json.loads(output.read_text()), phases, copy)
+        share = cpu / (sum(phases.values()) or 1.0)
+        for phase, seconds in phases.items():
+            entry[phase] = entry.get(phase, 0.0) + seconds * share
+
+    for name, statement in statements:
+        measure(f"rebuild:{name}", lambda statement=statement: con.execute(statement), copy=name == "copy")
+    for view in views:
+        con.execute(view)
+    for name in ("events", *RELATIONS):
+        order_by = RELATIONS[name].order_by if name in RELATIONS else "position"
+        measure(
+            f"read:{name}",
+            lambda name=name, order_by=order_by: con.sql(
+                f"SELECT * FROM main.{name} ORDER BY {order_by}"
+            ).to_arrow_table(),
+        )
+    con.close()
+    totals: dict[str, dict[str, float]] = {"rebuild": {}, "read_all": {}, "total": {}}
+    for name, entry in found.items():
+        for part in ("rebuild" if name.startswith("rebuild:") else "read_all", "total"):
+            for key, seconds in entry.items():
+                totals[part][key] = totals[part].get(key, 0.0) + seconds
+    return {name: {k: round(v, 3) for k, v in entry.items()} for name, entry in {**found, **totals}.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the store (default 1,000,000)")
@@ -472,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         help="where generated stores are kept between runs",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile a rebuild and a read of every relation, per phase"
+    )
     args = parser.parse_args(argv)
     if args.events < 1_000:
         parser.error("--events must be at least 1000")
@@ -517,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             for _, order in folded["orders"]:
                 python[order["status"]] = python.get(order["status"], 0) + 1
             assert duck == python, (duck, python)
+        profiled = profile(work, Path(tmp)) if args.profile else None
 
     result = {
         "events": args.events,
@@ -532,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_python_cpu": round(
             min(_CPU["python_fold"]) / (min(_CPU["full_rebuild"]) + min(_CPU["read_all_relations"])), 1
         ),
+        "median_s": {
+            "full_rebuild_s": round(statistics.median(rebuilds), 3),
+            "read_all_relations_s": round(statistics.median(reads), 3),
+            "python_fold_s": round(statistics.median(folds), 3),
+            "incremental_1k_s": round(statistics.median(incrementals), 4),
+        },
         "runs": {
             "full_rebuild_s": [round(x, 3) for x in rebuilds],
             "incremental_1k_s": [round(x, 4) for x in incrementals],
@@ -543,7 +653,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": round(load, 2),
         "duckdb": duckdb.__version__,
     }
-    print(json.dumps(result) if args.json else text_rows(result.items()))
+    if profiled is not None:
+        result["profile_s"] = profiled
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(text_rows((k, v) for k, v in result.items() if k != "profile_s"))
+    if profiled is not None:
+        print(text_rows((name, " ".join(f"{k} {v}" for k, v in entry.items())) for name, entry in profiled.items()))
     return 0
 
 
