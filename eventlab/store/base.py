@@ -42,6 +42,7 @@ __all__ = [
     "StoredEvent",
     "dead_letter_from_row",
     "event_from_json",
+    "events_from_json",
     "from_stored_time",
     "headers_from_json",
     "headers_to_json",
@@ -186,6 +187,19 @@ def event_from_json(event_type: str, data: str) -> Event:
         return validator.validate_json(data)  # type: ignore[no-any-return]
     except ValueError:  # a text pydantic-core cannot parse (a lone surrogate escape) or data that does not validate
         return validator.validate_python(json.loads(data))  # type: ignore[no-any-return]
+
+
+#: Each event type's validator from JSON text, looked up once per row of a replayed stream.
+_FROM_JSON = {name: cls.__pydantic_validator__.validate_json for name, cls in EVENT_TYPES.items()}
+
+
+def events_from_json(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, Event]]:
+    """(version, typed event) of each (version, event type, data) row: :func:`event_from_json` in one tight
+    loop (what a fold reads); the rows again one by one through it when pydantic-core refuses one."""
+    try:
+        return [(version, _FROM_JSON[event_type](data)) for version, event_type, data in rows]
+    except ValueError:
+        return [(version, event_from_json(event_type, data)) for version, event_type, data in rows]
 
 
 def from_stored_time(text: str) -> datetime:
