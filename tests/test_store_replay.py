@@ -8,13 +8,16 @@ the log holds (the store derives them from the last one).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from store_contract import added
 
-from eventlab.events import OrderCreated, OrderLine, UserCreated
+from eventlab.events import OrderCreated, OrderLine, StockAdded, UserCreated
 from eventlab.services import inventory, order
 from eventlab.services.runtime import Stream, load, load_many
 from eventlab.store import NewEvent
+from eventlab.store.base import events_from_json
 
 
 @pytest.fixture
@@ -92,3 +95,16 @@ def test_the_positions_an_append_reports_are_those_the_log_holds(store):
     by_id = {record.event_id: record.position for record in store.read_records()}
     assert [e.position for e in alone] == [2, 3, 4] and [e.position for e in grouped] == [6, 7]
     assert all(by_id[e.event_id] == e.position for e in alone + grouped)
+
+
+def test_a_stored_text_that_pydantic_core_cannot_parse_still_folds():
+    # given rows as json.dumps writes them: a lone surrogate escape, which pydantic-core's parser refuses
+    lone = json.dumps({"product_id": "P\ud800", "quantity": 2})
+    rows = [(1, "StockAdded", '{"product_id":"P1","quantity":1}'), (2, "StockAdded", lone)]
+    with pytest.raises(ValueError):
+        StockAdded.__pydantic_validator__.validate_json(lone)
+    # when they are decoded for a fold, then each event comes back as json.loads reads it
+    assert events_from_json(rows) == [(1, added("P1")), (2, added("P\ud800", 2))]
+    # and data that does not validate is still refused
+    with pytest.raises(ValueError):
+        events_from_json([(1, "StockAdded", '{"product_id":"P1","quantity":"many"}')])

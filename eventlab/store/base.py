@@ -175,8 +175,9 @@ def json_loads(text: str) -> Any:
 
 def event_from_json(event_type: str, data: str) -> Event:
     """The typed event of ``event_type`` from its stored JSON ``data``, parsed and validated in one step
-    by pydantic-core (no dict in between: a third of the cost of ``json_loads`` then validating, which
-    is most of replaying a stream); ``json.loads`` parses what pydantic-core refuses, as in :func:`json_loads`.
+    by pydantic-core (no dict in between: ~1.1 µs for a small event against ~1.6 µs for :func:`json_loads`
+    then validating the dict, on every event of every replayed stream); ``json.loads`` parses what
+    pydantic-core refuses, as in :func:`json_loads`.
 
     Example:
         >>> event_from_json("StockAdded", '{"product_id":"P1","quantity":2}')
