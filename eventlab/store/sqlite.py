@@ -541,7 +541,7 @@ class SqliteEventStore(EventStore):
             timeout=self._busy_timeout,
             check_same_thread=False,
             # Room for the statements built per batch size (read_streams, processed_among) besides the hot
-            # ones: the default 128 let them evict the append's INSERT, which then was prepared again.
+            # ones (the default is 128), so the append's INSERT stays prepared however varied the batches.
             cached_statements=512,
         )
         conn.execute("PRAGMA synchronous=NORMAL")
