@@ -3,14 +3,25 @@ the same work in the same run at the same durability (WAL, ``synchronous=NORMAL`
 
 - append one event per transaction (a new stream each, as a command creating an aggregate);
 - append batches of 100 events per transaction;
-- replay aggregates of 5 events each (read the stream, fold it; no cache, no snapshots).
+- replay aggregates of 5 events each (read the stream, fold it; no cache, no snapshots), one by one:
+  eventlab's ``load`` against eventsourcing's ``repository.get``, the like-for-like figure;
+- the floor under the first: plain ``sqlite3`` (no eventlab code) committing the same rows one per
+  ``BEGIN IMMEDIATE`` … ``COMMIT`` into a store of eventlab's schema, so ``cpu_ratio_ceiling_append_1``
+  is the most any Python on top could reach against eventsourcing (each commit writes the table and its
+  indexes, the lag counts and the position sequence to the WAL: about three times the pages of
+  eventsourcing's one table with one key);
+- replay the same aggregates the way eventlab's services load many at once (``load_many``, 100 streams
+  per call, one query each), against the same one-by-one eventsourcing figure: eventsourcing has no
+  batched read of several aggregates, so this ratio compares eventlab's batched path with its only one.
 
 Ratios are given by wall-clock time (``ratio_*``) and by CPU time of the process (``cpu_ratio_*``;
 both sides run in one thread, and their SQLite writes' system time counts too), the steadier
-measure where other work shares the machine.
+measure where other work shares the machine. With ``--runs N`` every figure is the median of N runs
+(each in new files), and the load average is printed before each run.
 
     pip install -e '.[bench]'
     python benchmarks/store.py            # a table
+    python benchmarks/store.py --runs 3   # medians of three runs
     python benchmarks/store.py --json     # one JSON object
 """
 
@@ -19,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -32,8 +45,9 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool
 
 from eventlab.events import StockAdded
+from eventlab.ids import new_id
 from eventlab.services import inventory
-from eventlab.services.runtime import load
+from eventlab.services.runtime import load, load_many
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.tables import text_rows
 
@@ -62,23 +76,25 @@ def _normal_sync(create: Callable[[SQLiteConnectionPool], SQLiteConnection]) -> 
     return create_normal
 
 
-#: Per measurement, ``count`` / CPU seconds of this process: both sides run in one thread, so on a
-#: shared machine these ratios hold steady while the wall-clock ones move with the other work.
-CPU_RATES: dict[str, float] = {}
+#: A measurement's work: how many events (or aggregates) it handles, and the function that does it.
+Work = tuple[int, Callable[[], object]]
 
 
-def rate(count: int, work: Callable[[], object], name: str = "") -> float:
-    """``count`` / seconds ``work`` took; ``count`` / its CPU seconds goes to ``CPU_RATES[name]``."""
+def measure(count: int, work: Callable[[], object]) -> tuple[float, float]:
+    """(``count`` / wall seconds, ``count`` / CPU seconds of this process) of one call of ``work``.
+
+    Both libraries run in this one thread, so on a shared machine the CPU figures hold steadier than
+    the wall-clock ones, which move with the other work.
+    """
     cpu = time.process_time()
     started = time.perf_counter()
     work()
     seconds = time.perf_counter() - started
-    if name:
-        CPU_RATES[name] = count / max(time.process_time() - cpu, 1e-9)
-    return count / seconds
+    return count / seconds, count / max(time.process_time() - cpu, 1e-9)
 
 
-def bench_eventlab(path: Path, singles: int, batches: int, replays: int) -> dict[str, float]:
+def eventlab_work(path: Path, singles: int, batches: int, replays: int) -> tuple[dict[str, Work], SqliteEventStore]:
+    """eventlab's measurements, on a new store at ``path`` already holding the aggregates to replay."""
     store = SqliteEventStore(path)
     ids = [f"P-{uuid.uuid4().hex[:12]}" for _ in range(max(singles, replays))]
 
@@ -107,17 +123,58 @@ def bench_eventlab(path: Path, singles: int, batches: int, replays: int) -> dict
             stream = load(store, ("stock", product_id), inventory.evolve_stock)
             assert stream.state is not None and stream.state.available == 5
 
-    result = {
-        "append_1_events_per_s": rate(singles, one_per_transaction, "eventlab_append_1"),
-        "append_100_events_per_s": rate(batches * 100, in_batches, "eventlab_append_100"),
-        "replay_5_aggregates_per_s": rate(replays, replay, "eventlab_replay_5"),
+    evolvers = {"stock": inventory.evolve_stock}
+    keys = [("stock", product_id) for product_id in replayed]
+
+    def replay_batched() -> None:
+        for start in range(0, len(keys), 100):
+            for stream in load_many(store, keys[start : start + 100], evolvers).values():
+                assert isinstance(stream.state, inventory.Stock) and stream.state.available == 5
+
+    work: dict[str, Work] = {
+        "append_1": (singles, one_per_transaction),
+        "append_100": (batches * 100, in_batches),
+        "replay_5": (replays, replay),
+        "replay_5_batched_100": (replays, replay_batched),
     }
-    store.close()
-    return result
+    return work, store
 
 
-def bench_eventsourcing(path: Path, singles: int, batches: int, replays: int) -> dict[str, float]:
-    SQLiteConnectionPool._create_connection = _normal_sync(SQLiteConnectionPool._create_connection)  # type: ignore[method-assign]
+def sqlite_floor_work(path: Path, singles: int) -> tuple[Work, sqlite3.Connection]:
+    """Plain ``sqlite3``: rows made beforehand, committed one per transaction into a new eventlab store at
+    the same settings (WAL, ``synchronous=NORMAL``): the floor under eventlab's one-event appends."""
+    SqliteEventStore(path).close()  # the schema, its indexes and triggers
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    data = StockAdded(product_id="P", quantity=1).model_dump_json()
+    rows = [
+        (new_id(), "stock", f"F-{uuid.uuid4().hex[:12]}", 1, "StockAdded", 1, data, "{}", "2026-01-01 00:00:00.000000")
+        for _ in range(singles)
+    ]
+    insert = (
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data,"
+        " metadata, recorded_at) VALUES (?,?,?,?,?,?,?,?,?)"
+    )
+
+    def one_per_transaction() -> None:
+        for row in rows:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(insert, row)
+            conn.execute("COMMIT")
+
+    return (singles, one_per_transaction), conn
+
+
+_create_connection = SQLiteConnectionPool._create_connection
+
+
+def eventsourcing_work(path: Path, singles: int, batches: int, replays: int) -> dict[str, Work]:
+    """eventsourcing's measurements, on a new database at ``path`` already holding the aggregates to replay.
+
+    It has no batched read of several aggregates: ``replay_5_batched_100`` is its one-by-one
+    ``repository.get`` again, measured next to eventlab's batched loads.
+    """
+    SQLiteConnectionPool._create_connection = _normal_sync(_create_connection)  # type: ignore[method-assign]
     app: Application = Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)})
 
     def one_per_transaction() -> None:
@@ -143,10 +200,44 @@ def bench_eventsourcing(path: Path, singles: int, batches: int, replays: int) ->
             assert stock.available == 5
 
     return {
-        "append_1_events_per_s": rate(singles, one_per_transaction, "eventsourcing_append_1"),
-        "append_100_events_per_s": rate(batches * 100, in_batches, "eventsourcing_append_100"),
-        "replay_5_aggregates_per_s": rate(replays, replay, "eventsourcing_replay_5"),
+        "append_1": (singles, one_per_transaction),
+        "append_100": (batches * 100, in_batches),
+        "replay_5": (replays, replay),
+        "replay_5_batched_100": (replays, replay),
     }
+
+
+#: The measurements, by name: the one-by-one replay is the like-for-like headline; the batched one is
+#: eventlab's ``load_many`` (100 streams a call) against eventsourcing's ``repository.get`` one by one.
+MEASURES = ("append_1", "append_100", "replay_5", "replay_5_batched_100")
+UNITS = {"append_1": "events", "append_100": "events", "replay_5": "aggregates", "replay_5_batched_100": "aggregates"}
+
+
+def run_once(singles: int, batches: int, replays: int) -> dict[str, float]:
+    """One run of both libraries in new files: per measurement, events (or aggregates) per second, wall
+    and CPU, and the ratios. The two libraries' runs of a measurement follow each other, so the load of
+    the machine changes as little as it can between the figures a ratio compares."""
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="eventlab-store-bench-") as tmp:
+        ours, store = eventlab_work(Path(tmp) / "eventlab.db", singles, batches, replays)
+        theirs = eventsourcing_work(Path(tmp) / "eventsourcing.db", singles, batches, replays)
+        floor, conn = sqlite_floor_work(Path(tmp) / "floor.db", singles)
+        try:
+            for name in MEASURES:
+                key = f"{name}_{UNITS[name]}_per_s"
+                wall, cpu = measure(*ours[name])
+                their_wall, their_cpu = measure(*theirs[name])
+                result |= {f"eventlab_{key}": wall, f"eventsourcing_{key}": their_wall}
+                result |= {f"eventlab_cpu_{key}": cpu, f"eventsourcing_cpu_{key}": their_cpu}
+                result |= {f"ratio_{name}": wall / their_wall, f"cpu_ratio_{name}": cpu / their_cpu}
+                if name == "append_1":
+                    floor_cpu = measure(*floor)[1]
+                    result["sqlite_floor_cpu_append_1_events_per_s"] = floor_cpu
+                    result["cpu_ratio_ceiling_append_1"] = floor_cpu / their_cpu
+        finally:
+            store.close()
+            conn.close()
+    return result
 
 
 def main() -> int:
@@ -154,19 +245,22 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=20_000, help="one-event transactions (default 20k)")
     parser.add_argument("--batches", type=int, default=500, help="100-event transactions (default 500)")
     parser.add_argument("--replays", type=int, default=10_000, help="5-event aggregates replayed (default 10k)")
+    parser.add_argument("--runs", type=int, default=1, help="runs; every figure is their median (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    load_1m = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="eventlab-store-bench-") as tmp:
-        ours = bench_eventlab(Path(tmp) / "eventlab.db", args.singles, args.batches, args.replays)
-        theirs = bench_eventsourcing(Path(tmp) / "eventsourcing.db", args.singles, args.batches, args.replays)
-    result: dict[str, object] = {"load_1m": round(load_1m, 2)}
-    for key in ours:
-        result[f"eventlab_{key}"] = round(ours[key])
-        result[f"eventsourcing_{key}"] = round(theirs[key])
-        result[f"ratio_{key.removesuffix('_per_s')}"] = round(ours[key] / theirs[key], 2)
-    for name in ("append_1", "append_100", "replay_5"):
-        result[f"cpu_ratio_{name}"] = round(CPU_RATES[f"eventlab_{name}"] / CPU_RATES[f"eventsourcing_{name}"], 2)
+    loads, runs = [], []
+    for _ in range(args.runs):
+        loads.append(round(os.getloadavg()[0], 2))  # two cores shared with other work: say how busy they were
+        runs.append(run_once(args.singles, args.batches, args.replays))
+    result: dict[str, object] = {
+        "runs": args.runs,
+        "load_1m": loads if args.runs > 1 else loads[0],
+        "note": "replay_5_batched_100: eventlab load_many 100 streams a call vs eventsourcing repository.get "
+        "one by one (it has no batched read); replay_5 is the like-for-like figure",
+    }
+    for key in runs[0]:
+        median = statistics.median(run[key] for run in runs)
+        result[key] = round(median, 2) if "ratio" in key else round(median)
     print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0
 

@@ -32,6 +32,7 @@ __all__ = [
     "StreamKey",
     "execute",
     "load",
+    "load_many",
     "plan",
     "state_of",
     "trace_metadata",
@@ -117,12 +118,42 @@ class Service:
 def load(
     store: EventStore, key: StreamKey, evolve: Callable[[S | None, Event], S | None], known: Stream[S] | None = None
 ) -> Stream[S]:
-    """Fold one stream's events into its state, continuing from ``known`` (an earlier load)."""
+    """Fold one stream's events into its state, continuing from ``known`` (an earlier load).
+
+    Reads only what the fold needs (:meth:`EventStore.read_stream_events`: version and typed event).
+    """
     state, version = (known.state, known.version) if known else (None, 0)
-    for stored in store.read_stream(*key, after_version=version):
-        state = evolve(state, stored.event)
-        version = stored.version
+    events = store.read_stream_events(*key, after_version=version)
+    for version, event in events:
+        state = evolve(state, event)
     return Stream(key, state, version)
+
+
+def load_many(
+    store: EventStore,
+    keys: Iterable[StreamKey],
+    evolvers: Mapping[str, Evolve],
+    known: Mapping[StreamKey, Stream[object] | None] | None = None,
+) -> dict[StreamKey, Stream[object]]:
+    """Fold several streams with one read of the store (a batch of decisions), each continuing from its
+    ``known`` stream (an earlier load) where there is one; ``evolvers`` maps an aggregate type to its fold.
+
+    Example:
+        >>> from eventlab.store import MemoryEventStore
+        >>> load_many(MemoryEventStore(), [("stock", "P1")], {"stock": lambda state, event: state})
+        {('stock', 'P1'): Stream(key=('stock', 'P1'), state=None, version=0)}
+    """
+    known = known or {}
+    starts = {key: known.get(key) for key in keys}
+    new = store.read_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
+    streams: dict[StreamKey, Stream[object]] = {}
+    for key, stream in starts.items():
+        state, version = (stream.state, stream.version) if stream else (None, 0)
+        evolve = evolvers[key[0]]
+        for version, event in new[key]:
+            state = evolve(state, event)
+        streams[key] = Stream(key, state, version)
+    return streams
 
 
 class StreamCache:
@@ -168,13 +199,7 @@ class StreamCache:
         """Bring several streams up to date with one read of the store (a batch of decisions)."""
         with self._lock:
             known = {key: self._streams.get(key) for key in dict.fromkeys(keys)}
-        new = store.read_streams({key: stream.version if stream else 0 for key, stream in known.items()})
-        streams: dict[StreamKey, Stream[object]] = {}
-        for key, stream in known.items():
-            state, version = (stream.state, stream.version) if stream else (None, 0)
-            for stored in new[key]:
-                state, version = evolvers[key[0]](state, stored.event), stored.version
-            streams[key] = Stream(key, state, version)
+        streams = load_many(store, known, evolvers, known)
         self._put(*streams.values())
         return streams
 

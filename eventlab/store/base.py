@@ -41,6 +41,8 @@ __all__ = [
     "StoreBusy",
     "StoredEvent",
     "dead_letter_from_row",
+    "event_from_json",
+    "events_from_json",
     "from_stored_time",
     "headers_from_json",
     "headers_to_json",
@@ -169,6 +171,36 @@ def json_loads(text: str) -> Any:
         return pydantic_core.from_json(text)
     except ValueError:
         return json.loads(text)
+
+
+def event_from_json(event_type: str, data: str) -> Event:
+    """The typed event of ``event_type`` from its stored JSON ``data``, parsed and validated in one step
+    by pydantic-core (no dict in between: ~1.1 µs for a small event against ~1.6 µs for :func:`json_loads`
+    then validating the dict, on every event of every replayed stream); ``json.loads`` parses what
+    pydantic-core refuses, as in :func:`json_loads`.
+
+    Example:
+        >>> event_from_json("StockAdded", '{"product_id":"P1","quantity":2}')
+        StockAdded(product_id='P1', quantity=2)
+    """
+    validator = EVENT_TYPES[event_type].__pydantic_validator__
+    try:
+        return validator.validate_json(data)  # type: ignore[no-any-return]
+    except ValueError:  # a text pydantic-core cannot parse (a lone surrogate escape) or data that does not validate
+        return validator.validate_python(json.loads(data))  # type: ignore[no-any-return]
+
+
+#: Each event type's validator from JSON text, looked up once per row of a replayed stream.
+_FROM_JSON = {name: cls.__pydantic_validator__.validate_json for name, cls in EVENT_TYPES.items()}
+
+
+def events_from_json(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, Event]]:
+    """(version, typed event) of each (version, event type, data) row: :func:`event_from_json` in one tight
+    loop (what a fold reads); the rows again one by one through it when pydantic-core refuses one."""
+    try:
+        return [(version, _FROM_JSON[event_type](data)) for version, event_type, data in rows]
+    except ValueError:
+        return [(version, event_from_json(event_type, data)) for version, event_type, data in rows]
 
 
 def from_stored_time(text: str) -> datetime:
@@ -353,7 +385,7 @@ class EventStore(ABC):
 
     def __init__(self) -> None:
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
-        self._commit_signal = threading.Condition()
+        self._commit_signal = threading.Condition(threading.Lock())  # not reentrant: cheaper per commit
         self._commit_count = 0
 
     @abstractmethod
@@ -409,6 +441,25 @@ class EventStore(ABC):
         """Several streams at once: for each (aggregate type, aggregate id), its events after the given
         version, by version (one query for a batch of decisions, where a backend can)."""
         return {key: self.read_stream(*key, after_version=version) for key, version in after_versions.items()}
+
+    def read_stream_events(
+        self, aggregate_type: str, aggregate_id: str, after_version: int = 0
+    ) -> list[tuple[int, Event]]:
+        """(version, typed event) of one stream after ``after_version``, by version: what a fold needs and
+        nothing more (no metadata, time or data dict decoded), so a backend can go from row to event in one
+        step. Loading aggregates (:func:`eventlab.services.runtime.load`) reads streams this way."""
+        return [
+            (stored.version, stored.event) for stored in self.read_stream(aggregate_type, aggregate_id, after_version)
+        ]
+
+    def read_streams_events(
+        self, after_versions: Mapping[tuple[str, str], int]
+    ) -> dict[tuple[str, str], list[tuple[int, Event]]]:
+        """:meth:`read_stream_events` for several streams at once (as :meth:`read_streams`)."""
+        return {
+            key: [(stored.version, stored.event) for stored in events]
+            for key, events in self.read_streams(after_versions).items()
+        }
 
     @abstractmethod
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
