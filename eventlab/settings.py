@@ -43,6 +43,7 @@ SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate
 REPLICA_PORT_STEP = 100
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
+_SERVICE_STORE = re.compile(r"EVENTLAB_(?!KAFKA_).+_STORE_URL")  # EVENTLAB_<SERVICE>_STORE_URL, typos too
 _SECRET_WORDS = ("password", "secret", "key", "token")
 _PORTS = (1, 65535)
 #: The span sinks ``EVENTLAB_TRACING`` may name (see :mod:`eventlab.tracing`).
@@ -297,6 +298,12 @@ class Settings:
         values["service_store_urls"] = {
             service: env[name] for service in SERVICE_PORTS if env.get(name := service_store_variable(service))
         }
+        known = {service_store_variable(service) for service in SERVICE_PORTS}
+        for name in env:
+            if env[name] and name not in known and _SERVICE_STORE.fullmatch(name):  # a typo would share the default
+                raise SettingsError(
+                    name, f"no such service; use EVENTLAB_<SERVICE>_STORE_URL with one of {', '.join(SERVICE_PORTS)}"
+                )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()  # type: ignore[arg-type]

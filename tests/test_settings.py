@@ -125,3 +125,21 @@ def test_a_service_store_eventlab_cannot_use_is_refused_naming_its_variable(serv
         Settings(service_store_urls={service: url})
 
     assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("variable", ["EVENTLAB_ORDERS_STORE_URL", "EVENTLAB_order_STORE_URL", "EVENTLAB_SHOP_STORE_URL"])
+def test_a_store_variable_naming_no_service_is_refused_not_ignored(variable):
+    # given a typo in the name of a service's store variable (Order would silently share the default store,
+    # and fixing the typo later would be refused because the shared store then holds Order's events)
+    env = {variable: "/tmp/order.db"}
+    # when the settings are read
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    # then the variable is named with the services there are
+    assert refused.value.variable == variable
+    assert "no such service" in str(refused.value) and "order" in str(refused.value)
+
+
+def test_an_empty_or_kafka_store_variable_is_not_a_service_store():
+    settings = Settings.from_env({"EVENTLAB_ORDERS_STORE_URL": "", "EVENTLAB_KAFKA_SSL_KEY_STORE_URL": "x"})
+    assert settings.service_store_urls == {} and settings.kafka_config == {"ssl.key.store.url": "x"}
