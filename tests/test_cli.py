@@ -37,6 +37,10 @@ def user_env(**extra: str) -> dict[str, str]:
         (["demo", "--timeout", "0"], "argument --timeout: not a number above 0: '0'"),
         (["demo", "--timeout", "-3"], "argument --timeout: not a number above 0: '-3'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["audit", "--grace", "1e11"], "argument --grace: not a number of seconds from 0 to 1,000,000,000: '1e11'"),
+        (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
+        (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
+        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):
@@ -47,6 +51,25 @@ def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, c
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and complaint in err and err.startswith(f"eventlab {argv[0]}: error: ")
+    assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "99999999999999999999999"],
+        ["replay", "99999999999999999999999"],
+        ["show", "1", "--limit", "-5"],
+    ],
+)
+def test_a_dead_letter_id_or_limit_no_store_can_hold_is_one_line(argv, tmp_path, capsys):
+    # when: a dead letter id beyond any store's integers (or a negative body limit) is given
+    with pytest.raises(SystemExit) as exit_:
+        main(["dlq", *argv, "--data-dir", str(tmp_path / "shop")])
+    # then: one line names the argument and the value, not a traceback from the store
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{argv[-1]!r}" in err and "error: argument " in err
     assert not (tmp_path / "shop").exists()
 
 

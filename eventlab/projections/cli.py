@@ -152,13 +152,17 @@ def _names(text: str) -> list[str]:
     return names
 
 
+#: The longest --grace or --timeout: about 31 years (the audit's clock minus much more falls before year 1).
+_MAX_SECONDS = 1_000_000_000
+
+
 def _seconds(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    if not 0 <= seconds <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to {_MAX_SECONDS:,}: {text!r}")
     return seconds
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from eventlab.cli import Command
+from eventlab.cli import Command, positive_int
 from eventlab.errors import EventlabError, NotFound
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
@@ -357,7 +357,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("order_id", metavar="ORDER_ID", help="the order whose saga to draw")
-    parser.add_argument("--width", type=int, default=40, help="width of the bars in characters (default 40)")
+    parser.add_argument("--width", type=positive_int, default=40, help="width of the bars in characters (default 40)")
     parser.add_argument("--json", action="store_true", help="print the spans as one JSON list instead")
 
 
