@@ -154,3 +154,15 @@ def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_a
     assert all(store.is_processed("stocker", stored.event_id) for stored in inputs)
     assert [(o.topic, o.offset) for o in offsets] == [(topic, 4)]
     store.close()
+
+
+def test_a_broker_that_never_answers_is_a_broker_error_saying_so(tmp_path):
+    # given an external broker address where nothing listens
+    from eventlab.kafka.broker import free_port
+
+    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config={"log_level": 0})
+    # when the topics are created there
+    with pytest.raises(BrokerError) as refused:
+        ensure_topics(nowhere, ["t1"], timeout=0.5)
+    # then the error names the address and says it got no answer (it ended in an empty reason before)
+    assert f"on {nowhere.bootstrap_servers}: no answer in 0.5 s" in str(refused.value)

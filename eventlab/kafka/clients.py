@@ -220,7 +220,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
                 raise BrokerError(f"cannot create topic {name}: {error.str()}", error.code()) from exc
             existing.append(name)
         except Exception as exc:
-            raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {exc}") from exc
+            reason = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}") from exc
     if created:
         log.info("created %d topics", len(created))
     if existing:
