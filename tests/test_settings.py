@@ -127,7 +127,9 @@ def test_a_service_store_eventlab_cannot_use_is_refused_naming_its_variable(serv
     assert str(refused.value).startswith(message)
 
 
-@pytest.mark.parametrize("variable", ["EVENTLAB_ORDERS_STORE_URL", "EVENTLAB_order_STORE_URL", "EVENTLAB_SHOP_STORE_URL"])
+@pytest.mark.parametrize(
+    "variable", ["EVENTLAB_ORDERS_STORE_URL", "EVENTLAB_order_STORE_URL", "EVENTLAB_SHOP_STORE_URL"]
+)
 def test_a_store_variable_naming_no_service_is_refused_not_ignored(variable):
     # given a typo in the name of a service's store variable (Order would silently share the default store,
     # and fixing the typo later would be refused because the shared store then holds Order's events)
