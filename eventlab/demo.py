@@ -52,6 +52,7 @@ from eventlab.settings import Settings, default_data_dir
 from eventlab.shop import Shop
 from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
+from eventlab.store.sqlite import FileLease
 from eventlab.tables import text_rows
 
 __all__ = [
@@ -82,13 +83,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+#: The demo directories this process holds, each by a lease (``demo.lease`` beside it) kept until it exits.
+_HELD: dict[Path, FileLease] = {}
+
+
 def fresh_data_dir() -> Path:
     """The demo's own data directory, ``$XDG_DATA_HOME/eventlab/demo``, emptied for a new run.
 
     Only demo runs write there, and each keeps its store until the next one, for
-    ``eventlab audit --data-dir ...`` and friends.
+    ``eventlab audit --data-dir ...`` and friends. A demo holds it until its process exits, so a
+    second demo started meanwhile is refused instead of emptying the directory under the first.
     """
     directory = default_data_dir() / "demo"
+    lease = _HELD.get(directory) or FileLease("demo", directory.parent / "demo.lease")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the demo's directory {directory}: {exc}") from exc
+    if not lease.acquire():
+        raise StoreError(f"another eventlab demo is using {directory}: wait for it to end, or give this one --data-dir")
+    _HELD[directory] = lease
     try:
         shutil.rmtree(directory)
     except FileNotFoundError:

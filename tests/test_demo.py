@@ -12,10 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from apache_kafka import BROKERS
+from conftest import free_port_offset
 from projection_story import standard_story
 
 from eventlab import SagaTimeout, Settings, Shop
-from eventlab.demo import StockBounds, invariants, run_demo
+from eventlab.demo import StockBounds, fresh_data_dir, invariants, run_demo
 from eventlab.projections import CHECKS, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.services import SERVICE_NAMES
@@ -114,6 +115,26 @@ def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats
     # then: the same counts and the same number of events (the second did not find the first's orders)
     assert counts(a) == counts(b) and a["events"] == b["events"]
     assert a["store"] == b["store"] == str(home / "eventlab" / "demo" / "events.db")
+
+
+def test_a_second_demo_without_a_data_dir_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    # given a demo running in its own directory (here: this process, which emptied it and holds it)
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    running = fresh_data_dir()
+    running.mkdir(parents=True)
+    (running / "events.db").write_bytes(b"the first demo's store")
+    # when a second demo starts without a data directory (another terminal)
+    second = demo("--orders", "5", XDG_DATA_HOME=str(home), EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()))
+    # then it is refused in one line saying why and the way out, and the first demo's store is untouched
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert (
+        second.stderr.startswith("eventlab: error: another eventlab demo is using ") and "--data-dir" in second.stderr
+    )
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert (running / "events.db").read_bytes() == b"the first demo's store"
+    # and the directory is emptied again for the next demo of this process
+    assert fresh_data_dir() == running and not running.exists()
 
 
 def test_a_given_data_dir_keeps_what_earlier_runs_wrote(tmp_path):
