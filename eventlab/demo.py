@@ -50,7 +50,7 @@ from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
 from eventlab.settings import Settings, default_data_dir
 from eventlab.shop import Shop
-from eventlab.store import ShopStores
+from eventlab.store import ShopStores, open_stores
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import FileLease
 from eventlab.tables import text_rows
@@ -64,6 +64,7 @@ __all__ = [
     "order_ids",
     "percentile",
     "recorded_seconds",
+    "refuse_earlier_runs",
     "run_demo",
     "store_name",
 ]
@@ -110,6 +111,22 @@ def fresh_data_dir() -> Path:
     except OSError as exc:
         raise StoreError(f"cannot empty the demo's directory {directory}: {exc}") from exc
     return directory
+
+
+def refuse_earlier_runs(settings: Settings) -> None:
+    """A demo without a data directory starts from empty stores (:func:`fresh_data_dir`): refuse a
+    service's store of its own (``EVENTLAB_<SERVICE>_STORE_URL``, which that does not empty) holding an
+    earlier run's events, whose orders would meet a new run's payments and stock in the audit."""
+    stores = open_stores(settings)
+    try:
+        used = [stores.name_of(store) for store in stores if store.head()]
+    finally:
+        stores.close()
+    if used:
+        raise StoreError(
+            f"the demo starts from empty stores, but {', '.join(used)} holds an earlier run's events: give"
+            " --data-dir to add to them, or empty them"
+        )
 
 
 def order_ids(store: EventStore, seed: int) -> Callable[[], str]:

@@ -17,10 +17,12 @@ from projection_story import standard_story
 
 from eventlab import SagaTimeout, Settings, Shop
 from eventlab.demo import StockBounds, fresh_data_dir, invariants, run_demo
+from eventlab.events import ProductCreated
 from eventlab.projections import CHECKS, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import service_store_variable
+from eventlab.store import NewEvent, SqliteEventStore
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +137,24 @@ def test_a_second_demo_without_a_data_dir_is_refused_while_the_first_runs(tmp_pa
     assert (running / "events.db").read_bytes() == b"the first demo's store"
     # and the directory is emptied again for the next demo of this process
     assert fresh_data_dir() == running and not running.exists()
+
+
+def test_a_demo_without_a_data_dir_refuses_a_service_store_an_earlier_run_left_elsewhere(tmp_path):
+    # given Order's store outside the demo's directory, holding an earlier run's events
+    order_store = tmp_path / "stores" / "order.db"
+    with SqliteEventStore(order_store) as store:
+        store.append([NewEvent(ProductCreated(product_id="P1", name="Lamp", price_cents=100, initial_stock=1), 1)])
+    # when a demo starts without a data directory (it empties only its own directory)
+    ran = demo("--orders", "5", XDG_DATA_HOME=str(tmp_path / "xdg"), EVENTLAB_ORDER_STORE_URL=str(order_store))
+    # then it is refused in one line naming that store, instead of failing the audit on a mixed past
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert (
+        ran.stderr.startswith("eventlab: error: the demo starts from empty stores, but ")
+        and str(order_store) in ran.stderr
+    )
+    assert len(ran.stderr.strip().splitlines()) == 1
+    with SqliteEventStore(order_store) as store:
+        assert store.head() == 1
 
 
 def test_a_given_data_dir_keeps_what_earlier_runs_wrote(tmp_path):
