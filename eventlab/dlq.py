@@ -558,7 +558,10 @@ def _show(args: argparse.Namespace) -> int:
         print("body:")
         print(printable(letter.value, args.limit))
         if args.full is not None:
-            args.full.write_bytes(letter.value or b"")
+            try:
+                args.full.write_bytes(letter.value or b"")
+            except OSError as exc:
+                raise EventlabError(f"--full {args.full}: {exc.strerror or exc}") from exc
             print(f"wrote {len(letter.value or b''):,} bytes to {args.full}", file=sys.stderr)
         return 0
 
