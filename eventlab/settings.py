@@ -386,7 +386,8 @@ class Settings:
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``port`` on ``host`` (the services' ``http_host``) can be bound the way the HTTP servers
     bind it (``SO_REUSEADDR``: a port in ``TIME_WAIT`` counts as free, a listening one as taken);
-    other errors are raised."""
+    a ``host`` that cannot be bound (no such name or address, or not this machine's) is a
+    :class:`SettingsError` naming ``EVENTLAB_HTTP_HOST``; other errors are raised."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -394,6 +395,8 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise SettingsError("EVENTLAB_HTTP_HOST", f"cannot bind {host}: {exc.strerror or exc}") from exc
             raise
     return True
 

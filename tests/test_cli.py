@@ -134,6 +134,25 @@ def test_a_port_in_use_is_one_clear_error(mode, tmp_path):
     assert "EVENTLAB_HTTP_PORT_OFFSET" in result.stderr
 
 
+@pytest.mark.parametrize("mode", [[], ["--processes"]])
+@pytest.mark.parametrize("host", ["nosuchhost.invalid", "192.0.2.1"])  # no such name; an address not ours
+def test_an_address_the_services_cannot_bind_is_one_line_naming_the_variable(mode, host, tmp_path):
+    # when: the shop is started with EVENTLAB_HTTP_HOST set to an address this machine cannot bind
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlab", "up", *mode, "--data-dir", str(tmp_path / "shop")],
+        env=user_env(EVENTLAB_HTTP_HOST=host, EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then: one line names the variable and the address, exit status 2, before anything started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"eventlab: error: EVENTLAB_HTTP_HOST: cannot bind {host}: ")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "shop").exists()
+
+
 @pytest.mark.integration
 def test_a_port_taken_while_the_shop_starts_is_the_same_error_and_nothing_is_left_running(
     tmp_path, monkeypatch, capsys
