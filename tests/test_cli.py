@@ -41,6 +41,8 @@ def user_env(**extra: str) -> dict[str, str]:
         (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
         (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
         (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
+        (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
+        (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):

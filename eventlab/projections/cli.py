@@ -121,7 +121,7 @@ def add_commands(
     when.add_argument(
         "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
     )
-    show.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
+    show.add_argument("--limit", type=_rows, default=50, help="rows to print (default 50; 0 for all)")
     _output_options(show)
 
 
@@ -154,6 +154,7 @@ def _names(text: str) -> list[str]:
 
 #: The longest --grace or --timeout: about 31 years (the audit's clock minus much more falls before year 1).
 _MAX_SECONDS = 1_000_000_000
+_MAX_ROWS = 2**63 - 1
 
 
 def _seconds(text: str) -> float:
@@ -164,6 +165,17 @@ def _seconds(text: str) -> float:
     if not 0 <= seconds <= _MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to {_MAX_SECONDS:,}: {text!r}")
     return seconds
+
+
+def _rows(text: str) -> int:
+    """A number of rows: a whole number from 0 to the largest DuckDB takes (an argparse ``type``)."""
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = -1
+    if not 0 <= rows <= _MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"not a whole number from 0 to {_MAX_ROWS}: {text!r}")
+    return rows
 
 
 def _iso_time(text: str) -> datetime:
