@@ -161,6 +161,12 @@ def _number(text: str) -> float:
 _PARSERS: dict[str, Callable[[str], object]] = {"int": _whole, "float": _number, "str": str, "Path": Path}
 
 
+def _value(env: Mapping[str, str], name: str) -> str:
+    """The text of variable ``name`` without the spaces around it ("" when unset or blank): a value
+    pasted with a space would otherwise name a path under a directory called " "."""
+    return env.get(name, "").strip()
+
+
 def _check(name: str, kind: str, value: object, between: tuple[float, float] | None) -> None:
     """Raise :class:`SettingsError` unless ``value`` has the field's type and lies in ``between``."""
     if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
@@ -285,9 +291,9 @@ class Settings:
         values: dict[str, object] = {}
         for f in fields(cls):
             name = f.metadata.get("variable")
-            if name and env.get(name):
+            if name and _value(env, name):
                 try:
-                    values[f.name] = _PARSERS[str(f.type)](env[name])
+                    values[f.name] = _PARSERS[str(f.type)](_value(env, name))
                 except ValueError as exc:
                     raise SettingsError(name, str(exc)) from None
         values["kafka_config"] = {
@@ -296,11 +302,15 @@ class Settings:
             if key.startswith(_KAFKA_PREFIX)
         }
         values["service_store_urls"] = {
-            service: env[name] for service in SERVICE_PORTS if env.get(name := service_store_variable(service))
+            service: _value(env, name)
+            for service in SERVICE_PORTS
+            if _value(env, name := service_store_variable(service))
         }
         known = {service_store_variable(service) for service in SERVICE_PORTS}
         for name in env:
-            if env[name] and name not in known and _SERVICE_STORE.fullmatch(name):  # a typo would share the default
+            if (
+                _value(env, name) and name not in known and _SERVICE_STORE.fullmatch(name)
+            ):  # a typo would share the default
                 raise SettingsError(
                     name, f"no such service; use EVENTLAB_<SERVICE>_STORE_URL with one of {', '.join(SERVICE_PORTS)}"
                 )
