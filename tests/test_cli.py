@@ -43,6 +43,7 @@ def user_env(**extra: str) -> dict[str, str]:
         (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
         (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
         (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
+        (["audit", "--store", " "], "argument --store: empty: give a SQLite file or a postgresql:// URL"),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):

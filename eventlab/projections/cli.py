@@ -187,8 +187,10 @@ def _iso_time(text: str) -> datetime:
 
 def _store_location(text: str) -> Path | PostgresUrl:
     """``--store``: a SQLite file or a PostgreSQL URL (an argparse ``type``)."""
+    if not text.strip():  # would be events.db in the working directory
+        raise argparse.ArgumentTypeError("empty: give a SQLite file or a postgresql:// URL")
     try:
-        return store_location(text)
+        return store_location(text.strip())
     except SettingsError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     except ProjectionError as exc:
