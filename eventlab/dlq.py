@@ -570,7 +570,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == args.all:
-        raise EventlabError("give dead letter IDs or --all (see 'eventlab dlq list')")
+        both = ", not both" if args.all else ""
+        raise EventlabError(f"give dead letter IDs or --all{both} (see 'eventlab dlq list')")
     if args.topic and not args.all:
         raise EventlabError("--topic goes with --all")
 

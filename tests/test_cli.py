@@ -76,6 +76,13 @@ def test_a_dead_letter_id_or_limit_no_store_can_hold_is_one_line(argv, tmp_path,
     assert not (tmp_path / "shop").exists()
 
 
+@pytest.mark.parametrize(("argv", "said"), [([], "IDs or --all (see"), (["1", "--all"], "IDs or --all, not both")])
+def test_dlq_replay_wants_ids_or_all_and_says_which_was_wrong(argv, said, tmp_path, capsys):
+    assert main(["dlq", "replay", *argv, "--data-dir", str(tmp_path / "shop")]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "shop").exists()
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
