@@ -231,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``eventlab`` command; return its exit status (2 for anything it was given wrongly)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports each command's libraries (DuckDB, polars, ...)
+    except KeyboardInterrupt:
+        return 130
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

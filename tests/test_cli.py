@@ -83,6 +83,33 @@ def test_dlq_replay_wants_ids_or_all_and_says_which_was_wrong(argv, said, tmp_pa
     assert not (tmp_path / "shop").exists()
 
 
+@pytest.mark.parametrize("library", ["duckdb", "polars"])
+def test_ctrl_c_while_it_is_still_importing_ends_it_quietly_with_130(library, tmp_path):
+    # given Ctrl-C arriving while the commands import their libraries (most of the first second of
+    # `up --processes`, in every child too): here an import hook raises it when that library is imported
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def hooked(name, *args, **kwargs):\n"
+        f"    if name == {library!r}:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hooked\n"
+    )
+    path = os.pathsep.join([str(tmp_path), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    # when a command starts
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlab", "audit", "--data-dir", str(tmp_path / "shop")],
+        env=user_env(PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then it ends with 130 and no traceback, as Ctrl-C does once it runs
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
