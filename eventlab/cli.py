@@ -231,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``eventlab`` command; return its exit status (2 for anything it was given wrongly)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports each command's libraries (DuckDB, polars, ...)
+    except KeyboardInterrupt:
+        return 130
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -317,13 +320,14 @@ def _up(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from eventlab.adapters.mailer import MAILBOX
-    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, run_demo
+    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, refuse_earlier_runs, run_demo
     from eventlab.projections.sources import store_locations
     from eventlab.shop import Shop
 
     settings = Settings.from_env(data_dir=args.data_dir)  # every variable checked before anything is removed
     if args.data_dir is None and not os.environ.get("EVENTLAB_DATA_DIR"):
         settings = Settings.from_env(data_dir=fresh_data_dir())  # reproducible: no earlier run's stock sold
+        refuse_earlier_runs(settings)
     shop = Shop(
         settings,
         payment_failure_rate=args.payment_failure_rate,

@@ -50,8 +50,9 @@ from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
 from eventlab.settings import Settings, default_data_dir
 from eventlab.shop import Shop
-from eventlab.store import ShopStores
+from eventlab.store import ShopStores, open_stores
 from eventlab.store.base import EventStore
+from eventlab.store.sqlite import FileLease
 from eventlab.tables import text_rows
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "order_ids",
     "percentile",
     "recorded_seconds",
+    "refuse_earlier_runs",
     "run_demo",
     "store_name",
 ]
@@ -82,13 +84,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+#: The demo directories this process holds, each by a lease (``demo.lease`` beside it) kept until it exits.
+_HELD: dict[Path, FileLease] = {}
+
+
 def fresh_data_dir() -> Path:
     """The demo's own data directory, ``$XDG_DATA_HOME/eventlab/demo``, emptied for a new run.
 
     Only demo runs write there, and each keeps its store until the next one, for
-    ``eventlab audit --data-dir ...`` and friends.
+    ``eventlab audit --data-dir ...`` and friends. A demo holds it until its process exits, so a
+    second demo started meanwhile is refused instead of emptying the directory under the first.
     """
     directory = default_data_dir() / "demo"
+    lease = _HELD.get(directory) or FileLease("demo", directory.parent / "demo.lease")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the demo's directory {directory}: {exc}") from exc
+    if not lease.acquire():
+        raise StoreError(f"another eventlab demo is using {directory}: wait for it to end, or give this one --data-dir")
+    _HELD[directory] = lease
     try:
         shutil.rmtree(directory)
     except FileNotFoundError:
@@ -96,6 +111,22 @@ def fresh_data_dir() -> Path:
     except OSError as exc:
         raise StoreError(f"cannot empty the demo's directory {directory}: {exc}") from exc
     return directory
+
+
+def refuse_earlier_runs(settings: Settings) -> None:
+    """A demo without a data directory starts from empty stores (:func:`fresh_data_dir`): refuse a
+    service's store of its own (``EVENTLAB_<SERVICE>_STORE_URL``, which that does not empty) holding an
+    earlier run's events, whose orders would meet a new run's payments and stock in the audit."""
+    stores = open_stores(settings)
+    try:
+        used = [stores.name_of(store) for store in stores if store.head()]
+    finally:
+        stores.close()
+    if used:
+        raise StoreError(
+            f"the demo starts from empty stores, but {', '.join(used)} holds an earlier run's events: give"
+            " --data-dir to add to them, or empty them"
+        )
 
 
 def order_ids(store: EventStore, seed: int) -> Callable[[], str]:

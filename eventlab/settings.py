@@ -43,6 +43,7 @@ SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate
 REPLICA_PORT_STEP = 100
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
+_SERVICE_STORE = re.compile(r"EVENTLAB_(?!KAFKA_).+_STORE_URL")  # EVENTLAB_<SERVICE>_STORE_URL, typos too
 _SECRET_WORDS = ("password", "secret", "key", "token")
 _PORTS = (1, 65535)
 #: The span sinks ``EVENTLAB_TRACING`` may name (see :mod:`eventlab.tracing`).
@@ -158,6 +159,12 @@ def _number(text: str) -> float:
 
 #: How the text of a variable becomes a field's value, by the field's type.
 _PARSERS: dict[str, Callable[[str], object]] = {"int": _whole, "float": _number, "str": str, "Path": Path}
+
+
+def _value(env: Mapping[str, str], name: str) -> str:
+    """The text of variable ``name`` without the spaces around it ("" when unset or blank): a value
+    pasted with a space would otherwise name a path under a directory called " "."""
+    return env.get(name, "").strip()
 
 
 def _check(name: str, kind: str, value: object, between: tuple[float, float] | None) -> None:
@@ -284,9 +291,9 @@ class Settings:
         values: dict[str, object] = {}
         for f in fields(cls):
             name = f.metadata.get("variable")
-            if name and env.get(name):
+            if name and _value(env, name):
                 try:
-                    values[f.name] = _PARSERS[str(f.type)](env[name])
+                    values[f.name] = _PARSERS[str(f.type)](_value(env, name))
                 except ValueError as exc:
                     raise SettingsError(name, str(exc)) from None
         values["kafka_config"] = {
@@ -295,8 +302,18 @@ class Settings:
             if key.startswith(_KAFKA_PREFIX)
         }
         values["service_store_urls"] = {
-            service: env[name] for service in SERVICE_PORTS if env.get(name := service_store_variable(service))
+            service: _value(env, name)
+            for service in SERVICE_PORTS
+            if _value(env, name := service_store_variable(service))
         }
+        known = {service_store_variable(service) for service in SERVICE_PORTS}
+        for name in env:
+            if (
+                _value(env, name) and name not in known and _SERVICE_STORE.fullmatch(name)
+            ):  # a typo would share the default
+                raise SettingsError(
+                    name, f"no such service; use EVENTLAB_<SERVICE>_STORE_URL with one of {', '.join(SERVICE_PORTS)}"
+                )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()  # type: ignore[arg-type]
@@ -379,7 +396,8 @@ class Settings:
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``port`` on ``host`` (the services' ``http_host``) can be bound the way the HTTP servers
     bind it (``SO_REUSEADDR``: a port in ``TIME_WAIT`` counts as free, a listening one as taken);
-    other errors are raised."""
+    a ``host`` that cannot be bound (no such name or address, or not this machine's) is a
+    :class:`SettingsError` naming ``EVENTLAB_HTTP_HOST``; other errors are raised."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -387,6 +405,8 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise SettingsError("EVENTLAB_HTTP_HOST", f"cannot bind {host}: {exc.strerror or exc}") from exc
             raise
     return True
 

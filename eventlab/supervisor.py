@@ -52,8 +52,9 @@ from eventlab.kafka.relay import IDLE_WAIT_IN_PROCESS, Relay, watch_heads
 from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
 from eventlab.services import SERVICE_NAMES
 from eventlab.services.payment import Gateway
+from eventlab.services.runtime import Service
 from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
-from eventlab.shop import ShopInfrastructure
+from eventlab.shop import ShopInfrastructure, check_service_stores
 from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER
 from eventlab.tracing import open_tracing
@@ -192,6 +193,17 @@ def _open_stores(name: str, settings: Settings, consumes: bool) -> ShopStores:
     return ShopStores.one(open_store(settings.with_store(settings.store_url_of(name))))
 
 
+def _check_stores(name: str, settings: Settings, services: Mapping[str, Service]) -> None:
+    """Refuse, as ``eventlab up`` does, a store that does not hold the past of service ``name`` (of
+    every service for the relay): :func:`~eventlab.shop.check_service_stores`, over every store."""
+    owned = aggregates(services)
+    stores = open_stores(settings)
+    try:
+        check_service_stores(settings, stores, owned if name == RELAY_CONSUMER else {name: owned[name]})
+    finally:
+        stores.close()
+
+
 def _run_relays(relays: Iterable[Relay], stop: threading.Event) -> None:
     """Run each relay (one per store, each holding its store's lease) in a thread of its own until ``stop``;
     relays that poll (several SQLite stores: no commit signal across processes) are woken by one
@@ -242,8 +254,9 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
     services = build_services(settings, gateway, tracing=tracing)
     stores = _open_stores(name, settings, name != RELAY_CONSUMER and bool(services[name].subscriptions))
     try:
-        if not supervised:
-            ensure_topics(settings)  # the supervisor created them: one round trip less per restart
+        if not supervised:  # the supervisor checked the stores and created the topics before starting it
+            _check_stores(name, settings, services)
+            ensure_topics(settings)
         if tracing is not None:
             tracing.open()
         wiring = Wiring(settings, stores, services, tracing=tracing)

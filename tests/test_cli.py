@@ -37,6 +37,13 @@ def user_env(**extra: str) -> dict[str, str]:
         (["demo", "--timeout", "0"], "argument --timeout: not a number above 0: '0'"),
         (["demo", "--timeout", "-3"], "argument --timeout: not a number above 0: '-3'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["audit", "--grace", "1e11"], "argument --grace: not a number of seconds from 0 to 1,000,000,000: '1e11'"),
+        (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
+        (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
+        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
+        (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
+        (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
+        (["audit", "--store", " "], "argument --store: empty: give a SQLite file or a postgresql:// URL"),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):
@@ -48,6 +55,59 @@ def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and complaint in err and err.startswith(f"eventlab {argv[0]}: error: ")
     assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "99999999999999999999999"],
+        ["replay", "99999999999999999999999"],
+        ["show", "1", "--limit", "-5"],
+    ],
+)
+def test_a_dead_letter_id_or_limit_no_store_can_hold_is_one_line(argv, tmp_path, capsys):
+    # when: a dead letter id beyond any store's integers (or a negative body limit) is given
+    with pytest.raises(SystemExit) as exit_:
+        main(["dlq", *argv, "--data-dir", str(tmp_path / "shop")])
+    # then: one line names the argument and the value, not a traceback from the store
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{argv[-1]!r}" in err and "error: argument " in err
+    assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(("argv", "said"), [([], "IDs or --all (see"), (["1", "--all"], "IDs or --all, not both")])
+def test_dlq_replay_wants_ids_or_all_and_says_which_was_wrong(argv, said, tmp_path, capsys):
+    assert main(["dlq", "replay", *argv, "--data-dir", str(tmp_path / "shop")]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize("library", ["duckdb", "polars"])
+def test_ctrl_c_while_it_is_still_importing_ends_it_quietly_with_130(library, tmp_path):
+    # given Ctrl-C arriving while the commands import their libraries (most of the first second of
+    # `up --processes`, in every child too): here an import hook raises it when that library is imported
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def hooked(name, *args, **kwargs):\n"
+        f"    if name == {library!r}:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hooked\n"
+    )
+    path = os.pathsep.join([str(tmp_path), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    # when a command starts
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlab", "audit", "--data-dir", str(tmp_path / "shop")],
+        env=user_env(PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then it ends with 130 and no traceback, as Ctrl-C does once it runs
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -109,6 +169,25 @@ def test_a_port_in_use_is_one_clear_error(mode, tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert f"port {8083 + offset} of the order service is already in use" in result.stderr
     assert "EVENTLAB_HTTP_PORT_OFFSET" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--processes"]])
+@pytest.mark.parametrize("host", ["nosuchhost.invalid", "192.0.2.1"])  # no such name; an address not ours
+def test_an_address_the_services_cannot_bind_is_one_line_naming_the_variable(mode, host, tmp_path):
+    # when: the shop is started with EVENTLAB_HTTP_HOST set to an address this machine cannot bind
+    result = subprocess.run(
+        [sys.executable, "-m", "eventlab", "up", *mode, "--data-dir", str(tmp_path / "shop")],
+        env=user_env(EVENTLAB_HTTP_HOST=host, EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then: one line names the variable and the address, exit status 2, before anything started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"eventlab: error: EVENTLAB_HTTP_HOST: cannot bind {host}: ")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "shop").exists()
 
 
 @pytest.mark.integration

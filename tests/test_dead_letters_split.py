@@ -184,3 +184,21 @@ def test_a_one_store_shops_dead_letter_output_is_unchanged(tmp_path, monkeypatch
         assert not letters.split and letters.counts() == {"order": 1}
         with pytest.raises(EventlabError, match="^no dead letter 9$"):
             letters.get(9)
+
+
+@pytest.mark.parametrize("where", ["a-file/body.bin", "."])
+def test_show_full_to_a_place_it_cannot_write_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, where):
+    # given a dead letter in Order's store
+    settings = split_settings(tmp_path, ["order"])
+    stores = open_stores(settings)
+    try:
+        stores.of("order").record_dead_letter("order", PaymentCompleted.topic, 0, 1, None, b"\xff", [], "not JSON")
+    finally:
+        stores.close()
+    (tmp_path / "a-file").write_text("not a directory")
+    target = tmp_path / where
+    # when its body is asked for in a file under a file, or in a directory
+    status = cli.main(["dlq", "show", "1", "--full", str(target), *point_cli_at(monkeypatch, settings)])
+    # then one line names the option and the file, not a traceback
+    [error] = capsys.readouterr().err.splitlines()
+    assert status == 2 and error.startswith(f"eventlab: error: --full {target}: ")

@@ -12,14 +12,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from apache_kafka import BROKERS
+from conftest import free_port_offset
 from projection_story import standard_story
 
 from eventlab import SagaTimeout, Settings, Shop
-from eventlab.demo import StockBounds, invariants, run_demo
+from eventlab.demo import StockBounds, fresh_data_dir, invariants, run_demo
+from eventlab.events import ProductCreated
 from eventlab.projections import CHECKS, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import service_store_variable
+from eventlab.store import NewEvent, SqliteEventStore
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +117,44 @@ def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats
     # then: the same counts and the same number of events (the second did not find the first's orders)
     assert counts(a) == counts(b) and a["events"] == b["events"]
     assert a["store"] == b["store"] == str(home / "eventlab" / "demo" / "events.db")
+
+
+def test_a_second_demo_without_a_data_dir_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    # given a demo running in its own directory (here: this process, which emptied it and holds it)
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    running = fresh_data_dir()
+    running.mkdir(parents=True)
+    (running / "events.db").write_bytes(b"the first demo's store")
+    # when a second demo starts without a data directory (another terminal)
+    second = demo("--orders", "5", XDG_DATA_HOME=str(home), EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()))
+    # then it is refused in one line saying why and the way out, and the first demo's store is untouched
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert (
+        second.stderr.startswith("eventlab: error: another eventlab demo is using ") and "--data-dir" in second.stderr
+    )
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert (running / "events.db").read_bytes() == b"the first demo's store"
+    # and the directory is emptied again for the next demo of this process
+    assert fresh_data_dir() == running and not running.exists()
+
+
+def test_a_demo_without_a_data_dir_refuses_a_service_store_an_earlier_run_left_elsewhere(tmp_path):
+    # given Order's store outside the demo's directory, holding an earlier run's events
+    order_store = tmp_path / "stores" / "order.db"
+    with SqliteEventStore(order_store) as store:
+        store.append([NewEvent(ProductCreated(product_id="P1", name="Lamp", price_cents=100, initial_stock=1), 1)])
+    # when a demo starts without a data directory (it empties only its own directory)
+    ran = demo("--orders", "5", XDG_DATA_HOME=str(tmp_path / "xdg"), EVENTLAB_ORDER_STORE_URL=str(order_store))
+    # then it is refused in one line naming that store, instead of failing the audit on a mixed past
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert (
+        ran.stderr.startswith("eventlab: error: the demo starts from empty stores, but ")
+        and str(order_store) in ran.stderr
+    )
+    assert len(ran.stderr.strip().splitlines()) == 1
+    with SqliteEventStore(order_store) as store:
+        assert store.head() == 1
 
 
 def test_a_given_data_dir_keeps_what_earlier_runs_wrote(tmp_path):

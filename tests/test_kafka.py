@@ -154,3 +154,44 @@ def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_a
     assert all(store.is_processed("stocker", stored.event_id) for stored in inputs)
     assert [(o.topic, o.offset) for o in offsets] == [(topic, 4)]
     store.close()
+
+
+def test_a_broker_that_never_answers_is_a_broker_error_saying_so(tmp_path):
+    # given an external broker address where nothing listens
+    from eventlab.kafka.broker import free_port
+
+    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config={"log_level": 0})
+    # when the topics are created there
+    with pytest.raises(BrokerError) as refused:
+        ensure_topics(nowhere, ["t1"], timeout=0.5)
+    # then the error names the address and says it got no answer (it ended in an empty reason before)
+    assert f"on {nowhere.bootstrap_servers}: no answer in 0.5 s" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("EVENTLAB_KAFKA_LOG_LEVEL", "0", 'No such configuration property: "log.level"'),
+        ("EVENTLAB_KAFKA_SOCKET_TIMEOUT_MS", "soon", 'Invalid value for configuration property "socket.timeout.ms"'),
+    ],
+)
+def test_a_librdkafka_setting_it_refuses_is_one_line_naming_the_variable(
+    tmp_path, capsys, monkeypatch, variable, value, said
+):
+    # given an EVENTLAB_KAFKA_* setting librdkafka does not know, or a value it cannot use
+    from eventlab import cli
+    from eventlab.kafka.broker import free_port
+    from eventlab.settings import SettingsError
+
+    settings = Settings.from_env({variable: value, "EVENTLAB_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    # when any Kafka client is made with it, then it is a settings error naming the variable
+    for make in (make_producer, lambda s: make_consumer(s, "order"), lambda s: ensure_topics(s, ["t1"], timeout=1)):
+        with pytest.raises(SettingsError) as refused:
+            make(settings)
+        assert refused.value.variable == variable and said in str(refused.value)
+    # and a command says it in one line with exit status 2, not a traceback
+    for name, setting in settings.environ().items():
+        monkeypatch.setenv(name, setting)
+    status = cli.main(["demo", "--orders", "1", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith(f"eventlab: error: {variable}: ") and err.count("\n") == 1

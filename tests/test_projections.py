@@ -534,6 +534,13 @@ def test_cli_bad_input_is_an_eventlab_error(store_path, tmp_path):
     with pytest.raises(SystemExit):
         run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", "yesterday"])
     assert not (tmp_path / "empty").exists()
+    (tmp_path / "a-file").write_text("not a directory")
+    for where in (tmp_path / "a-file" / "parquet", Path("/proc/eventlab-export")):
+        with pytest.raises(ProjectionError, match=f"^cannot write to {where}: "):
+            run_cli(["export", "--data-dir", data_dir, str(where), "orders"])
+    (tmp_path / "pq" / "orders.parquet").mkdir(parents=True)  # in the way of the file
+    with pytest.raises(ProjectionError, match=f"^cannot write to {tmp_path / 'pq'}: "):
+        run_cli(["export", "--data-dir", data_dir, str(tmp_path / "pq"), "orders"])
 
 
 def test_the_caller_chooses_how_the_log_is_read_and_attaching_an_open_store_is_refused(tmp_path):

@@ -172,6 +172,18 @@ def test_cli_refused_query_names_no_path(store_path, secret_db, capsys):
     assert code == 2 and str(secret_db) not in err and err.startswith("eventlab: error: query refused")
 
 
+def test_cli_query_of_a_store_table_not_copied_names_the_ones_it_can_read(store_path, capsys):
+    # given the command line, which reads a copy of the store's events and checkpoints (not its dead letters)
+    # when a query names a store table that is not in that copy
+    code = main(["query", "--data-dir", str(store_path.parent), "SELECT reason FROM store.dead_letters"])
+    # then one line says which table, and which store tables it can read (not "schema store does not exist")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "store.dead_letters" in err and "store.checkpoints, store.events" in err and "eventlab dlq" in err
+    # and the tables it names are readable
+    assert main(["query", "--data-dir", str(store_path.parent), "SELECT count(*) FROM store.checkpoints"]) == 0
+
+
 def _wait_until_it_reads(child: subprocess.Popen, store_path: Path) -> None:
     """Wait (at most a minute) until ``child`` has the store open."""
     deadline = time.monotonic() + 60

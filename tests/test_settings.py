@@ -125,3 +125,40 @@ def test_a_service_store_eventlab_cannot_use_is_refused_naming_its_variable(serv
         Settings(service_store_urls={service: url})
 
     assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "variable", ["EVENTLAB_ORDERS_STORE_URL", "EVENTLAB_order_STORE_URL", "EVENTLAB_SHOP_STORE_URL"]
+)
+def test_a_store_variable_naming_no_service_is_refused_not_ignored(variable):
+    # given a typo in the name of a service's store variable (Order would silently share the default store,
+    # and fixing the typo later would be refused because the shared store then holds Order's events)
+    env = {variable: "/tmp/order.db"}
+    # when the settings are read
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    # then the variable is named with the services there are
+    assert refused.value.variable == variable
+    assert "no such service" in str(refused.value) and "order" in str(refused.value)
+
+
+def test_an_empty_or_kafka_store_variable_is_not_a_service_store():
+    settings = Settings.from_env({"EVENTLAB_ORDERS_STORE_URL": "", "EVENTLAB_KAFKA_SSL_KEY_STORE_URL": "x"})
+    assert settings.service_store_urls == {} and settings.kafka_config == {"ssl.key.store.url": "x"}
+
+
+def test_spaces_around_a_value_are_not_part_of_it():
+    # given values pasted with spaces around them (an .env file, a quoted compose value)
+    env = {
+        "EVENTLAB_DATA_DIR": " /srv/shop ",
+        "EVENTLAB_STORE_URL": "  ",
+        "EVENTLAB_ORDER_STORE_URL": " /srv/order.db",
+        "EVENTLAB_PAYMENT_STORE_URL": " ",
+        "EVENTLAB_BOOTSTRAP_SERVERS": "kafka:9092 ",
+    }
+    # when the settings are read
+    settings = Settings.from_env(env)
+    # then a blank value is no value, and no path starts in a directory named " " under the working directory
+    assert settings.data_dir == Path("/srv/shop") and settings.store_path == Path("/srv/shop/events.db")
+    assert settings.service_store_urls == {"order": "/srv/order.db"}
+    assert settings.bootstrap_servers == "kafka:9092"

@@ -187,7 +187,16 @@ def test_one_process_per_service_with_order_and_inventory_on_stores_of_their_own
     order_db, inventory_db = tmp_path / "order.db", tmp_path / "inventory.db"
     variables = {"EVENTLAB_ORDER_STORE_URL": str(order_db), "EVENTLAB_INVENTORY_STORE_URL": str(inventory_db)}
     port = {name: 8081 + index + offset for index, name in enumerate(SERVICE_NAMES)}
-    with processes(tmp_path, offset, **variables):
+    with processes(tmp_path, offset, **variables) as up:
+        # then it says which store each service writes to (as the README promises)
+        said = [up.stdout.readline() for _ in range(1 + len(SERVICE_NAMES))]
+        assert said[0].startswith("eventlab: broker 127.0.0.1:") and said[0].endswith(
+            f"store {tmp_path / 'events.db'}\n"
+        )
+        assert [line.split() for line in said[1:]] == [
+            [name, "store", str({"order": order_db, "inventory": inventory_db}.get(name, tmp_path / "events.db"))]
+            for name in SERVICE_NAMES
+        ]
         for name in SERVICE_NAMES:
             wait_healthy(port[name])
         # when a user and a product are registered and an order is placed over HTTP

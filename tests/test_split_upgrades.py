@@ -17,6 +17,7 @@ from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import aggregates, build_services
 from eventlab.errors import StoreError
 from eventlab.events import CustomerRecorded, ProductCreated, UserCreated
+from eventlab.kafka.broker import free_port
 from eventlab.kafka.relay import catch_up_subscriptions, rewind
 from eventlab.shop import check_service_stores
 from eventlab.store import NewEvent, SqliteEventStore, open_stores
@@ -169,6 +170,33 @@ def test_up_processes_refuses_it_in_one_line(tmp_path):
     assert up.returncode == 2, output + errors
     assert errors.startswith("eventlab: error: order has a store of its own (EVENTLAB_ORDER_STORE_URL: ")
     assert len(errors.strip().splitlines()) == 1 and "Traceback" not in errors
+
+
+@pytest.mark.parametrize("service", ["order", "relay"])
+def test_eventlab_run_refuses_it_too_before_joining_the_shop(tmp_path, service):
+    # given a shop that ran on one store, where Order handled two registrations
+    ran_on_one_store(tmp_path)
+    # when one process joins it with `eventlab run` (as in compose), Order given a store of its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
+    env.update(
+        EVENTLAB_DATA_DIR=str(tmp_path),
+        EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()),
+        EVENTLAB_ORDER_STORE_URL=str(tmp_path / "order.db"),
+        EVENTLAB_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",  # nothing listens: the check comes first
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "eventlab", "run", service],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # then it stops before handling anything (in Order's empty store, committing Kafka offsets the shop's
+    # own Order process would then never see), with one line and status 2
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith("eventlab: error: order has a store of its own (EVENTLAB_ORDER_STORE_URL: ")
+    assert len(run.stderr.strip().splitlines()) == 1
 
 
 def test_a_shop_on_stores_of_their_own_from_the_start_is_accepted_and_keeps_them(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from eventlab.cli import main
 from eventlab.events import StockAdded
 from eventlab.settings import Settings, SettingsError
 from eventlab.store import MemoryEventStore, NewEvent, SqliteEventStore, open_store
@@ -34,6 +35,21 @@ def test_memory_gives_a_fresh_store_in_this_process(tmp_path):
     first.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
     assert isinstance(first, MemoryEventStore) and (first.head(), second.head()) == (1, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["dlq", "list"], ["dlq", "show", "1"], ["trace", "demo-s0-r1-00001"]])
+@pytest.mark.parametrize("variable", ["EVENTLAB_STORE_URL", "EVENTLAB_ORDER_STORE_URL"])
+def test_a_command_that_reads_a_store_refuses_memory_instead_of_reading_a_new_empty_one(
+    tmp_path, monkeypatch, capsys, argv, variable
+):
+    # given a shop's store, and the store (or Order's) set to memory:// for a command run on its own
+    SqliteEventStore(tmp_path / "events.db").close()
+    monkeypatch.setenv(variable, "memory://")
+    # when a command that only reads the store runs
+    status = main([*argv, "--data-dir", str(tmp_path)])
+    # then it says the store is in another process's memory (not "no dead letters" from a new empty one)
+    err = capsys.readouterr().err
+    assert status in (1, 2) and "memory://" in err and "one process's memory" in err
 
 
 @pytest.mark.parametrize("url", ["mysql://shop@db/shop", "sqlite://relative.db", "memory://shop", "postgresq://x"])

@@ -212,6 +212,29 @@ def test_eventlab_trace_says_when_there_are_no_spans(tmp_path, capsys, monkeypat
     assert "EVENTLAB_TRACING=file" in capsys.readouterr().out
 
 
+def test_a_spans_file_cut_inside_a_character_is_read_past_the_cut(tmp_path):
+    # given a spans file whose writer was killed inside a two-byte character, then appended to again
+    span = SpanRecord("t1", "a", None, "place order ü", "INTERNAL", "order", 0, 1_000_000)
+    line = json.dumps(span.__dict__ | {"attributes": {}}, ensure_ascii=False).encode()
+    (tmp_path / "spans.jsonl").write_bytes(line[: line.index("ü".encode()) + 1] + line + b"\n" + line + b"\n")
+    # when the spans are read
+    spans = read_spans(tmp_path, "t1")
+    # then the cut line is skipped and the whole one is read
+    assert [s.name for s in spans] == ["place order ü"]
+
+
+def test_eventlab_trace_of_a_data_dir_without_a_store_creates_none(tmp_path, capsys):
+    # given a data directory that does not exist (a typo)
+    typo = tmp_path / "shpo"
+    # when `eventlab trace` is asked for an order there
+    status = cli.main(["trace", "demo-s0-r1-00001", "--data-dir", str(typo)])
+    # then it says there is no store, on stderr, and leaves no directory or empty store behind
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "no event store" in err and str(typo) in err
+    assert not typo.exists()
+
+
 def test_metrics_have_the_relay_and_saga_histograms(traced):
     # given the order service's /metrics in threads mode
     *_, metrics, _ = traced

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
@@ -13,7 +14,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
-from eventlab.settings import Settings
+from eventlab.settings import Settings, SettingsError
 from eventlab.store.base import Headers
 
 #: One Kafka header: (name, value or None).
@@ -65,10 +66,27 @@ def _base(settings: Settings) -> dict[str, ConfigValue]:
     return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config}
 
 
+_Client = TypeVar("_Client")
+
+
+def _made(kind: Callable[[dict[str, ConfigValue]], _Client], config: dict[str, ConfigValue]) -> _Client:
+    """``kind(config)``; a setting librdkafka refuses (an ``EVENTLAB_KAFKA_*`` variable: the others are
+    eventlab's own, which it knows) is a :class:`~eventlab.settings.SettingsError` naming the variable."""
+    try:
+        return kind(config)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.code() != KafkaError._INVALID_ARG:
+            raise
+        named = re.search(r'property:? "([^"]+)"', error.str())
+        variable = "EVENTLAB_KAFKA_" + (named.group(1).upper().replace(".", "_") if named else "*")
+        raise SettingsError(variable, error.str()) from None
+
+
 def make_producer(settings: Settings, **overrides: ConfigValue) -> Producer:
     """An idempotent producer (acks=all) with a 1 ms linger."""
     config = {"enable.idempotence": True, "acks": "all", "linger.ms": 1, **_base(settings), **overrides}
-    return Producer(config)
+    return _made(Producer, config)
 
 
 def make_dead_letter_producer(settings: Settings) -> Producer:
@@ -195,7 +213,7 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
     }
     if settings.group_instance:
         config.setdefault("group.instance.id", f"{group_id(service)}.{settings.group_instance}")
-    return Consumer(config)
+    return _made(Consumer, config)
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeout: float = 30.0) -> list[str]:
@@ -206,7 +224,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
     Safe for eventlab's messages: each event type has its own topic, so no consumer relies on the
     order of two events across topics, and consumers are idempotent and version-checked anyway.
     """
-    admin = AdminClient(_base(settings))
+    admin = _made(AdminClient, _base(settings))
     replication = 1 if settings.embedded else -1  # -1: the cluster's default
     wanted = [NewTopic(name, settings.partitions, replication) for name in topics]
     created, existing = [], []
@@ -220,7 +238,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
                 raise BrokerError(f"cannot create topic {name}: {error.str()}", error.code()) from exc
             existing.append(name)
         except Exception as exc:
-            raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {exc}") from exc
+            reason = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}") from exc
     if created:
         log.info("created %d topics", len(created))
     if existing:

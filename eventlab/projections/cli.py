@@ -121,7 +121,7 @@ def add_commands(
     when.add_argument(
         "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
     )
-    show.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 for all)")
+    show.add_argument("--limit", type=_rows, default=50, help="rows to print (default 50; 0 for all)")
     _output_options(show)
 
 
@@ -152,14 +152,30 @@ def _names(text: str) -> list[str]:
     return names
 
 
+#: The longest --grace or --timeout: about 31 years (the audit's clock minus much more falls before year 1).
+_MAX_SECONDS = 1_000_000_000
+_MAX_ROWS = 2**63 - 1
+
+
 def _seconds(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    if not 0 <= seconds <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to {_MAX_SECONDS:,}: {text!r}")
     return seconds
+
+
+def _rows(text: str) -> int:
+    """A number of rows: a whole number from 0 to the largest DuckDB takes (an argparse ``type``)."""
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = -1
+    if not 0 <= rows <= _MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"not a whole number from 0 to {_MAX_ROWS}: {text!r}")
+    return rows
 
 
 def _iso_time(text: str) -> datetime:
@@ -171,8 +187,10 @@ def _iso_time(text: str) -> datetime:
 
 def _store_location(text: str) -> Path | PostgresUrl:
     """``--store``: a SQLite file or a PostgreSQL URL (an argparse ``type``)."""
+    if not text.strip():  # would be events.db in the working directory
+        raise argparse.ArgumentTypeError("empty: give a SQLite file or a postgresql:// URL")
     try:
-        return store_location(text)
+        return store_location(text.strip())
     except SettingsError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     except ProjectionError as exc:

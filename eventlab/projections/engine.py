@@ -432,7 +432,14 @@ class Projections(SchemaRelations):
         # The store tables the query names are copied from the store first, within the query's time:
         # a big table, or one locked on a PostgreSQL server, must not hold the query beyond its limit.
         started = time.monotonic()
-        wanted = sorted(n for n in self._bounded(self._store_tables, limit) if _mentions(query, n))
+        readable = self._bounded(self._store_tables, limit)
+        wanted = sorted(n for n in readable if _mentions(query, n))
+        if missing := [
+            n for n in sorted(f"store.{t}" for t in store_tables()) if n not in readable and _mentions(query, n)
+        ]:
+            hint = " (dead letters: eventlab dlq list)" if "store.dead_letters" in missing else ""
+            here = ", ".join(sorted(readable))
+            raise ProjectionError(f"{', '.join(missing)}: not readable here; the store tables here are {here}{hint}")
         stale = [n for n in wanted if self._handed.get(n) != self._generation]
         if stale:
             tables = self._bounded(lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit)

@@ -47,15 +47,23 @@ def export_parquet(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ProjectionError(f"{directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProjectionError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
     written = {}
     for name in chosen:
         relation = source.raw_events() if name == "events" else source.relation(name)
         reader = relation.to_arrow_reader()
         path = directory / f"{name}.parquet"
-        with pq.ParquetWriter(path, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
+        try:
+            with pq.ParquetWriter(path, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+        except OSError as exc:  # a full disk or a file it may not replace: no half-written file left
+            if path.is_file():
+                path.unlink()
+            raise ProjectionError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
         written[name] = path
         log.info("exported %s to %s", name, path)
     return written

@@ -34,11 +34,13 @@ def open_store(settings: Settings, *, create: bool = True) -> EventStore:
     ``memory://``.
 
     ``create=False`` refuses to create a store that is not there (:class:`~eventlab.errors.StoreError`),
-    for commands that only read one. Every entry point opens its store here, so a backend is chosen
+    for commands that only read one (so it refuses ``memory://``, always new). Every entry point opens its store here, so a backend is chosen
     in this one place. PostgreSQL needs psycopg (``pip install 'eventlab[postgres]'``), imported only
     when asked for.
     """
     backend = settings.store_backend
+    if backend == "memory" and not create:  # a new one would be empty: there is nothing to read
+        raise StoreError("memory:// is a store in one process's memory: read a SQLite file or a postgresql:// URL")
     if backend == "memory":
         return MemoryEventStore()
     if backend == "postgresql":

@@ -19,12 +19,13 @@ import argparse
 import html
 import json
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from eventlab.cli import Command
+from eventlab.cli import Command, positive_int
 from eventlab.errors import EventlabError, NotFound
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
@@ -83,7 +84,7 @@ class SpanRecord:
 def read_spans(path: Path | str, trace_id: str | None = None) -> list[SpanRecord]:
     """The spans in a local sink file (or a data directory's ``spans.jsonl``), of one trace if given.
 
-    A line cut short by a process killed mid-write is skipped.
+    A line cut short by a process killed mid-write, even inside a character, is skipped.
     """
     path = Path(path)
     if path.is_dir():
@@ -91,7 +92,7 @@ def read_spans(path: Path | str, trace_id: str | None = None) -> list[SpanRecord
     if not path.exists():
         return []
     found = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8", errors="replace") as lines:  # a cut character spoils only its line
         for line in lines:
             if trace_id is not None and trace_id not in line:
                 continue
@@ -334,14 +335,15 @@ def _trace(args: argparse.Namespace) -> int:
     from eventlab.store import open_store
 
     settings = Settings.from_env(data_dir=args.data_dir)
-    store = open_store(settings.with_store(settings.store_url_of("order")))  # where the order's stream is
     try:
-        spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
+        store = open_store(settings.with_store(settings.store_url_of("order")), create=False)  # the order's stream
+        try:
+            spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
+        finally:
+            store.close()
     except EventlabError as exc:
-        print(f"eventlab: error: {exc}")
+        print(f"eventlab: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        store.close()
     if not spans:
         print(
             f"no spans of order {args.order_id} in {settings.data_dir / SPANS_FILE}: run the shop with "
@@ -357,7 +359,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("order_id", metavar="ORDER_ID", help="the order whose saga to draw")
-    parser.add_argument("--width", type=int, default=40, help="width of the bars in characters (default 40)")
+    parser.add_argument("--width", type=positive_int, default=40, help="width of the bars in characters (default 40)")
     parser.add_argument("--json", action="store_true", help="print the spans as one JSON list instead")
 
 
