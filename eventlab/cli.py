@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from eventlab.arguments import whole_number
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
@@ -65,15 +66,8 @@ def _number(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A whole number of at least 1 (an argparse ``type``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
-    return value
+#: A whole number of at least 1 (an argparse ``type``).
+positive_int = whole_number(1)
 
 
 def probability(text: str) -> float:
@@ -320,14 +314,13 @@ def _up(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from eventlab.adapters.mailer import MAILBOX
-    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, refuse_earlier_runs, run_demo
+    from eventlab.demo import ProgressPrinter, fresh_data_dir, invariants, run_demo
     from eventlab.projections.sources import store_locations
     from eventlab.shop import Shop
 
     settings = Settings.from_env(data_dir=args.data_dir)  # every variable checked before anything is removed
-    if args.data_dir is None and not os.environ.get("EVENTLAB_DATA_DIR"):
+    if args.data_dir is None and not os.environ.get("EVENTLAB_DATA_DIR", "").strip():
         settings = Settings.from_env(data_dir=fresh_data_dir())  # reproducible: no earlier run's stock sold
-        refuse_earlier_runs(settings)
     shop = Shop(
         settings,
         payment_failure_rate=args.payment_failure_rate,

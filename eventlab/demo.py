@@ -48,9 +48,9 @@ from eventlab.projections.sandbox import ProjectionError
 from eventlab.projections.sources import PostgresUrl, describe, store_locations
 from eventlab.services.inventory import evolve_stock
 from eventlab.services.runtime import load
-from eventlab.settings import Settings, default_data_dir
+from eventlab.settings import SERVICE_PORTS, Settings, default_data_dir
 from eventlab.shop import Shop
-from eventlab.store import ShopStores, open_stores
+from eventlab.store import ShopStores, open_store
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import FileLease
 from eventlab.tables import text_rows
@@ -93,7 +93,9 @@ def fresh_data_dir() -> Path:
 
     Only demo runs write there, and each keeps its store until the next one, for
     ``eventlab audit --data-dir ...`` and friends. A demo holds it until its process exits, so a
-    second demo started meanwhile is refused instead of emptying the directory under the first.
+    second demo started meanwhile is refused instead of emptying the directory under the first;
+    so is a demo whose stores outside it hold an earlier run's events (:func:`refuse_earlier_runs`),
+    before anything is removed.
     """
     directory = default_data_dir() / "demo"
     lease = _HELD.get(directory) or FileLease("demo", directory.parent / "demo.lease")
@@ -104,6 +106,7 @@ def fresh_data_dir() -> Path:
     if not lease.acquire():
         raise StoreError(f"another eventlab demo is using {directory}: wait for it to end, or give this one --data-dir")
     _HELD[directory] = lease
+    refuse_earlier_runs(Settings.from_env(data_dir=directory))
     try:
         shutil.rmtree(directory)
     except FileNotFoundError:
@@ -114,14 +117,28 @@ def fresh_data_dir() -> Path:
 
 
 def refuse_earlier_runs(settings: Settings) -> None:
-    """A demo without a data directory starts from empty stores (:func:`fresh_data_dir`): refuse a
-    service's store of its own (``EVENTLAB_<SERVICE>_STORE_URL``, which that does not empty) holding an
-    earlier run's events, whose orders would meet a new run's payments and stock in the audit."""
-    stores = open_stores(settings)
-    try:
-        used = [stores.name_of(store) for store in stores if store.head()]
-    finally:
-        stores.close()
+    """Refuse a store outside the demo's directory ``settings.data_dir`` that holds an earlier run's
+    events when a store inside it is about to be emptied (:func:`fresh_data_dir`): that run's orders
+    would meet this run's empty stock and payments in the audit. A shop whose stores all lie outside
+    (e.g. on PostgreSQL) loses nothing and adds to them, as with ``--data-dir``."""
+    inside, outside = False, {}
+    for service in SERVICE_PORTS:
+        own = settings.with_store(settings.store_url_of(service))
+        if own.store_backend == "sqlite" and own.store_path.resolve().is_relative_to(settings.data_dir.resolve()):
+            inside = True
+        elif own.store_backend != "memory":
+            outside[own.store_shown] = own
+    used = []
+    for shown, own in outside.items() if inside else ():
+        try:
+            store = open_store(own, create=False)
+        except StoreError:  # not there yet: nothing of an earlier run
+            continue
+        try:
+            if store.head():
+                used.append(shown)
+        finally:
+            store.close()
     if used:
         raise StoreError(
             f"the demo starts from empty stores, but {', '.join(used)} holds an earlier run's events: give"

@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from eventlab.arguments import whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     STORE_TOPIC,
@@ -242,14 +243,14 @@ class DeadLetters:
         """:meth:`find` with the store of each: every store's (or ``service``'s store's), oldest first."""
         return [found for _, found in self._find(topic, consumer, service)]
 
-    def get(self, dead_whole: int, service: str | None = None) -> DeadLetter:
+    def get(self, dead_letter_id: int, service: str | None = None) -> DeadLetter:
         """One dead letter by id (in ``service``'s store); :class:`EventlabError` if there is none,
         :class:`AmbiguousDeadLetter` if ``service`` is not given and several stores have that id."""
-        return self.locate(dead_whole, service).letter
+        return self.locate(dead_letter_id, service).letter
 
-    def locate(self, dead_whole: int, service: str | None = None) -> Located:
+    def locate(self, dead_letter_id: int, service: str | None = None) -> Located:
         """:meth:`get` with the store the dead letter is in."""
-        return self._locate(dead_whole, service)[1]
+        return self._locate(dead_letter_id, service)[1]
 
     def counts(self) -> dict[str, int]:
         """Dead letters per consumer (a store's relay: ``relay``), every store's added up."""
@@ -301,21 +302,21 @@ class DeadLetters:
             found.sort(key=lambda pair: pair[1].letter.recorded_at)
         return found
 
-    def _locate(self, dead_whole: int, service: str | None) -> tuple[EventStore, Located]:
+    def _locate(self, dead_letter_id: int, service: str | None) -> tuple[EventStore, Located]:
         found = [
             (store, self._located(store, letter))
             for store in self._chosen(service)
-            for letter in store.dead_letters(ids=[dead_whole])
+            for letter in store.dead_letters(ids=[dead_letter_id])
         ]
         if len(found) > 1:
             stores = [located.store for _, located in found]
             choices = " or ".join(f"--service {store.split('+')[0]}" for store in stores)
             raise AmbiguousDeadLetter(
-                f"dead letter {dead_whole} is in {len(found)} stores ({', '.join(stores)}): say which with {choices}"
+                f"dead letter {dead_letter_id} is in {len(found)} stores ({', '.join(stores)}): say which with {choices}"
             )
         if not found:
             where = f" in the store of {service}" if self.split and service else " in any store" if self.split else ""
-            raise EventlabError(f"no dead letter {dead_whole}{where}")
+            raise EventlabError(f"no dead letter {dead_letter_id}{where}")
         return found[0]
 
     def _located(self, store: EventStore, letter: DeadLetter) -> Located:
@@ -390,6 +391,7 @@ needs --service; 'replay --all' without it replays every store's:
 
 Parser = argparse.ArgumentParser
 _LARGEST_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint
+_ID = whole_number(1, _LARGEST_ID)  # a dead letter's id, as an argparse ``type``
 
 _SERVICE_HELP = (
     "only the dead letters in the store of service NAME (its own with EVENTLAB_<NAME>_STORE_URL, "
@@ -441,9 +443,15 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         "Print one dead letter's record, headers and body. Control characters and bytes that "
         "are not UTF-8 are escaped and a long body is cut; --full writes the exact bytes to a file.",
     )
-    show.add_argument("id", type=_whole, help="the dead letter's id (see 'eventlab dlq list')")
+    show.add_argument("id", type=_ID, help="the dead letter's id (see 'eventlab dlq list')")
     show.add_argument("--full", type=Path, metavar="FILE", help="write the whole body, raw bytes, to FILE")
-    show.add_argument("--limit", type=_whole, default=2000, metavar="N", help="characters of body to print (2000)")
+    show.add_argument(
+        "--limit",
+        type=whole_number(0, _LARGEST_ID),
+        default=2000,
+        metavar="N",
+        help="characters of body to print (2000)",
+    )
     show.add_argument("--service", choices=SERVICE_PORTS, metavar="NAME", help=_SERVICE_ID_HELP)
     replay = action(
         "replay",
@@ -455,7 +463,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         "Consumers are idempotent: replaying something already handled changes nothing. Needs "
         "EVENTLAB_BOOTSTRAP_SERVERS pointing at the running shop's broker. Exit status 1 if any failed.",
     )
-    replay.add_argument("ids", type=_whole, nargs="*", default=[], metavar="ID", help="dead letters to replay")
+    replay.add_argument("ids", type=_ID, nargs="*", default=[], metavar="ID", help="dead letters to replay")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --topic) instead of IDs")
     replay.add_argument("--topic", metavar="T", help="with --all: only dead letters from topic T")
     replay.add_argument(
@@ -464,17 +472,6 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         metavar="NAME",
         help=f"{_SERVICE_ID_HELP}; with --all: only that store's (default: every store's)",
     )
-
-
-def _whole(text: str) -> int:
-    """A dead letter id or a body limit: a whole number from 1 to the largest a store holds (an argparse ``type``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= _LARGEST_ID:
-        raise argparse.ArgumentTypeError(f"not a whole number from 1 to {_LARGEST_ID}: {text!r}")
-    return value
 
 
 def _with_letters(args: argparse.Namespace, action: Callable[[DeadLetters], int]) -> int:

@@ -130,7 +130,7 @@ def apache_kafka_shop(apache_kafka_jars, tmp_path_factory):
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A free port out of the ephemeral range (see :func:`free_port_offset`)."""
     return free_port_offset() + 8081
 
@@ -150,7 +150,7 @@ def postgres_url():
         yield url
         return
     cluster = tempfile.mkdtemp(prefix="eventlab-pg-", dir="/tmp")  # short: the socket path must fit in 107 bytes
-    started = _postgres_sh("start", cluster, str(_free_port()))
+    started = _postgres_sh("start", cluster, str(free_port()))
     if started.returncode != 0:
         _postgres_sh("stop", cluster)
         pytest.fail(

@@ -144,6 +144,10 @@ def test_a_demo_without_a_data_dir_refuses_a_service_store_an_earlier_run_left_e
     order_store = tmp_path / "stores" / "order.db"
     with SqliteEventStore(order_store) as store:
         store.append([NewEvent(ProductCreated(product_id="P1", name="Lamp", price_cents=100, initial_stock=1), 1)])
+    # and the store an earlier demo left in its own directory
+    earlier = tmp_path / "xdg" / "eventlab" / "demo" / "events.db"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"the earlier demo's store")
     # when a demo starts without a data directory (it empties only its own directory)
     ran = demo("--orders", "5", XDG_DATA_HOME=str(tmp_path / "xdg"), EVENTLAB_ORDER_STORE_URL=str(order_store))
     # then it is refused in one line naming that store, instead of failing the audit on a mixed past
@@ -155,6 +159,8 @@ def test_a_demo_without_a_data_dir_refuses_a_service_store_an_earlier_run_left_e
     assert len(ran.stderr.strip().splitlines()) == 1
     with SqliteEventStore(order_store) as store:
         assert store.head() == 1
+    # and the earlier demo's store is still there for `eventlab audit`
+    assert earlier.read_bytes() == b"the earlier demo's store"
 
 
 def test_a_given_data_dir_keeps_what_earlier_runs_wrote(tmp_path):

@@ -158,7 +158,7 @@ def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_a
 
 def test_a_broker_that_never_answers_is_a_broker_error_saying_so(tmp_path):
     # given an external broker address where nothing listens
-    from eventlab.kafka.broker import free_port
+    from conftest import free_port
 
     nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config={"log_level": 0})
     # when the topics are created there
@@ -179,8 +179,9 @@ def test_a_librdkafka_setting_it_refuses_is_one_line_naming_the_variable(
     tmp_path, capsys, monkeypatch, variable, value, said
 ):
     # given an EVENTLAB_KAFKA_* setting librdkafka does not know, or a value it cannot use
+    from conftest import free_port
+
     from eventlab import cli
-    from eventlab.kafka.broker import free_port
     from eventlab.settings import SettingsError
 
     settings = Settings.from_env({variable: value, "EVENTLAB_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -39,12 +39,6 @@ SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _require_tools() -> str:
@@ -94,7 +88,7 @@ def jupyter_lab(tmp_path):
     log = log_path.open("wb")
     launched_at = time.time()
     server = subprocess.Popen(
-        [sys.executable, "-m", "eventlab", "lab", "--no-browser", "--port", str(_free_port()), "--notebooks", str(root)],
+        [sys.executable, "-m", "eventlab", "lab", "--no-browser", "--port", str(free_port()), "--notebooks", str(root)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

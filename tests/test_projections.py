@@ -480,6 +480,23 @@ def test_parquet_export_round_trips_the_log_and_every_relation(store_path, proje
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_failed_export_leaves_the_previous_one_whole(projections, tmp_path, monkeypatch):
+    # given an earlier export of orders
+    [path] = export_parquet(projections, tmp_path, ["orders"]).values()
+    before = digest(path)
+    # when the next export fails part way (a full disk)
+    import pyarrow.parquet as pq
+
+    def full_disk(self, batch):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", full_disk)
+    with pytest.raises(ProjectionError, match="No space left on device"):
+        export_parquet(projections, tmp_path, ["orders"])
+    # then the earlier file is as it was, and nothing half-written is left beside it
+    assert digest(path) == before and [p.name for p in tmp_path.iterdir()] == ["orders.parquet"]
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 

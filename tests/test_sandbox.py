@@ -180,8 +180,9 @@ def test_cli_query_of_a_store_table_not_copied_names_the_ones_it_can_read(store_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "store.dead_letters" in err and "store.checkpoints, store.events" in err and "eventlab dlq" in err
-    # and the tables it names are readable
+    # and the tables it names are readable, and a table named only in a string is no reason to refuse
     assert main(["query", "--data-dir", str(store_path.parent), "SELECT count(*) FROM store.checkpoints"]) == 0
+    assert main(["query", "--data-dir", str(store_path.parent), "SELECT 'see store.dead_letters' AS note"]) == 0
 
 
 def _wait_until_it_reads(child: subprocess.Popen, store_path: Path) -> None:

@@ -10,14 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import free_port_offset
+from conftest import free_port, free_port_offset
 
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import aggregates, build_services
 from eventlab.errors import StoreError
 from eventlab.events import CustomerRecorded, ProductCreated, UserCreated
-from eventlab.kafka.broker import free_port
 from eventlab.kafka.relay import catch_up_subscriptions, rewind
 from eventlab.shop import check_service_stores
 from eventlab.store import NewEvent, SqliteEventStore, open_stores

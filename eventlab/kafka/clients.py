@@ -75,8 +75,8 @@ def _made(kind: Callable[[dict[str, ConfigValue]], _Client], config: dict[str, C
     try:
         return kind(config)
     except KafkaException as exc:
-        error = exc.args[0]
-        if error.code() != KafkaError._INVALID_ARG:
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
             raise
         named = re.search(r'property:? "([^"]+)"', error.str())
         variable = "EVENTLAB_KAFKA_" + (named.group(1).upper().replace(".", "_") if named else "*")

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from eventlab.adapters.mailer import MAILBOX
+from eventlab.arguments import whole_number
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -121,7 +122,9 @@ def add_commands(
     when.add_argument(
         "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
     )
-    show.add_argument("--limit", type=_rows, default=50, help="rows to print (default 50; 0 for all)")
+    show.add_argument(
+        "--limit", type=whole_number(0, _MAX_ROWS), default=50, help="rows to print (default 50; 0 for all)"
+    )
     _output_options(show)
 
 
@@ -165,17 +168,6 @@ def _seconds(text: str) -> float:
     if not 0 <= seconds <= _MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to {_MAX_SECONDS:,}: {text!r}")
     return seconds
-
-
-def _rows(text: str) -> int:
-    """A number of rows: a whole number from 0 to the largest DuckDB takes (an argparse ``type``)."""
-    try:
-        rows = int(text)
-    except ValueError:
-        rows = -1
-    if not 0 <= rows <= _MAX_ROWS:
-        raise argparse.ArgumentTypeError(f"not a whole number from 0 to {_MAX_ROWS}: {text!r}")
-    return rows
 
 
 def _iso_time(text: str) -> datetime:

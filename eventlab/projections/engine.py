@@ -84,6 +84,7 @@ from eventlab.projections.render import projections_html
 from eventlab.projections.sandbox import (
     DEFAULT_TIMEOUT,
     ProjectionError,
+    QueryRefused,
     QueryTimeout,
     Sandbox,
     bounded,
@@ -434,12 +435,7 @@ class Projections(SchemaRelations):
         started = time.monotonic()
         readable = self._bounded(self._store_tables, limit)
         wanted = sorted(n for n in readable if _mentions(query, n))
-        if missing := [
-            n for n in sorted(f"store.{t}" for t in store_tables()) if n not in readable and _mentions(query, n)
-        ]:
-            hint = " (dead letters: eventlab dlq list)" if "store.dead_letters" in missing else ""
-            here = ", ".join(sorted(readable))
-            raise ProjectionError(f"{', '.join(missing)}: not readable here; the store tables here are {here}{hint}")
+        missing = [n for n in sorted(f"store.{t}" for t in store_tables()) if n not in readable and _mentions(query, n)]
         stale = [n for n in wanted if self._handed.get(n) != self._generation]
         if stale:
             tables = self._bounded(lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit)
@@ -455,6 +451,14 @@ class Projections(SchemaRelations):
             return sandbox.con.from_arrow(sandbox.run(query, params, remaining))
         except QueryTimeout as exc:
             raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
+        except ProjectionError as exc:
+            if not missing or isinstance(exc, QueryRefused):
+                raise
+            hint = " (dead letters: eventlab dlq list)" if "store.dead_letters" in missing else ""
+            here = ", ".join(sorted(readable))
+            raise ProjectionError(
+                f"{', '.join(missing)}: not readable here; the store tables here are {here}{hint}"
+            ) from exc
 
     def as_of(self, *, position: int | None = None, time: datetime | None = None) -> Snapshot:
         """The projections as they were at ``position`` (1 … :attr:`checkpoint`), or after the last

@@ -27,8 +27,9 @@ def export_parquet(
     """Write one Parquet file per relation into ``directory`` (created if needed); return name → path.
 
     ``events.parquet`` is the store's log itself, every column as stored (JSON as text) up to the
-    projections' checkpoint (over several stores: the merged log, with ``store`` and ``store_position``); every other ``<name>.parquet`` is a relation of
-    :attr:`Projections.names`, in its documented order. ``names`` picks some (default: all);
+    projections' checkpoint (over several stores: the merged log, with ``store`` and
+    ``store_position``); every other ``<name>.parquet`` is a relation of :attr:`Projections.names`,
+    in its documented order. Each file replaces the previous one whole, or not at all. ``names`` picks some (default: all);
     ``attach`` is passed on when ``source`` is a path (see :class:`Projections`; a
     ``postgresql://`` URL is always read by DuckDB's postgres extension).
     Files are written through Arrow; DuckDB itself never touches the file system.
@@ -55,14 +56,14 @@ def export_parquet(
     for name in chosen:
         relation = source.raw_events() if name == "events" else source.relation(name)
         reader = relation.to_arrow_reader()
-        path = directory / f"{name}.parquet"
-        try:
-            with pq.ParquetWriter(path, reader.schema) as writer:
+        path, partial = directory / f"{name}.parquet", directory / f".{name}.parquet.partial"
+        try:  # written beside it, then put in its place: a reader never sees half a file
+            with pq.ParquetWriter(partial, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-        except OSError as exc:  # a full disk or a file it may not replace: no half-written file left
-            if path.is_file():
-                path.unlink()
+            partial.replace(path)
+        except OSError as exc:  # a full disk or a file it may not replace: the previous export stays
+            partial.unlink(missing_ok=True)
             raise ProjectionError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
         written[name] = path
         log.info("exported %s to %s", name, path)

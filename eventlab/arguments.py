@@ -1,0 +1,31 @@
+"""Argparse ``type``s shared by the command lines: each refuses a bad value in one line naming it."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["whole_number"]
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` taking a whole number from ``low`` (to ``high``, when given).
+
+    >>> whole_number(1, 9)("3")
+    3
+    >>> whole_number(0)("-1")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: not a whole number of at least 0: '-1'
+    """
+    bounds = f"of at least {low}" if high is None else f"from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"not a whole number {bounds}: {text!r}")
+        return value
+
+    return parse
