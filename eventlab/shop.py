@@ -32,7 +32,7 @@ from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, service_store_variable
-from eventlab.store import ShopStores, open_store, open_stores
+from eventlab.store import ShopStores, open_store, open_stores, own_store_checkpoint
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
 from eventlab.tracing import open_tracing
@@ -118,7 +118,7 @@ def check_service_stores(settings: Settings, stores: ShopStores, owned: Mapping[
     """Refuse stores that do not hold a service's past: a store of its own that holds nothing of the
     service (no event of its aggregate types ``owned``, no processed marker) while the shared store
     (``EVENTLAB_STORE_URL``) holds some, since ``EVENTLAB_<SERVICE>_STORE_URL`` was set on a shop that
-    had run; or the reverse, the variable unset later (recorded as the checkpoint ``own store:<service>``
+    had run; or the reverse, the variable unset later (recorded as :func:`~eventlab.store.own_store_checkpoint`
     in the shared store). Data is not moved between stores: the service would handle its whole past
     again against empty state. Raises :class:`~eventlab.errors.StoreError` naming the way out.
 
@@ -146,7 +146,7 @@ def _check_stores(
     for service, types in owned.items():
         if service in settings.service_store_urls:
             _check_own_store(settings, service, types, stores.of(service), shared)
-        elif shared.checkpoint(_own_store(service)) and not _holds(shared, service, types):
+        elif shared.checkpoint(own_store_checkpoint(service)) and not _holds(shared, service, types):
             variable = service_store_variable(service)
             raise StoreError(
                 f"{service} ran on a store of its own ({variable} was set), and the shared store"
@@ -172,13 +172,8 @@ def _check_own_store(
             f" store {settings.store_shown} holds its events or processed markers: start with a new data directory"
             f" (or empty stores), or unset {variable}; moving a service's data between stores is not supported"
         )
-    if not shared.checkpoint(_own_store(service)):
-        shared.set_checkpoint(_own_store(service), 1)
-
-
-def _own_store(service: str) -> str:
-    """The checkpoint, in the shared store, that records that ``service`` has a store of its own."""
-    return f"own store:{service}"
+    if not shared.checkpoint(own_store_checkpoint(service)):
+        shared.set_checkpoint(own_store_checkpoint(service), 1)
 
 
 def _holds(store: EventStore, service: str, aggregate_types: Iterable[str]) -> bool:

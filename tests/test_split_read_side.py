@@ -35,7 +35,7 @@ from eventlab.events import StockReserved
 from eventlab.projections import ProjectionError, Projections, QueryRefused, audit, export_parquet, query
 from eventlab.projections.sources import store_locations
 from eventlab.settings import SERVICE_PORTS, Settings
-from eventlab.store import SqliteEventStore, open_stores
+from eventlab.store import SqliteEventStore, open_stores, own_store_checkpoint
 
 LATER = START + timedelta(days=3)
 
@@ -338,3 +338,28 @@ def test_the_audit_of_a_split_shop_reads_the_mailbox_in_the_data_directory(tmp_p
     # then it checked the mailbox where the mailer writes it, and fails on the duplicate
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["no_duplicate_email"]["ok"] is False
+
+
+def test_reading_a_split_shop_without_a_store_it_ran_on_is_refused_naming_the_variable(tmp_path):
+    # given a shop whose Order ran on a store of its own (recorded in the shared store at start)
+    with SqliteEventStore(tmp_path / "events.db") as shared:
+        shared.set_checkpoint(own_store_checkpoint("order"), 1)
+    # when the read side is given the shared store alone (the variable forgotten)
+    ran = {name: eventlab(*args, EVENTLAB_DATA_DIR=str(tmp_path)) for name, args in READERS.items()}
+    # then each command refuses in one line naming the variable, instead of reading half the shop
+    for name, result in ran.items():
+        assert result.returncode != 0, name
+        [line] = result.stderr.strip().splitlines()
+        assert "order ran on a store of its own" in line and "EVENTLAB_ORDER_STORE_URL" in line, (name, line)
+    with pytest.raises(ProjectionError, match="EVENTLAB_ORDER_STORE_URL"):
+        store_locations(Settings.from_env(env={}, data_dir=tmp_path))
+    # and with the variable set, the shop is read as it ran
+    given = Settings.from_env(env={}, data_dir=tmp_path, service_store_urls={"order": str(tmp_path / "order.db")})
+    assert store_locations(given) == [tmp_path / "events.db", tmp_path / "order.db"]
+
+
+READERS = {
+    "audit": ("audit",),
+    "query": ("query", "SELECT count(*) FROM orders"),
+    "trace": ("trace", "O1"),
+}

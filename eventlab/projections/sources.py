@@ -40,7 +40,7 @@ import duckdb_extensions
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
 from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
-from eventlab.store import libpq, store_identity
+from eventlab.store import libpq, services_on_stores_not_named, store_identity
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
 from eventlab.store.sqlite import check_schema
@@ -98,7 +98,9 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
     """Every distinct store a shop run with ``settings`` writes to, for the read side: each service's
     (``EVENTLAB_<SERVICE>_STORE_URL``, else ``EVENTLAB_STORE_URL``), in service order, each store
     once; a default store no service writes to is left out. Raises :class:`ProjectionError` naming
-    the variable for ``memory://`` (a store in another process's memory cannot be read from here).
+    the variable for ``memory://`` (a store in another process's memory cannot be read from here),
+    and naming the variables the shop ran with when the shared store records a service's store of
+    its own that ``settings`` leave out (the shop would be read without that service's events).
 
     Example:
         >>> split = Settings(data_dir=Path("/srv/shop"), service_store_urls={"order": "/srv/order.db"})
@@ -117,6 +119,12 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
             )
         location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
         found.setdefault(store_identity(own), location)
+    if elsewhere := services_on_stores_not_named(settings):
+        variables = ", ".join(service_store_variable(service) for service in elsewhere)
+        raise ProjectionError(
+            f"{', '.join(elsewhere)} ran on a store of its own, which these settings do not name: set {variables}"
+            " as when the shop ran, or give every store with --store"
+        )
     return list(found.values())
 
 

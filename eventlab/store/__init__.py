@@ -24,6 +24,8 @@ __all__ = [
     "StoredEvent",
     "open_store",
     "open_stores",
+    "own_store_checkpoint",
+    "services_on_stores_not_named",
     "store_identity",
 ]
 
@@ -148,3 +150,26 @@ def store_identity(settings: Settings) -> str:
 
         return identity(settings.store_url)
     return settings.store_url
+
+
+def own_store_checkpoint(service: str) -> str:
+    """The checkpoint, in the shared store, recording that ``service`` has a store of its own
+    (written when a shop with ``EVENTLAB_<SERVICE>_STORE_URL`` starts)."""
+    return f"own store:{service}"
+
+
+def services_on_stores_not_named(settings: Settings) -> list[str]:
+    """The services that ran on a store of their own (:func:`own_store_checkpoint`) but are given none
+    by ``settings``: a reader of the shared store alone would miss their events. Empty when the
+    shared store is not there (or is ``memory://``)."""
+    unnamed = [service for service in SERVICE_PORTS if service not in settings.service_store_urls]
+    if not unnamed or settings.store_backend == "memory":
+        return []
+    try:
+        shared = open_store(settings, create=False)
+    except StoreError:  # not there: nothing ran on it
+        return []
+    try:
+        return [service for service in unnamed if shared.checkpoint(own_store_checkpoint(service))]
+    finally:
+        shared.close()
