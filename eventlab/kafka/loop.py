@@ -150,10 +150,10 @@ class ServiceLoop:
         name = self.service.name
         return sum(source.pending_across(name, self._accepted, self.store) for source in self.sources)
 
-    def run(self, stop: threading.Event, batch: int = 200, timeout: float = 0.1, linger: float = 0.005) -> None:
+    def run(self, stop: threading.Event, batch: int = 200, timeout: float = 0.1) -> None:
         """Consume and handle until ``stop`` is set (noticed within ``timeout`` when idle, since a
-        message ends the wait at once); while busy, wait ``linger`` for more of a batch. Close the
-        consumer cleanly."""
+        message ends the wait at once); each batch is what has arrived by then, up to ``batch``.
+        Close the consumer cleanly."""
         consumer = make_consumer(self.settings, self.service.name)
         self._consumer = consumer
         consumer.subscribe(
@@ -163,18 +163,15 @@ class ServiceLoop:
             on_lost=lambda _c, partitions: self._release(partitions),
         )
         self._publish_left_over()
-        busy = False
         try:
             while not stop.is_set():
                 self._resume_due(consumer)
                 messages = []
-                # linger for a batch only while busy: at low rates every message goes at once
-                for message in _consume(consumer, batch, timeout, linger if busy else 0):
+                for message in _consume(consumer, batch, timeout):
                     if message.error():
                         log.warning("%s: consumer error %s", self.service.name, message.error())
                     else:
                         messages.append(message)
-                busy = len(messages) > 1
                 if messages:
                     offsets = self.process(messages)
                     if offsets:
@@ -509,18 +506,20 @@ class ServiceLoop:
             log.warning("%s: cannot publish left-over dead letters yet: %s", self.service.name, exc)
 
 
-def _consume(consumer: Consumer, batch: int, timeout: float, linger: float) -> list[KafkaMessage]:
-    """Up to ``batch`` messages: wait at most ``timeout`` for the first, then ``linger`` for more.
+def _consume(consumer: Consumer, batch: int, timeout: float) -> list[KafkaMessage]:
+    """Up to ``batch`` messages: wait at most ``timeout`` for the first, then take what else has
+    already arrived, without waiting.
 
     ``consume(batch, timeout)`` waits the whole timeout unless the batch fills (DESIGN.md §1), so
-    the loop used to wake 200 times a second while idle (a 5 ms timeout, for latency); ``poll``
-    returns on the first message instead, and ``linger`` lets a busy loop still gather a batch
-    (one store transaction for many messages).
+    ``poll`` waits for the first message instead. What follows is not waited for either: a busy
+    loop's messages are already queued (the client fetches ahead), so batches still grow with the
+    load (one store transaction for many messages), while a wait for more cost every message in
+    the batch that wait: 5 ms of a hop's ~13 ms at 100 orders/s on the embedded broker, measured.
     """
     first = consumer.poll(timeout)
     if first is None:
         return []
-    return [first, *consumer.consume(batch - 1, linger)] if batch > 1 else [first]
+    return [first, *consumer.consume(batch - 1, 0)] if batch > 1 else [first]
 
 
 def _position(message: KafkaMessage) -> tuple[str, int, int]:
