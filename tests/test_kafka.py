@@ -11,7 +11,7 @@ from eventlab.errors import BrokerError
 from eventlab.events import ProductCreated, StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
 from eventlab.kafka.clients import ALL_TOPICS
-from eventlab.kafka.loop import ServiceLoop
+from eventlab.kafka.loop import ServiceLoop, _consume
 from eventlab.services import inventory
 from eventlab.services.runtime import Service, load
 from eventlab.settings import Settings
@@ -196,3 +196,31 @@ def test_a_librdkafka_setting_it_refuses_is_one_line_naming_the_variable(
     status = cli.main(["demo", "--orders", "1", "--data-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.startswith(f"eventlab: error: {variable}: ") and err.count("\n") == 1
+
+
+class _QueuedConsumer:
+    """A consumer whose client already holds ``queued`` messages: records how long each call may wait."""
+
+    def __init__(self, queued):
+        self.queued = list(queued)
+        self.waits = []
+
+    def poll(self, timeout):
+        self.waits.append(("poll", timeout))
+        return self.queued.pop(0) if self.queued else None
+
+    def consume(self, num_messages, timeout):
+        self.waits.append(("consume", timeout))
+        taken, self.queued = self.queued[:num_messages], self.queued[num_messages:]
+        return taken
+
+
+def test_a_batch_is_what_has_arrived_and_never_waits_for_more():
+    # given a busy loop: five messages already fetched by the client
+    consumer = _QueuedConsumer(["m1", "m2", "m3", "m4", "m5"])
+    # when the loop takes a batch of at most 3, then the rest, then finds nothing
+    batches = [_consume(consumer, 3, 0.1), _consume(consumer, 3, 0.1), _consume(consumer, 3, 0.1)]
+    # then batches grow with what is queued, and only the wait for a first message may last: a wait
+    # for more of a batch delayed every message in it (5 ms of a ~13 ms hop on the embedded broker)
+    assert batches == [["m1", "m2", "m3"], ["m4", "m5"], []]
+    assert consumer.waits == [("poll", 0.1), ("consume", 0), ("poll", 0.1), ("consume", 0), ("poll", 0.1)]
