@@ -235,7 +235,10 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {name}: {error.str()}", error.code()) from exc
+                # the client's own request timeout and the wait below race: either is "no answer"
+                reason = f"no answer in {timeout:g} s" if error.code() == KafkaError._TIMED_OUT else error.str()
+                where = f"cannot create topic {name} on {settings.bootstrap_servers}"
+                raise BrokerError(f"{where}: {reason}", error.code()) from exc
             existing.append(name)
         except Exception as exc:
             reason = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
