@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["whole_number"]
+__all__ = ["LARGEST_INT64", "whole_number"]
+
+#: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
+LARGEST_INT64 = 2**63 - 1
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from eventlab.arguments import whole_number
+from eventlab.arguments import LARGEST_INT64, whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     STORE_TOPIC,
@@ -390,8 +390,7 @@ needs --service; 'replay --all' without it replays every store's:
 
 
 Parser = argparse.ArgumentParser
-_LARGEST_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint
-_ID = whole_number(1, _LARGEST_ID)  # a dead letter's id, as an argparse ``type``
+_ID = whole_number(1, LARGEST_INT64)  # a dead letter's id, as an argparse ``type``
 
 _SERVICE_HELP = (
     "only the dead letters in the store of service NAME (its own with EVENTLAB_<NAME>_STORE_URL, "
@@ -447,7 +446,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
     show.add_argument("--full", type=Path, metavar="FILE", help="write the whole body, raw bytes, to FILE")
     show.add_argument(
         "--limit",
-        type=whole_number(0, _LARGEST_ID),
+        type=whole_number(0, LARGEST_INT64),
         default=2000,
         metavar="N",
         help="characters of body to print (2000)",

@@ -291,9 +291,9 @@ class Settings:
         values: dict[str, object] = {}
         for f in fields(cls):
             name = f.metadata.get("variable")
-            if name and _value(env, name):
+            if name and (text := _value(env, name)):
                 try:
-                    values[f.name] = _PARSERS[str(f.type)](_value(env, name))
+                    values[f.name] = _PARSERS[str(f.type)](text)
                 except ValueError as exc:
                     raise SettingsError(name, str(exc)) from None
         values["kafka_config"] = {
@@ -302,15 +302,11 @@ class Settings:
             if key.startswith(_KAFKA_PREFIX)
         }
         values["service_store_urls"] = {
-            service: _value(env, name)
-            for service in SERVICE_PORTS
-            if _value(env, name := service_store_variable(service))
+            service: url for service in SERVICE_PORTS if (url := _value(env, service_store_variable(service)))
         }
         known = {service_store_variable(service) for service in SERVICE_PORTS}
-        for name in env:
-            if (
-                _value(env, name) and name not in known and _SERVICE_STORE.fullmatch(name)
-            ):  # a typo would share the default
+        for name in env:  # a typo in a service's name would share the default store unnoticed
+            if _value(env, name) and name not in known and _SERVICE_STORE.fullmatch(name):
                 raise SettingsError(
                     name, f"no such service; use EVENTLAB_<SERVICE>_STORE_URL with one of {', '.join(SERVICE_PORTS)}"
                 )

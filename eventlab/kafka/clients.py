@@ -233,21 +233,28 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
             future.result(timeout=timeout)
             created.append(name)
         except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                # the client's own request timeout and the wait below race: either is "no answer"
-                reason = f"no answer in {timeout:g} s" if error.code() == KafkaError._TIMED_OUT else error.str()
-                where = f"cannot create topic {name} on {settings.bootstrap_servers}"
-                raise BrokerError(f"{where}: {reason}", error.code()) from exc
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise _not_created(name, settings, timeout, exc) from exc
             existing.append(name)
         except Exception as exc:
-            reason = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
-            raise BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}") from exc
+            raise _not_created(name, settings, timeout, exc) from exc
     if created:
         log.info("created %d topics", len(created))
     if existing:
         _grow(admin, settings, existing, timeout)
     return created
+
+
+def _not_created(name: str, settings: Settings, timeout: float, exc: Exception) -> BrokerError:
+    """Why topic ``name`` was not created, naming the servers: "no answer in N s" when the client's own
+    request timeout or the wait for its answer ran out (the two race), else the client's reason."""
+    error = exc.args[0] if isinstance(exc, KafkaException) else None
+    code = error.code() if isinstance(error, KafkaError) else None
+    if isinstance(exc, TimeoutError) or code == KafkaError._TIMED_OUT:
+        reason = f"no answer in {timeout:g} s"
+    else:
+        reason = error.str() if isinstance(error, KafkaError) else str(exc)
+    return BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}", code)
 
 
 def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: float) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from eventlab.adapters.mailer import MAILBOX
-from eventlab.arguments import whole_number
+from eventlab.arguments import LARGEST_INT64, whole_number
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -123,7 +123,7 @@ def add_commands(
         "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
     )
     show.add_argument(
-        "--limit", type=whole_number(0, _MAX_ROWS), default=50, help="rows to print (default 50; 0 for all)"
+        "--limit", type=whole_number(0, LARGEST_INT64), default=50, help="rows to print (default 50; 0 for all)"
     )
     _output_options(show)
 
@@ -157,7 +157,6 @@ def _names(text: str) -> list[str]:
 
 #: The longest --grace or --timeout: about 31 years (the audit's clock minus much more falls before year 1).
 _MAX_SECONDS = 1_000_000_000
-_MAX_ROWS = 2**63 - 1
 
 
 def _seconds(text: str) -> float:

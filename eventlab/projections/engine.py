@@ -435,7 +435,6 @@ class Projections(SchemaRelations):
         started = time.monotonic()
         readable = self._bounded(self._store_tables, limit)
         wanted = sorted(n for n in readable if _mentions(query, n))
-        missing = [n for n in sorted(f"store.{t}" for t in store_tables()) if n not in readable and _mentions(query, n)]
         stale = [n for n in wanted if self._handed.get(n) != self._generation]
         if stale:
             tables = self._bounded(lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit)
@@ -451,7 +450,9 @@ class Projections(SchemaRelations):
             return sandbox.con.from_arrow(sandbox.run(query, params, remaining))
         except QueryTimeout as exc:
             raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
-        except ProjectionError as exc:
+        except ProjectionError as exc:  # a store table this copy does not hold: say which it holds
+            named = (f"store.{table}" for table in store_tables())
+            missing = sorted(n for n in named if n not in readable and _mentions(query, n))
             if not missing or isinstance(exc, QueryRefused):
                 raise
             hint = " (dead letters: eventlab dlq list)" if "store.dead_letters" in missing else ""

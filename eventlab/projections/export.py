@@ -29,9 +29,9 @@ def export_parquet(
     ``events.parquet`` is the store's log itself, every column as stored (JSON as text) up to the
     projections' checkpoint (over several stores: the merged log, with ``store`` and
     ``store_position``); every other ``<name>.parquet`` is a relation of :attr:`Projections.names`,
-    in its documented order. Each file replaces the previous one whole, or not at all. ``names`` picks some (default: all);
-    ``attach`` is passed on when ``source`` is a path (see :class:`Projections`; a
-    ``postgresql://`` URL is always read by DuckDB's postgres extension).
+    in its documented order. Each file replaces the previous one whole, or not at all. ``names``
+    picks some (default: all); ``attach`` is passed on when ``source`` is a path (see
+    :class:`Projections`; a ``postgresql://`` URL is always read by DuckDB's postgres extension).
     Files are written through Arrow; DuckDB itself never touches the file system.
 
     Example:

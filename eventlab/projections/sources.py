@@ -40,7 +40,7 @@ import duckdb_extensions
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
 from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
-from eventlab.store import libpq, services_on_stores_not_named, store_identity
+from eventlab.store import check_stores_named, libpq, store_identity
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
 from eventlab.store.sqlite import check_schema
@@ -119,12 +119,10 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
             )
         location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
         found.setdefault(store_identity(own), location)
-    if elsewhere := services_on_stores_not_named(settings):
-        variables = ", ".join(service_store_variable(service) for service in elsewhere)
-        raise ProjectionError(
-            f"{', '.join(elsewhere)} ran on a store of its own, which these settings do not name: set {variables}"
-            " as when the shop ran, or give every store with --store"
-        )
+    try:
+        check_stores_named(settings)
+    except StoreError as exc:
+        raise ProjectionError(f"{exc}, or give every store with --store") from None
     return list(found.values())
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from eventlab.errors import StoreError
-from eventlab.settings import SERVICE_PORTS, Settings
+from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
 from eventlab.store.base import Append, EventRecord, EventStore, Metadata, NewEvent, StoreBusy, StoredEvent
 from eventlab.store.memory import MemoryEventStore
 from eventlab.store.sqlite import SqliteEventStore
@@ -22,10 +22,10 @@ __all__ = [
     "SqliteEventStore",
     "StoreBusy",
     "StoredEvent",
+    "check_stores_named",
     "open_store",
     "open_stores",
     "own_store_checkpoint",
-    "services_on_stores_not_named",
     "store_identity",
 ]
 
@@ -36,9 +36,9 @@ def open_store(settings: Settings, *, create: bool = True) -> EventStore:
     ``memory://``.
 
     ``create=False`` refuses to create a store that is not there (:class:`~eventlab.errors.StoreError`),
-    for commands that only read one (so it refuses ``memory://``, always new). Every entry point opens its store here, so a backend is chosen
-    in this one place. PostgreSQL needs psycopg (``pip install 'eventlab[postgres]'``), imported only
-    when asked for.
+    for commands that only read one (so it refuses ``memory://``, always new). Every entry point
+    opens its store here, so a backend is chosen in this one place. PostgreSQL needs psycopg
+    (``pip install 'eventlab[postgres]'``), imported only when asked for.
     """
     backend = settings.store_backend
     if backend == "memory" and not create:  # a new one would be empty: there is nothing to read
@@ -158,18 +158,25 @@ def own_store_checkpoint(service: str) -> str:
     return f"own store:{service}"
 
 
-def services_on_stores_not_named(settings: Settings) -> list[str]:
-    """The services that ran on a store of their own (:func:`own_store_checkpoint`) but are given none
-    by ``settings``: a reader of the shared store alone would miss their events. Empty when the
-    shared store is not there (or is ``memory://``)."""
-    unnamed = [service for service in SERVICE_PORTS if service not in settings.service_store_urls]
+def check_stores_named(settings: Settings, services: Iterable[str] = SERVICE_PORTS) -> None:
+    """Refuse settings that give none of ``services`` a store of its own where one ran on it
+    (:func:`own_store_checkpoint`, in the shared store): a reader of the shared store alone would
+    miss its events. Raises :class:`~eventlab.errors.StoreError` naming the variables to set;
+    nothing to check when the shared store is not there (or is ``memory://``)."""
+    unnamed = [service for service in services if service not in settings.service_store_urls]
     if not unnamed or settings.store_backend == "memory":
-        return []
+        return
     try:
         shared = open_store(settings, create=False)
     except StoreError:  # not there: nothing ran on it
-        return []
+        return
     try:
-        return [service for service in unnamed if shared.checkpoint(own_store_checkpoint(service))]
+        elsewhere = [service for service in unnamed if shared.checkpoint(own_store_checkpoint(service))]
     finally:
         shared.close()
+    if elsewhere:
+        variables = ", ".join(service_store_variable(service) for service in elsewhere)
+        raise StoreError(
+            f"{', '.join(elsewhere)} ran on a store of its own, which these settings do not name: set {variables}"
+            " as when the shop ran"
+        )

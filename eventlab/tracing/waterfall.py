@@ -332,15 +332,11 @@ def time_split(spans: Sequence[SpanRecord]) -> Table:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from eventlab.store import open_store, services_on_stores_not_named
+    from eventlab.store import check_stores_named, open_store
 
     settings = Settings.from_env(data_dir=args.data_dir)
     try:
-        if "order" in services_on_stores_not_named(settings):
-            raise EventlabError(
-                "order ran on a store of its own, which these settings do not name: set EVENTLAB_ORDER_STORE_URL"
-                " as when the shop ran"
-            )
+        check_stores_named(settings, ["order"])
         store = open_store(settings.with_store(settings.store_url_of("order")), create=False)  # the order's stream
         try:
             spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
