@@ -142,16 +142,24 @@ def test_a_shop_that_ran_on_one_store_is_refused_a_store_of_its_own_for_order(tm
         )
 
 
-def test_up_processes_refuses_it_in_one_line(tmp_path):
-    # given a shop that ran on one store, where Order keeps its own copy of two customers
-    ran_on_one_store(tmp_path, markers=False, customers=True)
-    # when `eventlab up --processes` starts it with Order on a store of its own
+def order_on_a_store_of_its_own(tmp_path, **more: str) -> dict[str, str]:
+    """This process's environment without eventlab's variables, for a shop in ``tmp_path`` whose Order
+    is given a store of its own (and ``more``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
     env.update(
         EVENTLAB_DATA_DIR=str(tmp_path),
         EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()),
         EVENTLAB_ORDER_STORE_URL=str(tmp_path / "order.db"),
+        **more,
     )
+    return env
+
+
+def test_up_processes_refuses_it_in_one_line(tmp_path):
+    # given a shop that ran on one store, where Order keeps its own copy of two customers
+    ran_on_one_store(tmp_path, markers=False, customers=True)
+    # when `eventlab up --processes` starts it with Order on a store of its own
+    env = order_on_a_store_of_its_own(tmp_path)
     up = subprocess.Popen(
         [sys.executable, "-m", "eventlab", "up", "--processes"],
         env=env,
@@ -176,11 +184,8 @@ def test_eventlab_run_refuses_it_too_before_joining_the_shop(tmp_path, service):
     # given a shop that ran on one store, where Order handled two registrations
     ran_on_one_store(tmp_path)
     # when one process joins it with `eventlab run` (as in compose), Order given a store of its own
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTLAB_", "OTEL_"))}
-    env.update(
-        EVENTLAB_DATA_DIR=str(tmp_path),
-        EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset()),
-        EVENTLAB_ORDER_STORE_URL=str(tmp_path / "order.db"),
+    env = order_on_a_store_of_its_own(
+        tmp_path,
         EVENTLAB_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",  # nothing listens: the check comes first
     )
     run = subprocess.run(
