@@ -156,16 +156,37 @@ def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_a
     store.close()
 
 
-def test_a_broker_that_never_answers_is_a_broker_error_saying_so(tmp_path):
+def test_a_broker_that_never_answers_is_a_broker_error_saying_so(tmp_path, caplog):
     # given an external broker address where nothing listens
     from conftest import free_port
 
-    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_config={"log_level": 0})
-    # when the topics are created there
+    nowhere = Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}")
+    # when the topics are created there (librdkafka retries the connection every ~50 ms meanwhile)
     with pytest.raises(BrokerError) as refused:
-        ensure_topics(nowhere, ["t1"], timeout=0.5)
-    # then the error names the address and says it got no answer (it ended in an empty reason before)
-    assert f"on {nowhere.bootstrap_servers}: no answer in 0.5 s" in str(refused.value)
+        ensure_topics(nowhere, ["t1"], timeout=1.5)
+    # then the error names the address, says it got no answer, and why the connection failed
+    said = str(refused.value)
+    assert f"on {nowhere.bootstrap_servers}: no answer in 1.5 s (last: " in said and "Connection refused" in said
+    # and the connection's trouble was said once while it waited, not once per retry
+    waiting = [r.getMessage() for r in caplog.records if r.name == "eventlab.kafka.clients"]
+    assert len(waiting) == 1 and waiting[0].startswith(f"no connection to {nowhere.bootstrap_servers} yet (")
+
+
+def test_a_refused_login_is_a_broker_error_at_once_not_after_the_timeout(settings, tmp_path):
+    # given the embedded broker, and a client configured for a login it does not accept
+    login = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "u",
+        "sasl.password": "p",
+    }
+    refused_login = Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, kafka_config=login)
+    # when the topics are created
+    with pytest.raises(BrokerError) as refused:
+        ensure_topics(refused_login, ["t1"], timeout=60)
+    # then the error is the login's (at once: no retry mends it), not "no answer in 60 s"
+    assert f"cannot create topics on {settings.bootstrap_servers}: " in str(refused.value)
+    assert "SASL" in str(refused.value)
 
 
 @pytest.mark.parametrize(

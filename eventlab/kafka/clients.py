@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -224,20 +225,28 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
     Safe for eventlab's messages: each event type has its own topic, so no consumer relies on the
     order of two events across topics, and consumers are idempotent and version-checked anyway.
     """
-    admin = _made(AdminClient, _base(settings))
+    trouble = _ConnectionTrouble(settings)
+    config: dict[str, Any] = {"log_level": 2, **_base(settings), "error_cb": trouble}  # error_cb: not a ConfigValue
+    admin = _made(AdminClient, config)
     replication = 1 if settings.embedded else -1  # -1: the cluster's default
     wanted = [NewTopic(name, settings.partitions, replication) for name in topics]
     created, existing = [], []
-    for name, future in admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout).items():
+    futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not all(future.done() for future in futures.values()) and time.monotonic() < deadline:
+        admin.poll(0.1)  # serves error_cb: the connection's trouble, said once instead of every 50 ms
+        if trouble.fatal:
+            raise BrokerError(f"cannot create topics on {settings.bootstrap_servers}: {trouble.fatal}")
+    for name, future in futures.items():
         try:
-            future.result(timeout=timeout)
+            future.result(timeout=max(0.0, deadline - time.monotonic()))
             created.append(name)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise _not_created(name, settings, timeout, exc) from exc
+                raise _not_created(name, settings, timeout, exc, trouble.last) from exc
             existing.append(name)
         except Exception as exc:
-            raise _not_created(name, settings, timeout, exc) from exc
+            raise _not_created(name, settings, timeout, exc, trouble.last) from exc
     if created:
         log.info("created %d topics", len(created))
     if existing:
@@ -245,13 +254,34 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
     return created
 
 
-def _not_created(name: str, settings: Settings, timeout: float, exc: Exception) -> BrokerError:
-    """Why topic ``name`` was not created, naming the servers: "no answer in N s" when the client's own
-    request timeout or the wait for its answer ran out (the two race), else the client's reason."""
+class _ConnectionTrouble:
+    """An admin client's ``error_cb``: says the first connection error once (librdkafka itself logs
+    every retry, 20 lines a second while nothing listens), keeps the last one for the final error,
+    and keeps an authentication failure, which no retry mends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.servers = settings.bootstrap_servers
+        self.last = ""
+        self.fatal = ""
+
+    def __call__(self, error: KafkaError) -> None:
+        code = error.code()
+        if code == KafkaError._AUTHENTICATION:
+            self.fatal = error.str()
+        elif code != KafkaError._ALL_BROKERS_DOWN:  # that one says only that the errors before it hit every broker
+            if not self.last:
+                log.warning("no connection to %s yet (%s); still trying", self.servers, error.str())
+            self.last = error.str()
+
+
+def _not_created(name: str, settings: Settings, timeout: float, exc: Exception, trouble: str = "") -> BrokerError:
+    """Why topic ``name`` was not created, naming the servers: "no answer in N s" (with the last
+    connection error, if any) when the client's own request timeout or the wait for its answer ran
+    out (the two race), else the client's reason."""
     error = exc.args[0] if isinstance(exc, KafkaException) else None
     code = error.code() if isinstance(error, KafkaError) else None
     if isinstance(exc, TimeoutError) or code == KafkaError._TIMED_OUT:
-        reason = f"no answer in {timeout:g} s"
+        reason = f"no answer in {timeout:g} s" + (f" (last: {trouble})" if trouble else "")
     else:
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
     return BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}", code)
