@@ -163,11 +163,6 @@ _COLUMNS = (
     "position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata, recorded_at"
 )
 
-#: A stream's events after a version, as a fold reads them (:meth:`SqliteEventStore.read_stream_events`).
-_READ_TAIL = (
-    "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version > ?"
-    " ORDER BY version"
-)
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, metadata,"
     " recorded_at) VALUES (?,?,?,?,?,?,?,?,?)"
@@ -726,7 +721,12 @@ class SqliteEventStore(EventStore):
         Its errors are translated here rather than by :func:`_translated`, whose call through ``*args`` costs
         ~0.2 µs on every aggregate loaded."""
         try:
-            rows = self._conn().execute(_READ_TAIL, (aggregate_type, aggregate_id, after_version)).fetchall()
+            cursor = self._conn().execute(
+                "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ?"
+                " AND version > ? ORDER BY version",
+                (aggregate_type, aggregate_id, after_version),
+            )
+            rows = cursor.fetchall()
         except sqlite3.Error as exc:
             raise _translate_error(self.path, "read_stream_events", exc) from exc
         return events_from_json(rows, after_version)
