@@ -12,7 +12,10 @@ the same work in the same run at the same durability (WAL, ``synchronous=NORMAL`
   eventsourcing's one table with one key);
 - replay the same aggregates the way eventlab's services load many at once (``load_many``, 100 streams
   per call, one query each), against the same one-by-one eventsourcing figure: eventsourcing has no
-  batched read of several aggregates, so this ratio compares eventlab's batched path with its only one.
+  batched read of several aggregates, so this ratio compares eventlab's batched path with its only one;
+- where an aggregate of the one-by-one replay goes (``eventlab_cpu_us_replay_5_*``, CPU µs): the SQLite
+  fetch (the same query from plain ``sqlite3``), decoding (the store's ``read_stream_events`` less the
+  fetch) and the fold (``load`` less ``read_stream_events``).
 
 Ratios are given by wall-clock time (``ratio_*``) and by CPU time of the process (``cpu_ratio_*``;
 both sides run in one thread, and their SQLite writes' system time counts too), the steadier
