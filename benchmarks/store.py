@@ -12,7 +12,10 @@ the same work in the same run at the same durability (WAL, ``synchronous=NORMAL`
   eventsourcing's one table with one key);
 - replay the same aggregates the way eventlab's services load many at once (``load_many``, 100 streams
   per call, one query each), against the same one-by-one eventsourcing figure: eventsourcing has no
-  batched read of several aggregates, so this ratio compares eventlab's batched path with its only one.
+  batched read of several aggregates, so this ratio compares eventlab's batched path with its only one;
+- where an aggregate of the one-by-one replay goes (``eventlab_cpu_us_replay_5_*``, CPU µs): the SQLite
+  fetch (the same query from plain ``sqlite3``), decoding (the store's ``read_stream_events`` less the
+  fetch) and the fold (``load`` less ``read_stream_events``).
 
 Ratios are given by wall-clock time (``ratio_*``) and by CPU time of the process (``cpu_ratio_*``;
 both sides run in one thread, and their SQLite writes' system time counts too), the steadier
@@ -28,6 +31,7 @@ measure where other work shares the machine. With ``--runs N`` every figure is t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -123,6 +127,20 @@ def eventlab_work(path: Path, singles: int, batches: int, replays: int) -> tuple
             stream = load(store, ("stock", product_id), inventory.evolve_stock)
             assert stream.state is not None and stream.state.available == 5
 
+    def read_only() -> None:  # replay_5 without the fold: the store's share of an aggregate's cost
+        for product_id in replayed:
+            store.read_stream_events("stock", product_id)
+
+    fetch = (
+        "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version > ?"
+        " ORDER BY version"
+    )
+
+    def fetch_only() -> None:  # read_only's rows from plain sqlite3, not decoded: the floor under it
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as raw:
+            for product_id in replayed:
+                raw.execute(fetch, ("stock", product_id, 0)).fetchall()
+
     evolvers = {"stock": inventory.evolve_stock}
     keys = [("stock", product_id) for product_id in replayed]
 
@@ -136,6 +154,8 @@ def eventlab_work(path: Path, singles: int, batches: int, replays: int) -> tuple
         "append_100": (batches * 100, in_batches),
         "replay_5": (replays, replay),
         "replay_5_batched_100": (replays, replay_batched),
+        "read_5": (replays, read_only),
+        "fetch_5": (replays, fetch_only),
     }
     return work, store
 
@@ -234,6 +254,11 @@ def run_once(singles: int, batches: int, replays: int) -> dict[str, float]:
                     floor_cpu = measure(*floor)[1]
                     result["sqlite_floor_cpu_append_1_events_per_s"] = floor_cpu
                     result["cpu_ratio_ceiling_append_1"] = floor_cpu / their_cpu
+                if name == "replay_5":  # an aggregate's CPU µs: the SQLite fetch, decoding, and the rest (the fold)
+                    fetch_us, read_us = (1e6 / measure(*ours[part])[1] for part in ("fetch_5", "read_5"))
+                    result["eventlab_cpu_us_replay_5_fetch"] = fetch_us
+                    result["eventlab_cpu_us_replay_5_decode"] = read_us - fetch_us
+                    result["eventlab_cpu_us_replay_5_fold"] = 1e6 / cpu - read_us
         finally:
             store.close()
             conn.close()
@@ -260,7 +285,7 @@ def main() -> int:
     }
     for key in runs[0]:
         median = statistics.median(run[key] for run in runs)
-        result[key] = round(median, 2) if "ratio" in key else round(median)
+        result[key] = round(median, 2) if "ratio" in key or "_us_" in key else round(median)
     print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0
 

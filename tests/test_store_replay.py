@@ -1,23 +1,26 @@
 """Loading aggregates through the store's lean read path, on every backend (memory, SQLite, PostgreSQL).
 
-``read_stream_events`` / ``read_streams_events`` give a fold only (version, typed event), decoded the
-cheapest way a backend can; they must give exactly what ``read_stream`` gives. ``load`` and ``load_many``
+``read_stream_events`` / ``read_streams_events`` give a fold only the last version and the typed events,
+decoded the cheapest way a backend can; they must give exactly what ``read_stream`` gives. ``load`` and ``load_many``
 (eventlab.services.runtime) fold through them, and an append of several events reports the positions
 the log holds (the store derives them from the last one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import sqlite3
 
 import pytest
 from store_contract import added
 
-from eventlab.events import OrderCreated, OrderLine, StockAdded, UserCreated
+from eventlab.events import OrderCompleted, OrderConfirmed, OrderCreated, OrderLine, StockAdded, UserCreated
 from eventlab.services import inventory, order
 from eventlab.services.runtime import Stream, load, load_many
-from eventlab.store import NewEvent
-from eventlab.store.base import events_from_json
+from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store.base import events_from_json, tails_from_json
 
 
 @pytest.fixture
@@ -39,10 +42,12 @@ def test_a_fold_reads_the_events_read_stream_gives(store):
     store.append([NewEvent(added("P1", quantity=n), n) for n in (1, 2, 3)])
     for key in (("order", "O-1"), ("stock", "P1"), ("stock", "nobody")):
         for after in (0, 1, 3):
-            # when a fold reads it, then it gets the versions and typed events read_stream gives
-            expected = [(stored.version, stored.event) for stored in store.read_stream(*key, after_version=after)]
+            # when a fold reads it, then it gets the typed events read_stream gives and the last one's version
+            stored = store.read_stream(*key, after_version=after)
+            expected = (stored[-1].version if stored else after, [each.event for each in stored])
             assert store.read_stream_events(*key, after_version=after) == expected
-    assert store.read_stream_events("order", "O-1") == [(1, placed())]
+    assert store.read_stream_events("order", "O-1") == (1, [placed()])
+    assert store.read_stream_events("stock", "P1", 3) == (3, [])
 
 
 def test_several_streams_are_read_for_a_fold_at_once(store):
@@ -53,13 +58,18 @@ def test_several_streams_are_read_for_a_fold_at_once(store):
     wanted = {("stock", "P1"): 1, ("stock", "P2"): 0, ("user", "P1"): 0, ("order", "O-1"): 0, ("stock", "none"): 0}
     # when they are read in one call
     found = store.read_streams_events(wanted)
-    # then each stream has its own events after its version, by version, and a stream without events is empty
+    # then each stream has its own events after its version, by version, and its last version; a stream
+    # without events after its version keeps that version
     assert found == {
-        ("stock", "P1"): [(2, added("P1", 7))],
-        ("stock", "P2"): [(1, added("P2", 5))],
-        ("user", "P1"): [(1, UserCreated(user_id="P1", name="Ann", email="ann@shop.example"))],
-        ("order", "O-1"): [(1, placed())],
-        ("stock", "none"): [],
+        ("stock", "P1"): (2, [added("P1", 7)]),
+        ("stock", "P2"): (1, [added("P2", 5)]),
+        ("user", "P1"): (1, [UserCreated(user_id="P1", name="Ann", email="ann@shop.example")]),
+        ("order", "O-1"): (1, [placed()]),
+        ("stock", "none"): (0, []),
+    }
+    assert store.read_streams_events({("stock", "P1"): 2, ("stock", "P2"): 0}) == {
+        ("stock", "P1"): (2, []),
+        ("stock", "P2"): (1, [added("P2", 5)]),
     }
 
 
@@ -103,8 +113,81 @@ def test_a_stored_text_that_pydantic_core_cannot_parse_still_folds():
     rows = [(1, "StockAdded", '{"product_id":"P1","quantity":1}'), (2, "StockAdded", lone)]
     with pytest.raises(ValueError):
         StockAdded.__pydantic_validator__.validate_json(lone)
-    # when they are decoded for a fold, then each event comes back as json.loads reads it
-    assert events_from_json(rows) == [(1, added("P1")), (2, added("P\ud800", 2))]
+    # when they are decoded for a fold, one stream or several at once
+    tails = tails_from_json([(0, *row) for row in rows] + [(1, 4, *rows[1][1:])], {("stock", "P1"): 0, ("s", "2"): 3})
+    # then each event comes back as json.loads reads it
+    assert events_from_json(rows) == (2, [added("P1"), added("P\ud800", 2)])
+    assert tails == {("stock", "P1"): (2, [added("P1"), added("P\ud800", 2)]), ("s", "2"): (4, [added("P\ud800", 2)])}
     # and data that does not validate is still refused
+    refused = (1, "StockAdded", '{"product_id":"P1","quantity":"many"}')
     with pytest.raises(ValueError):
-        events_from_json([(1, "StockAdded", '{"product_id":"P1","quantity":"many"}')])
+        events_from_json([refused])
+    with pytest.raises(ValueError):
+        tails_from_json([(0, *refused)], {("stock", "P1"): 0})
+
+
+def test_old_shapes_long_streams_and_late_versions_replay_alike_one_by_one_and_batched(tmp_path):
+    # given a SQLite store holding an order whose creation is still in schema version 1 (before it carried
+    # the email), a stock stream of 300 events, an order whose version 2 was stored before its version 1,
+    # and 250 more stock streams (the batched read goes 200 streams a query)
+    store = SqliteEventStore(tmp_path / "events.db")
+    store.append(
+        [
+            NewEvent(placed("O-old"), 1),
+            NewEvent(OrderConfirmed(order_id="O-old", user_id="U-ü", total_cents=799), 2),
+            NewEvent(OrderCompleted(order_id="O-old", user_id="U-ü", total_cents=799, lines=placed().lines), 3),
+        ]
+    )
+    for start in range(1, 301, 100):
+        store.append([NewEvent(added("P-long", quantity=v), v) for v in range(start, start + 100)])
+    store.append([NewEvent(OrderConfirmed(order_id="O-late", user_id="U-ü", total_cents=799), 2)])
+    store.append([NewEvent(placed("O-late"), 1)])
+    store.append([NewEvent(added(f"P{n}", quantity=v), v) for n in range(250) for v in (1, 2)])
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as con:
+        con.execute(
+            "UPDATE events SET schema_version = 1, data = json_remove(data, '$.email')"
+            " WHERE aggregate_id = 'O-old' AND version = 1"
+        )
+    evolvers = {"stock": inventory.evolve_stock, "order": order.evolve}
+    keys = [("order", "O-late"), *[("stock", f"P{n}") for n in reversed(range(250))], ("stock", "P-long")]
+    keys += [("order", "O-old"), ("stock", "nobody")]
+
+    # when every stream is loaded one by one, all at once, and through the full rows read_stream gives
+    one_by_one = {key: load(store, key, evolvers[key[0]]) for key in keys}
+    batched = load_many(store, keys, evolvers)
+    folded = {
+        key: Stream(key, functools.reduce(evolvers[key[0]], [e.event for e in stored], None), len(stored))
+        for key in keys
+        for stored in [store.read_stream(*key)]
+    }
+
+    # then the three agree, versions included; the old order reads with no email; events fold by version
+    assert batched == one_by_one == folded
+    old = batched[("order", "O-old")]
+    assert old.version == 3 and isinstance(old.state, order.Order)
+    assert old.state.status == "completed" and old.state.email is None
+    late = batched[("order", "O-late")]
+    assert late.version == 2 and isinstance(late.state, order.Order) and late.state.status == "confirmed"
+    long = batched[("stock", "P-long")]
+    assert long.version == 300 and isinstance(long.state, inventory.Stock) and long.state.available == 300 * 301 // 2
+    assert batched[("stock", "P7")].version == 2 and batched[("stock", "nobody")] == Stream(
+        ("stock", "nobody"), None, 0
+    )
+    assert store.read_stream_events("stock", "P-long", 298) == (300, [added("P-long", 299), added("P-long", 300)])
+    store.close()
+
+
+def test_an_unknown_event_type_stops_a_replay_with_its_name(tmp_path):
+    # given a stream holding an event of a type this code does not know
+    store = SqliteEventStore(tmp_path / "events.db")
+    store.append([NewEvent(added("P1"), 1), NewEvent(added("P1"), 2)])
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as con:
+        con.execute("UPDATE events SET event_type = 'StockTeleported' WHERE version = 2")
+    # when it is loaded one by one or in a batch, then the error names the type (as read_stream's event does)
+    with pytest.raises(KeyError, match="StockTeleported"):
+        load(store, ("stock", "P1"), inventory.evolve_stock)
+    with pytest.raises(KeyError, match="StockTeleported"):
+        load_many(store, [("stock", "P1")], {"stock": inventory.evolve_stock})
+    with pytest.raises(KeyError, match="StockTeleported"):
+        _ = store.read_stream("stock", "P1")[1].event
+    store.close()

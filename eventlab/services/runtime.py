@@ -120,13 +120,12 @@ def load(
 ) -> Stream[S]:
     """Fold one stream's events into its state, continuing from ``known`` (an earlier load).
 
-    Reads only what the fold needs (:meth:`EventStore.read_stream_events`: version and typed event).
+    Reads only what the fold needs (:meth:`EventStore.read_stream_events`: the last version and the typed
+    events), and folds them with ``functools.reduce`` (the loop in C).
     """
     state, version = (known.state, known.version) if known else (None, 0)
-    events = store.read_stream_events(*key, after_version=version)
-    for version, event in events:
-        state = evolve(state, event)
-    return Stream(key, state, version)
+    version, events = store.read_stream_events(key[0], key[1], version)
+    return Stream(key, functools.reduce(evolve, events, state), version)
 
 
 def load_many(
@@ -148,11 +147,10 @@ def load_many(
     new = store.read_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
     streams: dict[StreamKey, Stream[object]] = {}
     for key, stream in starts.items():
-        state, version = (stream.state, stream.version) if stream else (None, 0)
-        evolve = evolvers[key[0]]
-        for version, event in new[key]:
-            state = evolve(state, event)
-        streams[key] = Stream(key, state, version)
+        version, events = new[key]
+        streams[key] = Stream(
+            key, functools.reduce(evolvers[key[0]], events, stream.state if stream else None), version
+        )
     return streams
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "SourceMessage",
     "StoreBusy",
     "StoredEvent",
+    "StreamTail",
     "dead_letter_from_row",
     "event_from_json",
     "events_from_json",
@@ -47,6 +48,7 @@ __all__ = [
     "headers_from_json",
     "headers_to_json",
     "json_loads",
+    "tails_from_json",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -193,14 +195,52 @@ def event_from_json(event_type: str, data: str) -> Event:
 #: Each event type's validator from JSON text, looked up once per row of a replayed stream.
 _FROM_JSON = {name: cls.__pydantic_validator__.validate_json for name, cls in EVENT_TYPES.items()}
 
+#: What a fold reads of one stream: the version of its last event read (the version read after when
+#: there is none) and its typed events, by version.
+StreamTail = tuple[int, list[Event]]
 
-def events_from_json(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, Event]]:
-    """(version, typed event) of each (version, event type, data) row: :func:`event_from_json` in one tight
-    loop (what a fold reads); the rows again one by one through it when pydantic-core refuses one."""
+
+def events_from_json(rows: Sequence[tuple[int, str, str]], after_version: int = 0) -> StreamTail:
+    """The :data:`StreamTail` of (version, event type, data) rows read after ``after_version``, by version:
+    :func:`event_from_json` in one tight loop (no (version, event) pair per row: the fold needs only the
+    last version); the rows again one by one through it when pydantic-core refuses one.
+
+    Example:
+        >>> events_from_json([(3, "StockAdded", '{"product_id":"P1","quantity":2}')], after_version=2)
+        (3, [StockAdded(product_id='P1', quantity=2)])
+    """
+    if not rows:
+        return after_version, []
     try:
-        return [(version, _FROM_JSON[event_type](data)) for version, event_type, data in rows]
+        return rows[-1][0], [_FROM_JSON[event_type](data) for _, event_type, data in rows]
     except ValueError:
-        return [(version, event_from_json(event_type, data)) for version, event_type, data in rows]
+        return rows[-1][0], [event_from_json(event_type, data) for _, event_type, data in rows]
+
+
+def tails_from_json(
+    rows: Sequence[tuple[int, int, str, str]], after_versions: Mapping[tuple[str, str], int]
+) -> dict[tuple[str, str], StreamTail]:
+    """The :data:`StreamTail` of each stream of ``after_versions`` from (place of the stream in
+    ``after_versions``, version, event type, data) rows in (place, version) order: one pass over every row,
+    each decoded as :func:`events_from_json` does (a stream without rows keeps its version, no events)."""
+    keys = list(after_versions)
+    versions = list(after_versions.values())
+    events: list[list[Event]] = [[] for _ in keys]
+    try:
+        for place, version, event_type, data in rows:
+            events[place].append(_FROM_JSON[event_type](data))
+            versions[place] = version
+    except ValueError:
+        events = [[] for _ in keys]
+        for place, version, event_type, data in rows:
+            events[place].append(event_from_json(event_type, data))
+            versions[place] = version
+    return dict(zip(keys, zip(versions, events, strict=True), strict=True))
+
+
+def _tail(events: Sequence[StoredEvent], after_version: int) -> StreamTail:
+    """The :data:`StreamTail` of stored events read after ``after_version``."""
+    return (events[-1].version if events else after_version), [stored.event for stored in events]
 
 
 def from_stored_time(text: str) -> datetime:
@@ -442,24 +482,16 @@ class EventStore(ABC):
         version, by version (one query for a batch of decisions, where a backend can)."""
         return {key: self.read_stream(*key, after_version=version) for key, version in after_versions.items()}
 
-    def read_stream_events(
-        self, aggregate_type: str, aggregate_id: str, after_version: int = 0
-    ) -> list[tuple[int, Event]]:
-        """(version, typed event) of one stream after ``after_version``, by version: what a fold needs and
-        nothing more (no metadata, time or data dict decoded), so a backend can go from row to event in one
-        step. Loading aggregates (:func:`eventlab.services.runtime.load`) reads streams this way."""
-        return [
-            (stored.version, stored.event) for stored in self.read_stream(aggregate_type, aggregate_id, after_version)
-        ]
+    def read_stream_events(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> StreamTail:
+        """What a fold needs of one stream after ``after_version`` (:data:`StreamTail`: the last version and
+        the typed events, by version) and nothing more (no metadata, time or data dict decoded), so a backend
+        can go from row to event in one step. Loading aggregates (:func:`eventlab.services.runtime.load`)
+        reads streams this way."""
+        return _tail(self.read_stream(aggregate_type, aggregate_id, after_version), after_version)
 
-    def read_streams_events(
-        self, after_versions: Mapping[tuple[str, str], int]
-    ) -> dict[tuple[str, str], list[tuple[int, Event]]]:
+    def read_streams_events(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], StreamTail]:
         """:meth:`read_stream_events` for several streams at once (as :meth:`read_streams`)."""
-        return {
-            key: [(stored.version, stored.event) for stored in events]
-            for key, events in self.read_streams(after_versions).items()
-        }
+        return {key: _tail(events, after_versions[key]) for key, events in self.read_streams(after_versions).items()}
 
     @abstractmethod
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:

@@ -27,7 +27,6 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import pydantic_core
 
 from eventlab.errors import ConcurrencyError, StoreError
-from eventlab.events import Event
 from eventlab.ids import new_id
 from eventlab.store.base import (
     DEAD_LETTER_COLUMNS,
@@ -43,11 +42,13 @@ from eventlab.store.base import (
     SourceMessage,
     StoreBusy,
     StoredEvent,
+    StreamTail,
     dead_letter_from_row,
     events_from_json,
     from_stored_time,
     headers_to_json,
     json_loads,
+    tails_from_json,
 )
 
 __all__ = [
@@ -714,48 +715,54 @@ class SqliteEventStore(EventStore):
         )
         return [_row_to_event(row) for row in rows]
 
-    @_translated
-    def read_stream_events(
-        self, aggregate_type: str, aggregate_id: str, after_version: int = 0
-    ) -> list[tuple[int, Event]]:
-        """See :meth:`EventStore.read_stream_events`: three columns, the data validated straight from its JSON."""
-        rows = self._conn().execute(
-            "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version > ?"
-            " ORDER BY version",
-            (aggregate_type, aggregate_id, after_version),
-        )
-        return events_from_json(rows.fetchall())
+    def read_stream_events(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> StreamTail:
+        """See :meth:`EventStore.read_stream_events`: three columns, the data validated straight from its JSON.
+
+        Its errors are translated here rather than by :func:`_translated`, whose call through ``*args`` costs
+        ~0.2 µs on every aggregate loaded."""
+        try:
+            cursor = self._conn().execute(
+                "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ?"
+                " AND version > ? ORDER BY version",
+                (aggregate_type, aggregate_id, after_version),
+            )
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _translate_error(self.path, "read_stream_events", exc) from exc
+        return events_from_json(rows, after_version)
 
     @_translated
     def read_streams(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], list[StoredEvent]]:
-        rows = self._rows_of_streams(after_versions, _COLUMNS)
-        return {key: [_row_to_event(row) for row in stream] for key, stream in zip(after_versions, rows, strict=True)}
+        found: list[list[StoredEvent]] = [[] for _ in after_versions]
+        for row in self._rows_of_streams(after_versions, _COLUMNS):
+            found[row[0]].append(_row_to_event(row[2:]))
+        return dict(zip(after_versions, found, strict=True))
 
     @_translated
-    def read_streams_events(
-        self, after_versions: Mapping[tuple[str, str], int]
-    ) -> dict[tuple[str, str], list[tuple[int, Event]]]:
-        """See :meth:`EventStore.read_streams_events`: three columns, the data validated straight from its JSON."""
-        rows = self._rows_of_streams(after_versions, "version, event_type, data")
-        return {key: events_from_json(stream) for key, stream in zip(after_versions, rows, strict=True)}
+    def read_streams_events(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], StreamTail]:
+        """See :meth:`EventStore.read_streams_events`: the data validated straight from its JSON, every row of
+        every stream in one pass."""
+        return tails_from_json(self._rows_of_streams(after_versions, "event_type, data"), after_versions)
 
-    def _rows_of_streams(self, after_versions: Mapping[tuple[str, str], int], columns: str) -> list[list[_Row]]:
-        """``columns`` of each stream's events after its version, by version, in the order of
-        ``after_versions``: one query per 200 streams, each row tagged with its stream's place in the
-        request (no key texts read back)."""
+    def _rows_of_streams(self, after_versions: Mapping[tuple[str, str], int], columns: str) -> list[_Row]:
+        """(place, version, ``columns``) of each stream's events after its version, the place being the
+        stream's in ``after_versions``, in (place, version) order: one query per 200 streams (no key texts
+        read back). The order is made by Python's sort, which takes the order the join gives (already that
+        one) in one pass, where the query's ``ORDER BY`` built a temporary B-tree of every row (0.8 of
+        ~6 µs per stream)."""
         keys = list(after_versions)
-        found: list[list[_Row]] = [[] for _ in keys]
+        found: list[_Row] = []
         conn = self._conn()
         for start in range(0, len(keys), 200):  # 4 parameters each, below SQLite's limit
             chunk = keys[start : start + 200]
             rows = conn.execute(
                 f"WITH wanted (n, t, i, v) AS (VALUES {','.join(['(?,?,?,?)'] * len(chunk))})"
-                f" SELECT n, {columns} FROM wanted"
-                " JOIN events ON aggregate_type = t AND aggregate_id = i AND version > v ORDER BY n, version",
+                f" SELECT n, version, {columns} FROM wanted"
+                " JOIN events ON aggregate_type = t AND aggregate_id = i AND version > v",
                 [value for n, key in enumerate(chunk, start) for value in (n, *key, after_versions[key])],
-            )
-            for row in rows:
-                found[row[0]].append(row[1:])
+            ).fetchall()
+            rows.sort()  # by (place, version): unique, so no further column is ever compared
+            found += rows
         return found
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
