@@ -215,7 +215,9 @@ def test_a_version_3_store_upgrades_in_place_keeping_every_event_and_position(tm
         assert store.stream_ages(["OrderCompleted"]) == []
         # and a saga is still found by its correlation id through its index, not a scan of the log
         assert [e.position for e in store.read_correlated("c-1")] == [3]
-        plan = raw_rows(path, "EXPLAIN QUERY PLAN SELECT * FROM events WHERE json_extract(metadata, '$.correlation_id') = 'c-1'")
+        plan = raw_rows(
+            path, "EXPLAIN QUERY PLAN SELECT * FROM events WHERE json_extract(metadata, '$.correlation_id') = 'c-1'"
+        )
         assert "USING INDEX events_by_correlation" in str(plan)
 
 
