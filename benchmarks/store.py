@@ -5,11 +5,13 @@ the same work in the same run at the same durability (WAL, ``synchronous=NORMAL`
 - append batches of 100 events per transaction;
 - replay aggregates of 5 events each (read the stream, fold it; no cache, no snapshots), one by one:
   eventlab's ``load`` against eventsourcing's ``repository.get``, the like-for-like figure;
-- the floor under the first: plain ``sqlite3`` (no eventlab code) committing the same rows one per
-  ``BEGIN IMMEDIATE`` … ``COMMIT`` into a store of eventlab's schema, so ``cpu_ratio_ceiling_append_1``
-  is the most any Python on top could reach against eventsourcing (each commit writes the table and its
-  indexes, the lag counts and the position sequence to the WAL: about three times the pages of
-  eventsourcing's one table with one key);
+- the floor under the first: plain ``sqlite3`` (no eventlab code) committing the same rows the way
+  eventlab commits a one-event append (one INSERT outside a transaction: a transaction of its own) into
+  a store of eventlab's current schema, so ``cpu_ratio_ceiling_append_1`` is the most any Python on top
+  could reach against eventsourcing;
+- the WAL pages each one-event commit writes (``wal_pages_per_commit_*``: 2,000 commits into new files
+  with automatic checkpoints off, so the WAL only grows): eventlab's table and its keys, indexes and lag
+  counts, against eventsourcing's one table with one key;
 - replay the same aggregates the way eventlab's services load many at once (``load_many``, 100 streams
   per call, one query each), against the same one-by-one eventsourcing figure: eventsourcing has no
   batched read of several aggregates, so this ratio compares eventlab's batched path with its only one;
@@ -69,12 +71,14 @@ class Stock(Aggregate):
         self.available += quantity
 
 
-def _normal_sync(create: Callable[[SQLiteConnectionPool], SQLiteConnection]) -> Any:
-    """eventsourcing opens its connections with SQLite's default ``synchronous=FULL``; eventlab uses NORMAL."""
+def _normal_sync(create: Callable[[SQLiteConnectionPool], SQLiteConnection], *pragmas: str) -> Any:
+    """eventsourcing opens its connections with SQLite's default ``synchronous=FULL``; eventlab uses NORMAL.
+    ``pragmas``: more to run on each connection it opens."""
 
     def create_normal(pool: SQLiteConnectionPool) -> SQLiteConnection:
         connection = create(pool)
-        connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in ("PRAGMA synchronous=NORMAL", *pragmas):
+            connection._sqlite_conn.execute(pragma)
         return connection
 
     return create_normal
@@ -162,7 +166,8 @@ def eventlab_work(path: Path, singles: int, batches: int, replays: int) -> tuple
 
 def sqlite_floor_work(path: Path, singles: int) -> tuple[Work, sqlite3.Connection]:
     """Plain ``sqlite3``: rows made beforehand, committed one per transaction into a new eventlab store at
-    the same settings (WAL, ``synchronous=NORMAL``): the floor under eventlab's one-event appends."""
+    the same settings (WAL, ``synchronous=NORMAL``): the floor under eventlab's one-event appends, each an
+    INSERT on its own as eventlab runs it (no ``BEGIN IMMEDIATE`` … ``COMMIT`` round it)."""
     SqliteEventStore(path).close()  # the schema, its indexes and triggers
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -178,11 +183,49 @@ def sqlite_floor_work(path: Path, singles: int) -> tuple[Work, sqlite3.Connectio
 
     def one_per_transaction() -> None:
         for row in rows:
-            conn.execute("BEGIN IMMEDIATE")
             conn.execute(insert, row)
-            conn.execute("COMMIT")
 
     return (singles, one_per_transaction), conn
+
+
+#: SQLite's default page size, which both libraries' files have.
+PAGE_SIZE = 4096
+
+
+def _wal_pages(wal: Path, commits: int, commit: Callable[[], object]) -> float:
+    """The pages ``commits`` calls of ``commit`` add to the WAL file ``wal`` (its writer checkpoints never),
+    per call: each frame is a page and a 24-byte header, after the file's 32-byte header."""
+    before = wal.stat().st_size if wal.exists() else 0
+    for _ in range(commits):
+        commit()
+    return (wal.stat().st_size - max(before, 32)) / (PAGE_SIZE + 24) / commits
+
+
+def wal_pages_per_commit(tmp: Path, commits: int = 2000) -> dict[str, float]:
+    """WAL pages written per one-event commit by eventlab, by eventsourcing and by the plain-``sqlite3``
+    floor, each into a new file whose writer never checkpoints."""
+    no_checkpoints = "PRAGMA wal_autocheckpoint=0"
+    store = SqliteEventStore(tmp / "wal-eventlab.db")
+    store._conn().execute(no_checkpoints)  # this thread's connection: the one the appends use
+    ids = iter([f"W-{uuid.uuid4().hex[:12]}" for _ in range(commits)])
+    wal = Path(f"{store.path}-wal")
+    ours = _wal_pages(wal, commits, lambda: store.append([NewEvent(StockAdded(product_id=next(ids), quantity=1), 1)]))
+    store.close()
+    floor, conn = sqlite_floor_work(tmp / "wal-floor.db", commits)
+    conn.execute(no_checkpoints)
+    floor_pages = _wal_pages(tmp / "wal-floor.db-wal", 1, floor[1]) / commits
+    conn.close()
+    SQLiteConnectionPool._create_connection = _normal_sync(_create_connection, no_checkpoints)  # type: ignore[method-assign]
+    path = tmp / "wal-eventsourcing.db"
+    app: Application = Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)})
+    app.save(Stock("P", 1))  # the tables exist before the count starts
+    theirs = _wal_pages(Path(f"{path}-wal"), commits, lambda: app.save(Stock("P", 1)))
+    app.close()
+    return {
+        "eventlab_wal_pages_per_commit_append_1": ours,
+        "eventsourcing_wal_pages_per_commit_append_1": theirs,
+        "sqlite_floor_wal_pages_per_commit_append_1": floor_pages,
+    }
 
 
 _create_connection = SQLiteConnectionPool._create_connection
@@ -262,6 +305,7 @@ def run_once(singles: int, batches: int, replays: int) -> dict[str, float]:
         finally:
             store.close()
             conn.close()
+        result |= wal_pages_per_commit(Path(tmp))
     return result
 
 
@@ -285,7 +329,7 @@ def main() -> int:
     }
     for key in runs[0]:
         median = statistics.median(run[key] for run in runs)
-        result[key] = round(median, 2) if "ratio" in key or "_us_" in key else round(median)
+        result[key] = round(median, 2) if "ratio" in key or "_us_" in key or "pages" in key else round(median)
     print(json.dumps(result) if args.json else text_rows(result.items()))
     return 0
 

@@ -180,6 +180,52 @@ def test_a_failing_migration_changes_nothing(shop_store, monkeypatch):
     assert verify_event_store(shop_store) == SCHEMA_VERSION
 
 
+def test_a_version_3_store_upgrades_in_place_keeping_every_event_and_position(tmp_path, monkeypatch):
+    # given a store written at schema version 3 (by-type index, AUTOINCREMENT positions): two streams, one
+    # correlated, a marker, and a second writer (another process, say) that opened it at that version
+    path = tmp_path / "events.db"
+    with monkeypatch.context() as old:
+        old.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
+        old.setattr(sqlite_module, "SCHEMA_VERSION", 3)
+        with SqliteEventStore(path) as store:
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=v), v) for v in (1, 2)])
+            store.append([NewEvent(StockAdded(product_id="P2", quantity=1), 1, {"correlation_id": "c-1"})])
+            store.append([], processed=("inventory", store.read_all()[0].event_id))
+            before = store.read_all()
+        assert verify_event_store(path) == 3
+        earlier_writer = SqliteEventStore(path)
+    # when this eventlab opens it
+    with SqliteEventStore(path) as store, earlier_writer:
+        # then it is at the current version, sound, with every event at its position
+        assert verify_event_store(path) == SCHEMA_VERSION
+        assert store.read_all() == before
+        assert raw_rows(path, "PRAGMA integrity_check") == [("ok",)]
+        # and appends from both writers continue after the last position, none reused
+        added = [
+            writer.append([NewEvent(StockAdded(product_id="P3", quantity=1), v)])[0].position
+            for v, writer in ((1, store), (2, earlier_writer), (3, store))
+        ]
+        assert added == [4, 5, 6] and [e.position for e in store.read_all()] == [1, 2, 3, 4, 5, 6]
+        # without rewriting a position counter on each commit (what AUTOINCREMENT did: a WAL page per append)
+        assert raw_rows(path, "SELECT * FROM sqlite_sequence WHERE name = 'events'") == []
+        # and what the by-type index served still answers: lag, tracking, stream ages
+        assert store.unprocessed("inventory", ["StockAdded"]) == 5
+        assert store.tracking_position("inventory", ["StockAdded"]) == 1
+        assert [position for position, _, _ in store.stream_ages(["StockAdded"], after=3, limit=2)] == [4, 5]
+        assert store.stream_ages(["OrderCompleted"]) == []
+        # and a saga is still found by its correlation id through its index, not a scan of the log
+        assert [e.position for e in store.read_correlated("c-1")] == [3]
+        plan = raw_rows(
+            path, "EXPLAIN QUERY PLAN SELECT * FROM events WHERE json_extract(metadata, '$.correlation_id') = 'c-1'"
+        )
+        assert "USING INDEX events_by_correlation" in str(plan)
+
+
+def raw_rows(path, query):
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        return con.execute(query).fetchall()
+
+
 def test_many_openers_of_a_new_store_create_it_once(tmp_path):
     path = tmp_path / "events.db"
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

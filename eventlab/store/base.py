@@ -427,6 +427,7 @@ class EventStore(ABC):
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
         self._commit_signal = threading.Condition(threading.Lock())  # not reentrant: cheaper per commit
         self._commit_count = 0
+        self._commit_waiters = 0  # under _commit_signal: a commit with nobody waiting notifies nobody
 
     @abstractmethod
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
@@ -747,7 +748,11 @@ class EventStore(ABC):
         elsewhere keep a short ``timeout`` as a fallback.
         """
         with self._commit_signal:
-            self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)
+            self._commit_waiters += 1
+            try:
+                self._commit_signal.wait_for(lambda: self._commit_count > seen, timeout)
+            finally:
+                self._commit_waiters -= 1
             return self._commit_count
 
     def committed_elsewhere(self) -> None:
@@ -756,10 +761,12 @@ class EventStore(ABC):
         self._committed()
 
     def _committed(self) -> None:
-        """Called by a backend after each commit: wakes :meth:`wait_for_commit`."""
+        """Called by a backend after each commit: wakes :meth:`wait_for_commit` (the notification only
+        when someone waits: it is three Python calls, on every append)."""
         with self._commit_signal:
             self._commit_count += 1
-            self._commit_signal.notify_all()
+            if self._commit_waiters:
+                self._commit_signal.notify_all()
 
     @abstractmethod
     def close(self) -> None:
