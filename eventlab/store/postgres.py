@@ -820,7 +820,14 @@ class AdvisoryLease(Lease):
         return bool(row and row[0])
 
     def release(self) -> None:
-        self._drop()  # ending the session frees its advisory locks
+        """Unlock, then end the session: ending it alone frees the lock only once the server has processed
+        the disconnect, a moment after ``close()`` returns, so a standby trying at once could still miss it."""
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._key)
+            except psycopg.Error as exc:  # a lost connection: its end frees the lock anyway
+                log.debug("%s lease on %s: unlock failed (%s); closing frees it", self.name, self._store_name, exc)
+        self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
