@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from eventlab.errors import BrokerError
 from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from eventlab.kafka.relay import Relay
@@ -256,55 +255,4 @@ def test_asking_the_position_from_another_thread_never_decides_where_the_relay_g
     assert relay.position == 0
     assert relay.publish_pending() == 1
     assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
-    store.close()
-
-
-def test_batches_on_their_way_move_the_position_only_once_acknowledged_in_order(settings, tmp_path):
-    # given three stored events and a relay that sends one per batch
-    store = SqliteEventStore(tmp_path / "events.db")
-    product = f"P-flight-{uuid.uuid4().hex[:8]}"
-    events = [store.append([NewEvent(StockAdded(product_id=product, quantity=n), n)])[0] for n in (1, 2, 3)]
-    relay = Relay(store, settings, batch_size=1)
-    try:
-        # when it sends them without waiting for the broker between batches
-        assert [relay.publish_pending() for _ in events] == [1, 1, 1]
-
-        # then once the acknowledgements are in, the position is past all three, and all are on the topic
-        eventually(lambda: relay.publish_pending() == 0 and relay.in_flight == 0, "every batch acknowledged")
-        assert relay.position == 3 and relay.published == 3
-        wanted = {event.event_id for event in events}
-        assert published_ids(settings, StockAdded.topic, wanted) == wanted
-    finally:
-        relay.close()
-    assert store.checkpoint(RELAY_CONSUMER) == 3
-    store.close()
-
-
-def test_a_failed_delivery_drops_the_batches_on_their_way_and_keeps_the_position(tmp_path):
-    # given a relay whose broker never answers (deliveries time out after 0.3 s), one event per batch
-    store = SqliteEventStore(tmp_path / "events.db")
-    for n in (1, 2):
-        store.append([NewEvent(StockAdded(product_id="P-lost", quantity=n), n)])
-    closed = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:9", kafka_config={"message.timeout.ms": "300"})
-    relay = Relay(store, closed, batch_size=1)
-    try:
-        # when both batches are sent and their deliveries fail
-        assert relay.publish_pending() == 1 and relay.publish_pending() == 1
-        assert relay.in_flight == 2
-
-        def failed() -> bool:
-            try:
-                relay.publish_pending()
-            except BrokerError:
-                return True
-            return False
-
-        eventually(failed, "the failed deliveries reported")
-
-        # then nothing is on its way any more, the position has not moved, and the next call sends the first again
-        assert relay.in_flight == 0 and relay.position == 0 and relay.published == 0
-        assert relay.publish_pending() == 1 and relay.in_flight == 1
-    finally:
-        relay.close()
-    assert store.checkpoint(RELAY_CONSUMER) == 0
     store.close()

@@ -152,14 +152,6 @@ class Deliveries:
             self.sent += 1
             return
 
-    def acknowledged(self) -> bool:
-        """Whether every message sent so far is acknowledged (as delivery reports served by the
-        producer's ``poll``/``flush`` say); :class:`BrokerError` as soon as one delivery failed."""
-        with self._lock:
-            if self.failed:
-                raise BrokerError(f"delivery failed: {self.failed[0]}", self.failed_codes[0])
-            return self.delivered >= self.sent
-
     def wait(self, timeout: float) -> int:
         """Flush for at most ``timeout`` s; return how many messages are still unacknowledged."""
         return int(self.producer.flush(timeout))

@@ -16,14 +16,7 @@ that fell behind cannot undo a newer holder's progress.
 The checkpoint is kept in memory and written to the store at most every :attr:`Relay.save_every`
 seconds, busy or idle, and when it closes: a relay that dies republishes at most that much, which
 consumers skip. (Saving whenever it ran out of work meant a write transaction per batch at low
-rates — 75 a second at 100 orders/s, each taking the store's write lock and waking every waiter.)
-
-The relay does not wait for a batch's acknowledgements before it reads and sends the next: up to
-:data:`IN_FLIGHT` batches are on their way at once, and the position moves past a batch only once
-it and every batch before it are acknowledged in full. A failed delivery drops the producer with
-whatever it still queues and publishes again from the last acknowledged position. (Waiting took
-3–5 ms of every cycle on a loaded machine while new commits queued: ≈ 2 ms of each saga hop at
-p50 and 19 ms at p99, measured at 100 orders/s.) Between batches the relay waits for the
+rates — 75 a second at 100 orders/s, each taking the store's write lock and waking every waiter.) Between batches the relay waits for the
 store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
 Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
 anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
@@ -38,9 +31,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
@@ -55,13 +46,11 @@ from eventlab.settings import Settings
 from eventlab.store.base import RELAY_CONSUMER, DeadLetter, EventRecord, EventStore, Lease
 
 if TYPE_CHECKING:
-    from eventlab.tracing.spans import PublishSpans, Tracing
+    from eventlab.tracing.spans import Tracing
 
 __all__ = [
-    "ACK_POLL",
     "IDLE_WAIT",
     "IDLE_WAIT_IN_PROCESS",
-    "IN_FLIGHT",
     "Relay",
     "catch_up_subscriptions",
     "rewind",
@@ -78,25 +67,6 @@ IDLE_WAIT = 0.005
 #: once: the wait only bounds how late an outside writer's events go out (an idle relay reads the
 #: store 4 times a second instead of 200).
 IDLE_WAIT_IN_PROCESS = 0.25
-
-
-#: Batches a relay sends before it waits for the oldest one's acknowledgements.
-IN_FLIGHT = 4
-#: Seconds a relay with nothing new to send waits for a commit before it polls again for the
-#: acknowledgements of the batches on their way (the producer's reports are served only by polling).
-ACK_POLL = 0.001
-
-
-@dataclass
-class _Sent:
-    """A batch produced and not yet acknowledged in full."""
-
-    last: int  # the position of its last event
-    out: Deliveries
-    spans: PublishSpans | None
-    started: float
-    published: int  # events sent (not dead-lettered)
-    letters: list[DeadLetter] = field(default_factory=list)  # recorded; copied once the batch is acknowledged
 
 
 class _LeaseLost(StoreError):
@@ -135,7 +105,6 @@ class Relay:
         self._position: int | None = None  # published up to here (None: read the store's checkpoint)
         self._saved: int | None = None  # the checkpoint as the store has it
         self._saved_at = 0.0
-        self._sent: deque[_Sent] = deque()  # produced, not yet acknowledged in full, oldest first
         #: Consecutive failed attempts (0 once a batch goes through), and all of them since start.
         self.failures = 0
         self.failures_total = 0
@@ -199,23 +168,17 @@ class Relay:
             raise _LeaseLost(f"relay lost the lease of {self.store}")
 
     def publish_pending(self) -> int:
-        """Send one batch of unpublished events; return how many were sent (0: nothing new; then
-        :attr:`in_flight` says whether earlier batches still wait for their acknowledgements).
+        """Publish one batch of unpublished events; return how many were published.
 
-        The position (and so the checkpoint) moves past a batch only once the broker acknowledged it
-        and every batch before it; up to :data:`IN_FLIGHT` batches are on their way meanwhile.
         A stored event that cannot be published as a consumer would read it (unknown type, data
         that does not validate, bad JSON) is recorded as a dead letter (consumer ``relay``, topic
-        ``store``, offset = its position) and copied to ``store.dlq`` once its batch is acknowledged,
-        never silently skipped. Raises :class:`BrokerError` when a delivery failed (then everything
-        after the acknowledged position is sent again by the next call).
+        ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
+        checkpoint moves past the batch only once every message and copy is acknowledged.
         """
-        after = self._sent[-1].last if self._sent else self._resume()
+        after = self._resume()
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
-            if self._sent:
-                self._settle(wait=False)  # the acknowledgements that have arrived; more are polled for
-            elif time.monotonic() - self._saved_at >= self.save_every:
+            if time.monotonic() - self._saved_at >= self.save_every:
                 self.save_checkpoint()  # idle: the store says everything is published
             return 0
         self._fence()  # a relay that lost the lease publishes nothing more
@@ -237,64 +200,24 @@ class Relay:
                 headers = spans.start(topic, key, stored.event_id, headers)
             out.send(topic, value, key, list(headers))
         letters = [self._record_dead_letter(stored, reason) for stored, reason in undecodable]
-        sent = _Sent(events[-1].position, out, spans, started, len(events) - len(undecodable), letters)
-        self._sent.append(sent)  # only once its dead letters are recorded: else the position never passes it
-        self._settle(wait=len(self._sent) >= IN_FLIGHT)
-        return sent.published
-
-    @property
-    def in_flight(self) -> int:
-        """Batches sent and not yet acknowledged in full."""
-        return len(self._sent)
-
-    def _settle(self, wait: bool) -> None:
-        """Take the acknowledgements that have arrived (with ``wait``, wait for all of them) and move
-        the position past each batch acknowledged in full, oldest first. A failed or missing
-        acknowledgement drops the producer and every batch on its way, and raises :class:`BrokerError`."""
-        producer = self._producer
         try:
-            if producer is not None and wait:
-                producer.flush(30)
-            elif producer is not None:
-                producer.poll(0)  # serves the delivery reports that have arrived
-            while self._sent:
-                oldest = self._sent[0]
-                if not oldest.out.acknowledged():
-                    if not wait:
-                        break
-                    raise BrokerError(f"{oldest.out.sent - oldest.out.delivered} messages not acknowledged in 30 s")
-                self._sent.popleft()
-                self._acknowledged(oldest)
+            out.confirm(30)
         except BrokerError as exc:
-            after = self._position
-            self._drop_sent(str(exc))
+            if spans is not None:
+                spans.end(str(exc))
             raise BrokerError(f"relay could not publish events after position {after}: {exc}", exc.code) from exc
-        if time.monotonic() - self._saved_at >= self.save_every:
-            self.save_checkpoint()
-
-    def _acknowledged(self, batch: _Sent) -> None:
-        """``batch`` and every one before it are acknowledged: copy its dead letters, move the position."""
-        self.publish_seconds.observe(time.perf_counter() - batch.started)
-        if batch.spans is not None:
-            batch.spans.end()
-        for letter in batch.letters:
+        self.publish_seconds.observe(time.perf_counter() - started)
+        if spans is not None:
+            spans.end()
+        for letter in letters:
             if self._dead_letters.publish(letter):
                 self.dead_lettered += 1
                 log.warning("relay: stored event #%d dead-lettered as #%d: %s", letter.offset, letter.id, letter.reason)
-        self._position = batch.last
-        self.published += batch.published
-
-    def _drop_sent(self, error: str) -> None:
-        """Forget the batches on their way, and the producer with what it still queues: they are sent
-        again from the acknowledged position, by a new producer."""
-        for batch in self._sent:
-            if batch.spans is not None:
-                batch.spans.end(error)
-        self._sent.clear()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.purge()
-            producer.flush(1)
+        self._position = events[-1].position
+        if time.monotonic() - self._saved_at >= self.save_every:
+            self.save_checkpoint()
+        self.published += len(events) - len(letters)
+        return len(events) - len(letters)
 
     def _record_dead_letter(self, stored: EventRecord, reason: str) -> DeadLetter:
         headers: list[tuple[str, bytes | None]] = [
@@ -377,9 +300,8 @@ class Relay:
                 if not self._caught_up:
                     self._catch_up()
                 if self.publish_pending() == 0:
-                    # woken by a commit it is told of; any other is seen after idle_wait (while batches
-                    # are on their way, after ACK_POLL: their acknowledgements are served by polling)
-                    commits = self.store.wait_for_commit(commits, ACK_POLL if self._sent else idle_wait)
+                    # woken by a commit it is told of; any other is seen after idle_wait
+                    commits = self.store.wait_for_commit(commits, idle_wait)
             except _LeaseLost:
                 self._stand_by()
                 return
@@ -406,7 +328,10 @@ class Relay:
         """After losing the lease: drop the producer and what it still queues, forget the position
         (the next holder's checkpoint is the one that counts)."""
         log.warning("relay: lost the lease of %s; standing by", self.store)
-        self._drop_sent("lost the lease")  # what is not sent yet is never sent by a relay without the lease
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.purge()  # not yet sent: never sent by a relay without the lease
+            producer.flush(1)
         self.active, self._position, self._saved = False, None, None
 
     def _backoff(self) -> Backoff:
@@ -444,11 +369,6 @@ class Relay:
         }
 
     def close(self) -> None:
-        if self._sent:
-            try:
-                self._settle(wait=True)  # what is acknowledged counts for the checkpoint below
-            except (BrokerError, StoreError) as exc:  # the next start republishes after the last saved checkpoint
-                log.warning("relay: %s", exc)
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None
