@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import json
 import os
 import random
@@ -316,6 +317,29 @@ def main() -> int:
     return 0 if not any(stuck) else 1
 
 
+@contextlib.contextmanager
+def full_collections(found: dict[str, object]) -> Iterator[None]:
+    """Count the interpreter's full (oldest-generation) collections while the block runs, and the
+    longest: each stops every thread of the shop (see :mod:`eventlab.shop_runtime`)."""
+    pauses: list[float] = []
+    began: list[float] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                began.append(time.perf_counter())
+            elif began:
+                pauses.append(time.perf_counter() - began.pop())
+
+    gc.callbacks.append(watch)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(watch)
+        found["full_collections"] = len(pauses)
+        found["full_collection_max_ms"] = round(max(pauses, default=0.0) * 1000, 1)
+
+
 def run(
     settings: Settings,
     catalogue: Path,
@@ -325,9 +349,10 @@ def run(
     switch_interval: float | None = None,
 ) -> dict[str, object]:
     """Full speed, then each paced rate, on one shop: orders/s, p50/p99 of order -> terminal, CPU
-    ms/order; with ``switch_interval``, each rate also with ``sys.setswitchinterval`` set to it."""
+    ms/order, and the full collections of the interpreter's heap meanwhile; with ``switch_interval``,
+    each rate also with ``sys.setswitchinterval`` set to it."""
     found: dict[str, object] = {}
-    with Shop(settings, payment_failure_rate=0.0) as shop:
+    with Shop(settings, payment_failure_rate=0.0) as shop, full_collections(found):
         # the deadline sweeper reads the whole log once at start (to find unfinished orders): measured
         # on its own, so that the runs below show the steady state
         head, began = shop.store.head(), time.perf_counter()
