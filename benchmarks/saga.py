@@ -320,7 +320,7 @@ def main() -> int:
 @contextlib.contextmanager
 def full_collections(found: dict[str, object]) -> Iterator[None]:
     """Count the interpreter's full (oldest-generation) collections while the block runs, and the
-    longest: each stops every thread of the shop (see :mod:`eventlab.shop_runtime`)."""
+    longest: each stops every thread of the shop (see :mod:`eventlab.collector`)."""
     pauses: list[float] = []
     began: list[float] = []
 

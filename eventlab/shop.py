@@ -32,7 +32,7 @@ from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, service_store_variable
-from eventlab.shop_runtime import restore, tune
+from eventlab import collector
 from eventlab.store import ShopStores, open_store, open_stores, own_store_checkpoint
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
@@ -225,7 +225,7 @@ class Shop:
         self._infra: ShopInfrastructure | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._tuned = False  # the interpreter's collector tuned for this shop (shop_runtime.tune)
+        self._tuned = False  # the interpreter's collector tuned for this shop (collector.tune)
         self._servers: list[ServiceHttp] = []
         self._backoff: dict[str, Backoff] = {}
         self._errors: dict[str, str] = {}
@@ -322,7 +322,7 @@ class Shop:
         except BaseException:  # a port taken, a group not joined, Ctrl-C: nothing is left running
             self.stop()
             raise
-        tune()  # the start-up heap frozen, fewer collections: no 0.1 s pauses of every thread (shop_runtime)
+        collector.tune()  # the start-up heap frozen, fewer collections: no 0.1 s pauses of every thread
         self._tuned = True
         log.info("shop started: %r", self)
         return self
@@ -333,7 +333,7 @@ class Shop:
             return
         if self._tuned:
             self._tuned = False
-            restore()
+            collector.restore()
         if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
             self.faults.close()
         self._stop.set()

@@ -55,7 +55,7 @@ from eventlab.services.payment import Gateway
 from eventlab.services.runtime import Service
 from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
 from eventlab.shop import ShopInfrastructure, check_service_stores
-from eventlab.shop_runtime import restore, tune
+from eventlab import collector
 from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER
 from eventlab.tracing import open_tracing
@@ -262,7 +262,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             tracing.open()
         wiring = Wiring(settings, stores, services, tracing=tracing)
         loop = None if name == RELAY_CONSUMER else wiring.loop(name)
-        tune()  # as in the in-process shop: no collection walks the start-up heap (eventlab.shop_runtime)
+        collector.tune()  # as in the in-process shop: no collection walks the start-up heap
         if os.environ.get(_STANDBY) and not _promoted(stop):
             return 0
         if name == RELAY_CONSUMER:
@@ -287,7 +287,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
         server.stop()
         return 0
     finally:
-        restore()
+        collector.restore()
         if tracing is not None:
             tracing.shutdown()
         stores.close()

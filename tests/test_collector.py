@@ -1,9 +1,9 @@
-"""The interpreter's collector is tuned only while a shop runs in the process (eventlab.shop_runtime)."""
+"""The interpreter's collector is tuned only while a shop runs in the process (eventlab.collector)."""
 
 import gc
 
 from eventlab import Settings, Shop
-from eventlab.shop_runtime import THRESHOLDS, restore, tune
+from eventlab.collector import THRESHOLDS, restore, tune
 
 
 def _collector() -> tuple[tuple[int, int, int], bool]:
