@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from eventlab import collector
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
 from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
@@ -32,7 +33,6 @@ from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, service_store_variable
-from eventlab import collector
 from eventlab.store import ShopStores, open_store, open_stores, own_store_checkpoint
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper

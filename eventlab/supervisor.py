@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from eventlab import collector
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.errors import BrokerError, EventlabError
@@ -55,7 +56,6 @@ from eventlab.services.payment import Gateway
 from eventlab.services.runtime import Service
 from eventlab.settings import REPLICA_PORT_STEP, PortInUse, Settings, SettingsError, port_free
 from eventlab.shop import ShopInfrastructure, check_service_stores
-from eventlab import collector
 from eventlab.store import ShopStores, open_store, open_stores
 from eventlab.store.base import RELAY_CONSUMER
 from eventlab.tracing import open_tracing
