@@ -13,11 +13,10 @@ batch and before each checkpoint it saves, and a relay that lost it stops at onc
 only ever moves forward (:meth:`~eventlab.store.base.EventStore.advance_checkpoint`), so a relay
 that fell behind cannot undo a newer holder's progress.
 
-The checkpoint is kept in memory and written to the store at most every :attr:`Relay.save_every`
-seconds, busy or idle, and when it closes: a relay that dies republishes at most that much, which
-consumers skip. (Saving whenever it ran out of work meant a write transaction per batch at low
-rates — 75 a second at 100 orders/s, each taking the store's write lock and waking every waiter.)
-Between batches the relay waits for the store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
+The checkpoint is kept in memory and written to the store when the relay runs out of work, at
+most every :attr:`Relay.save_every` seconds while it is busy, and when it closes: a relay that dies
+republishes at most that much, which consumers skip. Between batches the relay waits for the
+store's next commit (:meth:`~eventlab.store.base.EventStore.wait_for_commit`), not a fixed sleep.
 Only PostgreSQL signals other processes' commits, so the wait ends after :attr:`Relay.idle_wait`
 anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per process), longer
 (:data:`IDLE_WAIT_IN_PROCESS`) where every commit wakes the relay (the in-process shop, PostgreSQL).
@@ -178,8 +177,7 @@ class Relay:
         after = self._resume()
         events = self.store.read_records(after=after, limit=self.batch_size)
         if not events:
-            if time.monotonic() - self._saved_at >= self.save_every:
-                self.save_checkpoint()  # idle: the store says everything is published
+            self.save_checkpoint()  # idle: the store says everything is published
             return 0
         self._fence()  # a relay that lost the lease publishes nothing more
         if self._producer is None:
