@@ -145,12 +145,16 @@ class SagaDurations:
         seen = 0
         with self._lock:
             while True:
+                head = self.store.head()  # read first: what commits later is read next time
                 rows = self.store.stream_ages(TERMINAL_EVENTS, after=self.position, limit=self.batch)
                 for position, event_type, seconds in rows:
                     self._outcomes[event_type].observe(max(seconds, 0.0))
                     self.position = position
                 seen += len(rows)
                 if len(rows) < self.batch:
+                    # every terminal event up to the head was read: the next scan starts there, not at the
+                    # last terminal event (while no order ends, each scrape would read every event since)
+                    self.position = max(self.position, head)
                     return seen
 
     def collect(self) -> Iterable[Metric]:

@@ -22,6 +22,7 @@ from eventlab.errors import StoreError
 from eventlab.events import OrderCreated, OrderLine, StockAdded
 from eventlab.http import STALL_S, ServiceHealth, ServiceHttp, service_health
 from eventlab.kafka.loop import ServiceLoop
+from eventlab.metrics import SagaDurations
 from eventlab.services import inventory
 from eventlab.store.base import NewEvent
 from eventlab.store.sqlite import SqliteEventStore
@@ -192,6 +193,27 @@ def test_the_saga_histogram_is_read_from_the_store_once_per_order(tmp_path, serv
     # and an order completed after a scrape is added by the next one
     story.complete(story.place("O3", "U1", {"P1": 1}))
     assert value(scrape(port), "eventlab_saga_seconds_count", outcome="completed") == 2
+    story.store.close()
+
+
+def test_a_scrape_while_no_order_ends_starts_after_what_the_last_one_read(tmp_path):
+    # given saga durations read up to a completed order, then orders placed that do not end
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    story.complete(story.place("O1", "U1", {"P1": 1}))
+    durations = SagaDurations(story.store, batch=2)
+    assert durations.catch_up() == 1
+    for n in range(3):
+        story.place(f"O-open-{n}", "U1", {"P1": 1})
+    # when Prometheus scrapes again
+    assert durations.catch_up() == 0
+    # then the next scrape starts at the head, not at the last terminal event (from where a store of
+    # unfinished orders would be read again at every scrape)
+    assert durations.position == story.store.head()
+    # and an order ending later is still read
+    story.complete(story.place("O2", "U1", {"P1": 1}))
+    assert durations.catch_up() == 1
     story.store.close()
 
 

@@ -221,6 +221,26 @@ def test_a_version_3_store_upgrades_in_place_keeping_every_event_and_position(tm
         assert "USING INDEX events_by_correlation" in str(plan)
 
 
+def test_a_version_3_store_without_its_indexes_upgrades_too(tmp_path, monkeypatch):
+    # given a version 3 store whose by-type and correlation indexes were dropped (by hand, or by a tool
+    # that copies tables without their indexes): eventlab's schema check does not require them
+    path = tmp_path / "events.db"
+    with monkeypatch.context() as old:
+        old.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
+        old.setattr(sqlite_module, "SCHEMA_VERSION", 3)
+        with SqliteEventStore(path) as store:
+            store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1, {"correlation_id": "c-1"})])
+    raw(path, "DROP INDEX events_by_type")
+    raw(path, "DROP INDEX events_by_correlation")
+    # when this eventlab opens it, then it upgrades (the migration failed on the missing index before)
+    with SqliteEventStore(path) as store:
+        assert verify_event_store(path) == SCHEMA_VERSION
+        assert raw_rows(path, "PRAGMA integrity_check") == [("ok",)]
+        # and its sagas are found by correlation id again, through the index the upgrade built
+        assert [e.position for e in store.read_correlated("c-1")] == [1]
+        assert raw_rows(path, "SELECT name FROM sqlite_master WHERE name = 'events_by_correlation'") != []
+
+
 def raw_rows(path, query):
     with contextlib.closing(sqlite3.connect(path)) as con:
         return con.execute(query).fetchall()

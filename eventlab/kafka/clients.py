@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
 import threading
@@ -234,7 +235,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeou
     futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
     deadline = time.monotonic() + timeout
     while not all(future.done() for future in futures.values()) and time.monotonic() < deadline:
-        admin.poll(0.1)  # serves error_cb: the connection's trouble, said once instead of every 50 ms
+        concurrent.futures.wait(futures.values(), timeout=0.1)  # the answers arrive on librdkafka's own thread
+        admin.poll(0)  # serves error_cb: the connection's trouble, said once instead of every 50 ms
         if trouble.fatal:
             raise BrokerError(f"cannot create topics on {settings.bootstrap_servers}: {trouble.fatal}")
     for name, future in futures.items():

@@ -34,6 +34,7 @@ import functools
 import json
 import logging
 import os
+import select
 import threading
 import uuid
 import zlib
@@ -753,6 +754,10 @@ LEASE_SESSION = {
 }
 
 
+#: How long releasing a lease waits for the server to confirm its unlock before closing the session anyway.
+RELEASE_WAIT = 1.0
+
+
 class AdvisoryLease(Lease):
     """A lease that is a session-level advisory lock held on a dedicated connection: when the holder
     dies, its connection drops and the server frees the lock at once.
@@ -773,6 +778,7 @@ class AdvisoryLease(Lease):
         self._store_name = store_name
         self._key = key
         self._conn: psycopg.Connection[Any] | None = None
+        self._locked = False  # this session took the lock (a standby's session never did: nothing to unlock)
 
     def acquire(self) -> bool:
         if self._conn is not None and self.held():
@@ -795,6 +801,7 @@ class AdvisoryLease(Lease):
         except psycopg.Error as exc:
             self._drop()
             raise _translate_error(self._store_name, f"taking the {self.name} lease", exc) from exc
+        self._locked = self._locked or bool(row and row[0])
         return bool(row and row[0])
 
     def _options(self) -> str:
@@ -821,16 +828,21 @@ class AdvisoryLease(Lease):
 
     def release(self) -> None:
         """Unlock, then end the session: ending it alone frees the lock only once the server has processed
-        the disconnect, a moment after ``close()`` returns, so a standby trying at once could still miss it."""
-        if self._conn is not None:
+        the disconnect, a moment after ``close()`` returns, so a standby trying at once could miss it. The
+        unlock waits at most :data:`RELEASE_WAIT` s for the server's answer: a silent server or network
+        must not hold up a stop (closing frees the lock anyway, when the server notices)."""
+        if self._conn is not None and self._locked:
+            pgconn = self._conn.pgconn
             try:
-                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._key)
-            except psycopg.Error as exc:  # a lost connection: its end frees the lock anyway
+                pgconn.send_query_params(b"SELECT pg_advisory_unlock($1, $2)", [str(k).encode() for k in self._key])
+                pgconn.flush()
+                select.select([pgconn.socket], [], [], RELEASE_WAIT)  # readable: the server has answered
+            except (psycopg.Error, OSError) as exc:  # a lost connection: its end frees the lock anyway
                 log.debug("%s lease on %s: unlock failed (%s); closing frees it", self.name, self._store_name, exc)
         self._drop()
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._locked = self._conn, None, False
         if conn is not None:
             conn.close()
 
