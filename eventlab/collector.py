@@ -13,8 +13,8 @@ the p99 at 100 orders/s. Two changes, while a shop runs:
   are collected 50× less often. Garbage in cycles is still found, a little later.
 
 Measured against the collector untouched, alternately in the same runs (nine rounds, load 1.8–7,
-together with the relay's less frequent checkpoint): full collections per run 6–10 → 0; at 100
-orders/s p99 133 → 103 ms and p50 51 → 41 ms (medians); full-speed CPU per order 3.45 → 3.26 ms.
+together with a less frequent relay checkpoint, since undone): full collections per run 6–10 → 0;
+at 100 orders/s p99 133 → 103 ms and p50 51 → 41 ms (medians); full-speed CPU per order 3.45 → 3.26 ms.
 (A shorter interpreter switch interval, 0.5 or 1 ms instead of 5, measured the same way, showed no
 gain, so it is left alone.)
 
