@@ -180,13 +180,20 @@ def test_a_failing_migration_changes_nothing(shop_store, monkeypatch):
     assert verify_event_store(shop_store) == SCHEMA_VERSION
 
 
+@contextlib.contextmanager
+def schema_3_code(monkeypatch):
+    """This eventlab as it was at schema version 3 (its first two migrations), to write stores of then."""
+    with monkeypatch.context() as old:
+        old.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
+        old.setattr(sqlite_module, "SCHEMA_VERSION", 3)
+        yield
+
+
 def test_a_version_3_store_upgrades_in_place_keeping_every_event_and_position(tmp_path, monkeypatch):
     # given a store written at schema version 3 (by-type index, AUTOINCREMENT positions): two streams, one
     # correlated, a marker, and a second writer (another process, say) that opened it at that version
     path = tmp_path / "events.db"
-    with monkeypatch.context() as old:
-        old.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
-        old.setattr(sqlite_module, "SCHEMA_VERSION", 3)
+    with schema_3_code(monkeypatch):
         with SqliteEventStore(path) as store:
             store.append([NewEvent(StockAdded(product_id="P1", quantity=v), v) for v in (1, 2)])
             store.append([NewEvent(StockAdded(product_id="P2", quantity=1), 1, {"correlation_id": "c-1"})])
@@ -225,11 +232,8 @@ def test_a_version_3_store_without_its_indexes_upgrades_too(tmp_path, monkeypatc
     # given a version 3 store whose by-type and correlation indexes were dropped (by hand, or by a tool
     # that copies tables without their indexes): eventlab's schema check does not require them
     path = tmp_path / "events.db"
-    with monkeypatch.context() as old:
-        old.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
-        old.setattr(sqlite_module, "SCHEMA_VERSION", 3)
-        with SqliteEventStore(path) as store:
-            store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1, {"correlation_id": "c-1"})])
+    with schema_3_code(monkeypatch), SqliteEventStore(path) as store:
+        store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1, {"correlation_id": "c-1"})])
     raw(path, "DROP INDEX events_by_type")
     raw(path, "DROP INDEX events_by_correlation")
     # when this eventlab opens it, then it upgrades (the migration failed on the missing index before)
