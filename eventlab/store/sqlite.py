@@ -164,7 +164,8 @@ CREATE TABLE tracking (
     # - AUTOINCREMENT goes (no ``sqlite_sequence`` row to rewrite per commit): it only differs from a plain
     #   rowid when the highest event is deleted, and events are never deleted. Same b-tree on disk, so the
     #   table's definition is edited in place, the way SQLite's ALTER TABLE page describes for changes that
-    #   leave the stored content alone; RESET makes this connection read it again, the index changes below the others;
+    #   leave the stored content alone; RESET makes this connection read it again, the index changes below
+    #   make the others read it;
     # - ``events_by_correlation`` keeps only the events that have a correlation id: the one query by it
     #   (read_correlated, ``= ?``) never matches the others, which no longer write an index page each.
     """
@@ -470,8 +471,9 @@ class SqliteEventStore(EventStore):
     """Events in one SQLite file; safe for many threads and processes.
 
     Every write transaction takes the write lock first (``BEGIN IMMEDIATE``, or a lone INSERT, which is a
-    transaction of its own): SQLite has one writer at a time, so positions are in commit order. Each thread gets its own connection. A writer waits up to ``busy_timeout``
-    seconds for another process's lock before :class:`~eventlab.store.base.StoreBusy`.
+    transaction of its own): SQLite has one writer at a time, so positions are in commit order. Each
+    thread gets its own connection. A writer waits up to ``busy_timeout`` seconds for another process's
+    lock before :class:`~eventlab.store.base.StoreBusy`.
 
     Example:
         >>> store = SqliteEventStore(store_path)
@@ -916,8 +918,9 @@ class SqliteEventStore(EventStore):
     def stream_ages(
         self, event_types: Sequence[str], after: int = 0, limit: int = 1000
     ) -> list[tuple[int, str, float]]:
-        """See :meth:`EventStore.stream_ages`: a scan by position from ``after`` that stops at ``limit`` (no
-        index by type since schema version 4); with no event of the types at all, the counts answer alone."""
+        """See :meth:`EventStore.stream_ages`: a scan by position from ``after`` that stops once it has ``limit``
+        rows, else at the head (no index by type since schema version 4: callers move ``after`` on, see
+        :class:`~eventlab.metrics.SagaDurations`); with no event of the types at all, the counts answer alone."""
         marks = ",".join("?" * len(event_types))
         if not self._count(f"SELECT count(*) FROM event_counts WHERE event_type IN ({marks})", event_types):
             return []
