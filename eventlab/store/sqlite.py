@@ -627,24 +627,10 @@ class SqliteEventStore(EventStore):
             # One statement outside a transaction is a transaction of its own, the INSERT and its trigger
             # together, and it takes the write lock first (waiting in the busy handler like BEGIN IMMEDIATE):
             # no BEGIN and COMMIT to run, and no statement journal for the conflict check to undo.
-            row = rows[0]
             with self._write_lock:
-                position = _position(conn.execute(_INSERT_EVENT, row).lastrowid)
+                position = _position(conn.execute(_INSERT_EVENT, rows[0]).lastrowid)
+            positions = range(position, position + 1)
             self._committed()
-            return [
-                StoredEvent(
-                    position,
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[4],
-                    row[5],
-                    json_loads(row[6]),
-                    events[0].metadata,
-                    recorded_at,
-                )
-            ]
         else:
             with self._write_lock:
                 positions = self._insert(conn, rows, processed, _TOP_LEVEL)
