@@ -801,8 +801,9 @@ class AdvisoryLease(Lease):
         except psycopg.Error as exc:
             self._drop()
             raise _translate_error(self._store_name, f"taking the {self.name} lease", exc) from exc
-        self._locked = self._locked or bool(row and row[0])
-        return bool(row and row[0])
+        taken = bool(row and row[0])
+        self._locked = self._locked or taken
+        return taken
 
     def _options(self) -> str:
         """The URL's ``options`` (e.g. a ``search_path``) and :data:`LEASE_SESSION`'s settings."""
