@@ -13,6 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from eventlab import Settings, Shop
+from eventlab.resilience import wait_until
+from eventlab.services import inventory
+from eventlab.services.runtime import load
 
 _ids = itertools.count(1)
 
@@ -77,6 +80,10 @@ def make_product(shop):
     def make(stock: int, price_cents: int = 1000) -> str:
         product_id = unique("P")
         shop.create_product(product_id, f"Product {product_id}", price_cents, stock)
+        # create_product waits for Order's copy only: Inventory hears of the product on another topic, and
+        # an order it sees first is refused for lack of stock (a cancelled order where a test wants stock)
+        if stock:
+            wait_until(lambda: load(shop.store, ("stock", product_id), inventory.evolve_stock).state, 30)
         return product_id
 
     return make
