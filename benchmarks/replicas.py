@@ -219,7 +219,7 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         result["start_s"] = round(time.monotonic() - started, 1)
         stores = open_stores(settings)
         store = stores.of("order")  # the orders' events, and the store whose relay is killed
-        order_settings = settings.with_store(settings.store_url_of("order"))
+        order_settings = settings.store_of("order")
         users = [f"U{i:02d}" for i in range(10)]
         products = [f"P{i:02d}" for i in range(20)]
         for user in users:

@@ -123,7 +123,7 @@ def refuse_earlier_runs(settings: Settings) -> None:
     (e.g. on PostgreSQL) loses nothing and adds to them, as with ``--data-dir``."""
     inside, outside = False, {}
     for service in SERVICE_PORTS:
-        own = settings.with_store(settings.store_url_of(service))
+        own = settings.store_of(service)
         if own.store_backend == "sqlite" and own.store_path.resolve().is_relative_to(settings.data_dir.resolve()):
             inside = True
         elif own.store_backend != "memory":

@@ -351,15 +351,16 @@ class Settings:
         """The store ``service`` writes to: its own (``EVENTLAB_<SERVICE>_STORE_URL``), else :attr:`store_url`."""
         return self.service_store_urls.get(service, self.store_url)
 
-    def with_store(self, url: str) -> Settings:
-        """A copy whose one store, for every service, is ``url`` (:func:`eventlab.store.open_store` opens it).
+    def store_of(self, service: str) -> Settings:
+        """A copy whose one store, for every service, is the one ``service`` writes to
+        (:func:`eventlab.store.open_store` opens it).
 
         Example:
             >>> split = Settings(data_dir=Path("/tmp/shop"), service_store_urls={"order": "/tmp/order.db"})
-            >>> split.with_store(split.store_url_of("order")).store_path
-            PosixPath('/tmp/order.db')
+            >>> split.store_of("order").store_path, split.store_of("user").store_path
+            (PosixPath('/tmp/order.db'), PosixPath('/tmp/shop/events.db'))
         """
-        return replace(self, store_url=url, service_store_urls={})
+        return replace(self, store_url=self.store_url_of(service), service_store_urls={})
 
     @property
     def embedded(self) -> bool:

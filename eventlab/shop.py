@@ -166,7 +166,7 @@ def _check_own_store(
     if not _holds(own, service, types) and _holds(shared, service, types):
         variable, shown = (
             service_store_variable(service),
-            settings.with_store(settings.store_url_of(service)).store_shown,
+            settings.store_of(service).store_shown,
         )
         raise StoreError(
             f"{service} has a store of its own ({variable}: {shown}) that holds nothing of it, but the shared"

@@ -191,7 +191,7 @@ def _open_stores(name: str, settings: Settings, consumes: bool) -> ShopStores:
     order service's ``GET /orders/{id}`` shows the saga's events from every store."""
     if name == RELAY_CONSUMER or consumes:
         return open_stores(settings)
-    return ShopStores.one(open_store(settings.with_store(settings.store_url_of(name))))
+    return ShopStores.one(open_store(settings.store_of(name)))
 
 
 def _check_stores(name: str, settings: Settings, services: Mapping[str, Service]) -> None:
@@ -592,10 +592,7 @@ def _store_lines(settings: Settings) -> list[str]:
     """Which store each service writes to (passwords hidden), when they do not all share one."""
     if not settings.service_store_urls:
         return []
-    return [
-        f"{service:<15} store {settings.with_store(settings.store_url_of(service)).store_shown}"
-        for service in SERVICE_NAMES
-    ]
+    return [f"{service:<15} store {settings.store_of(service).store_shown}" for service in SERVICE_NAMES]
 
 
 def supervise(

@@ -93,9 +93,9 @@ def test_the_containers_reach_the_compose_kafka_and_postgres_and_the_host_reache
         # PostgreSQL: the compose server, with its user, password and database, a schema per service
         postgres = SERVICES["postgres"]["environment"]
         assert set(settings.service_store_urls) == set(SERVICE_PORTS) and not settings.store_url
-        for url in settings.service_store_urls.values():
+        for service, url in settings.service_store_urls.items():
             store = urlsplit(url)
-            assert settings.with_store(url).store_backend == "postgresql"
+            assert settings.store_of(service).store_backend == "postgresql"
             assert (store.hostname, store.port, store.username, store.password, store.path) == (
                 "postgres",
                 5432,

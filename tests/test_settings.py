@@ -108,7 +108,7 @@ def test_a_service_given_a_store_of_its_own_writes_there_and_the_others_share_th
 
     assert settings.store_url_of("order") == str(tmp_path / "order.db")
     assert settings.store_url_of("user") == ""
-    assert settings.with_store(settings.store_url_of("order")).store_path == tmp_path / "order.db"
+    assert settings.store_of("order").store_path == tmp_path / "order.db"
     assert "secret" not in repr(settings)
     assert Settings.from_env(settings.environ()) == settings  # a child process sees the same split
 

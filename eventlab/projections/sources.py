@@ -109,15 +109,14 @@ def store_locations(settings: Settings) -> list[Path | PostgresUrl]:
     """
     found: dict[str, Path | PostgresUrl] = {}
     for service in SERVICE_PORTS:
-        url = settings.store_url_of(service)
-        own = settings.with_store(url)
+        own = settings.store_of(service)
         if own.store_backend == "memory":
             named = service_store_variable(service) if service in settings.service_store_urls else "EVENTLAB_STORE_URL"
             raise ProjectionError(
                 f"{named} is memory://, a store in one process's memory: give --store with a SQLite file "
                 "or a postgresql:// URL"
             )
-        location = PostgresUrl(url) if own.store_backend == "postgresql" else own.store_path
+        location = PostgresUrl(own.store_url) if own.store_backend == "postgresql" else own.store_path
         found.setdefault(store_identity(own), location)
     try:
         check_stores_named(settings)

@@ -125,7 +125,7 @@ def open_stores(
     by_service: dict[str, EventStore] = {}
     try:
         for service in SERVICE_PORTS:
-            own = settings.with_store(settings.store_url_of(service))
+            own = settings.store_of(service)
             identity = store_identity(own)
             if identity not in opened:
                 store = open_store(own, create=create) if opener is None else opener(own)

@@ -337,7 +337,7 @@ def _trace(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     try:
         check_stores_named(settings, ["order"])
-        store = open_store(settings.with_store(settings.store_url_of("order")), create=False)  # the order's stream
+        store = open_store(settings.store_of("order"), create=False)  # the order's stream
         try:
             spans = read_spans(settings.data_dir, order_trace_id(store, args.order_id))
         finally:
