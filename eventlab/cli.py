@@ -305,7 +305,7 @@ def _up(args: argparse.Namespace) -> int:
         shop.start()  # a port taken since the check above is the same PortInUse, the shop stopped
         print(f"eventlab: {shop!r}", flush=True)
         for name in SERVICE_NAMES:
-            print(f"  {name:<13} http://127.0.0.1:{settings.port(name)}", flush=True)
+            print(f"  {name:<13} {settings.url(name)}", flush=True)
         stop_on_signals().wait()
     finally:
         shop.stop()

@@ -376,6 +376,19 @@ class Settings:
         """
         return SERVICE_PORTS[service] + self.http_port_offset + REPLICA_PORT_STEP * replica
 
+    def url(self, service: str, replica: int = 0) -> str:
+        """Where ``service``'s HTTP API answers on this machine: on :attr:`http_host`, or on
+        ``127.0.0.1`` when that is the wildcard ``0.0.0.0`` (which binds every address).
+
+        Example:
+            >>> Settings().url("order"), Settings(http_host="0.0.0.0").url("order", replica=1)
+            ('http://127.0.0.1:8083', 'http://127.0.0.1:8183')
+            >>> Settings(http_host="10.0.0.5", http_port_offset=1000).url("user")
+            'http://10.0.0.5:9081'
+        """
+        host = "127.0.0.1" if self.http_host == "0.0.0.0" else self.http_host
+        return f"http://{host}:{self.port(service, replica)}"
+
     def with_bootstrap(self, bootstrap_servers: str) -> Settings:
         """A copy pointing at ``bootstrap_servers``."""
         return replace(self, bootstrap_servers=bootstrap_servers)

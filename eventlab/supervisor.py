@@ -396,10 +396,13 @@ class Supervisor:
         with self._lock:
             return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
 
-    def ports(self) -> dict[str, int | None]:
-        """Process name (``inventory``, ``inventory.1``, ...) -> its HTTP port (None for the relay)."""
+    def urls(self) -> dict[str, str]:
+        """Process name (``inventory``, ``inventory.1``, ...) -> where its HTTP API answers ("" for the relay)."""
         with self._lock:
-            return {name: child.port for name, child in self._children.items()}
+            return {
+                name: self.settings.url(child.service, child.replica) if child.port is not None else ""
+                for name, child in self._children.items()
+            }
 
     def standby_pids(self) -> dict[str, int]:
         """Process name -> the pid of its warm standby, where one is ready."""
@@ -615,9 +618,8 @@ def supervise(
     print(f"eventlab: broker {settings.bootstrap_servers}, store {settings.store_shown}", flush=True)
     for line in _store_lines(settings):
         print(f"  {line}", flush=True)
-    for name, port in supervisor.ports().items():
-        where = f"http://127.0.0.1:{port}" if port is not None else ""
-        print(f"  {name:<15} pid {pids[name]:<7} {where}".rstrip(), flush=True)
+    for name, url in supervisor.urls().items():
+        print(f"  {name:<15} pid {pids[name]:<7} {url}".rstrip(), flush=True)
     try:
         supervisor.run(stop)
     finally:

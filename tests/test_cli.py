@@ -3,18 +3,35 @@ line on stderr and exit status 2, before anything starts; a closed output pipe e
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 
 import pytest
 from conftest import free_port_offset
 
 import eventlab.cli
 from eventlab.cli import BROKEN_PIPE, main
-from eventlab.settings import ensure_ports_free
+from eventlab.resilience import wait_until
+from eventlab.services import SERVICE_NAMES
+from eventlab.settings import Settings, ensure_ports_free
+
+
+def health(url: str) -> dict | None:
+    """The /health answer at ``url`` (a 503 while it joins is an answer too), None while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return json.loads(refused.read())
+    except (urllib.error.URLError, ConnectionError):
+        return None
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -188,6 +205,36 @@ def test_an_address_the_services_cannot_bind_is_one_line_naming_the_variable(mod
     assert result.stderr.startswith(f"eventlab: error: EVENTLAB_HTTP_HOST: cannot bind {host}: ")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", [[], ["--processes"]])
+def test_the_links_it_prints_are_on_the_address_the_services_bind(mode, tmp_path):
+    # given: the services bind 127.0.0.2 only (a loopback address, but not 127.0.0.1)
+    offset = free_port_offset()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", *mode, "--data-dir", str(tmp_path)],
+        env=user_env(EVENTLAB_HTTP_HOST="127.0.0.2", EVENTLAB_HTTP_PORT_OFFSET=str(offset)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # when: it has printed a link for every service
+        links: dict[str, str] = {}
+        for line in up.stdout or ():
+            name, *_, last = line.split() or [""]
+            if name in SERVICE_NAMES and last.startswith("http://"):
+                links[name] = last
+            if len(links) == len(SERVICE_NAMES):
+                break
+        # then: each is on that address, and the order service answers there
+        assert links == {name: f"http://127.0.0.2:{Settings().port(name) + offset}" for name in SERVICE_NAMES}
+        assert wait_until(lambda: health(links["order"]), timeout=60)["service"] == "order"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=60)
+    assert up.returncode == 0
 
 
 @pytest.mark.integration

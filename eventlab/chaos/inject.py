@@ -51,11 +51,12 @@ _RETRYABLE = (ConnectionError, TimeoutError, http.client.RemoteDisconnected, htt
 Headers = list[tuple[str, bytes]]
 
 
-def http_json(port: int, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """One JSON request to a service on localhost; (status, decoded body). Connection errors raise."""
+def http_json(base: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """One JSON request to the service at ``base`` (``http://host:port``); (status, decoded body).
+    Connection errors raise."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -72,7 +73,7 @@ def http_json(port: int, method: str, path: str, body: Any = None, timeout: floa
         raise
 
 
-def place_order(port: int, order: Mapping[str, Any], deadline: float) -> tuple[str | None, str]:
+def place_order(base: str, order: Mapping[str, Any], deadline: float) -> tuple[str | None, str]:
     """POST one order, retrying while the order service is down or answers 503, until ``deadline``.
 
     Returns (order id, "") for a 202, else (None, why). Only a 202 makes an order *placed*: a
@@ -81,7 +82,7 @@ def place_order(port: int, order: Mapping[str, Any], deadline: float) -> tuple[s
     pause = 0.05
     while True:
         try:
-            status, body = http_json(port, "POST", "/orders", dict(order))
+            status, body = http_json(base, "POST", "/orders", dict(order))
         except _RETRYABLE as exc:
             why = f"{type(exc).__name__}: {exc}"
         else:

@@ -116,9 +116,6 @@ class _Shop:
         self.created: set[str] = set()
         self.ended: set[str] = set()
 
-    def port(self, name: str) -> int:
-        return self.settings.port(name)
-
     def collect(self) -> None:
         """Follow the store: which orders exist and which have ended."""
         for record in self.store.read_records(after=self.seen):
@@ -145,7 +142,7 @@ class _Shop:
     def _wait_answers(self, name: str, within: float, timeout: float, progress: _Progress) -> None:
         def answers() -> bool:
             try:
-                if http_json(self.port(name), "GET", "/health", timeout=2)[0] in (200, 503):
+                if http_json(self.settings.url(name), "GET", "/health", timeout=2)[0] in (200, 503):
                     return True
             except OSError:  # not listening yet
                 pass
@@ -157,7 +154,7 @@ class _Shop:
             within,
             interval=0.2,
             timeout_error=lambda _: ChaosError(
-                f"the {name} service did not answer on port {self.port(name)} in {timeout} s"
+                f"the {name} service did not answer at {self.settings.url(name)} in {timeout} s"
             ),
         )
 
@@ -193,7 +190,7 @@ class _Shop:
         return [row["user_id"] for row in users], [row["product_id"] for row in products]
 
     def _create(self, service: str, path: str, body: dict[str, Any]) -> None:
-        status, answer = http_json(self.port(service), "POST", path, body)
+        status, answer = http_json(self.settings.url(service), "POST", path, body)
         if status not in (201, 409):
             raise ChaosError(f"POST {path} on {service}: HTTP {status} {answer}")
 
@@ -249,7 +246,9 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
         shop = _Shop(supervisor)
         shop.wait_healthy(90, progress)
         users, products = shop.seed(3 * config.orders + 10, 90, progress)
-        warmup, why = place_order(shop.port("order"), _order(rngs["orders"], users, products), time.monotonic() + 30)
+        warmup, why = place_order(
+            shop.settings.url("order"), _order(rngs["orders"], users, products), time.monotonic() + 30
+        )
         if warmup is None:
             raise ChaosError(f"the warm-up order was not accepted: {why}")
         observed.warmup.append(warmup)
@@ -339,7 +338,7 @@ def _inject(
         for at, action in timeline:
             time.sleep(max(0.0, started + at - time.monotonic()))
             if action == "order":
-                futures.append(pool.submit(place_order, shop.port("order"), orders[len(futures)], deadline))
+                futures.append(pool.submit(place_order, shop.settings.url("order"), orders[len(futures)], deadline))
             elif action == "kill":
                 _kill(shop.supervisor, rngs["kills"], deck, observed, progress)
             elif action == "pause":
