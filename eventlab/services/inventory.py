@@ -15,7 +15,7 @@ heard before any reservation (the ``OrderCreated`` was dead-lettered or is late)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, Self
 
 from eventlab.events import (
@@ -65,17 +65,19 @@ class Stock(_StockFields):
 
     __slots__ = ()
 
-    def __new__(cls, available: int = 0, reserved: int = 0, sold: int = 0, held: Mapping[str, int] | None = None) -> Self:
+    def __new__(
+        cls, available: int = 0, reserved: int = 0, sold: int = 0, held: Mapping[str, int] | None = None
+    ) -> Self:
         return _new(cls, (available, reserved, sold, {} if held is None else held))
 
     def __repr__(self) -> str:
         return f"Stock(available={self[0]!r}, reserved={self[1]!r}, sold={self[2]!r})"
 
     def __eq__(self, other: object) -> bool:
-        return self[:3] == other[:3] if type(other) is Stock else NotImplemented
+        return type(other) is Stock and self[:3] == other[:3]  # never equal to a plain tuple, as a dataclass
 
     def __ne__(self, other: object) -> bool:
-        return self[:3] != other[:3] if type(other) is Stock else NotImplemented
+        return type(other) is not Stock or self[:3] != other[:3]
 
     def __hash__(self) -> int:
         return hash(self[:3])
@@ -96,7 +98,7 @@ def _settled(held: Mapping[str, int], order_id: str) -> Mapping[str, int]:
 
 
 def evolve_stock(state: Stock | None, event: Event) -> Stock:
-    s = state or Stock()
+    s = state or _new(Stock, (0, 0, 0, {}))  # Stock() by the cheap path
     match event:
         case StockAdded():
             return _new(Stock, (s.available + event.quantity, s.reserved, s.sold, s.held))
