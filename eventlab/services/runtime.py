@@ -146,10 +146,10 @@ def load_many(
     """
     known = known or {}
     starts = {key: known.get(key) for key in keys}
-    new = store.read_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
+    tails = store.iter_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
     streams: dict[StreamKey, Stream[object]] = {}
-    for key, stream in starts.items():
-        version, events = new[key]
+    for key, (version, events) in tails:  # folded as read: one stream's events alive at a time
+        stream = starts[key]
         streams[key] = Stream(
             key, functools.reduce(evolvers[key[0]], events, stream.state if stream else None), version
         )

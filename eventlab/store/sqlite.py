@@ -47,6 +47,7 @@ from eventlab.store.base import (
     events_from_json,
     from_stored_time,
     headers_to_json,
+    iter_tails_from_json,
     json_loads,
     tails_from_json,
 )
@@ -791,6 +792,14 @@ class SqliteEventStore(EventStore):
         """See :meth:`EventStore.read_streams_events`: the data validated straight from its JSON, every row of
         every stream in one pass."""
         return tails_from_json(self._rows_of_streams(after_versions, "event_type, data"), after_versions)
+
+    @_translated
+    def iter_streams_events(
+        self, after_versions: Mapping[tuple[str, str], int]
+    ) -> Iterator[tuple[tuple[str, str], StreamTail]]:
+        """See :meth:`EventStore.iter_streams_events`: the rows are read by the call, each stream's decoded
+        when it is reached."""
+        return iter_tails_from_json(self._rows_of_streams(after_versions, "event_type, data"), after_versions)
 
     def _rows_of_streams(self, after_versions: Mapping[tuple[str, str], int], columns: str) -> list[_Row]:
         """(place, version, ``columns``) of each stream's events after its version, the place being the
