@@ -172,6 +172,22 @@ def test_stock_folds_through_reserve_release_and_sell():
     assert fold(inventory.evolve_stock, events) == inventory.Stock(available=8, reserved=0, sold=2)
 
 
+def test_a_stock_state_is_immutable_and_compares_by_its_units_only():
+    # given a stock folded from a reservation, and one with the same units held by nobody
+    reserved = fold(inventory.evolve_stock, [StockReserved(product_id="P001", order_id="O-1", quantity=3)])
+    same_units = inventory.Stock(available=-3, reserved=3)
+    # then a field cannot be assigned, and neither state changed while folding on
+    with pytest.raises(AttributeError):
+        reserved.available = 0  # type: ignore[misc]
+    later = inventory.evolve_stock(reserved, StockSold(product_id="P001", order_id="O-1", quantity=3))
+    assert reserved.held == {"O-1": 3} and later.held == {} and later == inventory.Stock(-3, 0, 3)
+    # and equality, hashing and repr leave the held units out, as the dataclass it was did; no order
+    assert reserved == same_units and hash(reserved) == hash(same_units) and reserved != (-3, 3, 0, {"O-1": 3})
+    assert repr(reserved) == "Stock(available=-3, reserved=3, sold=0)"
+    with pytest.raises(TypeError):
+        _ = reserved < same_units
+
+
 def test_a_cancelled_order_releases_what_was_reserved():
     cancelled = OrderCancelled(
         order_id="O-1", user_id="U001", reason="payment_failed", detail="card declined", lines=LINES

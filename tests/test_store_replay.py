@@ -71,6 +71,10 @@ def test_several_streams_are_read_for_a_fold_at_once(store):
         ("stock", "P1"): (2, []),
         ("stock", "P2"): (1, [added("P2", 5)]),
     }
+    # and read one stream at a time (as load_many folds them), the same tails come in the order asked
+    assert list(store.iter_streams_events(wanted)) == list(found.items())
+    backwards = dict(reversed(wanted.items()))
+    assert list(store.iter_streams_events(backwards)) == [(key, found[key]) for key in backwards]
 
 
 def test_load_many_folds_each_stream_as_load_does_continuing_from_what_is_known(store):

@@ -15,8 +15,8 @@ heard before any reservation (the ``OrderCreated`` was dead-lettered or is late)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Self
 
 from eventlab.events import (
     Event,
@@ -37,14 +37,55 @@ from eventlab.services.runtime import Service, States, StreamKey, state_of
 __all__ = ["SERVICE", "Reservation", "Stock", "decide", "evolve_reservation", "evolve_stock"]
 
 
-@dataclass(frozen=True, slots=True)
-class Stock:
-    """Units of one product; ``held``: units reserved per order not yet released or sold."""
+class _StockFields(NamedTuple):
+    available: int
+    reserved: int
+    sold: int
+    held: Mapping[str, int]
 
-    available: int = 0
-    reserved: int = 0
-    sold: int = 0
-    held: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+#: Makes a :class:`Stock` from its four fields in one C call: the fold makes one per event (``Stock(...)``
+#: costs a Python call more, a frozen dataclass four ``object.__setattr__`` calls more, 0.5 µs in all).
+_new = tuple.__new__
+
+
+class Stock(_StockFields):
+    """Units of one product; ``held``: units reserved per order not yet released or sold.
+
+    Immutable (assigning a field raises ``AttributeError``) and a tuple underneath, so a fold builds
+    one per event for a quarter of a frozen dataclass's cost. Behaves as one would: equality and
+    hashing compare (available, reserved, sold) of two ``Stock`` only, ``repr`` leaves ``held`` out,
+    ordering is refused; new values come from ``_replace``.
+
+    Example:
+        >>> stock = Stock(available=3, held={"O1": 2})
+        >>> stock, stock == Stock(3), stock._replace(sold=1)
+        (Stock(available=3, reserved=0, sold=0), True, Stock(available=3, reserved=0, sold=1))
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, available: int = 0, reserved: int = 0, sold: int = 0, held: Mapping[str, int] | None = None
+    ) -> Self:
+        return _new(cls, (available, reserved, sold, {} if held is None else held))
+
+    def __repr__(self) -> str:
+        return f"Stock(available={self[0]!r}, reserved={self[1]!r}, sold={self[2]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Stock and self[:3] == other[:3]  # never equal to a plain tuple, as a dataclass
+
+    def __ne__(self, other: object) -> bool:
+        return type(other) is not Stock or self[:3] != other[:3]
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
+
+    def __lt__(self, other: object) -> bool:  # no order, as a dataclass: not the tuple's, which compares ``held``
+        return NotImplemented
+
+    __le__ = __gt__ = __ge__ = __lt__
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +98,19 @@ def _settled(held: Mapping[str, int], order_id: str) -> Mapping[str, int]:
 
 
 def evolve_stock(state: Stock | None, event: Event) -> Stock:
-    s = state or Stock()
+    s = state or _new(Stock, (0, 0, 0, {}))  # Stock() by the cheap path
     match event:
         case StockAdded():
-            return Stock(s.available + event.quantity, s.reserved, s.sold, s.held)
+            return _new(Stock, (s.available + event.quantity, s.reserved, s.sold, s.held))
         case StockReserved():
             held: Mapping[str, int] = {**s.held, event.order_id: s.held.get(event.order_id, 0) + event.quantity}
-            return Stock(s.available - event.quantity, s.reserved + event.quantity, s.sold, held)
+            return _new(Stock, (s.available - event.quantity, s.reserved + event.quantity, s.sold, held))
         case StockReleased():
             held = _settled(s.held, event.order_id)
-            return Stock(s.available + event.quantity, s.reserved - event.quantity, s.sold, held)
+            return _new(Stock, (s.available + event.quantity, s.reserved - event.quantity, s.sold, held))
         case StockSold():
             held = _settled(s.held, event.order_id)
-            return Stock(s.available, s.reserved - event.quantity, s.sold + event.quantity, held)
+            return _new(Stock, (s.available, s.reserved - event.quantity, s.sold + event.quantity, held))
     return s
 
 

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from eventlab.errors import ConcurrencyError
 from eventlab.events import Event
@@ -49,9 +49,11 @@ Evolve = Callable[[Any, Event], object]
 States = Mapping[StreamKey, object]
 
 
-@dataclass(frozen=True, slots=True)
-class Stream(Generic[S]):
-    """A stream's current state (its events folded with ``evolve``; None before any) and version."""
+class Stream(NamedTuple, Generic[S]):
+    """A stream's current state (its events folded with ``evolve``; None before any) and version.
+
+    Immutable; a named tuple rather than a frozen dataclass, since a load makes one per stream read
+    and a tuple costs half as much to make (0.2 µs of a ~16 µs aggregate replay)."""
 
     key: StreamKey
     state: S | None
@@ -144,10 +146,10 @@ def load_many(
     """
     known = known or {}
     starts = {key: known.get(key) for key in keys}
-    new = store.read_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
+    tails = store.iter_streams_events({key: stream.version if stream else 0 for key, stream in starts.items()})
     streams: dict[StreamKey, Stream[object]] = {}
-    for key, stream in starts.items():
-        version, events = new[key]
+    for key, (version, events) in tails:  # folded as read: one stream's events alive at a time
+        stream = starts[key]
         streams[key] = Stream(
             key, functools.reduce(evolvers[key[0]], events, stream.state if stream else None), version
         )

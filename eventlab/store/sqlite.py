@@ -47,6 +47,7 @@ from eventlab.store.base import (
     events_from_json,
     from_stored_time,
     headers_to_json,
+    iter_tails_from_json,
     json_loads,
     tails_from_json,
 )
@@ -762,15 +763,22 @@ class SqliteEventStore(EventStore):
         Its errors are translated here rather than by :func:`_translated`, whose call through ``*args`` costs
         ~0.2 µs on every aggregate loaded."""
         try:
-            cursor = self._conn().execute(
+            reader: sqlite3.Cursor = getattr(self._local, "reader", None) or self._new_reader()
+            rows = reader.execute(
                 "SELECT version, event_type, data FROM events WHERE aggregate_type = ? AND aggregate_id = ?"
                 " AND version > ? ORDER BY version",
                 (aggregate_type, aggregate_id, after_version),
-            )
-            rows = cursor.fetchall()
+            ).fetchall()
         except sqlite3.Error as exc:
             raise _translate_error(self.path, "read_stream_events", exc) from exc
         return events_from_json(rows, after_version)
+
+    def _new_reader(self) -> sqlite3.Cursor:
+        """This thread's cursor for :meth:`read_stream_events`, kept for the next read (``execute`` on the
+        connection makes a new cursor every time: 0.3 µs of a ~16 µs load)."""
+        reader: sqlite3.Cursor = self._conn().cursor()
+        self._local.reader = reader
+        return reader
 
     @_translated
     def read_streams(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], list[StoredEvent]]:
@@ -784,6 +792,14 @@ class SqliteEventStore(EventStore):
         """See :meth:`EventStore.read_streams_events`: the data validated straight from its JSON, every row of
         every stream in one pass."""
         return tails_from_json(self._rows_of_streams(after_versions, "event_type, data"), after_versions)
+
+    @_translated
+    def iter_streams_events(
+        self, after_versions: Mapping[tuple[str, str], int]
+    ) -> Iterator[tuple[tuple[str, str], StreamTail]]:
+        """See :meth:`EventStore.iter_streams_events`: the rows are read by the call, each stream's decoded
+        when it is reached."""
+        return iter_tails_from_json(self._rows_of_streams(after_versions, "event_type, data"), after_versions)
 
     def _rows_of_streams(self, after_versions: Mapping[tuple[str, str], int], columns: str) -> list[_Row]:
         """(place, version, ``columns``) of each stream's events after its version, the place being the
