@@ -200,9 +200,8 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
     ``fetch.wait.max.ms=10``: Tansu answers a fetch at once when it finds data, else looks again after
     half of what is left of the wait, so a message waits ~2-3 ms at 100/s (20 ms: ~7 ms; 5 ms: no
     faster). Never lower: a fetch that finds data lists every batch of the partition from its first
-    and answers empty once the wait is spent, so the consumer stalls for good once a partition holds
-    ~2,000 batches per millisecond of wait (measured: 10 ms stalls beyond ~18k one-record batches,
-    ~0.7 per order in the busiest partitions; DESIGN.md §1).
+    and answers empty once the wait is spent, so a consumer stalls for good once a partition holds
+    ~2,000 batches per millisecond of wait (10 ms: beyond ~18k one-record batches; DESIGN.md §1).
     """
     session = settings.session_timeout_ms
     config = {
