@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from eventlab.errors import BrokerError
 from eventlab.events import ProductCreated, StockAdded
@@ -63,6 +64,40 @@ def test_a_consumer_restarts_from_a_committed_offset_inside_a_batch(settings):
     again = drain(second, 7)
     second.close()
     assert [m.value() for m in again] == [str(i).encode() for i in range(3, 10)]
+
+
+def test_a_consumer_keeps_up_at_the_tail_of_a_partition_of_many_batches(settings):
+    # given a partition holding thousands of batches: Tansu lists every batch of a partition from
+    # the first on each fetch that finds data, and answers empty once fetch.wait.max.ms is spent
+    # listing (about 2,000 batches per millisecond here: fetch.wait.max.ms=1 stalls beyond that)
+    topic = f"quirk-{uuid.uuid4().hex[:8]}"
+    ensure_topics(
+        Settings(data_dir=settings.data_dir, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic]
+    )
+    batches = 6000
+    producer = make_producer(settings, **{"linger.ms": 0, "batch.num.messages": 1})  # one record, one batch
+    for i in range(batches):
+        while True:
+            try:
+                producer.produce(topic, str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    tail = [TopicPartition(topic, 0, batches - 3)]
+    # when a consumer with a wait that short, and one made as the shop makes them, read the tail
+    short = make_consumer(settings, f"quirk-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 1})
+    short.assign(tail)
+    stalled = drain(short, 3, timeout=2)
+    short.close()
+    shop = make_consumer(settings, f"quirk-{uuid.uuid4().hex[:8]}")
+    shop.assign(tail)
+    got = drain(shop, 3)
+    shop.close()
+    # then the short wait receives nothing (the quirk is still there), the shop's wait everything
+    assert stalled == []
+    assert [m.value() for m in got] == [str(i).encode() for i in range(batches - 3, batches)]
 
 
 def test_cloudevents_round_trip_through_the_broker(settings, tmp_path):

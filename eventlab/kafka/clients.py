@@ -197,7 +197,11 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
     broker, where every join also waits about half a session (23 s with librdkafka's default 45 s).
     With ``settings.group_instance`` the member is static (``group.instance.id``): on Apache Kafka a
     restarted process takes its predecessor's partitions at once, without waiting for the session.
-    ``fetch.wait.max.ms=10`` keeps the round trip ~8 ms on Tansu (never below 10: Tansu stalls).
+    ``fetch.wait.max.ms=10``: Tansu answers a fetch at once when it finds data, else looks again after
+    half of what is left of the wait, so a message waits ~2-3 ms at 100/s (20 ms: ~7 ms; 5 ms: no
+    faster). Never lower: a fetch that finds data lists every batch of the partition from its first
+    and answers empty once the wait is spent, so a consumer stalls for good once a partition holds
+    ~2,000 batches per millisecond of wait (10 ms: beyond ~18k one-record batches; DESIGN.md §1).
     """
     session = settings.session_timeout_ms
     config = {
