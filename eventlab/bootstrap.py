@@ -23,6 +23,7 @@ from eventlab.adapters.mailer import MAILBOX, FileMailer
 from eventlab.application import Commands
 from eventlab.http import ServiceHealth, ServiceHttp, service_health
 from eventlab.ids import new_id
+from eventlab.kafka.broker import EmbeddedBroker
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.kafka.relay import IDLE_WAIT, IDLE_WAIT_IN_PROCESS, Relay
 from eventlab.metrics import LatencyHistogram
@@ -88,7 +89,9 @@ class Wiring:
     the deadline sweeper (on the order service's store), a service's health and HTTP server.
     ``commands`` is the shop's command side. ``tracing`` is the shop's
     (:func:`~eventlab.tracing.open_tracing`; None when off), handed to every part that makes spans;
-    whoever made it opens it and shuts it down.
+    whoever made it opens it and shuts it down. ``embedded``: the broker is eventlab's own
+    (:class:`~eventlab.kafka.broker.EmbeddedBroker`, which ``settings`` point at like any other), so
+    each relay warns when a partition nears what it can serve.
     """
 
     settings: Settings
@@ -96,6 +99,7 @@ class Wiring:
     services: Mapping[str, Service]
     id_factory: Callable[[], str] = new_id
     tracing: Tracing | None = None
+    embedded: bool = False
     commands: Commands = field(init=False)
     stores: ShopStores = field(init=False)
     _relay_histograms: list[LatencyHistogram] = field(init=False, default_factory=list)
@@ -141,6 +145,7 @@ class Wiring:
             consumers=consumers,
             idle_wait=idle_wait,
             markers=self.stores.of_each(consumers),
+            partition_warning=EmbeddedBroker.PARTITION_WARNING if self.embedded else None,
         )
         if self._relay_histograms:  # one histogram for every relay of the process (one series)
             relay.publish_seconds = self._relay_histograms[0]

@@ -293,7 +293,8 @@ class Shop:
         self._backoff.clear()
         if self.tracing is not None:
             self.tracing.open()
-        wiring = Wiring(settings, infra.stores, self.services, self._id_factory, self.tracing)
+        embedded = infra.broker is not None
+        wiring = Wiring(settings, infra.stores, self.services, self._id_factory, self.tracing, embedded=embedded)
         self.commands = wiring.commands
         self.relays = wiring.relays(in_process=True)  # every writer is a thread here: commits wake them
         self.relay = next(iter(self.relays.values()))

@@ -87,6 +87,8 @@ _ORPHAN_GRACE = 5.0
 #: Tell a replica its number (0 for the first) and how many replicas its service has.
 _REPLICA = "EVENTLAB_REPLICA"
 _REPLICAS = "EVENTLAB_REPLICAS"
+#: Set when the supervisor runs the embedded broker (the relay then warns as its partitions fill up).
+_EMBEDDED = "EVENTLAB_EMBEDDED_BROKER"
 #: The most processes of one service ``--replicas`` starts (their ports stay 100 apart below the next thousand).
 MAX_REPLICAS = 10
 
@@ -260,7 +262,7 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             ensure_topics(settings)
         if tracing is not None:
             tracing.open()
-        wiring = Wiring(settings, stores, services, tracing=tracing)
+        wiring = Wiring(settings, stores, services, tracing=tracing, embedded=bool(os.environ.get(_EMBEDDED)))
         loop = None if name == RELAY_CONSUMER else wiring.loop(name)
         collector.tune()  # as in the in-process shop: no collection walks the start-up heap
         if os.environ.get(_STANDBY) and not _promoted(stop):
@@ -439,6 +441,9 @@ class Supervisor:
         self.settings = settings
         self._env = {**os.environ, **settings.environ(), _SUPERVISOR_PID: str(os.getpid())}
         self._env.pop(_STANDBY, None)
+        self._env.pop(_EMBEDDED, None)
+        if self._infra.broker is not None:
+            self._env[_EMBEDDED] = "1"
         standby_at = time.monotonic() + self.STANDBY_DELAY if self.standby else None
         with self._lock:
             for name in self.names:

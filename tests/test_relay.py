@@ -1,5 +1,6 @@
 """The outbox relay survives what goes wrong around it: a locked store, a bug in one attempt; and one relay
-publishes per store, a second one standing by until the first stops."""
+publishes per store, a second one standing by until the first stops. On the embedded broker it warns before a
+partition grows too large for that broker."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from eventlab.adapters import SimulatedGateway
+from eventlab.bootstrap import Wiring, build_services
 from eventlab.events import StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from eventlab.kafka.relay import Relay
@@ -256,3 +259,83 @@ def test_asking_the_position_from_another_thread_never_decides_where_the_relay_g
     assert relay.publish_pending() == 1
     assert published_ids(settings, StockAdded.topic, {event.event_id}) == {event.event_id}
     store.close()
+
+
+@pytest.fixture
+def one_partition(tmp_path):
+    """A fresh embedded broker whose topic ``inventory.stock.added`` has one partition: offsets count from 0."""
+    with EmbeddedBroker(tmp_path / "broker") as broker:
+        settings = Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers, partitions=1)
+        ensure_topics(settings, [StockAdded.topic])
+        yield settings
+
+
+def relay_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "eventlab.kafka.relay" and r.levelno == logging.WARNING]
+
+
+def test_a_relay_warns_once_when_a_partition_of_the_embedded_broker_passes_the_warning_level(
+    one_partition, tmp_path, caplog
+):
+    # given a relay told the broker's partitions struggle past 20 messages (the embedded broker's level, lowered)
+    store = SqliteEventStore(tmp_path / "events.db")
+    relay = Relay(store, one_partition, partition_warning=20)
+    caplog.set_level(logging.WARNING, logger="eventlab.kafka.relay")
+    try:
+        # when it publishes 15 events into the partition: below the level, nothing to say
+        stock(store, "P-guard", range(1, 16))
+        assert relay.publish_pending() == 15
+        assert relay_warnings(caplog) == []
+        assert relay.health()["problems"] == []
+
+        # when it publishes past the level, then on
+        stock(store, "P-guard", range(16, 26))
+        relay.publish_pending()
+        stock(store, "P-guard", range(26, 36))
+        relay.publish_pending()
+    finally:
+        relay.close()
+        store.close()
+
+    # then it warned exactly once, naming the partition and what to do, and its health keeps saying so
+    partition = f"{StockAdded.topic}-0"
+    (warning,) = relay_warnings(caplog)
+    assert f"partition {partition} holds 25 messages" in warning
+    assert "restart the shop" in warning and "EVENTLAB_BOOTSTRAP_SERVERS" in warning
+    (problem,) = relay.health()["problems"]
+    assert f"partition {partition} holds 35 messages" in problem
+
+
+def test_a_relay_with_no_partition_warning_says_nothing_however_full_a_partition(one_partition, tmp_path, caplog):
+    # given a relay on a broker without a partition limit (as the wiring makes it for Apache Kafka)
+    store = SqliteEventStore(tmp_path / "events.db")
+    relay = Relay(store, one_partition)
+    caplog.set_level(logging.WARNING, logger="eventlab.kafka.relay")
+    try:
+        # when it publishes many events into one partition
+        stock(store, "P-guard", range(1, 51))
+        assert relay.publish_pending() == 50
+    finally:
+        relay.close()
+        store.close()
+
+    # then nothing is said
+    assert relay_warnings(caplog) == []
+    assert relay.health()["problems"] == []
+
+
+def test_the_wiring_gives_relays_the_partition_warning_only_on_the_embedded_broker(tmp_path):
+    # given a store and the shop's services
+    store = SqliteEventStore(tmp_path / "events.db")
+    settings = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:9092")
+    services = build_services(settings, SimulatedGateway())
+    try:
+        # when relays are wired for the embedded broker, and for another
+        embedded = Wiring(settings, store, services, embedded=True).relay()
+        external = Wiring(settings, store, services).relay()
+    finally:
+        store.close()
+
+    # then only the embedded broker's relay watches its partitions
+    assert embedded.partition_warning == EmbeddedBroker.PARTITION_WARNING
+    assert external.partition_warning is None

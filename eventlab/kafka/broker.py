@@ -20,7 +20,7 @@ from typing import Self
 
 from eventlab.errors import BrokerError
 
-__all__ = ["EmbeddedBroker", "die_with_parent", "free_port"]
+__all__ = ["EmbeddedBroker", "crowded_partition", "die_with_parent", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,20 @@ def _broker_binary() -> str:
         raise BrokerError(f"the embedded broker's binary is missing: {exc}") from exc
 
 
+def crowded_partition(partition: str, messages: int) -> str:
+    """What to tell the user once ``partition`` (``topic-N``) of the embedded broker holds ``messages``.
+
+    Example:
+        >>> crowded_partition("orders-2", 12_000)[:58]
+        "the embedded broker's partition orders-2 holds 12,000 mes"
+    """
+    return (
+        f"the embedded broker's partition {partition} holds {messages:,} messages: each fetch lists it from "
+        f"its start, so delivery slows and stalls near {EmbeddedBroker.STALL_BATCHES:,} batches; restart the "
+        "shop (it loses nothing) or use Apache Kafka (EVENTLAB_BOOTSTRAP_SERVERS)"
+    )
+
+
 class EmbeddedBroker:
     """A Tansu broker on a free localhost port, with its log in ``log_dir``.
 
@@ -77,6 +91,13 @@ class EmbeddedBroker:
     #: session and hands a dead member's partitions on only after a whole one: measured, a killed
     #: consumer's successor got messages after 11 s with 6000 ms, 4 s with 2000 ms, 1.2 s with 1000 ms.
     SESSION_TIMEOUT_MS = 1000
+
+    #: Messages in one partition past which eventlab warns: every fetch that finds data lists the
+    #: partition's batches from offset 0, so a consumer stalls for good near :attr:`STALL_BATCHES`
+    #: (DESIGN.md §1); a message's offset bounds the batches before it, so the warning comes early.
+    PARTITION_WARNING = 12_000
+    #: Batches in one partition at which a consumer with ``fetch.wait.max.ms=10`` stalls (measured: fine at 17.5k).
+    STALL_BATCHES = 18_000
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
         self.log_dir = Path(log_dir)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
@@ -118,6 +118,9 @@ class Deliveries:
         #: ``"<topic>: <error>"`` per failed delivery, and its librdkafka error code.
         self.failed: list[str] = []
         self.failed_codes: list[int] = []
+        #: Each partition delivered to, by (topic, partition): its last acknowledged offset + 1 (how
+        #: many messages it holds, as far as these deliveries tell).
+        self.ends: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -134,10 +137,11 @@ class Deliveries:
     ) -> None:
         """Produce one message; :class:`BrokerError` when the client refuses it (e.g. too large)."""
 
-        def report(error: KafkaError | None, _message: object) -> None:
+        def report(error: KafkaError | None, message: Message) -> None:
             with self._lock:
                 if error is None:
                     self.delivered += 1
+                    self.ends[(topic, message.partition() or 0)] = (message.offset() or 0) + 1
                 else:
                     self.failed.append(f"{topic}: {error.str()}")
                     self.failed_codes.append(error.code())

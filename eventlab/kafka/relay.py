@@ -37,6 +37,7 @@ from confluent_kafka import Producer
 
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
+from eventlab.kafka.broker import crowded_partition
 from eventlab.kafka.clients import STORE_TOPIC, Deliveries, make_producer
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.metrics import relay_histogram
@@ -93,6 +94,7 @@ class Relay:
         consumers: Mapping[str, Iterable[str]] | None = None,
         idle_wait: float = IDLE_WAIT,
         markers: Mapping[str, EventStore] | None = None,
+        partition_warning: int | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -133,6 +135,13 @@ class Relay:
         #: has a store of its own).
         self.markers = markers
         self._caught_up = consumers is None
+        #: Messages in one partition past which the broker struggles (the wiring gives the embedded
+        #: broker's :attr:`~eventlab.kafka.broker.EmbeddedBroker.PARTITION_WARNING`; None: no limit, as
+        #: on Apache Kafka): then the relay warns once and :meth:`problems` says so.
+        self.partition_warning = partition_warning
+        #: Messages in each partition (``topic-N``) this relay published to, as its deliveries last told.
+        self.partition_sizes: dict[str, int] = {}
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
@@ -207,6 +216,8 @@ class Relay:
         self.publish_seconds.observe(time.perf_counter() - started)
         if spans is not None:
             spans.end()
+        if self.partition_warning is not None:
+            self._watch_partitions(out.ends)
         for letter in letters:
             if self._dead_letters.publish(letter):
                 self.dead_lettered += 1
@@ -216,6 +227,29 @@ class Relay:
             self.save_checkpoint()
         self.published += len(events) - len(letters)
         return len(events) - len(letters)
+
+    def _watch_partitions(self, ends: Mapping[tuple[str, int], int]) -> None:
+        """Note each partition's size from a batch's deliveries; warn the first time one passes
+        :attr:`partition_warning` (once per relay: :meth:`problems` keeps saying it)."""
+        sizes = dict(self.partition_sizes)  # a new dict: health reads the old one from another thread
+        for (topic, partition), end in ends.items():
+            sizes[f"{topic}-{partition}"] = end
+        self.partition_sizes = sizes
+        if not self._warned and (crowded := self._crowded()):
+            self._warned = True
+            log.warning("relay: %s", crowded)
+
+    def _crowded(self) -> str | None:
+        """What to tell about the partitions past :attr:`partition_warning` (None: none is)."""
+        level = self.partition_warning
+        if level is None:
+            return None
+        over = {name: size for name, size in self.partition_sizes.items() if size >= level}
+        if not over:
+            return None
+        fullest = max(over, key=over.__getitem__)
+        more = f" ({len(over) - 1} more partitions past {level:,})" if len(over) > 1 else ""
+        return crowded_partition(fullest, over[fullest]) + more
 
     def _record_dead_letter(self, stored: EventRecord, reason: str) -> DeadLetter:
         headers: list[tuple[str, bytes | None]] = [
@@ -344,10 +378,11 @@ class Relay:
         return backoff.died()
 
     def problems(self) -> list[str]:
-        """What keeps the relay from publishing right now (empty when healthy)."""
-        if self.failures:
-            return [f"relay: {self.failures} consecutive failures, the last: {self.last_error}"]
-        return []
+        """What keeps the relay from publishing right now, or soon will (empty when healthy)."""
+        found = [f"relay: {self.failures} consecutive failures, the last: {self.last_error}"] if self.failures else []
+        if crowded := self._crowded():
+            found.append(f"relay: {crowded}")
+        return found
 
     def health(self) -> dict[str, object]:
         """Published so far, still unpublished, consecutive failures, and ``problems`` (empty when healthy)."""
