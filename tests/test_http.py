@@ -10,6 +10,8 @@ import urllib.request
 import pytest
 from conftest import unique
 
+from eventlab.kafka import EmbeddedBroker
+
 pytestmark = pytest.mark.integration
 
 
@@ -116,3 +118,22 @@ def test_fifty_half_sent_requests_do_not_stop_health(shop):
     finally:
         for sock in loris:
             sock.close()
+
+
+def test_health_tells_when_a_partition_of_the_embedded_broker_nears_its_limit(shop):
+    # given the shop on its embedded broker: its relay watches the partitions, and a young shop is healthy
+    assert shop.relay.partition_warning == EmbeddedBroker.PARTITION_WARNING
+    assert call(shop, "order", "GET", "/health")[1]["problems"] == []
+    try:
+        # when a partition holds more than the level (lowered here, so that one event is enough)
+        shop.relay.partition_warning = 1
+        shop.register_user(unique("U"), "Ada", "ada@example.com")
+        shop.wait_idle()
+
+        # then every service's health names the partition and what to do
+        status, body = call(shop, "user", "GET", "/health")
+        assert (status, body["status"]) == (503, "degraded")
+        assert any("embedded broker's partition" in p and "restart the shop" in p for p in body["problems"])
+    finally:
+        shop.relay.partition_warning = EmbeddedBroker.PARTITION_WARNING
+    assert call(shop, "order", "GET", "/health")[1]["problems"] == []
