@@ -151,6 +151,22 @@ def test_a_bad_variable_is_one_line_naming_it_and_exit_status_2(
     assert not (tmp_path / "shop").exists()
 
 
+@pytest.mark.parametrize("command", [["demo", "--orders", "1"], ["up", "--processes"]])
+@pytest.mark.parametrize(("in_the_way", "reason"), [("", "a file of that name is in the way"), ("sub", "Not a directory")])
+def test_a_data_dir_that_is_a_file_is_one_line_naming_it(command, in_the_way, reason, tmp_path, monkeypatch, capsys):
+    # given: a regular file where the data directory (or one of its parents) should be
+    (tmp_path / "shop").write_text("not a directory\n")
+    data_dir = tmp_path / "shop" / in_the_way if in_the_way else tmp_path / "shop"
+    monkeypatch.setenv("EVENTLAB_HTTP_PORT_OFFSET", str(free_port_offset()))
+    # when: a command that writes the store runs there
+    status = main([*command, "--data-dir", str(data_dir)])
+    # then: one line names the directory and why, not a FileExistsError traceback, and the file is untouched
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == f"eventlab: error: cannot create the event store's directory {data_dir}: {reason}\n"
+    assert (tmp_path / "shop").read_text() == "not a directory\n"
+
+
 def test_the_bad_variable_line_is_exactly_what_the_readme_promises(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "eventlab", "demo", "--data-dir", str(tmp_path)],

@@ -435,6 +435,15 @@ def _check_file(path: Path, conn: sqlite3.Connection) -> int:
     return check_schema(path, layout.columns, layout.version, layout.keys)
 
 
+def _make_directory(directory: Path) -> None:
+    """Create the store's directory, or raise StoreError naming it (a file in its place, no permission)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file of that name is in the way" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        raise StoreError(f"cannot create the event store's directory {directory}: {reason}") from exc
+
+
 _stores: weakref.WeakSet[SqliteEventStore] = weakref.WeakSet()
 
 
@@ -506,7 +515,7 @@ class SqliteEventStore(EventStore):
             if not create and not self.path.is_file():
                 raise StoreError(f"no event store at {self.path}")
             if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_directory(self.path.parent)
             self._open(create)
         except BaseException:
             self.close()
