@@ -152,7 +152,9 @@ def test_a_bad_variable_is_one_line_naming_it_and_exit_status_2(
 
 
 @pytest.mark.parametrize("command", [["demo", "--orders", "1"], ["up", "--processes"]])
-@pytest.mark.parametrize(("in_the_way", "reason"), [("", "a file of that name is in the way"), ("sub", "Not a directory")])
+@pytest.mark.parametrize(
+    ("in_the_way", "reason"), [("", "a file of that name is in the way"), ("sub", "Not a directory")]
+)
 def test_a_data_dir_that_is_a_file_is_one_line_naming_it(command, in_the_way, reason, tmp_path, monkeypatch, capsys):
     # given: a regular file where the data directory (or one of its parents) should be
     (tmp_path / "shop").write_text("not a directory\n")
