@@ -280,6 +280,32 @@ def test_columns_choose_and_order_the_columns_in_every_format(store_path, capsys
     assert "no column nope; the columns are: order_id, status, total" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("fmt", "shown"), [([], "00:00:00.06"), (["--json"], '"took": "00:00:00.06"'), (["--csv"], "O1,00:00:00.06")]
+)
+def test_the_time_between_two_steps_of_an_order_is_printed_not_a_traceback(store_path, capsys, fmt, shown):
+    # given a store whose order O1 was created and completed 60 ms apart
+    # when a query subtracts the two times (DuckDB answers an INTERVAL, a type polars cannot import)
+    sql = "SELECT order_id, completed_at - created_at AS took FROM orders WHERE order_id = 'O1'"
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, sql])
+    # then the duration is printed as DuckDB writes it, in every format
+    assert code == 0
+    assert shown in capsys.readouterr().out
+
+
+def test_a_query_of_types_polars_lacks_returns_them_as_text_from_the_api(store_path):
+    # given intervals and unions, alone and inside a list and a struct
+    frame = query(
+        store_path,
+        "SELECT INTERVAL 90 MINUTE AS i, [INTERVAL 1 DAY] AS l, {'took': INTERVAL 2 SECOND, 'n': 1} AS s,"
+        ' union_value(a := 7) AS u, 3 AS "plain ""quoted"""',
+    )
+    # then each such column is DuckDB's text for it, and the others keep their types and names
+    row = frame.row(0, named=True)
+    assert (row["i"], row["u"], row['plain "quoted"']) == ("01:30:00", "7", 3)
+    assert "1 day" in row["l"] and "00:00:02" in row["s"]
+
+
 def test_python_variables_of_the_caller_are_not_tables():
     """DuckDB's Python client reads a DataFrame by its variable name unless told not to."""
     secret_frame = pl.DataFrame({"secret": ["hunter2"]})  # noqa: F841 - read by DuckDB, by name
