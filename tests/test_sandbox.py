@@ -293,6 +293,21 @@ def test_the_time_between_two_steps_of_an_order_is_printed_not_a_traceback(store
     assert shown in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("fmt", [[], ["--json"], ["--csv"], ["--wide"]])
+def test_maps_lists_and_bytes_print_in_every_format(store_path, capsys, monkeypatch, fmt):
+    # given a terminal 120 columns wide
+    monkeypatch.setenv("COLUMNS", "120")
+    # when a query answers a map (what histogram() gives), a fixed-size array and bytes that are not UTF-8
+    sql = "SELECT histogram(status) AS h, [1, 2]::INTEGER[2] AS a, from_base64('/w==') AS b FROM orders"
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, sql])
+    # then they are printed (the table cannot cast them to text to measure them), not a traceback
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "xff" in out.lower()
+    if fmt == ["--json"]:
+        assert json.loads(out)[0]["b"] == "\\xff"
+
+
 def test_a_query_of_types_polars_lacks_returns_them_as_text_from_the_api(store_path):
     # given intervals and unions, alone and inside a list and a struct
     frame = query(

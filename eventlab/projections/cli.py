@@ -254,15 +254,20 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
     shown: list[str] = []
     used = 1  # the table's left border
     for name in frame.columns:
-        values = (
-            frame.select(pl.col(name).cast(pl.String, strict=False).str.len_chars().max()).item() if frame.height else 0
-        )
-        cell = min(max(len(name), int(values or 4)), _CELL) + 3  # padding and the separator
+        cell = min(max(len(name), _widest(frame[name])), _CELL) + 3  # padding and the separator
         if shown and used + cell > width:
             break
         shown.append(name)
         used += cell
     return shown
+
+
+def _widest(column: pl.Series) -> int:
+    """The most characters a value of ``column`` takes as text (4 for no rows); as wide as a cell
+    gets for maps, lists, structs and bytes, which polars does not cast to text."""
+    if column.dtype.is_nested() or column.dtype == pl.Binary:
+        return _CELL
+    return int(column.cast(pl.String, strict=False).str.len_chars().max() or 4)  # type: ignore[arg-type]
 
 
 def _audit(args: argparse.Namespace) -> int:
