@@ -308,6 +308,20 @@ def test_maps_lists_and_bytes_print_in_every_format(store_path, capsys, monkeypa
         assert json.loads(out)[0]["b"] == "\\xff"
 
 
+def test_a_join_that_repeats_a_column_name_answers_with_the_repeat_numbered(store_path, capsys):
+    # given orders and their lines, which both have an order_id
+    sql = "SELECT * FROM orders o JOIN order_lines l ON o.order_id = l.order_id WHERE o.order_id = 'O1'"
+    # when a query joins them with SELECT * (two columns named order_id; also a, a, a_1 by hand)
+    frame = query(store_path, sql)
+    # then the second is order_id_1, as DuckDB names it, and both hold the order's id
+    assert frame.columns.count("order_id") == 1 and set(frame["order_id_1"]) == {"O1"}
+    assert set(frame["order_id"]) == {"O1"}
+    assert query(store_path, "SELECT 1 AS a, 2 AS a, 3 AS a_1").row(0, named=True) == {"a": 1, "a_2": 2, "a_1": 3}
+    # and the command line prints it
+    assert main(["query", "--data-dir", str(store_path.parent), "--csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("order_id,")
+
+
 def test_a_query_of_types_polars_lacks_returns_them_as_text_from_the_api(store_path):
     # given intervals and unions, alone and inside a list and a struct
     frame = query(

@@ -190,6 +190,25 @@ def bounded(
     return outcome[0]
 
 
+def _distinct_names(names: Sequence[str]) -> list[str]:
+    """``names`` with each repeat given the first free suffix ``_1``, ``_2``, … (no name given is taken).
+
+    Example:
+        >>> _distinct_names(["order_id", "status", "order_id", "a", "a", "a_1"])
+        ['order_id', 'status', 'order_id_1', 'a', 'a_2', 'a_1']
+    """
+    given, used = set(names), set[str]()
+    found = []
+    for name in names:
+        unique, number = name, 0
+        while unique in used or (unique != name and unique in given):
+            number += 1
+            unique = f"{name}_{number}"
+        used.add(unique)
+        found.append(unique)
+    return found
+
+
 def _interrupt(connections: Sequence[duckdb.DuckDBPyConnection]) -> None:
     for con in connections:
         con.interrupt()
@@ -219,11 +238,14 @@ class Sandbox:
         self.con.execute(sql)
 
     def run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
-        """One read, bounded by ``timeout``; the whole result as an Arrow table."""
+        """One read, bounded by ``timeout``; the whole result as an Arrow table, a repeated column
+        name numbered as DuckDB numbers it (a join's second ``order_id`` is ``order_id_1``): neither
+        DuckDB nor polars reads an Arrow table with two columns of one name."""
         ensure_single_read(self.con, sql)
 
         def work() -> pa.Table:
-            return self.con.execute(sql, params).to_arrow_table()
+            table = self.con.execute(sql, params).to_arrow_table()
+            return table.rename_columns(_distinct_names(table.column_names))
 
         try:
             return bounded([self.con], work, timeout)
