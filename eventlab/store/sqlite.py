@@ -59,6 +59,7 @@ __all__ = [
     "SqliteEventStore",
     "check_schema",
     "open_in_this_process",
+    "read_only_uri",
     "store_tables",
     "verify_event_store",
 ]
@@ -458,13 +459,19 @@ def open_in_this_process(path: str | Path) -> bool:
     return any(store._connections and store.path.resolve() == target for store in list(_stores))
 
 
+def read_only_uri(path: Path) -> str:
+    """A ``file:`` URI that opens ``path`` read-only: its name percent-encoded, since SQLite decodes
+    ``%41`` to ``A`` (another file) and takes a ``?`` or ``#`` in it for the query or fragment."""
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
 def verify_event_store(path: Path) -> int:
     """Raise :class:`StoreError` unless ``path`` is an eventlab store this code can read; return its
     schema version. Opens it read-only, so nothing is written."""
     if not path.is_file():
         raise StoreError(f"no event store at {path}")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             version = _check_file(path, conn)
         finally:
