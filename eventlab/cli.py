@@ -27,7 +27,16 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = ["Command", "build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
+__all__ = [
+    "Command",
+    "build_parser",
+    "directory",
+    "main",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+    "probability",
+]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
@@ -92,6 +101,13 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"not a number above 0: {text!r}")
     return value
+
+
+def directory(text: str) -> Path:
+    """A directory (an argparse ``type``): not empty, which would be the working directory."""
+    if not text.strip():  # "$DIR" of an unset variable: the shop would be written where the command runs
+        raise argparse.ArgumentTypeError("empty: give a directory (or leave the option out for the default)")
+    return Path(text)
 
 
 @dataclass(frozen=True)
@@ -201,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab.tracing import waterfall
 
     common = _Parser(add_help=False)
-    common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
+    common.add_argument("--data-dir", type=directory, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     shop = _shop_options()
     parser = _Parser(
