@@ -18,10 +18,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
-from eventlab.arguments import whole_number
+from eventlab.arguments import directory, whole_number
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
@@ -30,7 +29,6 @@ from eventlab.supervisor import PROCESS_NAMES
 __all__ = [
     "Command",
     "build_parser",
-    "directory",
     "main",
     "non_negative_float",
     "positive_float",
@@ -101,13 +99,6 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"not a number above 0: {text!r}")
     return value
-
-
-def directory(text: str) -> Path:
-    """A directory (an argparse ``type``): not empty, which would be the working directory."""
-    if not text.strip():  # "$DIR" of an unset variable: the shop would be written where the command runs
-        raise argparse.ArgumentTypeError("empty: give a directory (or leave the option out for the default)")
-    return Path(text)
 
 
 @dataclass(frozen=True)

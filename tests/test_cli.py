@@ -74,18 +74,28 @@ def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, c
     assert not (tmp_path / "shop").exists()
 
 
-@pytest.mark.parametrize("command", [["demo", "--orders", "1"], ["audit"], ["dlq", "list"]])
+@pytest.mark.parametrize(
+    ("command", "argument"),
+    [
+        (["demo", "--orders", "1", "--data-dir"], "--data-dir"),
+        (["audit", "--data-dir"], "--data-dir"),
+        (["dlq", "list", "--data-dir"], "--data-dir"),
+        (["export", "--store", "events.db"], "DIR"),
+    ],
+)
 @pytest.mark.parametrize("value", ["", "   "])
-def test_an_empty_data_dir_is_refused_not_the_working_directory(command, value, tmp_path, monkeypatch, capsys):
+def test_an_empty_directory_is_refused_not_the_working_directory(
+    command, argument, value, tmp_path, monkeypatch, capsys
+):
     # given a script whose directory variable came out empty, run in some working directory
     monkeypatch.chdir(tmp_path)
-    # when it passes that as --data-dir
+    # when it passes that as the shop's data directory or the export's
     with pytest.raises(SystemExit) as exit_:
-        main([*command, "--data-dir", value])
+        main([*command, value])
     # then one line says so, as --store '' does, and nothing is written where it runs
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "argument --data-dir: empty: give a directory" in err
+    assert err.count("\n") == 1 and f"argument {argument}: empty: give a directory" in err
     assert not list(tmp_path.iterdir())
 
 

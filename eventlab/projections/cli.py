@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from eventlab.adapters.mailer import MAILBOX
-from eventlab.arguments import LARGEST_INT64, whole_number
+from eventlab.arguments import LARGEST_INT64, directory, whole_number
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -100,7 +100,7 @@ def add_commands(
         "export the event log and the projections to Parquet",
         "Write events.parquet (the store's log as stored) and one <relation>.parquet per projection relation into DIR.",
     )
-    export.add_argument("directory", type=Path, metavar="DIR", help="output directory (created if needed)")
+    export.add_argument("directory", type=directory, metavar="DIR", help="output directory (created if needed)")
     export.add_argument("names", nargs="*", metavar="NAME", help="only these relations (default: all)")
 
     command(
