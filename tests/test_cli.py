@@ -57,7 +57,7 @@ def user_env(**extra: str) -> dict[str, str]:
         (["audit", "--grace", "1e11"], "argument --grace: not a number of seconds from 0 to 1,000,000,000: '1e11'"),
         (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
         (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
-        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
+        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number from 1 to 10000: '0'"),
         (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
         (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
         (["audit", "--store", " "], "argument --store: empty: give a SQLite file or a postgresql:// URL"),
