@@ -243,6 +243,31 @@ def test_ctrl_c_in_the_api_interrupts_duckdb_and_raises_keyboard_interrupt(proje
     assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
 
 
+def test_ctrl_c_while_the_query_thread_starts_still_stops_duckdb(monkeypatch):
+    """A Ctrl-C that lands while ``Thread.start`` waits for the query thread to begin (seen in CI under
+    load: the endless query of the test above ran on, at full CPU, until the process was killed)."""
+    import threading
+
+    from eventlab.projections.sandbox import bounded
+
+    con = sandbox_connection()
+    started = threading.Thread.start
+
+    def start_then_ctrl_c(thread: threading.Thread) -> None:
+        started(thread)
+        raise KeyboardInterrupt
+
+    # given the query thread started, and Ctrl-C raised in the waiting thread before it waits
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        bounded([con], lambda: con.execute(ENDLESS).fetchall(), 60)
+    monkeypatch.undo()
+    # then DuckDB was interrupted before the KeyboardInterrupt went on: no query runs, the connection answers
+    assert not [thread for thread in threading.enumerate() if thread.name == "eventlab-query"]
+    assert con.execute("SELECT 42").fetchone() == (42,)
+    con.close()
+
+
 # -- readable tables ------------------------------------------------------------------------------
 
 

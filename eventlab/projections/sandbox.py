@@ -65,6 +65,8 @@ _SETTINGS = (
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
 #: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
 _TICK = 0.05
+#: Seconds a thread interrupted by Ctrl-C while starting it may take to begin before it is taken as never started.
+_START_WAIT = 1.0
 #: Seconds between two calls of a :func:`bounded` caller's ``cancel`` while the work has not stopped.
 _CANCEL_EVERY = 1.0
 
@@ -172,15 +174,18 @@ def bounded(
             cancelled[0] = time.monotonic()
             cancel()
 
-    worker.start()
     try:
+        worker.start()  # inside: a Ctrl-C while start() waits for the thread must still stop its query
         while not done.wait(_TICK):
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 stop()
     except KeyboardInterrupt:
         log.info("interrupting the query (Ctrl-C)")
+        began = time.monotonic() + _START_WAIT
         while not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
+            if not worker.is_alive() and time.monotonic() > began:
+                break  # the Ctrl-C came before the thread was started: nothing runs
             stop()
         raise
     if timed_out and (failure or not outcome):
