@@ -244,8 +244,8 @@ def test_ctrl_c_in_the_api_interrupts_duckdb_and_raises_keyboard_interrupt(proje
 
 
 def test_ctrl_c_while_the_query_thread_starts_still_stops_duckdb(monkeypatch):
-    """A Ctrl-C that lands while ``Thread.start`` waits for the query thread to begin (seen in CI under
-    load: the endless query of the test above ran on, at full CPU, until the process was killed)."""
+    """A Ctrl-C that lands while ``Thread.start`` waits for the query thread to begin (seen on a loaded
+    machine: the endless query of the test above ran on, at full CPU, until the process was killed)."""
     import threading
 
     from eventlab.projections.sandbox import bounded
