@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["LARGEST_INT64", "whole_number"]
+__all__ = ["LARGEST_INT64", "directory", "whole_number"]
 
 #: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
 LARGEST_INT64 = 2**63 - 1
@@ -32,3 +33,17 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def directory(text: str) -> Path:
+    """A directory (an argparse ``type``): not empty or blank, which would be the working directory.
+
+    >>> directory("/srv/shop")
+    PosixPath('/srv/shop')
+    >>> directory("")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: empty: give a directory (an empty path would be the working directory)
+    """
+    if not text.strip():  # "$DIR" of an unset variable: files would be written where the command runs
+        raise argparse.ArgumentTypeError("empty: give a directory (an empty path would be the working directory)")
+    return Path(text)

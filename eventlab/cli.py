@@ -18,16 +18,23 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
-from eventlab.arguments import whole_number
+from eventlab.arguments import directory, whole_number
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = ["Command", "build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
+__all__ = [
+    "Command",
+    "build_parser",
+    "main",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+    "probability",
+]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     from eventlab.tracing import waterfall
 
     common = _Parser(add_help=False)
-    common.add_argument("--data-dir", type=Path, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
+    common.add_argument("--data-dir", type=directory, metavar="DIR", help="event store directory (EVENTLAB_DATA_DIR)")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     shop = _shop_options()
     parser = _Parser(

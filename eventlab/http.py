@@ -12,7 +12,7 @@ Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": 
 
 | status | when | ``field`` |
 |---|---|---|
-| 400 | body not JSON, nested too deeply, duplicate keys; bad ``Content-Length``; bad request line | ``body``, ``Content-Length``, ``request`` |
+| 400 | body not JSON, nested too deeply, duplicate keys; bad ``Content-Length``; bad request line; a header line not ``Name: value`` | ``body``, ``Content-Length``, ``request``, ``headers`` |
 | 404 | no such route, unknown order | ``path``, ``order_id`` |
 | 405 | a method the route does not take (with ``Allow``) | ``method`` |
 | 408 | a request that started but did not arrive within ``Limits.read_timeout`` | ``null`` |
@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -411,7 +412,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
             self.send_error(505, "HTTP/0.9 is not supported", "send e.g. 'GET /health HTTP/1.1' and headers")
             return False
-        return super().parse_request()
+        if not super().parse_request():
+            return False
+        if malformed := _malformed_header(self.headers):
+            self.close_connection = True
+            self._reply(Reply(400, {"error": malformed, "field": "headers"}))
+            return False
+        return True
 
     def handle_expect_100(self) -> bool:
         return True  # "100 Continue" goes out once the body's length is accepted (see _read_json)
@@ -518,6 +525,22 @@ class _Handler(BaseHTTPRequestHandler):
                 drained += len(chunk)
         except OSError:
             return
+
+
+def _malformed_header(headers: Message) -> str | None:
+    """What is wrong with a header line that is not ``Name: value``, or None.
+
+    ``http.server`` ends the headers at such a line (``NoColon``, ``Content-Length : 5``) and takes
+    the rest for the body, so a ``Content-Length`` after it would be ignored and the body read as
+    the next request; it keeps an obs-fold's line break inside the value. RFC 9112 says reject both.
+    """
+    if headers.defects:
+        line = str(headers.get_payload()).splitlines()[0] if headers.get_payload() else ""
+        return f"malformed header line {line[:60]!r}: expected 'Name: value'"
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value:
+            return f"header {name[:60]!r} is folded over several lines (obs-fold): send it on one line"
+    return None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import eventlab
+from eventlab.arguments import whole_number
 from eventlab.cli import Command
 from eventlab.errors import EventlabError
 from eventlab.kafka.broker import die_with_parent, free_port
@@ -200,7 +201,9 @@ def _lab(args: argparse.Namespace) -> int:
 
 def _options(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--notebooks", type=Path, metavar="DIR", help="the folder to serve (default ./notebooks)")
-    lab.add_argument("--port", type=int, metavar="PORT", help=f"port (default {DEFAULT_PORT}, or a free one)")
+    lab.add_argument(
+        "--port", type=whole_number(1, 65535), metavar="PORT", help=f"port (default {DEFAULT_PORT}, or a free one)"
+    )
     lab.add_argument("--no-browser", action="store_true", help="only print the link (automatic without a display)")
     lab.add_argument(
         "jupyter_options", nargs=argparse.REMAINDER, help="after --: options passed to JupyterLab unchanged"

@@ -221,6 +221,10 @@ def registry_for(collector: ServiceCollector) -> CollectorRegistry:
 
 
 def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
-    """The registry's metrics in the format the scraper asked for (Prometheus text by default)."""
-    encoder, content_type = choose_encoder(accept or "")
+    """The registry's metrics in the format the scraper asked for (Prometheus text by default, also
+    for an ``Accept`` prometheus_client cannot read, such as an OpenMetrics ``version=1.x.0``)."""
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):  # it compares the version's parts as numbers without checking them
+        encoder, content_type = choose_encoder("")
     return encoder(registry), content_type

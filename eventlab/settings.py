@@ -344,7 +344,8 @@ class Settings:
     def store_path(self) -> Path:
         """The SQLite event store file: the one :attr:`store_url` names, else ``events.db`` in the data directory."""
         if self.store_backend == "sqlite" and self.store_url:
-            return Path(self.store_url.removeprefix("sqlite://")).expanduser()
+            _, separator, path = self.store_url.partition("://")  # sqlite:// in any case, as _store_backend reads it
+            return Path(path if separator else self.store_url).expanduser()
         return self.data_dir / "events.db"
 
     def store_url_of(self, service: str) -> str:

@@ -244,6 +244,19 @@ def test_the_command_line_refuses_nonsense():
             parser.parse_args(["chaos", *bad])
 
 
+@pytest.mark.parametrize("option", ["--pause", "--kill-every", "--rate", "--timeout", "--max-gap"])
+@pytest.mark.parametrize("value", ["inf", "1e400"])
+def test_an_endless_time_or_rate_is_refused_in_one_line(option, value, capsys):
+    # when: chaos is told to pause the broker (or wait, or kill) for ever; time.sleep(inf) is an
+    # OverflowError in the pausing thread, after the broker was stopped
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["chaos", option, value])
+    # then: the option is refused before anything starts, naming it
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: must be a finite number" in err
+
+
 # --- a CI-sized run --------------------------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ def user_env(**extra: str) -> dict[str, str]:
         (["audit", "--grace", "1e11"], "argument --grace: not a number of seconds from 0 to 1,000,000,000: '1e11'"),
         (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
         (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
-        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number of at least 1: '0'"),
+        (["trace", "demo-s0-r1-00001", "--width", "0"], "argument --width: not a whole number from 1 to 10000: '0'"),
         (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
         (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
         (["audit", "--store", " "], "argument --store: empty: give a SQLite file or a postgresql:// URL"),
@@ -72,6 +72,31 @@ def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and complaint in err and err.startswith(f"eventlab {argv[0]}: error: ")
     assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "argument"),
+    [
+        (["demo", "--orders", "1", "--data-dir"], "--data-dir"),
+        (["audit", "--data-dir"], "--data-dir"),
+        (["dlq", "list", "--data-dir"], "--data-dir"),
+        (["export", "--store", "events.db"], "DIR"),
+    ],
+)
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_directory_is_refused_not_the_working_directory(
+    command, argument, value, tmp_path, monkeypatch, capsys
+):
+    # given a script whose directory variable came out empty, run in some working directory
+    monkeypatch.chdir(tmp_path)
+    # when it passes that as the shop's data directory or the export's
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, value])
+    # then one line says so, as --store '' does, and nothing is written where it runs
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {argument}: empty: give a directory" in err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -149,6 +174,24 @@ def test_a_bad_variable_is_one_line_naming_it_and_exit_status_2(
     err = capsys.readouterr().err
     assert err.startswith(f"eventlab: error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize("command", [["demo", "--orders", "1"], ["up", "--processes"]])
+@pytest.mark.parametrize(
+    ("in_the_way", "reason"), [("", "a file of that name is in the way"), ("sub", "Not a directory")]
+)
+def test_a_data_dir_that_is_a_file_is_one_line_naming_it(command, in_the_way, reason, tmp_path, monkeypatch, capsys):
+    # given: a regular file where the data directory (or one of its parents) should be
+    (tmp_path / "shop").write_text("not a directory\n")
+    data_dir = tmp_path / "shop" / in_the_way if in_the_way else tmp_path / "shop"
+    monkeypatch.setenv("EVENTLAB_HTTP_PORT_OFFSET", str(free_port_offset()))
+    # when: a command that writes the store runs there
+    status = main([*command, "--data-dir", str(data_dir)])
+    # then: one line names the directory and why, not a FileExistsError traceback, and the file is untouched
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == f"eventlab: error: cannot create the event store's directory {data_dir}: {reason}\n"
+    assert (tmp_path / "shop").read_text() == "not a directory\n"
 
 
 def test_the_bad_variable_line_is_exactly_what_the_readme_promises(tmp_path):

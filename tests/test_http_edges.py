@@ -300,6 +300,32 @@ def test_garbage_gets_a_json_error(serve, request_line, status, field):
     assert (answer.status, answer.json["field"]) == (status, field)
 
 
+SMUGGLED = b"GET /orders/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        b"NoColon",  # not a header at all: http.server's parser took it (and all after it) for the body
+        b"Content-Length : %d" % len(SMUGGLED),  # space before the colon (RFC 9112 5.1: must be a 400)
+        b"X-Folded: a\r\n continued",  # obs-fold (RFC 9112 5.2: reject, or unfold)
+    ],
+)
+def test_a_malformed_header_line_is_a_400_and_what_follows_is_not_another_request(serve, bad_line):
+    # Given a GET whose headers hold a line that is not 'Name: value', then a body that is a second
+    # request (one request to anything that reads the Content-Length, two to a parser that lost it)
+    port = serve("order")
+    length = b"" if bad_line.startswith(b"Content-Length") else b"Content-Length: %d\r\n" % len(SMUGGLED)
+    request = b"GET /health HTTP/1.1\r\nHost: t\r\n" + bad_line + b"\r\n" + length + b"\r\n" + SMUGGLED
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        answer = read_response(sock)
+        # then: one 400 naming the headers, and the connection closes: the body is never answered as a request
+        assert (answer.status, answer.json["field"]) == (400, "headers"), answer.body
+        assert answer.headers["connection"] == "close"
+        assert sock.recv(65536) == b""
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(serve):
     port = serve()
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:

@@ -91,6 +91,17 @@ def test_lab_without_notebooks_is_one_line_and_exit_status_2(tmp_path, monkeypat
     assert "no 01-quickstart.ipynb in" in err and "--notebooks DIR" in err
 
 
+@pytest.mark.parametrize("port", ["70000", "-1", "0"])
+def test_a_port_no_server_can_listen_on_is_one_line_and_exit_status_2(port, capsys):
+    # when: lab is given a port outside 1-65535 (0 would start JupyterLab on a port nobody can reach)
+    with pytest.raises(SystemExit) as exit_:
+        main(["lab", "--port", port])
+    # then: one line names the option, not an OverflowError from bind() nor a wait for a server at :0
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument --port: not a whole number from 1 to 65535: '{port}'" in err
+
+
 def test_the_jupyterlab_command_is_local_tokened_and_offline(tmp_path, monkeypatch):
     # given: root, as in a container or CI
     monkeypatch.setattr(os, "geteuid", lambda: 0)

@@ -7,6 +7,7 @@ the output is checked with prometheus_client's own parsers.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -258,6 +259,20 @@ def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(tmp_path, servers):
     assert status == 200 and content_type.startswith("application/openmetrics-text")
     assert text.endswith("# EOF\n")
     assert "eventlab_healthy" in {family.name for family in parse_openmetrics(text)}
+    store.close()
+
+
+@pytest.mark.parametrize("version", ["1.x.0", "abc"])
+def test_an_accept_header_with_a_garbled_version_gets_the_text_format_not_a_500(tmp_path, servers, caplog, version):
+    # given: a service, and a client whose Accept names OpenMetrics with a version that is no version
+    store = SqliteEventStore(tmp_path / "events.db")
+    port = servers("user", 0, service_health(None, store))
+    # when: it scrapes /metrics
+    status, content_type, text = fetch(port, "/metrics", accept=f"application/openmetrics-text; version={version}")
+    # then: it gets the default format (as for any Accept the server cannot honour), and no bug is logged
+    assert status == 200 and content_type.startswith("text/plain"), (status, text)
+    assert "eventlab_healthy" in {family.name for family in text_string_to_metric_families(text)}
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
     store.close()
 
 

@@ -243,6 +243,31 @@ def test_ctrl_c_in_the_api_interrupts_duckdb_and_raises_keyboard_interrupt(proje
     assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
 
 
+def test_ctrl_c_while_the_query_thread_starts_still_stops_duckdb(monkeypatch):
+    """A Ctrl-C that lands while ``Thread.start`` waits for the query thread to begin (seen on a loaded
+    machine: the endless query of the test above ran on, at full CPU, until the process was killed)."""
+    import threading
+
+    from eventlab.projections.sandbox import bounded
+
+    con = sandbox_connection()
+    started = threading.Thread.start
+
+    def start_then_ctrl_c(thread: threading.Thread) -> None:
+        started(thread)
+        raise KeyboardInterrupt
+
+    # given the query thread started, and Ctrl-C raised in the waiting thread before it waits
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        bounded([con], lambda: con.execute(ENDLESS).fetchall(), 60)
+    monkeypatch.undo()
+    # then DuckDB was interrupted before the KeyboardInterrupt went on: no query runs, the connection answers
+    assert not [thread for thread in threading.enumerate() if thread.name == "eventlab-query"]
+    assert con.execute("SELECT 42").fetchone() == (42,)
+    con.close()
+
+
 # -- readable tables ------------------------------------------------------------------------------
 
 
@@ -278,6 +303,61 @@ def test_columns_choose_and_order_the_columns_in_every_format(store_path, capsys
     ]
     assert main(["query", "--data-dir", data_dir, "--columns", "nope", sql]) == 2
     assert "no column nope; the columns are: order_id, status, total" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shown"), [([], "00:00:00.06"), (["--json"], '"took": "00:00:00.06"'), (["--csv"], "O1,00:00:00.06")]
+)
+def test_the_time_between_two_steps_of_an_order_is_printed_not_a_traceback(store_path, capsys, fmt, shown):
+    # given a store whose order O1 was created and completed 60 ms apart
+    # when a query subtracts the two times (DuckDB answers an INTERVAL, a type polars cannot import)
+    sql = "SELECT order_id, completed_at - created_at AS took FROM orders WHERE order_id = 'O1'"
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, sql])
+    # then the duration is printed as DuckDB writes it, in every format
+    assert code == 0
+    assert shown in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"], ["--csv"], ["--wide"]])
+def test_maps_lists_and_bytes_print_in_every_format(store_path, capsys, monkeypatch, fmt):
+    # given a terminal 120 columns wide
+    monkeypatch.setenv("COLUMNS", "120")
+    # when a query answers a map (what histogram() gives), a fixed-size array and bytes that are not UTF-8
+    sql = "SELECT histogram(status) AS h, [1, 2]::INTEGER[2] AS a, from_base64('/w==') AS b FROM orders"
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, sql])
+    # then they are printed (the table cannot cast them to text to measure them), not a traceback
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "xff" in out.lower()
+    if fmt == ["--json"]:
+        assert json.loads(out)[0]["b"] == "\\xff"
+
+
+def test_a_join_that_repeats_a_column_name_answers_with_the_repeat_numbered(store_path, capsys):
+    # given orders and their lines, which both have an order_id
+    sql = "SELECT * FROM orders o JOIN order_lines l ON o.order_id = l.order_id WHERE o.order_id = 'O1'"
+    # when a query joins them with SELECT * (two columns named order_id; also a, a, a_1 by hand)
+    frame = query(store_path, sql)
+    # then the second is order_id_1, as DuckDB names it, and both hold the order's id
+    assert frame.columns.count("order_id") == 1 and set(frame["order_id_1"]) == {"O1"}
+    assert set(frame["order_id"]) == {"O1"}
+    assert query(store_path, "SELECT 1 AS a, 2 AS a, 3 AS a_1").row(0, named=True) == {"a": 1, "a_2": 2, "a_1": 3}
+    # and the command line prints it
+    assert main(["query", "--data-dir", str(store_path.parent), "--csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("order_id,")
+
+
+def test_a_query_of_types_polars_lacks_returns_them_as_text_from_the_api(store_path):
+    # given intervals and unions, alone and inside a list and a struct
+    frame = query(
+        store_path,
+        "SELECT INTERVAL 90 MINUTE AS i, [INTERVAL 1 DAY] AS l, {'took': INTERVAL 2 SECOND, 'n': 1} AS s,"
+        ' union_value(a := 7) AS u, 3 AS "plain ""quoted"""',
+    )
+    # then each such column is DuckDB's text for it, and the others keep their types and names
+    row = frame.row(0, named=True)
+    assert (row["i"], row["u"], row['plain "quoted"']) == ("01:30:00", "7", 3)
+    assert "1 day" in row["l"] and "00:00:02" in row["s"]
 
 
 def test_python_variables_of_the_caller_are_not_tables():

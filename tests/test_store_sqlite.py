@@ -152,6 +152,25 @@ def test_a_foreign_sqlite_database_is_refused_unchanged(tmp_path):
     assert fingerprint(other) == before
 
 
+@pytest.mark.parametrize("name", ["%41", "what?mode=rw", "shop #1"])
+@pytest.mark.parametrize("attach", [False, True])
+def test_the_read_side_reads_the_store_in_a_directory_whose_name_looks_like_a_uri(tmp_path, name, attach):
+    from eventlab.projections import query
+
+    # given a store in a directory whose name SQLite's URIs give a meaning ('%41' is 'A'), and
+    # another store with one more event where that meaning points
+    meant, decoded = tmp_path / name / "events.db", tmp_path / name.replace("%41", "A").split("?")[0].split("#")[0]
+    for path, products in ((meant, 1), (decoded / "events.db", 2)):
+        with SqliteEventStore(path) as store:
+            for number in range(products):
+                store.append([NewEvent(StockAdded(product_id=f"P{number}", quantity=1), 1)])
+    # when the read side checks it and counts its events
+    assert verify_event_store(meant) == SCHEMA_VERSION
+    counted = query(meant, "SELECT count(*) AS n FROM store.events", attach=attach)
+    # then it read that store, not the other one
+    assert counted["n"].to_list() == [1]
+
+
 def test_an_older_store_is_migrated_in_one_transaction(shop_store, monkeypatch):
     # given this code knows one more version that adds a table
     migration = (

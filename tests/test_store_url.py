@@ -29,6 +29,21 @@ def test_a_sqlite_url_or_a_plain_path_names_that_file(tmp_path, form):
     assert path.is_file() and not (tmp_path / "events.db").exists()
 
 
+@pytest.mark.parametrize("scheme", ["SQLITE", "Sqlite"])
+def test_a_sqlite_url_in_capitals_names_the_same_file(tmp_path, monkeypatch, scheme):
+    # given a store URL whose scheme is in capitals (accepted as SQLite, as URL schemes are case-insensitive)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    path = tmp_path / "elsewhere" / "shop.db"
+    settings = Settings.from_env({"EVENTLAB_STORE_URL": f"{scheme}://{path}"}, data_dir=tmp_path)
+    # when the shop writes to it
+    with open_store(settings) as store:
+        store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
+    # then the event is in that file, not in a file under a directory named 'SQLITE:' in the working directory
+    assert settings.store_path == path and path.is_file()
+    assert not list((tmp_path / "work").iterdir())
+
+
 def test_memory_gives_a_fresh_store_in_this_process(tmp_path):
     settings = Settings.from_env({"EVENTLAB_STORE_URL": "memory://"}, data_dir=tmp_path)
     first, second = open_store(settings), open_store(settings)

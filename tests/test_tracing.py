@@ -235,6 +235,16 @@ def test_eventlab_trace_of_a_data_dir_without_a_store_creates_none(tmp_path, cap
     assert not typo.exists()
 
 
+def test_a_bar_width_no_terminal_has_is_refused_before_anything_is_read(tmp_path, capsys):
+    # when `eventlab trace` is asked for bars 10^14 characters wide (a MemoryError once a trace is drawn)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["trace", "demo-s0-r1-00001", "--width", "99999999999999", "--data-dir", str(tmp_path)])
+    # then one line names the option and its range
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --width: not a whole number from 1 to 10000" in err
+
+
 def test_metrics_have_the_relay_and_saga_histograms(traced):
     # given the order service's /metrics in threads mode
     *_, metrics, _ = traced

@@ -517,8 +517,8 @@ def _bounded(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g}: {text!r}")
+        if not (math.isfinite(value) and value >= low):  # inf: a pause or wait without end
+            raise argparse.ArgumentTypeError(f"must be a finite number of at least {low:g}: {text!r}")
         return value
 
     return parse

@@ -7,6 +7,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+from duckdb.sqltypes import DuckDBPyType
 
 from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError
@@ -42,6 +43,32 @@ def query(
     with Projections(store_path, attach=attach) as projections:
         relation = projections.sql(sql, params, timeout=timeout)
         try:
-            return relation.pl()
+            return _as_text_where_polars_cannot(relation).pl()
         except duckdb.Error as exc:
             raise ProjectionError(f"query failed: {exc}") from exc
+
+
+#: DuckDB types polars cannot take from Arrow: ``INTERVAL`` (what subtracting two times gives) and ``UNION``.
+_NOT_IN_POLARS = frozenset({"interval", "union"})
+
+
+def _holds(column: DuckDBPyType) -> bool:
+    """Whether ``column`` is, or holds (in a struct, list, map or array), a type polars cannot take."""
+    if column.id in _NOT_IN_POLARS:
+        return True
+    if column.id not in ("struct", "list", "map", "array"):
+        return False
+    return any(isinstance(child, DuckDBPyType) and _holds(child) for _, child in column.children)
+
+
+def _as_text_where_polars_cannot(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """``relation`` with each column polars cannot take as DuckDB's text for it (``1 day 02:00:00``)."""
+    if not any(_holds(column) for column in relation.types):
+        return relation
+    quoted = ['"' + name.replace('"', '""') + '"' for name in relation.columns]
+    return relation.project(
+        ", ".join(
+            f"CAST({name} AS VARCHAR) AS {name}" if _holds(column) else name
+            for name, column in zip(quoted, relation.types, strict=True)
+        )
+    )

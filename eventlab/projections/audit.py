@@ -480,9 +480,12 @@ MAILBOX_CHECKS: tuple[MailboxCheck, ...] = (
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-friendly copy of ``value``: times as ISO strings, decimals as strings (exact money)."""
+    """A JSON-friendly copy of ``value``: times as ISO strings, decimals as strings (exact money),
+    bytes as text with ``\\xff`` for what is not UTF-8."""
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, list | tuple):

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from eventlab.adapters.mailer import MAILBOX
-from eventlab.arguments import LARGEST_INT64, whole_number
+from eventlab.arguments import LARGEST_INT64, directory, whole_number
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -100,7 +100,7 @@ def add_commands(
         "export the event log and the projections to Parquet",
         "Write events.parquet (the store's log as stored) and one <relation>.parquet per projection relation into DIR.",
     )
-    export.add_argument("directory", type=Path, metavar="DIR", help="output directory (created if needed)")
+    export.add_argument("directory", type=directory, metavar="DIR", help="output directory (created if needed)")
     export.add_argument("names", nargs="*", metavar="NAME", help="only these relations (default: all)")
 
     command(
@@ -254,15 +254,20 @@ def _fitting_columns(frame: pl.DataFrame, width: int) -> list[str]:
     shown: list[str] = []
     used = 1  # the table's left border
     for name in frame.columns:
-        values = (
-            frame.select(pl.col(name).cast(pl.String, strict=False).str.len_chars().max()).item() if frame.height else 0
-        )
-        cell = min(max(len(name), int(values or 4)), _CELL) + 3  # padding and the separator
+        cell = min(max(len(name), _widest(frame[name])), _CELL) + 3  # padding and the separator
         if shown and used + cell > width:
             break
         shown.append(name)
         used += cell
     return shown
+
+
+def _widest(column: pl.Series) -> int:
+    """The most characters a value of ``column`` takes as text (4 for no rows); as wide as a cell
+    gets for maps, lists, structs and bytes, which polars does not cast to text."""
+    if column.dtype.is_nested() or column.dtype == pl.Binary:
+        return _CELL
+    return int(column.cast(pl.String, strict=False).str.len_chars().max() or 4)  # type: ignore[arg-type]
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -65,6 +65,8 @@ _SETTINGS = (
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
 #: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
 _TICK = 0.05
+#: Seconds a thread interrupted by Ctrl-C while starting it may take to begin before it is taken as never started.
+_START_WAIT = 1.0
 #: Seconds between two calls of a :func:`bounded` caller's ``cancel`` while the work has not stopped.
 _CANCEL_EVERY = 1.0
 
@@ -172,15 +174,18 @@ def bounded(
             cancelled[0] = time.monotonic()
             cancel()
 
-    worker.start()
     try:
+        worker.start()  # inside: a Ctrl-C while start() waits for the thread must still stop its query
         while not done.wait(_TICK):
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 stop()
     except KeyboardInterrupt:
         log.info("interrupting the query (Ctrl-C)")
+        began = time.monotonic() + _START_WAIT
         while not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
+            if not worker.is_alive() and time.monotonic() > began:
+                break  # the Ctrl-C came before the thread was started: nothing runs
             stop()
         raise
     if timed_out and (failure or not outcome):
@@ -188,6 +193,25 @@ def bounded(
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def _distinct_names(names: Sequence[str]) -> list[str]:
+    """``names`` with each repeat given the first free suffix ``_1``, ``_2``, … (no name given is taken).
+
+    Example:
+        >>> _distinct_names(["order_id", "status", "order_id", "a", "a", "a_1"])
+        ['order_id', 'status', 'order_id_1', 'a', 'a_2', 'a_1']
+    """
+    given, used = set(names), set[str]()
+    found = []
+    for name in names:
+        unique, number = name, 0
+        while unique in used or (unique != name and unique in given):
+            number += 1
+            unique = f"{name}_{number}"
+        used.add(unique)
+        found.append(unique)
+    return found
 
 
 def _interrupt(connections: Sequence[duckdb.DuckDBPyConnection]) -> None:
@@ -219,11 +243,14 @@ class Sandbox:
         self.con.execute(sql)
 
     def run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
-        """One read, bounded by ``timeout``; the whole result as an Arrow table."""
+        """One read, bounded by ``timeout``; the whole result as an Arrow table, a repeated column
+        name numbered as DuckDB numbers it (a join's second ``order_id`` is ``order_id_1``): neither
+        DuckDB nor polars reads an Arrow table with two columns of one name."""
         ensure_single_read(self.con, sql)
 
         def work() -> pa.Table:
-            return self.con.execute(sql, params).to_arrow_table()
+            table = self.con.execute(sql, params).to_arrow_table()
+            return table.rename_columns(_distinct_names(table.column_names))
 
         try:
             return bounded([self.con], work, timeout)

@@ -60,6 +60,7 @@ __all__ = [
     "SqliteEventStore",
     "check_schema",
     "open_in_this_process",
+    "read_only_uri",
     "store_tables",
     "verify_event_store",
 ]
@@ -436,6 +437,15 @@ def _check_file(path: Path, conn: sqlite3.Connection) -> int:
     return check_schema(path, layout.columns, layout.version, layout.keys)
 
 
+def _make_directory(directory: Path) -> None:
+    """Create the store's directory, or raise StoreError naming it (a file in its place, no permission)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file of that name is in the way" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        raise StoreError(f"cannot create the event store's directory {directory}: {reason}") from exc
+
+
 _stores: weakref.WeakSet[SqliteEventStore] = weakref.WeakSet()
 
 
@@ -450,13 +460,19 @@ def open_in_this_process(path: str | Path) -> bool:
     return any(store._connections and store.path.resolve() == target for store in list(_stores))
 
 
+def read_only_uri(path: Path) -> str:
+    """A ``file:`` URI that opens ``path`` read-only: its name percent-encoded, since SQLite decodes
+    ``%41`` to ``A`` (another file) and takes a ``?`` or ``#`` in it for the query or fragment."""
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
 def verify_event_store(path: Path) -> int:
     """Raise :class:`StoreError` unless ``path`` is an eventlab store this code can read; return its
     schema version. Opens it read-only, so nothing is written."""
     if not path.is_file():
         raise StoreError(f"no event store at {path}")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             version = _check_file(path, conn)
         finally:
@@ -507,7 +523,7 @@ class SqliteEventStore(EventStore):
             if not create and not self.path.is_file():
                 raise StoreError(f"no event store at {self.path}")
             if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_directory(self.path.parent)
             self._open(create)
         except BaseException:
             self.close()

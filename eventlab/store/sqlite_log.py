@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from eventlab.errors import StoreError
-from eventlab.store.sqlite import verify_event_store
+from eventlab.store.sqlite import read_only_uri, verify_event_store
 
 __all__ = ["CHECKPOINTS_SCHEMA", "EVENTS_SCHEMA", "SqliteLog", "arrow_table"]
 
@@ -61,7 +61,7 @@ class SqliteLog:
         self.path = Path(path).expanduser()
         try:
             verify_event_store(self.path)
-            self._sqlite = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            self._sqlite = sqlite3.connect(read_only_uri(self.path), uri=True, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path} is not an eventlab event store: {exc}") from exc
 

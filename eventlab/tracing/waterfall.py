@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from eventlab.cli import Command, positive_int
+from eventlab.arguments import whole_number
+from eventlab.cli import Command
 from eventlab.errors import EventlabError, NotFound
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
@@ -360,7 +361,12 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("order_id", metavar="ORDER_ID", help="the order whose saga to draw")
-    parser.add_argument("--width", type=positive_int, default=40, help="width of the bars in characters (default 40)")
+    parser.add_argument(
+        "--width",
+        type=whole_number(1, 10_000),
+        default=40,
+        help="width of the bars in characters, 1-10000 (default 40)",
+    )
     parser.add_argument("--json", action="store_true", help="print the spans as one JSON list instead")
 
 
