@@ -248,19 +248,10 @@ def _stored(
 ) -> list[StoredEvent]:
     """The stored events of ``rows`` (made from ``events``), at ``positions`` (none for a redelivery)."""
     if len(positions) == 1:  # most appends: one event, without the comprehension and its zip (~0.7 µs)
-        ((event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data, _, _),) = rows
+        (row,), at = rows, positions[0]
         return [
             StoredEvent(
-                positions[0],
-                event_id,
-                aggregate_type,
-                aggregate_id,
-                version,
-                event_type,
-                schema_version,
-                json_loads(data),
-                events[0].metadata,
-                recorded_at,
+                at, row[0], row[1], row[2], row[3], row[4], row[5], json_loads(row[6]), events[0].metadata, recorded_at
             )
         ]
     return [
