@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import re
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,24 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
             store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 4)])
         with pytest.raises(StoreError, match="no such table"), store.transaction():
             store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 4)])
+
+
+@pytest.mark.parametrize("microsecond", [0, 7, 999_999])
+def test_the_recorded_time_is_the_clocks_instant_in_utc_to_the_microsecond(tmp_path, microsecond):
+    # given a clock in another zone (a time on a whole second too: its text still has six digits)
+    zone = timezone(timedelta(hours=-3, minutes=-30))
+    instant = datetime(2026, 12, 31, 22, 45, 9, microsecond, tzinfo=zone)  # 02:15:09 UTC the next day, a new year
+    with SqliteEventStore(tmp_path / "events.db", clock=lambda: instant) as store:
+        # when an event is appended alone and with another
+        (alone,) = store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)])
+        both = store.append([NewEvent(StockAdded(product_id="P2", quantity=1), v) for v in (1, 2)])
+        read = store.read_stream("stock", "P1")
+    # then the store keeps it as UTC text without a zone, and gives the same instant back in UTC
+    assert raw_rows(tmp_path / "events.db", "SELECT DISTINCT recorded_at FROM events") == [
+        (f"2027-01-01 02:15:09.{microsecond:06d}",)
+    ]
+    for event in (alone, *both, *read):
+        assert event.recorded_at == instant and event.recorded_at.utcoffset() == timedelta(0)
 
 
 def test_only_the_store_package_imports_a_database_driver():

@@ -440,7 +440,8 @@ class EventStore(ABC):
 
     def __init__(self) -> None:
         #: Signalled after every committed write (see :meth:`wait_for_commit`); counts them.
-        self._commit_signal = threading.Condition(threading.Lock())  # not reentrant: cheaper per commit
+        self._commit_lock = threading.Lock()  # not reentrant: cheaper per commit
+        self._commit_signal = threading.Condition(self._commit_lock)
         self._commit_count = 0
         self._commit_waiters = 0  # under _commit_signal: a commit with nobody waiting notifies nobody
 
@@ -787,8 +788,9 @@ class EventStore(ABC):
 
     def _committed(self) -> None:
         """Called by a backend after each commit: wakes :meth:`wait_for_commit` (the notification only
-        when someone waits: it is three Python calls, on every append)."""
-        with self._commit_signal:
+        when someone waits: it is three Python calls, on every append). It takes the signal's lock itself:
+        entering the condition is a Python call round the same acquire."""
+        with self._commit_lock:
             self._commit_count += 1
             if self._commit_waiters:
                 self._commit_signal.notify_all()

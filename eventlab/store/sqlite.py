@@ -218,9 +218,12 @@ def _utcnow() -> datetime:
 
 
 def _stored_time(time: datetime) -> str:
-    """``time`` as the store keeps it: UTC, without a zone, to the microsecond (the "+00:00" that UTC
-    always ends with cut off: a third of the time of dropping the zone first, paid on every append)."""
-    return time.astimezone(UTC).isoformat(" ", "microseconds")[:-6]
+    """``time`` as the store keeps it: UTC, without a zone, to the microsecond, as ``isoformat(" ",
+    "microseconds")`` writes it without the "+00:00" (formatted from its fields: two thirds of the time of
+    the aware ``isoformat``, paid on every append)."""
+    t = time.astimezone(UTC)
+    fields = (t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond)
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % fields  # noqa: UP031 - an f-string of these takes twice as long
 
 
 def _row_to_event(row: _Row) -> StoredEvent:
@@ -242,9 +245,16 @@ def _row_to_event(row: _Row) -> StoredEvent:
 
 
 def _stored(
-    positions: Iterable[int], rows: list[_NewRow], events: Sequence[NewEvent], recorded_at: datetime
+    positions: range, rows: list[_NewRow], events: Sequence[NewEvent], recorded_at: datetime
 ) -> list[StoredEvent]:
-    """The stored events of ``rows`` (made from ``events``), at ``positions``."""
+    """The stored events of ``rows`` (made from ``events``), at ``positions`` (none for a redelivery)."""
+    if len(positions) == 1:  # most appends: one event, without the comprehension and its zip (~0.7 µs)
+        (row,), at = rows, positions[0]
+        return [
+            StoredEvent(
+                at, row[0], row[1], row[2], row[3], row[4], row[5], json_loads(row[6]), events[0].metadata, recorded_at
+            )
+        ]
     return [
         StoredEvent(
             position, row[0], row[1], row[2], row[3], row[4], row[5], json_loads(row[6]), new.metadata, recorded_at
@@ -617,7 +627,8 @@ class SqliteEventStore(EventStore):
             event = new.event
             if new.metadata is not metadata:
                 metadata = new.metadata
-                metadata_json = pydantic_core.to_json(metadata).decode()  # compact, like json.dumps with separators
+                # compact, like json.dumps with separators; most events have none
+                metadata_json = pydantic_core.to_json(metadata).decode() if metadata else "{}"
             rows.append(
                 (
                     new_id(),
@@ -633,27 +644,39 @@ class SqliteEventStore(EventStore):
             )
         return rows
 
-    @_translated
     def append(self, events: Sequence[NewEvent], *, processed: tuple[str, str] | None = None) -> list[StoredEvent]:
-        conn = self._conn()
-        recorded_at = self._clock().astimezone(UTC)
-        rows = self._new_rows(events, _stored_time(recorded_at))
-        if self._local.in_transaction:
-            positions = self._insert(conn, rows, processed, _NESTED)
-        elif processed is None and len(rows) == 1:
-            # One statement outside a transaction is a transaction of its own, the INSERT and its trigger
-            # together, and it takes the write lock first (waiting in the busy handler like BEGIN IMMEDIATE):
-            # no BEGIN and COMMIT to run, and no statement journal for the conflict check to undo.
-            with self._write_lock:
-                position = _position(conn.execute(_INSERT_EVENT, rows[0]).lastrowid)
-            positions = range(position, position + 1)
-            self._committed()
-        else:
-            with self._write_lock:
-                positions = self._insert(conn, rows, processed, _TOP_LEVEL)
-            if positions:
+        """See :meth:`EventStore.append`. Its errors are translated here rather than by :func:`_translated`
+        (whose call through ``*args`` costs ~0.3 µs an append), and it inserts through this thread's own
+        cursor (``execute`` on the connection makes a new one every time)."""
+        try:
+            writer: sqlite3.Cursor = getattr(self._local, "writer", None) or self._new_writer()
+            recorded_at = self._clock().astimezone(UTC)
+            rows = self._new_rows(events, _stored_time(recorded_at))
+            if self._local.in_transaction:
+                positions = self._insert(writer.connection, rows, processed, _NESTED)
+            elif processed is None and len(rows) == 1:
+                # One statement outside a transaction is a transaction of its own, the INSERT and its trigger
+                # together, and it takes the write lock first (waiting in the busy handler like BEGIN IMMEDIATE):
+                # no BEGIN and COMMIT to run, and no statement journal for the conflict check to undo.
+                with self._write_lock:
+                    writer.execute(_INSERT_EVENT, rows[0])
+                position = _position(writer.lastrowid)
+                positions = range(position, position + 1)
                 self._committed()
+            else:
+                with self._write_lock:
+                    positions = self._insert(writer.connection, rows, processed, _TOP_LEVEL)
+                if positions:
+                    self._committed()
+        except sqlite3.Error as exc:
+            raise _translate_error(self.path, "append", exc) from exc
         return _stored(positions, rows, events, recorded_at)
+
+    def _new_writer(self) -> sqlite3.Cursor:
+        """This thread's cursor for :meth:`append`, kept for the next one."""
+        writer: sqlite3.Cursor = self._conn().cursor()
+        self._local.writer = writer
+        return writer
 
     @_translated
     def append_batch(self, appends: Sequence[Append]) -> list[list[StoredEvent] | None]:
