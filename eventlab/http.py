@@ -36,6 +36,7 @@ asyncio servers (uvicorn, hypercorn) add an event loop and ASGI beside the loops
 
 from __future__ import annotations
 
+import email.errors
 import io
 import json
 import logging
@@ -527,6 +528,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
 
+#: The parser's defects that mean a header line it could not read (not e.g. a multipart Content-Type's
+#: missing boundary, which it reports too: the headers alone have no body to find one in).
+_HEADER_LINE_DEFECTS = (
+    email.errors.MissingHeaderBodySeparatorDefect,
+    email.errors.MisplacedEnvelopeHeaderDefect,
+    email.errors.FirstHeaderLineIsContinuationDefect,
+)
+
+
 def _malformed_header(headers: Message) -> str | None:
     """What is wrong with a header line that is not ``Name: value``, or None.
 
@@ -534,7 +544,7 @@ def _malformed_header(headers: Message) -> str | None:
     the rest for the body, so a ``Content-Length`` after it would be ignored and the body read as
     the next request; it keeps an obs-fold's line break inside the value. RFC 9112 says reject both.
     """
-    if headers.defects:
+    if any(isinstance(defect, _HEADER_LINE_DEFECTS) for defect in headers.defects):
         line = str(headers.get_payload()).splitlines()[0] if headers.get_payload() else ""
         return f"malformed header line {line[:60]!r}: expected 'Name: value'"
     for name, value in headers.items():

@@ -245,7 +245,7 @@ def test_the_command_line_refuses_nonsense():
 
 
 @pytest.mark.parametrize("option", ["--pause", "--kill-every", "--rate", "--timeout", "--max-gap"])
-@pytest.mark.parametrize("value", ["inf", "1e400"])
+@pytest.mark.parametrize("value", ["inf", "1e400", "1e300", "nan"])
 def test_an_endless_time_or_rate_is_refused_in_one_line(option, value, capsys):
     # when: chaos is told to pause the broker (or wait, or kill) for ever; time.sleep(inf) is an
     # OverflowError in the pausing thread, after the broker was stopped
@@ -254,7 +254,16 @@ def test_an_endless_time_or_rate_is_refused_in_one_line(option, value, capsys):
     # then: the option is refused before anything starts, naming it
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"argument {option}: must be a finite number" in err
+    assert err.count("\n") == 1 and f"argument {option}: must be a finite number from " in err
+
+
+def test_a_count_too_large_for_a_float_is_refused_in_one_line(capsys):
+    # when: a poison count has 401 digits (an int no float holds: math.isfinite of it overflows)
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["chaos", "--poison", "1" + "0" * 400])
+    # then: it is refused in one line, not a traceback
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 # --- a CI-sized run --------------------------------------------------------------------------------

@@ -326,6 +326,17 @@ def test_a_malformed_header_line_is_a_400_and_what_follows_is_not_another_reques
         assert sock.recv(65536) == b""
 
 
+@pytest.mark.parametrize("content_type", [b"multipart/form-data; boundary=abc", b"multipart/mixed"])
+def test_a_form_post_is_judged_by_its_body_not_refused_for_its_headers(serve, content_type):
+    # Given a browser-style form POST: the header parser notes a multipart type's missing boundary
+    # (it has no body to look in), which is no malformed header line
+    body = b"--abc\r\nContent-Disposition: form-data; name=user_id\r\n\r\nU1\r\n--abc--\r\n"
+    request = b"POST /orders HTTP/1.1\r\nHost: t\r\nContent-Type: " + content_type
+    answer = exchange(serve("order"), request + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    # then: the 400 is about the body, which is not JSON
+    assert (answer.status, answer.json["field"]) == (400, "body"), answer.body
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(serve):
     port = serve()
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:

@@ -511,14 +511,18 @@ def _options(chaos: argparse.ArgumentParser) -> None:
     chaos.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+#: The largest time, rate or count chaos takes: 1e300 s is finite, yet too long for ``time.sleep``.
+_LARGEST = 1e9
+
+
 def _bounded(kind: Callable[[str], Any], low: float) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (math.isfinite(value) and value >= low):  # inf: a pause or wait without end
-            raise argparse.ArgumentTypeError(f"must be a finite number of at least {low:g}: {text!r}")
+        if not low <= value <= _LARGEST:  # inf, nan, 1e400 or 10**400: a pause or wait without end
+            raise argparse.ArgumentTypeError(f"must be a finite number from {low:g} to {_LARGEST:,.0f}: {text!r}")
         return value
 
     return parse

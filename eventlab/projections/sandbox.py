@@ -65,8 +65,6 @@ _SETTINGS = (
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
 #: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
 _TICK = 0.05
-#: Seconds a thread interrupted by Ctrl-C while starting it may take to begin before it is taken as never started.
-_START_WAIT = 1.0
 #: Seconds between two calls of a :func:`bounded` caller's ``cancel`` while the work has not stopped.
 _CANCEL_EVERY = 1.0
 
@@ -154,8 +152,13 @@ def bounded(
     outcome: list[T] = []
     failure: list[BaseException] = []
     done = threading.Event()
+    began, abandoned, claim = threading.Event(), threading.Event(), threading.Lock()
 
     def run() -> None:
+        with claim:  # either the work begins, and a Ctrl-C then waits for it, or the Ctrl-C came first
+            if abandoned.is_set():
+                return
+            began.set()
         try:
             outcome.append(work())
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, raised there
@@ -182,11 +185,13 @@ def bounded(
                 stop()
     except KeyboardInterrupt:
         log.info("interrupting the query (Ctrl-C)")
-        began = time.monotonic() + _START_WAIT
-        while not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
-            if not worker.is_alive() and time.monotonic() > began:
-                break  # the Ctrl-C came before the thread was started: nothing runs
+        with claim:
+            abandoned.set()
+            running = began.is_set()
+        while running and not done.wait(_TICK):  # DuckDB stops within a vector or two; a statement may follow
             stop()
+        if not running and worker.ident is not None:
+            worker.join()  # started, but it returns at once: it sees it was abandoned
         raise
     if timed_out and (failure or not outcome):
         raise QueryTimeout(timeout or 0.0) from (failure[0] if failure else None)
