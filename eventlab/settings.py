@@ -102,6 +102,10 @@ def _store_backend(url: str, variable: str = "EVENTLAB_STORE_URL") -> StoreBacke
             f"{_hide_password(url)!r} is not a store eventlab knows: use sqlite:///absolute/path/events.db "
             "(or a plain file path), postgresql://user@host:5432/dbname, or memory://",
         )
+    authority, _, path = rest.partition("/")
+    if backend == "postgresql" and "@" not in authority and "@" in path.partition("?")[0]:
+        # postgresql://shop:ab/cd@db/shop: libpq would take "ab" for the host and show the rest in its errors
+        raise SettingsError(variable, "its user name or password holds a '/': write it as %2F (the URL is not shown)")
     return backend
 
 

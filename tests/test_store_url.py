@@ -73,6 +73,21 @@ def test_an_unknown_store_url_is_refused_naming_the_variable(url):
         Settings.from_env({"EVENTLAB_STORE_URL": url})
 
 
+@pytest.mark.parametrize("variable", ["EVENTLAB_STORE_URL", "EVENTLAB_ORDER_STORE_URL"])
+def test_a_password_with_a_slash_is_refused_without_showing_it(variable):
+    # given a password with an unencoded '/' (libpq would read its first part as the host and print the rest)
+    url = "postgresql://shop:hunter/2secret@db:5432/shop"
+    # when the settings are read, then they are refused naming the variable and the way out, not the password
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: url})
+    assert str(refused.value).startswith(f"{variable}: ") and "%2F" in str(refused.value)
+    assert "hunter" not in str(refused.value) and "2secret" not in str(refused.value)
+    # and the same password percent-encoded is a store
+    assert Settings.from_env({variable: url.replace("hunter/", "hunter%2F")}).store_of("order").store_backend == (
+        "postgresql"
+    )
+
+
 def test_the_url_goes_to_child_processes_and_its_password_stays_out_of_logs():
     settings = Settings.from_env({"EVENTLAB_STORE_URL": "postgresql://shop:hunter2@db:5432/shop"})
     assert settings.store_backend == "postgresql"
