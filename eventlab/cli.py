@@ -26,15 +26,7 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = [
-    "Command",
-    "build_parser",
-    "main",
-    "non_negative_float",
-    "positive_float",
-    "positive_int",
-    "probability",
-]
+__all__ = ["Command", "build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
