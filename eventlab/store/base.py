@@ -50,7 +50,6 @@ __all__ = [
     "headers_to_json",
     "iter_tails_from_json",
     "json_loads",
-    "tails_from_json",
 ]
 
 #: The relay's name: its checkpoint, and the consumer of its dead letters (stored events it could not publish).
@@ -219,20 +218,13 @@ def events_from_json(rows: Sequence[tuple[int, str, str]], after_version: int = 
         return rows[-1][0], [event_from_json(event_type, data) for _, event_type, data in rows]
 
 
-def tails_from_json(
-    rows: Sequence[tuple[int, int, str, str]], after_versions: Mapping[tuple[str, str], int]
-) -> dict[tuple[str, str], StreamTail]:
-    """The :data:`StreamTail` of each stream of ``after_versions`` from (place of the stream in
-    ``after_versions``, version, event type, data) rows in (place, version) order, each decoded as
-    :func:`events_from_json` does (a stream without rows keeps its version, no events)."""
-    return dict(iter_tails_from_json(rows, after_versions))
-
-
 def iter_tails_from_json(
     rows: Sequence[tuple[int, int, str, str]], after_versions: Mapping[tuple[str, str], int]
 ) -> Iterator[tuple[tuple[str, str], StreamTail]]:
-    """:func:`tails_from_json` one stream at a time, in the order of ``after_versions``: a stream's rows are
-    decoded only when it is reached (see :meth:`EventStore.iter_streams_events`).
+    """The :data:`StreamTail` of each stream of ``after_versions``, in their order, from (place of the stream
+    in ``after_versions``, version, event type, data) rows in (place, version) order, each decoded as
+    :func:`events_from_json` does (a stream without rows keeps its version, no events), and only when it is
+    reached (see :meth:`EventStore.iter_streams_events`).
 
     Example:
         >>> rows = [(0, 2, "StockAdded", '{"product_id":"P1","quantity":2}')]
@@ -508,17 +500,18 @@ class EventStore(ABC):
 
     def read_streams_events(self, after_versions: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], StreamTail]:
         """:meth:`read_stream_events` for several streams at once (as :meth:`read_streams`)."""
-        return {key: _tail(events, after_versions[key]) for key, events in self.read_streams(after_versions).items()}
+        return dict(self.iter_streams_events(after_versions))
 
     def iter_streams_events(
         self, after_versions: Mapping[tuple[str, str], int]
     ) -> Iterator[tuple[tuple[str, str], StreamTail]]:
-        """:meth:`read_streams_events` one stream at a time, in the order of ``after_versions``, from one read
+        """:meth:`read_stream_events` for several streams, one at a time, in the order of ``after_versions``, from one read
         of the store (done by the call). A backend may decode each stream's events only when it is reached,
         so a fold of many streams (:func:`eventlab.services.runtime.load_many`) holds one stream's events at
         a time: a batch's events all decoded first outlived the collector's young generation and were
         walked by it (2.5 µs of ~15 per 5-event aggregate, 100 per call)."""
-        return iter(self.read_streams_events(after_versions).items())
+        streams = self.read_streams(after_versions)
+        return ((key, _tail(events, after_versions[key])) for key, events in streams.items())
 
     @abstractmethod
     def read_all(self, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
