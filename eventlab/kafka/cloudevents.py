@@ -130,7 +130,7 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
             found[key] = (raw or b"").decode()
         except UnicodeDecodeError:
             if key == "ce_id":  # replaced, two ids could become one, and the second be skipped as handled
-                raise UndecodableMessage(f"ce_id is not UTF-8: {raw[:100]!r}") from None
+                raise UndecodableMessage(f"ce_id is not UTF-8: {(raw or b'')[:100]!r}") from None
             found[key] = (raw or b"").decode("utf-8", "replace")
     for required in ("ce_specversion", "ce_id", "ce_type"):
         if not found.get(required):
