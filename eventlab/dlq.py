@@ -123,8 +123,8 @@ class BrokerUnreachable(BrokerError):
     def __init__(self, servers: str, letter: int, timeout: float, left: int, outcomes: list[Replayed]) -> None:
         super().__init__(
             f"the broker at {servers} did not acknowledge dead letter {letter} within {timeout:g} s: is it running "
-            f"(EVENTLAB_BOOTSTRAP_SERVERS)? Replay stopped; nothing is lost: the {left} dead letters not replayed "
-            "stay recorded (eventlab dlq list)"
+            f"(EVENTLAB_BOOTSTRAP_SERVERS)? Replay stopped; nothing is lost: the {left} dead "
+            f"{'letter' if left == 1 else 'letters'} not replayed stay recorded (eventlab dlq list)"
         )
         self.outcomes = outcomes
         self.left = left
