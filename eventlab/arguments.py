@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LARGEST_INT64", "directory", "whole_number"]
+__all__ = ["LARGEST_INT64", "directory", "seconds", "whole_number"]
 
 #: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
 LARGEST_INT64 = 2**63 - 1
@@ -30,6 +30,28 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
             value = None
         if value is None or value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"not a whole number {bounds}: {text!r}")
+        return value
+
+    return parse
+
+
+def seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type`` taking a number of seconds from ``low`` to ``high`` (``nan``, ``inf`` refused).
+
+    >>> seconds(0.1, 3600)("2.5")
+    2.5
+    >>> seconds(0.1, 3600)("nan")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: not a number of seconds from 0.1 to 3,600: 'nan'
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # NaN compares false both ways
+            raise argparse.ArgumentTypeError(f"not a number of seconds from {low:,g} to {high:,g}: {text!r}")
         return value
 
     return parse

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
-from eventlab.arguments import LARGEST_INT64, whole_number
+from eventlab.arguments import LARGEST_INT64, seconds, whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     STORE_TOPIC,
@@ -54,6 +54,7 @@ from eventlab.store.base import DeadLetter, EventStore, Headers
 __all__ = [
     "BODY_LIMIT",
     "AmbiguousDeadLetter",
+    "BrokerUnreachable",
     "DeadLetterPublisher",
     "DeadLetters",
     "Located",
@@ -112,6 +113,27 @@ def dead_letter_copy(letter: DeadLetter) -> tuple[str, bytes | None, bytes | Non
     if truncated:
         headers.append(("dlq_truncated", b"1"))
     return dead_letter_topic(letter.topic), key, value, headers
+
+
+class BrokerUnreachable(BrokerError):
+    """A replay stopped at the first dead letter the broker did not acknowledge in time: the rest
+    would each wait as long. ``outcomes`` are the replays done before it; ``left`` the dead letters
+    not replayed (that one included), all still recorded."""
+
+    def __init__(self, servers: str, letter: int, timeout: float, left: int, outcomes: list[Replayed]) -> None:
+        super().__init__(
+            f"the broker at {servers} did not acknowledge dead letter {letter} within {timeout:g} s: is it running "
+            f"(EVENTLAB_BOOTSTRAP_SERVERS)? Replay stopped; nothing is lost: the {left} dead "
+            f"{'letter' if left == 1 else 'letters'} not replayed stay recorded (eventlab dlq list)"
+        )
+        self.outcomes = outcomes
+        self.left = left
+
+
+#: librdkafka errors that say the broker did not answer (not that it refused the message).
+_UNANSWERED = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+)
 
 
 class DeadLetterPublisher:
@@ -273,12 +295,23 @@ class DeadLetters:
         every store) again, each with a checked delivery, and record the replay in its store. A
         stored event the relay could not decode is published as the relay would now, if it can be
         decoded now (after a fix); else it is reported, not sent. Every id is looked up before
-        anything is sent (see :meth:`get`)."""
+        anything is sent (see :meth:`get`).
+
+        A dead letter the broker does not acknowledge within ``timeout`` seconds (it is down, or
+        ``EVENTLAB_BOOTSTRAP_SERVERS`` names the wrong address) stops the replay there with
+        :class:`BrokerUnreachable`, instead of the same wait for each of the rest."""
         if ids is None:
             chosen = self._find(topic, None, service)
         else:
             chosen = [pair for pair in (self._locate(i, service) for i in ids) if topic in (None, pair[1].letter.topic)]
-        return [self._replay_one(store, found, timeout) for store, found in chosen]
+        outcomes: list[Replayed] = []
+        for done, (store, found) in enumerate(chosen):
+            outcome = self._replay_one(store, found, timeout)
+            if outcome is None:
+                servers = self.settings.bootstrap_servers if self.settings else "?"
+                raise BrokerUnreachable(servers, found.letter.id, timeout, len(chosen) - done, outcomes)
+            outcomes.append(outcome)
+        return outcomes
 
     def close(self) -> None:
         if self._producer is not None:
@@ -322,7 +355,8 @@ class DeadLetters:
     def _located(self, store: EventStore, letter: DeadLetter) -> Located:
         return Located("+".join(self.stores.services_of(store)), self.stores.name_of(store), letter)
 
-    def _replay_one(self, store: EventStore, found: Located, timeout: float) -> Replayed:
+    def _replay_one(self, store: EventStore, found: Located, timeout: float) -> Replayed | None:
+        """Replay one dead letter: what happened, or None when the broker did not answer in time."""
         letter, shown = found.letter, found.store if self.split else None
         try:
             topic, key, value, headers = self._original(store, letter)
@@ -339,6 +373,8 @@ class DeadLetters:
         except BrokerError as exc:
             self._producer.purge()
             self._producer = None
+            if exc.code is None or exc.code in _UNANSWERED:  # not acknowledged in time: no refusal either
+                return None
             return Replayed(letter.id, topic, str(exc), shown)
         store.mark_dead_letter_replayed(letter.id)
         return Replayed(letter.id, topic, None, shown)
@@ -391,6 +427,7 @@ needs --service; 'replay --all' without it replays every store's:
 
 Parser = argparse.ArgumentParser
 _ID = whole_number(1, LARGEST_INT64)  # a dead letter's id, as an argparse ``type``
+_REPLAY_TIMEOUT = seconds(0.1, 3600)
 
 _SERVICE_HELP = (
     "only the dead letters in the store of service NAME (its own with EVENTLAB_<NAME>_STORE_URL, "
@@ -470,6 +507,14 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         choices=SERVICE_PORTS,
         metavar="NAME",
         help=f"{_SERVICE_ID_HELP}; with --all: only that store's (default: every store's)",
+    )
+    replay.add_argument(
+        "--timeout",
+        type=_REPLAY_TIMEOUT,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long the broker may take to acknowledge one dead letter; the first it does not "
+        "stops the replay, the rest left recorded (default 15)",
     )
 
 
@@ -572,13 +617,22 @@ def _replay(args: argparse.Namespace) -> int:
         raise EventlabError("--topic goes with --all")
 
     def run(letters: DeadLetters) -> int:
-        outcomes = letters.replay(None if args.all else args.ids, topic=args.topic, service=args.service)
+        stopped = None
+        try:
+            outcomes = letters.replay(
+                None if args.all else args.ids, topic=args.topic, service=args.service, timeout=args.timeout
+            )
+        except BrokerUnreachable as exc:
+            stopped, outcomes = exc, exc.outcomes
         for outcome in outcomes:
             store = "" if outcome.store is None else f" (store: {outcome.store})"
             if outcome.ok:
                 print(f"replayed {outcome.id}{store} to {outcome.topic}")
             else:
                 print(f"not replayed {outcome.id}{store}: {outcome.error}", file=sys.stderr)
+        if stopped is not None:
+            print(f"eventlab: {stopped}", file=sys.stderr)
+            return 1
         if not outcomes:
             print("nothing to replay")
         return 0 if all(outcome.ok for outcome in outcomes) else 1

@@ -66,6 +66,22 @@ class SettingsError(EventlabError):
         self.message = message
 
 
+#: Settings that name a file, which on Linux may be any bytes; every other one goes to a client
+#: library (librdkafka, libpq, a socket) as UTF-8.
+_ANY_BYTES = frozenset({"data_dir", "store_url"})
+
+
+def _utf8(variable: str, value: object) -> None:
+    """:class:`SettingsError` if ``value`` is text holding bytes that were not UTF-8 in the environment
+    (Python keeps them as lone surrogates, which no client library can encode). The value is not
+    shown: it may be a password."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise SettingsError(variable, f"holds bytes that are not UTF-8 (character {exc.start + 1})") from None
+
+
 class PortInUse(EventlabError):
     """A service's HTTP port is taken by another program."""
 
@@ -256,13 +272,20 @@ class Settings:
         for f in fields(self):
             if name := f.metadata.get("variable"):
                 _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
-        _store_backend(self.store_url)
+                if f.name not in _ANY_BYTES:
+                    _utf8(name, getattr(self, f.name))
+        for key, value in self.kafka_config.items():  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
+            _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), key)
+            _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), value)
+        if _store_backend(self.store_url) == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
+            _utf8("EVENTLAB_STORE_URL", self.store_url)
         for service, url in self.service_store_urls.items():
             if service not in SERVICE_PORTS:
                 raise SettingsError(
                     service_store_variable(service), f"no such service; one of {', '.join(SERVICE_PORTS)}"
                 )
-            _store_backend(url, service_store_variable(service))
+            if _store_backend(url, service_store_variable(service)) == "postgresql":
+                _utf8(service_store_variable(service), url)
         unknown = {part.strip() for part in self.tracing.split(",")} - {"off", "", *TRACE_SINKS}
         if unknown:
             raise SettingsError(

@@ -53,11 +53,29 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
             [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
             "value is nested too deeply",
         ),
+        (  # valid JSON, but no UTF-8 text holds it: storing the event would fail on every retry
+            b'{"product_id": "P\\ud800", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "unpaired surrogate",
+        ),
+        (  # read with replacement characters, b"\xfe1" would be the same id: skipped as already handled
+            b'{"product_id": "P1", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"\xff1"), ("ce_type", b"StockAdded")],
+            "ce_id is not UTF-8",
+        ),
     ],
 )
 def test_undecodable_messages_say_why(value, headers, reason):
     with pytest.raises(UndecodableMessage, match=reason):
         from_message(value, headers)
+
+
+def test_a_surrogate_pair_and_other_headers_that_are_not_utf8_still_decode():
+    # given an emoji written as a JSON surrogate pair, and a correlation id that is not UTF-8
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded"), ("correlation_id", b"\xff")]
+    message = from_message(b'{"product_id": "P\\ud83d\\ude00", "quantity": 1}', headers)
+    # then the event is read, the emoji whole, the correlation id with a replacement character
+    assert message.event.product_id == "P\U0001f600" and message.correlation_id == "\ufffd"
 
 
 @pytest.mark.parametrize(

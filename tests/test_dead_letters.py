@@ -21,7 +21,7 @@ from apache_kafka import BROKERS
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from eventlab import cli
-from eventlab.dlq import BODY_LIMIT, DeadLetterPublisher, DeadLetters, printable
+from eventlab.dlq import BODY_LIMIT, BrokerUnreachable, DeadLetterPublisher, DeadLetters, printable
 from eventlab.errors import BrokerError, StoreError
 from eventlab.events import OrderConfirmed, OrderCreated, PaymentCompleted, ProductCreated, ReservationConfirmed
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
@@ -555,3 +555,31 @@ def test_a_dead_letter_is_recorded_once_per_source_message(tmp_path):
         assert store.dead_letters(ids=[first.id])[0].published
         assert [x.id for x in store.dead_letters(unpublished=True)] == [other.id, mine.id]
         assert store.dead_letter_counts() == {"order": 2, "payment": 1}
+
+
+def test_a_replay_against_an_unreachable_broker_stops_at_the_first_letter_and_loses_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    # given three recorded dead letters, and bootstrap servers where no broker listens
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        for offset in range(3):
+            store.record_dead_letter("order", "order.lifecycle.created", 0, offset, b"K", b"{}", [], "bad")
+    nowhere = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("EVENTLAB_BOOTSTRAP_SERVERS", nowhere)
+    # when every one is replayed with a short wait for the broker
+    code = cli.main(["dlq", "replay", "--all", "--timeout", "0.5", "--data-dir", str(tmp_path)])
+    # then the replay stops at the first, says the broker (named) is unreachable and nothing is lost
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"the broker at {nowhere} did not acknowledge dead letter 1 within 0.5 s" in err
+    assert "nothing is lost: the 3 dead letters not replayed stay recorded" in err
+    # and the letters are all still there, none marked replayed
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        assert [letter.replays for letter in store.dead_letters()] == [0, 0, 0]
+    # and the API raises the same, with how many are left
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        letters = DeadLetters(store, Settings(data_dir=tmp_path, bootstrap_servers=nowhere))
+        with pytest.raises(BrokerUnreachable) as stopped:
+            letters.replay(timeout=0.5)
+        letters.close()
+    assert (stopped.value.left, stopped.value.outcomes) == (3, [])

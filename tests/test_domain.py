@@ -6,6 +6,7 @@ Pure logic only: no Kafka, no database.
 from __future__ import annotations
 
 from functools import reduce
+from unittest import mock
 
 import pytest
 
@@ -186,6 +187,18 @@ def test_a_stock_state_is_immutable_and_compares_by_its_units_only():
     assert repr(reserved) == "Stock(available=-3, reserved=3, sold=0)"
     with pytest.raises(TypeError):
         _ = reserved < same_units
+
+
+def test_a_stock_compared_with_something_else_lets_the_other_side_answer():
+    # given a stock, and values that are not stocks
+    stock = inventory.Stock(available=3)
+    # when it is compared with an object that knows how to compare (mock.ANY), then that object answers
+    assert stock == mock.ANY
+    assert stock.__ne__(mock.ANY) is NotImplemented
+    assert stock.__eq__("3") is NotImplemented
+    # and with a plain tuple of the same fields, or another type, it is still not equal
+    assert stock != (3, 0, 0, {}) and (3, 0, 0, {}) != stock and stock != 3 and stock != "Stock"
+    assert stock == inventory.Stock(3) and stock.__ne__(inventory.Stock(3)) is False
 
 
 def test_a_cancelled_order_releases_what_was_reserved():

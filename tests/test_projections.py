@@ -548,8 +548,9 @@ def test_cli_bad_input_is_an_eventlab_error(store_path, tmp_path):
         run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-position", "999"])
     with pytest.raises(ProjectionError, match="only reads"):
         run_cli(["query", "--data-dir", data_dir, "DELETE FROM store.events"])
-    with pytest.raises(SystemExit):
-        run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", "yesterday"])
+    for when in ("yesterday", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):  # the last two: no UTC
+        with pytest.raises(SystemExit):
+            run_cli(["show", "--data-dir", data_dir, "orders", "--as-of-time", when])
     assert not (tmp_path / "empty").exists()
     (tmp_path / "a-file").write_text("not a directory")
     for where in (tmp_path / "a-file" / "parquet", Path("/proc/eventlab-export")):

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pytest
 from projection_story import standard_story
 
 from eventlab.cli import main
-from eventlab.projections import ProjectionError, Projections, QueryRefused, QueryTimeout, query
-from eventlab.projections.sandbox import sandbox_connection
+from eventlab.projections import ProjectionError, Projections, QueryOutOfMemory, QueryRefused, QueryTimeout, query
+from eventlab.projections.sandbox import Sandbox, sandbox_connection
 
 ENDLESS = "SELECT sum(hash(i)) FROM range(100000000000) t(i)"
 
@@ -367,3 +368,113 @@ def test_python_variables_of_the_caller_are_not_tables():
         assert default.sql("SELECT * FROM secret_frame").fetchall() == [("hunter2",)]
     with sandbox_connection() as con, pytest.raises(duckdb.CatalogException, match="secret_frame"):
         con.sql("SELECT * FROM secret_frame").fetchall()
+
+
+SMALL = 64 * 2**20
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM range(20000) a, range(10000) b",  # a result bigger than the limit (DuckDB does not count it)
+        "SELECT length(string_agg(range::VARCHAR, ',')) FROM range(100000000)",  # an aggregate bigger than it
+    ],
+)
+def test_a_query_needing_more_memory_than_the_sandbox_has_is_refused_in_one_line(sql):
+    # given a sandbox of 64 MiB (the default is 2 GiB; a test keeps it small to stay fast)
+    sandbox = Sandbox(SMALL)
+    try:
+        # when a query needs more (a cross join of 200 million rows, a string of a billion characters)
+        with pytest.raises(QueryOutOfMemory) as refused:
+            sandbox.run(sql, None, 30)
+        # then it is refused in one line that names the limit and how to raise it
+        message = str(refused.value)
+        assert "ran out of the sandbox's memory (64 MiB)" in message and "EVENTLAB_QUERY_MEMORY" in message
+        assert "\n" not in message
+        # and the sandbox still answers a normal query
+        assert sandbox.run("SELECT count(*) AS n FROM range(1000)", None, 30).to_pylist() == [{"n": 1000}]
+    finally:
+        sandbox.close()
+
+
+def test_the_sandbox_memory_comes_from_eventlab_query_memory(store_path, monkeypatch, capsys):
+    # given no variable: the default, 2 GiB
+    monkeypatch.delenv("EVENTLAB_QUERY_MEMORY", raising=False)
+    with sandbox_connection() as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("2.0 GiB",)
+    # when the variable says 64MiB, a query over the projections that needs more is refused at the command line
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "64MiB")
+    big = "SELECT * FROM orders, range(3000000)"
+    assert main(["query", "--data-dir", str(store_path.parent), big]) == 2
+    assert "ran out of the sandbox's memory (64 MiB)" in capsys.readouterr().err
+    # and a value that is not a size is refused naming the variable
+    for garbage in ("lots", "-1GB", "1MB", "nan", "1e9", "9" * 40):
+        monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", garbage)
+        assert main(["query", "--data-dir", str(store_path.parent), "SELECT 1"]) == 2
+        assert "EVENTLAB_QUERY_MEMORY:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"], ["--csv"], ["--wide"]])
+def test_infinite_and_far_dates_print_in_every_format(store_path, capsys, fmt):
+    # given a query answering dates and times Python has no object for (polars panicked showing them)
+    sql = (
+        "SELECT 'infinity'::DATE AS d, '-infinity'::TIMESTAMP AS t, 'infinity'::TIMESTAMPTZ AS tz,"
+        " '-infinity'::TIMESTAMP_S AS s, DATE '20000-01-01' AS far, TIME '24:00:00' AS midnight"
+    )
+    # when it is printed
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, sql])
+    # then each is shown as DuckDB writes it (not a panic, not 1970-01-01 for -infinity, not None for 24:00)
+    assert code == 0
+    out = capsys.readouterr().out
+    if fmt == ["--json"]:
+        assert json.loads(out) == [
+            {"d": "infinity", "t": "-infinity", "tz": "infinity", "s": "-infinity", "far": "20000-01-01",
+             "midnight": "24:00:00"}
+        ]  # fmt: skip
+    else:
+        assert "-infinity" in out and "20000-01-01" in out and "24:00:00" in out
+
+
+def test_infinite_dates_show_in_a_notebook_and_ordinary_dates_keep_their_type(store_path):
+    # given a query answering an infinite date beside an ordinary one
+    frame = query(store_path, "SELECT 'infinity'::DATE AS d, DATE '2024-05-01' AS ok, created_at FROM orders LIMIT 1")
+    # when a notebook shows it
+    shown = frame._repr_html_()
+    # then the infinite one is text, the others keep their types
+    assert "infinity" in shown and "2024-05-01" in shown
+    assert frame.schema["d"] == pl.String and frame.schema["ok"] == pl.Date
+    assert frame.schema["created_at"].is_temporal()
+
+
+def test_a_pivot_over_the_values_it_finds_is_a_read(store_path, capsys):
+    # given orders in several statuses
+    statuses = set(query(store_path, "SELECT DISTINCT status FROM orders")["status"])
+    # when a query pivots on status without listing the values (DuckDB parses it into two statements)
+    frame = query(store_path, "PIVOT orders ON status USING count(*)")
+    # then there is one column per status, and the command line answers it too
+    assert statuses <= set(frame.columns)
+    assert main(["query", "--data-dir", str(store_path.parent), "--json", "PIVOT orders ON status USING count(*)"]) == 0
+    assert statuses <= set(json.loads(capsys.readouterr().out)[0])
+    # and the statements a user writes beside it, or writing it into a table, are still refused
+    for sql in (
+        "PIVOT orders ON status USING count(*); SELECT 1",
+        "CREATE TYPE mood AS ENUM ('ok'); SELECT 1",
+        "CREATE TABLE t AS PIVOT orders ON status USING count(*)",
+    ):
+        with pytest.raises(ProjectionError, match="exactly one statement"):
+            query(store_path, sql)
+
+
+def test_a_pivot_leaves_no_types_behind():
+    # given a sandbox holding a table
+    sandbox = Sandbox()
+    try:
+        sandbox.add("orders", pa.table({"status": ["paid", "new", "paid"]}))
+        # when a pivot runs three times
+        for _ in range(3):
+            assert sandbox.run("PIVOT orders ON status", None, 5).to_pylist() == [{"new": 1, "paid": 2}]
+        # then the ENUM types DuckDB made for it are gone
+        count = "SELECT count(*) FROM duckdb_types() WHERE starts_with(type_name, '__pivot')"
+        assert sandbox.con.execute(count).fetchone() == (0,)
+    finally:
+        sandbox.close()

@@ -162,3 +162,31 @@ def test_spaces_around_a_value_are_not_part_of_it():
     assert settings.data_dir == Path("/srv/shop") and settings.store_path == Path("/srv/shop/events.db")
     assert settings.service_store_urls == {"order": "/srv/order.db"}
     assert settings.bootstrap_servers == "kafka:9092"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "EVENTLAB_BOOTSTRAP_SERVERS",  # librdkafka raised SystemError from the Producer's constructor
+        "EVENTLAB_KAFKA_CLIENT_ID",
+        "EVENTLAB_KAFKA_\udcff",  # a name that is not UTF-8: librdkafka crashed the process (SIGSEGV)
+        "EVENTLAB_GROUP_INSTANCE",
+        "EVENTLAB_STORE_URL",  # a PostgreSQL URL: libpq's UnicodeEncodeError traceback
+        "EVENTLAB_ORDER_STORE_URL",
+    ],
+)
+def test_a_value_that_is_not_utf8_is_refused_naming_the_variable_not_the_value(variable):
+    # given a variable whose bytes are not UTF-8 (Python reads \xff as the lone surrogate \udcff)
+    value = "postgresql://shop:s\udcffcret@db/shop" if "STORE_URL" in variable else "s\udcffcret:9092"
+    # when the settings are read, then they are refused naming the variable, without the value (a password?)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: value})
+    assert refused.value.variable == variable and "not UTF-8" in str(refused.value)
+    assert "cret" not in str(refused.value)
+
+
+def test_a_file_name_that_is_not_utf8_is_a_file_name():
+    # given a data directory and a SQLite store whose names hold bytes that are not UTF-8 (Linux allows it)
+    settings = Settings.from_env({"EVENTLAB_DATA_DIR": "/srv/\udcff", "EVENTLAB_STORE_URL": "/srv/\udcff.db"})
+    # then they are accepted as the files they name
+    assert str(settings.data_dir) == "/srv/\udcff" and settings.store_url == "/srv/\udcff.db"

@@ -94,3 +94,14 @@ def test_the_url_goes_to_child_processes_and_its_password_stays_out_of_logs():
     assert Settings.from_env(settings.environ()) == settings
     assert "hunter2" not in repr(settings) and "postgresql://shop:***@db:5432/shop" in repr(settings)
     assert Settings.from_env({}, data_dir=Path("/srv/shop")).environ()["EVENTLAB_STORE_URL"] == ""
+
+
+@pytest.mark.parametrize("argv", [["query", "SELECT 1"], ["audit"], ["export", "out"], ["dlq", "list"]])
+def test_a_store_path_that_is_a_symlink_loop_is_one_line_naming_it(tmp_path, capsys, argv):
+    # given a data directory whose events.db is a symbolic link to itself (a restore script gone wrong)
+    (tmp_path / "events.db").symlink_to(tmp_path / "events.db")
+    # when a command reads the store
+    status = main([*argv, "--data-dir", str(tmp_path)])
+    # then it stops with one line naming the path, not a RuntimeError's traceback
+    err = capsys.readouterr().err
+    assert status == 2 and "events.db: the path cannot be followed to a file" in err and "Traceback" not in err

@@ -8,10 +8,12 @@ Any CloudEvents SDK or ``kcat`` can read these messages.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from eventlab.events import EVENT_TYPES, Event, readable_versions
 from eventlab.store.base import EventRecord, StoredEvent, json_loads
@@ -24,6 +26,11 @@ Headers = list[tuple[str, bytes]]
 
 class UndecodableMessage(ValueError):
     """A message that is not a valid eventlab CloudEvent; ``str()`` is the reason."""
+
+
+#: A JSON escape of a UTF-16 surrogate (``\ud800``): JSON parsers accept one unpaired, but no UTF-8
+#: text holds it, so an event carrying it could be neither stored nor sent on (every retry failing).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,14 @@ def record_topic(record: EventRecord) -> str:
 
 def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
     """Decode a Kafka message into a typed event, or raise :class:`UndecodableMessage` saying why."""
-    found = {key: (raw or b"").decode("utf-8", "replace") for key, raw in headers or ()}
+    found = {}
+    for key, raw in headers or ():
+        try:
+            found[key] = (raw or b"").decode()
+        except UnicodeDecodeError:
+            if key == "ce_id":  # replaced, two ids could become one, and the second be skipped as handled
+                raise UndecodableMessage(f"ce_id is not UTF-8: {(raw or b'')[:100]!r}") from None
+            found[key] = (raw or b"").decode("utf-8", "replace")
     for required in ("ce_specversion", "ce_id", "ce_type"):
         if not found.get(required):
             raise UndecodableMessage(f"missing header {required}")
@@ -130,6 +144,11 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     if found.get("ce_dataschemaversion"):  # an extension attribute: a message without it is read as it is
         _check_version(cls, found["ce_dataschemaversion"])
     event = _validate(cls, value or b"")
+    if value and _SURROGATE_ESCAPE.search(value):  # a pair (an emoji) is fine: only a lone one fails
+        try:
+            event.model_dump_json()
+        except PydanticSerializationError:
+            raise UndecodableMessage("value holds an unpaired surrogate (\\ud800 …): not Unicode text") from None
     return Message(
         event_id=found["ce_id"],
         event=event,

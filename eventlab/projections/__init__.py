@@ -27,7 +27,7 @@ from eventlab.projections.audit import CHECKS, AuditReport, Check, CheckResult, 
 from eventlab.projections.definitions import PROJECTIONS, RELATIONS, Projection, Relation
 from eventlab.projections.engine import Projections
 from eventlab.projections.export import export_parquet
-from eventlab.projections.sandbox import ProjectionError, QueryRefused, QueryTimeout
+from eventlab.projections.sandbox import ProjectionError, QueryOutOfMemory, QueryRefused, QueryTimeout
 from eventlab.projections.snapshot import Snapshot
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "Projection",
     "ProjectionError",
     "Projections",
+    "QueryOutOfMemory",
     "QueryRefused",
     "QueryTimeout",
     "Relation",

@@ -61,14 +61,45 @@ def _holds(column: DuckDBPyType) -> bool:
     return any(isinstance(child, DuckDBPyType) and _holds(child) for _, child in column.children)
 
 
+#: Python's first and last instant: DuckDB's dates reach 5 million years and ``infinity``, which polars
+#: cannot show (it panics: "out-of-range date") and reads wrongly (``-infinity`` as 1970-01-01).
+_FIRST, _LAST = "'0001-01-01 00:00:00'", "'9999-12-31 23:59:59.999999'"
+_TIMESTAMP_BEYOND = (
+    f"NOT isfinite({{c}}) OR {{c}}::TIMESTAMP < TIMESTAMP {_FIRST} OR {{c}}::TIMESTAMP > TIMESTAMP {_LAST}"
+)
+#: How a column of each DuckDB time type is told to hold a value Python has no object for.
+_BEYOND = {
+    "date": "NOT isfinite({c}) OR {c} < DATE '0001-01-01' OR {c} > DATE '9999-12-31'",
+    "time": "{c} = TIME '24:00:00'",  # read as None
+    **dict.fromkeys(("timestamp", "timestamp_s", "timestamp_ms", "timestamp_ns"), _TIMESTAMP_BEYOND),
+    "timestamp with time zone": "NOT isfinite({c}) OR {c} < TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+    " OR {c} > TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'",
+}
+
+
+def _beyond_python(relation: duckdb.DuckDBPyRelation, quoted: list[str]) -> set[str]:
+    """The time columns of ``relation`` holding a value Python has no object for (``infinity``, year 0 or 10000)."""
+    checks = {
+        name: _BEYOND[column.id].format(c=name)
+        for name, column in zip(quoted, relation.types, strict=True)
+        if column.id in _BEYOND
+    }
+    if not checks:
+        return set()
+    row = relation.aggregate(", ".join(f"coalesce(bool_or({check}), false)" for check in checks.values())).fetchone()
+    return {name for name, beyond in zip(checks, row or (), strict=True) if beyond}
+
+
 def _as_text_where_polars_cannot(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
-    """``relation`` with each column polars cannot take as DuckDB's text for it (``1 day 02:00:00``)."""
-    if not any(_holds(column) for column in relation.types):
-        return relation
+    """``relation`` with each column polars cannot take as DuckDB's text for it (``1 day 02:00:00``,
+    ``infinity``)."""
     quoted = ['"' + name.replace('"', '""') + '"' for name in relation.columns]
+    beyond = _beyond_python(relation, quoted)
+    if not beyond and not any(_holds(column) for column in relation.types):
+        return relation
     return relation.project(
         ", ".join(
-            f"CAST({name} AS VARCHAR) AS {name}" if _holds(column) else name
+            f"CAST({name} AS VARCHAR) AS {name}" if name in beyond or _holds(column) else name
             for name, column in zip(quoted, relation.types, strict=True)
         )
     )

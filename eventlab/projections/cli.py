@@ -18,7 +18,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -170,10 +170,18 @@ def _seconds(text: str) -> float:
 
 
 def _iso_time(text: str) -> datetime:
+    """``--as-of-time``: an ISO 8601 time, as naive UTC (a zone that moves it past year 9999 or
+    before year 1 is refused here, not an ``OverflowError`` later)."""
     try:
-        return datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        return when
+    try:
+        return when.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def _store_location(text: str) -> Path | PostgresUrl:

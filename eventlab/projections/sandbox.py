@@ -14,6 +14,17 @@ DuckDB 1.5.5, as measured here:
   system is also disabled outright (``disabled_filesystems``), and the configuration locked.
 - ``getenv`` does not exist outside the DuckDB shell; settings that would show the home
   directory (``home_directory``, ``secret_directory``) are set to a neutral value.
+- Memory: DuckDB's default ``memory_limit`` is 80 % of the machine, and with no temporary
+  directory nothing can spill, so a big join or aggregate would take the notebook's memory. The
+  sandbox gets :data:`DEFAULT_MEMORY` (``EVENTLAB_QUERY_MEMORY`` changes it); past it DuckDB raises
+  ``OutOfMemoryException`` ("no temporary directory is specified"), told as :class:`QueryOutOfMemory`.
+  DuckDB does not count the Arrow result it hands back (a 3 GB cross join came back under a 100 MB
+  limit), so :meth:`Sandbox.run` fetches it in batches and counts them against the same limit. Nor does
+  it count the list one scalar call builds (``range(2e8)`` took 1.6 GB under 100 MB): that stays open.
+- ``PIVOT`` without an ``IN`` list is parsed into a ``CREATE TYPE`` (an ``ENUM`` of the values
+  found, by a read of the same sandbox) then the ``SELECT``: the generated statements carry no text of
+  their own, which a statement the user wrote always does. Only that shape is let through, and the
+  types are dropped after the query.
 
 :func:`bounded` runs a statement in a worker thread while the calling thread waits: the timer or a
 ``KeyboardInterrupt`` (Ctrl-C) calls ``interrupt()`` on the connection, so a query without end
@@ -23,23 +34,30 @@ always stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterru
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from eventlab.errors import EventlabError
+from eventlab.settings import SettingsError
 
 __all__ = [
+    "DEFAULT_MEMORY",
     "DEFAULT_TIMEOUT",
+    "MEMORY_VARIABLE",
     "ProjectionError",
+    "QueryOutOfMemory",
     "QueryRefused",
     "QueryTimeout",
     "Sandbox",
     "bounded",
+    "memory_limit",
     "sandbox_connection",
 ]
 
@@ -49,6 +67,19 @@ T = TypeVar("T")
 
 #: Seconds a query may run unless the caller says otherwise (``None`` or ``0``: no limit).
 DEFAULT_TIMEOUT = 5.0
+
+#: The memory a query may use (DuckDB's operators, and the result it hands back), unless
+#: ``EVENTLAB_QUERY_MEMORY`` says otherwise: room for any query over a shop's log, on a laptop.
+DEFAULT_MEMORY = "2GiB"
+#: The environment variable that sets the sandbox's memory (``512MiB``, ``4GiB``, ``8GB``).
+MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+#: The bounds of ``EVENTLAB_QUERY_MEMORY``: below 64 MiB DuckDB cannot run the projections' own views.
+_MEMORY_BOUNDS = (64 * 2**20, 2**50)
+#: Rows per Arrow batch while a result is fetched and counted against the memory limit.
+_BATCH_ROWS = 16_384
 
 #: What a refused query is told: the same words whatever the path, so nothing is learnt about the machine.
 REFUSED = "query refused: only the projections and the store's tables can be read (no files, URLs or extensions)"
@@ -86,10 +117,49 @@ class QueryTimeout(ProjectionError):
         self.seconds = seconds
 
 
-def sandbox_connection() -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory DuckDB that cannot open any file or URL and whose settings are locked."""
+class QueryOutOfMemory(ProjectionError):
+    """The query needed more memory than the sandbox has (and nothing can spill to disk)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"query ran out of the sandbox's memory ({_gib(limit)}): raise it with {MEMORY_VARIABLE} "
+            f"(e.g. {MEMORY_VARIABLE}=8GiB) or ask for less (filter, aggregate, LIMIT)"
+        )
+        self.limit = limit
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
+
+
+def memory_limit(env: Mapping[str, str] | None = None) -> int:
+    """The bytes a sandbox may use: ``EVENTLAB_QUERY_MEMORY`` of ``env`` (default ``os.environ``), else
+    :data:`DEFAULT_MEMORY`; a value that is not a size from 64 MiB to 1 PiB raises :class:`SettingsError`.
+
+    Example:
+        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "512MiB"}), memory_limit({})
+        (536870912, 2147483648)
+        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "lots"})
+        Traceback (most recent call last):
+        eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
+    """
+    text = (os.environ if env is None else env).get(MEMORY_VARIABLE, "").strip() or DEFAULT_MEMORY
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise SettingsError(MEMORY_VARIABLE, f"not a size like 4GiB or 512MB: {text!r}")
+    size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+    low, high = _MEMORY_BOUNDS
+    if not low <= size <= high:
+        raise SettingsError(MEMORY_VARIABLE, f"must be from 64MiB to 1024TiB, not {text!r}")
+    return size
+
+
+def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB that cannot open any file or URL, may use ``memory`` bytes (default
+    :func:`memory_limit`), and whose settings are locked."""
     con = duckdb.connect(
         config={
+            "memory_limit": f"{memory_limit() if memory is None else int(memory)}B",
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,
@@ -117,17 +187,23 @@ def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
         raise ProjectionError(f"cannot parse the query: {exc}") from exc
+    *made, last = statements
+    generated = all(s.type == duckdb.StatementType.CREATE and not s.query for s in made)
+    if made and generated and not last.query and last.type in _ALLOWED_STATEMENTS:
+        return  # a PIVOT without IN: the ENUM types of its values, made by DuckDB (see the module docstring)
     if len(statements) != 1:
         raise ProjectionError(f"expected exactly one statement, got {len(statements)}")
-    if statements[0].type not in _ALLOWED_STATEMENTS:
-        raise ProjectionError(f"only reads are allowed, not {statements[0].type.name}")
+    if last.type not in _ALLOWED_STATEMENTS:
+        raise ProjectionError(f"only reads are allowed, not {last.type.name}")
 
 
-def translate(exc: duckdb.Error) -> ProjectionError:
+def translate(exc: duckdb.Error, memory: int | None = None) -> ProjectionError:
     """A DuckDB error as the user sees it: anything about files, URLs or extensions is one generic
     refusal (its text would tell whether a path exists); the rest keeps DuckDB's words."""
     if isinstance(exc, duckdb.PermissionException | duckdb.IOException | duckdb.HTTPException):
         return QueryRefused(REFUSED)
+    if isinstance(exc, duckdb.OutOfMemoryException) and memory is not None:
+        return QueryOutOfMemory(memory)
     message = str(exc)
     if isinstance(exc, duckdb.CatalogException) and ("extension" in message or "/" in message):
         return QueryRefused(REFUSED)
@@ -231,8 +307,9 @@ class Sandbox:
     eventlab's own SQL before any user query runs.
     """
 
-    def __init__(self) -> None:
-        self.con = sandbox_connection()
+    def __init__(self, memory: int | None = None) -> None:
+        self.memory = memory_limit() if memory is None else int(memory)
+        self.con = sandbox_connection(self.memory)
 
     def add(self, name: str, table: pa.Table) -> None:
         """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
@@ -254,13 +331,32 @@ class Sandbox:
         ensure_single_read(self.con, sql)
 
         def work() -> pa.Table:
-            table = self.con.execute(sql, params).to_arrow_table()
+            batches, held = [], 0
+            reader = self.con.execute(sql, params).to_arrow_reader(_BATCH_ROWS)
+            for batch in reader:
+                held += batch.nbytes
+                if held > self.memory:
+                    reader.close()
+                    raise QueryOutOfMemory(self.memory)
+                batches.append(batch)
+            table = pa.Table.from_batches(batches, reader.schema)
             return table.rename_columns(_distinct_names(table.column_names))
 
         try:
             return bounded([self.con], work, timeout)
         except duckdb.Error as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self.memory) from exc
+        finally:
+            if "pivot" in sql.lower():
+                self._drop_pivot_types()
+
+    def _drop_pivot_types(self) -> None:
+        """Drop the ``ENUM`` types a ``PIVOT`` made (one per query: they would pile up in a notebook)."""
+        made = self.con.execute(
+            "SELECT type_name FROM duckdb_types() WHERE NOT internal AND starts_with(type_name, '__pivot_enum_')"
+        ).fetchall()
+        for (name,) in made:
+            self.con.execute('DROP TYPE IF EXISTS "' + name.replace('"', '""') + '"')
 
     def close(self) -> None:
         """Close the connection (and drop the Arrow tables it held)."""

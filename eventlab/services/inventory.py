@@ -74,10 +74,15 @@ class Stock(_StockFields):
         return f"Stock(available={self[0]!r}, reserved={self[1]!r}, sold={self[2]!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Stock and self[:3] == other[:3]  # never equal to a plain tuple, as a dataclass
+        if isinstance(other, Stock):
+            return self[:3] == other[:3]
+        if isinstance(other, tuple):  # never equal to a plain tuple, as a dataclass (the tuple's == would be)
+            return False
+        return NotImplemented  # the other side may know (``mock.ANY``, a wrapper)
 
     def __ne__(self, other: object) -> bool:
-        return type(other) is not Stock or self[:3] != other[:3]
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     def __hash__(self) -> int:
         return hash(self[:3])

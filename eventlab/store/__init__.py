@@ -144,7 +144,10 @@ def store_identity(settings: Settings) -> str:
     over one connection); ``memory://`` as is (each process's own)."""
     backend = settings.store_backend
     if backend == "sqlite":
-        return str(settings.store_path.resolve())
+        try:
+            return str(settings.store_path.resolve())
+        except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13, then OSError
+            raise StoreError(f"{settings.store_path}: the path cannot be followed to a file ({exc})") from exc
     if backend == "postgresql":
         from eventlab.store.postgres import identity
 
