@@ -190,6 +190,7 @@ class DeadLetterPublisher:
     def _discard(self) -> None:
         if self._producer is not None:
             self._producer.purge()
+            self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
             self._producer = None
 
 
@@ -372,6 +373,7 @@ class DeadLetters:
             produce_and_wait(self._producer, topic, value, key, headers, timeout)
         except BrokerError as exc:
             self._producer.purge()
+            self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
             self._producer = None
             if exc.code is None or exc.code in _UNANSWERED:  # not acknowledged in time: no refusal either
                 return None

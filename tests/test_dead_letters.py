@@ -10,6 +10,7 @@ shared shop goes to topics other than ``order.lifecycle.created``, whose dead-le
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import sqlite3
 import threading
@@ -583,3 +584,25 @@ def test_a_replay_against_an_unreachable_broker_stops_at_the_first_letter_and_lo
             letters.replay(timeout=0.5)
         letters.close()
     assert (stopped.value.left, stopped.value.outcomes) == (3, [])
+
+
+def test_a_replay_that_the_broker_did_not_acknowledge_releases_its_producer(tmp_path, monkeypatch):
+    # given a recorded dead letter, bootstrap servers where no broker listens, and every producer made kept
+    made = []
+
+    def kept(*args, **kwargs):
+        made.append(make_producer(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("eventlab.dlq.make_producer", kept)
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        store.record_dead_letter("order", "order.lifecycle.created", 0, 0, b"K", b"{}", [], "bad")
+        letters = DeadLetters(store, Settings(data_dir=tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}"))
+        # when the replay stops there
+        with pytest.raises(BrokerUnreachable):
+            letters.replay(timeout=0.3)
+        letters.close()
+    gc.collect()
+    # then nothing but this test holds the producer any more (a purged message's delivery callback held it
+    # for good: a leaked client retrying the address, logging every 50 ms, until the process exits)
+    assert gc.get_referrers(made[0]) == [made]
