@@ -21,16 +21,30 @@ How the store is read (measured here on a 1M-event, 490 MB SQLite store, 2 cores
   other relations are views over the tables and ``events``, computed when read. A refresh runs
   in one DuckDB transaction, so a reader never sees half of it.
 
-Where the time goes (CPU seconds, 1M events, ``benchmarks/projections.py --profile``): the copy
-~1.6 (the SQLite scan ~0.55, the JSON ~0.65, writing the table ~0.4), ``orders`` and
-``notifications`` ~0.6; reading every relation once ~2.9, mostly ``saga_timeline`` (its window
-~0.8, its sort ~0.2), ``events`` (the sort into position order ~0.6) and ``inventory_history``
-(~0.55). Measured and no cheaper: ``saga_timeline`` with a ``ROWS`` frame, with ``arg_min`` over
-the order instead of ``first_value``, with the window over three columns joined back, or as one
-window over the whole log; ``inventory_history`` partitioned by product; the events copied in
-position order (``preserve_insertion_order`` on) so that reading needs no sort (the copy's own
-sort costs what the read saves); DuckDB's allocator settings. The scan gives one thread per
-122,880 rows, so below ~250k events the copy runs on one core.
+Where the time goes (CPU seconds, 1M events, ``benchmarks/projections.py --profile`` on an idle
+machine): the copy ~1.15 (the SQLite scan ~0.45, the JSON ~0.45, writing the table ~0.25),
+``orders`` ~0.3 and ``notifications`` ~0.15; reading every relation once ~2.3, mostly
+``saga_timeline`` (~0.8, its window ~0.7), ``events`` (~0.75, the sort into position order ~0.45:
+the key alone sorts in 0.02, moving the string columns is the cost) and ``inventory_history``
+(~0.4). Measured and no cheaper: ``saga_timeline`` with a ``ROWS`` frame, with ``arg_min`` over
+the order instead of ``first_value``, with the window over three columns joined back, as one
+window over the whole log, or partitioned by a hash of the order id (slower: the string key is
+not the cost); ``inventory_history`` partitioned by product; the five ``arg_min`` of ``orders``
+as one over a struct; DuckDB's allocator settings. The events copied in position order
+(``preserve_insertion_order`` on) so that reading ``events`` needs no sort: the read drops from
+~0.6 to ~0.27, but DuckDB cannot keep the SQLite scan's order on several threads, so the copy runs
+on one (1M: rebuild 0.8 -> 1.3 s wall) and parallelising it in order (a ``UNION ALL`` of position
+ranges, or cursors committing in turn) costs more than the sort. The scan gives one thread per
+122,880 rows, so below ~250k events the copy runs on one core; splitting it into position ranges
+read in parallel does not pay: ``sqlite_query`` on the primary key costs ~30 % more per row than
+the attached scan (five columns; ~40 % with all), a ``UNION ALL`` of ranges runs them one after
+the other, and two cursors in Python threads inserting into one table took the 200k copy from 0.21
+to 0.16 s wall for 0.21 -> 0.29 CPU-s. Each document is parsed once; the transform is ~0.27 of
+the JSON (parsing alone ~0.09, ``metadata.source`` ~0.1), and a narrower shape per event type
+would save at most ~0.12 while changing what ``events`` shows for a document carrying fields its
+type does not declare; parsing ``lines`` only for ``OrderCreated`` measured no cheaper. (A refresh
+types its rows in one statement, which parses each document twice: ~1 ms per 1,000 events, not
+worth a statement more.)
 
 How the log is read is the caller's choice (:class:`Projections`), between the two log sources
 of :mod:`.sources`: Python's ``sqlite3`` (safe next to a shop that has the store open in this
