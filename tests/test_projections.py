@@ -11,7 +11,7 @@ import argparse
 import hashlib
 import json
 import sqlite3
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -323,6 +323,8 @@ def test_as_of_a_time_takes_the_last_event_recorded_by_then(projections):
         ({"position": "7"}, "must be an integer"),
         ({"time": START - timedelta(seconds=1)}, "outside the projected log"),
         ({"time": START + timedelta(days=2)}, "outside the projected log"),
+        ({"time": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-14)))}, "outside the years 1 to 9999"),
+        ({"time": datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=14)))}, "outside the years 1 to 9999"),
         ({}, "exactly one"),
         ({"position": 3, "time": START}, "exactly one"),
     ],

@@ -762,13 +762,17 @@ class Projections(SchemaRelations):
     def _position_at(self, time: datetime) -> int:
         if not isinstance(time, datetime):
             raise ProjectionError(f"time must be a datetime, not {time!r}")
+        try:
+            utc = _utc_naive(time)
+        except OverflowError:
+            raise ProjectionError(f"time {time.isoformat()} is outside the years 1 to 9999 in UTC") from None
         [(first, last, position)] = self._con.execute(
             "SELECT min(recorded_at), max(recorded_at), max(position) FILTER (recorded_at <= $t) FROM main.events",
-            {"t": _utc_naive(time)},
+            {"t": utc},
         ).fetchall()
         if first is None:
             raise ProjectionError("the event store is empty")
-        if not first <= _utc_naive(time) <= last:
+        if not first <= utc <= last:
             raise ProjectionError(f"time {time.isoformat()} is outside the projected log ({first} … {last} UTC)")
         return int(position)
 
