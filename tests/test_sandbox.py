@@ -538,3 +538,45 @@ def test_an_empty_query_is_refused_as_no_statement(store_path, projections, caps
     assert main(["query", "--data-dir", str(store_path.parent), sql]) == 2
     err = capsys.readouterr().err
     assert "expected exactly one statement, got 0" in err and err.count("\n") == 1
+
+
+#: Dates and times Python cannot hold, nested in a list, a struct, a map, an array and two levels deep.
+NESTED_BEYOND = (
+    "SELECT [DATE 'infinity'] AS l, {'d': DATE 'infinity'} AS s, MAP {DATE 'infinity': 1} AS m,"
+    " [DATE '20000-01-01']::DATE[1] AS a, {'x': [[TIME '24:00:00']]} AS deep"
+)
+NESTED_TEXT = {
+    "l": "[infinity]",
+    "s": "{'d': infinity}",
+    "m": "{infinity=1}",
+    "a": "[20000-01-01]",
+    "deep": "{'x': [['24:00:00']]}",
+}
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_dates_python_cannot_hold_inside_nested_columns_print_as_duckdbs_text(store_path, capsys, fmt):
+    # given a query answering infinite and far dates inside lists, structs, maps and arrays (polars panicked)
+    # when it is printed
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, NESTED_BEYOND])
+    # then each such column is DuckDB's text for it
+    assert code == 0
+    out = capsys.readouterr().out
+    if fmt == ["--json"]:
+        assert json.loads(out) == [NESTED_TEXT]
+    else:
+        assert all(text in out for text in ("[infinity]", "{'d': infinity}", "{infinity=1}", "[20000-01-01]"))
+
+
+def test_nested_dates_show_in_a_notebook_and_ordinary_nested_dates_keep_their_type(store_path):
+    # given nested columns holding dates Python cannot hold, beside nested ordinary dates
+    frame = query(
+        store_path, f"{NESTED_BEYOND}, [DATE '2024-05-01'] AS ok, {{'t': created_at}} AS ok2 FROM orders LIMIT 1"
+    )
+    # when a notebook shows it
+    shown = frame._repr_html_()
+    # then the first are text, the ordinary ones keep their types
+    assert "infinity" in shown and "20000-01-01" in shown
+    assert {name: frame.schema[name] for name in NESTED_TEXT} == dict.fromkeys(NESTED_TEXT, pl.String)
+    assert frame.schema["ok"] == pl.List(pl.Date) and frame.schema["ok2"].fields[0].dtype.is_temporal()
+    assert frame.row(0, named=True)["l"] == "[infinity]"

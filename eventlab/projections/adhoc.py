@@ -77,12 +77,42 @@ _BEYOND = {
 }
 
 
+def _beyond(column: DuckDBPyType, value: str, depth: int = 0) -> str | None:
+    """SQL telling whether ``value`` (of type ``column``) is, or holds in a struct, list, array or map, a
+    date or time Python has no object for; None when its type holds no date or time."""
+    if column.id in _BEYOND:
+        return f"coalesce({_BEYOND[column.id].format(c=value)}, false)"
+    if column.id not in ("struct", "list", "array", "map"):
+        return None
+    children = {name: child for name, child in column.children if isinstance(child, DuckDBPyType)}
+    if column.id == "struct":
+        parts = [(f"struct_extract({value}, {_literal(name)})", child, False) for name, child in children.items()]
+    elif column.id == "map":
+        parts = [(f"map_keys({value})", children["key"], True), (f"map_values({value})", children["value"], True)]
+    else:
+        parts = [(value, children["child"], True)]
+    item = f"_x{depth}"  # a lambda's parameter, one name per level
+    checks = []
+    for part, child, listed in parts:
+        check = _beyond(child, item if listed else part, depth + 1)
+        if check is not None and listed:
+            check = f"coalesce(list_bool_or(list_transform({part}, lambda {item}: {check})), false)"
+        if check is not None:
+            checks.append(f"({check})")
+    return " OR ".join(checks) or None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _beyond_python(relation: duckdb.DuckDBPyRelation, quoted: list[str]) -> set[str]:
-    """The time columns of ``relation`` holding a value Python has no object for (``infinity``, year 0 or 10000)."""
+    """The columns of ``relation`` holding, at the top or nested in a struct, list, array or map, a date or
+    time Python has no object for (``infinity``, year 0 or 10000): polars panics on those even nested."""
     checks = {
-        name: _BEYOND[column.id].format(c=name)
+        name: check
         for name, column in zip(quoted, relation.types, strict=True)
-        if column.id in _BEYOND
+        if (check := _beyond(column, name)) is not None
     }
     if not checks:
         return set()
