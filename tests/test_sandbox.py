@@ -580,3 +580,16 @@ def test_nested_dates_show_in_a_notebook_and_ordinary_nested_dates_keep_their_ty
     assert {name: frame.schema[name] for name in NESTED_TEXT} == dict.fromkeys(NESTED_TEXT, pl.String)
     assert frame.schema["ok"] == pl.List(pl.Date) and frame.schema["ok2"].fields[0].dtype.is_temporal()
     assert frame.row(0, named=True)["l"] == "[infinity]"
+
+
+def test_projections_made_without_settings_honour_eventlab_query_memory(store_path, monkeypatch):
+    # given the variable set in a notebook's environment, and no settings given
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "64MiB")
+    with Projections(store_path) as projections:
+        # when a query needs more, then it is refused at that limit
+        assert projections.memory == SMALL
+        with pytest.raises(QueryOutOfMemory, match=r"\(64 MiB\)"):
+            projections.sql("SELECT * FROM orders, range(3000000)")
+    # and a limit given explicitly wins over the variable
+    with Projections(store_path, memory=128 * 2**20) as projections:
+        assert projections.sql("SELECT current_setting('memory_limit') AS m").fetchall() == [("128.0 MiB",)]

@@ -23,6 +23,7 @@ def query(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     attach: bool = False,
+    memory: int | None = None,
 ) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path`` (a SQLite file, a
     ``postgresql://`` URL, or an open store; or a shop's several stores, seen as one log); return its rows.
@@ -34,13 +35,14 @@ def query(
     anything but a single read is refused with :class:`~eventlab.projections.ProjectionError`.
     Values go in ``params`` (``?`` or ``$name``), never into the SQL text. ``attach`` reads the
     store with DuckDB's scan (see :class:`Projections`), for a process that does not have it open.
+    ``memory``: the bytes the query may use (default ``EVENTLAB_QUERY_MEMORY``, else 2 GiB).
 
     Example:
         >>> by_status = query(store_path, "SELECT status, count(*) AS n FROM orders GROUP BY status")
         >>> query(store_path, "SELECT * FROM orders WHERE user_id = ?", ["U1"]).height
         3
     """
-    with Projections(store_path, attach=attach) as projections:
+    with Projections(store_path, attach=attach, memory=memory) as projections:
         relation = projections.sql(sql, params, timeout=timeout)
         try:
             return _as_text_where_polars_cannot(relation).pl()

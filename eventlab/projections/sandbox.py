@@ -42,7 +42,6 @@ always stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterru
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -53,7 +52,7 @@ import duckdb
 import pyarrow as pa
 
 from eventlab.errors import EventlabError
-from eventlab.settings import SettingsError
+from eventlab.settings import DEFAULT_QUERY_MEMORY, QUERY_MEMORY_VARIABLE, query_memory
 
 __all__ = [
     "DEFAULT_MEMORY",
@@ -77,16 +76,10 @@ T = TypeVar("T")
 #: Seconds a query may run unless the caller says otherwise (``None`` or ``0``: no limit).
 DEFAULT_TIMEOUT = 5.0
 
-#: The memory a query may use (DuckDB's operators; and, counted on its own, the result it hands back), unless
-#: ``EVENTLAB_QUERY_MEMORY`` says otherwise: room for any query over a shop's log, on a laptop.
-DEFAULT_MEMORY = "2GiB"
+#: The bytes a query may use unless ``EVENTLAB_QUERY_MEMORY`` says otherwise (2 GiB; see :func:`memory_limit`).
+DEFAULT_MEMORY = DEFAULT_QUERY_MEMORY
 #: The environment variable that sets the sandbox's memory (``512MiB``, ``4GiB``, ``8GB``).
-MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
-#: The bounds of ``EVENTLAB_QUERY_MEMORY``: below 64 MiB DuckDB cannot run the projections' own views.
-_MEMORY_BOUNDS = (64 * 2**20, 2**50)
+MEMORY_VARIABLE = QUERY_MEMORY_VARIABLE
 #: Rows per Arrow batch while a result is fetched and counted against the memory limit.
 _BATCH_ROWS = 16_384
 
@@ -143,7 +136,11 @@ def _gib(size: int) -> str:
 
 def memory_limit(env: Mapping[str, str] | None = None) -> int:
     """The bytes a sandbox may use: ``EVENTLAB_QUERY_MEMORY`` of ``env`` (default ``os.environ``), else
-    :data:`DEFAULT_MEMORY`; a value that is not a size from 64 MiB to 1 PiB raises :class:`SettingsError`.
+    :data:`DEFAULT_MEMORY`, read as :class:`~eventlab.settings.Settings` reads it (its field
+    ``query_memory``); a value that is not a size from 64 MiB to 1 PiB raises :class:`SettingsError`.
+
+    DuckDB's operators may use that many bytes, and the result it hands back is counted against the
+    same number on its own (see the module docstring): a query may hold about twice it at its peak.
 
     Example:
         >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "512MiB"}), memory_limit({})
@@ -152,15 +149,7 @@ def memory_limit(env: Mapping[str, str] | None = None) -> int:
         Traceback (most recent call last):
         eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
     """
-    text = (os.environ if env is None else env).get(MEMORY_VARIABLE, "").strip() or DEFAULT_MEMORY
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise SettingsError(MEMORY_VARIABLE, f"not a size like 4GiB or 512MB: {text!r}")
-    size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
-    low, high = _MEMORY_BOUNDS
-    if not low <= size <= high:
-        raise SettingsError(MEMORY_VARIABLE, f"must be from 64MiB to 1024TiB, not {text!r}")
-    return size
+    return query_memory(env)
 
 
 def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
