@@ -137,17 +137,11 @@ def _gib(size: int) -> str:
 def memory_limit(env: Mapping[str, str] | None = None) -> int:
     """The bytes a sandbox may use: ``EVENTLAB_QUERY_MEMORY`` of ``env`` (default ``os.environ``), else
     :data:`DEFAULT_MEMORY`, read as :class:`~eventlab.settings.Settings` reads it (its field
-    ``query_memory``); a value that is not a size from 64 MiB to 1 PiB raises :class:`SettingsError`.
+    ``query_memory``, :func:`~eventlab.settings.query_memory`); a value that is not a size from 64 MiB
+    to 1 PiB raises :class:`~eventlab.settings.SettingsError`.
 
     DuckDB's operators may use that many bytes, and the result it hands back is counted against the
     same number on its own (see the module docstring): a query may hold about twice it at its peak.
-
-    Example:
-        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "512MiB"}), memory_limit({})
-        (536870912, 2147483648)
-        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "lots"})
-        Traceback (most recent call last):
-        eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
     """
     return query_memory(env)
 
