@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventlab.arguments import LARGEST_INT64, seconds, whole_number
 from eventlab.errors import BrokerError, EventlabError
@@ -134,6 +134,29 @@ class BrokerUnreachable(BrokerError):
 _UNANSWERED = frozenset(
     {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 )
+
+
+#: Seconds the broker has to answer a metadata request after a dead letter was not acknowledged
+#: (at most the replay's ``--timeout``).
+_METADATA_TIMEOUT = 5.0
+
+
+def _refusing(producer: Producer, topic: str, timeout: float) -> str | None:
+    """Why the broker did not acknowledge a message to ``topic``, when it answers a metadata request
+    (None when it does not: it is down, or the address is wrong). A running broker may keep refusing a
+    message retriably (no such topic with auto-creation off, no leader, too few in-sync replicas): librdkafka
+    retries without a word until the wait ends."""
+    try:
+        metadata = producer.list_topics(
+            timeout=min(timeout, _METADATA_TIMEOUT)
+        )  # all topics: asking for one may create it
+    except KafkaException:
+        return None
+    if topic not in metadata.topics:
+        reason = f"does topic {topic} exist?"
+    else:
+        reason = f"topic {topic} exists: do its partitions have a leader and enough in-sync replicas?"
+    return f"the broker answers but kept refusing it: {reason}"
 
 
 class DeadLetterPublisher:
@@ -298,9 +321,11 @@ class DeadLetters:
         decoded now (after a fix); else it is reported, not sent. Every id is looked up before
         anything is sent (see :meth:`get`).
 
-        A dead letter the broker does not acknowledge within ``timeout`` seconds (it is down, or
-        ``EVENTLAB_BOOTSTRAP_SERVERS`` names the wrong address) stops the replay there with
-        :class:`BrokerUnreachable`, instead of the same wait for each of the rest."""
+        A dead letter the broker does not acknowledge within ``timeout`` seconds stops the replay there
+        with :class:`BrokerUnreachable`, instead of the same wait for each of the rest, when the broker
+        then does not answer a metadata request either (it is down, or ``EVENTLAB_BOOTSTRAP_SERVERS``
+        names the wrong address); when it answers (it kept refusing that letter: no such topic, no
+        leader), that letter is reported not replayed and the replay goes on."""
         if ids is None:
             chosen = self._find(topic, None, service)
         else:
@@ -372,14 +397,19 @@ class DeadLetters:
         try:
             produce_and_wait(self._producer, topic, value, key, headers, timeout)
         except BrokerError as exc:
-            self._producer.purge()
-            self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
-            self._producer = None
-            if exc.code is None or exc.code in _UNANSWERED:  # not acknowledged in time: no refusal either
-                return None
-            return Replayed(letter.id, topic, str(exc), shown)
-        store.mark_dead_letter_replayed(letter.id)
-        return Replayed(letter.id, topic, None, shown)
+            refused = None if exc.code is None or exc.code in _UNANSWERED else str(exc)  # None: no answer in time
+        else:
+            store.mark_dead_letter_replayed(letter.id)
+            return Replayed(letter.id, topic, None, shown)
+        # Asked outside the handler: a KafkaException raised inside it kept the BrokerError alive after
+        # gc.collect(), with its frames and so the producer (the release test caught it).
+        refusing = _refusing(self._producer, topic, timeout) if refused is None else None
+        self._producer.purge()
+        self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
+        self._producer = None
+        if refused is None and refusing is None:
+            return None
+        return Replayed(letter.id, topic, refused or f"not acknowledged within {timeout:g} s ({refusing})", shown)
 
     @staticmethod
     def _original(store: EventStore, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
@@ -515,8 +545,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         type=_REPLAY_TIMEOUT,
         default=15.0,
         metavar="SECONDS",
-        help="how long the broker may take to acknowledge one dead letter; the first it does not "
-        "stops the replay, the rest left recorded (default 15)",
+        help="how long the broker may take to acknowledge one dead letter; the first it does not stops "
+        "the replay, the rest left recorded, unless the broker still answers (then that one is reported "
+        "not replayed and the rest go on) (default 15)",
     )
 
 

@@ -21,6 +21,8 @@ from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 
 __all__ = [
+    "DEFAULT_QUERY_MEMORY",
+    "QUERY_MEMORY_VARIABLE",
     "REPLICA_PORT_STEP",
     "SERVICE_PORTS",
     "TRACE_SINKS",
@@ -30,7 +32,9 @@ __all__ = [
     "StoreBackend",
     "default_data_dir",
     "ensure_ports_free",
+    "memory_size",
     "port_free",
+    "query_memory",
     "service_store_variable",
     "variable",
 ]
@@ -150,14 +154,20 @@ def default_data_dir() -> Path:
     return Path(base) / "eventlab"
 
 
-def variable(name: str, between: tuple[float, float] | None = None) -> dict[str, Any]:
-    """Field metadata: the field's environment variable and its allowed range (both ends included).
+def variable(
+    name: str, between: tuple[float, float] | None = None, parse: Callable[[str], object] | None = None
+) -> dict[str, Any]:
+    """Field metadata: the field's environment variable, its allowed range (both ends included) and,
+    where the field's type alone does not say how, the function reading the variable's text.
 
     Example:
         >>> variable("EVENTLAB_PARTITIONS", between=(1, 1000))
         {'variable': 'EVENTLAB_PARTITIONS', 'between': (1, 1000)}
     """
-    return {"variable": name, "between": between}
+    found: dict[str, Any] = {"variable": name, "between": between}
+    if parse is not None:
+        found["parse"] = parse
+    return found
 
 
 def _whole(text: str) -> int:
@@ -175,6 +185,56 @@ def _number(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"not a number: {text!r}")
     return value
+
+
+#: The variable that sets the memory one ad-hoc query may use (:mod:`eventlab.projections.sandbox`).
+QUERY_MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
+#: What it is unless set: room for any query over a shop's log, on a laptop (2 GiB).
+DEFAULT_QUERY_MEMORY = 2 * 2**30
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE | re.ASCII)  # no '٢GiB'
+#: Its bounds: below 64 MiB DuckDB cannot run the projections' own views.
+_QUERY_MEMORY_BOUNDS = (64 * 2**20, 2**50)
+
+
+def memory_size(text: str) -> int:
+    """The bytes of ``EVENTLAB_QUERY_MEMORY``'s text (``512MiB``, ``4GiB``, ``8GB``; a bare number is
+    bytes): ``ValueError`` unless it is a size from 64 MiB to 1 PiB written in ASCII.
+
+    Example:
+        >>> memory_size("512MiB"), memory_size(" 8gb ")
+        (536870912, 8000000000)
+        >>> memory_size("lots")
+        Traceback (most recent call last):
+        ValueError: not a size like 4GiB or 512MB: 'lots'
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a size like 4GiB or 512MB: {text!r}")
+    size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+    low, high = _QUERY_MEMORY_BOUNDS
+    if not low <= size <= high:
+        raise ValueError(f"must be from 64MiB to 1024TiB, not {text!r}")
+    return size
+
+
+def query_memory(env: Mapping[str, str] | None = None) -> int:
+    """:attr:`Settings.query_memory` read from ``env`` (default ``os.environ``) alone, for a sandbox made
+    without settings (a notebook's): the variable's size, else :data:`DEFAULT_QUERY_MEMORY`.
+
+    Example:
+        >>> query_memory({"EVENTLAB_QUERY_MEMORY": "512MiB"}), query_memory({})
+        (536870912, 2147483648)
+        >>> query_memory({"EVENTLAB_QUERY_MEMORY": "lots"})
+        Traceback (most recent call last):
+        eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
+    """
+    text = _value(os.environ if env is None else env, QUERY_MEMORY_VARIABLE)
+    try:
+        return memory_size(text) if text else DEFAULT_QUERY_MEMORY
+    except ValueError as exc:
+        raise SettingsError(QUERY_MEMORY_VARIABLE, str(exc)) from None
 
 
 #: How the text of a variable becomes a field's value, by the field's type.
@@ -234,6 +294,8 @@ class Settings:
       ``OTEL_EXPORTER_OTLP_*`` variables).
     - ``zipkin_endpoint`` (``EVENTLAB_ZIPKIN_ENDPOINT``): a Zipkin server's
       ``http://localhost:9411/api/v2/spans``; setting it switches tracing on.
+    - ``query_memory`` (``EVENTLAB_QUERY_MEMORY``, 64 MiB to 1 PiB; ``512MiB``, ``4GiB``, ``8GB``): the
+      bytes one ad-hoc query may use (``eventlab query`` and ``show``, ``Projections.sql``).
     - ``trace_sample`` (``EVENTLAB_TRACE_SAMPLE``, 0-1): the share of orders traced (whole traces:
       every span follows its order's decision); below 1 where tracing's cost matters.
 
@@ -267,6 +329,7 @@ class Settings:
     otlp_endpoint: str = field(default="", metadata=variable("EVENTLAB_OTLP_ENDPOINT"))
     zipkin_endpoint: str = field(default="", metadata=variable("EVENTLAB_ZIPKIN_ENDPOINT"))
     trace_sample: float = field(default=1.0, metadata=variable("EVENTLAB_TRACE_SAMPLE", between=(0, 1)))
+    query_memory: int = field(default=DEFAULT_QUERY_MEMORY, metadata=variable(QUERY_MEMORY_VARIABLE, parse=memory_size))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -274,6 +337,10 @@ class Settings:
                 _check(name, str(f.type), getattr(self, f.name), f.metadata.get("between"))
                 if f.name not in _ANY_BYTES:
                     _utf8(name, getattr(self, f.name))
+        try:  # a value given as bytes, not read from the variable, has the same bounds
+            memory_size(str(self.query_memory))
+        except ValueError as exc:
+            raise SettingsError(QUERY_MEMORY_VARIABLE, str(exc)) from None
         for key, value in self.kafka_config.items():  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
             _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), key)
             _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), value)
@@ -320,7 +387,7 @@ class Settings:
             name = f.metadata.get("variable")
             if name and (text := _value(env, name)):
                 try:
-                    values[f.name] = _PARSERS[str(f.type)](text)
+                    values[f.name] = (f.metadata.get("parse") or _PARSERS[str(f.type)])(text)
                 except ValueError as exc:
                     raise SettingsError(name, str(exc)) from None
         values["kafka_config"] = {

@@ -606,3 +606,31 @@ def test_a_replay_that_the_broker_did_not_acknowledge_releases_its_producer(tmp_
     # then nothing but this test holds the producer any more (a purged message's delivery callback held it
     # for good: a leaked client retrying the address, logging every 50 ms, until the process exits)
     assert gc.get_referrers(made[0]) == [made]
+
+
+def test_a_replay_the_broker_answers_but_never_acknowledges_is_reported_and_the_rest_go_on(
+    apache_kafka_factory, tmp_path, monkeypatch, capsys
+):
+    # given Apache Kafka (no auto-created topics) holding the shop's topics, and two dead letters:
+    # one from a topic the broker does not have (librdkafka retries it silently until the wait ends), one from a real one
+    broker = apache_kafka_factory()
+    settings = Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers, partitions=1)
+    ensure_topics(settings)
+    with SqliteEventStore(settings.store_path) as store:
+        store.record_dead_letter("order", "no.such.topic", 0, 0, b"K", b"{}", [], "bad")
+        store.record_dead_letter("order", "order.lifecycle.created", 0, 1, b"K", b"{}", [], "bad")
+    # when both are replayed with a short wait
+    monkeypatch.setenv("EVENTLAB_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    code = cli.main(["dlq", "replay", "--all", "--timeout", "2", "--data-dir", str(tmp_path)])
+    # then the first is reported as refused by a broker that answers (not as a broker that is down)
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert (
+        "not replayed 1: not acknowledged within 2 s (the broker answers but kept refusing it: "
+        "does topic no.such.topic exist?)" in err
+    )
+    assert "is it running" not in err
+    # and the replay went on with the next, which the broker acknowledged
+    assert "replayed 2 to order.lifecycle.created" in out
+    with SqliteEventStore(settings.store_path) as store:
+        assert [letter.replays for letter in store.dead_letters()] == [0, 1]

@@ -23,7 +23,7 @@ from projection_story import standard_story
 
 from eventlab.cli import main
 from eventlab.projections import ProjectionError, Projections, QueryOutOfMemory, QueryRefused, QueryTimeout, query
-from eventlab.projections.sandbox import Sandbox, sandbox_connection
+from eventlab.projections.sandbox import Sandbox, duckdb_error, sandbox_connection, translate
 
 ENDLESS = "SELECT sum(hash(i)) FROM range(100000000000) t(i)"
 
@@ -478,3 +478,118 @@ def test_a_pivot_leaves_no_types_behind():
         assert sandbox.con.execute(count).fetchone() == (0,)
     finally:
         sandbox.close()
+
+
+#: Queries whose first batches come back and a later one fails inside DuckDB (pyarrow raises those as OSError).
+LATER_BATCH_FAILS = "SELECT i, {} FROM range(200000) r(i)"
+
+
+def test_running_out_of_memory_in_a_later_batch_is_refused_in_one_line(store_path, monkeypatch, capsys):
+    # given a sandbox of 256 MiB, and a query whose rows grow to 10 MB each after the first 50,000
+    sql = LATER_BATCH_FAILS.format("repeat('x', CASE WHEN i > 50000 THEN 10000000 ELSE 1 END)")
+    sandbox = Sandbox(256 * 2**20)
+    try:
+        # when it runs (the first batches come back, a later one cannot be made)
+        with pytest.raises(QueryOutOfMemory, match=r"memory \(256 MiB\)"):
+            sandbox.run(sql, None, 30)
+        # then it is told as running out of memory, as at execute, and the sandbox still answers
+        assert sandbox.run("SELECT 1 AS one", None, 30).to_pylist() == [{"one": 1}]
+    finally:
+        sandbox.close()
+    # and the command line says so in one line, exit status 2
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "256MiB")
+    assert main(["query", "--data-dir", str(store_path.parent), sql]) == 2
+    err = capsys.readouterr().err
+    assert "ran out of the sandbox's memory (256 MiB)" in err and err.count("\n") == 1
+
+
+def test_any_other_error_in_a_later_batch_keeps_duckdbs_words(store_path, capsys):
+    # given a query whose lists grow past DuckDB's largest vector after the first 100,000 rows
+    sql = LATER_BATCH_FAILS.format("list_resize([1], CASE WHEN i > 100000 THEN 100000000 ELSE 1 END)")
+    # when it runs
+    with pytest.raises(ProjectionError) as failed:
+        query(store_path, sql)
+    # then it is a ProjectionError in DuckDB's words, not an OSError
+    assert type(failed.value) is ProjectionError
+    assert str(failed.value).startswith("query failed: Out of Range Error: Cannot resize vector")
+    assert main(["query", "--data-dir", str(store_path.parent), sql]) == 2
+    assert "Out of Range Error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Permission Error: Cannot access file /etc/shadow", "IO Error: No files found that match /x", "HTTP Error: 404"],
+)
+def test_a_file_or_url_error_in_a_later_batch_is_the_generic_refusal(text):
+    # given DuckDB's words about a file or a URL, as pyarrow hands them over from a later batch
+    found = duckdb_error(OSError(text))
+    # then they are told as the one refusal (their text would tell whether a path exists)
+    assert found is not None and isinstance(translate(found, SMALL), QueryRefused)
+    # and an OSError of the machine's own (a subclass, or without DuckDB's words) is not taken for one
+    assert duckdb_error(FileNotFoundError(2, "No such file", "/x")) is None
+    assert duckdb_error(OSError("disk full")) is None
+
+
+@pytest.mark.parametrize("sql", ["", ";", "-- nothing", "  ;; "])
+def test_an_empty_query_is_refused_as_no_statement(store_path, projections, capsys, sql):
+    # when a query holds no statement, then it is refused as such, in the notebook and at the command line
+    with pytest.raises(ProjectionError, match="expected exactly one statement, got 0"):
+        projections.sql(sql)
+    assert main(["query", "--data-dir", str(store_path.parent), sql]) == 2
+    err = capsys.readouterr().err
+    assert "expected exactly one statement, got 0" in err and err.count("\n") == 1
+
+
+#: Dates and times Python cannot hold, nested in a list, a struct, a map, an array and two levels deep.
+NESTED_BEYOND = (
+    "SELECT [DATE 'infinity'] AS l, {'d': DATE 'infinity'} AS s, MAP {DATE 'infinity': 1} AS m,"
+    " [DATE '20000-01-01']::DATE[1] AS a, {'x': [[TIME '24:00:00']]} AS deep"
+)
+NESTED_TEXT = {
+    "l": "[infinity]",
+    "s": "{'d': infinity}",
+    "m": "{infinity=1}",
+    "a": "[20000-01-01]",
+    "deep": "{'x': [['24:00:00']]}",
+}
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_dates_python_cannot_hold_inside_nested_columns_print_as_duckdbs_text(store_path, capsys, fmt):
+    # given a query answering infinite and far dates inside lists, structs, maps and arrays (polars panicked)
+    # when it is printed
+    code = main(["query", "--data-dir", str(store_path.parent), *fmt, NESTED_BEYOND])
+    # then each such column is DuckDB's text for it
+    assert code == 0
+    out = capsys.readouterr().out
+    if fmt == ["--json"]:
+        assert json.loads(out) == [NESTED_TEXT]
+    else:
+        assert all(text in out for text in ("[infinity]", "{'d': infinity}", "{infinity=1}", "[20000-01-01]"))
+
+
+def test_nested_dates_show_in_a_notebook_and_ordinary_nested_dates_keep_their_type(store_path):
+    # given nested columns holding dates Python cannot hold, beside nested ordinary dates
+    frame = query(
+        store_path, f"{NESTED_BEYOND}, [DATE '2024-05-01'] AS ok, {{'t': created_at}} AS ok2 FROM orders LIMIT 1"
+    )
+    # when a notebook shows it
+    shown = frame._repr_html_()
+    # then the first are text, the ordinary ones keep their types
+    assert "infinity" in shown and "20000-01-01" in shown
+    assert {name: frame.schema[name] for name in NESTED_TEXT} == dict.fromkeys(NESTED_TEXT, pl.String)
+    assert frame.schema["ok"] == pl.List(pl.Date) and frame.schema["ok2"].fields[0].dtype.is_temporal()
+    assert frame.row(0, named=True)["l"] == "[infinity]"
+
+
+def test_projections_made_without_settings_honour_eventlab_query_memory(store_path, monkeypatch):
+    # given the variable set in a notebook's environment, and no settings given
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "64MiB")
+    with Projections(store_path) as projections:
+        # when a query needs more, then it is refused at that limit
+        assert projections.memory == SMALL
+        with pytest.raises(QueryOutOfMemory, match=r"\(64 MiB\)"):
+            projections.sql("SELECT * FROM orders, range(3000000)")
+    # and a limit given explicitly wins over the variable
+    with Projections(store_path, memory=128 * 2**20) as projections:
+        assert projections.sql("SELECT current_setting('memory_limit') AS m").fetchall() == [("128.0 MiB",)]

@@ -190,3 +190,33 @@ def test_a_file_name_that_is_not_utf8_is_a_file_name():
     settings = Settings.from_env({"EVENTLAB_DATA_DIR": "/srv/\udcff", "EVENTLAB_STORE_URL": "/srv/\udcff.db"})
     # then they are accepted as the files they name
     assert str(settings.data_dir) == "/srv/\udcff" and settings.store_url == "/srv/\udcff.db"
+
+
+def test_the_query_memory_is_a_setting_read_with_the_one_size_parser():
+    # given the variable in the forms the README shows, then the settings hold its bytes
+    assert Settings.from_env({"EVENTLAB_QUERY_MEMORY": "512MiB"}).query_memory == 512 * 2**20
+    assert Settings.from_env({"EVENTLAB_QUERY_MEMORY": " 8gb "}).query_memory == 8 * 10**9
+    assert Settings.from_env({}).query_memory == 2 * 2**30
+    settings = Settings.from_env({"EVENTLAB_QUERY_MEMORY": "4GiB"})
+    assert Settings.from_env(settings.environ()) == settings  # a child process sees the same limit
+    # and sizes written with digits other than ASCII's, or out of bounds, are refused naming the variable
+    for text in ("٢GiB", "２００MiB", "lots", "1MB", "2PiB"):
+        with pytest.raises(SettingsError, match="^EVENTLAB_QUERY_MEMORY: "):
+            Settings.from_env({"EVENTLAB_QUERY_MEMORY": text})
+    with pytest.raises(SettingsError, match="^EVENTLAB_QUERY_MEMORY: must be from 64MiB"):
+        Settings(query_memory=1000)
+
+
+@pytest.mark.parametrize("command", [["dlq", "list"], ["query", "SELECT 1"], ["show", "orders"]])
+def test_a_bad_query_memory_stops_unrelated_commands_at_start(tmp_path, monkeypatch, capsys, command):
+    from eventlab.cli import main
+    from eventlab.store import open_store
+
+    # given a shop's store, and a query memory that is not a size
+    open_store(Settings(data_dir=tmp_path)).close()
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "lots")
+    # when a command runs (one that queries nothing included)
+    code = main([*command, "--data-dir", str(tmp_path)])
+    # then it stops at start, in one line naming the variable
+    assert code == 2
+    assert capsys.readouterr().err == "eventlab: error: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'\n"

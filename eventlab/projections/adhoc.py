@@ -23,6 +23,7 @@ def query(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     attach: bool = False,
+    memory: int | None = None,
 ) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path`` (a SQLite file, a
     ``postgresql://`` URL, or an open store; or a shop's several stores, seen as one log); return its rows.
@@ -34,13 +35,14 @@ def query(
     anything but a single read is refused with :class:`~eventlab.projections.ProjectionError`.
     Values go in ``params`` (``?`` or ``$name``), never into the SQL text. ``attach`` reads the
     store with DuckDB's scan (see :class:`Projections`), for a process that does not have it open.
+    ``memory``: the bytes the query may use (default ``EVENTLAB_QUERY_MEMORY``, else 2 GiB).
 
     Example:
         >>> by_status = query(store_path, "SELECT status, count(*) AS n FROM orders GROUP BY status")
         >>> query(store_path, "SELECT * FROM orders WHERE user_id = ?", ["U1"]).height
         3
     """
-    with Projections(store_path, attach=attach) as projections:
+    with Projections(store_path, attach=attach, memory=memory) as projections:
         relation = projections.sql(sql, params, timeout=timeout)
         try:
             return _as_text_where_polars_cannot(relation).pl()
@@ -77,12 +79,42 @@ _BEYOND = {
 }
 
 
+def _beyond(column: DuckDBPyType, value: str, depth: int = 0) -> str | None:
+    """SQL telling whether ``value`` (of type ``column``) is, or holds in a struct, list, array or map, a
+    date or time Python has no object for; None when its type holds no date or time."""
+    if column.id in _BEYOND:
+        return f"coalesce({_BEYOND[column.id].format(c=value)}, false)"
+    if column.id not in ("struct", "list", "array", "map"):
+        return None
+    children = {name: child for name, child in column.children if isinstance(child, DuckDBPyType)}
+    if column.id == "struct":
+        parts = [(f"struct_extract({value}, {_literal(name)})", child, False) for name, child in children.items()]
+    elif column.id == "map":
+        parts = [(f"map_keys({value})", children["key"], True), (f"map_values({value})", children["value"], True)]
+    else:
+        parts = [(value, children["child"], True)]
+    item = f"_x{depth}"  # a lambda's parameter, one name per level
+    checks = []
+    for part, child, listed in parts:
+        check = _beyond(child, item if listed else part, depth + 1)
+        if check is not None and listed:
+            check = f"coalesce(list_bool_or(list_transform({part}, lambda {item}: {check})), false)"
+        if check is not None:
+            checks.append(f"({check})")
+    return " OR ".join(checks) or None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _beyond_python(relation: duckdb.DuckDBPyRelation, quoted: list[str]) -> set[str]:
-    """The time columns of ``relation`` holding a value Python has no object for (``infinity``, year 0 or 10000)."""
+    """The columns of ``relation`` holding, at the top or nested in a struct, list, array or map, a date or
+    time Python has no object for (``infinity``, year 0 or 10000): polars panics on those even nested."""
     checks = {
-        name: _BEYOND[column.id].format(c=name)
+        name: check
         for name, column in zip(quoted, relation.types, strict=True)
-        if column.id in _BEYOND
+        if (check := _beyond(column, name)) is not None
     }
     if not checks:
         return set()

@@ -290,7 +290,10 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    return _bounded_command(args, lambda: query(_store_locations(args), args.sql, timeout=args.timeout or None))
+    memory = _settings(args).query_memory  # every variable checked before the store is read
+    return _bounded_command(
+        args, lambda: query(_store_locations(args), args.sql, timeout=args.timeout or None, memory=memory)
+    )
 
 
 def _bounded_command(args: argparse.Namespace, fetch: Callable[[], pl.DataFrame]) -> int:
@@ -325,8 +328,10 @@ def _projections(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    memory = _settings(args).query_memory  # every variable checked before the store is read
+
     def fetch() -> pl.DataFrame:
-        with Projections(_store_locations(args)) as projections:
+        with Projections(_store_locations(args), memory=memory) as projections:
             source: Projections | Snapshot = projections
             if args.as_of_position is not None or args.as_of_time is not None:
                 source = projections.as_of(position=args.as_of_position, time=args.as_of_time)

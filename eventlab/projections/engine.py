@@ -103,6 +103,7 @@ from eventlab.projections.sandbox import (
     Sandbox,
     bounded,
     ensure_single_read,
+    memory_limit,
 )
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
@@ -257,7 +258,9 @@ class Projections(SchemaRelations):
     ``store`` column first.
 
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
-    these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit).
+    these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit) and
+    ``memory`` bytes (default: ``EVENTLAB_QUERY_MEMORY``, read now; see
+    :func:`~eventlab.projections.sandbox.memory_limit`).
 
     Example:
         >>> projections = Projections(store_path)
@@ -273,10 +276,12 @@ class Projections(SchemaRelations):
         *,
         attach: bool = False,
         timeout: float | None = DEFAULT_TIMEOUT,
+        memory: int | None = None,
     ) -> None:
         found = _sources(source, attach)
         self.schema = "main"
         self.timeout = timeout
+        self.memory = memory_limit() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()
@@ -681,7 +686,7 @@ class Projections(SchemaRelations):
         """The sandbox holding the current relations: the tables handed over as Arrow whenever they
         changed (once per refresh), the views and "as of" schemas created over them once."""
         if self._sandbox is None:
-            sandbox = Sandbox()
+            sandbox = Sandbox(self.memory)
             try:
                 sandbox.execute(MONEY)
                 self._hand_tables(sandbox)

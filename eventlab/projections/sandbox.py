@@ -19,8 +19,16 @@ DuckDB 1.5.5, as measured here:
   sandbox gets :data:`DEFAULT_MEMORY` (``EVENTLAB_QUERY_MEMORY`` changes it); past it DuckDB raises
   ``OutOfMemoryException`` ("no temporary directory is specified"), told as :class:`QueryOutOfMemory`.
   DuckDB does not count the Arrow result it hands back (a 3 GB cross join came back under a 100 MB
-  limit), so :meth:`Sandbox.run` fetches it in batches and counts them against the same limit. Nor does
-  it count the list one scalar call builds (``range(2e8)`` took 1.6 GB under 100 MB): that stays open.
+  limit), so :meth:`Sandbox.run` fetches it in batches and counts them against the same number, on
+  their own: the limit is applied twice, and a query whose operators hold up to the limit while its
+  result fills (a sort, an aggregate, then the rows) may hold about twice the limit at its peak. Nor
+  does DuckDB count the list one scalar call builds (``range(2e8)`` took 1.6 GB under 100 MB): that
+  stays open. With several threads DuckDB 1.5.5 reports an out-of-memory error of one of them, 3 to 7
+  times in 10, as ``INTERRUPT Error: Interrupted!`` (another thread's, stopped because of it); no other
+  error was seen to do that, and eventlab's own interrupts (time limit, Ctrl-C) never reach
+  :func:`translate`, so an interrupt there is told as :class:`QueryOutOfMemory` too. An error DuckDB
+  meets while a later batch is read reaches Python as pyarrow's ``OSError`` holding DuckDB's text
+  (:func:`duckdb_error` gives it back its kind).
 - ``PIVOT`` without an ``IN`` list is parsed into a ``CREATE TYPE`` (an ``ENUM`` of the values
   found, by a read of the same sandbox) then the ``SELECT``: the generated statements carry no text of
   their own, which a statement the user wrote always does. Only that shape is let through, and the
@@ -34,7 +42,6 @@ always stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterru
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -45,7 +52,7 @@ import duckdb
 import pyarrow as pa
 
 from eventlab.errors import EventlabError
-from eventlab.settings import SettingsError
+from eventlab.settings import DEFAULT_QUERY_MEMORY, QUERY_MEMORY_VARIABLE, query_memory
 
 __all__ = [
     "DEFAULT_MEMORY",
@@ -57,6 +64,7 @@ __all__ = [
     "QueryTimeout",
     "Sandbox",
     "bounded",
+    "duckdb_error",
     "memory_limit",
     "sandbox_connection",
 ]
@@ -68,16 +76,10 @@ T = TypeVar("T")
 #: Seconds a query may run unless the caller says otherwise (``None`` or ``0``: no limit).
 DEFAULT_TIMEOUT = 5.0
 
-#: The memory a query may use (DuckDB's operators, and the result it hands back), unless
-#: ``EVENTLAB_QUERY_MEMORY`` says otherwise: room for any query over a shop's log, on a laptop.
-DEFAULT_MEMORY = "2GiB"
+#: The bytes a query may use unless ``EVENTLAB_QUERY_MEMORY`` says otherwise (2 GiB; see :func:`memory_limit`).
+DEFAULT_MEMORY = DEFAULT_QUERY_MEMORY
 #: The environment variable that sets the sandbox's memory (``512MiB``, ``4GiB``, ``8GB``).
-MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
-#: The bounds of ``EVENTLAB_QUERY_MEMORY``: below 64 MiB DuckDB cannot run the projections' own views.
-_MEMORY_BOUNDS = (64 * 2**20, 2**50)
+MEMORY_VARIABLE = QUERY_MEMORY_VARIABLE
 #: Rows per Arrow batch while a result is fetched and counted against the memory limit.
 _BATCH_ROWS = 16_384
 
@@ -134,24 +136,14 @@ def _gib(size: int) -> str:
 
 def memory_limit(env: Mapping[str, str] | None = None) -> int:
     """The bytes a sandbox may use: ``EVENTLAB_QUERY_MEMORY`` of ``env`` (default ``os.environ``), else
-    :data:`DEFAULT_MEMORY`; a value that is not a size from 64 MiB to 1 PiB raises :class:`SettingsError`.
+    :data:`DEFAULT_MEMORY`, read as :class:`~eventlab.settings.Settings` reads it (its field
+    ``query_memory``, :func:`~eventlab.settings.query_memory`); a value that is not a size from 64 MiB
+    to 1 PiB raises :class:`~eventlab.settings.SettingsError`.
 
-    Example:
-        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "512MiB"}), memory_limit({})
-        (536870912, 2147483648)
-        >>> memory_limit({"EVENTLAB_QUERY_MEMORY": "lots"})
-        Traceback (most recent call last):
-        eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
+    DuckDB's operators may use that many bytes, and the result it hands back is counted against the
+    same number on its own (see the module docstring): a query may hold about twice it at its peak.
     """
-    text = (os.environ if env is None else env).get(MEMORY_VARIABLE, "").strip() or DEFAULT_MEMORY
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise SettingsError(MEMORY_VARIABLE, f"not a size like 4GiB or 512MB: {text!r}")
-    size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
-    low, high = _MEMORY_BOUNDS
-    if not low <= size <= high:
-        raise SettingsError(MEMORY_VARIABLE, f"must be from 64MiB to 1024TiB, not {text!r}")
-    return size
+    return query_memory(env)
 
 
 def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -187,6 +179,8 @@ def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
         raise ProjectionError(f"cannot parse the query: {exc}") from exc
+    if not statements:  # "", ";" or only a comment
+        raise ProjectionError("expected exactly one statement, got 0")
     *made, last = statements
     generated = all(s.type == duckdb.StatementType.CREATE and not s.query for s in made)
     if made and generated and not last.query and last.type in _ALLOWED_STATEMENTS:
@@ -197,13 +191,51 @@ def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise ProjectionError(f"only reads are allowed, not {last.type.name}")
 
 
+#: DuckDB's error kinds :func:`translate` tells apart, by the words that open their message
+#: (``Out of Memory Error: failed to allocate …``): all an error raised while batches are read keeps.
+_KINDS: dict[str, type[duckdb.Error]] = {
+    "Out of Memory": duckdb.OutOfMemoryException,
+    "Permission": duckdb.PermissionException,
+    "IO": duckdb.IOException,
+    "HTTP": duckdb.HTTPException,
+    "Catalog": duckdb.CatalogException,
+    "INTERRUPT": duckdb.InterruptException,
+}
+_KIND = re.compile(r"([A-Za-z ]{1,40}) Error: ")
+
+
+def duckdb_error(exc: BaseException) -> duckdb.Error | None:
+    """The DuckDB error ``exc`` is, or carries: DuckDB's own, or the plain ``OSError`` pyarrow raises for
+    an error DuckDB met while it produced a later batch of an Arrow stream (the stream's C interface
+    keeps only the text, which opens with the kind: ``Out of Memory Error: …``); None for anything else.
+
+    Example:
+        >>> type(duckdb_error(OSError("Out of Memory Error: failed to allocate data of size 16.0 MiB"))).__name__
+        'OutOfMemoryException'
+        >>> type(duckdb_error(OSError("Out of Range Error: Cannot resize vector"))).__name__
+        'Error'
+        >>> duckdb_error(FileNotFoundError(2, "No such file")) is None
+        True
+    """
+    if isinstance(exc, duckdb.Error):
+        return exc
+    if type(exc) is not OSError:  # pyarrow's is exactly OSError (ArrowIOError); its subclasses are the OS's
+        return None
+    message = str(exc)
+    kind = _KIND.match(message)
+    if kind is None:
+        return None
+    return _KINDS.get(kind[1], duckdb.Error)(message)
+
+
 def translate(exc: duckdb.Error, memory: int | None = None) -> ProjectionError:
-    """A DuckDB error as the user sees it: anything about files, URLs or extensions is one generic
-    refusal (its text would tell whether a path exists); the rest keeps DuckDB's words."""
+    """A DuckDB error (see :func:`duckdb_error`) as the user sees it: anything about files, URLs or
+    extensions is one generic refusal (its text would tell whether a path exists); the rest keeps
+    DuckDB's words."""
     if isinstance(exc, duckdb.PermissionException | duckdb.IOException | duckdb.HTTPException):
         return QueryRefused(REFUSED)
-    if isinstance(exc, duckdb.OutOfMemoryException) and memory is not None:
-        return QueryOutOfMemory(memory)
+    if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException) and memory is not None:
+        return QueryOutOfMemory(memory)  # an interrupt eventlab did not send: see the module docstring
     message = str(exc)
     if isinstance(exc, duckdb.CatalogException) and ("extension" in message or "/" in message):
         return QueryRefused(REFUSED)
@@ -344,8 +376,11 @@ class Sandbox:
 
         try:
             return bounded([self.con], work, timeout)
-        except duckdb.Error as exc:
-            raise translate(exc, self.memory) from exc
+        except (duckdb.Error, OSError) as exc:  # OSError: DuckDB's error met while a later batch was read
+            error = duckdb_error(exc)
+            if error is None:
+                raise
+            raise translate(error, self.memory) from exc
         finally:
             if "pivot" in sql.lower():
                 self._drop_pivot_types()
