@@ -105,6 +105,17 @@ def test_a_torn_last_line_of_a_killed_writer_is_cut_before_the_next_write(tmp_pa
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b"]
 
 
+def test_a_journal_in_a_directory_not_made_yet_makes_it_and_then_reuses_it(tmp_path):
+    # given a journal whose directory does not exist
+    path = tmp_path / "later" / "deeper" / "journal.jsonl"
+    journal = Journal(path)
+    # when two records are written
+    journal.record_once("a", lambda records: {"key": "a"})
+    journal.record_once("b", lambda records: {"key": "b"})
+    # then the directory was made and both lines are in the file
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b"]
+
+
 def test_the_gateways_answer_survives_a_restart_and_holds_in_another_process(tmp_path):
     path = tmp_path / "gateway.jsonl"
     # given an approved charge

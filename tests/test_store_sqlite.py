@@ -85,6 +85,14 @@ def test_a_new_store_records_the_current_schema_version(tmp_path):
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_a_store_keeps_its_sub_journals_in_memory(tmp_path):
+    # given a store, when a thread opens its connection
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        # then temporary data (a batch savepoint's sub-journal, 0.6 MB for a consumer batch) stays in
+        # memory: on disk, SQLite would create, write and delete a temporary file for every batch
+        assert store._conn().execute("PRAGMA temp_store").fetchone() == (2,)
+
+
 def test_a_store_whose_events_table_was_dropped_is_refused_and_left_alone(shop_store):
     # given a store whose events table was dropped by accident
     raw(shop_store, "DROP TABLE events")

@@ -90,8 +90,12 @@ class Journal:
             if mode == fcntl.LOCK_SH and not self.path.exists():
                 yield None
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a+b") as file:
+            try:
+                opened = open(self.path, "a+b")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:  # its directory first (not on every call: a mkdir that finds it costs
+                self.path.parent.mkdir(parents=True, exist_ok=True)  # two system calls and an exception)
+                opened = open(self.path, "a+b")  # noqa: SIM115
+            with opened as file:
                 fcntl.flock(file, mode)
                 try:
                     yield file

@@ -156,5 +156,4 @@ def service(gateway: Gateway, breaker: CircuitBreaker | None = None) -> Service:
         evolvers={"payment": evolve},
         streams=streams,
         handle=handle,
-        batch=False,
     )

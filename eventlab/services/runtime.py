@@ -92,8 +92,9 @@ class Service:
       ``streams`` gave (e.g. the customer of an order: the answers about an order name only the
       order); None: none;
     - ``handle(event, states)``: the new events (pure, except where a service calls a gateway);
-    - ``batch``: whether several events may be handled in one store transaction (not when
-      ``handle`` waits on a slow dependency, which would hold the store's write lock).
+    - ``batch``: whether several events may be handled in one store transaction. A batch is decided
+      before the write lock is taken, so a ``handle`` that waits on a gateway holds no lock meanwhile;
+      a batch that fails is handled again one by one, so its gateway calls must be idempotent.
     """
 
     name: str

@@ -606,6 +606,10 @@ class SqliteEventStore(EventStore):
             cached_statements=512,
         )
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Sub-journals in memory: a consumer batch's savepoint journals every page the batch changes (about
+        # 140, 0.6 MB), which past 64 KiB SQLite spills to a new temporary file: ~100 pwrite calls and a file
+        # created and deleted per batch, ~6 % of the shop's CPU. Temporary tables and sorts stay in memory too.
+        conn.execute("PRAGMA temp_store=MEMORY")
         self._local.conn = conn
         self._local.in_transaction = False  # set here, so every later read of it finds it (a miss costs 0.5 µs)
         with self._lock:
