@@ -138,6 +138,37 @@ def test_a_missing_broker_binary_is_one_clear_error(tmp_path, monkeypatch):
         EmbeddedBroker(tmp_path).start()
 
 
+def products_created(settings, tmp_path, store, products, versions=None):
+    """``ProductCreated`` of each product stored in ``store``, then sent to a fresh one-partition topic and
+    consumed there in one poll: (the stored events, the consumed messages)."""
+    created = [ProductCreated(product_id=p, name=p, price_cents=100, initial_stock=0) for p in products]
+    versions = versions or [1] * len(created)
+    inputs = [store.append([NewEvent(event, version)])[0] for event, version in zip(created, versions)]
+    topic = f"batch-{uuid.uuid4().hex[:8]}"
+    ensure_topics(Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic])
+    producer = make_producer(settings)
+    for stored in inputs:
+        key, value, headers = to_message(stored)
+        producer.produce(topic, value, key, headers=headers)
+    producer.flush(10)
+    consumer = make_consumer(settings, f"batch-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    messages = drain(consumer, len(inputs))
+    consumer.close()
+    return inputs, messages
+
+
+def stocker(handle):
+    """A service adding stock for each product created, deciding with ``handle(event)``."""
+    return Service(
+        "stocker",
+        subscriptions=(ProductCreated,),
+        evolvers={"stock": inventory.evolve_stock},
+        streams=lambda event: [("stock", event.product_id)],
+        handle=lambda event, _states: handle(event),
+    )
+
+
 class RacedStore(SqliteEventStore):
     """A real store where another writer takes version 1 of stock ``P-a`` just before the loop's first
     grouped append (after its decisions)."""
@@ -154,29 +185,9 @@ class RacedStore(SqliteEventStore):
 def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_again(settings, tmp_path):
     # given a service adding one unit of stock per product created, and four products created on Kafka:
     # P-a twice (the second decision builds on the first), P-b and P-c once
-    service = Service(
-        "stocker",
-        subscriptions=(ProductCreated,),
-        evolvers={"stock": inventory.evolve_stock},
-        streams=lambda event: [("stock", event.product_id)],
-        handle=lambda event, _states: [StockAdded(product_id=event.product_id, quantity=1)],
-    )
+    service = stocker(lambda event: [StockAdded(product_id=event.product_id, quantity=1)])
     store = RacedStore(tmp_path / "events.db")
-    created = [
-        ProductCreated(product_id=p, name=p, price_cents=100, initial_stock=0) for p in ("P-a", "P-b", "P-a", "P-c")
-    ]
-    inputs = [store.append([NewEvent(event, version)])[0] for event, version in zip(created, (1, 1, 2, 1))]
-    topic = f"batch-{uuid.uuid4().hex[:8]}"
-    ensure_topics(Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic])
-    producer = make_producer(settings)
-    for stored in inputs:
-        key, value, headers = to_message(stored)
-        producer.produce(topic, value, key, headers=headers)
-    producer.flush(10)
-    consumer = make_consumer(settings, f"batch-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([topic])
-    messages = drain(consumer, 4)
-    consumer.close()
+    inputs, messages = products_created(settings, tmp_path, store, ("P-a", "P-b", "P-a", "P-c"), (1, 1, 2, 1))
     # when the loop handles them as one batch and another writer takes stock P-a's version 1 meanwhile
     loop = ServiceLoop(service, store, settings)
     offsets = loop.process(messages)
@@ -187,7 +198,50 @@ def test_a_batch_with_a_conflict_commits_the_rest_and_decides_only_the_refused_a
     # and every message counts as handled once, its offset stored past the batch
     assert (loop.stats.handled, loop.stats.duplicates, loop.stats.retries) == (4, 0, 0)
     assert all(store.is_processed("stocker", stored.event_id) for stored in inputs)
-    assert [(o.topic, o.offset) for o in offsets] == [(topic, 4)]
+    assert [(o.topic, o.offset) for o in offsets] == [(messages[0].topic(), 4)]
+    store.close()
+
+
+def test_a_failed_decision_ends_the_batch_after_committing_the_ones_before_it(settings, tmp_path):
+    # given a service whose decision for P-c fails once (a gateway timing out), and four products on Kafka
+    calls = []
+
+    def handle(event):
+        calls.append(event.product_id)
+        if calls.count("P-c") == 1 and event.product_id == "P-c":
+            raise TimeoutError("gateway did not answer")
+        return [StockAdded(product_id=event.product_id, quantity=1)]
+
+    store = SqliteEventStore(tmp_path / "events.db")
+    _, messages = products_created(settings, tmp_path, store, ("P-a", "P-b", "P-c", "P-d"))
+    # when the loop handles them as one batch
+    loop = ServiceLoop(stocker(handle), store, settings)
+    offsets = loop.process(messages)
+    # then P-a and P-b were decided once (never again because P-c failed), P-c again on its own, then P-d
+    assert calls == ["P-a", "P-b", "P-c", "P-c", "P-d"]
+    assert [e.aggregate_id for e in store.read_all(after=4)] == ["P-a", "P-b", "P-c", "P-d"]
+    assert (loop.stats.handled, loop.stats.duplicates) == (4, 0)
+    assert [o.offset for o in offsets] == [4]
+    store.close()
+
+
+def test_a_batch_that_decides_slowly_commits_what_it_decided_before_deciding_more(settings, tmp_path):
+    # given a service that notes, as it decides, how many of its outcomes are committed already
+    store = SqliteEventStore(tmp_path / "events.db")
+    committed = []
+
+    def handle(event):
+        committed.append(len(list(store.read_all(after=4))))
+        return [StockAdded(product_id=event.product_id, quantity=1)]
+
+    _, messages = products_created(settings, tmp_path, store, ("P-a", "P-b", "P-c", "P-d"))
+    # when the loop handles them with no time to decide a batch in (a slow gateway: each decision takes it all)
+    loop = ServiceLoop(stocker(handle), store, settings, batch_deciding=0)
+    offsets = loop.process(messages)
+    # then each outcome was committed before the next was decided, each message handled once, in order
+    assert committed == [0, 1, 2, 3]
+    assert [e.aggregate_id for e in store.read_all(after=4)] == ["P-a", "P-b", "P-c", "P-d"]
+    assert (loop.stats.handled, loop.stats.duplicates, [o.offset for o in offsets]) == (4, 0, [4])
     store.close()
 
 

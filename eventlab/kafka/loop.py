@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: The longest reason recorded with a dead letter (an exception's text can be the whole input).
 REASON_LIMIT = 4000
+#: Seconds a batch may spend deciding before what it decided is appended: a handler that waits (a slow
+#: payment gateway) commits each outcome about one wait after deciding it, not after the whole batch.
+BATCH_DECIDING_SECONDS = 0.05
 
 
 @dataclass
@@ -93,6 +96,7 @@ class ServiceLoop:
         dead_letters: DeadLetterPublisher | None = None,
         tracing: Tracing | None = None,
         sources: Sequence[EventStore] = (),
+        batch_deciding: float = BATCH_DECIDING_SECONDS,
     ) -> None:
         self.service = service
         #: Where this service writes its events, processed markers and dead letters (its own store).
@@ -103,6 +107,8 @@ class ServiceLoop:
         self.attempts = attempts
         self.backoff = backoff
         self.max_hold = max_hold
+        #: Seconds a batch decides before appending what it decided (the rest is handled after).
+        self.batch_deciding = batch_deciding
         self.stats = LoopStats()
         self.assigned = threading.Event()
         self.dead_letters = dead_letters or DeadLetterPublisher(store, settings)
@@ -194,8 +200,12 @@ class ServiceLoop:
         store write (:meth:`~eventlab.store.base.EventStore.append_batch`: one commit instead of
         one per event). A message the store refuses (a conflict with another writer, handled
         meanwhile by another instance, or decided on top of such a one) is handled again on its
-        own; if a decision fails, nothing of the batch is written and each message is handled on
-        its own. On its own means with retries and, in the end, a dead letter.
+        own. A batch stops deciding at a decision that fails, and what it decided so far is appended:
+        that message and the ones after it are then handled on their own, in order (all of them when
+        the first decision fails). On its own means with retries and, in the end, a dead letter. So a
+        handler that calls a gateway is not called again for messages already decided. A batch also
+        stops once deciding took :attr:`batch_deciding` seconds, and the rest makes the next batch:
+        a slow gateway delays a commit by about one call, not by a whole batch of them.
 
         A message that cannot be decoded is dead-lettered in its place: the messages before it
         are handled first, so a hold on one of them leaves it untouched.
@@ -219,17 +229,19 @@ class ServiceLoop:
     def _handle_run(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[KafkaMessage]:
         """Handle decoded messages, grouped when the service allows; return the ones done."""
         done: list[KafkaMessage] = []
-        if self.service.batch and len(decoded) > 1:
+        while self.service.batch and len(decoded) > 1:
             try:
                 outcomes = self.handle_batch(decoded)
             except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
-            else:
-                self._count([outcome for outcome in outcomes if outcome is not None])
-                done.extend(
-                    message for (message, _), outcome in zip(decoded, outcomes, strict=True) if outcome is not None
-                )
-                decoded = [pair for pair, outcome in zip(decoded, outcomes, strict=True) if outcome is None]
+                break
+            self._count([outcome for outcome in outcomes if outcome is not None])
+            done.extend(message for (message, _), outcome in zip(decoded, outcomes) if outcome is not None)
+            again = [pair for pair, outcome in zip(decoded, outcomes) if outcome is None]
+            decoded = decoded[len(outcomes) :]  # not looked at: deciding ran out of time
+            if again:  # refused or failed: these first, then the rest, one by one in order
+                decoded = again + decoded
+                break
         for message, found in decoded:
             if not self._held(message) and self.process_one(message, found):
                 done.append(message)
@@ -332,10 +344,12 @@ class ServiceLoop:
     def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[bool | None]:
         """Decide on every message (no lock held), then append all outcomes in one transaction.
 
-        Returns, per message, whether it was handled (False: already handled before; None: the
-        store refused its outcome, so it must be decided again). Raises when any decision fails
-        (then nothing is written). With tracing on, each traced message's ``CONSUMER`` span lasts
-        until the batch is committed.
+        Returns, for the messages it looked at, in order, whether each was handled (False: already
+        handled before; None: it must be decided again on its own: the store refused its outcome, or
+        its decision failed, which ends the batch). It stops looking once deciding took
+        :attr:`batch_deciding` seconds, so the list may be shorter than ``decoded``. Raises when the
+        first decision fails (then nothing is written). With tracing on, each traced message's
+        ``CONSUMER`` span lasts until the batch is committed.
         """
         spans: list[Span] = []
         try:
@@ -357,12 +371,16 @@ class ServiceLoop:
             key for message in messages if message.event_id not in seen for key in self.service.streams(message.event)
         ]
         pending: dict[StreamKey, Stream[object]] = self._cache.load_many(self.store, keys, self.service.evolvers)
+        deadline, decided = time.perf_counter() + self.batch_deciding, 0
+        failed: str | None = None
         for raw, message in decoded:
             if message.event_id in seen:
                 decisions.append(None)
                 continue
-            seen.add(message.event_id)
             started = time.perf_counter()
+            if started > deadline and decided:
+                break  # append what is decided; the rest goes in the next batch
+            seen.add(message.event_id)
             event = message.event
             metadata = trace_metadata(name, message.correlation_id, message.event_id, message.traceparent)
             decide = functools.partial(
@@ -377,15 +395,27 @@ class ServiceLoop:
                 follow=self.service.following(event),
             )
             span = None if self.tracing is None else self.tracing.consuming(name, message, raw)
-            if self.tracing is None or span is None:
-                decision = decide()
-            else:  # the span lasts until the batch is committed
+            try:
+                if self.tracing is None or span is None:
+                    decision = decide()
+                else:  # the span lasts until the batch is committed
+                    metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
+                    decision = self.tracing.within(span, decide)
+            except Exception as exc:
+                if span is not None and self.tracing is not None:
+                    self.tracing.finish([span], exc)
+                if not decided:
+                    raise
+                failed = message.event_id  # decided again on its own (with retries, then a dead letter)
+                decisions.append(None)
+                break
+            if span is not None:
                 spans.append(span)
-                metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
-                decision = self.tracing.within(span, decide)
             pending.update(decision.streams)
             decisions.append(decision)
+            decided += 1
             self.handler_seconds.observe(time.perf_counter() - started)
+        messages = messages[: len(decisions)]  # the ones after were not looked at
         made = [
             (message.event_id, decision)
             for message, decision in zip(messages, decisions, strict=True)
@@ -399,6 +429,8 @@ class ServiceLoop:
             self._cache.remember(s for event_id, d in made if event_id not in refused for s in d.streams.values())
         else:
             self._cache.remember(pending.values())
+        if failed is not None:
+            refused.add(failed)
         return [None if m.event_id in refused else d is not None for m, d in zip(messages, decisions, strict=True)]
 
     def _count(self, outcomes: list[bool]) -> None:
