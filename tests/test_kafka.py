@@ -225,6 +225,32 @@ def test_a_failed_decision_ends_the_batch_after_committing_the_ones_before_it(se
     store.close()
 
 
+@pytest.mark.parametrize("failing", ["P-a", "P-c"])
+def test_a_decision_that_always_fails_in_a_batch_gets_its_attempts_in_all_then_a_dead_letter(
+    settings, tmp_path, failing
+):
+    # given a service whose decision for one product always fails, first or third in a batch of four
+    calls = []
+
+    def handle(event):
+        calls.append(event.product_id)
+        if event.product_id == failing:
+            raise TimeoutError("gateway did not answer")
+        return [StockAdded(product_id=event.product_id, quantity=1)]
+
+    store = SqliteEventStore(tmp_path / "events.db")
+    _, messages = products_created(settings, tmp_path, store, ("P-a", "P-b", "P-c", "P-d"))
+    # when the loop handles them as one batch, with three attempts per message
+    loop = ServiceLoop(stocker(handle), store, settings, attempts=3, backoff=0.001)
+    loop.process(messages)
+    # then it was tried three times in all, the one in the batch included (a circuit breaker counts as many
+    # failures as one by one), and dead-lettered; every other product was decided once and committed
+    assert calls.count(failing) == 3 and all(calls.count(p) == 1 for p in {"P-a", "P-b", "P-c", "P-d"} - {failing})
+    assert (loop.stats.handled, loop.stats.dead_lettered) == (3, 1)
+    assert sorted(e.aggregate_id for e in store.read_all(after=4)) == sorted({"P-a", "P-b", "P-c", "P-d"} - {failing})
+    store.close()
+
+
 def test_a_batch_that_decides_slowly_commits_what_it_decided_before_deciding_more(settings, tmp_path):
     # given a service that notes, as it decides, how many of its outcomes are committed already
     store = SqliteEventStore(tmp_path / "events.db")

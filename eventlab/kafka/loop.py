@@ -229,10 +229,11 @@ class ServiceLoop:
     def _handle_run(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[KafkaMessage]:
         """Handle decoded messages, grouped when the service allows; return the ones done."""
         done: list[KafkaMessage] = []
+        failed = None
         while self.service.batch and len(decoded) > 1:
             try:
-                outcomes = self.handle_batch(decoded)
-            except Exception:  # noqa: BLE001 - fall back to one by one, which reports the culprit
+                outcomes, failed = self.handle_batch(decoded)
+            except Exception:  # noqa: BLE001 - the grouped write failed: one by one, which reports it
                 log.info("%s: batch of %d failed, handling one by one", self.service.name, len(decoded))
                 break
             self._count([outcome for outcome in outcomes if outcome is not None])
@@ -243,7 +244,8 @@ class ServiceLoop:
                 decoded = again + decoded
                 break
         for message, found in decoded:
-            if not self._held(message) and self.process_one(message, found):
+            tried = 1 if found.event_id == failed else 0  # its failed decision in the batch was its first attempt
+            if not self._held(message) and self.process_one(message, found, tried):
                 done.append(message)
         return done
 
@@ -264,8 +266,9 @@ class ServiceLoop:
             return f"unexpected event type {decoded.event.event_type} for {self.service.name}"
         return decoded
 
-    def process_one(self, message: KafkaMessage, decoded: Message) -> bool:
-        """Handle one event in its own transaction, retrying with backoff, else dead-letter it.
+    def process_one(self, message: KafkaMessage, decoded: Message, tried: int = 0) -> bool:
+        """Handle one event in its own transaction, retrying with backoff, else dead-letter it
+        (after :attr:`attempts` attempts, ``tried`` of them made already: in a batch).
 
         Returns whether it is done; a store failure holds the partition instead (retried later,
         never skipped and never dead-lettered for the store's sake).
@@ -286,7 +289,7 @@ class ServiceLoop:
             outcome = retry(
                 attempt,
                 retry_on=(Exception,),
-                attempts=self.attempts,
+                attempts=max(1, self.attempts - tried),
                 base_delay=self.backoff,
                 max_delay=self.backoff * 2**self.attempts,
             )
@@ -341,15 +344,15 @@ class ServiceLoop:
         self.handler_seconds.observe(time.perf_counter() - started)
         return True
 
-    def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> list[bool | None]:
+    def handle_batch(self, decoded: list[tuple[KafkaMessage, Message]]) -> tuple[list[bool | None], str | None]:
         """Decide on every message (no lock held), then append all outcomes in one transaction.
 
         Returns, for the messages it looked at, in order, whether each was handled (False: already
         handled before; None: it must be decided again on its own: the store refused its outcome, or
-        its decision failed, which ends the batch). It stops looking once deciding took
-        :attr:`batch_deciding` seconds, so the list may be shorter than ``decoded``. Raises when the
-        first decision fails (then nothing is written). With tracing on, each traced message's
-        ``CONSUMER`` span lasts until the batch is committed.
+        its decision failed, which ends the batch), and the event id of the one whose decision
+        failed (or None). It stops looking once deciding took :attr:`batch_deciding` seconds, so
+        the list may be shorter than ``decoded``. Raises when the grouped write fails. With tracing
+        on, each traced message's ``CONSUMER`` span lasts until the batch is committed.
         """
         spans: list[Span] = []
         try:
@@ -362,7 +365,9 @@ class ServiceLoop:
             self.tracing.finish(spans)
         return handled
 
-    def _handle_batch(self, decoded: list[tuple[KafkaMessage, Message]], spans: list[Span]) -> list[bool | None]:
+    def _handle_batch(
+        self, decoded: list[tuple[KafkaMessage, Message]], spans: list[Span]
+    ) -> tuple[list[bool | None], str | None]:
         name = self.service.name
         messages = [message for _, message in decoded]
         decisions: list[Decision | None] = []
@@ -401,12 +406,11 @@ class ServiceLoop:
                 else:  # the span lasts until the batch is committed
                     metadata["traceparent"] = self.tracing.traceparent(span)  # the parent of what follows
                     decision = self.tracing.within(span, decide)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - decided again on its own (retries, then a dead letter)
                 if span is not None and self.tracing is not None:
                     self.tracing.finish([span], exc)
-                if not decided:
-                    raise
-                failed = message.event_id  # decided again on its own (with retries, then a dead letter)
+                log.info("%s: deciding %s failed (%s), deciding it on its own", name, message.event_id, exc)
+                failed = message.event_id
                 decisions.append(None)
                 break
             if span is not None:
@@ -421,8 +425,10 @@ class ServiceLoop:
             for message, decision in zip(messages, decisions, strict=True)
             if decision is not None
         ]
-        stored = self.store.append_batch(
-            [Append(d.events, (name, event_id), frozenset(d.streams)) for event_id, d in made]
+        stored = (
+            self.store.append_batch([Append(d.events, (name, event_id), frozenset(d.streams)) for event_id, d in made])
+            if made
+            else []
         )
         refused = {event_id for (event_id, _), result in zip(made, stored, strict=True) if result is None}
         if refused:  # a refused decision never happened: keep only the streams of those written
@@ -431,7 +437,9 @@ class ServiceLoop:
             self._cache.remember(pending.values())
         if failed is not None:
             refused.add(failed)
-        return [None if m.event_id in refused else d is not None for m, d in zip(messages, decisions, strict=True)]
+        return [
+            None if m.event_id in refused else d is not None for m, d in zip(messages, decisions, strict=True)
+        ], failed
 
     def _count(self, outcomes: list[bool]) -> None:
         handled = sum(outcomes)
