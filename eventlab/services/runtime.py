@@ -94,7 +94,8 @@ class Service:
     - ``handle(event, states)``: the new events (pure, except where a service calls a gateway);
     - ``batch``: whether several events may be handled in one store transaction. A batch is decided
       before the write lock is taken, so a ``handle`` that waits on a gateway holds no lock meanwhile;
-      a batch that fails is handled again one by one, so its gateway calls must be idempotent.
+      a decision the store refuses, or a whole batch whose write fails, is decided again on its own,
+      so its gateway calls must be idempotent.
     """
 
     name: str
