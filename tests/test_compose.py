@@ -207,13 +207,19 @@ def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
         assert outcomes[-1][0] == "completed" and all(reason in ("", "payment_failed") for _, reason in outcomes)
         assert all(child.poll() is None for child in children.values())
         with psycopg.connect(postgres_url, autocommit=True) as admin:
-            kinds = {
-                schema: {
-                    row[0]
-                    for row in admin.execute(f"SELECT DISTINCT event_type FROM {prefix}_{schema}.events".encode())
+
+            def event_kinds() -> dict[str, set[str]]:
+                return {
+                    schema: {
+                        row[0]
+                        for row in admin.execute(f"SELECT DISTINCT event_type FROM {prefix}_{schema}.events".encode())
+                    }
+                    for schema in ("users", "orders", "payments", "notifications")
                 }
-                for schema in ("users", "orders", "payments", "notifications")
-            }
+
+            # the email is sent by a second hop (Notification consumes its own committed request), after
+            # the order completed
+            kinds = wait_until(event_kinds, 30, until=lambda kinds: "EmailSent" in kinds["notifications"], interval=0.2)
         assert kinds["users"] == {"UserCreated"} and "OrderCompleted" in kinds["orders"]
         assert "PaymentCompleted" in kinds["payments"] and "EmailSent" in kinds["notifications"]
         assert not kinds["orders"] & (kinds["users"] | kinds["payments"] | kinds["notifications"])
