@@ -103,7 +103,6 @@ from eventlab.projections.sandbox import (
     Sandbox,
     bounded,
     ensure_single_read,
-    memory_limit,
 )
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
@@ -120,6 +119,7 @@ from eventlab.projections.sources import (
     store_location,
 )
 from eventlab.projections.typed import create_typed_events, typed_events
+from eventlab.settings import query_memory
 from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
@@ -260,7 +260,7 @@ class Projections(SchemaRelations):
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit) and
     ``memory`` bytes (default: ``EVENTLAB_QUERY_MEMORY``, read now; see
-    :func:`~eventlab.projections.sandbox.memory_limit`).
+    :func:`~eventlab.settings.query_memory`).
 
     Example:
         >>> projections = Projections(store_path)
@@ -281,7 +281,7 @@ class Projections(SchemaRelations):
         found = _sources(source, attach)
         self.schema = "main"
         self.timeout = timeout
-        self.memory = memory_limit() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
+        self.memory = query_memory() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()

@@ -16,8 +16,9 @@ DuckDB 1.5.5, as measured here:
   directory (``home_directory``, ``secret_directory``) are set to a neutral value.
 - Memory: DuckDB's default ``memory_limit`` is 80 % of the machine, and with no temporary
   directory nothing can spill, so a big join or aggregate would take the notebook's memory. The
-  sandbox gets :data:`DEFAULT_MEMORY` (``EVENTLAB_QUERY_MEMORY`` changes it); past it DuckDB raises
-  ``OutOfMemoryException`` ("no temporary directory is specified"), told as :class:`QueryOutOfMemory`.
+  sandbox gets ``EVENTLAB_QUERY_MEMORY`` (:func:`~eventlab.settings.query_memory`, 2 GiB unless
+  set); past it DuckDB raises ``OutOfMemoryException`` ("no temporary directory is specified"),
+  told as :class:`QueryOutOfMemory`.
   DuckDB does not count the Arrow result it hands back (a 3 GB cross join came back under a 100 MB
   limit), so :meth:`Sandbox.run` fetches it in batches and counts them against the same number, on
   their own: the limit is applied twice, and a query whose operators hold up to the limit while its
@@ -45,19 +46,17 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from eventlab.errors import EventlabError
-from eventlab.settings import DEFAULT_QUERY_MEMORY, QUERY_MEMORY_VARIABLE, query_memory
+from eventlab.settings import QUERY_MEMORY_VARIABLE, query_memory
 
 __all__ = [
-    "DEFAULT_MEMORY",
     "DEFAULT_TIMEOUT",
-    "MEMORY_VARIABLE",
     "ProjectionError",
     "QueryOutOfMemory",
     "QueryRefused",
@@ -65,7 +64,6 @@ __all__ = [
     "Sandbox",
     "bounded",
     "duckdb_error",
-    "memory_limit",
     "sandbox_connection",
 ]
 
@@ -76,10 +74,6 @@ T = TypeVar("T")
 #: Seconds a query may run unless the caller says otherwise (``None`` or ``0``: no limit).
 DEFAULT_TIMEOUT = 5.0
 
-#: The bytes a query may use unless ``EVENTLAB_QUERY_MEMORY`` says otherwise (2 GiB; see :func:`memory_limit`).
-DEFAULT_MEMORY = DEFAULT_QUERY_MEMORY
-#: The environment variable that sets the sandbox's memory (``512MiB``, ``4GiB``, ``8GB``).
-MEMORY_VARIABLE = QUERY_MEMORY_VARIABLE
 #: Rows per Arrow batch while a result is fetched and counted against the memory limit.
 _BATCH_ROWS = 16_384
 
@@ -124,8 +118,8 @@ class QueryOutOfMemory(ProjectionError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"query ran out of the sandbox's memory ({_gib(limit)}): raise it with {MEMORY_VARIABLE} "
-            f"(e.g. {MEMORY_VARIABLE}=8GiB) or ask for less (filter, aggregate, LIMIT)"
+            f"query ran out of the sandbox's memory ({_gib(limit)}): raise it with {QUERY_MEMORY_VARIABLE} "
+            f"(e.g. {QUERY_MEMORY_VARIABLE}=8GiB) or ask for less (filter, aggregate, LIMIT)"
         )
         self.limit = limit
 
@@ -134,24 +128,13 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
 
 
-def memory_limit(env: Mapping[str, str] | None = None) -> int:
-    """The bytes a sandbox may use: ``EVENTLAB_QUERY_MEMORY`` of ``env`` (default ``os.environ``), else
-    :data:`DEFAULT_MEMORY`, read as :class:`~eventlab.settings.Settings` reads it (its field
-    ``query_memory``, :func:`~eventlab.settings.query_memory`); a value that is not a size from 64 MiB
-    to 1 PiB raises :class:`~eventlab.settings.SettingsError`.
-
-    DuckDB's operators may use that many bytes, and the result it hands back is counted against the
-    same number on its own (see the module docstring): a query may hold about twice it at its peak.
-    """
-    return query_memory(env)
-
-
 def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB that cannot open any file or URL, may use ``memory`` bytes (default
-    :func:`memory_limit`), and whose settings are locked."""
+    ``EVENTLAB_QUERY_MEMORY``, :func:`~eventlab.settings.query_memory`; the result it hands back is
+    counted against the same number on its own, see the module docstring), and whose settings are locked."""
     con = duckdb.connect(
         config={
-            "memory_limit": f"{memory_limit() if memory is None else int(memory)}B",
+            "memory_limit": f"{query_memory() if memory is None else int(memory)}B",
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,
@@ -340,7 +323,7 @@ class Sandbox:
     """
 
     def __init__(self, memory: int | None = None) -> None:
-        self.memory = memory_limit() if memory is None else int(memory)
+        self.memory = query_memory() if memory is None else int(memory)
         self.con = sandbox_connection(self.memory)
 
     def add(self, name: str, table: pa.Table) -> None:
