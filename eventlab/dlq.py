@@ -42,6 +42,7 @@ from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     STORE_TOPIC,
     dead_letter_topic,
+    discard,
     make_dead_letter_producer,
     make_producer,
     produce_and_wait,
@@ -212,8 +213,7 @@ class DeadLetterPublisher:
 
     def _discard(self) -> None:
         if self._producer is not None:
-            self._producer.purge()
-            self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
+            discard(self._producer)
             self._producer = None
 
 
@@ -404,8 +404,7 @@ class DeadLetters:
         # Asked outside the handler: a KafkaException raised inside it kept the BrokerError alive after
         # gc.collect(), with its frames and so the producer (the release test caught it).
         refusing = _refusing(self._producer, topic, timeout) if refused is None else None
-        self._producer.purge()
-        self._producer.poll(0)  # serves the purged reports: their callbacks hold the producer
+        discard(self._producer)
         self._producer = None
         if refused is None and refusing is None:
             return None

@@ -27,6 +27,7 @@ __all__ = [
     "STORE_TOPIC",
     "Deliveries",
     "dead_letter_topic",
+    "discard",
     "ensure_topics",
     "group_id",
     "make_consumer",
@@ -177,6 +178,14 @@ class Deliveries:
         remaining = self.wait(timeout) if self._producer is not None else 0
         self._producer = None
         return remaining
+
+
+def discard(producer: Producer) -> None:
+    """Drop what ``producer`` still queues, and serve the purged messages' reports: until served, their
+    delivery callbacks hold the producer, which then outlives its last reference (a client reconnecting,
+    and logging every 50 ms, until the process exits)."""
+    producer.purge()
+    producer.poll(0)
 
 
 def produce_and_wait(
