@@ -51,10 +51,15 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
         except ValueError:
             value = None
         if value is None or not low <= value <= high:  # NaN compares false both ways
-            raise argparse.ArgumentTypeError(f"not a number of seconds from {low:,g} to {high:,g}: {text!r}")
+            raise argparse.ArgumentTypeError(f"not a number of seconds from {_shown(low)} to {_shown(high)}: {text!r}")
         return value
 
     return parse
+
+
+def _shown(bound: float) -> str:
+    """A bound as people write it: ``0.1``, ``3,600``, ``1,000,000,000``."""
+    return f"{bound:,.0f}" if float(bound).is_integer() else f"{bound:g}"
 
 
 def directory(text: str) -> Path:

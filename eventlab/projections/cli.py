@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from eventlab.adapters.mailer import MAILBOX
-from eventlab.arguments import LARGEST_INT64, directory, whole_number
+from eventlab.arguments import LARGEST_INT64, directory, seconds, whole_number
 from eventlab.projections.adhoc import query
 from eventlab.projections.audit import audit, jsonable
 from eventlab.projections.definitions import PROJECTIONS
@@ -159,14 +159,7 @@ def _names(text: str) -> list[str]:
 _MAX_SECONDS = 1_000_000_000
 
 
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= _MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to {_MAX_SECONDS:,}: {text!r}")
-    return seconds
+_seconds = seconds(0, _MAX_SECONDS)  # an argparse ``type``
 
 
 def _iso_time(text: str) -> datetime:
