@@ -25,6 +25,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}{next(_ids):04d}"
 
 
+def files_open_on(path: Path) -> int:
+    """How many file descriptors of this process point at the SQLite file ``path``, its WAL or its shared memory."""
+    names = {str(path.resolve()) + suffix for suffix in ("", "-wal", "-shm")}
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd) in names
+        except OSError:  # closed meanwhile
+            continue
+    return count
+
+
 def _ephemeral_ports() -> range:
     """The ports the kernel hands out to outgoing connections (Linux's ``ip_local_port_range``)."""
     try:

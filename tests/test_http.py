@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import unique
+from conftest import files_open_on, unique
 
 from eventlab.kafka import EmbeddedBroker
 
@@ -118,6 +118,19 @@ def test_fifty_half_sent_requests_do_not_stop_health(shop):
     finally:
         for sock in loris:
             sock.close()
+
+
+def test_requests_on_connections_of_their_own_keep_no_store_files_open(shop):
+    # given the order service, which serves each connection in a new thread that reads the store
+    path = shop.store.path
+    assert error(shop, "order", "GET", "/orders/no-such-order") == (404, "order_id")
+    before = files_open_on(path)
+    # when 150 more requests come, each on a connection of its own
+    for _ in range(150):
+        assert error(shop, "order", "GET", "/orders/no-such-order") == (404, "order_id")
+    # then the process holds about as many files open on the store as before (a SQLite connection
+    # kept per request thread held two or three, and its page cache, until the shop stopped)
+    assert files_open_on(path) < before + 20
 
 
 def test_health_tells_when_a_partition_of_the_embedded_broker_nears_its_limit(shop):

@@ -5,10 +5,12 @@ import contextlib
 import hashlib
 import re
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import files_open_on
 
 import eventlab
 from eventlab.errors import StoreError
@@ -43,6 +45,60 @@ def test_a_store_knows_whether_this_process_has_it_open(tmp_path):
     assert open_in_this_process(path)
     store.close()
     assert not open_in_this_process(path)
+
+
+def in_threads_of_their_own(work, count):
+    """Run ``work(i)`` for each i in a new thread of its own, ``count`` at a time (as a server does that
+    starts a thread per connection), and wait for all."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_threads_that_come_and_go_reuse_connections_instead_of_keeping_one_each(tmp_path):
+    # given a store used by one round of 8 short-lived threads at once
+    path = tmp_path / "events.db"
+    with SqliteEventStore(path) as store:
+        read = {}
+
+        def place(i):
+            store.append([NewEvent(StockAdded(product_id=f"P{i}", quantity=i + 1), 1)])
+            read[i] = [e.event.quantity for e in store.read_stream("stock", f"P{i}")]
+
+        in_threads_of_their_own(place, 8)
+        after_one_round = files_open_on(path)
+        # when 50 more rounds of new threads do the same
+        for round in range(1, 51):
+            in_threads_of_their_own(lambda i, round=round: place(round * 8 + i), 8)
+        # then every event is there, and the store holds no more files open than after the first round
+        # (a connection per thread kept until close: 2 to 3 file descriptors, a page cache and its statements each)
+        assert store.head() == 51 * 8
+        assert read == {i: [i + 1] for i in range(51 * 8)}
+        assert 0 < files_open_on(path) == after_one_round
+    assert files_open_on(path) == 0
+
+
+def test_a_thread_that_ended_inside_a_transaction_does_not_pass_it_on(tmp_path):
+    # given a thread that began a transaction on its connection and ended without finishing it
+    path = tmp_path / "events.db"
+    with SqliteEventStore(path) as store:
+        connections = []
+
+        def begin_and_end(_):
+            conn = store._conn()
+            conn.execute("BEGIN")
+            connections.append(conn)
+
+        in_threads_of_their_own(begin_and_end, 1)
+        # when the next new thread appends
+        in_threads_of_their_own(lambda _: store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 1)]), 1)
+        # then it got a connection of its own and committed: the other was closed, which rolled it back
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+        with pytest.raises(sqlite3.ProgrammingError):
+            connections[0].execute("SELECT 1")
 
 
 # --- opening checks the schema and never recreates tables over an existing store ---------------------

@@ -493,6 +493,25 @@ def verify_event_store(path: Path) -> int:
     return version
 
 
+_IDLE = 16  # connections kept for new threads: more than the shop's threads that come and go at once
+
+
+class _Handback:
+    """Held only by a thread's local state, so it goes when the thread ends: then it hands that thread's
+    connection back to its store (the store is not kept alive by it)."""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: SqliteEventStore, conn: sqlite3.Connection) -> None:
+        self._store = weakref.ref(store)
+        self._conn = conn
+
+    def __del__(self) -> None:
+        store = self._store()
+        if store is not None:
+            store._hand_back(self._conn)
+
+
 class SqliteEventStore(EventStore):
     """Events in one SQLite file; safe for many threads and processes.
 
@@ -522,8 +541,9 @@ class SqliteEventStore(EventStore):
         self._new_id = id_factory
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections: set[sqlite3.Connection] = set()
+        self._idle: list[sqlite3.Connection] = []  # of threads that ended, for the next new thread
+        self._lock = threading.RLock()  # re-entrant: _Handback.__del__ takes it, whenever its thread's state goes
         # Threads of one process queue here instead of in SQLite's busy handler, which sleeps
         # up to 100 ms between tries; other processes still wait on SQLite's lock.
         self._write_lock = threading.Lock()
@@ -595,26 +615,44 @@ class SqliteEventStore(EventStore):
 
     @_translated
     def _connect(self) -> sqlite3.Connection:
-        """Open this thread's connection (where a missing directory or a permission fails)."""
-        conn = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            timeout=self._busy_timeout,
-            check_same_thread=False,
-            # Room for the statements built per batch size (read_streams, processed_among) besides the hot
-            # ones (the default is 128), so the append's INSERT stays prepared however varied the batches.
-            cached_statements=512,
-        )
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # Sub-journals in memory: a consumer batch's savepoint journals every page the batch changes (about
-        # 140, 0.6 MB), which past 64 KiB SQLite spills to a new temporary file: ~100 pwrite calls and a file
-        # created and deleted per batch, ~6 % of the shop's CPU. Temporary tables and sorts stay in memory too.
-        conn.execute("PRAGMA temp_store=MEMORY")
+        """Give this thread a connection: one a thread that ended handed back, else a new one (where a
+        missing directory or a permission fails). A thread per HTTP connection would otherwise open, and
+        keep, a connection per request: two file descriptors, a page cache and its prepared statements."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+                # Room for the statements built per batch size (read_streams, processed_among) besides the hot
+                # ones (the default is 128), so the append's INSERT stays prepared however varied the batches.
+                cached_statements=512,
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Sub-journals in memory: a consumer batch's savepoint journals every page the batch changes (about
+            # 140, 0.6 MB), which past 64 KiB SQLite spills to a new temporary file: ~100 pwrite calls and a file
+            # created and deleted per batch, ~6 % of the shop's CPU. Temporary tables and sorts stay in memory.
+            conn.execute("PRAGMA temp_store=MEMORY")
+            with self._lock:
+                self._connections.add(conn)
         self._local.conn = conn
         self._local.in_transaction = False  # set here, so every later read of it finds it (a miss costs 0.5 µs)
-        with self._lock:
-            self._connections.append(conn)
+        self._local.handback = _Handback(self, conn)
         return conn
+
+    def _hand_back(self, conn: sqlite3.Connection) -> None:
+        """Keep the connection of a thread that ended for the next new thread (up to ``_IDLE`` of them);
+        close it when there are enough, or when it ended inside a transaction (closing rolls that back)."""
+        with self._lock:
+            if conn not in self._connections:  # closed with the store meanwhile
+                return
+            if not conn.in_transaction and len(self._idle) < _IDLE:
+                self._idle.append(conn)
+                return
+            self._connections.discard(conn)
+        conn.close()
 
     def _new_rows(self, events: Sequence[NewEvent], now: str) -> list[_NewRow]:
         """``events`` as rows to insert, recorded at ``now`` (a stored time).
@@ -1012,6 +1050,7 @@ class SqliteEventStore(EventStore):
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+            self._idle.clear()
         self._local = threading.local()
 
     # --- dead letters ----------------------------------------------------------------------
