@@ -389,6 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.reader.expect_request()
         self.body_pending = False
         self.replied = False
+        # what a reply reads, should the request line itself not arrive in time (else an earlier request's)
+        self.command, self.requestline, self.request_version = "", "", self.default_request_version
         try:
             super().handle_one_request()
         except _Timeout as exc:

@@ -351,11 +351,20 @@ def test_keep_alive_serves_several_requests_on_one_connection(serve):
 # --- slow, half-sent and too many connections -----------------------------------------------------
 
 
-def test_a_client_trickling_bytes_is_cut_off_at_the_read_deadline(serve):
-    # Given a client that sends one byte of a promised 100 every 0.2 s, for ever
+@pytest.mark.parametrize(
+    "begun",
+    [
+        b"POST /users HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{",  # in the body
+        b"POST /users HTTP/1.1\r\nHost: t\r\nX-Slow: ",  # in a header
+        b"POST /us",  # in the request line
+    ],
+    ids=["body", "header", "request-line"],
+)
+def test_a_client_trickling_bytes_is_cut_off_at_the_read_deadline(serve, begun, caplog):
+    # Given a client that sends a byte every 0.2 s, for ever, wherever it is in its request
     port = serve()
     with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-        sock.sendall(b"POST /users HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        sock.sendall(begun)
         deadline = time.monotonic() + WAIT
         answer = b""
         while time.monotonic() < deadline:
@@ -369,6 +378,8 @@ def test_a_client_trickling_bytes_is_cut_off_at_the_read_deadline(serve):
                 break
     # then the server answers 408 once the request's deadline passes, not per byte received
     assert answer.startswith(b"HTTP/1.1 408"), answer
+    # and takes it for a client's fault, not its own (a request line cut short was a logged traceback)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(serve):
