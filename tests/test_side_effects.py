@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,32 @@ def test_a_torn_last_line_of_a_killed_writer_is_cut_before_the_next_write(tmp_pa
         file.write(b'{"key": "b", "half')  # a writer killed mid-line
     assert Journal(path).record_once("b", lambda _: {"key": "b", "n": 1}) == ({"key": "b", "n": 1}, True)
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b"]
+
+
+def test_a_journal_keeps_where_its_records_are_not_the_records(tmp_path):
+    # given a mailbox of 20,000 emails of ~400 bytes, written earlier
+    path = tmp_path / "mailbox.jsonl"
+    text = "x" * 300
+    with path.open("w") as file:
+        for i in range(20_000):
+            file.write(json.dumps({"key": f"O-{i:05d}/order_completed", "subject": text}) + "\n")
+    # when a new journal reads it
+    tracemalloc.start()
+    try:
+        journal = Journal(path)
+        keys = journal.written_keys()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # then it knows every key, and holds a key and an offset per record, not the record (~800 bytes
+    # parsed), nor did it read the 7 MB file at once
+    assert len(keys) == 20_000
+    assert held / 20_000 < 250, held
+    assert peak < 2 * held, (peak, held)
+    # and a record is read back from its line when asked for, also by the record's maker
+    assert journal.record_once("O-00007/order_completed", lambda _: {"key": "new"})[0]["subject"] == text
+    seen = journal.record_once("n", lambda records: {"key": "n", "seen": records["O-19999/order_completed"]["key"]})
+    assert seen == ({"key": "n", "seen": "O-19999/order_completed"}, True)
 
 
 def test_a_journal_in_a_directory_not_made_yet_makes_it_and_then_reuses_it(tmp_path):

@@ -72,7 +72,7 @@ class SimulatedGateway:
     @property
     def charges(self) -> int:
         """How many orders were charged (declines included)."""
-        return sum(key.startswith("charge:") for key in self.journal.records())
+        return sum(key.startswith("charge:") for key in self.journal.written_keys())
 
     def __repr__(self) -> str:
         state = "DOWN" if self.down else "up"

@@ -8,6 +8,10 @@ email delivered, a charge answered), so it happens once per key, whatever dies w
 
 A writer killed in the middle of a line leaves a torn tail without a newline; the next writer,
 holding the lock, cuts it off before appending (nobody else can be writing it).
+
+A file's records stay in the file: the journal keeps each key and where its line starts, and reads
+a record again when it is asked for. So a long run costs about 150 bytes a record in memory rather
+than the parsed record (400-500 bytes), and a big file is read line by line, not at once.
 """
 
 from __future__ import annotations
@@ -43,19 +47,23 @@ class Journal:
     def __init__(self, path: Path | str | None, key_field: str = "key") -> None:
         self.path = Path(path) if path is not None else None
         self.key_field = key_field
-        self._records: dict[str, Record] = {}
-        self._offset = 0
+        self._records: dict[str, Record] = {}  # without a file
+        self._starts: dict[str, int] = {}  # with one: where each key's line starts
+        self._offset = 0  # where the lines this instance has read end
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<Journal {str(self.path) if self.path else 'in memory'} {len(self._records)} records>"
+        return (
+            f"<Journal {str(self.path) if self.path else 'in memory'} {len(self._records) + len(self._starts)} records>"
+        )
 
-    def records(self) -> dict[str, Record]:
-        """Every record by key (a copy)."""
+    def written_keys(self) -> list[str]:
+        """Every key written so far, in the order of writing."""
         with self._locked(fcntl.LOCK_SH) as file:
-            if file is not None:
-                self._catch_up(file)
-            return dict(self._records)
+            if file is None:
+                return list(self._records)
+            self._catch_up(file)
+            return list(self._starts)
 
     def record_once(self, key: str, make: Callable[[Mapping[str, Record]], Record]) -> tuple[Record, bool]:
         """The record under ``key``: the existing one (``False``), or ``make(records)`` appended now (``True``).
@@ -66,19 +74,22 @@ class Journal:
         with self._locked(fcntl.LOCK_EX) as file:
             if file is not None:
                 self._catch_up(file, repair=True)
-            known = self._records.get(key)
+            records = self._records if file is None else _Lines(self._starts, file)
+            known = records.get(key)
             if known is not None:
                 return known, False
-            record = make(self._records)
+            record = make(records)
             if record.get(self.key_field) != key:
                 raise ValueError(f"record must carry {self.key_field}={key!r}")
-            if file is not None:
+            if file is None:
+                self._records[key] = record
+            else:
                 line = (json.dumps(record) + "\n").encode()
                 file.seek(0, os.SEEK_END)
                 file.write(line)
                 file.flush()
+                self._starts[key] = self._offset
                 self._offset += len(line)
-            self._records[key] = record
             return record, True
 
     @contextmanager
@@ -103,25 +114,48 @@ class Journal:
                     fcntl.flock(file, fcntl.LOCK_UN)
 
     def _catch_up(self, file: IO[bytes], *, repair: bool = False) -> None:
+        """Note where each line written since this instance last looked starts; with ``repair``, cut a
+        torn last line off (only a writer, holding the lock alone, may)."""
         size = file.seek(0, os.SEEK_END)
         if size < self._offset:  # the file was replaced or truncated: read it again
-            self._records.clear()
+            self._starts.clear()
             self._offset = 0
         file.seek(self._offset)
-        chunk = file.read(size - self._offset)
-        complete = chunk.rfind(b"\n") + 1
-        for number, line in enumerate(chunk[:complete].splitlines()):
-            self._remember(line, number)
-        self._offset += complete
-        if repair and complete < len(chunk):
-            log.warning("%s: cutting a torn last line of %d bytes", self.path, len(chunk) - complete)
+        for line in file:
+            if not line.endswith(b"\n"):  # a torn last line: a writer killed mid-line
+                break
+            self._remember(line)
+            self._offset += len(line)
+        if repair and self._offset < size:
+            log.warning("%s: cutting a torn last line of %d bytes", self.path, size - self._offset)
             file.truncate(self._offset)
 
-    def _remember(self, line: bytes, number: int) -> None:
+    def _remember(self, line: bytes) -> None:
         try:
-            record = json.loads(line)
-            key = record[self.key_field]
+            key = json.loads(line)[self.key_field]
         except (ValueError, KeyError, TypeError, RecursionError):
-            log.warning("%s: skipping an unreadable line near offset %d (+%d lines)", self.path, self._offset, number)
+            log.warning("%s: skipping an unreadable line at offset %d", self.path, self._offset)
             return
-        self._records.setdefault(str(key), record)
+        self._starts.setdefault(str(key), self._offset)
+
+
+class _Lines(Mapping[str, Record]):
+    """A journal file's records by key, each read from its line when asked for (under the journal's lock)."""
+
+    def __init__(self, starts: dict[str, int], file: IO[bytes]) -> None:
+        self._starts = starts
+        self._file = file
+
+    def __getitem__(self, key: str) -> Record:
+        self._file.seek(self._starts[key])
+        record: Record = json.loads(self._file.readline())
+        return record
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._starts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._starts)
+
+    def __len__(self) -> int:
+        return len(self._starts)
