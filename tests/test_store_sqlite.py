@@ -48,9 +48,15 @@ def test_a_store_knows_whether_this_process_has_it_open(tmp_path):
 
 
 def in_threads_of_their_own(work, count):
-    """Run ``work(i)`` for each i in a new thread of its own, ``count`` at a time (as a server does that
-    starts a thread per connection), and wait for all."""
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    """Run ``work(i)`` for each i in a new thread of its own (as a server does that starts a thread per
+    connection), each thread ending only once all have done their work, and wait for all."""
+    together = threading.Barrier(count)
+
+    def run(i):
+        work(i)
+        together.wait(timeout=30)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
