@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,14 @@ def files_open_on(path: Path) -> int:
         except OSError:  # closed meanwhile
             continue
     return count
+
+
+def run_python(code: str) -> str:
+    """Run ``code`` (dedented) in a new interpreter; its standard output (an error if it fails)."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
 
 
 def _ephemeral_ports() -> range:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import files_open_on
+from conftest import files_open_on, run_python
 
 import eventlab
 from eventlab.errors import StoreError
@@ -105,6 +105,59 @@ def test_a_thread_that_ended_inside_a_transaction_does_not_pass_it_on(tmp_path):
             assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
         with pytest.raises(sqlite3.ProgrammingError):
             connections[0].execute("SELECT 1")
+
+
+def test_closing_a_store_while_other_threads_query_it_does_not_crash_the_process(tmp_path):
+    # given threads that query a store, started just before it is closed, round after round
+    out = run_python(f"""
+        import threading
+        from eventlab.store import SqliteEventStore
+        store = SqliteEventStore({str(tmp_path / "events.db")!r})
+        heads = []
+
+        def query():
+            heads.append(store.head())
+            heads.append(store.head())
+
+        for _ in range(30):
+            threads = [threading.Thread(target=query) for _ in range(20)]
+            for thread in threads:
+                thread.start()
+            store.close()
+            for thread in threads:
+                thread.join()
+        print(len(heads), set(heads))
+    """)
+    # then each query ran to its end on its own connection (closing it under the query was a SIGSEGV)
+    assert out.split(maxsplit=1) == ["1200", "{0}\n"]
+
+
+def test_a_child_of_fork_hands_back_none_of_the_parents_connections(tmp_path):
+    # given a thread using the store while the process forks
+    out = run_python(f"""
+        import os, threading
+        from eventlab.store import SqliteEventStore
+        store = SqliteEventStore({str(tmp_path / "events.db")!r})
+        using, done = threading.Event(), threading.Event()
+
+        def user():
+            store.head()
+            using.set()
+            done.wait(30)
+
+        thread = threading.Thread(target=user)
+        thread.start()
+        using.wait(30)
+        child = os.fork()
+        if child == 0:  # Python clears the parent's other threads here: their connections are the parent's
+            os._exit(len(store._idle))
+        status = os.waitpid(child, 0)[1]
+        done.set()
+        thread.join()
+        print(os.waitstatus_to_exitcode(status), len(store._idle))
+    """)
+    # then the child kept none of them for its own threads; the parent's goes back when its thread ends
+    assert out.split() == ["0", "1"]
 
 
 # --- opening checks the schema and never recreates tables over an existing store ---------------------

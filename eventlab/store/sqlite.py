@@ -498,17 +498,21 @@ _IDLE = 16  # connections kept for new threads: more than the shop's threads tha
 
 class _Handback:
     """Held only by a thread's local state, so it goes when the thread ends: then it hands that thread's
-    connection back to its store (the store is not kept alive by it)."""
+    connection back to its store (the store is not kept alive by it).
 
-    __slots__ = ("_conn", "_store")
+    Not in a child of ``fork``: Python clears the parent's other threads there, but their connections
+    are the parent's, in use, and the store's lock may have been held at the fork."""
+
+    __slots__ = ("_conn", "_pid", "_store")
 
     def __init__(self, store: SqliteEventStore, conn: sqlite3.Connection) -> None:
         self._store = weakref.ref(store)
         self._conn = conn
+        self._pid = os.getpid()
 
     def __del__(self) -> None:
         store = self._store()
-        if store is not None:
+        if store is not None and os.getpid() == self._pid:
             store._hand_back(self._conn)
 
 
@@ -543,6 +547,7 @@ class SqliteEventStore(EventStore):
         self._local = threading.local()
         self._connections: set[sqlite3.Connection] = set()
         self._idle: list[sqlite3.Connection] = []  # of threads that ended, for the next new thread
+        self._closed = False  # then a thread that ends closes its connection
         self._lock = threading.RLock()  # re-entrant: _Handback.__del__ takes it, whenever its thread's state goes
         # Threads of one process queue here instead of in SQLite's busy handler, which sleeps
         # up to 100 ms between tries; other processes still wait on SQLite's lock.
@@ -644,11 +649,12 @@ class SqliteEventStore(EventStore):
 
     def _hand_back(self, conn: sqlite3.Connection) -> None:
         """Keep the connection of a thread that ended for the next new thread (up to ``_IDLE`` of them);
-        close it when there are enough, or when it ended inside a transaction (closing rolls that back)."""
+        close it when there are enough, when the store was closed, or when it ended inside a transaction
+        (closing rolls that back)."""
         with self._lock:
             if conn not in self._connections:  # closed with the store meanwhile
                 return
-            if not conn.in_transaction and len(self._idle) < _IDLE:
+            if not self._closed and not conn.in_transaction and len(self._idle) < _IDLE:
                 self._idle.append(conn)
                 return
             self._connections.discard(conn)
@@ -1046,12 +1052,16 @@ class SqliteEventStore(EventStore):
         return FileLease(name, store.with_name(f"{store.name}.{name}.lease"))
 
     def close(self) -> None:
+        """Close this thread's connection and the idle ones. A connection another thread is using is
+        closed when that thread ends: closing it under a running statement would crash the process."""
         with self._lock:
-            for conn in self._connections:
+            self._closed = True
+            mine = getattr(self._local, "conn", None)
+            for conn in [*self._idle, *([] if mine is None else [mine])]:
+                self._connections.discard(conn)
                 conn.close()
-            self._connections.clear()
             self._idle.clear()
-        self._local = threading.local()
+        self._local.__dict__.clear()  # this thread's next call opens a new connection
 
     # --- dead letters ----------------------------------------------------------------------
 
