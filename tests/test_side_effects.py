@@ -15,6 +15,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 from eventlab.adapters import FileMailer, Journal, SimulatedGateway
 from eventlab.events import EmailRequested, EmailSent
@@ -33,13 +34,6 @@ class Killed(Exception):
 
 def mailbox_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def run_python(code: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
-    )
-    return result.stdout
 
 
 @pytest.fixture
@@ -130,6 +124,25 @@ def test_a_journal_keeps_where_its_records_are_not_the_records(tmp_path):
     assert journal.record_once("O-00007/order_completed", lambda _: {"key": "new"})[0]["subject"] == text
     seen = journal.record_once("n", lambda records: {"key": "n", "seen": records["O-19999/order_completed"]["key"]})
     assert seen == ({"key": "n", "seen": "O-19999/order_completed"}, True)
+
+
+def test_a_journal_rewritten_in_place_never_answers_with_another_keys_record(tmp_path):
+    # given a gateway that charged O1, then its journal emptied and written again by another gateway
+    path = tmp_path / "gateway.jsonl"
+    first = SimulatedGateway(failure_rate=0.0, path=path)
+    assert first.charge("O1", 1000).approved
+    path.write_text("")
+    other = SimulatedGateway(failure_rate=0.0, path=path)
+    for i in range(2, 6):
+        other.charge(f"O{i}", 77_700 + i)
+    # when the first gateway refunds O1, then charges O1
+    refund = first.refund("O1")
+    # then it goes by the file as it is now: no charge of O1 is in it, so nothing to refund (it read
+    # O2's line where O1's had been, and refunded O2's 77,702 cents), and a charge after it is refused
+    assert refund.refunded_cents == 0
+    assert first.charge("O1", 1000).approved is False
+    keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 6
 
 
 def test_a_journal_in_a_directory_not_made_yet_makes_it_and_then_reuses_it(tmp_path):

@@ -74,7 +74,7 @@ class Journal:
         with self._locked(fcntl.LOCK_EX) as file:
             if file is not None:
                 self._catch_up(file, repair=True)
-            records = self._records if file is None else _Lines(self._starts, file)
+            records = self._records if file is None else _Lines(self, file)
             known = records.get(key)
             if known is not None:
                 return known, False
@@ -117,7 +117,9 @@ class Journal:
         """Note where each line written since this instance last looked starts; with ``repair``, cut a
         torn last line off (only a writer, holding the lock alone, may)."""
         size = file.seek(0, os.SEEK_END)
-        if size < self._offset:  # the file was replaced or truncated: read it again
+        if self._offset and (size < self._offset or _byte_before(file, self._offset) != b"\n"):
+            # the file was replaced or truncated (then maybe written again past where this instance
+            # stopped reading, but no longer with a line ending there): read it again
             self._starts.clear()
             self._offset = 0
         file.seek(self._offset)
@@ -130,6 +132,27 @@ class Journal:
             log.warning("%s: cutting a torn last line of %d bytes", self.path, size - self._offset)
             file.truncate(self._offset)
 
+    def _read(self, file: IO[bytes], key: str) -> Record | None:
+        """The record under ``key``, read from its line; None when there is none. Should the line found
+        there be another's (the file was rewritten in place since this instance looked), the lines are
+        noted again from the start."""
+        for _ in range(2):
+            start = self._starts.get(key)
+            if start is None:
+                return None
+            file.seek(start)
+            try:
+                record = json.loads(file.readline())
+            except (ValueError, RecursionError):
+                record = None
+            if isinstance(record, dict) and str(record.get(self.key_field)) == key:
+                return record
+            log.warning("%s: the line of %r moved: reading the journal again", self.path, key)
+            self._starts.clear()
+            self._offset = 0
+            self._catch_up(file, repair=True)
+        return None
+
     def _remember(self, line: bytes) -> None:
         try:
             key = json.loads(line)[self.key_field]
@@ -139,23 +162,29 @@ class Journal:
         self._starts.setdefault(str(key), self._offset)
 
 
+def _byte_before(file: IO[bytes], offset: int) -> bytes:
+    file.seek(offset - 1)
+    return file.read(1)
+
+
 class _Lines(Mapping[str, Record]):
     """A journal file's records by key, each read from its line when asked for (under the journal's lock)."""
 
-    def __init__(self, starts: dict[str, int], file: IO[bytes]) -> None:
-        self._starts = starts
+    def __init__(self, journal: Journal, file: IO[bytes]) -> None:
+        self._journal = journal
         self._file = file
 
     def __getitem__(self, key: str) -> Record:
-        self._file.seek(self._starts[key])
-        record: Record = json.loads(self._file.readline())
+        record = self._journal._read(self._file, key)
+        if record is None:
+            raise KeyError(key)
         return record
 
     def __contains__(self, key: object) -> bool:
-        return key in self._starts
+        return key in self._journal._starts
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._starts)
+        return iter(self._journal._starts)
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return len(self._journal._starts)
