@@ -10,8 +10,8 @@ A writer killed in the middle of a line leaves a torn tail without a newline; th
 holding the lock, cuts it off before appending (nobody else can be writing it).
 
 A file's records stay in the file: the journal keeps each key and where its line starts, and reads
-a record again when it is asked for. So a long run costs about 150 bytes a record in memory rather
-than the parsed record (400-500 bytes), and a big file is read line by line, not at once.
+a record again when it is asked for. So a long run costs about 125 bytes a record in memory rather
+than the parsed record (about 730), and a big file is read line by line, not at once.
 """
 
 from __future__ import annotations
