@@ -86,10 +86,10 @@ storage() {  # DIR: a formatted log directory, copied from a template formatted 
     if [ ! -f "$template/data/meta.properties" ]; then
         rm -rf "$template" && mkdir -p "$template"
         configure "$template" 9092 9093
-        local id
+        local id  # base64url of 16 random bytes; it may begin with "-", hence --cluster-id=
         id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
         "$JAVA" -cp "$LIB/*" -Dlog4j2.configurationFile="$template/log4j2.properties" \
-            kafka.tools.StorageTool format -t "$id" -c "$template/server.properties" >/dev/null ||
+            kafka.tools.StorageTool format --cluster-id="$id" -c "$template/server.properties" >/dev/null ||
             die "formatting the KRaft storage failed"
     fi
     mkdir -p "$dir/data" && cp -a "$template/data/." "$dir/data/"
