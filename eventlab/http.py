@@ -346,6 +346,12 @@ class _DeadlineReader(io.RawIOBase):
         self.started = False
         self.deadline = time.monotonic() + self.limits.idle_timeout
 
+    def begin(self) -> None:
+        """The request has begun: its first bytes came with the one before (pipelined)."""
+        if not self.started:
+            self.started = True
+            self.deadline = time.monotonic() + self.limits.read_timeout
+
     def readinto(self, buffer: Any) -> int:
         left = self.deadline - time.monotonic()
         if left <= 0:
@@ -392,6 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
         # what a reply reads, should the request line itself not arrive in time (else an earlier request's)
         self.command, self.requestline, self.request_version = "", "", self.default_request_version
         try:
+            if self.rfile.peek(1):  # returns at once what is buffered, else waits for a first byte
+                self.reader.begin()
             super().handle_one_request()
         except _Timeout as exc:
             self.close_connection = True

@@ -382,6 +382,17 @@ def test_a_client_trickling_bytes_is_cut_off_at_the_read_deadline(serve, begun, 
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_a_request_begun_in_the_same_packet_as_the_one_before_gets_a_408_too(serve):
+    # Given a request followed, in the same send, by the start of another that never completes
+    port = serve()
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /hea")
+        assert read_response(sock).status == 200
+        # then the second is answered 408 at its read deadline, not dropped without a word at the
+        # idle one (its first bytes were already read with the first request, so no read started it)
+        assert read_response(sock).status == 408
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(serve):
     port = serve()
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
