@@ -387,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.app = self.server.app
         self.limits = self.app.limits
         self.reader = _DeadlineReader(self.connection, self.limits)
-        self.rfile = io.BufferedReader(self.reader)
+        self.buffered = self.rfile = io.BufferedReader(self.reader)
         self.body_pending = False
         self.linger = False
 
@@ -398,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         # what a reply reads, should the request line itself not arrive in time (else an earlier request's)
         self.command, self.requestline, self.request_version = "", "", self.default_request_version
         try:
-            if self.rfile.peek(1):  # returns at once what is buffered, else waits for a first byte
+            if self.buffered.peek(1):  # returns at once what is buffered, else waits for a first byte
                 self.reader.begin()
             super().handle_one_request()
         except _Timeout as exc:
