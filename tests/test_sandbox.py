@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
+from conftest import run_python
 from projection_story import standard_story
 
 from eventlab.cli import main
@@ -593,3 +595,61 @@ def test_projections_made_without_settings_honour_eventlab_query_memory(store_pa
     # and a limit given explicitly wins over the variable
     with Projections(store_path, memory=128 * 2**20) as projections:
         assert projections.sql("SELECT current_setting('memory_limit') AS m").fetchall() == [("128.0 MiB",)]
+
+
+# --- threads sharing one Projections -------------------------------------------------------------
+
+
+def test_threads_sharing_one_projections_each_get_their_own_answer(store_path):
+    # Given one Projections, queried by four threads while a fifth refreshes it and a sixth reads a relation
+    # (in a child: on one shared DuckDB connection this froze the process, or handed one thread's rows
+    # to another)
+    out = run_python(f"""
+        import collections, faulthandler, threading
+        from eventlab.projections import Projections
+        faulthandler.dump_traceback_later(50, exit=True)
+        projections = Projections({str(store_path)!r})
+        seen = collections.Counter()
+
+        def ask(me):
+            for _ in range(60):
+                rows = projections.sql(f"SELECT '{{me}}' AS who, count(*) FROM orders", timeout=None).fetchall()
+                seen[me == rows[0][0] and rows[0][1] > 0] += 1
+
+        def refresh():
+            for _ in range(60):
+                projections.refresh()
+
+        def read():
+            for _ in range(60):
+                seen[len(projections.relation("orders").fetchall()) > 0] += 1
+
+        threads = [threading.Thread(target=ask, args=(w,)) for w in "ABCD"]
+        threads += [threading.Thread(target=refresh), threading.Thread(target=read)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(dict(seen))
+    """)
+    # then every question got its own answer, and nothing froze
+    assert out.strip() == "{True: 300}", out
+
+
+def test_a_query_waiting_for_another_times_out_within_its_own_limit_and_leaves_the_other_alone(projections):
+    # Given a long query with no limit running in one thread
+    answers = {}
+
+    def long():
+        long_sql = "SELECT max(i) FROM range(150000000) t(i) WHERE hash(i) >= 0"  # a few seconds
+        answers["long"] = projections.sql(long_sql, timeout=None).fetchall()
+
+    thread = threading.Thread(target=long)
+    thread.start()
+    time.sleep(0.3)
+    # when another thread's query, limited to 0.2 s, waits for its turn
+    with pytest.raises(QueryTimeout):
+        projections.sql(ENDLESS, timeout=0.2)
+    thread.join()
+    # then its time limit struck it alone: the long query was not interrupted (it was told as out of memory)
+    assert answers["long"] == [(149_999_999,)]

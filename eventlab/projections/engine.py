@@ -82,12 +82,13 @@ import functools
 import logging
 import operator
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, SupportsIndex, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, SupportsIndex, TypeVar
 
 import duckdb
 
@@ -102,7 +103,6 @@ from eventlab.projections.sandbox import (
     QueryTimeout,
     Sandbox,
     bounded,
-    ensure_single_read,
 )
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
@@ -127,6 +127,7 @@ from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this
 __all__ = ["Projections", "Source"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,17 @@ def _cancel_all(urls: Sequence[PostgresUrl], session: str) -> None:
         cancel_reads(url, session)
 
 
+def _in_turn(method: Callable[Concatenate[Projections, P], T]) -> Callable[Concatenate[Projections, P], T]:
+    """``method`` run while it holds the object's connections: one thread at a time."""
+
+    @functools.wraps(method)
+    def in_turn(self: Projections, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._turn:
+            return method(self, *args, **kwargs)
+
+    return in_turn
+
+
 class Projections(SchemaRelations):
     """The shop's read models, built in an in-memory DuckDB from the event store (or the shop's stores).
 
@@ -262,6 +274,10 @@ class Projections(SchemaRelations):
     ``memory`` bytes (default: ``EVENTLAB_QUERY_MEMORY``, read now; see
     :func:`~eventlab.settings.query_memory`).
 
+    Threads may share one object: its methods take turns on its connections (a query waits for
+    another's within its own time limit), and each relation or query result comes back on a
+    cursor of its own, readable while the object refreshes.
+
     Example:
         >>> projections = Projections(store_path)
         >>> projections.refresh()  # events applied since the last call
@@ -279,6 +295,7 @@ class Projections(SchemaRelations):
         memory: int | None = None,
     ) -> None:
         found = _sources(source, attach)
+        self._turn = threading.RLock()
         self.schema = "main"
         self.timeout = timeout
         self.memory = query_memory() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
@@ -389,10 +406,12 @@ class Projections(SchemaRelations):
         """Every relation that can be read: ``events`` and the projections' tables and views."""
         return ("events", *RELATIONS)
 
+    @_in_turn
     def rebuild(self) -> int:
         """Copy the whole log and build every relation from scratch; return the events copied."""
         return self._bounded(self._rebuild_split if self._parts else self._rebuild, None)
 
+    @_in_turn
     def refresh(self) -> int:
         """Apply the events written since the checkpoint; return how many there were.
 
@@ -401,13 +420,17 @@ class Projections(SchemaRelations):
         """
         return self._bounded(self._refresh_split if self._parts else self._refresh, None)
 
+    @_in_turn
     def raw_events(self) -> duckdb.DuckDBPyRelation:
         """The store's log as stored (JSON as text) up to the checkpoint, in order; over several stores,
         the merged log: ``position`` in it, then ``store`` and ``store_position`` (where the row is stored)."""
         if self._parts:
-            return self._con.sql(_SPLIT_RAW_EVENTS.format(events=self._raw_select("events"), upto=int(self.checkpoint)))
-        return self._con.sql(_RAW_EVENTS.format(upto=int(self.checkpoint)))
+            return self._cursor().sql(
+                _SPLIT_RAW_EVENTS.format(events=self._raw_select("events"), upto=int(self.checkpoint))
+            )
+        return self._cursor().sql(_RAW_EVENTS.format(upto=int(self.checkpoint)))
 
+    @_in_turn
     def attached_schema(self, store: str | None = None) -> tuple[dict[str, list[str]], str | None]:
         """The attached SQLite store's tables with their columns, and its schema version, read through
         DuckDB's catalogue: opening the file with ``sqlite3`` too could crash the process (see above).
@@ -447,26 +470,35 @@ class Projections(SchemaRelations):
         running too long :class:`~eventlab.projections.sandbox.QueryTimeout`.
         """
         limit = self.timeout if isinstance(timeout, _Default) else timeout
-        sandbox = self._sandbox_for()
-        ensure_single_read(sandbox.con, query)
-        # The store tables the query names are copied from the store first, within the query's time:
-        # a big table, or one locked on a PostgreSQL server, must not hold the query beyond its limit.
         started = time.monotonic()
-        readable = self._bounded(self._store_tables, limit)
-        wanted = sorted(n for n in readable if _mentions(query, n))
-        stale = [n for n in wanted if self._handed.get(n) != self._generation]
-        if stale:
-            tables = self._bounded(lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit)
-            for name, table in zip(stale, tables, strict=True):
-                sandbox.add(name, table)
-                self._handed[name] = self._generation
+        # Its turn on the connections, within the query's time; the query itself then takes the
+        # sandbox's turn, so a refresh may run meanwhile.
+        if not self._turn.acquire(timeout=limit if limit else -1):
+            raise QueryTimeout(limit or 0.0)
+        try:
+            sandbox = self._sandbox_for()
+            sandbox.check(query)
+            # The store tables the query names are copied from the store first, within the query's time:
+            # a big table, or one locked on a PostgreSQL server, must not hold the query beyond its limit.
+            readable = self._bounded(self._store_tables, limit)
+            wanted = sorted(n for n in readable if _mentions(query, n))
+            stale = [n for n in wanted if self._handed.get(n) != self._generation]
+            if stale:
+                tables = self._bounded(
+                    lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit
+                )
+                for name, table in zip(stale, tables, strict=True):
+                    sandbox.add(name, table)
+                    self._handed[name] = self._generation
+        finally:
+            self._turn.release()
         remaining = limit
         if limit:
             remaining = limit - (time.monotonic() - started)
             if remaining <= 0:
                 raise QueryTimeout(limit)
         try:
-            return sandbox.con.from_arrow(sandbox.run(query, params, remaining))
+            return sandbox.rows(sandbox.run(query, params, remaining))
         except QueryTimeout as exc:
             raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
         except ProjectionError as exc:  # a store table this copy does not hold: say which it holds
@@ -480,6 +512,7 @@ class Projections(SchemaRelations):
                 f"{', '.join(missing)}: not readable here; the store tables here are {here}{hint}"
             ) from exc
 
+    @_in_turn
     def as_of(self, *, position: int | None = None, time: datetime | None = None) -> Snapshot:
         """The projections as they were at ``position`` (1 … :attr:`checkpoint`), or after the last
         event recorded at or before ``time`` (naive times are UTC)."""
@@ -503,6 +536,7 @@ class Projections(SchemaRelations):
         row = self._con.execute("SELECT recorded_at FROM main.events WHERE position = ?", [position]).fetchone()
         return Snapshot(self, self._con, position, row[0] if row else None)
 
+    @_in_turn
     def close(self) -> None:
         """Close the DuckDB connections (the store was only ever read)."""
         if self._sandbox is not None:

@@ -320,29 +320,56 @@ class Sandbox:
 
     Tables are handed over as Arrow (DuckDB scans them in place); views are created over them with
     eventlab's own SQL before any user query runs.
+
+    Safe to share between threads: its statements run one at a time (a DuckDB connection used by two
+    threads at once can hand one thread's result to the other, or freeze the process), and each
+    result comes back on a cursor of its own (:meth:`rows`), so reading it needs no turn.
     """
 
     def __init__(self, memory: int | None = None) -> None:
         self.memory = query_memory() if memory is None else int(memory)
         self.con = sandbox_connection(self.memory)
+        self._turn = threading.Lock()
 
     def add(self, name: str, table: pa.Table) -> None:
         """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
         schema, _, table_name = name.rpartition(".")
         schema = schema or "main"
         hidden = f"_arrow_{schema}_{table_name}"
-        self.con.register(hidden, table)
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table_name} AS SELECT * FROM {hidden}")
+        with self._turn:
+            self.con.register(hidden, table)
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            self.con.execute(f"CREATE OR REPLACE VIEW {schema}.{table_name} AS SELECT * FROM {hidden}")
 
     def execute(self, sql: str) -> None:
         """Run eventlab's own SQL (a view, a macro) on the sandbox."""
-        self.con.execute(sql)
+        with self._turn:
+            self.con.execute(sql)
+
+    def check(self, sql: str) -> None:
+        """Raise :class:`ProjectionError` unless ``sql`` is one read (:func:`ensure_single_read`)."""
+        with self._turn:
+            ensure_single_read(self.con, sql)
+
+    def rows(self, table: pa.Table) -> duckdb.DuckDBPyRelation:
+        """``table`` (a result of :meth:`run`) as a relation on a cursor of its own: still in the sandbox,
+        and readable, filtered or joined in any thread while other queries run."""
+        with self._turn:
+            return self.con.cursor().from_arrow(table)
 
     def run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
         """One read, bounded by ``timeout``; the whole result as an Arrow table, a repeated column
         name numbered as DuckDB numbers it (a join's second ``order_id`` is ``order_id_1``): neither
-        DuckDB nor polars reads an Arrow table with two columns of one name."""
+        DuckDB nor polars reads an Arrow table with two columns of one name. A query waiting for its
+        turn (another thread's query is running) waits within ``timeout`` too."""
+        if not self._turn.acquire(timeout=timeout if timeout else -1):
+            raise QueryTimeout(timeout or 0.0)
+        try:
+            return self._run(sql, params, timeout)
+        finally:
+            self._turn.release()
+
+    def _run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
         ensure_single_read(self.con, sql)
 
         def work() -> pa.Table:
@@ -378,4 +405,5 @@ class Sandbox:
 
     def close(self) -> None:
         """Close the connection (and drop the Arrow tables it held)."""
-        self.con.close()
+        with self._turn:
+            self.con.close()

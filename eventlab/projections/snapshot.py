@@ -7,6 +7,7 @@ read through :class:`SchemaRelations`, so a snapshot answers exactly as the live
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -24,32 +25,45 @@ __all__ = ["SchemaRelations", "Snapshot", "snapshot_views"]
 
 
 class SchemaRelations:
-    """The relations of the DuckDB schema :attr:`schema` on one connection, read in their documented order."""
+    """The relations of the DuckDB schema :attr:`schema` on one connection, read in their documented order.
+
+    Each relation is read through a cursor of its own (a connection to the same database), so threads
+    can read relations while another refreshes them: a reader sees the last committed refresh.
+    """
 
     schema: str
     _con: duckdb.DuckDBPyConnection
+    _turn: threading.RLock  # held while the connection is used, here only to open a cursor
 
     def relation(self, name: str) -> duckdb.DuckDBPyRelation:
         """The relation ``name`` (``events`` or one of :data:`~eventlab.projections.RELATIONS`) as a
         lazy DuckDB relation, in its documented order."""
+        return self._relation(self._cursor(), name)
+
+    def _relation(self, con: duckdb.DuckDBPyConnection, name: str) -> duckdb.DuckDBPyRelation:
         if name == "events":
             order_by = "position"
         elif name in RELATIONS:
             order_by = RELATIONS[name].order_by
         else:
             raise ProjectionError(f"unknown relation {name!r}; known: events, {', '.join(RELATIONS)}")
-        return self._con.sql(f"SELECT * FROM {self.schema}.{name} ORDER BY {order_by}")
+        return con.sql(f"SELECT * FROM {self.schema}.{name} ORDER BY {order_by}")
 
     def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
         """The relation ``name`` as a polars DataFrame (handed over through Arrow): its first
         ``limit`` rows (default all), computed in at most ``timeout`` seconds (default no limit)."""
-        relation = self.relation(name)
+        con = self._cursor()
+        relation = self._relation(con, name)
         if limit is not None:
             relation = relation.limit(int(limit))
         try:
-            return bounded([self._con], relation.pl, timeout)
+            return bounded([con], relation.pl, timeout)
         except duckdb.Error as exc:
             raise ProjectionError(f"cannot read the relation: {exc}") from exc
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._turn:
+            return self._con.cursor()
 
 
 def snapshot_views(position: int) -> list[str]:
@@ -81,6 +95,7 @@ class Snapshot(SchemaRelations):
     ) -> None:
         self.projections = projections
         self._con = con
+        self._turn = projections._turn
         self.position = position
         self.recorded_at = recorded_at
         self.schema = f"as_of_{position}"
