@@ -461,6 +461,35 @@ def test_the_relay_dead_letters_stored_events_it_cannot_decode_and_publishes_the
     assert store.unprocessed("inventory", ["OrderCreated"]) == 2  # the raw count still sees them
 
 
+def test_the_relay_dead_letters_a_stored_event_too_large_to_publish_instead_of_retrying_it_for_ever(kafka, store):
+    # given a stored event larger than any broker takes (a forged message a service took in can grow so:
+    # an email's subject repeats the order id), between two ordinary ones
+    huge = ProductCreated(product_id="P-huge", name="x" * 1_200_000, price_cents=1, initial_stock=0)
+    [before, too_large, after] = store.append(
+        [
+            NewEvent(ProductCreated(product_id="P-1", name="One", price_cents=100, initial_stock=0), 1),
+            NewEvent(huge, 1),
+            NewEvent(ProductCreated(product_id="P-2", name="Two", price_cents=200, initial_stock=0), 1),
+        ]
+    )
+    relay = Relay(store, kafka)
+    # when the relay runs
+    try:
+        published = relay.publish_pending()
+    finally:
+        relay.close()
+    # then it records that one as a dead letter saying why, and publishes the others: nothing after it waits
+    assert published == 2 and relay.dead_lettered == 1
+    assert store.checkpoint(RELAY_CONSUMER) == store.head() and unpublished(store) == 0
+    [letter] = store.dead_letters(consumer="relay")
+    assert (letter.topic, letter.offset, letter.event_id) == (STORE_TOPIC, too_large.position, too_large.event_id)
+    assert letter.reason.startswith("cannot be published") and "too large" in letter.reason, letter.reason
+    products = read_topic(kafka, ProductCreated.topic, lambda got: len(got) >= 2)
+    assert [dict(m.headers())["ce_id"].decode() for m in products] == [before.event_id, after.event_id]
+    [copy] = read_topic(kafka, dead_letter_topic(STORE_TOPIC), lambda got: len(got) >= 1)
+    assert int(dict(copy.headers())["dlq_offset"]) == too_large.position
+
+
 def test_list_show_and_replay_round_trip(kafka, store, monkeypatch, capsys):
     # given a service whose handler has a bug, and a product event it dead-letters
     broken, handled = threading.Event(), []

@@ -33,7 +33,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
@@ -179,9 +179,10 @@ class Relay:
         """Publish one batch of unpublished events; return how many were published.
 
         A stored event that cannot be published as a consumer would read it (unknown type, data
-        that does not validate, bad JSON) is recorded as a dead letter (consumer ``relay``, topic
-        ``store``, offset = its position) and copied to ``store.dlq``, never silently skipped; the
-        checkpoint moves past the batch only once every message and copy is acknowledged.
+        that does not validate, bad JSON), or at all (larger than the producer takes), is recorded
+        as a dead letter (consumer ``relay``, topic ``store``, offset = its position) and copied to
+        ``store.dlq``, never silently skipped nor retried for ever; the checkpoint moves past the
+        batch only once every message and copy is acknowledged.
         """
         after = self._resume()
         events = self.store.read_records(after=after, limit=self.batch_size)
@@ -205,7 +206,12 @@ class Relay:
                 continue
             if spans is not None:
                 headers = spans.start(topic, key, stored.event_id, headers)
-            out.send(topic, value, key, list(headers))
+            try:
+                out.send(topic, value, key, list(headers))
+            except BrokerError as exc:
+                if exc.code != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                undecodable.append((stored, f"cannot be published: {len(value)} bytes: {exc}"))
         letters = [self._record_dead_letter(stored, reason) for stored, reason in undecodable]
         try:
             out.confirm(30)
