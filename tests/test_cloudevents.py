@@ -63,11 +63,31 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
             [("ce_specversion", b"1.0"), ("ce_id", b"\xff1"), ("ce_type", b"StockAdded")],
             "ce_id is not UTF-8",
         ),
+        (  # valid JSON and Python text, but PostgreSQL keeps no NUL: the store would fail on every retry
+            b'{"product_id": "P\\u0000x", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "value holds a NUL character",
+        ),
+        (
+            b'{"product_id": "P1", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1\x00"), ("ce_type", b"StockAdded")],
+            "header ce_id holds a NUL character",
+        ),
+        (
+            b'{"product_id": "P1", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded"), ("correlation_id", b"\x00")],
+            "header correlation_id holds a NUL character",
+        ),
     ],
 )
 def test_undecodable_messages_say_why(value, headers, reason):
     with pytest.raises(UndecodableMessage, match=reason):
         from_message(value, headers)
+
+
+def test_a_backslash_then_u0000_as_text_is_no_nul_and_decodes():
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")]
+    assert from_message(b'{"product_id": "P\\\\u0000", "quantity": 1}', headers).event.product_id == "P\\u0000"
 
 
 def test_a_surrogate_pair_and_other_headers_that_are_not_utf8_still_decode():

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from eventlab.events import EVENT_TYPES, Event, readable_versions
@@ -31,6 +31,11 @@ class UndecodableMessage(ValueError):
 #: A JSON escape of a UTF-16 surrogate (``\ud800``): JSON parsers accept one unpaired, but no UTF-8
 #: text holds it, so an event carrying it could be neither stored nor sent on (every retry failing).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: A JSON escape of NUL: valid JSON and Python text, but PostgreSQL stores no NUL in text or JSON, so
+#: an event or id carrying one would hold its partition there for ever (each store call failing).
+_NUL_ESCAPE = b"\\u0000"
+#: The headers whose text is stored (ids in columns, the rest in the metadata).
+_KEPT_HEADERS = ("ce_id", "ce_type", "correlation_id", "traceparent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,19 @@ def record_topic(record: EventRecord) -> str:
     return cls.topic
 
 
+def _holds_nul(value: object) -> bool:
+    """Whether a text anywhere in ``value`` (an event, its fields, their items) holds NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, BaseModel):
+        return any(_holds_nul(field) for field in value.__dict__.values())
+    if isinstance(value, tuple | list):
+        return any(_holds_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    return False
+
+
 def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
     """Decode a Kafka message into a typed event, or raise :class:`UndecodableMessage` saying why."""
     found = {}
@@ -135,6 +153,9 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     for required in ("ce_specversion", "ce_id", "ce_type"):
         if not found.get(required):
             raise UndecodableMessage(f"missing header {required}")
+    for kept in _KEPT_HEADERS:
+        if "\x00" in found.get(kept, ""):
+            raise UndecodableMessage(f"header {kept} holds a NUL character")
     if found["ce_specversion"] != "1.0":
         raise UndecodableMessage(f"unsupported ce_specversion {found['ce_specversion']!r}")
     event_type = found["ce_type"]
@@ -149,6 +170,8 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
             event.model_dump_json()
         except PydanticSerializationError:
             raise UndecodableMessage("value holds an unpaired surrogate (\\ud800 …): not Unicode text") from None
+    if value and _NUL_ESCAPE in value and _holds_nul(event):
+        raise UndecodableMessage("value holds a NUL character (\\u0000): no store keeps it as text")
     return Message(
         event_id=found["ce_id"],
         event=event,
