@@ -35,6 +35,7 @@ __all__ = [
     "StockReserved",
     "StockSold",
     "UserCreated",
+    "beyond_64_bits",
     "readable_versions",
 ]
 
@@ -311,6 +312,28 @@ def readable_versions(cls: type[Event]) -> range:
         ([1, 2], [1])
     """
     return range(cls.first_schema_version, cls.schema_version + 1)
+
+
+def beyond_64_bits(event: BaseModel) -> list[str]:
+    """The integer fields of ``event`` (its lines' too) outside the 64-bit range every reader of the
+    log holds (DuckDB's BIGINT, PostgreSQL's bigint): Python reads any size, the projections would not.
+
+    Example:
+        >>> beyond_64_bits(StockAdded(product_id="P1", quantity=10**20)), beyond_64_bits(StockAdded(product_id="P1", quantity=1))
+        (['quantity'], [])
+    """
+    found = []
+    for name, value in event.__dict__.items():
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            found.append(name)
+        elif isinstance(value, tuple):
+            found += [
+                f"{name}.{i}.{field}"
+                for i, item in enumerate(value)
+                if isinstance(item, BaseModel)
+                for field in beyond_64_bits(item)
+            ]
+    return found
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

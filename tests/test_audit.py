@@ -142,6 +142,32 @@ def test_no_double_charge_catches_a_second_successful_payment(healthy):
     )
 
 
+def test_a_second_payment_whose_data_repeats_its_order_id_is_not_let_through(healthy, audit_of):
+    # given a second successful payment of O1 stored as JSON naming order O9 first and O1 last: the services
+    # (pydantic) read the last value, the projections (DuckDB) the first, so no_double_charge saw O9 once
+    healthy.write(PaymentCompleted(order_id="O1", amount_cents=2250, status="COMPLETED"))
+    raw(
+        healthy.store.path,
+        f'UPDATE events SET data = \'{{"order_id": "O9", \' || substr(data, 2) WHERE position = {healthy.store.head()}',
+    )
+    healthy.publish()
+    # then the audit is not green: it names the event whose readers disagree
+    report = audit_of(healthy)
+    [violation] = report["event_data_valid"].violations
+    assert violation["position"] == healthy.store.head()
+    assert violation["problem"].startswith("data repeats a key"), violation
+
+
+def test_an_integer_beyond_64_bits_is_named_not_read_as_missing(healthy, audit_of):
+    # given a stock addition whose quantity no 64-bit integer holds (the projections read it as NULL)
+    [added, *_] = [r.position for r in healthy.store.read_records() if r.event_type == "StockAdded"]
+    raw(healthy.store.path, copy_event(added, data="json_set(data, '$.quantity', json('100000000000000000000'))"))
+    healthy.publish()
+    report = audit_of(healthy)
+    [violation] = report["event_data_valid"].violations
+    assert violation["problem"] == "quantity: beyond 64-bit integers, which the projections hold", violation
+
+
 def test_failed_payment_without_release_is_caught(tmp_path):
     story = ShopStory(tmp_path / "events.db")
     story.user("U1")

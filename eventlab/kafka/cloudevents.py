@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from eventlab.events import EVENT_TYPES, Event, readable_versions
+from eventlab.events import EVENT_TYPES, Event, beyond_64_bits, readable_versions
 from eventlab.store.base import EventRecord, StoredEvent, json_loads
 
 __all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
@@ -172,6 +172,8 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
             raise UndecodableMessage("value holds an unpaired surrogate (\\ud800 …): not Unicode text") from None
     if value and _NUL_ESCAPE in value and _holds_nul(event):
         raise UndecodableMessage("value holds a NUL character (\\u0000): no store keeps it as text")
+    if too_large := beyond_64_bits(event):
+        raise UndecodableMessage(f"{cls.__name__}: {', '.join(too_large)} beyond 64-bit integers")
     return Message(
         event_id=found["ce_id"],
         event=event,

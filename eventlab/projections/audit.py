@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from eventlab.adapters.mailer import MAILBOX, email_key
 from eventlab.errors import StoreError
-from eventlab.events import EVENT_TYPES, readable_versions
+from eventlab.events import EVENT_TYPES, beyond_64_bits, readable_versions
 from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sources import store_location
 from eventlab.store import ShopStores, SqliteEventStore
@@ -102,25 +102,36 @@ _STORES = (
 _AUDITED = "position <= $heads[list_position($stores, store)]"
 
 
+#: Whether a document repeats a key, at its top or in a line: the services (pydantic) take the last
+#: value, the projections (DuckDB) the first, so the two would disagree on what the event says.
+_REPEATS_A_KEY = (
+    "CASE WHEN json_valid(data) AND json_type(data) = 'OBJECT'"
+    " THEN len(json_keys(data)) <> len(list_distinct(json_keys(data)))"
+    " OR coalesce(list_bool_or([len(k) <> len(list_distinct(k)) FOR k IN json_keys(data, '$.lines[*]')]), false)"
+    " ELSE false END"
+)
+
+
 def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every event of a known type and schema version whose data its class rejects, or whose row names
-    another stream than its data: one pass over the raw rows in batches, each validated by pydantic."""
+    """Every event of a known type and schema version whose data its class rejects, that the services
+    and the projections would read differently (a repeated key, an integer beyond 64 bits), or whose
+    row names another stream than its data: one pass over the raw rows in batches, each validated by
+    pydantic."""
     known = "list_contains($known_events, event_type || ':' || schema_version)"
+    columns = f"position, event_type, aggregate_type, aggregate_id, data, {_REPEATS_A_KEY} AS repeats"
     if source.split:  # each store's rows, named by store and position there
         relation = source.sql(
-            f"SELECT store, position, event_type, aggregate_type, aggregate_id, data FROM store.events"
-            f" WHERE {_AUDITED} AND {known}",
+            f"SELECT store, {columns} FROM store.events WHERE {_AUDITED} AND {known}",
             {name: values[name] for name in ("stores", "heads", "known_events")},
         )
     else:
         relation = source.sql(
-            "SELECT NULL AS store, position, event_type, aggregate_type, aggregate_id, data FROM store.events"
-            f" WHERE position <= $head AND {known}",
+            f"SELECT NULL AS store, {columns} FROM store.events WHERE position <= $head AND {known}",
             {"head": values["head"], "known_events": values["known_events"]},
         )
     violations = []
     while batch := relation.fetchmany(_BATCH):
-        for store, position, event_type, aggregate_type, aggregate_id, data in batch:
+        for store, position, event_type, aggregate_type, aggregate_id, data, repeats in batch:
             cls = EVENT_TYPES[event_type]
             try:
                 event = cls.model_validate_json(data)
@@ -129,12 +140,17 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
                     f"{'.'.join(map(str, error['loc'])) or 'data'}: {error['msg']}" for error in exc.errors()[:3]
                 )
             else:
-                if (aggregate_type, aggregate_id) == (event.aggregate_type, event.aggregate_id):
+                if repeats:
+                    problem = "data repeats a key: the services read its last value, the projections its first"
+                elif too_large := beyond_64_bits(event):
+                    problem = f"{', '.join(too_large)}: beyond 64-bit integers, which the projections hold"
+                elif (aggregate_type, aggregate_id) == (event.aggregate_type, event.aggregate_id):
                     continue
-                problem = (
-                    f"stored in stream {aggregate_type}:{aggregate_id} but its data belongs to "
-                    f"{event.aggregate_type}:{event.aggregate_id}"
-                )
+                else:
+                    problem = (
+                        f"stored in stream {aggregate_type}:{aggregate_id} but its data belongs to "
+                        f"{event.aggregate_type}:{event.aggregate_id}"
+                    )
             where = {"position": position} if store is None else {"store": store, "position": position}
             violations.append({**where, "event_type": event_type, "problem": problem})
     return sorted(violations, key=lambda v: (v.get("store", ""), v["position"]))
@@ -374,7 +390,8 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "event_data_valid",
-        "Every stored event's data validates against its class, and belongs to the stream it is stored in.",
+        "Every stored event's data validates against its class, reads the same to the services and to the "
+        "projections (no repeated key, no integer beyond 64 bits), and belongs to the stream it is stored in.",
         find=_invalid_event_data,
     ),
     Check(
