@@ -653,3 +653,25 @@ def test_a_query_waiting_for_another_times_out_within_its_own_limit_and_leaves_t
     thread.join()
     # then its time limit struck it alone: the long query was not interrupted (it was told as out of memory)
     assert answers["long"] == [(149_999_999,)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM enable_profiling()",
+        "SELECT * FROM enable_logging(level := 'debug')",
+        "SELECT * FROM query('SELECT * FROM enable_profiling()')",
+    ],
+)
+def test_a_query_that_changes_a_setting_is_refused_and_the_next_ones_run_as_before(store_path, sql, capfd):
+    with Projections(store_path) as projections:
+        # given a read whose table function turns profiling or logging on (the configuration lock does not
+        # cover them: every later query was profiled to stderr, or its text logged where queries read it)
+        with pytest.raises(QueryRefused, match="changed the sandbox's settings"):
+            projections.sql(sql)
+        capfd.readouterr()
+        # then the next queries run in a sandbox as it was: not profiled, not logged
+        assert projections.sql("SELECT count(*) FROM orders").fetchall()[0][0] > 0
+        settings = "SELECT current_setting('enable_profiling') IS NULL, current_setting('enable_logging')"
+        assert projections.sql(settings).fetchall() == [(True, False)]
+        assert "Query Profiling" not in capfd.readouterr().err

@@ -12,6 +12,10 @@ DuckDB 1.5.5, as measured here:
   ``allowed_paths`` holding ``<cwd>/:memory:`` and its WAL names, so a file of that name in the
   working directory is readable; set with ``SET`` after connecting it does not. The local file
   system is also disabled outright (``disabled_filesystems``), and the configuration locked.
+- ``lock_configuration`` does not cover what a table function changes: ``SELECT * FROM
+  enable_profiling()`` (every later query profiled to stderr) or ``enable_logging()`` (every later
+  query's text logged where queries read it) are reads. So the settings are compared after each
+  query (1.5 ms): a query that changed one is refused, and its owner starts a new sandbox.
 - ``getenv`` does not exist outside the DuckDB shell; settings that would show the home
   directory (``home_directory``, ``secret_directory``) are set to a neutral value.
 - Memory: DuckDB's default ``memory_limit`` is 80 % of the machine, and with no temporary
@@ -37,7 +41,9 @@ DuckDB 1.5.5, as measured here:
 
 :func:`bounded` runs a statement in a worker thread while the calling thread waits: the timer or a
 ``KeyboardInterrupt`` (Ctrl-C) calls ``interrupt()`` on the connection, so a query without end
-always stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterrupt``.
+stops, and the caller gets :class:`QueryTimeout` or the ``KeyboardInterrupt``. DuckDB looks for an
+interrupt between vectors, not inside one scalar call: a single call that runs long
+(``levenshtein`` of two 100,000-character strings: 25 s) ends late, and that stays open.
 """
 
 from __future__ import annotations
@@ -330,6 +336,9 @@ class Sandbox:
         self.memory = query_memory() if memory is None else int(memory)
         self.con = sandbox_connection(self.memory)
         self._turn = threading.Lock()
+        self._settings = self._current_settings()
+        #: A query changed a setting (see :meth:`run`): the owner should start a new sandbox.
+        self.spoiled = False
 
     def add(self, name: str, table: pa.Table) -> None:
         """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
@@ -394,6 +403,23 @@ class Sandbox:
         finally:
             if "pivot" in sql.lower():
                 self._drop_pivot_types()
+            self._refuse_changed_settings()
+
+    def _current_settings(self) -> list[tuple[str, str]]:
+        return self.con.execute("SELECT name, value FROM duckdb_settings() ORDER BY name").fetchall()
+
+    def _refuse_changed_settings(self) -> None:
+        """A table function may change a setting the configuration lock does not cover (``SELECT * FROM
+        enable_profiling()`` or ``enable_logging()``: every later query profiled to stderr, or its text
+        logged where queries read it). Such a query is refused and this sandbox marked spoiled."""
+        changed = [
+            name
+            for (name, value), was in zip(self._current_settings(), self._settings, strict=True)
+            if (name, value) != was
+        ]
+        if changed:
+            self.spoiled = True
+            raise QueryRefused(f"query refused: it changed the sandbox's settings ({', '.join(changed)})")
 
     def _drop_pivot_types(self) -> None:
         """Drop the ``ENUM`` types a ``PIVOT`` made (one per query: they would pile up in a notebook)."""
