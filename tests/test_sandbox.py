@@ -675,3 +675,38 @@ def test_a_query_that_changes_a_setting_is_refused_and_the_next_ones_run_as_befo
         settings = "SELECT current_setting('enable_profiling') IS NULL, current_setting('enable_logging')"
         assert projections.sql(settings).fetchall() == [(True, False)]
         assert "Query Profiling" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
+def test_a_time_limit_that_is_no_number_of_seconds_is_refused_naming_it(projections, store_path, timeout):
+    # NaN meant no limit at all, "5" a TypeError deep inside, -1 "query exceeded -1 s"
+    with pytest.raises(ProjectionError, match="timeout must be a number of seconds"):
+        projections.sql("SELECT 1", timeout=timeout)
+    with pytest.raises(ProjectionError, match="timeout must be a number of seconds"):
+        Projections(store_path, timeout=timeout)
+
+
+def test_a_query_that_is_not_utf8_text_is_refused_in_one_line(projections, store_path, capsys):
+    # a byte that is not UTF-8 reaches Python's argv as a lone surrogate
+    with pytest.raises(ProjectionError, match="not UTF-8 text"):
+        projections.sql("SELECT '\udcff'")
+    assert main(["query", "--store", str(store_path), "SELECT '\udcff'"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_json_output_is_strict_json_even_for_nan_and_infinity(store_path, capsys):
+    sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5::DOUBLE AS d"
+    assert main(["query", "--store", str(store_path), "--json", sql]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == [
+        {"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": 1.5}
+    ]
+
+
+def test_a_column_named_twice_is_a_usage_error(store_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["query", "--store", str(store_path), "--columns", "a,b,a", "SELECT 1 AS a, 2 AS b"])
+    assert exit_.value.code == 2 and "a named twice" in capsys.readouterr().err

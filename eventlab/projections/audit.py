@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -498,7 +499,10 @@ MAILBOX_CHECKS: tuple[MailboxCheck, ...] = (
 
 def jsonable(value: Any) -> Any:
     """A JSON-friendly copy of ``value``: times as ISO strings, decimals as strings (exact money),
-    bytes as text with ``\\xff`` for what is not UTF-8."""
+    bytes as text with ``\\xff`` for what is not UTF-8, the floats JSON lacks as ``"NaN"``,
+    ``"Infinity"`` and ``"-Infinity"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes):

@@ -152,6 +152,8 @@ def _names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"no column names in {text!r}")
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} named twice")
     return names
 
 
@@ -210,7 +212,7 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
             raise ProjectionError(f"no column {', '.join(unknown)}; the columns are: {', '.join(frame.columns)}")
         frame = frame.select(columns)
     if fmt == "json":
-        print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)]))
+        print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)], allow_nan=False))
     elif fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

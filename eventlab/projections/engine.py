@@ -103,6 +103,7 @@ from eventlab.projections.sandbox import (
     QueryTimeout,
     Sandbox,
     bounded,
+    time_limit,
 )
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
@@ -297,7 +298,7 @@ class Projections(SchemaRelations):
         found = _sources(source, attach)
         self._turn = threading.RLock()
         self.schema = "main"
-        self.timeout = timeout
+        self.timeout = time_limit(timeout)
         self.memory = query_memory() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
@@ -469,7 +470,7 @@ class Projections(SchemaRelations):
         :class:`ProjectionError`; reaching outside raises :class:`~eventlab.projections.sandbox.QueryRefused`,
         running too long :class:`~eventlab.projections.sandbox.QueryTimeout`.
         """
-        limit = self.timeout if isinstance(timeout, _Default) else timeout
+        limit = self.timeout if isinstance(timeout, _Default) else time_limit(timeout)
         started = time.monotonic()
         # Its turn on the connections, within the query's time; the query itself then takes the
         # sandbox's turn, so a refresh may run meanwhile.

@@ -49,6 +49,7 @@ interrupt between vectors, not inside one scalar call: a single call that runs l
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -71,6 +72,7 @@ __all__ = [
     "bounded",
     "duckdb_error",
     "sandbox_connection",
+    "time_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,23 @@ class QueryOutOfMemory(ProjectionError):
         self.limit = limit
 
 
+def time_limit(value: object) -> float | None:
+    """``value`` as a time limit in seconds (``None`` or ``0``: no limit), else :class:`ProjectionError`.
+
+    Example:
+        >>> time_limit(2), time_limit(0), time_limit(None)
+        (2.0, None, None)
+        >>> time_limit(float("nan"))
+        Traceback (most recent call last):
+        eventlab.projections.sandbox.ProjectionError: timeout must be a number of seconds, at least 0 (None or 0: no limit), not nan
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ProjectionError(f"timeout must be a number of seconds, at least 0 (None or 0: no limit), not {value!r}")
+    return float(value) or None
+
+
 def _gib(size: int) -> str:
     return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
 
@@ -164,6 +183,10 @@ def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     ``DESCRIBE``, ``SHOW`` and ``SUMMARIZE`` are reads too)."""
     if not isinstance(sql, str):
         raise ProjectionError(f"a query must be a string, not {type(sql).__name__}")
+    try:
+        sql.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: from bytes that were not UTF-8 (a shell's argv)
+        raise ProjectionError(f"the query is not UTF-8 text: {exc.reason} at character {exc.start}") from None
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
