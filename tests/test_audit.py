@@ -70,7 +70,7 @@ def test_stock_never_negative_catches_an_oversold_reservation(healthy):
     healthy.write(StockReserved(product_id="P2", order_id="O9", quantity=9))
     healthy.publish()
     report = audit(healthy.store.path, now=LATER)
-    assert violated(report) == {"stock_never_negative"}
+    assert violated(report) == {"stock_never_negative", "effects_of_placed_orders"}  # O9 was never placed either
     assert report["stock_never_negative"].violations == (
         {
             "product_id": "P2",
@@ -166,6 +166,18 @@ def test_an_integer_beyond_64_bits_is_named_not_read_as_missing(healthy, audit_o
     report = audit_of(healthy)
     [violation] = report["event_data_valid"].violations
     assert violation["problem"] == "quantity: beyond 64-bit integers, which the projections hold", violation
+
+
+def test_a_charge_for_an_order_nobody_placed_is_caught(healthy):
+    # given a payment (as Payment would make for an OrderConfirmed forged on its topic) of an order never created
+    healthy.write(PaymentCompleted(order_id="O-ghost", amount_cents=123_456, status="COMPLETED"))
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    # then the audit names the order and where its events are; every other check still holds
+    assert violated(report) == {"effects_of_placed_orders"}
+    assert report["effects_of_placed_orders"].violations == (
+        {"order_id": "O-ghost", "event_types": ["PaymentCompleted"], "events": 1, "positions": [healthy.store.head()]},
+    )
 
 
 def test_failed_payment_without_release_is_caught(tmp_path):

@@ -421,6 +421,20 @@ CHECKS: tuple[Check, ...] = (
         ORDER BY c.order_id
         """,
     ),
+    Check(
+        "effects_of_placed_orders",
+        "Every event about an order (a reservation, a payment, an email) concerns one the log shows placed: "
+        "a message forged on a topic for an order nobody placed would move stock or money unseen.",
+        f"""
+        SELECT order_id, list(DISTINCT event_type ORDER BY event_type) AS event_types, count(*) AS events,
+               list(position ORDER BY position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM events
+        ANTI JOIN (SELECT order_id FROM events WHERE event_type = 'OrderCreated') AS placed USING (order_id)
+        WHERE order_id IS NOT NULL
+        GROUP BY order_id
+        ORDER BY order_id
+        """,
+    ),
 )
 
 _PARAMETER = re.compile(r"\$(\w+)")
