@@ -164,8 +164,8 @@ def test_the_consumer_gap_is_the_silence_after_a_kill(tmp_path):
     # given payment killed 1 s after the story's start and writing its next event 2.5 s later
     story = clean_story(tmp_path)
     story.now = START + timedelta(seconds=3.5)
-    event = PaymentCompleted(order_id="O9", amount_cents=1, status="COMPLETED")
-    story.store.append([NewEvent(event, 1, {"source": "payment", "causation_id": "e-1", "correlation_id": "O9"})])
+    event = PaymentCompleted(order_id="O2", amount_cents=1, status="FAILED")  # another declined attempt
+    story.store.append([NewEvent(event, 2, {"source": "payment", "causation_id": "e-1", "correlation_id": "O2"})])
     story.publish()
     story.store.close()
     observed = Observations(
