@@ -419,6 +419,15 @@ def insert_raw(store, event_type, data, metadata="{}", aggregate_id="X-1"):
     return store.head()
 
 
+def publish_once(store, kafka):
+    """One batch published by a new relay, closed after: (events published, the relay)."""
+    relay = Relay(store, kafka)
+    try:
+        return relay.publish_pending(), relay
+    finally:
+        relay.close()
+
+
 def test_the_relay_dead_letters_stored_events_it_cannot_decode_and_publishes_the_rest(kafka, store):
     # given stored events, three of which no consumer could read
     [before] = store.append(
@@ -430,12 +439,8 @@ def test_the_relay_dead_letters_stored_events_it_cannot_decode_and_publishes_the
     [after] = store.append(
         [NewEvent(ProductCreated(product_id="P-2", name="Two", price_cents=200, initial_stock=0), 1)]
     )
-    relay = Relay(store, kafka)
     # when the relay runs
-    try:
-        published = relay.publish_pending()
-    finally:
-        relay.close()
+    published, relay = publish_once(store, kafka)
     # then it publishes the good ones, records the others and moves past them all
     assert published == 2 and relay.dead_lettered == 3
     assert store.checkpoint(RELAY_CONSUMER) == store.head() and unpublished(store) == 0
@@ -472,12 +477,8 @@ def test_the_relay_dead_letters_a_stored_event_too_large_to_publish_instead_of_r
             NewEvent(ProductCreated(product_id="P-2", name="Two", price_cents=200, initial_stock=0), 1),
         ]
     )
-    relay = Relay(store, kafka)
     # when the relay runs
-    try:
-        published = relay.publish_pending()
-    finally:
-        relay.close()
+    published, relay = publish_once(store, kafka)
     # then it records that one as a dead letter saying why, and publishes the others: nothing after it waits
     assert published == 2 and relay.dead_lettered == 1
     assert store.checkpoint(RELAY_CONSUMER) == store.head() and unpublished(store) == 0
