@@ -104,6 +104,7 @@ from eventlab.projections.sandbox import (
     Sandbox,
     bounded,
     time_limit,
+    turn_within,
 )
 from eventlab.projections.snapshot import SchemaRelations, Snapshot, snapshot_views
 from eventlab.projections.sources import (
@@ -474,9 +475,7 @@ class Projections(SchemaRelations):
         started = time.monotonic()
         # Its turn on the connections, within the query's time; the query itself then takes the
         # sandbox's turn, so a refresh may run meanwhile.
-        if not self._turn.acquire(timeout=limit if limit else -1):
-            raise QueryTimeout(limit or 0.0)
-        try:
+        with turn_within(self._turn, limit):
             sandbox = self._sandbox_for()
             sandbox.check(query)
             # The store tables the query names are copied from the store first, within the query's time:
@@ -491,8 +490,6 @@ class Projections(SchemaRelations):
                 for name, table in zip(stale, tables, strict=True):
                     sandbox.add(name, table)
                     self._handed[name] = self._generation
-        finally:
-            self._turn.release()
         remaining = limit
         if limit:
             remaining = limit - (time.monotonic() - started)

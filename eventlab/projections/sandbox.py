@@ -53,7 +53,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import duckdb
@@ -73,6 +74,7 @@ __all__ = [
     "duckdb_error",
     "sandbox_connection",
     "time_limit",
+    "turn_within",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,17 @@ def time_limit(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ProjectionError(f"timeout must be a number of seconds, at least 0 (None or 0: no limit), not {value!r}")
     return float(value) or None
+
+
+@contextmanager
+def turn_within(turn: threading.Lock | threading.RLock, timeout: float | None) -> Iterator[None]:
+    """Hold ``turn``, waited for at most ``timeout`` seconds (``None``: no limit), else :class:`QueryTimeout`."""
+    if not turn.acquire(timeout=timeout if timeout else -1):
+        raise QueryTimeout(timeout or 0.0)
+    try:
+        yield
+    finally:
+        turn.release()
 
 
 def _gib(size: int) -> str:
@@ -394,12 +407,8 @@ class Sandbox:
         name numbered as DuckDB numbers it (a join's second ``order_id`` is ``order_id_1``): neither
         DuckDB nor polars reads an Arrow table with two columns of one name. A query waiting for its
         turn (another thread's query is running) waits within ``timeout`` too."""
-        if not self._turn.acquire(timeout=timeout if timeout else -1):
-            raise QueryTimeout(timeout or 0.0)
-        try:
+        with turn_within(self._turn, timeout):
             return self._run(sql, params, timeout)
-        finally:
-            self._turn.release()
 
     def _run(self, sql: str, params: object, timeout: float | None) -> pa.Table:
         ensure_single_read(self.con, sql)
