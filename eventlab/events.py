@@ -6,6 +6,7 @@ Kafka topic. Money is integer cents. ``EVENT_TYPES`` maps a type name to its cla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,7 @@ __all__ = [
     "StockSold",
     "UserCreated",
     "beyond_64_bits",
+    "fields",
     "readable_versions",
 ]
 
@@ -322,18 +324,25 @@ def beyond_64_bits(event: BaseModel) -> list[str]:
         >>> beyond_64_bits(StockAdded(product_id="P1", quantity=10**20)), beyond_64_bits(StockAdded(product_id="P1", quantity=1))
         (['quantity'], [])
     """
-    found = []
+    return [path for path, value in fields(event) if isinstance(value, int) and not -(2**63) <= value < 2**63]
+
+
+def fields(event: BaseModel) -> Iterator[tuple[str, object]]:
+    """Each field of ``event`` as (its path, its value), its lines' fields too (``lines.0.quantity``).
+
+    Example:
+        >>> list(fields(ReservationConfirmed(order_id="O1", lines=(OrderLine(product_id="P1", quantity=2, unit_price_cents=5),))))
+        [('order_id', 'O1'), ('lines.0.product_id', 'P1'), ('lines.0.quantity', 2), ('lines.0.unit_price_cents', 5)]
+    """
     for name, value in event.__dict__.items():
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            found.append(name)
-        elif isinstance(value, tuple):
-            found += [
-                f"{name}.{i}.{field}"
-                for i, item in enumerate(value)
-                if isinstance(item, BaseModel)
-                for field in beyond_64_bits(item)
-            ]
-    return found
+        if isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from ((f"{name}.{i}.{path}", leaf) for path, leaf in fields(item))
+                else:
+                    yield f"{name}.{i}", item
+        else:
+            yield name, value
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -12,10 +12,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from eventlab.events import EVENT_TYPES, Event, beyond_64_bits, readable_versions
+from eventlab.events import EVENT_TYPES, Event, beyond_64_bits, fields, readable_versions
 from eventlab.store.base import EventRecord, StoredEvent, json_loads
 
 __all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
@@ -127,19 +127,6 @@ def record_topic(record: EventRecord) -> str:
     return cls.topic
 
 
-def _holds_nul(value: object) -> bool:
-    """Whether a text anywhere in ``value`` (an event, its fields, their items) holds NUL."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, BaseModel):
-        return any(_holds_nul(field) for field in value.__dict__.values())
-    if isinstance(value, tuple | list):
-        return any(_holds_nul(item) for item in value)
-    if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
-    return False
-
-
 def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Message:
     """Decode a Kafka message into a typed event, or raise :class:`UndecodableMessage` saying why."""
     found = {}
@@ -170,7 +157,7 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
             event.model_dump_json()
         except PydanticSerializationError:
             raise UndecodableMessage("value holds an unpaired surrogate (\\ud800 …): not Unicode text") from None
-    if value and _NUL_ESCAPE in value and _holds_nul(event):
+    if value and _NUL_ESCAPE in value and any(isinstance(v, str) and "\x00" in v for _, v in fields(event)):
         raise UndecodableMessage("value holds a NUL character (\\u0000): no store keeps it as text")
     if too_large := beyond_64_bits(event):
         raise UndecodableMessage(f"{cls.__name__}: {', '.join(too_large)} beyond 64-bit integers")
