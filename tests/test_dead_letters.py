@@ -20,17 +20,27 @@ import uuid
 import pytest
 from apache_kafka import BROKERS
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from conftest import unique
 
 from eventlab import cli
 from eventlab.dlq import BODY_LIMIT, BrokerUnreachable, DeadLetterPublisher, DeadLetters, printable
 from eventlab.errors import BrokerError, StoreError
-from eventlab.events import OrderConfirmed, OrderCreated, PaymentCompleted, ProductCreated, ReservationConfirmed
+from eventlab.events import (
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    OrderLine,
+    PaymentCompleted,
+    ProductCreated,
+    ReservationConfirmed,
+)
 from eventlab.kafka import EmbeddedBroker, dead_letter_topic, ensure_topics, make_consumer, make_producer
 from eventlab.kafka.broker import free_port
 from eventlab.kafka.clients import STORE_TOPIC, make_dead_letter_producer, produce_and_wait
 from eventlab.kafka.loop import ServiceLoop
 from eventlab.kafka.relay import Relay, unpublished
-from eventlab.services.runtime import Service
+from eventlab.services import inventory
+from eventlab.services.runtime import Service, load
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER
@@ -152,6 +162,41 @@ def test_a_one_megabyte_body_is_recorded_whole_and_copied_truncated(shop, custom
     product = make_product(1)
     shop.wait_idle()
     assert shop.wait(shop.place_order(customer, {product: 1})).status == "completed"
+
+
+def test_an_event_on_a_topic_not_its_own_is_dead_lettered_by_every_reader_and_acted_on_by_none(
+    shop, customer, make_product
+):
+    # given a valid OrderCreated for a product in stock, sent to the cancelled orders' topic,
+    # which Inventory reads (and acts on OrderCreated from its own topic)
+    product = make_product(3)
+    created = OrderCreated(
+        order_id=unique("O"),
+        user_id=customer,
+        lines=(OrderLine(product_id=product, quantity=2, unit_price_cents=1000),),
+        total_cents=2000,
+    )
+    event_id = f"astray-{uuid.uuid4()}"
+    topic = OrderCancelled.topic
+    send(
+        shop.kafka_settings,
+        topic,
+        created.model_dump_json().encode(),
+        key=created.order_id.encode(),
+        headers=poison_headers(event_id),
+    )
+    # when every service reading that topic has seen it
+    expected = subscribers(shop, topic)
+    letters = wait_until(
+        lambda: (found := letters_of(shop.store, event_id)) and {x.consumer for x in found} == expected and found,
+        what="a dead letter per subscriber",
+    )
+    # then Inventory names the topic the type belongs on, and reserves nothing
+    assert "inventory" in expected
+    [refused] = [letter for letter in letters if letter.consumer == "inventory"]
+    assert refused.reason == f"OrderCreated is published on {OrderCreated.topic}, not on {topic}"
+    shop.wait_idle()
+    assert load(shop.store, ("stock", product), inventory.evolve_stock).state == inventory.Stock(available=3)
 
 
 def test_dead_lettered_count_is_durable_and_lag_ignores_dead_letters(shop):

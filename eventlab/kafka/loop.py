@@ -113,6 +113,7 @@ class ServiceLoop:
         self.assigned = threading.Event()
         self.dead_letters = dead_letters or DeadLetterPublisher(store, settings)
         self._accepted = {cls.__name__ for cls in service.subscriptions}
+        self._topics = {cls.topic for cls in service.subscriptions}
         self._cache = StreamCache()
         self.handler_seconds = handler_histogram(service.name)
         self._consumer: Consumer | None = None
@@ -253,6 +254,8 @@ class ServiceLoop:
         """The event in ``message``, or the reason it cannot be handled here.
 
         Any exception counts: a codec bug or an input nobody foresaw must not stop the service.
+        An event on a subscribed topic that is not its own is refused too (messages consumed from
+        other topics, such as a test's, are not checked against theirs).
         """
         try:
             found = message.headers()  # a consumed message's are a list of (name, bytes or None): no copy
@@ -262,8 +265,11 @@ class ServiceLoop:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - whatever it is, it goes to the dead letters
             return f"cannot decode: {type(exc).__name__}: {exc}"
-        if decoded.event.event_type not in self._accepted:
-            return f"unexpected event type {decoded.event.event_type} for {self.service.name}"
+        event_type, topic = decoded.event.event_type, message.topic()
+        if event_type not in self._accepted:
+            return f"unexpected event type {event_type} for {self.service.name}"
+        if topic in self._topics and topic != decoded.event.topic:  # a type sent to another's topic
+            return f"{event_type} is published on {decoded.event.topic}, not on {topic}"
         return decoded
 
     def process_one(self, message: KafkaMessage, decoded: Message, tried: int = 0) -> bool:
