@@ -168,6 +168,16 @@ def test_an_integer_beyond_64_bits_is_named_not_read_as_missing(healthy, audit_o
     assert violation["problem"] == "quantity: beyond 64-bit integers, which the projections hold", violation
 
 
+def test_data_the_services_would_refuse_as_loose_is_named(healthy, audit_of):
+    # given a stock addition whose quantity is the text "5": a lax reader would coerce it, the services refuse it
+    [added, *_] = [r.position for r in healthy.store.read_records() if r.event_type == "StockAdded"]
+    raw(healthy.store.path, copy_event(added, data="json_set(data, '$.quantity', '5')"))
+    healthy.publish()
+    report = audit_of(healthy)
+    [violation] = report["event_data_valid"].violations
+    assert violation["problem"] == "quantity: Input should be a valid integer", violation
+
+
 def test_a_charge_for_an_order_nobody_placed_is_caught(healthy):
     # given a payment (as Payment would make for an OrderConfirmed forged on its topic) of an order never created
     healthy.write(PaymentCompleted(order_id="O-ghost", amount_cents=123_456, status="COMPLETED"))

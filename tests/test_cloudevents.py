@@ -53,10 +53,35 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
             [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
             "value is nested too deeply",
         ),
-        (  # valid JSON, but no UTF-8 text holds it: storing the event would fail on every retry
+        (  # valid JSON to json.loads, but no UTF-8 text holds it: storing it would fail on every retry
             b'{"product_id": "P\\ud800", "quantity": 1}',
             [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
-            "unpaired surrogate",
+            "invalid StockAdded: value: Invalid JSON: unexpected end of hex escape",
+        ),
+        (
+            b'{"product_id": "P\\udc00x", "quantity": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: value: Invalid JSON: lone leading surrogate",
+        ),
+        (  # strict: a number in text, a boolean or a float is no integer (the projections would read otherwise)
+            b'{"product_id": "P1", "quantity": "5"}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: quantity: Input should be a valid integer",
+        ),
+        (
+            b'{"product_id": "P1", "quantity": true}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: quantity: Input should be a valid integer",
+        ),
+        (
+            b'{"product_id": "P1", "quantity": 5.0}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: quantity: Input should be a valid integer",
+        ),
+        (
+            b'{"product_id": 1, "quantity": 5}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            "invalid StockAdded: product_id: Input should be a valid string",
         ),
         (  # read with replacement characters, b"\xfe1" would be the same id: skipped as already handled
             b'{"product_id": "P1", "quantity": 1}',

@@ -135,7 +135,7 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
         for store, position, event_type, aggregate_type, aggregate_id, data, repeats in batch:
             cls = EVENT_TYPES[event_type]
             try:
-                event = cls.model_validate_json(data)
+                event = cls.model_validate_json(data, strict=True)
             except ValidationError as exc:
                 problem = "; ".join(
                     f"{'.'.join(map(str, error['loc'])) or 'data'}: {error['msg']}" for error in exc.errors()[:3]
