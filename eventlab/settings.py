@@ -212,10 +212,15 @@ def memory_size(text: str) -> int:
     match = _SIZE.fullmatch(text)
     if match is None:
         raise ValueError(f"not a size like 4GiB or 512MB: {text!r}")
-    size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+    return memory_within_bounds(int(float(match[1]) * _UNITS[(match[2] or "").lower()]), text)
+
+
+def memory_within_bounds(size: int, given: object = None) -> int:
+    """``size`` (bytes) unless it is outside 64 MiB to 1 PiB, the sizes a query sandbox may have:
+    then ``ValueError`` naming ``given`` (what was written, ``size`` when None)."""
     low, high = _QUERY_MEMORY_BOUNDS
     if not low <= size <= high:
-        raise ValueError(f"must be from 64MiB to 1024TiB, not {text!r}")
+        raise ValueError(f"must be from 64MiB to 1024TiB, not {size if given is None else given!r}")
     return size
 
 

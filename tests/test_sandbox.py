@@ -686,6 +686,20 @@ def test_a_time_limit_that_is_no_number_of_seconds_is_refused_naming_it(projecti
         Projections(store_path, timeout=timeout)
 
 
+@pytest.mark.parametrize("memory", [-1, 0, 1024, "lots", 1.5, True, 2**60])
+def test_a_memory_that_is_no_size_is_refused_naming_it(store_path, memory):
+    # -1 and 1024 reached DuckDB; "lots" and 1.5 a ValueError or an int() deep inside the first query
+    with pytest.raises(ProjectionError, match="^memory must be"):
+        Projections(store_path, memory=memory)
+    with pytest.raises(ProjectionError, match="^memory must be"):
+        query(store_path, "SELECT 1", memory=memory)
+
+
+def test_a_memory_given_as_a_size_is_the_sandboxs_limit(store_path):
+    with Projections(store_path, memory="96MiB") as projections:
+        assert projections.sql("SELECT current_setting('memory_limit')").fetchall() == [("96.0 MiB",)]
+
+
 def test_a_query_that_is_not_utf8_text_is_refused_in_one_line(projections, store_path, capsys):
     # a byte that is not UTF-8 reaches Python's argv as a lone surrogate
     with pytest.raises(ProjectionError, match="not UTF-8 text"):

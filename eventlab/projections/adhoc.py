@@ -23,7 +23,7 @@ def query(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     attach: bool = False,
-    memory: int | None = None,
+    memory: int | str | None = None,
 ) -> pl.DataFrame:
     """Run one ``SELECT`` over the projections of the store at ``store_path`` (a SQLite file, a
     ``postgresql://`` URL, or an open store; or a shop's several stores, seen as one log); return its rows.
@@ -35,7 +35,8 @@ def query(
     anything but a single read is refused with :class:`~eventlab.projections.ProjectionError`.
     Values go in ``params`` (``?`` or ``$name``), never into the SQL text. ``attach`` reads the
     store with DuckDB's scan (see :class:`Projections`), for a process that does not have it open.
-    ``memory``: the bytes the query may use (default ``EVENTLAB_QUERY_MEMORY``, else 2 GiB).
+    ``memory``: what the query may use, in bytes or a size like ``"512MiB"`` (default
+    ``EVENTLAB_QUERY_MEMORY``, else 2 GiB).
 
     Example:
         >>> by_status = query(store_path, "SELECT status, count(*) AS n FROM orders GROUP BY status")

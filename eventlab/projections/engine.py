@@ -103,6 +103,7 @@ from eventlab.projections.sandbox import (
     QueryTimeout,
     Sandbox,
     bounded,
+    memory_limit,
     time_limit,
     turn_within,
 )
@@ -121,7 +122,6 @@ from eventlab.projections.sources import (
     store_location,
 )
 from eventlab.projections.typed import create_typed_events, typed_events
-from eventlab.settings import query_memory
 from eventlab.store import ShopStores
 from eventlab.store.base import EventStore
 from eventlab.store.sqlite import SCHEMA_VERSION, SqliteEventStore, open_in_this_process, store_tables
@@ -273,8 +273,8 @@ class Projections(SchemaRelations):
 
     :meth:`sql` runs user SQL in a :class:`~eventlab.projections.sandbox.Sandbox` that can read
     these relations and nothing else, for at most ``timeout`` seconds (``None``/``0``: no limit) and
-    ``memory`` bytes (default: ``EVENTLAB_QUERY_MEMORY``, read now; see
-    :func:`~eventlab.settings.query_memory`).
+    ``memory`` (bytes or a size like ``"512MiB"``; default: ``EVENTLAB_QUERY_MEMORY``, read now;
+    see :func:`~eventlab.projections.sandbox.memory_limit`).
 
     Threads may share one object: its methods take turns on its connections (a query waits for
     another's within its own time limit), and each relation or query result comes back on a
@@ -294,13 +294,13 @@ class Projections(SchemaRelations):
         *,
         attach: bool = False,
         timeout: float | None = DEFAULT_TIMEOUT,
-        memory: int | None = None,
+        memory: int | str | None = None,
     ) -> None:
         found = _sources(source, attach)
         self._turn = threading.RLock()
         self.schema = "main"
         self.timeout = time_limit(timeout)
-        self.memory = query_memory() if memory is None else memory  # a bad EVENTLAB_QUERY_MEMORY: refused here
+        self.memory = memory_limit(memory)  # a bad one, or a bad EVENTLAB_QUERY_MEMORY: refused here
         self.checkpoint = 0
         self._checkpoint_event_id: str | None = None
         self._snapshots: set[int] = set()

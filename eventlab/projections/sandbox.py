@@ -48,6 +48,7 @@ interrupt between vectors, not inside one scalar call: a single call that runs l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -61,7 +62,7 @@ import duckdb
 import pyarrow as pa
 
 from eventlab.errors import EventlabError
-from eventlab.settings import QUERY_MEMORY_VARIABLE, query_memory
+from eventlab.settings import QUERY_MEMORY_VARIABLE, memory_size, memory_within_bounds, query_memory
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -149,6 +150,27 @@ def time_limit(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ProjectionError(f"timeout must be a number of seconds, at least 0 (None or 0: no limit), not {value!r}")
     return float(value) or None
+
+
+def memory_limit(value: object) -> int:
+    """``value`` as a sandbox's memory in bytes: ``None`` (``EVENTLAB_QUERY_MEMORY``, else 2 GiB), a
+    number of bytes or a size like ``"512MiB"``, from 64 MiB to 1 PiB; else :class:`ProjectionError`.
+
+    Example:
+        >>> memory_limit(2**30), memory_limit("512MiB")
+        (1073741824, 536870912)
+        >>> memory_limit(-1)
+        Traceback (most recent call last):
+        eventlab.projections.sandbox.ProjectionError: memory must be bytes or a size like 512MiB, from 64MiB to 1024TiB, not -1
+    """
+    if value is None:
+        return query_memory()
+    with contextlib.suppress(ValueError):
+        if isinstance(value, str):
+            return memory_size(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return memory_within_bounds(value)
+    raise ProjectionError(f"memory must be bytes or a size like 512MiB, from 64MiB to 1024TiB, not {value!r}")
 
 
 @contextmanager
@@ -368,8 +390,8 @@ class Sandbox:
     result comes back on a cursor of its own (:meth:`rows`), so reading it needs no turn.
     """
 
-    def __init__(self, memory: int | None = None) -> None:
-        self.memory = query_memory() if memory is None else int(memory)
+    def __init__(self, memory: int | str | None = None) -> None:
+        self.memory = memory_limit(memory)
         self.con = sandbox_connection(self.memory)
         self._turn = threading.Lock()
         self._settings = self._current_settings()
