@@ -708,6 +708,19 @@ def test_a_query_that_is_not_utf8_text_is_refused_in_one_line(projections, store
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_a_map_keyed_by_lists_is_printed_as_its_entries_in_json_and_csv(store_path, capsys):
+    # a key that is a list or a struct makes no Python dict (polars raised a TypeError: a traceback)
+    sql = "SELECT MAP {[1, 2]: 'a'} AS m, [MAP {{'k': 1}: 2}] AS n, MAP {'x': 1} AS plain"
+    assert main(["query", "--store", str(store_path), "--json", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"m": [{"key": [1, 2], "value": "a"}], "n": [[{"key": {"k": 1}, "value": 2}]], "plain": {"x": 1}}
+    ]
+    assert main(["query", "--store", str(store_path), "--csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        '"[{""key"": [1, 2], ""value"": ""a""}]","[[{""key"": {""k"": 1}, ""value"": 2}]]","{""x"": 1}"'
+    )
+
+
 def test_json_output_is_strict_json_even_for_nan_and_infinity(store_path, capsys):
     sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5::DOUBLE AS d"
     assert main(["query", "--store", str(store_path), "--json", sql]) == 0

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from eventlab.adapters.mailer import MAILBOX
 from eventlab.arguments import LARGEST_INT64, directory, seconds, whole_number
@@ -203,6 +204,26 @@ def _store_locations(args: argparse.Namespace) -> list[Path | PostgresUrl]:
     return store_locations(_settings(args))
 
 
+#: A polars dtype, as a schema holds it (an instance, or a class such as ``pl.String``).
+PolarsType = pl.DataType | DataTypeClass
+
+
+def _dict_keys_hashable(dtype: PolarsType) -> PolarsType:
+    """``dtype`` with each map whose keys are nested (a list, a struct) as its list of ``key``/``value``
+    entries, wherever it is: Python has no dict of such keys, and JSON none but text."""
+    match dtype:
+        case pl.Map() if dtype.key.is_nested():
+            entry = {"key": _dict_keys_hashable(dtype.key), "value": _dict_keys_hashable(dtype.value)}
+            return pl.List(pl.Struct(entry))
+        case pl.Map():
+            return pl.Map(dtype.key, _dict_keys_hashable(dtype.value))
+        case pl.List() | pl.Array():
+            return pl.List(_dict_keys_hashable(dtype.inner))
+        case pl.Struct():
+            return pl.Struct({field.name: _dict_keys_hashable(field.dtype) for field in dtype.fields})
+    return dtype
+
+
 def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
     """Print ``frame`` as JSON, CSV, a table that fits the terminal (polars' layout: long
     values cut, middle columns elided) or, ``wide``, a table of every column at full width."""
@@ -211,6 +232,11 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
         if unknown:
             raise ProjectionError(f"no column {', '.join(unknown)}; the columns are: {', '.join(frame.columns)}")
         frame = frame.select(columns)
+    if fmt in ("json", "csv"):
+        plain = {name: _dict_keys_hashable(dtype) for name, dtype in frame.schema.items()}
+        frame = frame.with_columns(
+            pl.col(name).cast(plain[name]) for name, dtype in frame.schema.items() if plain[name] != dtype
+        )
     if fmt == "json":
         print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)], allow_nan=False))
     elif fmt == "csv":
