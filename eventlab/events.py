@@ -7,17 +7,19 @@ Kafka topic. Money is integer cents. ``EVENT_TYPES`` maps a type name to its cla
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_ID_LENGTH",
     "TOPICS",
     "CustomerRecorded",
     "EmailRequested",
     "EmailSent",
     "Event",
+    "Id",
     "OrderCancelled",
     "OrderCompleted",
     "OrderConfirmed",
@@ -40,6 +42,14 @@ __all__ = [
     "fields",
     "readable_versions",
 ]
+
+
+#: The longest id an event may carry, in characters. PostgreSQL indexes ids (a stream's, a message's,
+#: a correlation's) and an index entry holds at most 2,704 bytes: a longer id would fail every write
+#: there, on every retry. 255 characters of UTF-8 are at most 1,020 bytes.
+MAX_ID_LENGTH = 255
+#: An id (of an order, a user, a product): text of at most :data:`MAX_ID_LENGTH` characters.
+Id = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
 
 
 class Event(BaseModel):
@@ -76,7 +86,7 @@ class OrderLine(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    product_id: str
+    product_id: Id
     quantity: int = Field(gt=0)
     unit_price_cents: int = Field(ge=0)
 
@@ -94,7 +104,7 @@ class UserCreated(_UserEvent):
     """A customer registered."""
 
     topic: ClassVar[str] = "user.profile.created"
-    user_id: str
+    user_id: Id
     name: str
     email: str
 
@@ -105,7 +115,7 @@ class ProductCreated(Event):
     aggregate_type: ClassVar[str] = "product"
     id_field: ClassVar[str] = "product_id"
     topic: ClassVar[str] = "product.catalog.created"
-    product_id: str
+    product_id: Id
     name: str
     price_cents: int = Field(ge=0)
     initial_stock: int = Field(ge=0)
@@ -116,7 +126,7 @@ class _ByOrder(Event):
     payment and emails)."""
 
     id_field: ClassVar[str] = "order_id"
-    order_id: str
+    order_id: Id
 
 
 class _OrderEvent(_ByOrder):
@@ -131,7 +141,7 @@ class _OrderEvent(_ByOrder):
 
     aggregate_type: ClassVar[str] = "order"
     schema_version: ClassVar[int] = 2
-    user_id: str
+    user_id: Id
     email: str | None = None
 
 
@@ -181,7 +191,7 @@ class CustomerRecorded(Event):
     aggregate_type: ClassVar[str] = "order_customer"
     id_field: ClassVar[str] = "user_id"
     topic: ClassVar[str] = "order.customer.recorded"
-    user_id: str
+    user_id: Id
     email: str
 
 
@@ -191,14 +201,14 @@ class PriceRecorded(Event):
     aggregate_type: ClassVar[str] = "order_price"
     id_field: ClassVar[str] = "product_id"
     topic: ClassVar[str] = "order.price.recorded"
-    product_id: str
+    product_id: Id
     price_cents: int = Field(ge=0)
 
 
 class _StockEvent(Event):
     aggregate_type: ClassVar[str] = "stock"
     id_field: ClassVar[str] = "product_id"
-    product_id: str
+    product_id: Id
     quantity: int = Field(gt=0)
 
 
@@ -211,7 +221,7 @@ class StockAdded(_StockEvent):
 class _OrderStockEvent(_StockEvent):
     """Stock of one product moved for one order line."""
 
-    order_id: str
+    order_id: Id
 
 
 class StockReserved(_OrderStockEvent):
@@ -247,7 +257,7 @@ class ReservationRejected(_ReservationEvent):
     """Inventory's answer to an order: nothing reserved, because ``product_id`` is short."""
 
     topic: ClassVar[str] = "inventory.reservation.rejected"
-    product_id: str
+    product_id: Id
     requested: int
     available: int
 

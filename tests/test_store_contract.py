@@ -13,10 +13,11 @@ import threading
 import time
 
 import pytest
+from pydantic import ValidationError
 from store_contract import added, append_many, append_own_streams, hold_lease
 
 from eventlab.errors import ConcurrencyError, StoreError
-from eventlab.events import UserCreated
+from eventlab.events import MAX_ID_LENGTH, UserCreated
 from eventlab.store import Append, NewEvent, StoreBusy
 from eventlab.store.log import StoreLog
 
@@ -115,6 +116,18 @@ def test_correlated_events_form_a_saga(store):
     store.append([NewEvent(added("P2"), 1, {"correlation_id": "order-2"})])
     store.append([NewEvent(added("P3"), 1, {"correlation_id": "order-1"})])
     assert [e.aggregate_id for e in store.read_correlated("order-1")] == ["P1", "P3"]
+
+
+def test_the_longest_ids_an_event_or_a_message_may_carry_are_stored_and_found(store):
+    # ids are indexed (PostgreSQL keeps at most 2,704 bytes an entry): the longest allowed, in 4-byte
+    # characters, must fit; one longer is refused before any store sees it (not a write failing for ever)
+    longest = "\U0001f6d2" * MAX_ID_LENGTH
+    stored = store.append([NewEvent(added(longest), 1, {"correlation_id": longest})], processed=("inventory", longest))
+    assert store.read_stream("stock", longest)[0].event_id == stored[0].event_id
+    assert store.is_processed("inventory", longest)
+    assert [e.aggregate_id for e in store.read_correlated(longest)] == [longest]
+    with pytest.raises(ValidationError, match="at most 255 characters"):
+        added(longest + "x")
 
 
 def test_checkpoints(store):

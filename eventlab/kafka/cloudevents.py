@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from eventlab.events import EVENT_TYPES, Event, beyond_64_bits, fields, readable_versions
+from eventlab.events import EVENT_TYPES, MAX_ID_LENGTH, Event, beyond_64_bits, fields, readable_versions
 from eventlab.store.base import EventRecord, StoredEvent, json_loads
 
 __all__ = ["SOURCE_PREFIX", "Message", "UndecodableMessage", "from_message", "record_topic", "to_message"]
@@ -136,6 +136,9 @@ def from_message(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     for kept in _KEPT_HEADERS:
         if "\x00" in found.get(kept, ""):
             raise UndecodableMessage(f"header {kept} holds a NUL character")
+    for indexed in ("ce_id", "correlation_id"):  # see MAX_ID_LENGTH: PostgreSQL would refuse it on every retry
+        if len(found.get(indexed, "")) > MAX_ID_LENGTH:
+            raise UndecodableMessage(f"header {indexed} is longer than {MAX_ID_LENGTH} characters")
     if found["ce_specversion"] != "1.0":
         raise UndecodableMessage(f"unsupported ce_specversion {found['ce_specversion']!r}")
     event_type = found["ce_type"]
