@@ -108,6 +108,26 @@ def test_a_version_1_store_is_migrated_with_its_events_intact(postgres_store_url
     assert sql(postgres_store_url, "SELECT value FROM eventlab") == [[(str(SCHEMA_VERSION),)]]
 
 
+@pytest.mark.parametrize("isolation", ["repeatable%5C%20read", "serializable"])
+def test_writers_lose_nothing_whatever_isolation_the_url_asks_for(postgres_store_url, isolation):
+    # given a URL whose options make every transaction repeatable read or serializable: a write's
+    # snapshot then predated the write lock, and about half of concurrent appends failed
+    url = f"{postgres_store_url}%20-cdefault_transaction_isolation%3D{isolation}"
+    with PostgresEventStore(url, busy_timeout=10) as store:
+        # when four threads append 25 events each, to streams of their own
+        def write(thread):
+            for n in range(25):
+                store.append([NewEvent(StockAdded(product_id=f"P{thread}-{n}", quantity=1), 1)])
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # then every one is stored, at positions 1..100
+        assert [e.position for e in store.read_all()] == list(range(1, 101))
+
+
 def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):
     # given two services, each with a schema of its own in one database, which eventlab creates
     with psycopg.connect(postgres_url, autocommit=True) as conn:

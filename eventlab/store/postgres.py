@@ -337,8 +337,11 @@ class PostgresEventStore(EventStore):
         return f"PostgresEventStore({self.name!r})"
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Every pooled connection waits at most the busy timeout for a lock."""
+        """Every pooled connection waits at most the busy timeout for a lock, and runs its transactions
+        at read committed whatever the URL's options say: a write takes its positions after the write
+        lock is granted, which an older snapshot (repeatable read, serializable) would not see."""
         conn.execute(f"SET lock_timeout = {max(1, round(self._busy_timeout * 1000))}".encode())
+        conn.execute(b"SET default_transaction_isolation = 'read committed'")
 
     # --- the schema ------------------------------------------------------------------------
 
