@@ -14,6 +14,7 @@ from store_contract import append_many
 
 from eventlab.errors import StoreError
 from eventlab.events import StockAdded
+from eventlab.projections import Projections
 from eventlab.projections.sources import store_locations
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, open_store, open_stores
@@ -89,8 +90,12 @@ def test_a_store_that_lost_its_optimistic_concurrency_key_is_refused(shop_store)
 
 def test_a_store_of_a_newer_schema_version_is_refused_unchanged(shop_store):
     sql(shop_store, f"UPDATE eventlab SET value = '{SCHEMA_VERSION + 1}'")
-    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than this eventlab understands \({SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=newer):
         PostgresEventStore(shop_store)
+    # and the read side says the same (it checked against a SQLite file's versions: "broken, restore it")
+    with pytest.raises(StoreError, match=newer):
+        Projections(shop_store)
     assert sql(shop_store, "SELECT value FROM eventlab") == [[(str(SCHEMA_VERSION + 1),)]]
 
 

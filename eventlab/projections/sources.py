@@ -273,7 +273,9 @@ def _attach_postgres(
     if schema is None:
         raise StoreError(f"{name}: no schema to read the events from (check search_path)")
     name += f" schema {schema}"
-    if check_schema(name, columns, version) == 0:
+    from eventlab.store.postgres import SCHEMA_VERSION  # the postgres extra, as the extension this reads with
+
+    if check_schema(name, columns, version, newest=SCHEMA_VERSION) == 0:
         raise StoreError(f"{name} is not an eventlab event store: it has no tables")
     try:
         con.execute(

@@ -392,12 +392,7 @@ class PostgresEventStore(EventStore):
         if columns.get("eventlab") == ["key", "value"]:
             row = conn.execute("SELECT value FROM eventlab WHERE key = 'schema_version'").fetchone()
             version = None if row is None else str(row[0])
-        if version is not None and version.isdigit() and int(version) > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.name} has event store schema version {version}, newer than this eventlab understands "
-                f"({SCHEMA_VERSION}): upgrade eventlab to open it"
-            )
-        return check_schema(self.name, columns, version, keys)
+        return check_schema(self.name, columns, version, keys, newest=SCHEMA_VERSION)
 
     # --- connections and the write lock ---------------------------------------------------------
 
