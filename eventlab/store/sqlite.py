@@ -377,12 +377,12 @@ def check_schema(
     columns: Mapping[str, Sequence[str]],
     version: str | None,
     keys: Mapping[str, Iterable[Sequence[str]]] | None = None,
-    newest: int = SCHEMA_VERSION,
+    newest: int | None = None,
 ) -> int:
     """The schema version of the store at ``path``, given its tables' ``columns``, the ``version``
     recorded in its ``eventlab`` table and (when known) its tables' unique ``keys``; 0 for a file
     with no tables at all (a new store). ``newest``: the newest version this code writes to such a
-    store (a PostgreSQL store's versions are the first of a SQLite file's).
+    store (default: a SQLite file's; a PostgreSQL store's versions are the first of those).
 
     Raises :class:`~eventlab.errors.StoreError` naming the file and what is wrong when it is not an
     eventlab store, is of a newer version than this code, or lacks or reshaped a table its version
@@ -402,6 +402,7 @@ def check_schema(
         number = int(version)
     except ValueError:
         raise StoreError(f"{broken}: schema_version {version!r} is not a number") from None
+    newest = SCHEMA_VERSION if newest is None else newest
     if number > newest:
         raise StoreError(
             f"{path} has event store schema version {number}, newer than this eventlab understands "
