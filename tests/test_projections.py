@@ -248,6 +248,50 @@ def test_a_store_that_lost_events_is_rebuilt_not_patched(tmp_path):
         assert projections.pl("orders")["order_id"].to_list() == ["O1"]
 
 
+def garble_events_root(path: Path) -> None:
+    """Garble the root page of the events table so that it names one child page where it had many: SQLite
+    then reads the rows under the first and the last child, and no error, though most rows are lost."""
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        [(root, size)] = con.execute(
+            "SELECT rootpage, (SELECT page_size FROM pragma_page_size()) FROM sqlite_master WHERE name = 'events'"
+        ).fetchall()
+    data = bytearray(path.read_bytes())
+    at = (root - 1) * size
+    assert data[at] == 0x05  # an interior page of a table: bytes 3-4 count its cells
+    data[at + 3 : at + 5] = (1).to_bytes(2, "big")
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("attach", [False, True])
+def test_a_store_with_a_garbled_page_is_an_error_not_an_answer_from_part_of_the_log(tmp_path, attach):
+    # given a store of 2,051 events whose events table's root page was garbled (SQLite reads some rows, no error)
+    story = standard_story(tmp_path / "events.db")
+    story.store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 99 + n) for n in range(2_000)])
+    story.store.close()
+    garble_events_root(story.store.path)
+    # then projecting it says it is damaged, instead of counting the events before that page
+    with pytest.raises(
+        StoreError, match="read [0-9]+ events where positions 1 to 2051 hold 2051: the store lost events"
+    ):
+        Projections(story.store.path, attach=attach)
+
+
+def test_new_events_on_a_garbled_page_fail_the_refresh_and_leave_the_projections_as_they_were(tmp_path):
+    story = standard_story(tmp_path / "events.db")
+    with Projections(story.store.path) as projections:
+        before = projections.pl("events")
+        # when 2,000 events are added and the events table's root page is garbled
+        story.store.append([NewEvent(StockAdded(product_id="P1", quantity=1), 99 + n) for n in range(2_000)])
+        garble_events_root(story.store.path)
+        # then the update is refused (its event at the checkpoint is lost too: a rebuild), and nothing of it is projected
+        with pytest.raises(
+            StoreError, match="events where positions [0-9]+ to 2051 hold [0-9]+: the store lost events"
+        ):
+            projections.refresh()
+        assert projections.checkpoint == 51 and projections.pl("events").equals(before)
+
+
 def test_an_event_whose_data_is_not_json_is_left_out_and_the_rest_is_projected(tmp_path):
     story = standard_story(tmp_path / "events.db")
     with Projections(story.store.path) as projections:

@@ -243,6 +243,26 @@ def _in_turn(method: Callable[Concatenate[Projections, P], T]) -> Callable[Conca
     return in_turn
 
 
+def every_position(rows: str, after: int, upto: int, store: str | None = None) -> str:
+    """A statement that fails unless ``rows`` hold every position after ``after`` up to ``upto``
+    (``store``: its rows in a merged log, by ``store_position``). A store's positions have no gaps,
+    so a missing one means lost events: a damaged file (SQLite may read a garbled page as the end of
+    its table, without an error) or rows deleted by hand. The projections would answer from part of
+    the log, without a word."""
+    if store is None:
+        position, where, named = "position", "TRUE", ""
+    else:
+        position, where, named = "store_position", f"store = {sql_literal(store)}", f"{store}: "
+    expected = upto - after
+    lost = f" events where positions {after + 1} to {upto} hold {expected}: the store lost events"
+    return (
+        f"SELECT error({sql_literal(named + 'read ')} || n || {sql_literal(lost)}"
+        " || ' (a damaged file, or rows deleted by hand)')"
+        f" FROM (SELECT count(*) AS n, coalesce(max({position}), {after}) AS last FROM {rows} WHERE {where})"
+        f" WHERE n <> {expected} OR last <> {upto}"
+    )
+
+
 class Projections(SchemaRelations):
     """The shop's read models, built in an in-memory DuckDB from the event store (or the shop's stores).
 
@@ -547,7 +567,8 @@ class Projections(SchemaRelations):
 
     def _rebuild(self) -> int:
         head, head_id, _ = self._log.head(0)
-        self._build_and_swap(["events"], create_typed_events("main.events_next", self._log.rows(0, head)))
+        create, *clean = create_typed_events("main.events_next", self._log.rows(0, head))
+        self._build_and_swap(["events"], [create, every_position("main.events_next", 0, head), *clean])
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
         log.info("rebuilt projections of %s: %d events", self.source, head)
@@ -591,7 +612,9 @@ class Projections(SchemaRelations):
             return self._rebuild()
         after = self.checkpoint
         with self._transaction():
-            self._con.execute(f"INSERT INTO main.events {typed_events(self._log.rows(after, head))}")
+            rows = self._log.rows(after, head)  # in the transaction: a mirrored log's copy is rolled back too
+            self._con.execute(every_position(rows, after, head))
+            self._con.execute(f"INSERT INTO main.events {typed_events(rows)}")
             self._recompute_keys(after)
         self.checkpoint, self._checkpoint_event_id = head, head_id
         self._generation += 1
@@ -645,7 +668,10 @@ class Projections(SchemaRelations):
             f" SELECT row_number() OVER (ORDER BY {_MERGE_ORDER}) AS position, store, store_position, merge_key"
             f" FROM (SELECT store, CAST(position AS BIGINT) AS store_position, {_MERGE_KEY} AS merge_key FROM ({union}))"
         )
-        self._build_and_swap(["log", "events"], [merged, *create_typed_events("main.events_next", placed, split=True)])
+        whole = [every_position("main.log_next", 0, head, name) for name, (head, _, _) in heads.items()]
+        self._build_and_swap(
+            ["log", "events"], [merged, *whole, *create_typed_events("main.events_next", placed, split=True)]
+        )
         self.checkpoint = self._count()
         self._heads = {name: (head, head_id) for name, (head, head_id, _) in heads.items()}
         self._generation += 1
@@ -683,6 +709,8 @@ class Projections(SchemaRelations):
                 f" FROM ({union})) AS u"
                 " LEFT JOIN (SELECT store, max(merge_key) AS carry FROM main.log GROUP BY store) AS c USING (store)"
             )
+            for name, (after, head) in ranges.items():
+                self._con.execute(every_position("temp.fresh", after, head, name))
             [(start, added)] = self._con.execute(
                 "SELECT coalesce(min(l.position), $next), (SELECT count(*) FROM temp.fresh) FROM main.log AS l,"
                 f" (SELECT * FROM temp.fresh ORDER BY {_MERGE_ORDER} LIMIT 1) AS f"
