@@ -258,7 +258,7 @@ def every_position(rows: str, after: int, upto: int, store: str | None = None) -
     return (
         f"SELECT error({sql_literal(named + 'read ')} || n || {sql_literal(lost)}"
         " || ' (a damaged file, or rows deleted by hand)')"
-        f" FROM (SELECT count(*) AS n, coalesce(max({position}), {after}) AS last FROM {rows} WHERE {where})"
+        f" FROM (SELECT count(*) AS n, coalesce(max(CAST({position} AS BIGINT)), {after}) AS last FROM {rows} WHERE {where})"
         f" WHERE n <> {expected} OR last <> {upto}"
     )
 
