@@ -100,6 +100,22 @@ def test_an_empty_directory_is_refused_not_the_working_directory(
 
 
 @pytest.mark.parametrize(
+    "argv", [["query", "SELECT 1"], ["audit"], ["show", "orders"], ["export", "parquet"], ["dlq", "list"]]
+)
+def test_a_store_path_that_cannot_even_be_looked_at_is_one_line(argv, tmp_path, monkeypatch, capsys):
+    # given a store path with a name longer than the file system allows (a permission denied on the
+    # way behaves the same): Path.is_file raises for it instead of answering False
+    store = tmp_path / ("x" * 300) / "events.db"
+    monkeypatch.setenv("EVENTLAB_STORE_URL", str(store))
+    monkeypatch.chdir(tmp_path)
+    options = [] if argv[0] == "dlq" else ["--store", str(store)]
+    # then every command that reads it says so in one line, exit status 2, not a traceback
+    assert main([*argv, *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{store}: cannot be read (File name too long)" in err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["show", "99999999999999999999999"],

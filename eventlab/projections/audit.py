@@ -44,7 +44,7 @@ from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sources import store_location
 from eventlab.store import ShopStores, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER, EventStore
-from eventlab.store.sqlite import check_schema, verify_event_store
+from eventlab.store.sqlite import check_schema, is_file, verify_event_store
 from eventlab.tables import Html, html_table
 
 __all__ = [
@@ -670,7 +670,7 @@ def audit(
     if mailbox is None and source.store_path is not None:
         mailbox = source.store_path.parent / MAILBOX
     # No mailbox file is no evidence either way: its checks are skipped, never passed on nothing.
-    emails = None if mailbox is None or not Path(mailbox).is_file() else read_mailbox(Path(mailbox))
+    emails = None if mailbox is None or not is_file(Path(mailbox)) else read_mailbox(Path(mailbox))
     source.refresh()
     now = now or datetime.now(UTC)
     if now.tzinfo is not None:

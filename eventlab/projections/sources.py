@@ -43,7 +43,7 @@ from eventlab.settings import SERVICE_PORTS, Settings, service_store_variable
 from eventlab.store import check_stores_named, libpq, store_identity
 from eventlab.store.base import EventStore
 from eventlab.store.log import StoreLog
-from eventlab.store.sqlite import check_schema
+from eventlab.store.sqlite import check_schema, is_file
 from eventlab.store.sqlite_log import SqliteLog
 
 __all__ = [
@@ -218,7 +218,7 @@ def connect_stores(
 
 def _attach_sqlite(con: duckdb.DuckDBPyConnection, path: Path, alias: str = "store") -> None:
     path = path.expanduser()
-    if not path.is_file():
+    if not is_file(path):
         raise StoreError(f"no event store at {path}")
     try:
         duckdb_extensions.import_extension("sqlite", con=con)

@@ -478,10 +478,19 @@ def read_only_uri(path: Path) -> str:
     return f"{path.resolve().as_uri()}?mode=ro"
 
 
+def is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; :class:`StoreError` naming it when that cannot even be asked (a
+    directory on the way it may not enter, a name too long): ``Path.is_file`` raises for those."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def verify_event_store(path: Path) -> int:
     """Raise :class:`StoreError` unless ``path`` is an eventlab store this code can read; return its
     schema version. Opens it read-only, so nothing is written."""
-    if not path.is_file():
+    if not is_file(path):
         raise StoreError(f"no event store at {path}")
     try:
         conn = sqlite3.connect(read_only_uri(path), uri=True)
@@ -557,7 +566,7 @@ class SqliteEventStore(EventStore):
         self._write_lock = threading.Lock()
         _stores.add(self)
         try:
-            if not create and not self.path.is_file():
+            if not create and not is_file(self.path):
                 raise StoreError(f"no event store at {self.path}")
             if create:
                 _make_directory(self.path.parent)
