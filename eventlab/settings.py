@@ -47,6 +47,25 @@ SERVICE_PORTS: dict[str, int] = {name: 8081 + index for index, name in enumerate
 REPLICA_PORT_STEP = 100
 
 _KAFKA_PREFIX = "EVENTLAB_KAFKA_"
+#: The librdkafka settings eventlab sets itself, which an ``EVENTLAB_KAFKA_*`` variable may not change:
+#: the broker's address has its own variable, and the rest carry the delivery guarantees (offsets
+#: stored only once an event is handled, idempotent producers, one group per service).
+_OWN_KAFKA_SETTINGS = {
+    "bootstrap.servers": "eventlab sets it: use EVENTLAB_BOOTSTRAP_SERVERS",
+    "session.timeout.ms": "eventlab sets it: use EVENTLAB_SESSION_TIMEOUT_MS",
+    "group.instance.id": "eventlab sets it: use EVENTLAB_GROUP_INSTANCE",
+    **dict.fromkeys(
+        (
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.offset.reset",
+            "enable.idempotence",
+            "acks",
+        ),
+        "eventlab sets it: its delivery guarantees depend on it",
+    ),
+}
 _SERVICE_STORE = re.compile(r"EVENTLAB_(?!KAFKA_).+_STORE_URL")  # EVENTLAB_<SERVICE>_STORE_URL, typos too
 _SECRET_WORDS = ("password", "secret", "key", "token")
 _PORTS = (1, 65535)
@@ -349,6 +368,8 @@ class Settings:
         for key, value in self.kafka_config.items():  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
             _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), key)
             _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), value)
+            if key in _OWN_KAFKA_SETTINGS:
+                raise SettingsError(_KAFKA_PREFIX + key.replace(".", "_").upper(), _OWN_KAFKA_SETTINGS[key])
         if _store_backend(self.store_url) == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
             _utf8("EVENTLAB_STORE_URL", self.store_url)
         for service, url in self.service_store_urls.items():

@@ -185,6 +185,24 @@ def test_a_value_that_is_not_utf8_is_refused_naming_the_variable_not_the_value(v
     assert "cret" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "said"),
+    [
+        ("EVENTLAB_KAFKA_BOOTSTRAP_SERVERS", "use EVENTLAB_BOOTSTRAP_SERVERS"),  # won silently, errors named the other
+        ("EVENTLAB_KAFKA_GROUP_ID", "delivery guarantees"),
+        ("EVENTLAB_KAFKA_ENABLE_AUTO_OFFSET_STORE", "delivery guarantees"),  # offsets stored before handling
+        ("EVENTLAB_KAFKA_ACKS", "delivery guarantees"),
+        ("EVENTLAB_KAFKA_SESSION_TIMEOUT_MS", "use EVENTLAB_SESSION_TIMEOUT_MS"),
+    ],
+)
+def test_a_kafka_setting_eventlab_sets_itself_is_refused_naming_the_variable(variable, said):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: "1"})
+    assert refused.value.variable == variable and said in str(refused.value)
+    # and a setting eventlab leaves alone still goes to every client
+    assert Settings.from_env({"EVENTLAB_KAFKA_CLIENT_ID": "me"}).kafka_config == {"client.id": "me"}
+
+
 def test_a_file_name_that_is_not_utf8_is_a_file_name():
     # given a data directory and a SQLite store whose names hold bytes that are not UTF-8 (Linux allows it)
     settings = Settings.from_env({"EVENTLAB_DATA_DIR": "/srv/\udcff", "EVENTLAB_STORE_URL": "/srv/\udcff.db"})
