@@ -26,7 +26,7 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = ["Command", "build_parser", "main", "non_negative_float", "positive_float", "positive_int", "probability"]
+__all__ = ["Command", "build_parser", "gateway_latency", "main", "positive_float", "positive_int", "probability"]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
@@ -77,11 +77,16 @@ def probability(text: str) -> float:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number of at least 0 (an argparse ``type``)."""
+#: The longest simulated gateway latency: a minute already holds Payment's consumer past a saga's timeout.
+MAX_GATEWAY_LATENCY_MS = 60_000
+
+
+def gateway_latency(text: str) -> float:
+    """Milliseconds from 0 to :data:`MAX_GATEWAY_LATENCY_MS` (an argparse ``type``): ``1e308`` made
+    every charge fail on a time beyond the platform's, ``1e12`` blocked Payment for 31 years."""
     value = _number(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"not a number of at least 0: {text!r}")
+    if not (math.isfinite(value) and 0 <= value <= MAX_GATEWAY_LATENCY_MS):
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds from 0 to {MAX_GATEWAY_LATENCY_MS:,}: {text!r}")
     return value
 
 
@@ -143,10 +148,10 @@ def _shop_options() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gateway-latency-ms",
-        type=non_negative_float,
+        type=gateway_latency,
         default=0.0,
         metavar="MS",
-        help="simulated gateway latency (default 0)",
+        help=f"simulated gateway latency, 0 to {MAX_GATEWAY_LATENCY_MS:,} (default 0)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for orders and gateway declines (default 0)")
     return parser

@@ -47,8 +47,15 @@ def user_env(**extra: str) -> dict[str, str]:
         (["demo", "--orders", "ten"], "argument --orders: not a whole number of at least 1: 'ten'"),
         (["demo", "--payment-failure-rate", "2"], "argument --payment-failure-rate: not a probability from 0 to 1"),
         (["demo", "--payment-failure-rate", "nan"], "argument --payment-failure-rate: not a probability from 0 to 1"),
-        (["demo", "--gateway-latency-ms", "-100"], "argument --gateway-latency-ms: not a number of at least 0"),
-        (["up", "--gateway-latency-ms", "inf"], "argument --gateway-latency-ms: not a number of at least 0"),
+        (
+            ["demo", "--gateway-latency-ms", "-100"],
+            "argument --gateway-latency-ms: not a number of milliseconds from 0",
+        ),
+        (["up", "--gateway-latency-ms", "inf"], "argument --gateway-latency-ms: not a number of milliseconds from 0"),
+        (
+            ["demo", "--gateway-latency-ms", "1e308"],
+            "argument --gateway-latency-ms: not a number of milliseconds from 0",
+        ),
         (["demo", "--rate", "0"], "argument --rate: not a number above 0: '0'"),
         (["demo", "--rate", "-1"], "argument --rate: not a number above 0: '-1'"),
         (["demo", "--timeout", "0"], "argument --timeout: not a number above 0: '0'"),
