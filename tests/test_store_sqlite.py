@@ -584,3 +584,20 @@ def test_a_lease_that_cannot_be_written_is_not_held_and_not_leaked(tmp_path, mon
         other = store.lease("relay")
         assert other.acquire()
         other.release()
+
+
+def test_a_store_that_cannot_be_created_for_a_full_disk_says_so(tmp_path):
+    # given a process that may write files of at most 60,000 bytes: creating the store fails at its COMMIT,
+    # after SQLite rolled back, and a second ROLLBACK said "no transaction is active" in the error's place
+    said = run_python(f"""
+        import resource
+        from eventlab.store import SqliteEventStore
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.RLIM_INFINITY))
+        try:
+            SqliteEventStore({str(tmp_path / "events.db")!r})
+        except Exception as exc:
+            print(exc)
+    """)
+    # then the error says what happened
+    assert "opening failed: " in said and "no transaction is active" not in said, said
+    assert "disk I/O error" in said or "disk is full" in said, said

@@ -602,7 +602,8 @@ class SqliteEventStore(EventStore):
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT (a full disk) may have rolled back already
+                    conn.execute("ROLLBACK")
                 raise
         if version == 0:
             log.info("created event store %s (schema version %d)", self.path, SCHEMA_VERSION)
@@ -754,8 +755,9 @@ class SqliteEventStore(EventStore):
             try:
                 last = self._insert_batch(conn, markers, [row for group in rows for row in group])
             except BaseException:
-                conn.execute("ROLLBACK TO batch")
-                conn.execute("RELEASE batch")
+                if conn.in_transaction:  # an I/O error may have rolled the whole transaction back already
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
                 raise
             if last is None:
                 conn.execute("ROLLBACK TO batch")
