@@ -189,21 +189,28 @@ def variable(
     return found
 
 
+#: A whole number and a decimal number as a variable holds them: ASCII digits only (Python's own
+#: parsers also take ``'٣'``, ``'３'`` and ``'1_000'``), an optional sign, exponent and fraction.
+_WHOLE = re.compile(r"\s*[+-]?[0-9]{1,18}\s*", re.ASCII)
+_DECIMAL = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*", re.ASCII)
+
+
 def _whole(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"not a whole number: {text!r}") from None
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(f"not a whole number: {_shown(text)}")
+    return int(text)
 
 
 def _number(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        value = math.nan
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
     if not math.isfinite(value):
-        raise ValueError(f"not a number: {text!r}")
+        raise ValueError(f"not a number: {_shown(text)}")
     return value
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error shows it: quoted, cut at 40 characters (a 5,000-digit value is one huge line)."""
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text):,} characters)"
 
 
 #: The variable that sets the memory one ad-hoc query may use (:mod:`eventlab.projections.sandbox`).

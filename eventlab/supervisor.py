@@ -93,6 +93,19 @@ _EMBEDDED = "EVENTLAB_EMBEDDED_BROKER"
 MAX_REPLICAS = 10
 
 
+def _told(variable: str, default: int, high: int) -> int:
+    """The whole number from ``default`` to ``high`` that the supervisor put in ``variable`` for its child
+    (``default`` when unset); a shell may carry a stale or garbled one: :class:`SettingsError`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and default <= int(text) <= high):
+        raise SettingsError(
+            variable, f"set by the supervisor for its processes: a whole number from {default} to {high}"
+        )
+    return int(text)
+
+
 def parse_replicas(text: str) -> dict[str, int]:
     """``inventory=3,order=2`` as ``{"inventory": 3, "order": 2}``: processes per service (or ``relay``).
 
@@ -243,12 +256,13 @@ def run_one(name: str, settings: Settings, gateway: Gateway) -> int:
             "or start everything with 'eventlab up --processes'"
         )
     stop = stop_on_signals()
-    replica, replicas = int(os.environ.get(_REPLICA) or 0), int(os.environ.get(_REPLICAS) or 1)
+    replica = _told(_REPLICA, 0, MAX_REPLICAS - 1)
+    replicas = _told(_REPLICAS, 1, MAX_REPLICAS)
     if replica and name != RELAY_CONSUMER:  # replica k listens k steps above the service's port
         settings = replace(settings, http_port_offset=settings.http_port_offset + REPLICA_PORT_STEP * replica)
     supervised = bool(os.environ.get(_SUPERVISOR_PID))
     if supervised:
-        supervisor_pid = int(os.environ[_SUPERVISOR_PID])
+        supervisor_pid = _told(_SUPERVISOR_PID, 1, 2**31 - 1)
         if _orphaned(supervisor_pid):
             log.warning("supervisor %d is gone; not starting %s", supervisor_pid, name)
             return 1

@@ -199,6 +199,24 @@ def test_a_bad_variable_is_one_line_naming_it_and_exit_status_2(
     assert not (tmp_path / "shop").exists()
 
 
+@pytest.mark.parametrize("command", [["projections"], ["audit", "--store"], ["export", "x", "--store"]])
+def test_a_bad_variable_stops_a_command_that_would_not_read_it(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EVENTLAB_PARTITIONS", "abc")
+    argv = [*command, str(tmp_path / "events.db")] if command[-1] == "--store" else command
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "eventlab: error: EVENTLAB_PARTITIONS: not a whole number: 'abc'\n"
+
+
+@pytest.mark.parametrize(("variable", "value"), [("EVENTLAB_REPLICA", "abc"), ("EVENTLAB_REPLICAS", "99")])
+def test_a_garbled_number_the_supervisor_gives_its_processes_is_one_line(variable, value, monkeypatch, capsys):
+    # a shell may carry one from an earlier run: `eventlab run` gave a ValueError traceback
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("EVENTLAB_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(["run", "order"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eventlab: error: {variable}: set by the supervisor") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("command", [["demo", "--orders", "1"], ["up", "--processes"]])
 @pytest.mark.parametrize(
     ("in_the_way", "reason"), [("", "a file of that name is in the way"), ("sub", "Not a directory")]

@@ -50,6 +50,11 @@ def test_settings_survive_the_trip_to_a_child_process():
         ({"EVENTLAB_HTTP_PORT_OFFSET": "-8081"}, "EVENTLAB_HTTP_PORT_OFFSET", "ports at 0 to 5"),
         ({"EVENTLAB_HTTP_PORT_OFFSET": "57450"}, "EVENTLAB_HTTP_PORT_OFFSET", "outside 1 to 65535"),
         ({"EVENTLAB_HTTP_PORT_OFFSET": "ten"}, "EVENTLAB_HTTP_PORT_OFFSET", "not a whole number: 'ten'"),
+        # Python's parsers read other scripts' digits and underscores: the variable would mean what no one typed
+        ({"EVENTLAB_PARTITIONS": "\u0663"}, "EVENTLAB_PARTITIONS", "not a whole number: '\u0663'"),
+        ({"EVENTLAB_HTTP_PORT_OFFSET": "1_000"}, "EVENTLAB_HTTP_PORT_OFFSET", "not a whole number: '1_000'"),
+        ({"EVENTLAB_SAGA_TIMEOUT_S": "\uff13"}, "EVENTLAB_SAGA_TIMEOUT_S", "not a number: '\uff13'"),
+        ({"EVENTLAB_PARTITIONS": "9" * 5000}, "EVENTLAB_PARTITIONS", "(5,000 characters)"),
     ],
 )
 def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):
@@ -61,6 +66,8 @@ def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, varia
 
 
 def test_the_edges_of_every_range_are_accepted():
+    assert Settings.from_env({"EVENTLAB_SAGA_TIMEOUT_S": " 2.5e1 "}).saga_timeout_s == 25.0
+    assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "+10"}).http_port_offset == 10
     assert Settings.from_env({"EVENTLAB_PARTITIONS": "1"}).partitions == 1
     assert Settings.from_env({"EVENTLAB_PARTITIONS": " 1000 "}).partitions == 1000
     assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "-8080"}).port("user") == 1
