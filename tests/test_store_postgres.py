@@ -17,7 +17,7 @@ from eventlab.events import StockAdded
 from eventlab.projections import Projections
 from eventlab.projections.sources import store_locations
 from eventlab.settings import Settings
-from eventlab.store import NewEvent, open_store, open_stores
+from eventlab.store import NewEvent, StoreBusy, open_store, open_stores
 from eventlab.store.postgres import MIGRATIONS, SCHEMA, SCHEMA_VERSION, PostgresEventStore, identity
 
 
@@ -317,3 +317,31 @@ def test_the_server_drops_a_silent_lease_holder_within_seconds(postgres_store_ur
             assert conn.execute(b"SHOW search_path").fetchone()[0] == postgres_store_url.rsplit("%3D", 1)[1]
         finally:
             lease.release()
+
+
+def test_a_pool_with_no_connection_to_give_tells_an_unreachable_server_from_busy_connections(postgres_store_url):
+    # given a store whose one pooled connection is held by a transaction in another thread
+    with PostgresEventStore(postgres_store_url, pool_size=1, busy_timeout=0.5, connect_timeout=1) as store:
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with store.transaction():
+                held.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(10)
+        try:
+            # when another call waits for a connection in vain while the server answers, it is busy
+            with pytest.raises(StoreBusy, match="no free connection in the pool"):
+                store.head()
+            # and when the server does not answer either (here: new connections go to a closed port),
+            # it says so, in one line, instead of "busy" (it took a stopped server for a lock, 30 s a call)
+            store._conninfo = "postgresql://127.0.0.1:1/nowhere"
+            with pytest.raises(StoreError, match="head failed: cannot connect to the server") as refused:
+                store.head()
+            assert not isinstance(refused.value, StoreBusy) and "\n" not in str(refused.value)
+        finally:
+            release.set()
+            holder.join(10)

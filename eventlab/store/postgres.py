@@ -205,6 +205,10 @@ def _translated(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatena
     def translated(store: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(store, *args, **kwargs)
+        except PoolTimeout as exc:  # every connection busy, or none to be had: the server is away
+            raise store.unreachable(method.__name__.lstrip("_")) or _translate_error(
+                store.name, method.__name__.lstrip("_"), exc
+            ) from exc
         except psycopg.Error as exc:
             raise _translate_error(store.name, method.__name__.lstrip("_"), exc) from exc
 
@@ -335,6 +339,16 @@ class PostgresEventStore(EventStore):
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({self.name!r})"
+
+    def unreachable(self, doing: str) -> StoreError | None:
+        """A :class:`StoreError` saying the server cannot be reached while ``doing`` something, when
+        one new connection fails now (the pool had none to give); else None (its connections were busy)."""
+        try:
+            psycopg.connect(self._conninfo, connect_timeout=max(1, round(self._connect_timeout))).close()
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # libpq's hint lines after it
+            return StoreError(f"{self.name}: {doing} failed: cannot connect to the server ({reason}); retry later")
+        return None
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Every pooled connection waits at most the busy timeout for a lock, and runs its transactions
