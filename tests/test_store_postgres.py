@@ -7,6 +7,7 @@ import functools
 import multiprocessing
 import os
 import threading
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -131,6 +132,24 @@ def test_writers_lose_nothing_whatever_isolation_the_url_asks_for(postgres_store
             thread.join()
         # then every one is stored, at positions 1..100
         assert [e.position for e in store.read_all()] == list(range(1, 101))
+
+
+@pytest.mark.parametrize("schema", ["Orders", "my schema", "a,b", "a.b", 'o"rders'])
+def test_a_schema_may_have_any_name_postgresql_takes(postgres_url, schema):
+    # upper case, a space, a comma or a dot: the schema was created, then the store refused it
+    # ("schema orders does not exist", "invalid name syntax"), and a comma split the name in two
+    quoted = '"' + schema.replace('"', '""') + '"'
+    url = f"{postgres_url}?options={quote('-csearch_path=' + quoted.replace(' ', chr(92) + ' '))}"
+    try:
+        with PostgresEventStore(url) as store:
+            store.append([NewEvent(added(), 1)])
+        with PostgresEventStore(url, create=False) as store:
+            assert store.head() == 1 and store.name.endswith(f" schema {schema}")
+        with Projections(url) as projections:  # and the read side reads it
+            assert projections.checkpoint == 1
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE".encode())
 
 
 def test_stores_in_two_schemas_of_one_database_are_separate(postgres_url):

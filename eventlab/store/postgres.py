@@ -34,6 +34,7 @@ import functools
 import json
 import logging
 import os
+import re
 import select
 import threading
 import uuid
@@ -226,11 +227,15 @@ def _describe(conninfo: str) -> str:
     return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
 
 
+#: One entry of a search path: a quoted name (which may hold commas and doubled quotes) or a bare one.
+_SEARCH_PATH_ENTRY = re.compile(r'\s*("(?:[^"]|"")*"|[^,]+)')
+
+
 def _first_schema(conn: psycopg.Connection[Any]) -> str | None:
     """The first schema the session's search path names, other than ``$user`` (None: it names none),
     as PostgreSQL reads it: an unquoted name folded to lower case."""
     path = conn.execute("SELECT current_setting('search_path')").fetchone()
-    names = [name.strip() for name in (path[0] if path else "").split(",")]
+    names = [name.strip() for name in _SEARCH_PATH_ENTRY.findall(path[0] if path else "")]
     first = next((name for name in names if name and name != '"$user"' and name != "$user"), None)
     if first is None:
         return None
@@ -398,7 +403,8 @@ class PostgresEventStore(EventStore):
             " JOIN pg_class c ON c.oid = i.indrelid"
             " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
             " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
-            " WHERE c.relnamespace = current_schema()::regnamespace AND i.indisunique"
+            " WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+            " AND i.indisunique"
             " GROUP BY i.indexrelid, c.relname"
         ):
             keys.setdefault(table, []).append(key)
