@@ -21,6 +21,7 @@ from eventlab.cli import BROKEN_PIPE, main
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, ensure_ports_free
+from eventlab.store import SqliteEventStore
 
 
 def health(url: str) -> dict | None:
@@ -205,6 +206,30 @@ def test_a_bad_variable_stops_a_command_that_would_not_read_it(command, tmp_path
     argv = [*command, str(tmp_path / "events.db")] if command[-1] == "--store" else command
     assert main(argv) == 2
     assert capsys.readouterr().err == "eventlab: error: EVENTLAB_PARTITIONS: not a whole number: 'abc'\n"
+
+
+def test_a_store_in_a_directory_that_may_not_be_written_is_read_or_says_why(tmp_path):
+    # given a store in WAL mode, closed (no -shm beside it), in a directory that may not be written
+    # (as root, the test drops the capabilities that let root write anywhere)
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    SqliteEventStore(directory / "events.db").close()
+    directory.chmod(0o555)
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    try:
+        done = subprocess.run(
+            [*drop, sys.executable, "-m", "eventlab", "audit", "--store", str(directory / "events.db")],
+            env=user_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        directory.chmod(0o755)
+    # then the read-only command says what it needs, in one line, instead of "attempt to write a readonly database"
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "a store in WAL mode needs events.db-shm beside it" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("variable", "value"), [("EVENTLAB_REPLICA", "abc"), ("EVENTLAB_REPLICAS", "99")])
