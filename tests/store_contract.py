@@ -63,14 +63,14 @@ def backend(name: str, tmp_path: Path, request) -> Iterator[Backend]:
 
 
 @contextlib.contextmanager
-def _hold_memory_lock(store: MemoryEventStore) -> Iterator[None]:
-    """Another thread holds the memory store's lock."""
+def held_in_another_thread(resource: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    """While entered, another thread holds ``resource`` (a lock, a store's transaction)."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with store.lock:
+        with resource:
             held.set()
-            release.wait(10)
+            release.wait(60)
 
     thread = threading.Thread(target=hold)
     thread.start()
@@ -80,6 +80,11 @@ def _hold_memory_lock(store: MemoryEventStore) -> Iterator[None]:
     finally:
         release.set()
         thread.join()
+
+
+def _hold_memory_lock(store: MemoryEventStore) -> contextlib.AbstractContextManager[None]:
+    """Another thread holds the memory store's lock."""
+    return held_in_another_thread(store.lock)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,10 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
     assert from_message(value, headers).event == event.event
 
 
+#: The headers of a StockAdded message, as its producer sends them.
+STOCK_ADDED = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")]
+
+
 @pytest.mark.parametrize(
     ("value", "headers", "reason"),
     [
@@ -41,46 +45,46 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
             "unsupported ce_specversion",
         ),
         (b"{}", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"Nope")], "unknown ce_type 'Nope'"),
-        (b"\xff", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")], "value is not JSON"),
+        (b"\xff", STOCK_ADDED, "value is not JSON"),
         (
             b'{"product_id": "P1", "quantity": -1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: quantity",
         ),
-        (None, [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")], "value is not JSON"),
+        (None, STOCK_ADDED, "value is not JSON"),
         (
             b"[" * 100_000 + b"]" * 100_000,
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "value is nested too deeply",
         ),
         (  # valid JSON to json.loads, but no UTF-8 text holds it: storing it would fail on every retry
             b'{"product_id": "P\\ud800", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: value: Invalid JSON: unexpected end of hex escape",
         ),
         (
             b'{"product_id": "P\\udc00x", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: value: Invalid JSON: lone leading surrogate",
         ),
         (  # strict: a number in text, a boolean or a float is no integer (the projections would read otherwise)
             b'{"product_id": "P1", "quantity": "5"}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: quantity: Input should be a valid integer",
         ),
         (
             b'{"product_id": "P1", "quantity": true}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: quantity: Input should be a valid integer",
         ),
         (
             b'{"product_id": "P1", "quantity": 5.0}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: quantity: Input should be a valid integer",
         ),
         (
             b'{"product_id": 1, "quantity": 5}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: product_id: Input should be a valid string",
         ),
         (  # read with replacement characters, b"\xfe1" would be the same id: skipped as already handled
@@ -90,7 +94,7 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
         ),
         (  # valid JSON and Python text, but PostgreSQL keeps no NUL: the store would fail on every retry
             b'{"product_id": "P\\u0000x", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "value holds a NUL character",
         ),
         (
@@ -100,7 +104,7 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
         ),
         (
             b'{"product_id": "P1", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded"), ("correlation_id", b"\x00")],
+            [*STOCK_ADDED, ("correlation_id", b"\x00")],
             "header correlation_id holds a NUL character",
         ),
         (  # PostgreSQL indexes ids: an entry over 2,704 bytes fails every write, and held the partition there
@@ -110,12 +114,12 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
         ),
         (
             b'{"product_id": "P1", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded"), ("correlation_id", b"c" * 3000)],
+            [*STOCK_ADDED, ("correlation_id", b"c" * 3000)],
             "header correlation_id is longer than 255 characters",
         ),
         (
             b'{"product_id": "' + b"P" * 3000 + b'", "quantity": 1}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "invalid StockAdded: product_id: String should have at most 255 characters",
         ),
         (
@@ -127,7 +131,7 @@ def test_a_decoded_event_and_its_raw_record_make_the_same_message(stored):
         ),
         (  # Python reads it; the projections' BIGINT would read NULL, and a charge of it is no money
             b'{"product_id": "P1", "quantity": 100000000000000000000}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")],
+            STOCK_ADDED,
             "StockAdded: quantity beyond 64-bit integers",
         ),
     ],
@@ -138,13 +142,13 @@ def test_undecodable_messages_say_why(value, headers, reason):
 
 
 def test_a_backslash_then_u0000_as_text_is_no_nul_and_decodes():
-    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded")]
+    headers = STOCK_ADDED
     assert from_message(b'{"product_id": "P\\\\u0000", "quantity": 1}', headers).event.product_id == "P\\u0000"
 
 
 def test_a_surrogate_pair_and_other_headers_that_are_not_utf8_still_decode():
     # given an emoji written as a JSON surrogate pair, and a correlation id that is not UTF-8
-    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockAdded"), ("correlation_id", b"\xff")]
+    headers = [*STOCK_ADDED, ("correlation_id", b"\xff")]
     message = from_message(b'{"product_id": "P\\ud83d\\ude00", "quantity": 1}', headers)
     # then the event is read, the emoji whole, the correlation id with a replacement character
     assert message.event.product_id == "P\U0001f600" and message.correlation_id == "\ufffd"

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from store_contract import append_many
+from store_contract import append_many, held_in_another_thread
 
 from eventlab.errors import StoreError
 from eventlab.events import StockAdded
@@ -340,27 +340,14 @@ def test_the_server_drops_a_silent_lease_holder_within_seconds(postgres_store_ur
 
 def test_a_pool_with_no_connection_to_give_tells_an_unreachable_server_from_busy_connections(postgres_store_url):
     # given a store whose one pooled connection is held by a transaction in another thread
-    with PostgresEventStore(postgres_store_url, pool_size=1, busy_timeout=0.5, connect_timeout=1) as store:
-        held, release = threading.Event(), threading.Event()
-
-        def hold():
-            with store.transaction():
-                held.set()
-                release.wait(60)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        held.wait(10)
-        try:
-            # when another call waits for a connection in vain while the server answers, it is busy
-            with pytest.raises(StoreBusy, match="no free connection in the pool"):
-                store.head()
-            # and when the server does not answer either (here: new connections go to a closed port),
-            # it says so, in one line, instead of "busy" (it took a stopped server for a lock, 30 s a call)
-            store._conninfo = "postgresql://127.0.0.1:1/nowhere"
-            with pytest.raises(StoreError, match="head failed: cannot connect to the server") as refused:
-                store.head()
-            assert not isinstance(refused.value, StoreBusy) and "\n" not in str(refused.value)
-        finally:
-            release.set()
-            holder.join(10)
+    store = PostgresEventStore(postgres_store_url, pool_size=1, busy_timeout=0.5, connect_timeout=1)
+    with store, held_in_another_thread(store.transaction()):
+        # when another call waits for a connection in vain while the server answers, it is busy
+        with pytest.raises(StoreBusy, match="no free connection in the pool"):
+            store.head()
+        # and when the server does not answer either (here: new connections go to a closed port),
+        # it says so, in one line, instead of "busy" (it took a stopped server for a lock, 30 s a call)
+        store._conninfo = "postgresql://127.0.0.1:1/nowhere"
+        with pytest.raises(StoreError, match="head failed: cannot connect to the server") as refused:
+            store.head()
+        assert not isinstance(refused.value, StoreBusy) and "\n" not in str(refused.value)
