@@ -235,7 +235,7 @@ def _first_schema(conn: psycopg.Connection[Any]) -> str | None:
     """The first schema the session's search path names, other than ``$user`` (None: it names none),
     as PostgreSQL reads it: an unquoted name folded to lower case."""
     path = conn.execute("SELECT current_setting('search_path')").fetchone()
-    names = [name.strip() for name in _SEARCH_PATH_ENTRY.findall(path[0] if path else "")]
+    names: list[str] = [name.strip() for name in _SEARCH_PATH_ENTRY.findall(path[0] if path else "")]
     first = next((name for name in names if name and name != '"$user"' and name != "$user"), None)
     if first is None:
         return None
