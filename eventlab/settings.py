@@ -124,10 +124,20 @@ StoreBackend = Literal["sqlite", "postgresql", "memory"]
 _STORE_SCHEMES: dict[str, StoreBackend] = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
+#: A libpq ``key=value`` connection string (``host=db dbname=shop``), which no file path is.
+_CONNINFO = re.compile(r"(?:^|\s)(?:host|hostaddr|dbname|user|password|port|sslmode|service)\s*=", re.ASCII)
+
+
 def _store_backend(url: str, variable: str = "EVENTLAB_STORE_URL") -> StoreBackend:
     """The kind of store ``url`` names ("" and a plain path: SQLite); raises :class:`SettingsError`
     naming ``variable``."""
     scheme, separator, rest = url.partition("://")
+    if not separator and _CONNINFO.search(url):  # else a SQLite file named after it, password and all
+        raise SettingsError(
+            variable,
+            "a PostgreSQL key=value string is not a store URL: write it as postgresql://user@host:5432/dbname"
+            " (the value is not shown)",
+        )
     if not separator:
         return "sqlite"  # a plain path (or "": the default file in the data directory)
     if url == "memory://":

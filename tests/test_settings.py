@@ -125,13 +125,21 @@ def test_a_service_given_a_store_of_its_own_writes_there_and_the_others_share_th
     [
         ("order", "mysql://shop@db/shop", "EVENTLAB_ORDER_STORE_URL: 'mysql://shop@db/shop' is not a store"),
         ("warehouse", "/tmp/w.db", "EVENTLAB_WAREHOUSE_STORE_URL: no such service"),
+        # libpq's key=value form was taken for a SQLite file, created under that name, password and all
+        ("order", "host=db dbname=shop password=s3cret", "EVENTLAB_ORDER_STORE_URL: a PostgreSQL key=value string"),
     ],
 )
 def test_a_service_store_eventlab_cannot_use_is_refused_naming_its_variable(service, url, message):
     with pytest.raises(SettingsError) as refused:
         Settings(service_store_urls={service: url})
 
-    assert str(refused.value).startswith(message)
+    assert str(refused.value).startswith(message) and "s3cret" not in str(refused.value)
+
+
+def test_a_key_value_connection_string_as_the_store_is_refused_and_a_file_name_with_an_equals_sign_is_not():
+    with pytest.raises(SettingsError, match="EVENTLAB_STORE_URL: a PostgreSQL key=value string"):
+        Settings.from_env({"EVENTLAB_STORE_URL": "dbname=shop user=me"})
+    assert Settings.from_env({"EVENTLAB_STORE_URL": "/srv/run=3/events.db"}).store_url == "/srv/run=3/events.db"
 
 
 @pytest.mark.parametrize(
