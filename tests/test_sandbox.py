@@ -721,6 +721,16 @@ def test_a_map_keyed_by_lists_is_printed_as_its_entries_in_json_and_csv(store_pa
     )
 
 
+def test_types_arrow_cannot_carry_exactly_come_back_as_their_text(projections):
+    # DuckDB's Arrow export gave -1 for the largest UHUGEINT, null for TIME_NS 24:00:00, bytes for a BIT
+    sql = (
+        "SELECT $big::UHUGEINT AS \"u\"\"v\", '24:00:00'::TIME_NS AS t, '101'::BIT AS b, 7::HUGEINT AS h, 1 AS n"
+        " -- a trailing comment"
+    )
+    rows = projections.sql(sql, {"big": 2**128 - 1}).fetchall()
+    assert rows == [(str(2**128 - 1), "24:00:00", "101", 7, 1)]
+
+
 def test_json_output_is_strict_json_even_for_nan_and_infinity(store_path, capsys):
     sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5::DOUBLE AS d"
     assert main(["query", "--store", str(store_path), "--json", sql]) == 0

@@ -213,6 +213,20 @@ def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+#: Types Arrow cannot carry exactly, which a result therefore holds as their text: DuckDB exports a
+#: UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past 23:59:59 as null and a
+#: BIT string as its bytes.
+_AS_TEXT = frozenset({"UHUGEINT", "TIME_NS", "BIT"})
+
+
+def _as_text(description: Sequence[tuple[object, ...]]) -> str:
+    """The ``REPLACE`` list casting each column of ``description`` whose type is one of :data:`_AS_TEXT`
+    to ``VARCHAR`` ("" when there is none)."""
+    names = dict.fromkeys(str(column[0]) for column in description if str(column[1]) in _AS_TEXT)
+    quoted = ['"' + name.replace('"', '""') + '"' for name in names]
+    return ", ".join(f"CAST({name} AS VARCHAR) AS {name}" for name in quoted)
+
+
 def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise :class:`ProjectionError` unless ``sql`` is exactly one ``SELECT`` (``WITH``, ``FROM …``,
     ``DESCRIBE``, ``SHOW`` and ``SUMMARIZE`` are reads too)."""
@@ -437,7 +451,10 @@ class Sandbox:
 
         def work() -> pa.Table:
             batches, held = [], 0
-            reader = self.con.execute(sql, params).to_arrow_reader(_BATCH_ROWS)
+            result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation = self.con.execute(sql, params)
+            if casts := _as_text(result.description or []):  # run again, those columns as their text
+                result = self.con.sql(sql, params=params).project(f"* REPLACE ({casts})")
+            reader = result.to_arrow_reader(_BATCH_ROWS)
             for batch in reader:
                 held += batch.nbytes
                 if held > self.memory:
