@@ -238,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace], int] = args.handler  # set by each command's registration
     try:
-        Settings.from_env()  # a bad variable stops every command, also one that would not read it
+        if args.command != "doctor":  # the doctor reports a bad variable as a failed check
+            Settings.from_env()  # a bad variable stops every other command, also one that would not read it
         status = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status

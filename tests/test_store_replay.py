@@ -16,7 +16,7 @@ import sqlite3
 import pytest
 from store_contract import added
 
-from eventlab.events import OrderCompleted, OrderConfirmed, OrderCreated, OrderLine, StockAdded, UserCreated
+from eventlab.events import OrderCompleted, OrderConfirmed, OrderCreated, OrderLine, UserCreated
 from eventlab.services import inventory, order
 from eventlab.services.runtime import Stream, load, load_many
 from eventlab.store import NewEvent, SqliteEventStore
@@ -112,18 +112,21 @@ def test_the_positions_an_append_reports_are_those_the_log_holds(store):
 
 
 def test_a_stored_text_that_pydantic_core_cannot_parse_still_folds():
-    # given rows as json.dumps writes them: a lone surrogate escape, which pydantic-core's parser refuses
-    lone = json.dumps({"product_id": "P\ud800", "quantity": 2})
-    rows = [(1, "StockAdded", '{"product_id":"P1","quantity":1}'), (2, "StockAdded", lone)]
+    # given rows as json.dumps writes them: a lone surrogate escape in a name, which pydantic-core's parser
+    # refuses (an id may hold none: ids are length-checked, which needs Unicode text)
+    lone = json.dumps({"user_id": "U1", "name": "Ada\ud800", "email": "ada@example.com"})
+    first = '{"user_id":"U1","name":"Ada","email":"ada@example.com"}'
+    rows = [(1, "UserCreated", first), (2, "UserCreated", lone)]
     with pytest.raises(ValueError):
-        StockAdded.__pydantic_validator__.validate_json(lone)
+        UserCreated.__pydantic_validator__.validate_json(lone)
     # when they are decoded for a fold, one stream or several at once
     tails = dict(
-        iter_tails_from_json([(0, *row) for row in rows] + [(1, 4, *rows[1][1:])], {("stock", "P1"): 0, ("s", "2"): 3})
+        iter_tails_from_json([(0, *row) for row in rows] + [(1, 4, *rows[1][1:])], {("user", "U1"): 0, ("u", "2"): 3})
     )
     # then each event comes back as json.loads reads it
-    assert events_from_json(rows) == (2, [added("P1"), added("P\ud800", 2)])
-    assert tails == {("stock", "P1"): (2, [added("P1"), added("P\ud800", 2)]), ("s", "2"): (4, [added("P\ud800", 2)])}
+    ada, lone_ada = (UserCreated(user_id="U1", name=name, email="ada@example.com") for name in ("Ada", "Ada\ud800"))
+    assert events_from_json(rows) == (2, [ada, lone_ada])
+    assert tails == {("user", "U1"): (2, [ada, lone_ada]), ("u", "2"): (4, [lone_ada])}
     # and data that does not validate is still refused
     refused = (1, "StockAdded", '{"product_id":"P1","quantity":"many"}')
     with pytest.raises(ValueError):
