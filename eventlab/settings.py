@@ -132,13 +132,13 @@ def _store_backend(url: str, variable: str = "EVENTLAB_STORE_URL") -> StoreBacke
     """The kind of store ``url`` names ("" and a plain path: SQLite); raises :class:`SettingsError`
     naming ``variable``."""
     scheme, separator, rest = url.partition("://")
-    if not separator and _CONNINFO.search(url):  # else a SQLite file named after it, password and all
-        raise SettingsError(
-            variable,
-            "a PostgreSQL key=value string is not a store URL: write it as postgresql://user@host:5432/dbname"
-            " (the value is not shown)",
-        )
     if not separator:
+        if _CONNINFO.search(url):  # else a SQLite file named after it, password and all
+            raise SettingsError(
+                variable,
+                "a PostgreSQL key=value string is not a store URL: write it as postgresql://user@host:5432/dbname"
+                " (the value is not shown)",
+            )
         return "sqlite"  # a plain path (or "": the default file in the data directory)
     if url == "memory://":
         return "memory"
@@ -382,11 +382,12 @@ class Settings:
             memory_size(str(self.query_memory))
         except ValueError as exc:
             raise SettingsError(QUERY_MEMORY_VARIABLE, str(exc)) from None
-        for key, value in self.kafka_config.items():  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
-            _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), key)
-            _utf8(_KAFKA_PREFIX + key.replace(".", "_").upper(), value)
+        for key, value in self.kafka_config.items():
+            name = _KAFKA_PREFIX + key.replace(".", "_").upper()
+            _utf8(name, key)  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
+            _utf8(name, value)
             if key in _OWN_KAFKA_SETTINGS:
-                raise SettingsError(_KAFKA_PREFIX + key.replace(".", "_").upper(), _OWN_KAFKA_SETTINGS[key])
+                raise SettingsError(name, _OWN_KAFKA_SETTINGS[key])
         if _store_backend(self.store_url) == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
             _utf8("EVENTLAB_STORE_URL", self.store_url)
         for service, url in self.service_store_urls.items():

@@ -93,17 +93,23 @@ _EMBEDDED = "EVENTLAB_EMBEDDED_BROKER"
 MAX_REPLICAS = 10
 
 
+def _whole_from(text: str, low: int, high: int) -> int | None:
+    """``text`` as a whole number from ``low`` to ``high``, in ASCII digits; else None."""
+    return int(text) if text.isascii() and text.isdigit() and low <= int(text) <= high else None
+
+
 def _told(variable: str, default: int, high: int) -> int:
     """The whole number from ``default`` to ``high`` that the supervisor put in ``variable`` for its child
     (``default`` when unset); a shell may carry a stale or garbled one: :class:`SettingsError`."""
     text = os.environ.get(variable, "").strip()
     if not text:
         return default
-    if not (text.isascii() and text.isdigit() and default <= int(text) <= high):
+    number = _whole_from(text, default, high)
+    if number is None:
         raise SettingsError(
             variable, f"set by the supervisor for its processes: a whole number from {default} to {high}"
         )
-    return int(text)
+    return number
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -129,9 +135,10 @@ def parse_replicas(text: str) -> dict[str, int]:
             raise ValueError(f"{part.strip()!r}: unknown service {name!r}; use one of {', '.join(PROCESS_NAMES)}")
         if name in counts:
             raise ValueError(f"{part.strip()!r}: {name} is given twice")
-        if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= MAX_REPLICAS:
+        number = _whole_from(count, 1, MAX_REPLICAS)
+        if number is None:
             raise ValueError(f"{part.strip()!r}: the count must be a whole number from 1 to {MAX_REPLICAS}")
-        counts[name] = int(count)
+        counts[name] = number
     return counts
 
 

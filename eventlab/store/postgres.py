@@ -207,9 +207,8 @@ def _translated(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatena
         try:
             return method(store, *args, **kwargs)
         except PoolTimeout as exc:  # every connection busy, or none to be had: the server is away
-            raise store.unreachable(method.__name__.lstrip("_")) or _translate_error(
-                store.name, method.__name__.lstrip("_"), exc
-            ) from exc
+            doing = method.__name__.lstrip("_")
+            raise store._unreachable(doing) or _translate_error(store.name, doing, exc) from exc
         except psycopg.Error as exc:
             raise _translate_error(store.name, method.__name__.lstrip("_"), exc) from exc
 
@@ -345,7 +344,7 @@ class PostgresEventStore(EventStore):
     def __repr__(self) -> str:
         return f"PostgresEventStore({self.name!r})"
 
-    def unreachable(self, doing: str) -> StoreError | None:
+    def _unreachable(self, doing: str) -> StoreError | None:
         """A :class:`StoreError` saying the server cannot be reached while ``doing`` something, when
         one new connection fails now (the pool had none to give); else None (its connections were busy)."""
         try:
