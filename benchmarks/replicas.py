@@ -40,6 +40,7 @@ from eventlab.adapters.mailer import MAILBOX
 from eventlab.demo import percentile, recorded_seconds
 from eventlab.events import EVENT_TYPES
 from eventlab.kafka import make_consumer
+from eventlab.kafka.relay import unpublished
 from eventlab.projections.audit import audit
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
@@ -264,6 +265,7 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
         result["placed_per_s"] = round((orders - 1) / result["placed_s"], 1)
         seen = Sagas(store)
         wait_until(lambda: len(seen.read().ended) >= orders, timeout=timeout)
+        settle(stores, timeout=timeout)
         result.update(killed)
         created, ended = seen.created, seen.ended_at
         latencies = [ended[o] - created[o] for o in ended if o in created]
@@ -286,11 +288,28 @@ def run(orders: int, rate: float, replicas: Mapping[str, int], kill_relay: bool,
     assert stores is not None
     report = audit(stores, grace=timedelta(0), mailbox=data_dir / MAILBOX)
     result["audit_ok"] = report.ok
-    result["audit_failed"] = [name for name in report if not report[name].ok]
+    result["audit_failed"] = {name: report[name].as_dict() for name in report if not report[name].ok}
     result["stores"] = list(stores.names)
     stores.close()
     result["load"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def settle(stores: ShopStores, timeout: float, quiet: float = 1.0) -> None:
+    """Wait until every stored event is published and no store has grown for ``quiet`` s: what
+    follows the last sagas (stock commits, emails) is stored and sent before Kafka is read and the
+    shop stopped."""
+    heads: dict[str, int] = {}
+    changed = time.monotonic()
+
+    def settled() -> bool:
+        nonlocal heads, changed
+        now = {name: store.head() for name, store in stores.names.items()}
+        if now != heads or any(unpublished(store) for store in stores):
+            heads, changed = now, time.monotonic()
+        return time.monotonic() - changed >= quiet
+
+    wait_until(settled, timeout, interval=0.1)
 
 
 def _placed_first(place: Any) -> bool:
