@@ -6,6 +6,7 @@ DuckDB's sqlite extension and attached the store). Then: a time limit, Ctrl-C, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -216,7 +218,8 @@ def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
         ENDLESS,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with ctrl_c_as_in_a_terminal():  # the child starts with SIGINT's default (a handler is reset on exec)
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _wait_until_it_reads(child, store_path)  # past the imports: the command is running
         with pytest.raises(subprocess.TimeoutExpired):
@@ -231,19 +234,62 @@ def test_ctrl_c_stops_an_endless_query_with_one_line_and_exit_130(store_path):
     assert err == "eventlab: query interrupted\n" and out == ""
 
 
+@contextlib.contextmanager
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """Ctrl-C raising ``KeyboardInterrupt``, whatever this process inherited: a shell without job control
+    starts a background job (``make test &``, a CI runner's script) with SIGINT ignored, and Python
+    then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_in_the_api_interrupts_duckdb_and_raises_keyboard_interrupt(projections):
     """The waiting thread gets the KeyboardInterrupt; DuckDB is interrupted before it propagates."""
     import threading
 
     main_thread = threading.get_ident()
     timer = threading.Timer(0.5, lambda: signal.pthread_kill(main_thread, signal.SIGINT))
+    with ctrl_c_as_in_a_terminal():
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                projections.sql(ENDLESS, timeout=None)
+        finally:
+            timer.cancel()
+    assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
+
+
+def test_any_exception_raised_while_the_caller_waits_stops_duckdb_before_it_goes_on():
+    """A signal handler that raises (a SIGALRM timeout, as pytest-timeout's) must not leave the query
+    running: the next statement on the connection would wait for it for ever."""
+    from eventlab.projections.sandbox import bounded
+
+    class Alarm(Exception):
+        pass
+
+    def alarm(*_: object) -> None:
+        raise Alarm
+
+    con = sandbox_connection()
+    previous = signal.signal(signal.SIGUSR1, alarm)
+    main_thread = threading.get_ident()
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(main_thread, signal.SIGUSR1))
     timer.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            projections.sql(ENDLESS, timeout=None)
+        # when the handler raises while the caller waits for an endless query
+        with pytest.raises(Alarm):
+            bounded([con], lambda: con.execute(ENDLESS).fetchall(), None)
+        # then DuckDB was interrupted before the exception went on: no query runs, the connection answers
+        assert not [thread for thread in threading.enumerate() if thread.name == "eventlab-query"]
+        assert con.execute("SELECT 42").fetchone() == (42,)
     finally:
         timer.cancel()
-    assert projections.sql("SELECT count(*) FROM orders").fetchone() == (5,)
+        signal.signal(signal.SIGUSR1, previous)
+        con.interrupt()  # on a failure above, the endless query must not outlive the test
+    con.close()
 
 
 def test_ctrl_c_while_the_query_thread_starts_still_stops_duckdb(monkeypatch):

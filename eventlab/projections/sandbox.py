@@ -310,13 +310,14 @@ def bounded(
     cancel: Callable[[], None] | None = None,
 ) -> T:
     """Run ``work`` (DuckDB calls on ``connections``) in a worker thread; interrupt it after
-    ``timeout`` seconds (``None``/``0``: never) or on ``KeyboardInterrupt`` in the calling thread.
+    ``timeout`` seconds (``None``/``0``: never) or on ``KeyboardInterrupt`` (or any other exception
+    raised in the calling thread while it waits).
 
     ``cancel`` also stops what DuckDB's interrupt cannot reach (a PostgreSQL scan waiting on the
     server for a lock); it is called when the interrupt is first sent, then at most once a second.
 
-    Raises :class:`QueryTimeout` when the limit struck, re-raises ``KeyboardInterrupt`` once DuckDB
-    has stopped, and otherwise returns or raises whatever ``work`` did.
+    Raises :class:`QueryTimeout` when the limit struck, re-raises ``KeyboardInterrupt`` (or that other
+    exception) once DuckDB has stopped, and otherwise returns or raises whatever ``work`` did.
     """
     outcome: list[T] = []
     failure: list[BaseException] = []
@@ -352,8 +353,8 @@ def bounded(
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 stop()
-    except KeyboardInterrupt:
-        log.info("interrupting the query (Ctrl-C)")
+    except BaseException as exc:  # Ctrl-C, or what a signal handler raised (a SIGALRM timeout): DuckDB stops first
+        log.info("interrupting the query (%s)", type(exc).__name__)
         with claim:
             abandoned.set()
             running = began.is_set()
