@@ -415,8 +415,9 @@ def _health(port: int) -> dict[str, object] | None:
 
 
 def _free_offset() -> int:
-    """An HTTP port offset whose six service ports are free now."""
-    for offset in range(23_000, 40_000, 97):
+    """An HTTP port offset whose six service ports are free now: ports 15081 to 19936, apart from those
+    of the tests (20000 up, tests/conftest.py) and of ``benchmarks/replicas.py`` (10081 to 14986)."""
+    for offset in range(7_000, 11_901, 97):
         if all(port_free(base + offset) for base in SERVICE_PORTS.values()):
             return offset
     raise RuntimeError("no free HTTP port offset")

@@ -55,15 +55,28 @@ def _ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
+def _own_share(bases: list[int]) -> list[int]:
+    """This pytest-xdist worker's share of ``bases``: every n-th of n workers, from its own place. Ports
+    found free are free only until something binds them, so two workers picking from the same ones at
+    once could both start a server on them."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...; unset without xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if count <= 1 or not worker.startswith("gw"):
+        return bases
+    return bases[int(worker.removeprefix("gw")) % count :: count]
+
+
 def free_port_offset() -> int:
     """An offset that makes the six service ports 8081+offset..8086+offset free right now.
 
     The ports stay out of the kernel's ephemeral range: there any outgoing connection (a Kafka client,
     PostgreSQL, a health poll) may take one of them before the shop binds it, or a client connecting
-    to a port not bound yet may be connected to itself.
+    to a port not bound yet may be connected to itself. They start at 20000: the benchmarks the tests
+    run pick theirs below (``benchmarks/replicas.py``, ``benchmarks/saga.py``). Each pytest-xdist
+    worker picks from a share of its own (see :func:`_own_share`).
     """
     ephemeral = _ephemeral_ports()
-    bases = [b for b in range(20000, 65430, 97) if b + 1 not in ephemeral and b + 6 not in ephemeral]
+    bases = _own_share([b for b in range(20000, 65430, 97) if b + 1 not in ephemeral and b + 6 not in ephemeral])
     start = os.getpid() % len(bases)  # runs at the same time start at different places
     for base in bases[start:] + bases[:start]:
         try:
