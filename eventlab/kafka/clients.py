@@ -306,14 +306,22 @@ def _not_created(name: str, settings: Settings, timeout: float, exc: Exception, 
     return BrokerError(f"cannot create topic {name} on {settings.bootstrap_servers}: {reason}", code)
 
 
-def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: float) -> None:
-    """Give each of ``topics`` (which exist) at least ``settings.partitions`` partitions."""
+def _partition_counts(admin: AdminClient, topics: Iterable[str], timeout: float) -> dict[str, int]:
+    """How many partitions each of ``topics`` has, by the cluster's metadata (a topic it lacks: left out)."""
     try:
         metadata = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerError(f"cannot list topics: {exc.args[0].str()}", exc.args[0].code()) from exc
-    short = {name: len(metadata[name].partitions) for name in topics if name in metadata}
-    short = {name: count for name, count in short.items() if count < settings.partitions}
+    return {name: len(metadata[name].partitions) for name in topics if name in metadata}
+
+
+def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: float) -> None:
+    """Give each of ``topics`` (which exist) at least ``settings.partitions`` partitions, and wait until
+    the cluster's metadata shows them: a consumer group formed before that would be given the old
+    partitions only, until its next metadata refresh (minutes)."""
+    short = {
+        name: count for name, count in _partition_counts(admin, topics, timeout).items() if count < settings.partitions
+    }
     if not short:
         return
     wanted = [NewPartitions(name, settings.partitions) for name in short]
@@ -324,3 +332,14 @@ def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: fl
             error = exc.args[0]
             raise BrokerError(f"cannot add partitions to {name}: {error.str()}", error.code()) from exc
         log.warning("topic %s had %d partitions, now %d (EVENTLAB_PARTITIONS)", name, short[name], settings.partitions)
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = _partition_counts(admin, short, timeout)
+        if all(shown.get(name, 0) >= settings.partitions for name in short):
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(
+                f"partitions added, but after {timeout:g} s the cluster's metadata still shows {shown} "
+                f"instead of {settings.partitions} each"
+            )
+        time.sleep(0.05)
