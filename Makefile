@@ -57,8 +57,8 @@ docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/in
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 
 # The tests mostly wait (on brokers, service processes, servers), so three workers on two cores halve the
-# wall time (≈ 10 instead of ≈ 21 minutes); --dist loadscope keeps each test module, and each notebook's
-# cells, on one worker, in order. WORKERS=0 runs them in this process.
+# wall time (10 to 14 instead of about 21 minutes here); --dist loadscope keeps each test module, and
+# each notebook's cells, on one worker, in order. WORKERS=0 runs them in this process.
 test: $(VENV)/.installed browser kafka postgres lint  ## lint, every test (both brokers, PostgreSQL too), the notebooks and the browser test
 	$(BIN)/python -m pytest --numprocesses $(WORKERS) --dist loadscope $(ARGS)
 
