@@ -16,6 +16,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
+from eventlab.resilience import wait_until
 from eventlab.settings import Settings, SettingsError
 from eventlab.store.base import Headers
 
@@ -332,14 +333,12 @@ def _grow(admin: AdminClient, settings: Settings, topics: list[str], timeout: fl
             error = exc.args[0]
             raise BrokerError(f"cannot add partitions to {name}: {error.str()}", error.code()) from exc
         log.warning("topic %s had %d partitions, now %d (EVENTLAB_PARTITIONS)", name, short[name], settings.partitions)
-    deadline = time.monotonic() + timeout
-    while True:
-        shown = _partition_counts(admin, short, timeout)
-        if all(shown.get(name, 0) >= settings.partitions for name in short):
-            return
-        if time.monotonic() > deadline:
-            raise BrokerError(
-                f"partitions added, but after {timeout:g} s the cluster's metadata still shows {shown} "
-                f"instead of {settings.partitions} each"
-            )
-        time.sleep(0.05)
+    wait_until(
+        lambda: _partition_counts(admin, short, timeout),
+        timeout,
+        until=lambda shown: all(shown.get(name, 0) >= settings.partitions for name in short),
+        timeout_error=lambda shown: BrokerError(
+            f"partitions added, but after {timeout:g} s the cluster's metadata still shows {shown} "
+            f"instead of {settings.partitions} each"
+        ),
+    )
