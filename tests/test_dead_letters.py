@@ -69,7 +69,9 @@ def poison_headers(event_id: str, event_type: str = "OrderCreated") -> list[tupl
 def send(settings, topic, value, key=b"poison", headers=(), **config):
     producer = make_producer(settings, **config)
     producer.produce(topic, value, key, headers=list(headers))
-    assert producer.flush(10) == 0
+    # (a fresh Apache Kafka answers "coordinator load in progress" to the producer's first requests:
+    # on a loaded machine for more than 10 s)
+    assert producer.flush(60) == 0
 
 
 def read_topic(settings, topic, until=None, timeout=30.0, settle=1.0):

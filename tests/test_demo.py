@@ -77,6 +77,7 @@ def test_the_demo_passes_every_invariant_on_either_broker_and_either_store(broke
     # when: the demo runs, as a user runs it
     result = demo("--orders", "12", "--payment-failure-rate", "0.3", "--seed", "4", **env)
     # then: every saga ends and every check of the audit holds, read from the store the shop wrote
+    assert result.stdout, f"exit {result.returncode}, no report; its stderr ends:\n{result.stderr[-3000:]}"
     report = json.loads(result.stdout)
     assert result.returncode == 0, {name: ok for name, ok in report["invariants"].items() if not ok}
     assert report["stuck"] == 0 and report["completed"] + report["cancelled"] == 12
