@@ -45,6 +45,8 @@ BROKER_PLATFORMS = {"linux": {"x86_64", "aarch64", "arm64"}, "darwin": {"x86_64"
 MIN_FREE_BYTES = 500 * 1024**2
 #: How long the external broker may take to answer a metadata request.
 EXTERNAL_TIMEOUT_S = 3.0
+#: How long importing JupyterLab or ipywidgets in a child Python may take (1-3 s on a quiet laptop).
+IMPORT_TIMEOUT_S = 120.0
 #: The JupyterLab that renders ```mermaid blocks by itself (4.1 added it).
 MIN_JUPYTERLAB = (4, 1)
 
@@ -271,15 +273,25 @@ def _disk(settings: Settings | None) -> Check:
     )
 
 
-def _importable(name: str, module: str, minimum: tuple[int, ...]) -> Callable[[Settings | None], Check]:
+def _importable(
+    name: str, module: str, minimum: tuple[int, ...], timeout: float = IMPORT_TIMEOUT_S
+) -> Callable[[Settings | None], Check]:
     """Import ``module`` in a child Python (this one's interpreter): JupyterLab takes 1-3 s to import,
     which a child spends on the other core while this process starts the broker."""
 
     def check(settings: Settings | None) -> Check:
         code = "import importlib, sys; print(importlib.import_module(sys.argv[1]).__version__)"
-        result = subprocess.run(
-            [sys.executable, "-c", code, module], capture_output=True, text=True, timeout=60, check=False
-        )
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", code, module], capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return Check(
+                name,
+                False,
+                f"importing {module} did not finish in {timeout:g} s",
+                f"run `eventlab doctor` again when the machine is less busy; if it is slow again, {INSTALL_NOTEBOOKS}",
+            )
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
             return Check(name, False, f"not importable: {reason}", INSTALL_NOTEBOOKS)

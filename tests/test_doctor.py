@@ -14,6 +14,7 @@ import pytest
 from conftest import free_port_offset
 
 from eventlab.cli import main
+from eventlab.doctor import _importable
 from eventlab.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -121,3 +122,15 @@ def test_an_invalid_variable_is_a_failed_check_not_a_crash(attendee, monkeypatch
     assert status == 1 and {"settings", "ports", "disk space"} <= set(failed(checks))
     assert checks["settings"]["found"] == "EVENTLAB_PARTITIONS: not a whole number: 'abc'"
     assert checks["settings"]["fix"] == "correct or unset EVENTLAB_PARTITIONS"
+
+
+def test_an_import_that_does_not_finish_is_a_failed_check_not_a_crash(monkeypatch, tmp_path):
+    # given: a module that takes longer to import than the doctor waits (as JupyterLab on a very busy machine)
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(30)\n__version__ = '9.9'\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    # when: the doctor's import check runs
+    check = _importable("Slow", "slow_to_import", (1,), timeout=0.5)(None)
+    # then: it fails, saying what did not finish in how long, and what to do
+    assert not check.ok
+    assert check.found == "importing slow_to_import did not finish in 0.5 s"
+    assert check.fix.startswith("run `eventlab doctor` again when the machine is less busy")
