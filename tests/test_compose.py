@@ -180,7 +180,14 @@ def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
             check = PROCESSES[name]["healthcheck"]["test"][1:]
             port = SERVICE_PORTS[name]
             probe = [sys.executable, *[part.replace(f":{port}/", f":{port + offset}/") for part in check[1:]]]
-            wait_until(lambda probe=probe: _succeeds(probe), 60, interval=0.3)
+            wait_until(  # (seven interpreters starting at once: a minute and more on a busy machine)
+                lambda probe=probe: _succeeds(probe),
+                180,
+                interval=0.3,
+                timeout_error=lambda _, name=name: AssertionError(
+                    f"{name} not healthy in 180 s; its log ends:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+                ),
+            )
 
         def url(service: str, path: str) -> str:
             return f"http://127.0.0.1:{SERVICE_PORTS[service] + offset}{path}"
