@@ -44,8 +44,9 @@ class ApacheKafka(EmbeddedBroker):
     def __repr__(self) -> str:
         return f"<ApacheKafka {self.bootstrap_servers} {'running' if self.running else 'stopped'}>"
 
-    def start(self, timeout: float = 60) -> Self:
-        """Start the broker and wait until it answers a metadata request."""
+    def start(self, timeout: float = 180) -> Self:
+        """Start the broker and wait until it answers a metadata request (a JVM starting: 5 to 10 s on a
+        quiet machine, 50 s seen in CI on a busy one)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / "console.log").open("ab") as console:
             self._process = subprocess.Popen(
