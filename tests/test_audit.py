@@ -22,6 +22,7 @@ from eventlab.cli import main
 from eventlab.events import OrderCancelled, OrderCompleted, PaymentCompleted, StockReleased, StockReserved
 from eventlab.projections import CHECKS, Projections, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
+from eventlab.projections.sandbox import Sandbox
 
 AFTER_STORY = START + timedelta(days=1, seconds=1)  # one second after the standard story's last event
 LATER = START + timedelta(days=3)
@@ -244,6 +245,19 @@ def test_all_events_published_catches_a_relay_that_fell_behind(healthy):
     with sqlite3.connect(healthy.store.path) as con:
         con.execute("DELETE FROM checkpoints")
     assert audit(healthy.store.path, now=LATER)["all_events_published"].violations[0]["unpublished"] == head
+
+
+def test_the_audits_own_checks_run_without_the_ad_hoc_time_limit(healthy, monkeypatch):
+    # given: every query the sandbox runs, with the time limit it gets
+    limits = []
+    run = Sandbox.run
+    monkeypatch.setattr(
+        Sandbox, "run", lambda self, sql, params, timeout: limits.append(timeout) or run(self, sql, params, timeout)
+    )
+    # when: a store is audited
+    assert audit(healthy.store.path, now=LATER).ok
+    # then: none of its checks can fail for want of time (a busy machine, a big log)
+    assert limits and set(limits) == {None}
 
 
 def test_audit_of_open_projections_catches_up_first(healthy):

@@ -657,12 +657,16 @@ def audit(
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
     check (``count`` has them all); ``mailbox``: the mailer's file (default: ``mailbox.jsonl``
     beside the SQLite store, in the data directory — over several stores, beside the first SQLite
-    store given; none for another store unless given).
+    store given; none for another store unless given). The checks run without a time limit (Ctrl-C
+    stops them), except on open projections, which keep their own.
     """
     if not isinstance(source, Projections):
         if mailbox is None:
             mailbox = _mailbox_beside(source)
-        with Projections(source) as projections:  # a SQLite file through sqlite3: both check the schema
+        # A SQLite file through sqlite3: both check the schema. No time limit: the checks are eventlab's
+        # own reads of the whole log, and the 5 s meant for ad-hoc queries failed a demo's audit on a busy
+        # machine (open projections given by the caller keep their own limit).
+        with Projections(source, timeout=None) as projections:
             return audit(projections, grace=grace, now=now, limit=limit, mailbox=mailbox)
     _check_schema(source)
     relays_before = _relay_checkpoints(source)
