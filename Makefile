@@ -56,10 +56,10 @@ lint: $(VENV)/.installed  ## ruff: lint and format check; mypy: the package's ty
 docs: $(VENV)/.installed  ## the documentation site in $(SITE)/ (open $(SITE)/index.html); warnings are errors
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(SITE)
 
-# The tests mostly wait (on brokers, service processes, servers), so two workers on two cores cut the
-# wall time by a third or more; a third worker was faster on a quiet machine but drove the load to 19 and
-# a test's waits past their limits. --dist loadscope keeps each test module, and each notebook's cells,
-# on one worker, in order. WORKERS=0 runs them in this process.
+# The tests mostly wait (on brokers, service processes, servers), so two workers on two cores take 15 to
+# 19 minutes here instead of 20 to 22; a third worker was faster on a quiet machine but drove the load to
+# 19 and tests' waits past their limits. --dist loadscope keeps each test module, and each notebook's
+# cells, on one worker, in order. WORKERS=0 runs them in this process.
 test: $(VENV)/.installed browser kafka postgres lint  ## lint, every test (both brokers, PostgreSQL too), the notebooks and the browser test
 	$(BIN)/python -m pytest --numprocesses $(WORKERS) --dist loadscope $(ARGS)
 
