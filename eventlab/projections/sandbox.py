@@ -472,6 +472,7 @@ class Sandbox:
 
         deadline = time.monotonic() + timeout if timeout else None
         retries = _MASKED_RETRIES
+        pivot = "pivot" in sql.lower()
         try:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -486,10 +487,10 @@ class Sandbox:
                         raise translate(error, self.memory) from exc
                     log.info("DuckDB answered only 'Interrupted!': running the query again for its own words")
                     retries -= 1
-                    if "pivot" in sql.lower():
+                    if pivot:
                         self._drop_pivot_types()
         finally:
-            if "pivot" in sql.lower():
+            if pivot:
                 self._drop_pivot_types()
             self._refuse_changed_settings()
 
