@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PROCESSES = {name: SERVICES[name] for name in PROCESS_NAMES}
+#: Seconds each service may take to pass its healthcheck (seven interpreters starting at once: a
+#: minute and more on a busy machine).
+HEALTHY_WITHIN = 180
 
 
 def listeners(text: str) -> dict[str, str]:
@@ -180,12 +183,13 @@ def test_the_compose_commands_run_the_shop_as_processes_and_an_order_completes(
             check = PROCESSES[name]["healthcheck"]["test"][1:]
             port = SERVICE_PORTS[name]
             probe = [sys.executable, *[part.replace(f":{port}/", f":{port + offset}/") for part in check[1:]]]
-            wait_until(  # (seven interpreters starting at once: a minute and more on a busy machine)
+            wait_until(
                 lambda probe=probe: _succeeds(probe),
-                180,
+                HEALTHY_WITHIN,
                 interval=0.3,
                 timeout_error=lambda _, name=name: AssertionError(
-                    f"{name} not healthy in 180 s; its log ends:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+                    f"{name} not healthy in {HEALTHY_WITHIN} s; its log ends:\n"
+                    f"{(tmp_path / f'{name}.log').read_text()[-2000:]}"
                 ),
             )
 

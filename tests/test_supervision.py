@@ -21,7 +21,7 @@ from eventlab import Settings, Shop
 from eventlab.application import Commands
 from eventlab.http import service_health
 from eventlab.kafka.loop import ServiceLoop
-from eventlab.restarts import STATUS_FILE, Backoff, supervision_problems, write_status
+from eventlab.restarts import STATUS_FILE, Backoff, read_status, supervision_problems, write_status
 from eventlab.settings import port_free
 from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
@@ -221,8 +221,9 @@ def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
     data_dir = supervisor.settings.data_dir
 
     def backed_off():
-        status = json.loads((data_dir / STATUS_FILE).read_text())["processes"]["relay"]
-        return status if status["backoff"] >= 0.8 else None
+        status = read_status(data_dir)
+        relay = status["processes"]["relay"] if status else None
+        return relay if relay and relay["backoff"] >= 0.8 else None
 
     # Then the delay doubles with each quick death (0.2, 0.4, 0.8 s), as the status file says
     # (each restart is a new interpreter importing eventlab before it fails, seconds each on a loaded
