@@ -11,7 +11,8 @@
 //   CHROMIUM      the browser binary (default /usr/bin/chromium)
 //   MIN_MERMAID   how many rendered mermaid diagrams to expect at least (default 4)
 //   WIDGET        1 (default): the notebook has the saga dropdown widget, checked and redrawn; 0: it has none
-//   TIMEOUT_MS    overall budget for running the notebook (default 120000)
+//   TIMEOUT_MS    the one budget every wait draws on, from opening the notebook to the screenshot
+//                 (default 300000: a busy two-core machine needed more than two minutes)
 //
 // Prints one JSON line with what it found (first_mermaid_at: when the first saga diagram was drawn
 // after Run All, in ms since the epoch, for the launch-to-saga time); exits non-zero (with the reason)
@@ -30,7 +31,7 @@ const screenshot = process.env.SCREENSHOT || "saga-notebook.png";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const minMermaid = Number(process.env.MIN_MERMAID || 4);
 const withWidget = (process.env.WIDGET || "1") === "1";
-const timeout = Number(process.env.TIMEOUT_MS || 120000);
+const timeout = Number(process.env.TIMEOUT_MS || 300000);
 
 const MERMAID = ".jp-RenderedMermaid img, .jp-RenderedMermaid svg";
 
@@ -79,15 +80,16 @@ const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
 page.on("pageerror", (error) => log(`page error: ${error.message}`));
 try {
   const started = Date.now();
+  // Every wait below draws on the same budget: on a busy machine one step may take long, another short.
   const left = () => Math.max(1000, timeout - (Date.now() - started));
 
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  await page.goto(`${base}/lab/tree/${notebook}${query}`, { waitUntil: "domcontentloaded", timeout: 60000 });
-  await page.waitForSelector(".jp-NotebookPanel .jp-Cell", { timeout: 60000 });
+  await page.goto(`${base}/lab/tree/${notebook}${query}`, { waitUntil: "domcontentloaded", timeout: left() });
+  await page.waitForSelector(".jp-NotebookPanel .jp-Cell", { timeout: left() });
   log("notebook open; waiting for the kernel");
   await page.waitForTimeout(1500);
   await dismissDialogs(page);
-  await kernelIdle(page, 60000);
+  await kernelIdle(page, left());
   await dismissDialogs(page);
   found.kernel_idle_ms = Date.now() - started;
 
@@ -98,7 +100,7 @@ try {
       document.querySelectorAll(".jp-RenderedMermaid, .jp-OutputArea-output").length === 0 &&
       [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].every((p) => !/\[\d+\]/.test(p.textContent || "")),
     null,
-    { timeout: 10000 },
+    { timeout: left() },
   );
 
   // Note when the first diagram is drawn (the moment a reader sees the saga).
@@ -114,7 +116,7 @@ try {
   log("run all cells");
   await menu(page, "Run", "Run All Cells");
   // Running: the indicator leaves idle; done: every code cell has an execution count and the kernel is idle.
-  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]', { timeout: 30000 }).catch(() => {});
+  await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]', { timeout: Math.min(30000, left()) }).catch(() => {});
   await page.waitForFunction(
     () => {
       const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")];
@@ -137,19 +139,20 @@ try {
   }
 
   // Every mermaid block must be drawn (an <img> with an SVG data URL, or an inline <svg>).
+  log(`waiting for ${minMermaid} mermaid diagrams`);
   await page.waitForFunction((n) => document.querySelectorAll(".jp-RenderedMermaid").length >= n, minMermaid, {
-    timeout: 60000,
+    timeout: left(),
   });
   found.waterfalls = await page.locator("svg.eventlab-waterfall").count(); // tracing's span waterfalls
   found.widgets = await page.locator("[class*='widget-']").count();
   if (withWidget) {
     // The widget: a dropdown inside a widget box.
     const dropdown = page.locator(".widget-dropdown select").first();
-    await dropdown.waitFor({ state: "attached", timeout: 30000 });
+    await dropdown.waitFor({ state: "attached", timeout: left() });
     const widgetDiagram = page.locator(".widget-output .jp-RenderedMermaid").first();
     await widgetDiagram.scrollIntoViewIfNeeded();
     await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, `.widget-output ${MERMAID.split(", ").join(", .widget-output ")}`, {
-      timeout: 30000,
+      timeout: left(),
     });
     found.mermaid = await page.locator(".jp-RenderedMermaid").count();
     found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
@@ -166,7 +169,7 @@ try {
         return el && el.innerHTML !== old && el.querySelector("img, svg");
       },
       [before],
-      { timeout: 30000 },
+      { timeout: left() },
     );
     found.redrawn_for = declined;
 
@@ -178,7 +181,7 @@ try {
       if (box && scroller) scroller.scrollTop += box.getBoundingClientRect().top - 140;
     });
   } else {
-    await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, MERMAID, { timeout: 30000 });
+    await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 1, MERMAID, { timeout: left() });
     found.mermaid = await page.locator(".jp-RenderedMermaid").count();
     found.first_mermaid_at = await page.evaluate(() => window.__firstMermaidAt);
     found.mermaid_drawn = await page.locator(MERMAID).count();
@@ -189,6 +192,17 @@ try {
   found.screenshot = screenshot;
 } catch (error) {
   failed = error;
+  // What the page showed when it gave up, so the failure says how far it got.
+  found.at_failure = await page
+    .evaluate((sel) => ({
+      seconds: Math.round(performance.now() / 1000),
+      mermaid: document.querySelectorAll(".jp-RenderedMermaid").length,
+      mermaid_drawn: document.querySelectorAll(sel).length,
+      mermaid_warnings: document.querySelectorAll(".jp-RenderedMermaid.jp-mod-warning").length,
+      outputs: document.querySelectorAll(".jp-OutputArea-output").length,
+      busy: !!document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]'),
+    }), MERMAID)
+    .catch((e) => `unavailable: ${e.message}`);
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
 } finally {
   await browser.close();
