@@ -150,7 +150,7 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path):
     wait_for(lambda: not port_free(settings.port("notification")), what="notification listening")
 
     def with_standbys():
-        processes = json.loads(status.read_text())["processes"]
+        processes = read_status(tmp_path)["processes"]  # the supervisor is running: its status is there
         return processes if all(p["standby_pid"] for p in processes.values()) else None
 
     processes = wait_for(with_standbys, what="standbys started")
@@ -204,8 +204,8 @@ def test_the_supervisor_gives_up_on_a_child_whose_port_is_taken(supervised):
             squatter.bind(("127.0.0.1", port))
             squatter.listen()
         # Then the restarted child exits with a configuration error and is not restarted again
-        status = supervisor.settings.data_dir / STATUS_FILE
-        wait_for(lambda: json.loads(status.read_text())["processes"]["user"]["gave_up"], what="supervisor gives up")
+        data_dir = supervisor.settings.data_dir
+        wait_for(lambda: read_status(data_dir)["processes"]["user"]["gave_up"], what="supervisor gives up")
         restarts = supervisor.restarts["user"]
         time.sleep(1.0)
         assert supervisor.restarts["user"] == restarts == 1
