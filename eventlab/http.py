@@ -19,7 +19,7 @@ Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": 
 | 409 | already exists | the id field |
 | 411 | POST without ``Content-Length`` (or chunked) | ``Content-Length`` |
 | 413 | body over ``Limits.max_body`` (refused before it is read) | ``body`` |
-| 414, 431 | request line or headers too long | ``path``, ``headers`` |
+| 414, 431 | request line or headers too long (``Limits.max_headers`` bytes in all) | ``path``, ``headers`` |
 | 422 | invalid command (control characters in text included) | the field |
 | 500 | a bug (logged once with its traceback) | ``null`` |
 | 501, 505 | unknown method; HTTP/0.9 or 2 | ``method``, ``version`` |
@@ -52,6 +52,7 @@ from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 from eventlab.application import Commands
 from eventlab.errors import (
@@ -90,12 +91,14 @@ class Limits:
 
     ``idle_timeout`` bounds the wait for a request to start (also between keep-alive requests),
     ``read_timeout`` the time from its first byte until its whole body has arrived, and
-    ``write_timeout`` the sending of one reply. A connection over ``max_connections`` waits up to
+    ``write_timeout`` the sending of one reply. ``max_body`` bounds a body, ``max_headers`` the header
+    lines of one request together (``http.server`` alone allows 100 lines of 64 KiB). A connection over ``max_connections`` waits up to
     ``queue_wait`` for a free slot, then gets a 503; while every slot stays taken, new connections
     get the 503 at once, so a flood cannot queue up ``/health`` behind it.
     """
 
     max_body: int = MAX_BODY
+    max_headers: int = MAX_BODY
     max_connections: int = 64
     idle_timeout: float = 5.0
     read_timeout: float = 10.0
@@ -367,6 +370,24 @@ class _DeadlineReader(io.RawIOBase):
         return count
 
 
+class _HeaderLines:
+    """What ``http.server`` reads the header lines through: ``limit`` bytes of them in all, then a 431."""
+
+    def __init__(self, source: io.BufferedIOBase, limit: int) -> None:
+        self.source = source
+        self.left = limit
+        self.limit = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.source.readline(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise _Rejected(431, f"headers larger than {self.limit} bytes in all", "headers")
+        return line
+
+
+#: Empty lines skipped before a request line (RFC 9112 2.2: a client's CRLF after the body before).
+_EMPTY_LINES = 4
 #: The ``field`` of the errors ``http.server`` finds itself.
 _ERROR_FIELDS = {400: "request", 414: "path", 431: "headers", 501: "method", 505: "version"}
 #: After these the connection is closed: what the client sends next cannot be trusted to be a request.
@@ -398,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
         # what a reply reads, should the request line itself not arrive in time (else an earlier request's)
         self.command, self.requestline, self.request_version = "", "", self.default_request_version
         try:
-            if self.buffered.peek(1):  # returns at once what is buffered, else waits for a first byte
+            if self._skip_empty_lines():
                 self.reader.begin()
             super().handle_one_request()
         except _Timeout as exc:
@@ -409,6 +430,19 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:  # the client went away (reset, broken pipe) or stopped reading
             self.close_connection = True
             log.debug("%s: connection from %s ended: %r", self.app.service, self.client_address, exc)
+
+    def _skip_empty_lines(self) -> bool:
+        """Wait for a request's first byte and skip a few empty lines before it; False on end of input.
+
+        ``peek`` returns at once what is buffered, else waits for a first byte (within the idle timeout).
+        """
+        for _ in range(_EMPTY_LINES):
+            ahead = self.buffered.peek(2)
+            empty = 1 if ahead.startswith(b"\n") else 2 if ahead.startswith(b"\r\n") else 0
+            if not empty:
+                return bool(ahead)
+            self.buffered.read(empty)
+        return bool(self.buffered.peek(1))
 
     def finish(self) -> None:
         try:
@@ -423,8 +457,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
             self.send_error(505, "HTTP/0.9 is not supported", "send e.g. 'GET /health HTTP/1.1' and headers")
             return False
-        if not super().parse_request():
+        if not self.raw_requestline.strip():  # http.server would close without a word
+            self.command, self.request_version, self.close_connection = "", "HTTP/1.0", True
+            self.send_error(400, "empty request line", "send e.g. 'GET /health HTTP/1.1' and headers")
             return False
+        self.rfile = _HeaderLines(self.buffered, self.limits.max_headers)  # type: ignore[assignment]
+        try:
+            if not super().parse_request():
+                return False
+        except _Rejected as rejected:
+            self._reply(rejected.reply)
+            return False
+        finally:
+            self.rfile = self.buffered
         if malformed := _malformed_header(self.headers):
             self.close_connection = True
             self._reply(Reply(400, {"error": malformed, "field": "headers"}))
@@ -449,7 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.body_pending = "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
-        path = self.path.split("?", 1)[0]
+        target = self.path if self.path.startswith("/") else urlsplit(self.path).path  # absolute form, from a proxy
+        path = target.split("?", 1)[0]
         try:
             self._reply(self._answer(path))
         except _Rejected as rejected:
@@ -458,7 +504,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch
 
     def _answer(self, path: str) -> Reply:
-        routes = self.app.routes([part for part in path.split("/") if part], self.headers.get("Accept"))
+        parts = [unquote(part) for part in path.split("/") if part]  # %2D is -, as RFC 3986 6.2.2.2 says
+        routes = self.app.routes(parts, self.headers.get("Accept"))
         if routes is None:
             raise _Rejected(404, f"no route {path} on the {self.app.service} service", "path")
         method = "GET" if self.command == "HEAD" else self.command

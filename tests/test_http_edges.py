@@ -300,6 +300,44 @@ def test_garbage_gets_a_json_error(serve, request_line, status, field):
     assert (answer.status, answer.json["field"]) == (status, field)
 
 
+def test_headers_are_bounded_in_all_not_only_per_line(serve):
+    # Given header lines each well under http.server's 64 KiB per line (it allows 100 of them: 6.4 MB)
+    port, line = serve(), b"X-Pad: " + b"a" * 4000 + b"\r\n"
+    # then: under MAX_BODY bytes of them in all is served, over it is a 431 naming the headers
+    assert exchange(port, b"GET /health HTTP/1.1\r\n" + line * 15 + b"\r\n").status == 200
+    answer = exchange(port, b"GET /health HTTP/1.1\r\n" + line * 17 + b"\r\n")
+    assert (answer.status, answer.json) == (
+        431,
+        {"error": f"headers larger than {MAX_BODY} bytes in all", "field": "headers"},
+    )
+
+
+def test_empty_lines_before_a_request_are_skipped_and_a_blank_line_is_a_400(serve):
+    port = serve()
+    # Given a client that ends a POST's body with CRLF, then sends its next request on the connection
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        body = user("U1")
+        head = f"POST /users HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        sock.sendall(head + body + b"\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        # then both are answered (RFC 9112 2.2: ignore empty lines before a request line)
+        assert read_response(sock).status == 201
+        assert read_response(sock).json["events"] == 1
+    assert exchange(port, b"\nGET /health HTTP/1.1\r\n\r\n").status == 200
+    # but a line of spaces is no request: a 400, not a close without a word
+    answer = exchange(port, b"   \r\nGET /health HTTP/1.1\r\n\r\n")
+    assert (answer.status, answer.json["field"]) == (400, "request")
+
+
+def test_absolute_form_and_percent_encoded_paths_reach_their_routes(serve):
+    port = serve("order")
+    # a proxy's absolute-form target (RFC 9112 3.2.2), and %XX for an unreserved character (RFC 3986 6.2.2.2)
+    assert get(port, f"http://127.0.0.1:{port}/health?x=1").json["status"] == "ok"
+    assert get(port, "/%68ealth").json["status"] == "ok"
+    answer = get(port, "/orders/no%2Dsuch%2Forder")
+    assert (answer.status, answer.json["field"]) == (404, "order_id")
+    assert "no-such/order" in answer.json["error"]
+
+
 SMUGGLED = b"GET /orders/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
