@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eventlab.errors import InvalidCommand
+from eventlab.events import distinct_products
 
 __all__ = [
     "MAX_LINES",
@@ -101,15 +102,7 @@ class PlaceOrder(Command):
             raise ValueError(f"at most {MAX_LINES} lines, not {len(lines)}")
         return lines
 
-    @field_validator("lines")
-    @classmethod
-    def _distinct_products(cls, lines: tuple[LineRequest, ...]) -> tuple[LineRequest, ...]:
-        seen: set[str] = set()
-        for line in lines:
-            if line.product_id in seen:
-                raise ValueError(f"product {line.product_id} appears twice; put the quantity on one line")
-            seen.add(line.product_id)
-        return lines
+    _distinct_products = field_validator("lines")(distinct_products)
 
 
 C = TypeVar("C", bound=Command)

@@ -7,9 +7,9 @@ Kafka topic. Money is integer cents. ``EVENT_TYPES`` maps a type name to its cla
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "EVENT_TYPES",
@@ -39,6 +39,7 @@ __all__ = [
     "StockSold",
     "UserCreated",
     "beyond_64_bits",
+    "distinct_products",
     "fields",
     "readable_versions",
 ]
@@ -95,6 +96,31 @@ class OrderLine(BaseModel):
         return self.quantity * self.unit_price_cents
 
 
+L = TypeVar("L", bound=tuple[Any, ...])
+
+
+def distinct_products(lines: L) -> L:
+    """``lines`` unchanged, or ValueError naming a product on two of them: stock is checked line by
+    line, so two lines of one product could each take what is left.
+
+    Example:
+        >>> distinct_products((OrderLine(product_id="P1", quantity=1, unit_price_cents=5),) * 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: product P1 appears twice; put the quantity on one line
+    """
+    seen: set[str] = set()
+    for line in lines:
+        if line.product_id in seen:
+            raise ValueError(f"product {line.product_id} appears twice; put the quantity on one line")
+        seen.add(line.product_id)
+    return lines
+
+
+#: An order's lines: one per product.
+Lines = Annotated[tuple[OrderLine, ...], AfterValidator(distinct_products)]
+
+
 class _UserEvent(Event):
     aggregate_type: ClassVar[str] = "user"
     id_field: ClassVar[str] = "user_id"
@@ -149,7 +175,7 @@ class OrderCreated(_OrderEvent):
     """An order was placed; the saga starts."""
 
     topic: ClassVar[str] = "order.lifecycle.created"
-    lines: tuple[OrderLine, ...]
+    lines: Lines
     total_cents: int = Field(ge=0)
 
 
@@ -173,7 +199,7 @@ class OrderCancelled(_OrderEvent):
     topic: ClassVar[str] = "order.lifecycle.cancelled"
     reason: CancelReason
     detail: str
-    lines: tuple[OrderLine, ...]
+    lines: Lines
 
 
 class OrderCompleted(_OrderEvent):
@@ -181,7 +207,7 @@ class OrderCompleted(_OrderEvent):
 
     topic: ClassVar[str] = "order.lifecycle.completed"
     total_cents: int = Field(ge=0)
-    lines: tuple[OrderLine, ...]
+    lines: Lines
 
 
 class CustomerRecorded(Event):
@@ -250,7 +276,7 @@ class ReservationConfirmed(_ReservationEvent):
     """Inventory's answer to an order: every line is reserved."""
 
     topic: ClassVar[str] = "inventory.reservation.confirmed"
-    lines: tuple[OrderLine, ...]
+    lines: Lines
 
 
 class ReservationRejected(_ReservationEvent):
