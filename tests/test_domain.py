@@ -66,6 +66,14 @@ def test_a_product_carries_its_initial_stock_to_inventory():
     assert inventory.decide(created, states) == [StockAdded(product_id="P001", quantity=5)]
 
 
+def test_a_second_product_created_adds_no_stock():
+    # Given a product stocked once (a second ProductCreated cannot pass the Product service, but can be sent)
+    created = ProductCreated(product_id="P001", name="Keyboard", price_cents=8900, initial_stock=5)
+    states = {("stock", "P001"): fold(inventory.evolve_stock, [StockAdded(product_id="P001", quantity=5)])}
+    # then another one adds nothing: the catalogue's stock is counted once
+    assert inventory.decide(created, states) == []
+
+
 # --- placing an order ------------------------------------------------------------------------
 
 

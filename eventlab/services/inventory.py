@@ -144,13 +144,19 @@ def _stock(states: States, product_id: str) -> Stock:
 
 
 def decide(event: Event, states: States) -> list[Event]:
-    """Reserve all-or-nothing on a new order; release on cancellation; sell on completion.
+    """Stock a new product; reserve all-or-nothing on a new order; release on cancellation; sell on
+    completion.
+
+    A product's initial stock is added once: another ``ProductCreated`` for it (the Product service
+    refuses one, but a topic takes anything) adds nothing.
 
     Releases and sales are only of units the order still holds; an order cancelled before it
     was reserved is voided, so it is never reserved later.
     """
     match event:
         case ProductCreated(initial_stock=quantity) if quantity > 0:
+            if state_of(states, ("stock", event.product_id), Stock) is not None:
+                return []
             return [StockAdded(product_id=event.product_id, quantity=quantity)]
         case OrderCreated():
             if state_of(states, ("reservation", event.order_id), Reservation) is not None:
