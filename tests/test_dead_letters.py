@@ -329,6 +329,35 @@ def test_a_failed_dead_letter_delivery_holds_the_partition_until_it_succeeds(kaf
     assert [dict(m.headers())["dlq_id"] for m in copies] == [str(letter.id).encode()]
 
 
+def test_a_message_over_librdkafkas_default_answer_size_is_dead_lettered_not_a_stall(tmp_path):
+    # Given the embedded broker, which takes a message of any size (Apache Kafka refuses one over 1 MB),
+    # 101 MB that are not JSON, then a good message behind them
+    with EmbeddedBroker(tmp_path / "broker") as broker, SqliteEventStore(tmp_path / "events.db") as store:
+        settings = Settings(data_dir=tmp_path / "data", bootstrap_servers=broker.bootstrap_servers, partitions=1)
+        ensure_topics(settings)
+        topic, huge = ProductCreated.topic, b"x" * 101_000_000
+        send(settings, topic, huge, headers=poison_headers("huge-1", "ProductCreated"), **{"message.max.bytes": 10**9})
+        good = ProductCreated(product_id="P-after", name="After", price_cents=100, initial_stock=0)
+        send(settings, topic, good.model_dump_json().encode(), headers=poison_headers("good-1", "ProductCreated"))
+        handled: list[str] = []
+        loop = ServiceLoop(recorder(f"big-{uuid.uuid4().hex[:6]}", handled), store, settings)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        try:
+            # then the service reads past it: a librdkafka consumer with its default 100 MB answer limit
+            # refused the fetch again and again, and stopped every partition it read
+            wait_until(lambda: handled == ["P-after"], timeout=120, what="the message after the huge one handled")
+        finally:
+            stop.set()
+            thread.join(30)
+        # and the huge one is a dead letter, recorded whole
+        [letter] = store.dead_letters()
+        assert (letter.event_id, len(letter.value), letter.reason[:17]) == ("huge-1", len(huge), "value is not JSON")
+        del letter, huge
+        gc.collect()
+
+
 class FlakyStore(SqliteEventStore):
     """A real store that fails like a full disk while ``failing`` is set."""
 

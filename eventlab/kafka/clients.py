@@ -53,6 +53,9 @@ STORE_TOPIC = "store"
 #: Every topic eventlab uses: one per event type, a dead-letter topic for each, and the relay's.
 ALL_TOPICS: tuple[str, ...] = TOPICS + tuple(dead_letter_topic(t) for t in (*TOPICS, STORE_TOPIC))
 
+#: The largest answer the Kafka protocol can frame (its size is a signed 32-bit integer).
+LARGEST_FRAME = 2**31 - 1
+
 #: How long a dead-letter copy may wait for its acknowledgement before its delivery counts as failed.
 DEAD_LETTER_TIMEOUT_MS = 10_000
 
@@ -216,6 +219,10 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
     faster). Never lower: a fetch that finds data lists every batch of the partition from its first
     and answers empty once the wait is spent, so a consumer stalls for good once a partition holds
     ~2,000 batches per millisecond of wait (10 ms: beyond ~18k one-record batches; DESIGN.md §1).
+    ``receive.message.max.bytes`` at its largest: a fetch answer over librdkafka's default 100 MB
+    is refused whole, again and again, and stops every partition the consumer reads. The embedded
+    broker takes a message of any size (Apache Kafka refuses one over 1 MB by default), so one
+    message over 100 MB would stop the service for good instead of becoming a dead letter.
     """
     session = settings.session_timeout_ms
     config = {
@@ -228,6 +235,7 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
         "heartbeat.interval.ms": max(100, min(1000, session // 3)),
         "max.poll.interval.ms": 60000,
         "fetch.wait.max.ms": 10,
+        "receive.message.max.bytes": LARGEST_FRAME,
         **_base(settings),
         **overrides,
     }
