@@ -8,8 +8,9 @@ is for people watching Kafka, cut to :data:`BODY_LIMIT` so any broker accepts it
 (``dlq_truncated=1`` says so), and the embedded broker forgets it on restart anyway.
 
 ``eventlab dlq list|show|replay`` (and :class:`DeadLetters` in Python) read those records; a replay
-produces the original bytes and headers to the original topic again, after a fix. Consumers are
-idempotent, so replaying something already handled is harmless.
+produces the original bytes and headers to the original topic again, after a fix, for the consumer
+whose dead letter it is (a ``dlq_replay_for`` header: the topic's other consumers skip it).
+Consumers are idempotent, so replaying something already handled is harmless.
 
 Where services have stores of their own (``EVENTLAB_<SERVICE>_STORE_URL``), each service's dead
 letters, and those of the relay of its store, are in that store, and ids are numbered per store:
@@ -40,6 +41,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from eventlab.arguments import LARGEST_INT64, seconds, whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
+    REPLAY_FOR,
     STORE_TOPIC,
     dead_letter_topic,
     discard,
@@ -317,8 +319,9 @@ class DeadLetters:
     ) -> list[Replayed]:
         """Produce dead letters (``ids``, or all of ``topic``, or all; in ``service``'s store, else in
         every store) again, each with a checked delivery, and record the replay in its store. A
-        stored event the relay could not decode is published as the relay would now, if it can be
-        decoded now (after a fix); else it is reported, not sent. Every id is looked up before
+        message goes back to its topic for the consumer that dead-lettered it (:data:`REPLAY_FOR`). A
+        stored event the relay could not decode is published as the relay would now, for every
+        consumer, if it can be decoded now (after a fix); else it is reported, not sent. Every id is looked up before
         anything is sent (see :meth:`get`).
 
         A dead letter the broker does not acknowledge within ``timeout`` seconds stops the replay there
@@ -414,7 +417,7 @@ class DeadLetters:
     def _original(store: EventStore, letter: DeadLetter) -> tuple[str, bytes | None, bytes | None, Headers]:
         if letter.topic != STORE_TOPIC:
             original = [(name, raw) for name, raw in letter.headers if not name.startswith("dlq_")]
-            return letter.topic, letter.key, letter.value, original
+            return letter.topic, letter.key, letter.value, [*original, (REPLAY_FOR, letter.consumer.encode())]
         records = store.read_records(after=letter.offset - 1, limit=1)
         if not records or records[0].position != letter.offset:
             raise UndecodableMessage("it is no longer in the store")

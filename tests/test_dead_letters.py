@@ -620,6 +620,32 @@ def test_list_show_and_replay_round_trip(kafka, store, monkeypatch, capsys):
     assert cli.main(["dlq", "replay", "--data-dir", data_dir]) == 2  # neither IDs nor --all
 
 
+def test_a_replay_reaches_only_the_consumer_whose_dead_letter_it_is(kafka, store):
+    # given two services reading one topic, and a message neither can decode: a dead letter each
+    tag = uuid.uuid4().hex[:6]
+    loops = [ServiceLoop(recorder(f"{name}-{tag}", []), store, kafka) for name in ("first", "second")]
+    first, second = (loop.service.name for loop in loops)
+    topic = ProductCreated.topic
+    send(kafka, topic, b"not json", headers=poison_headers("poison-r", "ProductCreated"))
+    stop = threading.Event()
+    threads = [threading.Thread(target=loop.run, args=(stop,)) for loop in loops]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: store.dead_letter_counts() == {first: 1, second: 1}, what="a dead letter each")
+        # when the first service's is replayed, still poison (nothing was fixed)
+        [letter] = store.dead_letters(consumer=first)
+        assert DeadLetters(store, kafka).replay([letter.id])[0].ok
+        # then the first records it again, and the second moves past it without a second letter
+        wait_until(lambda: committed(kafka, second, topic) == 2, what="the second past the replay")
+        wait_until(lambda: store.dead_letter_counts().get(first) == 2, what="the first's second letter")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert store.dead_letter_counts() == {first: 2, second: 1}
+
+
 def test_a_body_is_shown_safely_in_a_terminal():
     # given bytes with a terminal escape, a NUL, invalid UTF-8 and a lot of them
     body = b"ok \x1b[2J\x00 \xff\xfe caf\xc3\xa9" + b"z" * 5000

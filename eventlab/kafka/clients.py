@@ -25,6 +25,7 @@ Header = tuple[str, bytes | None]
 
 __all__ = [
     "ALL_TOPICS",
+    "REPLAY_FOR",
     "STORE_TOPIC",
     "Deliveries",
     "dead_letter_topic",
@@ -46,6 +47,11 @@ def dead_letter_topic(topic: str) -> str:
     """Where undecodable or unprocessable messages from ``topic`` go."""
     return topic + DEAD_LETTER_SUFFIX
 
+
+#: The header of a replayed dead letter naming the consumer it is for: the others skip it. They
+#: had the original message already (handled it, or dead-lettered it on their own), and a replay
+#: still poison to them would otherwise add a dead letter per consumer of the topic at each replay.
+REPLAY_FOR = "dlq_replay_for"
 
 #: The source "topic" of stored events the relay could not decode (their offset is the position).
 STORE_TOPIC = "store"

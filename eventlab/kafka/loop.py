@@ -29,7 +29,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, ConcurrencyError, StoreError
-from eventlab.kafka.clients import make_consumer
+from eventlab.kafka.clients import REPLAY_FOR, make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
 from eventlab.resilience import retry
@@ -113,6 +113,7 @@ class ServiceLoop:
         self.assigned = threading.Event()
         self.dead_letters = dead_letters or DeadLetterPublisher(store, settings)
         self._accepted = {cls.__name__ for cls in service.subscriptions}
+        self._replay_name = service.name.encode()  # what a dead letter replayed for this service says
         self._topics = {cls.topic for cls in service.subscriptions}
         self._cache = StreamCache()
         self.handler_seconds = handler_histogram(service.name)
@@ -216,6 +217,11 @@ class ServiceLoop:
         for message in messages:
             if self._held(message):
                 continue
+            if self._replayed_for_another(message):
+                done.extend(self._handle_run(run))
+                run = []
+                done.append(message)
+                continue
             found = self.decode(message)
             if isinstance(found, Message):
                 run.append((message, found))
@@ -249,6 +255,15 @@ class ServiceLoop:
             if not self._held(message) and self.process_one(message, found, tried):
                 done.append(message)
         return done
+
+    def _replayed_for_another(self, message: KafkaMessage) -> bool:
+        """Whether ``message`` is a dead letter replayed for another consumer of its topic."""
+        try:
+            found = message.headers() or []
+            pairs = found if isinstance(found, list) else _headers(message)
+        except Exception:  # noqa: BLE001 - e.g. a header name that is not UTF-8: decode() says so
+            return False
+        return any(name == REPLAY_FOR and raw != self._replay_name for name, raw in pairs)
 
     def decode(self, message: KafkaMessage) -> Message | str:
         """The event in ``message``, or the reason it cannot be handled here.
