@@ -491,7 +491,11 @@ def _duplicate_emails(emails: Sequence[Email], _requested: Requested) -> list[di
 
 def _emails_without_events(emails: Sequence[Email], requested: Requested) -> list[dict[str, Any]]:
     return [
-        {"line": email["line"], "key": None if "error" in email else _key(email), "problem": email.get("error")}
+        {
+            "line": email["line"],
+            "key": None if "error" in email else _key(email),
+            "problem": email.get("error", "no stored EmailRequested for this order and kind"),
+        }
         for email in emails
         if "error" in email or (email.get("order_id"), email.get("kind")) not in requested
     ]
