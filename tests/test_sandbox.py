@@ -382,6 +382,25 @@ def test_maps_lists_and_bytes_print_in_every_format(store_path, capsys, monkeypa
         assert json.loads(out)[0]["b"] == "\\xff"
 
 
+@pytest.mark.parametrize("fmt", [["--json"], ["--csv"]])
+def test_times_and_maps_keyed_by_anything_print_as_json_text(store_path, capsys, fmt):
+    # given a time of day, one with its offset (which polars would drop), one in a list, and maps keyed
+    # by a date, bytes and NaN
+    sql = (
+        "SELECT TIME '12:34:56' AS t, TIMETZ '01:02:03+04' AS tz, [TIME '00:00:01'] AS l,"
+        " MAP {DATE '2020-01-01': 1} AS d, MAP {from_base64('/w=='): 2} AS b, MAP {'nan'::DOUBLE: 3} AS n"
+    )
+    # then each is printed as text (JSON holds no time, and a JSON key is text), not a traceback
+    assert main(["query", "--data-dir", str(store_path.parent), *fmt, sql]) == 0
+    out = capsys.readouterr().out
+    if fmt == ["--json"]:
+        [row] = json.loads(out)
+        assert (row["t"], row["tz"], row["l"]) == ("12:34:56", "01:02:03+04", ["00:00:01"])
+        assert (row["d"], row["b"], row["n"]) == ({"2020-01-01": 1}, {"\\xff": 2}, {"NaN": 3})
+    else:
+        assert out.splitlines()[1].startswith('12:34:56,01:02:03+04,"[""00:00:01""]",')
+
+
 def test_a_join_that_repeats_a_column_name_answers_with_the_repeat_numbered(store_path, capsys):
     # given orders and their lines, which both have an order_id
     sql = "SELECT * FROM orders o JOIN order_lines l ON o.order_id = l.order_id WHERE o.order_id = 'O1'"

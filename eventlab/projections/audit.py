@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -518,10 +518,15 @@ MAILBOX_CHECKS: tuple[MailboxCheck, ...] = (
 def jsonable(value: Any) -> Any:
     """A JSON-friendly copy of ``value``: times as ISO strings, decimals as strings (exact money),
     bytes as text with ``\\xff`` for what is not UTF-8, the floats JSON lacks as ``"NaN"``,
-    ``"Infinity"`` and ``"-Infinity"``."""
+    ``"Infinity"`` and ``"-Infinity"``, a map's keys as text (a key that is not text as its JSON).
+
+    Example:
+        >>> jsonable({date(2020, 1, 2): time(3, 4), 1.5: float("nan"), "k": b"\\xff"})
+        {'2020-01-02': '03:04:00', '1.5': 'NaN', 'k': '\\\\xff'}
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
@@ -530,8 +535,13 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
+        return {_json_key(k): jsonable(v) for k, v in value.items()}
     return value
+
+
+def _json_key(key: Any) -> str:
+    plain = jsonable(key)
+    return plain if isinstance(plain, str) else json.dumps(plain)
 
 
 @dataclass(frozen=True)

@@ -219,9 +219,9 @@ def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
 
 
 #: Types Arrow cannot carry exactly, which a result therefore holds as their text: DuckDB exports a
-#: UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past 23:59:59 as null and a
-#: BIT string as its bytes.
-_AS_TEXT = frozenset({"UHUGEINT", "TIME_NS", "BIT"})
+#: UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past 23:59:59 as null, a
+#: BIT string as its bytes and a TIMETZ without its offset (``01:02:03+04`` as ``01:02:03``).
+_AS_TEXT = frozenset({"UHUGEINT", "TIME_NS", "BIT", "TIME WITH TIME ZONE"})
 
 
 def _as_text(description: Sequence[tuple[object, ...]]) -> str:
