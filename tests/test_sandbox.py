@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -399,6 +400,36 @@ def test_times_and_maps_keyed_by_anything_print_as_json_text(store_path, capsys,
         assert (row["d"], row["b"], row["n"]) == ({"2020-01-01": 1}, {"\\xff": 2}, {"NaN": 3})
     else:
         assert out.splitlines()[1].startswith('12:34:56,01:02:03+04,"[""00:00:01""]",')
+
+
+@pytest.mark.parametrize("fmt", [["--json"], ["--csv"]])
+def test_a_result_of_many_rows_is_printed_whole_a_slice_at_a_time(store_path, capsys, fmt):
+    # given a result of 100,000 rows (ten slices), printed while tracemalloc counts Python's memory
+    sql = "SELECT range AS n, 'row ' || range AS label FROM range(100000)"
+    tracemalloc.start()
+    try:
+        assert main(["query", "--data-dir", str(store_path.parent), *fmt, sql]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out = capsys.readouterr().out
+    # then every row is printed, in order
+    if fmt == ["--json"]:
+        assert json.loads(out) == [{"n": n, "label": f"row {n}"} for n in range(100_000)]
+    else:
+        assert out.splitlines() == ["n,label", *(f"{n},row {n}" for n in range(100_000))]
+    # and the rows were never all Python values at once (all as dicts: ~35 MB; a slice at a time: ~10,
+    # most of it the captured output)
+    assert peak < 20_000_000, peak
+
+
+@pytest.mark.parametrize("fmt", [[], ["--wide"]])
+def test_a_table_shows_at_most_a_thousand_rows_and_says_how_many_there_are(store_path, capsys, fmt):
+    assert main(["query", "--data-dir", str(store_path.parent), *fmt, "SELECT range AS n FROM range(5000)"]) == 0
+    out = capsys.readouterr().out
+    numbers = [int(cell) for line in out.splitlines() if (cell := line.strip("│ ")).isdigit()]
+    assert numbers == [*range(500), *range(4500, 5000)]
+    assert out.splitlines()[-1] == "5,000 rows, the first and last 500 shown (--json or --csv print all)"
 
 
 def test_a_join_that_repeats_a_column_name_answers_with_the_repeat_numbered(store_path, capsys):

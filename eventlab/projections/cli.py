@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import shutil
 import sys
@@ -124,7 +123,10 @@ def add_commands(
         "--as-of-time", type=_iso_time, metavar="TIME", help="as it was at TIME (ISO 8601; without a zone, UTC)"
     )
     show.add_argument(
-        "--limit", type=whole_number(0, LARGEST_INT64), default=50, help="rows to print (default 50; 0 for all)"
+        "--limit",
+        type=whole_number(0, LARGEST_INT64),
+        default=50,
+        help="rows to print (default 50; 0 for all; a table shows at most 1,000)",
     )
     _output_options(show)
 
@@ -224,9 +226,17 @@ def _dict_keys_hashable(dtype: PolarsType) -> PolarsType:
     return dtype
 
 
+#: Rows made into Python values at a time for JSON and CSV: a result of millions of rows is
+#: printed in slices, not held as millions of Python objects (7M integers took 2.2 GB at once).
+_SLICE = 10_000
+#: Rows a table shows at most: the first and the last half of them (JSON and CSV print every row).
+_TABLE_ROWS = 1_000
+
+
 def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
     """Print ``frame`` as JSON, CSV, a table that fits the terminal (polars' layout: long
-    values cut, middle columns elided) or, ``wide``, a table of every column at full width."""
+    values cut, middle columns elided) or, ``wide``, a table of every column at full width; a
+    table shows at most :data:`_TABLE_ROWS` rows and says how many there are."""
     if columns:
         unknown = [name for name in columns if name not in frame.columns]
         if unknown:
@@ -238,17 +248,22 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
             pl.col(name).cast(plain[name]) for name, dtype in frame.schema.items() if plain[name] != dtype
         )
     if fmt == "json":
-        print(json.dumps([jsonable(row) for row in frame.iter_rows(named=True)], allow_nan=False))
+        sys.stdout.write("[")
+        for start in range(0, frame.height, _SLICE):
+            rows = [jsonable(row) for row in frame.slice(start, _SLICE).iter_rows(named=True)]
+            sys.stdout.write(", " * bool(start) + json.dumps(rows, allow_nan=False)[1:-1])
+        sys.stdout.write("]\n")
     elif fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(frame.columns)
-        for row in frame.iter_rows():
-            writer.writerow(json.dumps(jsonable(v)) if isinstance(v, list | dict) else jsonable(v) for v in row)
-        sys.stdout.write(out.getvalue())
+        for start in range(0, frame.height, _SLICE):
+            writer.writerows(
+                [json.dumps(jsonable(v)) if isinstance(v, list | dict) else jsonable(v) for v in row]
+                for row in frame.slice(start, _SLICE).iter_rows()
+            )
     elif fmt == "wide":
         with pl.Config(
-            tbl_rows=-1,
+            tbl_rows=_TABLE_ROWS,
             tbl_cols=-1,
             tbl_width_chars=65_535,  # polars' maximum
             fmt_str_lengths=65_535,
@@ -261,7 +276,7 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
         width = shutil.get_terminal_size().columns
         shown = _fitting_columns(frame, width)
         with pl.Config(
-            tbl_rows=-1,
+            tbl_rows=_TABLE_ROWS,
             tbl_cols=-1,
             tbl_width_chars=width,
             fmt_str_lengths=_CELL,
@@ -272,6 +287,8 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
         hidden = [name for name in frame.columns if name not in shown]
         if hidden:
             print(f"{len(hidden)} more columns (--columns or --wide): {', '.join(hidden)}")
+    if fmt in ("table", "wide") and frame.height > _TABLE_ROWS:
+        print(f"{frame.height:,} rows, the first and last {_TABLE_ROWS // 2:,} shown (--json or --csv print all)")
 
 
 #: The widest a cell gets in a table that fits the terminal (longer values are cut with "…").
