@@ -739,18 +739,24 @@ def test_a_query_waiting_for_another_times_out_within_its_own_limit_and_leaves_t
     answers = {}
 
     def long():
-        long_sql = "SELECT max(i) FROM range(150000000) t(i) WHERE hash(i) >= 0"  # a few seconds
-        answers["long"] = projections.sql(long_sql, timeout=None).fetchall()
+        long_sql = "SELECT max(i) FROM range(500000000) t(i) WHERE hash(i) >= 0"  # 3-6 s
+        rows = projections.sql(long_sql, timeout=None)
+        answers["ran_until"] = time.monotonic()
+        answers["long"] = rows.fetchall()
 
+    projections.sql("SELECT 1").fetchall()  # the sandbox is made: the long query takes only the sandbox's turn
     thread = threading.Thread(target=long)
     thread.start()
     time.sleep(0.3)
-    # when another thread's query, limited to 0.2 s, waits for its turn
-    with pytest.raises(QueryTimeout):
-        projections.sql(ENDLESS, timeout=0.2)
+    # when another thread's query, limited to 0.2 s, waits for its turn (its check for a single read
+    # included: it waited for the long query's end, however long, before its limit struck)
+    with pytest.raises(QueryTimeout, match="0.2 s"):
+        projections.sql("SELECT 1", timeout=0.2)
+    struck = time.monotonic()
     thread.join()
-    # then its time limit struck it alone: the long query was not interrupted (it was told as out of memory)
-    assert answers["long"] == [(149_999_999,)]
+    # then its time limit struck it while the long query still ran, and the long query was not interrupted
+    assert struck < answers["ran_until"]
+    assert answers["long"] == [(499_999_999,)]
 
 
 @pytest.mark.parametrize(

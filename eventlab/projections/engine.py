@@ -78,6 +78,7 @@ Around the engine: :mod:`.typed` turns stored rows into the typed ``events`` rel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import operator
@@ -492,37 +493,53 @@ class Projections(SchemaRelations):
         running too long :class:`~eventlab.projections.sandbox.QueryTimeout`.
         """
         limit = self.timeout if isinstance(timeout, _Default) else time_limit(timeout)
-        started = time.monotonic()
-        # Its turn on the connections, within the query's time; the query itself then takes the
-        # sandbox's turn, so a refresh may run meanwhile.
-        with turn_within(self._turn, limit):
-            sandbox = self._sandbox_for()
-            sandbox.check(query)
-            # The store tables the query names are copied from the store first, within the query's time:
-            # a big table, or one locked on a PostgreSQL server, must not hold the query beyond its limit.
-            readable = self._bounded(self._store_tables, limit)
-            wanted = sorted(n for n in readable if _mentions(query, n))
-            stale = [n for n in wanted if self._handed.get(n) != self._generation]
-            if stale:
-                tables = self._bounded(
-                    lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit
-                )
-                for name, table in zip(stale, tables, strict=True):
-                    sandbox.add(name, table)
-                    self._handed[name] = self._generation
-        remaining = limit
-        if limit:
-            remaining = limit - (time.monotonic() - started)
-            if remaining <= 0:
-                raise QueryTimeout(limit)
+        deadline = time.monotonic() + limit if limit else None
+
+        def left() -> float | None:
+            if deadline is None:
+                return None
+            if (remaining := deadline - time.monotonic()) <= 0:
+                raise QueryTimeout(limit or 0.0)
+            return remaining
+
         try:
-            return sandbox.rows(sandbox.run(query, params, remaining))
+            with contextlib.ExitStack() as turns:
+                # Its turn on the connections, then the sandbox's, each within the query's time (another
+                # thread's query may hold the sandbox for long); the connections' turn is given back
+                # before the query runs, so a refresh may run meanwhile.
+                with turn_within(self._turn, limit):
+                    if self._sandbox is not None and not self._sandbox.spoiled:
+                        turns.enter_context(self._sandbox.turn(left()))
+                    sandbox = self._sandbox_for()
+                    turns.enter_context(sandbox.turn(left()))  # held already, or a new one: no wait
+                    sandbox.check(query)
+                    # The store tables the query names are copied from the store first, within the query's
+                    # time: a big table, or one locked on a PostgreSQL server, must not hold it beyond its limit.
+                    readable = self._bounded(self._store_tables, limit)
+                    wanted = sorted(n for n in readable if _mentions(query, n))
+                    stale = [n for n in wanted if self._handed.get(n) != self._generation]
+                    if stale:
+                        tables = self._bounded(
+                            lambda: [self._con.sql(self._raw_select(n)).to_arrow_table() for n in stale], limit
+                        )
+                        for name, table in zip(stale, tables, strict=True):
+                            sandbox.add(name, table)
+                            self._handed[name] = self._generation
+                return self._run(sandbox, query, params, left(), readable)
         except QueryTimeout as exc:
             raise QueryTimeout(limit or 0.0) from exc  # the limit the caller gave, not what was left of it
-        except ProjectionError as exc:  # a store table this copy does not hold: say which it holds
+
+    @staticmethod
+    def _run(
+        sandbox: Sandbox, query: str, params: object, timeout: float | None, readable: frozenset[str]
+    ) -> duckdb.DuckDBPyRelation:
+        """The rows of ``query``; a store table it names that is not ``readable`` here is named."""
+        try:
+            return sandbox.rows(sandbox.run(query, params, timeout))
+        except ProjectionError as exc:
             named = (f"store.{table}" for table in store_tables())
             missing = sorted(n for n in named if n not in readable and _mentions(query, n))
-            if not missing or isinstance(exc, QueryRefused):
+            if not missing or isinstance(exc, QueryRefused | QueryTimeout):
                 raise
             hint = " (dead letters: eventlab dlq list)" if "store.dead_letters" in missing else ""
             here = ", ".join(sorted(readable))

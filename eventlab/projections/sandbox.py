@@ -413,10 +413,15 @@ class Sandbox:
     def __init__(self, memory: int | str | None = None) -> None:
         self.memory = memory_limit(memory)
         self.con = sandbox_connection(self.memory)
-        self._turn = threading.Lock()
+        self._turn = threading.RLock()  # re-entrant: see turn()
         self._settings = self._current_settings()
         #: A query changed a setting (see :meth:`run`): the owner should start a new sandbox.
         self.spoiled = False
+
+    def turn(self, timeout: float | None) -> contextlib.AbstractContextManager[None]:
+        """Hold this sandbox's turn, waited for at most ``timeout`` seconds (:func:`turn_within`): its other
+        methods then run at once in this thread, for a caller that must not wait beyond a query's limit."""
+        return turn_within(self._turn, timeout)
 
     def add(self, name: str, table: pa.Table) -> None:
         """Make ``table`` readable as ``name`` (``schema.table`` or ``table``; the schema is created)."""
