@@ -690,6 +690,24 @@ def test_a_dead_letter_is_recorded_once_per_source_message(tmp_path):
         assert store.dead_letter_counts() == {"order": 2, "payment": 1}
 
 
+@pytest.mark.parametrize(
+    ("column", "damage"), [("headers", "'not json'"), ("recorded_at", "'yesterday'"), ("headers", "'[[1, {}]]'")]
+)
+def test_a_damaged_dead_letter_row_is_named_in_one_line(tmp_path, capsys, column, damage):
+    # given a dead letter whose row was edited by hand (or read from a damaged file)
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        letter = store.record_dead_letter("order", "t", 0, 7, b"K", b"body", [("ce_id", b"E-1")], "bad")
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        con.execute(f"UPDATE dead_letters SET {column} = {damage}")
+    con.close()
+    # then listing and showing it name the row and the column, in one line, instead of a traceback
+    for command in (["list"], ["show", str(letter.id)]):
+        assert cli.main(["dlq", *command, "--data-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"dead letter {letter.id} is damaged: its {column} cannot be read" in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_a_replay_against_an_unreachable_broker_stops_at_the_first_letter_and_loses_nothing(
     tmp_path, monkeypatch, capsys
 ):

@@ -382,7 +382,19 @@ DEAD_LETTER_COLUMNS = (
 
 def dead_letter_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime]) -> DeadLetter:
     """A row of :data:`DEAD_LETTER_COLUMNS` as a :class:`DeadLetter`; ``to_time`` turns the backend's
-    stored time (never None) into an aware UTC datetime."""
+    stored time (never None) into an aware UTC datetime. A row that is not what eventlab writes (edited
+    by hand, a damaged file) is a :class:`~eventlab.errors.StoreError` naming it and its column."""
+    column = "headers"
+    try:
+        headers = headers_from_json(row[7])
+        column = "recorded_at"
+        recorded_at = to_time(row[10])
+        column = "published_at"
+        published_at = None if row[11] is None else to_time(row[11])
+        column = "replayed_at"
+        replayed_at = None if row[12] is None else to_time(row[12])
+    except Exception as exc:  # noqa: BLE001 - whatever the damage is, it is named
+        raise StoreError(f"dead letter {row[0]} is damaged: its {column} cannot be read ({exc})") from None
     return DeadLetter(
         id=row[0],
         consumer=row[1],
@@ -391,12 +403,12 @@ def dead_letter_from_row(row: Sequence[Any], to_time: Callable[[Any], datetime])
         offset=row[4],
         key=row[5],
         value=row[6],
-        headers=headers_from_json(row[7]),
+        headers=headers,
         reason=row[8],
         event_id=row[9],
-        recorded_at=to_time(row[10]),
-        published_at=None if row[11] is None else to_time(row[11]),
-        replayed_at=None if row[12] is None else to_time(row[12]),
+        recorded_at=recorded_at,
+        published_at=published_at,
+        replayed_at=replayed_at,
         replays=row[13],
     )
 
