@@ -379,7 +379,7 @@ class Settings:
                 if f.name not in _ANY_BYTES:
                     _utf8(name, getattr(self, f.name))
         try:  # a value given as bytes, not read from the variable, has the same bounds
-            memory_size(str(self.query_memory))
+            memory_within_bounds(self.query_memory)
         except ValueError as exc:
             raise SettingsError(QUERY_MEMORY_VARIABLE, str(exc)) from None
         for key, value in self.kafka_config.items():

@@ -230,6 +230,7 @@ def test_the_query_memory_is_a_setting_read_with_the_one_size_parser():
     assert Settings.from_env({"EVENTLAB_QUERY_MEMORY": "512MiB"}).query_memory == 512 * 2**20
     assert Settings.from_env({"EVENTLAB_QUERY_MEMORY": " 8gb "}).query_memory == 8 * 10**9
     assert Settings.from_env({}).query_memory == 2 * 2**30
+    assert Settings.from_env({"EVENTLAB_QUERY_MEMORY": "1024TiB"}).query_memory == 2**50  # the largest
     settings = Settings.from_env({"EVENTLAB_QUERY_MEMORY": "4GiB"})
     assert Settings.from_env(settings.environ()) == settings  # a child process sees the same limit
     # and sizes written with digits other than ASCII's, or out of bounds, are refused naming the variable
