@@ -543,6 +543,11 @@ def test_a_failed_export_leaves_the_previous_one_whole(projections, tmp_path, mo
     assert digest(path) == before and [p.name for p in tmp_path.iterdir()] == ["orders.parquet"]
 
 
+def test_an_export_to_a_name_too_long_for_the_file_system_is_a_projection_error(projections, tmp_path):
+    with pytest.raises(ProjectionError, match="cannot write to .*: File name too long"):
+        export_parquet(projections, tmp_path / ("b" * 300), ["orders"])
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 

@@ -46,9 +46,9 @@ def export_parquet(
         if name not in source.names:
             raise ProjectionError(f"unknown relation {name!r}; known: {', '.join(source.names)}")
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ProjectionError(f"{directory} exists and is not a directory")
-    try:
+    try:  # asking whether it exists can fail too (a name longer than the file system takes)
+        if directory.exists() and not directory.is_dir():
+            raise ProjectionError(f"{directory} exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ProjectionError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
