@@ -8,6 +8,7 @@ for 10 s. Whatever is restarting or crash-looping shows up in ``/health`` as ``p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -100,11 +101,17 @@ class Backoff:
 
 
 def write_status(data_dir: Path, status: Mapping[str, object]) -> None:
-    """Replace ``<data_dir>/supervisor.json`` atomically (readers never see half a file)."""
+    """Replace ``<data_dir>/supervisor.json`` atomically (readers never see half a file); on an
+    ``OSError`` (a full disk) nothing is left behind but the previous file."""
     path = Path(data_dir) / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_status(data_dir: Path) -> SupervisorStatus | None:

@@ -398,6 +398,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._env: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._status_trouble = ""  # why the status file could not be written, reported once
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.bootstrap_servers or 'embedded'} pids={self.pids()}>"
@@ -572,7 +573,10 @@ class Supervisor:
         if self._spawner is not None:
             self._spawner.shutdown()
             self._spawner = None
-        (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
+        try:
+            (self.settings.data_dir / STATUS_FILE).unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a directory in its place: the stop is done all the same
+            log.warning("cannot remove %s: %s", STATUS_FILE, exc)
 
     def _spawn(self, child: _Child, standby: bool = False) -> subprocess.Popen[bytes]:
         """Start a child (or a standby) from the spawner thread (see the class docstring for why)."""
@@ -612,9 +616,21 @@ class Supervisor:
         process.terminate()
 
     def _write_status(self) -> None:
+        """Write the status file; a failure (a full disk) is reported once and retried, never fatal:
+        the shop runs on, and ``/health`` cannot show restarts until the file is written again."""
         with self._lock:
             processes = {name: child.status() for name, child in self._children.items()}
-        write_status(self.settings.data_dir, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
+        try:
+            write_status(self.settings.data_dir, {"pid": os.getpid(), "updated": time.time(), "processes": processes})
+        except OSError as exc:
+            trouble = f"cannot write {STATUS_FILE} ({exc.strerror or exc}); /health shows no restarts until it can"
+            if trouble != self._status_trouble:
+                self.report(trouble)
+            self._status_trouble = trouble
+            return
+        if self._status_trouble:
+            self.report(f"{STATUS_FILE} is written again")
+            self._status_trouble = ""
 
 
 def _store_lines(settings: Settings) -> list[str]:

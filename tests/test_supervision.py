@@ -213,6 +213,29 @@ def test_the_supervisor_gives_up_on_a_child_whose_port_is_taken(supervised):
         assert problems and "configuration error" in problems[0]
 
 
+def test_a_status_file_that_cannot_be_written_is_reported_once_and_the_shop_runs_on(supervised):
+    # Given a supervised user service, whose status file becomes a directory (as a full disk, it fails)
+    supervisor = supervised(["user"])
+    reports: list[str] = []
+    supervisor.report = reports.append
+    status = supervisor.settings.data_dir / STATUS_FILE
+    pid = wait_for(lambda: read_status(status.parent) and supervisor.pids().get("user"), what="user started")
+    status.unlink()
+    status.mkdir()
+    wait_for(lambda: reports, what="the failure reported")
+    # When the child dies meanwhile
+    os.kill(pid, signal.SIGKILL)
+    # Then the supervisor, still running, restarts it, and said once why the file is not written
+    wait_for(lambda: supervisor.pids().get("user") not in (None, pid), what="user restarted")
+    assert reports[0].startswith("cannot write supervisor.json (Is a directory)")
+    assert not any(line.startswith("cannot write") for line in reports[1:])
+    # and once it can be written again, it is, with the restart, and nothing half-written is left
+    status.rmdir()
+    wait_for(lambda: (found := read_status(status.parent)) and found["processes"]["user"]["restarts"] == 1)
+    assert reports[-1] == "supervisor.json is written again"
+    assert [p.name for p in status.parent.iterdir() if p.name.startswith(".supervisor")] == []
+
+
 @pytest.mark.integration
 def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
     # Given a relay that cannot start (a bad option makes it exit at once)
