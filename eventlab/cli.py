@@ -11,13 +11,15 @@ its ``handler(args) -> exit status``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from eventlab.arguments import directory, whole_number
@@ -291,12 +293,38 @@ def _up(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     if args.replicas and not args.processes:
         raise EventlabError("--replicas needs --processes (in one process every service runs once)")
-    if args.processes:  # the supervisor checks the ports before it starts anything
-        from eventlab.supervisor import supervise
+    ensure_ports_free(settings)  # before anything is made (the supervisor checks its replicas' too)
+    with _alone_on(settings.data_dir):
+        if args.processes:
+            from eventlab.supervisor import supervise
 
-        return supervise(settings, _gateway_args(args), replicas=args.replicas)
-    ensure_ports_free(settings)
+            return supervise(settings, _gateway_args(args), replicas=args.replicas)
+        return _up_in_threads(settings, args)
 
+
+@contextlib.contextmanager
+def _alone_on(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/shop.lease`` while a shop runs there: a second one on the same directory
+    would run a broker and a relay of its own over the same store, and strand what the first had
+    published to its broker (orders left waiting for an answer)."""
+    from eventlab.store.sqlite import FileLease
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EventlabError(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from exc
+    lease = FileLease("shop", data_dir / "shop.lease")
+    if not lease.acquire():
+        raise EventlabError(
+            f"another eventlab up is running on {data_dir}: stop it, or give this one another --data-dir"
+        )
+    try:
+        yield
+    finally:
+        lease.release()
+
+
+def _up_in_threads(settings: Settings, args: argparse.Namespace) -> int:
     from eventlab.shop import Shop
     from eventlab.supervisor import stop_on_signals
 

@@ -347,6 +347,35 @@ def test_the_links_it_prints_are_on_the_address_the_services_bind(mode, tmp_path
 
 
 @pytest.mark.integration
+def test_a_second_up_on_the_same_data_directory_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    # given: a shop running on a data directory
+    first = subprocess.Popen(
+        [sys.executable, "-m", "eventlab", "up", "--data-dir", str(tmp_path)],
+        env=user_env(EVENTLAB_HTTP_PORT_OFFSET=str(free_port_offset())),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert any(line.startswith("eventlab: <Shop") for line in first.stdout or ())  # it has started
+        # when: another is started there, on other ports, in either mode
+        monkeypatch.setenv("EVENTLAB_HTTP_PORT_OFFSET", str(free_port_offset()))
+        for mode in ([], ["--processes"]):
+            status = main(["up", *mode, "--data-dir", str(tmp_path)])
+            # then: one line says so (two brokers and relays over one store strand each other's messages)
+            assert (status, capsys.readouterr().err) == (
+                2,
+                f"eventlab: error: another eventlab up is running on {tmp_path}: "
+                "stop it, or give this one another --data-dir\n",
+            )
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+
+
+@pytest.mark.integration
 def test_a_port_taken_while_the_shop_starts_is_the_same_error_and_nothing_is_left_running(
     tmp_path, monkeypatch, capsys
 ):
