@@ -363,11 +363,8 @@ def test_a_second_up_on_the_same_data_directory_is_one_clear_error(tmp_path, mon
         for mode in ([], ["--processes"]):
             status = main(["up", *mode, "--data-dir", str(tmp_path)])
             # then: one line says so (two brokers and relays over one store strand each other's messages)
-            assert (status, capsys.readouterr().err) == (
-                2,
-                f"eventlab: error: another eventlab up is running on {tmp_path}: "
-                "stop it, or give this one another --data-dir\n",
-            )
+            error = f"eventlab: error: another eventlab up is running on {tmp_path}: stop it, or give this one another --data-dir\n"
+            assert (status, capsys.readouterr().err) == (2, error)
         assert first.poll() is None
     finally:
         first.send_signal(signal.SIGTERM)
