@@ -103,6 +103,16 @@ class ShopInfrastructure:
         ensure_topics(self.settings)
         return self.settings
 
+    def restart_broker(self) -> None:
+        """Start the embedded broker again, on its port, after it died; rewind every relay as
+        :meth:`start` does (the new broker has no topics): call it with no relay publishing."""
+        assert self.broker is not None, "an external broker is not ours to restart"
+        self.broker.stop()
+        self.broker.start()
+        for store in self.stores:
+            rewind(store, self.consumers, self.stores.of_each(self.consumers or {}))
+        ensure_topics(self.settings)
+
     def stop(self) -> None:
         if self.broker is not None:
             self.broker.stop()

@@ -399,6 +399,9 @@ class Supervisor:
         self._env: dict[str, str] = {}
         self._lock = threading.Lock()
         self._status_trouble = ""  # why the status file could not be written, reported once
+        self._broker_down = False  # the embedded broker died, and the processes are stopped
+        self._broker_backoff = Backoff()
+        self._broker_retry_at = 0.0  # monotonic time of the next try to start it again
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.bootstrap_servers or 'embedded'} pids={self.pids()}>"
@@ -499,14 +502,16 @@ class Supervisor:
         return _Child(_child_name(name, replica), name, replica, port, env, standby_at=standby_at)
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
-        """Restart children that die (with backoff) until ``stop`` is set.
+        """Restart children that die (with backoff), and the whole shop around a new embedded broker
+        when the broker dies, until ``stop`` is set.
 
         The status file is rewritten on every change and at least once a second (so a child that
         stopped crash-looping is no longer reported).
         """
         written = time.monotonic()
         while not stop.wait(interval):
-            if self.check() or time.monotonic() - written >= 1.0:
+            changed = self._restart_around_broker() if self._broker_died() else self.check()
+            if changed or time.monotonic() - written >= 1.0:
                 self._write_status()
                 written = time.monotonic()
 
@@ -553,20 +558,57 @@ class Supervisor:
                 )
         return changed
 
+    def _broker_died(self) -> bool:
+        """Whether the embedded broker is not running (an external one is not watched)."""
+        broker = self._infra.broker if self._infra is not None else None
+        return broker is not None and not broker.running
+
+    def _restart_around_broker(self) -> bool:
+        """The embedded broker died: stop every process, start a new broker, then the processes again.
+
+        The broker keeps topics, offsets and groups in memory only, so the shop starts again as
+        ``eventlab up`` would: the broker on its port, the relays rewound to what some consumer has
+        not handled, new processes (not counted as restarts: none of them failed). A broker that
+        cannot start is tried again with backoff, the processes stopped meanwhile. True when
+        something changed.
+        """
+        now = time.monotonic()
+        if now < self._broker_retry_at:
+            return False
+        assert self._spawner is not None and self._infra is not None and self._infra.broker is not None
+        if not self._broker_down:
+            self.report("the embedded broker died; stopping every process, starting a new broker, then them")
+            with self._lock:
+                processes = [p for c in self._children.values() for p in c.processes()]
+            # Killed soon: a consumer closing against a dead broker can hang, and the new broker
+            # republishes whatever they were doing (every step is safe to cut off; see _die_with_supervisor).
+            self._end(processes, grace=1.0)
+            self._broker_down = True
+        try:  # from the spawner thread, as the first start: the broker dies with that thread
+            self._spawner.submit(self._infra.restart_broker).result()
+        except (EventlabError, OSError) as exc:
+            delay = self._broker_backoff.died()
+            self._broker_retry_at = now + delay
+            self.report(f"cannot start the broker again ({exc}); next try in {delay:.1f} s")
+            return True
+        self._broker_down = False
+        self._broker_backoff.started()
+        with self._lock:
+            for child in self._children.values():
+                if not child.gave_up:
+                    child.process, child.standby, child.restart_at = self._spawn(child), None, None
+                    child.standby_at = now + self.STANDBY_DELAY if self.standby else None
+        broker = self._infra.broker
+        self.report(f"broker {broker.bootstrap_servers} started again (pid {broker.pid}), and every process")
+        return True
+
     def stop(self) -> None:
         """Terminate the children and standbys (SIGTERM, then SIGKILL after 20 s) and stop the broker."""
         with self._lock:
             processes = [p for c in self._children.values() for p in c.processes()]
             for child in self._children.values():
                 child.gave_up = child.gave_up or "supervisor stopped"
-        for process in processes:
-            self._retire(process)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self._end(processes)
         if self._infra is not None:
             self._infra.stop()
             self._infra = None
@@ -602,6 +644,20 @@ class Supervisor:
         except OSError:
             return None
         return standby
+
+    @classmethod
+    def _end(cls, processes: Iterable[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
+        """Stop ``processes``: SIGTERM, then SIGKILL after ``grace`` seconds; return once all have exited."""
+        processes = list(processes)
+        for process in processes:
+            cls._retire(process)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     @staticmethod
     def _retire(process: subprocess.Popen[bytes] | None) -> None:
