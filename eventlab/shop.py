@@ -367,8 +367,13 @@ class Shop:
         return {name: backoff.restarts for name, backoff in self._backoff.items()}
 
     def problems(self, *names: str) -> list[str]:
-        """Threads among ``names`` that are down or crash-looping, as ``/health`` reports them."""
+        """Threads among ``names`` that are down or crash-looping, and an embedded broker that died, as
+        ``/health`` reports them (in one process the broker is not started again: restart the shop;
+        the process supervisor of ``eventlab up --processes`` does it by itself)."""
+        broker = self._infra.broker if self._infra is not None else None
         found = []
+        if broker is not None and not broker.running:
+            found.append(f"the embedded broker {broker.bootstrap_servers} is not running: restart the shop")
         for name in names:
             backoff = self._backoff.get(name)
             if backoff is not None and (backoff.down or backoff.crash_looping):

@@ -357,3 +357,20 @@ def test_a_loop_thread_that_raises_is_restarted_and_reported(tmp_path, monkeypat
         shop.wait_idle()
         assert shop.wait(shop.place_order("U1", {"P1": 1})).status == "completed"
         assert shop.restarts == {**dict.fromkeys(shop.restarts, 0), "inventory": 3}
+
+
+@pytest.mark.integration
+def test_a_dead_embedded_broker_is_a_problem_in_every_services_health_in_threads_mode(tmp_path):
+    # Given a shop in one process (no supervisor to start the broker again)
+    settings = settings_for(tmp_path)
+    with Shop(settings, http=True) as shop:
+        health = f"http://127.0.0.1:{settings.port('user')}/health"
+        with urllib.request.urlopen(health, timeout=10) as answer:
+            assert json.loads(answer.read())["problems"] == []
+        # When its broker dies
+        os.kill(shop._require().broker.pid, signal.SIGKILL)
+        # Then every service says so, at once, instead of "ok" (consumers say they lag only 30 s later)
+        with pytest.raises(urllib.error.HTTPError) as degraded:
+            wait_for(lambda: urllib.request.urlopen(health, timeout=10).close(), what="user's health degraded")
+        problems = json.loads(degraded.value.read())["problems"]
+        assert problems == [f"the embedded broker {shop.bootstrap_servers} is not running: restart the shop"]
