@@ -260,67 +260,57 @@ def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
     assert len(problems) == 1 and problems[0].startswith("relay is crash-looping")
 
 
-@pytest.mark.integration
-def test_a_killed_consumer_process_is_replaced_and_handles_new_orders(supervised):
-    # Given the whole shop in processes, with a product in stock
+@pytest.fixture
+def shop_in_processes(supervised):
+    """The whole shop in processes, a product in stock and an order completed: (supervisor, commands)."""
     names = ["relay", "user", "product", "order", "payment", "inventory", "notification"]
     supervisor = supervised(names, extra_args=["--payment-failure-rate", "0"])
-    store = SqliteEventStore(supervisor.settings.store_path)
-    commands = Commands(store)
-    try:
+    with SqliteEventStore(supervisor.settings.store_path) as store:
+        commands = Commands(store)
         commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
         commands.create_product(product_id="P1", name="Lamp", price_cents=2750, initial_stock=10)
         copies = [("order_customer", "U1"), ("order_price", "P1")]  # Order's own copies, recorded via Kafka
         wait_for(lambda: all(store.read_stream(*key) for key in copies), what="order's copies")
         first = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
         wait_for(lambda: commands.get_order(first).terminal, what="first order")
-        # When the inventory and order processes are killed
-        for name in ("inventory", "order"):
-            standby = wait_for(lambda name=name: supervisor.standby_pids().get(name), what=f"{name} standby")
-            victim = supervisor.pids()[name]
-            os.kill(victim, signal.SIGKILL)
-            # (their warm standbys take over)
-            wait_for(lambda victim=victim, name=name: supervisor.pids()[name] != victim, what=f"{name} restarted")
-            assert supervisor.pids()[name] == standby
-        # Then orders placed afterwards complete
-        later = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
-        assert wait_for(lambda: commands.get_order(later).terminal, what="order after kills")
-        assert commands.get_order(later).status == "completed"
-        assert supervisor.restarts["inventory"] == supervisor.restarts["order"] == 1
-    finally:
-        store.close()
+        yield supervisor, commands
 
 
 @pytest.mark.integration
-def test_a_killed_embedded_broker_is_started_again_with_every_process_and_nothing_is_lost(supervised):
-    # Given the whole shop in processes, and an order completed on its broker
-    names = ["relay", "user", "product", "order", "payment", "inventory", "notification"]
-    supervisor = supervised(names, extra_args=["--payment-failure-rate", "0"])
+def test_a_killed_consumer_process_is_replaced_and_handles_new_orders(shop_in_processes):
+    supervisor, commands = shop_in_processes
+    # When the inventory and order processes are killed
+    for name in ("inventory", "order"):
+        standby = wait_for(lambda name=name: supervisor.standby_pids().get(name), what=f"{name} standby")
+        victim = supervisor.pids()[name]
+        os.kill(victim, signal.SIGKILL)
+        # (their warm standbys take over)
+        wait_for(lambda victim=victim, name=name: supervisor.pids()[name] != victim, what=f"{name} restarted")
+        assert supervisor.pids()[name] == standby
+    # Then orders placed afterwards complete
+    later = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    assert wait_for(lambda: commands.get_order(later).terminal, what="order after kills")
+    assert commands.get_order(later).status == "completed"
+    assert supervisor.restarts["inventory"] == supervisor.restarts["order"] == 1
+
+
+@pytest.mark.integration
+def test_a_killed_embedded_broker_is_started_again_with_every_process_and_nothing_is_lost(shop_in_processes):
+    supervisor, commands = shop_in_processes
     reports: list[str] = []
     supervisor.report = reports.append
-    store = SqliteEventStore(supervisor.settings.store_path)
-    commands = Commands(store)
-    try:
-        commands.register_user(user_id="U1", name="Ada", email="ada@example.com")
-        commands.create_product(product_id="P1", name="Lamp", price_cents=2750, initial_stock=10)
-        copies = [("order_customer", "U1"), ("order_price", "P1")]  # Order's own copies, recorded via Kafka
-        wait_for(lambda: all(store.read_stream(*key) for key in copies), what="order's copies")
-        first = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
-        wait_for(lambda: commands.get_order(first).terminal, what="first order")
-        broker, pids = supervisor.broker_pid, supervisor.pids()
-        # When the broker is killed (its topics, offsets and groups were in its memory only), and an
-        # order is placed meanwhile
-        os.kill(broker, signal.SIGKILL)
-        during = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}])
-        # Then a new broker runs, every process is new, and the order completes
-        wait_for(lambda: supervisor.broker_pid not in (None, broker), timeout=120, what="a new broker")
-        assert wait_for(lambda: commands.get_order(during).terminal, timeout=120, what="the order placed meanwhile")
-        assert commands.get_order(during).status == "completed", reports
-        assert not set(supervisor.pids().values()) & set(pids.values())
-        assert reports[0].startswith("the embedded broker died") and "started again" in reports[-1]
-        assert set(supervisor.restarts.values()) == {0}  # nothing failed but the broker
-    finally:
-        store.close()
+    broker, pids = supervisor.broker_pid, supervisor.pids()
+    # When the broker is killed (its topics, offsets and groups were in its memory only), and an order
+    # is placed meanwhile
+    os.kill(broker, signal.SIGKILL)
+    during = commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}])
+    # Then a new broker runs, every process is new, and the order completes
+    wait_for(lambda: supervisor.broker_pid not in (None, broker), timeout=120, what="a new broker")
+    assert wait_for(lambda: commands.get_order(during).terminal, timeout=120, what="the order placed meanwhile")
+    assert commands.get_order(during).status == "completed", reports
+    assert not set(supervisor.pids().values()) & set(pids.values())
+    assert reports[0].startswith("the embedded broker died") and "started again" in reports[-1]
+    assert set(supervisor.restarts.values()) == {0}  # nothing failed but the broker
     # and nothing was done twice: the rewound relay published the first order again, to no effect
     report = audit(supervisor.settings.store_path, mailbox=supervisor.settings.data_dir / MAILBOX)
     assert report.ok, report.table()
