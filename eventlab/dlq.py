@@ -319,10 +319,10 @@ class DeadLetters:
     ) -> list[Replayed]:
         """Produce dead letters (``ids``, or all of ``topic``, or all; in ``service``'s store, else in
         every store) again, each with a checked delivery, and record the replay in its store. A
-        message goes back to its topic for the consumer that dead-lettered it (:data:`REPLAY_FOR`). A
-        stored event the relay could not decode is published as the relay would now, for every
-        consumer, if it can be decoded now (after a fix); else it is reported, not sent. Every id is looked up before
-        anything is sent (see :meth:`get`).
+        message goes back to its topic for the consumer that dead-lettered it (:data:`REPLAY_FOR`).
+        A stored event the relay could not decode is published as the relay would now, for every
+        consumer, if it can be decoded now (after a fix); else it is reported, not sent. Every id is
+        looked up before anything is sent (see :meth:`get`).
 
         A dead letter the broker does not acknowledge within ``timeout`` seconds stops the replay there
         with :class:`BrokerUnreachable`, instead of the same wait for each of the rest, when the broker

@@ -96,10 +96,10 @@ class OrderLine(BaseModel):
         return self.quantity * self.unit_price_cents
 
 
-L = TypeVar("L", bound=tuple[Any, ...])
+_Lines = TypeVar("_Lines", bound=tuple[Any, ...])
 
 
-def distinct_products(lines: L) -> L:
+def distinct_products(lines: _Lines) -> _Lines:
     """``lines`` unchanged, or ValueError naming a product on two of them: stock is checked line by
     line, so two lines of one product could each take what is left.
 

@@ -91,10 +91,11 @@ class Limits:
 
     ``idle_timeout`` bounds the wait for a request to start (also between keep-alive requests),
     ``read_timeout`` the time from its first byte until its whole body has arrived, and
-    ``write_timeout`` the sending of one reply. ``max_body`` bounds a body, ``max_headers`` the header
-    lines of one request together (``http.server`` alone allows 100 lines of 64 KiB). A connection over ``max_connections`` waits up to
-    ``queue_wait`` for a free slot, then gets a 503; while every slot stays taken, new connections
-    get the 503 at once, so a flood cannot queue up ``/health`` behind it.
+    ``write_timeout`` the sending of one reply. ``max_body`` bounds a body, ``max_headers`` the
+    header lines of one request together (``http.server`` alone allows 100 lines of 64 KiB). A
+    connection over ``max_connections`` waits up to ``queue_wait`` for a free slot, then gets a 503;
+    while every slot stays taken, new connections get the 503 at once, so a flood cannot queue up
+    ``/health`` behind it.
     """
 
     max_body: int = MAX_BODY
@@ -494,14 +495,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.body_pending = "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
-        target = self.path if self.path.startswith("/") else urlsplit(self.path).path  # absolute form, from a proxy
-        path = target.split("?", 1)[0]
         try:
-            self._reply(self._answer(path))
+            self._reply(self._answer(self._target_path()))
         except _Rejected as rejected:
             self._reply(rejected.reply)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch
+
+    def _target_path(self) -> str:
+        """The request target's path: ``/orders/1`` of ``/orders/1?x``, and of ``http://host/orders/1``
+        (the absolute form a proxy sends, RFC 9112 3.2.2)."""
+        if self.path.startswith("/"):
+            return self.path.split("?", 1)[0]
+        try:
+            return urlsplit(self.path).path
+        except ValueError as exc:  # e.g. http://[::1 (an IPv6 address without its bracket)
+            raise _Rejected(400, f"bad request target {self.path[:60]!r}: {exc}", "path") from None
 
     def _answer(self, path: str) -> Reply:
         parts = [unquote(part) for part in path.split("/") if part]  # %2D is -, as RFC 3986 6.2.2.2 says

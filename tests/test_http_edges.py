@@ -336,6 +336,8 @@ def test_absolute_form_and_percent_encoded_paths_reach_their_routes(serve):
     answer = get(port, "/orders/no%2Dsuch%2Forder")
     assert (answer.status, answer.json["field"]) == (404, "order_id")
     assert "no-such/order" in answer.json["error"]
+    answer = get(port, "http://[::1/health")  # an absolute form urllib cannot split
+    assert (answer.status, answer.json["field"]) == (400, "path")
 
 
 SMUGGLED = b"GET /orders/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
