@@ -22,6 +22,9 @@ one child process per service plus the relay:
 - each service writes to its own store where ``EVENTLAB_<SERVICE>_STORE_URL`` gives it one (printed
   at start, passwords hidden); the others share ``EVENTLAB_STORE_URL``;
 - a child that exits with :data:`CONFIG_ERROR` (3: e.g. its HTTP port is taken) is not restarted;
+- an embedded broker that dies is started again on its port, and every child with it, the relays
+  rewound (:meth:`~eventlab.shop.ShopInfrastructure.restart_broker`): the broker's topics, offsets
+  and groups were in its memory only;
 - children die with the supervisor, however it dies (``kill -9`` included): on Linux the kernel
   kills them (``PR_SET_PDEATHSIG`` with SIGKILL, set between fork and exec); everywhere each child
   also checks every 0.5 s that its parent is still the supervisor and stops when it is not, the
