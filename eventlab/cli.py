@@ -307,12 +307,9 @@ def _alone_on(data_dir: Path) -> Iterator[None]:
     """Hold ``<data_dir>/shop.lease`` while a shop runs there: a second one on the same directory
     would run a broker and a relay of its own over the same store, and strand what the first had
     published to its broker (orders left waiting for an answer)."""
-    from eventlab.store.sqlite import FileLease
+    from eventlab.store.sqlite import FileLease, make_directory
 
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EventlabError(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from exc
+    make_directory(data_dir, "the data directory")
     lease = FileLease("shop", data_dir / "shop.lease")
     if not lease.acquire():
         raise EventlabError(

@@ -256,7 +256,8 @@ def test_a_data_dir_that_is_a_file_is_one_line_naming_it(command, in_the_way, re
     # then: one line names the directory and why, not a FileExistsError traceback, and the file is untouched
     assert status == 2
     err = capsys.readouterr().err
-    assert err == f"eventlab: error: cannot create the event store's directory {data_dir}: {reason}\n"
+    what = "the data directory" if command[0] == "up" else "the event store's directory"  # up's lease is there too
+    assert err == f"eventlab: error: cannot create {what} {data_dir}: {reason}\n"
     assert (tmp_path / "shop").read_text() == "not a directory\n"
 
 

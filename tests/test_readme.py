@@ -66,6 +66,7 @@ MAPPED = {
     "eventlab projections": "tests/test_readme.py::test_quick_start_runs_and_prints_what_the_readme_shows",
     "eventlab audit": "tests/test_audit.py::test_cli_audit_prints_json_and_fails_on_a_violation",
     "eventlab up --processes": "tests/test_processes.py::test_one_process_per_service",
+    "eventlab up": "tests/test_cli.py::test_a_second_up_on_the_same_data_directory_is_one_clear_error",
     # the test runs benchmarks/replicas.py's run(), which starts exactly this command, at CI size
     ".venv/bin/eventlab up --processes --replicas inventory=3,relay=2": "tests/test_replicas.py::"
     "test_orders_complete_on_three_inventory_replicas_while_the_active_relay_is_killed",

@@ -29,8 +29,8 @@ from eventlab.store.sqlite import SqliteEventStore
 from eventlab.supervisor import Supervisor
 
 
-def settings_for(tmp_path, offset=None):
-    return Settings.from_env(env={}, data_dir=tmp_path, http_port_offset=offset or free_port_offset())
+def settings_for(tmp_path, offset=None, **overrides):
+    return Settings.from_env(env={}, data_dir=tmp_path, http_port_offset=offset or free_port_offset(), **overrides)
 
 
 def wait_for(condition, timeout=60.0, what="condition"):
@@ -55,8 +55,8 @@ def supervised(tmp_path):
     """A Supervisor running in a background thread, as the chaos command uses it."""
     running = []
 
-    def start(names, extra_args=()):
-        supervisor = Supervisor(settings_for(tmp_path), extra_args, names).start()
+    def start(names, extra_args=(), **settings):
+        supervisor = Supervisor(settings_for(tmp_path, **settings), extra_args, names).start()
         stop = threading.Event()
         thread = threading.Thread(target=supervisor.run, args=(stop,), daemon=True)
         thread.start()
@@ -262,9 +262,10 @@ def test_a_crash_looping_child_backs_off_and_is_reported(supervised):
 
 @pytest.fixture
 def shop_in_processes(supervised):
-    """The whole shop in processes, a product in stock and an order completed: (supervisor, commands)."""
+    """The whole shop in processes, a product in stock and an order completed: (supervisor, commands).
+    Its sagas wait 10 minutes, not 30 s: a loaded machine takes longer than that to start it again."""
     names = ["relay", "user", "product", "order", "payment", "inventory", "notification"]
-    supervisor = supervised(names, extra_args=["--payment-failure-rate", "0"])
+    supervisor = supervised(names, extra_args=["--payment-failure-rate", "0"], saga_timeout_s=600)
     with SqliteEventStore(supervisor.settings.store_path) as store:
         commands = Commands(store)
         commands.register_user(user_id="U1", name="Ada", email="ada@example.com")

@@ -58,6 +58,7 @@ __all__ = [
     "FileLease",
     "SqliteEventStore",
     "check_schema",
+    "make_directory",
     "open_in_this_process",
     "read_only_uri",
     "store_tables",
@@ -455,13 +456,13 @@ def _check_file(path: Path, conn: sqlite3.Connection) -> int:
     return check_schema(path, layout.columns, layout.version, layout.keys)
 
 
-def _make_directory(directory: Path) -> None:
-    """Create the store's directory, or raise StoreError naming it (a file in its place, no permission)."""
+def make_directory(directory: Path, what: str = "the event store's directory") -> None:
+    """Create ``directory``, or raise StoreError naming it as ``what`` (a file in its place, no permission)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         reason = "a file of that name is in the way" if isinstance(exc, FileExistsError) else exc.strerror or exc
-        raise StoreError(f"cannot create the event store's directory {directory}: {reason}") from exc
+        raise StoreError(f"cannot create {what} {directory}: {reason}") from exc
 
 
 _stores: weakref.WeakSet[SqliteEventStore] = weakref.WeakSet()
@@ -575,7 +576,7 @@ class SqliteEventStore(EventStore):
             if not create and not is_file(self.path):
                 raise StoreError(f"no event store at {self.path}")
             if create:
-                _make_directory(self.path.parent)
+                make_directory(self.path.parent)
             self._open(create)
         except BaseException:
             self.close()
