@@ -259,11 +259,10 @@ class ServiceLoop:
     def _replayed_for_another(self, message: KafkaMessage) -> bool:
         """Whether ``message`` is a dead letter replayed for another consumer of its topic."""
         try:
-            found = message.headers() or []
-            pairs = found if isinstance(found, list) else _headers(message)
+            headers = _consumed_headers(message)
         except Exception:  # noqa: BLE001 - e.g. a header name that is not UTF-8: decode() says so
             return False
-        return any(name == REPLAY_FOR and raw != self._replay_name for name, raw in pairs)
+        return any(name == REPLAY_FOR and raw != self._replay_name for name, raw in headers)
 
     def decode(self, message: KafkaMessage) -> Message | str:
         """The event in ``message``, or the reason it cannot be handled here.
@@ -273,9 +272,7 @@ class ServiceLoop:
         other topics, such as a test's, are not checked against theirs).
         """
         try:
-            found = message.headers()  # a consumed message's are a list of (name, bytes or None): no copy
-            headers = cast(Headers, found) if isinstance(found, list) else _headers(message)
-            decoded = from_message(message.value(), headers)
+            decoded = from_message(message.value(), _consumed_headers(message))
         except UndecodableMessage as exc:  # RecursionError included: the codec names it
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - whatever it is, it goes to the dead letters
@@ -593,6 +590,12 @@ def _position(message: KafkaMessage) -> tuple[str, int, int]:
 
 def _bytes(raw: str | bytes | None) -> bytes | None:
     return raw.encode() if isinstance(raw, str) else raw
+
+
+def _consumed_headers(message: KafkaMessage) -> Headers:
+    """A consumed message's headers: its own list of (name, bytes or None), not copied; else :func:`_headers`."""
+    found = message.headers()
+    return cast(Headers, found) if isinstance(found, list) else _headers(message)
 
 
 def _headers(message: KafkaMessage) -> Headers:
