@@ -98,8 +98,7 @@ class ShopInfrastructure:
                 self.settings.with_bootstrap(self.broker.bootstrap_servers),
                 session_timeout_ms=EmbeddedBroker.SESSION_TIMEOUT_MS,
             )
-            for store in self.stores:
-                rewind(store, self.consumers, self.stores.of_each(self.consumers or {}))
+            self._rewind_relays()
         ensure_topics(self.settings)
         return self.settings
 
@@ -109,9 +108,14 @@ class ShopInfrastructure:
         assert self.broker is not None, "an external broker is not ours to restart"
         self.broker.stop()
         self.broker.start()
+        self._rewind_relays()
+        ensure_topics(self.settings)
+
+    def _rewind_relays(self) -> None:
+        """A new embedded broker has no topics: each store's relay publishes again what some consumer
+        has not handled (see the class docstring)."""
         for store in self.stores:
             rewind(store, self.consumers, self.stores.of_each(self.consumers or {}))
-        ensure_topics(self.settings)
 
     def stop(self) -> None:
         if self.broker is not None:
