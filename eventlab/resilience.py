@@ -22,7 +22,7 @@ class CircuitOpen(EventlabError):
 
 class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive failures; after ``reset_after`` s lets one
-    trial call through (half-open) and closes again if it succeeds.
+    trial call through (half-open; other callers fail fast meanwhile) and closes again if it succeeds.
 
     Example:
         >>> breaker = CircuitBreaker(failure_threshold=2, reset_after=30)
@@ -41,6 +41,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self._trial = False  # a half-open trial call is running
         self._lock = threading.Lock()
 
     @property
@@ -55,8 +56,10 @@ class CircuitBreaker:
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` through the breaker; raise :class:`CircuitOpen` without calling it when open."""
         with self._lock:
-            if self.state == "open":
+            state = self.state
+            if state == "open" or (state == "half-open" and self._trial):
                 raise CircuitOpen("circuit open: dependency presumed down")
+            trial = self._trial = state == "half-open"
         try:
             result = fn()
         except Exception:
@@ -65,6 +68,10 @@ class CircuitBreaker:
                 if self._failures >= self.failure_threshold or self._opened_at is not None:
                     self._opened_at = self._clock()
             raise
+        finally:
+            if trial:
+                with self._lock:
+                    self._trial = False
         with self._lock:
             self._failures = 0
             self._opened_at = None

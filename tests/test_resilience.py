@@ -43,6 +43,40 @@ def test_a_failed_trial_call_opens_the_breaker_again():
     assert breaker.state == "open"
 
 
+def test_half_open_lets_one_trial_call_through_and_fails_the_others_fast():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    clock.now = 5
+    refused = []
+
+    def trial():  # while it runs, other callers (here: from inside it) are refused without a call
+        for _ in range(3):
+            with pytest.raises(CircuitOpen):
+                breaker.call(lambda: refused.append("called"))
+            refused.append("refused")
+        return "ok"
+
+    assert breaker.call(trial) == "ok" and refused == ["refused"] * 3
+    assert breaker.state == "closed" and breaker.call(lambda: "next") == "next"
+
+
+def test_a_trial_ended_by_an_interrupt_lets_the_next_trial_through():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    clock.now = 5
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        breaker.call(interrupted)
+    assert breaker.state == "half-open" and breaker.call(lambda: "ok") == "ok"
+
+
 def test_retry_backs_off_exponentially_and_gives_up():
     delays = []
     calls = []
