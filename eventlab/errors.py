@@ -11,6 +11,7 @@ __all__ = [
     "NotFound",
     "SagaTimeout",
     "StoreError",
+    "Unavailable",
 ]
 
 
@@ -41,6 +42,11 @@ class ConcurrencyError(EventlabError):
 
 class StoreError(EventlabError):
     """The event store cannot be used (missing, not an event store, or a database error)."""
+
+
+class Unavailable(EventlabError):
+    """A dependency a handler needs is down (a payment gateway): the message is fine, so the
+    service holds it and tries it again later, never dead-letters it."""
 
 
 class BrokerError(EventlabError):

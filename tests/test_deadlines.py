@@ -30,6 +30,7 @@ from eventlab.events import (
     StockReserved,
 )
 from eventlab.projections import audit
+from eventlab.resilience import wait_until
 from eventlab.services import inventory, order, payment
 from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue
 from eventlab.services.runtime import execute, load, trace_metadata
@@ -145,10 +146,18 @@ class HeldGateway(SimulatedGateway):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.release = threading.Event()
+        self.refunding = threading.Event()  # cleared: refunds meet an outage
+        self.refunds: list[str] = []  # every refund call, made or not
 
     def charge(self, order_id: str, amount_cents: int) -> payment.ChargeResult:
         self.release.wait(30)
         return super().charge(order_id, amount_cents)
+
+    def refund(self, order_id: str) -> payment.RefundResult:
+        self.refunds.append(order_id)
+        if not self.refunding.is_set():
+            raise payment.GatewayUnavailable("payment gateway unavailable")
+        return super().refund(order_id)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +168,7 @@ def quick_shop(tmp_path_factory):
     shop = Shop(settings)
     shop.gateway = HeldGateway(path=data_dir / "gateway.jsonl")
     shop.gateway.release.set()
+    shop.gateway.refunding.set()
     shop.services = build_services(settings, shop.gateway, shop.breaker)
     with shop:
         shop.register_user("U001", "Ada", "ada@example.com")
@@ -218,6 +228,34 @@ def test_a_timed_out_order_whose_payment_answers_later_is_refunded(quick_shop):
     assert stock(shop) == before
     report = audit(shop.store.path, now=datetime.now(UTC) + timedelta(minutes=5))
     assert report["cancelled_orders_not_charged"].ok and report["stock_conserved"].ok
+
+
+def test_a_refund_the_gateway_cannot_take_waits_for_it_and_is_never_dead_lettered(quick_shop):
+    shop = quick_shop
+    gateway, loop = shop.gateway, shop.loops["payment"]
+    dead_letters = shop.store.dead_letter_counts().get("payment", 0)
+    gateway.release.clear()
+    try:
+        order_id = shop.place_order("U001", {"P001": 1})
+        assert shop.wait(order_id, timeout=15).reason == "timeout"
+        gateway.refunding.clear()  # the gateway goes down between the late charge and its refund
+    finally:
+        gateway.release.set()
+    try:
+        # when every try to refund meets the outage, for longer than the loop's tries before a dead letter
+        wait_until(lambda: gateway.refunds.count(order_id) > 3 * loop.attempts, timeout=30)
+        # then the cancellation is held, not dead-lettered, and /health says why
+        (problem,) = loop.health()["problems"]
+        assert "order.lifecycle.cancelled" in problem and "payment gateway unavailable" in problem
+        assert shop.store.dead_letter_counts().get("payment", 0) == dead_letters
+    finally:
+        gateway.refunding.set()
+    # and once the gateway is back, the money goes back
+    wait_until(lambda: len(shop.store.read_stream("payment", order_id)) == 2, timeout=30)
+    assert [type(e.event) for e in shop.store.read_stream("payment", order_id)] == [PaymentCompleted, PaymentRefunded]
+    wait_until(lambda: loop.health()["problems"] == [], timeout=10)
+    report = audit(shop.store.path, now=datetime.now(UTC) + timedelta(minutes=5))
+    assert report["cancelled_orders_not_charged"].ok
 
 
 def test_a_duplicated_order_completed_sells_nothing(quick_shop):

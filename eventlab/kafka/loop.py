@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from eventlab.dlq import DeadLetterPublisher
-from eventlab.errors import BrokerError, ConcurrencyError, StoreError
+from eventlab.errors import BrokerError, ConcurrencyError, StoreError, Unavailable
 from eventlab.kafka.clients import REPLAY_FOR, make_consumer
 from eventlab.kafka.cloudevents import Message, UndecodableMessage, from_message
 from eventlab.metrics import handler_histogram
@@ -288,14 +288,15 @@ class ServiceLoop:
         """Handle one event in its own transaction, retrying with backoff, else dead-letter it
         (after :attr:`attempts` attempts, ``tried`` of them made already: in a batch).
 
-        Returns whether it is done; a store failure holds the partition instead (retried later,
-        never skipped and never dead-lettered for the store's sake).
+        Returns whether it is done; a store failure, or a dependency the handler needs being down,
+        holds the partition instead (retried later, never skipped and never dead-lettered for the
+        store's or the dependency's sake).
         """
 
-        def attempt() -> bool | StoreError:
+        def attempt() -> bool | StoreError | Unavailable:
             try:
                 return self.handle(decoded, message)
-            except StoreError as exc:
+            except (StoreError, Unavailable) as exc:
                 return exc  # not retried here: the partition is held instead
             except Exception as exc:
                 if not isinstance(exc, ConcurrencyError):
@@ -314,8 +315,8 @@ class ServiceLoop:
         except Exception as error:  # noqa: BLE001 - every attempt failed: it becomes a dead letter
             reason = f"handler failed after {self.attempts} attempts: {type(error).__name__}: {error}"
             return self.dead_letter(message, reason)
-        if isinstance(outcome, StoreError):
-            self._hold(message, f"event store: {outcome}")
+        if isinstance(outcome, StoreError | Unavailable):
+            self._hold(message, f"event store: {outcome}" if isinstance(outcome, StoreError) else str(outcome))
             return False
         self._count([outcome])
         return True

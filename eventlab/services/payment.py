@@ -7,7 +7,8 @@ processed marker makes redelivered ``OrderConfirmed`` events no-ops, and the gat
 answers a second charge of an order with its first answer.
 
 Money is never left taken for a cancelled order: a cancellation that finds the order charged
-refunds it (``PaymentRefunded``); an order that timed out before it was charged is voided
+refunds it (``PaymentRefunded``; while the gateway is down, the cancellation is held and tried
+again until it is back); an order that timed out before it was charged is voided
 (``PaymentVoided``), so a late ``OrderConfirmed`` charges nothing (if a charge raced the void,
 it is refunded). The gateway adapter is :class:`eventlab.adapters.gateway.SimulatedGateway`.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from eventlab.errors import EventlabError
+from eventlab.errors import Unavailable
 from eventlab.events import Event, OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentRefunded, PaymentVoided
 from eventlab.resilience import CircuitBreaker, CircuitOpen, retry
 from eventlab.services.runtime import Service, States, StreamKey, state_of
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class GatewayUnavailable(EventlabError):
+class GatewayUnavailable(Unavailable):
     """The gateway did not answer (a transient failure worth retrying)."""
 
 
@@ -133,8 +134,8 @@ def service(gateway: Gateway, breaker: CircuitBreaker | None = None) -> Service:
             return ChargeResult(False, str(exc))
 
     def refund(order_id: str) -> RefundResult:
-        # No fallback: a refund that cannot be made fails the handling, so the loop retries it
-        # (and in the end dead-letters it, for a replay once the gateway is back).
+        # No fallback: the money must go back, so a refund the gateway cannot take now raises
+        # GatewayUnavailable, and the loop holds the message and tries it again until it can.
         return retry(lambda: gateway.refund(order_id), retry_on=(GatewayUnavailable,))
 
     def handle(event: Event, states: States) -> list[Event]:
