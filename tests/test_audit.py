@@ -226,7 +226,20 @@ def test_failed_payment_without_cancellation_is_caught_once_settled(tmp_path):
     report = audit(story.store.path, now=LATER)
     assert violated(report) == {"failed_payments_compensated", "orders_terminal"}
     problems = [(v["product_id"], v["problem"]) for v in report["failed_payments_compensated"].violations]
-    assert problems == [(None, "no OrderCancelled after the failed payment"), ("P1", "released 0 of 2 reserved units")]
+    assert problems == [(None, "the order was not cancelled"), ("P1", "released 0 of 2 reserved units")]
+
+
+def test_a_payment_declined_after_its_order_timed_out_is_compensated(tmp_path):
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": 2})
+    story.reserve(order)
+    # the payment step times out while the gateway still answers: cancelled and released first ...
+    story.cancel(order, "timeout", "no answer from Payment", release=True)
+    story.pay(order, approved=False)  # ... and then the gateway declines
+    story.publish()
+    assert audit(story.store.path, now=LATER).ok
 
 
 def test_all_events_published_catches_a_relay_that_fell_behind(healthy):

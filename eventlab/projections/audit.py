@@ -239,8 +239,8 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "failed_payments_compensated",
-        "Every failed payment is followed by OrderCancelled and by StockReleased of exactly the "
-        "units reserved for the order.",
+        "Every failed payment's order is cancelled and releases exactly the units reserved for it "
+        "(before the failure too: a timeout may cancel the order while the gateway still answers).",
         """
         WITH failed AS (
             SELECT order_id, min(position) AS failed_position, min(recorded_at) AS failed_at
@@ -249,9 +249,9 @@ CHECKS: tuple[Check, ...] = (
             GROUP BY order_id
         ), settled AS (
             SELECT * FROM failed WHERE failed_at <= $cutoff
-        ), later AS (
+        ), compensation AS (
             SELECT e.order_id, e.event_type, e.product_id, e.quantity
-            FROM events AS e JOIN settled AS f ON e.order_id = f.order_id AND e.position > f.failed_position
+            FROM events AS e JOIN settled AS f USING (order_id)
             WHERE e.event_type IN ('OrderCancelled', 'StockReleased')
         ), reserved AS (
             SELECT order_id, product_id, sum(quantity)::BIGINT AS reserved
@@ -260,14 +260,16 @@ CHECKS: tuple[Check, ...] = (
             GROUP BY order_id, product_id
         ), released AS (
             SELECT order_id, product_id, sum(quantity)::BIGINT AS released
-            FROM later
+            FROM compensation
             WHERE event_type = 'StockReleased'
             GROUP BY order_id, product_id
         )
         SELECT f.order_id, f.failed_position, NULL AS product_id, NULL::BIGINT AS reserved,
-               NULL::BIGINT AS released, 'no OrderCancelled after the failed payment' AS problem
+               NULL::BIGINT AS released, 'the order was not cancelled' AS problem
         FROM settled AS f
-        WHERE NOT EXISTS (SELECT 1 FROM later AS l WHERE l.order_id = f.order_id AND l.event_type = 'OrderCancelled')
+        WHERE NOT EXISTS (
+            SELECT 1 FROM compensation AS c WHERE c.order_id = f.order_id AND c.event_type = 'OrderCancelled'
+        )
         UNION ALL
         SELECT f.order_id, f.failed_position, r.product_id, r.reserved, coalesce(d.released, 0),
                'released ' || coalesce(d.released, 0) || ' of ' || r.reserved || ' reserved units'
