@@ -19,7 +19,15 @@ import pytest
 from projection_story import START, ShopStory, standard_story, tell_healthy_story
 
 from eventlab.cli import main
-from eventlab.events import OrderCancelled, OrderCompleted, PaymentCompleted, StockReleased, StockReserved
+from eventlab.events import (
+    EmailRequested,
+    OrderCancelled,
+    OrderCompleted,
+    PaymentCompleted,
+    PaymentRefunded,
+    StockReleased,
+    StockReserved,
+)
 from eventlab.projections import CHECKS, Projections, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.projections.sandbox import Sandbox
@@ -188,6 +196,33 @@ def test_a_charge_for_an_order_nobody_placed_is_caught(healthy):
     assert violated(report) == {"effects_of_placed_orders"}
     assert report["effects_of_placed_orders"].violations == (
         {"order_id": "O-ghost", "event_types": ["PaymentCompleted"], "events": 1, "positions": [healthy.store.head()]},
+    )
+
+
+def test_a_refund_or_an_email_that_contradicts_how_the_order_ended_is_caught(healthy):
+    # given what Payment and Notification do for an OrderCancelled forged on its topic for the
+    # completed O1, and for an OrderCompleted forged for the declined O3
+    healthy.write(PaymentRefunded(order_id="O1", amount_cents=2250))
+    first = healthy.store.head()
+    healthy.write(EmailRequested(order_id="O1", kind="order_cancelled", to="u1@example.com", subject="cancelled"))
+    healthy.write(EmailRequested(order_id="O3", kind="order_completed", to="u1@example.com", subject="paid"))
+    healthy.publish()
+    report = audit(healthy.store.path, now=LATER)
+    # then the audit names both orders and what was done; money and stock still add up
+    assert violated(report) == {"effects_match_outcome"}
+    assert report["effects_match_outcome"].violations == (
+        {
+            "order_id": "O1",
+            "status": "completed",
+            "effects": ["PaymentRefunded", "EmailRequested order_cancelled"],
+            "positions": [first, first + 1],
+        },
+        {
+            "order_id": "O3",
+            "status": "cancelled",
+            "effects": ["EmailRequested order_completed"],
+            "positions": [first + 2],
+        },
     )
 
 

@@ -424,6 +424,23 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
+        "effects_match_outcome",
+        "What the services did for a finished order matches how it ended: a completed order is not "
+        "refunded and gets no cancellation email, a cancelled one gets no completion email (a terminal "
+        "event forged on a topic would make them do so unseen).",
+        f"""
+        SELECT o.order_id, o.status,
+               list(e.event_type || coalesce(' ' || e.kind, '') ORDER BY e.position) AS effects,
+               list(e.position ORDER BY e.position)[1:{_POSITIONS_SHOWN}] AS positions
+        FROM events AS e JOIN orders AS o USING (order_id)
+        WHERE o.status = 'completed'
+              AND (e.event_type = 'PaymentRefunded' OR e.event_type = 'EmailRequested' AND e.kind = 'order_cancelled')
+           OR o.status = 'cancelled' AND e.event_type = 'EmailRequested' AND e.kind = 'order_completed'
+        GROUP BY o.order_id, o.status
+        ORDER BY o.order_id
+        """,
+    ),
+    Check(
         "effects_of_placed_orders",
         "Every event about an order (a reservation, a payment, an email) concerns one the log shows placed: "
         "a message forged on a topic for an order nobody placed would move stock or money unseen.",
