@@ -12,7 +12,7 @@ import json
 import re
 import sqlite3
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,38 @@ def test_an_order_in_flight_is_fine_until_it_is_stuck(tmp_path):
     (stuck,) = report["orders_terminal"].violations
     assert stuck["order_id"] == "O5" and stuck["status"] == "confirmed"
     assert stuck["age_s"] == pytest.approx(300.58)  # created at 09:00:00.420 on day 2, now 09:05:01
+
+
+def test_an_order_is_stuck_once_its_current_step_outlasts_the_grace(tmp_path):
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": 1})
+    story.now += timedelta(seconds=50)  # Inventory answers late, but before its deadline
+    story.reserve(order)  # confirmed: now it waits for Payment, since the confirmation
+    story.publish()
+    confirmed = story.now
+    grace = timedelta(seconds=30)
+    assert audit(story.store.path, now=confirmed + timedelta(seconds=20), grace=grace).ok
+    report = audit(story.store.path, now=confirmed + timedelta(seconds=40), grace=grace)
+    assert violated(report) == {"orders_terminal"}
+    (stuck,) = report["orders_terminal"].violations
+    assert stuck["waiting_for"] == "Payment's answer (OrderConfirmed not answered)"
+    assert stuck["step_age_s"] == pytest.approx(40, abs=0.1)
+
+
+def test_cli_audit_gives_a_step_as_long_as_the_shop_does(tmp_path, monkeypatch, capsys):
+    # an order confirmed 45 s ago, still waiting for Payment, whose deadline is twice the saga timeout
+    story = ShopStory(tmp_path / "events.db", start=datetime.now(UTC) - timedelta(seconds=45))
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    story.reserve(story.place("O1", "U1", {"P1": 1}))
+    story.publish()
+    monkeypatch.setenv("EVENTLAB_SAGA_TIMEOUT_S", "30")  # Payment may take 60 s: in flight
+    assert main(["audit", "--data-dir", str(tmp_path)]) == 0
+    monkeypatch.setenv("EVENTLAB_SAGA_TIMEOUT_S", "10")  # 20 s: stuck
+    assert main(["audit", "--data-dir", str(tmp_path)]) == 1
+    assert re.search(r"^orders_terminal +VIOLATED \(1\)$", capsys.readouterr().out, re.MULTILINE)
 
 
 def test_stock_never_negative_catches_an_oversold_reservation(healthy):

@@ -42,6 +42,7 @@ from eventlab.errors import StoreError
 from eventlab.events import EVENT_TYPES, beyond_64_bits, readable_versions
 from eventlab.projections.engine import Projections, Source
 from eventlab.projections.sources import store_location
+from eventlab.services.deadlines import Deadlines
 from eventlab.store import ShopStores, SqliteEventStore
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.store.sqlite import check_schema, is_file, verify_event_store
@@ -160,8 +161,9 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
 CHECKS: tuple[Check, ...] = (
     Check(
         "orders_terminal",
-        "Every order is completed or cancelled, or has been in flight for less than the grace period "
-        "(a stuck order shows what it waits for, and since when).",
+        "Every order is completed or cancelled, or has waited at its step (for Inventory since it was "
+        "placed, for Payment since it was confirmed) for less than the grace period (a stuck order "
+        "shows what it waits for, and since when).",
         """
         SELECT order_id, status, created_at,
                round(date_diff('millisecond', created_at, $now) / 1000, 3) AS age_s,
@@ -170,7 +172,7 @@ CHECKS: tuple[Check, ...] = (
                coalesce(confirmed_at, created_at) AS last_step_at,
                round(date_diff('millisecond', coalesce(confirmed_at, created_at), $now) / 1000, 3) AS step_age_s
         FROM orders
-        WHERE status NOT IN ('completed', 'cancelled') AND created_at <= $cutoff
+        WHERE status NOT IN ('completed', 'cancelled') AND coalesce(confirmed_at, created_at) <= $cutoff
         ORDER BY created_at, order_id
         """,
     ),
@@ -456,6 +458,9 @@ CHECKS: tuple[Check, ...] = (
     ),
 )
 
+#: How long a saga step may take by default: the payment step's deadline at the default saga timeout.
+DEFAULT_GRACE = Deadlines().payment
+
 _PARAMETER = re.compile(r"\$(\w+)")
 
 #: An email as the mailbox holds it, plus its ``line`` number (``error`` for an unreadable line).
@@ -676,7 +681,7 @@ def _code(text: str) -> Html:
 def audit(
     source: Projections | Source | ShopStores | Sequence[Source],
     *,
-    grace: timedelta = timedelta(seconds=30),
+    grace: timedelta = DEFAULT_GRACE,
     now: datetime | None = None,
     limit: int = 100,
     mailbox: str | Path | None = None,
@@ -686,7 +691,9 @@ def audit(
     those) or on open projections (refreshed first), then every check of :data:`MAILBOX_CHECKS` on
     the mailbox.
 
-    ``grace``: how long a saga step may take before its absence is a violation; ``now`` (default:
+    ``grace``: how long a saga step may take before its absence is a violation (default 60 s, the
+    payment step's deadline at the default ``EVENTLAB_SAGA_TIMEOUT_S``: past it the shop cancels the
+    order, so a saga waiting longer is stuck); ``now`` (default:
     the clock, naive = UTC) is when the audit happens; at most ``limit`` violations are kept per
     check (``count`` has them all); ``mailbox``: the mailer's file (default: ``mailbox.jsonl``
     beside the SQLite store, in the data directory — over several stores, beside the first SQLite

@@ -34,6 +34,7 @@ from eventlab.projections.sandbox import DEFAULT_TIMEOUT, ProjectionError, Query
 from eventlab.projections.snapshot import Snapshot
 from eventlab.projections.sources import PostgresUrl, store_location, store_locations
 from eventlab.projections.typed import EVENTS_DOC
+from eventlab.services.deadlines import Deadlines
 from eventlab.settings import Settings, SettingsError
 
 __all__ = ["add_commands"]
@@ -78,9 +79,9 @@ def add_commands(
     check.add_argument(
         "--grace",
         type=_seconds,
-        default=30.0,
         metavar="SECONDS",
-        help="how long a saga step may be in flight before it counts as missing (default 30)",
+        help="how long a saga step may be in flight before it counts as missing (default: the payment "
+        "step's deadline, twice EVENTLAB_SAGA_TIMEOUT_S: 60)",
     )
 
     ask = command(
@@ -322,7 +323,12 @@ def _audit(args: argparse.Namespace) -> int:
     # files may lie anywhere); with --store, beside the (first) SQLite file given, else there too.
     beside = args.store and not isinstance(stores[0], PostgresUrl)
     mailbox = None if beside else _settings(args).data_dir / MAILBOX
-    report = audit(stores, grace=timedelta(seconds=args.grace), mailbox=mailbox)
+    grace = (
+        Deadlines.scaled(_settings(args).saga_timeout_s).payment
+        if args.grace is None
+        else timedelta(seconds=args.grace)
+    )
+    report = audit(stores, grace=grace, mailbox=mailbox)
     print(json.dumps(report.as_dict()) if args.json else report.table())
     return 0 if report.ok else 1
 
