@@ -3,6 +3,7 @@ driver errors translated. The server is the session's throwaway cluster (tests/c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -248,6 +249,36 @@ def test_a_driver_error_inside_a_read_or_an_append_is_a_store_error(shop_store):
             store.append([NewEvent(added(), 4)])
         with pytest.raises(StoreError, match="does not exist"), store.transaction():
             store.append([NewEvent(added(), 4)])
+
+
+class ConnectionLostAtCommit(PostgresEventStore):
+    """A store whose writes lose their connection as they commit: ``after`` the commit reached the
+    server, or before it (then the server rolls the transaction back)."""
+
+    after = True
+
+    @contextlib.contextmanager
+    def _writing(self):
+        lost = psycopg.OperationalError("server closed the connection unexpectedly")
+        with super()._writing() as conn:
+            yield conn
+            if not self.after:
+                raise lost
+        raise lost
+
+
+def test_an_append_whose_connection_breaks_after_the_commit_is_stored_once_and_reported_so(postgres_store_url):
+    with ConnectionLostAtCommit(postgres_store_url) as store:
+        # when the commit reaches the server but its answer is lost, the append is reported as done
+        stored = store.append([NewEvent(added(1), 1), NewEvent(added(2), 2)], processed=("inventory", "e-1"))
+        assert [(e.position, e.version) for e in stored] == [(1, 1), (2, 2)]
+        assert [e.event_id for e in store.read_all()] == [e.event_id for e in stored]
+        assert store.is_processed("inventory", "e-1")
+        # and when the connection breaks before the commit, nothing is stored and the append fails
+        store.after = False
+        with pytest.raises(StoreError, match="append failed: server closed the connection"):
+            store.append([NewEvent(added(3), 3)])
+        assert store.head() == 2
 
 
 # --- the shop on PostgreSQL --------------------------------------------------------------------------

@@ -525,9 +525,32 @@ class PostgresEventStore(EventStore):
                     positions = sorted(position for (position,) in conn.execute(_INSERT, columns))
         except _Redelivered:
             return []
+        except psycopg.OperationalError:
+            # The connection broke: if that was after the commit reached the server, the events are
+            # stored, and saying the append failed would have its caller append them again.
+            found = self._stored_after_all(rows)
+            if found is None:
+                raise
+            positions = found
         if positions and getattr(self._local, "conn", None) is None:  # not inside a transaction: committed now
             self._committed()
         return _stored(positions, rows, events, recorded_at)
+
+    def _stored_after_all(self, rows: Sequence[_NewRow]) -> list[int] | None:
+        """The positions of ``rows`` if the append whose connection broke committed them after all, read
+        on a new connection; None if it did not, or if that cannot be told (then it stays a failure)."""
+        if not rows or getattr(self._local, "conn", None) is not None:  # inside a transaction: not committed
+            return None
+        try:
+            with psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+            ) as conn:
+                found = conn.execute(
+                    "SELECT position FROM events WHERE event_id = ANY(%s)", ([row[0] for row in rows],)
+                ).fetchall()
+        except psycopg.Error:
+            return None
+        return sorted(position for (position,) in found) if len(found) == len(rows) else None
 
     @_translated
     def read_stream(self, aggregate_type: str, aggregate_id: str, after_version: int = 0) -> list[StoredEvent]:
