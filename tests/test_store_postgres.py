@@ -281,6 +281,19 @@ def test_an_append_whose_connection_breaks_after_the_commit_is_stored_once_and_r
         assert store.head() == 2
 
 
+def test_connections_the_server_dropped_are_replaced_before_use(postgres_store_url):
+    url = postgres_store_url + ("&" if "?" in postgres_store_url else "?") + "application_name=dropped_test"
+    with PostgresEventStore(url) as store:
+        store.append([NewEvent(added(), 1)])
+        # when the server ends every session of the store (as a restart does), with the store idle
+        sql(
+            postgres_store_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dropped_test'",
+        )
+        # then the next calls work at once, on new connections
+        assert store.head() == 1 and [e.version for e in store.read_stream("stock", "P1")] == [1]
+
+
 # --- the shop on PostgreSQL --------------------------------------------------------------------------
 
 

@@ -323,6 +323,7 @@ class PostgresEventStore(EventStore):
             max_size=pool_size,
             kwargs={"autocommit": True},
             configure=self._configure,
+            check=ConnectionPool.check_connection,  # a connection the server dropped (a restart) is replaced
             timeout=max(busy_timeout, connect_timeout),
             name=self.name,
             open=False,
