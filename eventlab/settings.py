@@ -223,6 +223,31 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text):,} characters)"
 
 
+#: One bootstrap server as librdkafka takes it: an optional security protocol, a host name or an
+#: address ([…] for IPv6), an optional port (9092).
+_SERVER = re.compile(
+    r"((PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def kafka_servers(text: str) -> list[str]:
+    """The servers of a bootstrap list (``host:port,host:port``; none when empty): ``ValueError``
+    naming the first one that is no ``host[:port]`` with a port from 1 to 65535.
+
+    Example:
+        >>> kafka_servers("kafka-1:9092, kafka-2")
+        ['kafka-1:9092', 'kafka-2']
+    """
+    servers = [server.strip() for server in text.split(",")] if text.strip() else []
+    for server in servers:
+        found = _SERVER.fullmatch(server)
+        if found is None or not 1 <= int(found["port"] or 9092) <= 65535:
+            within = f" in {_shown(text)}" if len(servers) > 1 else ""
+            raise ValueError(f"{_shown(server)} is not host:port (a port from 1 to 65535){within}")
+    return servers
+
+
 #: The variable that sets the memory one ad-hoc query may use (:mod:`eventlab.projections.sandbox`).
 QUERY_MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
 #: What it is unless set: room for any query over a shop's log, on a laptop (2 GiB).
@@ -382,6 +407,10 @@ class Settings:
             memory_within_bounds(self.query_memory)
         except ValueError as exc:
             raise SettingsError(QUERY_MEMORY_VARIABLE, str(exc)) from None
+        try:
+            kafka_servers(self.bootstrap_servers)
+        except ValueError as exc:
+            raise SettingsError("EVENTLAB_BOOTSTRAP_SERVERS", str(exc)) from None
         for key, value in self.kafka_config.items():
             name = _KAFKA_PREFIX + key.replace(".", "_").upper()
             _utf8(name, key)  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8

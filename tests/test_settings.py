@@ -55,6 +55,23 @@ def test_settings_survive_the_trip_to_a_child_process():
         ({"EVENTLAB_HTTP_PORT_OFFSET": "1_000"}, "EVENTLAB_HTTP_PORT_OFFSET", "not a whole number: '1_000'"),
         ({"EVENTLAB_SAGA_TIMEOUT_S": "\uff13"}, "EVENTLAB_SAGA_TIMEOUT_S", "not a number: '\uff13'"),
         ({"EVENTLAB_PARTITIONS": "9" * 5000}, "EVENTLAB_PARTITIONS", "(5,000 characters)"),
+        # librdkafka took these, then waited 30 s for a broker at port 0 or at 'http'
+        (
+            {"EVENTLAB_BOOTSTRAP_SERVERS": "127.0.0.1:notaport"},
+            "EVENTLAB_BOOTSTRAP_SERVERS",
+            "'127.0.0.1:notaport' is not host:port",
+        ),
+        (
+            {"EVENTLAB_BOOTSTRAP_SERVERS": "http://kafka:9092"},
+            "EVENTLAB_BOOTSTRAP_SERVERS",
+            "'http://kafka:9092' is not host:port",
+        ),
+        (
+            {"EVENTLAB_BOOTSTRAP_SERVERS": "kafka:9092, ,"},
+            "EVENTLAB_BOOTSTRAP_SERVERS",
+            "'' is not host:port (a port from 1 to 65535) in 'kafka:9092, ,'",
+        ),
+        ({"EVENTLAB_BOOTSTRAP_SERVERS": "kafka:65536"}, "EVENTLAB_BOOTSTRAP_SERVERS", "'kafka:65536' is not host:port"),
     ],
 )
 def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):
@@ -72,6 +89,8 @@ def test_the_edges_of_every_range_are_accepted():
     assert Settings.from_env({"EVENTLAB_PARTITIONS": " 1000 "}).partitions == 1000
     assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "-8080"}).port("user") == 1
     assert Settings.from_env({"EVENTLAB_HTTP_PORT_OFFSET": "57449"}).port("notification") == 65535
+    for servers in ("kafka-1:9092,kafka-2:9093", "SASL_SSL://kafka.example.com:9094", "[::1]:9092", "localhost"):
+        assert Settings.from_env({"EVENTLAB_BOOTSTRAP_SERVERS": servers}).bootstrap_servers == servers
 
 
 def test_settings_built_in_code_are_checked_the_same_way():
