@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from eventlab.errors import StoreError
 from eventlab.events import Event
 from eventlab.services import order
 from eventlab.services.deadlines import Deadlines, Waiting, advance, overdue, timeout_detail
@@ -108,5 +109,7 @@ class DeadlineSweeper:
         while not stop.wait(interval):
             try:
                 self.sweep()
+            except StoreError as exc:  # the store is away for a while (a restart): one line, not a traceback
+                log.warning("deadline sweep failed: %s; trying again in %.2f s", exc, interval)
             except Exception:
                 log.exception("deadline sweep failed; trying again in %.2f s", interval)

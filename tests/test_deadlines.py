@@ -18,6 +18,7 @@ from conftest import free_port_offset
 from eventlab import Settings, Shop
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import build_services
+from eventlab.errors import StoreError
 from eventlab.events import (
     OrderCancelled,
     OrderConfirmed,
@@ -256,6 +257,25 @@ def test_a_refund_the_gateway_cannot_take_waits_for_it_and_is_never_dead_lettere
     wait_until(lambda: loop.health()["problems"] == [], timeout=10)
     report = audit(shop.store.path, now=datetime.now(UTC) + timedelta(minutes=5))
     assert report["cancelled_orders_not_charged"].ok
+
+
+def test_a_sweep_the_store_refuses_is_one_warning_line_and_the_sweeper_runs_on(tmp_path, caplog):
+    sweeper = DeadlineSweeper(SqliteEventStore(tmp_path / "events.db"), Deadlines.scaled(0.2))
+    stop, sweeps = threading.Event(), []
+
+    def away():
+        sweeps.append(1)
+        if len(sweeps) == 3:
+            stop.set()
+        raise StoreError("events.db: read_from failed: server closed the connection")
+
+    sweeper.sweep = away
+    sweeper.run(stop)
+    assert len(sweeps) == 3
+    assert [(r.levelname, r.exc_info) for r in caplog.records if r.name == "eventlab.sweeper"] == [
+        ("WARNING", None)
+    ] * 3
+    assert "server closed the connection; trying again" in caplog.text
 
 
 def test_a_duplicated_order_completed_sells_nothing(quick_shop):
