@@ -364,6 +364,26 @@ def test_sampling_keeps_or_drops_whole_orders():
         sampled.shutdown()
 
 
+@pytest.mark.parametrize(("trace_id", "recorded"), [(1, ["place order", "POST /orders"]), (2**64 - 1, [])])
+def test_a_callers_sampled_trace_is_recorded_whole_or_not_at_all(trace_id, recorded):
+    # given tracing that records one trace in ten, and a caller that sampled its trace
+    memory = InMemorySpanExporter()
+    sampled = Tracing(lambda: [memory], sample=0.1).open()
+    caller = f"00-{trace_id:032x}-{1:016x}-01"
+    try:
+        # when its request places an order, whose events carry the traceparent of `place order`
+        with sampled.serving("order", "POST", "/orders", caller) as answered:
+            with sampled.tracer("order").start_as_current_span("place order") as span:
+                stored = sampled.traceparent(span)
+            answered(201)
+        sampled.flush()
+        # then the HTTP span, `place order` and the later steps all follow the trace id's share
+        names = [span.name for span in memory.get_finished_spans()]
+        assert (names, sampled.records(stored)) == (recorded, bool(recorded))
+    finally:
+        sampled.shutdown()
+
+
 def test_otlp_endpoint_receives_the_spans(tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread

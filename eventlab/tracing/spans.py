@@ -194,13 +194,18 @@ class _Shared(SpanProcessor):
         return self.tracing.flush(timeout_millis)
 
 
+#: The part of a trace id the sampled share is decided by (as the SDK's ``TraceIdRatioBased``).
+_TRACE_ID_LOW = TraceIdRatioBased.TRACE_ID_LIMIT
+
+
 class _FollowParent(Sampler):
-    """The SDK's ``ParentBased(root)`` without its per-span cost: a span under a valid parent is
-    recorded exactly when the parent was sampled (its trace state kept); a new trace asks ``root``."""
+    """The SDK's ``ParentBased(root)`` without its per-span cost, one decision per trace: a span under
+    a valid parent is recorded exactly when the parent was sampled and ``root`` keeps its trace id
+    (its trace state kept), as :meth:`Tracing.records` decides; a new trace asks ``root``."""
 
     _DROPPED = SamplingResult(Decision.DROP)
 
-    def __init__(self, root: Sampler) -> None:
+    def __init__(self, root: TraceIdRatioBased) -> None:
         self.root = root
 
     def should_sample(
@@ -216,7 +221,7 @@ class _FollowParent(Sampler):
         parent = trace.get_current_span(parent_context).get_span_context()
         if not parent.is_valid:
             return self.root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-        if not parent.trace_flags.sampled:
+        if not parent.trace_flags.sampled or trace_id & _TRACE_ID_LOW >= self.root.bound:
             return self._DROPPED
         # the span takes its attributes from the result
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
@@ -251,11 +256,11 @@ class Tracing:
         self.exporters: tuple[SpanExporter, ...] = ()
         #: The batch pipelines while open (empty when shut: spans that end then are dropped).
         self.processors: tuple[BatchSpanProcessor, ...] = ()
-        #: The share of traces recorded, decided by trace id where a trace starts (``place order``,
-        #: an HTTP request without a caller's ``traceparent``) and followed by every span under it.
-        #: Spans under a stored or received ``traceparent`` are only made once :meth:`records` said
-        #: yes (the same share, by trace id, for a parent recorded without a span), so the SDK's
-        #: sampler never runs for a step of an unrecorded order.
+        #: The share of traces recorded, decided by trace id wherever a span starts (a caller's
+        #: sampled ``traceparent`` too: its trace is recorded whole or not at all), and a parent's
+        #: "not sampled" followed. Spans under a stored or received ``traceparent`` are only made once
+        #: :meth:`records` said yes (the same rule), so the SDK's sampler never runs for a step of an
+        #: unrecorded order.
         ratio = TraceIdRatioBased(sample)
         self.sampler = _FollowParent(ratio)
         self._bound = ratio.bound
@@ -317,7 +322,7 @@ class Tracing:
         if parts[3] == "00":
             return False
         try:
-            return int(parts[1], 16) & 0xFFFFFFFFFFFFFFFF < self._bound
+            return int(parts[1], 16) & _TRACE_ID_LOW < self._bound
         except ValueError:
             return True
 
