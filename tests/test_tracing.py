@@ -425,6 +425,47 @@ def test_otlp_endpoint_receives_the_spans(tmp_path):
     assert (path, names, service) == ("/v1/traces", ["gateway charge"], "payment")
 
 
+@pytest.fixture
+def silent_collector():
+    """The URL of a collector that accepts each request and never answers (until the test ends)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Event, Thread
+
+    ended = Event()
+
+    class Silent(BaseHTTPRequestHandler):
+        def do_POST(self):
+            ended.wait()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    server.daemon_threads = True
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    ended.set()
+    server.shutdown()
+
+
+def test_stopping_tracing_does_not_wait_for_a_collector_that_never_answers(tmp_path, silent_collector):
+    import time
+
+    # given OTLP and Zipkin exporters to a collector that accepts and never answers
+    env = {"EVENTLAB_OTLP_ENDPOINT": silent_collector, "EVENTLAB_ZIPKIN_ENDPOINT": f"{silent_collector}/api/v2/spans"}
+    made = open_tracing(Settings.from_env(env=env, data_dir=tmp_path)).open()
+    # and spans in a batch on its way and in the next one
+    for wait in (0.5, 0):
+        with made.tracer("payment").start_as_current_span("gateway charge"):
+            pass
+        time.sleep(wait)
+    # when tracing stops
+    started = time.monotonic()
+    made.shutdown()
+    # then it gives up on the collector instead of waiting 10 s per batch
+    assert time.monotonic() - started < 10
+
+
 @pytest.mark.integration
 def test_one_trace_across_service_processes(tmp_path):
     import time

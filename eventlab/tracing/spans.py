@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: How long a collector may take to answer one batch (the SDK's default of 10 s held up every stop).
+EXPORT_TIMEOUT_S = 2
+#: How long stopping tracing waits for the last spans to be exported.
+STOP_TIMEOUT_S = 5.0
 
 _T = TypeVar("_T")
 
@@ -304,12 +310,26 @@ class Tracing:
         return all(processor.force_flush(timeout_ms) for processor in self.processors)
 
     def shutdown(self) -> None:
-        """Export what is left and stop the pipelines and exporters (also at interpreter exit);
+        """Export what is left and stop the pipelines and exporters (also at interpreter exit), all at
+        once and for at most :data:`STOP_TIMEOUT_S` (a collector that never answers loses the rest);
         idempotent, and :meth:`open` starts anew."""
         with self._lock:
             processors, self.processors = self.processors, ()
-        for processor in processors:
-            processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
+        stopping = [
+            threading.Thread(target=processor.shutdown, name="eventlab-tracing-stop", daemon=True)
+            for processor in processors
+        ]
+        for thread in stopping:
+            thread.start()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for thread, processor in zip(stopping, processors, strict=True):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning(
+                    "tracing: %r did not finish exporting within %g s; the rest of its spans are dropped",
+                    processor.span_exporter,
+                    STOP_TIMEOUT_S,
+                )
         if processors:
             atexit.unregister(self.shutdown)
 
@@ -551,10 +571,10 @@ def exporter(sink: str, settings: Settings) -> SpanExporter:
             endpoint = settings.otlp_endpoint
             if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
                 endpoint = endpoint.rstrip("/") + "/v1/traces"
-            return OTLPSpanExporter(endpoint=endpoint or None)
+            return OTLPSpanExporter(endpoint=endpoint or None, timeout=EXPORT_TIMEOUT_S)
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
-        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None)
+        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None, timeout=EXPORT_TIMEOUT_S)
     except ImportError as exc:
         raise TracingError(
             f"the {sink} exporter is not installed: pip install 'eventlab[tracing]' ({exc.name} missing)"
