@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -28,7 +29,15 @@ from eventlab.settings import SettingsError
 from eventlab.store import open_store, open_stores
 from eventlab.tracing import open_tracing
 from eventlab.tracing.spans import JsonLinesExporter, Tracing
-from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
+from eventlab.tracing.waterfall import (
+    SpanRecord,
+    Waterfall,
+    from_sdk,
+    order_spans,
+    order_trace_id,
+    read_spans,
+    slowest_steps,
+)
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -464,6 +473,46 @@ def test_stopping_tracing_does_not_wait_for_a_collector_that_never_answers(tmp_p
     made.shutdown()
     # then it gives up on the collector instead of waiting 10 s per batch
     assert time.monotonic() - started < 10
+
+
+class Stuck(InMemorySpanExporter):
+    """An exporter to a collector that does not answer until ``answer`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = threading.Event()
+
+    def export(self, spans):
+        self.answer.wait()
+        return super().export(spans)
+
+
+def test_a_collector_that_never_answers_holds_up_neither_flush_nor_order_spans(tmp_path):
+    from types import SimpleNamespace
+
+    # given tracing to the local sink and to a collector that does not answer, and one traced order
+    stuck = Stuck()
+    made = Tracing(lambda: [JsonLinesExporter(tmp_path / "spans.jsonl"), stuck], schedule_delay_ms=60_000).open()
+    with made.tracer("order").start_as_current_span("place order") as span:
+        metadata = {"traceparent": made.traceparent(span)}
+    store = SimpleNamespace(read_stream=lambda *_: [SimpleNamespace(metadata=metadata)])
+    shop = SimpleNamespace(settings=Settings(data_dir=tmp_path), store=store, tracing=made)
+    found = []
+
+    def read():
+        found.append(made.flush(timeout_ms=100))
+        found.append([span.name for span in order_spans(shop, "O-1")])
+
+    try:
+        # when the shop flushes with a timeout, and reads the order's spans
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        reading.join(10)
+        # then both return: the flush saying not all went, the spans read from the local sink
+        assert found == [False, ["place order"]]
+    finally:
+        stuck.answer.set()
+        made.shutdown()
 
 
 @pytest.mark.integration

@@ -306,8 +306,18 @@ class Tracing:
             return found
 
     def flush(self, timeout_ms: int = 5000) -> bool:
-        """Export every finished span now (before reading the local sink); True when all went."""
-        return all(processor.force_flush(timeout_ms) for processor in self.processors)
+        """Export every finished span now, waiting at most ``timeout_ms`` for the collectors; True
+        when all went."""
+        return all(_all_within([processor.force_flush for processor in self.processors], timeout_ms / 1000))
+
+    def flush_local(self) -> bool:
+        """Export every finished span to the local sink now (before reading it), not waiting for the
+        collectors; True when all went."""
+        return all(
+            processor.force_flush()
+            for processor in self.processors
+            if isinstance(processor.span_exporter, JsonLinesExporter)
+        )
 
     def shutdown(self) -> None:
         """Export what is left and stop the pipelines and exporters (also at interpreter exit), all at
@@ -315,16 +325,9 @@ class Tracing:
         idempotent, and :meth:`open` starts anew."""
         with self._lock:
             processors, self.processors = self.processors, ()
-        stopping = [
-            threading.Thread(target=processor.shutdown, name="eventlab-tracing-stop", daemon=True)
-            for processor in processors
-        ]
-        for thread in stopping:
-            thread.start()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for thread, processor in zip(stopping, processors, strict=True):
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        stopped = _all_within([processor.shutdown for processor in processors], STOP_TIMEOUT_S)
+        for done, processor in zip(stopped, processors, strict=True):
+            if not done:
                 log.warning(
                     "tracing: %r did not finish exporting within %g s; the rest of its spans are dropped",
                     processor.span_exporter,
@@ -484,6 +487,18 @@ class TracedCommands(Commands):
         if span.get_span_context().is_valid:
             metadata["traceparent"] = traceparent_of(span)
         return metadata
+
+
+def _all_within(calls: Sequence[Callable[[], object]], seconds: float) -> list[bool]:
+    """Run ``calls`` at once, each in a daemon thread; which of them returned within ``seconds``
+    (the others go on in the background: a collector that never answers holds up nobody)."""
+    threads = [threading.Thread(target=call, name="eventlab-tracing-export", daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [not thread.is_alive() for thread in threads]
 
 
 def _text(raw: str | bytes | None) -> str:

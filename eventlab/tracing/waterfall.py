@@ -152,9 +152,9 @@ class TracedShop(Protocol):
 
 
 def order_spans(shop: TracedShop, order_id: str) -> list[SpanRecord]:
-    """Every span of ``order_id``'s trace in the shop's local sink (its finished spans exported first)."""
+    """Every span of ``order_id``'s trace in the shop's local sink (its finished spans written there first)."""
     if shop.tracing is not None:
-        shop.tracing.flush()
+        shop.tracing.flush_local()
     return read_spans(shop.settings.data_dir, order_trace_id(shop.store, order_id))
 
 
