@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -230,6 +231,42 @@ def test_a_spans_file_cut_inside_a_character_is_read_past_the_cut(tmp_path):
     spans = read_spans(tmp_path, "t1")
     # then the cut line is skipped and the whole one is read
     assert [s.name for s in spans] == ["place order ü"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"start_ns": "1"}',
+        '{"span_id": [1]}',
+        '{"start_ns": 1e400}',
+        '{"attributes": []}',
+        "[" * 100_000 + " t1",
+        '"t1"',
+    ],
+)
+def test_a_spans_file_line_that_is_not_a_span_is_skipped(tmp_path, bad):
+    # given a spans file with a span of trace t1 and a line of t1 that is not a span
+    span = SpanRecord("t1", "a", None, "place order", "INTERNAL", "order", 0, 1_000_000)
+    line = json.dumps(span.__dict__ | {"attributes": {}})
+    if bad.startswith("{"):
+        bad = json.dumps(span.__dict__ | json.loads(bad))
+    (tmp_path / "spans.jsonl").write_text(f"{line}\n{bad}\n")
+    # when the spans are read
+    spans = read_spans(tmp_path, "t1")
+    # then the line is skipped and the span is read
+    assert [s.name for s in spans] == ["place order"]
+
+
+def test_eventlab_trace_says_when_the_spans_file_is_not_a_file(traced, tmp_path, capsys):
+    # given a traced shop's data directory whose spans.jsonl is a directory
+    settings, order_id, *_ = traced
+    copy = tmp_path / "copy"
+    shutil.copytree(settings.data_dir, copy, ignore=shutil.ignore_patterns("spans.jsonl"))
+    (copy / "spans.jsonl").mkdir()
+    # when `eventlab trace` is asked for the order
+    status = cli.main(["trace", order_id, "--data-dir", str(copy)])
+    # then it says so in one line, with exit status 1
+    assert (status, capsys.readouterr().err) == (1, f"eventlab: error: {copy / 'spans.jsonl'} is not a file\n")
 
 
 def test_eventlab_trace_of_a_data_dir_without_a_store_creates_none(tmp_path, capsys):
