@@ -233,6 +233,18 @@ def test_a_spans_file_cut_inside_a_character_is_read_past_the_cut(tmp_path):
     assert [s.name for s in spans] == ["place order ü"]
 
 
+def test_a_spans_file_cut_at_its_end_does_not_swallow_the_next_span(tmp_path):
+    # given a spans file whose last line was cut by a writer killed mid-write
+    (tmp_path / "spans.jsonl").write_text('{"trace_id":"t0","span_id":"a","par')
+    made = Tracing(lambda: [JsonLinesExporter(tmp_path / "spans.jsonl")]).open()
+    # when the next run writes a span
+    with made.tracer("order").start_as_current_span("place order") as span:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+    made.shutdown()
+    # then the span is read on a line of its own
+    assert [s.name for s in read_spans(tmp_path, trace_id)] == ["place order"]
+
+
 @pytest.mark.parametrize(
     "bad",
     [

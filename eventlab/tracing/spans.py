@@ -11,6 +11,7 @@ import atexit
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -126,7 +127,8 @@ def kafka_attributes(
 class JsonLinesExporter(SpanExporter):
     """The local sink: appends each finished span as one JSON line to ``path``.
 
-    Each batch is one ``write`` in append mode, so the processes of a shop can share the file.
+    Each batch is one ``write`` in append mode, so the processes of a shop can share the file (a last
+    line cut by a writer killed mid-write is ended first).
     A line holds ``trace_id``, ``span_id``, ``parent_id``, ``name``, ``kind``, ``service``,
     ``start_ns``, ``end_ns``, ``status`` and ``attributes``.
     """
@@ -138,9 +140,14 @@ class JsonLinesExporter(SpanExporter):
         return f"JsonLinesExporter({str(self.path)!r})"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(map(_line, spans))
+        lines = "".join(map(_line, spans)).encode()
         try:
-            with self.path.open("a", encoding="utf-8") as sink:
+            with self.path.open("a+b") as sink:
+                end = sink.seek(0, os.SEEK_END)
+                if end:
+                    sink.seek(end - 1)
+                    if sink.read(1) != b"\n":  # a line cut by a killed writer: ended first
+                        lines = b"\n" + lines
                 sink.write(lines)
         except OSError as exc:
             log.warning("cannot write %d spans to %s: %s", len(spans), self.path, exc)
