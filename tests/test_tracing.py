@@ -245,6 +245,28 @@ def test_a_spans_file_cut_at_its_end_does_not_swallow_the_next_span(tmp_path):
     assert [s.name for s in read_spans(tmp_path, trace_id)] == ["place order"]
 
 
+def test_a_spans_file_that_cannot_be_written_is_warned_about_once_per_outage(tmp_path, caplog):
+    # given a local sink whose file is a directory for two batches, then a file again, then a directory
+    path = tmp_path / "spans.jsonl"
+    made = Tracing(lambda: [JsonLinesExporter(path)]).open()
+    try:
+        for blocked in (True, True, False, True):
+            if blocked and not path.is_dir():
+                path.unlink(missing_ok=True)
+                path.mkdir()
+            elif not blocked:
+                path.rmdir()
+            # when a batch is exported
+            with made.tracer("order").start_as_current_span("place order"):
+                pass
+            made.flush()
+    finally:
+        made.shutdown()
+    # then each outage is warned about once, and so is the recovery
+    warnings = [r.getMessage().split(" ")[0] for r in caplog.records if r.name == "eventlab.tracing.spans"]
+    assert warnings == ["cannot", "spans", "cannot"]
+
+
 @pytest.mark.parametrize(
     "bad",
     [

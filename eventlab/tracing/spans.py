@@ -135,6 +135,8 @@ class JsonLinesExporter(SpanExporter):
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        #: Whether the last batch could not be written (warned about once, until one can).
+        self.failing = False
 
     def __repr__(self) -> str:
         return f"JsonLinesExporter({str(self.path)!r})"
@@ -150,8 +152,13 @@ class JsonLinesExporter(SpanExporter):
                         lines = b"\n" + lines
                 sink.write(lines)
         except OSError as exc:
-            log.warning("cannot write %d spans to %s: %s", len(spans), self.path, exc)
+            if not self.failing:
+                log.warning("cannot write spans to %s (dropped until it can be written): %s", self.path, exc)
+            self.failing = True
             return SpanExportResult.FAILURE
+        if self.failing:
+            log.warning("spans are written to %s again", self.path)
+        self.failing = False
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
