@@ -263,7 +263,9 @@ def _disk(settings: Settings | None) -> Check:
             continue
         free = shutil.disk_usage(existing).free
         seen.append(f"{free / 1024**3:.1f} GB free for the {label} {path}")
-        if not os.access(existing, os.W_OK):
+        if not existing.is_dir():
+            problems.append(f"the {label} {path} cannot be a directory: {existing} is a file")
+        elif not os.access(existing, os.W_OK):
             problems.append(f"the {label} {path} is not writable")
         elif free < MIN_FREE_BYTES:
             problems.append(f"only {free / 1024**2:.0f} MB free for the {label} {path}")

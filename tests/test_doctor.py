@@ -125,8 +125,9 @@ def test_an_invalid_variable_is_a_failed_check_not_a_crash(attendee, monkeypatch
 
 
 def test_a_data_dir_that_cannot_be_used_fails_disk_space(attendee, monkeypatch, tmp_path, capsys):
-    # given: EVENTLAB_DATA_DIR with a name longer than the file system allows
-    for data_dir, reason in ((tmp_path / ("a" * 300) / "x", "File name too long"),):
+    # given: EVENTLAB_DATA_DIR with a name longer than the file system allows, then a regular file
+    (tmp_path / "a-file").write_text("x")
+    for data_dir, reason in ((tmp_path / ("a" * 300) / "x", "File name too long"), (tmp_path / "a-file", "is a file")):
         monkeypatch.setenv("EVENTLAB_DATA_DIR", str(data_dir))
         # when: the doctor runs
         status, checks = doctor(capsys)
