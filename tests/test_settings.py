@@ -55,6 +55,11 @@ def test_settings_survive_the_trip_to_a_child_process():
         ({"EVENTLAB_HTTP_PORT_OFFSET": "1_000"}, "EVENTLAB_HTTP_PORT_OFFSET", "not a whole number: '1_000'"),
         ({"EVENTLAB_SAGA_TIMEOUT_S": "\uff13"}, "EVENTLAB_SAGA_TIMEOUT_S", "not a number: '\uff13'"),
         ({"EVENTLAB_PARTITIONS": "9" * 5000}, "EVENTLAB_PARTITIONS", "(5,000 characters)"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://[::1"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL with a host"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL with a host"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://host:port"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL"),
+        ({"EVENTLAB_ZIPKIN_ENDPOINT": "https://exa mple.com"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
+        ({"EVENTLAB_ZIPKIN_ENDPOINT": "ftp://zipkin:9411"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
     ],
 )
 def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):
