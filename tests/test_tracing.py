@@ -24,6 +24,7 @@ from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services
 from eventlab.demo import run_demo
+from eventlab.ids import TRACEPARENT
 from eventlab.services import order
 from eventlab.services.runtime import trace_metadata
 from eventlab.settings import SettingsError
@@ -655,3 +656,29 @@ def test_events_caused_by_a_message_stay_in_its_trace_and_keep_its_sampling_deci
     # then: same trace, a new span, and the caller's decision, so no later hop records a rootless trace
     assert (trace, sampled) == (trace_id, flags)
     assert span != "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "00-" + "z" * 32 + "-00f067aa0ba902b7-01",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        f"00-{CLIENT_TRACE.upper()}-00f067aa0ba902b7-01",
+        f"00-{CLIENT_TRACE}-{'0' * 16}-01",
+        f"ff-{CLIENT_TRACE}-00f067aa0ba902b7-01",
+        f" 00-{CLIENT_TRACE}-00f067aa0ba902b7-01",
+    ],
+)
+def test_events_caused_by_an_invalid_traceparent_start_a_trace_of_their_own(incoming):
+    # when: a service records events caused by a message with an invalid traceparent
+    stored = trace_metadata("order", "O-1", "E-1", incoming)["traceparent"]
+    # then: they carry a new, valid, sampled trace, not the invalid one
+    assert TRACEPARENT.fullmatch(stored) and stored.endswith("-01")
+    assert stored.split("-")[1] not in incoming.lower()
+
+
+@pytest.mark.parametrize(("flags", "kept"), [("02", "00"), ("03", "01")])
+def test_events_caused_by_a_message_keep_its_sampled_bit_alone(flags, kept):
+    # given a traceparent with other flags than the sampled bit (W3C level 2), then: only that bit is kept
+    incoming = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-{flags}"
+    assert trace_metadata("order", "O-1", "E-1", incoming)["traceparent"].split("-")[::3] == ["00", kept]
