@@ -682,3 +682,20 @@ def test_events_caused_by_a_message_keep_its_sampled_bit_alone(flags, kept):
     # given a traceparent with other flags than the sampled bit (W3C level 2), then: only that bit is kept
     incoming = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-{flags}"
     assert trace_metadata("order", "O-1", "E-1", incoming)["traceparent"].split("-")[::3] == ["00", kept]
+
+
+@pytest.mark.parametrize(
+    "received",
+    [
+        f"00-0x{CLIENT_TRACE[2:]}-{CLIENT_SPAN}-01",
+        f" 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+        f"00-{CLIENT_TRACE.upper()}-{CLIENT_SPAN}-01",
+        f"ff-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+        f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-+1",
+    ],
+)
+def test_a_traceparent_that_is_not_valid_w3c_names_no_parent(received):
+    from eventlab.tracing.spans import context_of
+
+    assert context_of(received) is None
+    assert context_of(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01") is not None

@@ -33,6 +33,7 @@ from opentelemetry.util.types import Attributes
 
 from eventlab.application import Commands
 from eventlab.events import EmailRequested
+from eventlab.ids import TRACEPARENT
 from eventlab.kafka.cloudevents import Message
 from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
@@ -66,21 +67,16 @@ _T = TypeVar("_T")
 
 
 def context_of(traceparent: str) -> Context | None:
-    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or malformed).
+    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or not valid W3C).
 
     Example:
         >>> context_of("") is None
         True
     """
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    valid = TRACEPARENT.fullmatch(traceparent)
+    if valid is None:
         return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
+    trace_id, span_id, flags = (int(valid[name], 16) for name in ("trace_id", "span_id", "flags"))
     remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
     return trace.set_span_in_context(NonRecordingSpan(remote))
 
