@@ -453,7 +453,7 @@ def test_a_callers_sampled_trace_is_recorded_whole_or_not_at_all(trace_id, recor
     caller = f"00-{trace_id:032x}-{1:016x}-01"
     try:
         # when its request places an order, whose events carry the traceparent of `place order`
-        with sampled.serving("order", "POST", "/orders", caller) as answered:
+        with sampled.serving("order", "POST", "/orders", "/orders", caller) as answered:
             with sampled.tracer("order").start_as_current_span("place order") as span:
                 stored = sampled.traceparent(span)
             answered(201)
@@ -699,3 +699,26 @@ def test_a_traceparent_that_is_not_valid_w3c_names_no_parent(received):
 
     assert context_of(received) is None
     assert context_of(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01") is not None
+
+
+def test_an_http_span_is_named_after_its_route_and_keeps_the_path():
+    from eventlab.http import Reply, ServiceHttp
+
+    # given the order service's HTTP server, traced
+    memory = InMemorySpanExporter()
+    made = Tracing(lambda: [memory]).open()
+    server = ServiceHttp("order", 0, dict, tracing=made).start()
+    try:
+        # when two orders are asked for, one by a 2000-character id
+        for order_id in ("O-1", "Q" * 2000):
+            server.call("GET", f"/orders/{order_id}", lambda _: Reply(200, {}), None)
+        made.flush()
+    finally:
+        server.stop()
+        made.shutdown()
+    # then both spans have the route's name, and each its own path
+    spans = memory.get_finished_spans()
+    assert [(s.name, s.attributes["url.path"]) for s in spans] == [
+        ("GET /orders/{order_id}", "/orders/O-1"),
+        ("GET /orders/{order_id}", "/orders/" + "Q" * 2000),
+    ]

@@ -404,12 +404,15 @@ class Tracing:
         return PublishSpans(self.tracer("relay"), self.records, topics)
 
     @contextmanager
-    def serving(self, service: str, method: str, path: str, traceparent: str) -> Iterator[Callable[[int], None]]:
-        """The ``SERVER`` span of one HTTP request to ``service`` (a child of the caller's
-        ``traceparent`` if it sent one); call what it yields with the response status."""
-        attributes = {"http.request.method": method, "url.path": path}
+    def serving(
+        self, service: str, method: str, route: str, path: str, traceparent: str
+    ) -> Iterator[Callable[[int], None]]:
+        """The ``SERVER`` span of one HTTP request to ``service``, named after its ``route`` (``GET
+        /orders/{order_id}``; a child of the caller's ``traceparent`` if it sent one); call what it
+        yields with the response status."""
+        attributes = {"http.request.method": method, "http.route": route, "url.path": path}
         with self.tracer(service).start_as_current_span(
-            f"{method} {path}", context_of(traceparent), SpanKind.SERVER, attributes
+            f"{method} {route}", context_of(traceparent), SpanKind.SERVER, attributes
         ) as span:
 
             def answered(status: int) -> None:
