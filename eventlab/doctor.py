@@ -255,11 +255,17 @@ def _disk(settings: Settings | None) -> Check:
     problems, seen = [], []
     for label, path in (("data directory", settings.data_dir), ("temporary directory", Path(tempfile.gettempdir()))):
         existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
+        try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            problems.append(f"the {label} {path} cannot be used: {exc.strerror}")
+            continue
         free = shutil.disk_usage(existing).free
         seen.append(f"{free / 1024**3:.1f} GB free for the {label} {path}")
-        if not os.access(existing, os.W_OK):
+        if not existing.is_dir():
+            problems.append(f"the {label} {path} cannot be a directory: {existing} is a file")
+        elif not os.access(existing, os.W_OK):
             problems.append(f"the {label} {path} is not writable")
         elif free < MIN_FREE_BYTES:
             problems.append(f"only {free / 1024**2:.0f} MB free for the {label} {path}")
@@ -312,7 +318,19 @@ def _external(settings: Settings | None) -> Check:
     from confluent_kafka.admin import AdminClient
 
     servers = settings.bootstrap_servers
-    admin = AdminClient({"bootstrap.servers": servers, "log_level": 0, **settings.kafka_config})
+    try:
+        admin = AdminClient({"bootstrap.servers": servers, "log_level": 0, **settings.kafka_config})
+    except KafkaException as exc:  # a setting librdkafka refuses
+        refused = exc.args[0].str()
+        variable = next(
+            (
+                f"EVENTLAB_KAFKA_{key.upper().replace('.', '_')}"
+                for key in settings.kafka_config
+                if f'"{key}"' in refused
+            ),
+            "the EVENTLAB_KAFKA_* variable",
+        )
+        return Check("external Kafka", False, f"{variable}: {refused}", f"correct or unset {variable}")
     try:
         metadata = admin.list_topics(timeout=EXTERNAL_TIMEOUT_S)
     except KafkaException as exc:
@@ -326,16 +344,31 @@ def _external(settings: Settings | None) -> Check:
     return Check("external Kafka", True, f"{servers} answered: {len(metadata.brokers)} broker(s)")
 
 
-CHECKS: tuple[Callable[[Settings | None], Check], ...] = (
-    lambda settings: _python(),
-    _platform,
-    _broker,
-    _ports,
-    _disk,
-    _importable("JupyterLab", "jupyterlab", MIN_JUPYTERLAB),
-    _importable("ipywidgets", "ipywidgets", (8,)),
-    _external,
-)
+#: Each check, by the name of its row.
+CHECKS: dict[str, Callable[[Settings | None], Check]] = {
+    "Python": lambda settings: _python(),
+    "platform": _platform,
+    "embedded broker": _broker,
+    "ports": _ports,
+    "disk space": _disk,
+    "JupyterLab": _importable("JupyterLab", "jupyterlab", MIN_JUPYTERLAB),
+    "ipywidgets": _importable("ipywidgets", "ipywidgets", (8,)),
+    "external Kafka": _external,
+}
+
+
+def _run(name: str, settings: Settings | None) -> Check:
+    """The row of check ``name``; an exception it did not foresee fails the row, never the table."""
+    try:
+        return CHECKS[name](settings)
+    except Exception as exc:  # an odd environment must not hide the other rows
+        log.info("the %s check failed", name, exc_info=True)
+        return Check(
+            name,
+            False,
+            f"the check failed: {type(exc).__name__}: {exc}",
+            "correct the EVENTLAB_* variable or file it names, or report it as an eventlab bug",
+        )
 
 
 def run_checks(data_dir: Path | None = None) -> list[Check]:
@@ -347,7 +380,7 @@ def run_checks(data_dir: Path | None = None) -> list[Check]:
         settings = None
         first = Check("settings", False, str(exc), f"correct or unset {exc.variable}")
     with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
-        return [first, *pool.map(lambda check: check(settings), CHECKS)]
+        return [first, *pool.map(lambda name: _run(name, settings), CHECKS)]
 
 
 def _marks() -> tuple[str, str]:

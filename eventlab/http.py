@@ -78,6 +78,18 @@ log = logging.getLogger(__name__)
 #: Paths whose requests make no span.
 _UNTRACED = frozenset({"/health", "/metrics"})
 
+
+def _route_of(path: str) -> str:
+    """The route ``path`` takes, as span names give it (one name for every order).
+
+    Example:
+        >>> _route_of("/orders/O-1"), _route_of("/orders/")
+        ('/orders/{order_id}', '/orders')
+    """
+    parts = [part for part in path.split("/") if part]
+    return "/orders/{order_id}" if len(parts) == 2 and parts[0] == "orders" else "/" + "/".join(parts)
+
+
 MAX_BODY = 64 * 1024
 #: A service with events waiting that has handled none of them for this long is reported as lagging.
 STALL_S = 30.0
@@ -272,7 +284,7 @@ class ServiceHttp:
         """
         if self.tracing is None or path in _UNTRACED:
             return self._call(method, path, action, body)
-        with self.tracing.serving(self.service, method, path, traceparent) as answered:
+        with self.tracing.serving(self.service, method, _route_of(path), path, traceparent) as answered:
             reply = self._call(method, path, action, body)
             answered(reply.status)
             return reply

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 
-__all__ = ["new_id", "new_span_id", "new_trace_id"]
+__all__ = ["TRACEPARENT", "new_id", "new_span_id", "new_trace_id"]
+
+#: A valid W3C ``traceparent`` (for :meth:`re.Pattern.fullmatch`): a version other than ``ff``, a
+#: trace id and a span id that are not all zeros, and the flags, all in lowercase hex.
+TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})(?P<trace_id>[0-9a-f]{32})-(?!0{16})(?P<span_id>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})"
+)
 
 
 # The version (7) and RFC 4122 variant bits of a UUIDv7, set over the time and random bits.

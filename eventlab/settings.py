@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
@@ -323,6 +324,23 @@ def _check(name: str, kind: str, value: object, between: tuple[float, float] | N
         raise SettingsError(name, f"must be between {between[0]:g} and {between[1]:g}, not {value}")
 
 
+def _is_http_url(url: str) -> bool:
+    """Whether ``url`` is an http(s) URL with a host, a port that is a number if it has one, and no
+    whitespace (what an exporter can send to).
+
+    Example:
+        >>> _is_http_url("http://localhost:4318"), _is_http_url("http://[::1"), _is_http_url("http://")
+        (True, False, False)
+    """
+    if any(character.isspace() for character in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed "[", or a port that is no number (raised when .port is read)
+        return False
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where eventlab keeps its data and how it reaches Kafka.
@@ -436,8 +454,8 @@ class Settings:
             ("EVENTLAB_OTLP_ENDPOINT", self.otlp_endpoint),
             ("EVENTLAB_ZIPKIN_ENDPOINT", self.zipkin_endpoint),
         ):
-            if url and not url.startswith(("http://", "https://")):
-                raise SettingsError(name, f"not an http(s) URL: {url!r}")
+            if url and not _is_http_url(url):
+                raise SettingsError(name, f"not an http(s) URL with a host: {url!r}")
         if not self.http_host or any(c.isspace() for c in self.http_host):
             raise SettingsError("EVENTLAB_HTTP_HOST", f"not an address to bind: {self.http_host!r}")
         ports = [self.port(service) for service in SERVICE_PORTS]

@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port_offset
 
 from eventlab.cli import main
-from eventlab.doctor import _importable
+from eventlab.doctor import CHECKS, _importable
 from eventlab.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -122,6 +122,43 @@ def test_an_invalid_variable_is_a_failed_check_not_a_crash(attendee, monkeypatch
     assert status == 1 and {"settings", "ports", "disk space"} <= set(failed(checks))
     assert checks["settings"]["found"] == "EVENTLAB_PARTITIONS: not a whole number: 'abc'"
     assert checks["settings"]["fix"] == "correct or unset EVENTLAB_PARTITIONS"
+
+
+def test_a_data_dir_that_cannot_be_used_fails_disk_space(attendee, monkeypatch, tmp_path, capsys):
+    # given: EVENTLAB_DATA_DIR with a name longer than the file system allows, then a regular file
+    (tmp_path / "a-file").write_text("x")
+    for data_dir, reason in ((tmp_path / ("a" * 300) / "x", "File name too long"), (tmp_path / "a-file", "is a file")):
+        monkeypatch.setenv("EVENTLAB_DATA_DIR", str(data_dir))
+        # when: the doctor runs
+        status, checks = doctor(capsys)
+        # then: the disk space check fails saying why
+        assert failed(checks) == ["disk space"] and status == 1
+        assert reason in checks["disk space"]["found"] and "EVENTLAB_DATA_DIR" in checks["disk space"]["fix"]
+
+
+def test_a_kafka_setting_librdkafka_refuses_fails_external_kafka_naming_it(attendee, monkeypatch, capsys):
+    # given: an external cluster and a security protocol librdkafka does not know
+    monkeypatch.setenv("EVENTLAB_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("EVENTLAB_KAFKA_SECURITY_PROTOCOL", "bogus")
+    # when: the doctor runs
+    status, checks = doctor(capsys)
+    # then: the external Kafka check fails naming the variable
+    assert failed(checks) == ["external Kafka"] and status == 1
+    assert checks["external Kafka"]["found"].startswith("EVENTLAB_KAFKA_SECURITY_PROTOCOL: Invalid value")
+    assert checks["external Kafka"]["fix"] == "correct or unset EVENTLAB_KAFKA_SECURITY_PROTOCOL"
+
+
+def test_a_check_that_raises_is_a_failed_row_not_a_crash(attendee, monkeypatch, capsys):
+    # given: a check that meets something nobody foresaw
+    def unforeseen(settings):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setitem(CHECKS, "ports", unforeseen)
+    # when: the doctor runs
+    status, checks = doctor(capsys)
+    # then: that row fails with the error, and the others are there
+    assert failed(checks) == ["ports"] and status == 1
+    assert checks["ports"]["found"] == "the check failed: OSError: [Errno 36] File name too long"
 
 
 def test_an_import_that_does_not_finish_is_a_failed_check_not_a_crash(monkeypatch, tmp_path):

@@ -72,6 +72,11 @@ def test_settings_survive_the_trip_to_a_child_process():
             "'' is not host:port (a port from 1 to 65535) in 'kafka:9092, ,'",
         ),
         ({"EVENTLAB_BOOTSTRAP_SERVERS": "kafka:65536"}, "EVENTLAB_BOOTSTRAP_SERVERS", "'kafka:65536' is not host:port"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://[::1"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL with a host"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL with a host"),
+        ({"EVENTLAB_OTLP_ENDPOINT": "http://host:port"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL"),
+        ({"EVENTLAB_ZIPKIN_ENDPOINT": "https://exa mple.com"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
+        ({"EVENTLAB_ZIPKIN_ENDPOINT": "ftp://zipkin:9411"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
     ],
 )
 def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -22,13 +24,22 @@ from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands
 from eventlab.bootstrap import Wiring, build_services
 from eventlab.demo import run_demo
+from eventlab.ids import TRACEPARENT
 from eventlab.services import order
 from eventlab.services.runtime import trace_metadata
 from eventlab.settings import SettingsError
 from eventlab.store import open_store, open_stores
 from eventlab.tracing import open_tracing
 from eventlab.tracing.spans import JsonLinesExporter, Tracing
-from eventlab.tracing.waterfall import SpanRecord, Waterfall, from_sdk, order_trace_id, read_spans, slowest_steps
+from eventlab.tracing.waterfall import (
+    SpanRecord,
+    Waterfall,
+    from_sdk,
+    order_spans,
+    order_trace_id,
+    read_spans,
+    slowest_steps,
+)
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -223,6 +234,76 @@ def test_a_spans_file_cut_inside_a_character_is_read_past_the_cut(tmp_path):
     assert [s.name for s in spans] == ["place order ü"]
 
 
+def test_a_spans_file_cut_at_its_end_does_not_swallow_the_next_span(tmp_path):
+    # given a spans file whose last line was cut by a writer killed mid-write
+    (tmp_path / "spans.jsonl").write_text('{"trace_id":"t0","span_id":"a","par')
+    made = Tracing(lambda: [JsonLinesExporter(tmp_path / "spans.jsonl")]).open()
+    # when the next run writes a span
+    with made.tracer("order").start_as_current_span("place order") as span:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+    made.shutdown()
+    # then the span is read on a line of its own
+    assert [s.name for s in read_spans(tmp_path, trace_id)] == ["place order"]
+
+
+def test_a_spans_file_that_cannot_be_written_is_warned_about_once_per_outage(tmp_path, caplog):
+    # given a local sink whose file is a directory for two batches, then a file again, then a directory
+    path = tmp_path / "spans.jsonl"
+    made = Tracing(lambda: [JsonLinesExporter(path)]).open()
+    try:
+        for blocked in (True, True, False, True):
+            if blocked and not path.is_dir():
+                path.unlink(missing_ok=True)
+                path.mkdir()
+            elif not blocked:
+                path.rmdir()
+            # when a batch is exported
+            with made.tracer("order").start_as_current_span("place order"):
+                pass
+            made.flush()
+    finally:
+        made.shutdown()
+    # then each outage is warned about once, and so is the recovery
+    warnings = [r.getMessage().split(" ")[0] for r in caplog.records if r.name == "eventlab.tracing.spans"]
+    assert warnings == ["cannot", "spans", "cannot"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"start_ns": "1"}',
+        '{"span_id": [1]}',
+        '{"start_ns": 1e400}',
+        '{"attributes": []}',
+        "[" * 100_000 + " t1",
+        '"t1"',
+    ],
+)
+def test_a_spans_file_line_that_is_not_a_span_is_skipped(tmp_path, bad):
+    # given a spans file with a span of trace t1 and a line of t1 that is not a span
+    span = SpanRecord("t1", "a", None, "place order", "INTERNAL", "order", 0, 1_000_000)
+    line = json.dumps(span.__dict__ | {"attributes": {}})
+    if bad.startswith("{"):
+        bad = json.dumps(span.__dict__ | json.loads(bad))
+    (tmp_path / "spans.jsonl").write_text(f"{line}\n{bad}\n")
+    # when the spans are read
+    spans = read_spans(tmp_path, "t1")
+    # then the line is skipped and the span is read
+    assert [s.name for s in spans] == ["place order"]
+
+
+def test_eventlab_trace_says_when_the_spans_file_is_not_a_file(traced, tmp_path, capsys):
+    # given a traced shop's data directory whose spans.jsonl is a directory
+    settings, order_id, *_ = traced
+    copy = tmp_path / "copy"
+    shutil.copytree(settings.data_dir, copy, ignore=shutil.ignore_patterns("spans.jsonl"))
+    (copy / "spans.jsonl").mkdir()
+    # when `eventlab trace` is asked for the order
+    status = cli.main(["trace", order_id, "--data-dir", str(copy)])
+    # then it says so in one line, with exit status 1
+    assert (status, capsys.readouterr().err) == (1, f"eventlab: error: {copy / 'spans.jsonl'} is not a file\n")
+
+
 def test_eventlab_trace_of_a_data_dir_without_a_store_creates_none(tmp_path, capsys):
     # given a data directory that does not exist (a typo)
     typo = tmp_path / "shpo"
@@ -364,6 +445,26 @@ def test_sampling_keeps_or_drops_whole_orders():
         sampled.shutdown()
 
 
+@pytest.mark.parametrize(("trace_id", "recorded"), [(1, ["place order", "POST /orders"]), (2**64 - 1, [])])
+def test_a_callers_sampled_trace_is_recorded_whole_or_not_at_all(trace_id, recorded):
+    # given tracing that records one trace in ten, and a caller that sampled its trace
+    memory = InMemorySpanExporter()
+    sampled = Tracing(lambda: [memory], sample=0.1).open()
+    caller = f"00-{trace_id:032x}-{1:016x}-01"
+    try:
+        # when its request places an order, whose events carry the traceparent of `place order`
+        with sampled.serving("order", "POST", "/orders", "/orders", caller) as answered:
+            with sampled.tracer("order").start_as_current_span("place order") as span:
+                stored = sampled.traceparent(span)
+            answered(201)
+        sampled.flush()
+        # then the HTTP span, `place order` and the later steps all follow the trace id's share
+        names = [span.name for span in memory.get_finished_spans()]
+        assert (names, sampled.records(stored)) == (recorded, bool(recorded))
+    finally:
+        sampled.shutdown()
+
+
 def test_otlp_endpoint_receives_the_spans(tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
@@ -403,6 +504,87 @@ def test_otlp_endpoint_receives_the_spans(tmp_path):
     names = [span.name for scope in resource.scope_spans for span in scope.spans]
     service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
     assert (path, names, service) == ("/v1/traces", ["gateway charge"], "payment")
+
+
+@pytest.fixture
+def silent_collector():
+    """The URL of a collector that accepts each request and never answers (until the test ends)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Event, Thread
+
+    ended = Event()
+
+    class Silent(BaseHTTPRequestHandler):
+        def do_POST(self):
+            ended.wait()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    server.daemon_threads = True
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    ended.set()
+    server.shutdown()
+
+
+def test_stopping_tracing_does_not_wait_for_a_collector_that_never_answers(tmp_path, silent_collector):
+    import time
+
+    # given OTLP and Zipkin exporters to a collector that accepts and never answers
+    env = {"EVENTLAB_OTLP_ENDPOINT": silent_collector, "EVENTLAB_ZIPKIN_ENDPOINT": f"{silent_collector}/api/v2/spans"}
+    made = open_tracing(Settings.from_env(env=env, data_dir=tmp_path)).open()
+    # and spans in a batch on its way and in the next one
+    for wait in (0.5, 0):
+        with made.tracer("payment").start_as_current_span("gateway charge"):
+            pass
+        time.sleep(wait)
+    # when tracing stops
+    started = time.monotonic()
+    made.shutdown()
+    # then it gives up on the collector instead of waiting 10 s per batch
+    assert time.monotonic() - started < 10
+
+
+class Stuck(InMemorySpanExporter):
+    """An exporter to a collector that does not answer until ``answer`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = threading.Event()
+
+    def export(self, spans):
+        self.answer.wait()
+        return super().export(spans)
+
+
+def test_a_collector_that_never_answers_holds_up_neither_flush_nor_order_spans(tmp_path):
+    from types import SimpleNamespace
+
+    # given tracing to the local sink and to a collector that does not answer, and one traced order
+    stuck = Stuck()
+    made = Tracing(lambda: [JsonLinesExporter(tmp_path / "spans.jsonl"), stuck], schedule_delay_ms=60_000).open()
+    with made.tracer("order").start_as_current_span("place order") as span:
+        metadata = {"traceparent": made.traceparent(span)}
+    store = SimpleNamespace(read_stream=lambda *_: [SimpleNamespace(metadata=metadata)])
+    shop = SimpleNamespace(settings=Settings(data_dir=tmp_path), store=store, tracing=made)
+    found = []
+
+    def read():
+        found.append(made.flush(timeout_ms=100))
+        found.append([span.name for span in order_spans(shop, "O-1")])
+
+    try:
+        # when the shop flushes with a timeout, and reads the order's spans
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        reading.join(10)
+        # then both return: the flush saying not all went, the spans read from the local sink
+        assert found == [False, ["place order"]]
+    finally:
+        stuck.answer.set()
+        made.shutdown()
 
 
 @pytest.mark.integration
@@ -474,3 +656,69 @@ def test_events_caused_by_a_message_stay_in_its_trace_and_keep_its_sampling_deci
     # then: same trace, a new span, and the caller's decision, so no later hop records a rootless trace
     assert (trace, sampled) == (trace_id, flags)
     assert span != "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "00-" + "z" * 32 + "-00f067aa0ba902b7-01",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        f"00-{CLIENT_TRACE.upper()}-00f067aa0ba902b7-01",
+        f"00-{CLIENT_TRACE}-{'0' * 16}-01",
+        f"ff-{CLIENT_TRACE}-00f067aa0ba902b7-01",
+        f" 00-{CLIENT_TRACE}-00f067aa0ba902b7-01",
+    ],
+)
+def test_events_caused_by_an_invalid_traceparent_start_a_trace_of_their_own(incoming):
+    # when: a service records events caused by a message with an invalid traceparent
+    stored = trace_metadata("order", "O-1", "E-1", incoming)["traceparent"]
+    # then: they carry a new, valid, sampled trace, not the invalid one
+    assert TRACEPARENT.fullmatch(stored) and stored.endswith("-01")
+    assert stored.split("-")[1] not in incoming.lower()
+
+
+@pytest.mark.parametrize(("flags", "kept"), [("02", "00"), ("03", "01")])
+def test_events_caused_by_a_message_keep_its_sampled_bit_alone(flags, kept):
+    # given a traceparent with other flags than the sampled bit (W3C level 2), then: only that bit is kept
+    incoming = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-{flags}"
+    assert trace_metadata("order", "O-1", "E-1", incoming)["traceparent"].split("-")[::3] == ["00", kept]
+
+
+@pytest.mark.parametrize(
+    "received",
+    [
+        f"00-0x{CLIENT_TRACE[2:]}-{CLIENT_SPAN}-01",
+        f" 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+        f"00-{CLIENT_TRACE.upper()}-{CLIENT_SPAN}-01",
+        f"ff-{CLIENT_TRACE}-{CLIENT_SPAN}-01",
+        f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-+1",
+    ],
+)
+def test_a_traceparent_that_is_not_valid_w3c_names_no_parent(received):
+    from eventlab.tracing.spans import context_of
+
+    assert context_of(received) is None
+    assert context_of(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01") is not None
+
+
+def test_an_http_span_is_named_after_its_route_and_keeps_the_path():
+    from eventlab.http import Reply, ServiceHttp
+
+    # given the order service's HTTP server, traced
+    memory = InMemorySpanExporter()
+    made = Tracing(lambda: [memory]).open()
+    server = ServiceHttp("order", 0, dict, tracing=made).start()
+    try:
+        # when two orders are asked for, one by a 2000-character id
+        for order_id in ("O-1", "Q" * 2000):
+            server.call("GET", f"/orders/{order_id}", lambda _: Reply(200, {}), None)
+        made.flush()
+    finally:
+        server.stop()
+        made.shutdown()
+    # then both spans have the route's name, and each its own path
+    spans = memory.get_finished_spans()
+    assert [(s.name, s.attributes["url.path"]) for s in spans] == [
+        ("GET /orders/{order_id}", "/orders/O-1"),
+        ("GET /orders/{order_id}", "/orders/" + "Q" * 2000),
+    ]

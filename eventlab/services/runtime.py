@@ -19,7 +19,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from eventlab.errors import ConcurrencyError
 from eventlab.events import Event
-from eventlab.ids import new_span_id, new_trace_id
+from eventlab.ids import TRACEPARENT, new_span_id, new_trace_id
 from eventlab.store.base import EventStore, Metadata, NewEvent, StoredEvent
 
 __all__ = [
@@ -214,11 +214,11 @@ class StreamCache:
 
 
 def trace_metadata(source: str, correlation_id: str, causation_id: str = "", traceparent: str = "") -> Metadata:
-    """Metadata for events caused by one input: same trace, a new span."""
-    parts = traceparent.split("-")
-    joined = len(parts) == 4 and len(parts[1]) == 32
-    trace_id = parts[1] if joined else new_trace_id()
-    flags = parts[3] if joined and parts[3] in ("00", "01") else "01"  # an unsampled trace stays unsampled
+    """Metadata for events caused by one input: same trace (a new one unless ``traceparent`` is valid
+    W3C), a new span, and the input's sampled flag (an unsampled trace stays unsampled)."""
+    joined = TRACEPARENT.fullmatch(traceparent)
+    trace_id = joined["trace_id"] if joined else new_trace_id()
+    flags = f"{int(joined['flags'], 16) & 1:02x}" if joined else "01"
     metadata = {
         "source": source,
         "correlation_id": correlation_id,

@@ -11,7 +11,9 @@ import atexit
 import functools
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ from opentelemetry.util.types import Attributes
 
 from eventlab.application import Commands
 from eventlab.events import EmailRequested
+from eventlab.ids import TRACEPARENT
 from eventlab.kafka.cloudevents import Message
 from eventlab.services.payment import ChargeResult, Gateway, RefundResult
 from eventlab.settings import Settings
@@ -55,25 +58,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: How long a collector may take to answer one batch (the SDK's default of 10 s held up every stop).
+EXPORT_TIMEOUT_S = 2
+#: How long stopping tracing waits for the last spans to be exported.
+STOP_TIMEOUT_S = 5.0
+
 _T = TypeVar("_T")
 
 
 def context_of(traceparent: str) -> Context | None:
-    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or malformed).
+    """The OpenTelemetry context a W3C ``traceparent`` names (None when empty or not valid W3C).
 
     Example:
         >>> context_of("") is None
         True
     """
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    valid = TRACEPARENT.fullmatch(traceparent)
+    if valid is None:
         return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
+    trace_id, span_id, flags = (int(valid[name], 16) for name in ("trace_id", "span_id", "flags"))
     remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
     return trace.set_span_in_context(NonRecordingSpan(remote))
 
@@ -120,25 +123,38 @@ def kafka_attributes(
 class JsonLinesExporter(SpanExporter):
     """The local sink: appends each finished span as one JSON line to ``path``.
 
-    Each batch is one ``write`` in append mode, so the processes of a shop can share the file.
+    Each batch is one ``write`` in append mode, so the processes of a shop can share the file (a last
+    line cut by a writer killed mid-write is ended first).
     A line holds ``trace_id``, ``span_id``, ``parent_id``, ``name``, ``kind``, ``service``,
     ``start_ns``, ``end_ns``, ``status`` and ``attributes``.
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        #: Whether the last batch could not be written (warned about once, until one can).
+        self.failing = False
 
     def __repr__(self) -> str:
         return f"JsonLinesExporter({str(self.path)!r})"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(map(_line, spans))
+        lines = "".join(map(_line, spans)).encode()
         try:
-            with self.path.open("a", encoding="utf-8") as sink:
+            with self.path.open("a+b") as sink:
+                end = sink.seek(0, os.SEEK_END)
+                if end:
+                    sink.seek(end - 1)
+                    if sink.read(1) != b"\n":  # a line cut by a killed writer: ended first
+                        lines = b"\n" + lines
                 sink.write(lines)
         except OSError as exc:
-            log.warning("cannot write %d spans to %s: %s", len(spans), self.path, exc)
+            if not self.failing:
+                log.warning("cannot write spans to %s (dropped until it can be written): %s", self.path, exc)
+            self.failing = True
             return SpanExportResult.FAILURE
+        if self.failing:
+            log.warning("spans are written to %s again", self.path)
+        self.failing = False
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -194,13 +210,18 @@ class _Shared(SpanProcessor):
         return self.tracing.flush(timeout_millis)
 
 
+#: The part of a trace id the sampled share is decided by (as the SDK's ``TraceIdRatioBased``).
+_TRACE_ID_LOW = TraceIdRatioBased.TRACE_ID_LIMIT
+
+
 class _FollowParent(Sampler):
-    """The SDK's ``ParentBased(root)`` without its per-span cost: a span under a valid parent is
-    recorded exactly when the parent was sampled (its trace state kept); a new trace asks ``root``."""
+    """The SDK's ``ParentBased(root)`` without its per-span cost, one decision per trace: a span under
+    a valid parent is recorded exactly when the parent was sampled and ``root`` keeps its trace id
+    (its trace state kept), as :meth:`Tracing.records` decides; a new trace asks ``root``."""
 
     _DROPPED = SamplingResult(Decision.DROP)
 
-    def __init__(self, root: Sampler) -> None:
+    def __init__(self, root: TraceIdRatioBased) -> None:
         self.root = root
 
     def should_sample(
@@ -216,7 +237,7 @@ class _FollowParent(Sampler):
         parent = trace.get_current_span(parent_context).get_span_context()
         if not parent.is_valid:
             return self.root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-        if not parent.trace_flags.sampled:
+        if not parent.trace_flags.sampled or trace_id & _TRACE_ID_LOW >= self.root.bound:
             return self._DROPPED
         # the span takes its attributes from the result
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
@@ -251,11 +272,11 @@ class Tracing:
         self.exporters: tuple[SpanExporter, ...] = ()
         #: The batch pipelines while open (empty when shut: spans that end then are dropped).
         self.processors: tuple[BatchSpanProcessor, ...] = ()
-        #: The share of traces recorded, decided by trace id where a trace starts (``place order``,
-        #: an HTTP request without a caller's ``traceparent``) and followed by every span under it.
-        #: Spans under a stored or received ``traceparent`` are only made once :meth:`records` said
-        #: yes (the same share, by trace id, for a parent recorded without a span), so the SDK's
-        #: sampler never runs for a step of an unrecorded order.
+        #: The share of traces recorded, decided by trace id wherever a span starts (a caller's
+        #: sampled ``traceparent`` too: its trace is recorded whole or not at all), and a parent's
+        #: "not sampled" followed. Spans under a stored or received ``traceparent`` are only made once
+        #: :meth:`records` said yes (the same rule), so the SDK's sampler never runs for a step of an
+        #: unrecorded order.
         ratio = TraceIdRatioBased(sample)
         self.sampler = _FollowParent(ratio)
         self._bound = ratio.bound
@@ -295,16 +316,33 @@ class Tracing:
             return found
 
     def flush(self, timeout_ms: int = 5000) -> bool:
-        """Export every finished span now (before reading the local sink); True when all went."""
-        return all(processor.force_flush(timeout_ms) for processor in self.processors)
+        """Export every finished span now, waiting at most ``timeout_ms`` for the collectors; True
+        when all went."""
+        return all(_all_within([processor.force_flush for processor in self.processors], timeout_ms / 1000))
+
+    def flush_local(self) -> bool:
+        """Export every finished span to the local sink now (before reading it), not waiting for the
+        collectors; True when all went."""
+        return all(
+            processor.force_flush()
+            for processor in self.processors
+            if isinstance(processor.span_exporter, JsonLinesExporter)
+        )
 
     def shutdown(self) -> None:
-        """Export what is left and stop the pipelines and exporters (also at interpreter exit);
+        """Export what is left and stop the pipelines and exporters (also at interpreter exit), all at
+        once and for at most :data:`STOP_TIMEOUT_S` (a collector that never answers loses the rest);
         idempotent, and :meth:`open` starts anew."""
         with self._lock:
             processors, self.processors = self.processors, ()
-        for processor in processors:
-            processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's signature has no hints
+        stopped = _all_within([processor.shutdown for processor in processors], STOP_TIMEOUT_S)
+        for done, processor in zip(stopped, processors, strict=True):
+            if not done:
+                log.warning(
+                    "tracing: %r did not finish exporting within %g s; the rest of its spans are dropped",
+                    processor.span_exporter,
+                    STOP_TIMEOUT_S,
+                )
         if processors:
             atexit.unregister(self.shutdown)
 
@@ -317,7 +355,7 @@ class Tracing:
         if parts[3] == "00":
             return False
         try:
-            return int(parts[1], 16) & 0xFFFFFFFFFFFFFFFF < self._bound
+            return int(parts[1], 16) & _TRACE_ID_LOW < self._bound
         except ValueError:
             return True
 
@@ -366,12 +404,15 @@ class Tracing:
         return PublishSpans(self.tracer("relay"), self.records, topics)
 
     @contextmanager
-    def serving(self, service: str, method: str, path: str, traceparent: str) -> Iterator[Callable[[int], None]]:
-        """The ``SERVER`` span of one HTTP request to ``service`` (a child of the caller's
-        ``traceparent`` if it sent one); call what it yields with the response status."""
-        attributes = {"http.request.method": method, "url.path": path}
+    def serving(
+        self, service: str, method: str, route: str, path: str, traceparent: str
+    ) -> Iterator[Callable[[int], None]]:
+        """The ``SERVER`` span of one HTTP request to ``service``, named after its ``route`` (``GET
+        /orders/{order_id}``; a child of the caller's ``traceparent`` if it sent one); call what it
+        yields with the response status."""
+        attributes = {"http.request.method": method, "http.route": route, "url.path": path}
         with self.tracer(service).start_as_current_span(
-            f"{method} {path}", context_of(traceparent), SpanKind.SERVER, attributes
+            f"{method} {route}", context_of(traceparent), SpanKind.SERVER, attributes
         ) as span:
 
             def answered(status: int) -> None:
@@ -461,6 +502,18 @@ class TracedCommands(Commands):
         return metadata
 
 
+def _all_within(calls: Sequence[Callable[[], object]], seconds: float) -> list[bool]:
+    """Run ``calls`` at once, each in a daemon thread; which of them returned within ``seconds``
+    (the others go on in the background: a collector that never answers holds up nobody)."""
+    threads = [threading.Thread(target=call, name="eventlab-tracing-export", daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [not thread.is_alive() for thread in threads]
+
+
 def _text(raw: str | bytes | None) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw or ""
 
@@ -546,10 +599,10 @@ def exporter(sink: str, settings: Settings) -> SpanExporter:
             endpoint = settings.otlp_endpoint
             if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
                 endpoint = endpoint.rstrip("/") + "/v1/traces"
-            return OTLPSpanExporter(endpoint=endpoint or None)
+            return OTLPSpanExporter(endpoint=endpoint or None, timeout=EXPORT_TIMEOUT_S)
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
-        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None)
+        return ZipkinExporter(endpoint=settings.zipkin_endpoint or None, timeout=EXPORT_TIMEOUT_S)
     except ImportError as exc:
         raise TracingError(
             f"the {sink} exporter is not installed: pip install 'eventlab[tracing]' ({exc.name} missing)"

@@ -32,7 +32,7 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings
 from eventlab.store.base import EventStore
 from eventlab.tables import Table
-from eventlab.tracing import SPANS_FILE
+from eventlab.tracing import SPANS_FILE, TracingError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -85,23 +85,54 @@ class SpanRecord:
 def read_spans(path: Path | str, trace_id: str | None = None) -> list[SpanRecord]:
     """The spans in a local sink file (or a data directory's ``spans.jsonl``), of one trace if given.
 
-    A line cut short by a process killed mid-write, even inside a character, is skipped.
+    A line cut short by a process killed mid-write, even inside a character, is skipped, and so is
+    any other line that is not a span (a field of the wrong type, nesting too deep to parse).
     """
     path = Path(path)
     if path.is_dir():
         path = path / SPANS_FILE
     if not path.exists():
         return []
+    if not path.is_file():
+        raise TracingError(f"{path} is not a file")
     found = []
     with path.open(encoding="utf-8", errors="replace") as lines:  # a cut character spoils only its line
         for line in lines:
             if trace_id is not None and trace_id not in line:
                 continue
-            try:
-                found.append(SpanRecord(**json.loads(line)))
-            except (ValueError, TypeError):
-                continue
-    return [span for span in found if trace_id is None or span.trace_id == trace_id]
+            span = _span_of(line)
+            if span is not None and (trace_id is None or span.trace_id == trace_id):
+                found.append(span)
+    return found
+
+
+#: The type of each field of a local sink's line; all but ``status`` and ``attributes`` required.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "trace_id": str,
+    "span_id": str,
+    "parent_id": (str, type(None)),
+    "name": str,
+    "kind": str,
+    "service": str,
+    "start_ns": int,
+    "end_ns": int,
+    "status": str,
+    "attributes": dict,
+}
+_REQUIRED = _FIELD_TYPES.keys() - {"status", "attributes"}
+
+
+def _span_of(line: str) -> SpanRecord | None:
+    """The span one line of the local sink holds; None when it holds none."""
+    try:
+        fields = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict) or not _REQUIRED <= fields.keys() <= _FIELD_TYPES.keys():
+        return None
+    if not all(isinstance(value, _FIELD_TYPES[name]) for name, value in fields.items()):
+        return None
+    return SpanRecord(**fields)
 
 
 def from_sdk(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
@@ -152,9 +183,9 @@ class TracedShop(Protocol):
 
 
 def order_spans(shop: TracedShop, order_id: str) -> list[SpanRecord]:
-    """Every span of ``order_id``'s trace in the shop's local sink (its finished spans exported first)."""
+    """Every span of ``order_id``'s trace in the shop's local sink (its finished spans written there first)."""
     if shop.tracing is not None:
-        shop.tracing.flush()
+        shop.tracing.flush_local()
     return read_spans(shop.settings.data_dir, order_trace_id(shop.store, order_id))
 
 
