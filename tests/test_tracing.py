@@ -582,6 +582,9 @@ def test_a_collector_that_never_answers_holds_up_neither_flush_nor_order_spans(t
         reading.join(10)
         # then both return: the flush saying not all went, the spans read from the local sink
         assert found == [False, ["place order"]]
+        # and once the collector answers, a flush says every span went
+        stuck.answer.set()
+        assert made.flush() is True
     finally:
         stuck.answer.set()
         made.shutdown()

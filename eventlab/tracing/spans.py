@@ -318,7 +318,9 @@ class Tracing:
     def flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now, waiting at most ``timeout_ms`` for the collectors; True
         when all went."""
-        return all(_all_within([processor.force_flush for processor in self.processors], timeout_ms / 1000))
+        went: list[bool] = []  # what each flush that ended in time answered
+        flushes = [functools.partial(_answer, processor.force_flush, went) for processor in self.processors]
+        return all(_all_within(flushes, timeout_ms / 1000)) and all(went)
 
     def flush_local(self) -> bool:
         """Export every finished span to the local sink now (before reading it), not waiting for the
@@ -512,6 +514,10 @@ def _all_within(calls: Sequence[Callable[[], object]], seconds: float) -> list[b
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [not thread.is_alive() for thread in threads]
+
+
+def _answer(call: Callable[[], bool], answers: list[bool]) -> None:
+    answers.append(call())
 
 
 def _text(raw: str | bytes | None) -> str:
