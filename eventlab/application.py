@@ -143,7 +143,7 @@ class Commands:
 
         def decide(states: Mapping[tuple[str, str], Any]) -> list[Event]:
             prices = {pid: states[("order_price", pid)] for _, pid in items}
-            return order.place(command, order_id, states[customer], prices)
+            return order.place(command, order_id, states[key], states[customer], prices)
 
         deadline = time.monotonic() + self.copy_wait
         while True:

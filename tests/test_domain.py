@@ -82,7 +82,7 @@ ADA_STATE = order.Customer("U001", "ada@example.com")
 
 def place(lines, customer=ADA_STATE, catalogue=None):
     command = parse(PlaceOrder, {"user_id": "U001", "lines": lines})
-    return order.place(command, "O-1", customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
+    return order.place(command, "O-1", None, customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
 
 
 def test_an_order_is_priced_from_the_catalogue_in_cents():
@@ -95,6 +95,17 @@ def test_an_order_for_an_unknown_user_is_rejected():
     with pytest.raises(NotFound) as error:
         place([{"product_id": "P001", "quantity": 1}], customer=None)
     assert error.value.field == "user_id"
+
+
+def test_an_order_id_is_taken_once():
+    # given a completed order O-1
+    paid = OrderCompleted(**ADA_IDS, total_cents=13898, lines=LINES)
+    completed = fold(order.evolve, [CREATED, OrderConfirmed(**ADA_IDS, total_cents=13898), paid])
+    command = parse(PlaceOrder, {"user_id": "U001", "lines": [{"product_id": "P001", "quantity": 1}]})
+    # when an order is placed under the same id, then it is refused naming the id
+    with pytest.raises(AlreadyExists, match="O-1 already exists") as error:
+        order.place(command, "O-1", completed, ADA_STATE, {"P001": KEYBOARD})
+    assert error.value.field == "order_id"
 
 
 def test_an_order_for_an_unknown_product_names_the_line():
