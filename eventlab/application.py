@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
+from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse, valid_id
 from eventlab.errors import NotFound
 from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
@@ -135,7 +135,7 @@ class Commands:
         the field.
         """
         command = parse(PlaceOrder, _input(data, fields))
-        order_id = self.new_id()
+        order_id = valid_id("order_id", self.new_id())
         # Order's own copies of the customer and the prices (never the User or Product streams)
         customer = ("order_customer", command.user_id)
         items = [("order_price", line.product_id) for line in command.lines]

@@ -24,7 +24,7 @@ from eventlab.adapters.mailer import MAILBOX
 from eventlab.application import Commands
 from eventlab.bootstrap import build_services
 from eventlab.commands import PlaceOrder
-from eventlab.errors import AlreadyExists, NotFound
+from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
 from eventlab.events import (
     EVENT_TYPES,
     CustomerRecorded,
@@ -212,6 +212,21 @@ def test_a_shop_restarted_with_sequential_ids_refuses_to_reuse_order_001(tmp_pat
         assert error.value.field == "order_id"
         assert [e.event_type for e in shop.store.read_stream("order", "order-001")].count("OrderCreated") == 1
         assert shop.order("order-001").status == "completed"
+
+
+@pytest.mark.parametrize("bad_id", ["x" * 300, "", "order 1", 42, None])
+def test_an_id_the_factory_gives_that_is_not_an_id_is_refused_naming_order_id(tmp_path, bad_id):
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store, id_factory=lambda: bad_id, copy_wait=0)
+    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
+    consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
+    head = store.head()
+    with pytest.raises(InvalidCommand) as error:
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    assert error.value.field == "order_id"
+    assert len(str(error.value)) < 200
+    assert store.head() == head
+    store.close()
 
 
 def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
