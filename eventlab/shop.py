@@ -352,6 +352,7 @@ class Shop:
         if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
             self.faults.close()
         self._stop.set()
+        self.gateway.wake()  # a payment waiting out the gateway's latency
         for thread in self._threads:
             thread.join(timeout=30)
         for server in self._servers:

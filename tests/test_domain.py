@@ -5,6 +5,7 @@ Pure logic only: no Kafka, no database.
 
 from __future__ import annotations
 
+import threading
 from functools import reduce
 from unittest import mock
 
@@ -346,6 +347,35 @@ def test_gateway_latency_does_not_change_which_orders_are_declined():
     quick = SimulatedGateway(0.5, latency_ms=0, seed=3)
     slow = SimulatedGateway(0.5, latency_ms=0.01, seed=3)
     assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]
+
+
+@pytest.mark.parametrize("latency", [-1, float("nan"), float("inf"), 60_001, True, "5", None])
+def test_a_gateway_latency_that_is_not_a_number_of_milliseconds_is_refused(latency):
+    with pytest.raises(ValueError, match="latency_ms"):
+        SimulatedGateway(latency_ms=latency)
+    gateway = SimulatedGateway(latency_ms=5)
+    with pytest.raises(ValueError, match="latency_ms"):
+        gateway.latency_ms = latency
+    assert gateway.latency_ms == 5
+
+
+@pytest.mark.parametrize("end_the_wait", ["lower the latency", "wake"])
+def test_a_call_waiting_out_a_long_latency_ends_when_the_latency_is_lowered_or_the_gateway_woken(end_the_wait):
+    # given a charge waiting out a latency of a minute
+    gateway = SimulatedGateway(latency_ms=60_000)
+    call = threading.Thread(target=gateway.charge, args=("O-1", 100), daemon=True)
+    call.start()
+    call.join(0.2)
+    assert call.is_alive()
+    # when the latency goes back to 0 (or the shop stops and wakes the gateway)
+    if end_the_wait == "wake":
+        gateway.wake()
+    else:
+        gateway.latency_ms = 0
+    # then the call ends at once, with its answer recorded
+    call.join(5)
+    assert not call.is_alive()
+    assert gateway.charges == 1
 
 
 # --- finished orders stay finished -----------------------------------------------------------
