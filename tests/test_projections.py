@@ -239,6 +239,53 @@ def test_incremental_refresh_gives_exactly_what_a_rebuild_gives(tmp_path):
             assert incremental.pl("orders").equals(rebuilt.pl("orders"))
 
 
+class StruckByCtrlC:
+    """A DuckDB connection on which Ctrl-C's interrupts strike, in turn, the first call of each of
+    ``strikes`` (a statement's opening words, or ``unregister``) after the one before: DuckDB's
+    interrupt is sent until the interrupted call ends, so the clean-up after the first can be hit too."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *strikes: str) -> None:
+        self._con, self._strikes = con, list(strikes)
+
+    def _strike(self, call: str) -> None:
+        if self._strikes and call.startswith(self._strikes[0]):
+            self._strikes.pop(0)
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+    def execute(self, query: str, *args: object) -> duckdb.DuckDBPyConnection:
+        self._strike(query)
+        return self._con.execute(query, *args)
+
+    def unregister(self, name: str) -> duckdb.DuckDBPyConnection:
+        self._strike("unregister")
+        return self._con.unregister(name)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
+
+
+def test_a_refresh_interrupted_with_its_clean_up_leaves_the_projections_usable(tmp_path):
+    # given projections of a store open in this process, and new events to refresh
+    story = standard_story(tmp_path / "events.db")
+    with Projections(story.store) as projections:
+        assert isinstance(projections._log, MirroredLog)
+        story.completed_order("O6", "U2", {"P1": 1})
+        # when Ctrl-C interrupts the copy of the new events, then the copy's clean-up and the ROLLBACK too
+        struck = StruckByCtrlC(projections._con, "INSERT INTO store.events", "unregister", "ROLLBACK")
+        projections._con = projections._log._con = struck  # type: ignore[assignment]
+        with pytest.raises(StoreError, match="Interrupted"):
+            projections.refresh()
+        assert not struck._strikes
+        # then the next refresh works, and gives what a rebuild gives
+        story.declined_order("O7", "U1", {"P2": 1})
+        assert projections.refresh() > 0
+        with Projections(story.store) as rebuilt:
+            assert projections.checkpoint == rebuilt.checkpoint == story.store.head()
+            for name in projections.names:
+                assert projections.pl(name).equals(rebuilt.pl(name)), name
+        assert projections.rebuild() == story.store.head()
+
+
 def test_a_store_that_lost_events_is_rebuilt_not_patched(tmp_path):
     story = standard_story(tmp_path / "events.db")
     with Projections(story.store.path) as projections:

@@ -327,6 +327,7 @@ class Projections(SchemaRelations):
         self._snapshots: set[int] = set()
         self._sandbox: Sandbox | None = None
         self._generation = 0  # bumped whenever the relations change
+        self._in_transaction = False  # left True by a COMMIT or ROLLBACK that was interrupted
         self._handed: dict[str, int] = {}  # sandbox relation -> generation it was handed at
         self._raw_tables: frozenset[str] | None = None
         self._raw_by_alias: dict[str, frozenset[str]] = {}
@@ -831,6 +832,7 @@ class Projections(SchemaRelations):
         )
 
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
+        self._roll_back_left_open()
         return bounded([self._con], work, timeout, self._cancel)
 
     def __enter__(self) -> Self:
@@ -874,10 +876,22 @@ class Projections(SchemaRelations):
     def _transaction(self) -> Iterator[None]:
         """One DuckDB transaction: all of it or nothing."""
         with self._reading_store():
+            self._roll_back_left_open()
             self._con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
             try:
                 yield
             except BaseException:
                 self._con.execute("ROLLBACK")
+                self._in_transaction = False
                 raise
             self._con.execute("COMMIT")
+            self._in_transaction = False
+
+    def _roll_back_left_open(self) -> None:
+        """Roll back the transaction an interrupted call left open: Ctrl-C interrupts DuckDB until the
+        call ends, so its ROLLBACK (or COMMIT) can be interrupted too."""
+        if self._in_transaction:
+            with contextlib.suppress(duckdb.TransactionException):
+                self._con.execute("ROLLBACK")
+            self._in_transaction = False
