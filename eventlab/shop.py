@@ -425,10 +425,14 @@ class Shop:
 
     def seed_catalogue(self, directory: Path | None = None, timeout: float = 60.0) -> tuple[int, int]:
         """Register the users and products of ``data/`` that do not exist yet and wait (at most
-        ``timeout`` seconds) until Inventory has stocked them; return (users, products) created."""
+        ``timeout`` seconds) until Inventory has stocked them; return (users, products) created.
+
+        Every row is checked before any is written: a bad one raises
+        :class:`~eventlab.errors.InvalidCommand` naming the field, the file and the line."""
         commands = self._commands()
-        users = sum(_create_if_new(commands.register_user, row) for row in load_users(directory))
-        products = sum(_create_if_new(commands.create_product, row) for row in load_products(directory))
+        new_users, new_products = load_users(directory), load_products(directory)
+        users = sum(_create_if_new(commands.register_user, row) for row in new_users)
+        products = sum(_create_if_new(commands.create_product, row) for row in new_products)
         self.wait_idle(timeout)
         return users, products
 
