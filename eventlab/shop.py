@@ -417,7 +417,7 @@ class Shop:
         """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id."""
         if isinstance(lines, Mapping):
             lines = [{"product_id": pid, "quantity": qty} for pid, qty in lines.items()]
-        return self._commands().place_order(user_id=user_id, lines=list(lines))
+        return self._commands().place_order(user_id=user_id, lines=lines)
 
     def order(self, order_id: str) -> OrderView:
         """An order's state and the events of its saga, in order."""
