@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -463,7 +464,11 @@ class Shop:
         until: Callable[[_T], object],
         timeout_error: Callable[[_T], BaseException],
     ) -> _T:
-        """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms)."""
+        """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms); ValueError
+        for a ``timeout`` that is not a finite number of seconds, 0 or more (``None`` included: a wait
+        without a limit would hang the notebook on a stopped shop)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds, 0 or more, not {timeout!r:.40}")
         store = self.store
         seen = [store.commits]
 

@@ -20,3 +20,11 @@ def test_order_lines_may_come_from_a_generator(shop, customer, make_product):
     product_id = make_product(stock=5)
     order_id = shop.place_order(customer, ({"product_id": product_id, "quantity": q} for q in [2]))
     assert shop.order(order_id).lines[0].quantity == 2
+
+
+@pytest.mark.parametrize("timeout", [None, -1, float("nan"), float("inf"), "5", True])
+def test_a_wait_whose_timeout_is_not_a_number_of_seconds_is_refused_naming_it(shop, timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        shop.wait("any-order", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        shop.wait_idle(timeout=timeout)
