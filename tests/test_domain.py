@@ -349,6 +349,14 @@ def test_gateway_latency_does_not_change_which_orders_are_declined():
     assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]
 
 
+@pytest.mark.parametrize("rate", [True, False, "0.5", None, float("nan"), -0.1, 1.5])
+def test_a_failure_rate_that_is_not_a_number_from_0_to_1_is_refused(rate):
+    gateway = SimulatedGateway(failure_rate=0.25)
+    with pytest.raises(ValueError, match="failure_rate"):
+        gateway.failure_rate = rate
+    assert gateway.failure_rate == 0.25
+
+
 @pytest.mark.parametrize("latency", [-1, float("nan"), float("inf"), 60_001, True, "5", None])
 def test_a_gateway_latency_that_is_not_a_number_of_milliseconds_is_refused(latency):
     with pytest.raises(ValueError, match="latency_ms"):

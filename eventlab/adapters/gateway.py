@@ -59,8 +59,8 @@ class SimulatedGateway:
 
     @failure_rate.setter
     def failure_rate(self, rate: float) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError("failure_rate must be between 0 and 1")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"failure_rate must be a number between 0 and 1, not {rate!r:.40}")
         self._failure_rate = rate
 
     @property
