@@ -28,3 +28,11 @@ def test_a_wait_whose_timeout_is_not_a_number_of_seconds_is_refused_naming_it(sh
         shop.wait("any-order", timeout=timeout)
     with pytest.raises(ValueError, match="timeout"):
         shop.wait_idle(timeout=timeout)
+
+
+def test_redelivering_what_is_not_a_stored_event_says_what_it_takes(shop, customer, make_product):
+    order = shop.order(shop.place_order(customer, {make_product(stock=5): 1}))
+    with pytest.raises(
+        TypeError, match=r"one stored event, e\.g\. shop\.order\(order_id\)\.events\[0\], not OrderView"
+    ):
+        shop.faults.redeliver(order)
