@@ -169,7 +169,7 @@ class Commands:
         """The order's state and its saga's events; :class:`~eventlab.errors.NotFound` if unknown."""
         state = load(self.store, ("order", order_id), order.evolve).state
         if state is None:
-            raise NotFound("order_id", f"unknown order {order_id}")
+            raise NotFound("order_id", f"unknown order {order_id!r:.80}")
         return OrderView(
             order_id=state.order_id,
             user_id=state.user_id,

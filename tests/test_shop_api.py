@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventlab.errors import InvalidCommand
+from eventlab.errors import InvalidCommand, NotFound
 
 
 @pytest.mark.parametrize("lines", [None, 5, "P001"])
@@ -36,3 +36,11 @@ def test_redelivering_what_is_not_a_stored_event_says_what_it_takes(shop, custom
         TypeError, match=r"one stored event, e\.g\. shop\.order\(order_id\)\.events\[0\], not OrderView"
     ):
         shop.faults.redeliver(order)
+
+
+def test_an_unknown_order_id_is_quoted_and_shortened_in_the_error(shop):
+    with pytest.raises(NotFound) as error:
+        shop.order("x" * 100_000)
+    assert error.value.field == "order_id"
+    assert len(str(error.value)) < 200
+    assert "unknown order 'xxx" in str(error.value)
