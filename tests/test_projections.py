@@ -286,6 +286,22 @@ def test_a_refresh_interrupted_with_its_clean_up_leaves_the_projections_usable(t
         assert projections.rebuild() == story.store.head()
 
 
+def test_projections_once_closed_say_so(tmp_path):
+    projections = Projections(standard_story(tmp_path / "events.db").store.path)
+    projections.close()
+    projections.close()  # closing again does nothing
+    assert repr(projections).endswith(", closed>")
+    for use in (
+        projections.refresh,
+        lambda: projections.sql("SELECT 1"),
+        lambda: projections.relation("orders"),
+        lambda: projections.pl("orders"),
+        lambda: projections.as_of(position=1),
+    ):
+        with pytest.raises(ProjectionError, match="closed"):
+            use()
+
+
 def test_a_store_that_lost_events_is_rebuilt_not_patched(tmp_path):
     story = standard_story(tmp_path / "events.db")
     with Projections(story.store.path) as projections:
