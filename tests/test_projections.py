@@ -286,6 +286,21 @@ def test_a_refresh_interrupted_with_its_clean_up_leaves_the_projections_usable(t
         assert projections.rebuild() == story.store.head()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [({"timeout": -1}, "timeout"), ({"timeout": float("nan")}, "timeout"), ({"timeout": "5"}, "timeout")]
+    + [({"limit": bad}, "limit") for bad in (float("nan"), -1, 2.5, True, "3")],
+)
+def test_a_relation_read_with_a_bad_limit_or_timeout_is_refused_naming_it(projections, arguments, named):
+    with pytest.raises(ProjectionError, match=named):
+        projections.pl("orders", **arguments)
+
+
+def test_a_relation_read_within_a_limit_and_a_timeout(projections):
+    assert projections.pl("orders", limit=2, timeout=30).height == 2
+    assert projections.pl("orders", limit=0, timeout=None).height == 0
+
+
 def test_projections_once_closed_say_so(tmp_path):
     projections = Projections(standard_story(tmp_path / "events.db").store.path)
     projections.close()
