@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
+from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse, valid_id
 from eventlab.errors import NotFound
 from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
@@ -135,7 +135,7 @@ class Commands:
         the field.
         """
         command = parse(PlaceOrder, _input(data, fields))
-        order_id = self.new_id()
+        order_id = valid_id("order_id", self.new_id())
         # Order's own copies of the customer and the prices (never the User or Product streams)
         customer = ("order_customer", command.user_id)
         items = [("order_price", line.product_id) for line in command.lines]
@@ -143,7 +143,7 @@ class Commands:
 
         def decide(states: Mapping[tuple[str, str], Any]) -> list[Event]:
             prices = {pid: states[("order_price", pid)] for _, pid in items}
-            return order.place(command, order_id, states[customer], prices)
+            return order.place(command, order_id, states[key], states[customer], prices)
 
         deadline = time.monotonic() + self.copy_wait
         while True:
@@ -169,7 +169,7 @@ class Commands:
         """The order's state and its saga's events; :class:`~eventlab.errors.NotFound` if unknown."""
         state = load(self.store, ("order", order_id), order.evolve).state
         if state is None:
-            raise NotFound("order_id", f"unknown order {order_id}")
+            raise NotFound("order_id", f"unknown order {order_id!r:.80}")
         return OrderView(
             order_id=state.order_id,
             user_id=state.user_id,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from eventlab.adapters.gateway import MAX_LATENCY_MS as MAX_GATEWAY_LATENCY_MS
 from eventlab.arguments import directory, whole_number
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
@@ -77,10 +78,6 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"not a probability from 0 to 1: {text!r}")
     return value
-
-
-#: The longest simulated gateway latency: a minute already holds Payment's consumer past a saga's timeout.
-MAX_GATEWAY_LATENCY_MS = 60_000
 
 
 def gateway_latency(text: str) -> float:

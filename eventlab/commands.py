@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from eventlab.errors import InvalidCommand
 from eventlab.events import distinct_products
@@ -24,6 +24,7 @@ __all__ = [
     "RegisterUser",
     "parse",
     "printable",
+    "valid_id",
 ]
 
 MAX_QUANTITY = 1_000
@@ -32,6 +33,15 @@ MAX_PRICE_CENTS = 100_000_000
 MAX_STOCK = 1_000_000
 
 Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_ID = TypeAdapter(Annotated[str, Id])
+
+
+def valid_id(field: str, value: Any) -> str:
+    """``value`` if it is an id a command accepts, else :class:`InvalidCommand` naming ``field``."""
+    try:
+        return _ID.validate_python(value, strict=True)
+    except ValidationError as exc:
+        raise InvalidCommand(field, f"{value!r:.80} is not a valid id: {exc.errors()[0]['msg']}") from None
 
 
 #: Unicode categories no name or address needs: controls (NUL, ESC, newlines), format characters

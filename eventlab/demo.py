@@ -5,7 +5,8 @@ concurrently through the six services. Three things used to make runs differ:
 
 1. *Which payments are declined.* The simulated gateway decides from the seed and the order id,
    and order ids were time-based. The demo names its orders ``demo-s<seed>-r<run>-<n>`` instead;
-   ``run`` counts the earlier demo runs with this seed in the same store, so ids never collide.
+   ``run`` counts the earlier demo runs with this seed in the same store (and those running in
+   this process), so ids never collide.
 2. *Which orders get scarce stock.* Inventory serves orders in the order it consumes them, which
    (across partitions, and with stock given back by declined payments) depends on thread timing.
    The demo reads each product's stock before the first order and keeps two bounds per product
@@ -31,7 +32,9 @@ import logging
 import random
 import shutil
 import sys
+import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,9 +149,16 @@ def refuse_earlier_runs(settings: Settings) -> None:
         )
 
 
+#: The runs (seed, run) each store's demos in this process have taken: a run started a moment
+#: ago may have no order in the store yet.
+_taken_runs: weakref.WeakKeyDictionary[EventStore, set[tuple[int, int]]] = weakref.WeakKeyDictionary()
+_taking_runs = threading.Lock()
+
+
 def order_ids(store: EventStore, seed: int) -> Callable[[], str]:
     """An id factory naming the orders of this run ``demo-s<seed>-r<run>-<n>`` (n from 1), where
-    ``run`` is the first run number with no order in ``store``.
+    ``run`` is the first run number with no order in ``store`` and not taken by another run in
+    this process.
 
     Example:
         >>> from eventlab.store import SqliteEventStore
@@ -156,9 +166,12 @@ def order_ids(store: EventStore, seed: int) -> Callable[[], str]:
         >>> next_id(), next_id()
         ('demo-s7-r1-00001', 'demo-s7-r1-00002')
     """
-    run = 1
-    while store.read_stream("order", _order_id(seed, run, 1)):
-        run += 1
+    with _taking_runs:
+        taken = _taken_runs.setdefault(store, set())
+        run = 1
+        while (seed, run) in taken or store.read_stream("order", _order_id(seed, run, 1)):
+            run += 1
+        taken.add((seed, run))
     numbers = itertools.count(1)
     return lambda: _order_id(seed, run, next(numbers))
 

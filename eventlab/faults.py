@@ -103,6 +103,10 @@ class Faults:
     def redeliver(self, stored: StoredEvent) -> str:
         """Publish an already-delivered event again, exactly as the relay did (same ``ce_id``);
         return the topic. This is what at-least-once delivery does after a crash or a rebalance."""
+        if not isinstance(stored, StoredEvent):
+            raise TypeError(
+                f"redeliver takes one stored event, e.g. shop.order(order_id).events[0], not {type(stored).__name__}"
+            )
         key, value, headers = to_message(stored)
         topic = EVENT_TYPES[stored.event_type].topic
         self.send_raw(topic, value, key=key, headers=headers)

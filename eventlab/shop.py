@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -352,6 +353,7 @@ class Shop:
         if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
             self.faults.close()
         self._stop.set()
+        self.gateway.wake()  # a payment waiting out the gateway's latency
         for thread in self._threads:
             thread.join(timeout=30)
         for server in self._servers:
@@ -416,7 +418,7 @@ class Shop:
         """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id."""
         if isinstance(lines, Mapping):
             lines = [{"product_id": pid, "quantity": qty} for pid, qty in lines.items()]
-        return self._commands().place_order(user_id=user_id, lines=list(lines))
+        return self._commands().place_order(user_id=user_id, lines=lines)
 
     def order(self, order_id: str) -> OrderView:
         """An order's state and the events of its saga, in order."""
@@ -424,10 +426,14 @@ class Shop:
 
     def seed_catalogue(self, directory: Path | None = None, timeout: float = 60.0) -> tuple[int, int]:
         """Register the users and products of ``data/`` that do not exist yet and wait (at most
-        ``timeout`` seconds) until Inventory has stocked them; return (users, products) created."""
+        ``timeout`` seconds) until Inventory has stocked them; return (users, products) created.
+
+        Every row is checked before any is written: a bad one raises
+        :class:`~eventlab.errors.InvalidCommand` naming the field, the file and the line."""
         commands = self._commands()
-        users = sum(_create_if_new(commands.register_user, row) for row in load_users(directory))
-        products = sum(_create_if_new(commands.create_product, row) for row in load_products(directory))
+        new_users, new_products = load_users(directory), load_products(directory)
+        users = sum(_create_if_new(commands.register_user, row) for row in new_users)
+        products = sum(_create_if_new(commands.create_product, row) for row in new_products)
         self.wait_idle(timeout)
         return users, products
 
@@ -458,7 +464,11 @@ class Shop:
         until: Callable[[_T], object],
         timeout_error: Callable[[_T], BaseException],
     ) -> _T:
-        """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms)."""
+        """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms); ValueError
+        for a ``timeout`` that is not a finite number of seconds, 0 or more (``None`` included: a wait
+        without a limit would hang the notebook on a stopped shop)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds, 0 or more, not {timeout!r:.40}")
         store = self.store
         seen = [store.commits]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -72,6 +73,13 @@ class BackgroundRefresh:
                 return
 
 
+def _interval(seconds: float) -> float:
+    """``seconds`` between refreshes if it is a finite number above 0, else ValueError naming interval."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
+        raise ValueError(f"interval must be a finite number of seconds above 0, not {seconds!r:.40}")
+    return seconds
+
+
 def _widget_bundle(widget: Any, text: str, **kwargs: Any) -> dict[str, Any]:
     """The widget's mime bundle with ``text`` as its plain-text form (what a headless run shows)."""
     bundle: dict[str, Any] = widget._repr_mimebundle_(**kwargs)
@@ -100,11 +108,13 @@ class EventFeed(BackgroundRefresh):
         interval: float = 0.5,
         on_new: Callable[[Sequence[StoredEvent]], object] | None = None,
     ) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number of events, at least 1, not {limit!r:.40}")
         import ipywidgets as widgets
 
         self.store = store
         self.limit = limit
-        self.interval = interval
+        self.interval = _interval(interval)
         self.on_new = on_new
         self.widget = widgets.HTML(layout=widgets.Layout(max_height="28em", overflow="auto"))
         self._events: list[StoredEvent] = []
@@ -161,7 +171,7 @@ class ControlPanel(BackgroundRefresh):
 
         self.shop = shop
         self.faults = shop.faults
-        self.interval = interval
+        self.interval = _interval(interval)
         self.placed: list[str] = []
         self.messages: list[str] = []
         self._orders: dict[str, Order] = {}

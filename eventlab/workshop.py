@@ -51,7 +51,12 @@ _groups = itertools.count(1)
 
 
 def sequential_ids(prefix: str = "order", width: int = 3) -> Callable[[], str]:
-    """An id factory giving ``prefix-001``, ``prefix-002``, ... (for ``Shop(id_factory=...)``)."""
+    """An id factory giving ``prefix-001``, ``prefix-002``, ... (for ``Shop(id_factory=...)``).
+
+    It counts from 1 in every process, so give it a new data directory each time (as the notebooks
+    do): on one that already holds ``prefix-001``, placing an order raises
+    :class:`~eventlab.errors.AlreadyExists` naming ``order_id``.
+    """
     counter = itertools.count(1)
     return lambda: f"{prefix}-{next(counter):0{width}d}"
 

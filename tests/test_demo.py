@@ -16,13 +16,13 @@ from conftest import free_port_offset
 from projection_story import standard_story
 
 from eventlab import SagaTimeout, Settings, Shop
-from eventlab.demo import StockBounds, fresh_data_dir, invariants, run_demo
+from eventlab.demo import StockBounds, fresh_data_dir, invariants, order_ids, run_demo
 from eventlab.events import ProductCreated
 from eventlab.projections import CHECKS, audit
 from eventlab.projections.audit import MAILBOX_CHECKS
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import service_store_variable
-from eventlab.store import NewEvent, SqliteEventStore
+from eventlab.store import MemoryEventStore, NewEvent, SqliteEventStore
 
 pytestmark = pytest.mark.integration
 
@@ -118,6 +118,16 @@ def test_without_a_data_dir_each_demo_starts_from_a_store_of_its_own_and_repeats
     # then: the same counts and the same number of events (the second did not find the first's orders)
     assert counts(a) == counts(b) and a["events"] == b["events"]
     assert a["store"] == b["store"] == str(home / "eventlab" / "demo" / "events.db")
+
+
+def test_two_demos_started_at_once_on_one_store_name_their_orders_apart():
+    # given a store no demo has written to yet
+    store = MemoryEventStore()
+    # when two runs with the same seed start before either placed an order
+    first, second = order_ids(store, seed=0), order_ids(store, seed=0)
+    # then each has its own run number, so their ids never collide
+    assert [first(), second(), first()] == ["demo-s0-r1-00001", "demo-s0-r2-00001", "demo-s0-r1-00002"]
+    assert order_ids(MemoryEventStore(), seed=0)() == "demo-s0-r1-00001"
 
 
 def test_a_second_demo_without_a_data_dir_is_refused_while_the_first_runs(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ Pure logic only: no Kafka, no database.
 
 from __future__ import annotations
 
+import threading
 from functools import reduce
 from unittest import mock
 
@@ -82,7 +83,7 @@ ADA_STATE = order.Customer("U001", "ada@example.com")
 
 def place(lines, customer=ADA_STATE, catalogue=None):
     command = parse(PlaceOrder, {"user_id": "U001", "lines": lines})
-    return order.place(command, "O-1", customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
+    return order.place(command, "O-1", None, customer, catalogue or {"P001": KEYBOARD, "P002": MOUSE})
 
 
 def test_an_order_is_priced_from_the_catalogue_in_cents():
@@ -95,6 +96,17 @@ def test_an_order_for_an_unknown_user_is_rejected():
     with pytest.raises(NotFound) as error:
         place([{"product_id": "P001", "quantity": 1}], customer=None)
     assert error.value.field == "user_id"
+
+
+def test_an_order_id_is_taken_once():
+    # given a completed order O-1
+    paid = OrderCompleted(**ADA_IDS, total_cents=13898, lines=LINES)
+    completed = fold(order.evolve, [CREATED, OrderConfirmed(**ADA_IDS, total_cents=13898), paid])
+    command = parse(PlaceOrder, {"user_id": "U001", "lines": [{"product_id": "P001", "quantity": 1}]})
+    # when an order is placed under the same id, then it is refused naming the id
+    with pytest.raises(AlreadyExists, match="O-1 already exists") as error:
+        order.place(command, "O-1", completed, ADA_STATE, {"P001": KEYBOARD})
+    assert error.value.field == "order_id"
 
 
 def test_an_order_for_an_unknown_product_names_the_line():
@@ -335,6 +347,43 @@ def test_gateway_latency_does_not_change_which_orders_are_declined():
     quick = SimulatedGateway(0.5, latency_ms=0, seed=3)
     slow = SimulatedGateway(0.5, latency_ms=0.01, seed=3)
     assert [quick.charge(o, 1).approved for o in orders] == [slow.charge(o, 1).approved for o in orders]
+
+
+@pytest.mark.parametrize("rate", [True, False, "0.5", None, float("nan"), -0.1, 1.5])
+def test_a_failure_rate_that_is_not_a_number_from_0_to_1_is_refused(rate):
+    gateway = SimulatedGateway(failure_rate=0.25)
+    with pytest.raises(ValueError, match="failure_rate"):
+        gateway.failure_rate = rate
+    assert gateway.failure_rate == 0.25
+
+
+@pytest.mark.parametrize("latency", [-1, float("nan"), float("inf"), 60_001, True, "5", None])
+def test_a_gateway_latency_that_is_not_a_number_of_milliseconds_is_refused(latency):
+    with pytest.raises(ValueError, match="latency_ms"):
+        SimulatedGateway(latency_ms=latency)
+    gateway = SimulatedGateway(latency_ms=5)
+    with pytest.raises(ValueError, match="latency_ms"):
+        gateway.latency_ms = latency
+    assert gateway.latency_ms == 5
+
+
+@pytest.mark.parametrize("end_the_wait", ["lower the latency", "wake"])
+def test_a_call_waiting_out_a_long_latency_ends_when_the_latency_is_lowered_or_the_gateway_woken(end_the_wait):
+    # given a charge waiting out a latency of a minute
+    gateway = SimulatedGateway(latency_ms=60_000)
+    call = threading.Thread(target=gateway.charge, args=("O-1", 100), daemon=True)
+    call.start()
+    call.join(0.2)
+    assert call.is_alive()
+    # when the latency goes back to 0 (or the shop stops and wakes the gateway)
+    if end_the_wait == "wake":
+        gateway.wake()
+    else:
+        gateway.latency_ms = 0
+    # then the call ends at once, with its answer recorded
+    call.join(5)
+    assert not call.is_alive()
+    assert gateway.charges == 1
 
 
 # --- finished orders stay finished -----------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import unique
+from conftest import free_port_offset, unique
 
 from eventlab import Shop, services
 from eventlab.adapters import FileMailer, SimulatedGateway
@@ -24,7 +24,7 @@ from eventlab.adapters.mailer import MAILBOX
 from eventlab.application import Commands
 from eventlab.bootstrap import build_services
 from eventlab.commands import PlaceOrder
-from eventlab.errors import NotFound
+from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
 from eventlab.events import (
     EVENT_TYPES,
     CustomerRecorded,
@@ -46,6 +46,7 @@ from eventlab.services import notification, order
 from eventlab.services.runtime import Service, execute, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore, open_store
+from eventlab.workshop import sequential_ids
 
 
 def six_services(tmp_path) -> dict[str, Service]:
@@ -178,6 +179,56 @@ def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(t
     store.close()
 
 
+def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_path):
+    # given an order O-1 placed, and an id factory that gives O-1 again (a counter restarted)
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store, id_factory=lambda: "O-1", copy_wait=0)
+    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
+    consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
+    commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    head = store.head()
+    # when another order is placed, then it is refused naming the id, and nothing is written
+    with pytest.raises(AlreadyExists) as error:
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 3}])
+    assert error.value.field == "order_id"
+    assert store.head() == head
+    assert commands.get_order("O-1").total_cents == 250
+    store.close()
+
+
+@pytest.mark.integration
+def test_a_shop_restarted_with_sequential_ids_refuses_to_reuse_order_001(tmp_path):
+    # given order-001 completed, and the shop stopped
+    settings = Settings.from_env(env={}, data_dir=tmp_path, http_port_offset=free_port_offset())
+    with Shop(settings, id_factory=sequential_ids("order")) as shop:
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.create_product("P1", "Pen", 250, 5)
+        assert shop.wait(shop.place_order("U1", {"P1": 1})).status == "completed"
+    # when it is started again on the same data, its ids counting from 1 again
+    with Shop(settings, id_factory=sequential_ids("order")) as shop:
+        # then the next order is refused naming its id, and order-001 stays as it was
+        with pytest.raises(AlreadyExists) as error:
+            shop.place_order("U1", {"P1": 2})
+        assert error.value.field == "order_id"
+        assert [e.event_type for e in shop.store.read_stream("order", "order-001")].count("OrderCreated") == 1
+        assert shop.order("order-001").status == "completed"
+
+
+@pytest.mark.parametrize("bad_id", ["x" * 300, "", "order 1", 42, None])
+def test_an_id_the_factory_gives_that_is_not_an_id_is_refused_naming_order_id(tmp_path, bad_id):
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = Commands(store, id_factory=lambda: bad_id, copy_wait=0)
+    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
+    consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
+    head = store.head()
+    with pytest.raises(InvalidCommand) as error:
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
+    assert error.value.field == "order_id"
+    assert len(str(error.value)) < 200
+    assert store.head() == head
+    store.close()
+
+
 def test_an_order_for_a_product_order_has_not_heard_of_names_the_line(tmp_path):
     store = SqliteEventStore(tmp_path / "events.db")
     commands = Commands(store, copy_wait=0.2)
@@ -231,7 +282,7 @@ def test_every_order_event_order_decides_carries_the_customers_email():
     pen = order.Price("P1", 250)
     # when she places an order, then OrderCreated carries her email
     [created] = order.place(
-        PlaceOrder(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}]), "O-1", ada, {"P1": pen}
+        PlaceOrder(user_id="U1", lines=[{"product_id": "P1", "quantity": 2}]), "O-1", None, ada, {"P1": pen}
     )
     assert isinstance(created, OrderCreated) and created.email == "ada@example.com"
     placed = {("order", "O-1"): order.evolve(None, created)}

@@ -239,6 +239,84 @@ def test_incremental_refresh_gives_exactly_what_a_rebuild_gives(tmp_path):
             assert incremental.pl("orders").equals(rebuilt.pl("orders"))
 
 
+class StruckByCtrlC:
+    """A DuckDB connection on which Ctrl-C's interrupts strike, in turn, the first call of each of
+    ``strikes`` (a statement's opening words, or ``unregister``) after the one before: DuckDB's
+    interrupt is sent until the interrupted call ends, so the clean-up after the first can be hit too."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *strikes: str) -> None:
+        self._con, self._strikes = con, list(strikes)
+
+    def _strike(self, call: str) -> None:
+        if self._strikes and call.startswith(self._strikes[0]):
+            self._strikes.pop(0)
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+    def execute(self, query: str, *args: object) -> duckdb.DuckDBPyConnection:
+        self._strike(query)
+        return self._con.execute(query, *args)
+
+    def unregister(self, name: str) -> duckdb.DuckDBPyConnection:
+        self._strike("unregister")
+        return self._con.unregister(name)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
+
+
+def test_a_refresh_interrupted_with_its_clean_up_leaves_the_projections_usable(tmp_path):
+    # given projections of a store open in this process, and new events to refresh
+    story = standard_story(tmp_path / "events.db")
+    with Projections(story.store) as projections:
+        assert isinstance(projections._log, MirroredLog)
+        story.completed_order("O6", "U2", {"P1": 1})
+        # when Ctrl-C interrupts the copy of the new events, then the copy's clean-up and the ROLLBACK too
+        struck = StruckByCtrlC(projections._con, "INSERT INTO store.events", "unregister", "ROLLBACK")
+        projections._con = projections._log._con = struck  # type: ignore[assignment]
+        with pytest.raises(StoreError, match="Interrupted"):
+            projections.refresh()
+        assert not struck._strikes
+        # then the next refresh works, and gives what a rebuild gives
+        story.declined_order("O7", "U1", {"P2": 1})
+        assert projections.refresh() > 0
+        with Projections(story.store) as rebuilt:
+            assert projections.checkpoint == rebuilt.checkpoint == story.store.head()
+            for name in projections.names:
+                assert projections.pl(name).equals(rebuilt.pl(name)), name
+        assert projections.rebuild() == story.store.head()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [({"timeout": -1}, "timeout"), ({"timeout": float("nan")}, "timeout"), ({"timeout": "5"}, "timeout")]
+    + [({"limit": bad}, "limit") for bad in (float("nan"), -1, 2.5, True, "3")],
+)
+def test_a_relation_read_with_a_bad_limit_or_timeout_is_refused_naming_it(projections, arguments, named):
+    with pytest.raises(ProjectionError, match=named):
+        projections.pl("orders", **arguments)
+
+
+def test_a_relation_read_within_a_limit_and_a_timeout(projections):
+    assert projections.pl("orders", limit=2, timeout=30).height == 2
+    assert projections.pl("orders", limit=0, timeout=None).height == 0
+
+
+def test_projections_once_closed_say_so(tmp_path):
+    projections = Projections(standard_story(tmp_path / "events.db").store.path)
+    projections.close()
+    projections.close()  # closing again does nothing
+    assert repr(projections).endswith(", closed>")
+    for use in (
+        projections.refresh,
+        lambda: projections.sql("SELECT 1"),
+        lambda: projections.relation("orders"),
+        lambda: projections.pl("orders"),
+        lambda: projections.as_of(position=1),
+    ):
+        with pytest.raises(ProjectionError, match="closed"):
+            use()
+
+
 def test_a_store_that_lost_events_is_rebuilt_not_patched(tmp_path):
     story = standard_story(tmp_path / "events.db")
     with Projections(story.store.path) as projections:

@@ -246,6 +246,21 @@ def test_event_feed_follows_a_store(tmp_path):
         store.close()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [({"limit": bad}, "limit") for bad in (0, -3, 2.5, True)]
+    + [({"interval": bad}, "interval") for bad in (0, -1, float("nan"), float("inf"), "1")],
+)
+def test_an_event_feed_refuses_a_limit_or_interval_that_is_not_above_0_naming_it(tmp_path, arguments, named):
+    pytest.importorskip("ipywidgets")
+    store = SqliteEventStore(tmp_path / "events.db")
+    try:
+        with pytest.raises(ValueError, match=named):
+            EventFeed(store, **arguments)
+    finally:
+        store.close()
+
+
 def test_sequential_ids_and_order_outcomes():
     ids = sequential_ids("order")
     assert [ids() for _ in range(2)] == ["order-001", "order-002"]

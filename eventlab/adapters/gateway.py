@@ -17,7 +17,10 @@ from pathlib import Path
 from eventlab.adapters.journal import Journal, Record
 from eventlab.services.payment import ChargeResult, GatewayUnavailable, RefundResult
 
-__all__ = ["SimulatedGateway"]
+__all__ = ["MAX_LATENCY_MS", "SimulatedGateway"]
+
+#: The longest simulated latency, in milliseconds: a minute already holds Payment's consumer past a saga's timeout.
+MAX_LATENCY_MS = 60_000
 
 
 class SimulatedGateway:
@@ -37,6 +40,10 @@ class SimulatedGateway:
     def __init__(
         self, failure_rate: float = 0.0, latency_ms: float = 0.0, seed: int = 0, path: Path | str | None = None
     ) -> None:
+        #: Notified when ``latency_ms`` changes or :meth:`wake` is called, so a call waiting out its latency
+        #: works it out again or stops waiting.
+        self._changed = threading.Condition()
+        self._wakes = 0
         self.failure_rate = failure_rate
         self.latency_ms = latency_ms
         self.seed = seed
@@ -52,9 +59,29 @@ class SimulatedGateway:
 
     @failure_rate.setter
     def failure_rate(self, rate: float) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError("failure_rate must be between 0 and 1")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"failure_rate must be a number between 0 and 1, not {rate!r:.40}")
         self._failure_rate = rate
+
+    @property
+    def latency_ms(self) -> float:
+        """How long a call takes (±50 %, seeded per order), from 0 to :data:`MAX_LATENCY_MS`; a call
+        waiting when it changes waits for the new latency instead."""
+        return self._latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, latency: float) -> None:
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms must be a number from 0 to {MAX_LATENCY_MS:,}, not {latency!r:.40}")
+        with self._changed:
+            self._latency_ms = latency
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """End every call's wait for its latency now (the shop is stopping)."""
+        with self._changed:
+            self._wakes += 1
+            self._changed.notify_all()
 
     @property
     def down(self) -> bool:
@@ -109,8 +136,11 @@ class SimulatedGateway:
         return RefundResult(int(record["refunded_cents"]))
 
     def _call(self, order_id: str) -> None:
-        if self.latency_ms:
-            jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
-            time.sleep(jitter * self.latency_ms / 1000)
+        jitter = random.Random(f"{self.seed}:{order_id}:latency").uniform(0.5, 1.5)
+        started = time.monotonic()
+        with self._changed:
+            wakes = self._wakes
+            while self._wakes == wakes and (left := started + jitter * self.latency_ms / 1000 - time.monotonic()) > 0:
+                self._changed.wait(left)
         if self.down:
             raise GatewayUnavailable("payment gateway unavailable")

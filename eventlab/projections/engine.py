@@ -234,11 +234,12 @@ def _cancel_all(urls: Sequence[PostgresUrl], session: str) -> None:
 
 
 def _in_turn(method: Callable[Concatenate[Projections, P], T]) -> Callable[Concatenate[Projections, P], T]:
-    """``method`` run while it holds the object's connections: one thread at a time."""
+    """``method`` run while it holds the object's connections: one thread at a time, and not once closed."""
 
     @functools.wraps(method)
     def in_turn(self: Projections, /, *args: P.args, **kwargs: P.kwargs) -> T:
         with self._turn:
+            self._check_open()
             return method(self, *args, **kwargs)
 
     return in_turn
@@ -319,6 +320,7 @@ class Projections(SchemaRelations):
     ) -> None:
         found = _sources(source, attach)
         self._turn = threading.RLock()
+        self._closed = False
         self.schema = "main"
         self.timeout = time_limit(timeout)
         self.memory = memory_limit(memory)  # a bad one, or a bad EVENTLAB_QUERY_MEMORY: refused here
@@ -327,6 +329,7 @@ class Projections(SchemaRelations):
         self._snapshots: set[int] = set()
         self._sandbox: Sandbox | None = None
         self._generation = 0  # bumped whenever the relations change
+        self._in_transaction = False  # left True by a COMMIT or ROLLBACK that was interrupted
         self._handed: dict[str, int] = {}  # sandbox relation -> generation it was handed at
         self._raw_tables: frozenset[str] | None = None
         self._raw_by_alias: dict[str, frozenset[str]] = {}
@@ -492,6 +495,7 @@ class Projections(SchemaRelations):
         :class:`ProjectionError`; reaching outside raises :class:`~eventlab.projections.sandbox.QueryRefused`,
         running too long :class:`~eventlab.projections.sandbox.QueryTimeout`.
         """
+        self._check_open()
         limit = self.timeout if isinstance(timeout, _Default) else time_limit(timeout)
         deadline = time.monotonic() + limit if limit else None
 
@@ -571,16 +575,28 @@ class Projections(SchemaRelations):
         row = self._con.execute("SELECT recorded_at FROM main.events WHERE position = ?", [position]).fetchone()
         return Snapshot(self, self._con, position, row[0] if row else None)
 
-    @_in_turn
     def close(self) -> None:
-        """Close the DuckDB connections (the store was only ever read)."""
-        if self._sandbox is not None:
-            self._sandbox.close()
-            self._sandbox = None
-        self._log.close()
-        for _, _, part in self._parts:
-            part.close()
-        self._con.close()
+        """Close the DuckDB connections (the store was only ever read); closing again does nothing."""
+        with self._turn:
+            if self._closed:
+                return
+            self._closed = True
+            if self._sandbox is not None:
+                self._sandbox.close()
+                self._sandbox = None
+            self._log.close()
+            for _, _, part in self._parts:
+                part.close()
+            self._con.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProjectionError("these projections are closed: open new ones with Projections(...)")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._turn:
+            self._check_open()
+            return self._con.cursor()
 
     def _rebuild(self) -> int:
         head, head_id, _ = self._log.head(0)
@@ -831,6 +847,7 @@ class Projections(SchemaRelations):
         )
 
     def _bounded(self, work: Callable[[], T], timeout: float | None) -> T:
+        self._roll_back_left_open()
         return bounded([self._con], work, timeout, self._cancel)
 
     def __enter__(self) -> Self:
@@ -840,6 +857,8 @@ class Projections(SchemaRelations):
         self.close()
 
     def __repr__(self) -> str:
+        if self._closed:
+            return f"<Projections of {self.source!r}, closed>"
         return f"<Projections of {self.source!r} at position {self.checkpoint}: {len(RELATIONS)} relations>"
 
     def _repr_html_(self) -> str:
@@ -874,10 +893,22 @@ class Projections(SchemaRelations):
     def _transaction(self) -> Iterator[None]:
         """One DuckDB transaction: all of it or nothing."""
         with self._reading_store():
+            self._roll_back_left_open()
             self._con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
             try:
                 yield
             except BaseException:
                 self._con.execute("ROLLBACK")
+                self._in_transaction = False
                 raise
             self._con.execute("COMMIT")
+            self._in_transaction = False
+
+    def _roll_back_left_open(self) -> None:
+        """Roll back the transaction an interrupted call left open: Ctrl-C interrupts DuckDB until the
+        call ends, so its ROLLBACK (or COMMIT) can be interrupted too."""
+        if self._in_transaction:
+            with contextlib.suppress(duckdb.TransactionException):
+                self._con.execute("ROLLBACK")
+            self._in_transaction = False

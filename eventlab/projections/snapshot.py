@@ -7,16 +7,17 @@ read through :class:`SchemaRelations`, so a snapshot answers exactly as the live
 
 from __future__ import annotations
 
+import operator
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsIndex
 
 import duckdb
 import polars as pl
 
 from eventlab.projections.definitions import RELATIONS
 from eventlab.projections.render import snapshot_html
-from eventlab.projections.sandbox import ProjectionError, bounded
+from eventlab.projections.sandbox import ProjectionError, bounded, time_limit
 
 if TYPE_CHECKING:
     from eventlab.projections.engine import Projections
@@ -52,12 +53,16 @@ class SchemaRelations:
     def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
         """The relation ``name`` as a polars DataFrame (handed over through Arrow): its first
         ``limit`` rows (default all), computed in at most ``timeout`` seconds (default no limit)."""
+        whole = isinstance(limit, SupportsIndex) and not isinstance(limit, bool)
+        if limit is not None and (not whole or operator.index(limit) < 0):
+            raise ProjectionError(f"limit must be a whole number of rows, at least 0 (None: all), not {limit!r:.40}")
+        seconds = time_limit(timeout)
         con = self._cursor()
         relation = self._relation(con, name)
         if limit is not None:
-            relation = relation.limit(int(limit))
+            relation = relation.limit(operator.index(limit))
         try:
-            return bounded([con], relation.pl, timeout)
+            return bounded([con], relation.pl, seconds)
         except duckdb.Error as exc:
             raise ProjectionError(f"cannot read the relation: {exc}") from exc
 

@@ -29,13 +29,15 @@ import getpass
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 import duckdb
 import duckdb_extensions
+import pyarrow as pa
 
 from eventlab.errors import StoreError
 from eventlab.projections.sandbox import ProjectionError
@@ -348,11 +350,8 @@ class MirroredLog:
         head = self._log.head(checkpoint)
         checkpoints = self._log.checkpoints()
         self._con.execute(f"DELETE FROM {self._alias}.checkpoints")
-        self._con.register("_store_rows", checkpoints)
-        try:
+        with self._registered(checkpoints):
             self._con.execute(f"INSERT INTO {self._alias}.checkpoints SELECT * FROM _store_rows")
-        finally:
-            self._con.unregister("_store_rows")
         return head
 
     def rows(self, after: int, upto: int) -> str:
@@ -364,12 +363,19 @@ class MirroredLog:
             copied = 0
         rows = self._log.rows(copied, upto)
         if rows.num_rows:
-            self._con.register("_store_rows", rows)
-            try:
+            with self._registered(rows):
                 self._con.execute(f"INSERT INTO {self._alias}.events SELECT * FROM _store_rows")
-            finally:
-                self._con.unregister("_store_rows")
         return f"(SELECT * FROM {self._alias}.events WHERE position > {int(after)} AND position <= {int(upto)})"
+
+    @contextmanager
+    def _registered(self, rows: pa.Table) -> Iterator[None]:
+        """``rows`` readable as ``_store_rows`` inside (replacing one an interrupted copy left behind)."""
+        self._con.unregister("_store_rows")
+        self._con.register("_store_rows", rows)
+        try:
+            yield
+        finally:
+            self._con.unregister("_store_rows")
 
     def close(self) -> None:
         """Close the ``sqlite3`` connection (a store read through its port stays open)."""

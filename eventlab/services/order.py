@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, TypedDict
 
 from eventlab.commands import PlaceOrder
-from eventlab.errors import NotFound
+from eventlab.errors import AlreadyExists, NotFound
 from eventlab.events import (
     CustomerRecorded,
     Event,
@@ -123,11 +123,15 @@ def evolve_price(state: Price | None, event: Event) -> Price | None:
 def place(
     command: PlaceOrder,
     order_id: str,
+    state: Order | None,
     customer: Customer | None,
     prices: Mapping[str, Price | None],
 ) -> list[Event]:
-    """Decide on a new order from Order's own copies: the user and every product must be known to
-    Order (registered, and heard of through Kafka); prices come from Order's price list."""
+    """Decide on a new order from Order's own copies: ``order_id`` must be new (``state`` is its
+    stream's), the user and every product known to Order (registered, and heard of through Kafka);
+    prices come from Order's price list."""
+    if state is not None:
+        raise AlreadyExists("order_id", f"order {order_id} already exists (the id factory gave an id in use)")
     if customer is None:
         raise NotFound("user_id", f"unknown user {command.user_id} (the order service has not heard of it)")
     lines = []
