@@ -17,6 +17,17 @@ def boom():
     raise ConnectionError("down")
 
 
+@pytest.fixture
+def half_open():
+    """A breaker that opened at its first failure, and whose time to let a trial call through has come."""
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+    with pytest.raises(ConnectionError):
+        breaker.call(boom)
+    clock.now = 5
+    return breaker
+
+
 def test_breaker_opens_after_threshold_then_half_opens_and_closes():
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=2, reset_after=10, clock=clock)
@@ -32,49 +43,34 @@ def test_breaker_opens_after_threshold_then_half_opens_and_closes():
     assert breaker.state == "closed"
 
 
-def test_a_failed_trial_call_opens_the_breaker_again():
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+def test_a_failed_trial_call_opens_the_breaker_again(half_open):
     with pytest.raises(ConnectionError):
-        breaker.call(boom)
-    clock.now = 5
-    with pytest.raises(ConnectionError):
-        breaker.call(boom)
-    assert breaker.state == "open"
+        half_open.call(boom)
+    assert half_open.state == "open"
 
 
-def test_half_open_lets_one_trial_call_through_and_fails_the_others_fast():
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
-    with pytest.raises(ConnectionError):
-        breaker.call(boom)
-    clock.now = 5
+def test_half_open_lets_one_trial_call_through_and_fails_the_others_fast(half_open):
     refused = []
 
     def trial():  # while it runs, other callers (here: from inside it) are refused without a call
         for _ in range(3):
             with pytest.raises(CircuitOpen):
-                breaker.call(lambda: refused.append("called"))
+                half_open.call(lambda: refused.append("called"))
             refused.append("refused")
         return "ok"
 
-    assert breaker.call(trial) == "ok" and refused == ["refused"] * 3
-    assert breaker.state == "closed" and breaker.call(lambda: "next") == "next"
+    assert half_open.call(trial) == "ok" and refused == ["refused"] * 3
+    assert half_open.state == "closed" and half_open.call(lambda: "next") == "next"
 
 
-def test_a_trial_ended_by_an_interrupt_lets_the_next_trial_through():
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
-    with pytest.raises(ConnectionError):
-        breaker.call(boom)
-    clock.now = 5
+def test_a_trial_ended_by_an_interrupt_lets_the_next_trial_through(half_open):
 
     def interrupted():
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        breaker.call(interrupted)
-    assert breaker.state == "half-open" and breaker.call(lambda: "ok") == "ok"
+        half_open.call(interrupted)
+    assert half_open.state == "half-open" and half_open.call(lambda: "ok") == "ok"
 
 
 def test_retry_backs_off_exponentially_and_gives_up():
