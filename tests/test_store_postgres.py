@@ -232,6 +232,15 @@ def test_every_process_of_a_shop_may_open_a_new_schema_at_once_and_unquoted_name
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
 
 
+def test_a_read_the_servers_statement_timeout_cancels_is_one_line_naming_it(shop_store):
+    # the catalogue read over information_schema takes far more than 1 ms
+    with pytest.raises(StoreError) as cancelled:
+        Projections(shop_store + "%20-cstatement_timeout%3D1")
+    message = str(cancelled.value)
+    assert "\n" not in message and "canceling statement due to statement timeout" in message
+    assert message.endswith("(the server's statement_timeout, from the URL's options or the role's settings: raise it)")
+
+
 def test_an_unreachable_server_is_a_store_error_naming_it_without_the_password():
     with pytest.raises(StoreError, match="postgresql://shop@127.0.0.1:1/shop") as refused:
         PostgresEventStore("postgresql://shop:hunter2@127.0.0.1:1/shop", connect_timeout=2)

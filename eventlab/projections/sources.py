@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import getpass
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -271,7 +272,7 @@ def _attach_postgres(
             version = str(found[0][0]) if found else None
         con.execute(f"DETACH {alias}_probe")
     except duckdb.Error as exc:
-        raise StoreError(f"cannot read the event store {name}: {exc}") from exc
+        raise StoreError(f"cannot read the event store {name}: {server_reason(exc)}") from exc
     if schema is None:
         raise StoreError(f"{name}: no schema to read the events from (check search_path)")
     name += f" schema {schema}"
@@ -284,7 +285,25 @@ def _attach_postgres(
             f"ATTACH {sql_literal(login)} AS {alias} (TYPE postgres, READ_ONLY, SCHEMA {sql_literal(schema)}{secret})"
         )
     except duckdb.Error as exc:
-        raise StoreError(f"cannot read the event store {name}: {exc}") from exc
+        raise StoreError(f"cannot read the event store {name}: {server_reason(exc)}") from exc
+
+
+def server_reason(error: duckdb.Error) -> str:
+    """What DuckDB's error over a PostgreSQL read says, in one line: the server's own message when
+    it has one (not the query DuckDB prepared, over several lines).
+
+    Example:
+        >>> server_reason(duckdb.BinderException('Failed to prepare query "\\nSELECT 1": ERROR:  permission denied\\n'))
+        'permission denied'
+    """
+    text = str(error)
+    found = re.search(r"ERROR:\s+(.+)", text)
+    if found is None:
+        return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    reason = found[1].strip()
+    if "statement timeout" in reason:
+        reason += " (the server's statement_timeout, from the URL's options or the role's settings: raise it)"
+    return reason
 
 
 def cancel_reads(url: PostgresUrl, session: str) -> None:
