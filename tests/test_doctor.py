@@ -16,6 +16,7 @@ from conftest import free_port_offset
 from eventlab.cli import main
 from eventlab.doctor import CHECKS, _importable
 from eventlab.kafka.broker import free_port
+from eventlab.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -124,16 +125,14 @@ def test_an_invalid_variable_is_a_failed_check_not_a_crash(attendee, monkeypatch
     assert checks["settings"]["fix"] == "correct or unset EVENTLAB_PARTITIONS"
 
 
-def test_a_data_dir_that_cannot_be_used_fails_disk_space(attendee, monkeypatch, tmp_path, capsys):
-    # given: EVENTLAB_DATA_DIR with a name longer than the file system allows, then a regular file
+@pytest.mark.parametrize(("name", "reason"), [("a" * 300 + "/x", "File name too long"), ("a-file", "is a file")])
+def test_a_data_dir_that_cannot_be_used_fails_disk_space(tmp_path, name, reason):
+    # given: EVENTLAB_DATA_DIR with a name longer than the file system allows, or a regular file
     (tmp_path / "a-file").write_text("x")
-    for data_dir, reason in ((tmp_path / ("a" * 300) / "x", "File name too long"), (tmp_path / "a-file", "is a file")):
-        monkeypatch.setenv("EVENTLAB_DATA_DIR", str(data_dir))
-        # when: the doctor runs
-        status, checks = doctor(capsys)
-        # then: the disk space check fails saying why
-        assert failed(checks) == ["disk space"] and status == 1
-        assert reason in checks["disk space"]["found"] and "EVENTLAB_DATA_DIR" in checks["disk space"]["fix"]
+    # when: the disk space check looks at it
+    check = CHECKS["disk space"](Settings(data_dir=tmp_path / name))
+    # then: it fails saying why
+    assert not check.ok and reason in check.found and "EVENTLAB_DATA_DIR" in check.fix
 
 
 def test_a_kafka_setting_librdkafka_refuses_fails_external_kafka_naming_it(attendee, monkeypatch, capsys):
