@@ -1,15 +1,26 @@
-"""Argparse ``type``s shared by the command lines: each refuses a bad value in one line naming it."""
+"""Argparse ``type``s shared by the command lines, each refusing a bad value in one line naming it,
+and :func:`is_number`, the type check of a number given to the Python API."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
-__all__ = ["LARGEST_INT64", "directory", "seconds", "whole_number"]
+__all__ = ["LARGEST_INT64", "directory", "is_number", "seconds", "whole_number"]
 
 #: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
 LARGEST_INT64 = 2**63 - 1
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a float, and not a bool (which Python counts as an int).
+
+    >>> is_number(2.5), is_number(True), is_number("2")
+    (True, False, False)
+    """
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from eventlab.arguments import is_number
 from eventlab.store.base import EventStore
 
 __all__ = [
@@ -197,7 +198,7 @@ class ServiceCollector:
         count.add_metric([self.service], len(problems))
         yield count
         for key, value in health.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or not _NAME.match(key):
+            if not is_number(value) or not _NAME.match(key):
                 continue
             if key in COUNTERS:
                 family: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from eventlab import collector
 from eventlab.adapters import SimulatedGateway
 from eventlab.application import Commands, OrderView
+from eventlab.arguments import is_number
 from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
@@ -467,7 +468,7 @@ class Shop:
         """:func:`wait_until`, probing again as soon as the store commits (else every 50 ms); ValueError
         for a ``timeout`` that is not a finite number of seconds, 0 or more (``None`` included: a wait
         without a limit would hang the notebook on a stopped shop)."""
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+        if not is_number(timeout) or not 0 <= timeout < math.inf:
             raise ValueError(f"timeout must be a finite number of seconds, 0 or more, not {timeout!r:.40}")
         store = self.store
         seen = [store.commits]

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+from eventlab.arguments import is_number
 from eventlab.events import Event, OrderCreated
 from eventlab.faults import POISON, ServiceCounters
 from eventlab.services.order import Order
@@ -75,7 +76,7 @@ class BackgroundRefresh:
 
 def _interval(seconds: float) -> float:
     """``seconds`` between refreshes if it is a finite number above 0, else ValueError naming interval."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
+    if not is_number(seconds) or not 0 < seconds < math.inf:
         raise ValueError(f"interval must be a finite number of seconds above 0, not {seconds!r:.40}")
     return seconds
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from eventlab.adapters.journal import Journal, Record
+from eventlab.arguments import is_number
 from eventlab.services.payment import ChargeResult, GatewayUnavailable, RefundResult
 
 __all__ = ["MAX_LATENCY_MS", "SimulatedGateway"]
@@ -59,7 +60,7 @@ class SimulatedGateway:
 
     @failure_rate.setter
     def failure_rate(self, rate: float) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        if not is_number(rate) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"failure_rate must be a number between 0 and 1, not {rate!r:.40}")
         self._failure_rate = rate
 
@@ -71,7 +72,7 @@ class SimulatedGateway:
 
     @latency_ms.setter
     def latency_ms(self, latency: float) -> None:
-        if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= MAX_LATENCY_MS:
+        if not is_number(latency) or not 0 <= latency <= MAX_LATENCY_MS:
             raise ValueError(f"latency_ms must be a number from 0 to {MAX_LATENCY_MS:,}, not {latency!r:.40}")
         with self._changed:
             self._latency_ms = latency

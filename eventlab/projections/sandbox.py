@@ -63,6 +63,7 @@ from typing import TypeVar
 import duckdb
 import pyarrow as pa
 
+from eventlab.arguments import is_number
 from eventlab.errors import EventlabError
 from eventlab.settings import QUERY_MEMORY_VARIABLE, memory_size, memory_within_bounds, query_memory
 
@@ -152,7 +153,7 @@ def time_limit(value: object) -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if not is_number(value) or not math.isfinite(value) or value < 0:
         raise ProjectionError(f"timeout must be a number of seconds, at least 0 (None or 0: no limit), not {value!r}")
     return float(value) or None
 
