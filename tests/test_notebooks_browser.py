@@ -65,13 +65,26 @@ class Lab:
     launched_at: float  # time.time() when `eventlab lab` was started
 
 
+def _strip_outputs(path: Path) -> None:
+    """Drop a notebook's outputs: what the browser shows is then only what it ran. (Once, on a loaded
+    machine, JupyterLab showed the notebook as read from disk after Run All: its committed outputs,
+    untrusted, so their SVG stripped.)"""
+    notebook = json.loads(path.read_text())
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    path.write_text(json.dumps(notebook, indent=1))
+
+
 @pytest.fixture
 def jupyter_lab(tmp_path):
     """JupyterLab started the way ``make lab`` starts it (``eventlab lab``), on a free localhost port,
-    serving a copy of the notebooks (the browser saves what it runs, so it must not touch the committed
-    ones), with its own settings and workspaces."""
+    serving a copy of the notebooks without their outputs (the browser saves what it runs, so it must
+    not touch the committed ones), with its own settings and workspaces."""
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for path in root.glob("*.ipynb"):
+        _strip_outputs(path)
     settings_dir = tmp_path / "settings"
     for name, values in SETTINGS.items():
         path = settings_dir / name
