@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port_offset
 
 from eventlab.cli import main
-from eventlab.doctor import CHECKS, _importable
+from eventlab.doctor import CHECKS, Check, _importable
 from eventlab.kafka.broker import free_port
 from eventlab.settings import Settings
 
@@ -148,16 +148,19 @@ def test_a_kafka_setting_librdkafka_refuses_fails_external_kafka_naming_it(atten
 
 
 def test_a_check_that_raises_is_a_failed_row_not_a_crash(attendee, monkeypatch, capsys):
-    # given: a check that meets something nobody foresaw
+    # given: a check that meets something nobody foresaw, among checks that pass (quickly: no broker)
     def unforeseen(settings):
         raise OSError(36, "File name too long")
 
+    for name in CHECKS:
+        monkeypatch.setitem(CHECKS, name, lambda settings, name=name: Check(name, True, "fine"))
     monkeypatch.setitem(CHECKS, "ports", unforeseen)
     # when: the doctor runs
     status, checks = doctor(capsys)
     # then: that row fails with the error, and the others are there
     assert failed(checks) == ["ports"] and status == 1
     assert checks["ports"]["found"] == "the check failed: OSError: [Errno 36] File name too long"
+    assert len(checks) == 1 + len(CHECKS)  # the settings row, then every check's
 
 
 def test_an_import_that_does_not_finish_is_a_failed_check_not_a_crash(monkeypatch, tmp_path):
