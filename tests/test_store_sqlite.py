@@ -276,6 +276,14 @@ def test_a_foreign_sqlite_database_is_refused_unchanged(tmp_path):
     assert fingerprint(other) == before
 
 
+def test_a_foreign_database_with_many_tables_names_a_few_of_them(tmp_path):
+    other = tmp_path / "events.db"
+    raw(other, *(f"CREATE TABLE t{n:03} (x)" for n in range(140)))
+    with pytest.raises(StoreError) as refused:
+        SqliteEventStore(other)
+    assert str(refused.value).endswith("tables (t000, t001, t002, t003, t004 and 135 more) but no 'eventlab' table")
+
+
 @pytest.mark.parametrize("name", ["%41", "what?mode=rw", "shop #1"])
 @pytest.mark.parametrize("attach", [False, True])
 def test_the_read_side_reads_the_store_in_a_directory_whose_name_looks_like_a_uri(tmp_path, name, attach):

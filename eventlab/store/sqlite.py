@@ -398,7 +398,8 @@ def check_schema(
     if "eventlab" not in columns:
         if not columns:
             return 0
-        found = ", ".join(sorted(columns))
+        names = sorted(columns)
+        found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise StoreError(f"{path} is not an eventlab event store: it has tables ({found}) but no 'eventlab' table")
     broken = f"{path} is a broken eventlab event store"
     if tuple(columns["eventlab"]) != ("key", "value"):
