@@ -23,6 +23,7 @@ from eventlab.events import (
     EmailRequested,
     OrderCancelled,
     OrderCompleted,
+    OrderCreated,
     PaymentCompleted,
     PaymentRefunded,
     StockReleased,
@@ -39,6 +40,16 @@ LATER = START + timedelta(days=3)
 def healthy_story(path: Path) -> ShopStory:
     """Every saga outcome, every saga finished, every email sent, everything published."""
     return tell_healthy_story(ShopStory(path))
+
+
+def confirmed_order(path: Path, quantity: int, start: datetime = START) -> tuple[ShopStory, OrderCreated]:
+    """A store where U1's order O1 of ``quantity`` P1 (10.00 each, 10 in stock) is reserved: waiting for Payment."""
+    story = ShopStory(path, start=start)
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=10)
+    order = story.place("O1", "U1", {"P1": quantity})
+    story.reserve(order)
+    return story, order
 
 
 def violated(report) -> set[str]:
@@ -94,10 +105,7 @@ def test_an_order_is_stuck_once_its_current_step_outlasts_the_grace(tmp_path):
 
 def test_cli_audit_gives_a_step_as_long_as_the_shop_does(tmp_path, monkeypatch, capsys):
     # an order confirmed 45 s ago, still waiting for Payment, whose deadline is twice the saga timeout
-    story = ShopStory(tmp_path / "events.db", start=datetime.now(UTC) - timedelta(seconds=45))
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    story.reserve(story.place("O1", "U1", {"P1": 1}))
+    story, _ = confirmed_order(tmp_path / "events.db", quantity=1, start=datetime.now(UTC) - timedelta(seconds=45))
     story.publish()
     monkeypatch.setenv("EVENTLAB_SAGA_TIMEOUT_S", "30")  # Payment may take 60 s: in flight
     assert main(["audit", "--data-dir", str(tmp_path)]) == 0
@@ -146,11 +154,7 @@ def test_stock_conserved_catches_a_duplicated_event(healthy):
 
 
 def test_stock_conserved_catches_units_left_reserved_by_a_completed_order(tmp_path):
-    story = ShopStory(tmp_path / "events.db")
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    order = story.place("O1", "U1", {"P1": 2})
-    story.reserve(order)
+    story, order = confirmed_order(tmp_path / "events.db", quantity=2)
     story.pay(order)
     story.write(OrderCompleted(order_id="O1", user_id="U1", total_cents=2000, lines=order.lines))  # no StockSold
     story.publish()
@@ -259,11 +263,7 @@ def test_a_refund_or_an_email_that_contradicts_how_the_order_ended_is_caught(hea
 
 
 def test_failed_payment_without_release_is_caught(tmp_path):
-    story = ShopStory(tmp_path / "events.db")
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    order = story.place("O1", "U1", {"P1": 2})
-    story.reserve(order)
+    story, order = confirmed_order(tmp_path / "events.db", quantity=2)
     story.pay(order, approved=False)
     story.cancel(order, "payment_failed", "card declined", release=False)  # Inventory never compensated
     story.publish()
@@ -281,11 +281,7 @@ def test_failed_payment_without_release_is_caught(tmp_path):
 
 
 def test_failed_payment_without_cancellation_is_caught_once_settled(tmp_path):
-    story = ShopStory(tmp_path / "events.db")
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    order = story.place("O1", "U1", {"P1": 2})
-    story.reserve(order)
+    story, order = confirmed_order(tmp_path / "events.db", quantity=2)
     story.pay(order, approved=False)  # and then the order service never answers
     story.publish()
     just_after = story.now + timedelta(seconds=1)
@@ -297,11 +293,7 @@ def test_failed_payment_without_cancellation_is_caught_once_settled(tmp_path):
 
 
 def test_a_payment_declined_after_its_order_timed_out_is_compensated(tmp_path):
-    story = ShopStory(tmp_path / "events.db")
-    story.user("U1")
-    story.product("P1", price_cents=1000, stock=10)
-    order = story.place("O1", "U1", {"P1": 2})
-    story.reserve(order)
+    story, order = confirmed_order(tmp_path / "events.db", quantity=2)
     # the payment step times out while the gateway still answers: cancelled and released first ...
     story.cancel(order, "timeout", "no answer from Payment", release=True)
     story.pay(order, approved=False)  # ... and then the gateway declines
