@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 
@@ -29,16 +28,19 @@ def request(port, method, path, body=None):
         return json.loads(response.read())
 
 
-def wait_healthy(port, timeout=60):
+def wait_healthy(port, timeout=120):
+    """The service's /health once it answers; a budget, not a speed check (two cores running six
+    service processes beside another test's took over 60 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             return request(port, "GET", "/health")
-        # not up yet; HTTPException too: a port of the ephemeral range that nothing binds yet can connect
-        # the client to itself, which then reads its own request as the answer (BadStatusLine)
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+        # not up yet (OSError: refused, or too busy to answer in time); HTTPException too: a port of the
+        # ephemeral range that nothing binds yet can connect the client to itself, which then reads its
+        # own request as the answer (BadStatusLine)
+        except (OSError, http.client.HTTPException):
             time.sleep(0.2)
-    raise AssertionError(f"nothing healthy on port {port}")
+    raise AssertionError(f"nothing healthy on port {port} in {timeout} s")
 
 
 @contextmanager
