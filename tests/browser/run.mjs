@@ -60,6 +60,13 @@ async function kernelIdle(page, ms) {
   await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', { timeout: ms });
 }
 
+// True once every code cell shows an execution count (after Run All); false again if JupyterLab then
+// re-reads the notebook from disk (the test serves copies without outputs, so what was run is gone).
+const ALL_RUN = String.raw`(() => {
+  const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")];
+  return prompts.length > 0 && prompts.every((p) => /\[\d+\]/.test(p.textContent || ""));
+})()`;
+
 async function runAll(page, left) {
   // Start from a clean slate: the committed outputs would satisfy the checks by themselves.
   await menu(page, "Edit", "Clear Outputs of All Cells");
@@ -85,20 +92,9 @@ async function runAll(page, left) {
   await menu(page, "Run", "Run All Cells");
   // Running: the indicator leaves idle; done: every code cell has an execution count and the kernel is idle.
   await page.waitForSelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]', { timeout: Math.min(30000, left()) }).catch(() => {});
-  await page.waitForFunction(
-    () => {
-      const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")];
-      return prompts.length > 0 && prompts.every((p) => /\[\d+\]/.test(p.textContent || ""));
-    },
-    null,
-    { timeout: left(), polling: 500 },
-  );
+  await page.waitForFunction(ALL_RUN, null, { timeout: left(), polling: 500 });
   await kernelIdle(page, left());
 }
-
-// True while every code cell shows an execution count: false once JupyterLab re-read the notebook
-// from disk after Run All (the test serves copies without outputs, so what was run is gone).
-const STILL_SHOWN = String.raw`[...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].every((p) => /\[\d+\]/.test(p.textContent || ""))`;
 
 const browser = await chromium.launch({
   executablePath,
@@ -151,11 +147,11 @@ try {
 
     // Every mermaid block must be drawn (an <img> with an SVG data URL, or an inline <svg>).
     log(`waiting for ${minMermaid} mermaid diagrams`);
-    await page.waitForFunction(`document.querySelectorAll(".jp-RenderedMermaid").length >= ${minMermaid} || !(${STILL_SHOWN})`, null, {
+    await page.waitForFunction(`document.querySelectorAll(".jp-RenderedMermaid").length >= ${minMermaid} || !(${ALL_RUN})`, null, {
       timeout: left(),
     });
     await page.waitForTimeout(1000);
-    if (await page.evaluate(STILL_SHOWN)) break;
+    if (await page.evaluate(ALL_RUN)) break;
     if (attempt === 2) throw new Error("JupyterLab re-read the notebook from disk during both runs");
     log("JupyterLab re-read the notebook from disk during Run All; running it again");
     found.reread_from_disk = true;
@@ -224,7 +220,7 @@ try {
       dialog: document.querySelector(".jp-Dialog-header")?.textContent || null,
     }), MERMAID)
     .catch((e) => `unavailable: ${e.message}`);
-  found.still_shown = await page.evaluate(STILL_SHOWN).catch(() => null);
+  found.still_shown = await page.evaluate(ALL_RUN).catch(() => null);
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
 } finally {
   await browser.close();
