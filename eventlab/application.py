@@ -133,9 +133,13 @@ class Commands:
         may still be on its way: the order waits for it up to :attr:`copy_wait` seconds (woken by
         each commit to the store), then is rejected with :class:`~eventlab.errors.NotFound` naming
         the field.
+
+        Pass your own ``order_id`` to retry safely: a repeat of the same order (same id, user and
+        lines) returns the id and places nothing; the same id with another user or other lines raises
+        :class:`~eventlab.errors.AlreadyExists`.
         """
         command = parse(PlaceOrder, _input(data, fields))
-        order_id = valid_id("order_id", self.new_id())
+        order_id = command.order_id or valid_id("order_id", self.new_id())
         # Order's own copies of the customer and the prices (never the User or Product streams)
         customer = ("order_customer", command.user_id)
         items = [("order_price", line.product_id) for line in command.lines]

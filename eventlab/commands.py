@@ -98,8 +98,14 @@ class LineRequest(Command):
 
 
 class PlaceOrder(Command):
-    """Order some products for a user; prices come from the catalogue."""
+    """Order some products for a user; prices come from the catalogue.
 
+    ``order_id`` is optional: the service makes one when it is left out. A client that sends its own
+    (a fresh UUID per order) can retry safely: the same id with the same user and lines is the same
+    order, placed once.
+    """
+
+    order_id: Annotated[str, Id] | None = None
     user_id: str = Id
     lines: tuple[LineRequest, ...] = Field(min_length=1, max_length=MAX_LINES)
 

@@ -6,7 +6,7 @@ and order services, their commands as JSON.
 | every service | ``GET /health`` (200 ok, 503 degraded with ``problems``), ``GET /metrics`` (Prometheus) |
 | user | ``POST /users`` |
 | product | ``POST /products`` |
-| order | ``POST /orders``, ``GET /orders/{id}`` |
+| order | ``POST /orders`` (202; an ``order_id`` of the client's own makes a retry safe), ``GET /orders/{id}`` |
 
 Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": ...}``:
 

@@ -415,11 +415,17 @@ class Shop:
         self._wait_recorded(created)
         return created
 
-    def place_order(self, user_id: str, lines: Mapping[str, int] | Iterable[Mapping[str, Any]]) -> str:
-        """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id."""
+    def place_order(
+        self, user_id: str, lines: Mapping[str, int] | Iterable[Mapping[str, Any]], *, order_id: str | None = None
+    ) -> str:
+        """Place an order (``{"P001": 2}`` or ``[{"product_id": "P001", "quantity": 2}]``); return its id.
+
+        The shop makes the id unless you give one; placing the same order under the same id again
+        places nothing (see :meth:`eventlab.application.Commands.place_order`).
+        """
         if isinstance(lines, Mapping):
             lines = [{"product_id": pid, "quantity": qty} for pid, qty in lines.items()]
-        return self._commands().place_order(user_id=user_id, lines=lines)
+        return self._commands().place_order(user_id=user_id, lines=lines, order_id=order_id)
 
     def order(self, order_id: str) -> OrderView:
         """An order's state and the events of its saga, in order."""

@@ -14,9 +14,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from eventlab import Settings, Shop
+from eventlab.application import Commands
+from eventlab.events import Event
 from eventlab.resilience import wait_until
-from eventlab.services import inventory
-from eventlab.services.runtime import load
+from eventlab.services import inventory, order
+from eventlab.services.runtime import Service, execute, load, trace_metadata
+from eventlab.store import EventStore
 
 _ids = itertools.count(1)
 
@@ -24,6 +27,29 @@ _ids = itertools.count(1)
 def unique(prefix: str) -> str:
     """A fresh domain-flavoured id, so tests sharing a shop never collide."""
     return f"{prefix}{next(_ids):04d}"
+
+
+def consume(store: EventStore, service: Service, event: Event, event_id: str) -> None:
+    """Handle ``event`` as the service's consumer loop does (same call, processed marker included)."""
+    execute(
+        store,
+        service.streams(event),
+        service.evolvers,
+        lambda states: service.handle(event, states),
+        trace_metadata(service.name, event_id),
+        processed=(service.name, event_id),
+        follow=service.following(event),
+    )
+
+
+def ordering(store: EventStore, **options) -> Commands:
+    """Commands on ``store`` with user U1 and products P1, P2 registered and copied by Order."""
+    commands = Commands(store, copy_wait=0, **options)
+    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
+    consume(store, order.SERVICE, commands.register_user(user_id="U2", name="Bob", email="b@example.com"), "e2")
+    for n, pid in enumerate(("P1", "P2")):
+        consume(store, order.SERVICE, commands.create_product(product_id=pid, name="Pen", price_cents=250), f"p{n}")
+    return commands
 
 
 def files_open_on(path: Path) -> int:

@@ -67,6 +67,13 @@ def test_an_order_placed_over_http_completes(shop):
         ("product", "/products", {"product_id": "P-x", "name": "A", "price_cents": 12.5}, 422, "price_cents"),
         ("order", "/orders", {"user_id": "nobody", "lines": [{"product_id": "P001", "quantity": 1}]}, 422, "user_id"),
         ("order", "/orders", {"user_id": "U-x", "lines": []}, 422, "lines"),
+        (
+            "order",
+            "/orders",
+            {"order_id": "../O1", "user_id": "U-x", "lines": [{"product_id": "P1", "quantity": 1}]},
+            422,
+            "order_id",
+        ),
         ("order", "/orders", ["not", "an", "object"], 422, "body"),
     ],
 )

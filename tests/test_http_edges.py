@@ -19,8 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+from conftest import ordering
 
 from eventlab.application import Commands
+from eventlab.chaos.inject import place_order
 from eventlab.errors import StoreError
 from eventlab.http import MAX_BODY, Limits, ServiceHttp, service_health
 from eventlab.store.sqlite import SqliteEventStore
@@ -569,3 +571,61 @@ def test_urllib_sees_json_errors(serve):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=WAIT)
     assert error.value.code == 400 and json.loads(error.value.read())["field"] == "body"
+
+
+# --- an answer lost after the order was stored -----------------------------------------------------
+
+
+class AnswerDropper:
+    """A proxy to ``port`` that passes each request on whole and drops the first ``drop`` answers:
+    it reads them from the server, then closes the client's connection without a byte, as a kill or
+    a network cut right after the commit would."""
+
+    def __init__(self, port: int, drop: int = 1) -> None:
+        self.upstream, self.drop, self.requests = port, drop, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with client, socket.create_connection(("127.0.0.1", self.upstream), timeout=WAIT) as server:
+                server.sendall(self._request(client))
+                answer = b"".join(iter(lambda: server.recv(65536), b""))  # urllib asks to close after it
+                self.requests += 1
+                if self.requests > self.drop:
+                    client.sendall(answer)
+
+    @staticmethod
+    def _request(client: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += client.recv(65536)
+        head = data.split(b"\r\n\r\n")[0].decode("iso-8859-1").lower()
+        length = int(head.split("content-length:")[1].split("\r\n")[0])
+        while len(data) - data.index(b"\r\n\r\n") - 4 < length:
+            data += client.recv(65536)
+        return data
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(("own_id", "orders"), [(True, 1), (False, 2)])
+def test_an_order_retried_after_its_answer_was_lost_is_placed_once_under_its_own_id(serve, store, own_id, orders):
+    # Given the order service behind a proxy that loses the first answer after the order is stored
+    proxy = AnswerDropper(serve("order", commands=ordering(store)))
+    order = {"user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]}
+    if own_id:
+        order["order_id"] = "mine-1"
+    # when a client retries until it gets its 202 (as `eventlab chaos` does)
+    order_id, why = place_order(f"http://127.0.0.1:{proxy.port}", order, time.monotonic() + WAIT)
+    proxy.close()
+    # then it was sent twice and answered once; under its own id it is one order, without one the retry made a second
+    assert (order_id is not None, proxy.requests) == (True, 2), why
+    assert len([e for e in store.read_all() if e.event_type == "OrderCreated"]) == orders
+    assert order_id == "mine-1" or not own_id

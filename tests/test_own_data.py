@@ -13,10 +13,11 @@ import json
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import free_port_offset, unique
+from conftest import consume, free_port_offset, ordering, unique
 
 from eventlab import Shop, services
 from eventlab.adapters import FileMailer, SimulatedGateway
@@ -43,7 +44,7 @@ from eventlab.events import (
 )
 from eventlab.resilience import wait_until
 from eventlab.services import notification, order
-from eventlab.services.runtime import Service, execute, trace_metadata
+from eventlab.services.runtime import Service, trace_metadata
 from eventlab.settings import Settings
 from eventlab.store import NewEvent, SqliteEventStore, open_store
 from eventlab.workshop import sequential_ids
@@ -142,19 +143,6 @@ def test_placing_an_order_reads_only_orders_own_state(tmp_path):
 # --- behaviour: Order and Notification keep their copies -----------------------------------
 
 
-def consume(store: SqliteEventStore, service: Service, event: Event, event_id: str) -> None:
-    """Handle ``event`` as the service's consumer loop does (same call, processed marker included)."""
-    execute(
-        store,
-        service.streams(event),
-        service.evolvers,
-        lambda states: service.handle(event, states),
-        trace_metadata(service.name, event_id),
-        processed=(service.name, event_id),
-        follow=service.following(event),
-    )
-
-
 def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(tmp_path):
     # given a registered user and product that Order has not consumed yet
     store = SqliteEventStore(tmp_path / "events.db")
@@ -193,6 +181,63 @@ def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_p
     assert error.value.field == "order_id"
     assert store.head() == head
     assert commands.get_order("O-1").total_cents == 250
+    store.close()
+
+
+def test_an_order_sent_again_under_its_own_id_is_placed_once(tmp_path):
+    # given an order placed under the client's own id (its answer lost, say)
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = ordering(store, id_factory=lambda: pytest.fail("the client gave the id"))
+    request = {"order_id": "mine-1", "user_id": "U1", "lines": [{"product_id": "P1", "quantity": 2}]}
+    assert commands.place_order(request) == "mine-1"
+    head = store.head()
+    # when the client sends it again, then it gets the same id and nothing more is written
+    assert commands.place_order(request) == "mine-1"
+    assert commands.place_order({**request, "order_id": " mine-1 "}) == "mine-1"  # ids are stripped like any
+    assert store.head() == head
+    assert [e.event_type for e in store.read_stream("order", "mine-1")] == ["OrderCreated"]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"user_id": "U2"},
+        {"lines": [{"product_id": "P1", "quantity": 3}]},
+        {"lines": [{"product_id": "P2", "quantity": 2}]},
+        {"lines": [{"product_id": "P1", "quantity": 2}, {"product_id": "P2", "quantity": 1}]},
+    ],
+)
+def test_an_id_in_use_with_another_user_or_other_lines_is_refused_and_writes_nothing(tmp_path, other):
+    # given an order placed under the client's own id
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = ordering(store)
+    request = {"order_id": "mine-1", "user_id": "U1", "lines": [{"product_id": "P1", "quantity": 2}]}
+    commands.place_order(request)
+    head = store.head()
+    # when the same id comes with another user or other lines, then it is refused naming the id
+    with pytest.raises(AlreadyExists) as error:
+        commands.place_order({**request, **other})
+    assert error.value.field == "order_id" and "another user or other lines" in str(error.value)
+    assert store.head() == head
+    store.close()
+
+
+def test_the_same_order_sent_from_eight_threads_at_once_is_placed_once(tmp_path):
+    # given eight clients retrying one order under its id at the same moment (one SQLite file, like the service)
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = ordering(store)
+    request = {"order_id": "mine-1", "user_id": "U1", "lines": [{"product_id": "P1", "quantity": 1}]}
+    start = threading.Barrier(8)
+
+    def place(_):
+        start.wait()
+        return commands.place_order(request)
+
+    # when they all place it, then each gets its id, and one OrderCreated is stored
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(place, range(8))) == ["mine-1"] * 8
+    assert [e.event_type for e in store.read_stream("order", "mine-1")] == ["OrderCreated"]
     store.close()
 
 

@@ -12,12 +12,11 @@ import threading
 import urllib.request
 
 import pytest
-from conftest import free_port_offset
+from conftest import consume, free_port_offset
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
-from test_own_data import consume
 
 from eventlab import Settings, Shop, cli, tracing
 from eventlab.adapters import SimulatedGateway

@@ -129,9 +129,17 @@ def place(
 ) -> list[Event]:
     """Decide on a new order from Order's own copies: ``order_id`` must be new (``state`` is its
     stream's), the user and every product known to Order (registered, and heard of through Kafka);
-    prices come from Order's price list."""
+    prices come from Order's price list.
+
+    A client's retry decides nothing: the command names the order's id itself, and the same user and
+    lines (a repeat of a request whose answer was lost). Any other use of an existing id is refused.
+    """
     if state is not None:
-        raise AlreadyExists("order_id", f"order {order_id} already exists (the id factory gave an id in use)")
+        if command.order_id is None:
+            raise AlreadyExists("order_id", f"order {order_id} already exists (the id factory gave an id in use)")
+        if not _same_request(state, command):
+            raise AlreadyExists("order_id", f"order {order_id} already exists with another user or other lines")
+        return []
     if customer is None:
         raise NotFound("user_id", f"unknown user {command.user_id} (the order service has not heard of it)")
     lines = []
@@ -151,6 +159,12 @@ def place(
             order_id=order_id, user_id=customer.user_id, email=customer.email, lines=tuple(lines), total_cents=total
         )
     ]
+
+
+def _same_request(state: Order, command: PlaceOrder) -> bool:
+    """Whether ``command`` asks for the order ``state`` holds: the same user, products and quantities."""
+    placed = [(line.product_id, line.quantity) for line in state.lines]
+    return state.user_id == command.user_id and placed == [(line.product_id, line.quantity) for line in command.lines]
 
 
 def streams(event: Event) -> list[StreamKey]:
