@@ -318,6 +318,7 @@ def test_a_small_chaos_run_loses_nothing(tmp_path, monkeypatch, capsys):
     assert report["problems"] == [] and report["ok"] and status == 0, report["problems"]
     assert report["lost"] == report["stuck"] == report["double_charges"] == report["oversell"] == 0
     assert report["duplicate_emails"] == 0 and report["terminal"] == report["placed"]
+    assert report["unacknowledged"] == 0  # a request cut by a kill was retried under its order's own id
     assert (
         report["poison"]["once"] == report["poison"]["expected"]
         and report["poison"]["copies"] >= report["poison"]["expected"]

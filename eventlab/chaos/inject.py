@@ -76,8 +76,10 @@ def http_json(base: str, method: str, path: str, body: Any = None, timeout: floa
 def place_order(base: str, order: Mapping[str, Any], deadline: float) -> tuple[str | None, str]:
     """POST one order, retrying while the order service is down or answers 503, until ``deadline``.
 
-    Returns (order id, "") for a 202, else (None, why). Only a 202 makes an order *placed*: a
-    request cut by a kill may still have stored the order, which then shows as unacknowledged.
+    Returns (order id, "") for a 202, else (None, why). Only a 202 makes an order *placed*. The
+    order carries its own ``order_id``, so a retry of a request cut by a kill after the order was
+    stored gets its 202 and places nothing twice; one that never gets an answer by ``deadline`` may
+    still be in the store, and then shows as unacknowledged.
     """
     pause = 0.05
     while True:

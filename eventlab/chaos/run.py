@@ -25,6 +25,7 @@ from eventlab.catalogue import load_products, load_users
 from eventlab.cli import Command, positive_int, probability
 from eventlab.errors import EventlabError
 from eventlab.events import EVENT_TYPES, TOPICS
+from eventlab.ids import new_id
 from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.kafka.relay import unpublished
 from eventlab.resilience import wait_until
@@ -293,7 +294,7 @@ def run_chaos(settings: Settings, config: ChaosConfig, progress_stream: TextIO |
 
 def _order(rng: random.Random, users: Sequence[str], products: Sequence[str]) -> dict[str, Any]:
     lines = [{"product_id": pid, "quantity": rng.randint(1, 3)} for pid in rng.sample(products, rng.choice((1, 2, 3)))]
-    return {"user_id": rng.choice(users), "lines": lines}
+    return {"order_id": new_id(), "user_id": rng.choice(users), "lines": lines}
 
 
 def _schedule(config: ChaosConfig, rngs: dict[str, random.Random]) -> list[tuple[float, str]]:
