@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import unique
 
 from eventlab.errors import InvalidCommand, NotFound
 
@@ -20,6 +21,21 @@ def test_order_lines_may_come_from_a_generator(shop, customer, make_product):
     product_id = make_product(stock=5)
     order_id = shop.place_order(customer, ({"product_id": product_id, "quantity": q} for q in [2]))
     assert shop.order(order_id).lines[0].quantity == 2
+
+
+def test_an_order_placed_twice_under_the_callers_id_is_one_saga(shop, customer, make_product):
+    # given an order placed under an id of the caller's choosing
+    product_id = make_product(stock=5)
+    order_id = unique("mine-")
+    assert shop.place_order(customer, {product_id: 1}, order_id=order_id) == order_id
+    # when it is placed again, then the same id comes back and the saga runs once
+    assert shop.place_order(customer, {product_id: 1}, order_id=order_id) == order_id
+    order = shop.wait(order_id)
+    assert [e.event_type for e in order.events].count("OrderCreated") == 1 and order.status == "completed"
+    # and the id is checked like any: one that is not an id is refused naming it
+    with pytest.raises(InvalidCommand) as error:
+        shop.place_order(customer, {product_id: 1}, order_id="no spaces")
+    assert error.value.field == "order_id"
 
 
 @pytest.mark.parametrize("timeout", [None, -1, float("nan"), float("inf"), "5", True])
