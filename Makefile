@@ -17,8 +17,8 @@ PIP = $(BIN)/python -m pip --disable-pip-version-check
 # venv) installs the ~150 packages in about 30 s where pip took two minutes here: it downloads and
 # byte-compiles in parallel. Compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set
 # (this CI machine), Python would otherwise compile every module in every process the tests start.
-# uv reads no pip configuration, so where it cannot install (a mirror only pip is told of, say) pip
-# does it, as before.
+# uv reads no pip configuration, so where it cannot install (a mirror or a wheelhouse only pip is told
+# of, see docs/workshop.md) pip does it, as before: without byte-compiling, which took it ~40 s more.
 $(VENV)/.installed: EXTRAS = test,docs
 $(VENV)/.installed: WHAT = the test tools and the docs generator
 $(VENV)/.installed-lab: EXTRAS = notebooks
@@ -27,7 +27,7 @@ $(VENV)/.installed $(VENV)/.installed-lab: pyproject.toml
 	@echo "eventlab: installing eventlab with $(WHAT) (about 30 s the first time)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "uv>=0.9" && $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[$(EXTRAS)]" \
-	|| { echo "eventlab: uv could not install; pip instead (slower)"; $(PIP) install --progress-bar on -e ".[$(EXTRAS)]"; }
+	|| { echo "eventlab: uv could not install; pip instead (slower)"; $(PIP) install --progress-bar on --no-compile -e ".[$(EXTRAS)]"; }
 	touch $@
 
 lab: $(VENV)/.installed-lab  ## the workshop: JupyterLab on notebooks/01-quickstart.ipynb (prints the link)

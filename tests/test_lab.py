@@ -139,7 +139,7 @@ def test_make_lab_shows_what_it_installs_and_then_runs_eventlab_lab(tmp_path, uv
     assert "installing eventlab with the notebook tools (about 30 s the first time)" in result.stdout
     pip = "python -m pip --disable-pip-version-check install"
     uv = [f"{pip} --quiet uv>=0.9", f"uv pip install --python {venv}/bin/python --compile-bytecode -e .[notebooks]"]
-    fallback = [f"{pip} --progress-bar on -e .[notebooks]"]
+    fallback = [f"{pip} --progress-bar on --no-compile -e .[notebooks]"]
     assert calls.read_text().splitlines() == uv + ([] if uv_installs else fallback) + ["eventlab lab"]
     said = [line for line in result.stdout.splitlines() if line.startswith("eventlab: uv could not install")]
     assert said == ([] if uv_installs else ["eventlab: uv could not install; pip instead (slower)"])
