@@ -167,7 +167,8 @@ def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(t
     store.close()
 
 
-def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("quantity", [3, 1], ids=["other-lines", "same-lines"])
+def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_path, quantity):
     # given an order O-1 placed, and an id factory that gives O-1 again (a counter restarted)
     store = SqliteEventStore(tmp_path / "events.db")
     commands = Commands(store, id_factory=lambda: "O-1", copy_wait=0)
@@ -175,9 +176,10 @@ def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_p
     consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
     commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
     head = store.head()
-    # when another order is placed, then it is refused naming the id, and nothing is written
+    # when another order is placed (even one like it: only a client's own id makes a repeat), then it
+    # is refused naming the id, and nothing is written
     with pytest.raises(AlreadyExists) as error:
-        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 3}])
+        commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": quantity}])
     assert error.value.field == "order_id"
     assert store.head() == head
     assert commands.get_order("O-1").total_cents == 250
