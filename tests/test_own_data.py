@@ -171,9 +171,7 @@ def test_an_order_is_accepted_once_order_has_heard_of_the_user_and_the_product(t
 def test_an_order_id_the_factory_gives_twice_is_refused_and_writes_nothing(tmp_path, quantity):
     # given an order O-1 placed, and an id factory that gives O-1 again (a counter restarted)
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store, id_factory=lambda: "O-1", copy_wait=0)
-    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
-    consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
+    commands = ordering(store, id_factory=lambda: "O-1")
     commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
     head = store.head()
     # when another order is placed (even one like it: only a client's own id makes a repeat), then it
@@ -264,9 +262,7 @@ def test_a_shop_restarted_with_sequential_ids_refuses_to_reuse_order_001(tmp_pat
 @pytest.mark.parametrize("bad_id", ["x" * 300, "", "order 1", 42, None])
 def test_an_id_the_factory_gives_that_is_not_an_id_is_refused_naming_order_id(tmp_path, bad_id):
     store = SqliteEventStore(tmp_path / "events.db")
-    commands = Commands(store, id_factory=lambda: bad_id, copy_wait=0)
-    consume(store, order.SERVICE, commands.register_user(user_id="U1", name="Ada", email="a@example.com"), "e1")
-    consume(store, order.SERVICE, commands.create_product(product_id="P1", name="Pen", price_cents=250), "e2")
+    commands = ordering(store, id_factory=lambda: bad_id)
     head = store.head()
     with pytest.raises(InvalidCommand) as error:
         commands.place_order(user_id="U1", lines=[{"product_id": "P1", "quantity": 1}])
