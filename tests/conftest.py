@@ -21,6 +21,11 @@ from eventlab.services import inventory, order
 from eventlab.services.runtime import Service, execute, load, trace_metadata
 from eventlab.store import EventStore
 
+# `make test ARGS=-x` hands its command-line variables to every make a test runs (through MAKEFLAGS):
+# the README's `make demo` would get pytest's options. The tests' makes start from a user's shell.
+for _variable in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+    os.environ.pop(_variable, None)
+
 _ids = itertools.count(1)
 
 
