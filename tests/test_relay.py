@@ -1,24 +1,30 @@
-"""The outbox relay survives what goes wrong around it: a locked store, a bug in one attempt; and one relay
-publishes per store, a second one standing by until the first stops. On the embedded broker it warns before a
-partition grows too large for that broker."""
+"""The outbox relay survives what goes wrong around it: a locked store, a bug in one attempt, a topic deleted
+under it (on Apache Kafka); and one relay publishes per store, a second one standing by until the first stops. On
+the embedded broker it warns before a partition grows too large for that broker."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka.admin import AdminClient
 
+from eventlab import Shop
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import Wiring, build_services
-from eventlab.events import StockAdded
+from eventlab.events import OrderCreated, StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from eventlab.kafka.relay import Relay
 from eventlab.settings import Settings
@@ -339,3 +345,90 @@ def test_the_wiring_gives_relays_the_partition_warning_only_on_the_embedded_brok
     # then only the embedded broker's relay watches its partitions
     assert embedded.partition_warning == EmbeddedBroker.PARTITION_WARNING
     assert external.partition_warning is None
+
+
+def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_consumer_had_read(
+    apache_kafka_factory, tmp_path, caplog
+):
+    """On Apache Kafka: the embedded broker goes on acknowledging writes to a deleted topic (README)."""
+    # given three events the relay published to their topic, which no consumer has read yet
+    # (a new producer takes a topic it has just seen to be gone for 30 s; a running shop's relay has seen its topics
+    # long before)
+    servers = apache_kafka_factory().bootstrap_servers
+    config = {"topic.metadata.propagation.max.ms": "1000"}
+    settings = Settings(data_dir=tmp_path, bootstrap_servers=servers, partitions=1, kafka_config=config)
+    ensure_topics(settings)
+    store = SqliteEventStore(tmp_path / "events.db")
+    topic = StockAdded.topic
+    stored = store.append([NewEvent(StockAdded(product_id="P1", quantity=q), q) for q in (1, 2, 3)])
+    relay = Relay(store, settings, consumers={"inventory": ["StockAdded"]})
+    with running(relay):
+        eventually(lambda: relay.published == 3, "the first three published")
+        # when the topic is deleted, and one more event is stored
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        admin.delete_topics([topic])[topic].result(30)
+        eventually(lambda: topic not in admin.list_topics(timeout=10).topics, "the topic gone")
+        stored += store.append([NewEvent(StockAdded(product_id="P1", quantity=4), 4)])
+        # then the relay creates the topic again and publishes the three it took with it, then the fourth
+        eventually(lambda: relay.published == 7 and relay.failures == 0, "all four published again")
+    assert f"relay: created the missing topics ['{topic}'] again; publishing again from position 0" in relay_warnings(
+        caplog
+    )
+    wanted = {event.event_id for event in stored}
+    assert published_ids(settings, topic, wanted) == wanted
+    store.close()
+
+
+def test_orders_on_apache_kafka_complete_although_their_first_topic_is_deleted_mid_run(apache_kafka_factory, tmp_path):
+    # given a shop on Apache Kafka with orders in flight (see above for the propagation setting)
+    servers = apache_kafka_factory().bootstrap_servers
+    config = {"topic.metadata.propagation.max.ms": "1000"}
+    settings = Settings.from_env(env={}, data_dir=tmp_path, bootstrap_servers=servers, kafka_config=config)
+    with Shop(settings, gateway_latency_ms=40) as shop:
+        shop.register_user("U1", "Ada Lovelace", "ada@example.com")
+        shop.create_product("P1", "Keyboard", 8900, initial_stock=100)
+        placed = [shop.place_order("U1", {"P1": 1}) for _ in range(10)]
+        # when the topic every saga starts on is deleted, and more orders follow
+        topic = OrderCreated.topic
+        admin = AdminClient({"bootstrap.servers": servers})
+        admin.delete_topics([topic])[topic].result(30)
+        placed += [shop.place_order("U1", {"P1": 1}) for _ in range(10)]
+        # then every order completes (none waits for its saga's timeout), each reserved and charged once
+        assert [shop.wait(order_id, timeout=60).status for order_id in placed] == ["completed"] * 20
+        shop.wait_idle()
+        for order_id in placed:
+            kinds = Counter(event.event_type for event in shop.order(order_id).events)
+            assert kinds["StockReserved"] == kinds["PaymentCompleted"] == 1, kinds
+
+
+DELETE_UNDER_A_CONSUMER = """
+import tempfile, time
+from confluent_kafka.admin import AdminClient
+from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer, make_producer
+from eventlab.settings import Settings
+
+with EmbeddedBroker(tempfile.mkdtemp()) as broker:
+    settings = Settings(data_dir=tempfile.mkdtemp(), bootstrap_servers=broker.bootstrap_servers, partitions=1)
+    ensure_topics(settings, ["t"])
+    producer = make_producer(settings)
+    producer.produce("t", b"x")
+    producer.flush(10)
+    consumer = make_consumer(settings, "reader")
+    consumer.subscribe(["t"])
+    while (message := consumer.poll(0.2)) is None or message.error():
+        pass
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    admin.delete_topics(["t"])["t"].result(10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        consumer.poll(0.1)
+    print("survived")
+"""
+
+
+def test_a_consumer_reading_a_topic_deleted_on_the_embedded_broker_crashes_its_process(tmp_path):
+    """What the README warns of (librdkafka 2.16 on Tansu): once this fails, the warning can go."""
+    result = subprocess.run(
+        [sys.executable, "-c", DELETE_UNDER_A_CONSUMER], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == -signal.SIGSEGV, (result.returncode, result.stdout, result.stderr[-2000:])

@@ -22,6 +22,10 @@ anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per p
 (:data:`IDLE_WAIT_IN_PROCESS`) where every commit wakes the relay (the in-process shop, PostgreSQL).
 Where one process runs a relay per SQLite store, one :func:`watch_heads` thread reads every store's
 head each :data:`IDLE_WAIT` and wakes the relay whose store moved, instead of each relay waking itself.
+
+A topic deleted under a running shop takes its unread messages with it. The relay that finds it
+missing creates every missing topic again and publishes again what some consumer has not handled, as
+for a new embedded broker (:func:`rewind`); consumers skip what they already handled.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from confluent_kafka import KafkaError, Producer
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
 from eventlab.kafka.broker import crowded_partition
-from eventlab.kafka.clients import STORE_TOPIC, Deliveries, make_producer
+from eventlab.kafka.clients import STORE_TOPIC, Deliveries, ensure_topics, make_producer
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.metrics import relay_histogram
 from eventlab.restarts import Backoff
@@ -67,6 +71,9 @@ IDLE_WAIT = 0.005
 #: once: the wait only bounds how late an outside writer's events go out (an idle relay reads the
 #: store 4 times a second instead of 200).
 IDLE_WAIT_IN_PROCESS = 0.25
+
+#: librdkafka's codes for a topic or partition the broker does not have: deleted under the shop.
+MISSING_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 class _LeaseLost(StoreError):
@@ -346,6 +353,8 @@ class Relay:
             except (BrokerError, StoreError) as exc:
                 delay = self._failed(exc, backoff)
                 log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, delay)
+                if isinstance(exc, BrokerError) and exc.code in MISSING_TOPIC:
+                    self._restore_topics()
             except Exception as exc:  # a bug must not end the relay thread for good: log it whole, retry
                 delay = self._failed(exc, backoff)
                 log.exception("relay: unexpected %s; retry %d in %.1f s", type(exc).__name__, self.failures, delay)
@@ -354,6 +363,29 @@ class Relay:
                     self.failures, self.last_error, backoff = 0, None, self._backoff()
                 continue
             stop.wait(delay)
+
+    def _restore_topics(self) -> None:
+        """A topic was deleted: create the missing topics again, then publish again what some consumer
+        has not handled (the deleted topic's unread messages among it), with a new producer (the
+        old one remembers the topic as unknown)."""
+        try:
+            created = ensure_topics(self.settings)
+            if not created:
+                return
+            position = rewind(self.store, self.consumers, self.markers)
+        except (BrokerError, StoreError) as exc:  # tried again at the next failure
+            log.warning("relay: cannot create the missing topics again: %s", exc)
+            return
+        self._position, self._saved = None, None
+        self._drop_producer()
+        log.warning("relay: created the missing topics %s again; publishing again from position %d", created, position)
+
+    def _drop_producer(self) -> None:
+        """Drop the producer and what it still queues (nothing of it was acknowledged)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.purge()
+            producer.flush(1)
 
     def _catch_up(self) -> None:
         """Go back for the events of types a consumer subscribed to since it last ran (once per lease)."""
@@ -366,10 +398,7 @@ class Relay:
         """After losing the lease: drop the producer and what it still queues, forget the position
         (the next holder's checkpoint is the one that counts)."""
         log.warning("relay: lost the lease of %s; standing by", self.store)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.purge()  # not yet sent: never sent by a relay without the lease
-            producer.flush(1)
+        self._drop_producer()  # not yet sent: never sent by a relay without the lease
         self.active, self._position, self._saved = False, None, None
 
     def _backoff(self) -> Backoff:
