@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from collections import Counter
@@ -45,6 +46,7 @@ from eventlab.kafka.clients import (
     STORE_TOPIC,
     dead_letter_topic,
     discard,
+    ensure_topics,
     make_dead_letter_producer,
     make_producer,
     produce_and_wait,
@@ -66,6 +68,8 @@ __all__ = [
     "dead_letter_copy",
     "printable",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The most body bytes a ``.dlq`` copy carries: far below any broker's limit (Apache Kafka's
 #: default ``message.max.bytes`` is 1 MB), so the copy can always be written.
@@ -199,9 +203,20 @@ class DeadLetterPublisher:
             produce_and_wait(self._producer, topic, value, key, headers)
         except BrokerError:
             self._discard()
+            self._create_if_deleted(topic)
             raise
         self.store.mark_dead_letter_published(letter.id)
         return True
+
+    def _create_if_deleted(self, topic: str) -> None:
+        """Create ``topic`` again if it was deleted under the running shop, for the next try (a broker
+        that does not answer is only the next try's problem)."""
+        try:
+            created = ensure_topics(self.settings, [topic], timeout=_METADATA_TIMEOUT)
+        except BrokerError:
+            return
+        if created:
+            log.warning("dead-letter topic %s was missing: created it again", topic)
 
     def publish_unpublished(self, consumer: str | None = None) -> int:
         """Publish the records a kill left unpublished (of ``consumer``, or all); return how many."""

@@ -20,6 +20,7 @@ import uuid
 import pytest
 from apache_kafka import BROKERS
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
 from conftest import unique
 
 from eventlab import cli
@@ -784,3 +785,39 @@ def test_a_replay_the_broker_answers_but_never_acknowledges_is_reported_and_the_
     assert "replayed 2 to order.lifecycle.created" in out
     with SqliteEventStore(settings.store_path) as store:
         assert [letter.replays for letter in store.dead_letters()] == [0, 1]
+
+
+def test_a_dead_letter_topic_deleted_under_a_running_loop_is_created_again_and_the_loop_goes_on(
+    apache_kafka_factory, tmp_path, caplog
+):
+    # given a loop on Apache Kafka whose dead-letter topic was deleted, and poison followed by a good message
+    # (a new producer takes a topic it has just seen to be gone for 30 s; 1 s here, not to wait 3 deliveries)
+    servers = apache_kafka_factory().bootstrap_servers
+    config = {"topic.metadata.propagation.max.ms": "1000"}
+    settings = Settings(data_dir=tmp_path, bootstrap_servers=servers, partitions=1, kafka_config=config)
+    ensure_topics(settings)
+    topic = ProductCreated.topic
+    admin = AdminClient({"bootstrap.servers": servers})
+    admin.delete_topics([dead_letter_topic(topic)])[dead_letter_topic(topic)].result(30)
+    wait_until(lambda: dead_letter_topic(topic) not in admin.list_topics(timeout=10).topics, what="the topic gone")
+    send(settings, topic, b"not json", headers=poison_headers("poison-1", "ProductCreated"))
+    good = ProductCreated(product_id="P-after", name="After", price_cents=100, initial_stock=0)
+    send(settings, topic, good.model_dump_json().encode(), headers=poison_headers("good-1", "ProductCreated"))
+    handled: list[str] = []
+    with SqliteEventStore(settings.store_path) as store:
+        loop = ServiceLoop(recorder(f"deleted-{uuid.uuid4().hex[:6]}", handled), store, settings)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        try:
+            # when the loop meets the poison, then the topic is created again, the copy written, and the good
+            # message handled
+            wait_until(lambda: handled == ["P-after"], what="the good message handled")
+        finally:
+            stop.set()
+            thread.join(30)
+        [letter] = store.dead_letters()
+        assert letter.published
+    assert f"dead-letter topic {dead_letter_topic(topic)} was missing: created it again" in caplog.messages
+    copies = read_topic(settings, dead_letter_topic(topic), lambda got: len(got) >= 1)
+    assert [dict(m.headers())["dlq_id"] for m in copies] == [str(letter.id).encode()]
