@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from eventlab.arguments import LARGEST_INT64, seconds, whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
+    MISSING_TOPIC,
     REPLAY_FOR,
     STORE_TOPIC,
     dead_letter_topic,
@@ -201,22 +202,24 @@ class DeadLetterPublisher:
             self._producer = self._producer_factory(self.settings)
         try:
             produce_and_wait(self._producer, topic, value, key, headers)
-        except BrokerError:
+        except BrokerError as exc:
             self._discard()
-            self._create_if_deleted(topic)
+            if exc.code in MISSING_TOPIC:
+                self._create_again(topic)
             raise
         self.store.mark_dead_letter_published(letter.id)
         return True
 
-    def _create_if_deleted(self, topic: str) -> None:
-        """Create ``topic`` again if it was deleted under the running shop, for the next try (a broker
-        that does not answer is only the next try's problem)."""
+    def _create_again(self, topic: str) -> None:
+        """Create ``topic``, deleted under the running shop, for the next try (which, if this fails, finds
+        it missing again)."""
         try:
             created = ensure_topics(self.settings, [topic], timeout=_METADATA_TIMEOUT)
-        except BrokerError:
+        except BrokerError as exc:
+            log.warning("dead-letter topic %s was deleted and cannot be created again yet: %s", topic, exc)
             return
         if created:
-            log.warning("dead-letter topic %s was missing: created it again", topic)
+            log.warning("dead-letter topic %s was deleted: created it again", topic)
 
     def publish_unpublished(self, consumer: str | None = None) -> int:
         """Publish the records a kill left unpublished (of ``consumer``, or all); return how many."""

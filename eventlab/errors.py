@@ -50,11 +50,13 @@ class Unavailable(EventlabError):
 
 
 class BrokerError(EventlabError):
-    """The Kafka broker cannot be started or reached; ``code`` is the librdkafka error code if any."""
+    """The Kafka broker cannot be started or reached; ``code`` is the librdkafka error code if any,
+    ``topic`` the topic a failed delivery was for."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, topic: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.topic = topic
 
 
 class SagaTimeout(EventlabError, TimeoutError):

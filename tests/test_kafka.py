@@ -10,7 +10,15 @@ from confluent_kafka import TopicPartition
 
 from eventlab.errors import BrokerError
 from eventlab.events import ProductCreated, StockAdded
-from eventlab.kafka import EmbeddedBroker, ensure_topics, from_message, make_consumer, make_producer, to_message
+from eventlab.kafka import (
+    EmbeddedBroker,
+    dead_letter_topic,
+    ensure_topics,
+    from_message,
+    make_consumer,
+    make_producer,
+    to_message,
+)
 from eventlab.kafka.clients import ALL_TOPICS
 from eventlab.kafka.loop import ServiceLoop, _consume
 from eventlab.services import inventory
@@ -145,7 +153,8 @@ def products_created(settings, tmp_path, store, products, versions=None):
     versions = versions or [1] * len(created)
     inputs = [store.append([NewEvent(event, version)])[0] for event, version in zip(created, versions)]
     topic = f"batch-{uuid.uuid4().hex[:8]}"
-    ensure_topics(Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, partitions=1), [topic])
+    one_partition = Settings(data_dir=tmp_path, bootstrap_servers=settings.bootstrap_servers, partitions=1)
+    ensure_topics(one_partition, [topic, dead_letter_topic(topic)])
     producer = make_producer(settings)
     for stored in inputs:
         key, value, headers = to_message(stored)

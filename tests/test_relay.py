@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -358,25 +359,24 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
     config = {"topic.metadata.propagation.max.ms": "1000"}
     settings = Settings(data_dir=tmp_path, bootstrap_servers=servers, partitions=1, kafka_config=config)
     ensure_topics(settings)
-    store = SqliteEventStore(tmp_path / "events.db")
     topic = StockAdded.topic
-    stored = store.append([NewEvent(StockAdded(product_id="P1", quantity=q), q) for q in (1, 2, 3)])
-    relay = Relay(store, settings, consumers={"inventory": ["StockAdded"]})
-    with running(relay):
-        eventually(lambda: relay.published == 3, "the first three published")
-        # when the topic is deleted, and one more event is stored
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-        admin.delete_topics([topic])[topic].result(30)
-        eventually(lambda: topic not in admin.list_topics(timeout=10).topics, "the topic gone")
-        stored += store.append([NewEvent(StockAdded(product_id="P1", quantity=4), 4)])
-        # then the relay creates the topic again and publishes the three it took with it, then the fourth
-        eventually(lambda: relay.published == 7 and relay.failures == 0, "all four published again")
-    assert f"relay: created the missing topics ['{topic}'] again; publishing again from position 0" in relay_warnings(
-        caplog
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        stored = store.append([NewEvent(StockAdded(product_id="P1", quantity=q), q) for q in (1, 2, 3)])
+        relay = Relay(store, settings, consumers={"inventory": ["StockAdded"]})
+        with running(relay):
+            eventually(lambda: relay.published == 3, "the first three published")
+            # when the topic is deleted, and one more event is stored
+            admin = AdminClient({"bootstrap.servers": servers})
+            admin.delete_topics([topic])[topic].result(30)
+            eventually(lambda: topic not in admin.list_topics(timeout=10).topics, "the topic gone")
+            stored += store.append([NewEvent(StockAdded(product_id="P1", quantity=4), 4)])
+            # then the relay creates the topic again and publishes the three it took with it, then the fourth
+            eventually(lambda: relay.published == 7 and relay.failures == 0, "all four published again")
+    assert f"relay: topics ['{topic}'] were deleted: created again; publishing again from position 0" in (
+        relay_warnings(caplog)
     )
     wanted = {event.event_id for event in stored}
     assert published_ids(settings, topic, wanted) == wanted
-    store.close()
 
 
 def test_orders_on_apache_kafka_complete_although_their_first_topic_is_deleted_mid_run(apache_kafka_factory, tmp_path):
@@ -402,13 +402,14 @@ def test_orders_on_apache_kafka_complete_although_their_first_topic_is_deleted_m
 
 
 DELETE_UNDER_A_CONSUMER = """
-import tempfile, time
+import pathlib, sys, time
 from confluent_kafka.admin import AdminClient
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer, make_producer
 from eventlab.settings import Settings
 
-with EmbeddedBroker(tempfile.mkdtemp()) as broker:
-    settings = Settings(data_dir=tempfile.mkdtemp(), bootstrap_servers=broker.bootstrap_servers, partitions=1)
+directory = pathlib.Path(sys.argv[1])
+with EmbeddedBroker(directory / "broker") as broker:
+    settings = Settings(data_dir=directory, bootstrap_servers=broker.bootstrap_servers, partitions=1)
     ensure_topics(settings, ["t"])
     producer = make_producer(settings)
     producer.produce("t", b"x")
@@ -429,6 +430,11 @@ with EmbeddedBroker(tempfile.mkdtemp()) as broker:
 def test_a_consumer_reading_a_topic_deleted_on_the_embedded_broker_crashes_its_process(tmp_path):
     """What the README warns of (librdkafka 2.16 on Tansu): once this fails, the warning can go."""
     result = subprocess.run(
-        [sys.executable, "-c", DELETE_UNDER_A_CONSUMER], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", DELETE_UNDER_A_CONSUMER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),  # no core file of the crash
     )
     assert result.returncode == -signal.SIGSEGV, (result.returncode, result.stdout, result.stderr[-2000:])

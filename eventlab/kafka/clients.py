@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -25,6 +25,7 @@ Header = tuple[str, bytes | None]
 
 __all__ = [
     "ALL_TOPICS",
+    "MISSING_TOPIC",
     "REPLAY_FOR",
     "STORE_TOPIC",
     "Deliveries",
@@ -36,6 +37,7 @@ __all__ = [
     "make_dead_letter_producer",
     "make_producer",
     "produce_and_wait",
+    "reading",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,12 @@ LARGEST_FRAME = 2**31 - 1
 
 #: How long a dead-letter copy may wait for its acknowledgement before its delivery counts as failed.
 DEAD_LETTER_TIMEOUT_MS = 10_000
+
+#: How often a consumer reads the metadata of its topics (librdkafka's default: 5 minutes).
+METADATA_REFRESH_MS = 5000
+
+#: librdkafka's codes for a topic or partition the broker does not have (deleted under the shop).
+MISSING_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 def group_id(service: str) -> str:
@@ -97,15 +105,32 @@ def _made(kind: Callable[[dict[str, ConfigValue]], _Client], config: dict[str, C
 
 
 def make_producer(settings: Settings, **overrides: ConfigValue) -> Producer:
-    """An idempotent producer (acks=all) with a 1 ms linger."""
-    config = {"enable.idempotence": True, "acks": "all", "linger.ms": 1, **_base(settings), **overrides}
+    """An idempotent producer (acks=all) with a 1 ms linger that never has the broker create a topic:
+    :func:`ensure_topics` creates them, with eventlab's partitions, and a missing one is an error
+    (:data:`MISSING_TOPIC`) the relay acts on, not a new empty topic with the broker's defaults."""
+    config = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        "allow.auto.create.topics": False,
+        **_base(settings),
+        **overrides,
+    }
     return _made(Producer, config)
 
 
 def make_dead_letter_producer(settings: Settings) -> Producer:
     """A producer whose deliveries fail after 10 s instead of librdkafka's 300 s, so a loop that
-    cannot write a dead letter says so soon (and retries) rather than hanging."""
-    return make_producer(settings, **{"message.timeout.ms": DEAD_LETTER_TIMEOUT_MS})
+    cannot write a dead letter says so soon (and retries) rather than hanging. A topic it does not
+    find counts as missing after 5 s (librdkafka waits 30 s for a new topic to show), so a deleted
+    ``.dlq`` topic is a :data:`MISSING_TOPIC` error, not a timeout."""
+    return make_producer(
+        settings,
+        **{
+            "message.timeout.ms": DEAD_LETTER_TIMEOUT_MS,
+            "topic.metadata.propagation.max.ms": DEAD_LETTER_TIMEOUT_MS // 2,
+        },
+    )
 
 
 class Deliveries:
@@ -126,9 +151,10 @@ class Deliveries:
         self._producer: Producer | None = producer
         self.sent = 0
         self.delivered = 0
-        #: ``"<topic>: <error>"`` per failed delivery, and its librdkafka error code.
+        #: ``"<topic>: <error>"`` per failed delivery, its librdkafka error code and its topic.
         self.failed: list[str] = []
         self.failed_codes: list[int] = []
+        self.failed_topics: list[str] = []
         #: Each partition delivered to, by (topic, partition): its last acknowledged offset + 1 (how
         #: many messages it holds, as far as these deliveries tell).
         self.ends: dict[tuple[str, int], int] = {}
@@ -156,6 +182,7 @@ class Deliveries:
                 else:
                     self.failed.append(f"{topic}: {error.str()}")
                     self.failed_codes.append(error.code())
+                    self.failed_topics.append(topic)
 
         while True:
             try:
@@ -165,7 +192,7 @@ class Deliveries:
                 continue
             except KafkaException as exc:
                 error = exc.args[0]
-                raise BrokerError(f"cannot produce to {topic}: {error.str()}", error.code()) from exc
+                raise BrokerError(f"cannot produce to {topic}: {error.str()}", error.code(), topic) from exc
             self.sent += 1
             return
 
@@ -178,7 +205,7 @@ class Deliveries:
         remaining = self.wait(timeout)
         with self._lock:
             if self.failed:
-                raise BrokerError(f"delivery failed: {self.failed[0]}", self.failed_codes[0])
+                raise BrokerError(f"delivery failed: {self.failed[0]}", self.failed_codes[0], self.failed_topics[0])
         if remaining or self.delivered < self.sent:
             raise BrokerError(f"{remaining or self.sent - self.delivered} messages not acknowledged in {timeout:g} s")
 
@@ -229,6 +256,8 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
     is refused whole, again and again, and stops every partition the consumer reads. The embedded
     broker takes a message of any size (Apache Kafka refuses one over 1 MB by default), so one
     message over 100 MB would stop the service for good instead of becoming a dead letter.
+    ``topic.metadata.refresh.interval.ms`` 5 s instead of 5 minutes: a consumer sees a topic deleted
+    under it in seconds and lets go of it, so the relay can create it again (:func:`reading`).
     """
     session = settings.session_timeout_ms
     config = {
@@ -242,12 +271,32 @@ def make_consumer(settings: Settings, service: str, **overrides: ConfigValue) ->
         "max.poll.interval.ms": 60000,
         "fetch.wait.max.ms": 10,
         "receive.message.max.bytes": LARGEST_FRAME,
+        "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         **_base(settings),
         **overrides,
     }
     if settings.group_instance:
         config.setdefault("group.instance.id", f"{group_id(service)}.{settings.group_instance}")
     return _made(Consumer, config)
+
+
+def reading(settings: Settings, groups: Iterable[str], topics: Collection[str], timeout: float = 10.0) -> list[str]:
+    """The consumer groups among ``groups`` with a member assigned a partition of one of ``topics``.
+
+    A consumer lets go of a deleted topic's partitions once it sees the topic gone (a rebalance). Until
+    then it fetches at its old offsets, also from a topic of the same name created anew, where it would
+    skip every message below them."""
+    admin = _made(AdminClient, {"log_level": 2, **_base(settings)})
+    found = []
+    for group, future in admin.describe_consumer_groups(list(groups), request_timeout=timeout).items():
+        try:
+            members = future.result().members
+        except KafkaException as exc:
+            raise BrokerError(f"cannot describe consumer group {group}: {exc}") from exc
+        assigned = {part.topic for member in members for part in member.assignment.topic_partitions or []}
+        if assigned & set(topics):
+            found.append(group)
+    return found
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS, timeout: float = 30.0) -> list[str]:

@@ -23,9 +23,11 @@ anyway: :data:`IDLE_WAIT` where other processes write to SQLite (a service per p
 Where one process runs a relay per SQLite store, one :func:`watch_heads` thread reads every store's
 head each :data:`IDLE_WAIT` and wakes the relay whose store moved, instead of each relay waking itself.
 
-A topic deleted under a running shop takes its unread messages with it. The relay that finds it
-missing creates every missing topic again and publishes again what some consumer has not handled, as
-for a new embedded broker (:func:`rewind`); consumers skip what they already handled.
+A topic deleted under a running shop takes its unread messages with it. The relay that publishes to
+it (each event type is written by one store) finds it missing at its next delivery there. It waits
+until the consumers reading it let go of it (else they would go on at their old offsets in the new
+topic, skipping what lies below), creates it again and publishes again what some consumer has not
+handled, as for a new embedded broker (:func:`rewind`); consumers skip what they already handled.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ from confluent_kafka import KafkaError, Producer
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
 from eventlab.kafka.broker import crowded_partition
-from eventlab.kafka.clients import STORE_TOPIC, Deliveries, ensure_topics, make_producer
+from eventlab.kafka.clients import (
+    MISSING_TOPIC,
+    STORE_TOPIC,
+    Deliveries,
+    ensure_topics,
+    group_id,
+    make_producer,
+    reading,
+)
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.metrics import relay_histogram
 from eventlab.restarts import Backoff
@@ -71,9 +81,6 @@ IDLE_WAIT = 0.005
 #: once: the wait only bounds how late an outside writer's events go out (an idle relay reads the
 #: store 4 times a second instead of 200).
 IDLE_WAIT_IN_PROCESS = 0.25
-
-#: librdkafka's codes for a topic or partition the broker does not have: deleted under the shop.
-MISSING_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 class _LeaseLost(StoreError):
@@ -149,6 +156,9 @@ class Relay:
         #: Messages in each partition (``topic-N``) this relay published to, as its deliveries last told.
         self.partition_sizes: dict[str, int] = {}
         self._warned = False
+        self._missing: set[str] = set()  # topics a delivery found deleted, until created again
+        #: Seconds a relay waits for the consumers of a deleted topic to let go of it before creating it again.
+        self.release_wait = 30.0
 
     def __repr__(self) -> str:
         return f"<Relay published={self.published} position={self._position} saved={self._saved}>"
@@ -344,6 +354,8 @@ class Relay:
                     self._fence()
                 if not self._caught_up:
                     self._catch_up()
+                if self._missing:
+                    self._restore_topics(stop)
                 if self.publish_pending() == 0:
                     # woken by a commit it is told of; any other is seen after idle_wait
                     commits = self.store.wait_for_commit(commits, idle_wait)
@@ -353,8 +365,8 @@ class Relay:
             except (BrokerError, StoreError) as exc:
                 delay = self._failed(exc, backoff)
                 log.warning("relay: %s; retry %d in %.1f s", exc, self.failures, delay)
-                if isinstance(exc, BrokerError) and exc.code in MISSING_TOPIC:
-                    self._restore_topics()
+                if isinstance(exc, BrokerError) and exc.code in MISSING_TOPIC and exc.topic is not None:
+                    self._missing.add(exc.topic)  # restored before the next try, until that succeeds
             except Exception as exc:  # a bug must not end the relay thread for good: log it whole, retry
                 delay = self._failed(exc, backoff)
                 log.exception("relay: unexpected %s; retry %d in %.1f s", type(exc).__name__, self.failures, delay)
@@ -364,21 +376,30 @@ class Relay:
                 continue
             stop.wait(delay)
 
-    def _restore_topics(self) -> None:
-        """A topic was deleted: create the missing topics again, then publish again what some consumer
-        has not handled (the deleted topic's unread messages among it), with a new producer (the
-        old one remembers the topic as unknown)."""
-        try:
-            created = ensure_topics(self.settings)
-            if not created:
+    def _restore_topics(self, stop: threading.Event) -> None:
+        """Topics this relay publishes to were deleted: once their consumers let go of them (at most
+        :attr:`release_wait` s), create them again (unless someone did), then publish again what some
+        consumer has not handled (their unread messages among it), with a new producer (the old one
+        remembers them as unknown). Raises as a batch does: retried, then."""
+        missing = sorted(self._missing)
+        groups = [group_id(name) for name in self.consumers or {}]
+        deadline = time.monotonic() + self.release_wait
+        while (readers := reading(self.settings, groups, missing)) and time.monotonic() < deadline:
+            if stop.wait(1.0):
                 return
-            position = rewind(self.store, self.consumers, self.markers)
-        except (BrokerError, StoreError) as exc:  # tried again at the next failure
-            log.warning("relay: cannot create the missing topics again: %s", exc)
-            return
+        if readers:
+            log.warning(
+                "relay: %s still hold partitions of the deleted %s: they may skip what is republished", readers, missing
+            )
+        ensure_topics(self.settings, missing)
+        self._fence()  # only the lease holder moves the checkpoint back
+        position = rewind(self.store, self.consumers, self.markers)
         self._position, self._saved = None, None
         self._drop_producer()
-        log.warning("relay: created the missing topics %s again; publishing again from position %d", created, position)
+        self._missing.clear()
+        log.warning(
+            "relay: topics %s were deleted: created again; publishing again from position %d", missing, position
+        )
 
     def _drop_producer(self) -> None:
         """Drop the producer and what it still queues (nothing of it was acknowledged)."""
