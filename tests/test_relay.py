@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from eventlab import Shop
 from eventlab.adapters import SimulatedGateway
 from eventlab.bootstrap import Wiring, build_services
-from eventlab.events import OrderCreated, StockAdded
+from eventlab.events import OrderCreated, ProductCreated, StockAdded
 from eventlab.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from eventlab.kafka.relay import Relay
 from eventlab.settings import Settings
@@ -352,8 +352,8 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
     apache_kafka_factory, tmp_path, caplog
 ):
     """On Apache Kafka: the embedded broker goes on acknowledging writes to a deleted topic (README)."""
-    # given three events the relay published to their topic, which no consumer has read yet
-    # (a new producer takes a topic it has just seen to be gone for 30 s; a running shop's relay has seen its topics
+    # given three events the relay published to their topic, which no consumer has read yet, after a product whose
+    # consumer has not read it either (a new producer takes a topic it has just seen to be gone for 30 s; a running shop's relay has seen its topics
     # long before)
     servers = apache_kafka_factory().bootstrap_servers
     config = {"topic.metadata.propagation.max.ms": "1000"}
@@ -361,18 +361,20 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
     ensure_topics(settings)
     topic = StockAdded.topic
     with SqliteEventStore(tmp_path / "events.db") as store:
+        store.append([NewEvent(ProductCreated(product_id="P1", name="Pen", price_cents=100, initial_stock=0), 1)])
         stored = store.append([NewEvent(StockAdded(product_id="P1", quantity=q), q) for q in (1, 2, 3)])
-        relay = Relay(store, settings, consumers={"inventory": ["StockAdded"]})
+        relay = Relay(store, settings, consumers={"inventory": ["StockAdded"], "catalogue": ["ProductCreated"]})
         with running(relay):
-            eventually(lambda: relay.published == 3, "the first three published")
+            eventually(lambda: relay.published == 4, "the first four published")
             # when the topic is deleted, and one more event is stored
             admin = AdminClient({"bootstrap.servers": servers})
             admin.delete_topics([topic])[topic].result(30)
             eventually(lambda: topic not in admin.list_topics(timeout=10).topics, "the topic gone")
             stored += store.append([NewEvent(StockAdded(product_id="P1", quantity=4), 4)])
-            # then the relay creates the topic again and publishes the three it took with it, then the fourth
-            eventually(lambda: relay.published == 7 and relay.failures == 0, "all four published again")
-    assert f"relay: topics ['{topic}'] were deleted: created again; publishing again from position 0" in (
+            # then the relay creates the topic again and publishes the three it took with it, then the fourth: from
+            # the first event their consumer has not handled (the product's consumer lost nothing)
+            eventually(lambda: relay.published == 8 and relay.failures == 0, "all four published again")
+    assert f"relay: topics ['{topic}'] were deleted: created again; publishing again from position 1" in (
         relay_warnings(caplog)
     )
     wanted = {event.event_id for event in stored}

@@ -286,9 +286,12 @@ def reading(settings: Settings, groups: Iterable[str], topics: Collection[str], 
     A consumer lets go of a deleted topic's partitions once it sees the topic gone (a rebalance). Until
     then it fetches at its old offsets, also from a topic of the same name created anew, where it would
     skip every message below them."""
+    groups = list(groups)
+    if not groups:
+        return []
     admin = _made(AdminClient, {"log_level": 2, **_base(settings)})
     found = []
-    for group, future in admin.describe_consumer_groups(list(groups), request_timeout=timeout).items():
+    for group, future in admin.describe_consumer_groups(groups, request_timeout=timeout).items():
         try:
             members = future.result().members
         except KafkaException as exc:

@@ -43,6 +43,7 @@ from confluent_kafka import KafkaError, Producer
 
 from eventlab.dlq import DeadLetterPublisher
 from eventlab.errors import BrokerError, StoreError
+from eventlab.events import EVENT_TYPES
 from eventlab.kafka.broker import crowded_partition
 from eventlab.kafka.clients import (
     MISSING_TOPIC,
@@ -382,18 +383,23 @@ class Relay:
         consumer has not handled (their unread messages among it), with a new producer (the old one
         remembers them as unknown). Raises as a batch does: retried, then."""
         missing = sorted(self._missing)
-        groups = [group_id(name) for name in self.consumers or {}]
+        readers = {  # the consumers that lost messages with the topics (the others skip what comes again)
+            name: types
+            for name, types in (self.consumers or {}).items()
+            if any(kind in EVENT_TYPES and EVENT_TYPES[kind].topic in missing for kind in types)
+        }
+        groups = [group_id(name) for name in readers]
         deadline = time.monotonic() + self.release_wait
-        while (readers := reading(self.settings, groups, missing)) and time.monotonic() < deadline:
+        while (holding := reading(self.settings, groups, missing)) and time.monotonic() < deadline:
             if stop.wait(1.0):
                 return
-        if readers:
+        if holding:
             log.warning(
-                "relay: %s still hold partitions of the deleted %s: they may skip what is republished", readers, missing
+                "relay: %s still hold partitions of the deleted %s: they may skip what is republished", holding, missing
             )
         ensure_topics(self.settings, missing)
         self._fence()  # only the lease holder moves the checkpoint back
-        position = rewind(self.store, self.consumers, self.markers)
+        position = rewind(self.store, readers if self.consumers is not None else None, self.markers)
         self._position, self._saved = None, None
         self._drop_producer()
         self._missing.clear()
