@@ -134,7 +134,7 @@ def _run_in_chromium(lab: Lab, notebook: str, screenshot: Path, **env: str) -> d
         **env,
     }
     run = subprocess.run(
-        [node, "run.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=420, check=False
+        [node, "run.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=280, check=False
     )
     assert run.returncode == 0, f"{run.stderr}\n{run.stdout}"
     return json.loads(run.stdout.strip().splitlines()[-1])
