@@ -69,3 +69,9 @@ class ApacheKafka(EmbeddedBroker):
 
         wait_until(brokers, timeout, interval=0.1)
         return self
+
+    def delete_topic(self, topic: str, timeout: float = 30) -> None:
+        """Delete ``topic`` (as an operator would, under whatever runs) and return once it is gone."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        admin.delete_topics([topic])[topic].result(timeout)
+        wait_until(lambda: topic not in admin.list_topics(timeout=10).topics, timeout, interval=0.1)

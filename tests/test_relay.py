@@ -20,7 +20,6 @@ from dataclasses import replace
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from eventlab import Shop
 from eventlab.adapters import SimulatedGateway
@@ -352,10 +351,11 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
     apache_kafka_factory, tmp_path, caplog
 ):
     """On Apache Kafka: the embedded broker goes on acknowledging writes to a deleted topic (README)."""
-    # given three events the relay published to their topic, which no consumer has read yet, after a product whose
-    # consumer has not read it either (a new producer takes a topic it has just seen to be gone for 30 s; a running shop's relay has seen its topics
-    # long before)
-    servers = apache_kafka_factory().bootstrap_servers
+    # given three events the relay published to their topic, which no consumer has read yet, after a product
+    # whose consumer has not read it either (a new producer takes a topic it has just seen to be gone for 30 s;
+    # a running shop's relay has seen its topics long before)
+    broker = apache_kafka_factory()
+    servers = broker.bootstrap_servers
     config = {"topic.metadata.propagation.max.ms": "1000"}
     settings = Settings(data_dir=tmp_path, bootstrap_servers=servers, partitions=1, kafka_config=config)
     ensure_topics(settings)
@@ -367,9 +367,7 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
         with running(relay):
             eventually(lambda: relay.published == 4, "the first four published")
             # when the topic is deleted, and one more event is stored
-            admin = AdminClient({"bootstrap.servers": servers})
-            admin.delete_topics([topic])[topic].result(30)
-            eventually(lambda: topic not in admin.list_topics(timeout=10).topics, "the topic gone")
+            broker.delete_topic(topic)
             stored += store.append([NewEvent(StockAdded(product_id="P1", quantity=4), 4)])
             # then the relay creates the topic again and publishes the three it took with it, then the fourth: from
             # the first event their consumer has not handled (the product's consumer lost nothing)
@@ -383,7 +381,8 @@ def test_a_topic_deleted_under_the_relay_is_created_again_with_the_messages_no_c
 
 def test_orders_on_apache_kafka_complete_although_their_first_topic_is_deleted_mid_run(apache_kafka_factory, tmp_path):
     # given a shop on Apache Kafka with orders in flight (see above for the propagation setting)
-    servers = apache_kafka_factory().bootstrap_servers
+    broker = apache_kafka_factory()
+    servers = broker.bootstrap_servers
     config = {"topic.metadata.propagation.max.ms": "1000"}
     settings = Settings.from_env(env={}, data_dir=tmp_path, bootstrap_servers=servers, kafka_config=config)
     with Shop(settings, gateway_latency_ms=40) as shop:
@@ -391,9 +390,7 @@ def test_orders_on_apache_kafka_complete_although_their_first_topic_is_deleted_m
         shop.create_product("P1", "Keyboard", 8900, initial_stock=100)
         placed = [shop.place_order("U1", {"P1": 1}) for _ in range(10)]
         # when the topic every saga starts on is deleted, and more orders follow
-        topic = OrderCreated.topic
-        admin = AdminClient({"bootstrap.servers": servers})
-        admin.delete_topics([topic])[topic].result(30)
+        broker.delete_topic(OrderCreated.topic)
         placed += [shop.place_order("U1", {"P1": 1}) for _ in range(10)]
         # then every order completes (none waits for its saga's timeout), each reserved and charged once
         assert [shop.wait(order_id, timeout=60).status for order_id in placed] == ["completed"] * 20

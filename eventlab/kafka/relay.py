@@ -386,7 +386,7 @@ class Relay:
         readers = {  # the consumers that lost messages with the topics (the others skip what comes again)
             name: types
             for name, types in (self.consumers or {}).items()
-            if any(kind in EVENT_TYPES and EVENT_TYPES[kind].topic in missing for kind in types)
+            if any(EVENT_TYPES[kind].topic in missing for kind in types)
         }
         groups = [group_id(name) for name in readers]
         deadline = time.monotonic() + self.release_wait
