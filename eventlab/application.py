@@ -9,13 +9,13 @@ from __future__ import annotations
 import heapq
 import html
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse, valid_id
-from eventlab.errors import NotFound
+from eventlab.commands import Command, CreateProduct, PlaceOrder, RegisterUser, parse, valid_id
+from eventlab.errors import AlreadyExists, NotFound
 from eventlab.events import Event, ProductCreated, UserCreated
 from eventlab.ids import new_id
 from eventlab.services import order, product, user
@@ -27,6 +27,7 @@ from eventlab.tables import html_table
 __all__ = ["Commands", "OrderView", "money"]
 
 _Created = TypeVar("_Created", bound=Event)
+_Command = TypeVar("_Command", bound=Command)
 
 
 def money(cents: int) -> str:
@@ -107,22 +108,42 @@ class Commands:
         """Register a user; raises :class:`~eventlab.errors.InvalidCommand` naming the bad field.
 
         Pass the command as one mapping (as HTTP does: client JSON never becomes keyword arguments)
-        or as keywords; every command method takes both.
+        or as keywords; every command method takes both. A repeat of a registration (the same id,
+        name and email) writes nothing and returns the same event; the same id with another name or
+        email raises :class:`~eventlab.errors.AlreadyExists`.
         """
-        command = parse(RegisterUser, _input(data, fields))
-        return self._create(
-            "user", ("user", command.user_id), user.evolve, lambda state: user.register(command, state), UserCreated
-        )
+        return self._register_user(parse(RegisterUser, _input(data, fields)))[0]
 
     def create_product(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> ProductCreated:
-        """Add a product to the catalogue (its initial stock reaches Inventory through Kafka)."""
-        command = parse(CreateProduct, _input(data, fields))
+        """Add a product to the catalogue (its initial stock reaches Inventory through Kafka); a
+        repeat writes nothing, as for :meth:`register_user`."""
+        return self._create_product(parse(CreateProduct, _input(data, fields)))[0]
+
+    def seed(self, users: Iterable[Mapping[str, Any]], products: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+        """Register the ``users`` and create the ``products`` whose ids are not taken yet (a taken id
+        is left as it is, whatever its details); return how many of each were new."""
+        commands = [parse(RegisterUser, row) for row in users], [parse(CreateProduct, row) for row in products]
+        return (
+            sum(self._if_new(self._register_user, command) for command in commands[0]),
+            sum(self._if_new(self._create_product, command) for command in commands[1]),
+        )
+
+    def _register_user(self, command: RegisterUser) -> tuple[UserCreated, bool]:
+        return self._create(
+            "user",
+            ("user", command.user_id),
+            user.evolve,
+            lambda state: user.register(command, state),
+            UserCreated.model_validate(command.model_dump()),
+        )
+
+    def _create_product(self, command: CreateProduct) -> tuple[ProductCreated, bool]:
         return self._create(
             "product",
             ("product", command.product_id),
             product.evolve,
-            lambda s: product.create(command, s),
-            ProductCreated,
+            lambda state: product.create(command, state),
+            ProductCreated.model_validate(command.model_dump()),
         )
 
     def place_order(self, data: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
@@ -201,10 +222,10 @@ class Commands:
         key: StreamKey,
         evolve: Evolve,
         decide: Callable[[Any], list[Event]],
-        created: type[_Created],
-    ) -> _Created:
-        """Decide on a new entity from its (empty) stream's state in ``service``'s store; return the
-        event written (a ``created``)."""
+        created: _Created,
+    ) -> tuple[_Created, bool]:
+        """Decide on a new entity from its stream's state in ``service``'s store; return the event
+        that created it (``created``, which a repeat already wrote) and whether it is new."""
         aggregate_type = key[0]
         stored = execute(
             self.stores.of(service),
@@ -214,9 +235,15 @@ class Commands:
             self._meta(aggregate_type),
             cache=self._cache,
         )
-        event = stored[0].event
-        assert isinstance(event, created), f"{key} wrote {event.event_type}, not {created.__name__}"
-        return event
+        assert [e.event for e in stored] in ([], [created]), f"{key} wrote {stored}, not {created}"
+        return created, bool(stored)
+
+    @staticmethod
+    def _if_new(create: Callable[[_Command], tuple[Event, bool]], command: _Command) -> bool:
+        try:
+            return create(command)[1]
+        except AlreadyExists:
+            return False
 
     def _meta(self, source: str, correlation_id: str = "") -> dict[str, str]:
         # ``new_id`` (not the injected factory): the factory names orders only, so a counter-based

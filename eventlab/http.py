@@ -4,8 +4,8 @@ and order services, their commands as JSON.
 | service | routes |
 |---|---|
 | every service | ``GET /health`` (200 ok, 503 degraded with ``problems``), ``GET /metrics`` (Prometheus) |
-| user | ``POST /users`` |
-| product | ``POST /products`` |
+| user | ``POST /users`` (201, the same again for a repeat) |
+| product | ``POST /products`` (201, the same again for a repeat) |
 | order | ``POST /orders`` (202; an ``order_id`` of the client's own makes a retry safe), ``GET /orders/{id}`` |
 
 Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": ...}``:
@@ -16,7 +16,7 @@ Every answer but ``/metrics`` is JSON; every error is ``{"error": ..., "field": 
 | 404 | no such route, unknown order | ``path``, ``order_id`` |
 | 405 | a method the route does not take (with ``Allow``) | ``method`` |
 | 408 | a request that started but did not arrive within ``Limits.read_timeout`` | ``null`` |
-| 409 | already exists | the id field |
+| 409 | the id is taken by another user, product or order | the id field |
 | 411 | POST without ``Content-Length`` (or chunked) | ``Content-Length`` |
 | 413 | body over ``Limits.max_body`` (refused before it is read) | ``body`` |
 | 414, 431 | request line or headers too long (``Limits.max_headers`` bytes in all) | ``path``, ``headers`` |

@@ -22,7 +22,7 @@ from eventlab.application import Commands, OrderView
 from eventlab.arguments import is_number
 from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
-from eventlab.errors import AlreadyExists, BrokerError, SagaTimeout, StoreError
+from eventlab.errors import BrokerError, SagaTimeout, StoreError
 from eventlab.events import EVENT_TYPES, Event, ProductCreated, UserCreated
 from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
@@ -437,10 +437,7 @@ class Shop:
 
         Every row is checked before any is written: a bad one raises
         :class:`~eventlab.errors.InvalidCommand` naming the field, the file and the line."""
-        commands = self._commands()
-        new_users, new_products = load_users(directory), load_products(directory)
-        users = sum(_create_if_new(commands.register_user, row) for row in new_users)
-        products = sum(_create_if_new(commands.create_product, row) for row in new_products)
+        users, products = self._commands().seed(load_users(directory), load_products(directory))
         self.wait_idle(timeout)
         return users, products
 
@@ -580,11 +577,3 @@ class Shop:
 def _relay_thread(index: int) -> str:
     """The name of the thread of the shop's relay number ``index``: ``relay``, ``relay.1``, ... (one per store)."""
     return RELAY_CONSUMER if index == 0 else f"{RELAY_CONSUMER}.{index}"
-
-
-def _create_if_new(command: Callable[..., object], row: Mapping[str, Any]) -> bool:
-    try:
-        command(**row)
-    except AlreadyExists:
-        return False
-    return True

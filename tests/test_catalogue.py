@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import unique
+from conftest import ordering, unique
 
 from eventlab.catalogue import load_products, load_users
 from eventlab.errors import InvalidCommand
+from eventlab.store import SqliteEventStore
 
 
 def catalogue(directory: Path, users: list[str], products: list[str]) -> Path:
@@ -46,3 +47,30 @@ def test_a_catalogue_with_a_bad_row_writes_nothing(shop, tmp_path):
     assert error.value.field == "price_cents"
     assert not shop.store.read_stream("user", user_id)
     assert not shop.store.read_stream("product", product_id)
+
+
+def test_seeding_again_creates_only_what_is_new_and_leaves_a_taken_id_as_it_is(tmp_path):
+    # given a store where U1, P1 and P2 exist
+    store = SqliteEventStore(tmp_path / "events.db")
+    commands = ordering(store)
+    head = store.head()
+    # when a catalogue is seeded with them (P2 at another price) and one new user and product
+    users = [
+        {"user_id": "U1", "name": "Ada", "email": "a@example.com"},
+        {"user_id": "U3", "name": "Cy", "email": "c@example.com"},
+    ]
+    products = [
+        {"product_id": "P1", "name": "Pen", "price_cents": 250, "initial_stock": 0},
+        {"product_id": "P2", "name": "Pen", "price_cents": 999, "initial_stock": 0},
+        {"product_id": "P3", "name": "Ink", "price_cents": 120, "initial_stock": 4},
+    ]
+    # then only the new ones are created and counted, and P2 keeps its price
+    assert commands.seed(users, products) == (1, 1)
+    assert [(e.aggregate_type, e.aggregate_id) for e in store.read_all(after=head)] == [
+        ("user", "U3"),
+        ("product", "P3"),
+    ]
+    assert [e.event.price_cents for e in store.read_stream("product", "P2")] == [250]
+    # and seeding the same again creates nothing
+    assert commands.seed(users, products) == (0, 0)
+    store.close()

@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from eventlab.adapters import FileMailer, SimulatedGateway
-from eventlab.commands import PlaceOrder, RegisterUser, parse
+from eventlab.commands import CreateProduct, PlaceOrder, RegisterUser, parse
 from eventlab.errors import AlreadyExists, InvalidCommand, NotFound
 from eventlab.events import (
     EmailRequested,
@@ -32,7 +32,7 @@ from eventlab.events import (
     StockSold,
     UserCreated,
 )
-from eventlab.services import inventory, notification, order, payment, user
+from eventlab.services import inventory, notification, order, payment, product, user
 
 ADA = UserCreated(user_id="U001", name="Ada Lovelace", email="ada@example.com")
 KEYBOARD = order.Price("P001", 8900)
@@ -53,12 +53,36 @@ def fold(evolve, events):
 # --- user and product ------------------------------------------------------------------------
 
 
-def test_a_user_registers_once():
+def test_a_user_registers_once_and_a_repeat_of_the_registration_decides_nothing():
     command = parse(RegisterUser, {"user_id": "U001", "name": "Ada Lovelace", "email": "ada@example.com"})
     assert user.register(command, None) == [ADA]
-    with pytest.raises(AlreadyExists, match="U001 already exists") as error:
+    assert user.register(command, fold(user.evolve, [ADA])) == []
+
+
+@pytest.mark.parametrize("other", [{"name": "Ada King"}, {"email": "ada@example.org"}])
+def test_a_user_id_taken_with_another_name_or_email_is_refused(other):
+    command = parse(RegisterUser, {"user_id": "U001", "name": "Ada Lovelace", "email": "ada@example.com", **other})
+    with pytest.raises(AlreadyExists, match="U001 already exists with another name or email") as error:
         user.register(command, fold(user.evolve, [ADA]))
     assert error.value.field == "user_id"
+
+
+KEYBOARD_ROW = {"product_id": "P001", "name": "Keyboard", "price_cents": 8900, "initial_stock": 5}
+
+
+def test_a_product_is_created_once_and_a_repeat_decides_nothing():
+    command = parse(CreateProduct, KEYBOARD_ROW)
+    created = ProductCreated(**KEYBOARD_ROW)
+    assert product.create(command, None) == [created]
+    assert product.create(command, fold(product.evolve, [created])) == []
+
+
+@pytest.mark.parametrize("other", [{"name": "Mouse"}, {"price_cents": 8901}, {"initial_stock": 4}])
+def test_a_product_id_taken_with_other_details_is_refused(other):
+    command = parse(CreateProduct, {**KEYBOARD_ROW, **other})
+    with pytest.raises(AlreadyExists, match="P001 already exists with other details") as error:
+        product.create(command, fold(product.evolve, [ProductCreated(**KEYBOARD_ROW)]))
+    assert error.value.field == "product_id"
 
 
 def test_a_product_carries_its_initial_stock_to_inventory():

@@ -61,6 +61,35 @@ def test_an_order_placed_over_http_completes(shop):
 
 
 @pytest.mark.parametrize(
+    ("service", "path", "body", "other"),
+    [
+        ("user", "/users", {"user_id": "U", "name": "Ada", "email": "ada@example.com"}, {"email": "ada@example.org"}),
+        (
+            "product",
+            "/products",
+            {"product_id": "P", "name": "Lamp", "price_cents": 2750, "initial_stock": 3},
+            {"price_cents": 1},
+        ),
+    ],
+)
+def test_a_create_sent_again_is_answered_the_same_and_written_once(shop, service, path, body, other):
+    # given a user or product created over HTTP (under an id of its own)
+    id_field = f"{service}_id"
+    body = {**body, id_field: unique(body[id_field])}
+    first = call(shop, service, "POST", path, body)
+    assert first == (201, body)
+    shop.wait_idle()  # Order's copy of it, and Inventory's stock, recorded
+    head = shop.store.head()
+    # when the client sends it again (its answer lost), then it gets the same answer and nothing is written
+    assert call(shop, service, "POST", path, body) == first
+    # and the same id with other details is a 409 naming the id, writing nothing
+    status, answer = call(shop, service, "POST", path, {**body, **other})
+    assert (status, answer["field"]) == (409, id_field) and "already exists with" in answer["error"]
+    assert shop.store.head() == head
+    assert len(shop.store.read_stream(service, body[id_field])) == 1
+
+
+@pytest.mark.parametrize(
     ("service", "path", "body", "status", "field"),
     [
         ("user", "/users", {"user_id": "U-x", "name": "A", "email": "not-an-email"}, 422, "email"),

@@ -241,6 +241,42 @@ def test_the_same_order_sent_from_eight_threads_at_once_is_placed_once(tmp_path)
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("method", "request_", "stream"),
+    [
+        ("register_user", {"user_id": "U9", "name": "Ada", "email": "ada@example.com"}, ("user", "U9")),
+        (
+            "create_product",
+            {"product_id": "P9", "name": "Lamp", "price_cents": 2750, "initial_stock": 3},
+            ("product", "P9"),
+        ),
+    ],
+    ids=["user", "product"],
+)
+def test_a_registration_sent_from_eight_threads_at_once_is_written_once(tmp_path, method, request_, stream):
+    # given eight clients retrying one registration under its id at the same moment
+    store = SqliteEventStore(tmp_path / "events.db")
+    create = getattr(Commands(store), method)
+    start = threading.Barrier(8)
+
+    def send(_):
+        start.wait()
+        return create(request_)
+
+    # when they all send it, then each gets the same event, and it is stored once
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert answers == [answers[0]] * 8 and answers[0].model_dump() == request_
+    assert [e.event for e in store.read_stream(*stream)] == [answers[0]]
+    # and the same id with other details is refused naming it, writing nothing
+    head = store.head()
+    with pytest.raises(AlreadyExists) as error:
+        create({**request_, "name": "Someone else"})
+    assert error.value.field == f"{stream[0]}_id"
+    assert store.head() == head
+    store.close()
+
+
 @pytest.mark.integration
 def test_a_shop_restarted_with_sequential_ids_refuses_to_reuse_order_001(tmp_path):
     # given order-001 completed, and the shop stopped

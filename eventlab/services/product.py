@@ -17,19 +17,26 @@ class Product:
     product_id: str
     name: str
     price_cents: int
+    initial_stock: int
 
 
 def evolve(state: Product | None, event: Event) -> Product | None:
     match event:
         case ProductCreated():
-            return Product(event.product_id, event.name, event.price_cents)
+            return Product(event.product_id, event.name, event.price_cents, event.initial_stock)
     return state
 
 
 def create(command: CreateProduct, state: Product | None) -> list[Event]:
-    """Decide on a new product; its initial stock goes to Inventory through the event."""
+    """Decide on a new product; its initial stock goes to Inventory through the event.
+
+    A repeat (the same id, name, price and initial stock) decides nothing; the same id with anything
+    else is refused.
+    """
     if state is not None:
-        raise AlreadyExists("product_id", f"product {command.product_id} already exists")
+        if state != Product(**command.model_dump()):
+            raise AlreadyExists("product_id", f"product {command.product_id} already exists with other details")
+        return []
     return [ProductCreated(**command.model_dump())]
 
 

@@ -27,9 +27,15 @@ def evolve(state: User | None, event: Event) -> User | None:
 
 
 def register(command: RegisterUser, state: User | None) -> list[Event]:
-    """Decide on a registration: a user id is taken once."""
+    """Decide on a registration: a user id is taken once.
+
+    A repeat (the same id, name and email: a retry whose answer was lost) decides nothing; the same id
+    with another name or email is refused.
+    """
     if state is not None:
-        raise AlreadyExists("user_id", f"user {command.user_id} already exists")
+        if state != User(command.user_id, command.name, command.email):
+            raise AlreadyExists("user_id", f"user {command.user_id} already exists with another name or email")
+        return []
     return [UserCreated(user_id=command.user_id, name=command.name, email=command.email)]
 
 
