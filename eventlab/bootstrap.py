@@ -117,8 +117,12 @@ class Wiring:
         service = self.services[name]
         if not service.subscriptions:
             return None
+        peers = {
+            topic: {other for other, each in self.services.items() if other != name and topic in each.topics}
+            for topic in service.topics
+        }
         return ServiceLoop(
-            service, self.stores.of(name), self.settings, tracing=self.tracing, sources=list(self.stores)
+            service, self.stores.of(name), self.settings, tracing=self.tracing, sources=list(self.stores), peers=peers
         )
 
     def loops(self) -> dict[str, ServiceLoop]:

@@ -623,9 +623,12 @@ def test_list_show_and_replay_round_trip(kafka, store, monkeypatch, capsys):
 def test_a_replay_reaches_only_the_consumer_whose_dead_letter_it_is(kafka, store):
     # given two services reading one topic, and a message neither can decode: a dead letter each
     tag = uuid.uuid4().hex[:6]
-    loops = [ServiceLoop(recorder(f"{name}-{tag}", []), store, kafka) for name in ("first", "second")]
-    first, second = (loop.service.name for loop in loops)
+    first, second = (f"{name}-{tag}" for name in ("first", "second"))
     topic = ProductCreated.topic
+    loops = [
+        ServiceLoop(recorder(first, []), store, kafka, peers={topic: [second]}),
+        ServiceLoop(recorder(second, []), store, kafka, peers={topic: [first]}),
+    ]
     send(kafka, topic, b"not json", headers=poison_headers("poison-r", "ProductCreated"))
     stop = threading.Event()
     threads = [threading.Thread(target=loop.run, args=(stop,)) for loop in loops]
@@ -644,6 +647,28 @@ def test_a_replay_reaches_only_the_consumer_whose_dead_letter_it_is(kafka, store
         for thread in threads:
             thread.join(30)
     assert store.dead_letter_counts() == {first: 2, second: 1}
+
+
+@pytest.mark.parametrize("named", [b"nobody", None, b""], ids=["a-stranger", "null", "empty"])
+def test_a_replay_header_naming_no_consumer_of_the_topic_is_not_trusted(kafka, store, named):
+    # given a service whose topic has one other consumer, and poison on it that says it is a
+    # dead letter replayed for someone who does not read the topic
+    tag = uuid.uuid4().hex[:6]
+    service, other = f"svc-{tag}", f"other-{tag}"
+    topic = ProductCreated.topic
+    loop = ServiceLoop(recorder(service, []), store, kafka, peers={topic: [other]})
+    send(kafka, topic, b"not json", headers=[*poison_headers("poison-f", "ProductCreated"), ("dlq_replay_for", named)])
+    # when the service reads it, then it is dead-lettered like any poison, not skipped unseen
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: store.dead_letter_counts().get(service) == 1, what="the forged replay dead-lettered")
+    finally:
+        stop.set()
+        thread.join(30)
+    [letter] = store.dead_letters(consumer=service)
+    assert letter.value == b"not json"
 
 
 def test_a_body_is_shown_safely_in_a_terminal():

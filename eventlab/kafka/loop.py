@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
@@ -97,6 +97,7 @@ class ServiceLoop:
         tracing: Tracing | None = None,
         sources: Sequence[EventStore] = (),
         batch_deciding: float = BATCH_DECIDING_SECONDS,
+        peers: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.service = service
         #: Where this service writes its events, processed markers and dead letters (its own store).
@@ -113,7 +114,9 @@ class ServiceLoop:
         self.assigned = threading.Event()
         self.dead_letters = dead_letters or DeadLetterPublisher(store, settings)
         self._accepted = {cls.__name__ for cls in service.subscriptions}
-        self._replay_name = service.name.encode()  # what a dead letter replayed for this service says
+        #: By topic, the other consumers that read it: a dead letter replayed for one of them is
+        #: theirs, and skipped here. A replay header naming anyone else is not trusted.
+        self.peers = {topic: {name.encode() for name in names} for topic, names in (peers or {}).items()}
         self._topics = {cls.topic for cls in service.subscriptions}
         self._cache = StreamCache()
         self.handler_seconds = handler_histogram(service.name)
@@ -257,12 +260,16 @@ class ServiceLoop:
         return done
 
     def _replayed_for_another(self, message: KafkaMessage) -> bool:
-        """Whether ``message`` is a dead letter replayed for another consumer of its topic."""
+        """Whether ``message`` is a dead letter replayed for another consumer of its topic (one of
+        :attr:`peers`: a header naming no consumer of the topic would have every consumer skip it)."""
+        peers = self.peers.get(message.topic() or "")
+        if not peers:
+            return False
         try:
             headers = _consumed_headers(message)
         except Exception:  # noqa: BLE001 - e.g. a header name that is not UTF-8: decode() says so
             return False
-        return any(name == REPLAY_FOR and raw != self._replay_name for name, raw in headers)
+        return any(name == REPLAY_FOR and raw in peers for name, raw in headers)
 
     def decode(self, message: KafkaMessage) -> Message | str:
         """The event in ``message``, or the reason it cannot be handled here.
