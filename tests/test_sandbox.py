@@ -781,6 +781,53 @@ def test_a_query_that_changes_a_setting_is_refused_and_the_next_ones_run_as_befo
         assert "Query Profiling" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        ("SELECT total_cents/100 FROM ordrs", 'Table with name ordrs does not exist! Did you mean "orders"?'),
+        ("SELECT nosuchfn(total_cents)/100 FROM orders", "Scalar Function with name nosuchfn does not exist!"),
+    ],
+)
+def test_a_typo_in_a_query_with_a_slash_is_told_as_the_typo_not_as_a_file_refused(projections, sql, said):
+    # DuckDB quotes the query's line below its message: a "/" there was read as a path
+    with pytest.raises(ProjectionError) as error:
+        projections.sql(sql)
+    assert not isinstance(error.value, QueryRefused)
+    assert said in " ".join(str(error.value).split())
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM pandas_scan(NULL)",
+        "SELECT * FROM system.main.PANDAS_SCAN(NULL)",
+        "SELECT (SELECT count(*) FROM arrow_scan(1, 2, 3))",
+        "DESCRIBE SELECT * FROM python_map_function(NULL, NULL, NULL)",
+        "SELECT * FROM checkpoint('system')",
+        "SELECT * FROM query('SELECT * FROM force_checkpoint(''system'')')",
+        "SELECT * FROM query('SELECT * FROM ' || 'checkpoint(''system'')')",
+        "PIVOT (SELECT * FROM pandas_scan(NULL)) ON x USING count(*)",
+    ],
+)
+def test_a_table_function_that_would_crash_the_process_or_break_the_sandbox_is_refused(store_path, sql):
+    # given a query calling one of the Python client's scans (pandas_scan(NULL) crashed the process) or
+    # a checkpoint (checkpoint('system') invalidated the sandbox: every later query failed), however
+    # it is spelled or nested; in a process of its own, so that a crash is a failure, not a lost worker
+    said = run_python(f"""
+        from eventlab.projections import Projections, QueryRefused
+        with Projections({str(store_path)!r}) as projections:
+            try:
+                projections.sql({sql!r})
+            except QueryRefused as exc:
+                print(exc)
+            print(projections.sql("SELECT count(*) > 0 FROM orders").fetchall())
+    """)
+    # then it is refused in one line naming what, and the next query runs
+    refusal, after = said.splitlines()
+    assert refusal.startswith("query refused: ") and ("() is not available" in refusal or "query()" in refusal)
+    assert after == "[(True,)]"
+
+
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
 def test_a_time_limit_that_is_no_number_of_seconds_is_refused_naming_it(projections, store_path, timeout):
     # NaN meant no limit at all, "5" a TypeError deep inside, -1 "query exceeded -1 s"

@@ -16,6 +16,12 @@ DuckDB 1.5.5, as measured here:
   enable_profiling()`` (every later query profiled to stderr) or ``enable_logging()`` (every later
   query's text logged where queries read it) are reads. So the settings are compared after each
   query (1.5 ms): a query that changed one is refused, and its owner starts a new sandbox.
+- The Python client adds table functions to every connection that scan Python objects
+  (``pandas_scan``, ``arrow_scan``, ``python_map_function``): ``pandas_scan(NULL)`` crashes the
+  process. ``checkpoint('system')`` invalidates the database: every later query fails. No setting
+  turns a function off, and a macro of the same name does not shadow ``system.main.pandas_scan``,
+  so they are refused by name in the query's syntax tree (``json_serialize_sql``), and in the SQL a
+  ``query()`` runs, which must then be a string literal.
 - ``getenv`` does not exist outside the DuckDB shell; settings that would show the home
   directory (``home_directory``, ``secret_directory``) are set to a neutral value.
 - Memory: DuckDB's default ``memory_limit`` is 80 % of the machine, and with no temporary
@@ -51,6 +57,7 @@ interrupt between vectors, not inside one scalar call: a single call that runs l
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -58,7 +65,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -107,6 +114,16 @@ _SETTINGS = (
     "SET lock_configuration = true",
 )
 _ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
+#: Table functions a read may not call: the Python client's scans of Python objects, which it adds
+#: to every connection (``pandas_scan(NULL)`` crashes the process), and checkpoints
+#: (``checkpoint('system')`` invalidates the database for good).
+_REFUSED_FUNCTIONS = frozenset(
+    {"pandas_scan", "arrow_scan", "arrow_scan_dumb", "python_map_function", "checkpoint", "force_checkpoint"}
+)
+#: A function call in a query's text: what is looked for where DuckDB cannot serialize the query.
+_CALL = re.compile(r'"?([a-z_][a-z0-9_]*)"?\s*\(')
+#: How deep ``query('…query(''…'')…')`` may nest.
+_NESTING = 4
 #: How often the waiting thread wakes to check the clock (and re-sends an interrupt once it fired).
 _TICK = 0.05
 #: Seconds between two calls of a :func:`bounded` caller's ``cancel`` while the work has not stopped.
@@ -250,12 +267,52 @@ def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise ProjectionError("expected exactly one statement, got 0")
     *made, last = statements
     generated = all(s.type == duckdb.StatementType.CREATE and not s.query for s in made)
-    if made and generated and not last.query and last.type in _ALLOWED_STATEMENTS:
-        return  # a PIVOT without IN: the ENUM types of its values, made by DuckDB (see the module docstring)
-    if len(statements) != 1:
+    pivot = made and generated and not last.query  # a PIVOT without IN: the ENUM types of its values, made by DuckDB
+    if len(statements) != 1 and not pivot:
         raise ProjectionError(f"expected exactly one statement, got {len(statements)}")
     if last.type not in _ALLOWED_STATEMENTS:
         raise ProjectionError(f"only reads are allowed, not {last.type.name}")
+    _refuse_functions(con, sql)
+
+
+def _refuse_functions(con: duckdb.DuckDBPyConnection, sql: str, depth: int = 0) -> None:
+    """Raise :class:`QueryRefused` if ``sql`` calls one of :data:`_REFUSED_FUNCTIONS`, also inside
+    the SQL that ``query()`` runs (which must then be a string literal). Found in DuckDB's syntax
+    tree; in the text for a statement it cannot serialize (a ``PIVOT`` without ``IN``), where
+    ``query()`` is refused too."""
+    (serialized,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0]
+    tree = json.loads(serialized)
+    if tree.get("error"):
+        calls: list[tuple[str, list[Any] | None]] = [(name, None) for name in _CALL.findall(sql.lower())]
+    else:
+        calls = list(_calls(tree))
+    for name, args in calls:
+        if name in _REFUSED_FUNCTIONS:
+            raise QueryRefused(f"query refused: {name}() is not available in the sandbox")
+        if name == "query":
+            texts = [arg.get("value", {}).get("value") for arg in args or () if arg.get("type") == "VALUE_CONSTANT"]
+            if (
+                args is None
+                or len(texts) != len(args)
+                or depth >= _NESTING
+                or not all(isinstance(t, str) for t in texts)
+            ):
+                raise QueryRefused("query refused: query() takes one string literal here, nested at most four deep")
+            for text in texts:
+                _refuse_functions(con, text, depth + 1)
+
+
+def _calls(node: object) -> Iterator[tuple[str, list[Any]]]:
+    """Every function call in a serialized syntax tree: its name (lower case) and its arguments."""
+    if isinstance(node, dict):
+        name = node.get("function_name")
+        if isinstance(name, str):
+            yield name.lower(), node.get("children") or []
+        for value in node.values():
+            yield from _calls(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _calls(item)
 
 
 #: DuckDB's error kinds :func:`translate` tells apart, by the words that open their message
@@ -304,7 +361,8 @@ def translate(exc: duckdb.Error, memory: int | None = None) -> ProjectionError:
     if isinstance(exc, duckdb.OutOfMemoryException | duckdb.InterruptException) and memory is not None:
         return QueryOutOfMemory(memory)  # an interrupt eventlab did not send: see the module docstring
     message = str(exc)
-    if isinstance(exc, duckdb.CatalogException) and ("extension" in message or "/" in message):
+    said = message.split("\n", 1)[0]  # not the query's line DuckDB quotes below it (``total_cents/100``)
+    if isinstance(exc, duckdb.CatalogException) and ("extension" in said or "/" in said):
         return QueryRefused(REFUSED)
     return ProjectionError(f"query failed: {message}")
 
@@ -507,11 +565,12 @@ class Sandbox:
         """A table function may change a setting the configuration lock does not cover (``SELECT * FROM
         enable_profiling()`` or ``enable_logging()``: every later query profiled to stderr, or its text
         logged where queries read it). Such a query is refused and this sandbox marked spoiled."""
-        changed = [
-            name
-            for (name, value), was in zip(self._current_settings(), self._settings, strict=True)
-            if (name, value) != was
-        ]
+        try:
+            now = self._current_settings()
+        except duckdb.Error as exc:  # e.g. a FATAL error: DuckDB invalidated the database
+            self.spoiled = True
+            raise ProjectionError(f"query failed, and the sandbox with it (a new one is started): {exc}") from exc
+        changed = [name for (name, value), was in zip(now, self._settings, strict=True) if (name, value) != was]
         if changed:
             self.spoiled = True
             raise QueryRefused(f"query refused: it changed the sandbox's settings ({', '.join(changed)})")
