@@ -1,7 +1,8 @@
 """The in-process shop: broker, event store, relay and the six services as threads, behind one facade.
 
 The parts are wired by :mod:`eventlab.bootstrap`; this module owns their lifecycle (start, stop,
-restarting a thread that dies) and the command/wait facade. Nothing connects at import time;
+restarting a thread that dies, and the loops and relays around a new embedded broker when it dies)
+and the command/wait facade. Nothing connects at import time;
 :meth:`Shop.start` starts everything, :meth:`Shop.stop` stops it cleanly (a ``with`` block does both).
 """
 
@@ -11,6 +12,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from eventlab.application import Commands, OrderView
 from eventlab.arguments import is_number
 from eventlab.bootstrap import Wiring, aggregates, build_services, subscriptions
 from eventlab.catalogue import load_products, load_users
-from eventlab.errors import BrokerError, SagaTimeout, StoreError
+from eventlab.errors import BrokerError, EventlabError, SagaTimeout, StoreError
 from eventlab.events import EVENT_TYPES, Event, ProductCreated, UserCreated
 from eventlab.faults import Faults
 from eventlab.http import ServiceHttp
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 #: The services that keep their own copy of users and products (a command may depend on it).
 _KEEPS_COPIES: frozenset[str] = frozenset({"order"})
+
+#: How often a shop looks whether its embedded broker still runs (seconds).
+BROKER_CHECK_S = 0.5
 
 #: Opens an event store the settings name (:func:`eventlab.store.open_store` unless a test injects one).
 StoreFactory = Callable[[Settings], EventStore]
@@ -241,6 +246,11 @@ class Shop:
         self._infra: ShopInfrastructure | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: The Kafka workers (a thread per relay and per service loop) and what stops them: set by
+        #: stop(), and to start them again around a new embedded broker (under ``_lifecycle``).
+        self._workers: list[threading.Thread] = []
+        self._workers_stop = threading.Event()
+        self._lifecycle = threading.Lock()
         self._tuned = False  # the interpreter's collector tuned for this shop (collector.tune)
         self._servers: list[ServiceHttp] = []
         self._backoff: dict[str, Backoff] = {}
@@ -314,13 +324,13 @@ class Shop:
         self.commands = wiring.commands
         self.relays = wiring.relays(in_process=True)  # every writer is a thread here: commits wake them
         self.relay = next(iter(self.relays.values()))
-        for index, relay in enumerate(self.relays.values()):
-            self._spawn(_relay_thread(index), relay.run)
         self.loops = wiring.loops()
-        for name, loop in self.loops.items():
-            self._spawn(name, loop.run)
+        self._workers_stop = threading.Event()
+        self._start_workers()
         self.sweeper = wiring.sweeper()
-        self._spawn("deadlines", self.sweeper.run)
+        self._threads.append(self._spawn("deadlines", self.sweeper.run))
+        if embedded:
+            self._threads.append(self._spawn("broker", self._keep_broker))
         try:
             if self.http:
                 for name in SERVICE_NAMES:
@@ -353,9 +363,11 @@ class Shop:
             collector.restore()
         if "faults" in vars(self):  # its producer, if any, would keep calling the stopped broker
             self.faults.close()
-        self._stop.set()
+        with self._lifecycle:  # no new broker's workers start after this
+            self._stop.set()
+            self._workers_stop.set()
         self.gateway.wake()  # a payment waiting out the gateway's latency
-        for thread in self._threads:
+        for thread in [*self._workers, *self._threads]:
             thread.join(timeout=30)
         for server in self._servers:
             server.stop()
@@ -363,6 +375,7 @@ class Shop:
             self.tracing.shutdown()  # the last spans exported before the broker and store go
         self._infra.stop()
         self._threads.clear()
+        self._workers.clear()
         self._servers.clear()
         self.loops.clear()
         self.relays.clear()
@@ -370,17 +383,17 @@ class Shop:
 
     @property
     def restarts(self) -> dict[str, int]:
-        """How often each thread (``relay`` and the consuming services) died and was restarted."""
+        """How often each thread (``relay``, the consuming services, ``deadlines`` and ``broker``, which
+        watches an embedded broker) died and was restarted; a new broker restarts none of them."""
         return {name: backoff.restarts for name, backoff in self._backoff.items()}
 
     def problems(self, *names: str) -> list[str]:
-        """Threads among ``names`` that are down or crash-looping, and an embedded broker that died, as
-        ``/health`` reports them (in one process the broker is not started again: restart the shop;
-        the process supervisor of ``eventlab up --processes`` does it by itself)."""
+        """Threads among ``names`` that are down or crash-looping, and an embedded broker that died
+        (until :meth:`_keep_broker` has started a new one), as ``/health`` reports them."""
         broker = self._infra.broker if self._infra is not None else None
         found = []
         if broker is not None and not broker.running:
-            found.append(f"the embedded broker {broker.bootstrap_servers} is not running: restart the shop")
+            found.append(f"the embedded broker {broker.bootstrap_servers} is not running; starting a new one")
         for name in names:
             backoff = self._backoff.get(name)
             if backoff is not None and (backoff.down or backoff.crash_looping):
@@ -540,31 +553,103 @@ class Shop:
         assert self.commands is not None
         return self.commands
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        """Run ``target`` in a thread that restarts it, with backoff, whenever it raises."""
-        backoff = self._backoff[name] = Backoff()
+    def _start_workers(self) -> None:
+        """A thread for each relay and each service loop, stopped by ``_workers_stop``."""
+        for index, relay in enumerate(self.relays.values()):
+            self._workers.append(self._spawn(_relay_thread(index), relay.run, self._workers_stop))
+        for name, loop in self.loops.items():
+            self._workers.append(self._spawn(name, loop.run, self._workers_stop))
+
+    def _keep_broker(self, stop: threading.Event) -> None:
+        """Start the embedded broker again when it dies, as ``eventlab up --processes`` does.
+
+        The broker kept its topics, offsets and groups in memory only. So the loops and relays stop
+        (a consumer never sees its topics vanish: that crashes librdkafka), a new broker starts on the
+        same port, and the relays are rewound to what some consumer has not handled
+        (:meth:`ShopInfrastructure.restart_broker`). Then the loops and relays start again, and the
+        consumers skip what they had already handled. A broker that cannot start is tried again with
+        backoff. A new broker is this thread's child and ends with it, so the thread ends after the
+        loops and relays when the shop stops.
+        """
+        infra = self._require()
+        assert infra.broker is not None
+        broker, backoff = infra.broker, Backoff()
+        while not stop.wait(BROKER_CHECK_S):
+            if broker.running:
+                continue
+            log.warning(
+                "the embedded broker %s died; starting a new one, the loops and relays stopped meanwhile",
+                broker.bootstrap_servers,
+            )
+            self._stop_workers()
+            try:
+                infra.restart_broker()
+            except (EventlabError, OSError) as exc:
+                delay = backoff.died()
+                log.warning("cannot start the embedded broker again (%s); next try in %.1f s", exc, delay)
+                stop.wait(delay)
+                continue
+            backoff.started()
+            with self._lifecycle:
+                if stop.is_set():
+                    return
+                self._workers_stop = threading.Event()
+                for loop in self.loops.values():
+                    loop.assigned.clear()  # /health says "no partitions" until it has joined the new broker's group
+                self._start_workers()
+            log.warning(
+                "the embedded broker %s runs again (pid %s), and the loops and relays",
+                broker.bootstrap_servers,
+                broker.pid,
+            )
+        for thread in self._workers:  # a new broker ends with this thread: not before they closed their clients
+            thread.join(timeout=30)
+
+    def _stop_workers(self, timeout: float = 30.0) -> None:
+        """Stop the loops and relays of a broker that died, without waiting on it: the loops drop their
+        consumers unclosed, and a relay waiting for acknowledgements is interrupted (again until it
+        ends: it may have sent a batch after the first time)."""
+        for loop in self.loops.values():
+            loop.abandon_broker()
+        with self._lifecycle:
+            self._workers_stop.set()
+            workers, self._workers = self._workers, []
+        deadline = time.monotonic() + timeout
+        for thread in workers:
+            while thread.is_alive() and time.monotonic() < deadline:
+                for relay in self.relays.values():
+                    relay.abandon_broker()
+                thread.join(timeout=0.5)
+
+    def _spawn(
+        self, name: str, target: Callable[[threading.Event], None], stop: threading.Event | None = None
+    ) -> threading.Thread:
+        """Run ``target(stop)`` in a thread that restarts it, with backoff, whenever it raises, until
+        ``stop`` (default: the shop's) is set."""
+        stop = stop or self._stop
+        backoff = self._backoff.setdefault(name, Backoff())  # kept across a new broker's restart of the workers
 
         def supervised() -> None:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 backoff.started()
                 try:
-                    target(self._stop)
+                    target(stop)
                 except Exception as exc:  # restarted and reported, never silent
                     log.exception("%s thread failed", name)
                     self._errors[name] = f"{type(exc).__name__}: {exc}"
                 else:
-                    if self._stop.is_set():
+                    if stop.is_set():
                         return
                     self._errors[name] = "returned before the shop stopped"
                 delay = backoff.died()
                 log.warning(
                     "%s thread died (%s); restart %d in %.1f s", name, self._errors[name], backoff.restarts, delay
                 )
-                self._stop.wait(delay)
+                stop.wait(delay)
 
         thread = threading.Thread(target=supervised, name=f"eventlab-{name}", daemon=True)
         thread.start()
-        self._threads.append(thread)
+        return thread
 
     # --- the failure lab ---------------------------------------------------------------------
 

@@ -351,17 +351,39 @@ def test_a_loop_thread_that_raises_is_restarted_and_reported(tmp_path, monkeypat
 
 
 @pytest.mark.integration
-def test_a_dead_embedded_broker_is_a_problem_in_every_services_health_in_threads_mode(tmp_path):
-    # Given a shop in one process (no supervisor to start the broker again)
+def test_a_killed_embedded_broker_is_started_again_in_threads_mode_and_nothing_is_lost(tmp_path, monkeypatch, caplog):
+    # Given a shop in one process with an order completed, looking at its broker every 2 s
+    monkeypatch.setattr("eventlab.shop.BROKER_CHECK_S", 2.0)  # so the moment it is down can be seen
     settings = settings_for(tmp_path)
     with Shop(settings, http=True) as shop:
+        shop.register_user("U1", "Ada", "ada@example.com")
+        shop.create_product("P1", "Lamp", 2750, 5)
+        shop.wait_idle()  # stocked by Inventory
+        before = shop.place_order("U1", {"P1": 1})
+        assert shop.wait(before).status == "completed"
         health = f"http://127.0.0.1:{settings.port('user')}/health"
-        with urllib.request.urlopen(health, timeout=10) as answer:
-            assert json.loads(answer.read())["problems"] == []
-        # When its broker dies
-        os.kill(shop._require().broker.pid, signal.SIGKILL)
-        # Then every service says so, at once, instead of "ok" (consumers say they lag only 30 s later)
+        broker = shop._require().broker.pid
+        # When its broker dies (its topics, offsets and groups were in its memory only), and an order
+        # is placed meanwhile
+        os.kill(broker, signal.SIGKILL)
+        during = shop.place_order("U1", {"P1": 2})
+        # Then every service says so at once, instead of "ok"
         with pytest.raises(urllib.error.HTTPError) as degraded:
             wait_for(lambda: urllib.request.urlopen(health, timeout=10).close(), what="user's health degraded")
         problems = json.loads(degraded.value.read())["problems"]
-        assert problems == [f"the embedded broker {shop.bootstrap_servers} is not running: restart the shop"]
+        assert problems == [f"the embedded broker {shop.bootstrap_servers} is not running; starting a new one"]
+        # and a new broker runs on its port, the order placed meanwhile completes, health is ok again
+        wait_for(lambda: shop._require().broker.pid not in (None, broker), what="a new broker")
+        assert shop.wait(during, timeout=60).status == "completed"
+        assert shop.wait(shop.place_order("U1", {"P1": 1})).status == "completed"
+        with urllib.request.urlopen(health, timeout=10) as answer:
+            assert json.loads(answer.read())["problems"] == []
+        assert set(shop.restarts.values()) == {0}, shop.restarts  # nothing failed but the broker
+        said = [r.getMessage() for r in caplog.records if "embedded broker" in r.getMessage()]
+        assert "died; starting a new one" in said[0] and "runs again" in said[-1], said
+    # and nothing was done twice: the rewound relay published the first order again, to no effect
+    report = audit(settings.store_path, mailbox=settings.data_dir / MAILBOX)
+    assert report.ok, report.table()
+    assert [e.event_type for e in SqliteEventStore(settings.store_path).read_stream("order", before)].count(
+        "OrderCompleted"
+    ) == 1

@@ -407,6 +407,14 @@ class Relay:
             "relay: topics %s were deleted: created again; publishing again from position %d", missing, position
         )
 
+    def abandon_broker(self) -> None:
+        """Drop what the producer queues, from another thread: a batch waiting for the broker's
+        acknowledgements (up to 30 s) fails at once, and none of it counts as published. For a
+        relay being stopped because its broker is gone."""
+        producer = self._producer
+        if producer is not None:
+            producer.purge()
+
     def _drop_producer(self) -> None:
         """Drop the producer and what it still queues (nothing of it was acknowledged)."""
         producer, self._producer = self._producer, None
