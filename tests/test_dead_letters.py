@@ -358,6 +358,48 @@ def test_a_message_over_librdkafkas_default_answer_size_is_dead_lettered_not_a_s
         gc.collect()
 
 
+def test_a_header_of_control_characters_is_recorded_in_a_third_more_bytes_not_six_times_as_many(tmp_path):
+    # given headers of control characters (JSON writes each as six: 170 MB of them were 1 GB of text,
+    # over what SQLite stores in one value, and the partition was held for good), text and binary
+    headers = [("x", b"\x01" * 3_000_000), ("text", "café".encode()), ("raw", b"\xff\x00"), ("none", None)]
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        letter = store.record_dead_letter("svc", "t", 0, 1, b"K", b"body", headers, "bad")
+        # then they are recorded in at most 4/3 of their bytes, and read back byte for byte
+        assert store.dead_letters(ids=[letter.id])[0].headers == headers
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        [(stored,)] = con.execute("SELECT length(CAST(headers AS BLOB)) FROM dead_letters").fetchall()
+    con.close()
+    assert stored < 3_000_000 * 4 / 3 + 200
+
+
+def test_a_message_too_large_for_the_store_is_recorded_cut_and_says_so(kafka, store, monkeypatch):
+    # given a store that holds at most 1,000 bytes of a body and of headers (1e9 for real: a message
+    # the broker took can be larger, and its record failed again and again, holding the partition)
+    monkeypatch.setattr("eventlab.kafka.loop.RECORD_LIMIT", 1_000)
+    topic = ProductCreated.topic
+    headers = [*poison_headers("big-1", "ProductCreated"), ("padding", b"p" * 2_000)]
+    send(kafka, topic, b"not json" * 500, headers=headers)
+    good = ProductCreated(product_id="P-after", name="After", price_cents=100, initial_stock=0)
+    send(kafka, topic, good.model_dump_json().encode(), headers=poison_headers("good-1", "ProductCreated"))
+    handled: list[str] = []
+    loop = ServiceLoop(recorder(f"cut-{uuid.uuid4().hex[:6]}", handled), store, kafka)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        # when the service reads it, then it moves on to the next message
+        wait_until(lambda: handled == ["P-after"], what="the message after the large one handled")
+    finally:
+        stop.set()
+        thread.join(30)
+    # and the large one is recorded cut, its reason saying what was left out
+    [letter] = store.dead_letters(consumer=loop.service.name)
+    assert (letter.value, letter.headers) == ((b"not json" * 500)[:1_000], [])
+    assert (
+        "body recorded cut: 4,000 bytes in all" in letter.reason and "headers not recorded: 4 headers" in letter.reason
+    )
+
+
 class FlakyStore(SqliteEventStore):
     """A real store that fails like a full disk while ``failing`` is set."""
 

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 #: The longest reason recorded with a dead letter (an exception's text can be the whole input).
 REASON_LIMIT = 4000
+#: The most bytes of a message's body, and of its headers, a dead letter records: a store holds a
+#: value of at most 1e9 bytes (SQLite, and PostgreSQL's 1 GB), and a message the broker took can be
+#: larger. Its record is cut (and says so) rather than holding the partition for good.
+RECORD_LIMIT = 512 * 2**20
 #: Seconds a batch may spend deciding before what it decided is appended: a handler that waits (a slow
 #: payment gateway) commits each outcome about one wait after deciding it, not after the whole batch.
 BATCH_DECIDING_SECONDS = 0.05
@@ -494,6 +498,13 @@ class ServiceLoop:
         except Exception as exc:  # noqa: BLE001 - e.g. a header name that is not UTF-8
             headers, reason = [], f"{reason} (headers unreadable: {exc})"
         event_id = next((raw for name, raw in headers if name == "ce_id" and raw), None)
+        value = message.value()
+        if value is not None and len(value) > RECORD_LIMIT:
+            reason = f"{reason[: REASON_LIMIT // 2]} (body recorded cut: {len(value):,} bytes in all)"
+            value = value[:RECORD_LIMIT]
+        if sum(len(name) + len(raw or b"") for name, raw in headers) > RECORD_LIMIT:
+            reason = f"{reason[: REASON_LIMIT // 2]} (headers not recorded: {len(headers):,} headers, too large)"
+            headers = []
         try:
             topic, partition, offset = _position(message)
             letter = self.store.record_dead_letter(
@@ -502,7 +513,7 @@ class ServiceLoop:
                 partition,
                 offset,
                 _bytes(message.key()),
-                message.value(),
+                value,
                 headers,
                 reason[:REASON_LIMIT],
                 event_id=event_id.decode("utf-8", "replace")[:200] if event_id else None,
