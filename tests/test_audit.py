@@ -21,11 +21,14 @@ from projection_story import START, ShopStory, standard_story, tell_healthy_stor
 from eventlab.cli import main
 from eventlab.events import (
     EmailRequested,
+    EmailSent,
     OrderCancelled,
     OrderCompleted,
+    OrderConfirmed,
     OrderCreated,
     PaymentCompleted,
     PaymentRefunded,
+    ReservationRejected,
     StockReleased,
     StockReserved,
 )
@@ -159,7 +162,7 @@ def test_stock_conserved_catches_units_left_reserved_by_a_completed_order(tmp_pa
     story.write(OrderCompleted(order_id="O1", user_id="U1", total_cents=2000, lines=order.lines))  # no StockSold
     story.publish()
     report = audit(story.store.path, now=LATER)
-    assert violated(report) == {"stock_conserved"}
+    assert violated(report) == {"stock_conserved", "completed_orders_sold_lines"}
     assert report["stock_conserved"].violations == (
         {"product_id": "P1", "order_id": "O1", "status": "completed", "problem": "reserved 2, released 0, sold 0"},
     )
@@ -260,6 +263,74 @@ def test_a_refund_or_an_email_that_contradicts_how_the_order_ended_is_caught(hea
             "positions": [first + 2],
         },
     )
+
+
+def test_a_charge_of_another_amount_than_the_orders_total_is_caught(tmp_path):
+    # given what Payment does for an OrderConfirmed forged with a total of 1 cent before the real one:
+    # it charges 1 cent, the gateway answers the real one as a repeat, and the order completes
+    story, order = confirmed_order(tmp_path / "events.db", quantity=2)
+    story.write(PaymentCompleted(order_id="O1", amount_cents=1, status="COMPLETED"))
+    story.complete(order)
+    story.publish()
+    report = audit(story.store.path, now=LATER)
+    # then the audit names the charge and the order's total; stock and the saga still add up
+    assert violated(report) == {"charges_match_order_totals"}
+    [charge] = report["charges_match_order_totals"].violations
+    assert (charge["order_id"], charge["charged_cents"], charge["total_cents"]) == ("O1", 1, 2000)
+
+
+def test_a_completed_order_inventory_rejected_is_caught(tmp_path):
+    # given an order Inventory rejected that completed all the same (a ReservationConfirmed forged on
+    # its topic reached Order first): confirmed, charged and completed, no unit reserved or sold
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=1000, stock=1)
+    order = story.place("O1", "U1", {"P1": 2})
+    story.write(ReservationRejected(order_id="O1", product_id="P1", requested=2, available=1))
+    story.write(OrderConfirmed(order_id="O1", user_id="U1", total_cents=2000))
+    story.pay(order)
+    story.write(OrderCompleted(order_id="O1", user_id="U1", total_cents=2000, lines=order.lines))
+    story.publish()
+    report = audit(story.store.path, now=LATER)
+    # then the audit names the order and the units it never sold
+    assert violated(report) == {"completed_orders_sold_lines"}
+    [line] = report["completed_orders_sold_lines"].violations
+    assert (line["order_id"], line["product_id"], line["ordered"], line["sold"]) == ("O1", "P1", 2, 0)
+
+
+def test_a_completed_order_that_sold_fewer_units_than_placed_is_caught(healthy):
+    # given O1 (P1 x2 + P2 x1), whose StockSold of P1 says 1 unit: rewritten, as by a bug
+    with sqlite3.connect(healthy.store.path) as con:
+        con.execute(
+            "UPDATE events SET data = json_set(data, '$.quantity', 1)"
+            " WHERE event_type = 'StockSold' AND json_extract(data, '$.product_id') = 'P1'"
+        )
+    con.close()
+    report = audit(healthy.store.path, now=LATER)
+    assert "completed_orders_sold_lines" in violated(report)
+    assert [(v["product_id"], v["ordered"], v["sold"]) for v in report["completed_orders_sold_lines"].violations] == [
+        ("P1", 2, 1)
+    ]
+
+
+def test_an_email_sent_elsewhere_than_requested_is_caught_in_the_log_and_the_mailbox(healthy, tmp_path):
+    # given what Notification does for an EmailRequested forged for O1 to another address: it sends
+    # that one (the mailbox says so too), and the customer's own is then taken as already sent
+    healthy.write(EmailSent(order_id="O1", kind="order_completed", to="attacker@evil.example"))
+    healthy.publish()
+    mailbox = tmp_path / "mailbox.jsonl"
+    sent = {"key": "O1/order_completed", "order_id": "O1", "kind": "order_completed", "subject": "re-enter your card"}
+    mailbox.write_text(json.dumps({**sent, "to": "attacker@evil.example"}) + "\n")
+    report = audit(healthy.store.path, now=LATER, mailbox=mailbox)
+    # then both the log and the mailbox checks name it
+    assert violated(report) == {"emails_sent_as_requested", "emails_backed_by_events"}
+    [email] = report["emails_sent_as_requested"].violations
+    assert (email["order_id"], email["sent_to"], email["requested_for"]) == (
+        "O1",
+        "attacker@evil.example",
+        ["u1@example.com"],
+    )
+    assert report["emails_backed_by_events"].violations[0]["problem"].endswith("order, kind and address")
 
 
 def test_failed_payment_without_release_is_caught(tmp_path):

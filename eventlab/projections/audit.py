@@ -158,6 +158,27 @@ def _invalid_event_data(source: Projections, values: Mapping[str, Any]) -> list[
     return sorted(violations, key=lambda v: (v.get("store", ""), v["position"]))
 
 
+#: Emails sent (``EmailSent``) whose order, kind and address no stored ``EmailRequested`` names,
+#: read from the raw events (the ``events`` relation has no address); ``{bound}``: the audited rows.
+_SENT_AS_REQUESTED = """
+    WITH emails AS (
+        SELECT event_type, position,
+               json_extract_string(data, '$.order_id') AS order_id,
+               json_extract_string(data, '$.kind') AS kind,
+               json_extract_string(data, '$.to') AS sent_to
+        FROM store.events
+        WHERE event_type IN ('EmailRequested', 'EmailSent') AND {bound}
+    )
+    SELECT s.order_id, s.kind, s.sent_to, s.position,
+           list(DISTINCT r.sent_to) FILTER (r.sent_to IS NOT NULL) AS requested_for
+    FROM emails AS s
+    LEFT JOIN emails AS r ON r.event_type = 'EmailRequested' AND r.order_id = s.order_id AND r.kind = s.kind
+    WHERE s.event_type = 'EmailSent'
+    GROUP BY s.order_id, s.kind, s.sent_to, s.position
+    HAVING NOT coalesce(list_contains(list(r.sent_to), s.sent_to), false)
+    ORDER BY s.order_id, s.position
+"""
+
 CHECKS: tuple[Check, ...] = (
     Check(
         "orders_terminal",
@@ -443,6 +464,41 @@ CHECKS: tuple[Check, ...] = (
         """,
     ),
     Check(
+        "charges_match_order_totals",
+        "Every successful charge is of its order's total as placed (an OrderConfirmed forged on a topic "
+        "with another total would have Payment charge that instead, unseen).",
+        """
+        SELECT p.order_id, p.position AS charge_position, p.amount_cents AS charged_cents, o.total_cents
+        FROM events AS p JOIN orders AS o USING (order_id)
+        WHERE p.event_type = 'PaymentCompleted' AND p.status = 'COMPLETED' AND p.amount_cents <> o.total_cents
+        ORDER BY p.order_id, p.position
+        """,
+    ),
+    Check(
+        "completed_orders_sold_lines",
+        "A completed order sold, per product, the units it was placed with (a ReservationConfirmed "
+        "forged on a topic would complete, and charge, an order Inventory rejected or never saw).",
+        """
+        WITH ordered AS (
+            SELECT order_id, product_id, sum(quantity)::BIGINT AS ordered FROM order_lines GROUP BY ALL
+        ), sold AS (
+            SELECT order_id, product_id, sum(quantity)::BIGINT AS sold
+            FROM events WHERE event_type = 'StockSold' GROUP BY ALL
+        )
+        SELECT o.order_id, l.product_id, l.ordered, coalesce(s.sold, 0) AS sold, o.completed_at
+        FROM orders AS o JOIN ordered AS l USING (order_id) LEFT JOIN sold AS s USING (order_id, product_id)
+        WHERE o.status = 'completed' AND o.completed_at <= $cutoff AND coalesce(s.sold, 0) <> l.ordered
+        ORDER BY o.order_id, l.product_id
+        """,
+    ),
+    Check(
+        "emails_sent_as_requested",
+        "Every email sent went where a stored EmailRequested of its order and kind said (an EmailRequested "
+        "forged on a topic would send an order's email elsewhere, and the customer's would never go).",
+        _SENT_AS_REQUESTED.format(bound="position <= $head"),
+        split_sql=_SENT_AS_REQUESTED.format(bound=_AUDITED),
+    ),
+    Check(
         "effects_of_placed_orders",
         "Every event about an order (a reservation, a payment, an email) concerns one the log shows placed: "
         "a message forged on a topic for an order nobody placed would move stock or money unseen.",
@@ -465,8 +521,8 @@ _PARAMETER = re.compile(r"\$(\w+)")
 
 #: An email as the mailbox holds it, plus its ``line`` number (``error`` for an unreadable line).
 Email = dict[str, Any]
-#: (order id, kind) of every stored EmailRequested.
-Requested = set[tuple[str, str]]
+#: (order id, kind, address) of every stored EmailRequested.
+Requested = set[tuple[str, str, str]]
 
 
 @dataclass(frozen=True)
@@ -518,10 +574,10 @@ def _emails_without_events(emails: Sequence[Email], requested: Requested) -> lis
         {
             "line": email["line"],
             "key": None if "error" in email else _key(email),
-            "problem": email.get("error", "no stored EmailRequested for this order and kind"),
+            "problem": email.get("error", "no stored EmailRequested for this order, kind and address"),
         }
         for email in emails
-        if "error" in email or (email.get("order_id"), email.get("kind")) not in requested
+        if "error" in email or (email.get("order_id"), email.get("kind"), email.get("to")) not in requested
     ]
 
 
@@ -533,7 +589,8 @@ MAILBOX_CHECKS: tuple[MailboxCheck, ...] = (
     ),
     MailboxCheck(
         "emails_backed_by_events",
-        "Every email in the mailbox was requested by a stored EmailRequested (and every line is readable).",
+        "Every email in the mailbox was requested, to its address, by a stored EmailRequested (and every line "
+        "is readable).",
         _emails_without_events,
     ),
 )
@@ -798,8 +855,11 @@ def _check_schema(source: Projections) -> None:
 def _check_mailbox(source: Projections, emails: Sequence[Email] | None, limit: int) -> list[CheckResult]:
     if emails is None:
         return [CheckResult(check.name, check.description, (), 0, skipped=NO_MAILBOX) for check in MAILBOX_CHECKS]
-    rows = source.sql("SELECT DISTINCT order_id, kind FROM events WHERE event_type = 'EmailRequested'").fetchall()
-    requested = {(str(order_id), str(kind)) for order_id, kind in rows}
+    rows = source.sql(
+        "SELECT DISTINCT json_extract_string(data, '$.order_id'), json_extract_string(data, '$.kind'),"
+        " json_extract_string(data, '$.to') FROM store.events WHERE event_type = 'EmailRequested'"
+    ).fetchall()
+    requested = {(str(order_id), str(kind), str(to)) for order_id, kind, to in rows}
     results = []
     for check in MAILBOX_CHECKS:
         found = check.find(emails, requested)
