@@ -37,7 +37,15 @@ from eventlab.resilience import CircuitBreaker, wait_until
 from eventlab.restarts import Backoff
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, service_store_variable
-from eventlab.store import ShopStores, open_store, open_stores, own_store_checkpoint
+from eventlab.store import (
+    ShopStores,
+    another_own_store,
+    open_store,
+    open_stores,
+    own_store_checkpoint,
+    record_own_store,
+    wrong_own_store,
+)
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
 from eventlab.tracing import open_tracing
@@ -194,8 +202,9 @@ def _check_own_store(
             f" store {settings.store_shown} holds its events or processed markers: start with a new data directory"
             f" (or empty stores), or unset {variable}; moving a service's data between stores is not supported"
         )
-    if not shared.checkpoint(own_store_checkpoint(service)):
-        shared.set_checkpoint(own_store_checkpoint(service), 1)
+    if wrong_own_store(service, own, shared):
+        raise StoreError(another_own_store(settings, service))
+    record_own_store(service, own, shared)
 
 
 def _holds(store: EventStore, service: str, aggregate_types: Iterable[str]) -> bool:

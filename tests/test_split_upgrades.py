@@ -19,7 +19,7 @@ from eventlab.errors import StoreError
 from eventlab.events import CustomerRecorded, ProductCreated, UserCreated
 from eventlab.kafka.relay import catch_up_subscriptions, rewind
 from eventlab.shop import check_service_stores
-from eventlab.store import NewEvent, SqliteEventStore, open_stores
+from eventlab.store import NewEvent, SqliteEventStore, check_stores_named, open_stores
 
 pytestmark = pytest.mark.integration
 
@@ -235,5 +235,59 @@ def test_every_service_on_a_store_of_its_own_is_checked_against_the_shared_store
         # then it is refused all the same, naming the first service whose past is there (User's registrations)
         with pytest.raises(StoreError, match="^user has a store of its own .*EVENTLAB_USER_STORE_URL"):
             check_service_stores(settings, stores, OWNED)
+    finally:
+        stores.close()
+
+
+def order_on(tmp_path, name):
+    """Settings of the shop in ``tmp_path`` with Order on the SQLite file ``name`` of its own."""
+    return Settings.from_env(env={}, data_dir=tmp_path, service_store_urls={"order": str(tmp_path / name)})
+
+
+def test_order_pointed_at_another_store_of_its_own_is_refused_and_at_its_moved_one_accepted(tmp_path):
+    # given a shop that ran with Order on order-a.db, where Order copied a customer
+    ran_on_one_store(tmp_path, markers=False)
+    stores = open_stores(order_on(tmp_path, "order-a.db"))
+    try:
+        check_service_stores(order_on(tmp_path, "order-a.db"), stores, OWNED)
+        stores.of("order").append([NewEvent(CustomerRecorded(user_id="U0", email="ada@example.com"), 1)])
+    finally:
+        stores.close()
+    # when it starts with Order on a new, empty order-b.db (its orders and copies left behind: its
+    # ids counted from 1 again, and the shop's invariants broke)
+    switched = open_stores(order_on(tmp_path, "order-b.db"))
+    try:
+        # then it is refused, naming the variable and the store
+        with pytest.raises(StoreError) as refused:
+            check_service_stores(order_on(tmp_path, "order-b.db"), switched, OWNED)
+    finally:
+        switched.close()
+    assert str(refused.value).startswith(
+        f"order ran on another store of its own than EVENTLAB_ORDER_STORE_URL names ({tmp_path / 'order-b.db'})"
+    )
+    # and so is reading the shop with it (the audit and the projections would leave order-a.db out)
+    with pytest.raises(StoreError, match="^order ran on another store of its own"):
+        check_stores_named(order_on(tmp_path, "order-b.db"))
+    # but order-a.db moved to another name is the same store: accepted
+    (tmp_path / "order-a.db").rename(tmp_path / "order-moved.db")
+    check_stores_named(order_on(tmp_path, "order-moved.db"))
+    moved = open_stores(order_on(tmp_path, "order-moved.db"))
+    try:
+        check_service_stores(order_on(tmp_path, "order-moved.db"), moved, OWNED)
+    finally:
+        moved.close()
+
+
+def test_a_store_recorded_by_an_eventlab_without_store_ids_is_accepted_and_given_one(tmp_path):
+    # given a shared store where an older eventlab recorded only that Order had a store of its own
+    ran_on_one_store(tmp_path, markers=False)
+    with SqliteEventStore(tmp_path / "events.db") as shared:
+        shared.set_checkpoint("own store:order", 1)
+    # when the shop starts with Order's store, then it is accepted, and the store recorded by its id
+    stores = open_stores(order_on(tmp_path, "order.db"))
+    try:
+        check_service_stores(order_on(tmp_path, "order.db"), stores, OWNED)
+        ident = stores.of("order").checkpoint("store id")
+        assert ident > 1 and stores.of("user").checkpoint("own store:order") == ident
     finally:
         stores.close()

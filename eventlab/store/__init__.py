@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -22,12 +23,20 @@ __all__ = [
     "SqliteEventStore",
     "StoreBusy",
     "StoredEvent",
+    "another_own_store",
     "check_stores_named",
     "open_store",
     "open_stores",
     "own_store_checkpoint",
+    "record_own_store",
     "store_identity",
+    "wrong_own_store",
 ]
+
+#: The checkpoint holding a store's own random id. The shared store records it for each service whose
+#: store it is (:func:`own_store_checkpoint`), so pointing a service at another store is told, however
+#: the file was named or moved.
+STORE_ID = "store id"
 
 
 def open_store(settings: Settings, *, create: bool = True) -> EventStore:
@@ -161,20 +170,40 @@ def own_store_checkpoint(service: str) -> str:
     return f"own store:{service}"
 
 
+def record_own_store(service: str, own: EventStore, shared: EventStore) -> None:
+    """Record in ``shared`` that ``service``'s store is ``own`` (giving ``own`` its id if it has none)."""
+    if not (ident := own.checkpoint(STORE_ID)):
+        ident = own.advance_checkpoint(STORE_ID, secrets.randbelow(2**62) + 2)  # a racing start's, if larger
+    if shared.checkpoint(own_store_checkpoint(service)) != ident:
+        shared.set_checkpoint(own_store_checkpoint(service), ident)
+
+
+def wrong_own_store(service: str, own: EventStore, shared: EventStore) -> bool:
+    """Whether ``shared`` recorded another store than ``own`` as ``service``'s (not when it recorded
+    none, or only that there was one: 1, as eventlab did before stores had ids)."""
+    recorded = shared.checkpoint(own_store_checkpoint(service))
+    return recorded > 1 and own.checkpoint(STORE_ID) != recorded
+
+
 def check_stores_named(settings: Settings, services: Iterable[str] = SERVICE_PORTS) -> None:
     """Refuse settings that give none of ``services`` a store of its own where one ran on it
-    (:func:`own_store_checkpoint`, in the shared store): a reader of the shared store alone would
-    miss its events. Raises :class:`~eventlab.errors.StoreError` naming the variables to set;
-    nothing to check when the shared store is not there (or is ``memory://``)."""
-    unnamed = [service for service in services if service not in settings.service_store_urls]
-    if not unnamed or settings.store_backend == "memory":
+    (:func:`own_store_checkpoint`, in the shared store), or give one another store than the one it
+    ran on (:func:`wrong_own_store`): a reader would miss its events. Raises
+    :class:`~eventlab.errors.StoreError` naming the variables to set; nothing to check when the
+    shared store is not there (or is ``memory://``)."""
+    if settings.store_backend == "memory":
         return
     try:
         shared = open_store(settings, create=False)
     except StoreError:  # not there: nothing ran on it
         return
     try:
-        elsewhere = [service for service in unnamed if shared.checkpoint(own_store_checkpoint(service))]
+        named = [service for service in services if service in settings.service_store_urls]
+        for service in named:
+            _check_named_store(settings, service, shared)
+        elsewhere = [
+            service for service in services if service not in named and shared.checkpoint(own_store_checkpoint(service))
+        ]
     finally:
         shared.close()
     if elsewhere:
@@ -183,3 +212,29 @@ def check_stores_named(settings: Settings, services: Iterable[str] = SERVICE_POR
             f"{', '.join(elsewhere)} ran on a store of its own, which these settings do not name: set {variables}"
             " as when the shop ran"
         )
+
+
+def _check_named_store(settings: Settings, service: str, shared: EventStore) -> None:
+    """Refuse the store of its own that ``settings`` give ``service`` if it is not the one it ran on."""
+    own_settings = settings.store_of(service)
+    if store_identity(own_settings) == store_identity(settings):
+        return
+    try:
+        own = open_store(own_settings, create=False)
+    except StoreError:  # not there: whoever reads it says so
+        return
+    try:
+        if wrong_own_store(service, own, shared):
+            raise StoreError(another_own_store(settings, service))
+    finally:
+        own.close()
+
+
+def another_own_store(settings: Settings, service: str) -> str:
+    """What to tell when ``service`` is given another store of its own than the one it ran on."""
+    variable = service_store_variable(service)
+    return (
+        f"{service} ran on another store of its own than {variable} names ({settings.store_of(service).store_shown}):"
+        f" set {variable} as when it ran, or start with a new data directory (or empty stores); moving a"
+        " service's data between stores is not supported"
+    )
