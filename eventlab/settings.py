@@ -63,9 +63,21 @@ _OWN_KAFKA_SETTINGS = {
             "auto.offset.reset",
             "enable.idempotence",
             "acks",
+            "max.in.flight.requests.per.connection",
+            "transactional.id",
         ),
         "eventlab sets it: its delivery guarantees depend on it",
     ),
+}
+#: librdkafka's other names of a setting, by the name eventlab uses: one eventlab sets is refused
+#: under either (``metadata.broker.list`` pointed the shop at another cluster), and an error librdkafka
+#: reports under its own name names the variable that was set.
+KAFKA_ALIASES = {
+    "metadata.broker.list": "bootstrap.servers",
+    "request.required.acks": "acks",
+    "max.in.flight": "max.in.flight.requests.per.connection",
+    "queue.buffering.max.ms": "linger.ms",
+    "auto.commit.enable": "enable.auto.commit",
 }
 _SERVICE_STORE = re.compile(r"EVENTLAB_(?!KAFKA_).+_STORE_URL")  # EVENTLAB_<SERVICE>_STORE_URL, typos too
 _SECRET_WORDS = ("password", "secret", "key", "token")
@@ -433,8 +445,8 @@ class Settings:
             name = _KAFKA_PREFIX + key.replace(".", "_").upper()
             _utf8(name, key)  # librdkafka crashed (SIGSEGV) on a name that is not UTF-8
             _utf8(name, value)
-            if key in _OWN_KAFKA_SETTINGS:
-                raise SettingsError(name, _OWN_KAFKA_SETTINGS[key])
+            if (own := _OWN_KAFKA_SETTINGS.get(KAFKA_ALIASES.get(key, key))) is not None:
+                raise SettingsError(name, own)
         if _store_backend(self.store_url) == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
             _utf8("EVENTLAB_STORE_URL", self.store_url)
         for service, url in self.service_store_urls.items():

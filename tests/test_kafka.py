@@ -318,6 +318,8 @@ def test_a_refused_login_is_a_broker_error_at_once_not_after_the_timeout(setting
     [
         ("EVENTLAB_KAFKA_LOG_LEVEL", "0", 'No such configuration property: "log.level"'),
         ("EVENTLAB_KAFKA_SOCKET_TIMEOUT_MS", "soon", 'Invalid value for configuration property "socket.timeout.ms"'),
+        # librdkafka says queue.buffering.max.ms, its own name of it: the variable set is named
+        ("EVENTLAB_KAFKA_LINGER_MS", "abc", "queue.buffering.max.ms"),
     ],
 )
 def test_a_librdkafka_setting_it_refuses_is_one_line_naming_the_variable(

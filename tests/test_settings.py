@@ -232,6 +232,12 @@ def test_a_value_that_is_not_utf8_is_refused_naming_the_variable_not_the_value(v
         ("EVENTLAB_KAFKA_ENABLE_AUTO_OFFSET_STORE", "delivery guarantees"),  # offsets stored before handling
         ("EVENTLAB_KAFKA_ACKS", "delivery guarantees"),
         ("EVENTLAB_KAFKA_SESSION_TIMEOUT_MS", "use EVENTLAB_SESSION_TIMEOUT_MS"),
+        # librdkafka's other names of those: the first pointed the shop at another cluster unseen
+        ("EVENTLAB_KAFKA_METADATA_BROKER_LIST", "use EVENTLAB_BOOTSTRAP_SERVERS"),
+        ("EVENTLAB_KAFKA_REQUEST_REQUIRED_ACKS", "delivery guarantees"),
+        # and what the idempotent producer cannot take: the relay failed on it, again and again
+        ("EVENTLAB_KAFKA_MAX_IN_FLIGHT", "delivery guarantees"),
+        ("EVENTLAB_KAFKA_TRANSACTIONAL_ID", "delivery guarantees"),
     ],
 )
 def test_a_kafka_setting_eventlab_sets_itself_is_refused_naming_the_variable(variable, said):

@@ -17,7 +17,7 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 from eventlab.errors import BrokerError
 from eventlab.events import TOPICS
 from eventlab.resilience import wait_until
-from eventlab.settings import Settings, SettingsError
+from eventlab.settings import KAFKA_ALIASES, Settings, SettingsError
 from eventlab.store.base import Headers
 
 #: One Kafka header: (name, value or None).
@@ -100,7 +100,12 @@ def _made(kind: Callable[[dict[str, ConfigValue]], _Client], config: dict[str, C
         if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
             raise
         named = re.search(r'property:? "([^"]+)"', error.str())
-        variable = "EVENTLAB_KAFKA_" + (named.group(1).upper().replace(".", "_") if named else "*")
+        key = named.group(1) if named else "*"
+        if key not in config:  # librdkafka names its own name of it: the one set is an alias
+            key = next(
+                (alias for alias in config if KAFKA_ALIASES.get(alias) == key or KAFKA_ALIASES.get(key) == alias), key
+            )
+        variable = "EVENTLAB_KAFKA_" + key.upper().replace(".", "_")
         raise SettingsError(variable, error.str()) from None
 
 
