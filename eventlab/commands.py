@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from eventlab.errors import InvalidCommand
-from eventlab.events import distinct_products
+from eventlab.events import MAX_PRICE_CENTS, MAX_STOCK, distinct_products
 
 __all__ = [
     "MAX_LINES",
@@ -29,8 +29,6 @@ __all__ = [
 
 MAX_QUANTITY = 1_000
 MAX_LINES = 50
-MAX_PRICE_CENTS = 100_000_000
-MAX_STOCK = 1_000_000
 
 Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _ID = TypeAdapter(Annotated[str, Id])

@@ -14,6 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 __all__ = [
     "EVENT_TYPES",
     "MAX_ID_LENGTH",
+    "MAX_PRICE_CENTS",
+    "MAX_STOCK",
     "TOPICS",
     "CustomerRecorded",
     "EmailRequested",
@@ -51,6 +53,11 @@ __all__ = [
 MAX_ID_LENGTH = 255
 #: An id (of an order, a user, a product): text of at most :data:`MAX_ID_LENGTH` characters.
 Id = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
+#: The highest price and initial stock of a product (the Product service's commands take no more):
+#: an order's total then fits in 64 bits however many lines and units it has. A ``ProductCreated``
+#: forged with a price of 2^63 - 1 made the next order's total overflow what Inventory can read.
+MAX_PRICE_CENTS = 100_000_000
+MAX_STOCK = 1_000_000
 
 
 class Event(BaseModel):
@@ -143,8 +150,8 @@ class ProductCreated(Event):
     topic: ClassVar[str] = "product.catalog.created"
     product_id: Id
     name: str
-    price_cents: int = Field(ge=0)
-    initial_stock: int = Field(ge=0)
+    price_cents: int = Field(ge=0, le=MAX_PRICE_CENTS)
+    initial_stock: int = Field(ge=0, le=MAX_STOCK)
 
 
 class _ByOrder(Event):

@@ -141,6 +141,11 @@ STOCK_ADDED = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"StockA
             STOCK_ADDED,
             "StockAdded: quantity beyond 64-bit integers",
         ),
+        (  # it fits in 64 bits, but Order recorded the price, and an order of two overflowed its total
+            b'{"product_id": "P1", "name": "x", "price_cents": 9223372036854775807, "initial_stock": 1}',
+            [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_type", b"ProductCreated")],
+            "invalid ProductCreated: price_cents: Input should be less than or equal to 100000000",
+        ),
     ],
 )
 def test_undecodable_messages_say_why(value, headers, reason):
