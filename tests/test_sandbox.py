@@ -828,6 +828,19 @@ def test_a_table_function_that_would_crash_the_process_or_break_the_sandbox_is_r
     assert after == "[(True,)]"
 
 
+def test_a_result_stays_readable_after_another_query_spoiled_the_sandbox(store_path):
+    with Projections(store_path) as projections:
+        # given a result, then a query refused for changing a setting (its sandbox is replaced)
+        orders = projections.sql("SELECT order_id, status FROM orders ORDER BY order_id")
+        with pytest.raises(QueryRefused):
+            projections.sql("SELECT * FROM enable_logging(level := 'debug')")
+        assert projections.sql("SELECT 1").fetchall() == [(1,)]
+        # then the first result is still read, filtered and joined (its sandbox was closed under it:
+        # "Connection has already been closed")
+        rows = orders.fetchall()
+        assert rows and orders.filter("status = 'completed'").fetchall() == [r for r in rows if r[1] == "completed"]
+
+
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
 def test_a_time_limit_that_is_no_number_of_seconds_is_refused_naming_it(projections, store_path, timeout):
     # NaN meant no limit at all, "5" a TypeError deep inside, -1 "query exceeded -1 s"

@@ -779,8 +779,7 @@ class Projections(SchemaRelations):
         """The sandbox holding the current relations: the tables handed over as Arrow whenever they
         changed (once per refresh), the views and "as of" schemas created over them once."""
         if self._sandbox is not None and self._sandbox.spoiled:  # a query changed its settings: start again
-            self._sandbox.close()
-            self._sandbox = None
+            self._sandbox = None  # not closed: results read from it stay readable, and keep it until they go
             self._handed.clear()
         if self._sandbox is None:
             sandbox = Sandbox(self.memory)
