@@ -895,6 +895,44 @@ def test_types_arrow_cannot_carry_exactly_come_back_as_their_text(projections):
     assert rows == [(str(2**128 - 1), "24:00:00", "101", 7, 1)]
 
 
+#: Those types inside a list, a struct, a map, an array and a union; and a struct whose field is only named ``bit``.
+NESTED_ARROW_CANNOT_CARRY = (
+    "SELECT [$big::UHUGEINT] AS l, {'a': $big::UHUGEINT} AS s, [TIMETZ '01:02:03+04'] AS tz,"
+    " {'t': TIME_NS '24:00:00'} AS tn, ['0101'::BIT] AS b, MAP {'0101'::BIT: 1} AS m,"
+    " [TIME_NS '24:00:00']::TIME_NS[1] AS a, union_value(k := '0101'::BIT) AS u, {'bit': 1} AS named"
+)
+
+
+def test_types_arrow_cannot_carry_exactly_come_back_as_their_text_when_nested(projections, store_path, capsys):
+    # DuckDB's Arrow export gave ["-1"], {"a": "-1"}, ["01:02:03"], {"t": null}, ["\u0004\\xf5"], silently
+    big = str(2**128 - 1)
+    rows = projections.sql(NESTED_ARROW_CANNOT_CARRY, {"big": 2**128 - 1}).fetchall()
+    assert rows == [
+        (
+            f"[{big}]",
+            f"{{'a': {big}}}",
+            "['01:02:03+04']",
+            "{'t': '24:00:00'}",
+            "[0101]",
+            "{0101=1}",
+            "[24:00:00]",
+            "0101",
+            {"bit": 1},  # a field's name is not its type: kept as it is
+        )
+    ]
+    # and the command line prints the same text
+    sql = NESTED_ARROW_CANNOT_CARRY.replace("$big", big)
+    assert main(["query", "--store", str(store_path), "--json", sql]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["l"], row["s"], row["tz"], row["tn"], row["b"]) == (
+        f"[{big}]",
+        f"{{'a': {big}}}",
+        "['01:02:03+04']",
+        "{'t': '24:00:00'}",
+        "[0101]",
+    )
+
+
 def test_json_output_is_strict_json_even_for_nan_and_infinity(store_path, capsys):
     sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5::DOUBLE AS d"
     assert main(["query", "--store", str(store_path), "--json", sql]) == 0

@@ -69,6 +69,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+from duckdb.sqltypes import DuckDBPyType
 
 from eventlab.arguments import is_number
 from eventlab.errors import EventlabError
@@ -236,16 +237,28 @@ def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
-#: Types Arrow cannot carry exactly, which a result therefore holds as their text: DuckDB exports a
-#: UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past 23:59:59 as null, a
-#: BIT string as its bytes and a TIMETZ without its offset (``01:02:03+04`` as ``01:02:03``).
-_AS_TEXT = frozenset({"UHUGEINT", "TIME_NS", "BIT", "TIME WITH TIME ZONE"})
+#: Types Arrow cannot carry exactly, which a result therefore holds as their text (DuckDB's type ids):
+#: DuckDB exports a UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past
+#: 23:59:59 as null, a BIT string as its bytes and a TIMETZ without its offset (``01:02:03+04`` as
+#: ``01:02:03``); inside a list, struct, map, array or union just the same (``[-1]``, ``{'t': null}``).
+_AS_TEXT = frozenset({"uhugeint", "time_ns", "bit", "time with time zone"})
+
+
+def _holds_text_type(column: DuckDBPyType) -> bool:
+    """Whether ``column`` is, or holds anywhere (in a list, struct, map, array or union), one of :data:`_AS_TEXT`."""
+    if column.id in _AS_TEXT:
+        return True
+    if column.id not in ("struct", "list", "map", "array", "union"):
+        return False
+    return any(isinstance(child, DuckDBPyType) and _holds_text_type(child) for _, child in column.children)
 
 
 def _as_text(description: Sequence[tuple[object, ...]]) -> str:
-    """The ``REPLACE`` list casting each column of ``description`` whose type is one of :data:`_AS_TEXT`
-    to ``VARCHAR`` ("" when there is none)."""
-    names = dict.fromkeys(str(column[0]) for column in description if str(column[1]) in _AS_TEXT)
+    """The ``REPLACE`` list casting each column of ``description`` that is or holds one of :data:`_AS_TEXT`
+    to ``VARCHAR``, a nested one whole (``[340282366920938463463374607431768211455]``); "" when there is none."""
+    names = dict.fromkeys(
+        str(column[0]) for column in description if isinstance(column[1], DuckDBPyType) and _holds_text_type(column[1])
+    )
     quoted = ['"' + name.replace('"', '""') + '"' for name in names]
     return ", ".join(f"CAST({name} AS VARCHAR) AS {name}" for name in quoted)
 
