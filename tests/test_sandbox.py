@@ -933,6 +933,21 @@ def test_types_arrow_cannot_carry_exactly_come_back_as_their_text_when_nested(pr
     )
 
 
+@pytest.mark.parametrize("fmt", [["--json"], ["--csv"]])
+def test_bignums_geometries_and_the_largest_hugeint_print_exactly(projections, store_path, capsys, fmt):
+    # a BIGNUM and a GEOMETRY came back as their bytes; 2^127 - 1 lost its last digit in JSON and CSV
+    # (1.7014118346046923173168730371588410573E+38)
+    big, largest = "1234567890123456789012345678901234567890", str(2**127 - 1)
+    sql = f"SELECT '{big}'::BIGNUM AS v, 'POINT(1 2)'::GEOMETRY AS g, {largest}::HUGEINT AS h, [h] AS l"
+    assert projections.sql(sql).fetchall() == [(big, "POINT (1 2)", 2**127 - 1, [2**127 - 1])]
+    assert main(["query", "--store", str(store_path), *fmt, sql]) == 0
+    out = capsys.readouterr().out
+    if fmt == ["--json"]:
+        assert json.loads(out) == [{"v": big, "g": "POINT (1 2)", "h": largest, "l": [largest]}]
+    else:
+        assert out.splitlines() == ["v,g,h,l", f'{big},POINT (1 2),{largest},"[""{largest}""]"']
+
+
 def test_json_output_is_strict_json_even_for_nan_and_infinity(store_path, capsys):
     sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5::DOUBLE AS d"
     assert main(["query", "--store", str(store_path), "--json", sql]) == 0

@@ -211,19 +211,24 @@ def _store_locations(args: argparse.Namespace) -> list[Path | PostgresUrl]:
 PolarsType = pl.DataType | DataTypeClass
 
 
-def _dict_keys_hashable(dtype: PolarsType) -> PolarsType:
-    """``dtype`` with each map whose keys are nested (a list, a struct) as its list of ``key``/``value``
-    entries, wherever it is: Python has no dict of such keys, and JSON none but text."""
+def _printable(dtype: PolarsType) -> PolarsType:
+    """``dtype`` as JSON and CSV print it, wherever it is: a decimal as its text (polars hands Python a
+    ``Decimal`` of at most 38 digits, so a HUGEINT's 39th was rounded off: 2^127 - 1 printed as
+    ``1.7014118346046923173168730371588410573E+38``), and each map whose keys are nested (a list, a
+    struct) as its list of ``key``/``value`` entries (Python has no dict of such keys, and JSON none
+    but text)."""
     match dtype:
+        case pl.Decimal():
+            return pl.String
         case pl.Map() if dtype.key.is_nested():
-            entry = {"key": _dict_keys_hashable(dtype.key), "value": _dict_keys_hashable(dtype.value)}
+            entry = {"key": _printable(dtype.key), "value": _printable(dtype.value)}
             return pl.List(pl.Struct(entry))
         case pl.Map():
-            return pl.Map(dtype.key, _dict_keys_hashable(dtype.value))
+            return pl.Map(dtype.key, _printable(dtype.value))
         case pl.List() | pl.Array():
-            return pl.List(_dict_keys_hashable(dtype.inner))
+            return pl.List(_printable(dtype.inner))
         case pl.Struct():
-            return pl.Struct({field.name: _dict_keys_hashable(field.dtype) for field in dtype.fields})
+            return pl.Struct({field.name: _printable(field.dtype) for field in dtype.fields})
     return dtype
 
 
@@ -244,7 +249,7 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
             raise ProjectionError(f"no column {', '.join(unknown)}; the columns are: {', '.join(frame.columns)}")
         frame = frame.select(columns)
     if fmt in ("json", "csv"):
-        plain = {name: _dict_keys_hashable(dtype) for name, dtype in frame.schema.items()}
+        plain = {name: _printable(dtype) for name, dtype in frame.schema.items()}
         frame = frame.with_columns(
             pl.col(name).cast(plain[name]) for name, dtype in frame.schema.items() if plain[name] != dtype
         )

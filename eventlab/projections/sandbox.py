@@ -240,8 +240,9 @@ def sandbox_connection(memory: int | None = None) -> duckdb.DuckDBPyConnection:
 #: Types Arrow cannot carry exactly, which a result therefore holds as their text (DuckDB's type ids):
 #: DuckDB exports a UHUGEINT as a 128-bit decimal (2^128 - 1 came back as -1), a TIME_NS past
 #: 23:59:59 as null, a BIT string as its bytes and a TIMETZ without its offset (``01:02:03+04`` as
-#: ``01:02:03``); inside a list, struct, map, array or union just the same (``[-1]``, ``{'t': null}``).
-_AS_TEXT = frozenset({"uhugeint", "time_ns", "bit", "time with time zone"})
+#: ``01:02:03``), a BIGNUM and a GEOMETRY as their bytes; inside a list, struct, map, array or union just
+#: the same (``[-1]``, ``{'t': null}``).
+_AS_TEXT = frozenset({"uhugeint", "time_ns", "bit", "time with time zone", "bignum", "geometry"})
 
 
 def _holds_text_type(column: DuckDBPyType) -> bool:
