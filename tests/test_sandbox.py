@@ -933,6 +933,18 @@ def test_types_arrow_cannot_carry_exactly_come_back_as_their_text_when_nested(pr
     )
 
 
+def test_columns_of_those_types_named_alike_come_back_as_their_text_each(projections, store_path, capsys):
+    # "A" and "a" failed (DuckDB compares names without case): Duplicate entry "a" in REPLACE list; of two
+    # columns named x only the first was cast, and the second's 2^128 - 1 came back as -1
+    sql = 'SELECT 1::UHUGEINT AS "A", 2::UHUGEINT AS "a", $big::UHUGEINT AS x, $big::UHUGEINT AS x, 3 AS n'
+    relation = projections.sql(sql, {"big": 2**128 - 1})
+    # (the repeats numbered as for any column: DuckDB's names are one whatever their case)
+    assert relation.columns == ["A", "a_1", "x", "x_1", "n"]
+    assert relation.fetchall() == [("1", "2", str(2**128 - 1), str(2**128 - 1), 3)]
+    assert main(["query", "--store", str(store_path), "--json", 'SELECT 1::UHUGEINT AS "A", 2::UHUGEINT AS "a"']) == 0
+    assert json.loads(capsys.readouterr().out) == [{"A": "1", "a_1": "2"}]
+
+
 @pytest.mark.parametrize("fmt", [["--json"], ["--csv"]])
 def test_bignums_geometries_and_the_largest_hugeint_print_exactly(projections, store_path, capsys, fmt):
     # a BIGNUM and a GEOMETRY came back as their bytes; 2^127 - 1 lost its last digit in JSON and CSV

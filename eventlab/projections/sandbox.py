@@ -255,13 +255,19 @@ def _holds_text_type(column: DuckDBPyType) -> bool:
 
 
 def _as_text(description: Sequence[tuple[object, ...]]) -> str:
-    """The ``REPLACE`` list casting each column of ``description`` that is or holds one of :data:`_AS_TEXT`
-    to ``VARCHAR``, a nested one whole (``[340282366920938463463374607431768211455]``); "" when there is none."""
-    names = dict.fromkeys(
-        str(column[0]) for column in description if isinstance(column[1], DuckDBPyType) and _holds_text_type(column[1])
+    """The projection of a result of ``description`` casting each column that is or holds one of
+    :data:`_AS_TEXT` to ``VARCHAR``, a nested one whole (``[340282366920938463463374607431768211455]``);
+    "" when there is none. Every column is named by its place (``#2``): two may share a name, or differ
+    only in case, which ``* REPLACE`` takes for one (``Duplicate entry "a" in REPLACE list``; of two
+    named ``x`` it cast the first only)."""
+    cast = [isinstance(column[1], DuckDBPyType) and _holds_text_type(column[1]) for column in description]
+    if not any(cast):
+        return ""
+    names = ['"' + str(column[0]).replace('"', '""') + '"' for column in description]
+    return ", ".join(
+        f"CAST(#{place} AS VARCHAR) AS {name}" if text else f"#{place} AS {name}"
+        for place, (name, text) in enumerate(zip(names, cast, strict=True), 1)
     )
-    quoted = ['"' + name.replace('"', '""') + '"' for name in names]
-    return ", ".join(f"CAST({name} AS VARCHAR) AS {name}" for name in quoted)
 
 
 def ensure_single_read(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -537,7 +543,7 @@ class Sandbox:
             batches, held = [], 0
             result: duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation = self.con.execute(sql, params)
             if casts := _as_text(result.description or []):  # run again, those columns as their text
-                result = self.con.sql(sql, params=params).project(f"* REPLACE ({casts})")
+                result = self.con.sql(sql, params=params).project(casts)
             reader = result.to_arrow_reader(_BATCH_ROWS)
             for batch in reader:
                 held += batch.nbytes
