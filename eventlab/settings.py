@@ -265,9 +265,9 @@ def kafka_servers(text: str) -> list[str]:
 QUERY_MEMORY_VARIABLE = "EVENTLAB_QUERY_MEMORY"
 #: What it is unless set: room for any query over a shop's log, on a laptop (2 GiB).
 DEFAULT_QUERY_MEMORY = 2 * 2**30
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE | re.ASCII)  # no '٢GiB'
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
+_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgtp]i?b|b)?\s*", re.IGNORECASE | re.ASCII)  # no '٢GiB'
 #: Its bounds: below 64 MiB DuckDB cannot run the projections' own views.
 _QUERY_MEMORY_BOUNDS = (64 * 2**20, 2**50)
 
@@ -294,7 +294,7 @@ def memory_within_bounds(size: int, given: object = None) -> int:
     then ``ValueError`` naming ``given`` (what was written, ``size`` when None)."""
     low, high = _QUERY_MEMORY_BOUNDS
     if not low <= size <= high:
-        raise ValueError(f"must be from 64MiB to 1024TiB, not {size if given is None else given!r}")
+        raise ValueError(f"must be from 64MiB to 1PiB, not {size if given is None else given!r}")
     return size
 
 

@@ -185,7 +185,7 @@ def memory_limit(value: object) -> int:
         (1073741824, 536870912)
         >>> memory_limit(-1)
         Traceback (most recent call last):
-        eventlab.projections.sandbox.ProjectionError: memory must be bytes or a size like 512MiB, from 64MiB to 1024TiB, not -1
+        eventlab.projections.sandbox.ProjectionError: memory must be bytes or a size like 512MiB, from 64MiB to 1PiB, not -1
     """
     if value is None:
         return query_memory()
@@ -194,7 +194,7 @@ def memory_limit(value: object) -> int:
             return memory_size(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return memory_within_bounds(value)
-    raise ProjectionError(f"memory must be bytes or a size like 512MiB, from 64MiB to 1024TiB, not {value!r}")
+    raise ProjectionError(f"memory must be bytes or a size like 512MiB, from 64MiB to 1PiB, not {value!r}")
 
 
 @contextmanager
