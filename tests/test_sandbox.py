@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from conftest import run_python
-from projection_story import standard_story
+from projection_story import ShopStory, standard_story
 
 from eventlab.cli import main
 from eventlab.projections import ProjectionError, Projections, QueryOutOfMemory, QueryRefused, QueryTimeout, query
@@ -510,6 +510,31 @@ def test_the_sandbox_memory_comes_from_eventlab_query_memory(store_path, monkeyp
         monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", garbage)
         assert main(["query", "--data-dir", str(store_path.parent), "SELECT 1"]) == 2
         assert "EVENTLAB_QUERY_MEMORY:" in capsys.readouterr().err
+
+
+def test_show_is_bounded_by_eventlab_query_memory_as_query_is(tmp_path, monkeypatch, capsys):
+    # given a store whose events hold 80 MB of text (eight cancellations, each with a 10 MB detail)
+    story = ShopStory(tmp_path / "events.db")
+    story.user("U1")
+    story.product("P1", price_cents=100, stock=100)
+    for n in range(8):
+        story.cancel(story.place(f"O{n}", "U1", {"P1": 1}), "payment_failed", "x" * 10_000_000, release=False)
+    story.store.close()
+    store = str(tmp_path / "events.db")
+    # when the variable says 64MiB, then a query of all the events is refused
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "64MiB")
+    assert main(["query", "--store", store, "--csv", "SELECT * FROM events ORDER BY position"]) == 2
+    assert "ran out of the sandbox's memory (64 MiB)" in capsys.readouterr().err
+    # and so is show of them (it printed all 80 MB: its read ran where no limit applies)
+    assert main(["show", "events", "--store", store, "--limit", "0", "--csv"]) == 2
+    out, err = capsys.readouterr()
+    assert "ran out of the sandbox's memory (64 MiB)" in err and err.count("\n") == 1 and not out
+    # while the first rows still print; and with more memory, a relation as of a position (computed then)
+    assert main(["show", "events", "--store", store, "--limit", "2", "--csv", "--columns", "position"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["position", "1", "2"]
+    monkeypatch.setenv("EVENTLAB_QUERY_MEMORY", "1GiB")
+    assert main(["show", "orders", "--store", store, "--as-of-position", "5", "--csv", "--columns", "order_id"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["order_id", "O0"]
 
 
 @pytest.mark.parametrize("fmt", [[], ["--json"], ["--csv"], ["--wide"]])

@@ -377,6 +377,8 @@ def _projections(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """Read the relation in the query sandbox, as ``query`` reads it: the building connection has no
+    memory limit (it holds the whole log), and only the sandbox counts the rows it hands back."""
     memory = _settings(args).query_memory  # every variable checked before the store is read
 
     def fetch() -> pl.DataFrame:
@@ -384,6 +386,7 @@ def _show(args: argparse.Namespace) -> int:
             source: Projections | Snapshot = projections
             if args.as_of_position is not None or args.as_of_time is not None:
                 source = projections.as_of(position=args.as_of_position, time=args.as_of_time)
-            return source.pl(args.name, limit=args.limit if args.limit > 0 else None, timeout=args.timeout or None)
+            sql = source.select(args.name) + (f" LIMIT {args.limit}" if args.limit > 0 else "")
+            return projections.sql(sql, timeout=args.timeout or None).pl()
 
     return _bounded_command(args, fetch)

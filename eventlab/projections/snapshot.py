@@ -41,14 +41,19 @@ class SchemaRelations:
         lazy DuckDB relation, in its documented order."""
         return self._relation(self._cursor(), name)
 
-    def _relation(self, con: duckdb.DuckDBPyConnection, name: str) -> duckdb.DuckDBPyRelation:
+    def select(self, name: str) -> str:
+        """The ``SELECT`` of the relation ``name`` in its documented order: the same in the query sandbox,
+        which holds this schema too (``eventlab show`` reads it there, within ``EVENTLAB_QUERY_MEMORY``)."""
         if name == "events":
             order_by = "position"
         elif name in RELATIONS:
             order_by = RELATIONS[name].order_by
         else:
             raise ProjectionError(f"unknown relation {name!r}; known: events, {', '.join(RELATIONS)}")
-        return con.sql(f"SELECT * FROM {self.schema}.{name} ORDER BY {order_by}")
+        return f"SELECT * FROM {self.schema}.{name} ORDER BY {order_by}"
+
+    def _relation(self, con: duckdb.DuckDBPyConnection, name: str) -> duckdb.DuckDBPyRelation:
+        return con.sql(self.select(name))
 
     def pl(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> pl.DataFrame:
         """The relation ``name`` as a polars DataFrame (handed over through Arrow): its first
