@@ -74,14 +74,23 @@ def _shown(bound: float) -> str:
 
 
 def directory(text: str) -> Path:
-    """A directory (an argparse ``type``): not empty or blank, which would be the working directory.
+    """A directory (an argparse ``type``), ``~`` expanded: not empty or blank, which would be the
+    working directory, nor under the home of a user there is not.
 
     >>> directory("/srv/shop")
     PosixPath('/srv/shop')
     >>> directory("")
     Traceback (most recent call last):
     argparse.ArgumentTypeError: empty: give a directory (an empty path would be the working directory)
+    >>> directory("~nosuchuser/shop")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: cannot expand '~nosuchuser': no such user, or no home directory
     """
     if not text.strip():  # "$DIR" of an unset variable: files would be written where the command runs
         raise argparse.ArgumentTypeError("empty: give a directory (an empty path would be the working directory)")
-    return Path(text)
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # Python's word for an unknown user or a missing home
+        raise argparse.ArgumentTypeError(
+            f"cannot expand {Path(text).parts[0]!r}: no such user, or no home directory"
+        ) from None

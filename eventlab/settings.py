@@ -171,6 +171,31 @@ def _store_backend(url: str, variable: str = "EVENTLAB_STORE_URL") -> StoreBacke
     return backend
 
 
+def _sqlite_file(url: str) -> Path:
+    """The file a SQLite store URL names: a plain path, or the path after ``sqlite://`` (in any case,
+    as :func:`_store_backend` reads it); ``~`` not yet expanded."""
+    _, separator, path = url.partition("://")
+    return Path(path if separator else url)
+
+
+def _home_expanded(path: Path, variable: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; :class:`SettingsError` naming ``variable``
+    when there is no such user or no home directory (Python raises ``RuntimeError``)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise SettingsError(variable, f"cannot expand {path.parts[0]!r}: no such user, or no home directory") from None
+
+
+def _check_store_url(url: str, variable: str) -> None:
+    """:class:`SettingsError` naming ``variable`` unless ``url`` names a store eventlab can open."""
+    backend = _store_backend(url, variable)
+    if backend == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
+        _utf8(variable, url)
+    elif backend == "sqlite" and url:
+        _home_expanded(_sqlite_file(url), variable)
+
+
 def service_store_variable(service: str) -> str:
     """The variable that gives ``service`` a store of its own.
 
@@ -447,15 +472,13 @@ class Settings:
             _utf8(name, value)
             if (own := _OWN_KAFKA_SETTINGS.get(KAFKA_ALIASES.get(key, key))) is not None:
                 raise SettingsError(name, own)
-        if _store_backend(self.store_url) == "postgresql":  # a SQLite file's name may be any bytes; libpq's not
-            _utf8("EVENTLAB_STORE_URL", self.store_url)
+        _check_store_url(self.store_url, "EVENTLAB_STORE_URL")
         for service, url in self.service_store_urls.items():
             if service not in SERVICE_PORTS:
                 raise SettingsError(
                     service_store_variable(service), f"no such service; one of {', '.join(SERVICE_PORTS)}"
                 )
-            if _store_backend(url, service_store_variable(service)) == "postgresql":
-                _utf8(service_store_variable(service), url)
+            _check_store_url(url, service_store_variable(service))
         unknown = {part.strip() for part in self.tracing.split(",")} - {"off", "", *TRACE_SINKS}
         if unknown:
             raise SettingsError(
@@ -509,7 +532,7 @@ class Settings:
                 )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"]).expanduser()  # type: ignore[arg-type]
+            values["data_dir"] = _home_expanded(Path(values["data_dir"]), "EVENTLAB_DATA_DIR")  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
@@ -541,8 +564,7 @@ class Settings:
     def store_path(self) -> Path:
         """The SQLite event store file: the one :attr:`store_url` names, else ``events.db`` in the data directory."""
         if self.store_backend == "sqlite" and self.store_url:
-            _, separator, path = self.store_url.partition("://")  # sqlite:// in any case, as _store_backend reads it
-            return Path(path if separator else self.store_url).expanduser()
+            return _sqlite_file(self.store_url).expanduser()  # expandable: checked by __post_init__
         return self.data_dir / "events.db"
 
     def store_url_of(self, service: str) -> str:

@@ -69,6 +69,10 @@ def user_env(**extra: str) -> dict[str, str]:
         (["show", "orders", "--limit", "99999999999999999999"], "argument --limit: not a whole number from 0 to"),
         (["show", "orders", "--limit", "-1"], "argument --limit: not a whole number from 0 to"),
         (["audit", "--store", " "], "argument --store: empty: give a SQLite file or a postgresql:// URL"),
+        # Path.expanduser raised RuntimeError: "Could not determine home directory."
+        (["audit", "--data-dir", "~nosuchuser/x"], "argument --data-dir: cannot expand '~nosuchuser': no such user"),
+        (["audit", "--store", "~nosuchuser/x.db"], "argument --store: cannot expand '~nosuchuser': no such user"),
+        (["export", "~nosuchuser/x"], "argument DIR: cannot expand '~nosuchuser': no such user"),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, capsys):

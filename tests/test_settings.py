@@ -77,6 +77,10 @@ def test_settings_survive_the_trip_to_a_child_process():
         ({"EVENTLAB_OTLP_ENDPOINT": "http://host:port"}, "EVENTLAB_OTLP_ENDPOINT", "not an http(s) URL"),
         ({"EVENTLAB_ZIPKIN_ENDPOINT": "https://exa mple.com"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
         ({"EVENTLAB_ZIPKIN_ENDPOINT": "ftp://zipkin:9411"}, "EVENTLAB_ZIPKIN_ENDPOINT", "not an http(s) URL"),
+        # Path.expanduser raised RuntimeError: "Could not determine home directory."
+        ({"EVENTLAB_DATA_DIR": "~nosuchuser/x"}, "EVENTLAB_DATA_DIR", "cannot expand '~nosuchuser': no such user"),
+        ({"EVENTLAB_STORE_URL": "~nosuchuser/x.db"}, "EVENTLAB_STORE_URL", "cannot expand '~nosuchuser'"),
+        ({"EVENTLAB_ORDER_STORE_URL": "~nosuchuser/x.db"}, "EVENTLAB_ORDER_STORE_URL", "cannot expand '~nosuchuser'"),
     ],
 )
 def test_a_variable_eventlab_cannot_use_is_a_settings_error_naming_it(env, variable, message):
