@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeGuard
 
-__all__ = ["LARGEST_INT64", "directory", "is_number", "seconds", "whole_number"]
+__all__ = ["LARGEST_INT64", "directory", "is_number", "seconds", "utf8_text", "whole_number"]
 
 #: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
 LARGEST_INT64 = 2**63 - 1
@@ -71,6 +71,23 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
 def _shown(bound: float) -> str:
     """A bound as people write it: ``0.1``, ``3,600``, ``1,000,000,000``."""
     return f"{bound:,.0f}" if float(bound).is_integer() else f"{bound:g}"
+
+
+def utf8_text(text: str) -> str:
+    """Text that is UTF-8 (an argparse ``type``): other bytes (a shell's ``$'\\xff'``) reach Python as
+    lone surrogates, which no store can look up (its driver raised ``UnicodeEncodeError``).
+
+    >>> utf8_text("order.lifecycle.created")
+    'order.lifecycle.created'
+    >>> utf8_text("\\udcff")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: holds bytes that are not UTF-8 (character 1)
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(f"holds bytes that are not UTF-8 (character {exc.start + 1})") from None
+    return text
 
 
 def directory(text: str) -> Path:

@@ -39,7 +39,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from eventlab.arguments import LARGEST_INT64, seconds, whole_number
+from eventlab.arguments import LARGEST_INT64, seconds, utf8_text, whole_number
 from eventlab.errors import BrokerError, EventlabError
 from eventlab.kafka.clients import (
     MISSING_TOPIC,
@@ -520,8 +520,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
         "services have stores of their own, every store's, each with a 'store' column: the services "
         "that write to it (ids are numbered per store).",
     )
-    listing.add_argument("--topic", metavar="T", help="only dead letters from topic T ('store' for the relay's)")
-    listing.add_argument("--consumer", metavar="NAME", help="only those of this consumer (a service or 'relay')")
+    listing.add_argument(
+        "--topic", type=utf8_text, metavar="T", help="only dead letters from topic T ('store' for the relay's)"
+    )
+    listing.add_argument(
+        "--consumer", type=utf8_text, metavar="NAME", help="only those of this consumer (a service or 'relay')"
+    )
     listing.add_argument("--service", choices=SERVICE_PORTS, metavar="NAME", help=_SERVICE_HELP)
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     show = action(
@@ -553,7 +557,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser], parents: Sequen
     )
     replay.add_argument("ids", type=_ID, nargs="*", default=[], metavar="ID", help="dead letters to replay")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --topic) instead of IDs")
-    replay.add_argument("--topic", metavar="T", help="with --all: only dead letters from topic T")
+    replay.add_argument("--topic", type=utf8_text, metavar="T", help="with --all: only dead letters from topic T")
     replay.add_argument(
         "--service",
         choices=SERVICE_PORTS,

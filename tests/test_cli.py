@@ -21,7 +21,7 @@ from eventlab.cli import BROKEN_PIPE, main
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, ensure_ports_free
-from eventlab.store import SqliteEventStore
+from eventlab.store import SqliteEventStore, open_store
 
 
 def health(url: str) -> dict | None:
@@ -84,6 +84,27 @@ def test_a_bad_option_is_one_line_and_exit_status_2(argv, complaint, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and complaint in err and err.startswith(f"eventlab {argv[0]}: error: ")
     assert not (tmp_path / "shop").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument"),
+    [
+        (["trace", "\udcff"], "ORDER_ID"),
+        (["dlq", "list", "--topic", "\udcff"], "--topic"),
+        (["dlq", "list", "--consumer", "\udcff"], "--consumer"),
+        (["dlq", "replay", "--all", "--topic", "\udcff"], "--topic"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_refused_naming_it(argv, argument, tmp_path, capsys):
+    # given a shop's store, and an argument whose bytes are not UTF-8 (a shell's $'\xff': Python reads \udcff)
+    open_store(Settings(data_dir=tmp_path)).close()
+    # when a command would look it up in the store
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--data-dir", str(tmp_path)])
+    # then one line names the argument, as `query` does, not the store driver's UnicodeEncodeError
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {argument}: holds bytes that are not UTF-8 (character 1)" in err
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from eventlab.arguments import whole_number
+from eventlab.arguments import utf8_text, whole_number
 from eventlab.cli import Command
 from eventlab.errors import EventlabError, NotFound
 from eventlab.services import SERVICE_NAMES
@@ -391,7 +391,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("order_id", metavar="ORDER_ID", help="the order whose saga to draw")
+    parser.add_argument("order_id", type=utf8_text, metavar="ORDER_ID", help="the order whose saga to draw")
     parser.add_argument(
         "--width",
         type=whole_number(1, 10_000),
