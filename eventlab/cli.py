@@ -11,6 +11,7 @@ its ``handler(args) -> exit status``.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import logging
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 from eventlab.adapters.gateway import MAX_LATENCY_MS as MAX_GATEWAY_LATENCY_MS
 from eventlab.arguments import directory, whole_number
@@ -34,6 +35,9 @@ __all__ = ["Command", "build_parser", "gateway_latency", "main", "positive_float
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
 BROKEN_PIPE = 128 + 13
+#: Exit status of a command whose output could not be written (stdout closed, a full disk, text
+#: its encoding cannot hold): ``EX_IOERR`` of sysexits.h, as 1 says an invariant is violated.
+OUTPUT_ERROR = 74
 
 EPILOG = """\
 environment:
@@ -45,6 +49,10 @@ environment:
   EVENTLAB_KAFKA_*             extra librdkafka settings, e.g. EVENTLAB_KAFKA_SECURITY_PROTOCOL=SASL_SSL
   EVENTLAB_PARTITIONS          partitions per topic (default 3, at most 1000)
   EVENTLAB_HTTP_PORT_OFFSET    added to the service ports 8081-8086
+
+exit status:
+  0 done; 1 what the command's help says (audit, demo: an invariant is violated); 2 a bad option
+  or variable; 74 the output could not be written; 130 interrupted; 141 the output pipe was closed
 
 examples:
   eventlab demo --orders 500 --payment-failure-rate 0.2 --json
@@ -236,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     handler: Callable[[argparse.Namespace], int] = args.handler  # set by each command's registration
+    stdout = sys.stdout
+    if stdout is None:  # started with stdout closed (`eventlab audit >&-`): print() would drop every line
+        print("eventlab: error: cannot write the output: stdout is closed", file=sys.stderr)
+        return OUTPUT_ERROR
+    sys.stdout = cast(TextIO, _Output(stdout))
     try:
         if args.command != "doctor":  # the doctor reports a bad variable as a failed check
             Settings.from_env()  # a bad variable stops every other command, also one that would not read it
@@ -245,11 +258,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE
+    except _OutputFailed as exc:
+        print(f"eventlab: error: cannot write the output: {exc}", file=sys.stderr)
+        if isinstance(exc.__cause__, OSError):
+            _silence_stdout()  # what is left in its buffer would fail again at exit
+        return OUTPUT_ERROR
     except EventlabError as exc:
         print(f"eventlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        sys.stdout = stdout
+
+
+class _OutputFailed(Exception):
+    """Writing to stdout failed (raised by :class:`_Output`): not the command's own error."""
+
+
+class _Output:
+    """``sys.stdout`` while a command runs: a write that fails, for a full disk or a character its
+    encoding lacks, raises :class:`_OutputFailed` saying why; a closed pipe stays a ``BrokenPipeError``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except (OSError, UnicodeEncodeError) as exc:
+            raise _OutputFailed(_output_problem(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(_output_problem(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _output_problem(exc: OSError | UnicodeEncodeError) -> str:
+    """Why stdout could not take the output, in a few words."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    hint = "" if codecs.lookup(exc.encoding).name == "utf-8" else " (use a UTF-8 locale, or PYTHONIOENCODING=utf-8)"
+    return f"its encoding {exc.encoding} cannot hold {exc.object[exc.start]!r}{hint}"
 
 
 def _silence_stdout() -> None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port_offset
 
 import eventlab.cli
-from eventlab.cli import BROKEN_PIPE, main
+from eventlab.cli import BROKEN_PIPE, OUTPUT_ERROR, main
 from eventlab.resilience import wait_until
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, ensure_ports_free
@@ -428,6 +428,35 @@ def test_a_port_taken_while_the_shop_starts_is_the_same_error_and_nothing_is_lef
     assert f"port {8083 + offset} of the order service is already in use" in capsys.readouterr().err
     left = [t.name for t in threading.enumerate() if t not in running and t.name.startswith(("eventlab-", "http-"))]
     assert not left
+
+
+@pytest.mark.parametrize(
+    ("argv", "output", "said"),
+    [
+        (["audit"], "closed", "stdout is closed"),  # AttributeError: 'NoneType' object has no attribute 'flush'
+        (["show", "orders"], "closed", "stdout is closed"),
+        (["dlq", "list"], "closed", "stdout is closed"),
+        (["audit"], "/dev/full", "No space left on device"),  # an OSError traceback, exit 1: "an invariant failed"
+        (["query", "SELECT 1"], "/dev/full", "No space left on device"),
+        (["show", "orders"], "ascii", "its encoding ascii cannot hold '\\u250c' (use a UTF-8 locale"),  # the table
+        (["dlq", "list"], "ascii", "its encoding ascii cannot hold '\\xe9'"),  # the reason, café
+    ],
+)
+def test_output_that_cannot_be_written_is_one_line_and_an_exit_status_of_its_own(argv, output, said, tmp_path):
+    # given a store with a dead letter whose reason is not ASCII
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        store.record_dead_letter("order", "t", 0, 7, b"K", b"body", [], "bad café")
+    command = [sys.executable, "-m", "eventlab", *argv, "--data-dir", str(tmp_path)]
+    if output == "closed":
+        command = ["sh", "-c", 'exec "$@" >&-', "sh", *command]
+    env = user_env(PYTHONIOENCODING="ascii") if output == "ascii" else user_env()
+    # when the command's output cannot be written: stdout closed, a full disk, an encoding without its characters
+    with open("/dev/full" if output == "/dev/full" else os.devnull, "w") as stdout:
+        done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=60, check=False)
+    # then one line on stderr says so, and the exit status is neither 1 (an invariant) nor 2 (a bad option)
+    err = done.stderr.decode()
+    assert done.returncode == OUTPUT_ERROR == 74
+    assert err.startswith(f"eventlab: error: cannot write the output: {said}") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv", [["projections"], ["--help"], ["demo", "--help"]])
