@@ -331,6 +331,18 @@ def test_show_fits_the_terminal_and_names_the_columns_left_out(store_path, capsy
     assert "order_id" in table[1] and "O5" in "\n".join(table)
 
 
+@pytest.mark.parametrize(
+    ("argv", "last"), [(["show", "orders", "--limit", "1"], "updated_at"), (["query", "SELECT 1 AS one"], "one")]
+)
+def test_a_terminal_wider_than_polars_draws_gets_its_widest_table(store_path, capsys, monkeypatch, argv, last):
+    # given a COLUMNS wider than the u16 polars takes (it panicked: "table width argument does not fit in u16")
+    monkeypatch.setenv("COLUMNS", "65536")
+    # when a table is printed, then it is, every column in it
+    assert main([*argv, "--data-dir", str(store_path.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "more columns" not in out and last in out.splitlines()[1]
+
+
 def test_wide_prints_every_column_at_full_width(store_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["show", "--data-dir", str(store_path.parent), "orders", "--wide"]) == 0

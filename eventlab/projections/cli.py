@@ -237,6 +237,8 @@ def _printable(dtype: PolarsType) -> PolarsType:
 _SLICE = 10_000
 #: Rows a table shows at most: the first and the last half of them (JSON and CSV print every row).
 _TABLE_ROWS = 1_000
+#: The widest table polars draws (a u16: wider panics, so ``COLUMNS=65536`` is cut to it).
+_TABLE_WIDTH = 65_535
 
 
 def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> None:
@@ -271,7 +273,7 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
         with pl.Config(
             tbl_rows=_TABLE_ROWS,
             tbl_cols=-1,
-            tbl_width_chars=65_535,  # polars' maximum
+            tbl_width_chars=_TABLE_WIDTH,
             fmt_str_lengths=65_535,
             fmt_table_cell_list_len=-1,
             tbl_hide_column_data_types=True,
@@ -279,7 +281,7 @@ def _print_frame(frame: pl.DataFrame, fmt: str, columns: Sequence[str] | None = 
         ):
             print(frame)
     else:
-        width = shutil.get_terminal_size().columns
+        width = min(shutil.get_terminal_size().columns, _TABLE_WIDTH)
         shown = _fitting_columns(frame, width)
         with pl.Config(
             tbl_rows=_TABLE_ROWS,
