@@ -122,10 +122,11 @@ class Commands:
     def seed(self, users: Iterable[Mapping[str, Any]], products: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
         """Register the ``users`` and create the ``products`` whose ids are not taken yet (a taken id
         is left as it is, whatever its details); return how many of each were new."""
-        commands = [parse(RegisterUser, row) for row in users], [parse(CreateProduct, row) for row in products]
+        registrations = [parse(RegisterUser, row) for row in users]  # every row checked before any is written
+        catalogue = [parse(CreateProduct, row) for row in products]
         return (
-            sum(self._if_new(self._register_user, command) for command in commands[0]),
-            sum(self._if_new(self._create_product, command) for command in commands[1]),
+            sum(self._if_new(self._register_user, command) for command in registrations),
+            sum(self._if_new(self._create_product, command) for command in catalogue),
         )
 
     def _register_user(self, command: RegisterUser) -> tuple[UserCreated, bool]:

@@ -196,6 +196,6 @@ def test_the_audit_catches_a_duplicated_email_and_an_email_without_its_event(tmp
     [unbacked] = report["emails_backed_by_events"].violations
     assert (unbacked["key"], unbacked["problem"]) == (
         "O-9/order_cancelled",
-        "no stored EmailRequested for this order and kind",
+        "no stored EmailRequested for this order, kind and address",
     )
     assert not report.ok
