@@ -30,7 +30,16 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
 from eventlab.supervisor import PROCESS_NAMES
 
-__all__ = ["Command", "build_parser", "gateway_latency", "main", "positive_float", "positive_int", "probability"]
+__all__ = [
+    "Command",
+    "build_parser",
+    "gateway_latency",
+    "main",
+    "orders_per_second",
+    "positive_float",
+    "positive_int",
+    "probability",
+]
 
 #: Exit status of a command whose output pipe was closed early (``eventlab show orders | head``),
 #: as a shell reports a process killed by SIGPIPE.
@@ -94,6 +103,21 @@ def gateway_latency(text: str) -> float:
     value = _number(text)
     if not (math.isfinite(value) and 0 <= value <= MAX_GATEWAY_LATENCY_MS):
         raise argparse.ArgumentTypeError(f"not a number of milliseconds from 0 to {MAX_GATEWAY_LATENCY_MS:,}: {text!r}")
+    return value
+
+
+#: The slowest and the fastest ``demo --rate``, orders per second, as ``chaos --rate`` takes: a
+#: slower rate made the wait between two orders too long for time.sleep (``1e-300``: OverflowError).
+RATES = (0.01, 1e9)
+
+
+def orders_per_second(text: str) -> float:
+    """A number of orders per second within :data:`RATES` (an argparse ``type``)."""
+    value = _number(text)
+    if not RATES[0] <= value <= RATES[1]:  # NaN compares false both ways
+        raise argparse.ArgumentTypeError(
+            f"not a number of orders per second from {RATES[0]:g} to {RATES[1]:,.0f}: {text!r}"
+        )
     return value
 
 
@@ -166,7 +190,11 @@ def _shop_options() -> argparse.ArgumentParser:
 
 def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--orders", type=positive_int, default=100, help="orders to place (default 100)")
-    demo.add_argument("--rate", type=positive_float, help="orders per second (default: as fast as possible)")
+    demo.add_argument(
+        "--rate",
+        type=orders_per_second,
+        help=f"orders per second, {RATES[0]:g} to {RATES[1]:,.0f} (default: as fast as possible)",
+    )
     demo.add_argument(
         "--timeout",
         type=positive_float,
