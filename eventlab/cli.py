@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
 from eventlab.adapters.gateway import MAX_LATENCY_MS as MAX_GATEWAY_LATENCY_MS
-from eventlab.arguments import directory, whole_number
+from eventlab.arguments import LARGEST_INT64, directory, whole_number
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 from eventlab.settings import SERVICE_PORTS, Settings, ensure_ports_free
@@ -184,7 +184,12 @@ def _shop_options() -> argparse.ArgumentParser:
         metavar="MS",
         help=f"simulated gateway latency, 0 to {MAX_GATEWAY_LATENCY_MS:,} (default 0)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for orders and gateway declines (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=whole_number(-LARGEST_INT64 - 1, LARGEST_INT64),  # in the demo's order ids, at most 255 characters
+        default=0,
+        help="seed for orders and gateway declines, a 64-bit whole number (default 0)",
+    )
     return parser
 
 

@@ -65,7 +65,10 @@ def user_env(**extra: str) -> dict[str, str]:
         (["demo", "--rate", "1e-300"], "argument --rate: not a number of orders per second from 0.01 to"),
         (["demo", "--timeout", "0"], "argument --timeout: not a number above 0: '0'"),
         (["demo", "--timeout", "-3"], "argument --timeout: not a number above 0: '-3'"),
-        (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["demo", "--seed", "x"], "argument --seed: not a whole number from -9223372036854775808 to"),
+        # in each order id: the demo started the shop, then failed on the first id over 255 characters
+        (["demo", "--seed", "9" * 50], "argument --seed: not a whole number from -9223372036854775808 to"),
+        (["up", "--seed", "-9223372036854775809"], "argument --seed: not a whole number from"),
         (["audit", "--grace", "1e11"], "argument --grace: not a number of seconds from 0 to 1,000,000,000: '1e11'"),
         (["audit", "--grace", "1e400"], "argument --grace: not a number of seconds from 0 to 1,000,000,000"),
         (["query", "SELECT 1", "--timeout", "inf"], "argument --timeout: not a number of seconds from 0 to"),
