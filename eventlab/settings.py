@@ -335,6 +335,7 @@ def query_memory(env: Mapping[str, str] | None = None) -> int:
         eventlab.settings.SettingsError: EVENTLAB_QUERY_MEMORY: not a size like 4GiB or 512MB: 'lots'
     """
     text = _value(os.environ if env is None else env, QUERY_MEMORY_VARIABLE)
+    _utf8(QUERY_MEMORY_VARIABLE, text)
     try:
         return memory_size(text) if text else DEFAULT_QUERY_MEMORY
     except ValueError as exc:
@@ -512,6 +513,8 @@ class Settings:
         for f in fields(cls):
             name = f.metadata.get("variable")
             if name and (text := _value(env, name)):
+                if f.name not in _ANY_BYTES:
+                    _utf8(name, text)  # before parsing, whose error would show the value
                 try:
                     values[f.name] = (f.metadata.get("parse") or _PARSERS[str(f.type)])(text)
                 except ValueError as exc:

@@ -7,7 +7,7 @@ import pytest
 from conftest import free_port_offset
 
 from eventlab.errors import EventlabError
-from eventlab.settings import PortInUse, Settings, SettingsError, ensure_ports_free
+from eventlab.settings import PortInUse, Settings, SettingsError, ensure_ports_free, query_memory
 
 
 def test_settings_come_from_the_environment():
@@ -216,6 +216,11 @@ def test_spaces_around_a_value_are_not_part_of_it():
         "EVENTLAB_GROUP_INSTANCE",
         "EVENTLAB_STORE_URL",  # a PostgreSQL URL: libpq's UnicodeEncodeError traceback
         "EVENTLAB_ORDER_STORE_URL",
+        # a number or a size: the parser's error showed the value ("not a number: 'secretpw\udcffhost'")
+        "EVENTLAB_SAGA_TIMEOUT_S",
+        "EVENTLAB_PARTITIONS",
+        "EVENTLAB_QUERY_MEMORY",
+        "EVENTLAB_TRACE_SAMPLE",
     ],
 )
 def test_a_value_that_is_not_utf8_is_refused_naming_the_variable_not_the_value(variable):
@@ -226,6 +231,10 @@ def test_a_value_that_is_not_utf8_is_refused_naming_the_variable_not_the_value(v
         Settings.from_env({variable: value})
     assert refused.value.variable == variable and "not UTF-8" in str(refused.value)
     assert "cret" not in str(refused.value)
+    if variable == "EVENTLAB_QUERY_MEMORY":  # read alone too, for a sandbox made without settings
+        with pytest.raises(SettingsError, match="not UTF-8") as refused:
+            query_memory({variable: value})
+        assert "cret" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
