@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -262,6 +263,42 @@ def test_a_store_in_a_directory_that_may_not_be_written_is_read_or_says_why(tmp_
     # then the read-only command says what it needs, in one line, instead of "attempt to write a readonly database"
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "a store in WAL mode needs events.db-shm beside it" in done.stderr, done.stderr
+
+
+def read_only(directory, *command: str) -> subprocess.CompletedProcess:
+    """Run ``command`` with ``directory`` on a read-only file system: a read-only bind mount in a user and
+    mount namespace of its own (skipped where ``unshare`` cannot make one)."""
+    mount = 'mount --bind -o ro "$1" "$1" || exit 99; shift; exec "$@"'
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount, "sh", str(directory), *command],
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode == 99 or "unshare:" in done.stderr:
+        pytest.skip(f"no read-only mount here: {done.stderr.strip()}")
+    return done
+
+
+def test_a_store_on_a_read_only_file_system_is_read_or_says_why(tmp_path):
+    # given a store in WAL mode, closed (no -shm beside it), on a file system mounted read-only
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    SqliteEventStore(directory / "events.db").close()
+    # when a read-only command reads it, then it says what it needs, as for a directory that may not be
+    # written, instead of "reading the schema failed: unable to open database file"
+    done = read_only(directory, sys.executable, "-m", "eventlab", "audit", "--store", str(directory / "events.db"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "a store in WAL mode needs events.db-shm beside it" in done.stderr, done.stderr
+    # and a store that is not there, which cannot be made there, is not told to need its -shm
+    create = "import sys; from eventlab.store import SqliteEventStore; SqliteEventStore(sys.argv[1]).read_all()"
+    done = read_only(directory, sys.executable, "-c", create, str(directory / "new.db"))
+    assert "new.db: connecting failed: unable to open database file" in done.stderr, done.stderr
+    assert "WAL mode" not in done.stderr
 
 
 @pytest.mark.parametrize(("variable", "value"), [("EVENTLAB_REPLICA", "abc"), ("EVENTLAB_REPLICAS", "99")])

@@ -280,7 +280,9 @@ def _translate_error(path: Path, doing: str, exc: sqlite3.Error) -> StoreError |
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return StoreError(f"{path} is not an SQLite database ({exc})")
     shared_memory = Path(f"{path}-shm")
-    if "readonly database" in str(exc) and not shared_memory.exists() and not os.access(path.parent, os.W_OK):
+    # a directory that may not be written says "readonly database"; a read-only file system, "unable to open"
+    cannot_write = "readonly database" in str(exc) or "unable to open database file" in str(exc)
+    if cannot_write and path.is_file() and not shared_memory.exists() and not os.access(path.parent, os.W_OK):
         return StoreError(
             f"{path}: {doing} failed: even a read of a store in WAL mode needs {shared_memory.name} beside it, "
             f"and {path.parent} may not be written: copy the store (with any {path.name}-wal) where it may"
