@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections import Counter
@@ -643,7 +644,29 @@ def _list(args: argparse.Namespace) -> int:
     return _with_letters(args, run)
 
 
+def _store_file_at(target: Path, settings: Settings) -> Path | None:
+    """The SQLite store file of the shop that ``target`` is, or one SQLite keeps beside it (``-wal``,
+    ``-shm``, ``-journal``), found by resolved path; None when it is none of them."""
+    real = os.path.realpath(target)
+    for service in SERVICE_PORTS:
+        own = settings.store_of(service)
+        if own.store_backend != "sqlite":
+            continue
+        store = os.path.realpath(own.store_path)
+        if real in {store + suffix for suffix in ("", "-wal", "-shm", "-journal")}:
+            return own.store_path
+    return None
+
+
 def _show(args: argparse.Namespace) -> int:
+    if args.full is not None:
+        store = _store_file_at(args.full, Settings.from_env(data_dir=args.data_dir))
+        if store is not None:  # the body would overwrite the store being read (970 KB became 30 bytes)
+            raise EventlabError(
+                f"--full {args.full}: that is the event store {store} or a file SQLite keeps beside it: "
+                "write the body to another file"
+            )
+
     def run(letters: DeadLetters) -> int:
         found = letters.locate(args.id, args.service)
         letter = found.letter

@@ -775,6 +775,24 @@ def test_a_damaged_dead_letter_row_is_named_in_one_line(tmp_path, capsys, column
         assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("target", ["events.db", "events.db-wal", "events.db-shm", "events.db-journal", "link"])
+def test_show_full_refuses_to_write_over_the_store_it_reads(tmp_path, capsys, target):
+    # given a store with a dead letter, a link to it, and a directory beside it
+    with SqliteEventStore(tmp_path / "events.db") as store:
+        letter = store.record_dead_letter("order", "t", 0, 7, b"K", b"body", [], "bad")
+    (tmp_path / "link").symlink_to(tmp_path / "events.db")
+    (tmp_path / "sub").mkdir()
+    files = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    # when the body is to be written to the store, a file SQLite keeps beside it, or the store by another name
+    full = tmp_path / "sub" / ".." / target
+    code = cli.main(["dlq", "show", str(letter.id), "--full", str(full), "--data-dir", str(tmp_path)])
+    # then it is refused in one line, and nothing was written (the body overwrote it: 970 KB became 30 bytes)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"--full {full}: that is the event store {tmp_path / 'events.db'} or a file SQLite keeps beside it" in err
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == files
+
+
 def test_a_replay_against_an_unreachable_broker_stops_at_the_first_letter_and_loses_nothing(
     tmp_path, monkeypatch, capsys
 ):
