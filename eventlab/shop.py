@@ -39,12 +39,11 @@ from eventlab.services import SERVICE_NAMES
 from eventlab.settings import Settings, service_store_variable
 from eventlab.store import (
     ShopStores,
-    another_own_store,
     open_store,
     open_stores,
     own_store_checkpoint,
     record_own_store,
-    wrong_own_store,
+    refuse_another_own_store,
 )
 from eventlab.store.base import RELAY_CONSUMER, EventStore
 from eventlab.sweeper import DeadlineSweeper
@@ -202,8 +201,7 @@ def _check_own_store(
             f" store {settings.store_shown} holds its events or processed markers: start with a new data directory"
             f" (or empty stores), or unset {variable}; moving a service's data between stores is not supported"
         )
-    if wrong_own_store(service, own, shared):
-        raise StoreError(another_own_store(settings, service))
+    refuse_another_own_store(settings, service, own, shared)
     record_own_store(service, own, shared)
 
 

@@ -23,14 +23,13 @@ __all__ = [
     "SqliteEventStore",
     "StoreBusy",
     "StoredEvent",
-    "another_own_store",
     "check_stores_named",
     "open_store",
     "open_stores",
     "own_store_checkpoint",
     "record_own_store",
+    "refuse_another_own_store",
     "store_identity",
-    "wrong_own_store",
 ]
 
 #: The checkpoint holding a store's own random id. The shared store records it for each service whose
@@ -178,17 +177,24 @@ def record_own_store(service: str, own: EventStore, shared: EventStore) -> None:
         shared.set_checkpoint(own_store_checkpoint(service), ident)
 
 
-def wrong_own_store(service: str, own: EventStore, shared: EventStore) -> bool:
-    """Whether ``shared`` recorded another store than ``own`` as ``service``'s (not when it recorded
-    none, or only that there was one: 1, as eventlab did before stores had ids)."""
+def refuse_another_own_store(settings: Settings, service: str, own: EventStore, shared: EventStore) -> None:
+    """Raise :class:`~eventlab.errors.StoreError` if ``shared`` recorded another store than ``own`` as
+    ``service``'s (not when it recorded none, or only that there was one: 1, as eventlab did before
+    stores had ids)."""
     recorded = shared.checkpoint(own_store_checkpoint(service))
-    return recorded > 1 and own.checkpoint(STORE_ID) != recorded
+    if recorded > 1 and own.checkpoint(STORE_ID) != recorded:
+        variable = service_store_variable(service)
+        raise StoreError(
+            f"{service} ran on another store of its own than {variable} names ({settings.store_of(service).store_shown}):"
+            f" set {variable} as when it ran, or start with a new data directory (or empty stores); moving a"
+            " service's data between stores is not supported"
+        )
 
 
 def check_stores_named(settings: Settings, services: Iterable[str] = SERVICE_PORTS) -> None:
     """Refuse settings that give none of ``services`` a store of its own where one ran on it
     (:func:`own_store_checkpoint`, in the shared store), or give one another store than the one it
-    ran on (:func:`wrong_own_store`): a reader would miss its events. Raises
+    ran on (:func:`refuse_another_own_store`): a reader would miss its events. Raises
     :class:`~eventlab.errors.StoreError` naming the variables to set; nothing to check when the
     shared store is not there (or is ``memory://``)."""
     if settings.store_backend == "memory":
@@ -224,17 +230,6 @@ def _check_named_store(settings: Settings, service: str, shared: EventStore) -> 
     except StoreError:  # not there: whoever reads it says so
         return
     try:
-        if wrong_own_store(service, own, shared):
-            raise StoreError(another_own_store(settings, service))
+        refuse_another_own_store(settings, service, own, shared)
     finally:
         own.close()
-
-
-def another_own_store(settings: Settings, service: str) -> str:
-    """What to tell when ``service`` is given another store of its own than the one it ran on."""
-    variable = service_store_variable(service)
-    return (
-        f"{service} ran on another store of its own than {variable} names ({settings.store_of(service).store_shown}):"
-        f" set {variable} as when it ran, or start with a new data directory (or empty stores); moving a"
-        " service's data between stores is not supported"
-    )
