@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeGuard
 
-__all__ = ["LARGEST_INT64", "directory", "is_number", "seconds", "utf8_text", "whole_number"]
+__all__ = ["LARGEST_INT64", "directory", "home_expanded", "is_number", "seconds", "utf8_text", "whole_number"]
 
 #: The largest whole number SQLite, PostgreSQL (bigint) and DuckDB hold: the bound of an id or a count.
 LARGEST_INT64 = 2**63 - 1
@@ -106,8 +106,20 @@ def directory(text: str) -> Path:
     if not text.strip():  # "$DIR" of an unset variable: files would be written where the command runs
         raise argparse.ArgumentTypeError("empty: give a directory (an empty path would be the working directory)")
     try:
-        return Path(text).expanduser()
-    except RuntimeError:  # Python's word for an unknown user or a missing home
-        raise argparse.ArgumentTypeError(
-            f"cannot expand {Path(text).parts[0]!r}: no such user, or no home directory"
-        ) from None
+        return home_expanded(Path(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def home_expanded(path: Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; ``ValueError`` saying why when there is no
+    such user or no home directory (Python says only ``RuntimeError: Could not determine home directory``).
+
+    >>> home_expanded(Path("~nosuchuser/shop"))
+    Traceback (most recent call last):
+    ValueError: cannot expand '~nosuchuser': no such user, or no home directory
+    """
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {path.parts[0]!r}: no such user, or no home directory") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from eventlab.arguments import home_expanded
 from eventlab.errors import EventlabError
 from eventlab.services import SERVICE_NAMES
 
@@ -179,12 +180,11 @@ def _sqlite_file(url: str) -> Path:
 
 
 def _home_expanded(path: Path, variable: str) -> Path:
-    """``path`` with a leading ``~`` or ``~user`` expanded; :class:`SettingsError` naming ``variable``
-    when there is no such user or no home directory (Python raises ``RuntimeError``)."""
+    """:func:`~eventlab.arguments.home_expanded`, its error a :class:`SettingsError` naming ``variable``."""
     try:
-        return path.expanduser()
-    except RuntimeError:
-        raise SettingsError(variable, f"cannot expand {path.parts[0]!r}: no such user, or no home directory") from None
+        return home_expanded(path)
+    except ValueError as exc:
+        raise SettingsError(variable, str(exc)) from None
 
 
 def _check_store_url(url: str, variable: str) -> None:
