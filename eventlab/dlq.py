@@ -55,7 +55,7 @@ from eventlab.kafka.clients import (
 )
 from eventlab.kafka.cloudevents import UndecodableMessage, record_topic, to_message
 from eventlab.settings import SERVICE_PORTS, Settings
-from eventlab.store import ShopStores, open_stores
+from eventlab.store import ShopStores, open_stores, store_identity
 from eventlab.store.base import DeadLetter, EventStore, Headers
 
 __all__ = [
@@ -644,16 +644,17 @@ def _list(args: argparse.Namespace) -> int:
     return _with_letters(args, run)
 
 
+#: What SQLite adds to a store's name for the files it keeps beside it ("": the store itself).
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
 def _store_file_at(target: Path, settings: Settings) -> Path | None:
     """The SQLite store file of the shop that ``target`` is, or one SQLite keeps beside it (``-wal``,
     ``-shm``, ``-journal``), found by resolved path; None when it is none of them."""
     real = os.path.realpath(target)
     for service in SERVICE_PORTS:
         own = settings.store_of(service)
-        if own.store_backend != "sqlite":
-            continue
-        store = os.path.realpath(own.store_path)
-        if real in {store + suffix for suffix in ("", "-wal", "-shm", "-journal")}:
+        if own.store_backend == "sqlite" and real in {store_identity(own) + suffix for suffix in _SQLITE_FILES}:
             return own.store_path
     return None
 
